@@ -1,0 +1,48 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package v1alpha1
+
+// Condition types reported in TelemetryPolicy status.conditions.
+const (
+	// ConditionReady summarizes: the effective tier is enforced by a collector running the current
+	// configuration (or, for Off, no collector runs), credentials are valid, and nothing is stalled.
+	ConditionReady = "Ready"
+	// ConditionReconciling is present (True) only while the operator is converging the policy.
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled is present (True) only while the operator cannot make progress without help.
+	ConditionStalled = "Stalled"
+	// ConditionConsentEligible says whether the declared tier is allowed by the contract.
+	// False means the policy runs at a lower effective tier; the reason says why.
+	ConditionConsentEligible = "ConsentEligible"
+	// ConditionSynced says whether what runs matches the policy: every collector pod runs the
+	// current configuration (for Off: no collector pod is left).
+	ConditionSynced = "Synced"
+	// ConditionCredentialsReady says whether the collector's client certificate is valid and current.
+	ConditionCredentialsReady = "CredentialsReady"
+	// ConditionExporting says whether data is flowing: the receiver acknowledged a batch recently.
+	ConditionExporting = "Exporting"
+)
+
+// Reasons for ConsentEligible=False; each names why EventLevel was downgraded to CriticalOnly.
+const (
+	ReasonTrialExpired     = "TrialExpired"
+	ReasonTermsOutdated    = "TermsOutdated"
+	ReasonApprovalMissing  = "ApprovalMissing"
+	ReasonBasisNotEligible = "BasisNotEligible"
+	// ReasonEligible: the declared tier is allowed as declared.
+	ReasonEligible = "Eligible"
+	// ReasonDeclared: consent history entry for a change of the declared tier itself.
+	ReasonDeclared = "Declared"
+)
+
+// Annotations the operator reads on a TelemetryPolicy.
+const (
+	// AnnotationRotateRequestedAt: a new value requests exactly one credential rotation.
+	AnnotationRotateRequestedAt = "telemetry.sourcegraph.com/rotate-requested-at"
+	// AnnotationReconcileRequestedAt: a new value requests a reconcile; echoed in status.lastHandledReconcileAt.
+	AnnotationReconcileRequestedAt = "reconcile.telemetry.sourcegraph.com/requestedAt"
+)

@@ -1,0 +1,27 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package v1alpha1 contains the v1alpha1 API of the telemetry.sourcegraph.com group:
+// the TelemetryPolicy resource that declares a managed instance's telemetry consent.
+// +kubebuilder:object:generate=true
+// +groupName=telemetry.sourcegraph.com
+package v1alpha1
+
+import (
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/scheme"
+)
+
+var (
+	// GroupVersion is the group and version of this API.
+	GroupVersion = schema.GroupVersion{Group: "telemetry.sourcegraph.com", Version: "v1alpha1"}
+
+	// SchemeBuilder registers this API's types with a runtime scheme.
+	SchemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
+
+	// AddToScheme adds this API's types to a scheme.
+	AddToScheme = SchemeBuilder.AddToScheme
+)

@@ -1,0 +1,100 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package collectorconfig
+
+import (
+	"bytes"
+	"strconv"
+	"strings"
+	"testing"
+
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+)
+
+func valid() Config {
+	return Config{
+		InstanceID: "acme", Tier: v1.TierEventLevel, Endpoint: "https://receiver.example.com:8443",
+		Interval: "5m", BatchSize: 5000, StartFrom: v1.StartFromNow,
+		TLS:              TLSFiles{CertFile: "/etc/telemetry/tls/tls.crt", KeyFile: "/etc/telemetry/tls/tls.key", CAFile: "/etc/telemetry/tls/ca.crt"},
+		PseudonymKeyFile: "/etc/telemetry/pseudonym/key", DatabaseDSNFile: "/etc/telemetry/database/dsn",
+		State: StateRef{Namespace: "acme", ConfigMap: "acme-collector-state"},
+	}
+}
+
+func TestRenderParseRoundTrip(t *testing.T) {
+	out, err := Render(valid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := Render(valid())
+	if !bytes.Equal(out, again) {
+		t.Fatal("rendering is not deterministic")
+	}
+	got, err := Parse(bytes.NewReader(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := valid()
+	want.Version = Version
+	if *got != want {
+		t.Fatalf("round trip changed the configuration:\n got %+v\nwant %+v", *got, want)
+	}
+}
+
+func TestParseRejectsBadInputNamingTheField(t *testing.T) {
+	render := func(mut func(*Config)) string {
+		c := valid()
+		c.Version = Version
+		mut(&c)
+		// Bypass Render's validation to produce the bad file a hand edit could.
+		var b strings.Builder
+		b.WriteString(`{"version":` + strconv.Itoa(c.Version) + `,"instanceID":"` + c.InstanceID + `","tier":"` + string(c.Tier) +
+			`","endpoint":"` + c.Endpoint + `","interval":"` + c.Interval + `","batchSize":` + strconv.Itoa(c.BatchSize) +
+			`,"startFrom":"` + string(c.StartFrom) + `","tls":{"certFile":"` + c.TLS.CertFile + `","keyFile":"` + c.TLS.KeyFile +
+			`","caFile":"` + c.TLS.CAFile + `"},"pseudonymKeyFile":"` + c.PseudonymKeyFile + `","databaseDSNFile":"` + c.DatabaseDSNFile +
+			`","state":{"namespace":"` + c.State.Namespace + `","configMap":"` + c.State.ConfigMap + `"}}`)
+		return b.String()
+	}
+	cases := []struct {
+		name, input, want string
+	}{
+		{"empty", "", "not valid JSON"},
+		{"not JSON", "tier: EventLevel", "not valid JSON"},
+		{"array", "[]", "not valid JSON"},
+		{"unknown field", strings.Replace(render(func(*Config) {}), `"version"`, `"tierr":"Off","version"`, 1), `unknown field "tierr"`},
+		{"trailing data", render(func(*Config) {}) + "{}", "trailing data"},
+		{"oversized", `{"instanceID":"` + strings.Repeat("a", MaxFileSize) + `"}`, "larger than"},
+		{"future version", render(func(c *Config) { c.Version = 2 }), "version: unsupported version 2"},
+		{"bad instance", render(func(c *Config) { c.InstanceID = "Acme Corp" }), "instanceID:"},
+		{"bad tier", render(func(c *Config) { c.Tier = "All" }), "tier:"},
+		{"http endpoint", render(func(c *Config) { c.Endpoint = "http://x" }), "endpoint:"},
+		{"bad interval", render(func(c *Config) { c.Interval = "soon" }), "interval:"},
+		{"huge batch", render(func(c *Config) { c.BatchSize = 1 << 30 }), "batchSize:"},
+		{"bad start", render(func(c *Config) { c.StartFrom = "Yesterday" }), "startFrom:"},
+		{"relative path", render(func(c *Config) { c.DatabaseDSNFile = "dsn" }), "databaseDSNFile:"},
+		{"no state", render(func(c *Config) { c.State.ConfigMap = "" }), "state:"},
+		{"NUL byte", render(func(c *Config) { c.InstanceID = "acme\\u0000" }), "instanceID:"},
+		{"invalid UTF-8", "{\"instanceID\":\"\xff\xfe\"}", "instanceID:"},
+		{"deep nesting", strings.Repeat(`{"a":`, 10000) + strings.Repeat("}", 10000), "not valid JSON"},
+		{"huge number", strings.Replace(render(func(*Config) {}), `"batchSize":5000`, `"batchSize":1e400`, 1), "not valid JSON"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(strings.NewReader(tc.input))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestOffNeedsNoDelivery(t *testing.T) {
+	c := Config{InstanceID: "acme", Tier: v1.TierOff, State: StateRef{Namespace: "acme", ConfigMap: "s"}}
+	if _, err := Render(c); err != nil {
+		t.Fatalf("an Off configuration must render without delivery settings: %v", err)
+	}
+}

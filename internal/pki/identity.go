@@ -1,0 +1,58 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package pki issues, checks and schedules the collectors' mutual-TLS client certificates, loads
+// the fleet issuer, and maps certificates to instance identities for the receiver.
+package pki
+
+import (
+	"crypto/x509"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// IdentityScheme and IdentityHost form the URI SAN that names an instance in a client certificate:
+// spiffe://telemetry.sourcegraph.com/instance/<instanceID>.
+const (
+	IdentityScheme = "spiffe"
+	IdentityHost   = "telemetry.sourcegraph.com"
+	identityPrefix = "/instance/"
+)
+
+var instanceIDPattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// ValidInstanceID reports whether id has the form the API admits (a DNS label).
+func ValidInstanceID(id string) bool {
+	return len(id) <= 63 && instanceIDPattern.MatchString(id)
+}
+
+// IdentityURI returns the URI SAN that names instanceID.
+func IdentityURI(instanceID string) *url.URL {
+	return &url.URL{Scheme: IdentityScheme, Host: IdentityHost, Path: identityPrefix + instanceID}
+}
+
+// InstanceID returns the instance a client certificate names. It insists on exactly one identity
+// URI SAN, so a certificate cannot claim two instances.
+func InstanceID(cert *x509.Certificate) (string, error) {
+	var found []string
+	for _, u := range cert.URIs {
+		if u.Scheme != IdentityScheme || u.Host != IdentityHost || !strings.HasPrefix(u.Path, identityPrefix) {
+			continue
+		}
+		found = append(found, strings.TrimPrefix(u.Path, identityPrefix))
+	}
+	switch {
+	case len(found) == 0:
+		return "", fmt.Errorf("certificate %q has no %s://%s%s<id> URI SAN", cert.Subject.CommonName, IdentityScheme, IdentityHost, identityPrefix)
+	case len(found) > 1:
+		return "", fmt.Errorf("certificate %q names %d instances; exactly one is allowed", cert.Subject.CommonName, len(found))
+	case !ValidInstanceID(found[0]):
+		return "", fmt.Errorf("certificate %q names an invalid instance id", cert.Subject.CommonName)
+	}
+	return found[0], nil
+}

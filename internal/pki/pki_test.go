@@ -1,0 +1,228 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package pki
+
+import (
+	"crypto/x509"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
+)
+
+var now = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+func newIssuer(t *testing.T) (*Issuer, *pkitest.CA) {
+	t.Helper()
+	ca, err := pkitest.NewCA("fleet issuer", pkitest.Options{NotBefore: now.Add(-time.Hour), NotAfter: now.Add(5 * 365 * 24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := LoadIssuer(ca.Secret(), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return iss, ca
+}
+
+func TestLoadIssuerRejectsUnusableIssuers(t *testing.T) {
+	good, err := pkitest.NewCA("good", pkitest.Options{NotBefore: now.Add(-time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := pkitest.NewCA("other", pkitest.Options{NotBefore: now.Add(-time.Hour)})
+	leaf, _ := pkitest.NewCA("leaf", pkitest.Options{NotBefore: now.Add(-time.Hour), NotCA: true})
+	expired, _ := pkitest.NewCA("expired", pkitest.Options{NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)})
+	future, _ := pkitest.NewCA("future", pkitest.Options{NotBefore: now.Add(time.Hour)})
+
+	cases := []struct {
+		name string
+		data map[string][]byte
+		want string
+	}{
+		{"missing", nil, `must hold a PEM certificate in "tls.crt"`},
+		{"no key", map[string][]byte{"tls.crt": good.CertPEM}, `its private key in "tls.key"`},
+		{"garbage certificate", map[string][]byte{"tls.crt": []byte("not pem"), "tls.key": good.KeyPEM}, "tls.crt: no PEM CERTIFICATE block"},
+		{"key in the certificate slot", map[string][]byte{"tls.crt": good.KeyPEM, "tls.key": good.KeyPEM}, `unexpected PEM block "PRIVATE KEY"`},
+		{"garbage key", map[string][]byte{"tls.crt": good.CertPEM, "tls.key": []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")}, "tls.key: malformed private key"},
+		{"mismatched key", map[string][]byte{"tls.crt": good.CertPEM, "tls.key": other.KeyPEM}, "does not belong to the certificate"},
+		{"not a CA", leaf.Secret(), "is not a CA"},
+		{"expired", expired.Secret(), "expired at"},
+		{"not yet valid", future.Secret(), "is not valid before"},
+		{"bad ca bundle", map[string][]byte{"tls.crt": good.CertPEM, "tls.key": good.KeyPEM, "ca.crt": []byte("junk")}, "ca.crt:"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := LoadIssuer(tc.data, now)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := LoadIssuer(good.Secret(), now); err != nil {
+		t.Fatalf("a good issuer is rejected: %v", err)
+	}
+}
+
+func TestIssuedCertificateVerifies(t *testing.T) {
+	iss, ca := newIssuer(t)
+	period := 720 * time.Hour
+	cc, err := iss.IssueClient("acme", period, now, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	if _, err := cc.Cert.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Fatalf("client certificate does not verify for client auth: %v", err)
+	}
+	if _, err := cc.Cert.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+		t.Fatal("client certificate must not be usable for server auth")
+	}
+	if id, err := InstanceID(cc.Cert); err != nil || id != "acme" {
+		t.Fatalf("identity = %q, %v", id, err)
+	}
+	if got := cc.Cert.NotAfter.Sub(now); got != Lifetime(period) {
+		t.Fatalf("lifetime from now = %v, want %v", got, Lifetime(period))
+	}
+	if cc.Cert.IsCA {
+		t.Fatal("client certificate is a CA")
+	}
+	cc2, _ := iss.IssueClient("acme", period, now, nil)
+	if cc2.Cert.SerialNumber.Cmp(cc.Cert.SerialNumber) == 0 {
+		t.Fatal("serial numbers repeat")
+	}
+	if cc.Cert.SerialNumber.BitLen() < 64 {
+		t.Fatalf("serial number has only %d bits", cc.Cert.SerialNumber.BitLen())
+	}
+
+	// The openssl command line agrees, with client-auth purpose.
+	dir := t.TempDir()
+	caFile, leafFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "leaf.pem")
+	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(leafFile, cc.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	openssl, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Fatal("openssl is required for this test")
+	}
+	attime := []string{"-attime", "1795867200"} // 2026-11-28T12:00:00Z, inside the validity window
+	out, err := exec.Command(openssl, append([]string{"verify", "-CAfile", caFile, "-purpose", "sslclient"}, append(attime, leafFile)...)...).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "OK") {
+		t.Fatalf("openssl verify failed: %v\n%s", err, out)
+	}
+	out, err = exec.Command(openssl, append([]string{"verify", "-CAfile", caFile, "-purpose", "sslserver"}, append(attime, leafFile)...)...).CombinedOutput()
+	if err == nil {
+		t.Fatalf("openssl accepts the client certificate for server auth:\n%s", out)
+	}
+	text, err := exec.Command(openssl, "x509", "-in", leafFile, "-noout", "-text").CombinedOutput()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"URI:spiffe://telemetry.sourcegraph.com/instance/acme", "TLS Web Client Authentication", "CA:FALSE"} {
+		if !strings.Contains(string(text), want) {
+			t.Errorf("openssl x509 -text lacks %q", want)
+		}
+	}
+}
+
+func TestCheckClientFindsEveryTampering(t *testing.T) {
+	iss, _ := newIssuer(t)
+	other, _ := newIssuer(t)
+	period := 24 * time.Hour
+	good, _ := iss.IssueClient("acme", period, now, nil)
+	another, _ := iss.IssueClient("acme", period, now, nil)
+	wrongID, _ := iss.IssueClient("globex", period, now, nil)
+	foreign, _ := other.IssueClient("acme", period, now, nil)
+	secret := func(c *ClientCert, key []byte) map[string][]byte {
+		if key == nil {
+			key = c.KeyPEM
+		}
+		return map[string][]byte{KeyCert: c.CertPEM, KeyKey: key, KeyCA: iss.BundlePEM}
+	}
+	cases := []struct {
+		name string
+		data map[string][]byte
+		at   time.Time
+		want string
+	}{
+		{"valid", secret(good, nil), now, ""},
+		{"secret missing", nil, now, IssueSecretMissing},
+		{"garbage", map[string][]byte{KeyCert: []byte("x"), KeyKey: []byte("y")}, now, IssueMalformed},
+		{"key of another certificate", secret(good, another.KeyPEM), now, IssueKeyMismatch},
+		{"certificate for another instance", secret(wrongID, nil), now, IssueWrongIdentity},
+		{"signed by another issuer", secret(foreign, nil), now, IssueWrongIssuer},
+		{"stale CA bundle", map[string][]byte{KeyCert: good.CertPEM, KeyKey: good.KeyPEM, KeyCA: other.BundlePEM}, now, IssueWrongIssuer},
+		{"expired", secret(good, nil), good.Cert.NotAfter, IssueExpired},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, got := iss.CheckClient(tc.data, "acme", tc.at); got != tc.want {
+				t.Fatalf("CheckClient = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRenewalTime(t *testing.T) {
+	period := 720 * time.Hour
+	nb := now
+	// Normal case: one period after notBefore, which leaves a third of a 1.5-period lifetime.
+	if got := RenewalTime(nb, nb.Add(Lifetime(period)), period); !got.Equal(nb.Add(period)) {
+		t.Fatalf("renewal = %v, want %v", got, nb.Add(period))
+	}
+	// A certificate capped short by the issuer's expiry renews when a third of its life remains.
+	short := nb.Add(90 * time.Hour)
+	if got := RenewalTime(nb, short, period); !got.Equal(nb.Add(60 * time.Hour)) {
+		t.Fatalf("capped renewal = %v, want %v", got, nb.Add(60*time.Hour))
+	}
+	// Shortening the period in the spec brings renewal forward.
+	if got := RenewalTime(nb, nb.Add(Lifetime(period)), 24*time.Hour); !got.Equal(nb.Add(24 * time.Hour)) {
+		t.Fatalf("renewal after shortening = %v", got)
+	}
+}
+
+func TestInstanceIDRejectsAmbiguousCertificates(t *testing.T) {
+	two := &x509.Certificate{URIs: []*url.URL{IdentityURI("a"), IdentityURI("b")}}
+	if _, err := InstanceID(two); err == nil {
+		t.Fatal("a certificate naming two instances is accepted")
+	}
+	none := &x509.Certificate{URIs: []*url.URL{{Scheme: "https", Host: "example.com"}}}
+	if _, err := InstanceID(none); err == nil {
+		t.Fatal("a certificate without identity is accepted")
+	}
+	bad := &x509.Certificate{URIs: []*url.URL{IdentityURI("../../etc")}}
+	if _, err := InstanceID(bad); err == nil {
+		t.Fatal("an invalid instance id is accepted")
+	}
+}
+
+func TestIssuerCapsLifetime(t *testing.T) {
+	ca, _ := pkitest.NewCA("short", pkitest.Options{NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour)})
+	iss, err := LoadIssuer(ca.Secret(), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := iss.IssueClient("acme", 720*time.Hour, now, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cc.Cert.NotAfter.After(ca.Cert.NotAfter) {
+		t.Fatalf("client outlives issuer: %v > %v", cc.Cert.NotAfter, ca.Cert.NotAfter)
+	}
+	if !iss.ExpiresWithin(now, 72*time.Hour) || iss.ExpiresWithin(now, 24*time.Hour) {
+		t.Fatal("ExpiresWithin is wrong")
+	}
+}
