@@ -4,37 +4,44 @@ Copyright 2026 The telemetry-operator Authors.
 Licensed under the Apache License, Version 2.0.
 */
 
-// Command manager runs the telemetry-operator: it reconciles TelemetryPolicy objects.
+// Command manager runs the telemetry-operator: it reconciles TelemetryPolicy objects into
+// enforced, observable telemetry collectors. See README.md for its flags.
 package main
 
 import (
+	"flag"
+	"fmt"
 	"os"
 
-	"k8s.io/apimachinery/pkg/runtime"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	telemetryv1alpha1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/operator"
 )
 
-var scheme = runtime.NewScheme()
-
-func init() {
-	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-	utilruntime.Must(telemetryv1alpha1.AddToScheme(scheme))
-}
-
 func main() {
-	ctrl.SetLogger(zap.New())
+	var cfg operator.Config
+	cfg.BindFlags(flag.CommandLine)
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("setup")
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{Scheme: scheme})
+
+	ctx := ctrl.SetupSignalHandler()
+	restCfg, err := ctrl.GetConfig()
 	if err != nil {
-		log.Error(err, "unable to create the manager")
+		fmt.Fprintf(os.Stderr, "telemetry-operator: no Kubernetes configuration: %v\n", err)
 		os.Exit(1)
 	}
-	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
+	mgr, err := operator.New(ctx, restCfg, cfg, operator.Deps{})
+	if err != nil {
+		// Refuse to start with a message that says what to fix (e.g. a missing or expired issuer).
+		fmt.Fprintf(os.Stderr, "telemetry-operator: refusing to start: %v\n", err)
+		os.Exit(1)
+	}
+	log.Info("starting manager", "collectorImage", cfg.CollectorImage, "minCloudTermsVersion", cfg.MinCloudTermsVersion)
+	if err := mgr.Start(ctx); err != nil {
 		log.Error(err, "manager stopped")
 		os.Exit(1)
 	}

@@ -11,8 +11,9 @@ Licensed under the Apache License, Version 2.0.
 package v1alpha1
 
 import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"sigs.k8s.io/controller-runtime/pkg/scheme"
 )
 
 var (
@@ -20,8 +21,14 @@ var (
 	GroupVersion = schema.GroupVersion{Group: "telemetry.sourcegraph.com", Version: "v1alpha1"}
 
 	// SchemeBuilder registers this API's types with a runtime scheme.
-	SchemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
+	SchemeBuilder = runtime.NewSchemeBuilder(addKnownTypes)
 
 	// AddToScheme adds this API's types to a scheme.
 	AddToScheme = SchemeBuilder.AddToScheme
 )
+
+func addKnownTypes(s *runtime.Scheme) error {
+	s.AddKnownTypes(GroupVersion, &TelemetryPolicy{}, &TelemetryPolicyList{})
+	metav1.AddToGroupVersion(s, GroupVersion)
+	return nil
+}

@@ -7,6 +7,8 @@ Licensed under the Apache License, Version 2.0.
 package v1alpha1
 
 import (
+	"time"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -84,7 +86,7 @@ const (
 
 // TelemetryPolicySpec declares one managed instance's telemetry consent and how to collect it.
 // +kubebuilder:validation:XValidation:rule="self.consent.tier != 'EventLevel' || (has(self.contract) && self.contract.basis in ['SelfServeTrial', 'ZeroDollarOrderForm', 'NewContract', 'Renewal', 'CELedTrial'])",message="consent.tier EventLevel requires contract.basis to be one of SelfServeTrial, ZeroDollarOrderForm, NewContract, Renewal, CELedTrial (LegacyTerms allows at most CriticalOnly)"
-// +kubebuilder:validation:XValidation:rule="self.consent.tier != 'EventLevel' || (has(self.contract) && has(self.contract.reference) && self.contract.reference != '')",message="consent.tier EventLevel requires contract.reference (the CRM account or opportunity id that evidences consent)"
+// +kubebuilder:validation:XValidation:rule="self.consent.tier != 'EventLevel' || (has(self.contract) && has(self.contract.reference) && size(self.contract.reference) > 0)",message="consent.tier EventLevel requires contract.reference (the CRM account or opportunity id that evidences consent)"
 // +kubebuilder:validation:XValidation:rule="self.consent.tier != 'EventLevel' || (has(self.contract) && has(self.contract.userLevelEventDataApproved) && self.contract.userLevelEventDataApproved)",message="consent.tier EventLevel requires contract.userLevelEventDataApproved=true (CRM field \"User Level Event Usage Data Analytics\" = Yes)"
 // +kubebuilder:validation:XValidation:rule="self.consent.tier == 'Off' || (has(self.source) && has(self.source.databaseSecretRef))",message="consent.tier EventLevel and CriticalOnly require source.databaseSecretRef (where the collector finds the instance database)"
 // +kubebuilder:validation:XValidation:rule="self.consent.tier == 'Off' || (has(self.export) && has(self.export.endpoint))",message="consent.tier EventLevel and CriticalOnly require export.endpoint (the receiver's https:// URL)"
@@ -226,7 +228,7 @@ type ExportSpec struct {
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s') && duration(self) <= duration('24h')",message="export.interval must be between 10s and 24h"
 	// +optional
-	Interval metav1.Duration `json:"interval,omitempty"`
+	Interval *metav1.Duration `json:"interval,omitempty"`
 
 	// batchSize is the most events sent in one batch (1 to 10000).
 	// +kubebuilder:default=5000
@@ -253,7 +255,29 @@ type CredentialsSpec struct {
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="credentials.rotationPeriod must be at least 1h"
 	// +optional
-	RotationPeriod metav1.Duration `json:"rotationPeriod,omitempty"`
+	RotationPeriod *metav1.Duration `json:"rotationPeriod,omitempty"`
+}
+
+// DefaultRotationPeriod applies when spec.credentials.rotationPeriod is unset.
+const DefaultRotationPeriod = 720 * time.Hour
+
+// DefaultExportInterval applies when spec.export.interval is unset.
+const DefaultExportInterval = 5 * time.Minute
+
+// RotationPeriodOrDefault returns the rotation period, defaulted.
+func (c CredentialsSpec) RotationPeriodOrDefault() time.Duration {
+	if c.RotationPeriod == nil || c.RotationPeriod.Duration <= 0 {
+		return DefaultRotationPeriod
+	}
+	return c.RotationPeriod.Duration
+}
+
+// IntervalOrDefault returns the export interval, defaulted; e may be nil.
+func (e *ExportSpec) IntervalOrDefault() time.Duration {
+	if e == nil || e.Interval == nil || e.Interval.Duration <= 0 {
+		return DefaultExportInterval
+	}
+	return e.Interval.Duration
 }
 
 // CollectorSpec overrides how the collector workload runs.
@@ -417,8 +441,4 @@ type TelemetryPolicyList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []TelemetryPolicy `json:"items"`
-}
-
-func init() {
-	SchemeBuilder.Register(&TelemetryPolicy{}, &TelemetryPolicyList{})
 }

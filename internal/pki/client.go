@@ -120,9 +120,14 @@ func (i *Issuer) CheckClient(data map[string][]byte, instanceID string, now time
 	if id, err := InstanceID(cert); err != nil || id != instanceID {
 		return cert, IssueWrongIdentity
 	}
+	// Verify the chain at a moment both certificates were valid: expiry is judged separately, below.
+	verifyAt := cert.NotBefore
+	if i.Cert.NotBefore.After(verifyAt) {
+		verifyAt = i.Cert.NotBefore
+	}
 	if _, err := cert.Verify(x509.VerifyOptions{
 		Roots:       i.pool(),
-		CurrentTime: cert.NotBefore.Add(time.Second), // expiry is judged separately, below
+		CurrentTime: verifyAt.Add(time.Second),
 		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}); err != nil {
 		return cert, IssueWrongIssuer

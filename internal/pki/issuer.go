@@ -108,7 +108,7 @@ func ParseCertificatesPEM(data []byte) ([]*x509.Certificate, error) {
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("malformed certificate: %v", err)
+			return nil, fmt.Errorf("malformed certificate: %w", err)
 		}
 		certs = append(certs, c)
 	}
@@ -139,7 +139,7 @@ func ParsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
 		return nil, fmt.Errorf("unexpected PEM block %q where a private key was expected", block.Type)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("malformed private key: %v", err)
+		return nil, fmt.Errorf("malformed private key: %w", err)
 	}
 	signer, ok := key.(crypto.Signer)
 	if !ok {

@@ -1,0 +1,176 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"maps"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	telemetryv1alpha1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+)
+
+// ownedKind describes how to compare and update one kind of owned object. inSync must be true
+// when live already carries everything desired sets (server-side defaults are ignored), so an
+// unchanged policy causes no writes.
+type ownedKind[T client.Object] struct {
+	newEmpty func() T
+	inSync   func(desired, live T) bool
+	copyInto func(desired, live T)
+}
+
+var (
+	configMapKind = ownedKind[*corev1.ConfigMap]{
+		newEmpty: func() *corev1.ConfigMap { return &corev1.ConfigMap{} },
+		inSync: func(d, l *corev1.ConfigMap) bool {
+			return equality.Semantic.DeepEqual(d.Data, l.Data) && len(l.BinaryData) == 0
+		},
+		copyInto: func(d, l *corev1.ConfigMap) { l.Data = d.Data; l.BinaryData = nil },
+	}
+	serviceAccountKind = ownedKind[*corev1.ServiceAccount]{
+		newEmpty: func() *corev1.ServiceAccount { return &corev1.ServiceAccount{} },
+		inSync: func(d, l *corev1.ServiceAccount) bool {
+			return equality.Semantic.DeepEqual(d.AutomountServiceAccountToken, l.AutomountServiceAccountToken)
+		},
+		copyInto: func(d, l *corev1.ServiceAccount) { l.AutomountServiceAccountToken = d.AutomountServiceAccountToken },
+	}
+	roleKind = ownedKind[*rbacv1.Role]{
+		newEmpty: func() *rbacv1.Role { return &rbacv1.Role{} },
+		inSync:   func(d, l *rbacv1.Role) bool { return equality.Semantic.DeepEqual(d.Rules, l.Rules) },
+		copyInto: func(d, l *rbacv1.Role) { l.Rules = d.Rules },
+	}
+	roleBindingKind = ownedKind[*rbacv1.RoleBinding]{
+		newEmpty: func() *rbacv1.RoleBinding { return &rbacv1.RoleBinding{} },
+		inSync: func(d, l *rbacv1.RoleBinding) bool {
+			return equality.Semantic.DeepEqual(d.Subjects, l.Subjects) && d.RoleRef == l.RoleRef
+		},
+		copyInto: func(d, l *rbacv1.RoleBinding) { l.Subjects = d.Subjects },
+	}
+	deploymentKind = ownedKind[*appsv1.Deployment]{
+		newEmpty: func() *appsv1.Deployment { return &appsv1.Deployment{} },
+		// DeepDerivative ignores fields desired leaves unset, i.e. those the API server defaults.
+		inSync:   func(d, l *appsv1.Deployment) bool { return equality.Semantic.DeepDerivative(d.Spec, l.Spec) },
+		copyInto: func(d, l *appsv1.Deployment) { l.Spec = d.Spec },
+	}
+)
+
+// ensureOwned creates desired, or updates the live object where it differs from desired, and
+// returns the live object. It writes nothing when the live object is already in sync.
+func ensureOwned[T client.Object](ctx context.Context, r *TelemetryPolicyReconciler, owner *telemetryv1alpha1.TelemetryPolicy, desired T, kind ownedKind[T]) (T, error) {
+	var zero T
+	if err := controllerutil.SetControllerReference(owner, desired, r.Scheme); err != nil {
+		return zero, err
+	}
+	key := client.ObjectKeyFromObject(desired)
+	live := kind.newEmpty()
+	err := r.Get(ctx, key, live)
+	if apierrors.IsNotFound(err) {
+		err = r.Create(ctx, desired)
+		if err == nil {
+			return desired, nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			return zero, fmt.Errorf("creating %s: %w", key.Name, err)
+		}
+		// It exists, but the label-filtered cache cannot see it (its labels were edited by hand, or
+		// the cache lags): read it directly so it can be put back.
+		err = r.APIReader.Get(ctx, key, live)
+	}
+	if err != nil {
+		return zero, fmt.Errorf("reading %s: %w", key.Name, err)
+	}
+	if owner := metav1.GetControllerOf(live); owner != nil && owner.UID != desired.GetOwnerReferences()[0].UID {
+		return zero, fmt.Errorf("%s exists and is controlled by %s %q; refusing to take it over", key.Name, owner.Kind, owner.Name)
+	}
+	if metaInSync(desired, live) && kind.inSync(desired, live) {
+		return live, nil
+	}
+	mergeMeta(desired, live)
+	kind.copyInto(desired, live)
+	if err := r.Update(ctx, live); err != nil {
+		return zero, fmt.Errorf("updating %s: %w", key.Name, err)
+	}
+	return live, nil
+}
+
+// metaInSync: live carries every desired label and annotation and the controller reference.
+func metaInSync(desired, live client.Object) bool {
+	return isSubset(desired.GetLabels(), live.GetLabels()) &&
+		isSubset(desired.GetAnnotations(), live.GetAnnotations()) &&
+		hasOwnerRef(live, desired.GetOwnerReferences()[0])
+}
+
+func mergeMeta(desired, live client.Object) {
+	labels := live.GetLabels()
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	maps.Copy(labels, desired.GetLabels())
+	live.SetLabels(labels)
+	if len(desired.GetAnnotations()) > 0 {
+		ann := live.GetAnnotations()
+		if ann == nil {
+			ann = map[string]string{}
+		}
+		maps.Copy(ann, desired.GetAnnotations())
+		live.SetAnnotations(ann)
+	}
+	if !hasOwnerRef(live, desired.GetOwnerReferences()[0]) {
+		live.SetOwnerReferences(append(live.GetOwnerReferences(), desired.GetOwnerReferences()[0]))
+	}
+}
+
+func isSubset(want, have map[string]string) bool {
+	for k, v := range want {
+		if hv, ok := have[k]; !ok || hv != v {
+			return false
+		}
+	}
+	return true
+}
+
+func hasOwnerRef(obj client.Object, ref metav1.OwnerReference) bool {
+	for _, r := range obj.GetOwnerReferences() {
+		if r.UID == ref.UID && r.Controller != nil && *r.Controller {
+			return true
+		}
+	}
+	return false
+}
+
+// deleteOwned deletes the named object if it exists and is controlled by owner. It reports
+// whether the object is still present (e.g. waiting on foreground deletion).
+func deleteOwned(ctx context.Context, r *TelemetryPolicyReconciler, owner *telemetryv1alpha1.TelemetryPolicy, obj client.Object, opts ...client.DeleteOption) (bool, error) {
+	if err := r.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	if !metav1.IsControlledBy(obj, owner) {
+		return false, nil // not ours: leave it alone
+	}
+	if obj.GetDeletionTimestamp() != nil {
+		return true, nil
+	}
+	if err := r.Delete(ctx, obj, opts...); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}

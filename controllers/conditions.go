@@ -1,0 +1,230 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers
+
+import (
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/consent"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
+)
+
+// Reasons of the conditions the operator sets (besides the consent reasons in the API package).
+const (
+	ReasonSynced              = "Synced"
+	ReasonCollectorMissing    = "CollectorMissing"
+	ReasonRollingOut          = "RollingOut"
+	ReasonOldCollectorRunning = "OldCollectorRunning"
+	ReasonCollectorStarting   = "CollectorStarting"
+	ReasonCollectorStopping   = "CollectorStopping"
+	ReasonCollectorStopped    = "CollectorStopped"
+	ReasonProgressDeadline    = "ProgressDeadlineExceeded"
+	ReasonCredentialsValid    = "Valid"
+	ReasonCredentialsOff      = "NotNeeded"
+	ReasonIssuerUnavailable   = "IssuerUnavailable"
+	ReasonIssueFailed         = "IssueFailed"
+	ReasonExportFlowing       = "Flowing"
+	ReasonExportStale         = "NoRecentSuccess"
+	ReasonExportNoProgress    = "NoProgressYet"
+	ReasonExportDisabled      = "ExportDisabled"
+	ReasonEnforced            = "Enforced"
+	ReasonProgressing         = "Progressing"
+	ReasonSuspended           = "Suspended"
+	ReasonInvalidSpec         = "InvalidSpec"
+	ReasonReconcileError      = "ReconcileError"
+)
+
+// setConsentEligibleCondition reports whether the declared tier runs as declared.
+func setConsentEligibleCondition(p *v1.TelemetryPolicy, d consent.Decision) {
+	status := metav1.ConditionTrue
+	if !d.Eligible {
+		status = metav1.ConditionFalse
+	}
+	setCondition(p, v1.ConditionConsentEligible, status, d.Reason, d.Message)
+}
+
+// workloadObservation is what the operator saw of the collector Deployment.
+type workloadObservation struct {
+	// tier the operator wants enforced.
+	tier v1.ConsentTier
+	// deployment is the live Deployment, nil when absent.
+	deployment *appsv1.Deployment
+	// configHash is the hash of the configuration the collector must run.
+	configHash string
+}
+
+// setSyncedCondition is true only when what runs matches the policy: for Off, the collector
+// Deployment is gone (foreground deletion finishes only after its pods are gone); otherwise the
+// Deployment controller has observed the current template, no pod of an older template is left,
+// and the current pod is available. It returns true when a stalled rollout was detected.
+func setSyncedCondition(p *v1.TelemetryPolicy, o workloadObservation) (stalled bool) {
+	d := o.deployment
+	set := func(status metav1.ConditionStatus, reason, format string, args ...any) {
+		setCondition(p, v1.ConditionSynced, status, reason, fmt.Sprintf(format, args...))
+	}
+	if o.tier == v1.TierOff {
+		if d != nil {
+			set(metav1.ConditionFalse, ReasonCollectorStopping, "waiting for the collector Deployment and its pods to be deleted")
+			return false
+		}
+		set(metav1.ConditionTrue, ReasonCollectorStopped, "no collector runs: consent tier Off")
+		return false
+	}
+	if d == nil {
+		set(metav1.ConditionFalse, ReasonCollectorMissing, "the collector Deployment does not exist yet")
+		return false
+	}
+	if d.Spec.Template.Annotations[resources.AnnotationConfigHash] != o.configHash {
+		set(metav1.ConditionFalse, ReasonRollingOut, "the collector Deployment does not carry the current configuration yet")
+		return false
+	}
+	if d.Status.ObservedGeneration < d.Generation {
+		set(metav1.ConditionFalse, ReasonRollingOut, "waiting for the Deployment controller to observe generation %d", d.Generation)
+		return false
+	}
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentProgressing && c.Status == corev1.ConditionFalse && c.Reason == "ProgressDeadlineExceeded" {
+			set(metav1.ConditionFalse, ReasonProgressDeadline, "the collector rollout exceeded its progress deadline: %s", c.Message)
+			return true
+		}
+	}
+	if old := d.Status.Replicas - d.Status.UpdatedReplicas; old > 0 {
+		set(metav1.ConditionFalse, ReasonOldCollectorRunning, "%d collector pod(s) still run an older configuration", old)
+		return false
+	}
+	if d.Status.UpdatedReplicas < 1 || d.Status.AvailableReplicas < 1 {
+		set(metav1.ConditionFalse, ReasonCollectorStarting, "the collector pod with the current configuration is not available yet")
+		return false
+	}
+	set(metav1.ConditionTrue, ReasonSynced, "the collector runs the current configuration (tier %s, config %s)", o.tier, shortHash(o.configHash))
+	return false
+}
+
+// exportObservation is the collector's reported progress.
+type exportObservation struct {
+	tier     v1.ConsentTier
+	progress *v1.ExportStatus
+	interval time.Duration
+	now      time.Time
+}
+
+// exportStaleAfter is how long after a success Exporting stays true: three intervals plus slack,
+// so one slow or retried round does not flap the condition.
+func exportStaleAfter(interval time.Duration) time.Duration { return 3*interval + time.Minute }
+
+// setExportingCondition is true when the receiver acknowledged a batch recently relative to the
+// export interval. It returns when the condition would turn stale, for requeueing.
+func setExportingCondition(p *v1.TelemetryPolicy, o exportObservation) *time.Time {
+	if o.tier == v1.TierOff {
+		setCondition(p, v1.ConditionExporting, metav1.ConditionFalse, ReasonExportDisabled, "consent tier Off: nothing is exported")
+		return nil
+	}
+	if o.progress == nil || o.progress.LastSuccessTime == nil {
+		msg := "the collector has not reported a successful export yet"
+		if o.progress != nil && o.progress.LastError != "" {
+			msg += ": " + o.progress.LastError
+		}
+		setCondition(p, v1.ConditionExporting, metav1.ConditionFalse, ReasonExportNoProgress, msg)
+		return nil
+	}
+	staleAt := o.progress.LastSuccessTime.Add(exportStaleAfter(o.interval))
+	if !o.now.Before(staleAt) {
+		msg := fmt.Sprintf("no batch acknowledged since %s", o.progress.LastSuccessTime.UTC().Format(time.RFC3339))
+		if o.progress.LastError != "" {
+			msg += "; last error: " + o.progress.LastError
+		}
+		setCondition(p, v1.ConditionExporting, metav1.ConditionFalse, ReasonExportStale, msg)
+		return nil
+	}
+	setCondition(p, v1.ConditionExporting, metav1.ConditionTrue, ReasonExportFlowing,
+		fmt.Sprintf("last batch acknowledged at %s; %d exported", o.progress.LastSuccessTime.UTC().Format(time.RFC3339), o.progress.EventsExported))
+	return &staleAt
+}
+
+// summary holds what the summarizing conditions depend on.
+type summary struct {
+	suspended     bool
+	stalledReason string
+	stalledMsg    string
+	errMsg        string
+}
+
+// setSummaryConditions sets Ready, and Reconciling/Stalled only while they are true (kstatus).
+func setSummaryConditions(p *v1.TelemetryPolicy, s summary) {
+	setUnknownConditions(p)
+	synced := meta.IsStatusConditionTrue(p.Status.Conditions, v1.ConditionSynced)
+	creds := meta.IsStatusConditionTrue(p.Status.Conditions, v1.ConditionCredentialsReady)
+	switch {
+	case s.stalledReason != "":
+		setCondition(p, v1.ConditionStalled, metav1.ConditionTrue, s.stalledReason, s.stalledMsg)
+		meta.RemoveStatusCondition(&p.Status.Conditions, v1.ConditionReconciling)
+		setCondition(p, v1.ConditionReady, metav1.ConditionFalse, s.stalledReason, s.stalledMsg)
+	case s.suspended:
+		meta.RemoveStatusCondition(&p.Status.Conditions, v1.ConditionStalled)
+		meta.RemoveStatusCondition(&p.Status.Conditions, v1.ConditionReconciling)
+		setCondition(p, v1.ConditionReady, metav1.ConditionFalse, ReasonSuspended,
+			"reconciliation is suspended (spec.suspend); consent downgrades are still enforced")
+	case synced && creds && s.errMsg == "":
+		meta.RemoveStatusCondition(&p.Status.Conditions, v1.ConditionStalled)
+		meta.RemoveStatusCondition(&p.Status.Conditions, v1.ConditionReconciling)
+		setCondition(p, v1.ConditionReady, metav1.ConditionTrue, ReasonEnforced,
+			fmt.Sprintf("effective tier %s is enforced", p.Status.EffectiveTier))
+	default:
+		meta.RemoveStatusCondition(&p.Status.Conditions, v1.ConditionStalled)
+		reason, msg := ReasonProgressing, "converging"
+		switch {
+		case s.errMsg != "":
+			reason, msg = ReasonReconcileError, s.errMsg
+		case !synced:
+			reason, msg = conditionReason(p, v1.ConditionSynced)
+		case !creds:
+			reason, msg = conditionReason(p, v1.ConditionCredentialsReady)
+		}
+		setCondition(p, v1.ConditionReconciling, metav1.ConditionTrue, reason, msg)
+		setCondition(p, v1.ConditionReady, metav1.ConditionFalse, reason, msg)
+	}
+}
+
+// setUnknownConditions writes every domain condition on the first visit, as Unknown, so
+// tools never have to guess whether a missing condition means "not yet" or "not applicable".
+func setUnknownConditions(p *v1.TelemetryPolicy) {
+	for _, t := range []string{v1.ConditionConsentEligible, v1.ConditionSynced, v1.ConditionCredentialsReady, v1.ConditionExporting} {
+		if meta.FindStatusCondition(p.Status.Conditions, t) == nil {
+			setCondition(p, t, metav1.ConditionUnknown, ReasonProgressing, "not observed yet")
+		}
+	}
+}
+
+func conditionReason(p *v1.TelemetryPolicy, typ string) (string, string) {
+	if c := meta.FindStatusCondition(p.Status.Conditions, typ); c != nil {
+		return c.Reason, c.Message
+	}
+	return ReasonProgressing, typ + " not observed yet"
+}
+
+func setCondition(p *v1.TelemetryPolicy, typ string, status metav1.ConditionStatus, reason, msg string) {
+	if len(msg) > 1024 {
+		msg = msg[:1024]
+	}
+	meta.SetStatusCondition(&p.Status.Conditions, metav1.Condition{
+		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: p.Generation,
+	})
+}
+
+func shortHash(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}

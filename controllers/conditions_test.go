@@ -1,0 +1,213 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
+)
+
+func dep(hash string, gen, observed int64, replicas, updated, available int32, conds ...appsv1.DeploymentCondition) *appsv1.Deployment {
+	d := &appsv1.Deployment{}
+	d.Generation = gen
+	d.Spec.Template.Annotations = map[string]string{resources.AnnotationConfigHash: hash}
+	d.Status = appsv1.DeploymentStatus{ObservedGeneration: observed, Replicas: replicas, UpdatedReplicas: updated, AvailableReplicas: available, Conditions: conds}
+	return d
+}
+
+func TestSetSyncedCondition(t *testing.T) {
+	deadline := appsv1.DeploymentCondition{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionFalse, Reason: "ProgressDeadlineExceeded", Message: "image pull backoff"}
+	cases := []struct {
+		name        string
+		obs         workloadObservation
+		wantStatus  metav1.ConditionStatus
+		wantReason  string
+		wantStalled bool
+	}{
+		{"no deployment yet", workloadObservation{tier: v1.TierEventLevel, configHash: "h"}, metav1.ConditionFalse, ReasonCollectorMissing, false},
+		{"old template in spec (stale cache)", workloadObservation{v1.TierEventLevel, dep("old", 2, 2, 1, 1, 1), "h"}, metav1.ConditionFalse, ReasonRollingOut, false},
+		{"generation not observed", workloadObservation{v1.TierEventLevel, dep("h", 3, 2, 1, 1, 1), "h"}, metav1.ConditionFalse, ReasonRollingOut, false},
+		{"old pod still running", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 0, 1), "h"}, metav1.ConditionFalse, ReasonOldCollectorRunning, false},
+		{"old and new pods", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 2, 1, 2), "h"}, metav1.ConditionFalse, ReasonOldCollectorRunning, false},
+		{"new pod not available", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 1, 0), "h"}, metav1.ConditionFalse, ReasonCollectorStarting, false},
+		{"no pods at all", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 0, 0, 0), "h"}, metav1.ConditionFalse, ReasonCollectorStarting, false},
+		{"rollout stuck", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 1, 0, deadline), "h"}, metav1.ConditionFalse, ReasonProgressDeadline, true},
+		{"synced", workloadObservation{v1.TierCriticalOnly, dep("h", 3, 3, 1, 1, 1), "h"}, metav1.ConditionTrue, ReasonSynced, false},
+		{"off with deployment left", workloadObservation{v1.TierOff, dep("h", 3, 3, 1, 1, 1), ""}, metav1.ConditionFalse, ReasonCollectorStopping, false},
+		{"off and gone", workloadObservation{tier: v1.TierOff}, metav1.ConditionTrue, ReasonCollectorStopped, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &v1.TelemetryPolicy{}
+			p.Generation = 7
+			stalled := setSyncedCondition(p, tc.obs)
+			c := meta.FindStatusCondition(p.Status.Conditions, v1.ConditionSynced)
+			if c.Status != tc.wantStatus || c.Reason != tc.wantReason || stalled != tc.wantStalled {
+				t.Fatalf("got %s/%s stalled=%v (%s), want %s/%s stalled=%v", c.Status, c.Reason, stalled, c.Message, tc.wantStatus, tc.wantReason, tc.wantStalled)
+			}
+			if c.ObservedGeneration != 7 {
+				t.Fatalf("observedGeneration = %d", c.ObservedGeneration)
+			}
+		})
+	}
+}
+
+func TestSetExportingCondition(t *testing.T) {
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) *metav1.Time { t := metav1.NewTime(now.Add(d)); return &t }
+	cases := []struct {
+		name       string
+		obs        exportObservation
+		wantStatus metav1.ConditionStatus
+		wantReason string
+		wantStale  *time.Time
+		wantInMsg  string
+	}{
+		{"off", exportObservation{tier: v1.TierOff, now: now}, metav1.ConditionFalse, ReasonExportDisabled, nil, ""},
+		{"nothing reported", exportObservation{tier: v1.TierEventLevel, interval: time.Minute, now: now}, metav1.ConditionFalse, ReasonExportNoProgress, nil, ""},
+		{"only an error", exportObservation{tier: v1.TierEventLevel, progress: &v1.ExportStatus{LastError: "receiver unreachable"}, interval: time.Minute, now: now},
+			metav1.ConditionFalse, ReasonExportNoProgress, nil, "receiver unreachable"},
+		{"recent success", exportObservation{tier: v1.TierEventLevel, progress: &v1.ExportStatus{LastSuccessTime: at(-time.Minute)}, interval: 5 * time.Minute, now: now},
+			metav1.ConditionTrue, ReasonExportFlowing, &[]time.Time{now.Add(-time.Minute + 16*time.Minute)}[0], ""},
+		{"stale success", exportObservation{tier: v1.TierCriticalOnly, progress: &v1.ExportStatus{LastSuccessTime: at(-16 * time.Minute), LastError: "503"}, interval: 5 * time.Minute, now: now},
+			metav1.ConditionFalse, ReasonExportStale, nil, "last error: 503"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &v1.TelemetryPolicy{}
+			stale := setExportingCondition(p, tc.obs)
+			c := meta.FindStatusCondition(p.Status.Conditions, v1.ConditionExporting)
+			if c.Status != tc.wantStatus || c.Reason != tc.wantReason {
+				t.Fatalf("got %s/%s, want %s/%s", c.Status, c.Reason, tc.wantStatus, tc.wantReason)
+			}
+			if (stale == nil) != (tc.wantStale == nil) || (stale != nil && !stale.Equal(*tc.wantStale)) {
+				t.Fatalf("stale at %v, want %v", stale, tc.wantStale)
+			}
+			if !strings.Contains(c.Message, tc.wantInMsg) {
+				t.Fatalf("message %q lacks %q", c.Message, tc.wantInMsg)
+			}
+		})
+	}
+}
+
+func TestSetSummaryConditions(t *testing.T) {
+	withConds := func(synced, creds metav1.ConditionStatus) *v1.TelemetryPolicy {
+		p := &v1.TelemetryPolicy{}
+		p.Status.EffectiveTier = v1.TierEventLevel
+		setCondition(p, v1.ConditionSynced, synced, "S", "synced msg")
+		setCondition(p, v1.ConditionCredentialsReady, creds, "C", "creds msg")
+		return p
+	}
+	cases := []struct {
+		name                      string
+		p                         *v1.TelemetryPolicy
+		s                         summary
+		ready                     metav1.ConditionStatus
+		readyReason               string
+		reconciling, stalledShown bool
+	}{
+		{"all good", withConds(metav1.ConditionTrue, metav1.ConditionTrue), summary{}, metav1.ConditionTrue, ReasonEnforced, false, false},
+		{"rolling out", withConds(metav1.ConditionFalse, metav1.ConditionTrue), summary{}, metav1.ConditionFalse, "S", true, false},
+		{"credentials missing", withConds(metav1.ConditionTrue, metav1.ConditionFalse), summary{}, metav1.ConditionFalse, "C", true, false},
+		{"error", withConds(metav1.ConditionTrue, metav1.ConditionTrue), summary{errMsg: "boom"}, metav1.ConditionFalse, ReasonReconcileError, true, false},
+		{"stalled", withConds(metav1.ConditionFalse, metav1.ConditionTrue), summary{stalledReason: "IssuerUnavailable", stalledMsg: "x"}, metav1.ConditionFalse, "IssuerUnavailable", false, true},
+		{"suspended", withConds(metav1.ConditionTrue, metav1.ConditionTrue), summary{suspended: true}, metav1.ConditionFalse, ReasonSuspended, false, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			// A previous Reconciling/Stalled must be cleared when no longer true.
+			setCondition(tc.p, v1.ConditionReconciling, metav1.ConditionTrue, "old", "old")
+			setCondition(tc.p, v1.ConditionStalled, metav1.ConditionTrue, "old", "old")
+			setSummaryConditions(tc.p, tc.s)
+			r := meta.FindStatusCondition(tc.p.Status.Conditions, v1.ConditionReady)
+			if r.Status != tc.ready || r.Reason != tc.readyReason {
+				t.Fatalf("Ready = %s/%s, want %s/%s", r.Status, r.Reason, tc.ready, tc.readyReason)
+			}
+			if got := meta.FindStatusCondition(tc.p.Status.Conditions, v1.ConditionReconciling) != nil; got != tc.reconciling {
+				t.Fatalf("Reconciling present = %v, want %v", got, tc.reconciling)
+			}
+			if got := meta.FindStatusCondition(tc.p.Status.Conditions, v1.ConditionStalled) != nil; got != tc.stalledShown {
+				t.Fatalf("Stalled present = %v, want %v", got, tc.stalledShown)
+			}
+			for _, typ := range []string{v1.ConditionConsentEligible, v1.ConditionExporting} {
+				if meta.FindStatusCondition(tc.p.Status.Conditions, typ) == nil {
+					t.Fatalf("%s is not written on the first visit", typ)
+				}
+			}
+		})
+	}
+}
+
+func TestDecideRotation(t *testing.T) {
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name                    string
+		problem                 string
+		exists, issuedBefore    bool
+		renewal                 time.Time
+		requested, handled      string
+		wantReason, wantRequest string
+	}{
+		{"first issue", "", false, false, time.Time{}, "", "", pki.IssueInitial, ""},
+		{"secret deleted", "", false, true, time.Time{}, "", "", pki.IssueSecretMissing, ""},
+		{"tampered", pki.IssueKeyMismatch, true, true, now.Add(time.Hour), "", "", pki.IssueKeyMismatch, ""},
+		{"not due", "", true, true, now.Add(time.Second), "", "", "", ""},
+		{"due exactly now", "", true, true, now, "", "", pki.IssueScheduled, ""},
+		{"new manual request", "", true, true, now.Add(time.Hour), "r1", "", pki.IssueRequested, "r1"},
+		{"request already handled", "", true, true, now.Add(time.Hour), "r1", "r1", "", ""},
+		{"another request", "", true, true, now.Add(time.Hour), "r2", "r1", pki.IssueRequested, "r2"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d := decideRotation(tc.problem, tc.exists, tc.issuedBefore, tc.renewal, now, tc.requested, tc.handled)
+			if d.reason != tc.wantReason || d.request != tc.wantRequest {
+				t.Fatalf("got %+v, want reason %q request %q", d, tc.wantReason, tc.wantRequest)
+			}
+		})
+	}
+}
+
+func TestParseCollectorStateIsDefensive(t *testing.T) {
+	cases := map[string]string{
+		"not JSON":          `{`,
+		"wrong types":       `{"cursor":"many"}`,
+		"oversized":         `{"lastError":"` + strings.Repeat("a", maxStateSize) + `"}`,
+		"huge number":       `{"cursor": 1e400}`,
+		"invalid tier kept": `{"tier":"Everything","cursor":5}`,
+	}
+	for name, raw := range cases {
+		t.Run(name, func(t *testing.T) {
+			s := parseCollectorState(raw)
+			if s == nil {
+				t.Fatal("nil state")
+			}
+			if name == "invalid tier kept" {
+				if s.CollectorTier != "" || s.Cursor != 5 {
+					t.Fatalf("an unknown tier must be dropped, got %+v", s)
+				}
+				return
+			}
+			if s.LastError == "" {
+				t.Fatalf("malformed state must be reported, got %+v", s)
+			}
+		})
+	}
+	long := parseCollectorState(`{"lastError":"` + strings.Repeat("e", 5000) + `"}`)
+	if len(long.LastError) > 1024 {
+		t.Fatalf("lastError not truncated: %d bytes", len(long.LastError))
+	}
+}

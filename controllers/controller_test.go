@@ -1,0 +1,437 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
+)
+
+func configOf(ctx context.Context, ns, policy string) collectorconfig.Config {
+	GinkgoHelper()
+	cm := &corev1.ConfigMap{}
+	Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: resources.NamesFor(policy).Config}, cm)).To(Succeed())
+	c, err := collectorconfig.Parse(strings.NewReader(cm.Data[resources.ConfigKey]))
+	Expect(err).NotTo(HaveOccurred())
+	return *c
+}
+
+var _ = Describe("Reconciling a TelemetryPolicy", func() {
+	ctx := context.Background()
+
+	It("creates exactly the expected, hardened objects for EventLevel and reports truthfully", func() {
+		ns := newNamespace(ctx)
+		Expect(k8s.Create(ctx, eventLevelPolicy(ns, "acme"))).To(Succeed())
+		names := resources.NamesFor("acme")
+
+		By("writing every condition on the first visit")
+		Eventually(func() []string {
+			var types []string
+			for _, c := range getPolicy(ctx, ns, "acme").Status.Conditions {
+				types = append(types, c.Type)
+			}
+			return types
+		}).Should(ContainElements(v1.ConditionReady, v1.ConditionConsentEligible, v1.ConditionSynced, v1.ConditionCredentialsReady, v1.ConditionExporting))
+
+		var dep *appsv1.Deployment
+		Eventually(func() error { var err error; dep, err = deployment(ctx, ns, "acme"); return err }).Should(Succeed())
+		p := getPolicy(ctx, ns, "acme")
+
+		By("owning and labelling every object")
+		cm := &corev1.ConfigMap{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Config}, cm)).To(Succeed())
+		state := &corev1.ConfigMap{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.State}, state)).To(Succeed())
+		sa := &corev1.ServiceAccount{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.ServiceAccount}, sa)).To(Succeed())
+		role := &rbacv1.Role{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Role}, role)).To(Succeed())
+		rb := &rbacv1.RoleBinding{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.RoleBinding}, rb)).To(Succeed())
+		tlsSecret := &corev1.Secret{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Credentials}, tlsSecret)).To(Succeed())
+		key := &corev1.Secret{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.PseudonymKey}, key)).To(Succeed())
+		for _, obj := range []client.Object{cm, state, sa, role, rb, tlsSecret, key, dep} {
+			expectOwned(obj, p)
+		}
+
+		By("rendering the configuration for the effective tier")
+		c := configOf(ctx, ns, "acme")
+		Expect(c.Tier).To(Equal(v1.TierEventLevel))
+		Expect(c.InstanceID).To(Equal("acme"))
+		Expect(c.Endpoint).To(Equal("https://receiver.example.com:8443"))
+		Expect(c.BatchSize).To(Equal(5000))
+		Expect(c.Interval).To(Equal("5m0s"))
+		Expect(c.State).To(Equal(collectorconfig.StateRef{Namespace: ns, ConfigMap: names.State}))
+		Expect(cm.Data[resources.ConfigKey]).NotTo(ContainSubstring("secret-password"), "the DSN is mounted, never copied")
+
+		By("letting the collector update only its own state object")
+		Expect(role.Rules).To(Equal([]rbacv1.PolicyRule{{
+			APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{names.State}, Verbs: []string{"get", "update", "patch"},
+		}}))
+		Expect(rb.RoleRef.Name).To(Equal(names.Role))
+		Expect(rb.Subjects).To(ConsistOf(rbacv1.Subject{Kind: "ServiceAccount", Name: names.ServiceAccount, Namespace: ns}))
+
+		By("hardening the collector Deployment")
+		Expect(*dep.Spec.Replicas).To(Equal(int32(1)))
+		Expect(dep.Spec.Strategy.Type).To(Equal(appsv1.RecreateDeploymentStrategyType))
+		Expect(dep.Spec.Template.Annotations).To(HaveKeyWithValue(resources.AnnotationConfigHash, resources.Hash([]byte(cm.Data[resources.ConfigKey]))))
+		pod := dep.Spec.Template.Spec
+		Expect(pod.ServiceAccountName).To(Equal(names.ServiceAccount))
+		Expect(*pod.SecurityContext.RunAsNonRoot).To(BeTrue())
+		Expect(pod.SecurityContext.SeccompProfile.Type).To(Equal(corev1.SeccompProfileTypeRuntimeDefault))
+		Expect(pod.Containers).To(HaveLen(1))
+		ctr := pod.Containers[0]
+		Expect(ctr.Image).To(Equal("telemetry-collector:test"))
+		Expect(*ctr.SecurityContext.ReadOnlyRootFilesystem).To(BeTrue())
+		Expect(*ctr.SecurityContext.AllowPrivilegeEscalation).To(BeFalse())
+		Expect(*ctr.SecurityContext.Privileged).To(BeFalse())
+		Expect(*ctr.SecurityContext.RunAsNonRoot).To(BeTrue())
+		Expect(ctr.SecurityContext.Capabilities.Drop).To(ConsistOf(corev1.Capability("ALL")))
+		Expect(ctr.SecurityContext.Capabilities.Add).To(BeEmpty())
+		Expect(ctr.SecurityContext.SeccompProfile.Type).To(Equal(corev1.SeccompProfileTypeRuntimeDefault))
+		Expect(ctr.Resources.Requests).To(HaveKey(corev1.ResourceMemory))
+		Expect(ctr.Resources.Limits).To(HaveKey(corev1.ResourceMemory))
+		Expect(ctr.LivenessProbe.HTTPGet.Path).To(Equal("/healthz"))
+		Expect(ctr.ReadinessProbe.HTTPGet.Path).To(Equal("/readyz"))
+		Expect(ctr.Ports).To(ContainElement(HaveField("Name", "metrics")))
+		mounts := map[string]string{}
+		for _, m := range ctr.VolumeMounts {
+			mounts[m.Name] = m.MountPath
+		}
+		Expect(mounts).To(Equal(map[string]string{
+			"config": collectorconfig.ConfigDir, "tls": collectorconfig.TLSDir, "pseudonym-key": collectorconfig.PseudonymDir,
+			"database": collectorconfig.DatabaseDir, "tmp": "/tmp",
+		}))
+		volumes := map[string]corev1.VolumeSource{}
+		for _, v := range pod.Volumes {
+			volumes[v.Name] = v.VolumeSource
+		}
+		Expect(volumes["config"].ConfigMap.Name).To(Equal(names.Config))
+		Expect(volumes["tls"].Secret.SecretName).To(Equal(names.Credentials))
+		Expect(volumes["pseudonym-key"].Secret.SecretName).To(Equal(names.PseudonymKey))
+		Expect(volumes["database"].Secret.SecretName).To(Equal("frontend-db"))
+		Expect(volumes["database"].Secret.Items).To(ConsistOf(corev1.KeyToPath{Key: "dsn", Path: "dsn"}))
+
+		By("issuing a client certificate for the instance, and a 32-byte pseudonym key")
+		Expect(tlsSecret.Type).To(Equal(corev1.SecretTypeTLS))
+		cert, err := pki.ParseCertificatePEM(tlsSecret.Data["tls.crt"])
+		Expect(err).NotTo(HaveOccurred())
+		roots := x509.NewCertPool()
+		roots.AddCert(fleetCA.Cert)
+		_, err = cert.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: fakeClock.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(pki.InstanceID(cert)).To(Equal("acme"))
+		Expect(tlsSecret.Data["ca.crt"]).To(Equal(fleetCA.CertPEM))
+		Expect(key.Data[resources.PseudonymKeyKey]).To(HaveLen(32))
+
+		By("not reporting Ready before the collector runs the configuration")
+		Eventually(conditionStatus(ctx, ns, "acme", v1.ConditionSynced)).Should(Equal("Synced=False/RollingOut"))
+		p = getPolicy(ctx, ns, "acme")
+		Expect(condition(p, v1.ConditionReady).Status).To(Equal(metav1.ConditionFalse))
+		Expect(condition(p, v1.ConditionReconciling).Status).To(Equal(metav1.ConditionTrue))
+		Expect(condition(p, v1.ConditionStalled)).To(BeNil())
+		Expect(p.Status.EffectiveTier).To(Equal(v1.TierEventLevel))
+		Expect(p.Status.ObservedGeneration).To(Equal(p.Generation))
+		Expect(p.Status.Credentials.Revision).To(Equal(int64(1)))
+		Expect(p.Status.Credentials.SerialNumber).To(Equal(pki.SerialHex(cert)))
+		Expect(kstatusOf(ctx, ns, "acme")).To(Equal(status.InProgressStatus))
+
+		By("an available pod that is still the old template is not enough")
+		setDeploymentStatus(ctx, ns, "acme", func(d *appsv1.Deployment) {
+			d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 0, AvailableReplicas: 1, ReadyReplicas: 1}
+		})
+		Eventually(conditionStatus(ctx, ns, "acme", v1.ConditionSynced)).Should(Equal("Synced=False/OldCollectorRunning"))
+		Expect(kstatusOf(ctx, ns, "acme")).To(Equal(status.InProgressStatus))
+
+		By("reporting Ready once the current template runs")
+		rollOut(ctx, ns, "acme")
+		Eventually(conditionStatus(ctx, ns, "acme", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+		p = getPolicy(ctx, ns, "acme")
+		Expect(condition(p, v1.ConditionReconciling)).To(BeNil(), "Reconciling is present only while true")
+		Expect(condition(p, v1.ConditionStalled)).To(BeNil())
+		Expect(condition(p, v1.ConditionConsentEligible).Status).To(Equal(metav1.ConditionTrue))
+		Expect(kstatusOf(ctx, ns, "acme")).To(Equal(status.CurrentStatus))
+		Expect(p.Status.ConsentHistory).To(HaveLen(1))
+		Expect(p.Status.ConsentHistory[0].To).To(Equal(v1.TierEventLevel))
+		Expect(eventReasons(ctx, ns, "acme")).To(ContainElements("TierChanged", "CredentialsIssued", "PseudonymKeyCreated"))
+	})
+
+	It("walks EventLevel -> CriticalOnly -> Off -> EventLevel, flipping Synced only on observed pod state", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "walk")
+		names := resources.NamesFor("walk")
+		key := &corev1.Secret{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.PseudonymKey}, key)).To(Succeed())
+		originalKey := bytes.Clone(key.Data[resources.PseudonymKeyKey])
+		before, _ := deployment(ctx, ns, "walk")
+
+		By("downgrading to CriticalOnly")
+		updatePolicy(ctx, ns, "walk", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+		Eventually(func() v1.ConsentTier { return configOf(ctx, ns, "walk").Tier }).Should(Equal(v1.TierCriticalOnly))
+		Eventually(func() string {
+			d, _ := deployment(ctx, ns, "walk")
+			return d.Spec.Template.Annotations[resources.AnnotationConfigHash]
+		}).ShouldNot(Equal(before.Spec.Template.Annotations[resources.AnnotationConfigHash]))
+		Eventually(conditionStatus(ctx, ns, "walk", v1.ConditionSynced)).Should(Equal("Synced=False/RollingOut"))
+		Consistently(conditionStatus(ctx, ns, "walk", v1.ConditionReady), "500ms").Should(HavePrefix("Ready=False"))
+		Expect(kstatusOf(ctx, ns, "walk")).To(Equal(status.InProgressStatus))
+		p := getPolicy(ctx, ns, "walk")
+		Expect(p.Status.EffectiveTier).To(Equal(v1.TierCriticalOnly))
+
+		By("the old EventLevel pod still terminating keeps the downgrade unreported")
+		setDeploymentStatus(ctx, ns, "walk", func(d *appsv1.Deployment) {
+			d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 0}
+		})
+		Eventually(conditionStatus(ctx, ns, "walk", v1.ConditionSynced)).Should(Equal("Synced=False/OldCollectorRunning"))
+		rollOut(ctx, ns, "walk")
+		Eventually(conditionStatus(ctx, ns, "walk", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+		Expect(kstatusOf(ctx, ns, "walk")).To(Equal(status.CurrentStatus))
+
+		By("turning telemetry Off: the Deployment is deleted in the foreground")
+		updatePolicy(ctx, ns, "walk", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+		Eventually(conditionStatus(ctx, ns, "walk", v1.ConditionSynced)).Should(Equal("Synced=False/CollectorStopping"))
+		Expect(getPolicy(ctx, ns, "walk").Status.EffectiveTier).To(Equal(v1.TierOff))
+		Expect(configOf(ctx, ns, "walk").Tier).To(Equal(v1.TierOff), "a still-running collector reads Off and stops sending")
+		Consistently(conditionStatus(ctx, ns, "walk", v1.ConditionReady), "500ms").Should(HavePrefix("Ready=False"))
+		collectGarbage(ctx, ns, "walk")
+		Eventually(conditionStatus(ctx, ns, "walk", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+		for _, obj := range []client.Object{&corev1.Secret{}, &rbacv1.RoleBinding{}, &rbacv1.Role{}, &corev1.ServiceAccount{}, &appsv1.Deployment{}} {
+			name := map[string]string{"*v1.Secret": names.Credentials, "*v1.RoleBinding": names.RoleBinding, "*v1.Role": names.Role, "*v1.ServiceAccount": names.ServiceAccount, "*v1.Deployment": names.Deployment}[typeName(obj)]
+			Eventually(func() bool {
+				return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, obj))
+			}).Should(BeTrue(), "%s is removed for Off", name)
+		}
+		p = getPolicy(ctx, ns, "walk")
+		Expect(p.Status.Credentials).To(BeNil())
+		Expect(condition(p, v1.ConditionExporting).Reason).To(Equal("ExportDisabled"))
+		Expect(kstatusOf(ctx, ns, "walk")).To(Equal(status.CurrentStatus))
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.PseudonymKey}, key)).To(Succeed())
+		Expect(key.Data[resources.PseudonymKeyKey]).To(Equal(originalKey), "the pseudonym key survives Off")
+
+		By("resuming EventLevel")
+		updatePolicy(ctx, ns, "walk", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
+		Eventually(func() error { _, err := deployment(ctx, ns, "walk"); return err }).Should(Succeed())
+		Eventually(conditionStatus(ctx, ns, "walk", v1.ConditionSynced)).Should(Equal("Synced=False/RollingOut"))
+		rollOut(ctx, ns, "walk")
+		Eventually(conditionStatus(ctx, ns, "walk", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.PseudonymKey}, key)).To(Succeed())
+		Expect(key.Data[resources.PseudonymKeyKey]).To(Equal(originalKey), "pseudonyms stay stable across Off")
+
+		p = getPolicy(ctx, ns, "walk")
+		var tiers []v1.ConsentTier
+		for _, h := range p.Status.ConsentHistory {
+			tiers = append(tiers, h.To)
+		}
+		Expect(tiers).To(Equal([]v1.ConsentTier{v1.TierEventLevel, v1.TierCriticalOnly, v1.TierOff, v1.TierEventLevel}))
+		Expect(eventReasons(ctx, ns, "walk")).To(ContainElement("TierDowngraded"))
+	})
+
+	It("downgrades an EventLevel trial when it expires, with a history entry and an Event", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "trial")
+		expires := getPolicy(ctx, ns, "trial").Spec.Contract.ExpiresAt.Time
+
+		By("staying EventLevel until the moment of expiry")
+		fakeClock.SetTime(expires.Add(-time.Second))
+		requestReconcile(ctx, ns, "trial")
+		Expect(getPolicy(ctx, ns, "trial").Status.EffectiveTier).To(Equal(v1.TierEventLevel))
+
+		By("running CriticalOnly from expiresAt on")
+		fakeClock.SetTime(expires)
+		requestReconcile(ctx, ns, "trial")
+		p := getPolicy(ctx, ns, "trial")
+		Expect(p.Status.EffectiveTier).To(Equal(v1.TierCriticalOnly))
+		c := condition(p, v1.ConditionConsentEligible)
+		Expect(c.Status).To(Equal(metav1.ConditionFalse))
+		Expect(c.Reason).To(Equal(v1.ReasonTrialExpired))
+		last := p.Status.ConsentHistory[len(p.Status.ConsentHistory)-1]
+		Expect(last).To(And(HaveField("From", v1.TierEventLevel), HaveField("To", v1.TierCriticalOnly),
+			HaveField("Reason", v1.ReasonTrialExpired), HaveField("Basis", v1.BasisSelfServeTrial)))
+		Expect(p.Spec.Consent.Tier).To(Equal(v1.TierEventLevel), "the declared tier is left as declared")
+		Eventually(func() v1.ConsentTier { return configOf(ctx, ns, "trial").Tier }).Should(Equal(v1.TierCriticalOnly))
+		Eventually(func() []string { return eventReasons(ctx, ns, "trial") }).Should(ContainElement("TierDowngraded"))
+		Expect(metricValue(metrics.Downgrades.WithLabelValues(v1.ReasonTrialExpired))).To(BeNumerically(">=", 1))
+	})
+
+	It("puts back owned objects that are edited or deleted by hand", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "drift")
+		names := resources.NamesFor("drift")
+		cmKey := client.ObjectKey{Namespace: ns, Name: names.Config}
+		original := &corev1.ConfigMap{}
+		Expect(k8s.Get(ctx, cmKey, original)).To(Succeed())
+
+		By("an edited ConfigMap")
+		cm := original.DeepCopy()
+		cm.Data[resources.ConfigKey] = `{"tier":"EventLevel","hacked":true}`
+		Expect(k8s.Update(ctx, cm)).To(Succeed())
+		Eventually(func() map[string]string { _ = k8s.Get(ctx, cmKey, cm); return cm.Data }).Should(Equal(original.Data))
+
+		By("a ConfigMap whose managed-by label was removed (invisible to the filtered cache)")
+		Expect(k8s.Get(ctx, cmKey, cm)).To(Succeed())
+		delete(cm.Labels, resources.LabelManagedBy)
+		cm.Data[resources.ConfigKey] = "tampered"
+		Expect(k8s.Update(ctx, cm)).To(Succeed())
+		Eventually(func() bool {
+			_ = k8s.Get(ctx, cmKey, cm)
+			return cm.Labels[resources.LabelManagedBy] == resources.ManagedByValue && cm.Data[resources.ConfigKey] == original.Data[resources.ConfigKey]
+		}).Should(BeTrue())
+
+		By("a deleted ConfigMap")
+		Expect(k8s.Delete(ctx, cm)).To(Succeed())
+		Eventually(func() error { return k8s.Get(ctx, cmKey, cm) }).Should(Succeed())
+		Expect(cm.Data).To(Equal(original.Data))
+
+		By("a widened Role")
+		role := &rbacv1.Role{}
+		roleKey := client.ObjectKey{Namespace: ns, Name: names.Role}
+		Expect(k8s.Get(ctx, roleKey, role)).To(Succeed())
+		wanted := role.Rules
+		role.Rules = append(role.Rules, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list"}})
+		Expect(k8s.Update(ctx, role)).To(Succeed())
+		Eventually(func() []rbacv1.PolicyRule { _ = k8s.Get(ctx, roleKey, role); return role.Rules }).Should(Equal(wanted))
+
+		By("a deleted RoleBinding and ServiceAccount")
+		Expect(k8s.Delete(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: names.RoleBinding}})).To(Succeed())
+		Expect(k8s.Delete(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: names.ServiceAccount}})).To(Succeed())
+		Eventually(func() error {
+			return k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.RoleBinding}, &rbacv1.RoleBinding{})
+		}).Should(Succeed())
+		Eventually(func() error {
+			return k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.ServiceAccount}, &corev1.ServiceAccount{})
+		}).Should(Succeed())
+
+		By("a Deployment with its hardening removed and a second replica")
+		dep, _ := deployment(ctx, ns, "drift")
+		dep.Spec.Replicas = ptr.To[int32](2)
+		dep.Spec.Template.Spec.Containers[0].SecurityContext = nil
+		dep.Spec.Template.Spec.Containers[0].Image = "evil:latest"
+		Expect(k8s.Update(ctx, dep)).To(Succeed())
+		Eventually(func() bool {
+			d, _ := deployment(ctx, ns, "drift")
+			c := d.Spec.Template.Spec.Containers[0]
+			return *d.Spec.Replicas == 1 && c.SecurityContext != nil && *c.SecurityContext.ReadOnlyRootFilesystem && c.Image == "telemetry-collector:test"
+		}).Should(BeTrue())
+
+		By("a deleted Deployment")
+		dep, _ = deployment(ctx, ns, "drift")
+		Expect(k8s.Delete(ctx, dep)).To(Succeed())
+		Eventually(func() error {
+			d, err := deployment(ctx, ns, "drift")
+			if err == nil && d.UID == dep.UID {
+				return errorf("still the old deployment")
+			}
+			return err
+		}).Should(Succeed())
+		Eventually(conditionStatus(ctx, ns, "drift", v1.ConditionSynced)).Should(Equal("Synced=False/RollingOut"))
+
+		By("a deleted state object")
+		Expect(k8s.Delete(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: names.State}})).To(Succeed())
+		Eventually(func() error {
+			return k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.State}, &corev1.ConfigMap{})
+		}).Should(Succeed())
+	})
+
+	It("folds the collector's progress into status.export and Exporting, defensively", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "progress")
+		stateKey := client.ObjectKey{Namespace: ns, Name: resources.NamesFor("progress").State}
+		writeState := func(doc string) {
+			Eventually(func() error {
+				cm := &corev1.ConfigMap{}
+				if err := k8s.Get(ctx, stateKey, cm); err != nil {
+					return err
+				}
+				cm.Data = map[string]string{resources.StateKey: doc}
+				return k8s.Update(ctx, cm)
+			}).Should(Succeed())
+		}
+		Expect(conditionStatus(ctx, ns, "progress", v1.ConditionExporting)()).To(Equal("Exporting=False/NoProgressYet"))
+
+		now := fakeClock.Now().UTC()
+		doc, _ := json.Marshal(map[string]any{"cursor": 1234, "lastSuccessTime": now, "eventsExported": 1000, "eventsDropped": 7, "lagSeconds": 12, "tier": "EventLevel"})
+		writeState(string(doc))
+		Eventually(conditionStatus(ctx, ns, "progress", v1.ConditionExporting)).Should(Equal("Exporting=True/Flowing"))
+		exp := getPolicy(ctx, ns, "progress").Status.Export
+		Expect(exp.Cursor).To(Equal(int64(1234)))
+		Expect(exp.EventsExported).To(Equal(int64(1000)))
+		Expect(exp.EventsDropped).To(Equal(int64(7)))
+		Expect(exp.LagSeconds).To(Equal(int64(12)))
+		Expect(exp.LastSuccessTime.Time.Equal(now.Truncate(time.Second))).To(BeTrue())
+
+		By("going stale after three intervals without success")
+		fakeClock.SetTime(now.Add(3*5*time.Minute + time.Minute))
+		requestReconcile(ctx, ns, "progress")
+		Expect(conditionStatus(ctx, ns, "progress", v1.ConditionExporting)()).To(Equal("Exporting=False/NoRecentSuccess"))
+		Expect(conditionStatus(ctx, ns, "progress", v1.ConditionReady)()).To(Equal("Ready=True/Enforced"), "Ready is about enforcement, Exporting about flow")
+
+		By("treating malformed or oversized state as untrusted input")
+		writeState(`{"cursor": "lots"`)
+		Eventually(func() string { return getPolicy(ctx, ns, "progress").Status.Export.LastError }).Should(ContainSubstring("not valid JSON"))
+		writeState(`{"lastError":"` + strings.Repeat("x", 20000) + `"}`)
+		Eventually(func() string { return getPolicy(ctx, ns, "progress").Status.Export.LastError }).Should(ContainSubstring("larger than"))
+	})
+
+	It("pauses on spec.suspend but still enforces downgrades", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "paused")
+		updatePolicy(ctx, ns, "paused", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+		Eventually(func() v1.ConsentTier { return configOf(ctx, ns, "paused").Tier }).Should(Equal(v1.TierCriticalOnly))
+		rollOut(ctx, ns, "paused")
+		Eventually(conditionStatus(ctx, ns, "paused", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+
+		By("ignoring an upgrade while suspended")
+		updatePolicy(ctx, ns, "paused", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true; p.Spec.Consent.Tier = v1.TierEventLevel })
+		Eventually(conditionStatus(ctx, ns, "paused", v1.ConditionReady)).Should(Equal("Ready=False/Suspended"))
+		Consistently(func() v1.ConsentTier { return configOf(ctx, ns, "paused").Tier }, "1s").Should(Equal(v1.TierCriticalOnly))
+		Expect(getPolicy(ctx, ns, "paused").Status.EffectiveTier).To(Equal(v1.TierCriticalOnly))
+
+		By("enforcing a downgrade to Off while suspended")
+		updatePolicy(ctx, ns, "paused", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+		Eventually(func() v1.ConsentTier { return configOf(ctx, ns, "paused").Tier }).Should(Equal(v1.TierOff))
+		collectGarbage(ctx, ns, "paused")
+		Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "paused").Status.EffectiveTier }).Should(Equal(v1.TierOff))
+	})
+})
+
+func typeName(obj client.Object) string {
+	switch obj.(type) {
+	case *corev1.Secret:
+		return "*v1.Secret"
+	case *rbacv1.RoleBinding:
+		return "*v1.RoleBinding"
+	case *rbacv1.Role:
+		return "*v1.Role"
+	case *corev1.ServiceAccount:
+		return "*v1.ServiceAccount"
+	case *appsv1.Deployment:
+		return "*v1.Deployment"
+	}
+	return ""
+}

@@ -1,0 +1,273 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
+)
+
+// rotationDecision is the pure part of the credentials step: given what is stored, is a new
+// certificate needed, and why?
+type rotationDecision struct {
+	reason  string // empty: keep the current certificate
+	request string // the rotate-request annotation value being answered, if any
+}
+
+// decideRotation returns why the stored certificate must be replaced, if it must. problem is the
+// result of Issuer.CheckClient; handledRequest is the last rotate request already answered.
+func decideRotation(problem string, exists, issuedBefore bool, renewal time.Time, now time.Time, requested, handledRequest string) rotationDecision {
+	switch {
+	case !exists && !issuedBefore:
+		return rotationDecision{reason: pki.IssueInitial}
+	case !exists:
+		return rotationDecision{reason: pki.IssueSecretMissing}
+	case problem != "":
+		return rotationDecision{reason: problem}
+	case requested != "" && requested != handledRequest:
+		return rotationDecision{reason: pki.IssueRequested, request: requested}
+	case !now.Before(renewal):
+		return rotationDecision{reason: pki.IssueScheduled}
+	}
+	return rotationDecision{}
+}
+
+// reconcileCredentials makes sure the collector has a valid client certificate from the fleet
+// issuer, rotating it when due or requested. It returns the renewal time to requeue for.
+func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st *reconcileState) (*time.Time, error) {
+	p := st.policy
+	if r.Issuer == nil {
+		setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionFalse, ReasonIssuerUnavailable, "the fleet issuer is not loaded")
+		st.stall(ReasonIssuerUnavailable, "the fleet issuer is not loaded; see the manager's logs")
+		return nil, nil
+	}
+	names := resources.NamesFor(p.Name)
+	period := p.Spec.Credentials.RotationPeriodOrDefault()
+	now := r.Clock.Now()
+	key := client.ObjectKey{Namespace: p.Namespace, Name: names.Credentials}
+
+	secret := &corev1.Secret{}
+	exists := true
+	if err := r.Get(ctx, key, secret); apierrors.IsNotFound(err) {
+		exists = false
+	} else if err != nil {
+		return nil, err
+	}
+	decide := func() (rotationDecision, *time.Time) {
+		var data map[string][]byte
+		if exists {
+			data = secret.Data
+		}
+		cert, problem := r.Issuer.CheckClient(data, p.Spec.InstanceID, now)
+		var renewal time.Time
+		if cert != nil {
+			renewal = pki.RenewalTime(cert.NotBefore, cert.NotAfter, period)
+		}
+		handled := p.Status.LastHandledRotateRequest
+		if exists && secret.Annotations[resources.AnnotationRotateRequest] != "" {
+			handled = secret.Annotations[resources.AnnotationRotateRequest]
+		}
+		return decideRotation(problem, exists, p.Status.Credentials != nil, renewal, now, p.Annotations[v1.AnnotationRotateRequestedAt], handled), &renewal
+	}
+	dec, _ := decide()
+	if dec.reason != "" {
+		// Confirm against the API server before issuing: the cache may not yet show a certificate
+		// this operator wrote moments ago, and issuing twice would be a spurious rotation.
+		live := &corev1.Secret{}
+		err := r.APIReader.Get(ctx, key, live)
+		switch {
+		case apierrors.IsNotFound(err):
+			exists = false
+		case err != nil:
+			return nil, err
+		default:
+			exists, secret = true, live
+		}
+		dec, _ = decide()
+	}
+	if dec.reason != "" {
+		issued, err := r.issue(ctx, st, secret, exists, dec, period, now)
+		if err != nil {
+			r.Metrics.RotationFailures.Inc()
+			setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionFalse, ReasonIssueFailed, err.Error())
+			r.event(p, corev1.EventTypeWarning, "CredentialsIssueFailed", "IssueCredentials", "issuing the collector's client certificate failed: %v", err)
+			return nil, err
+		}
+		secret = issued
+	} else if err := r.ensureSecretMeta(ctx, p, secret, "credentials"); err != nil {
+		return nil, err
+	}
+
+	cert, problem := r.Issuer.CheckClient(secret.Data, p.Spec.InstanceID, now)
+	if problem != "" {
+		setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionFalse, ReasonIssueFailed, "the stored certificate is not usable: "+problem)
+		return nil, fmt.Errorf("stored certificate is not usable after issuing: %s", problem)
+	}
+	renewal := pki.RenewalTime(cert.NotBefore, cert.NotAfter, period)
+	revision, _ := strconv.ParseInt(secret.Annotations[resources.AnnotationRevision], 10, 64)
+	p.Status.Credentials = &v1.CredentialsStatus{
+		Revision:        revision,
+		SerialNumber:    pki.SerialHex(cert),
+		NotBefore:       &metav1.Time{Time: cert.NotBefore},
+		NotAfter:        &metav1.Time{Time: cert.NotAfter},
+		RenewalTime:     &metav1.Time{Time: renewal},
+		LastIssueReason: secret.Annotations[resources.AnnotationIssueReason],
+	}
+	if req := secret.Annotations[resources.AnnotationRotateRequest]; req != "" {
+		p.Status.LastHandledRotateRequest = req
+	}
+	r.Metrics.CertExpiry.WithLabelValues(p.Namespace, p.Name).Set(float64(cert.NotAfter.Unix()))
+	setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionTrue, ReasonCredentialsValid,
+		fmt.Sprintf("certificate %s (revision %d) is valid until %s; next rotation at %s",
+			shortHash(pki.SerialHex(cert)), revision, cert.NotAfter.UTC().Format(time.RFC3339), renewal.UTC().Format(time.RFC3339)))
+	return &renewal, nil
+}
+
+// issue creates a new key pair and certificate and stores it, replacing what was there.
+func (r *TelemetryPolicyReconciler) issue(ctx context.Context, st *reconcileState, secret *corev1.Secret, exists bool, dec rotationDecision, period time.Duration, now time.Time) (*corev1.Secret, error) {
+	p := st.policy
+	cc, err := r.Issuer.IssueClient(p.Spec.InstanceID, period, now, r.Random)
+	if err != nil {
+		return nil, err
+	}
+	var revision int64
+	if exists {
+		revision, _ = strconv.ParseInt(secret.Annotations[resources.AnnotationRevision], 10, 64)
+	}
+	if p.Status.Credentials != nil && p.Status.Credentials.Revision > revision {
+		revision = p.Status.Credentials.Revision
+	}
+	revision++
+
+	names := resources.NamesFor(p.Name)
+	if !exists {
+		secret = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: names.Credentials, Namespace: p.Namespace}}
+	}
+	secret.Type = corev1.SecretTypeTLS
+	labels := resources.Labels(p, "credentials")
+	if secret.Labels == nil {
+		secret.Labels = map[string]string{}
+	}
+	for k, v := range labels {
+		secret.Labels[k] = v
+	}
+	if secret.Annotations == nil {
+		secret.Annotations = map[string]string{}
+	}
+	secret.Annotations[resources.AnnotationRevision] = strconv.FormatInt(revision, 10)
+	secret.Annotations[resources.AnnotationIssueReason] = dec.reason
+	if dec.request != "" {
+		secret.Annotations[resources.AnnotationRotateRequest] = dec.request
+	}
+	secret.Data = map[string][]byte{pki.KeyCert: cc.CertPEM, pki.KeyKey: cc.KeyPEM, pki.KeyCA: r.Issuer.BundlePEM}
+	if err := controllerutil.SetControllerReference(p, secret, r.Scheme); err != nil {
+		return nil, err
+	}
+	if exists && secret.Type != corev1.SecretTypeTLS {
+		// The type of a Secret is immutable; replace a tampered one.
+		if err := r.Delete(ctx, secret); err != nil && !apierrors.IsNotFound(err) {
+			return nil, err
+		}
+		exists = false
+	}
+	if exists {
+		err = r.Update(ctx, secret)
+	} else {
+		secret.ResourceVersion = ""
+		err = r.Create(ctx, secret)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("storing the client certificate: %w", err)
+	}
+	r.Metrics.Rotations.WithLabelValues(dec.reason).Inc()
+	log.FromContext(ctx).Info("issued collector client certificate", "reason", dec.reason, "revision", revision,
+		"serial", pki.SerialHex(cc.Cert), "notAfter", cc.Cert.NotAfter.UTC())
+	action := "CredentialsRotated"
+	if dec.reason == pki.IssueInitial {
+		action = "CredentialsIssued"
+	}
+	r.event(p, corev1.EventTypeNormal, action, "IssueCredentials", "issued client certificate %s (revision %d, reason %s), valid until %s",
+		shortHash(pki.SerialHex(cc.Cert)), revision, dec.reason, cc.Cert.NotAfter.UTC().Format(time.RFC3339))
+	return secret, nil
+}
+
+// reconcilePseudonymKey creates the per-instance pseudonym key once. It is never rotated and
+// survives tier changes, including Off, so pseudonyms stay stable; it goes with the policy.
+func (r *TelemetryPolicyReconciler) reconcilePseudonymKey(ctx context.Context, st *reconcileState) error {
+	p := st.policy
+	name := resources.NamesFor(p.Name).PseudonymKey
+	key := client.ObjectKey{Namespace: p.Namespace, Name: name}
+	secret := &corev1.Secret{}
+	err := r.Get(ctx, key, secret)
+	if apierrors.IsNotFound(err) {
+		// The cache sees only labelled Secrets: check the API server before creating a new key,
+		// so an existing key whose labels were edited is kept rather than replaced.
+		err = r.APIReader.Get(ctx, key, secret)
+	}
+	switch {
+	case apierrors.IsNotFound(err):
+		buf := make([]byte, resources.PseudonymKeyLen)
+		if _, err := rand.Read(buf); err != nil {
+			return err
+		}
+		secret = &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: p.Namespace, Labels: resources.Labels(p, "pseudonym-key")},
+			Type:       corev1.SecretTypeOpaque,
+			Immutable:  ptr.To(true),
+			Data:       map[string][]byte{resources.PseudonymKeyKey: buf},
+		}
+		if err := controllerutil.SetControllerReference(p, secret, r.Scheme); err != nil {
+			return err
+		}
+		if err := r.Create(ctx, secret); err != nil {
+			return fmt.Errorf("creating the pseudonym key: %w", err)
+		}
+		r.event(p, corev1.EventTypeNormal, "PseudonymKeyCreated", "CreatePseudonymKey", "created the instance's pseudonym key %s", name)
+		return nil
+	case err != nil:
+		return err
+	}
+	if len(secret.Data[resources.PseudonymKeyKey]) != resources.PseudonymKeyLen {
+		// Never replace a key silently: pseudonyms would change. Ask a human.
+		st.stall("PseudonymKeyInvalid", fmt.Sprintf("Secret %s must hold %d bytes in key %q; delete it to have a new key generated (pseudonyms will change)",
+			name, resources.PseudonymKeyLen, resources.PseudonymKeyKey))
+		return nil
+	}
+	return r.ensureSecretMeta(ctx, p, secret, "pseudonym-key")
+}
+
+// ensureSecretMeta restores the labels and owner reference of an owned Secret without touching
+// its data.
+func (r *TelemetryPolicyReconciler) ensureSecretMeta(ctx context.Context, p *v1.TelemetryPolicy, secret *corev1.Secret, component string) error {
+	desired := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secret.Name, Namespace: secret.Namespace, Labels: resources.Labels(p, component)}}
+	if err := controllerutil.SetControllerReference(p, desired, r.Scheme); err != nil {
+		return err
+	}
+	if metaInSync(desired, secret) {
+		return nil
+	}
+	if owner := metav1.GetControllerOf(secret); owner != nil && owner.UID != p.UID {
+		return fmt.Errorf("secret %s is controlled by %s %q; refusing to take it over", secret.Name, owner.Kind, owner.Name)
+	}
+	mergeMeta(desired, secret)
+	return r.Update(ctx, secret)
+}

@@ -1,0 +1,349 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/controllers"
+	"github.com/sourcegraph/telemetry-operator/internal/operator"
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
+	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
+)
+
+func metricValue(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+func credentials(ctx context.Context, ns, policy string) *corev1.Secret {
+	s := &corev1.Secret{}
+	Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: resources.NamesFor(policy).Credentials}, s)).To(Succeed())
+	return s
+}
+
+func serialOf(s *corev1.Secret) string {
+	c, err := pki.ParseCertificatePEM(s.Data["tls.crt"])
+	Expect(err).NotTo(HaveOccurred())
+	return pki.SerialHex(c)
+}
+
+var _ = Describe("Collector credentials", func() {
+	ctx := context.Background()
+
+	It("rotates exactly once per new rotate-requested-at value", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "manual")
+		first := serialOf(credentials(ctx, ns, "manual"))
+		rotationsBefore := metricValue(metrics.Rotations.WithLabelValues(pki.IssueRequested))
+
+		annotate(ctx, ns, "manual", v1.AnnotationRotateRequestedAt, "2026-11-28T10:00:00Z")
+		Eventually(func() string { return getPolicy(ctx, ns, "manual").Status.LastHandledRotateRequest }).Should(Equal("2026-11-28T10:00:00Z"))
+		second := serialOf(credentials(ctx, ns, "manual"))
+		Expect(second).NotTo(Equal(first))
+		p := getPolicy(ctx, ns, "manual")
+		Expect(p.Status.Credentials.Revision).To(Equal(int64(2)))
+		Expect(p.Status.Credentials.SerialNumber).To(Equal(second))
+		Expect(p.Status.Credentials.LastIssueReason).To(Equal(pki.IssueRequested))
+
+		By("not rotating again for the same value")
+		requestReconcile(ctx, ns, "manual")
+		requestReconcile(ctx, ns, "manual")
+		Expect(serialOf(credentials(ctx, ns, "manual"))).To(Equal(second))
+		Expect(metricValue(metrics.Rotations.WithLabelValues(pki.IssueRequested)) - rotationsBefore).To(Equal(1.0))
+
+		By("rotating once more for a new value")
+		annotate(ctx, ns, "manual", v1.AnnotationRotateRequestedAt, "2026-11-28T11:00:00Z")
+		Eventually(func() int64 { return getPolicy(ctx, ns, "manual").Status.Credentials.Revision }).Should(Equal(int64(3)))
+		Expect(eventReasons(ctx, ns, "manual")).To(ContainElement("CredentialsRotated"))
+		Expect(conditionStatus(ctx, ns, "manual", v1.ConditionReady)()).To(Equal("Ready=True/Enforced"), "rotation does not restart the collector")
+	})
+
+	It("rotates on schedule, not before, and reports when it is next due", func() {
+		ns := newNamespace(ctx)
+		p := eventLevelPolicy(ns, "sched")
+		p.Spec.Credentials.RotationPeriod = &metav1.Duration{Duration: 2 * time.Hour}
+		p.Spec.Contract.ExpiresAt = nil
+		Expect(k8s.Create(ctx, p)).To(Succeed())
+		Eventually(func() *v1.CredentialsStatus { return getPolicy(ctx, ns, "sched").Status.Credentials }).ShouldNot(BeNil())
+		creds := getPolicy(ctx, ns, "sched").Status.Credentials
+		Expect(creds.NotAfter.Sub(creds.NotBefore.Time)).To(BeNumerically(">=", 3*time.Hour), "lifetime is 1.5 rotation periods")
+		renewal := creds.RenewalTime.Time
+		Expect(renewal).To(Equal(creds.NotBefore.Add(2 * time.Hour)))
+		Expect(metricValue(metrics.CertExpiry.WithLabelValues(ns, "sched"))).To(Equal(float64(creds.NotAfter.Unix())))
+		first := creds.SerialNumber
+
+		fakeClock.SetTime(renewal.Add(-time.Second))
+		requestReconcile(ctx, ns, "sched")
+		Expect(getPolicy(ctx, ns, "sched").Status.Credentials.SerialNumber).To(Equal(first), "no rotation before it is due")
+
+		fakeClock.SetTime(renewal)
+		requestReconcile(ctx, ns, "sched")
+		Eventually(func() string { return getPolicy(ctx, ns, "sched").Status.Credentials.SerialNumber }).ShouldNot(Equal(first))
+		creds = getPolicy(ctx, ns, "sched").Status.Credentials
+		Expect(creds.Revision).To(Equal(int64(2)))
+		Expect(creds.LastIssueReason).To(Equal(pki.IssueScheduled))
+		Expect(creds.RenewalTime.Time).To(BeTemporally(">", renewal))
+		second := creds.SerialNumber
+		requestReconcile(ctx, ns, "sched")
+		Expect(getPolicy(ctx, ns, "sched").Status.Credentials.SerialNumber).To(Equal(second), "exactly one rotation when due")
+	})
+
+	DescribeTable("reissues tampered credentials, with the reason in status",
+		func(tamper func(ctx context.Context, s *corev1.Secret), wantReason string) {
+			ns := newNamespace(ctx)
+			readyPolicy(ctx, ns, "tamper")
+			s := credentials(ctx, ns, "tamper")
+			before := serialOf(s)
+			tamper(ctx, s)
+			Eventually(func() string {
+				return getPolicy(ctx, ns, "tamper").Status.Credentials.LastIssueReason
+			}).Should(Equal(wantReason))
+			after := credentials(ctx, ns, "tamper")
+			Expect(serialOf(after)).NotTo(Equal(before))
+			_, problem := mustIssuer().CheckClient(after.Data, "tamper", fakeClock.Now())
+			Expect(problem).To(BeEmpty())
+		},
+		Entry("Secret deleted", func(ctx context.Context, s *corev1.Secret) {
+			Expect(k8s.Delete(ctx, s)).To(Succeed())
+		}, pki.IssueSecretMissing),
+		Entry("key of another certificate", func(ctx context.Context, s *corev1.Secret) {
+			other, err := mustIssuer().IssueClient("tamper", time.Hour, fakeClock.Now(), nil)
+			Expect(err).NotTo(HaveOccurred())
+			s.Data["tls.key"] = other.KeyPEM
+			Expect(k8s.Update(ctx, s)).To(Succeed())
+		}, pki.IssueKeyMismatch),
+		Entry("certificate naming another instance", func(ctx context.Context, s *corev1.Secret) {
+			other, err := mustIssuer().IssueClient("someone-else", time.Hour, fakeClock.Now(), nil)
+			Expect(err).NotTo(HaveOccurred())
+			s.Data["tls.crt"], s.Data["tls.key"] = other.CertPEM, other.KeyPEM
+			Expect(k8s.Update(ctx, s)).To(Succeed())
+		}, pki.IssueWrongIdentity),
+		Entry("certificate from another issuer", func(ctx context.Context, s *corev1.Secret) {
+			ca, err := pkitest.NewCA("rogue", pkitest.Options{})
+			Expect(err).NotTo(HaveOccurred())
+			rogue, err := pki.LoadIssuer(ca.Secret(), fakeClock.Now())
+			Expect(err).NotTo(HaveOccurred())
+			other, err := rogue.IssueClient("tamper", time.Hour, fakeClock.Now(), nil)
+			Expect(err).NotTo(HaveOccurred())
+			s.Data["tls.crt"], s.Data["tls.key"] = other.CertPEM, other.KeyPEM
+			Expect(k8s.Update(ctx, s)).To(Succeed())
+		}, pki.IssueWrongIssuer),
+		Entry("expired certificate", func(ctx context.Context, s *corev1.Secret) {
+			old, err := mustIssuer().IssueClient("tamper", time.Hour, fakeClock.Now().Add(-48*time.Hour), nil)
+			Expect(err).NotTo(HaveOccurred())
+			s.Data["tls.crt"], s.Data["tls.key"] = old.CertPEM, old.KeyPEM
+			Expect(k8s.Update(ctx, s)).To(Succeed())
+		}, pki.IssueExpired),
+		Entry("garbage in the Secret", func(ctx context.Context, s *corev1.Secret) {
+			s.Data["tls.crt"] = []byte("-----BEGIN CERTIFICATE-----\n\x00\xff\n-----END CERTIFICATE-----\n")
+			Expect(k8s.Update(ctx, s)).To(Succeed())
+		}, pki.IssueMalformed),
+	)
+
+	It("keeps a pseudonym key whose labels were edited rather than replacing it", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "keep")
+		key := &corev1.Secret{}
+		keyRef := client.ObjectKey{Namespace: ns, Name: resources.NamesFor("keep").PseudonymKey}
+		Expect(k8s.Get(ctx, keyRef, key)).To(Succeed())
+		original := key.Data[resources.PseudonymKeyKey]
+		key.Labels = nil
+		Expect(k8s.Update(ctx, key)).To(Succeed())
+		Eventually(func() map[string]string { _ = k8s.Get(ctx, keyRef, key); return key.Labels }).Should(HaveKeyWithValue(resources.LabelManagedBy, resources.ManagedByValue))
+		Expect(key.Data[resources.PseudonymKeyKey]).To(Equal(original))
+	})
+})
+
+// noWatch lets the manager's cached client be intercepted; the reconciler never watches.
+type noWatch struct{ client.Client }
+
+func (noWatch) Watch(context.Context, client.ObjectList, ...client.ListOption) (watch.Interface, error) {
+	return nil, errorf("watch is not supported here")
+}
+
+func mustIssuer() *pki.Issuer {
+	iss, err := pki.LoadIssuer(fleetCA.Secret(), fakeClock.Now())
+	Expect(err).NotTo(HaveOccurred())
+	return iss
+}
+
+var _ = Describe("Operational guarantees", func() {
+	ctx := context.Background()
+
+	It("makes zero writes when reconciling an unchanged policy", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "quiet")
+
+		By("calling Reconcile directly through a client that counts writes")
+		var counted []string
+		count := func(verb string) func(obj client.Object) {
+			return func(obj client.Object) { counted = append(counted, fmt.Sprintf("%s %T %s", verb, obj, obj.GetName())) }
+		}
+		c := interceptor.NewClient(noWatch{mgr.GetClient()}, interceptor.Funcs{
+			Create: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+				count("create")(obj)
+				return cl.Create(ctx, obj, opts...)
+			},
+			Update: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+				count("update")(obj)
+				return cl.Update(ctx, obj, opts...)
+			},
+			Patch: func(ctx context.Context, cl client.WithWatch, obj client.Object, p client.Patch, opts ...client.PatchOption) error {
+				count("patch")(obj)
+				return cl.Patch(ctx, obj, p, opts...)
+			},
+			Delete: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+				count("delete")(obj)
+				return cl.Delete(ctx, obj, opts...)
+			},
+			SubResourceUpdate: func(ctx context.Context, cl client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
+				count("update/" + sub)(obj)
+				return cl.SubResource(sub).Update(ctx, obj, opts...)
+			},
+			SubResourcePatch: func(ctx context.Context, cl client.Client, sub string, obj client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+				count("patch/" + sub)(obj)
+				return cl.SubResource(sub).Patch(ctx, obj, p, opts...)
+			},
+		})
+		events := &countingRecorder{}
+		r := &controllers.TelemetryPolicyReconciler{
+			Client: c, APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(), Recorder: events,
+			Clock: fakeClock, Issuer: mustIssuer(), Metrics: controllers.NewMetrics(nil),
+			Options: controllers.Options{CollectorImage: "telemetry-collector:test", MinCloudTermsVersion: "2024-01-01"},
+		}
+		req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "quiet"}}
+		for range 3 {
+			res, err := r.Reconcile(ctx, req)
+			Expect(err).NotTo(HaveOccurred())
+			Expect(res.RequeueAfter).To(BeNumerically(">", 0), "requeued for the trial expiry or renewal, not polled")
+		}
+		Expect(counted).To(BeEmpty())
+		Expect(events.n).To(BeZero())
+
+		By("and the running manager stays quiet too")
+		n := writes.total.Load()
+		Consistently(func() []string { return writes.since(n) }, "2s").Should(BeEmpty())
+	})
+
+	It("requeues for the trial's expiry, not the next resync", func() {
+		ns := newNamespace(ctx)
+		p := eventLevelPolicy(ns, "requeue")
+		expires := metav1.NewTime(fakeClock.Now().Add(90 * time.Minute))
+		p.Spec.Contract.ExpiresAt = &expires
+		Expect(k8s.Create(ctx, p)).To(Succeed())
+		Eventually(conditionStatus(ctx, ns, "requeue", v1.ConditionCredentialsReady)).Should(Equal("CredentialsReady=True/Valid"))
+		r := &controllers.TelemetryPolicyReconciler{
+			Client: k8s, APIReader: k8s, Scheme: mgr.GetScheme(), Clock: fakeClock, Issuer: mustIssuer(),
+			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test"},
+		}
+		res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "requeue"}})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(res.RequeueAfter).To(Equal(expires.Sub(fakeClock.Now())))
+	})
+
+	It("never caches or reads Secrets and ConfigMaps it does not manage", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "private")
+		err := mgr.GetCache().Get(ctx, client.ObjectKey{Namespace: ns, Name: "frontend-db"}, &corev1.Secret{})
+		Expect(err).To(HaveOccurred(), "the customer's database Secret is not in the manager's cache")
+		Expect(mgr.GetCache().Get(ctx, client.ObjectKey{Namespace: ns, Name: resources.NamesFor("private").Credentials}, &corev1.Secret{})).To(Succeed())
+	})
+
+	It("gives the collector's ServiceAccount access to its own state object only", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "rbac")
+		names := resources.NamesFor("rbac")
+		asCollector := rest.CopyConfig(cfg)
+		asCollector.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + names.ServiceAccount}
+		c, err := client.New(asCollector, client.Options{Scheme: operator.NewScheme()})
+		Expect(err).NotTo(HaveOccurred())
+
+		state := &corev1.ConfigMap{}
+		Expect(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.State}, state)).To(Succeed())
+		state.Data = map[string]string{resources.StateKey: `{"cursor":1}`}
+		Expect(c.Update(ctx, state)).To(Succeed())
+
+		forbidden := func(err error) bool { return err != nil && strings.Contains(err.Error(), "forbidden") }
+		Expect(forbidden(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Config}, &corev1.ConfigMap{}))).To(BeTrue())
+		Expect(forbidden(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "frontend-db"}, &corev1.Secret{}))).To(BeTrue())
+		Expect(forbidden(c.List(ctx, &corev1.ConfigMapList{}, client.InNamespace(ns)))).To(BeTrue())
+		Expect(forbidden(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "rbac"}, &v1.TelemetryPolicy{}))).To(BeTrue())
+	})
+})
+
+var _ = Describe("The fleet issuer", func() {
+	ctx := context.Background()
+
+	DescribeTable("refuses to start the manager with a message that says what is wrong",
+		func(data map[string][]byte, want string) {
+			name := fmt.Sprintf("issuer-%d", nsCounter.Add(1))
+			if data != nil {
+				Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: issuerNamespace}, Data: data})).To(Succeed())
+			}
+			_, err := operator.New(ctx, cfg, operator.Config{
+				MetricsAddr: "0", ProbeAddr: "0", IssuerSecret: issuerNamespace + "/" + name, CollectorImage: "x",
+			}, operator.Deps{Clock: fakeClock, Metrics: controllers.NewMetrics(nil)})
+			Expect(err).To(HaveOccurred())
+			Expect(err.Error()).To(ContainSubstring(want))
+		},
+		Entry("missing", nil, "not found: create it from the fleet CA"),
+		Entry("malformed", map[string][]byte{"tls.crt": []byte("nope"), "tls.key": []byte("nope")}, "tls.crt: no PEM CERTIFICATE block found"),
+		Entry("not a CA", mustCA(pkitest.Options{NotCA: true}).Secret(), "is not a CA"),
+		Entry("expired", mustCA(pkitest.Options{NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)}).Secret(), "expired at"),
+	)
+
+	It("rejects a malformed --issuer-secret flag", func() {
+		_, err := operator.New(ctx, cfg, operator.Config{IssuerSecret: "just-a-name", CollectorImage: "x"}, operator.Deps{Metrics: controllers.NewMetrics(nil)})
+		Expect(err).To(MatchError(ContainSubstring("must be namespace/name")))
+	})
+
+	It("warns with an Event and a metric when the issuer nears expiry", func() {
+		ca := mustCA(pkitest.Options{NotBefore: fakeClock.Now().Add(-time.Hour), NotAfter: fakeClock.Now().Add(10 * 24 * time.Hour)})
+		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "short-issuer", Namespace: issuerNamespace}, Data: ca.Secret()})).To(Succeed())
+		iss, err := pki.LoadIssuer(ca.Secret(), fakeClock.Now())
+		Expect(err).NotTo(HaveOccurred())
+		m := controllers.NewMetrics(nil)
+		rec := &countingRecorder{}
+		mon := &controllers.IssuerMonitor{
+			Issuer: iss, SecretRef: types.NamespacedName{Namespace: issuerNamespace, Name: "short-issuer"}, Reader: k8s,
+			Recorder: rec, Clock: fakeClock, Metrics: m, Warning: 30 * 24 * time.Hour,
+		}
+		Expect(mon.Check(ctx)).To(BeTrue())
+		Expect(metricValue(m.IssuerNearExpiry)).To(Equal(1.0))
+		Expect(metricValue(m.IssuerExpiry)).To(Equal(float64(ca.Cert.NotAfter.Unix())))
+		Expect(rec.reasons).To(ConsistOf("IssuerNearExpiry"))
+		mon.Warning = 24 * time.Hour
+		Expect(mon.Check(ctx)).To(BeFalse())
+		Expect(metricValue(m.IssuerNearExpiry)).To(Equal(0.0))
+	})
+})
+
+func mustCA(o pkitest.Options) *pkitest.CA {
+	ca, err := pkitest.NewCA("issuer under test", o)
+	if err != nil {
+		panic(err)
+	}
+	return ca
+}

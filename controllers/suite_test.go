@@ -1,0 +1,150 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers_test
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	clocktesting "k8s.io/utils/clock/testing"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/sourcegraph/telemetry-operator/controllers"
+	"github.com/sourcegraph/telemetry-operator/internal/operator"
+	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
+	"github.com/sourcegraph/telemetry-operator/internal/testenv"
+)
+
+// The suite runs the real manager wiring (label-filtered cache, controller, issuer loading)
+// against a real kube-apiserver and etcd. There is no kubelet, Deployment controller or garbage
+// collector: tests play their part where a behaviour depends on them.
+
+const issuerNamespace = "telemetry-system"
+
+var (
+	env       *envtest.Environment
+	cfg       *rest.Config
+	k8s       client.Client // the test's own, uncached client
+	fakeClock *clocktesting.FakeClock
+	metrics   *controllers.Metrics
+	fleetCA   *pkitest.CA
+	writes    = &writeCounter{}
+	mgrCancel context.CancelFunc
+	mgrDone   chan struct{}
+	mgr       ctrl.Manager
+)
+
+func TestControllers(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "TelemetryPolicy controller")
+}
+
+// writeCounter counts the manager's mutating API requests, by method and path.
+type writeCounter struct {
+	mu    sync.Mutex
+	total atomic.Int64
+	log   []string
+}
+
+func (w *writeCounter) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if req.Method != http.MethodGet && req.Method != http.MethodHead {
+			w.total.Add(1)
+			w.mu.Lock()
+			w.log = append(w.log, req.Method+" "+req.URL.Path)
+			w.mu.Unlock()
+		}
+		return rt.RoundTrip(req)
+	})
+}
+
+func (w *writeCounter) since(n int64) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.log[n:]...)
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+var _ = BeforeSuite(func() {
+	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
+	SetDefaultEventuallyTimeout(15 * time.Second)
+	SetDefaultEventuallyPollingInterval(50 * time.Millisecond)
+	var err error
+	env, cfg, err = testenv.Start()
+	Expect(err).NotTo(HaveOccurred())
+	k8s, err = client.New(cfg, client.Options{Scheme: operator.NewScheme()})
+	Expect(err).NotTo(HaveOccurred())
+
+	fleetCA, err = pkitest.NewCA("test fleet issuer", pkitest.Options{NotBefore: time.Now().Add(-365 * 24 * time.Hour)})
+	Expect(err).NotTo(HaveOccurred())
+	Expect(k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: issuerNamespace}})).To(Succeed())
+	Expect(k8s.Create(context.Background(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "fleet-issuer", Namespace: issuerNamespace},
+		Type:       corev1.SecretTypeTLS,
+		Data:       fleetCA.Secret(),
+	})).To(Succeed())
+
+	fakeClock = clocktesting.NewFakeClock(time.Now().Truncate(time.Second))
+	startManager()
+})
+
+// startManager starts the manager exactly as main.go does, with a fake clock and a write counter.
+func startManager() {
+	mgrCfg := rest.CopyConfig(cfg)
+	mgrCfg.Wrap(writes.wrap)
+	if metrics == nil {
+		metrics = controllers.NewMetrics(prometheus.NewRegistry())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var err error
+	mgr, err = operator.New(ctx, mgrCfg, operator.Config{
+		MetricsAddr: "0", ProbeAddr: "0",
+		IssuerSecret:         issuerNamespace + "/fleet-issuer",
+		CollectorImage:       "telemetry-collector:test",
+		MinCloudTermsVersion: "2024-01-01",
+		IssuerExpiryWarning:  24 * time.Hour,
+	}, operator.Deps{Clock: fakeClock, Metrics: metrics})
+	Expect(err).NotTo(HaveOccurred())
+	mgrCancel = cancel
+	mgrDone = make(chan struct{})
+	go func() {
+		defer GinkgoRecover()
+		defer close(mgrDone)
+		Expect(mgr.Start(ctx)).To(Succeed())
+	}()
+}
+
+func stopManager() {
+	mgrCancel()
+	Eventually(mgrDone, 30*time.Second).Should(BeClosed())
+}
+
+var _ = AfterSuite(func() {
+	if mgrCancel != nil {
+		stopManager()
+	}
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
+	}
+})

@@ -1,0 +1,431 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
+	"github.com/sourcegraph/telemetry-operator/internal/consent"
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
+)
+
+// MaxConsentHistory bounds status.consentHistory; the oldest entries are dropped first.
+const MaxConsentHistory = 20
+
+// maxStateSize bounds how much of the collector-written state object is parsed.
+const maxStateSize = 16 << 10
+
+// Options are the manager-level settings the reconciler applies to every policy.
+type Options struct {
+	// CollectorImage is the collector image used unless a policy names one.
+	CollectorImage string
+	// MinCloudTermsVersion is the oldest Cloud Terms of Service version (YYYY-MM-DD) that allows
+	// EventLevel; empty accepts any.
+	MinCloudTermsVersion string
+}
+
+// TelemetryPolicyReconciler turns each TelemetryPolicy into an enforced, observable collector.
+type TelemetryPolicyReconciler struct {
+	client.Client
+	// APIReader reads directly from the API server, for objects the label-filtered cache cannot
+	// see and to confirm a rotation is really due.
+	APIReader client.Reader
+	Scheme    *runtime.Scheme
+	Recorder  recorder.EventRecorder
+	Clock     clock.PassiveClock
+	// Issuer signs collector client certificates; nil stalls every policy that needs one.
+	Issuer  *pki.Issuer
+	Metrics *Metrics
+	// Random is the entropy source for keys and serial numbers (nil: crypto/rand).
+	Random  io.Reader
+	Options Options
+}
+
+// reconcileState carries what the steps of one reconcile learn and decide.
+type reconcileState struct {
+	policy     *v1.TelemetryPolicy
+	decision   consent.Decision
+	tier       v1.ConsentTier // the tier enforced from this reconcile on
+	mutate     bool           // false while suspended (and no downgrade is pending)
+	configHash string
+	deployment *appsv1.Deployment
+	requeueAt  []time.Time
+	stalled    struct{ reason, message string }
+}
+
+func (st *reconcileState) stall(reason, message string) {
+	st.stalled.reason, st.stalled.message = reason, message
+}
+
+func (st *reconcileState) requeue(t *time.Time) {
+	if t != nil {
+		st.requeueAt = append(st.requeueAt, *t)
+	}
+}
+
+type step struct {
+	name string
+	run  func(context.Context, *reconcileState) error
+}
+
+// Reconcile runs the steps in order and patches status once at the end, only if it changed.
+func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	p := &v1.TelemetryPolicy{}
+	if err := r.Get(ctx, req.NamespacedName, p); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.Metrics.Forget(req.NamespacedName)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	if !p.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil // owned objects go with the policy through their owner references
+	}
+	logger := log.FromContext(ctx).WithValues("policy", p.Name, "namespace", p.Namespace, "instance", p.Spec.InstanceID)
+	ctx = log.IntoContext(ctx, logger)
+
+	orig := p.DeepCopy()
+	st := &reconcileState{policy: p, mutate: true}
+	defer func() {
+		if err := r.summarizeAndPatch(ctx, orig, st, retErr); err != nil && retErr == nil {
+			retErr = err
+		}
+		if retErr == nil {
+			result = r.result(st)
+		}
+	}()
+
+	steps := []step{
+		{"consent", r.reconcileConsent},
+		{"pseudonym-key", r.reconcilePseudonymKey},
+		{"config", r.reconcileConfig},
+		{"workload", r.reconcileWorkload},
+		{"observe", r.observe},
+	}
+	for _, s := range steps {
+		if err := s.run(ctx, st); err != nil {
+			r.Metrics.ReconcileErrors.WithLabelValues(s.name).Inc()
+			r.event(p, corev1.EventTypeWarning, "ReconcileFailed", s.name, "step %s failed: %v", s.name, err)
+			return ctrl.Result{}, fmt.Errorf("step %s: %w", s.name, err)
+		}
+		if st.stalled.reason != "" {
+			break
+		}
+	}
+	return ctrl.Result{}, nil
+}
+
+// reconcileConsent decides the effective tier and records tier changes.
+func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *reconcileState) error {
+	p := st.policy
+	now := r.Clock.Now()
+	d := consent.Decide(p.Spec, r.Options.MinCloudTermsVersion, now)
+	st.decision = d
+	st.requeue(d.ReevaluateAt)
+	setConsentEligibleCondition(p, d)
+
+	prev := p.Status.EffectiveTier
+	st.tier = d.Effective
+	if p.Spec.Suspend {
+		switch {
+		case prev != "" && d.Effective.Rank() < prev.Rank():
+			log.FromContext(ctx).Info("suspended, but enforcing a consent downgrade", "tier", d.Effective, "from", prev)
+		default:
+			st.mutate = false
+			st.tier = prev
+			return nil
+		}
+	}
+	if prev == st.tier {
+		return nil
+	}
+	reason := v1.ReasonDeclared
+	if !d.Eligible {
+		reason = d.Reason
+	}
+	p.Status.ConsentHistory = append(p.Status.ConsentHistory, v1.ConsentChange{
+		Time: metav1.NewTime(now), From: prev, To: st.tier, Basis: contractBasis(p), Reason: reason,
+	})
+	if n := len(p.Status.ConsentHistory); n > MaxConsentHistory {
+		p.Status.ConsentHistory = slices.Clone(p.Status.ConsentHistory[n-MaxConsentHistory:])
+	}
+	p.Status.EffectiveTier = st.tier
+	eventType, eventReason := corev1.EventTypeNormal, "TierChanged"
+	if prev != "" && st.tier.Rank() < prev.Rank() {
+		r.Metrics.Downgrades.WithLabelValues(reason).Inc()
+		eventReason = "TierDowngraded"
+	}
+	if !d.Eligible {
+		eventType = corev1.EventTypeWarning
+	}
+	from := string(prev)
+	if from == "" {
+		from = "none"
+	}
+	r.event(p, eventType, eventReason, "DecideTier", "effective tier %s -> %s (%s): %s", from, st.tier, reason, d.Message)
+	log.FromContext(ctx).Info("effective tier changed", "tier", st.tier, "from", prev, "reason", reason)
+	return nil
+}
+
+func contractBasis(p *v1.TelemetryPolicy) v1.ContractBasis {
+	if p.Spec.Contract == nil {
+		return ""
+	}
+	return p.Spec.Contract.Basis
+}
+
+// stateKind keeps the state ConfigMap's labels and owner but never its data: only the collector
+// writes progress there.
+var stateKind = ownedKind[*corev1.ConfigMap]{
+	newEmpty: func() *corev1.ConfigMap { return &corev1.ConfigMap{} },
+	inSync:   func(_, _ *corev1.ConfigMap) bool { return true },
+	copyInto: func(_, _ *corev1.ConfigMap) {},
+}
+
+// reconcileConfig renders the collector configuration for the enforced tier.
+func (r *TelemetryPolicyReconciler) reconcileConfig(ctx context.Context, st *reconcileState) error {
+	p := st.policy
+	if !st.mutate {
+		return nil
+	}
+	if st.tier != v1.TierOff && (p.Spec.Source == nil || p.Spec.Export == nil || p.Spec.Export.Endpoint == "") {
+		st.stall(ReasonInvalidSpec, fmt.Sprintf("consent tier %s needs spec.source.databaseSecretRef and spec.export.endpoint", st.tier))
+		return nil
+	}
+	rendered, err := collectorconfig.Render(resources.CollectorConfig(p, st.tier))
+	if err != nil {
+		st.stall(ReasonInvalidSpec, err.Error())
+		return nil
+	}
+	st.configHash = resources.Hash(rendered)
+	if _, err := ensureOwned(ctx, r, p, resources.ConfigMap(p, rendered), configMapKind); err != nil {
+		return err
+	}
+	_, err = ensureOwned(ctx, r, p, resources.StateConfigMap(p), stateKind)
+	return err
+}
+
+// reconcileWorkload runs the collector for EventLevel and CriticalOnly and removes it for Off.
+func (r *TelemetryPolicyReconciler) reconcileWorkload(ctx context.Context, st *reconcileState) error {
+	p := st.policy
+	names := resources.NamesFor(p.Name)
+	if !st.mutate {
+		dep := &appsv1.Deployment{}
+		if err := r.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: names.Deployment}, dep); err == nil {
+			st.deployment = dep
+			st.configHash = dep.Spec.Template.Annotations[resources.AnnotationConfigHash]
+		} else if !apierrors.IsNotFound(err) {
+			return err
+		}
+		return nil
+	}
+	if st.tier == v1.TierOff {
+		return r.removeWorkload(ctx, st)
+	}
+	renewal, err := r.reconcileCredentials(ctx, st)
+	if err != nil || st.stalled.reason != "" {
+		return err
+	}
+	st.requeue(renewal)
+	if _, err := ensureOwned(ctx, r, p, resources.ServiceAccount(p), serviceAccountKind); err != nil {
+		return err
+	}
+	if _, err := ensureOwned(ctx, r, p, resources.Role(p), roleKind); err != nil {
+		return err
+	}
+	if _, err := ensureOwned(ctx, r, p, resources.RoleBinding(p), roleBindingKind); err != nil {
+		return err
+	}
+	dep, err := ensureOwned(ctx, r, p, resources.Deployment(p, r.Options.CollectorImage, st.configHash, st.tier), deploymentKind)
+	if err != nil {
+		return err
+	}
+	st.deployment = dep
+	return nil
+}
+
+// removeWorkload stops the collector for tier Off. The Deployment is deleted in the foreground,
+// so it disappears only once its pods are gone; only then are its credentials and RBAC removed.
+func (r *TelemetryPolicyReconciler) removeWorkload(ctx context.Context, st *reconcileState) error {
+	p := st.policy
+	names := resources.NamesFor(p.Name)
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.Deployment}}
+	present, err := deleteOwned(ctx, r, p, dep, client.PropagationPolicy(metav1.DeletePropagationForeground))
+	if err != nil {
+		return err
+	}
+	if present {
+		st.deployment = dep
+		return nil
+	}
+	for _, obj := range []client.Object{
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.Credentials}},
+		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.RoleBinding}},
+		&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.Role}},
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.ServiceAccount}},
+	} {
+		if _, err := deleteOwned(ctx, r, p, obj); err != nil {
+			return err
+		}
+	}
+	p.Status.Credentials = nil
+	r.Metrics.CertExpiry.DeleteLabelValues(p.Namespace, p.Name)
+	setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionTrue, ReasonCredentialsOff, "consent tier Off: no transport credentials are needed and none exist")
+	return nil
+}
+
+// collectorState is the progress document the collector writes to its state ConfigMap.
+type collectorState struct {
+	Cursor          int64          `json:"cursor"`
+	LastSuccessTime *time.Time     `json:"lastSuccessTime,omitempty"`
+	EventsExported  int64          `json:"eventsExported"`
+	EventsDropped   int64          `json:"eventsDropped"`
+	LagSeconds      int64          `json:"lagSeconds"`
+	LastError       string         `json:"lastError,omitempty"`
+	Tier            v1.ConsentTier `json:"tier,omitempty"`
+}
+
+// observe reports whether what runs matches the policy (Synced) and folds the collector's
+// reported progress into status (Exporting). The state object is written by the collector, so it
+// is parsed defensively and bounded.
+func (r *TelemetryPolicyReconciler) observe(ctx context.Context, st *reconcileState) error {
+	p := st.policy
+	if stalled := setSyncedCondition(p, workloadObservation{tier: st.tier, deployment: st.deployment, configHash: st.configHash}); stalled {
+		_, msg := conditionReason(p, v1.ConditionSynced)
+		st.stall(ReasonProgressDeadline, msg)
+	}
+	cm := &corev1.ConfigMap{}
+	err := r.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).State}, cm)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	var progress *v1.ExportStatus
+	if raw := cm.Data[resources.StateKey]; raw != "" && raw != "{}" {
+		progress = parseCollectorState(raw)
+	}
+	p.Status.Export = progress
+	interval := p.Spec.Export.IntervalOrDefault()
+	st.requeue(setExportingCondition(p, exportObservation{tier: st.tier, progress: progress, interval: interval, now: r.Clock.Now()}))
+	if v := p.Annotations[v1.AnnotationReconcileRequestedAt]; v != "" {
+		p.Status.LastHandledReconcileAt = v
+	}
+	return nil
+}
+
+// parseCollectorState reads the collector's progress; malformed input yields a status that says so.
+func parseCollectorState(raw string) *v1.ExportStatus {
+	if len(raw) > maxStateSize {
+		return &v1.ExportStatus{LastError: fmt.Sprintf("collector state is larger than %d bytes; ignored", maxStateSize)}
+	}
+	var s collectorState
+	if err := json.Unmarshal([]byte(raw), &s); err != nil {
+		return &v1.ExportStatus{LastError: "collector state is not valid JSON; ignored"}
+	}
+	out := &v1.ExportStatus{
+		Cursor: s.Cursor, EventsExported: s.EventsExported, EventsDropped: s.EventsDropped,
+		LagSeconds: s.LagSeconds, LastError: truncate(s.LastError, 1024),
+	}
+	switch s.Tier {
+	case v1.TierEventLevel, v1.TierCriticalOnly, v1.TierOff:
+		out.CollectorTier = s.Tier
+	}
+	if s.LastSuccessTime != nil {
+		out.LastSuccessTime = &metav1.Time{Time: s.LastSuccessTime.UTC().Truncate(time.Second)}
+	}
+	return out
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// summarizeAndPatch computes the summary conditions and patches status if anything changed.
+func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig *v1.TelemetryPolicy, st *reconcileState, reconcileErr error) error {
+	p := st.policy
+	s := summary{suspended: !st.mutate, stalledReason: st.stalled.reason, stalledMsg: st.stalled.message}
+	if reconcileErr != nil {
+		s.errMsg = reconcileErr.Error()
+		if apierrors.IsConflict(reconcileErr) {
+			// A stale read; the retry will converge. Do not flap status for it.
+			return nil
+		}
+	}
+	p.Status.ObservedGeneration = p.Generation
+	setSummaryConditions(p, s)
+	r.Metrics.SetTier(client.ObjectKeyFromObject(p), p.Status.EffectiveTier)
+	if equality.Semantic.DeepEqual(orig.Status, p.Status) {
+		return nil
+	}
+	if err := r.Status().Patch(ctx, p, client.MergeFrom(orig)); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("patching status: %w", err)
+	}
+	return nil
+}
+
+// result requeues for the earliest moment something changes on its own (trial expiry,
+// certificate renewal, export staleness), never by polling.
+func (r *TelemetryPolicyReconciler) result(st *reconcileState) ctrl.Result {
+	if len(st.requeueAt) == 0 {
+		return ctrl.Result{}
+	}
+	next := slices.MinFunc(st.requeueAt, func(a, b time.Time) int { return a.Compare(b) })
+	d := next.Sub(r.Clock.Now())
+	if d < time.Second {
+		d = time.Second
+	}
+	return ctrl.Result{RequeueAfter: d}
+}
+
+func (r *TelemetryPolicyReconciler) event(p *v1.TelemetryPolicy, eventType, reason, action, format string, args ...any) {
+	if r.Recorder != nil {
+		r.Recorder.Eventf(p, nil, eventType, reason, action, format, args...)
+	}
+}
+
+// SetupWithManager watches policies and every object they own. Deployment status changes are
+// not filtered out: they are how the operator learns that a new configuration is running.
+func (r *TelemetryPolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1.TelemetryPolicy{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Owns(&appsv1.Deployment{}).
+		Owns(&corev1.ConfigMap{}).
+		Owns(&corev1.Secret{}).
+		Owns(&corev1.ServiceAccount{}).
+		Owns(&rbacv1.Role{}).
+		Owns(&rbacv1.RoleBinding{}).
+		Named("telemetrypolicy").
+		Complete(r)
+}

@@ -1,0 +1,195 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package operator wires the manager: flags, the label-filtered cache, the fleet issuer, the
+// TelemetryPolicy controller, health probes and metrics. main.go and the tests both use it, so
+// tests exercise the same wiring that runs in a cluster.
+package operator
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	telemetryv1alpha1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/controllers"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
+)
+
+// Config holds the manager's settings, set from flags.
+type Config struct {
+	MetricsAddr          string
+	ProbeAddr            string
+	LeaderElect          bool
+	LeaderElectionNS     string
+	IssuerSecret         string
+	CollectorImage       string
+	MinCloudTermsVersion string
+	IssuerExpiryWarning  time.Duration
+}
+
+// BindFlags registers the manager's flags on fs.
+func (c *Config) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; \"0\" disables it.")
+	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints.")
+	fs.BoolVar(&c.LeaderElect, "leader-elect", false, "Elect a leader so only one manager reconciles at a time (enable when running more than one replica).")
+	fs.StringVar(&c.LeaderElectionNS, "leader-election-namespace", "", "Namespace of the leader-election Lease (default: the manager's own namespace).")
+	fs.StringVar(&c.IssuerSecret, "issuer-secret", "", "Required. namespace/name of the Secret holding the fleet issuer CA (tls.crt, tls.key, optional ca.crt) that signs collector client certificates.")
+	fs.StringVar(&c.CollectorImage, "collector-image", "telemetry-collector:dev", "Collector image used unless a policy sets spec.collector.image.")
+	fs.StringVar(&c.MinCloudTermsVersion, "min-cloud-terms-version", "", "Oldest Cloud Terms of Service version (YYYY-MM-DD) that allows EventLevel; older contracts run as CriticalOnly (reason TermsOutdated). Empty accepts any.")
+	fs.DurationVar(&c.IssuerExpiryWarning, "issuer-expiry-warning", 30*24*time.Hour, "Warn (Event and metric) when the fleet issuer expires within this long.")
+}
+
+// Validate checks the settings and names the offending flag.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, err := c.IssuerRef(); err != nil {
+		errs = append(errs, err)
+	}
+	if v := c.MinCloudTermsVersion; v != "" {
+		if _, err := time.Parse("2006-01-02", v); err != nil {
+			errs = append(errs, fmt.Errorf("--min-cloud-terms-version %q is not a YYYY-MM-DD date", v))
+		}
+	}
+	if c.CollectorImage == "" {
+		errs = append(errs, errors.New("--collector-image must not be empty"))
+	}
+	return errors.Join(errs...)
+}
+
+// IssuerRef parses --issuer-secret.
+func (c *Config) IssuerRef() (types.NamespacedName, error) {
+	ns, name, ok := strings.Cut(c.IssuerSecret, "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+		return types.NamespacedName{}, fmt.Errorf("--issuer-secret %q must be namespace/name of the fleet issuer Secret", c.IssuerSecret)
+	}
+	return types.NamespacedName{Namespace: ns, Name: name}, nil
+}
+
+// NewScheme returns a scheme with the Kubernetes built-ins and this API.
+func NewScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(s))
+	utilruntime.Must(telemetryv1alpha1.AddToScheme(s))
+	return s
+}
+
+// CacheOptions restricts the manager's informers to objects labelled as managed by this
+// operator, so it never caches (or reads) customer Secrets and ConfigMaps, and its memory does
+// not grow with unrelated workloads.
+func CacheOptions() cache.Options {
+	managed := labels.SelectorFromSet(labels.Set{resources.LabelManagedBy: resources.ManagedByValue})
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Secret{}:         {Label: managed},
+		&corev1.ConfigMap{}:      {Label: managed},
+		&corev1.ServiceAccount{}: {Label: managed},
+		&appsv1.Deployment{}:     {Label: managed},
+		&rbacv1.Role{}:           {Label: managed},
+		&rbacv1.RoleBinding{}:    {Label: managed},
+	}}
+}
+
+// Deps lets tests replace the clock and entropy; zero values mean the real ones.
+type Deps struct {
+	Clock  clock.WithTicker
+	Random io.Reader
+	// Metrics, if nil, are created and registered with controller-runtime's registry.
+	Metrics *controllers.Metrics
+}
+
+// New builds a manager with the controller and probes registered. It loads the fleet issuer
+// first and fails, with a message saying what to fix, when it is unusable.
+func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl.Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Clock == nil {
+		deps.Clock = clock.RealClock{}
+	}
+	if deps.Metrics == nil {
+		deps.Metrics = controllers.NewMetrics(crmetrics.Registry)
+	}
+	scheme := NewScheme()
+	issuerRef, _ := cfg.IssuerRef()
+	direct, err := client.New(restCfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, err
+	}
+	issuer, err := controllers.LoadIssuer(ctx, direct, issuerRef, deps.Clock.Now())
+	if err != nil {
+		return nil, err
+	}
+
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                  scheme,
+		Cache:                   CacheOptions(),
+		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		HealthProbeBindAddress:  cfg.ProbeAddr,
+		LeaderElection:          cfg.LeaderElect,
+		LeaderElectionID:        "telemetry-operator.telemetry.sourcegraph.com",
+		LeaderElectionNamespace: cfg.LeaderElectionNS,
+		// Release the lease on shutdown so a restarted or upgraded manager takes over at once.
+		LeaderElectionReleaseOnCancel: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating the manager: %w", err)
+	}
+	rec := mgr.GetEventRecorder("telemetry-operator")
+	r := &controllers.TelemetryPolicyReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Scheme:    scheme,
+		Recorder:  rec,
+		Clock:     deps.Clock,
+		Issuer:    issuer,
+		Metrics:   deps.Metrics,
+		Random:    deps.Random,
+		Options:   controllers.Options{CollectorImage: cfg.CollectorImage, MinCloudTermsVersion: cfg.MinCloudTermsVersion},
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the controller: %w", err)
+	}
+	if err := mgr.Add(&controllers.IssuerMonitor{
+		Issuer: issuer, SecretRef: issuerRef, Reader: mgr.GetAPIReader(), Recorder: rec,
+		Clock: deps.Clock, Metrics: deps.Metrics, Warning: cfg.IssuerExpiryWarning,
+	}); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddReadyzCheck("readyz", func(req *http.Request) error {
+		if !mgr.GetCache().WaitForCacheSync(req.Context()) {
+			return errors.New("informer caches not synced")
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return mgr, nil
+}
