@@ -1,0 +1,202 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package tlsreload
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
+	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
+)
+
+// secretVolume mimics how the kubelet updates a mounted Secret: files are symlinks into a
+// timestamped directory, and an update swaps the ..data symlink atomically.
+type secretVolume struct {
+	t   *testing.T
+	dir string
+	gen int
+}
+
+func newSecretVolume(t *testing.T) *secretVolume {
+	return &secretVolume{t: t, dir: t.TempDir()}
+}
+
+func (v *secretVolume) write(files map[string][]byte) {
+	v.gen++
+	ts := filepath.Join(v.dir, fmt.Sprintf("..%d", v.gen))
+	if err := os.Mkdir(ts, 0o700); err != nil {
+		v.t.Fatal(err)
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(ts, name), data, 0o600); err != nil {
+			v.t.Fatal(err)
+		}
+	}
+	tmp := filepath.Join(v.dir, "..data_tmp")
+	if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
+		v.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(v.dir, "..data")); err != nil {
+		v.t.Fatal(err)
+	}
+	for name := range files {
+		link := filepath.Join(v.dir, name)
+		if _, err := os.Lstat(link); err != nil {
+			if err := os.Symlink(filepath.Join("..data", name), link); err != nil {
+				v.t.Fatal(err)
+			}
+		}
+	}
+}
+
+func (v *secretVolume) path(name string) string { return filepath.Join(v.dir, name) }
+
+func TestClientPicksUpRotatedCertificateWithoutRestart(t *testing.T) {
+	ca, err := pkitest.NewCA("fleet", pkitest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer, err := pki.LoadIssuer(ca.Secret(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ca.ServerCert("receiver", []string{"127.0.0.1", "localhost"}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverPair, err := tls.X509KeyPair(server.CertPEM, server.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCAs := x509.NewCertPool()
+	clientCAs.AddCert(ca.Cert)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := pki.InstanceID(r.TLS.PeerCertificates[0])
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return
+		}
+		_, _ = fmt.Fprintf(w, "%s %x", id, r.TLS.PeerCertificates[0].SerialNumber)
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverPair}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCAs, MinVersion: tls.VersionTLS13}
+	srv.StartTLS()
+	defer srv.Close()
+
+	vol := newSecretVolume(t)
+	first, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+	vol.write(map[string][]byte{"tls.crt": first.CertPEM, "tls.key": first.KeyPEM, "ca.crt": ca.CertPEM})
+
+	c, err := NewClient(vol.path("tls.crt"), vol.path("tls.key"), vol.path("ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reloads []string
+	c.OnReload = func(serial string) { reloads = append(reloads, serial) }
+	transport := &http.Transport{TLSClientConfig: c.TLSConfig("localhost")}
+	httpClient := &http.Client{Transport: transport, Timeout: 10 * time.Second}
+	get := func() string {
+		t.Helper()
+		resp, err := httpClient.Get(strings.Replace(srv.URL, "127.0.0.1", "localhost", 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		return string(body)
+	}
+	if got, want := get(), fmt.Sprintf("acme %x", first.Cert.SerialNumber); got != want {
+		t.Fatalf("first connection presented %q, want %q", got, want)
+	}
+
+	// Rotate: the operator writes a new key pair into the Secret; the kubelet swaps the files.
+	second, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+	vol.write(map[string][]byte{"tls.crt": second.CertPEM, "tls.key": second.KeyPEM, "ca.crt": ca.CertPEM})
+	// An open keep-alive connection may keep the old certificate; the next connection must not.
+	transport.CloseIdleConnections()
+	if got, want := get(), fmt.Sprintf("acme %x", second.Cert.SerialNumber); got != want {
+		t.Fatalf("after rotation the next connection presented %q, want %q", got, want)
+	}
+	if len(reloads) != 1 || reloads[0] != fmt.Sprintf("%x", second.Cert.SerialNumber) {
+		t.Fatalf("reload callback saw %v", reloads)
+	}
+
+	// A torn or broken update never takes the client down: it keeps the last good pair.
+	vol.write(map[string][]byte{"tls.crt": second.CertPEM, "tls.key": first.KeyPEM, "ca.crt": ca.CertPEM})
+	transport.CloseIdleConnections()
+	if got, want := get(), fmt.Sprintf("acme %x", second.Cert.SerialNumber); got != want {
+		t.Fatalf("with a mismatched pair on disk the client presented %q, want the last good %q", got, want)
+	}
+}
+
+func TestClientRejectsAnUntrustedReceiver(t *testing.T) {
+	ca, _ := pkitest.NewCA("fleet", pkitest.Options{})
+	rogueCA, _ := pkitest.NewCA("rogue", pkitest.Options{})
+	issuer, _ := pki.LoadIssuer(ca.Secret(), time.Now())
+	rogue, _ := rogueCA.ServerCert("receiver", []string{"localhost"}, time.Time{})
+	pair, _ := tls.X509KeyPair(rogue.CertPEM, rogue.KeyPEM)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13}
+	srv.StartTLS()
+	defer srv.Close()
+
+	vol := newSecretVolume(t)
+	cc, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+	vol.write(map[string][]byte{"tls.crt": cc.CertPEM, "tls.key": cc.KeyPEM, "ca.crt": ca.CertPEM})
+	c, err := NewClient(vol.path("tls.crt"), vol.path("tls.key"), vol.path("ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: c.TLSConfig("localhost")}}
+	_, err = hc.Get(strings.Replace(srv.URL, "127.0.0.1", "localhost", 1))
+	if err == nil || !strings.Contains(err.Error(), "verifying the receiver's certificate") {
+		t.Fatalf("a receiver signed by another CA must be rejected, got %v", err)
+	}
+}
+
+func TestNewClientFailsClearlyOnBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ca, _ := pkitest.NewCA("fleet", pkitest.Options{})
+	caFile := write("ca.crt", ca.CertPEM)
+	cases := map[string]struct {
+		cert, key, ca string
+		want          string
+	}{
+		"missing files": {filepath.Join(dir, "nope.crt"), filepath.Join(dir, "nope.key"), caFile, "no such file"},
+		"garbage pair":  {write("g.crt", []byte("garbage")), write("g.key", []byte("garbage")), caFile, "loading the client key pair"},
+		"oversized":     {write("big.crt", make([]byte, maxFileSize+10)), write("big.key", []byte("x")), caFile, "larger than"},
+		"CA key as pair": {write("ca-as.crt", ca.CertPEM), write("ca-as.key", []byte("-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n")), caFile,
+			"loading the client key pair"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := NewClient(tc.cert, tc.key, tc.ca)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
