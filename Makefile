@@ -62,7 +62,7 @@ check-generated: generate manifests ## Fail if generated files are not current.
 	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
 
 .PHONY: test
-test: envtest ## Build what the tests need and run every test (unit, envtest, PostgreSQL).
+test: envtest postgres ## Build what the tests need and run every test (unit, envtest, PostgreSQL).
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$gofmt_out" ]; then echo "gofmt needed on:"; echo "$$gofmt_out"; exit 1; fi
 	go vet ./...
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(KUBECTL)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
@@ -102,6 +102,10 @@ undeploy: kustomize ## Remove the manager from the cluster of the current kubeco
 envtest: $(ENVTEST_DIR)/.kube-apiserver.ok ## Build kube-apiserver, etcd and kubectl for tests (cached under bin/k8s).
 $(ENVTEST_DIR)/.kube-apiserver.ok:
 	hack/build-control-plane.sh $(K8S_VERSION) $(ETCD_VERSION) $(ENVTEST_DIR)
+
+.PHONY: postgres
+postgres: ## Install the PostgreSQL server binaries if missing (tests start their own clusters).
+	hack/ensure-postgres.sh
 
 .PHONY: controller-gen
 controller-gen: $(CONTROLLER_GEN)

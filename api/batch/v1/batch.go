@@ -1,0 +1,420 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package v1 is version 1 of the batch format: what a collector sends to the receiver. It is one
+// of the project's two public contracts (the other is the TelemetryPolicy CRD). Decoding is
+// strict and bounded: unknown fields, fields that must never leave an instance, oversized input
+// and per-user data in aggregate batches are all errors with a stable reason.
+package v1
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Wire constants.
+const (
+	Version = 1
+	// ContentType of a batch body (JSON, optionally zstd-compressed per Content-Encoding).
+	ContentType = "application/vnd.sourcegraph.telemetry.batch.v1+json"
+	// EncodingZstd is the only compressed Content-Encoding accepted.
+	EncodingZstd = "zstd"
+	// PathBatches accepts batches (POST).
+	PathBatches = "/v1/batches"
+	// PathCursor returns the acknowledged cursor of the caller's instance (GET).
+	PathCursor = "/v1/cursor"
+	// HeaderIdempotencyKey carries the batch id; a resend with the same key is absorbed.
+	HeaderIdempotencyKey = "Idempotency-Key"
+)
+
+// Kinds of batch.
+const (
+	KindEvents     = "events"
+	KindAggregates = "aggregates"
+)
+
+// Limits of the format. The receiver enforces them; the collector stays within them.
+const (
+	MaxEventsPerBatch     = 10000
+	MaxAggregatesPerBatch = 10000
+	MaxEventBytes         = 16 << 10
+	MaxProperties         = 16
+	MaxFeatureFlags       = 64
+	MaxStringLen          = 256
+	MaxNameLen            = 128
+	// MinCellUsers is the smallest distinct-user count an aggregate cell may report.
+	MinCellUsers = 5
+)
+
+// Batch is one delivery from a collector.
+type Batch struct {
+	// Version must be 1.
+	Version int `json:"version"`
+	// InstanceID must equal the instance named in the client certificate.
+	InstanceID string `json:"instanceID"`
+	// BatchID identifies the batch for idempotency (also sent as Idempotency-Key).
+	BatchID string `json:"batchID"`
+	// Kind is "events" (EventLevel) or "aggregates" (CriticalOnly).
+	Kind string `json:"kind"`
+	// Tier is the consent tier the collector ran under.
+	Tier string `json:"tier"`
+	// AllowListVersion is the version of the allow-list that filtered the events.
+	AllowListVersion int `json:"allowListVersion"`
+	// Cursor is the collector's acknowledged position after this batch (events only): every
+	// source id at or below it has been delivered.
+	Cursor int64 `json:"cursor,omitempty"`
+	// Events, for kind "events".
+	Events []Event `json:"events,omitempty"`
+	// Aggregates, for kind "aggregates".
+	Aggregates []Aggregate `json:"aggregates,omitempty"`
+}
+
+// Event is one allow-listed, pseudonymized event.
+type Event struct {
+	// ID is stable and instance-scoped (the event_logs id, in decimal).
+	ID string `json:"id"`
+	// Name is an allow-listed event name.
+	Name string `json:"name"`
+	// Timestamp in UTC.
+	Timestamp time.Time `json:"timestamp"`
+	// Source, e.g. WEB, BACKEND, CODEHOSTINTEGRATION.
+	Source string `json:"source,omitempty"`
+	// ProductVersion of the instance that recorded the event.
+	ProductVersion string `json:"version,omitempty"`
+	// Client, e.g. the editor extension that sent it.
+	Client string `json:"client,omitempty"`
+	// UserID is the keyed pseudonym: hex of HMAC-SHA256(instance key, user id), 128 bits.
+	UserID string `json:"userID"`
+	// FeatureFlags are flag names and their boolean values.
+	FeatureFlags map[string]bool `json:"featureFlags,omitempty"`
+	// Properties are allow-listed scalar properties.
+	Properties map[string]any `json:"properties,omitempty"`
+}
+
+// Aggregate is one anonymous count for one UTC day.
+type Aggregate struct {
+	// Day is the UTC date, YYYY-MM-DD.
+	Day string `json:"day"`
+	// Metric names what is counted (see the Metric* constants).
+	Metric string `json:"metric"`
+	// Dimension qualifies the metric (an event name, a feature, a version); "" for none.
+	Dimension string `json:"dimension"`
+	// Value is the count.
+	Value int64 `json:"value"`
+	// Users is the number of distinct users behind the cell (for suppression checks).
+	Users int64 `json:"users"`
+	// Final is false for today's partial day, which a later send replaces.
+	Final bool `json:"final"`
+}
+
+// Aggregate metrics.
+const (
+	MetricEventCount      = "event_count"      // events per allow-listed name
+	MetricActiveUsers1d   = "active_users_1d"  // distinct users that day
+	MetricActiveUsers7d   = "active_users_7d"  // distinct users in the 7 days ending that day
+	MetricActiveUsers28d  = "active_users_28d" // distinct users in the 28 days ending that day
+	MetricFeatureUsers    = "feature_users"    // distinct users per feature that day
+	MetricSearchesByType  = "searches_by_type" // searches per pattern type that day
+	MetricInstanceVersion = "instance_version" // events per product version that day
+)
+
+var knownMetrics = map[string]bool{
+	MetricEventCount: true, MetricActiveUsers1d: true, MetricActiveUsers7d: true, MetricActiveUsers28d: true,
+	MetricFeatureUsers: true, MetricSearchesByType: true, MetricInstanceVersion: true,
+}
+
+// Response acknowledges a stored batch.
+type Response struct {
+	Accepted   int   `json:"accepted"`
+	Duplicates int   `json:"duplicates"`
+	Cursor     int64 `json:"cursor"`
+}
+
+// CursorResponse answers GET /v1/cursor.
+type CursorResponse struct {
+	InstanceID string `json:"instanceID"`
+	Known      bool   `json:"known"`
+	Cursor     int64  `json:"cursor"`
+}
+
+// ErrorResponse is every non-2xx body.
+type ErrorResponse struct {
+	Error  string `json:"error"`
+	Reason string `json:"reason"`
+	// EventIndex points at the offending event or aggregate, when one is to blame.
+	EventIndex *int `json:"eventIndex,omitempty"`
+}
+
+// Reasons in ErrorResponse.
+const (
+	ReasonMalformed      = "Malformed"
+	ReasonTierViolation  = "TierViolation"
+	ReasonTooLarge       = "TooLarge"
+	ReasonWrongInstance  = "WrongInstance"
+	ReasonUnsupported    = "UnsupportedMediaType"
+	ReasonUnavailable    = "StorageUnavailable"
+	ReasonUnauthorized   = "Unauthenticated"
+	ReasonTooManyEvents  = "TooManyEvents"
+	ReasonEventTooLarge  = "EventTooLarge"
+	ReasonInternal       = "Internal"
+	ReasonNotFound       = "NotFound"
+	ReasonMethodNotAllow = "MethodNotAllowed"
+)
+
+// Error is a decoding or validation failure with a stable reason and, when one item is to
+// blame, its index.
+type Error struct {
+	Reason string
+	Index  int // -1 when no single item is to blame
+	Msg    string
+}
+
+func (e *Error) Error() string {
+	if e.Index >= 0 {
+		return fmt.Sprintf("%s (item %d)", e.Msg, e.Index)
+	}
+	return e.Msg
+}
+
+func fail(reason string, index int, format string, args ...any) error {
+	return &Error{Reason: reason, Index: index, Msg: fmt.Sprintf(format, args...)}
+}
+
+// ForbiddenFields never leave an instance, whatever the tier. A batch naming any of them is a tier
+// violation, not merely malformed.
+var ForbiddenFields = []string{
+	"url", "argument", "referrer", "first_source_url", "last_source_url", "firstSourceURL", "lastSourceURL",
+	"device_id", "deviceID", "billing_event_id", "billingEventID", "billing_product_category", "insert_id",
+	"anonymous_user_id", "anonymousUserID", "user_id", "query", "email", "ip", "public_argument", "cohort_id",
+}
+
+var (
+	idPattern        = regexp.MustCompile(`^[0-9]{1,20}$`)
+	pseudonymPattern = regexp.MustCompile(`^[0-9a-f]{32}$`)
+	namePattern      = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.:-]{0,127}$`)
+	batchIDPattern   = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+	dayPattern       = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}$`)
+	instancePattern  = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+)
+
+// rawBatch decodes events individually so each one's size can be checked and blamed.
+type rawBatch struct {
+	Version          int               `json:"version"`
+	InstanceID       string            `json:"instanceID"`
+	BatchID          string            `json:"batchID"`
+	Kind             string            `json:"kind"`
+	Tier             string            `json:"tier"`
+	AllowListVersion int               `json:"allowListVersion"`
+	Cursor           int64             `json:"cursor,omitempty"`
+	Events           []json.RawMessage `json:"events,omitempty"`
+	Aggregates       []json.RawMessage `json:"aggregates,omitempty"`
+}
+
+// Decode reads and validates one batch from data (already decompressed and size-limited).
+func Decode(data []byte) (*Batch, error) {
+	if !utf8.Valid(data) {
+		return nil, fail(ReasonMalformed, -1, "body is not valid UTF-8")
+	}
+	var raw rawBatch
+	if err := strictUnmarshal(data, &raw); err != nil {
+		return nil, classify(err, -1)
+	}
+	b := &Batch{Version: raw.Version, InstanceID: raw.InstanceID, BatchID: raw.BatchID, Kind: raw.Kind,
+		Tier: raw.Tier, AllowListVersion: raw.AllowListVersion, Cursor: raw.Cursor}
+	if b.Version != Version {
+		return nil, fail(ReasonMalformed, -1, "unsupported batch version %d (this receiver reads %d)", b.Version, Version)
+	}
+	if !instancePattern.MatchString(b.InstanceID) {
+		return nil, fail(ReasonMalformed, -1, "instanceID is not a DNS label")
+	}
+	if !batchIDPattern.MatchString(b.BatchID) {
+		return nil, fail(ReasonMalformed, -1, "batchID must be 1-128 characters of [A-Za-z0-9._:-]")
+	}
+	if b.Cursor < 0 {
+		return nil, fail(ReasonMalformed, -1, "cursor must not be negative")
+	}
+	switch b.Kind {
+	case KindEvents:
+		if b.Tier != "EventLevel" {
+			return nil, fail(ReasonTierViolation, -1, "an events batch requires tier EventLevel, got %q", b.Tier)
+		}
+		if len(raw.Aggregates) > 0 {
+			return nil, fail(ReasonMalformed, -1, "an events batch must not carry aggregates")
+		}
+		if len(raw.Events) > MaxEventsPerBatch {
+			return nil, fail(ReasonTooManyEvents, -1, "%d events exceed the limit of %d per batch", len(raw.Events), MaxEventsPerBatch)
+		}
+		b.Events = make([]Event, 0, len(raw.Events))
+		seen := make(map[string]struct{}, len(raw.Events))
+		for i, re := range raw.Events {
+			if len(re) > MaxEventBytes {
+				return nil, fail(ReasonEventTooLarge, i, "event is %d bytes, more than the limit of %d", len(re), MaxEventBytes)
+			}
+			var e Event
+			if err := strictUnmarshal(re, &e); err != nil {
+				return nil, classify(err, i)
+			}
+			if err := validateEvent(&e, i); err != nil {
+				return nil, err
+			}
+			if _, dup := seen[e.ID]; dup {
+				return nil, fail(ReasonMalformed, i, "event id %s appears twice in the batch", e.ID)
+			}
+			seen[e.ID] = struct{}{}
+			b.Events = append(b.Events, e)
+		}
+	case KindAggregates:
+		if b.Tier != "CriticalOnly" && b.Tier != "EventLevel" {
+			return nil, fail(ReasonTierViolation, -1, "an aggregates batch requires tier CriticalOnly or EventLevel, got %q", b.Tier)
+		}
+		if len(raw.Events) > 0 {
+			return nil, fail(ReasonTierViolation, -1, "an aggregates batch must not carry per-user events")
+		}
+		if len(raw.Aggregates) > MaxAggregatesPerBatch {
+			return nil, fail(ReasonTooManyEvents, -1, "%d aggregates exceed the limit of %d per batch", len(raw.Aggregates), MaxAggregatesPerBatch)
+		}
+		b.Aggregates = make([]Aggregate, 0, len(raw.Aggregates))
+		for i, ra := range raw.Aggregates {
+			if len(ra) > MaxEventBytes {
+				return nil, fail(ReasonEventTooLarge, i, "aggregate is %d bytes, more than the limit of %d", len(ra), MaxEventBytes)
+			}
+			var a Aggregate
+			if err := strictUnmarshal(ra, &a); err != nil {
+				return nil, classify(err, i)
+			}
+			if err := validateAggregate(&a, i); err != nil {
+				return nil, err
+			}
+			b.Aggregates = append(b.Aggregates, a)
+		}
+	default:
+		return nil, fail(ReasonMalformed, -1, "kind must be %q or %q", KindEvents, KindAggregates)
+	}
+	return b, nil
+}
+
+func validateEvent(e *Event, i int) error {
+	switch {
+	case !idPattern.MatchString(e.ID):
+		return fail(ReasonMalformed, i, "event id must be a decimal event_logs id")
+	case !namePattern.MatchString(e.Name):
+		return fail(ReasonMalformed, i, "event name is missing or not a plain identifier")
+	case e.Timestamp.IsZero() || e.Timestamp.Year() < 2000 || e.Timestamp.Year() > 9999:
+		return fail(ReasonMalformed, i, "event timestamp is missing or out of range")
+	case !pseudonymPattern.MatchString(e.UserID):
+		return fail(ReasonTierViolation, i, "userID must be a 128-bit hex pseudonym, never a raw id")
+	case len(e.Source) > MaxNameLen || len(e.ProductVersion) > MaxNameLen || len(e.Client) > MaxNameLen:
+		return fail(ReasonMalformed, i, "source, version or client is longer than %d characters", MaxNameLen)
+	case len(e.Properties) > MaxProperties:
+		return fail(ReasonMalformed, i, "more than %d properties", MaxProperties)
+	case len(e.FeatureFlags) > MaxFeatureFlags:
+		return fail(ReasonMalformed, i, "more than %d feature flags", MaxFeatureFlags)
+	}
+	for k := range e.FeatureFlags {
+		if !namePattern.MatchString(k) {
+			return fail(ReasonMalformed, i, "feature flag name is not a plain identifier")
+		}
+	}
+	for k, v := range e.Properties {
+		if !namePattern.MatchString(k) {
+			return fail(ReasonMalformed, i, "property name is not a plain identifier")
+		}
+		if isForbidden(k) {
+			return fail(ReasonTierViolation, i, "property %q must never leave an instance", k)
+		}
+		switch val := v.(type) {
+		case string:
+			if len(val) > MaxStringLen {
+				return fail(ReasonMalformed, i, "property %q is longer than %d characters", k, MaxStringLen)
+			}
+		case bool, json.Number:
+		default:
+			return fail(ReasonMalformed, i, "property %q is not a scalar", k)
+		}
+	}
+	e.Timestamp = e.Timestamp.UTC()
+	return nil
+}
+
+func validateAggregate(a *Aggregate, i int) error {
+	if !dayPattern.MatchString(a.Day) {
+		return fail(ReasonMalformed, i, "day must be YYYY-MM-DD")
+	}
+	if _, err := time.Parse(time.DateOnly, a.Day); err != nil {
+		return fail(ReasonMalformed, i, "day is not a date")
+	}
+	if !knownMetrics[a.Metric] {
+		return fail(ReasonMalformed, i, "unknown metric %q", truncate(a.Metric, 64))
+	}
+	if len(a.Dimension) > MaxNameLen || (a.Dimension != "" && !namePattern.MatchString(a.Dimension)) {
+		return fail(ReasonMalformed, i, "dimension is not a plain identifier of at most %d characters", MaxNameLen)
+	}
+	if a.Value < 0 || a.Users < 0 {
+		return fail(ReasonMalformed, i, "counts must not be negative")
+	}
+	if a.Value > 0 && a.Users < MinCellUsers {
+		return fail(ReasonTierViolation, i, "a cell with %d distinct users must be suppressed (minimum %d)", a.Users, MinCellUsers)
+	}
+	return nil
+}
+
+// strictUnmarshal decodes exactly one JSON value, rejecting unknown fields and keeping numbers
+// exact.
+func strictUnmarshal(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("trailing data after the JSON value")
+	}
+	return nil
+}
+
+// classify turns a JSON error into a batch Error; an unknown field that must never leave an
+// instance is a tier violation.
+func classify(err error, index int) error {
+	msg := err.Error()
+	if field, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
+		field = strings.Trim(field, `"`)
+		if isForbidden(field) {
+			return fail(ReasonTierViolation, index, "field %q must never leave an instance", truncate(field, 64))
+		}
+		return fail(ReasonMalformed, index, "unknown field %q", truncate(field, 64))
+	}
+	return fail(ReasonMalformed, index, "malformed JSON: %s", truncate(msg, 200))
+}
+
+func isForbidden(field string) bool {
+	for _, f := range ForbiddenFields {
+		if strings.EqualFold(field, f) {
+			return true
+		}
+	}
+	return false
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		s = s[:n]
+	}
+	return strings.ToValidUTF8(s, "?")
+}
+
+// Encode renders a batch as JSON.
+func Encode(b *Batch) ([]byte, error) {
+	b.Version = Version
+	return json.Marshal(b)
+}

@@ -1,0 +1,161 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package v1
+
+import (
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func validEventsBatch() map[string]any {
+	return map[string]any{
+		"version": 1, "instanceID": "acme", "batchID": "acme-100-200", "kind": "events", "tier": "EventLevel",
+		"allowListVersion": 1, "cursor": 200,
+		"events": []any{map[string]any{
+			"id": "101", "name": "SearchSubmitted", "timestamp": "2026-11-27T10:00:00Z", "source": "WEB",
+			"version": "5.3.0", "userID": "0123456789abcdef0123456789abcdef",
+			"featureFlags": map[string]any{"search-new": true}, "properties": map[string]any{"patternType": "regexp", "durationMs": 12},
+		}},
+	}
+}
+
+func validAggregatesBatch() map[string]any {
+	return map[string]any{
+		"version": 1, "instanceID": "acme", "batchID": "acme-agg-2026-11-27", "kind": "aggregates", "tier": "CriticalOnly",
+		"aggregates": []any{map[string]any{"day": "2026-11-27", "metric": "event_count", "dimension": "SearchSubmitted", "value": 40, "users": 6, "final": true}},
+	}
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func TestDecodeAcceptsValidBatches(t *testing.T) {
+	b, err := Decode(mustJSON(validEventsBatch()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Events) != 1 || b.Events[0].Properties["patternType"] != "regexp" || !b.Events[0].Timestamp.Equal(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)) {
+		t.Fatalf("decoded %+v", b.Events)
+	}
+	if _, err := Decode(mustJSON(validAggregatesBatch())); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDecodeRejectsHostileInput(t *testing.T) {
+	mutate := func(base func() map[string]any, f func(m map[string]any)) []byte {
+		m := base()
+		f(m)
+		return mustJSON(m)
+	}
+	ev := func(f func(e map[string]any)) []byte {
+		return mutate(validEventsBatch, func(m map[string]any) { f(m["events"].([]any)[0].(map[string]any)) })
+	}
+	agg := func(f func(a map[string]any)) []byte {
+		return mutate(validAggregatesBatch, func(m map[string]any) { f(m["aggregates"].([]any)[0].(map[string]any)) })
+	}
+	manyEvents := mutate(validEventsBatch, func(m map[string]any) {
+		var evs []any
+		for i := range MaxEventsPerBatch + 1 {
+			evs = append(evs, map[string]any{"id": strconv.Itoa(i + 1), "name": "ViewBlob", "timestamp": "2026-11-27T10:00:00Z", "userID": "0123456789abcdef0123456789abcdef"})
+		}
+		m["events"] = evs
+	})
+	cases := []struct {
+		name   string
+		data   []byte
+		reason string
+		index  int
+	}{
+		{"empty", nil, ReasonMalformed, -1},
+		{"not JSON", []byte("hello"), ReasonMalformed, -1},
+		{"array", []byte("[]"), ReasonMalformed, -1},
+		{"trailing garbage", append(mustJSON(validEventsBatch()), []byte(" {}")...), ReasonMalformed, -1},
+		{"invalid UTF-8", []byte("{\"instanceID\":\"\xff\"}"), ReasonMalformed, -1},
+		{"NUL in instance", mutate(validEventsBatch, func(m map[string]any) { m["instanceID"] = "acme\x00" }), ReasonMalformed, -1},
+		{"future version", mutate(validEventsBatch, func(m map[string]any) { m["version"] = 2 }), ReasonMalformed, -1},
+		{"huge version number", []byte(`{"version": 1e999}`), ReasonMalformed, -1},
+		{"deep nesting", []byte(strings.Repeat(`{"events":[`, 5000)), ReasonMalformed, -1},
+		{"unknown kind", mutate(validEventsBatch, func(m map[string]any) { m["kind"] = "raw" }), ReasonMalformed, -1},
+		{"events under CriticalOnly", mutate(validEventsBatch, func(m map[string]any) { m["tier"] = "CriticalOnly" }), ReasonTierViolation, -1},
+		{"events in an aggregate batch", mutate(validAggregatesBatch, func(m map[string]any) { m["events"] = validEventsBatch()["events"] }), ReasonTierViolation, -1},
+		{"url field on an event", ev(func(e map[string]any) { e["url"] = "https://sourcegraph.acme.com/github.com/acme/secret-repo" }), ReasonTierViolation, 0},
+		{"argument field on an event", ev(func(e map[string]any) { e["argument"] = map[string]any{"query": "password"} }), ReasonTierViolation, 0},
+		{"device id", ev(func(e map[string]any) { e["device_id"] = "d-1" }), ReasonTierViolation, 0},
+		{"query property", ev(func(e map[string]any) { e["properties"] = map[string]any{"query": "repo:secret"} }), ReasonTierViolation, 0},
+		{"raw user id", ev(func(e map[string]any) { e["userID"] = "42" }), ReasonTierViolation, 0},
+		{"unknown field", ev(func(e map[string]any) { e["colour"] = "red" }), ReasonMalformed, 0},
+		{"nested property", ev(func(e map[string]any) { e["properties"] = map[string]any{"patternType": map[string]any{"a": 1}} }), ReasonMalformed, 0},
+		{"long property", ev(func(e map[string]any) { e["properties"] = map[string]any{"patternType": strings.Repeat("x", 300)} }), ReasonMalformed, 0},
+		{"oversized event", ev(func(e map[string]any) { e["source"] = strings.Repeat("x", MaxEventBytes) }), ReasonEventTooLarge, 0},
+		{"bad id", ev(func(e map[string]any) { e["id"] = "-1" }), ReasonMalformed, 0},
+		{"huge id", ev(func(e map[string]any) { e["id"] = strings.Repeat("9", 30) }), ReasonMalformed, 0},
+		{"no timestamp", ev(func(e map[string]any) { delete(e, "timestamp") }), ReasonMalformed, 0},
+		{"bad timestamp", ev(func(e map[string]any) { e["timestamp"] = "yesterday" }), ReasonMalformed, 0},
+		{"too many events", manyEvents, ReasonTooManyEvents, -1},
+		{"small aggregate cell", agg(func(a map[string]any) { a["users"] = 3 }), ReasonTierViolation, 0},
+		{"unknown metric", agg(func(a map[string]any) { a["metric"] = "emails" }), ReasonMalformed, 0},
+		{"bad day", agg(func(a map[string]any) { a["day"] = "2026-13-45" }), ReasonMalformed, 0},
+		{"negative value", agg(func(a map[string]any) { a["value"] = -5 }), ReasonMalformed, 0},
+		{"user id in an aggregate", agg(func(a map[string]any) { a["userID"] = "0123456789abcdef0123456789abcdef" }), ReasonMalformed, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Decode(tc.data)
+			var be *Error
+			if !errors.As(err, &be) {
+				t.Fatalf("error = %v, want a batch Error", err)
+			}
+			if be.Reason != tc.reason || be.Index != tc.index {
+				t.Fatalf("reason/index = %s/%d (%v), want %s/%d", be.Reason, be.Index, err, tc.reason, tc.index)
+			}
+		})
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add(mustJSON(validEventsBatch()))
+	f.Add(mustJSON(validAggregatesBatch()))
+	f.Add([]byte(`{"version":1,"kind":"events","events":[{"url":"x"}]}`))
+	f.Add([]byte("\x00\xff{"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		b, err := Decode(data)
+		if err != nil {
+			var be *Error
+			if !errors.As(err, &be) || be.Reason == "" {
+				t.Fatalf("error without a reason: %v", err)
+			}
+			return
+		}
+		// Whatever is accepted is within the documented limits and carries no raw user id.
+		if len(b.Events) > MaxEventsPerBatch || len(b.Aggregates) > MaxAggregatesPerBatch {
+			t.Fatal("accepted a batch over the limits")
+		}
+		for _, e := range b.Events {
+			if !pseudonymPattern.MatchString(e.UserID) {
+				t.Fatalf("accepted a non-pseudonymous user id %q", e.UserID)
+			}
+			for k := range e.Properties {
+				if isForbidden(k) {
+					t.Fatalf("accepted forbidden property %q", k)
+				}
+			}
+		}
+		if b.Kind == KindAggregates && len(b.Events) > 0 {
+			t.Fatal("accepted events in an aggregates batch")
+		}
+	})
+}

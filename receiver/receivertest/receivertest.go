@@ -1,0 +1,196 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package receivertest runs a real receiver for tests: a throw-away PostgreSQL cluster, the
+// migrated store, and the ingestion API behind real mutual TLS with a fleet issuer made for the
+// test. Clients get certificates from the same issuer.
+package receivertest
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sourcegraph/telemetry-operator/internal/pgtest"
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
+	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
+	"github.com/sourcegraph/telemetry-operator/receiver/server"
+	"github.com/sourcegraph/telemetry-operator/receiver/store"
+)
+
+// Receiver is a running receiver with its database and PKI.
+type Receiver struct {
+	PG       *pgtest.Server
+	Store    *store.Store
+	Server   *server.Server
+	Registry *prometheus.Registry
+	CA       *pkitest.CA
+	Issuer   *pki.Issuer
+	// URL is the https:// base URL (host localhost, matching the server certificate).
+	URL string
+	// CAFile holds the fleet CA in PEM, as mounted into collectors.
+	CAFile string
+	Dir    string
+
+	httpServer *http.Server
+	listener   net.Listener
+	addr       string
+	tlsConfig  *tls.Config
+}
+
+// Start starts PostgreSQL, migrates the store and serves the API with the given limits.
+func Start(ctx context.Context, limits server.Limits) (*Receiver, error) {
+	pg, err := pgtest.Start(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := pg.CreateDatabase(ctx, "receiver"); err != nil {
+		pg.Close()
+		return nil, err
+	}
+	st, err := store.Open(ctx, pg.DSN("receiver"))
+	if err != nil {
+		pg.Close()
+		return nil, err
+	}
+	if err := st.Migrate(ctx); err != nil {
+		pg.Close()
+		return nil, err
+	}
+	ca, err := pkitest.NewCA("test fleet issuer", pkitest.Options{NotBefore: time.Now().Add(-365 * 24 * time.Hour)})
+	if err != nil {
+		return nil, err
+	}
+	issuer, err := pki.LoadIssuer(ca.Secret(), time.Now())
+	if err != nil {
+		return nil, err
+	}
+	serverCert, err := ca.ServerCert("receiver", []string{"localhost", "127.0.0.1"}, time.Time{})
+	if err != nil {
+		return nil, err
+	}
+	pair, err := tls.X509KeyPair(serverCert.CertPEM, serverCert.KeyPEM)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	dir, err := os.MkdirTemp("", "receivertest-")
+	if err != nil {
+		return nil, err
+	}
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	srv := server.New(st, limits, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
+	srv.RetryAfter = time.Second
+	r := &Receiver{PG: pg, Store: st, Server: srv, Registry: reg, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir,
+		tlsConfig: server.TLSConfig(pair, pool)}
+	if err := r.Listen(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Listen starts serving (again, on the same address after Stop).
+func (r *Receiver) Listen() error {
+	addr := r.addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var l net.Listener
+	var err error
+	for i := 0; i < 50; i++ { // the port may linger briefly after a stop
+		l, err = net.Listen("tcp", addr)
+		if err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return err
+	}
+	r.addr = l.Addr().String()
+	_, port, _ := net.SplitHostPort(r.addr)
+	r.URL = "https://localhost:" + port
+	r.listener = tls.NewListener(l, r.tlsConfig)
+	r.httpServer = &http.Server{Handler: r.Server.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	go func() { _ = r.httpServer.Serve(r.listener) }()
+	return nil
+}
+
+// Stop stops serving (the database keeps running).
+func (r *Receiver) Stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = r.httpServer.Shutdown(ctx)
+}
+
+// Close stops everything and removes its files.
+func (r *Receiver) Close() {
+	r.Stop()
+	r.Store.Close()
+	r.PG.Close()
+	_ = os.RemoveAll(r.Dir)
+}
+
+// ClientFiles issues a client certificate for instance and writes tls.crt, tls.key and ca.crt to
+// a new directory, as the operator's Secret would be mounted. It returns the directory.
+func (r *Receiver) ClientFiles(instance string, lifetime time.Duration) (string, error) {
+	cc, err := r.Issuer.IssueClient(instance, lifetime*2/3, time.Now(), nil)
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp(r.Dir, "client-"+instance+"-")
+	if err != nil {
+		return "", err
+	}
+	for name, data := range map[string][]byte{"tls.crt": cc.CertPEM, "tls.key": cc.KeyPEM, "ca.crt": r.CA.CertPEM} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+// HTTPClient returns a client presenting cert (nil: none) and trusting the fleet CA.
+func (r *Receiver) HTTPClient(cert *tls.Certificate) *http.Client {
+	pool := x509.NewCertPool()
+	pool.AddCert(r.CA.Cert)
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 30 * time.Second}
+}
+
+// ClientCert issues an in-memory client certificate for instance, valid from notBefore for lifetime.
+func (r *Receiver) ClientCert(instance string, notBefore time.Time, lifetime time.Duration) (tls.Certificate, error) {
+	cc, err := r.Issuer.IssueClient(instance, lifetime*2/3, notBefore.Add(5*time.Minute), nil)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(cc.CertPEM, cc.KeyPEM)
+}
+
+// Count returns the number of rows in table for instance.
+func (r *Receiver) Count(ctx context.Context, table, instance string) (int, error) {
+	var n int
+	err := r.Store.Pool().QueryRow(ctx, fmt.Sprintf("SELECT count(*) FROM %s WHERE instance_id = $1", table), instance).Scan(&n)
+	return n, err
+}

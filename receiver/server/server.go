@@ -1,0 +1,304 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package server is the receiver's HTTPS ingestion API: mutual TLS with the fleet issuer, the
+// instance identity taken from the client certificate, strict and bounded decoding, idempotent
+// storage, and JSON errors with stable reasons.
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
+	"github.com/sourcegraph/telemetry-operator/receiver/store"
+)
+
+// Limits bound what one request may cost.
+type Limits struct {
+	// MaxBodyBytes bounds the request body as sent (compressed or not).
+	MaxBodyBytes int64
+	// MaxDecompressedBytes bounds the body after decompression (compression-bomb guard).
+	MaxDecompressedBytes int64
+}
+
+// DefaultLimits are the documented limits.
+func DefaultLimits() Limits {
+	return Limits{MaxBodyBytes: 8 << 20, MaxDecompressedBytes: 64 << 20}
+}
+
+// Storage is what the server needs from the store.
+type Storage interface {
+	InsertEvents(ctx context.Context, instance string, b *batchv1.Batch) (store.Result, error)
+	UpsertAggregates(ctx context.Context, instance string, b *batchv1.Batch) (store.Result, error)
+	Cursor(ctx context.Context, instance string) (int64, bool, error)
+	Ping(ctx context.Context) error
+}
+
+// Server handles ingestion.
+type Server struct {
+	store   Storage
+	limits  Limits
+	log     *slog.Logger
+	metrics *metrics
+	// RetryAfter is sent with 503 answers.
+	RetryAfter time.Duration
+}
+
+type metrics struct {
+	batches    *prometheus.CounterVec
+	events     *prometheus.CounterVec
+	rejections *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
+}
+
+// New returns a server storing into st. Metrics are registered with reg (nil: not registered).
+func New(st Storage, limits Limits, log *slog.Logger, reg prometheus.Registerer) *Server {
+	m := &metrics{
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "receiver_batches_total", Help: "Batches received, by kind and outcome (stored, rejected, unavailable).",
+		}, []string{"kind", "outcome"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "receiver_events_total", Help: "Events and aggregate cells, by outcome (accepted, duplicate).",
+		}, []string{"outcome"}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "receiver_rejections_total", Help: "Rejected requests, by reason.",
+		}, []string{"reason"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "receiver_request_duration_seconds", Help: "Request latency, by endpoint.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}, []string{"endpoint"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.batches, m.events, m.rejections, m.latency)
+	}
+	return &Server{store: st, limits: limits, log: log, metrics: m, RetryAfter: 5 * time.Second}
+}
+
+// Handler returns the mutual-TLS API: POST /v1/batches and GET /v1/cursor.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc(batchv1.PathBatches, s.timed("batches", s.handleBatch))
+	mux.HandleFunc(batchv1.PathCursor, s.timed("cursor", s.handleCursor))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.reject(w, http.StatusNotFound, batchv1.ReasonNotFound, "no such endpoint", -1)
+	})
+	return mux
+}
+
+// OpsHandler serves /healthz, /readyz (database reachable) and /metrics on a plain listener.
+func (s *Server) OpsHandler(gatherer prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.store.Ping(ctx); err != nil {
+			http.Error(w, "database unreachable", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// TLSConfig requires TLS 1.3 and a client certificate signed by one of clientCAs. crypto/tls
+// verifies client certificates for the client-auth extended key usage, so a server or CA
+// certificate from the same issuer cannot be used to send data.
+func TLSConfig(serverCert tls.Certificate, clientCAs *x509.CertPool) *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{serverCert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    clientCAs,
+	}
+}
+
+func (s *Server) timed(endpoint string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		h(w, r)
+		s.metrics.latency.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
+	}
+}
+
+// instance returns the instance named by the verified client certificate.
+func (s *Server) instance(w http.ResponseWriter, r *http.Request) (string, bool) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		s.reject(w, http.StatusUnauthorized, batchv1.ReasonUnauthorized, "a client certificate from the fleet issuer is required", -1)
+		return "", false
+	}
+	id, err := pki.InstanceID(r.TLS.VerifiedChains[0][0])
+	if err != nil {
+		s.reject(w, http.StatusForbidden, batchv1.ReasonUnauthorized, "the client certificate names no instance", -1)
+		return "", false
+	}
+	return id, true
+}
+
+func (s *Server) handleCursor(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		s.reject(w, http.StatusMethodNotAllowed, batchv1.ReasonMethodNotAllow, "use GET", -1)
+		return
+	}
+	instance, ok := s.instance(w, r)
+	if !ok {
+		return
+	}
+	c, known, err := s.store.Cursor(r.Context(), instance)
+	if err != nil {
+		s.storageError(w, err, "cursor")
+		return
+	}
+	writeJSON(w, http.StatusOK, batchv1.CursorResponse{InstanceID: instance, Known: known, Cursor: c})
+}
+
+func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		s.reject(w, http.StatusMethodNotAllowed, batchv1.ReasonMethodNotAllow, "use POST", -1)
+		return
+	}
+	instance, ok := s.instance(w, r)
+	if !ok {
+		return
+	}
+	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || (mediaType != batchv1.ContentType && mediaType != "application/json") {
+		s.reject(w, http.StatusUnsupportedMediaType, batchv1.ReasonUnsupported, "Content-Type must be "+batchv1.ContentType, -1)
+		return
+	}
+	data, status, reason, msg := s.readBody(r)
+	if status != 0 {
+		s.reject(w, status, reason, msg, -1)
+		return
+	}
+	b, err := batchv1.Decode(data)
+	if err != nil {
+		var be *batchv1.Error
+		if errors.As(err, &be) {
+			code := http.StatusBadRequest
+			if be.Reason == batchv1.ReasonTooManyEvents || be.Reason == batchv1.ReasonEventTooLarge {
+				code = http.StatusRequestEntityTooLarge
+			}
+			s.reject(w, code, be.Reason, be.Msg, be.Index)
+			return
+		}
+		s.reject(w, http.StatusBadRequest, batchv1.ReasonMalformed, "malformed batch", -1)
+		return
+	}
+	if b.InstanceID != instance {
+		s.reject(w, http.StatusForbidden, batchv1.ReasonWrongInstance,
+			fmt.Sprintf("the client certificate is for instance %q; it may not send instance %q's data", instance, b.InstanceID), -1)
+		return
+	}
+	if key := r.Header.Get(batchv1.HeaderIdempotencyKey); key != "" && key != b.BatchID {
+		s.reject(w, http.StatusBadRequest, batchv1.ReasonMalformed, "Idempotency-Key does not match batchID", -1)
+		return
+	}
+	var res store.Result
+	if b.Kind == batchv1.KindEvents {
+		res, err = s.store.InsertEvents(r.Context(), instance, b)
+	} else {
+		res, err = s.store.UpsertAggregates(r.Context(), instance, b)
+	}
+	if err != nil {
+		s.metrics.batches.WithLabelValues(b.Kind, "unavailable").Inc()
+		s.storageError(w, err, "batch")
+		return
+	}
+	s.metrics.batches.WithLabelValues(b.Kind, "stored").Inc()
+	s.metrics.events.WithLabelValues("accepted").Add(float64(res.Accepted))
+	s.metrics.events.WithLabelValues("duplicate").Add(float64(res.Duplicates))
+	s.log.Info("stored batch", "instance", instance, "kind", b.Kind, "batch", b.BatchID, "accepted", res.Accepted, "duplicates", res.Duplicates)
+	writeJSON(w, http.StatusOK, batchv1.Response{Accepted: res.Accepted, Duplicates: res.Duplicates, Cursor: res.Cursor})
+}
+
+// readBody reads the body within the limits, decompressing zstd. It returns a status and reason
+// when the body is refused.
+func (s *Server) readBody(r *http.Request) ([]byte, int, string, string) {
+	if r.ContentLength > s.limits.MaxBodyBytes {
+		return nil, http.StatusRequestEntityTooLarge, batchv1.ReasonTooLarge, fmt.Sprintf("body exceeds %d bytes", s.limits.MaxBodyBytes)
+	}
+	raw, err := io.ReadAll(io.LimitReader(r.Body, s.limits.MaxBodyBytes+1))
+	if err != nil {
+		return nil, http.StatusBadRequest, batchv1.ReasonMalformed, "reading the body failed"
+	}
+	if int64(len(raw)) > s.limits.MaxBodyBytes {
+		return nil, http.StatusRequestEntityTooLarge, batchv1.ReasonTooLarge, fmt.Sprintf("body exceeds %d bytes", s.limits.MaxBodyBytes)
+	}
+	switch enc := r.Header.Get("Content-Encoding"); enc {
+	case "", "identity":
+		if int64(len(raw)) > s.limits.MaxDecompressedBytes {
+			return nil, http.StatusRequestEntityTooLarge, batchv1.ReasonTooLarge, "body too large"
+		}
+		return raw, 0, "", ""
+	case batchv1.EncodingZstd:
+		dec, err := zstd.NewReader(bytes.NewReader(raw),
+			zstd.WithDecoderMaxMemory(uint64(s.limits.MaxDecompressedBytes)), //nolint:gosec // positive by construction
+			zstd.WithDecoderMaxWindow(8<<20), zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return nil, http.StatusBadRequest, batchv1.ReasonMalformed, "invalid zstd stream"
+		}
+		defer dec.Close()
+		out, err := io.ReadAll(io.LimitReader(dec, s.limits.MaxDecompressedBytes+1))
+		if err != nil {
+			if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {
+				return nil, http.StatusRequestEntityTooLarge, batchv1.ReasonTooLarge, fmt.Sprintf("decompressed body exceeds %d bytes", s.limits.MaxDecompressedBytes)
+			}
+			return nil, http.StatusBadRequest, batchv1.ReasonMalformed, "invalid zstd stream"
+		}
+		if int64(len(out)) > s.limits.MaxDecompressedBytes {
+			return nil, http.StatusRequestEntityTooLarge, batchv1.ReasonTooLarge, fmt.Sprintf("decompressed body exceeds %d bytes", s.limits.MaxDecompressedBytes)
+		}
+		return out, 0, "", ""
+	default:
+		return nil, http.StatusUnsupportedMediaType, batchv1.ReasonUnsupported, "Content-Encoding must be zstd or absent"
+	}
+}
+
+func (s *Server) storageError(w http.ResponseWriter, err error, what string) {
+	if errors.Is(err, store.ErrUnavailable) {
+		w.Header().Set("Retry-After", strconv.Itoa(int(s.RetryAfter.Seconds())))
+		s.reject(w, http.StatusServiceUnavailable, batchv1.ReasonUnavailable, "storage is unavailable; retry later", -1)
+		s.log.Warn("storage unavailable", "op", what, "err", err)
+		return
+	}
+	s.log.Error("storage failure", "op", what, "err", err)
+	s.reject(w, http.StatusInternalServerError, batchv1.ReasonInternal, "internal error", -1)
+}
+
+func (s *Server) reject(w http.ResponseWriter, status int, reason, msg string, index int) {
+	s.metrics.rejections.WithLabelValues(reason).Inc()
+	resp := batchv1.ErrorResponse{Error: msg, Reason: reason}
+	if index >= 0 {
+		resp.EventIndex = &index
+	}
+	writeJSON(w, status, resp)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,261 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package store keeps the receiver's data in PostgreSQL: events exactly once per
+// (instance, event id), aggregates upserted per (instance, day, metric, dimension), and the
+// acknowledged cursor per instance. Every write commits before it returns, so the receiver
+// acknowledges only durable data.
+package store
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// migrationLock is the advisory lock key that serializes concurrent migrators.
+const migrationLock = 0x7e1e_3e7a
+
+// ErrUnavailable wraps errors that mean the database cannot be reached now; callers answer 503.
+var ErrUnavailable = errors.New("storage unavailable")
+
+// Store is the receiver's PostgreSQL storage.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// Open connects to dsn. It does not fail when the database is down: Ping and writes report it.
+func Open(ctx context.Context, dsn string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, errors.New("invalid database DSN") // never echo the DSN: it may hold a password
+	}
+	cfg.MaxConns = 16
+	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating the connection pool: %w", err)
+	}
+	return &Store{pool: pool}, nil
+}
+
+// Close releases the connections.
+func (s *Store) Close() { s.pool.Close() }
+
+// Pool exposes the pool for the report queries.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Ping reports whether the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Migrate applies the embedded migrations that are not applied yet, in order, holding an
+// advisory lock so receivers starting together do not race.
+func (s *Store) Migrate(ctx context.Context) error {
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return unavailable(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
+		return unavailable(err)
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		return err
+	}
+	for _, name := range names {
+		base := strings.TrimPrefix(name, "migrations/")
+		version, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migration %s: name must start with a number", base)
+		}
+		var applied bool
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)", version).Scan(&applied); err != nil {
+			return err
+		}
+		if applied {
+			continue
+		}
+		sql, err := migrations.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, string(sql)); err != nil {
+			return fmt.Errorf("migration %s: %w", base, err)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version) VALUES ($1)", version); err != nil {
+			return err
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// Result counts what a write stored.
+type Result struct {
+	Accepted, Duplicates int
+	Cursor               int64
+}
+
+// InsertEvents stores a batch's events once each and advances the instance's cursor (never
+// backwards), in one transaction.
+func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Batch) (Result, error) {
+	n := len(b.Events)
+	ids, names, sources, versions, clients, users := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ts := make([]time.Time, n)
+	flags, props := make([]string, n), make([]string, n)
+	for i, e := range b.Events {
+		ids[i], names[i], sources[i], versions[i], clients[i], users[i], ts[i] = e.ID, e.Name, e.Source, e.ProductVersion, e.Client, e.UserID, e.Timestamp
+		f, err := json.Marshal(nonNil(e.FeatureFlags))
+		if err != nil {
+			return Result{}, err
+		}
+		p, err := json.Marshal(nonNilAny(e.Properties))
+		if err != nil {
+			return Result{}, err
+		}
+		flags[i], props[i] = string(f), string(p)
+	}
+	var res Result
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `
+INSERT INTO events (instance_id, event_id, name, ts, source, version, client, user_id, feature_flags, properties)
+SELECT $1, u.id, u.name, u.ts, u.source, u.version, u.client, u.user_id, u.flags::jsonb, u.props::jsonb
+FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+  AS u(id, name, ts, source, version, client, user_id, flags, props)
+ON CONFLICT (instance_id, event_id) DO NOTHING`,
+			instance, ids, names, ts, sources, versions, clients, users, flags, props)
+		if err != nil {
+			return err
+		}
+		res.Accepted = int(tag.RowsAffected())
+		res.Duplicates = n - res.Accepted
+		if err := tx.QueryRow(ctx, `
+INSERT INTO cursors (instance_id, cursor) VALUES ($1, $2)
+ON CONFLICT (instance_id) DO UPDATE SET cursor = GREATEST(cursors.cursor, EXCLUDED.cursor), updated_at = now()
+RETURNING cursor`, instance, b.Cursor).Scan(&res.Cursor); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `
+INSERT INTO batches (instance_id, batch_id, kind, accepted, duplicates) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (instance_id, batch_id) DO UPDATE SET duplicates = batches.duplicates + EXCLUDED.accepted + EXCLUDED.duplicates`,
+			instance, b.BatchID, b.Kind, res.Accepted, res.Duplicates)
+		return err
+	})
+	return res, err
+}
+
+// UpsertAggregates replaces each (instance, day, metric, dimension) cell with the batch's value.
+func (s *Store) UpsertAggregates(ctx context.Context, instance string, b *batchv1.Batch) (Result, error) {
+	n := len(b.Aggregates)
+	days, metrics, dims := make([]string, n), make([]string, n), make([]string, n)
+	values, users := make([]int64, n), make([]int64, n)
+	finals := make([]bool, n)
+	for i, a := range b.Aggregates {
+		days[i], metrics[i], dims[i], values[i], users[i], finals[i] = a.Day, a.Metric, a.Dimension, a.Value, a.Users, a.Final
+	}
+	var res Result
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		// A cell appearing twice in one batch would make ON CONFLICT fail: the last one wins.
+		tag, err := tx.Exec(ctx, `
+INSERT INTO aggregates (instance_id, day, metric, dimension, value, users, final)
+SELECT DISTINCT ON (day, metric, dim) $1, day::date, metric, dim, value, users, final
+FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::boolean[]) WITH ORDINALITY
+  AS u(day, metric, dim, value, users, final, ord)
+ORDER BY day, metric, dim, ord DESC
+ON CONFLICT (instance_id, day, metric, dimension) DO UPDATE
+  SET value = EXCLUDED.value, users = EXCLUDED.users, final = EXCLUDED.final, updated_at = now()
+  WHERE NOT aggregates.final OR EXCLUDED.final`,
+			instance, days, metrics, dims, values, users, finals)
+		if err != nil {
+			return err
+		}
+		res.Accepted = int(tag.RowsAffected())
+		res.Duplicates = n - res.Accepted
+		_, err = tx.Exec(ctx, `
+INSERT INTO batches (instance_id, batch_id, kind, accepted, duplicates) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (instance_id, batch_id) DO UPDATE SET duplicates = batches.duplicates + EXCLUDED.accepted + EXCLUDED.duplicates`,
+			instance, b.BatchID, b.Kind, res.Accepted, res.Duplicates)
+		return err
+	})
+	return res, err
+}
+
+// Cursor returns the instance's acknowledged cursor, and whether one is known.
+func (s *Store) Cursor(ctx context.Context, instance string) (int64, bool, error) {
+	var c int64
+	err := s.pool.QueryRow(ctx, "SELECT cursor FROM cursors WHERE instance_id = $1", instance).Scan(&c)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, unavailable(err)
+	}
+	return c, true, nil
+}
+
+func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{})
+	if err != nil {
+		return unavailable(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if err := fn(tx); err != nil {
+		return unavailable(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return unavailable(err)
+	}
+	return nil
+}
+
+// unavailable marks connection-level failures so the server answers 503 with Retry-After; a
+// query error the database itself returned is left as is (a bug, answered 500).
+func unavailable(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && !strings.HasPrefix(pgErr.Code, "08") && !strings.HasPrefix(pgErr.Code, "57") && !strings.HasPrefix(pgErr.Code, "53") {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+func nonNil(m map[string]bool) map[string]bool {
+	if m == nil {
+		return map[string]bool{}
+	}
+	return m
+}
+
+func nonNilAny(m map[string]any) map[string]any {
+	if m == nil {
+		return map[string]any{}
+	}
+	return m
+}
