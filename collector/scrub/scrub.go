@@ -1,0 +1,156 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package scrub turns an event_logs row into an exportable event: allow-listed name and
+// properties, a keyed pseudonym instead of the user, and nothing else. The source query never
+// even selects url, argument, referrers, device or billing ids; this package is the second line.
+package scrub
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"hash"
+	"regexp"
+	"strconv"
+	"time"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
+)
+
+// KeyLen is the pseudonym key length the operator generates.
+const KeyLen = 32
+
+// Row is the subset of an event_logs row the collector reads.
+type Row struct {
+	ID              int64
+	Name            string
+	UserID          int64
+	AnonymousUserID string
+	Source          string
+	PublicArgument  []byte
+	Version         string
+	Timestamp       time.Time
+	FeatureFlags    []byte
+	Client          string
+}
+
+// Drop reasons, for metrics and progress.
+const (
+	DropNotAllowListed = "not_allow_listed"
+	DropNoUser         = "no_user"
+	DropMalformed      = "malformed"
+)
+
+// Scrubber pseudonymizes and filters rows. It is not safe for concurrent use.
+type Scrubber struct {
+	mac hash.Hash
+	buf []byte
+	// PropertiesDropped counts properties removed from exported events.
+	PropertiesDropped int64
+}
+
+// New returns a scrubber keyed with the instance's pseudonym key.
+func New(key []byte) (*Scrubber, error) {
+	if len(key) != KeyLen {
+		return nil, errors.New("the pseudonym key must be exactly 32 bytes")
+	}
+	return &Scrubber{mac: hmac.New(sha256.New, key)}, nil
+}
+
+// Pseudonym returns hex(HMAC-SHA256(key, user))[:32] for a signed-in user id, or for an
+// anonymous id when userID is 0. The prefixes keep the two id spaces apart.
+func (s *Scrubber) Pseudonym(userID int64, anonymousID string) string {
+	s.mac.Reset()
+	s.buf = s.buf[:0]
+	if userID != 0 {
+		s.buf = append(s.buf, "u:"...)
+		s.buf = strconv.AppendInt(s.buf, userID, 10)
+	} else {
+		s.buf = append(s.buf, "a:"...)
+		s.buf = append(s.buf, anonymousID...)
+	}
+	s.mac.Write(s.buf)
+	sum := s.mac.Sum(nil)
+	return hex.EncodeToString(sum[:16])
+}
+
+var (
+	sourceRe  = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,31}$`)
+	versionRe = regexp.MustCompile(`^[0-9][0-9A-Za-z.+_-]{0,63}$`)
+	clientRe  = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,63}$`)
+	flagRe    = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,63}$`)
+)
+
+// Event returns the exportable event for r, or a drop reason.
+func (s *Scrubber) Event(r *Row) (batchv1.Event, string) {
+	entry, ok := allowlist.Lookup(r.Name)
+	if !ok {
+		return batchv1.Event{}, DropNotAllowListed
+	}
+	if r.UserID == 0 && r.AnonymousUserID == "" {
+		return batchv1.Event{}, DropNoUser
+	}
+	if r.UserID < 0 || r.Timestamp.IsZero() {
+		return batchv1.Event{}, DropMalformed
+	}
+	e := batchv1.Event{
+		ID:        strconv.FormatInt(r.ID, 10),
+		Name:      r.Name,
+		Timestamp: r.Timestamp.UTC(),
+		UserID:    s.Pseudonym(r.UserID, r.AnonymousUserID),
+	}
+	if sourceRe.MatchString(r.Source) {
+		e.Source = r.Source
+	}
+	if versionRe.MatchString(r.Version) && !allowlist.LooksPersonal(r.Version) {
+		e.ProductVersion = r.Version
+	}
+	if clientRe.MatchString(r.Client) && !allowlist.LooksPersonal(r.Client) {
+		e.Client = r.Client
+	}
+	e.FeatureFlags = s.flags(r.FeatureFlags)
+	if len(entry.Properties) > 0 && len(r.PublicArgument) > 0 {
+		var args map[string]any
+		dec := json.NewDecoder(bytes.NewReader(r.PublicArgument))
+		dec.UseNumber()
+		if err := dec.Decode(&args); err == nil {
+			props, dropped := entry.Filter(args)
+			e.Properties = props
+			s.PropertiesDropped += int64(dropped)
+		}
+	}
+	return e, ""
+}
+
+func (s *Scrubber) flags(raw []byte) map[string]bool {
+	if len(raw) == 0 || len(raw) > 64<<10 {
+		return nil
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil
+	}
+	var out map[string]bool
+	for k, v := range m {
+		b, ok := v.(bool)
+		if !ok || !flagRe.MatchString(k) || allowlist.LooksPersonal(k) {
+			continue
+		}
+		if out == nil {
+			out = map[string]bool{}
+		}
+		out[k] = b
+		if len(out) == batchv1.MaxFeatureFlags {
+			break
+		}
+	}
+	return out
+}
