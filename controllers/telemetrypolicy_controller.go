@@ -301,17 +301,6 @@ func (r *TelemetryPolicyReconciler) removeWorkload(ctx context.Context, st *reco
 	return nil
 }
 
-// collectorState is the progress document the collector writes to its state ConfigMap.
-type collectorState struct {
-	Cursor          int64          `json:"cursor"`
-	LastSuccessTime *time.Time     `json:"lastSuccessTime,omitempty"`
-	EventsExported  int64          `json:"eventsExported"`
-	EventsDropped   int64          `json:"eventsDropped"`
-	LagSeconds      int64          `json:"lagSeconds"`
-	LastError       string         `json:"lastError,omitempty"`
-	Tier            v1.ConsentTier `json:"tier,omitempty"`
-}
-
 // observe reports whether what runs matches the policy (Synced) and folds the collector's
 // reported progress into status (Exporting). The state object is written by the collector, so it
 // is parsed defensively and bounded.
@@ -344,7 +333,7 @@ func parseCollectorState(raw string) *v1.ExportStatus {
 	if len(raw) > maxStateSize {
 		return &v1.ExportStatus{LastError: fmt.Sprintf("collector state is larger than %d bytes; ignored", maxStateSize)}
 	}
-	var s collectorState
+	var s collectorconfig.Progress
 	if err := json.Unmarshal([]byte(raw), &s); err != nil {
 		return &v1.ExportStatus{LastError: "collector state is not valid JSON; ignored"}
 	}

@@ -49,8 +49,18 @@ var searchProps = map[string]Validator{
 	"source":      OneOf("nav", "home", "repo", "tree", "filter", "type", "scopePage", "excludedResults", "smartSearchDisabled", "codeMonitoring", "notebook"),
 }
 
+// languageIDs are the language identifiers that may be exported; anything else is dropped.
+var languageIDs = []string{
+	"bash", "c", "clojure", "cmake", "coffeescript", "cpp", "c++", "csharp", "css", "cuda", "dart", "dockerfile", "elixir",
+	"elm", "erlang", "fsharp", "go", "graphql", "groovy", "haskell", "hcl", "html", "java", "javascript", "javascriptreact",
+	"json", "jsonnet", "julia", "kotlin", "less", "lua", "makefile", "markdown", "matlab", "nix", "objective-c", "objective-cpp",
+	"ocaml", "perl", "php", "plaintext", "powershell", "protobuf", "python", "r", "ruby", "rust", "scala", "scss", "shell",
+	"shellscript", "sql", "starlark", "swift", "terraform", "toml", "typescript", "typescriptreact", "verilog", "vue", "xml",
+	"yaml", "zig",
+}
+
 var codeIntelProps = map[string]Validator{
-	"languageId": Matches(`^[a-z0-9][a-z0-9+#._-]{0,31}$`),
+	"languageId": OneOf(languageIDs...),
 }
 
 var latencyProps = map[string]Validator{
@@ -184,6 +194,21 @@ var (
 	ipRe    = regexp.MustCompile(`(?i)\d{1,3}(\.\d{1,3}){3}|([0-9a-f]{0,4}:){2,}[0-9a-f]{0,4}`)
 	tokenRe = regexp.MustCompile(`[A-Za-z0-9_\-+/=]{24,}`)
 )
+
+// LooksLikeIdentifier reports whether a name contains a segment that looks like a generated
+// identifier (letters and digits mixed, six or more characters, or four or more digits), such as a device or user id
+// embedded in a feature-flag name.
+func LooksLikeIdentifier(name string) bool {
+	for _, seg := range strings.FieldsFunc(name, func(r rune) bool { return r == '-' || r == '_' || r == '.' || r == ':' }) {
+		if len(seg) >= 6 && strings.ContainsAny(seg, "0123456789") && strings.ContainsAny(seg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") {
+			return true
+		}
+		if len(seg) >= 4 && strings.Trim(seg, "0123456789") == "" {
+			return true
+		}
+	}
+	return false
+}
 
 // LooksPersonal reports whether s looks like an email, URL, IP address, path or secret token.
 // It backs up the per-key validators: even an allowed key never exports such a value.

@@ -141,7 +141,7 @@ func (s *Scrubber) flags(raw []byte) map[string]bool {
 	var out map[string]bool
 	for k, v := range m {
 		b, ok := v.(bool)
-		if !ok || !flagRe.MatchString(k) || allowlist.LooksPersonal(k) {
+		if !ok || !flagRe.MatchString(k) || allowlist.LooksPersonal(k) || allowlist.LooksLikeIdentifier(k) {
 			continue
 		}
 		if out == nil {

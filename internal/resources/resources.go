@@ -55,7 +55,7 @@ const (
 // Keys within owned objects.
 const (
 	ConfigKey       = collectorconfig.ConfigFileName
-	StateKey        = "state.json"
+	StateKey        = collectorconfig.ProgressKey
 	PseudonymKeyKey = collectorconfig.PseudonymKey
 	PseudonymKeyLen = 32
 	MetricsPort     = 9090

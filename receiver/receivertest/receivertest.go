@@ -10,6 +10,7 @@ Licensed under the Apache License, Version 2.0.
 package receivertest
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -20,8 +21,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sourcegraph/telemetry-operator/internal/pgtest"
@@ -44,6 +47,12 @@ type Receiver struct {
 	// CAFile holds the fleet CA in PEM, as mounted into collectors.
 	CAFile string
 	Dir    string
+
+	// Bodies records every request body the receiver got (decompressed), for leak checks.
+	bodiesMu sync.Mutex
+	bodies   [][]byte
+	// Intercept, when set, may answer a request instead of the receiver (fault injection).
+	Intercept func(w http.ResponseWriter, r *http.Request, body []byte) bool
 
 	httpServer *http.Server
 	listener   net.Listener
@@ -129,9 +138,47 @@ func (r *Receiver) Listen() error {
 	_, port, _ := net.SplitHostPort(r.addr)
 	r.URL = "https://localhost:" + port
 	r.listener = tls.NewListener(l, r.tlsConfig)
-	r.httpServer = &http.Server{Handler: r.Server.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	r.httpServer = &http.Server{Handler: r.recording(r.Server.Handler()), ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
 	go func() { _ = r.httpServer.Serve(r.listener) }()
 	return nil
+}
+
+func (r *Receiver) recording(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		raw, _ := io.ReadAll(io.LimitReader(req.Body, 64<<20))
+		body := raw
+		if req.Header.Get("Content-Encoding") == "zstd" {
+			if dec, err := zstd.NewReader(bytes.NewReader(raw)); err == nil {
+				if out, err := io.ReadAll(io.LimitReader(dec, 64<<20)); err == nil {
+					body = out
+				}
+				dec.Close()
+			}
+		}
+		r.bodiesMu.Lock()
+		r.bodies = append(r.bodies, body)
+		intercept := r.Intercept
+		r.bodiesMu.Unlock()
+		if intercept != nil && intercept(w, req, body) {
+			return
+		}
+		req.Body = io.NopCloser(bytes.NewReader(raw))
+		next.ServeHTTP(w, req)
+	})
+}
+
+// Bodies returns every request body received so far, decompressed.
+func (r *Receiver) Bodies() [][]byte {
+	r.bodiesMu.Lock()
+	defer r.bodiesMu.Unlock()
+	return append([][]byte(nil), r.bodies...)
+}
+
+// SetIntercept installs (or, with nil, removes) a fault-injection hook.
+func (r *Receiver) SetIntercept(f func(w http.ResponseWriter, r *http.Request, body []byte) bool) {
+	r.bodiesMu.Lock()
+	r.Intercept = f
+	r.bodiesMu.Unlock()
 }
 
 // Stop stops serving (the database keeps running).

@@ -1,0 +1,90 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package aggregate
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
+)
+
+// userExpr identifies a user inside the database only; no identifier ever leaves it.
+const userExpr = `CASE WHEN user_id <> 0 THEN 'u:' || user_id::text ELSE 'a:' || anonymous_user_id END`
+
+var patternTypes = []string{"literal", "regexp", "standard", "structural", "keyword", "lucky"}
+
+// Compute returns the cells for every UTC day in [from, to], unsuppressed. Days before today are
+// final; today is partial and replaced on the next send.
+func Compute(ctx context.Context, db *pgxpool.Pool, from, to, today time.Time) ([]batchv1.Aggregate, error) {
+	names := allowlist.Names()
+	sort.Strings(names)
+	var featureCase strings.Builder
+	featureCase.WriteString("CASE name")
+	args := []any{from.Format(time.DateOnly), to.Format(time.DateOnly), names}
+	for _, n := range names {
+		args = append(args, n, allowlist.FeatureOf(n))
+		fmt.Fprintf(&featureCase, " WHEN $%d THEN $%d", len(args)-1, len(args))
+	}
+	featureCase.WriteString(" END")
+	args = append(args, patternTypes)
+	ptArg := len(args)
+
+	query := `
+WITH ev AS (
+  SELECT (timestamp AT TIME ZONE 'UTC')::date AS day, name, ` + userExpr + ` AS u,
+         public_argument->>'patternType' AS pt, version
+  FROM event_logs
+  WHERE timestamp >= ($1::date - 27) AND timestamp < ($2::date + 1)
+),
+days AS (SELECT d::date AS day FROM generate_series($1::date, $2::date, '1 day') d),
+ud AS (SELECT DISTINCT day, u FROM ev)
+SELECT day::text, metric, dim, value, users FROM (
+  SELECT day, 'event_count' AS metric, name AS dim, count(*) AS value, count(DISTINCT u) AS users
+    FROM ev WHERE day >= $1::date AND name = ANY($3) GROUP BY day, name
+  UNION ALL
+  SELECT day, 'instance_version', version, count(*), count(DISTINCT u)
+    FROM ev WHERE day >= $1::date AND name = ANY($3) AND version ~ '^[0-9][0-9A-Za-z.+_-]{0,63}$' GROUP BY day, version
+  UNION ALL
+  SELECT day, 'searches_by_type', pt, count(*), count(DISTINCT u)
+    FROM ev WHERE day >= $1::date AND name = '` + allowlist.SearchEvent + `' AND pt = ANY($` + fmt.Sprint(ptArg) + `) GROUP BY day, pt
+  UNION ALL
+  SELECT day, 'feature_users', ` + featureCase.String() + `, count(*), count(DISTINCT u)
+    FROM ev WHERE day >= $1::date AND name = ANY($3) GROUP BY day, 2, 3
+  UNION ALL
+  SELECT days.day, 'active_users_1d', '', count(DISTINCT ud.u) FILTER (WHERE ud.day = days.day), count(DISTINCT ud.u) FILTER (WHERE ud.day = days.day)
+    FROM days LEFT JOIN ud ON ud.day > days.day - 28 AND ud.day <= days.day GROUP BY days.day
+  UNION ALL
+  SELECT days.day, 'active_users_7d', '', count(DISTINCT ud.u) FILTER (WHERE ud.day > days.day - 7), count(DISTINCT ud.u) FILTER (WHERE ud.day > days.day - 7)
+    FROM days LEFT JOIN ud ON ud.day > days.day - 28 AND ud.day <= days.day GROUP BY days.day
+  UNION ALL
+  SELECT days.day, 'active_users_28d', '', count(DISTINCT ud.u), count(DISTINCT ud.u)
+    FROM days LEFT JOIN ud ON ud.day > days.day - 28 AND ud.day <= days.day GROUP BY days.day
+) cells ORDER BY 1, 3, 4`
+	rows, err := db.Query(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("computing aggregates: %w", err)
+	}
+	todayStr := today.UTC().Format(time.DateOnly)
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (batchv1.Aggregate, error) {
+		var a batchv1.Aggregate
+		err := row.Scan(&a.Day, &a.Metric, &a.Dimension, &a.Value, &a.Users)
+		a.Final = a.Day < todayStr
+		return a, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("computing aggregates: %w", err)
+	}
+	return out, nil
+}

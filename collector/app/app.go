@@ -1,0 +1,178 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package app wires the collector process: configuration, the instance database, the pseudonym
+// key, the hot-reloading mutual-TLS client, the progress store, and the health and metrics
+// endpoints.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/clock"
+
+	"github.com/sourcegraph/telemetry-operator/collector"
+	"github.com/sourcegraph/telemetry-operator/collector/deliver"
+	"github.com/sourcegraph/telemetry-operator/collector/scrub"
+	"github.com/sourcegraph/telemetry-operator/collector/source"
+	"github.com/sourcegraph/telemetry-operator/collector/state"
+	"github.com/sourcegraph/telemetry-operator/internal/tlsreload"
+)
+
+// Options are the process's flags.
+type Options struct {
+	ConfigPath  string
+	MetricsAddr string
+	// StateFile, when set, keeps progress in a file instead of the state ConfigMap.
+	StateFile string
+	// Kubeconfig, when set, is used instead of the in-cluster configuration.
+	Kubeconfig string
+}
+
+// Run runs the collector until ctx ends.
+func Run(ctx context.Context, o Options, log *slog.Logger) error {
+	cfg, err := collector.LoadConfig(o.ConfigPath)
+	if err != nil {
+		return err
+	}
+	if cfg.Tier == "Off" {
+		return collector.ErrOff
+	}
+	log = log.With("instance", cfg.InstanceID)
+
+	key, err := readSecretFile(cfg.PseudonymKeyFile, 1024)
+	if err != nil {
+		return fmt.Errorf("pseudonymKeyFile: %w", err)
+	}
+	scrubber, err := scrub.New(key)
+	if err != nil {
+		return fmt.Errorf("pseudonymKeyFile: %w", err)
+	}
+	dsn, err := readSecretFile(cfg.DatabaseDSNFile, 8192)
+	if err != nil {
+		return fmt.Errorf("databaseDSNFile: %w", err)
+	}
+	reader, err := source.Open(ctx, strings.TrimSpace(string(dsn)))
+	if err != nil {
+		return err
+	}
+	defer reader.Close()
+
+	tlsClient, err := tlsreload.NewClient(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.CAFile)
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	tlsClient.OnReload = func(serial string) { log.Info("loaded client certificate", "serial", serial) }
+	endpoint, err := url.Parse(cfg.Endpoint)
+	if err != nil {
+		return fmt.Errorf("endpoint: %w", err)
+	}
+	transport := &http.Transport{
+		TLSClientConfig:     tlsClient.TLSConfig(endpoint.Hostname()),
+		MaxIdleConnsPerHost: 2,
+		// Idle connections are closed soon, so a rotated certificate is presented promptly.
+		IdleConnTimeout:       30 * time.Second,
+		TLSHandshakeTimeout:   15 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+	}
+	client := deliver.New(cfg.Endpoint, transport, log)
+
+	store, err := stateStore(o, cfg.State.Namespace, cfg.State.ConfigMap)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := collector.NewMetrics(reg)
+	client.OnRetry = func(string) {}
+	p := &collector.Pipeline{ConfigPath: o.ConfigPath, Reader: reader, Scrubber: scrubber, Client: client,
+		State: store, Clock: clock.RealClock{}, Log: log, Metrics: metrics}
+
+	srv := &http.Server{Addr: o.MetricsAddr, Handler: opsHandler(reg, p), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics endpoint failed", "err", err)
+		}
+	}()
+	defer func() { _ = srv.Close() }()
+
+	if err := p.Init(ctx); err != nil {
+		return err
+	}
+	log.Info("collector started", "tier", cfg.Tier, "cursor", p.Cursor(), "interval", cfg.Interval, "batchSize", cfg.BatchSize)
+	err = p.Run(ctx)
+	log.Info("collector stopped", "cursor", p.Cursor())
+	return err
+}
+
+func opsHandler(reg *prometheus.Registry, p *collector.Pipeline) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !p.Ready() {
+			http.Error(w, "not ready: the instance database has not been read yet", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func stateStore(o Options, namespace, name string) (state.Store, error) {
+	if o.StateFile != "" {
+		return state.File{Path: o.StateFile}, nil
+	}
+	var restCfg *rest.Config
+	var err error
+	if o.Kubeconfig != "" {
+		restCfg, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	} else {
+		restCfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("no Kubernetes configuration for the progress object (run in a cluster, or pass --kubeconfig or --state-file): %w", err)
+	}
+	cs, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, err
+	}
+	return state.ConfigMap{Client: cs, Namespace: namespace, Name: name}, nil
+}
+
+// readSecretFile reads a small mounted secret without ever logging its content.
+func readSecretFile(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path) //nolint:gosec // paths come from the validated configuration
+	if err != nil {
+		return nil, fmt.Errorf("cannot open %s: %w", path, errors.Unwrap(err))
+	}
+	defer func() { _ = f.Close() }()
+	buf := make([]byte, limit+1)
+	n, _ := f.Read(buf)
+	if int64(n) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%s is empty", path)
+	}
+	return buf[:n], nil
+}

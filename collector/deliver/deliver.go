@@ -1,0 +1,297 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package deliver sends batches to the receiver over mutual TLS with at-least-once semantics:
+// compressed bodies, an idempotency key per batch, exponential backoff with full jitter on
+// network errors and 429/502/503/504 (honouring Retry-After), and on 400/413 a binary split that
+// isolates and quarantines the offending event so the rest goes through.
+package deliver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+)
+
+// ErrConsent is returned when the consent guard refuses a batch: it is never sent.
+var ErrConsent = errors.New("consent guard refused the batch")
+
+// Outcome is what the receiver acknowledged for one Send.
+type Outcome struct {
+	Accepted, Duplicates int
+	// Quarantined lists the ids of events the receiver refused individually.
+	Quarantined []string
+	// Retries counts retried attempts.
+	Retries int
+}
+
+// Client talks to one receiver.
+type Client struct {
+	base  string
+	http  *http.Client
+	log   *slog.Logger
+	encMu sync.Mutex
+	enc   *zstd.Encoder
+	// Sleep waits between retries; tests replace it to run in milliseconds.
+	Sleep func(ctx context.Context, d time.Duration) error
+	// BaseBackoff and MaxBackoff bound the exponential backoff.
+	BaseBackoff, MaxBackoff time.Duration
+	// OnRetry observes retried attempts (for metrics).
+	OnRetry func(reason string)
+}
+
+// New returns a client for the receiver at base, using transport for mutual TLS.
+func New(base string, transport http.RoundTripper, log *slog.Logger) *Client {
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	return &Client{
+		base: strings.TrimRight(base, "/"), http: &http.Client{Transport: transport, Timeout: 60 * time.Second},
+		log: log, enc: enc, Sleep: sleepCtx, BaseBackoff: 500 * time.Millisecond, MaxBackoff: time.Minute,
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Cursor asks the receiver for the instance's acknowledged cursor (retrying transient failures).
+func (c *Client) Cursor(ctx context.Context) (int64, bool, error) {
+	var out batchv1.CursorResponse
+	err := c.retry(ctx, nil, func() (int, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+batchv1.PathCursor, nil)
+		if err != nil {
+			return 0, err
+		}
+		resp, err := c.http.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		defer func() { _ = resp.Body.Close() }()
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if resp.StatusCode == http.StatusOK {
+			return resp.StatusCode, json.Unmarshal(body, &out)
+		}
+		return resp.StatusCode, statusError(resp, body)
+	}, new(int))
+	return out.Cursor, out.Known, err
+}
+
+// Send delivers b. guard is called before every attempt; if it fails the batch is not sent.
+// Events the receiver rejects one by one (400/413) are quarantined; everything else is retried
+// until the receiver acknowledges it or ctx ends.
+func (c *Client) Send(ctx context.Context, b *batchv1.Batch, guard func(*batchv1.Batch) error) (Outcome, error) {
+	var out Outcome
+	err := c.send(ctx, b, guard, &out)
+	return out, err
+}
+
+func (c *Client) send(ctx context.Context, b *batchv1.Batch, guard func(*batchv1.Batch) error, out *Outcome) error {
+	var resp batchv1.Response
+	var rejection *rejectedError
+	err := c.retry(ctx, func() error { return guard(b) }, func() (int, error) {
+		return c.post(ctx, b, &resp)
+	}, &out.Retries)
+	if err == nil {
+		out.Accepted += resp.Accepted
+		out.Duplicates += resp.Duplicates
+		return nil
+	}
+	if !errors.As(err, &rejection) {
+		return err
+	}
+	items := len(b.Events) + len(b.Aggregates)
+	if items <= 1 {
+		if items == 1 {
+			id := "aggregate"
+			if len(b.Events) == 1 {
+				id = b.Events[0].ID
+			}
+			// Log the id and the reason, never the content.
+			c.log.Warn("receiver refused an item; quarantined", "event", id, "status", rejection.status, "reason", rejection.reason)
+			out.Quarantined = append(out.Quarantined, id)
+			return nil
+		}
+		return fmt.Errorf("the receiver refused an empty batch: %w", err)
+	}
+	// Split to isolate the offending item. Halves carry no cursor: the caller records the cursor
+	// only once every half is acknowledged.
+	left, right := split(b)
+	if err := c.send(ctx, left, guard, out); err != nil {
+		return err
+	}
+	return c.send(ctx, right, guard, out)
+}
+
+func split(b *batchv1.Batch) (*batchv1.Batch, *batchv1.Batch) {
+	l, r := *b, *b
+	l.Cursor, r.Cursor = 0, 0
+	if n := len(b.Events); n > 0 {
+		l.Events, r.Events = b.Events[:n/2], b.Events[n/2:]
+	} else {
+		n := len(b.Aggregates)
+		l.Aggregates, r.Aggregates = b.Aggregates[:n/2], b.Aggregates[n/2:]
+	}
+	l.BatchID = truncateID(b.BatchID + ".l")
+	r.BatchID = truncateID(b.BatchID + ".r")
+	return &l, &r
+}
+
+func truncateID(id string) string {
+	if len(id) > 128 {
+		return id[len(id)-128:]
+	}
+	return id
+}
+
+type rejectedError struct {
+	status int
+	reason string
+}
+
+func (e *rejectedError) Error() string {
+	return fmt.Sprintf("receiver rejected the batch: %d %s", e.status, e.reason)
+}
+
+type retryableError struct {
+	status     int
+	retryAfter time.Duration
+	msg        string
+}
+
+func (e *retryableError) Error() string { return e.msg }
+
+func statusError(resp *http.Response, body []byte) error {
+	var er batchv1.ErrorResponse
+	_ = json.Unmarshal(body, &er)
+	switch resp.StatusCode {
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout, http.StatusInternalServerError:
+		return &retryableError{status: resp.StatusCode, retryAfter: retryAfter(resp.Header.Get("Retry-After")),
+			msg: fmt.Sprintf("receiver answered %d %s", resp.StatusCode, er.Reason)}
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+		return &rejectedError{status: resp.StatusCode, reason: er.Reason}
+	default:
+		return &permanentError{fmt.Sprintf("receiver answered %d %s: %s", resp.StatusCode, er.Reason, truncate(er.Error, 200))}
+	}
+}
+
+// permanentError is an answer that retrying cannot fix (401, 403 for another instance, 404, 415).
+type permanentError struct{ msg string }
+
+func (e *permanentError) Error() string { return e.msg }
+
+func (c *Client) post(ctx context.Context, b *batchv1.Batch, out *batchv1.Response) (int, error) {
+	body, err := batchv1.Encode(b)
+	if err != nil {
+		return 0, err
+	}
+	c.encMu.Lock()
+	compressed := c.enc.EncodeAll(body, nil)
+	c.encMu.Unlock()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+batchv1.PathBatches, bytes.NewReader(compressed))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", batchv1.ContentType)
+	req.Header.Set("Content-Encoding", batchv1.EncodingZstd)
+	req.Header.Set(batchv1.HeaderIdempotencyKey, b.BatchID)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode == http.StatusOK {
+		return resp.StatusCode, json.Unmarshal(data, out)
+	}
+	return resp.StatusCode, statusError(resp, data)
+}
+
+// retry runs attempt until it succeeds, fails permanently, or ctx ends. Network errors and
+// retryable statuses back off exponentially with full jitter, at least Retry-After.
+func (c *Client) retry(ctx context.Context, guard func() error, attempt func() (int, error), retries *int) error {
+	backoff := c.BaseBackoff
+	for {
+		if guard != nil {
+			if err := guard(); err != nil {
+				return fmt.Errorf("%w: %w", ErrConsent, err)
+			}
+		}
+		_, err := attempt()
+		if err == nil {
+			return nil
+		}
+		var rej *rejectedError
+		if errors.As(err, &rej) {
+			return err
+		}
+		var rt *retryableError
+		wait := time.Duration(rand.Int64N(int64(backoff) + 1)) //nolint:gosec // jitter, not security
+		reason := "network"
+		switch {
+		case errors.As(err, &rt):
+			reason = strconv.Itoa(rt.status)
+			if rt.retryAfter > wait {
+				wait = rt.retryAfter
+			}
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.As(err, new(*permanentError)):
+			return err
+		}
+		*retries++
+		if c.OnRetry != nil {
+			c.OnRetry(reason)
+		}
+		c.log.Info("retrying delivery", "reason", reason, "wait", wait.String(), "err", truncate(err.Error(), 200))
+		if err := c.Sleep(ctx, wait); err != nil {
+			return err
+		}
+		backoff *= 2
+		if backoff > c.MaxBackoff {
+			backoff = c.MaxBackoff
+		}
+	}
+}
+
+func retryAfter(v string) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
+		return min(time.Duration(s)*time.Second, 10*time.Minute)
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return min(max(time.Until(t), 0), 10*time.Minute)
+	}
+	return 0
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

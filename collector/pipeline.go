@@ -1,0 +1,394 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package collector exports one instance's event_logs under its effective consent tier:
+// allow-listed, pseudonymized events for EventLevel, suppressed daily aggregates for
+// CriticalOnly, nothing for Off. Delivery is at-least-once to an idempotent receiver, and the
+// cursor advances only after the receiver acknowledged.
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/collector/aggregate"
+	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
+	"github.com/sourcegraph/telemetry-operator/collector/deliver"
+	"github.com/sourcegraph/telemetry-operator/collector/scrub"
+	"github.com/sourcegraph/telemetry-operator/collector/source"
+	"github.com/sourcegraph/telemetry-operator/collector/state"
+	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
+)
+
+// AggregateWindowDays is how many days (including today) each aggregate send covers.
+const AggregateWindowDays = 35
+
+// maxSentRemembered bounds the ids remembered above the cursor (about 40 bytes each).
+const maxSentRemembered = 500_000
+
+// Pipeline runs rounds of read, filter, send and acknowledge.
+type Pipeline struct {
+	ConfigPath string
+	Reader     *source.Reader
+	Scrubber   *scrub.Scrubber
+	Client     *deliver.Client
+	State      state.Store
+	Clock      clock.Clock
+	Log        *slog.Logger
+	Metrics    *Metrics
+	// ProgressEvery bounds how often progress is written (default 10s).
+	ProgressEvery time.Duration
+
+	mu        sync.Mutex
+	cfg       *collectorconfig.Config
+	tracker   *source.Tracker
+	progress  collectorconfig.Progress
+	lastSaved time.Time
+	ready     bool
+}
+
+// ErrOff is returned at start when the configuration's tier is Off.
+var ErrOff = errors.New("consent tier is Off: nothing may be collected, so the collector does not start")
+
+// LoadConfig reads and validates the configuration file.
+func LoadConfig(path string) (*collectorconfig.Config, error) {
+	f, err := os.Open(path) //nolint:gosec // the path is the collector's own flag
+	if err != nil {
+		return nil, fmt.Errorf("opening the configuration: %w", err)
+	}
+	defer func() { _ = f.Close() }()
+	return collectorconfig.Parse(f)
+}
+
+// Ready reports whether the pipeline has started and its last round reached the database.
+func (p *Pipeline) Ready() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ready
+}
+
+// Progress returns a copy of the current progress.
+func (p *Pipeline) Progress() collectorconfig.Progress {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.progress
+}
+
+// Cursor returns the acknowledged cursor.
+func (p *Pipeline) Cursor() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.tracker.Cursor()
+}
+
+// Init loads the configuration and the starting point: saved progress, else the receiver's
+// acknowledged cursor, else the configured startFrom.
+func (p *Pipeline) Init(ctx context.Context) error {
+	cfg, err := LoadConfig(p.ConfigPath)
+	if err != nil {
+		return err
+	}
+	if cfg.Tier == v1.TierOff {
+		return ErrOff
+	}
+	p.cfg = cfg
+	if p.ProgressEvery == 0 {
+		p.ProgressEvery = 10 * time.Second
+	}
+	saved, err := p.State.Load(ctx)
+	if err != nil {
+		p.Log.Warn("ignoring unreadable saved progress", "err", err)
+	}
+	var cursor int64
+	switch {
+	case saved != nil:
+		p.progress = *saved
+		cursor = saved.Cursor
+		p.Log.Info("resuming from saved progress", "cursor", cursor)
+	default:
+		c, known, err := p.Client.Cursor(ctx)
+		if err != nil {
+			return fmt.Errorf("asking the receiver for the acknowledged cursor: %w", err)
+		}
+		switch {
+		case known:
+			cursor = c
+			p.Log.Info("resuming from the receiver's acknowledged cursor", "cursor", cursor)
+		case cfg.StartFrom == v1.StartFromBeginning:
+			cursor = 0
+			p.Log.Info("starting from the beginning of event_logs")
+		default:
+			if cursor, err = p.Reader.MaxID(ctx); err != nil {
+				return fmt.Errorf("reading the newest event id: %w", err)
+			}
+			p.Log.Info("starting from now", "cursor", cursor)
+		}
+		p.progress.Cursor = cursor
+	}
+	if p.progress.AggregatesFrom == "" {
+		from := p.Clock.Now().UTC()
+		if cfg.StartFrom == v1.StartFromBeginning {
+			from = from.AddDate(0, 0, -(AggregateWindowDays - 1))
+		}
+		p.progress.AggregatesFrom = from.Format(time.DateOnly)
+	}
+	p.tracker = source.NewTracker(cursor, maxSentRemembered)
+	p.Metrics.Cursor.Set(float64(cursor))
+	return nil
+}
+
+// Run repeats rounds until ctx ends. A full round (a backlog) is followed at once by the next;
+// otherwise the pipeline waits for the interval.
+func (p *Pipeline) Run(ctx context.Context) error {
+	defer p.saveProgress(true)
+	for {
+		more, err := p.RunOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		wait := p.cfg.IntervalDuration()
+		if err != nil {
+			p.Log.Warn("round failed", "err", err)
+		} else if more {
+			wait = 0
+		}
+		if wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-p.Clock.After(wait):
+			}
+		}
+	}
+}
+
+// RunOnce performs one round under the tier in the configuration file as it is now. It reports
+// whether more data is waiting.
+func (p *Pipeline) RunOnce(ctx context.Context) (bool, error) {
+	cfg, err := LoadConfig(p.ConfigPath)
+	if err != nil {
+		// A broken file never widens what is sent: keep the last valid configuration's tier or lower.
+		p.fail(fmt.Errorf("reloading the configuration: %w", err))
+		return false, err
+	}
+	p.cfg = cfg
+	p.progress.Tier = cfg.Tier
+	var more bool
+	switch cfg.Tier {
+	case v1.TierEventLevel:
+		more, err = p.eventRound(ctx)
+	case v1.TierCriticalOnly:
+		err = p.aggregateRound(ctx)
+	default:
+		p.Log.Info("consent tier is Off: not collecting")
+		p.saveProgress(false)
+		return false, nil
+	}
+	if err != nil {
+		p.fail(err)
+		return false, err
+	}
+	p.saveProgress(false)
+	return more, nil
+}
+
+// guard refuses a batch whose tier is above the tier in the configuration file right now, even
+// if the batch was built under an earlier, higher tier.
+func (p *Pipeline) guard(b *batchv1.Batch) error {
+	cfg, err := LoadConfig(p.ConfigPath)
+	if err != nil {
+		return fmt.Errorf("cannot confirm consent: %w", err)
+	}
+	if v1.ConsentTier(b.Tier).Rank() > cfg.Tier.Rank() {
+		p.Metrics.ConsentRefusals.Inc()
+		return fmt.Errorf("batch of tier %s exceeds the configured tier %s", b.Tier, cfg.Tier)
+	}
+	return nil
+}
+
+func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
+	start := p.Clock.Now()
+	round, err := p.Reader.Read(ctx, p.tracker, p.cfg.BatchSize)
+	if err != nil {
+		p.setReady(false)
+		return false, err
+	}
+	p.setReady(true)
+	p.Metrics.StageSeconds.WithLabelValues("read").Observe(p.Clock.Since(start).Seconds())
+	p.Metrics.EventsRead.Add(float64(len(round.Rows)))
+
+	start = p.Clock.Now()
+	b := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindEvents, Tier: string(v1.TierEventLevel), AllowListVersion: allowlist.Version}
+	ids := make([]int64, 0, len(round.Rows))
+	var dropped int64
+	for i := range round.Rows {
+		r := &round.Rows[i]
+		ids = append(ids, r.ID)
+		e, reason := p.Scrubber.Event(r)
+		if reason != "" {
+			p.Metrics.EventsDropped.WithLabelValues(reason).Inc()
+			dropped++
+			continue
+		}
+		b.Events = append(b.Events, e)
+	}
+	p.Metrics.StageSeconds.WithLabelValues("filter").Observe(p.Clock.Since(start).Seconds())
+	newCursor := p.tracker.Plan(round.Snapshot, round.NewHigh, round.Complete)
+	if len(b.Events) == 0 && newCursor == p.tracker.Cursor() {
+		p.tracker.Acknowledge(round.Snapshot, ids, round.NewHigh, round.Complete)
+		p.recordSuccess(0, dropped, round, false)
+		return len(round.Rows) >= p.cfg.BatchSize, nil
+	}
+	b.Cursor = newCursor
+	if len(b.Events) > 0 {
+		b.BatchID = fmt.Sprintf("%s-e-%s-%s-%d", p.cfg.InstanceID, b.Events[0].ID, b.Events[len(b.Events)-1].ID, len(b.Events))
+	} else {
+		b.BatchID = fmt.Sprintf("%s-c-%d", p.cfg.InstanceID, newCursor)
+	}
+	start = p.Clock.Now()
+	out, err := p.Client.Send(ctx, b, p.guard)
+	p.Metrics.StageSeconds.WithLabelValues("send").Observe(p.Clock.Since(start).Seconds())
+	p.Metrics.Retries.Add(float64(out.Retries))
+	if err != nil {
+		p.Metrics.Batches.WithLabelValues("failed").Inc()
+		return false, err
+	}
+	if len(out.Quarantined) > 0 || len(b.Events) == 0 {
+		// Halves of a split batch carry no cursor; record it now that every half is acknowledged.
+		cursorOnly := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindEvents, Tier: b.Tier,
+			AllowListVersion: allowlist.Version, BatchID: fmt.Sprintf("%s-c-%d", p.cfg.InstanceID, newCursor), Cursor: newCursor}
+		if len(b.Events) > 0 {
+			if _, err := p.Client.Send(ctx, cursorOnly, p.guard); err != nil {
+				return false, err
+			}
+		}
+	}
+	p.Metrics.Batches.WithLabelValues("acknowledged").Inc()
+	p.Metrics.Quarantined.Add(float64(len(out.Quarantined)))
+	p.tracker.Acknowledge(round.Snapshot, ids, round.NewHigh, round.Complete)
+	p.recordSuccess(int64(out.Accepted+out.Duplicates), dropped+int64(len(out.Quarantined)), round, true)
+	return len(round.Rows) >= p.cfg.BatchSize, nil
+}
+
+func (p *Pipeline) aggregateRound(ctx context.Context) error {
+	now := p.Clock.Now().UTC()
+	today := now.Truncate(24 * time.Hour)
+	from := today.AddDate(0, 0, -(AggregateWindowDays - 1))
+	if f, err := time.Parse(time.DateOnly, p.progress.AggregatesFrom); err == nil && f.After(from) {
+		from = f
+	}
+	cells, err := aggregate.Compute(ctx, p.Reader.Pool(), from, today, today)
+	if err != nil {
+		p.setReady(false)
+		return err
+	}
+	p.setReady(true)
+	kept, suppressed := aggregate.Suppress(cells)
+	p.Metrics.EventsDropped.WithLabelValues("suppressed").Add(float64(suppressed))
+	var acked int64
+	for start := 0; start < len(kept) || start == 0; start += batchv1.MaxAggregatesPerBatch {
+		end := min(start+batchv1.MaxAggregatesPerBatch, len(kept))
+		b := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindAggregates, Tier: string(v1.TierCriticalOnly),
+			AllowListVersion: allowlist.Version, Aggregates: kept[start:end],
+			BatchID: fmt.Sprintf("%s-a-%s-%s-%d-%d", p.cfg.InstanceID, from.Format("20060102"), today.Format("20060102"), now.Unix(), start)}
+		if len(b.Aggregates) == 0 {
+			break
+		}
+		out, err := p.Client.Send(ctx, b, p.guard)
+		p.Metrics.Retries.Add(float64(out.Retries))
+		if err != nil {
+			p.Metrics.Batches.WithLabelValues("failed").Inc()
+			return err
+		}
+		p.Metrics.Batches.WithLabelValues("acknowledged").Inc()
+		acked += int64(out.Accepted + out.Duplicates)
+	}
+	p.mu.Lock()
+	t := p.Clock.Now().UTC()
+	p.progress.LastSuccessTime = &t
+	p.progress.EventsExported += acked
+	p.progress.EventsDropped += int64(suppressed)
+	p.progress.LastError = ""
+	p.progress.LagSeconds = 0
+	p.mu.Unlock()
+	p.Metrics.EventsExported.Add(float64(acked))
+	p.Metrics.LastSuccess.Set(float64(t.Unix()))
+	return nil
+}
+
+func (p *Pipeline) recordSuccess(exported, dropped int64, round *source.Round, sent bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.Clock.Now().UTC()
+	if sent || p.progress.LastSuccessTime == nil || len(round.Rows) == 0 {
+		// An empty round is a success too: the instance is fully delivered.
+		p.progress.LastSuccessTime = &now
+	}
+	p.progress.Cursor = p.tracker.Cursor()
+	p.progress.EventsExported += exported
+	p.progress.EventsDropped += dropped
+	p.progress.LastError = ""
+	lag := int64(0)
+	if round.MaxID > p.tracker.High() && !round.NewestTimestamp.IsZero() {
+		lag = int64(now.Sub(round.NewestTimestamp).Seconds())
+		if n := len(round.Rows); n > 0 {
+			lag = int64(now.Sub(round.Rows[n-1].Timestamp).Seconds())
+		}
+	}
+	p.progress.LagSeconds = max(lag, 0)
+	p.Metrics.EventsExported.Add(float64(exported))
+	p.Metrics.Cursor.Set(float64(p.progress.Cursor))
+	p.Metrics.Lag.Set(float64(p.progress.LagSeconds))
+	p.Metrics.LastSuccess.Set(float64(now.Unix()))
+}
+
+func (p *Pipeline) fail(err error) {
+	p.mu.Lock()
+	msg := err.Error()
+	if len(msg) > 512 {
+		msg = msg[:512]
+	}
+	p.progress.LastError = msg
+	p.mu.Unlock()
+	p.saveProgress(false)
+}
+
+func (p *Pipeline) setReady(ok bool) {
+	p.mu.Lock()
+	p.ready = ok
+	p.mu.Unlock()
+}
+
+// saveProgress writes progress at most every ProgressEvery, or now when force is set.
+func (p *Pipeline) saveProgress(force bool) {
+	p.mu.Lock()
+	now := p.Clock.Now()
+	if !force && now.Sub(p.lastSaved) < p.ProgressEvery {
+		p.mu.Unlock()
+		return
+	}
+	snapshot := p.progress
+	p.lastSaved = now
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.State.Save(ctx, &snapshot); err != nil {
+		p.Log.Warn("saving progress failed", "err", err)
+	}
+}
+
+// FormatID is the instance-scoped event id for an event_logs id.
+func FormatID(id int64) string { return strconv.FormatInt(id, 10) }

@@ -1,0 +1,160 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package source reads the instance's event_logs table incrementally and gap-safely.
+//
+// Ids in event_logs come from a sequence when a row is inserted, but a row becomes visible when
+// its transaction commits, so a row with a lower id can appear after a higher one was read.
+// The collector uses the transaction horizon: every read happens in one REPEATABLE READ snapshot
+// whose in-flight transactions are recorded (see Tracker); the cursor never passes an id that an
+// in-flight transaction could still commit, and ids in (cursor, high] are re-scanned once such a
+// transaction finishes. Only the columns that may contribute to an export are ever selected:
+// url, argument, referrers, device and billing ids are not read at all.
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sourcegraph/telemetry-operator/collector/scrub"
+)
+
+// columns are the only event_logs columns the collector reads.
+const columns = `id, name, COALESCE(user_id, 0)::bigint, COALESCE(anonymous_user_id, ''), COALESCE(source, ''),
+	COALESCE(public_argument, '{}'::jsonb)::text, COALESCE(version, ''), timestamp,
+	COALESCE(feature_flags, '{}'::jsonb)::text, COALESCE(client, '')`
+
+// Reader reads event_logs.
+type Reader struct {
+	pool *pgxpool.Pool
+}
+
+// Open connects with dsn (a read-only role suffices). The DSN is never logged or echoed.
+func Open(ctx context.Context, dsn string) (*Reader, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, errors.New("the instance database DSN is not valid")
+	}
+	cfg.MaxConns = 2
+	cfg.ConnConfig.ConnectTimeout = 10 * time.Second
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the instance database: %w", err)
+	}
+	return &Reader{pool: pool}, nil
+}
+
+// Close releases the connections.
+func (r *Reader) Close() { r.pool.Close() }
+
+// Ping checks the database answers.
+func (r *Reader) Ping(ctx context.Context) error { return r.pool.Ping(ctx) }
+
+// Round is the result of one consistent read.
+type Round struct {
+	Snapshot Snapshot
+	// Rows: late rows (ids in (cursor, high] not yet sent) first, then new rows above high.
+	Rows []scrub.Row
+	// NewHigh is the highest id such that every id up to it visible in Snapshot was read.
+	NewHigh int64
+	// Late counts the late rows.
+	Late int
+	// Complete is false when the late scan stopped at the row limit: the cursor must not advance
+	// until a later round has delivered the rest.
+	Complete bool
+	// MaxID is the highest id in the table at Snapshot (for lag).
+	MaxID int64
+	// NewestTimestamp is the timestamp of the row with MaxID.
+	NewestTimestamp time.Time
+}
+
+// Read performs one round against t, reading at most limit rows.
+func (r *Reader) Read(ctx context.Context, t *Tracker, limit int) (*Round, error) {
+	tx, err := r.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("reading event_logs: %w", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var snapText string
+	if err := tx.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&snapText); err != nil {
+		return nil, fmt.Errorf("reading the snapshot: %w", err)
+	}
+	snap, err := ParseSnapshot(snapText)
+	if err != nil {
+		return nil, err
+	}
+	round := &Round{Snapshot: snap, NewHigh: t.High(), Complete: true}
+	if t.NeedLateScan(snap) && t.High() > t.Cursor() {
+		rows, err := tx.Query(ctx, "SELECT "+columns+" FROM event_logs WHERE id > $1 AND id <= $2 ORDER BY id", t.Cursor(), t.High())
+		if err != nil {
+			return nil, fmt.Errorf("late scan: %w", err)
+		}
+		late, err := collect(rows, func(id int64) bool { return !t.Sent(id) }, limit+1)
+		if err != nil {
+			return nil, err
+		}
+		if len(late) > limit {
+			late, round.Complete = late[:limit], false
+		}
+		round.Rows = late
+		round.Late = len(late)
+	}
+	if remaining := limit - len(round.Rows); remaining > 0 {
+		rows, err := tx.Query(ctx, "SELECT "+columns+" FROM event_logs WHERE id > $1 ORDER BY id LIMIT $2", t.High(), remaining)
+		if err != nil {
+			return nil, fmt.Errorf("reading new events: %w", err)
+		}
+		fresh, err := collect(rows, nil, remaining)
+		if err != nil {
+			return nil, err
+		}
+		if n := len(fresh); n > 0 {
+			round.NewHigh = fresh[n-1].ID
+		}
+		round.Rows = append(round.Rows, fresh...)
+	}
+	err = tx.QueryRow(ctx, "SELECT id, timestamp FROM event_logs ORDER BY id DESC LIMIT 1").Scan(&round.MaxID, &round.NewestTimestamp)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("reading the newest id: %w", err)
+	}
+	return round, tx.Commit(ctx)
+}
+
+func collect(rows pgx.Rows, keep func(int64) bool, limit int) ([]scrub.Row, error) {
+	defer rows.Close()
+	var out []scrub.Row
+	for rows.Next() {
+		var r scrub.Row
+		var pa, ff string
+		if err := rows.Scan(&r.ID, &r.Name, &r.UserID, &r.AnonymousUserID, &r.Source, &pa, &r.Version, &r.Timestamp, &ff, &r.Client); err != nil {
+			return nil, fmt.Errorf("reading a row: %w", err)
+		}
+		if keep != nil && !keep(r.ID) {
+			continue
+		}
+		r.PublicArgument, r.FeatureFlags = []byte(pa), []byte(ff)
+		out = append(out, r)
+		if len(out) >= limit {
+			break
+		}
+	}
+	return out, rows.Err()
+}
+
+// MaxID returns the current highest id (for startFrom: Now).
+func (r *Reader) MaxID(ctx context.Context) (int64, error) {
+	var id int64
+	err := r.pool.QueryRow(ctx, "SELECT COALESCE(max(id), 0) FROM event_logs").Scan(&id)
+	return id, err
+}
+
+// Pool exposes the connection pool for the aggregate queries.
+func (r *Reader) Pool() *pgxpool.Pool { return r.pool }
