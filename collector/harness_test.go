@@ -70,7 +70,7 @@ func TestMain(m *testing.M) {
 
 // instance is one simulated managed instance: its database, files and configuration.
 type instance struct {
-	t         *testing.T
+	t         testing.TB
 	id        string
 	db        *pgxpool.Pool
 	dsn       string
@@ -80,7 +80,7 @@ type instance struct {
 	key       []byte
 }
 
-func newInstance(t *testing.T, tier v1.ConsentTier, batchSize int) *instance {
+func newInstance(t testing.TB, tier v1.ConsentTier, batchSize int) *instance {
 	t.Helper()
 	ctx := context.Background()
 	id := fmt.Sprintf("inst-%d", dbCounter.Add(1))
@@ -186,7 +186,7 @@ func (in *instance) pipeline() *collector.Pipeline {
 }
 
 // drain runs rounds until one reads nothing new.
-func drain(t *testing.T, p *collector.Pipeline) {
+func drain(t testing.TB, p *collector.Pipeline) {
 	t.Helper()
 	for range 10000 {
 		more, err := p.RunOnce(context.Background())
@@ -245,3 +245,5 @@ func (in *instance) progress() collectorconfig.Progress {
 	}
 	return p
 }
+
+func writeFileErr(path, content string) error { return os.WriteFile(path, []byte(content), 0o600) }

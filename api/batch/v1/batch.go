@@ -204,6 +204,7 @@ var (
 	namePattern      = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.:-]{0,127}$`)
 	batchIDPattern   = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 	dayPattern       = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}$`)
+	dimensionPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$`)
 	instancePattern  = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 )
 
@@ -356,7 +357,7 @@ func validateAggregate(a *Aggregate, i int) error {
 	if !knownMetrics[a.Metric] {
 		return fail(ReasonMalformed, i, "unknown metric %q", truncate(a.Metric, 64))
 	}
-	if len(a.Dimension) > MaxNameLen || (a.Dimension != "" && !namePattern.MatchString(a.Dimension)) {
+	if len(a.Dimension) > MaxNameLen || (a.Dimension != "" && !dimensionPattern.MatchString(a.Dimension)) {
 		return fail(ReasonMalformed, i, "dimension is not a plain identifier of at most %d characters", MaxNameLen)
 	}
 	if a.Value < 0 || a.Users < 0 {
