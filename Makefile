@@ -70,8 +70,16 @@ test: envtest postgres ## Build what the tests need and run every test (unit, en
 ##@ Build
 
 .PHONY: build
-build: ## Build the manager binary into bin/.
+build: ## Build the manager, collector and receiver binaries into bin/.
 	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/manager .
+	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/collector ./cmd/collector
+	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/receiver ./cmd/receiver
+
+.PHONY: demo
+demo: envtest postgres build ## Run the whole system locally (no cluster needed); DEMO_ONCE=1 to run the walkthrough and exit.
+	@echo "==> building the demo"
+	@go build -o $(LOCALBIN)/demo ./cmd/demo
+	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" $(LOCALBIN)/demo --bin $(LOCALBIN) --kubectl $(KUBECTL)
 
 .PHONY: run
 run: manifests ## Run the manager against the current kubeconfig.

@@ -28,6 +28,7 @@ func main() {
 	flag.StringVar(&o.MetricsAddr, "metrics-addr", ":9090", "Address of /healthz, /readyz and /metrics.")
 	flag.StringVar(&o.StateFile, "state-file", "", "Keep progress in this file instead of the state ConfigMap (local runs).")
 	flag.StringVar(&o.Kubeconfig, "kubeconfig", "", "Kubeconfig for the state ConfigMap (default: in-cluster).")
+	flag.StringVar(&o.MountRoot, "mount-root", "", "Prefix for the file paths in the configuration (local workload runner only).")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)

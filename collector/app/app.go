@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -45,6 +46,9 @@ type Options struct {
 	StateFile string
 	// Kubeconfig, when set, is used instead of the in-cluster configuration.
 	Kubeconfig string
+	// MountRoot, when set, is prefixed to the configuration's file paths: the local workload
+	// runner materializes a pod's volumes under a private directory instead of at /etc/telemetry.
+	MountRoot string
 }
 
 // Run runs the collector until ctx ends.
@@ -57,6 +61,11 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		return collector.ErrOff
 	}
 	log = log.With("instance", cfg.InstanceID)
+	if o.MountRoot != "" {
+		for _, p := range []*string{&cfg.TLS.CertFile, &cfg.TLS.KeyFile, &cfg.TLS.CAFile, &cfg.PseudonymKeyFile, &cfg.DatabaseDSNFile} {
+			*p = filepath.Join(o.MountRoot, *p)
+		}
+	}
 
 	key, err := readSecretFile(cfg.PseudonymKeyFile, 1024)
 	if err != nil {

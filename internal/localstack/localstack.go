@@ -1,0 +1,390 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package localstack runs the whole system on one machine with no cluster: a real control plane
+// (kube-apiserver and etcd), PostgreSQL for the instances and for the receiver, the receiver and
+// the operator as real processes, and the local workload runner in place of a kubelet. The demo
+// and the end-to-end tests both use it.
+package localstack
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/sourcegraph/telemetry-operator/internal/localrunner"
+	"github.com/sourcegraph/telemetry-operator/internal/operator"
+	"github.com/sourcegraph/telemetry-operator/internal/pgtest"
+	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
+	"github.com/sourcegraph/telemetry-operator/internal/seed"
+	"github.com/sourcegraph/telemetry-operator/internal/testenv"
+)
+
+// Binaries are the programs the stack runs.
+type Binaries struct {
+	Manager, Collector, Receiver, Kubectl string
+}
+
+// Options configure the stack.
+type Options struct {
+	Bins Binaries
+	// Dir holds everything the stack writes (default: a new temporary directory).
+	Dir string
+	// Log receives progress lines and the processes' output.
+	Log io.Writer
+	// ManagerArgs are extra flags for the operator.
+	ManagerArgs []string
+}
+
+// Stack is the running system.
+type Stack struct {
+	Opts        Options
+	Dir         string
+	Env         *envtest.Environment
+	RestConfig  *rest.Config
+	Client      client.Client
+	Clientset   kubernetes.Interface
+	Kubeconfig  string
+	InstancePG  *pgtest.Server
+	ReceiverPG  *pgtest.Server
+	ReceiverURL string
+	ReceiverOps string
+	Runner      *localrunner.Runner
+	CA          *pkitest.CA
+
+	receiver   *exec.Cmd
+	manager    *exec.Cmd
+	managerEnd chan struct{}
+	runnerStop context.CancelFunc
+	runnerDone chan struct{}
+}
+
+func (s *Stack) logf(format string, args ...any) {
+	if s.Opts.Log != nil {
+		fmt.Fprintf(s.Opts.Log, format+"\n", args...)
+	}
+}
+
+// IssuerNamespace and IssuerName locate the fleet issuer Secret.
+const (
+	IssuerNamespace = "telemetry-system"
+	IssuerName      = "telemetry-fleet-issuer"
+)
+
+// Start brings everything up. Call Close to stop it all.
+func Start(ctx context.Context, o Options) (s *Stack, err error) {
+	s = &Stack{Opts: o, Dir: o.Dir}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if s.Dir == "" {
+		if s.Dir, err = os.MkdirTemp("", "telemetry-local-"); err != nil {
+			return nil, err
+		}
+	}
+	s.logf("==> starting the local control plane (kube-apiserver + etcd)")
+	if s.Env, s.RestConfig, err = testenv.Start(); err != nil {
+		return nil, err
+	}
+	user, err := s.Env.AddUser(envtest.User{Name: "demo-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return nil, err
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return nil, err
+	}
+	s.Kubeconfig = filepath.Join(s.Dir, "kubeconfig")
+	if err := os.WriteFile(s.Kubeconfig, kc, 0o600); err != nil {
+		return nil, err
+	}
+	s.RestConfig = user.Config()
+	if s.Client, err = client.New(s.RestConfig, client.Options{Scheme: operator.NewScheme()}); err != nil {
+		return nil, err
+	}
+	if s.Clientset, err = kubernetes.NewForConfig(s.RestConfig); err != nil {
+		return nil, err
+	}
+
+	s.logf("==> starting PostgreSQL for the instance databases and for the receiver")
+	if s.InstancePG, err = pgtest.Start(ctx); err != nil {
+		return nil, err
+	}
+	if s.ReceiverPG, err = pgtest.Start(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.ReceiverPG.CreateDatabase(ctx, "receiver"); err != nil {
+		return nil, err
+	}
+
+	s.logf("==> creating a development fleet issuer and the receiver's certificate")
+	if err := s.pki(ctx); err != nil {
+		return nil, err
+	}
+	s.logf("==> starting the receiver")
+	if err := s.startReceiver(ctx); err != nil {
+		return nil, err
+	}
+	s.logf("==> starting the operator")
+	if err := s.StartManager(ctx); err != nil {
+		return nil, err
+	}
+	s.logf("==> starting the local workload runner (a development stand-in for a kubelet)")
+	if err := s.startRunner(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Stack) pki(ctx context.Context) error {
+	ca, err := pkitest.NewCA("telemetry local fleet issuer", pkitest.Options{NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour)})
+	if err != nil {
+		return err
+	}
+	s.CA = ca
+	server, err := ca.ServerCert("telemetry-receiver", []string{"localhost", "127.0.0.1"}, time.Time{})
+	if err != nil {
+		return err
+	}
+	for name, data := range map[string][]byte{"issuer.crt": ca.CertPEM, "receiver.crt": server.CertPEM, "receiver.key": server.KeyPEM} {
+		if err := os.WriteFile(filepath.Join(s.Dir, name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	if err := s.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: IssuerNamespace}}); err != nil {
+		return err
+	}
+	return s.Client.Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: IssuerName, Namespace: IssuerNamespace},
+		Type:       corev1.SecretTypeTLS,
+		Data:       map[string][]byte{"tls.crt": ca.CertPEM, "tls.key": ca.KeyPEM, "ca.crt": ca.CertPEM},
+	})
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().String(), nil
+}
+
+func (s *Stack) startReceiver(ctx context.Context) error {
+	api, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	ops, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	dsnFile := filepath.Join(s.Dir, "receiver-dsn")
+	if err := os.WriteFile(dsnFile, []byte(s.ReceiverPG.DSN("receiver")), 0o600); err != nil {
+		return err
+	}
+	log, err := os.Create(filepath.Join(s.Dir, "receiver.log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(s.Opts.Bins.Receiver, "serve", "--listen", api, "--ops-listen", ops, //nolint:gosec // our binary
+		"--tls-cert", filepath.Join(s.Dir, "receiver.crt"), "--tls-key", filepath.Join(s.Dir, "receiver.key"),
+		"--client-ca", filepath.Join(s.Dir, "issuer.crt"), "--database-dsn-file", dsnFile)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.receiver = cmd
+	_, port, _ := net.SplitHostPort(api)
+	s.ReceiverURL = "https://localhost:" + port
+	s.ReceiverOps = "http://" + ops
+	return waitHTTP(ctx, s.ReceiverOps+"/readyz", 60*time.Second)
+}
+
+// StartManager starts the operator process.
+func (s *Stack) StartManager(ctx context.Context) error {
+	probe, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	metrics, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	log, err := os.OpenFile(filepath.Join(s.Dir, "manager.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	args := append([]string{"--kubeconfig", s.Kubeconfig, "--issuer-secret", IssuerNamespace + "/" + IssuerName,
+		"--collector-image", "telemetry-collector:local", "--health-probe-bind-address", probe, "--metrics-bind-address", metrics,
+		"--leader-elect", "--leader-election-namespace", IssuerNamespace}, s.Opts.ManagerArgs...)
+	cmd := exec.Command(s.Opts.Bins.Manager, args...) //nolint:gosec // our binary
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.manager = cmd
+	s.managerEnd = make(chan struct{})
+	go func() { _ = cmd.Wait(); _ = log.Close(); close(s.managerEnd) }()
+	return waitHTTP(ctx, "http://"+probe+"/readyz", 60*time.Second)
+}
+
+// StopManager stops the operator (SIGTERM, as a rollout or node drain would).
+func (s *Stack) StopManager() {
+	if s.manager == nil {
+		return
+	}
+	_ = s.manager.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.managerEnd:
+	case <-time.After(30 * time.Second):
+		_ = s.manager.Process.Kill()
+		<-s.managerEnd
+	}
+	s.manager = nil
+}
+
+func (s *Stack) startRunner() error {
+	mgr, err := ctrl.NewManager(s.RestConfig, ctrl.Options{Scheme: operator.NewScheme(), Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		return err
+	}
+	s.Runner = &localrunner.Runner{Client: mgr.GetClient(), Clientset: s.Clientset, RestConfig: s.RestConfig,
+		CollectorBin: s.Opts.Bins.Collector, Dir: filepath.Join(s.Dir, "pods"), Log: s.Opts.Log}
+	if err := s.Runner.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.runnerStop = cancel
+	s.runnerDone = make(chan struct{})
+	go func() {
+		defer close(s.runnerDone)
+		if err := mgr.Start(ctx); err != nil {
+			s.logf("runner stopped: %v", err)
+		}
+	}()
+	return nil
+}
+
+// Instance is a simulated managed instance.
+type Instance struct {
+	Name string
+	DSN  string
+	Pool *pgxpool.Pool
+	Rows int
+}
+
+// AddInstance creates a namespace and an instance database seeded with o, and the Secret that
+// holds the collector's (read-only) DSN.
+func (s *Stack) AddInstance(ctx context.Context, name string, o seed.Options) (*Instance, error) {
+	db := strings.ReplaceAll(name, "-", "_")
+	if err := s.InstancePG.CreateDatabase(ctx, db); err != nil {
+		return nil, err
+	}
+	if err := s.InstancePG.Exec(ctx, db, seed.Schema); err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.New(ctx, s.InstancePG.DSN(db))
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	if o.Users > 0 {
+		if n, err = seed.Generate(ctx, pool, o); err != nil {
+			return nil, err
+		}
+	}
+	readOnly := strings.Replace(s.InstancePG.DSN(db), "postgres@", "telemetry_reader@", 1)
+	if err := s.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
+		return nil, err
+	}
+	if err := s.Client.Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name + "-frontend-db", Namespace: name},
+		StringData: map[string]string{"dsn": readOnly},
+	}); err != nil {
+		return nil, err
+	}
+	return &Instance{Name: name, DSN: readOnly, Pool: pool, Rows: n}, nil
+}
+
+// Kubectl runs the stack's kubectl with its kubeconfig.
+func (s *Stack) Kubectl(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, s.Opts.Bins.Kubectl, append([]string{"--kubeconfig", s.Kubeconfig}, args...)...) //nolint:gosec // our kubectl
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// Report runs the receiver's report command.
+func (s *Stack) Report(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, s.Opts.Bins.Receiver, append([]string{"report", "--database-dsn-file", filepath.Join(s.Dir, "receiver-dsn")}, args...)...) //nolint:gosec // our binary
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// Close stops everything the stack started, in reverse order.
+func (s *Stack) Close() {
+	if s.runnerStop != nil {
+		s.runnerStop()
+		<-s.runnerDone
+		s.Runner.StopAll()
+	}
+	s.StopManager()
+	if s.receiver != nil {
+		_ = s.receiver.Process.Signal(syscall.SIGTERM)
+		_ = s.receiver.Wait()
+	}
+	if s.InstancePG != nil {
+		s.InstancePG.Close()
+	}
+	if s.ReceiverPG != nil {
+		s.ReceiverPG.Close()
+	}
+	if s.Env != nil {
+		_ = s.Env.Stop()
+	}
+}
+
+func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	c := &http.Client{Timeout: 2 * time.Second}
+	for {
+		resp, err := c.Get(url)
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %s", url, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,128 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package seed fills an event_logs table with realistic synthetic activity: several users over
+// weeks, every allow-listed event name plus names the allow-list does not know, and personal data
+// in the columns that must never leave an instance. The demo and the end-to-end tests use it.
+package seed
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
+)
+
+// Schema is Sourcegraph's event_logs table and a read-only role for the collector.
+const Schema = `
+CREATE TABLE IF NOT EXISTS event_logs (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL,
+    url text NOT NULL DEFAULT '',
+    user_id integer NOT NULL DEFAULT 0,
+    anonymous_user_id text NOT NULL DEFAULT '',
+    source text NOT NULL DEFAULT 'WEB',
+    argument jsonb,
+    version text,
+    "timestamp" timestamp with time zone NOT NULL DEFAULT now(),
+    feature_flags jsonb,
+    cohort_id date,
+    public_argument jsonb DEFAULT '{}'::jsonb NOT NULL,
+    first_source_url text,
+    last_source_url text,
+    referrer text,
+    device_id text,
+    insert_id text,
+    billing_product_category text,
+    billing_event_id text,
+    client text
+);
+CREATE INDEX IF NOT EXISTS event_logs_timestamp ON event_logs USING btree ("timestamp");
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'telemetry_reader') THEN CREATE ROLE telemetry_reader LOGIN; END IF;
+END $$;
+GRANT SELECT ON event_logs TO telemetry_reader;
+`
+
+// PersonalData is planted in the columns that must never leave an instance.
+var PersonalData = []string{
+	"alice@acme-corp.com", "bob.smith@globex.example", "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+	"github.com/acme/payments-service", "internal/auth/session.go", "repo:acme/secret password=hunter2",
+	"https://sourcegraph.acme-corp.com/github.com/acme/payments-service/-/blob/main.go", "10.20.30.40",
+}
+
+// Unlisted are real-looking event names the allow-list does not know.
+var Unlisted = []string{"UserSignedUp", "ViewRepository", "CodyChatSubmitted", "PasswordResetRequested"}
+
+// Options shape the synthetic activity.
+type Options struct {
+	Users int
+	Days  int
+	// EventsPerUserDay is the mean number of events per active user and day.
+	EventsPerUserDay int
+	Now              time.Time
+	Seed             uint64
+}
+
+// Generate inserts the activity and returns the number of rows.
+func Generate(ctx context.Context, db *pgxpool.Pool, o Options) (int, error) {
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+	r := rand.New(rand.NewPCG(o.Seed, o.Seed^0x5eed)) //nolint:gosec // synthetic data, not security
+	names := allowlist.Names()
+	patterns := []string{"literal", "literal", "literal", "regexp", "standard", "structural", "keyword"}
+	langs := []string{"go", "typescript", "python", "java", "rust"}
+	var rows [][]any
+	for u := 1; u <= o.Users; u++ {
+		// Users differ: some are daily power users, some fade away in the last week.
+		activity := 0.2 + 0.8*r.Float64()
+		fading := u%4 == 0
+		for d := o.Days - 1; d >= 0; d-- {
+			if r.Float64() > activity || (fading && d < 7 && r.Float64() < 0.8) {
+				continue
+			}
+			day := o.Now.Add(-time.Duration(d) * 24 * time.Hour)
+			ts := day.Add(-time.Duration(r.IntN(8*3600)) * time.Second)
+			n := 1 + r.IntN(2*o.EventsPerUserDay)
+			for range n {
+				ts = ts.Add(time.Duration(30+r.IntN(20*60)) * time.Second)
+				if ts.After(o.Now) {
+					break
+				}
+				name := names[r.IntN(len(names))]
+				if r.IntN(10) == 0 {
+					name = Unlisted[r.IntN(len(Unlisted))]
+				}
+				pii := PersonalData[r.IntN(len(PersonalData))]
+				pub := map[string]any{"query": pii}
+				switch allowlist.FeatureOf(name) {
+				case allowlist.FeatureSearch:
+					pub["patternType"] = patterns[r.IntN(len(patterns))]
+					pub["source"] = "nav"
+					pub["durationMs"] = 20 + r.IntN(900)
+				case allowlist.FeatureCodeNavigation, allowlist.FeatureFileView:
+					pub["languageId"] = langs[r.IntN(len(langs))]
+				}
+				pubJSON, _ := json.Marshal(pub)
+				arg, _ := json.Marshal(map[string]any{"query": pii, "repository": PersonalData[3], "file": PersonalData[4]})
+				flags, _ := json.Marshal(map[string]bool{"search-ranking": r.IntN(2) == 0, "cody": true})
+				rows = append(rows, []any{name, PersonalData[6], u, "", "WEB", string(arg), "5.3.0", ts, string(flags),
+					string(pubJSON), PersonalData[6], PersonalData[6], PersonalData[6], fmt.Sprintf("device-%d", u), pii, "VSCODE_CODY_EXTENSION"})
+			}
+		}
+	}
+	cols := []string{"name", "url", "user_id", "anonymous_user_id", "source", "argument", "version", "timestamp", "feature_flags",
+		"public_argument", "first_source_url", "last_source_url", "referrer", "device_id", "billing_event_id", "client"}
+	n, err := db.CopyFrom(ctx, pgx.Identifier{"event_logs"}, cols, pgx.CopyFromRows(rows))
+	return int(n), err
+}
