@@ -100,6 +100,19 @@ deploy: manifests kustomize ## Deploy the manager to the cluster of the current 
 	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
 	$(KUSTOMIZE) build config/default | $(KUBECTL) apply --server-side -f -
 
+.PHONY: build-installer
+build-installer: manifests kustomize ## Render a single-file installer into dist/install.yaml (IMG=...).
+	mkdir -p dist
+	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
+	$(KUSTOMIZE) build config/default > dist/install.yaml
+	@echo "wrote dist/install.yaml"
+
+.PHONY: docker-build
+docker-build: ## Build the three images (needs a Docker engine): IMG, COLLECTOR_IMG, RECEIVER_IMG.
+	docker build -t $(IMG) -f Dockerfile .
+	docker build -t $(COLLECTOR_IMG) -f Dockerfile.collector .
+	docker build -t $(RECEIVER_IMG) -f Dockerfile.receiver .
+
 .PHONY: undeploy
 undeploy: kustomize ## Remove the manager from the cluster of the current kubeconfig.
 	$(KUSTOMIZE) build config/default | $(KUBECTL) delete --ignore-not-found -f -
