@@ -66,6 +66,17 @@ test: envtest postgres ## Build what the tests need and run every test (unit, en
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$gofmt_out" ]; then echo "gofmt needed on:"; echo "$$gofmt_out"; exit 1; fi
 	go vet ./...
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(KUBECTL)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
+
+TEST_FUZZTIME ?= 5s
+FUZZTIME ?= 60s
+FUZZ_TARGETS := ./collector/scrub:FuzzScrub ./api/batch/v1:FuzzDecode ./internal/collectorconfig:FuzzParse
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME each (seed corpora live under testdata/fuzz).
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
+	  echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+	  go test -run='^$$' -fuzz="^$$name$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; done
 
 ##@ Build
 

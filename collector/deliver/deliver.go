@@ -55,6 +55,8 @@ type Client struct {
 	BaseBackoff, MaxBackoff time.Duration
 	// OnRetry observes retried attempts (for metrics).
 	OnRetry func(reason string)
+	// MaxBodyBytes bounds one request body as sent; a larger batch is split before sending.
+	MaxBodyBytes int
 }
 
 // New returns a client for the receiver at base, using transport for mutual TLS.
@@ -63,6 +65,7 @@ func New(base string, transport http.RoundTripper, log *slog.Logger) *Client {
 	return &Client{
 		base: strings.TrimRight(base, "/"), http: &http.Client{Transport: transport, Timeout: 60 * time.Second},
 		log: log, enc: enc, Sleep: sleepCtx, BaseBackoff: 500 * time.Millisecond, MaxBackoff: time.Minute,
+		MaxBodyBytes: 4 << 20, // half the receiver's default limit
 	}
 }
 
@@ -210,6 +213,10 @@ func (c *Client) post(ctx context.Context, b *batchv1.Batch, out *batchv1.Respon
 	c.encMu.Lock()
 	compressed := c.enc.EncodeAll(body, nil)
 	c.encMu.Unlock()
+	if c.MaxBodyBytes > 0 && len(compressed) > c.MaxBodyBytes {
+		// Bounded by bytes as well as by count: split without bothering the receiver.
+		return 0, &rejectedError{status: http.StatusRequestEntityTooLarge, reason: "BatchTooLargeToSend"}
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+batchv1.PathBatches, bytes.NewReader(compressed))
 	if err != nil {
 		return 0, err

@@ -98,3 +98,33 @@ func TestOffNeedsNoDelivery(t *testing.T) {
 		t.Fatalf("an Off configuration must render without delivery settings: %v", err)
 	}
 }
+
+// FuzzParse: any input is either rejected with an error naming a field or the JSON problem, or
+// accepted as a configuration that validates and re-renders identically.
+func FuzzParse(f *testing.F) {
+	good, _ := Render(valid())
+	f.Add(good)
+	f.Add([]byte(`{"version":1,"tier":"Off","instanceID":"a","state":{"namespace":"n","configMap":"c"}}`))
+	f.Add([]byte(`{"version":1,"tier":"EventLevel","endpoint":"http://x"}`))
+	f.Add([]byte("\x00\xff"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(bytes.NewReader(data))
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("empty error")
+			}
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("accepted an invalid configuration: %v", err)
+		}
+		out, err := Render(*c)
+		if err != nil {
+			t.Fatalf("an accepted configuration does not render: %v", err)
+		}
+		again, err := Parse(bytes.NewReader(out))
+		if err != nil || *again != *c {
+			t.Fatalf("round trip changed the configuration: %v", err)
+		}
+	})
+}
