@@ -48,7 +48,7 @@ func TestBatchesAreBoundedByBytes(t *testing.T) {
 	for i := range 64 {
 		// Incompressible-ish properties so the compressed size grows with the count.
 		b.Events = append(b.Events, batchv1.Event{ID: strconv.Itoa(i + 1), Name: "ViewBlob", Timestamp: time.Unix(1_790_000_000, 0),
-			UserID: strconv.FormatInt(int64(i)*7919, 16) + "0123456789abcdef0123456789abcdef"[:32-len(strconv.FormatInt(int64(i)*7919, 16))],
+			UserID:     strconv.FormatInt(int64(i)*7919, 16) + "0123456789abcdef0123456789abcdef"[:32-len(strconv.FormatInt(int64(i)*7919, 16))],
 			Properties: map[string]any{"languageId": strconv.FormatInt(int64(i)*104729*7919, 36)}})
 	}
 	out, err := c.Send(context.Background(), b, func(*batchv1.Batch) error { return nil })
