@@ -11,6 +11,7 @@ package seed
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -22,36 +23,11 @@ import (
 	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
 )
 
-// Schema is Sourcegraph's event_logs table and a read-only role for the collector.
-const Schema = `
-CREATE TABLE IF NOT EXISTS event_logs (
-    id bigserial PRIMARY KEY,
-    name text NOT NULL,
-    url text NOT NULL DEFAULT '',
-    user_id integer NOT NULL DEFAULT 0,
-    anonymous_user_id text NOT NULL DEFAULT '',
-    source text NOT NULL DEFAULT 'WEB',
-    argument jsonb,
-    version text,
-    "timestamp" timestamp with time zone NOT NULL DEFAULT now(),
-    feature_flags jsonb,
-    cohort_id date,
-    public_argument jsonb DEFAULT '{}'::jsonb NOT NULL,
-    first_source_url text,
-    last_source_url text,
-    referrer text,
-    device_id text,
-    insert_id text,
-    billing_product_category text,
-    billing_event_id text,
-    client text
-);
-CREATE INDEX IF NOT EXISTS event_logs_timestamp ON event_logs USING btree ("timestamp");
-DO $$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'telemetry_reader') THEN CREATE ROLE telemetry_reader LOGIN; END IF;
-END $$;
-GRANT SELECT ON event_logs TO telemetry_reader;
-`
+// Schema is Sourcegraph's event_logs table and a read-only role for the collector. The same file
+// is the collector tests' fixture (collector/testdata/event_logs.sql links to it).
+//
+//go:embed event_logs.sql
+var Schema string
 
 // PersonalData is planted in the columns that must never leave an instance.
 var PersonalData = []string{
