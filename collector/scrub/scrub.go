@@ -55,6 +55,36 @@ type Scrubber struct {
 	buf []byte
 	// PropertiesDropped counts properties removed from exported events.
 	PropertiesDropped int64
+	// Verdicts on values that repeat across events (sources, versions, clients, flag names)
+	// and pseudonyms of recent users are memoized: the regular expressions and the HMAC dominate
+	// the cost otherwise. The caches are bounded and simply reset when full.
+	verdicts   map[verdictKey]bool
+	pseudonyms map[pseudonymKey]string
+}
+
+type verdictKey struct {
+	kind  byte
+	value string
+}
+
+type pseudonymKey struct {
+	user int64
+	anon string
+}
+
+const maxCacheEntries = 1 << 14
+
+func (s *Scrubber) allowed(kind byte, value string, check func(string) bool) bool {
+	k := verdictKey{kind, value}
+	if v, ok := s.verdicts[k]; ok {
+		return v
+	}
+	v := check(value)
+	if len(s.verdicts) >= maxCacheEntries {
+		clear(s.verdicts)
+	}
+	s.verdicts[k] = v
+	return v
 }
 
 // New returns a scrubber keyed with the instance's pseudonym key.
@@ -62,12 +92,28 @@ func New(key []byte) (*Scrubber, error) {
 	if len(key) != KeyLen {
 		return nil, errors.New("the pseudonym key must be exactly 32 bytes")
 	}
-	return &Scrubber{mac: hmac.New(sha256.New, key)}, nil
+	return &Scrubber{mac: hmac.New(sha256.New, key), verdicts: map[verdictKey]bool{}, pseudonyms: map[pseudonymKey]string{}}, nil
 }
 
 // Pseudonym returns hex(HMAC-SHA256(key, user))[:32] for a signed-in user id, or for an
 // anonymous id when userID is 0. The prefixes keep the two id spaces apart.
 func (s *Scrubber) Pseudonym(userID int64, anonymousID string) string {
+	k := pseudonymKey{userID, anonymousID}
+	if userID != 0 {
+		k.anon = ""
+	}
+	if p, ok := s.pseudonyms[k]; ok {
+		return p
+	}
+	p := s.pseudonym(userID, anonymousID)
+	if len(s.pseudonyms) >= maxCacheEntries {
+		clear(s.pseudonyms)
+	}
+	s.pseudonyms[k] = p
+	return p
+}
+
+func (s *Scrubber) pseudonym(userID int64, anonymousID string) string {
 	s.mac.Reset()
 	s.buf = s.buf[:0]
 	if userID != 0 {
@@ -89,6 +135,14 @@ var (
 	flagRe    = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,63}$`)
 )
 
+func versionOK(v string) bool { return versionRe.MatchString(v) && !allowlist.LooksPersonal(v) }
+
+func clientOK(v string) bool { return clientRe.MatchString(v) && !allowlist.LooksPersonal(v) }
+
+func flagOK(k string) bool {
+	return flagRe.MatchString(k) && !allowlist.LooksPersonal(k) && !allowlist.LooksLikeIdentifier(k)
+}
+
 // Event returns the exportable event for r, or a drop reason.
 func (s *Scrubber) Event(r *Row) (batchv1.Event, string) {
 	entry, ok := allowlist.Lookup(r.Name)
@@ -107,13 +161,13 @@ func (s *Scrubber) Event(r *Row) (batchv1.Event, string) {
 		Timestamp: r.Timestamp.UTC(),
 		UserID:    s.Pseudonym(r.UserID, r.AnonymousUserID),
 	}
-	if sourceRe.MatchString(r.Source) {
+	if r.Source != "" && s.allowed('s', r.Source, sourceRe.MatchString) {
 		e.Source = r.Source
 	}
-	if versionRe.MatchString(r.Version) && !allowlist.LooksPersonal(r.Version) {
+	if r.Version != "" && s.allowed('v', r.Version, versionOK) {
 		e.ProductVersion = r.Version
 	}
-	if clientRe.MatchString(r.Client) && !allowlist.LooksPersonal(r.Client) {
+	if r.Client != "" && s.allowed('c', r.Client, clientOK) {
 		e.Client = r.Client
 	}
 	e.FeatureFlags = s.flags(r.FeatureFlags)
@@ -141,7 +195,7 @@ func (s *Scrubber) flags(raw []byte) map[string]bool {
 	var out map[string]bool
 	for k, v := range m {
 		b, ok := v.(bool)
-		if !ok || !flagRe.MatchString(k) || allowlist.LooksPersonal(k) || allowlist.LooksLikeIdentifier(k) {
+		if !ok || !s.allowed('f', k, flagOK) {
 			continue
 		}
 		if out == nil {

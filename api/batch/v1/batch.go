@@ -217,8 +217,8 @@ type rawBatch struct {
 	Tier             string            `json:"tier"`
 	AllowListVersion int               `json:"allowListVersion"`
 	Cursor           int64             `json:"cursor,omitempty"`
-	Events           []json.RawMessage `json:"events,omitempty"`
-	Aggregates       []json.RawMessage `json:"aggregates,omitempty"`
+	Events           json.RawMessage `json:"events,omitempty"`
+	Aggregates       json.RawMessage `json:"aggregates,omitempty"`
 }
 
 // Decode reads and validates one batch from data (already decompressed and size-limited).
@@ -244,59 +244,60 @@ func Decode(data []byte) (*Batch, error) {
 	if b.Cursor < 0 {
 		return nil, fail(ReasonMalformed, -1, "cursor must not be negative")
 	}
+	hasEvents, hasAggregates := isNonEmptyArray(raw.Events), isNonEmptyArray(raw.Aggregates)
 	switch b.Kind {
 	case KindEvents:
 		if b.Tier != "EventLevel" {
 			return nil, fail(ReasonTierViolation, -1, "an events batch requires tier EventLevel, got %q", b.Tier)
 		}
-		if len(raw.Aggregates) > 0 {
+		if hasAggregates {
 			return nil, fail(ReasonMalformed, -1, "an events batch must not carry aggregates")
 		}
-		if len(raw.Events) > MaxEventsPerBatch {
-			return nil, fail(ReasonTooManyEvents, -1, "%d events exceed the limit of %d per batch", len(raw.Events), MaxEventsPerBatch)
-		}
-		b.Events = make([]Event, 0, len(raw.Events))
-		seen := make(map[string]struct{}, len(raw.Events))
-		for i, re := range raw.Events {
-			if len(re) > MaxEventBytes {
-				return nil, fail(ReasonEventTooLarge, i, "event is %d bytes, more than the limit of %d", len(re), MaxEventBytes)
-			}
+		seen := map[string]struct{}{}
+		err := eachElement(raw.Events, MaxEventsPerBatch, func(dec *json.Decoder, i int, checkSize func() error) error {
 			var e Event
-			if err := strictUnmarshal(re, &e); err != nil {
-				return nil, classify(err, i)
+			if err := dec.Decode(&e); err != nil {
+				return classify(err, i)
+			}
+			if err := checkSize(); err != nil {
+				return err
 			}
 			if err := validateEvent(&e, i); err != nil {
-				return nil, err
+				return err
 			}
 			if _, dup := seen[e.ID]; dup {
-				return nil, fail(ReasonMalformed, i, "event id %s appears twice in the batch", e.ID)
+				return fail(ReasonMalformed, i, "event id %s appears twice in the batch", e.ID)
 			}
 			seen[e.ID] = struct{}{}
 			b.Events = append(b.Events, e)
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
 	case KindAggregates:
 		if b.Tier != "CriticalOnly" && b.Tier != "EventLevel" {
 			return nil, fail(ReasonTierViolation, -1, "an aggregates batch requires tier CriticalOnly or EventLevel, got %q", b.Tier)
 		}
-		if len(raw.Events) > 0 {
+		if hasEvents {
 			return nil, fail(ReasonTierViolation, -1, "an aggregates batch must not carry per-user events")
 		}
-		if len(raw.Aggregates) > MaxAggregatesPerBatch {
-			return nil, fail(ReasonTooManyEvents, -1, "%d aggregates exceed the limit of %d per batch", len(raw.Aggregates), MaxAggregatesPerBatch)
-		}
-		b.Aggregates = make([]Aggregate, 0, len(raw.Aggregates))
-		for i, ra := range raw.Aggregates {
-			if len(ra) > MaxEventBytes {
-				return nil, fail(ReasonEventTooLarge, i, "aggregate is %d bytes, more than the limit of %d", len(ra), MaxEventBytes)
-			}
+		err := eachElement(raw.Aggregates, MaxAggregatesPerBatch, func(dec *json.Decoder, i int, checkSize func() error) error {
 			var a Aggregate
-			if err := strictUnmarshal(ra, &a); err != nil {
-				return nil, classify(err, i)
+			if err := dec.Decode(&a); err != nil {
+				return classify(err, i)
+			}
+			if err := checkSize(); err != nil {
+				return err
 			}
 			if err := validateAggregate(&a, i); err != nil {
-				return nil, err
+				return err
 			}
 			b.Aggregates = append(b.Aggregates, a)
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
 	default:
 		return nil, fail(ReasonMalformed, -1, "kind must be %q or %q", KindEvents, KindAggregates)
@@ -365,6 +366,47 @@ func validateAggregate(a *Aggregate, i int) error {
 	}
 	if a.Value > 0 && a.Users < MinCellUsers {
 		return fail(ReasonTierViolation, i, "a cell with %d distinct users must be suppressed (minimum %d)", a.Users, MinCellUsers)
+	}
+	return nil
+}
+
+func isNonEmptyArray(raw json.RawMessage) bool {
+	t := bytes.TrimSpace(raw)
+	return len(t) > 0 && !bytes.Equal(t, []byte("null")) && !bytes.Equal(bytes.ReplaceAll(t, []byte(" "), nil), []byte("[]"))
+}
+
+// eachElement walks a JSON array with one strict decoder, calling fn for each element with its
+// index and a check of the element's encoded size (measured from the decoder's offsets, so no
+// per-element decoder or copy is needed) to run right after decoding it.
+func eachElement(raw json.RawMessage, limit int, fn func(dec *json.Decoder, i int, checkSize func() error) error) error {
+	if len(bytes.TrimSpace(raw)) == 0 || bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	dec.UseNumber()
+	tok, err := dec.Token()
+	if err != nil {
+		return classify(err, -1)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '[' {
+		return fail(ReasonMalformed, -1, "events and aggregates must be JSON arrays")
+	}
+	for i := 0; dec.More(); i++ {
+		if i >= limit {
+			return fail(ReasonTooManyEvents, -1, "more than %d items in one batch", limit)
+		}
+		start := dec.InputOffset()
+		checkSize := func() error {
+			item := bytes.TrimLeft(raw[start:dec.InputOffset()], ", \t\r\n")
+			if len(item) > MaxEventBytes {
+				return fail(ReasonEventTooLarge, i, "item is %d bytes, more than the limit of %d", len(item), MaxEventBytes)
+			}
+			return nil
+		}
+		if err := fn(dec, i, checkSize); err != nil {
+			return err
+		}
 	}
 	return nil
 }
