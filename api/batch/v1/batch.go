@@ -210,13 +210,13 @@ var (
 
 // rawBatch decodes events individually so each one's size can be checked and blamed.
 type rawBatch struct {
-	Version          int               `json:"version"`
-	InstanceID       string            `json:"instanceID"`
-	BatchID          string            `json:"batchID"`
-	Kind             string            `json:"kind"`
-	Tier             string            `json:"tier"`
-	AllowListVersion int               `json:"allowListVersion"`
-	Cursor           int64             `json:"cursor,omitempty"`
+	Version          int             `json:"version"`
+	InstanceID       string          `json:"instanceID"`
+	BatchID          string          `json:"batchID"`
+	Kind             string          `json:"kind"`
+	Tier             string          `json:"tier"`
+	AllowListVersion int             `json:"allowListVersion"`
+	Cursor           int64           `json:"cursor,omitempty"`
 	Events           json.RawMessage `json:"events,omitempty"`
 	Aggregates       json.RawMessage `json:"aggregates,omitempty"`
 }
