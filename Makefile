@@ -72,6 +72,11 @@ TEST_FUZZTIME ?= 5s
 FUZZTIME ?= 60s
 FUZZ_TARGETS := ./collector/scrub:FuzzScrub ./api/batch/v1:FuzzDecode ./internal/collectorconfig:FuzzParse
 
+.PHONY: bench
+bench: envtest postgres build ## Measure throughput, memory and operator scale against the targets (BENCH_FULL=1 for full sizes).
+	@go build -o $(LOCALBIN)/bench ./hack/bench
+	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" $(LOCALBIN)/bench --bin $(LOCALBIN) --kubectl $(KUBECTL) $(BENCH_ARGS)
+
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (seed corpora live under testdata/fuzz).
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \

@@ -55,6 +55,11 @@ type Options struct {
 	Log io.Writer
 	// ManagerArgs are extra flags for the operator.
 	ManagerArgs []string
+	// NoRunner skips the local workload runner (benchmarks drive Deployment status themselves).
+	NoRunner bool
+	// NoLeaderElection runs the operator without leader election, whose lease renewals would
+	// otherwise be the only API writes of an idle operator.
+	NoLeaderElection bool
 }
 
 // Stack is the running system.
@@ -72,6 +77,8 @@ type Stack struct {
 	ReceiverOps string
 	Runner      *localrunner.Runner
 	CA          *pkitest.CA
+	// ManagerMetrics is the operator's Prometheus endpoint.
+	ManagerMetrics string
 
 	receiver   *exec.Cmd
 	manager    *exec.Cmd
@@ -151,6 +158,9 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	s.logf("==> starting the operator")
 	if err := s.StartManager(ctx); err != nil {
 		return nil, err
+	}
+	if o.NoRunner {
+		return s, nil
 	}
 	s.logf("==> starting the local workload runner (a development stand-in for a kubelet)")
 	if err := s.startRunner(); err != nil {
@@ -234,13 +244,17 @@ func (s *Stack) StartManager(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.ManagerMetrics = "http://" + metrics + "/metrics"
 	log, err := os.OpenFile(filepath.Join(s.Dir, "manager.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	args := append([]string{"--kubeconfig", s.Kubeconfig, "--issuer-secret", IssuerNamespace + "/" + IssuerName,
-		"--collector-image", "telemetry-collector:local", "--health-probe-bind-address", probe, "--metrics-bind-address", metrics,
-		"--leader-elect", "--leader-election-namespace", IssuerNamespace}, s.Opts.ManagerArgs...)
+	args := []string{"--kubeconfig", s.Kubeconfig, "--issuer-secret", IssuerNamespace + "/" + IssuerName,
+		"--collector-image", "telemetry-collector:local", "--health-probe-bind-address", probe, "--metrics-bind-address", metrics}
+	if !s.Opts.NoLeaderElection {
+		args = append(args, "--leader-elect", "--leader-election-namespace", IssuerNamespace)
+	}
+	args = append(args, s.Opts.ManagerArgs...)
 	cmd := exec.Command(s.Opts.Bins.Manager, args...) //nolint:gosec // our binary
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -250,6 +264,14 @@ func (s *Stack) StartManager(ctx context.Context) error {
 	s.managerEnd = make(chan struct{})
 	go func() { _ = cmd.Wait(); _ = log.Close(); close(s.managerEnd) }()
 	return waitHTTP(ctx, "http://"+probe+"/readyz", 60*time.Second)
+}
+
+// ManagerPID returns the operator's process id (0 when not running).
+func (s *Stack) ManagerPID() int {
+	if s.manager == nil {
+		return 0
+	}
+	return s.manager.Process.Pid
 }
 
 // StopManager stops the operator (SIGTERM, as a rollout or node drain would).

@@ -14,7 +14,6 @@ CREATE TABLE events (
     PRIMARY KEY (instance_id, event_id)
 );
 CREATE INDEX events_instance_ts ON events (instance_id, ts);
-CREATE INDEX events_user_ts ON events (instance_id, user_id, ts);
 
 -- Anonymous daily aggregates, replaced (never added to) on resend.
 CREATE TABLE aggregates (
