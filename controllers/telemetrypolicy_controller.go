@@ -78,6 +78,8 @@ type reconcileState struct {
 	deployment *appsv1.Deployment
 	requeueAt  []time.Time
 	stalled    struct{ reason, message string }
+	// afterPatch runs once the status patch succeeded.
+	afterPatch []func()
 }
 
 func (st *reconcileState) stall(reason, message string) {
@@ -114,7 +116,13 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	orig := p.DeepCopy()
 	st := &reconcileState{policy: p, mutate: true}
 	defer func() {
-		if err := r.summarizeAndPatch(ctx, orig, st, retErr); err != nil && retErr == nil {
+		err := r.summarizeAndPatch(ctx, orig, st, retErr)
+		if apierrors.IsConflict(err) && retErr == nil {
+			// Our copy was stale; nothing was written. Start again from fresh state, quietly.
+			result, retErr = ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
+			return
+		}
+		if err != nil && retErr == nil {
 			retErr = err
 		}
 		if retErr == nil {
@@ -189,8 +197,13 @@ func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *re
 	if from == "" {
 		from = "none"
 	}
-	r.event(p, eventType, eventReason, "DecideTier", "effective tier %s -> %s (%s): %s", from, st.tier, reason, d.Message)
-	log.FromContext(ctx).Info("effective tier changed", "tier", st.tier, "from", prev, "reason", reason)
+	// The Event and the log line follow the status patch: a reconcile that started from a stale
+	// copy of the policy loses the optimistic-lock race and must not announce a change twice.
+	msg := fmt.Sprintf("effective tier %s -> %s (%s): %s", from, st.tier, reason, d.Message)
+	st.afterPatch = append(st.afterPatch, func() {
+		r.event(p, eventType, eventReason, "DecideTier", "%s", msg)
+		log.FromContext(ctx).Info("effective tier changed", "tier", st.tier, "from", prev, "reason", reason)
+	})
 	return nil
 }
 
@@ -375,11 +388,19 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 	if equality.Semantic.DeepEqual(orig.Status, p.Status) {
 		return nil
 	}
-	if err := r.Status().Patch(ctx, p, client.MergeFrom(orig)); err != nil {
+	// Optimistic lock: status computed from a stale copy (the cache lagging our own last patch)
+	// is refused by the API server instead of overwriting newer status; the retry starts fresh.
+	if err := r.Status().Patch(ctx, p, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
+		if apierrors.IsConflict(err) {
+			return err
+		}
 		return fmt.Errorf("patching status: %w", err)
+	}
+	for _, f := range st.afterPatch {
+		f()
 	}
 	return nil
 }
