@@ -77,6 +77,10 @@ bench: envtest postgres build ## Measure throughput, memory and operator scale a
 	@go build -o $(LOCALBIN)/bench ./hack/bench
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" $(LOCALBIN)/bench --bin $(LOCALBIN) --kubectl $(KUBECTL) $(BENCH_ARGS)
 
+.PHONY: faults
+faults: postgres ## Run the fault suite in its full form (50 collector kills, receiver and PostgreSQL restarts, a faulty network).
+	FAULTS_FULL=1 go test -count=1 -timeout 30m -v -run 'Faulty|RestartedMid|KilledAtRandom|CrashMidBatch|Outage' ./collector/
+
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (seed corpora live under testdata/fuzz).
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
