@@ -23,7 +23,10 @@ CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 ENVTEST_DIR ?= $(LOCALBIN)/k8s/$(K8S_VERSION)-etcd-$(ETCD_VERSION)
-KUBECTL ?= $(ENVTEST_DIR)/kubectl
+# The control plane's own kubectl (tests, demo, bench); deployment targets use the kubectl on PATH
+# (override with KUBECTL=...), or this one once `make envtest` has built it.
+TEST_KUBECTL := $(ENVTEST_DIR)/kubectl
+KUBECTL ?= $(shell command -v kubectl 2>/dev/null || echo $(TEST_KUBECTL))
 
 # Test flags; override e.g. `make test TEST_FLAGS=-v`.
 TEST_FLAGS ?=
@@ -65,7 +68,7 @@ check-generated: generate manifests ## Fail if generated files are not current.
 test: envtest postgres ## Build what the tests need and run every test (unit, envtest, PostgreSQL).
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$gofmt_out" ]; then echo "gofmt needed on:"; echo "$$gofmt_out"; exit 1; fi
 	go vet ./...
-	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(KUBECTL)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
+	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 TEST_FUZZTIME ?= 5s
@@ -75,7 +78,7 @@ FUZZ_TARGETS := ./collector/scrub:FuzzScrub ./api/batch/v1:FuzzDecode ./internal
 .PHONY: bench
 bench: envtest postgres build ## Measure throughput, memory and operator scale against the targets (BENCH_FULL=1 for full sizes).
 	@go build -o $(LOCALBIN)/bench ./hack/bench
-	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" $(LOCALBIN)/bench --bin $(LOCALBIN) --kubectl $(KUBECTL) $(BENCH_ARGS)
+	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" $(LOCALBIN)/bench --bin $(LOCALBIN) --kubectl $(TEST_KUBECTL) $(BENCH_ARGS)
 
 .PHONY: faults
 faults: postgres ## Run the fault suite in its full form (50 collector kills, receiver and PostgreSQL restarts, a faulty network).
@@ -99,7 +102,7 @@ build: ## Build the manager, collector and receiver binaries into bin/.
 demo: envtest postgres build ## Run the whole system locally (no cluster needed); DEMO_ONCE=1 to run the walkthrough and exit.
 	@echo "==> building the demo"
 	@go build -o $(LOCALBIN)/demo ./cmd/demo
-	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" $(LOCALBIN)/demo --bin $(LOCALBIN) --kubectl $(KUBECTL)
+	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" $(LOCALBIN)/demo --bin $(LOCALBIN) --kubectl $(TEST_KUBECTL)
 
 .PHONY: run
 run: manifests ## Run the manager against the current kubeconfig.
