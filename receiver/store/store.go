@@ -144,14 +144,21 @@ func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Ba
 		flags[i], props[i] = string(f), string(p)
 	}
 	var res Result
+	now := time.Now()
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `
-INSERT INTO events (instance_id, event_id, name, ts, source, version, client, user_id, feature_flags, properties)
-SELECT $1, u.id, u.name, u.ts, u.source, u.version, u.client, u.user_id, u.flags::jsonb, u.props::jsonb
-FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-  AS u(id, name, ts, source, version, client, user_id, flags, props)
-ON CONFLICT (instance_id, event_id) DO NOTHING`,
-			instance, ids, names, ts, sources, versions, clients, users, flags, props)
+		// Bulk-load into a per-session staging table with COPY, then move new rows over in one
+		// statement; ON CONFLICT absorbs re-sent events.
+		if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE events) ON COMMIT DELETE ROWS`); err != nil {
+			return err
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"incoming_events"},
+			[]string{"instance_id", "event_id", "name", "ts", "source", "version", "client", "user_id", "feature_flags", "properties", "received_at"},
+			pgx.CopyFromSlice(n, func(i int) ([]any, error) {
+				return []any{instance, ids[i], names[i], ts[i], sources[i], versions[i], clients[i], users[i], flags[i], props[i], now}, nil
+			})); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO events SELECT * FROM incoming_events ON CONFLICT (instance_id, event_id) DO NOTHING`)
 		if err != nil {
 			return err
 		}
