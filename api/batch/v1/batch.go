@@ -199,8 +199,6 @@ var ForbiddenFields = []string{
 }
 
 var (
-	idPattern        = regexp.MustCompile(`^[0-9]{1,20}$`)
-	pseudonymPattern = regexp.MustCompile(`^[0-9a-f]{32}$`)
 	namePattern      = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.:-]{0,127}$`)
 	batchIDPattern   = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 	dayPattern       = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}$`)
@@ -307,13 +305,13 @@ func Decode(data []byte) (*Batch, error) {
 
 func validateEvent(e *Event, i int) error {
 	switch {
-	case !idPattern.MatchString(e.ID):
+	case !isDecimalID(e.ID):
 		return fail(ReasonMalformed, i, "event id must be a decimal event_logs id")
-	case !namePattern.MatchString(e.Name):
+	case !isName(e.Name):
 		return fail(ReasonMalformed, i, "event name is missing or not a plain identifier")
 	case e.Timestamp.IsZero() || e.Timestamp.Year() < 2000 || e.Timestamp.Year() > 9999:
 		return fail(ReasonMalformed, i, "event timestamp is missing or out of range")
-	case !pseudonymPattern.MatchString(e.UserID):
+	case !isPseudonym(e.UserID):
 		return fail(ReasonTierViolation, i, "userID must be a 128-bit hex pseudonym, never a raw id")
 	case len(e.Source) > MaxNameLen || len(e.ProductVersion) > MaxNameLen || len(e.Client) > MaxNameLen:
 		return fail(ReasonMalformed, i, "source, version or client is longer than %d characters", MaxNameLen)
@@ -323,12 +321,12 @@ func validateEvent(e *Event, i int) error {
 		return fail(ReasonMalformed, i, "more than %d feature flags", MaxFeatureFlags)
 	}
 	for k := range e.FeatureFlags {
-		if !namePattern.MatchString(k) {
+		if !isName(k) {
 			return fail(ReasonMalformed, i, "feature flag name is not a plain identifier")
 		}
 	}
 	for k, v := range e.Properties {
-		if !namePattern.MatchString(k) {
+		if !isName(k) {
 			return fail(ReasonMalformed, i, "property name is not a plain identifier")
 		}
 		if isForbidden(k) {
@@ -346,6 +344,51 @@ func validateEvent(e *Event, i int) error {
 	}
 	e.Timestamp = e.Timestamp.UTC()
 	return nil
+}
+
+// The checks below are the hot path of every batch; they spell out the patterns
+// ^[0-9]{1,20}$, ^[0-9a-f]{32}$ and ^[A-Za-z][A-Za-z0-9_.:-]{0,127}$ without regular expressions.
+
+func isDecimalID(s string) bool {
+	if len(s) == 0 || len(s) > 20 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func isPseudonym(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func isName(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		letter := (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')
+		if i == 0 && !letter {
+			return false
+		}
+		if !letter && (c < '0' || c > '9') && c != '_' && c != '.' && c != ':' && c != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 func validateAggregate(a *Aggregate, i int) error {

@@ -9,6 +9,7 @@ package v1
 import (
 	"encoding/json"
 	"errors"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -145,7 +146,7 @@ func FuzzDecode(f *testing.F) {
 			t.Fatal("accepted a batch over the limits")
 		}
 		for _, e := range b.Events {
-			if !pseudonymPattern.MatchString(e.UserID) {
+			if !isPseudonym(e.UserID) {
 				t.Fatalf("accepted a non-pseudonymous user id %q", e.UserID)
 			}
 			for k := range e.Properties {
@@ -158,4 +159,18 @@ func FuzzDecode(f *testing.F) {
 			t.Fatal("accepted events in an aggregates batch")
 		}
 	})
+}
+
+// TestHandWrittenChecksMatchThePatterns keeps the hot-path checks equal to the documented patterns.
+func TestHandWrittenChecksMatchThePatterns(t *testing.T) {
+	id := regexp.MustCompile(`^[0-9]{1,20}$`)
+	ps := regexp.MustCompile(`^[0-9a-f]{32}$`)
+	inputs := []string{"", "0", "123", strings.Repeat("9", 20), strings.Repeat("9", 21), "-1", "1a", "0123456789abcdef0123456789abcdef",
+		"0123456789ABCDEF0123456789abcdef", "0123456789abcdef0123456789abcde", "SearchSubmitted", "search.latencies.regexp", "9abc",
+		"a", "a b", "a\x00", "é", strings.Repeat("a", 128), strings.Repeat("a", 129), "goToDefinition.preloaded", "x:y-z_1"}
+	for _, in := range inputs {
+		if isDecimalID(in) != id.MatchString(in) || isPseudonym(in) != ps.MatchString(in) || isName(in) != namePattern.MatchString(in) {
+			t.Errorf("%q: id %v/%v pseudonym %v/%v name %v/%v", in, isDecimalID(in), id.MatchString(in), isPseudonym(in), ps.MatchString(in), isName(in), namePattern.MatchString(in))
+		}
+	}
 }
