@@ -58,10 +58,16 @@ func seedPersonalData(in *instance) {
 				pubJSON, _ := json.Marshal(pub)
 				arg, _ := json.Marshal(map[string]any{"query": pii, "repo": pii, "deep": map[string]any{"path": pii}})
 				flags, _ := json.Marshal(map[string]any{pii: true, "search-ranking": true})
+				// Every signed-in user also records versions that are personal data, so an
+				// aggregate cell over them would have enough users to escape suppression.
+				version := "5.3.0"
+				if i%2 == 1 {
+					version = pii
+				}
 				in.exec(`INSERT INTO event_logs (name, url, user_id, anonymous_user_id, source, argument, public_argument, version, timestamp,
 					feature_flags, cohort_id, first_source_url, last_source_url, referrer, device_id, insert_id, billing_product_category, billing_event_id, client)
 					VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() - $9 * interval '1 hour', $10, current_date, $2, $2, $2, $2, $2, $2, $2, $11)`,
-					name, pii, u, "", "WEB", string(arg), string(pubJSON), "5.3.0", i, string(flags), "VSCODE_CODY_EXTENSION")
+					name, pii, u, "", "WEB", string(arg), string(pubJSON), version, i, string(flags), "VSCODE_CODY_EXTENSION")
 				// Anonymous users too, with personal data in the anonymous id.
 				in.exec(`INSERT INTO event_logs (name, url, user_id, anonymous_user_id, source, public_argument, version, client)
 					VALUES ($1, $2, 0, $2, $3, $4, $2, $2)`, name, pii, "WEB", string(pubJSON))
@@ -310,6 +316,9 @@ func TestReceiverOutageThenBacklogDrains(t *testing.T) {
 	if in.stored() != 0 {
 		t.Fatal("stored during the outage")
 	}
+	if got := p.Progress().LastError; !strings.Contains(got, "delivery retrying (503)") {
+		t.Fatalf("the outage is not visible in the progress report while it lasts: lastError %q", got)
+	}
 	down.Lock()
 	outage = false
 	down.Unlock()
@@ -319,6 +328,9 @@ func TestReceiverOutageThenBacklogDrains(t *testing.T) {
 	drain(t, p)
 	if in.stored() != 250 {
 		t.Fatalf("stored %d, want 250 after the outage", in.stored())
+	}
+	if pr := p.Progress(); pr.LastError != "" {
+		t.Fatalf("lastError %q remains after recovery", pr.LastError)
 	}
 }
 

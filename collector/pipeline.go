@@ -146,6 +146,7 @@ func (p *Pipeline) Init(ctx context.Context) error {
 		p.progress.AggregatesFrom = from.Format(time.DateOnly)
 	}
 	p.tracker = source.NewTracker(cursor, maxSentRemembered)
+	p.Client.OnRetry = p.retrying
 	p.Metrics.Cursor.Set(float64(cursor))
 	return nil
 }
@@ -261,7 +262,6 @@ func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 	start = p.Clock.Now()
 	out, err := p.Client.Send(ctx, b, p.guard)
 	p.Metrics.StageSeconds.WithLabelValues("send").Observe(p.Clock.Since(start).Seconds())
-	p.Metrics.Retries.Add(float64(out.Retries))
 	if err != nil {
 		p.Metrics.Batches.WithLabelValues("failed").Inc()
 		return false, err
@@ -308,7 +308,6 @@ func (p *Pipeline) aggregateRound(ctx context.Context) error {
 			break
 		}
 		out, err := p.Client.Send(ctx, b, p.guard)
-		p.Metrics.Retries.Add(float64(out.Retries))
 		if err != nil {
 			p.Metrics.Batches.WithLabelValues("failed").Inc()
 			return err
@@ -355,13 +354,26 @@ func (p *Pipeline) recordSuccess(exported, dropped int64, round *source.Round, s
 	p.Metrics.LastSuccess.Set(float64(now.Unix()))
 }
 
+// retrying records a retried delivery attempt while it happens: the metric, and the error in
+// the progress report (at the usual bounded rate), so status.export.lastError shows an outage.
+func (p *Pipeline) retrying(reason string, err error) {
+	p.Metrics.Retries.Inc()
+	p.mu.Lock()
+	p.progress.LastError = truncateError(fmt.Sprintf("delivery retrying (%s): %v", reason, err))
+	p.mu.Unlock()
+	p.saveProgress(false)
+}
+
+func truncateError(msg string) string {
+	if len(msg) > 512 {
+		return msg[:512]
+	}
+	return msg
+}
+
 func (p *Pipeline) fail(err error) {
 	p.mu.Lock()
-	msg := err.Error()
-	if len(msg) > 512 {
-		msg = msg[:512]
-	}
-	p.progress.LastError = msg
+	p.progress.LastError = truncateError(err.Error())
 	p.mu.Unlock()
 	p.saveProgress(false)
 }

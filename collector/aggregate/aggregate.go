@@ -86,5 +86,13 @@ SELECT day::text, metric, dim, value, users FROM (
 	if err != nil {
 		return nil, fmt.Errorf("computing aggregates: %w", err)
 	}
-	return out, nil
+	// The SQL pre-filters versions by shape; the same check events get decides what leaves.
+	kept := out[:0]
+	for _, a := range out {
+		if a.Metric == batchv1.MetricInstanceVersion && !allowlist.ValidVersion(a.Dimension) {
+			continue
+		}
+		kept = append(kept, a)
+	}
+	return kept, nil
 }

@@ -195,6 +195,12 @@ var (
 	tokenRe = regexp.MustCompile(`[A-Za-z0-9_\-+/=]{24,}`)
 )
 
+var versionRe = regexp.MustCompile(`^[0-9][0-9A-Za-z.+_-]{0,63}$`)
+
+// ValidVersion reports whether a product version may leave an instance: version-shaped and not
+// looking like personal data. Events and the instance_version aggregate both use it.
+func ValidVersion(v string) bool { return versionRe.MatchString(v) && !LooksPersonal(v) }
+
 // LooksLikeIdentifier reports whether a name contains a segment that looks like a generated
 // identifier (letters and digits mixed, six or more characters, or four or more digits), such as a device or user id
 // embedded in a feature-flag name.

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -112,7 +113,6 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := collector.NewMetrics(reg)
-	client.OnRetry = func(string) {}
 	p := &collector.Pipeline{ConfigPath: o.ConfigPath, Reader: reader, Scrubber: scrubber, Client: client,
 		State: store, Clock: clock.RealClock{}, Log: log, Metrics: metrics}
 
@@ -175,13 +175,15 @@ func readSecretFile(path string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("cannot open %s: %w", path, errors.Unwrap(err))
 	}
 	defer func() { _ = f.Close() }()
-	buf := make([]byte, limit+1)
-	n, _ := f.Read(buf)
-	if int64(n) > limit {
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if int64(len(data)) > limit {
 		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
 	}
-	if n == 0 {
+	if len(data) == 0 {
 		return nil, fmt.Errorf("%s is empty", path)
 	}
-	return buf[:n], nil
+	return data, nil
 }

@@ -53,8 +53,9 @@ type Client struct {
 	Sleep func(ctx context.Context, d time.Duration) error
 	// BaseBackoff and MaxBackoff bound the exponential backoff.
 	BaseBackoff, MaxBackoff time.Duration
-	// OnRetry observes retried attempts (for metrics).
-	OnRetry func(reason string)
+	// OnRetry observes each retried attempt as it happens, with the reason (network or a status
+	// code) and the error, so a long outage is visible before the batch finally goes through.
+	OnRetry func(reason string, err error)
 	// MaxBodyBytes bounds one request body as sent; a larger batch is split before sending.
 	MaxBodyBytes int
 }
@@ -270,7 +271,7 @@ func (c *Client) retry(ctx context.Context, guard func() error, attempt func() (
 		}
 		*retries++
 		if c.OnRetry != nil {
-			c.OnRetry(reason)
+			c.OnRetry(reason, err)
 		}
 		c.log.Info("retrying delivery", "reason", reason, "wait", wait.String(), "err", truncate(err.Error(), 200))
 		if err := c.Sleep(ctx, wait); err != nil {

@@ -129,13 +129,10 @@ func (s *Scrubber) pseudonym(userID int64, anonymousID string) string {
 }
 
 var (
-	sourceRe  = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,31}$`)
-	versionRe = regexp.MustCompile(`^[0-9][0-9A-Za-z.+_-]{0,63}$`)
-	clientRe  = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,63}$`)
-	flagRe    = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,63}$`)
+	sourceRe = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,31}$`)
+	clientRe = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,63}$`)
+	flagRe   = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,63}$`)
 )
-
-func versionOK(v string) bool { return versionRe.MatchString(v) && !allowlist.LooksPersonal(v) }
 
 func clientOK(v string) bool { return clientRe.MatchString(v) && !allowlist.LooksPersonal(v) }
 
@@ -164,7 +161,7 @@ func (s *Scrubber) Event(r *Row) (batchv1.Event, string) {
 	if r.Source != "" && s.allowed('s', r.Source, sourceRe.MatchString) {
 		e.Source = r.Source
 	}
-	if r.Version != "" && s.allowed('v', r.Version, versionOK) {
+	if r.Version != "" && s.allowed('v', r.Version, allowlist.ValidVersion) {
 		e.ProductVersion = r.Version
 	}
 	if r.Client != "" && s.allowed('c', r.Client, clientOK) {
