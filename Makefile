@@ -65,7 +65,7 @@ check-generated: generate manifests ## Fail if generated files are not current.
 	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
 
 .PHONY: test
-test: envtest postgres ## Build what the tests need and run every test (unit, envtest, PostgreSQL).
+test: envtest test-deps ## Build what the tests need and run every test (unit, envtest, PostgreSQL).
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$gofmt_out" ]; then echo "gofmt needed on:"; echo "$$gofmt_out"; exit 1; fi
 	go vet ./...
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
@@ -76,12 +76,12 @@ FUZZTIME ?= 60s
 FUZZ_TARGETS := ./collector/scrub:FuzzScrub ./api/batch/v1:FuzzDecode ./internal/collectorconfig:FuzzParse
 
 .PHONY: bench
-bench: envtest postgres build ## Measure throughput, memory and operator scale against the targets (BENCH_FULL=1 for full sizes).
+bench: envtest test-deps build ## Measure throughput, memory and operator scale against the targets (BENCH_FULL=1 for full sizes).
 	@go build -o $(LOCALBIN)/bench ./hack/bench
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" $(LOCALBIN)/bench --bin $(LOCALBIN) --kubectl $(TEST_KUBECTL) $(BENCH_ARGS)
 
 .PHONY: faults
-faults: postgres ## Run the fault suite in its full form (50 collector kills, receiver and PostgreSQL restarts, a faulty network).
+faults: test-deps ## Run the fault suite in its full form (50 collector kills, receiver and PostgreSQL restarts, a faulty network).
 	FAULTS_FULL=1 go test -count=1 -timeout 30m -v -run 'Faulty|RestartedMid|KilledAtRandom|CrashMidBatch|Outage' ./collector/
 
 .PHONY: fuzz
@@ -99,7 +99,7 @@ build: ## Build the manager, collector and receiver binaries into bin/.
 	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/receiver ./cmd/receiver
 
 .PHONY: demo
-demo: envtest postgres build ## Run the whole system locally (no cluster needed); DEMO_ONCE=1 to run the walkthrough and exit.
+demo: envtest test-deps build ## Run the whole system locally (no cluster needed); DEMO_ONCE=1 to run the walkthrough and exit.
 	@echo "==> building the demo"
 	@go build -o $(LOCALBIN)/demo ./cmd/demo
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" $(LOCALBIN)/demo --bin $(LOCALBIN) --kubectl $(TEST_KUBECTL)
@@ -147,9 +147,9 @@ envtest: $(ENVTEST_DIR)/.kube-apiserver.ok ## Build kube-apiserver, etcd and kub
 $(ENVTEST_DIR)/.kube-apiserver.ok:
 	hack/build-control-plane.sh $(K8S_VERSION) $(ETCD_VERSION) $(ENVTEST_DIR)
 
-.PHONY: postgres
-postgres: ## Install the PostgreSQL server binaries if missing (tests start their own clusters).
-	hack/ensure-postgres.sh
+.PHONY: test-deps
+test-deps: ## Install PostgreSQL and openssl from Debian packages if missing (tests start their own clusters).
+	hack/ensure-test-deps.sh
 
 .PHONY: controller-gen
 controller-gen: $(CONTROLLER_GEN)

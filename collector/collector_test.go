@@ -11,12 +11,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,6 +25,7 @@ import (
 	"github.com/sourcegraph/telemetry-operator/collector"
 	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
 	"github.com/sourcegraph/telemetry-operator/collector/deliver"
+	"github.com/sourcegraph/telemetry-operator/internal/testenv"
 	"github.com/sourcegraph/telemetry-operator/internal/tlsreload"
 )
 
@@ -219,7 +217,10 @@ func TestCrashMidBatchLosesNothing(t *testing.T) {
 	in.insert("UserSignedUp", 500, 40, `{}`)
 	in.insert("SearchSubmitted", 6000, 40, `{"patternType":"literal"}`)
 	want := in.count("name = 'SearchSubmitted'")
-	metricsAddr := freeAddr(t)
+	metricsAddr, err := testenv.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := func() *exec.Cmd {
 		cmd := exec.Command(collectorBin, "--config", in.config, "--state-file", in.stateFile, "--metrics-addr", metricsAddr)
 		if err := cmd.Start(); err != nil {
@@ -244,7 +245,7 @@ func TestCrashMidBatchLosesNothing(t *testing.T) {
 	var maxID int64
 	_ = in.db.QueryRow(context.Background(), "SELECT max(id) FROM event_logs").Scan(&maxID)
 	deadline := time.Now().Add(90 * time.Second)
-	for metricValue(t, metricsAddr, "collector_cursor") < float64(maxID) && time.Now().Before(deadline) {
+	for testenv.ScrapeMetric("http://"+metricsAddr+"/metrics", "collector_cursor") < float64(maxID) && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -257,32 +258,6 @@ func TestCrashMidBatchLosesNothing(t *testing.T) {
 	if c := in.progress().Cursor; c != maxID {
 		t.Fatalf("saved cursor %d after SIGTERM, want %d", c, maxID)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String()
-}
-
-// metricValue scrapes one unlabelled metric from a collector's /metrics (-1 if unavailable).
-func metricValue(t *testing.T, addr, name string) float64 {
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer func() { _ = resp.Body.Close() }()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return -1
 }
 
 func TestReceiverOutageThenBacklogDrains(t *testing.T) {

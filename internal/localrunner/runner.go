@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -48,6 +47,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
+	"github.com/sourcegraph/telemetry-operator/internal/testenv"
 )
 
 // Runner runs collector Deployments as local processes.
@@ -222,11 +222,10 @@ func (r *Runner) start(ctx context.Context, dep *appsv1.Deployment, hash string)
 		return nil, errors.New("no container")
 	}
 	c := dep.Spec.Template.Spec.Containers[0]
-	port, err := freePort()
+	addr, err := testenv.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	args := []string{"--mount-root", root, "--kubeconfig", kubeconfig, "--metrics-addr", addr}
 	for _, a := range c.Args {
 		if v, ok := strings.CutPrefix(a, "--config="); ok {
@@ -461,13 +460,4 @@ func (r *Runner) serviceAccountKubeconfig(ctx context.Context, dep *appsv1.Deplo
 	cfg.CurrentContext = "local"
 	path := filepath.Join(root, "kubeconfig")
 	return path, clientcmd.WriteToFile(*cfg, path)
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -194,21 +194,12 @@ func (s *Stack) pki(ctx context.Context) error {
 	})
 }
 
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String(), nil
-}
-
 func (s *Stack) startReceiver(ctx context.Context) error {
-	api, err := freeAddr()
+	api, err := testenv.FreeAddr()
 	if err != nil {
 		return err
 	}
-	ops, err := freeAddr()
+	ops, err := testenv.FreeAddr()
 	if err != nil {
 		return err
 	}
@@ -236,11 +227,11 @@ func (s *Stack) startReceiver(ctx context.Context) error {
 
 // StartManager starts the operator process.
 func (s *Stack) StartManager(ctx context.Context) error {
-	probe, err := freeAddr()
+	probe, err := testenv.FreeAddr()
 	if err != nil {
 		return err
 	}
-	metrics, err := freeAddr()
+	metrics, err := testenv.FreeAddr()
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Makes sure the system packages the tests and the demo use are installed: the PostgreSQL server
+# binaries (they start their own throw-away clusters) and openssl (a test verifies issued
+# certificates with it). Installs Debian's packages for what is missing.
+set -euo pipefail
+missing=()
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && [[ -z "${PG_BIN:-}" ]]; then
+  missing+=(postgresql)
+fi
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+echo "[deps] installing Debian packages: ${missing[*]}" >&2
+if [[ $(id -u) -ne 0 ]]; then
+  echo "[deps] run as root, or install them yourself (apt-get install ${missing[*]}; or set PG_BIN)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${missing[@]}" >/dev/null
+echo "[deps] installed" >&2
