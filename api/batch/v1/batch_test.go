@@ -9,6 +9,7 @@ package v1
 import (
 	"encoding/json"
 	"errors"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -89,7 +90,21 @@ func TestDecodeRejectsHostileInput(t *testing.T) {
 		{"NUL in instance", mutate(validEventsBatch, func(m map[string]any) { m["instanceID"] = "acme\x00" }), ReasonMalformed, -1},
 		{"future version", mutate(validEventsBatch, func(m map[string]any) { m["version"] = 2 }), ReasonMalformed, -1},
 		{"huge version number", []byte(`{"version": 1e999}`), ReasonMalformed, -1},
-		{"deep nesting", []byte(strings.Repeat(`{"events":[`, 5000)), ReasonMalformed, -1},
+		{"deep nesting", []byte(strings.Repeat(`{"events":[`, 5000)), ReasonMalformed, 0},
+		{"deep nesting in a property", []byte(`{"version":1,"events":[{"properties":{"a":` + strings.Repeat(`[`, 100000) + `]}}]}`), ReasonMalformed, 0},
+		{"deep nesting in flags", []byte(`{"version":1,"events":[{"featureFlags":{"a":` + strings.Repeat(`{"a":`, 100000) + `}}]}`), ReasonMalformed, 0},
+		{"null byte escape in a name", ev(func(e map[string]any) { e["name"] = "Search\u0000" }), ReasonMalformed, 0},
+		{"lone surrogate in a name", []byte(strings.Replace(string(mustJSON(validEventsBatch())), `"SearchSubmitted"`, `"Search\ud800"`, 1)), ReasonMalformed, 0},
+		{"unterminated string", []byte(`{"version":1,"instanceID":"acme`), ReasonMalformed, -1},
+		{"control character in a string", []byte("{\"instanceID\":\"a\u0001b\"}"), ReasonMalformed, -1},
+		{"bad escape", []byte(`{"instanceID":"a\qb"}`), ReasonMalformed, -1},
+		{"number with leading zero", []byte(`{"version":01}`), ReasonMalformed, -1},
+		{"fractional version", []byte(`{"version":1.0}`), ReasonMalformed, -1},
+		{"huge cursor", []byte(`{"version":1,"cursor":99999999999999999999}`), ReasonMalformed, -1},
+		{"two values", []byte(`{"version":1}{"version":1}`), ReasonMalformed, -1},
+		{"events not an array", mutate(validEventsBatch, func(m map[string]any) { m["events"] = "all of them" }), ReasonMalformed, -1},
+		{"event not an object", mutate(validEventsBatch, func(m map[string]any) { m["events"] = []any{42} }), ReasonMalformed, 0},
+		{"flag not a boolean", ev(func(e map[string]any) { e["featureFlags"] = map[string]any{"f": "yes"} }), ReasonMalformed, 0},
 		{"unknown kind", mutate(validEventsBatch, func(m map[string]any) { m["kind"] = "raw" }), ReasonMalformed, -1},
 		{"events under CriticalOnly", mutate(validEventsBatch, func(m map[string]any) { m["tier"] = "CriticalOnly" }), ReasonTierViolation, -1},
 		{"events in an aggregate batch", mutate(validAggregatesBatch, func(m map[string]any) { m["events"] = validEventsBatch()["events"] }), ReasonTierViolation, -1},
@@ -140,6 +155,14 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("error without a reason: %v", err)
 			}
 			return
+		}
+		// Never looser than the encoding/json decoder it replaced, and equal where both accept.
+		ref, refErr := referenceDecode(data)
+		if refErr != nil {
+			t.Fatalf("accepted what the reference decoder rejects: %v", refErr)
+		}
+		if !reflect.DeepEqual(b, ref) {
+			t.Fatalf("decoded differently from the reference:\n got %+v\nwant %+v", b, ref)
 		}
 		// Whatever is accepted is within the documented limits and carries no raw user id.
 		if len(b.Events) > MaxEventsPerBatch || len(b.Aggregates) > MaxAggregatesPerBatch {
