@@ -13,7 +13,6 @@ package store
 import (
 	"context"
 	"embed"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -134,24 +133,30 @@ func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Ba
 	n := len(b.Events)
 	ids, names, sources, versions, clients, users := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	ts := make([]time.Time, n)
-	flags, props := make([]string, n), make([]string, n)
+	// Both JSON columns of every event go into one buffer; ends[] marks where each ends.
+	var buf []byte
+	ends := make([]int, 2*n)
 	for i, e := range b.Events {
 		ids[i], names[i], sources[i], versions[i], clients[i], users[i], ts[i] = e.ID, e.Name, e.Source, e.ProductVersion, e.Client, e.UserID, e.Timestamp
-		f, err := json.Marshal(nonNil(e.FeatureFlags))
-		if err != nil {
+		buf = batchv1.AppendFeatureFlags(buf, e.FeatureFlags)
+		ends[2*i] = len(buf)
+		var err error
+		if buf, err = batchv1.AppendProperties(buf, e.Properties); err != nil {
 			return Result{}, err
 		}
-		p, err := json.Marshal(nonNilAny(e.Properties))
-		if err != nil {
-			return Result{}, err
+		ends[2*i+1] = len(buf)
+	}
+	jsonColumn := func(k int) []byte {
+		if k == 0 {
+			return buf[:ends[0]]
 		}
-		flags[i], props[i] = string(f), string(p)
+		return buf[ends[k-1]:ends[k]]
 	}
 	var res Result
 	now := time.Now()
 	columns := []string{"instance_id", "event_id", "name", "ts", "source", "version", "client", "user_id", "feature_flags", "properties", "received_at"}
 	row := func(i int) ([]any, error) {
-		return []any{instance, ids[i], names[i], ts[i], sources[i], versions[i], clients[i], users[i], flags[i], props[i], now}, nil
+		return []any{instance, ids[i], names[i], ts[i], sources[i], versions[i], clients[i], users[i], jsonColumn(2 * i), jsonColumn(2*i + 1), now}, nil
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		accepted, err := s.copyNew(ctx, tx, instance, b.BatchID, columns, pgx.CopyFromSlice(n, row))
@@ -296,18 +301,4 @@ func unavailable(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
-}
-
-func nonNil(m map[string]bool) map[string]bool {
-	if m == nil {
-		return map[string]bool{}
-	}
-	return m
-}
-
-func nonNilAny(m map[string]any) map[string]any {
-	if m == nil {
-		return map[string]any{}
-	}
-	return m
 }

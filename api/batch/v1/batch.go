@@ -327,9 +327,3 @@ func truncate(s string, n int) string {
 	}
 	return strings.ToValidUTF8(s, "?")
 }
-
-// Encode renders a batch as JSON.
-func Encode(b *Batch) ([]byte, error) {
-	b.Version = Version
-	return json.Marshal(b)
-}
