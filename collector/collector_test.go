@@ -185,7 +185,7 @@ func TestRowCommittedLateWithALowerIDIsDelivered(t *testing.T) {
 	}
 	drain(t, p)
 	var got []string
-	rows, _ := rcv.Store.Pool().Query(ctx, "SELECT event_id FROM events WHERE instance_id = $1 ORDER BY event_id", in.id)
+	rows, _ := rcv.Store.Pool().Query(ctx, "SELECT event_id::text FROM events WHERE instance_id = $1 ORDER BY event_id", in.id)
 	for rows.Next() {
 		var id string
 		_ = rows.Scan(&id)

@@ -58,6 +58,8 @@ type Pipeline struct {
 	progress  collectorconfig.Progress
 	lastSaved time.Time
 	ready     bool
+	// prefetched is the next round, read while the last one was being sent (event rounds only).
+	prefetched *prefetch
 }
 
 // ErrOff is returned at start when the configuration's tier is Off.
@@ -187,6 +189,9 @@ func (p *Pipeline) RunOnce(ctx context.Context) (bool, error) {
 	}
 	p.cfg = cfg
 	p.progress.Tier = cfg.Tier
+	if cfg.Tier != v1.TierEventLevel {
+		p.prefetched = nil // events read ahead under EventLevel are never used under another tier
+	}
 	var more bool
 	switch cfg.Tier {
 	case v1.TierEventLevel:
@@ -220,38 +225,104 @@ func (p *Pipeline) guard(b *batchv1.Batch) error {
 	return nil
 }
 
-func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
-	start := p.Clock.Now()
-	round, err := p.Reader.Read(ctx, p.tracker, p.cfg.BatchSize)
-	if err != nil {
-		p.setReady(false)
-		return false, err
-	}
-	p.setReady(true)
-	p.Metrics.StageSeconds.WithLabelValues("read").Observe(p.Clock.Since(start).Seconds())
-	p.Metrics.EventsRead.Add(float64(len(round.Rows)))
+// filtered is one round read and filtered, ready to send.
+type filtered struct {
+	round   *source.Round
+	events  []batchv1.Event
+	ids     []int64 // every row's id, ascending
+	dropped map[string]int64
+	// from is the tracker position the round was read against (cursor, high).
+	from [2]int64
+}
 
+// readAndFilter reads one round against the delivery state t and filters it.
+func (p *Pipeline) readAndFilter(ctx context.Context, t source.View, limit int) (*filtered, error) {
+	start := p.Clock.Now()
+	round, err := p.Reader.Read(ctx, t, limit)
+	if err != nil {
+		return nil, err
+	}
+	p.Metrics.StageSeconds.WithLabelValues("read").Observe(p.Clock.Since(start).Seconds())
 	start = p.Clock.Now()
-	b := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindEvents, Tier: string(v1.TierEventLevel), AllowListVersion: allowlist.Version}
-	ids := make([]int64, 0, len(round.Rows))
-	var dropped int64
+	f := &filtered{round: round, ids: make([]int64, 0, len(round.Rows)), dropped: map[string]int64{}, from: [2]int64{t.Cursor(), t.High()}}
+	f.events = make([]batchv1.Event, 0, len(round.Rows))
 	for i := range round.Rows {
 		r := &round.Rows[i]
-		ids = append(ids, r.ID)
+		f.ids = append(f.ids, r.ID)
 		e, reason := p.Scrubber.Event(r)
 		if reason != "" {
-			p.Metrics.EventsDropped.WithLabelValues(reason).Inc()
-			dropped++
+			f.dropped[reason]++
 			continue
 		}
-		b.Events = append(b.Events, e)
+		f.events = append(f.events, e)
 	}
 	p.Metrics.StageSeconds.WithLabelValues("filter").Observe(p.Clock.Since(start).Seconds())
+	return f, nil
+}
+
+// prefetch is the next round, read and filtered while the current one is being sent.
+type prefetch struct {
+	done chan struct{}
+	f    *filtered
+	err  error
+}
+
+func (p *Pipeline) startPrefetch(ctx context.Context, ahead *source.Ahead, limit int) *prefetch {
+	pf := &prefetch{done: make(chan struct{})}
+	go func() {
+		defer close(pf.done)
+		pf.f, pf.err = p.readAndFilter(ctx, ahead, limit)
+	}()
+	return pf
+}
+
+// takePrefetched returns the round read ahead, if there is one and it was read against the
+// tracker's present position; otherwise nil.
+func (p *Pipeline) takePrefetched() *filtered {
+	pf := p.prefetched
+	p.prefetched = nil
+	if pf == nil {
+		return nil
+	}
+	<-pf.done
+	if pf.err != nil || pf.f.from != [2]int64{p.tracker.Cursor(), p.tracker.High()} {
+		return nil
+	}
+	return pf.f
+}
+
+// eventRound sends one round of events. During a backlog the next round is read and filtered
+// while this one is being sent (against the state this round's acknowledgement will leave);
+// it is used only if this round is acknowledged, and the tracker changes only after the read
+// ahead has finished.
+func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
+	limit := p.cfg.BatchSize
+	f := p.takePrefetched()
+	if f == nil {
+		var err error
+		if f, err = p.readAndFilter(ctx, p.tracker, limit); err != nil {
+			p.setReady(false)
+			return false, err
+		}
+	}
+	p.setReady(true)
+	round := f.round
+	p.Metrics.EventsRead.Add(float64(len(round.Rows)))
+	var dropped int64
+	for reason, n := range f.dropped {
+		p.Metrics.EventsDropped.WithLabelValues(reason).Add(float64(n))
+		dropped += n
+	}
+	more := len(round.Rows) >= limit
+	b := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindEvents, Tier: string(v1.TierEventLevel), AllowListVersion: allowlist.Version, Events: f.events}
+	if len(b.Events) == 0 {
+		b.Events = nil
+	}
 	newCursor := p.tracker.Plan(round.Snapshot, round.NewHigh, round.Complete)
 	if len(b.Events) == 0 && newCursor == p.tracker.Cursor() {
-		p.tracker.Acknowledge(round.Snapshot, ids, round.NewHigh, round.Complete)
+		p.tracker.Acknowledge(round.Snapshot, f.ids, round.NewHigh, round.Complete)
 		p.recordSuccess(0, dropped, round, false)
-		return len(round.Rows) >= p.cfg.BatchSize, nil
+		return more, nil
 	}
 	b.Cursor = newCursor
 	if len(b.Events) > 0 {
@@ -259,28 +330,43 @@ func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 	} else {
 		b.BatchID = fmt.Sprintf("%s-c-%d", p.cfg.InstanceID, newCursor)
 	}
-	start = p.Clock.Now()
-	out, err := p.Client.Send(ctx, b, p.guard)
-	p.Metrics.StageSeconds.WithLabelValues("send").Observe(p.Clock.Since(start).Seconds())
+	var next *prefetch
+	if more {
+		next = p.startPrefetch(ctx, p.tracker.Ahead(round.Snapshot, f.ids, round.NewHigh, round.Complete), limit)
+	}
+	out, err := p.send(ctx, b, newCursor)
+	if next != nil {
+		<-next.done // the read ahead uses the tracker: let it finish before anything changes it
+	}
 	if err != nil {
 		p.Metrics.Batches.WithLabelValues("failed").Inc()
 		return false, err
 	}
-	if len(out.Quarantined) > 0 || len(b.Events) == 0 {
-		// Halves of a split batch carry no cursor; record it now that every half is acknowledged.
-		cursorOnly := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindEvents, Tier: b.Tier,
-			AllowListVersion: allowlist.Version, BatchID: fmt.Sprintf("%s-c-%d", p.cfg.InstanceID, newCursor), Cursor: newCursor}
-		if len(b.Events) > 0 {
-			if _, err := p.Client.Send(ctx, cursorOnly, p.guard); err != nil {
-				return false, err
-			}
-		}
-	}
 	p.Metrics.Batches.WithLabelValues("acknowledged").Inc()
 	p.Metrics.Quarantined.Add(float64(len(out.Quarantined)))
-	p.tracker.Acknowledge(round.Snapshot, ids, round.NewHigh, round.Complete)
+	p.tracker.Acknowledge(round.Snapshot, f.ids, round.NewHigh, round.Complete)
+	p.prefetched = next
 	p.recordSuccess(int64(out.Accepted+out.Duplicates), dropped+int64(len(out.Quarantined)), round, true)
-	return len(round.Rows) >= p.cfg.BatchSize, nil
+	return more, nil
+}
+
+// send delivers b and, when b was split around quarantined events, records newCursor with a
+// batch of its own once every half is acknowledged (halves of a split carry no cursor).
+func (p *Pipeline) send(ctx context.Context, b *batchv1.Batch, newCursor int64) (deliver.Outcome, error) {
+	start := p.Clock.Now()
+	out, err := p.Client.Send(ctx, b, p.guard)
+	p.Metrics.StageSeconds.WithLabelValues("send").Observe(p.Clock.Since(start).Seconds())
+	if err != nil {
+		return out, err
+	}
+	if len(out.Quarantined) > 0 && len(b.Events) > 0 {
+		cursorOnly := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindEvents, Tier: b.Tier,
+			AllowListVersion: allowlist.Version, BatchID: fmt.Sprintf("%s-c-%d", p.cfg.InstanceID, newCursor), Cursor: newCursor}
+		if _, err := p.Client.Send(ctx, cursorOnly, p.guard); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
 }
 
 func (p *Pipeline) aggregateRound(ctx context.Context) error {

@@ -41,6 +41,6 @@ var _ = BeforeSuite(func() {
 
 var _ = AfterSuite(func() {
 	if env != nil {
-		Expect(env.Stop()).To(Succeed())
+		Expect(testenv.Stop(env)).To(Succeed())
 	}
 })

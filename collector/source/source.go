@@ -76,8 +76,9 @@ type Round struct {
 	NewestTimestamp time.Time
 }
 
-// Read performs one round against t, reading at most limit rows.
-func (r *Reader) Read(ctx context.Context, t *Tracker, limit int) (*Round, error) {
+// Read performs one round against the delivery state t (a Tracker, or an Ahead when reading
+// while the previous round is still being sent), reading at most limit rows.
+func (r *Reader) Read(ctx context.Context, t View, limit int) (*Round, error) {
 	tx, err := r.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return nil, fmt.Errorf("reading event_logs: %w", err)

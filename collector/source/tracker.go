@@ -8,6 +8,7 @@ package source
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -100,7 +101,11 @@ func (t *Tracker) Pending() int { return len(t.pending) }
 // NeedLateScan reports whether, at snap, some transaction tracked as in flight has finished, so
 // rows with ids in (Cursor, High] may have become visible.
 func (t *Tracker) NeedLateScan(snap Snapshot) bool {
-	for _, h := range t.pending {
+	return needLateScan(t.pending, snap)
+}
+
+func needLateScan(pending []horizon, snap Snapshot) bool {
+	for _, h := range pending {
 		for _, x := range h.xip {
 			if snap.Finished(x) {
 				return true
@@ -156,6 +161,17 @@ func (t *Tracker) advance(snap Snapshot, newHigh int64) (int64, int) {
 	return c, done
 }
 
+// after computes the cursor, high and horizons Acknowledge would leave, without changing t.
+func (t *Tracker) after(snap Snapshot, newHigh int64, complete bool) (cursor, high int64, pending []horizon) {
+	if !complete {
+		return t.cursor, t.high, t.pending
+	}
+	c, done := t.advance(snap, newHigh)
+	high = max(t.high, newHigh)
+	pending = append(append([]horizon(nil), t.pending...), horizon{w: high, xip: snap.Xip})[done:]
+	return c, high, compact(pending)
+}
+
 // Acknowledge records a round at snap as delivered: ids were sent, every visible id up to newHigh
 // was read. It advances the cursor as far as is safe and returns it.
 func (t *Tracker) Acknowledge(snap Snapshot, ids []int64, newHigh int64, complete bool) int64 {
@@ -167,12 +183,8 @@ func (t *Tracker) Acknowledge(snap Snapshot, ids []int64, newHigh int64, complet
 	if !complete {
 		return t.cursor
 	}
-	c, done := t.advance(snap, newHigh)
-	if newHigh > t.high {
-		t.high = newHigh
-	}
-	t.pending = append(t.pending, horizon{w: t.high, xip: snap.Xip})[done:]
-	t.cursor = c
+	c, high, pending := t.after(snap, newHigh, complete)
+	t.cursor, t.high, t.pending = c, high, pending
 	for id := range t.sent {
 		if id <= c {
 			delete(t.sent, id)
@@ -182,9 +194,52 @@ func (t *Tracker) Acknowledge(snap Snapshot, ids []int64, newHigh int64, complet
 		// Forget: the late scan will re-send these and the receiver will absorb them.
 		t.sent = map[int64]struct{}{}
 	}
-	// Horizons with the same in-flight set can merge: keep the list short under steady load.
-	t.pending = compact(t.pending)
 	return c
+}
+
+// View is what a read needs to know of the delivery state.
+type View interface {
+	Cursor() int64
+	High() int64
+	NeedLateScan(Snapshot) bool
+	Sent(int64) bool
+}
+
+// Ahead is the delivery state as it will be once a round is acknowledged, so the next round
+// can be read while this one is still being sent. It reads the tracker without changing it:
+// the tracker must not change while an Ahead is in use.
+type Ahead struct {
+	t            *Tracker
+	cursor, high int64
+	pending      []horizon
+	ids          []int64 // ascending
+}
+
+// Ahead returns the state after Acknowledge(snap, ids, newHigh, complete); ids must be ascending
+// (as a round's rows are).
+func (t *Tracker) Ahead(snap Snapshot, ids []int64, newHigh int64, complete bool) *Ahead {
+	c, high, pending := t.after(snap, newHigh, complete)
+	return &Ahead{t: t, cursor: c, high: high, pending: pending, ids: ids}
+}
+
+// Cursor is the cursor after the acknowledgement.
+func (a *Ahead) Cursor() int64 { return a.cursor }
+
+// High is the highest id delivered after the acknowledgement.
+func (a *Ahead) High() int64 { return a.high }
+
+// Sent reports whether id is delivered once the round is acknowledged.
+func (a *Ahead) Sent(id int64) bool {
+	if id <= a.cursor || a.t.Sent(id) {
+		return true
+	}
+	_, found := slices.BinarySearch(a.ids, id)
+	return found
+}
+
+// NeedLateScan is Tracker.NeedLateScan against the horizons after the acknowledgement.
+func (a *Ahead) NeedLateScan(snap Snapshot) bool {
+	return needLateScan(a.pending, snap)
 }
 
 func compact(hs []horizon) []horizon {

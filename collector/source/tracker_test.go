@@ -7,7 +7,9 @@ Licensed under the Apache License, Version 2.0.
 package source
 
 import (
+	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -96,5 +98,74 @@ func TestTrackerWithoutConcurrencyAdvancesAtOnce(t *testing.T) {
 	}
 	if len(tr.sent) > 10 {
 		t.Fatalf("sent set grew to %d", len(tr.sent))
+	}
+}
+
+// TestAheadIsTheStateAfterAcknowledge drives a tracker through random rounds with transactions
+// starting and finishing, and checks at every step that the view computed before an
+// acknowledgement answers exactly as the tracker does after it.
+func TestAheadIsTheStateAfterAcknowledge(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	tr := NewTracker(0, 50)
+	var nextID int64
+	var xid uint64 = 100
+	inFlight := map[uint64]bool{}
+	compared := 0
+	for step := range 2000 {
+		// Transactions start and finish at random.
+		for x := range inFlight {
+			if rng.IntN(3) == 0 {
+				delete(inFlight, x)
+			}
+		}
+		if rng.IntN(2) == 0 {
+			inFlight[xid] = true
+		}
+		xid++
+		snap := Snapshot{Xmin: xid, Xmax: xid + 1}
+		for x := range inFlight {
+			snap.Xip = append(snap.Xip, x)
+			snap.Xmin = min(snap.Xmin, x)
+		}
+		slices.Sort(snap.Xip)
+		var ids []int64
+		for id := max(tr.Cursor()+1, nextID-int64(rng.IntN(10))); id <= nextID+int64(rng.IntN(8)); id++ {
+			if !tr.Sent(id) && rng.IntN(4) > 0 {
+				ids = append(ids, id)
+			}
+		}
+		newHigh := tr.High()
+		if n := len(ids); n > 0 {
+			newHigh = max(newHigh, ids[n-1])
+			nextID = max(nextID, ids[n-1]+1)
+		}
+		complete := rng.IntN(6) > 0
+		ahead := tr.Ahead(snap, ids, newHigh, complete)
+		lo, hi := tr.Cursor()-3, nextID+3
+		var aheadSent []bool
+		for id := lo; id <= hi; id++ {
+			aheadSent = append(aheadSent, ahead.Sent(id))
+		}
+		tr.Acknowledge(snap, ids, newHigh, complete)
+		if ahead.Cursor() != tr.Cursor() || ahead.High() != tr.High() {
+			t.Fatalf("step %d: ahead cursor/high %d/%d, tracker %d/%d", step, ahead.Cursor(), ahead.High(), tr.Cursor(), tr.High())
+		}
+		for x := xid - 20; x <= xid+1; x++ {
+			probe := Snapshot{Xmin: x, Xmax: x + 1}
+			if ahead.NeedLateScan(probe) != tr.NeedLateScan(probe) {
+				t.Fatalf("step %d: NeedLateScan(%v) differs", step, probe)
+			}
+		}
+		if len(tr.sent) > 0 { // unless the tracker just forgot, the answers must agree on every id
+			compared++
+			for id := lo; id <= hi; id++ {
+				if aheadSent[id-lo] != tr.Sent(id) {
+					t.Fatalf("step %d: Sent(%d) ahead %v tracker %v", step, id, aheadSent[id-lo], tr.Sent(id))
+				}
+			}
+		}
+	}
+	if compared < 500 {
+		t.Fatalf("only %d steps had ids remembered above the cursor; the test did not exercise Sent", compared)
 	}
 }

@@ -131,16 +131,20 @@ type Result struct {
 // backwards), in one transaction.
 func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Batch) (Result, error) {
 	n := len(b.Events)
-	ids, names, sources, versions, clients, users := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ids := make([]int64, n)
+	names, sources, versions, clients, users := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	ts := make([]time.Time, n)
 	// Both JSON columns of every event go into one buffer; ends[] marks where each ends.
 	var buf []byte
 	ends := make([]int, 2*n)
 	for i, e := range b.Events {
-		ids[i], names[i], sources[i], versions[i], clients[i], users[i], ts[i] = e.ID, e.Name, e.Source, e.ProductVersion, e.Client, e.UserID, e.Timestamp
+		id, err := strconv.ParseInt(e.ID, 10, 64)
+		if err != nil {
+			return Result{}, fmt.Errorf("event %d: id %q is not a bigint", i, e.ID)
+		}
+		ids[i], names[i], sources[i], versions[i], clients[i], users[i], ts[i] = id, e.Name, e.Source, e.ProductVersion, e.Client, e.UserID, e.Timestamp
 		buf = batchv1.AppendFeatureFlags(buf, e.FeatureFlags)
 		ends[2*i] = len(buf)
-		var err error
 		if buf, err = batchv1.AppendProperties(buf, e.Properties); err != nil {
 			return Result{}, err
 		}

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -246,10 +247,10 @@ func validateEvent(e *Event, i int) error {
 }
 
 // The checks below are the hot path of every batch; they spell out the patterns
-// ^[0-9]{1,20}$, ^[0-9a-f]{32}$ and ^[A-Za-z][A-Za-z0-9_.:-]{0,127}$ without regular expressions.
+// ^(0|[1-9][0-9]{0,18})$ (at most the largest bigint, as event_logs ids are), ^[0-9a-f]{32}$ and ^[A-Za-z][A-Za-z0-9_.:-]{0,127}$ without regular expressions.
 
 func isDecimalID(s string) bool {
-	if len(s) == 0 || len(s) > 20 {
+	if len(s) == 0 || len(s) > 19 || (s[0] == '0' && len(s) > 1) {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -257,7 +258,8 @@ func isDecimalID(s string) bool {
 			return false
 		}
 	}
-	return true
+	_, err := strconv.ParseInt(s, 10, 64)
+	return err == nil
 }
 
 func isPseudonym(s string) bool {
