@@ -145,6 +145,6 @@ var _ = AfterSuite(func() {
 		stopManager()
 	}
 	if env != nil {
-		Expect(env.Stop()).To(Succeed())
+		Expect(testenv.Stop(env)).To(Succeed())
 	}
 })

@@ -265,6 +265,20 @@ func (s *Stack) ManagerPID() int {
 	return s.manager.Process.Pid
 }
 
+// ManagerExited reports whether the operator process has exited on its own (for example after
+// losing its leader lease), which a kubelet would answer with a restart.
+func (s *Stack) ManagerExited() bool {
+	if s.managerEnd == nil {
+		return false
+	}
+	select {
+	case <-s.managerEnd:
+		return true
+	default:
+		return false
+	}
+}
+
 // StopManager stops the operator (SIGTERM, as a rollout or node drain would).
 func (s *Stack) StopManager() {
 	if s.manager == nil {
@@ -376,7 +390,7 @@ func (s *Stack) Close() {
 		s.ReceiverPG.Close()
 	}
 	if s.Env != nil {
-		_ = s.Env.Stop()
+		_ = testenv.Stop(s.Env)
 	}
 }
 

@@ -20,10 +20,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/jackc/pgx/v5/pgxpool"
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
@@ -42,6 +44,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "e2e: KUBEBUILDER_ASSETS is not set: run with `make test`")
 		os.Exit(1)
 	}
+	// The test process's own clients log through controller-runtime; their retries while the
+	// API server is down are expected and not worth printing.
+	logf.SetLogger(logr.Discard())
 	dir, _ := os.MkdirTemp("", "e2e-bin-")
 	bins := localstack.Binaries{Kubectl: os.Getenv("TELEMETRY_TEST_KUBECTL")}
 	for name, pkg := range map[string]string{"manager": ".", "collector": "./cmd/collector", "receiver": "./cmd/receiver"} {
@@ -352,4 +357,52 @@ func TestOperatorRestartAndCollectorKillLoseAndDoubleNothing(t *testing.T) {
 		t.Fatalf("%d Deployments after the operator restart, want 1", len(deps.Items))
 	}
 	waitReady(t, "restarts")
+}
+
+// TestAPIServerRestartUnderTheOperator restarts kube-apiserver (etcd keeps its data) while the
+// operator runs and events flow. Afterwards every event is stored exactly once, the operator
+// acts on a change made after the restart (nothing is stuck), and it owns one Deployment.
+func TestAPIServerRestartUnderTheOperator(t *testing.T) {
+	in := apply(t, "apiserver-restart", v1.TierEventLevel, 6, nil)
+	waitReady(t, "apiserver-restart")
+	stop := trickle(in, 40*time.Millisecond)
+
+	managerPID := stack.ManagerPID()
+	if err := testenv.RestartAPIServer(stack.Env, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	stop()
+	if stack.ManagerExited() {
+		// controller-runtime exits when it cannot renew its leader lease in time; in a cluster the
+		// kubelet restarts it, so do the same.
+		t.Logf("the manager (pid %d) exited during the outage; restarting it as a kubelet would", managerPID)
+		stack.StopManager()
+		if err := stack.StartManager(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	want := allowListed(t, in)
+	eventually(t, 90*time.Second, "every event delivered", func() bool {
+		return count(t, "SELECT count(*) FROM events WHERE instance_id = 'apiserver-restart'") == want
+	})
+	if got := count(t, "SELECT count(DISTINCT event_id) FROM events WHERE instance_id = 'apiserver-restart'"); got != want {
+		t.Fatalf("%d distinct events stored, want %d", got, want)
+	}
+
+	// A change made after the restart is carried out: the watch was re-established.
+	patch(t, "apiserver-restart", `{"spec":{"consent":{"tier":"CriticalOnly"}}}`)
+	eventually(t, 60*time.Second, "the downgrade after the restart to take effect", func() bool {
+		p := policy(t, "apiserver-restart")
+		return p.Status.ObservedGeneration == p.Generation && p.Status.EffectiveTier == v1.TierCriticalOnly
+	})
+	waitReady(t, "apiserver-restart")
+	deps := &appsv1.DeploymentList{}
+	if err := stack.Client.List(context.Background(), deps, client.InNamespace("apiserver-restart")); err != nil {
+		t.Fatal(err)
+	}
+	if len(deps.Items) != 1 {
+		t.Fatalf("%d Deployments after the API server restart, want 1", len(deps.Items))
+	}
 }
