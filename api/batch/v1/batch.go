@@ -13,6 +13,7 @@ package v1
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"regexp"
 	"strconv"
 	"strings"
@@ -48,6 +49,7 @@ const (
 	MaxProperties         = 16
 	MaxFeatureFlags       = 64
 	MaxStringLen          = 256
+	MaxNumberLen          = 32
 	MaxNameLen            = 128
 	// MinCellUsers is the smallest distinct-user count an aggregate cell may report.
 	MinCellUsers = 5
@@ -215,6 +217,9 @@ func validateEvent(e *Event, i int) error {
 		return fail(ReasonTierViolation, i, "userID must be a 128-bit hex pseudonym, never a raw id")
 	case len(e.Source) > MaxNameLen || len(e.ProductVersion) > MaxNameLen || len(e.Client) > MaxNameLen:
 		return fail(ReasonMalformed, i, "source, version or client is longer than %d characters", MaxNameLen)
+	case strings.IndexByte(e.Source, 0) >= 0 || strings.IndexByte(e.ProductVersion, 0) >= 0 || strings.IndexByte(e.Client, 0) >= 0:
+		// PostgreSQL text cannot hold NUL; refusing it here keeps it a client error, not a 500.
+		return fail(ReasonMalformed, i, "source, version or client contains a NUL character")
 	case len(e.Properties) > MaxProperties:
 		return fail(ReasonMalformed, i, "more than %d properties", MaxProperties)
 	case len(e.FeatureFlags) > MaxFeatureFlags:
@@ -237,7 +242,14 @@ func validateEvent(e *Event, i int) error {
 			if len(val) > MaxStringLen {
 				return fail(ReasonMalformed, i, "property %q is longer than %d characters", k, MaxStringLen)
 			}
-		case bool, json.Number:
+			if strings.IndexByte(val, 0) >= 0 {
+				return fail(ReasonMalformed, i, "property %q contains a NUL character", k)
+			}
+		case json.Number:
+			if !boundedNumber(val) {
+				return fail(ReasonMalformed, i, "property %q is not a number of at most %d characters within float64 range", k, MaxNumberLen)
+			}
+		case bool:
 		default:
 			return fail(ReasonMalformed, i, "property %q is not a scalar", k)
 		}
@@ -248,6 +260,16 @@ func validateEvent(e *Event, i int) error {
 
 // The checks below are the hot path of every batch; they spell out the patterns
 // ^(0|[1-9][0-9]{0,18})$ (at most the largest bigint, as event_logs ids are), ^[0-9a-f]{32}$ and ^[A-Za-z][A-Za-z0-9_.:-]{0,127}$ without regular expressions.
+
+// boundedNumber reports whether a property number is short and finite as a float64, which every
+// number the collector sends is and which the store can hold.
+func boundedNumber(n json.Number) bool {
+	if len(n) > MaxNumberLen {
+		return false
+	}
+	f, err := strconv.ParseFloat(string(n), 64)
+	return err == nil && !math.IsInf(f, 0)
+}
 
 func isDecimalID(s string) bool {
 	if len(s) == 0 || len(s) > 19 || (s[0] == '0' && len(s) > 1) {
