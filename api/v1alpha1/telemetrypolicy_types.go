@@ -210,10 +210,12 @@ type SourceSpec struct {
 
 // ExportSpec says where and how the collector delivers data.
 type ExportSpec struct {
-	// endpoint is the receiver's base URL; it must use https://.
+	// endpoint is the receiver's base URL; it must use https:// and carry no credentials (the
+	// collector authenticates with its client certificate, and a policy is readable by many).
 	// +optional
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://') && isURL(self)",message="export.endpoint must be an https:// URL"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^[a-z]+://[^/?#]*@')",message="export.endpoint must not contain credentials (user:password@); the collector authenticates with its client certificate"
 	Endpoint string `json:"endpoint,omitempty"`
 
 	// caSecretRef names a Secret key holding the PEM CA bundle that signs the receiver's server
