@@ -73,7 +73,7 @@ test: envtest test-deps ## Build what the tests need and run every test (unit, e
 
 TEST_FUZZTIME ?= 5s
 FUZZTIME ?= 60s
-FUZZ_TARGETS := ./collector/scrub:FuzzScrub ./api/batch/v1:FuzzDecode ./internal/collectorconfig:FuzzParse
+FUZZ_TARGETS := ./collector/scrub:FuzzScrub ./collector/scrub:FuzzProperties ./api/batch/v1:FuzzDecode ./internal/collectorconfig:FuzzParse
 
 .PHONY: bench
 bench: envtest test-deps build ## Measure throughput, memory and operator scale against the targets (BENCH_FULL=1 for full sizes).

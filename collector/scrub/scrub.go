@@ -10,7 +10,6 @@ Licensed under the Apache License, Version 2.0.
 package scrub
 
 import (
-	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -60,6 +59,7 @@ type Scrubber struct {
 	// the cost otherwise. The caches are bounded and simply reset when full.
 	verdicts   map[verdictKey]bool
 	pseudonyms map[pseudonymKey]string
+	flagSets   map[string]map[string]bool
 }
 
 type verdictKey struct {
@@ -92,7 +92,8 @@ func New(key []byte) (*Scrubber, error) {
 	if len(key) != KeyLen {
 		return nil, errors.New("the pseudonym key must be exactly 32 bytes")
 	}
-	return &Scrubber{mac: hmac.New(sha256.New, key), verdicts: map[verdictKey]bool{}, pseudonyms: map[pseudonymKey]string{}}, nil
+	return &Scrubber{mac: hmac.New(sha256.New, key), verdicts: map[verdictKey]bool{}, pseudonyms: map[pseudonymKey]string{},
+		flagSets: map[string]map[string]bool{}}, nil
 }
 
 // Pseudonym returns hex(HMAC-SHA256(key, user))[:32] for a signed-in user id, or for an
@@ -169,22 +170,38 @@ func (s *Scrubber) Event(r *Row) (batchv1.Event, string) {
 	}
 	e.FeatureFlags = s.flags(r.FeatureFlags)
 	if len(entry.Properties) > 0 && len(r.PublicArgument) > 0 {
-		var args map[string]any
-		dec := json.NewDecoder(bytes.NewReader(r.PublicArgument))
-		dec.UseNumber()
-		if err := dec.Decode(&args); err == nil {
-			props, dropped := entry.Filter(args)
-			e.Properties = props
-			s.PropertiesDropped += int64(dropped)
-		}
+		props, dropped := properties(entry, r.PublicArgument)
+		e.Properties = props
+		s.PropertiesDropped += int64(dropped)
 	}
 	return e, ""
 }
 
+// flags returns the exportable feature flags of a feature_flags document. The same document
+// repeats across a user's events, so results for short documents are remembered; the map
+// returned may be shared between events and must not be modified.
 func (s *Scrubber) flags(raw []byte) map[string]bool {
 	if len(raw) == 0 || len(raw) > 64<<10 {
 		return nil
 	}
+	if len(raw) > maxCachedFlagsLen {
+		return s.parseFlags(raw)
+	}
+	if m, ok := s.flagSets[string(raw)]; ok {
+		return m
+	}
+	m := s.parseFlags(raw)
+	if len(s.flagSets) >= maxCacheEntries {
+		clear(s.flagSets)
+	}
+	s.flagSets[string(raw)] = m
+	return m
+}
+
+// maxCachedFlagsLen bounds the feature_flags documents remembered (and so the cache's memory).
+const maxCachedFlagsLen = 1024
+
+func (s *Scrubber) parseFlags(raw []byte) map[string]bool {
 	var m map[string]any
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil
