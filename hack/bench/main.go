@@ -169,13 +169,18 @@ func collectorThroughput(ctx context.Context, r *receivertest.Receiver, n int) {
 	fmt.Printf("\n== collector throughput (%d rows) ==\n", n)
 	pool, dsn := instanceDB(ctx, r, "bench_throughput", n)
 	defer pool.Close()
-	// Baseline: a raw COPY of the same rows and columns the collector reads.
+	// Baseline: a raw COPY of the same rows and columns the collector reads, the fastest of
+	// three (the first read after loading also sets hint bits, so it is slower and noisier; the
+	// fastest makes the ratio the hardest to meet).
 	conn, err := pool.Acquire(ctx)
 	must(err)
-	start := time.Now()
-	_, err = conn.Conn().PgConn().CopyTo(ctx, io.Discard, `COPY (SELECT id, name, user_id, anonymous_user_id, source, public_argument, version, timestamp, feature_flags, client FROM event_logs ORDER BY id) TO STDOUT`)
-	must(err)
-	copyRate := float64(n) / time.Since(start).Seconds()
+	var copyRate float64
+	for range 3 {
+		start := time.Now()
+		_, err = conn.Conn().PgConn().CopyTo(ctx, io.Discard, `COPY (SELECT id, name, user_id, anonymous_user_id, source, public_argument, version, timestamp, feature_flags, client FROM event_logs ORDER BY id) TO STDOUT`)
+		must(err)
+		copyRate = max(copyRate, float64(n)/time.Since(start).Seconds())
+	}
 	conn.Release()
 
 	dir, _ := os.MkdirTemp("", "bench-")
@@ -197,7 +202,7 @@ func collectorThroughput(ctx context.Context, r *receivertest.Receiver, n int) {
 		Client: deliver.New(cfg.Endpoint, &http.Transport{TLSClientConfig: tc.TLSConfig("localhost")}, log),
 		State:  state.File{Path: filepath.Join(dir, "state.json")}, Clock: clock.RealClock{}, Log: log, Metrics: metrics}
 	must(p.Init(ctx))
-	start = time.Now()
+	start := time.Now()
 	for {
 		more, err := p.RunOnce(ctx)
 		must(err)
@@ -209,7 +214,7 @@ func collectorThroughput(ctx context.Context, r *receivertest.Receiver, n int) {
 	var stored int
 	must(r.Store.Pool().QueryRow(ctx, "SELECT count(*) FROM events WHERE instance_id = 'bench-throughput'").Scan(&stored))
 	rate := float64(n) / elapsed
-	record("raw COPY of the same rows (baseline)", fmt.Sprintf("%.0f rows/s", copyRate), "", nil)
+	record("raw COPY of the same rows (baseline, fastest of 3)", fmt.Sprintf("%.0f rows/s", copyRate), "", nil)
 	record("collector end to end (rows read -> stored)", fmt.Sprintf("%.0f events/s", rate), ">= 50,000 events/s", b(rate >= 50_000))
 	record("ratio to raw COPY", fmt.Sprintf("%.1f%%", 100*rate/copyRate), ">= 25%", b(rate/copyRate >= 0.25))
 	record("events stored (allow-listed rows)", strconv.Itoa(stored), "", nil)
