@@ -60,6 +60,10 @@ type Pipeline struct {
 	ready     bool
 	// prefetched is the next round, read while the last one was being sent (event rounds only).
 	prefetched *prefetch
+	// sentCursor is the highest cursor an acknowledged batch carried: the receiver's cursor is at
+	// least this. A batch sent alongside another carries an older cursor, so when the backlog
+	// ends the receiver's cursor may trail; an otherwise empty round then sends the cursor alone.
+	sentCursor int64
 }
 
 // ErrOff is returned at start when the configuration's tier is Off.
@@ -148,6 +152,7 @@ func (p *Pipeline) Init(ctx context.Context) error {
 		p.progress.AggregatesFrom = from.Format(time.DateOnly)
 	}
 	p.tracker = source.NewTracker(cursor, maxSentRemembered)
+	p.sentCursor = cursor
 	p.Client.OnRetry = p.retrying
 	p.Metrics.Cursor.Set(float64(cursor))
 	return nil
@@ -291,10 +296,12 @@ func (p *Pipeline) takePrefetched() *filtered {
 	return pf.f
 }
 
-// eventRound sends one round of events. During a backlog the next round is read and filtered
-// while this one is being sent (against the state this round's acknowledgement will leave);
-// it is used only if this round is acknowledged, and the tracker changes only after the read
-// ahead has finished.
+// eventRound sends one round of events, or two during a backlog. In a backlog the next round is
+// read (against the state this round's acknowledgement will leave) while this one is sent, and
+// when that one is full too it is sent alongside, with the cursor from before both (it may be
+// stored first, so it must not claim this round's ids), while the round after is read. Rounds
+// are acknowledged in order, the tracker changes only after every read ahead has finished, and
+// nothing read ahead is used unless what it was read against was acknowledged.
 func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 	limit := p.cfg.BatchSize
 	f := p.takePrefetched()
@@ -307,66 +314,135 @@ func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 	}
 	p.setReady(true)
 	round := f.round
+	newCursor := p.tracker.Plan(round.Snapshot, round.NewHigh, round.Complete)
+	if len(f.events) == 0 && newCursor == p.tracker.Cursor() && p.sentCursor >= newCursor {
+		p.acknowledge(f, nil, deliver.Outcome{})
+		return f.full(limit), nil
+	}
+	b := p.batch(f, newCursor)
+	if !f.full(limit) {
+		out, err := p.send(ctx, b)
+		if err != nil {
+			return false, err
+		}
+		p.acknowledge(f, b, out)
+		return false, nil
+	}
+
+	ahead := p.tracker.Ahead(round.Snapshot, f.ids, round.NewHigh, round.Complete)
+	first := p.sendAsync(ctx, b)
+	f2, readErr := p.readAndFilter(ctx, ahead, limit)
+	var second *inflight
+	var b2 *batchv1.Batch
+	var next *prefetch
+	if readErr == nil && f2.full(limit) {
+		if len(f2.events) > 0 {
+			b2 = p.batch(f2, p.tracker.Cursor())
+			second = p.sendAsync(ctx, b2)
+		}
+		r2 := f2.round
+		next = p.startPrefetch(ctx, ahead.Ahead(r2.Snapshot, f2.ids, r2.NewHigh, r2.Complete), limit)
+	}
+	<-first.done
+	if second != nil {
+		<-second.done
+	}
+	if next != nil {
+		<-next.done // reads ahead use the tracker: let them finish before anything changes it
+	}
+	if first.err != nil {
+		return false, first.err
+	}
+	p.acknowledge(f, b, first.out)
+	switch {
+	case readErr != nil:
+		p.setReady(false)
+		return false, readErr
+	case !f2.full(limit):
+		// The end of the backlog: send it on its own next round, with its own cursor.
+		p.prefetched = &prefetch{done: closed, f: f2}
+		return true, nil
+	case second != nil && second.err != nil:
+		return false, second.err
+	}
+	if second != nil {
+		p.acknowledge(f2, b2, second.out)
+	} else {
+		p.acknowledge(f2, nil, deliver.Outcome{})
+	}
+	p.prefetched = next
+	return true, nil
+}
+
+// closed is a closed channel, for a prefetch that is already complete.
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (f *filtered) full(limit int) bool { return len(f.round.Rows) >= limit }
+
+// batch builds the events batch for f carrying cursor.
+func (p *Pipeline) batch(f *filtered, cursor int64) *batchv1.Batch {
+	b := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindEvents, Tier: string(v1.TierEventLevel),
+		AllowListVersion: allowlist.Version, Cursor: cursor}
+	if len(f.events) > 0 {
+		b.Events = f.events
+		b.BatchID = fmt.Sprintf("%s-e-%s-%s-%d", p.cfg.InstanceID, b.Events[0].ID, b.Events[len(b.Events)-1].ID, len(b.Events))
+	} else {
+		b.BatchID = fmt.Sprintf("%s-c-%d", p.cfg.InstanceID, cursor)
+	}
+	return b
+}
+
+// acknowledge records f as delivered (the outcome of its batch, if one was sent) and advances
+// the tracker.
+func (p *Pipeline) acknowledge(f *filtered, b *batchv1.Batch, out deliver.Outcome) {
+	sent := b != nil
+	round := f.round
 	p.Metrics.EventsRead.Add(float64(len(round.Rows)))
 	var dropped int64
 	for reason, n := range f.dropped {
 		p.Metrics.EventsDropped.WithLabelValues(reason).Add(float64(n))
 		dropped += n
 	}
-	more := len(round.Rows) >= limit
-	b := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindEvents, Tier: string(v1.TierEventLevel), AllowListVersion: allowlist.Version, Events: f.events}
-	if len(b.Events) == 0 {
-		b.Events = nil
+	if sent {
+		p.Metrics.Batches.WithLabelValues("acknowledged").Inc()
+		p.Metrics.Quarantined.Add(float64(len(out.Quarantined)))
+		p.sentCursor = max(p.sentCursor, b.Cursor)
 	}
-	newCursor := p.tracker.Plan(round.Snapshot, round.NewHigh, round.Complete)
-	if len(b.Events) == 0 && newCursor == p.tracker.Cursor() {
-		p.tracker.Acknowledge(round.Snapshot, f.ids, round.NewHigh, round.Complete)
-		p.recordSuccess(0, dropped, round, false)
-		return more, nil
-	}
-	b.Cursor = newCursor
-	if len(b.Events) > 0 {
-		b.BatchID = fmt.Sprintf("%s-e-%s-%s-%d", p.cfg.InstanceID, b.Events[0].ID, b.Events[len(b.Events)-1].ID, len(b.Events))
-	} else {
-		b.BatchID = fmt.Sprintf("%s-c-%d", p.cfg.InstanceID, newCursor)
-	}
-	var next *prefetch
-	if more {
-		next = p.startPrefetch(ctx, p.tracker.Ahead(round.Snapshot, f.ids, round.NewHigh, round.Complete), limit)
-	}
-	out, err := p.send(ctx, b, newCursor)
-	if next != nil {
-		<-next.done // the read ahead uses the tracker: let it finish before anything changes it
-	}
-	if err != nil {
-		p.Metrics.Batches.WithLabelValues("failed").Inc()
-		return false, err
-	}
-	p.Metrics.Batches.WithLabelValues("acknowledged").Inc()
-	p.Metrics.Quarantined.Add(float64(len(out.Quarantined)))
 	p.tracker.Acknowledge(round.Snapshot, f.ids, round.NewHigh, round.Complete)
-	p.prefetched = next
-	p.recordSuccess(int64(out.Accepted+out.Duplicates), dropped+int64(len(out.Quarantined)), round, true)
-	return more, nil
+	p.recordSuccess(int64(out.Accepted+out.Duplicates), dropped+int64(len(out.Quarantined)), round, sent)
 }
 
-// send delivers b and, when b was split around quarantined events, records newCursor with a
+// inflight is a batch being sent.
+type inflight struct {
+	done chan struct{}
+	out  deliver.Outcome
+	err  error
+}
+
+func (p *Pipeline) sendAsync(ctx context.Context, b *batchv1.Batch) *inflight {
+	s := &inflight{done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		s.out, s.err = p.send(ctx, b)
+	}()
+	return s
+}
+
+// send delivers b and, when b was split around quarantined events, records its cursor with a
 // batch of its own once every half is acknowledged (halves of a split carry no cursor).
-func (p *Pipeline) send(ctx context.Context, b *batchv1.Batch, newCursor int64) (deliver.Outcome, error) {
+func (p *Pipeline) send(ctx context.Context, b *batchv1.Batch) (deliver.Outcome, error) {
 	start := p.Clock.Now()
 	out, err := p.Client.Send(ctx, b, p.guard)
 	p.Metrics.StageSeconds.WithLabelValues("send").Observe(p.Clock.Since(start).Seconds())
-	if err != nil {
-		return out, err
-	}
-	if len(out.Quarantined) > 0 && len(b.Events) > 0 {
+	if err == nil && len(out.Quarantined) > 0 && len(b.Events) > 0 {
 		cursorOnly := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindEvents, Tier: b.Tier,
-			AllowListVersion: allowlist.Version, BatchID: fmt.Sprintf("%s-c-%d", p.cfg.InstanceID, newCursor), Cursor: newCursor}
-		if _, err := p.Client.Send(ctx, cursorOnly, p.guard); err != nil {
-			return out, err
-		}
+			AllowListVersion: allowlist.Version, BatchID: fmt.Sprintf("%s-c-%d", p.cfg.InstanceID, b.Cursor), Cursor: b.Cursor}
+		_, err = p.Client.Send(ctx, cursorOnly, p.guard)
 	}
-	return out, nil
+	if err != nil {
+		p.Metrics.Batches.WithLabelValues("failed").Inc()
+	}
+	return out, err
 }
 
 func (p *Pipeline) aggregateRound(ctx context.Context) error {

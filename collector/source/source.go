@@ -131,7 +131,7 @@ func (r *Reader) Read(ctx context.Context, t View, limit int) (*Round, error) {
 
 func collect(rows pgx.Rows, keep func(int64) bool, limit int) ([]scrub.Row, error) {
 	defer rows.Close()
-	var out []scrub.Row
+	out := make([]scrub.Row, 0, min(limit, 10_000))
 	for rows.Next() {
 		var r scrub.Row
 		var pa, ff string

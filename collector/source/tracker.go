@@ -75,37 +75,39 @@ type horizon struct {
 // of (Cursor, High] is made whenever a transaction that was in flight during an earlier round has
 // finished, because only then can a row with a lower id appear.
 type Tracker struct {
+	position
+	sent    map[int64]struct{}
+	maxSent int
+}
+
+// position is the part of the delivery state that rounds move forward: the cursor, the highest
+// id read, and the horizons still held back by in-flight transactions.
+type position struct {
 	cursor  int64
 	high    int64
-	sent    map[int64]struct{}
 	pending []horizon
-	maxSent int
 }
 
 // NewTracker starts at cursor (everything at or below it is delivered). maxSent bounds the memory
 // spent remembering ids delivered above the cursor; past it they are forgotten and re-sent, which
 // the receiver absorbs.
 func NewTracker(cursor int64, maxSent int) *Tracker {
-	return &Tracker{cursor: cursor, high: cursor, sent: map[int64]struct{}{}, maxSent: maxSent}
+	return &Tracker{position: position{cursor: cursor, high: cursor}, sent: map[int64]struct{}{}, maxSent: maxSent}
 }
 
 // Cursor is the safe position: every id at or below it is delivered.
-func (t *Tracker) Cursor() int64 { return t.cursor }
+func (p *position) Cursor() int64 { return p.cursor }
 
 // High is the highest id delivered.
-func (t *Tracker) High() int64 { return t.high }
+func (p *position) High() int64 { return p.high }
 
 // Pending reports how many in-flight horizons hold the cursor back.
-func (t *Tracker) Pending() int { return len(t.pending) }
+func (p *position) Pending() int { return len(p.pending) }
 
 // NeedLateScan reports whether, at snap, some transaction tracked as in flight has finished, so
 // rows with ids in (Cursor, High] may have become visible.
-func (t *Tracker) NeedLateScan(snap Snapshot) bool {
-	return needLateScan(t.pending, snap)
-}
-
-func needLateScan(pending []horizon, snap Snapshot) bool {
-	for _, h := range pending {
+func (p *position) NeedLateScan(snap Snapshot) bool {
+	for _, h := range p.pending {
 		for _, x := range h.xip {
 			if snap.Finished(x) {
 				return true
@@ -127,20 +129,19 @@ func (t *Tracker) Sent(id int64) bool {
 // Plan computes the cursor that will hold once a round at snap, which read every visible id up to
 // newHigh, is acknowledged. complete is false when the round's late scan was cut short. It does
 // not change the tracker.
-func (t *Tracker) Plan(snap Snapshot, newHigh int64, complete bool) int64 {
-	if !complete {
-		return t.cursor
-	}
-	c, _ := t.advance(snap, newHigh)
-	return c
+func (p *position) Plan(snap Snapshot, newHigh int64, complete bool) int64 {
+	return p.after(snap, newHigh, complete).cursor
 }
 
-func (t *Tracker) advance(snap Snapshot, newHigh int64) (int64, int) {
-	if newHigh < t.high {
-		newHigh = t.high
+// after is the position once a round at snap that read every visible id up to newHigh is
+// acknowledged. It does not change p.
+func (p *position) after(snap Snapshot, newHigh int64, complete bool) position {
+	if !complete {
+		return *p
 	}
-	pending := append(append([]horizon(nil), t.pending...), horizon{w: newHigh, xip: snap.Xip})
-	c := t.cursor
+	high := max(p.high, newHigh)
+	pending := append(append([]horizon(nil), p.pending...), horizon{w: high, xip: snap.Xip})
+	c := p.cursor
 	done := 0
 	for _, h := range pending {
 		finished := true
@@ -158,18 +159,8 @@ func (t *Tracker) advance(snap Snapshot, newHigh int64) (int64, int) {
 		}
 		done++
 	}
-	return c, done
-}
-
-// after computes the cursor, high and horizons Acknowledge would leave, without changing t.
-func (t *Tracker) after(snap Snapshot, newHigh int64, complete bool) (cursor, high int64, pending []horizon) {
-	if !complete {
-		return t.cursor, t.high, t.pending
-	}
-	c, done := t.advance(snap, newHigh)
-	high = max(t.high, newHigh)
-	pending = append(append([]horizon(nil), t.pending...), horizon{w: high, xip: snap.Xip})[done:]
-	return c, high, compact(pending)
+	// Horizons with the same in-flight set can merge: keep the list short under steady load.
+	return position{cursor: c, high: high, pending: compact(pending[done:])}
 }
 
 // Acknowledge records a round at snap as delivered: ids were sent, every visible id up to newHigh
@@ -183,10 +174,9 @@ func (t *Tracker) Acknowledge(snap Snapshot, ids []int64, newHigh int64, complet
 	if !complete {
 		return t.cursor
 	}
-	c, high, pending := t.after(snap, newHigh, complete)
-	t.cursor, t.high, t.pending = c, high, pending
+	t.position = t.after(snap, newHigh, complete)
 	for id := range t.sent {
-		if id <= c {
+		if id <= t.cursor {
 			delete(t.sent, id)
 		}
 	}
@@ -194,7 +184,7 @@ func (t *Tracker) Acknowledge(snap Snapshot, ids []int64, newHigh int64, complet
 		// Forget: the late scan will re-send these and the receiver will absorb them.
 		t.sent = map[int64]struct{}{}
 	}
-	return c
+	return t.cursor
 }
 
 // View is what a read needs to know of the delivery state.
@@ -205,41 +195,37 @@ type View interface {
 	Sent(int64) bool
 }
 
-// Ahead is the delivery state as it will be once a round is acknowledged, so the next round
-// can be read while this one is still being sent. It reads the tracker without changing it:
-// the tracker must not change while an Ahead is in use.
+// Ahead is the delivery state as it will be once one or more rounds are acknowledged, so the
+// next round can be read (and sent) while those are still being sent. It reads the tracker
+// without changing it: the tracker must not change while an Ahead is in use.
 type Ahead struct {
-	t            *Tracker
-	cursor, high int64
-	pending      []horizon
-	ids          []int64 // ascending
+	position
+	t   *Tracker
+	ids [][]int64 // each round's ids, ascending
 }
 
 // Ahead returns the state after Acknowledge(snap, ids, newHigh, complete); ids must be ascending
 // (as a round's rows are).
 func (t *Tracker) Ahead(snap Snapshot, ids []int64, newHigh int64, complete bool) *Ahead {
-	c, high, pending := t.after(snap, newHigh, complete)
-	return &Ahead{t: t, cursor: c, high: high, pending: pending, ids: ids}
+	return &Ahead{position: t.after(snap, newHigh, complete), t: t, ids: [][]int64{ids}}
 }
 
-// Cursor is the cursor after the acknowledgement.
-func (a *Ahead) Cursor() int64 { return a.cursor }
+// Ahead returns the state after a further round is acknowledged.
+func (a *Ahead) Ahead(snap Snapshot, ids []int64, newHigh int64, complete bool) *Ahead {
+	return &Ahead{position: a.after(snap, newHigh, complete), t: a.t, ids: append(append([][]int64(nil), a.ids...), ids)}
+}
 
-// High is the highest id delivered after the acknowledgement.
-func (a *Ahead) High() int64 { return a.high }
-
-// Sent reports whether id is delivered once the round is acknowledged.
+// Sent reports whether id is delivered once the rounds are acknowledged.
 func (a *Ahead) Sent(id int64) bool {
 	if id <= a.cursor || a.t.Sent(id) {
 		return true
 	}
-	_, found := slices.BinarySearch(a.ids, id)
-	return found
-}
-
-// NeedLateScan is Tracker.NeedLateScan against the horizons after the acknowledgement.
-func (a *Ahead) NeedLateScan(snap Snapshot) bool {
-	return needLateScan(a.pending, snap)
+	for _, ids := range a.ids {
+		if _, found := slices.BinarySearch(ids, id); found {
+			return true
+		}
+	}
+	return false
 }
 
 func compact(hs []horizon) []horizon {

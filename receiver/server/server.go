@@ -10,7 +10,6 @@ Licensed under the Apache License, Version 2.0.
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -22,6 +21,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -62,6 +62,9 @@ type Server struct {
 	metrics *metrics
 	// RetryAfter is sent with 503 answers.
 	RetryAfter time.Duration
+
+	zstdOnce sync.Once
+	zstdDec  *zstd.Decoder
 }
 
 type metrics struct {
@@ -233,13 +236,46 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, batchv1.Response{Accepted: res.Accepted, Duplicates: res.Duplicates, Cursor: res.Cursor})
 }
 
+// zstd returns the server's decoder, made on first use. One decoder serves every request
+// (DecodeAll is safe for concurrent use and reuses its buffers); its memory limit is the
+// compression-bomb guard.
+func (s *Server) zstd() *zstd.Decoder {
+	s.zstdOnce.Do(func() {
+		var err error
+		s.zstdDec, err = zstd.NewReader(nil,
+			zstd.WithDecoderMaxMemory(uint64(s.limits.MaxDecompressedBytes)), //nolint:gosec // positive by construction
+			zstd.WithDecoderMaxWindow(8<<20), zstd.WithDecoderConcurrency(0))
+		if err != nil {
+			panic(fmt.Sprintf("zstd decoder options are fixed and valid: %v", err))
+		}
+	})
+	return s.zstdDec
+}
+
 // readBody reads the body within the limits, decompressing zstd. It returns a status and reason
 // when the body is refused.
 func (s *Server) readBody(r *http.Request) ([]byte, int, string, string) {
 	if r.ContentLength > s.limits.MaxBodyBytes {
 		return nil, http.StatusRequestEntityTooLarge, batchv1.ReasonTooLarge, fmt.Sprintf("body exceeds %d bytes", s.limits.MaxBodyBytes)
 	}
-	raw, err := io.ReadAll(io.LimitReader(r.Body, s.limits.MaxBodyBytes+1))
+	var raw []byte
+	var err error
+	if r.ContentLength > 0 {
+		// The size is declared (and within the limit): read into a buffer of exactly that size,
+		// plus one byte to notice a body longer than declared.
+		raw = make([]byte, r.ContentLength+1)
+		var n int
+		n, err = io.ReadFull(r.Body, raw)
+		switch {
+		case int64(n) != r.ContentLength:
+			err = errors.New("body length differs from its Content-Length")
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			err = nil
+		}
+		raw = raw[:n]
+	} else {
+		raw, err = io.ReadAll(io.LimitReader(r.Body, s.limits.MaxBodyBytes+1))
+	}
 	if err != nil {
 		return nil, http.StatusBadRequest, batchv1.ReasonMalformed, "reading the body failed"
 	}
@@ -253,14 +289,7 @@ func (s *Server) readBody(r *http.Request) ([]byte, int, string, string) {
 		}
 		return raw, 0, "", ""
 	case batchv1.EncodingZstd:
-		dec, err := zstd.NewReader(bytes.NewReader(raw),
-			zstd.WithDecoderMaxMemory(uint64(s.limits.MaxDecompressedBytes)), //nolint:gosec // positive by construction
-			zstd.WithDecoderMaxWindow(8<<20), zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return nil, http.StatusBadRequest, batchv1.ReasonMalformed, "invalid zstd stream"
-		}
-		defer dec.Close()
-		out, err := io.ReadAll(io.LimitReader(dec, s.limits.MaxDecompressedBytes+1))
+		out, err := s.zstd().DecodeAll(raw, nil)
 		if err != nil {
 			if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {
 				return nil, http.StatusRequestEntityTooLarge, batchv1.ReasonTooLarge, fmt.Sprintf("decompressed body exceeds %d bytes", s.limits.MaxDecompressedBytes)
