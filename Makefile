@@ -81,8 +81,9 @@ bench: envtest test-deps build ## Measure throughput, memory and operator scale 
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" $(LOCALBIN)/bench --bin $(LOCALBIN) --kubectl $(TEST_KUBECTL) $(BENCH_ARGS)
 
 .PHONY: faults
-faults: test-deps ## Run the fault suite in its full form (50 collector kills, receiver and PostgreSQL restarts, a faulty network).
+faults: envtest test-deps ## Run the fault suite in its full form (50 collector kills, receiver, PostgreSQL and API server restarts, a faulty network).
 	FAULTS_FULL=1 go test -count=1 -timeout 30m -v -run 'Faulty|RestartedMid|KilledAtRandom|CrashMidBatch|Outage' ./collector/
+	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" go test -count=1 -timeout 10m -v -run 'APIServerRestart|OperatorRestart' ./test/e2e/
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (seed corpora live under testdata/fuzz; minimizing a new input is capped so it cannot eat the time).
