@@ -11,6 +11,7 @@ Licensed under the Apache License, Version 2.0.
 package store
 
 import (
+	"bytes"
 	"context"
 	"embed"
 	"errors"
@@ -131,39 +132,13 @@ type Result struct {
 // backwards), in one transaction.
 func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Batch) (Result, error) {
 	n := len(b.Events)
-	ids := make([]int64, n)
-	names, sources, versions, clients, users := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	ts := make([]time.Time, n)
-	// Both JSON columns of every event go into one buffer; ends[] marks where each ends.
-	var buf []byte
-	ends := make([]int, 2*n)
-	for i, e := range b.Events {
-		id, err := strconv.ParseInt(e.ID, 10, 64)
-		if err != nil {
-			return Result{}, fmt.Errorf("event %d: id %q is not a bigint", i, e.ID)
-		}
-		ids[i], names[i], sources[i], versions[i], clients[i], users[i], ts[i] = id, e.Name, e.Source, e.ProductVersion, e.Client, e.UserID, e.Timestamp
-		buf = batchv1.AppendFeatureFlags(buf, e.FeatureFlags)
-		ends[2*i] = len(buf)
-		if buf, err = batchv1.AppendProperties(buf, e.Properties); err != nil {
-			return Result{}, err
-		}
-		ends[2*i+1] = len(buf)
-	}
-	jsonColumn := func(k int) []byte {
-		if k == 0 {
-			return buf[:ends[0]]
-		}
-		return buf[ends[k-1]:ends[k]]
+	stream, err := copyEvents(instance, b.Events, time.Now())
+	if err != nil {
+		return Result{}, err
 	}
 	var res Result
-	now := time.Now()
-	columns := []string{"instance_id", "event_id", "name", "ts", "source", "version", "client", "user_id", "feature_flags", "properties", "received_at"}
-	row := func(i int) ([]any, error) {
-		return []any{instance, ids[i], names[i], ts[i], sources[i], versions[i], clients[i], users[i], jsonColumn(2 * i), jsonColumn(2*i + 1), now}, nil
-	}
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		accepted, err := s.copyNew(ctx, tx, instance, b.BatchID, columns, pgx.CopyFromSlice(n, row))
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		accepted, err := s.copyNew(ctx, tx, instance, b.BatchID, stream)
 		if err != nil {
 			return err
 		}
@@ -173,7 +148,7 @@ func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Ba
 			if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE events) ON COMMIT DELETE ROWS`); err != nil {
 				return err
 			}
-			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"incoming_events"}, columns, pgx.CopyFromSlice(n, row)); err != nil {
+			if _, err := copyIn(ctx, tx, "incoming_events", stream); err != nil {
 				return err
 			}
 			tag, err := tx.Exec(ctx, `INSERT INTO events SELECT * FROM incoming_events ON CONFLICT (instance_id, event_id) DO NOTHING`)
@@ -205,7 +180,7 @@ ON CONFLICT (instance_id, batch_id) DO UPDATE SET duplicates = batches.duplicate
 // once; an event stored by an earlier or concurrent batch makes the COPY fail on the primary key,
 // and the savepoint undoes it. It returns the rows stored, or -1 when the caller must take the
 // staging path.
-func (s *Store) copyNew(ctx context.Context, tx pgx.Tx, instance, batchID string, columns []string, rows pgx.CopyFromSource) (int, error) {
+func (s *Store) copyNew(ctx context.Context, tx pgx.Tx, instance, batchID string, stream []byte) (int, error) {
 	var seen bool
 	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM batches WHERE instance_id = $1 AND batch_id = $2)`, instance, batchID).Scan(&seen); err != nil {
 		return 0, err
@@ -217,7 +192,7 @@ func (s *Store) copyNew(ctx context.Context, tx pgx.Tx, instance, batchID string
 	if err != nil {
 		return 0, err
 	}
-	n, err := sp.CopyFrom(ctx, pgx.Identifier{"events"}, columns, rows)
+	n, err := copyIn(ctx, sp, "events", stream)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == uniqueViolation {
 		if err := sp.Rollback(ctx); err != nil {
@@ -229,6 +204,13 @@ func (s *Store) copyNew(ctx context.Context, tx pgx.Tx, instance, batchID string
 		return 0, err
 	}
 	return int(n), sp.Commit(ctx)
+}
+
+// copyIn runs a binary COPY of stream (from copyEvents) into table within tx.
+func copyIn(ctx context.Context, tx pgx.Tx, table string, stream []byte) (int64, error) {
+	tag, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(stream),
+		"COPY "+table+" ("+eventColumns+") FROM STDIN (FORMAT binary)")
+	return tag.RowsAffected(), err
 }
 
 // UpsertAggregates replaces each (instance, day, metric, dimension) cell with the batch's value.

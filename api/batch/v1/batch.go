@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Wire constants.
@@ -336,7 +337,37 @@ func validateAggregate(a *Aggregate, i int) error {
 	return nil
 }
 
+// forbidden holds ForbiddenFields lower-cased, for isForbidden's lookup.
+var forbidden = func() map[string]bool {
+	m := make(map[string]bool, len(ForbiddenFields))
+	for _, f := range ForbiddenFields {
+		m[strings.ToLower(f)] = true
+	}
+	return m
+}()
+
+// isForbidden reports whether field names a field that must never leave an instance, in any
+// letter case. It runs for every property of every event, so ASCII names are lower-cased on the
+// stack; anything else falls back to Unicode case folding.
 func isForbidden(field string) bool {
+	var lower [32]byte
+	if len(field) <= len(lower) {
+		ascii := true
+		for i := 0; i < len(field); i++ {
+			c := field[i]
+			if c >= utf8.RuneSelf {
+				ascii = false
+				break
+			}
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			lower[i] = c
+		}
+		if ascii {
+			return forbidden[string(lower[:len(field)])]
+		}
+	}
 	for _, f := range ForbiddenFields {
 		if strings.EqualFold(field, f) {
 			return true

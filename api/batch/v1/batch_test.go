@@ -201,3 +201,24 @@ func TestHandWrittenChecksMatchThePatterns(t *testing.T) {
 		}
 	}
 }
+
+// TestIsForbiddenMatchesCaseFolding keeps the fast lookup equal to case-insensitive matching,
+// including non-ASCII letters that fold to ASCII (the Kelvin sign folds to k).
+func TestIsForbiddenMatchesCaseFolding(t *testing.T) {
+	slow := func(field string) bool {
+		for _, f := range ForbiddenFields {
+			if strings.EqualFold(field, f) {
+				return true
+			}
+		}
+		return false
+	}
+	inputs := []string{"", "url", "URL", "Url", "uRl", "urls", "ur", "userID", "USER_ID", "user_id", "Email", "e-mail", "query", "QUERY ",
+		"public_argument", "Public_Argument", "deviceID", "DEVICEID", "\u212aey", "ip", "IP", "İp", "ıp", strings.Repeat("x", 40), "anonymousUserID"}
+	inputs = append(inputs, ForbiddenFields...)
+	for _, in := range inputs {
+		if isForbidden(in) != slow(in) {
+			t.Errorf("isForbidden(%q) = %v, case folding says %v", in, isForbidden(in), slow(in))
+		}
+	}
+}
