@@ -36,7 +36,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Lag:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "collector_lag_seconds", Help: "How far delivery trails the newest event."}),
 		LastSuccess:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "collector_last_success_timestamp_seconds", Help: "When the receiver last acknowledged a batch."}),
 		Cursor:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "collector_cursor", Help: "The acknowledged event_logs id."}),
-		StageSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "collector_stage_duration_seconds", Help: "Time per pipeline stage per round.",
+		StageSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "collector_stage_duration_seconds", Help: "Time per pipeline stage (read, filter, encode: encoding and compressing a body, send: delivering a batch including its encoding).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"stage"}),
 	}
 	if reg != nil {

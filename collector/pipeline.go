@@ -154,6 +154,7 @@ func (p *Pipeline) Init(ctx context.Context) error {
 	p.tracker = source.NewTracker(cursor, maxSentRemembered)
 	p.sentCursor = cursor
 	p.Client.OnRetry = p.retrying
+	p.Client.OnEncode = func(d time.Duration) { p.Metrics.StageSeconds.WithLabelValues("encode").Observe(d.Seconds()) }
 	p.Metrics.Cursor.Set(float64(cursor))
 	return nil
 }

@@ -22,7 +22,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -44,11 +43,10 @@ type Outcome struct {
 
 // Client talks to one receiver.
 type Client struct {
-	base  string
-	http  *http.Client
-	log   *slog.Logger
-	encMu sync.Mutex
-	enc   *zstd.Encoder
+	base string
+	http *http.Client
+	log  *slog.Logger
+	enc  *zstd.Encoder
 	// Sleep waits between retries; tests replace it to run in milliseconds.
 	Sleep func(ctx context.Context, d time.Duration) error
 	// BaseBackoff and MaxBackoff bound the exponential backoff.
@@ -56,6 +54,8 @@ type Client struct {
 	// OnRetry observes each retried attempt as it happens, with the reason (network or a status
 	// code) and the error, so a long outage is visible before the batch finally goes through.
 	OnRetry func(reason string, err error)
+	// OnEncode observes the time spent encoding and compressing each request body.
+	OnEncode func(d time.Duration)
 	// MaxBodyBytes bounds one request body as sent; a larger batch is split before sending.
 	MaxBodyBytes int
 }
@@ -207,13 +207,15 @@ type permanentError struct{ msg string }
 func (e *permanentError) Error() string { return e.msg }
 
 func (c *Client) post(ctx context.Context, b *batchv1.Batch, out *batchv1.Response) (int, error) {
+	start := time.Now()
 	body, err := batchv1.Encode(b)
 	if err != nil {
 		return 0, err
 	}
-	c.encMu.Lock()
-	compressed := c.enc.EncodeAll(body, nil)
-	c.encMu.Unlock()
+	compressed := c.enc.EncodeAll(body, nil) // safe for concurrent use
+	if c.OnEncode != nil {
+		c.OnEncode(time.Since(start))
+	}
 	if c.MaxBodyBytes > 0 && len(compressed) > c.MaxBodyBytes {
 		// Bounded by bytes as well as by count: split without bothering the receiver.
 		return 0, &rejectedError{status: http.StatusRequestEntityTooLarge, reason: "BatchTooLargeToSend"}

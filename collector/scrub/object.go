@@ -26,8 +26,11 @@ func properties(entry allowlist.Event, raw []byte) (map[string]any, int) {
 	if i >= len(raw) || raw[i] != '{' {
 		return nil, 0 // null (no properties), or not an object
 	}
-	var args map[string]any
-	var unknown [][]byte
+	// Each allow-listed member is validated where it stands; a later duplicate replaces an
+	// earlier one, as in a decoded map. Members dropped (unknown, or invalid at their last
+	// occurrence) are counted once each.
+	var kept map[string]any
+	var unknown, invalid [][]byte
 	i = skipSpace(raw, i+1)
 	for i < len(raw) && raw[i] == '"' {
 		keyEnd := skipValue(raw, i)
@@ -47,19 +50,43 @@ func properties(entry allowlist.Event, raw []byte) (map[string]any, int) {
 			_ = json.Unmarshal(key, &k)
 			name = k
 		}
-		if _, listed := entry.Properties[name]; !listed {
-			if !containsKey(unknown, name) {
-				unknown = append(unknown, []byte(name))
-			}
+		validate, listed := entry.Properties[name]
+		if !listed {
+			unknown = addKey(unknown, name)
 			continue
 		}
-		if args == nil {
-			args = make(map[string]any, len(entry.Properties))
+		out, valid := validate(scalar(value))
+		if !valid {
+			delete(kept, name)
+			invalid = addKey(invalid, name)
+			continue
 		}
-		args[name] = scalar(value)
+		if kept == nil {
+			kept = make(map[string]any, len(entry.Properties))
+		}
+		kept[name] = out
+		invalid = removeKey(invalid, name)
 	}
-	kept, dropped := entry.Filter(args)
-	return kept, dropped + len(unknown)
+	if len(kept) == 0 {
+		kept = nil // as Filter returns when nothing is kept
+	}
+	return kept, len(unknown) + len(invalid)
+}
+
+func addKey(keys [][]byte, name string) [][]byte {
+	if containsKey(keys, name) {
+		return keys
+	}
+	return append(keys, []byte(name))
+}
+
+func removeKey(keys [][]byte, name string) [][]byte {
+	for i, k := range keys {
+		if string(k) == name {
+			return append(keys[:i], keys[i+1:]...)
+		}
+	}
+	return keys
 }
 
 func containsKey(keys [][]byte, name string) bool {

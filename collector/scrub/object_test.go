@@ -42,6 +42,8 @@ var propertyDocs = []string{
 	"{\"patternType\": \"li\xffteral\"}", "{\"q\xff\": 1, \"q\xfe\": 2}", ` { "patternType" : "literal" , "x" : [ 1 , { "y" : "}" } ] } `,
 	`{"a": "\"}{\\", "patternType": "structural"}`, `{"a": {"b": {"c": [[[["deep"]]]]}}, "patternType": "keyword"}`,
 	"{\"patternType\":\t\"literal\"\n,\r\"q\":\"x\"}",
+	`{"patternType": "literal", "patternType": "bogus"}`, `{"patternType": "bogus", "patternType": "literal"}`,
+	`{"patternType": "bogus", "source": "nav", "patternType": 1, "q": 1, "q": 2}`,
 }
 
 // TestPropertiesMatchEncodingJSON holds the selective decoder to the full encoding/json decode

@@ -30,6 +30,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -83,6 +84,7 @@ func b(v bool) *bool { return &v }
 func main() {
 	full := os.Getenv("BENCH_FULL") == "1"
 	rows := flag.Int("rows", 300_000, "Rows for the throughput run.")
+	rounds := flag.Int("rounds", 5, "Alternating COPY/collector rounds for the throughput figures (medians are reported).")
 	backlogSmall := flag.Int("backlog-small", 100_000, "Backlog for the small memory run.")
 	backlogLarge := flag.Int("backlog-large", 1_000_000, "Backlog for the large memory run.")
 	policies := flag.Int("policies", 200, "Policies for the operator scale run.")
@@ -103,7 +105,7 @@ func main() {
 		must(err)
 		defer r.Close()
 		if run("collector") {
-			collectorThroughput(ctx, r, *rows)
+			collectorThroughput(ctx, r, *rows, *rounds)
 		}
 		if run("receiver") {
 			receiverIngest(ctx, r)
@@ -165,27 +167,74 @@ func collectorConfig(r *receivertest.Receiver, dir, id, dsn string, batch int) s
 	return write("config.json", data)
 }
 
-func collectorThroughput(ctx context.Context, r *receivertest.Receiver, n int) {
-	fmt.Printf("\n== collector throughput (%d rows) ==\n", n)
+// collectorThroughput measures the collector end to end against a raw COPY of the same rows.
+// The machine's speed drifts (shared cores), so the two are measured in alternation, rounds
+// times, each collector run paired with the COPY measured just before it; the figures reported
+// are the medians, with the range.
+func collectorThroughput(ctx context.Context, r *receivertest.Receiver, n, rounds int) {
+	fmt.Printf("\n== collector throughput (%d rows, %d alternating rounds) ==\n", n, rounds)
 	pool, dsn := instanceDB(ctx, r, "bench_throughput", n)
 	defer pool.Close()
-	// Baseline: a raw COPY of the same rows and columns the collector reads, the fastest of
-	// three (the first read after loading also sets hint bits, so it is slower and noisier; the
-	// fastest makes the ratio the hardest to meet).
 	conn, err := pool.Acquire(ctx)
 	must(err)
-	var copyRate float64
-	for range 3 {
+	defer conn.Release()
+	// The first read after loading also sets hint bits; do it once before measuring anything.
+	rawCopy := func() float64 {
 		start := time.Now()
-		_, err = conn.Conn().PgConn().CopyTo(ctx, io.Discard, `COPY (SELECT id, name, user_id, anonymous_user_id, source, public_argument, version, timestamp, feature_flags, client FROM event_logs ORDER BY id) TO STDOUT`)
+		_, err := conn.Conn().PgConn().CopyTo(ctx, io.Discard, `COPY (SELECT id, name, user_id, anonymous_user_id, source, public_argument, version, timestamp, feature_flags, client FROM event_logs ORDER BY id) TO STDOUT`)
 		must(err)
-		copyRate = max(copyRate, float64(n)/time.Since(start).Seconds())
+		return float64(n) / time.Since(start).Seconds()
 	}
-	conn.Release()
+	rawCopy()
+	metrics := collector.NewMetrics(nil)
+	var copyRates, rates, ratios []float64
+	stored := 0
+	for round := range rounds {
+		// The baseline is the faster of two COPYs, which makes the ratio harder to meet.
+		copyRate := max(rawCopy(), rawCopy())
+		id := fmt.Sprintf("bench-throughput-%d", round)
+		rate := collectorRun(ctx, r, dsn, id, n, metrics)
+		var got int
+		must(r.Store.Pool().QueryRow(ctx, "SELECT count(*) FROM events WHERE instance_id = $1", id).Scan(&got))
+		stored = got
+		copyRates, rates, ratios = append(copyRates, copyRate), append(rates, rate), append(ratios, rate/copyRate)
+		fmt.Printf("        round %d: COPY %.0f rows/s, collector %.0f events/s, %.1f%%\n", round+1, copyRate, rate, 100*rate/copyRate)
+	}
+	spread := func(v []float64, format string, scale float64) string {
+		return fmt.Sprintf(format, scale*median(v), scale*slices.Min(v), scale*slices.Max(v))
+	}
+	record("raw COPY of the same rows (baseline; median, range)", spread(copyRates, "%.0f rows/s (%.0f-%.0f)", 1), "", nil)
+	record("collector end to end, rows read -> stored (median, range)", spread(rates, "%.0f events/s (%.0f-%.0f)", 1), ">= 50,000 events/s", b(median(rates) >= 50_000))
+	record("ratio to raw COPY (median, range)", spread(ratios, "%.1f%% (%.1f-%.1f)", 100), ">= 25%", b(median(ratios) >= 0.25))
+	record("events stored per run (allow-listed rows)", strconv.Itoa(stored), "", nil)
+	busy := func(stage string) float64 {
+		var m dto.Metric
+		h, _ := metrics.StageSeconds.GetMetricWithLabelValues(stage)
+		_ = h.(interface{ Write(*dto.Metric) error }).Write(&m)
+		return m.GetHistogram().GetSampleSum()
+	}
+	// Stages by busy time (rows over the seconds spent in the stage; stages overlap in time).
+	rowsPer := func(seconds float64) string { return fmt.Sprintf("%.0f rows/s", float64(n*rounds)/seconds) }
+	record("  stage read", rowsPer(busy("read")), "", nil)
+	record("  stage filter + pseudonymize", rowsPer(busy("filter")), "", nil)
+	record("  stage encode + compress", rowsPer(busy("encode")), "", nil)
+	record("  stage send (network, receiver decode and store)", rowsPer(busy("send")-busy("encode")), "", nil)
+}
 
+func median(v []float64) float64 {
+	s := slices.Sorted(slices.Values(v))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// collectorRun drains the instance database into the receiver as instance id (a fresh identity,
+// so every event is new to the receiver) and returns rows per second.
+func collectorRun(ctx context.Context, r *receivertest.Receiver, dsn, id string, n int, metrics *collector.Metrics) float64 {
 	dir, _ := os.MkdirTemp("", "bench-")
 	defer func() { _ = os.RemoveAll(dir) }()
-	cfgPath := collectorConfig(r, dir, "bench-throughput", dsn, 5000)
+	cfgPath := collectorConfig(r, dir, id, dsn, 5000)
 	cfg, err := collector.LoadConfig(cfgPath)
 	must(err)
 	reader, err := source.Open(ctx, dsn)
@@ -197,7 +246,6 @@ func collectorThroughput(ctx context.Context, r *receivertest.Receiver, n int) {
 	tc, err := tlsreload.NewClient(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.CAFile)
 	must(err)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	metrics := collector.NewMetrics(nil)
 	p := &collector.Pipeline{ConfigPath: cfgPath, Reader: reader, Scrubber: s,
 		Client: deliver.New(cfg.Endpoint, &http.Transport{TLSClientConfig: tc.TLSConfig("localhost")}, log),
 		State:  state.File{Path: filepath.Join(dir, "state.json")}, Clock: clock.RealClock{}, Log: log, Metrics: metrics}
@@ -210,20 +258,7 @@ func collectorThroughput(ctx context.Context, r *receivertest.Receiver, n int) {
 			break
 		}
 	}
-	elapsed := time.Since(start).Seconds()
-	var stored int
-	must(r.Store.Pool().QueryRow(ctx, "SELECT count(*) FROM events WHERE instance_id = 'bench-throughput'").Scan(&stored))
-	rate := float64(n) / elapsed
-	record("raw COPY of the same rows (baseline, fastest of 3)", fmt.Sprintf("%.0f rows/s", copyRate), "", nil)
-	record("collector end to end (rows read -> stored)", fmt.Sprintf("%.0f events/s", rate), ">= 50,000 events/s", b(rate >= 50_000))
-	record("ratio to raw COPY", fmt.Sprintf("%.1f%%", 100*rate/copyRate), ">= 25%", b(rate/copyRate >= 0.25))
-	record("events stored (allow-listed rows)", strconv.Itoa(stored), "", nil)
-	for _, stage := range []string{"read", "filter", "send"} {
-		var m dto.Metric
-		h, _ := metrics.StageSeconds.GetMetricWithLabelValues(stage)
-		_ = h.(interface{ Write(*dto.Metric) error }).Write(&m)
-		record("  stage "+stage, fmt.Sprintf("%.0f rows/s", float64(n)/m.GetHistogram().GetSampleSum()), "", nil)
-	}
+	return float64(n) / time.Since(start).Seconds()
 }
 
 func receiverIngest(ctx context.Context, r *receivertest.Receiver) {

@@ -128,7 +128,8 @@ func appendTime(dst []byte, t time.Time) ([]byte, error) {
 // AppendFeatureFlags appends flags as a JSON object with sorted keys ({} when empty), as
 // encoding/json renders it.
 func AppendFeatureFlags(dst []byte, flags map[string]bool) []byte {
-	keys := sortedKeys(flags)
+	var buf [MaxFeatureFlags]string
+	keys := sortedKeys(buf[:], flags)
 	dst = append(dst, '{')
 	for i, k := range keys {
 		if i > 0 {
@@ -143,7 +144,8 @@ func AppendFeatureFlags(dst []byte, flags map[string]bool) []byte {
 // AppendProperties appends properties as a JSON object with sorted keys ({} when empty), as
 // encoding/json renders it.
 func AppendProperties(dst []byte, props map[string]any) ([]byte, error) {
-	keys := sortedKeys(props)
+	var buf [MaxProperties]string
+	keys := sortedKeys(buf[:], props)
 	dst = append(dst, '{')
 	for i, k := range keys {
 		if i > 0 {
@@ -183,8 +185,10 @@ func AppendProperties(dst []byte, props map[string]any) ([]byte, error) {
 	return append(dst, '}'), nil
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
+// sortedKeys returns m's keys in order, in buf when they fit (maps here are small: at most
+// MaxProperties or MaxFeatureFlags entries on the wire), so most calls allocate nothing.
+func sortedKeys[V any](buf []string, m map[string]V) []string {
+	keys := buf[:0]
 	for k := range m {
 		keys = append(keys, k)
 	}
