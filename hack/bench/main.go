@@ -35,12 +35,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/jackc/pgx/v5/pgxpool"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	dto "github.com/prometheus/client_model/go"
 
@@ -82,6 +84,8 @@ func record(name, value, target string, ok *bool) {
 func b(v bool) *bool { return &v }
 
 func main() {
+	// The harness's own Kubernetes clients would otherwise print a warning with a stack trace.
+	logf.SetLogger(logr.Discard())
 	full := os.Getenv("BENCH_FULL") == "1"
 	rows := flag.Int("rows", 300_000, "Rows for the throughput run.")
 	rounds := flag.Int("rounds", 5, "Alternating COPY/collector rounds for the throughput figures (medians are reported).")
