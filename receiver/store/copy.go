@@ -34,11 +34,11 @@ func copyEvents(instance string, events []batchv1.Event, receivedAt time.Time) (
 		buf = binary.BigEndian.AppendUint32(buf, uint32(len(s))) //nolint:gosec // bounded by the batch limits
 		buf = append(buf, s...)
 	}
-	int8 := func(v int64) {
+	bigint := func(v int64) {
 		buf = binary.BigEndian.AppendUint32(buf, 8)
 		buf = binary.BigEndian.AppendUint64(buf, uint64(v)) //nolint:gosec // two's complement, as PostgreSQL reads it
 	}
-	timestamptz := func(t time.Time) { int8(t.Unix()*1_000_000 + int64(t.Nanosecond()/1000) - pgEpochMicros) }
+	timestamptz := func(t time.Time) { bigint(t.Unix()*1_000_000 + int64(t.Nanosecond()/1000) - pgEpochMicros) }
 	// jsonb is written as a placeholder length, the version byte 1, the JSON, then the length.
 	jsonb := func(appendJSON func([]byte) ([]byte, error)) error {
 		at := len(buf)
@@ -58,7 +58,7 @@ func copyEvents(instance string, events []batchv1.Event, receivedAt time.Time) (
 		}
 		buf = binary.BigEndian.AppendUint16(buf, 11)
 		text(instance)
-		int8(id)
+		bigint(id)
 		text(e.Name)
 		timestamptz(e.Timestamp)
 		text(e.Source)
