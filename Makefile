@@ -69,6 +69,8 @@ test: envtest test-deps ## Build what the tests need and run every test (unit, e
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$gofmt_out" ]; then echo "gofmt needed on:"; echo "$$gofmt_out"; exit 1; fi
 	go vet ./...
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
+	@# The collector sends and reads concurrently and the receiver serves requests in parallel: run them under the race detector too.
+	go test -race -timeout $(TEST_TIMEOUT) -count=1 ./collector/... ./receiver/server/
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 TEST_FUZZTIME ?= 5s
@@ -149,7 +151,7 @@ $(ENVTEST_DIR)/.kube-apiserver.ok:
 	hack/build-control-plane.sh $(K8S_VERSION) $(ETCD_VERSION) $(ENVTEST_DIR)
 
 .PHONY: test-deps
-test-deps: ## Install PostgreSQL and openssl from Debian packages if missing (tests start their own clusters).
+test-deps: ## Install PostgreSQL, openssl and gcc (for -race) from Debian packages if missing (tests start their own clusters).
 	hack/ensure-test-deps.sh
 
 .PHONY: controller-gen

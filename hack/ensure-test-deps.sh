@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Makes sure the system packages the tests and the demo use are installed: the PostgreSQL server
-# binaries (they start their own throw-away clusters) and openssl (a test verifies issued
-# certificates with it). Installs Debian's packages for what is missing.
+# binaries (they start their own throw-away clusters), openssl (a test verifies issued
+# certificates with it) and a C compiler (the race detector needs cgo). Installs Debian's packages
+# for what is missing.
 set -euo pipefail
 missing=()
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && [[ -z "${PG_BIN:-}" ]]; then
   missing+=(postgresql)
 fi
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 echo "[deps] installing Debian packages: ${missing[*]}" >&2
