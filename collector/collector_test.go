@@ -392,3 +392,46 @@ func TestBadConfigurationNamesTheField(t *testing.T) {
 		t.Fatal("a missing configuration is accepted")
 	}
 }
+
+// TestBacklogIsSentTwoBatchesAtATimeAndTheReceiverCursorCatchesUp drains a backlog of exactly
+// four full rounds, which the pipeline sends as two pairs of batches in flight. The second batch
+// of a pair carries an older cursor, so when the backlog ends on a pair the receiver's cursor
+// trails; the next (empty) round must send the cursor on its own. Every event is stored once
+// and, afterwards, the receiver's cursor is the newest id, as a collector without saved progress
+// would ask for.
+func TestBacklogIsSentTwoBatchesAtATimeAndTheReceiverCursorCatchesUp(t *testing.T) {
+	in := newInstance(t, v1.TierEventLevel, 100)
+	in.insert("SearchSubmitted", 400, 7, `{"patternType":"literal"}`)
+	p := in.pipeline()
+	ctx := context.Background()
+	calls := 0
+	for {
+		more, err := p.RunOnce(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls++
+		if !more {
+			break
+		}
+	}
+	if got := in.stored(); got != 400 {
+		t.Fatalf("stored %d events, want 400", got)
+	}
+	// Four full rounds in pairs take two calls; then one call finds nothing new and, with the
+	// receiver's cursor trailing by the last batch, sends the cursor alone.
+	if calls != 3 {
+		t.Errorf("drained in %d rounds, want 3 (two pairs, then the cursor)", calls)
+	}
+	var newest int64
+	if err := in.db.QueryRow(ctx, `SELECT max(id) FROM event_logs`).Scan(&newest); err != nil {
+		t.Fatal(err)
+	}
+	cursor, known, err := rcv.Store.Cursor(ctx, in.id)
+	if err != nil || !known {
+		t.Fatalf("receiver cursor: %v (known %v)", err, known)
+	}
+	if cursor != newest || p.Cursor() != newest {
+		t.Fatalf("receiver cursor %d, collector cursor %d, want both at the newest id %d", cursor, p.Cursor(), newest)
+	}
+}
