@@ -237,6 +237,8 @@ type filtered struct {
 	events  []batchv1.Event
 	ids     []int64 // every row's id, ascending
 	dropped map[string]int64
+	// limit is the row limit the round was read with (the batch size may change between rounds).
+	limit int
 	// from is the tracker position the round was read against (cursor, high).
 	from [2]int64
 }
@@ -250,7 +252,7 @@ func (p *Pipeline) readAndFilter(ctx context.Context, t source.View, limit int) 
 	}
 	p.Metrics.StageSeconds.WithLabelValues("read").Observe(p.Clock.Since(start).Seconds())
 	start = p.Clock.Now()
-	f := &filtered{round: round, ids: make([]int64, 0, len(round.Rows)), dropped: map[string]int64{}, from: [2]int64{t.Cursor(), t.High()}}
+	f := &filtered{round: round, ids: make([]int64, 0, len(round.Rows)), dropped: map[string]int64{}, limit: limit, from: [2]int64{t.Cursor(), t.High()}}
 	f.events = make([]batchv1.Event, 0, len(round.Rows))
 	for i := range round.Rows {
 		r := &round.Rows[i]
@@ -318,10 +320,10 @@ func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 	newCursor := p.tracker.Plan(round.Snapshot, round.NewHigh, round.Complete)
 	if len(f.events) == 0 && newCursor == p.tracker.Cursor() && p.sentCursor >= newCursor {
 		p.acknowledge(f, nil, deliver.Outcome{})
-		return f.full(limit), nil
+		return f.full(), nil
 	}
 	b := p.batch(f, newCursor)
-	if !f.full(limit) {
+	if !f.full() {
 		out, err := p.send(ctx, b)
 		if err != nil {
 			return false, err
@@ -336,7 +338,7 @@ func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 	var second *inflight
 	var b2 *batchv1.Batch
 	var next *prefetch
-	if readErr == nil && f2.full(limit) {
+	if readErr == nil && f2.full() {
 		if len(f2.events) > 0 {
 			b2 = p.batch(f2, p.tracker.Cursor())
 			second = p.sendAsync(ctx, b2)
@@ -359,7 +361,7 @@ func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 	case readErr != nil:
 		p.setReady(false)
 		return false, readErr
-	case !f2.full(limit):
+	case !f2.full():
 		// The end of the backlog: send it on its own next round, with its own cursor.
 		p.prefetched = &prefetch{done: closed, f: f2}
 		return true, nil
@@ -378,7 +380,8 @@ func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 // closed is a closed channel, for a prefetch that is already complete.
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-func (f *filtered) full(limit int) bool { return len(f.round.Rows) >= limit }
+// full reports whether the round filled its limit: more rows are probably waiting.
+func (f *filtered) full() bool { return len(f.round.Rows) >= f.limit }
 
 // batch builds the events batch for f carrying cursor.
 func (p *Pipeline) batch(f *filtered, cursor int64) *batchv1.Batch {

@@ -1,0 +1,63 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package server
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+)
+
+// TestReadBodyHonoursContentLength covers what a real client cannot easily send through
+// net/http: a body shorter than its declared length (a cut connection) must be refused, never
+// decoded as a truncated batch; a body without a declared length is read up to the limit; the
+// shared zstd decoder serves one request after another.
+func TestReadBodyHonoursContentLength(t *testing.T) {
+	s := New(nil, Limits{MaxBodyBytes: 1 << 10, MaxDecompressedBytes: 4 << 10}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	body := `{"version":1}`
+	request := func(data []byte, length int64, encoding string) *http.Request {
+		r := httptest.NewRequest(http.MethodPost, batchv1.PathBatches, bytes.NewReader(data))
+		r.ContentLength = length
+		if encoding != "" {
+			r.Header.Set("Content-Encoding", encoding)
+		}
+		return r
+	}
+	enc, _ := zstd.NewWriter(nil)
+	compressed := enc.EncodeAll([]byte(body), nil)
+	bomb := enc.EncodeAll([]byte(strings.Repeat(" ", 8<<10)), nil)
+	cases := []struct {
+		name   string
+		req    *http.Request
+		status int
+		want   string
+	}{
+		{"declared length", request([]byte(body), int64(len(body)), ""), 0, body},
+		{"shorter than declared", request([]byte(body), int64(len(body))+5, ""), http.StatusBadRequest, ""},
+		{"no declared length", request([]byte(body), -1, ""), 0, body},
+		{"declared over the limit", request([]byte(body), 2<<10, ""), http.StatusRequestEntityTooLarge, ""},
+		{"undeclared over the limit", request(bytes.Repeat([]byte(" "), 2<<10), -1, ""), http.StatusRequestEntityTooLarge, ""},
+		{"zstd", request(compressed, int64(len(compressed)), "zstd"), 0, body},
+		{"zstd again, same decoder", request(compressed, int64(len(compressed)), "zstd"), 0, body},
+		{"zstd over the decompressed limit", request(bomb, int64(len(bomb)), "zstd"), http.StatusRequestEntityTooLarge, ""},
+		{"zstd that is not zstd", request([]byte(body), int64(len(body)), "zstd"), http.StatusBadRequest, ""},
+	}
+	for _, c := range cases {
+		got, status, reason, msg := s.readBody(c.req)
+		if status != c.status || string(got) != c.want {
+			t.Errorf("%s: got %q, status %d (%s: %s); want %q, status %d", c.name, got, status, reason, msg, c.want, c.status)
+		}
+	}
+}
