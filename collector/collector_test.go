@@ -435,3 +435,29 @@ func TestBacklogIsSentTwoBatchesAtATimeAndTheReceiverCursorCatchesUp(t *testing.
 		t.Fatalf("receiver cursor %d, collector cursor %d, want both at the newest id %d", cursor, p.Cursor(), newest)
 	}
 }
+
+// TestBatchSizeChangeMidBacklogKeepsGoing changes the batch size while a round read ahead under
+// the old size is waiting: that round must still count as full, so the pipeline reports more
+// work instead of idling for an interval with the backlog half drained.
+func TestBatchSizeChangeMidBacklogKeepsGoing(t *testing.T) {
+	in := newInstance(t, v1.TierEventLevel, 100)
+	in.insert("SearchSubmitted", 600, 7, `{"patternType":"literal"}`)
+	p := in.pipeline()
+	ctx := context.Background()
+	if more, err := p.RunOnce(ctx); err != nil || !more {
+		t.Fatalf("first round: more %v, err %v", more, err)
+	}
+	cfg, err := collector.LoadConfig(in.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.BatchSize = 250
+	in.writeConfig(*cfg)
+	if more, err := p.RunOnce(ctx); err != nil || !more {
+		t.Fatalf("round after the batch size grew: more %v, err %v; want more (only %d of 600 stored)", more, err, in.stored())
+	}
+	drain(t, p)
+	if got := in.stored(); got != 600 {
+		t.Fatalf("stored %d, want 600", got)
+	}
+}
