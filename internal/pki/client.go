@@ -53,6 +53,21 @@ func (i *Issuer) IssueClient(instanceID string, period time.Duration, now time.T
 	if !ValidInstanceID(instanceID) {
 		return nil, fmt.Errorf("invalid instance id %q", instanceID)
 	}
+	return i.issue(pkix.Name{CommonName: instanceID, Organization: []string{"telemetry-collector"}}, IdentityURI(instanceID), Lifetime(period), now, random)
+}
+
+// IssueOperator creates the operator's own client certificate: client-auth only, naming the
+// operator of cluster (see OperatorURI), valid from now for lifetime (capped at the issuer's
+// expiry). It lets the operator write the consent ledger at the receiver and nothing else: it
+// names no instance, so it cannot send data.
+func (i *Issuer) IssueOperator(cluster string, lifetime time.Duration, now time.Time, random io.Reader) (*ClientCert, error) {
+	if !ValidClusterName(cluster) {
+		return nil, fmt.Errorf("invalid cluster name %q", cluster)
+	}
+	return i.issue(pkix.Name{CommonName: "operator." + cluster, Organization: []string{"telemetry-operator"}}, OperatorURI(cluster), lifetime, now, random)
+}
+
+func (i *Issuer) issue(subject pkix.Name, identity *url.URL, lifetime time.Duration, now time.Time, random io.Reader) (*ClientCert, error) {
 	if random == nil {
 		random = rand.Reader
 	}
@@ -66,20 +81,20 @@ func (i *Issuer) IssueClient(instanceID string, period time.Duration, now time.T
 	}
 	serial.Add(serial, big.NewInt(1)) // never zero
 	notBefore := now.Add(-backdate).Truncate(time.Second)
-	notAfter := now.Add(Lifetime(period)).Truncate(time.Second)
+	notAfter := now.Add(lifetime).Truncate(time.Second)
 	if notAfter.After(i.Cert.NotAfter) {
 		notAfter = i.Cert.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: instanceID, Organization: []string{"telemetry-collector"}},
+		Subject:               subject,
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  false,
-		URIs:                  []*url.URL{IdentityURI(instanceID)},
+		URIs:                  []*url.URL{identity},
 	}
 	der, err := x509.CreateCertificate(random, tmpl, i.Cert, key.Public(), i.Key)
 	if err != nil {

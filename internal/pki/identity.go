@@ -22,6 +22,7 @@ const (
 	IdentityScheme = "spiffe"
 	IdentityHost   = "telemetry.sourcegraph.com"
 	identityPrefix = "/instance/"
+	operatorPrefix = "/operator/"
 )
 
 var instanceIDPattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
@@ -53,6 +54,41 @@ func InstanceID(cert *x509.Certificate) (string, error) {
 		return "", fmt.Errorf("certificate %q names %d instances; exactly one is allowed", cert.Subject.CommonName, len(found))
 	case !ValidInstanceID(found[0]):
 		return "", fmt.Errorf("certificate %q names an invalid instance id", cert.Subject.CommonName)
+	}
+	return found[0], nil
+}
+
+// OperatorURI returns the URI SAN that names the operator of cluster: the identity that may write
+// the consent ledger at the receiver, spiffe://telemetry.sourcegraph.com/operator/<cluster>.
+func OperatorURI(cluster string) *url.URL {
+	return &url.URL{Scheme: IdentityScheme, Host: IdentityHost, Path: operatorPrefix + cluster}
+}
+
+// ValidClusterName reports whether name may name a cluster (a DNS label, like an instance id).
+func ValidClusterName(name string) bool { return ValidInstanceID(name) }
+
+// OperatorCluster returns the cluster whose operator a client certificate names. A certificate
+// naming an instance as well is refused: one identity per certificate.
+func OperatorCluster(cert *x509.Certificate) (string, error) {
+	var found []string
+	for _, u := range cert.URIs {
+		if u.Scheme != IdentityScheme || u.Host != IdentityHost {
+			continue
+		}
+		if strings.HasPrefix(u.Path, identityPrefix) {
+			return "", fmt.Errorf("certificate %q names an instance, not an operator", cert.Subject.CommonName)
+		}
+		if strings.HasPrefix(u.Path, operatorPrefix) {
+			found = append(found, strings.TrimPrefix(u.Path, operatorPrefix))
+		}
+	}
+	switch {
+	case len(found) == 0:
+		return "", fmt.Errorf("certificate %q has no %s://%s%s<cluster> URI SAN", cert.Subject.CommonName, IdentityScheme, IdentityHost, operatorPrefix)
+	case len(found) > 1:
+		return "", fmt.Errorf("certificate %q names %d operators; exactly one is allowed", cert.Subject.CommonName, len(found))
+	case !ValidClusterName(found[0]):
+		return "", fmt.Errorf("certificate %q names an invalid cluster", cert.Subject.CommonName)
 	}
 	return found[0], nil
 }

@@ -1,0 +1,377 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package v1 is version 1 of the consent ledger: the record, kept by the receiver, of which
+// consent tier was in force for an instance at every moment, who owns that record, and the
+// erasures carried out for it. It is one of the project's public contracts. The operator writes
+// the ledger over mutual TLS with its own identity; the receiver enforces it on every batch; the
+// collector filters by the same timeline, which the operator copies into its configuration.
+//
+// Consent is a window in time, not a switch: an event may leave as event-level data only if its
+// timestamp falls in a period where the ledger says EventLevel, and an aggregate may cover only
+// periods that are at least CriticalOnly. Before the first transition an instance is Off.
+package v1
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"time"
+)
+
+// Paths of the operator-only API on the receiver's mutual-TLS listener.
+const (
+	// PathConsent records a transition (POST) or returns an instance's state (GET ?instance=).
+	PathConsent = "/v1/admin/consent"
+	// PathRelease gives up ownership of an instance's record (POST), for example when its
+	// policy is deleted, so that another policy may claim it.
+	PathRelease = "/v1/admin/consent/release"
+	// PathErasures requests an erasure (POST); the answer is its verified result.
+	PathErasures = "/v1/admin/erasures"
+)
+
+// Tier is a consent tier, as in the TelemetryPolicy API.
+type Tier string
+
+// Tiers.
+const (
+	TierEventLevel   Tier = "EventLevel"
+	TierCriticalOnly Tier = "CriticalOnly"
+	TierOff          Tier = "Off"
+)
+
+// Rank orders tiers by how much may leave: Off < CriticalOnly < EventLevel. Unknown tiers rank
+// lowest, so comparisons fail closed.
+func (t Tier) Rank() int {
+	switch t {
+	case TierEventLevel:
+		return 2
+	case TierCriticalOnly:
+		return 1
+	default:
+		return 0
+	}
+}
+
+// Valid reports whether t is one of the three tiers.
+func (t Tier) Valid() bool {
+	return t == TierEventLevel || t == TierCriticalOnly || t == TierOff
+}
+
+// Limits of the format.
+const (
+	// MaxClockSkew is how far in the future a transition that raises consent may be dated.
+	MaxClockSkew = 5 * time.Minute
+	// MaxReasonLen bounds reasons and bases (CamelCase words).
+	MaxReasonLen = 64
+	// MaxNameLen bounds owner names, request ids and requesters.
+	MaxNameLen = 253
+)
+
+// Transition is one change of the tier in force: from At on, Tier applies.
+type Transition struct {
+	// At is when the change took effect: when consent was granted, or the moment it was
+	// withdrawn (the write that lowered it, or a trial's expiry), not when anyone noticed.
+	At time.Time `json:"at"`
+	// Tier in force from At.
+	Tier Tier `json:"tier"`
+	// Reason is a CamelCase reason (Declared, TrialExpired, TermsOutdated, PolicyDeleted, ...).
+	Reason string `json:"reason,omitempty"`
+	// Basis is the contract basis at the time of the change.
+	Basis string `json:"basis,omitempty"`
+	// RecordedAt is when the receiver recorded the transition (set by the receiver).
+	RecordedAt *time.Time `json:"recordedAt,omitempty"`
+}
+
+// Timeline is an instance's transitions in order of At (ties keep the order recorded: the later
+// one wins from that instant).
+type Timeline []Transition
+
+// Current is the tier in force after the last transition (Off for an empty timeline).
+func (t Timeline) Current() Tier {
+	if len(t) == 0 {
+		return TierOff
+	}
+	return t[len(t)-1].Tier
+}
+
+// TierAt is the tier in force at ts: that of the last transition at or before ts, Off before the
+// first.
+func (t Timeline) TierAt(ts time.Time) Tier {
+	// The last index whose At <= ts.
+	i, _ := slices.BinarySearchFunc(t, ts, func(tr Transition, ts time.Time) int {
+		if tr.At.After(ts) {
+			return 1
+		}
+		return -1
+	})
+	if i == 0 {
+		return TierOff
+	}
+	return t[i-1].Tier
+}
+
+// Window is a half-open interval [Start, End); a nil End is still open.
+type Window struct {
+	Start time.Time  `json:"start"`
+	End   *time.Time `json:"end,omitempty"`
+}
+
+// Contains reports whether ts lies in the window.
+func (w Window) Contains(ts time.Time) bool {
+	return !ts.Before(w.Start) && (w.End == nil || ts.Before(*w.End))
+}
+
+// Overlaps reports whether the window intersects [from, to).
+func (w Window) Overlaps(from, to time.Time) bool {
+	return w.Start.Before(to) && (w.End == nil || w.End.After(from))
+}
+
+// Windows returns the maximal intervals in which the tier in force ranks at least min:
+// Windows(TierEventLevel) are the periods whose events may leave one by one, and
+// Windows(TierCriticalOnly) those that aggregates may cover.
+func (t Timeline) Windows(minTier Tier) []Window {
+	var out []Window
+	var open *Window
+	for _, tr := range t {
+		in := tr.Tier.Rank() >= minTier.Rank()
+		switch {
+		case in && open == nil:
+			open = &Window{Start: tr.At}
+		case !in && open != nil:
+			end := tr.At
+			if end.After(open.Start) {
+				open.End = &end
+				out = append(out, *open)
+			}
+			open = nil
+		}
+	}
+	if open != nil {
+		out = append(out, *open)
+	}
+	return out
+}
+
+// Validate checks a timeline read from outside (a configuration file, a response): known tiers,
+// times in order, bounded reasons.
+func (t Timeline) Validate() error {
+	for i, tr := range t {
+		if !tr.Tier.Valid() {
+			return fmt.Errorf("transition %d: tier %q is not one of EventLevel, CriticalOnly, Off", i, tr.Tier)
+		}
+		if tr.At.IsZero() {
+			return fmt.Errorf("transition %d: at is required", i)
+		}
+		if i > 0 && tr.At.Before(t[i-1].At) {
+			return fmt.Errorf("transition %d: at %s is before the previous transition", i, tr.At.UTC().Format(time.RFC3339Nano))
+		}
+		if len(tr.Reason) > MaxReasonLen || len(tr.Basis) > MaxReasonLen {
+			return fmt.Errorf("transition %d: reason and basis are at most %d characters", i, MaxReasonLen)
+		}
+	}
+	return nil
+}
+
+// Tail returns the last n transitions. Dropping older ones only shortens consent: before the
+// first transition kept, the instance counts as Off.
+func (t Timeline) Tail(n int) Timeline {
+	if len(t) <= n {
+		return t
+	}
+	return t[len(t)-n:]
+}
+
+// ErrFuture is returned for a transition raising consent at a time that has not come yet.
+var ErrFuture = errors.New("a transition that raises consent may not be dated in the future")
+
+// Next returns the transition to append to t for a request to move to tr.Tier at tr.At, seen at
+// now, and false when the tier is already in force. The ledger is append-only and never rewrites
+// the past:
+//   - only an instance's first transition may be dated in the past (consent accepted before the
+//     instance was first enforced, startFrom Beginning); once there is a record, raising consent
+//     takes effect when it is recorded (now), so it can never re-open a period already recorded
+//     as lower, nor the gap between a withdrawal and a new grant;
+//   - a transition is never dated before the last one, so lowering can never be undone by
+//     dating it earlier, and lowering is never dated after now (withdrawal takes effect at once
+//     at the latest);
+//   - raising is refused when dated more than MaxClockSkew ahead of now;
+//   - times are whole seconds: a withdrawal rounded down, a grant rounded up.
+func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
+	if !tr.Tier.Valid() {
+		return Transition{}, false, fmt.Errorf("tier %q is not one of EventLevel, CriticalOnly, Off", tr.Tier)
+	}
+	if tr.At.IsZero() {
+		return Transition{}, false, errors.New("at is required")
+	}
+	if len(tr.Reason) > MaxReasonLen || len(tr.Basis) > MaxReasonLen {
+		return Transition{}, false, fmt.Errorf("reason and basis are at most %d characters", MaxReasonLen)
+	}
+	if len(t) > 0 && t.Current() == tr.Tier {
+		return Transition{}, false, nil
+	}
+	raising := tr.Tier.Rank() > t.Current().Rank()
+	if raising && tr.At.After(now.Add(MaxClockSkew)) {
+		return Transition{}, false, ErrFuture
+	}
+	if len(t) > 0 {
+		if last := t[len(t)-1].At; tr.At.Before(last) {
+			tr.At = last
+		}
+		if raising && tr.At.Before(now) {
+			tr.At = now
+		}
+	}
+	if !raising && tr.At.After(now) {
+		tr.At = now
+	}
+	// Whole seconds, as Kubernetes status and the collector's configuration keep them, rounded
+	// the safe way: a withdrawal earlier, a grant later.
+	if raising && !tr.At.Equal(tr.At.Truncate(time.Second)) {
+		tr.At = tr.At.Truncate(time.Second).Add(time.Second)
+	} else {
+		tr.At = tr.At.Truncate(time.Second)
+	}
+	tr.At = tr.At.UTC()
+	tr.RecordedAt = nil
+	return tr, true, nil
+}
+
+// Owner identifies who may write an instance's record: one policy of one cluster's operator.
+// The cluster comes from the operator's client certificate, never from a request body.
+type Owner struct {
+	Cluster   string `json:"cluster"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid,omitempty"`
+}
+
+// Same reports whether o and other name the same policy. The UID is not compared: a policy
+// deleted and created again under the same name in the same cluster keeps its record.
+func (o Owner) Same(other Owner) bool {
+	return o.Cluster == other.Cluster && o.Namespace == other.Namespace && o.Name == other.Name
+}
+
+func (o Owner) String() string { return o.Cluster + "/" + o.Namespace + "/" + o.Name }
+
+// RecordRequest asks the receiver to record a transition for an instance on behalf of Owner.
+type RecordRequest struct {
+	InstanceID string     `json:"instanceID"`
+	Owner      Owner      `json:"owner"`
+	Transition Transition `json:"transition"`
+}
+
+// ReleaseRequest gives up ownership of an instance's record. The timeline and the erasure audit
+// stay.
+type ReleaseRequest struct {
+	InstanceID string `json:"instanceID"`
+	Owner      Owner  `json:"owner"`
+}
+
+// State is an instance's record.
+type State struct {
+	InstanceID string `json:"instanceID"`
+	// Owner is who may write the record; empty when released.
+	Owner Owner `json:"owner"`
+	// Timeline is every transition, oldest first.
+	Timeline Timeline `json:"timeline"`
+	// EventsRemoved is how many stored events the last transition removed because they were
+	// recorded after consent was withdrawn.
+	EventsRemoved int64 `json:"eventsRemoved,omitempty"`
+	// Erasures are the erasures carried out, oldest first.
+	Erasures []ErasureResult `json:"erasures,omitempty"`
+}
+
+// Erasure scopes.
+const (
+	// ScopeEvents erases event-level data.
+	ScopeEvents = "Events"
+	// ScopeAll erases event-level data and aggregates.
+	ScopeAll = "All"
+)
+
+// ErasureRequest asks the receiver to delete an instance's stored data in scope. From and To
+// restrict it to data recorded in [From, To); without To it covers everything recorded up to
+// the moment the receiver carries it out. Data in scope that arrives later is refused, so
+// nothing re-sent brings it back.
+type ErasureRequest struct {
+	InstanceID string     `json:"instanceID"`
+	Owner      Owner      `json:"owner"`
+	RequestID  string     `json:"requestID"`
+	Scope      string     `json:"scope"`
+	From       *time.Time `json:"from,omitempty"`
+	To         *time.Time `json:"to,omitempty"`
+	// RequestedBy says who asked (a ticket, a role or a person), for the audit record.
+	RequestedBy string `json:"requestedBy"`
+}
+
+// ErasureResult is the audit record of an erasure: who asked, when, the scope, how many rows were
+// deleted and when a re-query found nothing left. It never holds any of the data.
+type ErasureResult struct {
+	RequestID         string     `json:"requestID"`
+	Scope             string     `json:"scope"`
+	From              *time.Time `json:"from,omitempty"`
+	To                time.Time  `json:"to"`
+	RequestedBy       string     `json:"requestedBy"`
+	RequestedAt       time.Time  `json:"requestedAt"`
+	Owner             Owner      `json:"owner"`
+	EventsDeleted     int64      `json:"eventsDeleted"`
+	AggregatesDeleted int64      `json:"aggregatesDeleted"`
+	VerifiedAt        *time.Time `json:"verifiedAt,omitempty"`
+}
+
+// Reasons in error responses (the body has the batch API's ErrorResponse shape).
+const (
+	// ReasonOwnedElsewhere: the instance's record belongs to another policy or cluster (409).
+	ReasonOwnedElsewhere = "OwnedElsewhere"
+	// ReasonConsentRefused: the instance's consent does not allow what was sent (403).
+	ReasonConsentRefused = "ConsentRefused"
+	// ReasonUnknownInstance: the receiver has no record of the instance (404 on the admin API).
+	ReasonUnknownInstance = "UnknownInstance"
+	// ReasonNotOperator: the client certificate is not an operator's (403).
+	ReasonNotOperator = "NotAnOperator"
+	// ReasonInvalid: the request is malformed (400).
+	ReasonInvalid = "Invalid"
+)
+
+var (
+	namePattern      = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
+	requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+	printable        = regexp.MustCompile(`^[^\x00-\x1f\x7f]*$`)
+)
+
+// ValidName reports whether s is a Kubernetes object or namespace name (a DNS subdomain).
+func ValidName(s string) bool { return len(s) <= MaxNameLen && namePattern.MatchString(s) }
+
+// ValidRequestID reports whether s may identify an erasure request.
+func ValidRequestID(s string) bool { return requestIDPattern.MatchString(s) }
+
+// Validate checks the owner's policy coordinates (the cluster is checked by whoever set it).
+func (o Owner) Validate() error {
+	if !ValidName(o.Namespace) || !ValidName(o.Name) {
+		return errors.New("owner.namespace and owner.name must be Kubernetes names")
+	}
+	if len(o.UID) > 64 || !printable.MatchString(o.UID) {
+		return errors.New("owner.uid is at most 64 printable characters")
+	}
+	return nil
+}
+
+// Validate checks an erasure request's fields (the instance and owner are checked separately).
+func (r ErasureRequest) Validate() error {
+	switch {
+	case !ValidRequestID(r.RequestID):
+		return errors.New("requestID must be 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit")
+	case r.Scope != ScopeEvents && r.Scope != ScopeAll:
+		return fmt.Errorf("scope must be %s or %s", ScopeEvents, ScopeAll)
+	case r.RequestedBy == "" || len(r.RequestedBy) > MaxNameLen || !printable.MatchString(r.RequestedBy):
+		return fmt.Errorf("requestedBy is required: at most %d printable characters", MaxNameLen)
+	case r.From != nil && r.To != nil && !r.To.After(*r.From):
+		return errors.New("to must be after from")
+	}
+	return nil
+}

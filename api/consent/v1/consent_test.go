@@ -1,0 +1,196 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package v1
+
+import (
+	"errors"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+
+func h(n int) time.Time { return t0.Add(time.Duration(n) * time.Hour) }
+
+func TestTierAtAndWindows(t *testing.T) {
+	tl := Timeline{
+		{At: h(0), Tier: TierEventLevel},
+		{At: h(2), Tier: TierCriticalOnly},
+		{At: h(4), Tier: TierOff},
+		{At: h(6), Tier: TierEventLevel},
+		{At: h(6), Tier: TierCriticalOnly}, // same instant: the later one wins
+		{At: h(8), Tier: TierEventLevel},
+	}
+	cases := []struct {
+		at   time.Time
+		want Tier
+	}{
+		{h(-1), TierOff}, {h(0), TierEventLevel}, {h(2).Add(-time.Nanosecond), TierEventLevel}, {h(2), TierCriticalOnly},
+		{h(4), TierOff}, {h(5), TierOff}, {h(6), TierCriticalOnly}, {h(7), TierCriticalOnly}, {h(8), TierEventLevel}, {h(1000), TierEventLevel},
+	}
+	for _, c := range cases {
+		if got := tl.TierAt(c.at); got != c.want {
+			t.Errorf("TierAt(%s) = %s, want %s", c.at.Format(time.RFC3339Nano), got, c.want)
+		}
+	}
+	if got := (Timeline{}).TierAt(h(0)); got != TierOff {
+		t.Errorf("empty timeline: %s, want Off", got)
+	}
+	ev := tl.Windows(TierEventLevel)
+	if len(ev) != 2 || !ev[0].Start.Equal(h(0)) || !ev[0].End.Equal(h(2)) || !ev[1].Start.Equal(h(8)) || ev[1].End != nil {
+		t.Fatalf("EventLevel windows = %+v", ev)
+	}
+	co := tl.Windows(TierCriticalOnly)
+	if len(co) != 2 || !co[0].End.Equal(h(4)) || !co[1].Start.Equal(h(6)) || co[1].End != nil {
+		t.Fatalf("CriticalOnly windows = %+v", co)
+	}
+	if !co[0].Overlaps(h(3), h(5)) || co[0].Overlaps(h(4), h(5)) || !co[1].Overlaps(h(100), h(101)) {
+		t.Fatal("Overlaps is wrong at the edges")
+	}
+}
+
+// TestWindowsAgreeWithTierAt holds the two views of a timeline equal on random timelines.
+func TestWindowsAgreeWithTierAt(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2)) //nolint:gosec // test data
+	tiers := []Tier{TierOff, TierCriticalOnly, TierEventLevel}
+	for range 500 {
+		var tl Timeline
+		at := 0
+		for range r.IntN(8) {
+			at += r.IntN(3)
+			tl = append(tl, Transition{At: h(at), Tier: tiers[r.IntN(3)]})
+		}
+		for _, minTier := range tiers[1:] {
+			ws := tl.Windows(minTier)
+			for probe := -1; probe <= at+2; probe++ {
+				ts := h(probe).Add(30 * time.Minute)
+				in := false
+				for _, w := range ws {
+					in = in || w.Contains(ts)
+				}
+				if want := tl.TierAt(ts).Rank() >= minTier.Rank(); in != want {
+					t.Fatalf("timeline %+v, min %s, at %s: in a window %v, TierAt says %v", tl, minTier, ts, in, want)
+				}
+			}
+		}
+	}
+}
+
+func TestNext(t *testing.T) {
+	now := h(100)
+	history := Timeline{{At: h(10), Tier: TierEventLevel}, {At: h(50), Tier: TierOff}}
+	cases := []struct {
+		name    string
+		t       Timeline
+		tr      Transition
+		wantAt  time.Time
+		wantAdd bool
+		wantErr error
+	}{
+		{name: "first grant may start in the past (terms accepted before the instance was enforced)",
+			tr: Transition{At: h(-500), Tier: TierEventLevel}, wantAt: h(-500), wantAdd: true},
+		{name: "first record may be Off (claims the instance)", tr: Transition{At: now, Tier: TierOff}, wantAt: now, wantAdd: true},
+		{name: "a grant after a withdrawal starts now, never reopening the gap",
+			t: history, tr: Transition{At: h(50), Tier: TierEventLevel}, wantAt: now, wantAdd: true},
+		{name: "a grant dated before the last transition starts now",
+			t: history, tr: Transition{At: h(0), Tier: TierCriticalOnly}, wantAt: now, wantAdd: true},
+		{name: "a grant dated slightly ahead (clock skew) keeps its time",
+			t: history, tr: Transition{At: now.Add(time.Minute), Tier: TierEventLevel}, wantAt: now.Add(time.Minute), wantAdd: true},
+		{name: "a grant dated far in the future is refused",
+			t: history, tr: Transition{At: now.Add(time.Hour), Tier: TierEventLevel}, wantErr: ErrFuture},
+		{name: "a withdrawal keeps the moment it happened",
+			t: Timeline{{At: h(10), Tier: TierEventLevel}}, tr: Transition{At: h(60), Tier: TierCriticalOnly}, wantAt: h(60), wantAdd: true},
+		{name: "a withdrawal dated before the last transition is dated at it",
+			t: Timeline{{At: h(10), Tier: TierEventLevel}}, tr: Transition{At: h(5), Tier: TierOff}, wantAt: h(10), wantAdd: true},
+		{name: "a withdrawal dated in the future takes effect now",
+			t: Timeline{{At: h(10), Tier: TierEventLevel}}, tr: Transition{At: now.Add(48 * time.Hour), Tier: TierOff}, wantAt: now, wantAdd: true},
+		{name: "the tier in force already: nothing to add", t: history, tr: Transition{At: now, Tier: TierOff}},
+		{name: "unknown tier", tr: Transition{At: now, Tier: "All"}, wantErr: errors.New("tier")},
+		{name: "no time", tr: Transition{Tier: TierOff}, wantErr: errors.New("at")},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, add, err := Next(tc.t, tc.tr, now)
+			if tc.wantErr != nil {
+				if err == nil {
+					t.Fatalf("want an error, got %+v", got)
+				}
+				return
+			}
+			if err != nil || add != tc.wantAdd || (add && !got.At.Equal(tc.wantAt)) {
+				t.Fatalf("Next = %+v, %v, %v; want at %s, add %v", got, add, err, tc.wantAt, tc.wantAdd)
+			}
+			if add {
+				if err := append(tc.t, got).Validate(); err != nil {
+					t.Fatalf("appending the result breaks the timeline: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// TestNextNeverWidensThePast: whatever sequence of requests arrives, a period once recorded
+// below EventLevel is never EventLevel afterwards.
+func TestNextNeverWidensThePast(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4)) //nolint:gosec // test data
+	tiers := []Tier{TierOff, TierCriticalOnly, TierEventLevel}
+	for range 300 {
+		var tl Timeline
+		now := h(0)
+		for range 12 {
+			now = now.Add(time.Duration(r.IntN(5)) * time.Hour)
+			req := Transition{At: now.Add(time.Duration(r.IntN(200)-150) * time.Hour), Tier: tiers[r.IntN(3)]}
+			before := append(Timeline(nil), tl...)
+			tr, add, err := Next(tl, req, now)
+			if err != nil || !add {
+				continue
+			}
+			tl = append(tl, tr)
+			for probe := -200; probe <= 100; probe++ {
+				ts := h(probe)
+				if !ts.Before(now) || len(before) == 0 {
+					continue
+				}
+				if before.TierAt(ts).Rank() < TierEventLevel.Rank() && tl.TierAt(ts) == TierEventLevel {
+					t.Fatalf("request %+v at %s re-opened %s (was %s)", req, now, ts, before.TierAt(ts))
+				}
+			}
+		}
+	}
+}
+
+func TestValidateRequests(t *testing.T) {
+	from, to := h(1), h(2)
+	good := ErasureRequest{InstanceID: "acme", RequestID: "GDPR-2026.0042", Scope: ScopeEvents, RequestedBy: "privacy@ticket 42", From: &from, To: &to}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mut := range map[string]func(*ErasureRequest){
+		"empty id":     func(r *ErasureRequest) { r.RequestID = "" },
+		"id with /":    func(r *ErasureRequest) { r.RequestID = "a/b" },
+		"bad scope":    func(r *ErasureRequest) { r.Scope = "Everything" },
+		"no requester": func(r *ErasureRequest) { r.RequestedBy = "" },
+		"NUL":          func(r *ErasureRequest) { r.RequestedBy = "a\x00b" },
+		"reversed":     func(r *ErasureRequest) { r.From, r.To = &to, &from },
+	} {
+		r := good
+		mut(&r)
+		if r.Validate() == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if (Owner{Namespace: "acme", Name: "acme"}).Validate() != nil || (Owner{Namespace: "Acme", Name: "x"}).Validate() == nil {
+		t.Fatal("owner validation")
+	}
+	if !(Owner{Cluster: "a", Namespace: "n", Name: "p", UID: "1"}).Same(Owner{Cluster: "a", Namespace: "n", Name: "p", UID: "2"}) {
+		t.Fatal("a re-created policy is the same owner")
+	}
+	if (Owner{Cluster: "a", Namespace: "n", Name: "p"}).Same(Owner{Cluster: "b", Namespace: "n", Name: "p"}) {
+		t.Fatal("another cluster is not the same owner")
+	}
+}
