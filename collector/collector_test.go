@@ -382,7 +382,7 @@ func TestOffRefusesToStart(t *testing.T) {
 func TestBadConfigurationNamesTheField(t *testing.T) {
 	dir := t.TempDir()
 	path := dir + "/config.json"
-	_ = os.WriteFile(path, []byte(`{"version":1,"instanceID":"acme","tier":"EventLevel","endpoint":"http://x","interval":"5m","batchSize":5000,"startFrom":"Now","tls":{"certFile":"/a","keyFile":"/b","caFile":"/c"},"pseudonymKeyFile":"/d","databaseDSNFile":"/e","state":{"namespace":"n","configMap":"c"}}`), 0o600)
+	_ = os.WriteFile(path, []byte(`{"version":1,"instanceID":"acme","tier":"EventLevel","endpoint":"http://x","interval":"5m","batchSize":5000,"consent":[],"tls":{"certFile":"/a","keyFile":"/b","caFile":"/c"},"pseudonymKeyFile":"/d","databaseDSNFile":"/e","state":{"namespace":"n","configMap":"c"}}`), 0o600)
 	out, err := exec.Command(collectorBin, "--config", path).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "endpoint:") {
 		t.Fatalf("exit %v, output %q", err, out)

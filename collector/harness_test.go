@@ -23,7 +23,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/collector"
 	"github.com/sourcegraph/telemetry-operator/collector/deliver"
@@ -42,6 +44,7 @@ import (
 
 var (
 	rcv          *receivertest.Receiver
+	rcvClock     *clocktesting.FakeClock
 	collectorBin string
 	dbCounter    atomic.Int64
 )
@@ -49,7 +52,10 @@ var (
 func TestMain(m *testing.M) {
 	ctx := context.Background()
 	var err error
-	rcv, err = receivertest.Start(ctx, server.DefaultLimits())
+	// The receiver's clock dates consent transitions; the consent tests move it to lay out a
+	// ledger with periods in the past.
+	rcvClock = clocktesting.NewFakeClock(time.Now())
+	rcv, err = receivertest.StartWith(ctx, receivertest.Options{Limits: server.DefaultLimits(), Clock: rcvClock})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "starting the receiver:", err)
 		os.Exit(1)
@@ -80,7 +86,31 @@ type instance struct {
 	key       []byte
 }
 
+// grant lays timeline out in the receiver's ledger for instance id, dating each transition by
+// setting the receiver's clock to it (the ledger dates later transitions when it records them).
+func grant(t testing.TB, id string, timeline consentv1.Timeline) {
+	t.Helper()
+	defer rcvClock.SetTime(time.Now())
+	for _, tr := range timeline {
+		rcvClock.SetTime(tr.At)
+		if err := rcv.Grant(context.Background(), id, tr.Tier, tr.At); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// consentSince is when the test instances' consent began (by default: long before any test
+// row, even the one dated before the receiver accepts).
+var consentSince = time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC)
+
 func newInstance(t testing.TB, tier v1.ConsentTier, batchSize int) *instance {
+	t.Helper()
+	return newInstanceConsent(t, tier, batchSize, consentv1.Timeline{{At: consentSince, Tier: consentv1.Tier(tier)}})
+}
+
+// newInstanceConsent creates an instance whose consent timeline, at the receiver and in the
+// configuration, is timeline (laid out at the receiver by moving its clock to each transition).
+func newInstanceConsent(t testing.TB, tier v1.ConsentTier, batchSize int, timeline consentv1.Timeline) *instance {
 	t.Helper()
 	ctx := context.Background()
 	id := fmt.Sprintf("inst-%d", dbCounter.Add(1))
@@ -117,8 +147,9 @@ func newInstance(t testing.TB, tier v1.ConsentTier, batchSize int) *instance {
 		return p
 	}
 	in := &instance{t: t, id: id, db: admin, dsn: dsn, dir: dir, key: key, stateFile: filepath.Join(dir, "state.json")}
+	grant(t, id, timeline)
 	cfg := collectorconfig.Config{
-		InstanceID: id, Tier: tier, Endpoint: rcv.URL, Interval: "1s", BatchSize: batchSize, StartFrom: v1.StartFromBeginning,
+		InstanceID: id, Tier: tier, Endpoint: rcv.URL, Interval: "1s", BatchSize: batchSize, Consent: timeline,
 		TLS:              collectorconfig.TLSFiles{CertFile: filepath.Join(clientDir, "tls.crt"), KeyFile: filepath.Join(clientDir, "tls.key"), CAFile: filepath.Join(clientDir, "ca.crt")},
 		PseudonymKeyFile: write("pseudonym-key", key), DatabaseDSNFile: write("dsn", []byte(dsn+"\n")),
 		State: collectorconfig.StateRef{Namespace: "ns", ConfigMap: "state"},

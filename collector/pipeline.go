@@ -23,6 +23,7 @@ import (
 	"k8s.io/utils/clock"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/collector/aggregate"
 	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
@@ -66,6 +67,13 @@ type Pipeline struct {
 	sentCursor int64
 }
 
+// DropOutsideConsent counts rows recorded while EventLevel consent was not in force.
+const DropOutsideConsent = "outside_consent"
+
+// DropConsentRefused counts events the receiver refused because its consent ledger does not
+// allow them.
+const DropConsentRefused = "consent_refused"
+
 // ErrOff is returned at start when the configuration's tier is Off.
 var ErrOff = errors.New("consent tier is Off: nothing may be collected, so the collector does not start")
 
@@ -101,7 +109,8 @@ func (p *Pipeline) Cursor() int64 {
 }
 
 // Init loads the configuration and the starting point: saved progress, else the receiver's
-// acknowledged cursor, else the configured startFrom.
+// acknowledged cursor, else the start of event_logs. The start point only saves reading: what
+// may leave is decided by the consent timeline in the configuration, whatever the cursor says.
 func (p *Pipeline) Init(ctx context.Context) error {
 	cfg, err := LoadConfig(p.ConfigPath)
 	if err != nil {
@@ -129,27 +138,13 @@ func (p *Pipeline) Init(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("asking the receiver for the acknowledged cursor: %w", err)
 		}
-		switch {
-		case known:
+		if known {
 			cursor = c
 			p.Log.Info("resuming from the receiver's acknowledged cursor", "cursor", cursor)
-		case cfg.StartFrom == v1.StartFromBeginning:
-			cursor = 0
-			p.Log.Info("starting from the beginning of event_logs")
-		default:
-			if cursor, err = p.Reader.MaxID(ctx); err != nil {
-				return fmt.Errorf("reading the newest event id: %w", err)
-			}
-			p.Log.Info("starting from now", "cursor", cursor)
+		} else {
+			p.Log.Info("starting from the beginning of event_logs; only events inside consent windows are read")
 		}
 		p.progress.Cursor = cursor
-	}
-	if p.progress.AggregatesFrom == "" {
-		from := p.Clock.Now().UTC()
-		if cfg.StartFrom == v1.StartFromBeginning {
-			from = from.AddDate(0, 0, -(AggregateWindowDays - 1))
-		}
-		p.progress.AggregatesFrom = from.Format(time.DateOnly)
 	}
 	p.tracker = source.NewTracker(cursor, maxSentRemembered)
 	p.sentCursor = cursor
@@ -246,7 +241,7 @@ type filtered struct {
 // readAndFilter reads one round against the delivery state t and filters it.
 func (p *Pipeline) readAndFilter(ctx context.Context, t source.View, limit int) (*filtered, error) {
 	start := p.Clock.Now()
-	round, err := p.Reader.Read(ctx, t, limit)
+	round, err := p.Reader.Read(ctx, t, limit, p.cfg.Consent.Windows(consentv1.TierEventLevel))
 	if err != nil {
 		return nil, err
 	}
@@ -257,6 +252,11 @@ func (p *Pipeline) readAndFilter(ctx context.Context, t source.View, limit int) 
 	for i := range round.Rows {
 		r := &round.Rows[i]
 		f.ids = append(f.ids, r.ID)
+		if p.cfg.Consent.TierAt(r.Timestamp) != consentv1.TierEventLevel {
+			// The query already keeps to the windows; this is the second line.
+			f.dropped[DropOutsideConsent]++
+			continue
+		}
 		e, reason := p.Scrubber.Event(r)
 		if reason != "" {
 			f.dropped[reason]++
@@ -411,6 +411,10 @@ func (p *Pipeline) acknowledge(f *filtered, b *batchv1.Batch, out deliver.Outcom
 		p.Metrics.Batches.WithLabelValues("acknowledged").Inc()
 		p.Metrics.Quarantined.Add(float64(len(out.Quarantined)))
 		p.sentCursor = max(p.sentCursor, b.Cursor)
+		if out.Refused > 0 {
+			p.Metrics.EventsDropped.WithLabelValues(DropConsentRefused).Add(float64(out.Refused))
+			dropped += int64(out.Refused)
+		}
 	}
 	p.tracker.Acknowledge(round.Snapshot, f.ids, round.NewHigh, round.Complete)
 	p.recordSuccess(int64(out.Accepted+out.Duplicates), dropped+int64(len(out.Quarantined)), round, sent)
@@ -449,14 +453,26 @@ func (p *Pipeline) send(ctx context.Context, b *batchv1.Batch) (deliver.Outcome,
 	return out, err
 }
 
+// aggregateRound sends the daily aggregates of the last AggregateWindowDays days, counting only
+// events recorded while the tier in force was at least CriticalOnly: an Off period is never
+// counted, and days before the first such period are not sent at all.
 func (p *Pipeline) aggregateRound(ctx context.Context) error {
 	now := p.Clock.Now().UTC()
 	today := now.Truncate(24 * time.Hour)
 	from := today.AddDate(0, 0, -(AggregateWindowDays - 1))
-	if f, err := time.Parse(time.DateOnly, p.progress.AggregatesFrom); err == nil && f.After(from) {
-		from = f
+	periods := p.cfg.Consent.Windows(consentv1.TierCriticalOnly)
+	if len(periods) == 0 {
+		p.setReady(true)
+		return nil
 	}
-	cells, err := aggregate.Compute(ctx, p.Reader.Pool(), from, today, today)
+	if first := periods[0].Start.UTC().Truncate(24 * time.Hour); first.After(from) {
+		from = first
+	}
+	if from.After(today) {
+		p.setReady(true)
+		return nil
+	}
+	cells, err := aggregate.Compute(ctx, p.Reader.Pool(), from, today, today, periods)
 	if err != nil {
 		p.setReady(false)
 		return err
@@ -480,6 +496,7 @@ func (p *Pipeline) aggregateRound(ctx context.Context) error {
 		}
 		p.Metrics.Batches.WithLabelValues("acknowledged").Inc()
 		acked += int64(out.Accepted + out.Duplicates)
+		suppressed += out.Refused
 	}
 	p.mu.Lock()
 	t := p.Clock.Now().UTC()

@@ -151,10 +151,11 @@ func hasOwnerRef(obj client.Object, ref metav1.OwnerReference) bool {
 	return false
 }
 
-// deleteOwned deletes the named object if it exists and is controlled by owner. It reports
-// whether the object is still present (e.g. waiting on foreground deletion).
-func deleteOwned(ctx context.Context, r *TelemetryPolicyReconciler, owner *telemetryv1alpha1.TelemetryPolicy, obj client.Object, opts ...client.DeleteOption) (bool, error) {
-	if err := r.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+// deleteOwned deletes the named object if it exists and is controlled by owner, reading it with
+// reader (the API server itself, where objects whose labels were stripped must be found too). It
+// reports whether the object is still present (e.g. waiting on foreground deletion).
+func deleteOwned(ctx context.Context, r *TelemetryPolicyReconciler, reader client.Reader, owner *telemetryv1alpha1.TelemetryPolicy, obj client.Object, opts ...client.DeleteOption) (bool, error) {
+	if err := reader.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}

@@ -43,6 +43,7 @@ const (
 	ReasonSuspended           = "Suspended"
 	ReasonInvalidSpec         = "InvalidSpec"
 	ReasonReconcileError      = "ReconcileError"
+	ReasonConsentPending      = "ConsentChangePending"
 )
 
 // setConsentEligibleCondition reports whether the declared tier runs as declared.
@@ -158,6 +159,9 @@ type summary struct {
 	stalledReason string
 	stalledMsg    string
 	errMsg        string
+	// pending: the decided tier is not in force yet (the receiver has not recorded it, or the
+	// collector does not run it yet).
+	pending bool
 }
 
 // setSummaryConditions sets Ready, and Reconciling/Stalled only while they are true (kstatus).
@@ -165,6 +169,9 @@ func setSummaryConditions(p *v1.TelemetryPolicy, s summary) {
 	setUnknownConditions(p)
 	synced := meta.IsStatusConditionTrue(p.Status.Conditions, v1.ConditionSynced)
 	creds := meta.IsStatusConditionTrue(p.Status.Conditions, v1.ConditionCredentialsReady)
+	recorded := meta.IsStatusConditionTrue(p.Status.Conditions, v1.ConditionConsentRecorded)
+	erasure := meta.FindStatusCondition(p.Status.Conditions, v1.ConditionErasureCompleted)
+	erased := erasure == nil || erasure.Status == metav1.ConditionTrue
 	switch {
 	case s.stalledReason != "":
 		setCondition(p, v1.ConditionStalled, metav1.ConditionTrue, s.stalledReason, s.stalledMsg)
@@ -175,7 +182,7 @@ func setSummaryConditions(p *v1.TelemetryPolicy, s summary) {
 		meta.RemoveStatusCondition(&p.Status.Conditions, v1.ConditionReconciling)
 		setCondition(p, v1.ConditionReady, metav1.ConditionFalse, ReasonSuspended,
 			"reconciliation is suspended (spec.suspend); consent downgrades are still enforced")
-	case synced && creds && s.errMsg == "":
+	case synced && creds && recorded && erased && !s.pending && s.errMsg == "":
 		meta.RemoveStatusCondition(&p.Status.Conditions, v1.ConditionStalled)
 		meta.RemoveStatusCondition(&p.Status.Conditions, v1.ConditionReconciling)
 		setCondition(p, v1.ConditionReady, metav1.ConditionTrue, ReasonEnforced,
@@ -186,10 +193,16 @@ func setSummaryConditions(p *v1.TelemetryPolicy, s summary) {
 		switch {
 		case s.errMsg != "":
 			reason, msg = ReasonReconcileError, s.errMsg
+		case !recorded:
+			reason, msg = conditionReason(p, v1.ConditionConsentRecorded)
 		case !synced:
 			reason, msg = conditionReason(p, v1.ConditionSynced)
 		case !creds:
 			reason, msg = conditionReason(p, v1.ConditionCredentialsReady)
+		case !erased:
+			reason, msg = conditionReason(p, v1.ConditionErasureCompleted)
+		case s.pending:
+			reason, msg = ReasonConsentPending, fmt.Sprintf("the decided tier is not in force yet (effective tier %s)", p.Status.EffectiveTier)
 		}
 		setCondition(p, v1.ConditionReconciling, metav1.ConditionTrue, reason, msg)
 		setCondition(p, v1.ConditionReady, metav1.ConditionFalse, reason, msg)
@@ -199,7 +212,7 @@ func setSummaryConditions(p *v1.TelemetryPolicy, s summary) {
 // setUnknownConditions writes every domain condition on the first visit, as Unknown, so
 // tools never have to guess whether a missing condition means "not yet" or "not applicable".
 func setUnknownConditions(p *v1.TelemetryPolicy) {
-	for _, t := range []string{v1.ConditionConsentEligible, v1.ConditionSynced, v1.ConditionCredentialsReady, v1.ConditionExporting} {
+	for _, t := range []string{v1.ConditionConsentEligible, v1.ConditionConsentRecorded, v1.ConditionSynced, v1.ConditionCredentialsReady, v1.ConditionExporting} {
 		if meta.FindStatusCondition(p.Status.Conditions, t) == nil {
 			setCondition(p, t, metav1.ConditionUnknown, ReasonProgressing, "not observed yet")
 		}

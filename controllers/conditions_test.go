@@ -110,6 +110,17 @@ func TestSetSummaryConditions(t *testing.T) {
 		p.Status.EffectiveTier = v1.TierEventLevel
 		setCondition(p, v1.ConditionSynced, synced, "S", "synced msg")
 		setCondition(p, v1.ConditionCredentialsReady, creds, "C", "creds msg")
+		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionTrue, "R", "recorded msg")
+		return p
+	}
+	withLedger := func(recorded metav1.ConditionStatus) *v1.TelemetryPolicy {
+		p := withConds(metav1.ConditionTrue, metav1.ConditionTrue)
+		setCondition(p, v1.ConditionConsentRecorded, recorded, "L", "ledger msg")
+		return p
+	}
+	withErasure := func(done metav1.ConditionStatus) *v1.TelemetryPolicy {
+		p := withConds(metav1.ConditionTrue, metav1.ConditionTrue)
+		setCondition(p, v1.ConditionErasureCompleted, done, "E", "erasure msg")
 		return p
 	}
 	cases := []struct {
@@ -126,6 +137,10 @@ func TestSetSummaryConditions(t *testing.T) {
 		{"error", withConds(metav1.ConditionTrue, metav1.ConditionTrue), summary{errMsg: "boom"}, metav1.ConditionFalse, ReasonReconcileError, true, false},
 		{"stalled", withConds(metav1.ConditionFalse, metav1.ConditionTrue), summary{stalledReason: "IssuerUnavailable", stalledMsg: "x"}, metav1.ConditionFalse, "IssuerUnavailable", false, true},
 		{"suspended", withConds(metav1.ConditionTrue, metav1.ConditionTrue), summary{suspended: true}, metav1.ConditionFalse, ReasonSuspended, false, false},
+		{"receiver has not recorded the consent", withLedger(metav1.ConditionFalse), summary{}, metav1.ConditionFalse, "L", true, false},
+		{"a consent change not in force yet", withConds(metav1.ConditionTrue, metav1.ConditionTrue), summary{pending: true}, metav1.ConditionFalse, ReasonConsentPending, true, false},
+		{"erasure pending", withErasure(metav1.ConditionFalse), summary{}, metav1.ConditionFalse, "E", true, false},
+		{"erasure verified", withErasure(metav1.ConditionTrue), summary{}, metav1.ConditionTrue, ReasonEnforced, false, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -143,7 +158,7 @@ func TestSetSummaryConditions(t *testing.T) {
 			if got := meta.FindStatusCondition(tc.p.Status.Conditions, v1.ConditionStalled) != nil; got != tc.stalledShown {
 				t.Fatalf("Stalled present = %v, want %v", got, tc.stalledShown)
 			}
-			for _, typ := range []string{v1.ConditionConsentEligible, v1.ConditionExporting} {
+			for _, typ := range []string{v1.ConditionConsentEligible, v1.ConditionConsentRecorded, v1.ConditionExporting} {
 				if meta.FindStatusCondition(tc.p.Status.Conditions, typ) == nil {
 					t.Fatalf("%s is not written on the first visit", typ)
 				}

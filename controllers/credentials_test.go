@@ -122,14 +122,14 @@ var _ = Describe("Collector credentials", func() {
 			}).Should(Equal(wantReason))
 			after := credentials(ctx, ns, "tamper")
 			Expect(serialOf(after)).NotTo(Equal(before))
-			_, problem := mustIssuer().CheckClient(after.Data, "tamper", fakeClock.Now())
+			_, problem := mustIssuer().CheckClient(after.Data, instanceOf(ns, "tamper"), fakeClock.Now())
 			Expect(problem).To(BeEmpty())
 		},
 		Entry("Secret deleted", func(ctx context.Context, s *corev1.Secret) {
 			Expect(k8s.Delete(ctx, s)).To(Succeed())
 		}, pki.IssueSecretMissing),
 		Entry("key of another certificate", func(ctx context.Context, s *corev1.Secret) {
-			other, err := mustIssuer().IssueClient("tamper", time.Hour, fakeClock.Now(), nil)
+			other, err := mustIssuer().IssueClient(instanceOf(s.Namespace, "tamper"), time.Hour, fakeClock.Now(), nil)
 			Expect(err).NotTo(HaveOccurred())
 			s.Data["tls.key"] = other.KeyPEM
 			Expect(k8s.Update(ctx, s)).To(Succeed())
@@ -145,13 +145,13 @@ var _ = Describe("Collector credentials", func() {
 			Expect(err).NotTo(HaveOccurred())
 			rogue, err := pki.LoadIssuer(ca.Secret(), fakeClock.Now())
 			Expect(err).NotTo(HaveOccurred())
-			other, err := rogue.IssueClient("tamper", time.Hour, fakeClock.Now(), nil)
+			other, err := rogue.IssueClient(instanceOf(s.Namespace, "tamper"), time.Hour, fakeClock.Now(), nil)
 			Expect(err).NotTo(HaveOccurred())
 			s.Data["tls.crt"], s.Data["tls.key"] = other.CertPEM, other.KeyPEM
 			Expect(k8s.Update(ctx, s)).To(Succeed())
 		}, pki.IssueWrongIssuer),
 		Entry("expired certificate", func(ctx context.Context, s *corev1.Secret) {
-			old, err := mustIssuer().IssueClient("tamper", time.Hour, fakeClock.Now().Add(-48*time.Hour), nil)
+			old, err := mustIssuer().IssueClient(instanceOf(s.Namespace, "tamper"), time.Hour, fakeClock.Now().Add(-48*time.Hour), nil)
 			Expect(err).NotTo(HaveOccurred())
 			s.Data["tls.crt"], s.Data["tls.key"] = old.CertPEM, old.KeyPEM
 			Expect(k8s.Update(ctx, s)).To(Succeed())
@@ -304,6 +304,7 @@ var _ = Describe("The fleet issuer", func() {
 			}
 			_, err := operator.New(ctx, cfg, operator.Config{
 				MetricsAddr: "0", ProbeAddr: "0", IssuerSecret: issuerNamespace + "/" + name, CollectorImage: "x",
+				ReceiverURL: rcv.URL, ClusterName: testCluster,
 			}, operator.Deps{Clock: fakeClock, Metrics: controllers.NewMetrics(nil)})
 			Expect(err).To(HaveOccurred())
 			Expect(err.Error()).To(ContainSubstring(want))

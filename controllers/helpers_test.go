@@ -42,6 +42,10 @@ func newNamespace(ctx context.Context) string {
 	return ns
 }
 
+// instanceOf is the instance id of the test policy ns/name: unique, as the receiver's consent
+// ledger lets one policy own an instance.
+func instanceOf(ns, name string) string { return ns + "-" + name }
+
 // eventLevelPolicy is an eligible self-serve trial that expires in a week of fake time.
 func eventLevelPolicy(ns, name string) *v1.TelemetryPolicy {
 	accepted := metav1.NewTime(fakeClock.Now().Add(-24 * time.Hour))
@@ -49,7 +53,7 @@ func eventLevelPolicy(ns, name string) *v1.TelemetryPolicy {
 	return &v1.TelemetryPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: v1.TelemetryPolicySpec{
-			InstanceID: name,
+			InstanceID: instanceOf(ns, name),
 			Consent:    v1.ConsentSpec{Tier: v1.TierEventLevel},
 			Contract: &v1.ContractSpec{
 				Basis: v1.BasisSelfServeTrial, Reference: "0065e00000AbCdEf", CloudTermsVersion: "2024-06-01",

@@ -25,6 +25,8 @@ type Metrics struct {
 	RotationFailures    prometheus.Counter
 	IssuerExpiry        prometheus.Gauge
 	IssuerNearExpiry    prometheus.Gauge
+	Erasures            *prometheus.CounterVec
+	ErasedRows          *prometheus.CounterVec
 	mu                  sync.Mutex
 	tierByPolicy        map[types.NamespacedName]telemetryv1alpha1.ConsentTier
 	registeredCollector []prometheus.Collector
@@ -57,12 +59,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		IssuerNearExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "telemetry_issuer_near_expiry", Help: "1 when the fleet issuer CA expires within the warning window.",
 		}),
+		Erasures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "telemetry_erasures_total", Help: "Erasure requests carried out at the receiver, by outcome (verified, refused).",
+		}, []string{"outcome"}),
+		ErasedRows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "telemetry_erased_rows_total", Help: "Rows the receiver deleted for erasure requests, by kind (events, aggregates).",
+		}, []string{"kind"}),
 		tierByPolicy: map[types.NamespacedName]telemetryv1alpha1.ConsentTier{},
 	}
 	for _, t := range []telemetryv1alpha1.ConsentTier{telemetryv1alpha1.TierEventLevel, telemetryv1alpha1.TierCriticalOnly, telemetryv1alpha1.TierOff} {
 		m.PoliciesByTier.WithLabelValues(string(t)).Set(0)
 	}
-	m.registeredCollector = []prometheus.Collector{m.PoliciesByTier, m.Downgrades, m.ReconcileErrors, m.CertExpiry, m.Rotations, m.RotationFailures, m.IssuerExpiry, m.IssuerNearExpiry}
+	m.registeredCollector = []prometheus.Collector{m.PoliciesByTier, m.Downgrades, m.ReconcileErrors, m.CertExpiry, m.Rotations, m.RotationFailures, m.IssuerExpiry, m.IssuerNearExpiry, m.Erasures, m.ErasedRows}
 	if reg != nil {
 		for _, c := range m.registeredCollector {
 			reg.MustRegister(c)

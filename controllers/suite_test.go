@@ -31,6 +31,7 @@ import (
 	"github.com/sourcegraph/telemetry-operator/internal/operator"
 	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
 	"github.com/sourcegraph/telemetry-operator/internal/testenv"
+	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
 )
 
 // The suite runs the real manager wiring (label-filtered cache, controller, issuer loading)
@@ -38,6 +39,9 @@ import (
 // collector: tests play their part where a behaviour depends on them.
 
 const issuerNamespace = "telemetry-system"
+
+// testCluster is the cluster name the suite's operator records consent as.
+const testCluster = "envtest"
 
 var (
 	env       *envtest.Environment
@@ -50,6 +54,9 @@ var (
 	mgrCancel context.CancelFunc
 	mgrDone   chan struct{}
 	mgr       ctrl.Manager
+	// rcv is a real receiver (PostgreSQL, mutual TLS) sharing the fleet issuer and the fake
+	// clock: the operator records consent in its ledger.
+	rcv *receivertest.Receiver
 )
 
 func TestControllers(t *testing.T) {
@@ -106,6 +113,8 @@ var _ = BeforeSuite(func() {
 	})).To(Succeed())
 
 	fakeClock = clocktesting.NewFakeClock(time.Now().Truncate(time.Second))
+	rcv, err = receivertest.StartWith(context.Background(), receivertest.Options{CA: fleetCA, Clock: fakeClock})
+	Expect(err).NotTo(HaveOccurred())
 	startManager()
 })
 
@@ -124,6 +133,9 @@ func startManager() {
 		CollectorImage:       "telemetry-collector:test",
 		MinCloudTermsVersion: "2024-01-01",
 		IssuerExpiryWarning:  24 * time.Hour,
+		ReceiverURL:          rcv.URL,
+		ClusterName:          testCluster,
+		LedgerRetry:          200 * time.Millisecond,
 	}, operator.Deps{Clock: fakeClock, Metrics: metrics})
 	Expect(err).NotTo(HaveOccurred())
 	mgrCancel = cancel
@@ -146,5 +158,8 @@ var _ = AfterSuite(func() {
 	}
 	if env != nil {
 		Expect(testenv.Stop(env)).To(Succeed())
+	}
+	if rcv != nil {
+		rcv.Close()
 	}
 })

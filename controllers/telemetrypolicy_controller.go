@@ -19,16 +19,19 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
 	"github.com/sourcegraph/telemetry-operator/internal/consent"
@@ -49,6 +52,9 @@ type Options struct {
 	// MinCloudTermsVersion is the oldest Cloud Terms of Service version (YYYY-MM-DD) that allows
 	// EventLevel; empty accepts any.
 	MinCloudTermsVersion string
+	// LedgerRetry is how soon a policy waiting on an unreachable receiver is tried again
+	// (default 15s).
+	LedgerRetry time.Duration
 }
 
 // TelemetryPolicyReconciler turns each TelemetryPolicy into an enforced, observable collector.
@@ -64,22 +70,48 @@ type TelemetryPolicyReconciler struct {
 	Issuer  *pki.Issuer
 	Metrics *Metrics
 	// Random is the entropy source for keys and serial numbers (nil: crypto/rand).
-	Random  io.Reader
+	Random io.Reader
+	// Ledger is the receiver's consent ledger, where consent is recorded before it takes effect
+	// and whose record outlives the policy.
+	Ledger  ConsentLedger
 	Options Options
 }
 
 // reconcileState carries what the steps of one reconcile learn and decide.
 type reconcileState struct {
-	policy     *v1.TelemetryPolicy
-	decision   consent.Decision
-	tier       v1.ConsentTier // the tier enforced from this reconcile on
-	mutate     bool           // false while suspended (and no downgrade is pending)
+	policy   *v1.TelemetryPolicy
+	decision consent.Decision
+	// intent is the decided tier (while suspended: the tier in force, unless lower is decided).
+	intent v1.ConsentTier
+	// timeline is the consent ledger as known: the status copy, or the receiver's answer.
+	timeline consentv1.Timeline
+	// ledgerKnown: timeline reflects the receiver's record (possibly empty: no record yet).
+	ledgerKnown bool
+	// want is the transition to record, if the ledger does not record intent yet.
+	want *consentv1.Transition
+	// ledgerErr is the last error talking to the ledger in this reconcile.
+	ledgerErr error
+	// ownedElsewhere: another policy owns the instance's record; nothing may run.
+	ownedElsewhere bool
+	// recorded is the tier the ledger records in force ("" unknown).
+	recorded v1.ConsentTier
+	// tier is what the collector is configured for: no more than intent and recorded.
+	tier       v1.ConsentTier
+	mutate     bool // false while suspended (and no downgrade is pending)
 	configHash string
 	deployment *appsv1.Deployment
-	requeueAt  []time.Time
-	stalled    struct{ reason, message string }
+	// deploymentObserved: deployment (nil or not) reflects a read made in this reconcile.
+	deploymentObserved bool
+	// synced: the Synced condition was computed in this reconcile, and is true.
+	synced    bool
+	requeueAt []time.Time
+	stalled   struct{ reason, message string }
 	// afterPatch runs once the status patch succeeded.
 	afterPatch []func()
+}
+
+func (st *reconcileState) requeueIn(d time.Duration, now time.Time) {
+	st.requeueAt = append(st.requeueAt, now.Add(d))
 }
 
 func (st *reconcileState) stall(reason, message string) {
@@ -98,6 +130,9 @@ type step struct {
 }
 
 // Reconcile runs the steps in order and patches status once at the end, only if it changed.
+// The consent steps come first: a downgrade is enforced before anything that could stall or
+// fail (the receiver, the pseudonym key, credentials), and an erasure request is carried out
+// whatever the collector's state.
 func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
 	p := &v1.TelemetryPolicy{}
 	if err := r.Get(ctx, req.NamespacedName, p); err != nil {
@@ -107,11 +142,26 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 		return ctrl.Result{}, err
 	}
-	if !p.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, nil // owned objects go with the policy through their owner references
-	}
 	logger := log.FromContext(ctx).WithValues("policy", p.Name, "namespace", p.Namespace, "instance", p.Spec.InstanceID)
 	ctx = log.IntoContext(ctx, logger)
+	if !p.DeletionTimestamp.IsZero() {
+		if !controllerutil.ContainsFinalizer(p, v1.FinalizerConsentLedger) {
+			return ctrl.Result{}, nil // owned objects go with the policy through their owner references
+		}
+		after, err := r.finalize(ctx, p)
+		return ctrl.Result{RequeueAfter: after}, err
+	}
+	if !controllerutil.ContainsFinalizer(p, v1.FinalizerConsentLedger) {
+		// Held until the instance's consent is closed at the receiver (see finalize).
+		patch := client.MergeFromWithOptions(p.DeepCopy(), client.MergeFromWithOptimisticLock{})
+		controllerutil.AddFinalizer(p, v1.FinalizerConsentLedger)
+		if err := r.Patch(ctx, p, patch); err != nil {
+			if apierrors.IsConflict(err) {
+				return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
+			}
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+	}
 
 	orig := p.DeepCopy()
 	st := &reconcileState{policy: p, mutate: true}
@@ -132,78 +182,60 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 
 	steps := []step{
 		{"consent", r.reconcileConsent},
+		{"enforce-downgrade", r.enforceDowngrade},
+		{"consent-ledger", r.syncLedger},
 		{"pseudonym-key", r.reconcilePseudonymKey},
 		{"config", r.reconcileConfig},
 		{"workload", r.reconcileWorkload},
 		{"observe", r.observe},
 	}
+	var stepErr error
 	for _, s := range steps {
 		if err := s.run(ctx, st); err != nil {
 			r.Metrics.ReconcileErrors.WithLabelValues(s.name).Inc()
 			r.event(p, corev1.EventTypeWarning, "ReconcileFailed", s.name, "step %s failed: %v", s.name, err)
-			return ctrl.Result{}, fmt.Errorf("step %s: %w", s.name, err)
+			stepErr = fmt.Errorf("step %s: %w", s.name, err)
+			break
 		}
 		if st.stalled.reason != "" {
 			break
 		}
 	}
-	return ctrl.Result{}, nil
+	// An erasure does not depend on the collector: a stalled or failed collector step never
+	// holds it up. It needs the instance's record to be this policy's.
+	if !st.ownedElsewhere && st.mutate {
+		if err := r.reconcileErasure(ctx, st); err != nil && stepErr == nil {
+			r.Metrics.ReconcileErrors.WithLabelValues("erasure").Inc()
+			stepErr = fmt.Errorf("step erasure: %w", err)
+		}
+	}
+	return ctrl.Result{}, stepErr
 }
 
-// reconcileConsent decides the effective tier and records tier changes.
+// reconcileConsent decides the tier the policy should run at, and reads the operator's copy of
+// the consent ledger. Changes of the tier in force are announced when they are enforced (see
+// summarizeAndPatch), not here.
 func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *reconcileState) error {
 	p := st.policy
-	now := r.Clock.Now()
-	d := consent.Decide(p.Spec, r.Options.MinCloudTermsVersion, now)
+	d := consent.Decide(p.Spec, r.Options.MinCloudTermsVersion, r.Clock.Now())
 	st.decision = d
 	st.requeue(d.ReevaluateAt)
 	setConsentEligibleCondition(p, d)
-
-	prev := p.Status.EffectiveTier
-	st.tier = d.Effective
+	st.timeline = timelineOf(p.Status.ConsentHistory)
+	st.ledgerKnown = len(st.timeline) > 0
+	st.intent = d.Effective
 	if p.Spec.Suspend {
-		switch {
-		case prev != "" && d.Effective.Rank() < prev.Rank():
-			log.FromContext(ctx).Info("suspended, but enforcing a consent downgrade", "tier", d.Effective, "from", prev)
-		default:
-			st.mutate = false
-			st.tier = prev
+		inForce := p.Status.EffectiveTier
+		if st.ledgerKnown && st.timeline.Current().Rank() > consentv1.Tier(inForce).Rank() {
+			inForce = v1.ConsentTier(st.timeline.Current())
+		}
+		if inForce != "" && d.Effective.Rank() < inForce.Rank() {
+			log.FromContext(ctx).Info("suspended, but enforcing a consent downgrade", "tier", d.Effective, "from", inForce)
 			return nil
 		}
+		st.mutate = false
+		st.intent = p.Status.EffectiveTier
 	}
-	if prev == st.tier {
-		return nil
-	}
-	reason := v1.ReasonDeclared
-	if !d.Eligible {
-		reason = d.Reason
-	}
-	p.Status.ConsentHistory = append(p.Status.ConsentHistory, v1.ConsentChange{
-		Time: metav1.NewTime(now), From: prev, To: st.tier, Basis: contractBasis(p), Reason: reason,
-	})
-	if n := len(p.Status.ConsentHistory); n > MaxConsentHistory {
-		p.Status.ConsentHistory = slices.Clone(p.Status.ConsentHistory[n-MaxConsentHistory:])
-	}
-	p.Status.EffectiveTier = st.tier
-	eventType, eventReason := corev1.EventTypeNormal, "TierChanged"
-	if prev != "" && st.tier.Rank() < prev.Rank() {
-		r.Metrics.Downgrades.WithLabelValues(reason).Inc()
-		eventReason = "TierDowngraded"
-	}
-	if !d.Eligible {
-		eventType = corev1.EventTypeWarning
-	}
-	from := string(prev)
-	if from == "" {
-		from = "none"
-	}
-	// The Event and the log line follow the status patch: a reconcile that started from a stale
-	// copy of the policy loses the optimistic-lock race and must not announce a change twice.
-	msg := fmt.Sprintf("effective tier %s -> %s (%s): %s", from, st.tier, reason, d.Message)
-	st.afterPatch = append(st.afterPatch, func() {
-		r.event(p, eventType, eventReason, "DecideTier", "%s", msg)
-		log.FromContext(ctx).Info("effective tier changed", "tier", st.tier, "from", prev, "reason", reason)
-	})
 	return nil
 }
 
@@ -222,7 +254,7 @@ var stateKind = ownedKind[*corev1.ConfigMap]{
 	copyInto: func(_, _ *corev1.ConfigMap) {},
 }
 
-// reconcileConfig renders the collector configuration for the enforced tier.
+// reconcileConfig renders the collector configuration for the tier the collector may run at.
 func (r *TelemetryPolicyReconciler) reconcileConfig(ctx context.Context, st *reconcileState) error {
 	p := st.policy
 	if !st.mutate {
@@ -232,20 +264,15 @@ func (r *TelemetryPolicyReconciler) reconcileConfig(ctx context.Context, st *rec
 		st.stall(ReasonInvalidSpec, fmt.Sprintf("consent tier %s needs spec.source.databaseSecretRef and spec.export.endpoint", st.tier))
 		return nil
 	}
-	rendered, err := collectorconfig.Render(resources.CollectorConfig(p, st.tier))
-	if err != nil {
-		st.stall(ReasonInvalidSpec, err.Error())
-		return nil
-	}
-	st.configHash = resources.Hash(rendered)
-	if _, err := ensureOwned(ctx, r, p, resources.ConfigMap(p, rendered), configMapKind); err != nil {
+	if err := r.writeConfig(ctx, st, st.tier); err != nil || st.stalled.reason != "" {
 		return err
 	}
-	_, err = ensureOwned(ctx, r, p, resources.StateConfigMap(p), stateKind)
+	_, err := ensureOwned(ctx, r, p, resources.StateConfigMap(p), stateKind)
 	return err
 }
 
-// reconcileWorkload runs the collector for EventLevel and CriticalOnly and removes it for Off.
+// reconcileWorkload runs the collector for EventLevel and CriticalOnly and removes it for Off
+// (or while the ledger records nothing this policy may run at).
 func (r *TelemetryPolicyReconciler) reconcileWorkload(ctx context.Context, st *reconcileState) error {
 	p := st.policy
 	names := resources.NamesFor(p.Name)
@@ -257,10 +284,11 @@ func (r *TelemetryPolicyReconciler) reconcileWorkload(ctx context.Context, st *r
 		} else if !apierrors.IsNotFound(err) {
 			return err
 		}
+		st.deploymentObserved = true
 		return nil
 	}
 	if st.tier == v1.TierOff {
-		return r.removeWorkload(ctx, st)
+		return r.stopCollector(ctx, st)
 	}
 	renewal, err := r.reconcileCredentials(ctx, st)
 	if err != nil || st.stalled.reason != "" {
@@ -280,37 +308,7 @@ func (r *TelemetryPolicyReconciler) reconcileWorkload(ctx context.Context, st *r
 	if err != nil {
 		return err
 	}
-	st.deployment = dep
-	return nil
-}
-
-// removeWorkload stops the collector for tier Off. The Deployment is deleted in the foreground,
-// so it disappears only once its pods are gone; only then are its credentials and RBAC removed.
-func (r *TelemetryPolicyReconciler) removeWorkload(ctx context.Context, st *reconcileState) error {
-	p := st.policy
-	names := resources.NamesFor(p.Name)
-	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.Deployment}}
-	present, err := deleteOwned(ctx, r, p, dep, client.PropagationPolicy(metav1.DeletePropagationForeground))
-	if err != nil {
-		return err
-	}
-	if present {
-		st.deployment = dep
-		return nil
-	}
-	for _, obj := range []client.Object{
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.Credentials}},
-		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.RoleBinding}},
-		&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.Role}},
-		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.ServiceAccount}},
-	} {
-		if _, err := deleteOwned(ctx, r, p, obj); err != nil {
-			return err
-		}
-	}
-	p.Status.Credentials = nil
-	r.Metrics.CertExpiry.DeleteLabelValues(p.Namespace, p.Name)
-	setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionTrue, ReasonCredentialsOff, "consent tier Off: no transport credentials are needed and none exist")
+	st.deployment, st.deploymentObserved = dep, true
 	return nil
 }
 
@@ -323,6 +321,7 @@ func (r *TelemetryPolicyReconciler) observe(ctx context.Context, st *reconcileSt
 		_, msg := conditionReason(p, v1.ConditionSynced)
 		st.stall(ReasonProgressDeadline, msg)
 	}
+	st.synced = meta.IsStatusConditionTrue(p.Status.Conditions, v1.ConditionSynced)
 	cm := &corev1.ConfigMap{}
 	err := r.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).State}, cm)
 	if err != nil && !apierrors.IsNotFound(err) {
@@ -371,7 +370,8 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-// summarizeAndPatch computes the summary conditions and patches status if anything changed.
+// summarizeAndPatch decides the tier in force, computes the summary conditions and patches
+// status if anything changed.
 func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig *v1.TelemetryPolicy, st *reconcileState, reconcileErr error) error {
 	p := st.policy
 	s := summary{suspended: !st.mutate, stalledReason: st.stalled.reason, stalledMsg: st.stalled.message}
@@ -382,6 +382,10 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 			return nil
 		}
 	}
+	if st.mutate {
+		r.updateEffectiveTier(ctx, st)
+	}
+	s.pending = st.mutate && (st.intent != p.Status.EffectiveTier || st.want != nil)
 	p.Status.ObservedGeneration = p.Generation
 	setSummaryConditions(p, s)
 	r.Metrics.SetTier(client.ObjectKeyFromObject(p), p.Status.EffectiveTier)
@@ -403,6 +407,48 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 		f()
 	}
 	return nil
+}
+
+// updateEffectiveTier moves status.effectiveTier once a change is enforced at both points, and
+// announces it (Event, metric, log) after the status patch lands.
+func (r *TelemetryPolicyReconciler) updateEffectiveTier(ctx context.Context, st *reconcileState) {
+	p := st.policy
+	prev := p.Status.EffectiveTier
+	next := enforcedTier(prev, st.tier, st.recorded, workloadObservation{tier: st.tier, deployment: st.deployment}, st.synced, st.deploymentObserved)
+	if next == prev {
+		return
+	}
+	p.Status.EffectiveTier = next
+	reason := v1.ReasonDeclared
+	if n := len(st.timeline); n > 0 && st.timeline[n-1].Reason != "" {
+		reason = st.timeline[n-1].Reason
+	}
+	eventType, eventReason := corev1.EventTypeNormal, "TierChanged"
+	downgrade := prev != "" && next.Rank() < prev.Rank()
+	if downgrade {
+		eventReason = "TierDowngraded"
+	}
+	if !st.decision.Eligible && st.decision.Reason != "" {
+		eventType = corev1.EventTypeWarning
+	}
+	from := string(prev)
+	if from == "" {
+		from = "none"
+	}
+	since := ""
+	if n := len(st.timeline); n > 0 {
+		since = " since " + st.timeline[n-1].At.UTC().Format(time.RFC3339)
+	}
+	// The Event, metric and log line follow the status patch: a reconcile that started from a
+	// stale copy of the policy loses the optimistic-lock race and must not announce a change twice.
+	msg := fmt.Sprintf("effective tier %s -> %s (%s), enforced by the collector and the receiver%s: %s", from, next, reason, since, st.decision.Message)
+	st.afterPatch = append(st.afterPatch, func() {
+		if downgrade {
+			r.Metrics.Downgrades.WithLabelValues(reason).Inc()
+		}
+		r.event(p, eventType, eventReason, "EnforceTier", "%s", msg)
+		log.FromContext(ctx).Info("effective tier changed", "tier", next, "from", prev, "reason", reason)
+	})
 }
 
 // result requeues for the earliest moment something changes on its own (trial expiry,

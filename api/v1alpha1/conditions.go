@@ -25,6 +25,13 @@ const (
 	ConditionCredentialsReady = "CredentialsReady"
 	// ConditionExporting says whether data is flowing: the receiver acknowledged a batch recently.
 	ConditionExporting = "Exporting"
+	// ConditionConsentRecorded says whether the receiver's consent ledger records the decided
+	// tier, so that the receiver enforces it on its own. False while the receiver is unreachable
+	// or refuses (for example because another policy owns the instance).
+	ConditionConsentRecorded = "ConsentRecorded"
+	// ConditionErasureCompleted is present once spec.erasure is set: True when the requested
+	// erasure was carried out and verified.
+	ConditionErasureCompleted = "ErasureCompleted"
 )
 
 // Reasons for ConsentEligible=False; each names why EventLevel was downgraded to CriticalOnly.
@@ -33,11 +40,19 @@ const (
 	ReasonTermsOutdated    = "TermsOutdated"
 	ReasonApprovalMissing  = "ApprovalMissing"
 	ReasonBasisNotEligible = "BasisNotEligible"
+	// ReasonNotYetAccepted: contract.acceptedAt lies in the future.
+	ReasonNotYetAccepted = "NotYetAccepted"
 	// ReasonEligible: the declared tier is allowed as declared.
 	ReasonEligible = "Eligible"
 	// ReasonDeclared: consent history entry for a change of the declared tier itself.
 	ReasonDeclared = "Declared"
+	// ReasonPolicyDeleted: consent history entry for a policy that was deleted.
+	ReasonPolicyDeleted = "PolicyDeleted"
 )
+
+// FinalizerConsentLedger holds a deleted policy until its instance's consent is closed at the
+// receiver (recorded as Off from the deletion time) and its ownership released.
+const FinalizerConsentLedger = "telemetry.sourcegraph.com/consent-ledger"
 
 // Annotations the operator reads on a TelemetryPolicy.
 const (

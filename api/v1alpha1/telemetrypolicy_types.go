@@ -73,14 +73,15 @@ func (b ContractBasis) IsTrial() bool {
 	return b == BasisSelfServeTrial || b == BasisCELedTrial
 }
 
-// StartPoint says where a collector with no saved progress starts reading event_logs.
+// StartPoint says when an instance's first consent period begins.
 // +kubebuilder:validation:Enum=Now;Beginning
 type StartPoint string
 
 const (
-	// StartFromNow starts at the newest event present when the collector first runs.
+	// StartFromNow: the first consent period begins when the operator first enforces the policy.
 	StartFromNow StartPoint = "Now"
-	// StartFromBeginning exports the whole history held in event_logs.
+	// StartFromBeginning: the first consent period begins at contract.acceptedAt, so data
+	// recorded since the customer accepted the terms may leave, never data from before.
 	StartFromBeginning StartPoint = "Beginning"
 )
 
@@ -90,6 +91,7 @@ const (
 // +kubebuilder:validation:XValidation:rule="self.consent.tier != 'EventLevel' || (has(self.contract) && has(self.contract.userLevelEventDataApproved) && self.contract.userLevelEventDataApproved)",message="consent.tier EventLevel requires contract.userLevelEventDataApproved=true (CRM field \"User Level Event Usage Data Analytics\" = Yes)"
 // +kubebuilder:validation:XValidation:rule="self.consent.tier == 'Off' || (has(self.source) && has(self.source.databaseSecretRef))",message="consent.tier EventLevel and CriticalOnly require source.databaseSecretRef (where the collector finds the instance database)"
 // +kubebuilder:validation:XValidation:rule="self.consent.tier == 'Off' || (has(self.export) && has(self.export.endpoint))",message="consent.tier EventLevel and CriticalOnly require export.endpoint (the receiver's https:// URL)"
+// +kubebuilder:validation:XValidation:rule="!has(self.export) || !has(self.export.startFrom) || self.export.startFrom != 'Beginning' || (has(self.contract) && has(self.contract.acceptedAt))",message="export.startFrom Beginning requires contract.acceptedAt: consent begins when the terms were accepted, never earlier"
 type TelemetryPolicySpec struct {
 	// instanceID names the managed instance this policy governs. It becomes the identity in the
 	// collector's client certificate, so the receiver attributes data to it; it cannot change.
@@ -132,6 +134,58 @@ type TelemetryPolicySpec struct {
 	// Consent downgrades (a lower tier, an expired trial) are still enforced while suspended.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
+
+	// erasure requests that the receiver delete this instance's stored data. Setting a new
+	// requestID makes a new request; the operator carries it out once, and the receiver verifies
+	// by re-query that nothing in scope is left, keeps an audit record without any of the data,
+	// and refuses data in scope sent afterwards. See status.erasure for the outcome. Erasure does
+	// not change consent: lower consent.tier as well to stop collection.
+	// +optional
+	Erasure *ErasureSpec `json:"erasure,omitempty"`
+}
+
+// ErasureScope is what an erasure deletes.
+// +kubebuilder:validation:Enum=Events;All
+type ErasureScope string
+
+const (
+	// ErasureScopeEvents deletes event-level data (individual events).
+	ErasureScopeEvents ErasureScope = "Events"
+	// ErasureScopeAll deletes event-level data and the anonymous daily aggregates.
+	ErasureScopeAll ErasureScope = "All"
+)
+
+// ErasureSpec is a request to delete an instance's stored data at the receiver.
+// +kubebuilder:validation:XValidation:rule="!has(self.from) || !has(self.to) || self.to > self.from",message="erasure.to must be after erasure.from"
+type ErasureSpec struct {
+	// requestID identifies the request, e.g. a ticket number; a new value makes a new request.
+	// 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9][A-Za-z0-9._:-]*$`
+	RequestID string `json:"requestID"`
+
+	// scope is Events (event-level data, the default) or All (events and aggregates).
+	// +kubebuilder:default=Events
+	// +optional
+	Scope ErasureScope `json:"scope,omitempty"`
+
+	// from, when set, limits the erasure to data recorded at or after this time (RFC 3339).
+	// +optional
+	From *metav1.Time `json:"from,omitempty"`
+
+	// to, when set, limits the erasure to data recorded before this time (RFC 3339); without it
+	// the erasure covers everything recorded up to the moment the receiver carries it out.
+	// +optional
+	To *metav1.Time `json:"to,omitempty"`
+
+	// requestedBy says who asked (a ticket, a role or a person), for the audit record.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[^\x00-\x1f\x7f]+$`
+	RequestedBy string `json:"requestedBy"`
 }
 
 // ConsentSpec is the consent declared by the instance's admin.
@@ -239,8 +293,12 @@ type ExportSpec struct {
 	// +optional
 	BatchSize int32 `json:"batchSize,omitempty"`
 
-	// startFrom says where a collector with no saved progress, and nothing acknowledged by the
-	// receiver, starts: Now (only events from then on) or Beginning (the whole history).
+	// startFrom says when the instance's first consent period begins: Now (when the operator
+	// first enforces the policy) or Beginning (at contract.acceptedAt, which it then requires).
+	// It applies only to an instance the receiver has no consent record of: a policy re-created
+	// for an instance, or raised to a higher tier later, never reaches back into a period recorded
+	// as Off or CriticalOnly. Events leave only if recorded inside a period of EventLevel consent,
+	// whatever the collector's saved progress says.
 	// +kubebuilder:default=Now
 	// +optional
 	StartFrom StartPoint `json:"startFrom,omitempty"`
@@ -344,9 +402,12 @@ type ExportStatus struct {
 	CollectorTier ConsentTier `json:"collectorTier,omitempty"`
 }
 
-// ConsentChange is one entry of the consent audit trail: a change of the effective tier.
+// ConsentChange is one entry of the consent audit trail: a change of the tier in force, as the
+// receiver's consent ledger records it.
 type ConsentChange struct {
-	// time of the change.
+	// time the change took effect: when consent was granted, or the moment it was withdrawn (the
+	// write that lowered it, or a trial's expiry), not when the operator noticed. Events recorded
+	// from this time on are judged by the new tier.
 	Time metav1.Time `json:"time"`
 	// from is the effective tier before the change (empty for the first entry).
 	// +optional
@@ -359,6 +420,48 @@ type ConsentChange struct {
 	// reason is a CamelCase reason for the change (e.g. Declared, TrialExpired, TermsOutdated).
 	// +kubebuilder:validation:MaxLength=64
 	Reason string `json:"reason"`
+	// recordedAt is when the receiver recorded the change in its consent ledger.
+	// +optional
+	RecordedAt *metav1.Time `json:"recordedAt,omitempty"`
+}
+
+// ErasurePhase is how far an erasure request has come.
+type ErasurePhase string
+
+const (
+	// ErasurePending: the request has not been carried out and verified yet.
+	ErasurePending ErasurePhase = "Pending"
+	// ErasureVerified: the receiver deleted the data in scope and a re-query found none left.
+	ErasureVerified ErasurePhase = "Verified"
+	// ErasureFailed: the receiver refused the request; the message says why.
+	ErasureFailed ErasurePhase = "Failed"
+)
+
+// ErasureStatus is the outcome of the last erasure request the operator handled.
+type ErasureStatus struct {
+	// requestID of the request this status describes.
+	RequestID string `json:"requestID"`
+	// phase is Pending, Verified or Failed.
+	Phase ErasurePhase `json:"phase"`
+	// scope that was erased.
+	// +optional
+	Scope ErasureScope `json:"scope,omitempty"`
+	// eventsDeleted is how many stored events the erasure deleted.
+	// +optional
+	EventsDeleted int64 `json:"eventsDeleted,omitempty"`
+	// aggregatesDeleted is how many stored aggregate cells the erasure deleted.
+	// +optional
+	AggregatesDeleted int64 `json:"aggregatesDeleted,omitempty"`
+	// requestedAt is when the receiver carried out the request.
+	// +optional
+	RequestedAt *metav1.Time `json:"requestedAt,omitempty"`
+	// verifiedAt is when a re-query found nothing in scope left.
+	// +optional
+	VerifiedAt *metav1.Time `json:"verifiedAt,omitempty"`
+	// message explains a failure.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message,omitempty"`
 }
 
 // TelemetryPolicyStatus is what the operator observed and did.
@@ -378,8 +481,12 @@ type TelemetryPolicyStatus struct {
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
 
-	// effectiveTier is the tier the operator enforces: the declared tier, or lower when the contract
-	// does not allow it. It is never higher than spec.consent.tier.
+	// effectiveTier is the tier in force: the tier the receiver's consent ledger records and the
+	// collector runs. It changes only once a change is enforced at both points: after a
+	// downgrade, only when no collector with an older, higher-tier configuration is left and the
+	// receiver refuses data above the new tier; after an upgrade, only when the collector runs
+	// it. The tier decided from the spec and contract is in the ConsentEligible condition; it is
+	// never higher than spec.consent.tier.
 	// +optional
 	EffectiveTier ConsentTier `json:"effectiveTier,omitempty"`
 
@@ -391,7 +498,10 @@ type TelemetryPolicyStatus struct {
 	// +optional
 	Export *ExportStatus `json:"export,omitempty"`
 
-	// consentHistory records each change of the effective tier, newest last, at most 20 entries.
+	// consentHistory is the most recent part of the instance's consent ledger, newest last, at
+	// most 20 entries: each change of the tier in force, dated when it took effect. The
+	// authoritative, complete record lives at the receiver, where it outlives this policy
+	// (see `receiver consent show`).
 	// +kubebuilder:validation:MaxItems=20
 	// +listType=atomic
 	// +optional
@@ -401,6 +511,10 @@ type TelemetryPolicyStatus struct {
 	// telemetry.sourcegraph.com/rotate-requested-at annotation that caused a rotation.
 	// +optional
 	LastHandledRotateRequest string `json:"lastHandledRotateRequest,omitempty"`
+
+	// erasure is the outcome of the last erasure request (spec.erasure) the operator handled.
+	// +optional
+	Erasure *ErasureStatus `json:"erasure,omitempty"`
 
 	// lastHandledReconcileAt echoes the last value of the
 	// reconcile.telemetry.sourcegraph.com/requestedAt annotation the operator handled.

@@ -9,6 +9,9 @@ Licensed under the Apache License, Version 2.0.
 //	receiver serve   --tls-cert F --tls-key F --client-ca F   (mutual-TLS ingestion API)
 //	receiver report  [--instance ID] [--format table|json]   (the product answers)
 //	receiver migrate                                         (apply schema migrations)
+//	receiver consent show --instance ID [--format table|json] (an instance's consent ledger)
+//	receiver consent release --instance ID                   (clear a stuck owner: admin override)
+//	receiver erasures [--instance ID] [--format table|json]  (the erasure audit trail)
 //
 // The database DSN comes from $RECEIVER_DATABASE_DSN or --database-dsn-file, never a flag
 // value, so it does not show in process listings.
@@ -18,20 +21,24 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/receiver/report"
 	"github.com/sourcegraph/telemetry-operator/receiver/server"
 	"github.com/sourcegraph/telemetry-operator/receiver/store"
@@ -51,6 +58,10 @@ func main() {
 		err = runReport(ctx, os.Args[2:])
 	case "migrate":
 		err = migrate(ctx, os.Args[2:])
+	case "consent":
+		err = consent(ctx, os.Args[2:])
+	case "erasures":
+		err = erasures(ctx, os.Args[2:])
 	default:
 		usage()
 	}
@@ -61,7 +72,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: receiver serve|report|migrate [flags]   (receiver <command> -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: receiver serve|report|migrate|consent show|consent release|erasures [flags]   (receiver <command> -h for flags)")
 	os.Exit(2)
 }
 
@@ -191,4 +202,151 @@ func migrate(ctx context.Context, args []string) error {
 	}
 	defer st.Close()
 	return st.Migrate(ctx)
+}
+
+func consent(ctx context.Context, args []string) error {
+	if len(args) < 1 || (args[0] != "show" && args[0] != "release") {
+		return errors.New("usage: receiver consent show|release --instance ID")
+	}
+	fs := flag.NewFlagSet("consent "+args[0], flag.ExitOnError)
+	instance := fs.String("instance", "", "The instance (required).")
+	format := fs.String("format", "table", "Output format of show: table or json.")
+	dsnFile := dsnFlag(fs)
+	_ = fs.Parse(args[1:])
+	if *instance == "" {
+		return errors.New("--instance is required")
+	}
+	if *format != "table" && *format != "json" {
+		return fmt.Errorf("--format must be table or json, not %q", *format)
+	}
+	st, err := openStore(ctx, *dsnFile)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if args[0] == "release" {
+		// The administrator's override for an owner that can no longer release the record
+		// itself (its cluster is gone). The timeline and the erasure audit stay.
+		previous, err := st.ForceRelease(ctx, *instance)
+		if err != nil {
+			return err
+		}
+		if previous.Cluster == "" {
+			fmt.Printf("instance %s: the consent record had no owner; nothing changed\n", *instance)
+			return nil
+		}
+		fmt.Printf("instance %s: released the consent record from policy %s/%s in cluster %s; the next policy to record a transition claims it\n",
+			*instance, previous.Namespace, previous.Name, previous.Cluster)
+		return nil
+	}
+	state, err := st.ConsentState(ctx, *instance)
+	if err != nil {
+		return err
+	}
+	if *format == "json" {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(state)
+	}
+	return writeState(os.Stdout, state)
+}
+
+func writeState(out io.Writer, s consentv1.State) error {
+	owner := "(none: released)"
+	if s.Owner.Cluster != "" {
+		owner = fmt.Sprintf("policy %s/%s in cluster %s", s.Owner.Namespace, s.Owner.Name, s.Owner.Cluster)
+		if s.Owner.UID != "" {
+			owner += " (uid " + s.Owner.UID + ")"
+		}
+	}
+	fmt.Fprintf(out, "instance:  %s\nowner:     %s\ncurrent:   %s\n\n== timeline (oldest first) ==\n", s.InstanceID, owner, s.Timeline.Current())
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "AT\tTIER\tREASON\tBASIS\tRECORDED AT")
+	for _, tr := range s.Timeline {
+		recorded := ""
+		if tr.RecordedAt != nil {
+			recorded = rfc3339(*tr.RecordedAt)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", rfc3339(tr.At), tr.Tier, dash(tr.Reason), dash(tr.Basis), recorded)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if s.EventsRemoved > 0 {
+		fmt.Fprintf(out, "the last transition removed %d stored events recorded after it\n", s.EventsRemoved)
+	}
+	fmt.Fprintln(out, "\n== erasures ==")
+	records := make([]erasureRow, 0, len(s.Erasures))
+	for _, e := range s.Erasures {
+		records = append(records, erasureRow{s.InstanceID, e})
+	}
+	return writeErasures(out, records)
+}
+
+func erasures(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("erasures", flag.ExitOnError)
+	instance := fs.String("instance", "", "One instance's erasures (default: every instance's).")
+	format := fs.String("format", "table", "Output format: table or json.")
+	dsnFile := dsnFlag(fs)
+	_ = fs.Parse(args)
+	if *format != "table" && *format != "json" {
+		return fmt.Errorf("--format must be table or json, not %q", *format)
+	}
+	st, err := openStore(ctx, *dsnFile)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	list, err := st.Erasures(ctx, *instance)
+	if err != nil {
+		return err
+	}
+	if *format == "json" {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if list == nil {
+			return enc.Encode([]any{})
+		}
+		return enc.Encode(list)
+	}
+	rows := make([]erasureRow, 0, len(list))
+	for _, e := range list {
+		rows = append(rows, erasureRow{e.InstanceID, e.ErasureResult})
+	}
+	return writeErasures(os.Stdout, rows)
+}
+
+type erasureRow struct {
+	instance string
+	e        consentv1.ErasureResult
+}
+
+func writeErasures(out io.Writer, rows []erasureRow) error {
+	if len(rows) == 0 {
+		_, err := fmt.Fprintln(out, "(none)")
+		return err
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "INSTANCE\tREQUEST\tSCOPE\tFROM\tTO\tREQUESTED BY\tREQUESTED AT\tOWNER\tEVENTS\tAGGREGATES\tVERIFIED AT")
+	for _, r := range rows {
+		from, verified := "(start)", "NOT VERIFIED"
+		if r.e.From != nil {
+			from = rfc3339(*r.e.From)
+		}
+		if r.e.VerifiedAt != nil {
+			verified = rfc3339(*r.e.VerifiedAt)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", r.instance, r.e.RequestID, r.e.Scope, from, rfc3339(r.e.To),
+			r.e.RequestedBy, rfc3339(r.e.RequestedAt), r.e.Owner.String(), r.e.EventsDeleted, r.e.AggregatesDeleted, verified)
+	}
+	return tw.Flush()
+}
+
+func rfc3339(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
 )
 
@@ -25,9 +26,10 @@ const userExpr = `CASE WHEN user_id <> 0 THEN 'u:' || user_id::text ELSE 'a:' ||
 
 var patternTypes = []string{"literal", "regexp", "standard", "structural", "keyword", "lucky"}
 
-// Compute returns the cells for every UTC day in [from, to], unsuppressed. Days before today are
-// final; today is partial and replaced on the next send.
-func Compute(ctx context.Context, db *pgxpool.Pool, from, to, today time.Time) ([]batchv1.Aggregate, error) {
+// Compute returns the cells for every UTC day in [from, to], unsuppressed, counting only events
+// recorded inside periods (the windows in which the tier in force allowed aggregates). Days
+// before today are final; today is partial and replaced on the next send.
+func Compute(ctx context.Context, db *pgxpool.Pool, from, to, today time.Time, periods []consentv1.Window) ([]batchv1.Aggregate, error) {
 	names := allowlist.Names()
 	sort.Strings(names)
 	var featureCase strings.Builder
@@ -40,6 +42,15 @@ func Compute(ctx context.Context, db *pgxpool.Pool, from, to, today time.Time) (
 	featureCase.WriteString(" END")
 	args = append(args, patternTypes)
 	ptArg := len(args)
+	starts, ends := make([]time.Time, len(periods)), make([]time.Time, len(periods))
+	for i, w := range periods {
+		starts[i], ends[i] = w.Start, time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+		if w.End != nil {
+			ends[i] = *w.End
+		}
+	}
+	args = append(args, starts, ends)
+	periodArgs := fmt.Sprintf("$%d::timestamptz[], $%d::timestamptz[]", len(args)-1, len(args))
 
 	query := `
 WITH ev AS (
@@ -47,6 +58,7 @@ WITH ev AS (
          public_argument->>'patternType' AS pt, version
   FROM event_logs
   WHERE timestamp >= ($1::date - 27) AND timestamp < ($2::date + 1)
+    AND EXISTS (SELECT 1 FROM unnest(` + periodArgs + `) AS w(s, e) WHERE timestamp >= w.s AND timestamp < w.e)
 ),
 days AS (SELECT d::date AS day FROM generate_series($1::date, $2::date, '1 day') d),
 ud AS (SELECT DISTINCT day, u FROM ev)

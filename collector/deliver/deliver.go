@@ -35,6 +35,9 @@ var ErrConsent = errors.New("consent guard refused the batch")
 // Outcome is what the receiver acknowledged for one Send.
 type Outcome struct {
 	Accepted, Duplicates int
+	// Refused counts items the receiver would not store because its consent ledger does not
+	// allow them; they may never leave, so they are passed over like delivered ones.
+	Refused int
 	// Quarantined lists the ids of events the receiver refused individually.
 	Quarantined []string
 	// Retries counts retried attempts.
@@ -121,6 +124,7 @@ func (c *Client) send(ctx context.Context, b *batchv1.Batch, guard func(*batchv1
 	if err == nil {
 		out.Accepted += resp.Accepted
 		out.Duplicates += resp.Duplicates
+		out.Refused += resp.Refused
 		return nil
 	}
 	if !errors.As(err, &rejection) {

@@ -13,6 +13,10 @@ Licensed under the Apache License, Version 2.0.
 // in-flight transaction could still commit, and ids in (cursor, high] are re-scanned once such a
 // transaction finishes. Only the columns that may contribute to an export are ever selected:
 // url, argument, referrers, device and billing ids are not read at all.
+//
+// Only rows recorded inside a consent window are read (the windows are a condition of the
+// query), so events from before consent, or from an Off or CriticalOnly period, never reach the
+// collector's memory; rows outside every window are passed over and never come back.
 package source
 
 import (
@@ -24,8 +28,28 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/collector/scrub"
 )
+
+// inWindows is true for a row whose timestamp lies in one of the windows passed as two arrays
+// of starts and ends ($3, $4; an open window ends at openEnd).
+const inWindows = `EXISTS (SELECT 1 FROM unnest($3::timestamptz[], $4::timestamptz[]) AS w(s, e) WHERE timestamp >= w.s AND timestamp < w.e)`
+
+// openEnd stands for "not closed yet" in the query's window ends.
+var openEnd = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+
+// windowArgs turns windows into the query's two arrays.
+func windowArgs(ws []consentv1.Window) ([]time.Time, []time.Time) {
+	starts, ends := make([]time.Time, len(ws)), make([]time.Time, len(ws))
+	for i, w := range ws {
+		starts[i], ends[i] = w.Start, openEnd
+		if w.End != nil {
+			ends[i] = *w.End
+		}
+	}
+	return starts, ends
+}
 
 // columns are the only event_logs columns the collector reads.
 const columns = `id, name, COALESCE(user_id, 0)::bigint, COALESCE(anonymous_user_id, ''), COALESCE(source, ''),
@@ -77,8 +101,10 @@ type Round struct {
 }
 
 // Read performs one round against the delivery state t (a Tracker, or an Ahead when reading
-// while the previous round is still being sent), reading at most limit rows.
-func (r *Reader) Read(ctx context.Context, t View, limit int) (*Round, error) {
+// while the previous round is still being sent), reading at most limit rows recorded inside
+// windows.
+func (r *Reader) Read(ctx context.Context, t View, limit int, windows []consentv1.Window) (*Round, error) {
+	starts, ends := windowArgs(windows)
 	tx, err := r.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return nil, fmt.Errorf("reading event_logs: %w", err)
@@ -94,7 +120,8 @@ func (r *Reader) Read(ctx context.Context, t View, limit int) (*Round, error) {
 	}
 	round := &Round{Snapshot: snap, NewHigh: t.High(), Complete: true}
 	if t.NeedLateScan(snap) && t.High() > t.Cursor() {
-		rows, err := tx.Query(ctx, "SELECT "+columns+" FROM event_logs WHERE id > $1 AND id <= $2 ORDER BY id", t.Cursor(), t.High())
+		rows, err := tx.Query(ctx, "SELECT "+columns+" FROM event_logs WHERE id > $1 AND id <= $2 AND "+inWindows+" ORDER BY id",
+			t.Cursor(), t.High(), starts, ends)
 		if err != nil {
 			return nil, fmt.Errorf("late scan: %w", err)
 		}
@@ -108,8 +135,10 @@ func (r *Reader) Read(ctx context.Context, t View, limit int) (*Round, error) {
 		round.Rows = late
 		round.Late = len(late)
 	}
+	exhausted := false
 	if remaining := limit - len(round.Rows); remaining > 0 {
-		rows, err := tx.Query(ctx, "SELECT "+columns+" FROM event_logs WHERE id > $1 ORDER BY id LIMIT $2", t.High(), remaining)
+		rows, err := tx.Query(ctx, "SELECT "+columns+" FROM event_logs WHERE id > $1 AND "+inWindows+" ORDER BY id LIMIT $2",
+			t.High(), remaining, starts, ends)
 		if err != nil {
 			return nil, fmt.Errorf("reading new events: %w", err)
 		}
@@ -121,10 +150,16 @@ func (r *Reader) Read(ctx context.Context, t View, limit int) (*Round, error) {
 			round.NewHigh = fresh[n-1].ID
 		}
 		round.Rows = append(round.Rows, fresh...)
+		exhausted = len(fresh) < remaining
 	}
 	err = tx.QueryRow(ctx, "SELECT id, timestamp FROM event_logs ORDER BY id DESC LIMIT 1").Scan(&round.MaxID, &round.NewestTimestamp)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("reading the newest id: %w", err)
+	}
+	if exhausted && round.MaxID > round.NewHigh {
+		// Every visible row above high was examined and the rest lie outside every window:
+		// they can never leave, so the position moves past them.
+		round.NewHigh = round.MaxID
 	}
 	return round, tx.Commit(ctx)
 }

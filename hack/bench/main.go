@@ -47,6 +47,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/collector"
 	"github.com/sourcegraph/telemetry-operator/collector/deliver"
@@ -153,6 +154,9 @@ FROM generate_series(1, $1) g`, n))
 	return pool, strings.Replace(r.PG.DSN(name), "postgres@", "telemetry_reader@", 1)
 }
 
+// benchConsentSince is when the benchmark instances' EventLevel consent began.
+var benchConsentSince = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
 func collectorConfig(r *receivertest.Receiver, dir, id, dsn string, batch int) string {
 	clientDir, err := r.ClientFiles(id, 24*time.Hour)
 	must(err)
@@ -163,7 +167,11 @@ func collectorConfig(r *receivertest.Receiver, dir, id, dsn string, batch int) s
 		must(os.WriteFile(p, data, 0o600))
 		return p
 	}
-	cfg := collectorconfig.Config{InstanceID: id, Tier: v1.TierEventLevel, Endpoint: r.URL, Interval: "1s", BatchSize: batch, StartFrom: v1.StartFromBeginning,
+	// Consent (at the receiver and in the configuration) covers every benchmark row, so every
+	// allow-listed row is stored.
+	must(r.Grant(context.Background(), id, consentv1.TierEventLevel, benchConsentSince))
+	cfg := collectorconfig.Config{InstanceID: id, Tier: v1.TierEventLevel, Endpoint: r.URL, Interval: "1s", BatchSize: batch,
+		Consent:          consentv1.Timeline{{At: benchConsentSince, Tier: consentv1.TierEventLevel}},
 		TLS:              collectorconfig.TLSFiles{CertFile: filepath.Join(clientDir, "tls.crt"), KeyFile: filepath.Join(clientDir, "tls.key"), CAFile: filepath.Join(clientDir, "ca.crt")},
 		PseudonymKeyFile: write("key", key), DatabaseDSNFile: write("dsn", []byte(dsn)), State: collectorconfig.StateRef{Namespace: "n", ConfigMap: "c"}}
 	data, err := collectorconfig.Render(cfg)

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	telemetryv1alpha1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 )
@@ -28,6 +29,10 @@ const Version = 1
 
 // MaxFileSize bounds the configuration file; anything larger is rejected unread.
 const MaxFileSize = 64 << 10
+
+// MaxConsentTransitions bounds the consent timeline in the file. Older transitions are left out
+// by the operator, which only shortens consent (before the first one listed counts as Off).
+const MaxConsentTransitions = 64
 
 // Paths inside the collector container where the operator mounts its inputs.
 const (
@@ -56,8 +61,11 @@ type Config struct {
 	Interval string `json:"interval"`
 	// BatchSize is the most events per batch.
 	BatchSize int `json:"batchSize"`
-	// StartFrom applies when neither saved progress nor the receiver knows a cursor.
-	StartFrom telemetryv1alpha1.StartPoint `json:"startFrom"`
+	// Consent is the instance's consent timeline, the most recent transitions of the receiver's
+	// consent ledger. An event leaves only if the tier in force when it was recorded was
+	// EventLevel; aggregates count only events recorded while it was at least CriticalOnly.
+	// Before the first transition listed the instance counts as Off.
+	Consent consentv1.Timeline `json:"consent"`
 	// TLS names the client certificate, key and the CA bundle trusted for the receiver.
 	TLS TLSFiles `json:"tls"`
 	// PseudonymKeyFile holds the per-instance HMAC key.
@@ -114,6 +122,14 @@ func Parse(r io.Reader) (*Config, error) {
 	if dec.More() {
 		return nil, errors.New("configuration has trailing data after the JSON object")
 	}
+	for i := range c.Consent {
+		// One representation per instant, whatever zone the file used.
+		c.Consent[i].At = c.Consent[i].At.UTC()
+		if r := c.Consent[i].RecordedAt; r != nil {
+			u := r.UTC()
+			c.Consent[i].RecordedAt = &u
+		}
+	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -149,11 +165,6 @@ func (c *Config) Validate() error {
 		if c.BatchSize < 1 || c.BatchSize > 10000 {
 			bad("batchSize", "%d is not between 1 and 10000", c.BatchSize)
 		}
-		switch c.StartFrom {
-		case telemetryv1alpha1.StartFromNow, telemetryv1alpha1.StartFromBeginning:
-		default:
-			bad("startFrom", "%q is not Now or Beginning", c.StartFrom)
-		}
 		for field, path := range map[string]string{
 			"tls.certFile": c.TLS.CertFile, "tls.keyFile": c.TLS.KeyFile, "tls.caFile": c.TLS.CAFile,
 			"pseudonymKeyFile": c.PseudonymKeyFile, "databaseDSNFile": c.DatabaseDSNFile,
@@ -162,6 +173,11 @@ func (c *Config) Validate() error {
 				bad(field, "%q is not an absolute path", path)
 			}
 		}
+	}
+	if len(c.Consent) > MaxConsentTransitions {
+		bad("consent", "%d transitions; at most %d", len(c.Consent), MaxConsentTransitions)
+	} else if err := c.Consent.Validate(); err != nil {
+		bad("consent", "%v", err)
 	}
 	if c.State.Namespace == "" || c.State.ConfigMap == "" {
 		bad("state", "namespace and configMap are required")

@@ -8,17 +8,23 @@ package collectorconfig
 
 import (
 	"bytes"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 )
+
+var opened = time.Date(2026, 11, 1, 9, 30, 0, 0, time.UTC)
 
 func valid() Config {
 	return Config{
 		InstanceID: "acme", Tier: v1.TierEventLevel, Endpoint: "https://receiver.example.com:8443",
-		Interval: "5m", BatchSize: 5000, StartFrom: v1.StartFromNow,
+		Interval: "5m", BatchSize: 5000,
+		Consent:          consentv1.Timeline{{At: opened, Tier: consentv1.TierEventLevel, Reason: "Declared", Basis: "SelfServeTrial"}},
 		TLS:              TLSFiles{CertFile: "/etc/telemetry/tls/tls.crt", KeyFile: "/etc/telemetry/tls/tls.key", CAFile: "/etc/telemetry/tls/ca.crt"},
 		PseudonymKeyFile: "/etc/telemetry/pseudonym/key", DatabaseDSNFile: "/etc/telemetry/database/dsn",
 		State: StateRef{Namespace: "acme", ConfigMap: "acme-collector-state"},
@@ -40,7 +46,7 @@ func TestRenderParseRoundTrip(t *testing.T) {
 	}
 	want := valid()
 	want.Version = Version
-	if *got != want {
+	if !reflect.DeepEqual(*got, want) {
 		t.Fatalf("round trip changed the configuration:\n got %+v\nwant %+v", *got, want)
 	}
 }
@@ -54,7 +60,7 @@ func TestParseRejectsBadInputNamingTheField(t *testing.T) {
 		var b strings.Builder
 		b.WriteString(`{"version":` + strconv.Itoa(c.Version) + `,"instanceID":"` + c.InstanceID + `","tier":"` + string(c.Tier) +
 			`","endpoint":"` + c.Endpoint + `","interval":"` + c.Interval + `","batchSize":` + strconv.Itoa(c.BatchSize) +
-			`,"startFrom":"` + string(c.StartFrom) + `","tls":{"certFile":"` + c.TLS.CertFile + `","keyFile":"` + c.TLS.KeyFile +
+			`,"consent":` + consentJSON(c.Consent) + `,"tls":{"certFile":"` + c.TLS.CertFile + `","keyFile":"` + c.TLS.KeyFile +
 			`","caFile":"` + c.TLS.CAFile + `"},"pseudonymKeyFile":"` + c.PseudonymKeyFile + `","databaseDSNFile":"` + c.DatabaseDSNFile +
 			`","state":{"namespace":"` + c.State.Namespace + `","configMap":"` + c.State.ConfigMap + `"}}`)
 		return b.String()
@@ -74,7 +80,17 @@ func TestParseRejectsBadInputNamingTheField(t *testing.T) {
 		{"http endpoint", render(func(c *Config) { c.Endpoint = "http://x" }), "endpoint:"},
 		{"bad interval", render(func(c *Config) { c.Interval = "soon" }), "interval:"},
 		{"huge batch", render(func(c *Config) { c.BatchSize = 1 << 30 }), "batchSize:"},
-		{"bad start", render(func(c *Config) { c.StartFrom = "Yesterday" }), "startFrom:"},
+		{"consent tier unknown", render(func(c *Config) { c.Consent[0].Tier = "Everything" }), "consent:"},
+		{"consent out of order", render(func(c *Config) {
+			c.Consent = consentv1.Timeline{{At: opened, Tier: consentv1.TierEventLevel}, {At: opened.Add(-time.Hour), Tier: consentv1.TierOff}}
+		}), "consent:"},
+		{"consent without time", render(func(c *Config) { c.Consent[0].At = time.Time{} }), "consent:"},
+		{"consent too long", render(func(c *Config) {
+			c.Consent = nil
+			for i := range MaxConsentTransitions + 1 {
+				c.Consent = append(c.Consent, consentv1.Transition{At: opened.Add(time.Duration(i) * time.Minute), Tier: consentv1.TierOff})
+			}
+		}), "consent:"},
 		{"relative path", render(func(c *Config) { c.DatabaseDSNFile = "dsn" }), "databaseDSNFile:"},
 		{"no state", render(func(c *Config) { c.State.ConfigMap = "" }), "state:"},
 		{"NUL byte", render(func(c *Config) { c.InstanceID = "acme\\u0000" }), "instanceID:"},
@@ -90,6 +106,25 @@ func TestParseRejectsBadInputNamingTheField(t *testing.T) {
 			}
 		})
 	}
+}
+
+func consentJSON(t consentv1.Timeline) string {
+	var b strings.Builder
+	b.WriteString("[")
+	for i, tr := range t {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		at := ""
+		if !tr.At.IsZero() {
+			at = tr.At.Format(time.RFC3339Nano)
+		} else {
+			at = "0001-01-01T00:00:00Z"
+		}
+		b.WriteString(`{"at":"` + at + `","tier":"` + string(tr.Tier) + `"}`)
+	}
+	b.WriteString("]")
+	return b.String()
 }
 
 func TestOffNeedsNoDelivery(t *testing.T) {
@@ -123,7 +158,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("an accepted configuration does not render: %v", err)
 		}
 		again, err := Parse(bytes.NewReader(out))
-		if err != nil || *again != *c {
+		if err != nil || !reflect.DeepEqual(*again, *c) {
 			t.Fatalf("round trip changed the configuration: %v", err)
 		}
 	})

@@ -24,12 +24,13 @@ type Decision struct {
 	// Eligible is false when Effective is lower than Declared.
 	Eligible bool
 	// Reason is a CamelCase reason for ConsentEligible (Eligible, TrialExpired, TermsOutdated,
-	// ApprovalMissing, BasisNotEligible).
+	// ApprovalMissing, BasisNotEligible, NotYetAccepted).
 	Reason string
 	// Message explains the decision to a human.
 	Message string
 	// ReevaluateAt, when set, is the next moment at which the decision changes on its own
-	// (a trial's expiry). The caller schedules a reconcile for it.
+	// (a trial's expiry, or terms accepted with a future date). The caller schedules a
+	// reconcile for it.
 	ReevaluateAt *time.Time
 }
 
@@ -72,6 +73,12 @@ func Decide(spec telemetryv1alpha1.TelemetryPolicySpec, minTermsVersion string, 
 		}
 		return d.downgrade(telemetryv1alpha1.ReasonTermsOutdated,
 			fmt.Sprintf("Cloud Terms of Service version %s is older than the required %s", have, minTermsVersion))
+	case c.AcceptedAt != nil && now.Before(c.AcceptedAt.Time):
+		at := c.AcceptedAt.Time
+		d = d.downgrade(telemetryv1alpha1.ReasonNotYetAccepted,
+			fmt.Sprintf("the terms are recorded as accepted at %s, which has not come yet", at.UTC().Format(time.RFC3339)))
+		d.ReevaluateAt = &at
+		return d
 	case c.ExpiresAt != nil && !now.Before(c.ExpiresAt.Time):
 		return d.downgrade(telemetryv1alpha1.ReasonTrialExpired,
 			fmt.Sprintf("the %s basis expired at %s", c.Basis, c.ExpiresAt.UTC().Format(time.RFC3339)))
@@ -107,4 +114,75 @@ func Lower(a, b telemetryv1alpha1.ConsentTier) telemetryv1alpha1.ConsentTier {
 		return a
 	}
 	return b
+}
+
+// Change is what the operator knows about a change of the tier in force that it is about to
+// record in the consent ledger.
+type Change struct {
+	// From is the tier the ledger records as in force now; First is true when the ledger has no
+	// record of the instance at all.
+	From  telemetryv1alpha1.ConsentTier
+	First bool
+	// LastAt is when the ledger's last transition took effect (zero when First).
+	LastAt time.Time
+	// To is the decided tier.
+	To telemetryv1alpha1.ConsentTier
+	// Decision is the decision that produced To.
+	Decision Decision
+	// Spec is the policy's spec.
+	Spec telemetryv1alpha1.TelemetryPolicySpec
+	// DeletedAt is set when the policy is being deleted.
+	DeletedAt *time.Time
+	// SpecWrites are the times of the writes to the policy's spec that the API server recorded
+	// (metadata.managedFields, one time per field manager: the last write of each).
+	SpecWrites []time.Time
+	// Now is the operator's current time.
+	Now time.Time
+}
+
+// TransitionTime returns when the change took effect, and its reason. Consent withdrawn is
+// withdrawn when the lowering write reached the API server (or when a trial expired, or the
+// policy was deleted), not when the operator got around to it: a lowering caused by an edit is
+// dated at the earliest spec write after the last transition, which is the lowering write itself
+// when the operator watched, and earlier (never later) when several writers edited the policy
+// while it was not running. Consent granted starts now, never before contract.acceptedAt; only
+// an instance with no record at all, whose policy says startFrom Beginning, starts at
+// contract.acceptedAt.
+func TransitionTime(c Change) (time.Time, string) {
+	reason := telemetryv1alpha1.ReasonDeclared
+	if !c.Decision.Eligible && c.Decision.Reason != "" {
+		reason = c.Decision.Reason
+	}
+	if c.DeletedAt != nil {
+		return *c.DeletedAt, telemetryv1alpha1.ReasonPolicyDeleted
+	}
+	var accepted *time.Time
+	if c.Spec.Contract != nil && c.Spec.Contract.AcceptedAt != nil {
+		t := c.Spec.Contract.AcceptedAt.Time
+		accepted = &t
+	}
+	if c.First || c.To.Rank() > c.From.Rank() {
+		at := c.Now
+		beginning := c.Spec.Export != nil && c.Spec.Export.StartFrom == telemetryv1alpha1.StartFromBeginning
+		if c.First && beginning && accepted != nil {
+			at = *accepted
+		}
+		if accepted != nil && at.Before(*accepted) {
+			at = *accepted
+		}
+		return at, reason
+	}
+	// Lowering.
+	if reason == telemetryv1alpha1.ReasonTrialExpired && c.Spec.Contract != nil && c.Spec.Contract.ExpiresAt != nil {
+		return c.Spec.Contract.ExpiresAt.Time, reason
+	}
+	at := c.Now
+	for _, w := range c.SpecWrites {
+		// managedFields times have second precision: a write in the same second as the last
+		// transition may be the one that lowered consent.
+		if !w.Before(c.LastAt.Truncate(time.Second)) && w.Before(at) {
+			at = w
+		}
+	}
+	return at, reason
 }

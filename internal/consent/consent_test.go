@@ -50,6 +50,10 @@ func TestDecide(t *testing.T) {
 			wantTier: v1.TierCriticalOnly, wantReason: v1.ReasonTrialExpired, wantInMessage: "expired at 2026-11-28T11:59:59Z"},
 		{name: "expiry takes effect at the exact moment", spec: spec(v1.TierEventLevel, func(c *v1.ContractSpec) { c.ExpiresAt = at(0) }),
 			wantTier: v1.TierCriticalOnly, wantReason: v1.ReasonTrialExpired},
+		{name: "terms accepted in the future do not grant EventLevel yet", spec: spec(v1.TierEventLevel, func(c *v1.ContractSpec) { c.AcceptedAt = at(2 * time.Hour); c.ExpiresAt = at(48 * time.Hour) }),
+			wantTier: v1.TierCriticalOnly, wantReason: v1.ReasonNotYetAccepted, wantReeval: &[]time.Time{now.Add(2 * time.Hour)}[0], wantInMessage: "has not come yet"},
+		{name: "terms accepted at this very moment grant EventLevel", spec: spec(v1.TierEventLevel, func(c *v1.ContractSpec) { c.AcceptedAt = at(0) }),
+			wantTier: v1.TierEventLevel, wantReason: v1.ReasonEligible, wantReeval: &[]time.Time{now.Add(time.Hour)}[0]},
 		{name: "legacy terms are not eligible", spec: spec(v1.TierEventLevel, func(c *v1.ContractSpec) { c.Basis = v1.BasisLegacyTerms }),
 			wantTier: v1.TierCriticalOnly, wantReason: v1.ReasonBasisNotEligible, wantInMessage: "LegacyTerms"},
 		{name: "missing contract is not eligible", spec: v1.TelemetryPolicySpec{Consent: v1.ConsentSpec{Tier: v1.TierEventLevel}},
@@ -115,5 +119,71 @@ func TestLower(t *testing.T) {
 	}
 	if got := Lower("bogus", v1.TierEventLevel); got.Rank() != 0 {
 		t.Errorf("an unknown tier must rank lowest, got %s", got)
+	}
+}
+
+func TestTransitionTime(t *testing.T) {
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
+	mt := func(t time.Time) *metav1.Time { m := metav1.NewTime(t); return &m }
+	spec := func(startFrom v1.StartPoint, accepted, expires *metav1.Time) v1.TelemetryPolicySpec {
+		return v1.TelemetryPolicySpec{
+			Consent:  v1.ConsentSpec{Tier: v1.TierEventLevel},
+			Contract: &v1.ContractSpec{Basis: v1.BasisSelfServeTrial, AcceptedAt: accepted, ExpiresAt: expires},
+			Export:   &v1.ExportSpec{StartFrom: startFrom},
+		}
+	}
+	eligible := Decision{Eligible: true, Reason: v1.ReasonEligible}
+	deleted := ago(3 * time.Second)
+	cases := []struct {
+		name       string
+		c          Change
+		wantAt     time.Time
+		wantReason string
+	}{
+		{name: "first record with startFrom Beginning starts at acceptance",
+			c:      Change{First: true, From: v1.TierOff, To: v1.TierEventLevel, Decision: eligible, Spec: spec(v1.StartFromBeginning, mt(ago(30*24*time.Hour)), nil), Now: now},
+			wantAt: ago(30 * 24 * time.Hour), wantReason: v1.ReasonDeclared},
+		{name: "first record with startFrom Now starts now",
+			c:      Change{First: true, From: v1.TierOff, To: v1.TierEventLevel, Decision: eligible, Spec: spec(v1.StartFromNow, mt(ago(30*24*time.Hour)), nil), Now: now},
+			wantAt: now, wantReason: v1.ReasonDeclared},
+		{name: "an upgrade after history never reaches back to acceptance, even with Beginning",
+			c:      Change{From: v1.TierCriticalOnly, LastAt: ago(10 * 24 * time.Hour), To: v1.TierEventLevel, Decision: eligible, Spec: spec(v1.StartFromBeginning, mt(ago(30*24*time.Hour)), nil), Now: now},
+			wantAt: now, wantReason: v1.ReasonDeclared},
+		{name: "never before acceptance",
+			c:      Change{First: true, From: v1.TierOff, To: v1.TierEventLevel, Decision: eligible, Spec: spec(v1.StartFromNow, mt(now.Add(time.Minute)), nil), Now: now},
+			wantAt: now.Add(time.Minute), wantReason: v1.ReasonDeclared},
+		{name: "a trial's expiry closes at expiresAt, however late the operator notices",
+			c: Change{From: v1.TierEventLevel, LastAt: ago(48 * time.Hour), To: v1.TierCriticalOnly,
+				Decision: Decision{Reason: v1.ReasonTrialExpired}, Spec: spec(v1.StartFromNow, nil, mt(ago(26*time.Hour))), Now: now},
+			wantAt: ago(26 * time.Hour), wantReason: v1.ReasonTrialExpired},
+		{name: "an edit that lowers consent closes at the write, not when the operator sees it",
+			c: Change{From: v1.TierEventLevel, LastAt: ago(time.Hour), To: v1.TierCriticalOnly, Decision: eligible, Spec: spec(v1.StartFromNow, nil, nil),
+				SpecWrites: []time.Time{ago(5 * time.Hour), ago(40 * time.Minute)}, Now: now},
+			wantAt: ago(40 * time.Minute), wantReason: v1.ReasonDeclared},
+		{name: "several writers while the operator was away: the earliest write after the last transition",
+			c: Change{From: v1.TierEventLevel, LastAt: ago(time.Hour), To: v1.TierOff, Decision: eligible, Spec: spec(v1.StartFromNow, nil, nil),
+				SpecWrites: []time.Time{ago(10 * time.Minute), ago(50 * time.Minute), ago(2 * time.Hour)}, Now: now},
+			wantAt: ago(50 * time.Minute), wantReason: v1.ReasonDeclared},
+		{name: "a write in the same second as the last transition counts",
+			c: Change{From: v1.TierEventLevel, LastAt: ago(time.Hour).Add(700 * time.Millisecond), To: v1.TierOff, Decision: eligible, Spec: spec(v1.StartFromNow, nil, nil),
+				SpecWrites: []time.Time{ago(time.Hour)}, Now: now},
+			wantAt: ago(time.Hour), wantReason: v1.ReasonDeclared},
+		{name: "no spec write to blame (a manager flag changed): now",
+			c: Change{From: v1.TierEventLevel, LastAt: ago(time.Hour), To: v1.TierCriticalOnly, Decision: Decision{Reason: v1.ReasonTermsOutdated},
+				Spec: spec(v1.StartFromNow, nil, nil), SpecWrites: []time.Time{ago(2 * time.Hour)}, Now: now},
+			wantAt: now, wantReason: v1.ReasonTermsOutdated},
+		{name: "deletion closes at the deletion timestamp",
+			c: Change{From: v1.TierEventLevel, LastAt: ago(time.Hour), To: v1.TierOff, Decision: eligible, Spec: spec(v1.StartFromNow, nil, nil),
+				DeletedAt: &deleted, SpecWrites: []time.Time{ago(2 * time.Second)}, Now: now},
+			wantAt: deleted, wantReason: v1.ReasonPolicyDeleted},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			at, reason := TransitionTime(tc.c)
+			if !at.Equal(tc.wantAt) || reason != tc.wantReason {
+				t.Fatalf("got %s %s, want %s %s", at.Format(time.RFC3339Nano), reason, tc.wantAt.Format(time.RFC3339Nano), tc.wantReason)
+			}
+		})
 	}
 }

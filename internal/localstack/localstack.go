@@ -93,6 +93,9 @@ func (s *Stack) logf(format string, args ...any) {
 	}
 }
 
+// ClusterName is the name the local operator records consent under at the receiver.
+const ClusterName = "local"
+
 // IssuerNamespace and IssuerName locate the fleet issuer Secret.
 const (
 	IssuerNamespace = "telemetry-system"
@@ -241,7 +244,8 @@ func (s *Stack) StartManager(ctx context.Context) error {
 		return err
 	}
 	args := []string{"--kubeconfig", s.Kubeconfig, "--issuer-secret", IssuerNamespace + "/" + IssuerName,
-		"--collector-image", "telemetry-collector:local", "--health-probe-bind-address", probe, "--metrics-bind-address", metrics}
+		"--collector-image", "telemetry-collector:local", "--health-probe-bind-address", probe, "--metrics-bind-address", metrics,
+		"--receiver-url", s.ReceiverURL, "--cluster-name", ClusterName, "--ledger-retry", "2s"}
 	if !s.Opts.NoLeaderElection {
 		args = append(args, "--leader-elect", "--leader-election-namespace", IssuerNamespace)
 	}

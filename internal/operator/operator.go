@@ -11,11 +11,14 @@ package operator
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -38,6 +41,8 @@ import (
 
 	telemetryv1alpha1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/controllers"
+	"github.com/sourcegraph/telemetry-operator/internal/ledger"
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
 
@@ -51,6 +56,16 @@ type Config struct {
 	CollectorImage       string
 	MinCloudTermsVersion string
 	IssuerExpiryWarning  time.Duration
+	// ReceiverURL is the receiver whose consent ledger records every instance's consent.
+	ReceiverURL string
+	// ReceiverCAFile, when set, holds the CA bundle that signs the receiver's server certificate
+	// (default: the fleet issuer's CA bundle).
+	ReceiverCAFile string
+	// ClusterName names this cluster in the ledger's ownership records; the receiver learns it
+	// from the operator's certificate.
+	ClusterName string
+	// LedgerRetry is how soon a policy waiting on an unreachable receiver is tried again.
+	LedgerRetry time.Duration
 }
 
 // BindFlags registers the manager's flags on fs.
@@ -63,6 +78,10 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CollectorImage, "collector-image", "telemetry-collector:dev", "Collector image used unless a policy sets spec.collector.image.")
 	fs.StringVar(&c.MinCloudTermsVersion, "min-cloud-terms-version", "", "Oldest Cloud Terms of Service version (YYYY-MM-DD) that allows EventLevel; older contracts run as CriticalOnly (reason TermsOutdated). Empty accepts any.")
 	fs.DurationVar(&c.IssuerExpiryWarning, "issuer-expiry-warning", 30*24*time.Hour, "Warn (Event and metric) when the fleet issuer expires within this long.")
+	fs.StringVar(&c.ReceiverURL, "receiver-url", "", "Required. https:// base URL of the receiver whose consent ledger records each instance's consent; the receiver refuses data from instances it has no consent record of.")
+	fs.StringVar(&c.ReceiverCAFile, "receiver-ca-file", "", "PEM CA bundle that signs the receiver's server certificate (default: the fleet issuer's CA bundle).")
+	fs.StringVar(&c.ClusterName, "cluster-name", "default", "Name of this cluster in the consent ledger's ownership records (a DNS label); each cluster's operator needs its own.")
+	fs.DurationVar(&c.LedgerRetry, "ledger-retry", 15*time.Second, "How soon a policy waiting on an unreachable receiver is tried again.")
 }
 
 // Validate checks the settings and names the offending flag.
@@ -78,6 +97,12 @@ func (c *Config) Validate() error {
 	}
 	if c.CollectorImage == "" {
 		errs = append(errs, errors.New("--collector-image must not be empty"))
+	}
+	if u, err := url.Parse(c.ReceiverURL); c.ReceiverURL == "" || err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {
+		errs = append(errs, fmt.Errorf("--receiver-url %q must be the receiver's https:// base URL, without credentials", c.ReceiverURL))
+	}
+	if !pki.ValidClusterName(c.ClusterName) {
+		errs = append(errs, fmt.Errorf("--cluster-name %q must be a DNS label (lowercase letters, digits and '-', at most 63 characters)", c.ClusterName))
 	}
 	return errors.Join(errs...)
 }
@@ -144,6 +169,21 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 	if err != nil {
 		return nil, err
 	}
+	var receiverRoots *x509.CertPool
+	if cfg.ReceiverCAFile != "" {
+		pem, err := os.ReadFile(cfg.ReceiverCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--receiver-ca-file: %w", err)
+		}
+		receiverRoots = x509.NewCertPool()
+		if !receiverRoots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--receiver-ca-file %s holds no PEM certificate", cfg.ReceiverCAFile)
+		}
+	}
+	consentLedger, err := ledger.New(cfg.ReceiverURL, cfg.ClusterName, issuer, receiverRoots)
+	if err != nil {
+		return nil, err
+	}
 
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                  scheme,
@@ -169,7 +209,8 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		Issuer:    issuer,
 		Metrics:   deps.Metrics,
 		Random:    deps.Random,
-		Options:   controllers.Options{CollectorImage: cfg.CollectorImage, MinCloudTermsVersion: cfg.MinCloudTermsVersion},
+		Ledger:    consentLedger,
+		Options:   controllers.Options{CollectorImage: cfg.CollectorImage, MinCloudTermsVersion: cfg.MinCloudTermsVersion, LedgerRetry: cfg.LedgerRetry},
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the controller: %w", err)

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	telemetryv1alpha1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
 )
@@ -99,12 +100,14 @@ func meta(p *telemetryv1alpha1.TelemetryPolicy, name, component string) metav1.O
 	return metav1.ObjectMeta{Name: name, Namespace: p.Namespace, Labels: Labels(p, component)}
 }
 
-// CollectorConfig returns the configuration for the collector at the given tier.
-func CollectorConfig(p *telemetryv1alpha1.TelemetryPolicy, tier telemetryv1alpha1.ConsentTier) collectorconfig.Config {
+// CollectorConfig returns the configuration for the collector at the given tier, filtering by
+// the consent timeline (of which the newest collectorconfig.MaxConsentTransitions are kept).
+func CollectorConfig(p *telemetryv1alpha1.TelemetryPolicy, tier telemetryv1alpha1.ConsentTier, timeline consentv1.Timeline) collectorconfig.Config {
 	n := NamesFor(p.Name)
 	c := collectorconfig.Config{
 		InstanceID: p.Spec.InstanceID,
 		Tier:       tier,
+		Consent:    collectorTimeline(timeline),
 		State:      collectorconfig.StateRef{Namespace: p.Namespace, ConfigMap: n.State},
 	}
 	if tier == telemetryv1alpha1.TierOff {
@@ -120,10 +123,6 @@ func CollectorConfig(p *telemetryv1alpha1.TelemetryPolicy, tier telemetryv1alpha
 	if c.BatchSize == 0 {
 		c.BatchSize = 5000
 	}
-	c.StartFrom = exp.StartFrom
-	if c.StartFrom == "" {
-		c.StartFrom = telemetryv1alpha1.StartFromNow
-	}
 	c.TLS = collectorconfig.TLSFiles{
 		CertFile: collectorconfig.TLSDir + "/tls.crt",
 		KeyFile:  collectorconfig.TLSDir + "/tls.key",
@@ -135,6 +134,18 @@ func CollectorConfig(p *telemetryv1alpha1.TelemetryPolicy, tier telemetryv1alpha
 	c.PseudonymKeyFile = collectorconfig.PseudonymDir + "/" + collectorconfig.PseudonymKey
 	c.DatabaseDSNFile = collectorconfig.DatabaseDir + "/" + collectorconfig.DatabaseDSNFile
 	return c
+}
+
+// collectorTimeline keeps what the collector filters by (when, which tier) of the newest
+// transitions: the audit fields would only change the configuration's hash, and so restart the
+// collector, without changing what it may send.
+func collectorTimeline(t consentv1.Timeline) consentv1.Timeline {
+	t = t.Tail(collectorconfig.MaxConsentTransitions)
+	out := make(consentv1.Timeline, len(t))
+	for i, tr := range t {
+		out[i] = consentv1.Transition{At: tr.At.UTC(), Tier: tr.Tier}
+	}
+	return out
 }
 
 // ConfigMap returns the collector's configuration ConfigMap holding rendered.

@@ -5,8 +5,9 @@ Licensed under the Apache License, Version 2.0.
 */
 
 // Package receivertest runs a real receiver for tests: a throw-away PostgreSQL cluster, the
-// migrated store, and the ingestion API behind real mutual TLS with a fleet issuer made for the
-// test. Clients get certificates from the same issuer.
+// migrated store, and the API behind real mutual TLS with a fleet issuer made for the test (or
+// given by it). Collectors and operators get certificates from the same issuer. The receiver
+// enforces consent: an instance's data is stored only once its ledger allows it (see Grant).
 package receivertest
 
 import (
@@ -26,7 +27,9 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/clock"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/pgtest"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
@@ -47,6 +50,10 @@ type Receiver struct {
 	// CAFile holds the fleet CA in PEM, as mounted into collectors.
 	CAFile string
 	Dir    string
+	// Clock is the receiver's clock (the store's and the server's).
+	Clock clock.PassiveClock
+
+	limits server.Limits
 
 	// Bodies records every request body the receiver got (decompressed), for leak checks.
 	bodiesMu sync.Mutex
@@ -60,8 +67,31 @@ type Receiver struct {
 	tlsConfig  *tls.Config
 }
 
+// Options configure StartWith.
+type Options struct {
+	// Limits of the API (zero: server.DefaultLimits).
+	Limits server.Limits
+	// CA is the fleet issuer to use (nil: a new one). Pass the CA that also issues a test's
+	// operator and collector certificates so that the receiver trusts them.
+	CA *pkitest.CA
+	// Clock is the receiver's clock (nil: the real clock). It dates transitions and erasures;
+	// certificates are still checked against the real time.
+	Clock clock.PassiveClock
+}
+
 // Start starts PostgreSQL, migrates the store and serves the API with the given limits.
 func Start(ctx context.Context, limits server.Limits) (*Receiver, error) {
+	return StartWith(ctx, Options{Limits: limits})
+}
+
+// StartWith starts PostgreSQL, migrates the store and serves the API as o says.
+func StartWith(ctx context.Context, o Options) (*Receiver, error) {
+	if o.Limits == (server.Limits{}) {
+		o.Limits = server.DefaultLimits()
+	}
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
 	pg, err := pgtest.Start(ctx)
 	if err != nil {
 		return nil, err
@@ -70,7 +100,7 @@ func Start(ctx context.Context, limits server.Limits) (*Receiver, error) {
 		pg.Close()
 		return nil, err
 	}
-	st, err := store.Open(ctx, pg.DSN("receiver"))
+	st, err := store.Open(ctx, pg.DSN("receiver"), store.WithClock(o.Clock))
 	if err != nil {
 		pg.Close()
 		return nil, err
@@ -79,9 +109,11 @@ func Start(ctx context.Context, limits server.Limits) (*Receiver, error) {
 		pg.Close()
 		return nil, err
 	}
-	ca, err := pkitest.NewCA("test fleet issuer", pkitest.Options{NotBefore: time.Now().Add(-365 * 24 * time.Hour)})
-	if err != nil {
-		return nil, err
+	ca := o.CA
+	if ca == nil {
+		if ca, err = pkitest.NewCA("test fleet issuer", pkitest.Options{NotBefore: time.Now().Add(-365 * 24 * time.Hour)}); err != nil {
+			return nil, err
+		}
 	}
 	issuer, err := pki.LoadIssuer(ca.Secret(), time.Now())
 	if err != nil {
@@ -105,15 +137,72 @@ func Start(ctx context.Context, limits server.Limits) (*Receiver, error) {
 	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
-	srv := server.New(st, limits, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
-	srv.RetryAfter = time.Second
-	r := &Receiver{PG: pg, Store: st, Server: srv, Registry: reg, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir,
+	r := &Receiver{PG: pg, Store: st, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir, Clock: o.Clock, limits: o.Limits,
 		tlsConfig: server.TLSConfig(pair, pool)}
+	r.newServer()
 	if err := r.Listen(); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+func (r *Receiver) newServer() {
+	r.Registry = prometheus.NewRegistry()
+	r.Server = server.New(r.Store, r.limits, slog.New(slog.NewTextHandler(io.Discard, nil)), r.Registry, server.WithClock(r.Clock))
+	r.Server.RetryAfter = time.Second
+}
+
+// Restart stops serving, closes the store, and serves again on the same address from a new
+// store and server on the same database, as a restarted receiver process would: nothing held
+// in memory survives.
+func (r *Receiver) Restart(ctx context.Context) error {
+	r.Stop()
+	r.Store.Close()
+	st, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithClock(r.Clock))
+	if err != nil {
+		return err
+	}
+	if err := st.Migrate(ctx); err != nil {
+		return err
+	}
+	r.Store = st
+	r.newServer()
+	return r.Listen()
+}
+
+// TestCluster is the cluster Grant records transitions as.
+const TestCluster = "test"
+
+// Grant records, through the store, that tier is in force for instance from at on, on behalf of
+// a test owner (cluster TestCluster, namespace and name the instance), for tests that need an
+// instance to have consent. The ledger's rules apply: at is clamped to the last transition, and
+// a raise may not be dated in the future.
+func (r *Receiver) Grant(ctx context.Context, instance string, tier consentv1.Tier, at time.Time) error {
+	_, err := r.Store.RecordTransition(ctx, TestCluster, consentv1.RecordRequest{
+		InstanceID: instance,
+		Owner:      consentv1.Owner{Namespace: instance, Name: instance},
+		Transition: consentv1.Transition{At: at, Tier: tier, Reason: "Declared"},
+	})
+	return err
+}
+
+// OperatorCert issues an in-memory client certificate for the operator of cluster.
+func (r *Receiver) OperatorCert(cluster string) (tls.Certificate, error) {
+	cc, err := r.Issuer.IssueOperator(cluster, 24*time.Hour, time.Now(), nil)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(cc.CertPEM, cc.KeyPEM)
+}
+
+// OperatorClient returns a client presenting an operator certificate for cluster. It panics if
+// the certificate cannot be issued (an invalid cluster name is a bug in the test).
+func (r *Receiver) OperatorClient(cluster string) *http.Client {
+	cert, err := r.OperatorCert(cluster)
+	if err != nil {
+		panic(fmt.Sprintf("receivertest: issuing an operator certificate for %q: %v", cluster, err))
+	}
+	return r.HTTPClient(&cert)
 }
 
 // Listen starts serving (again, on the same address after Stop).

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
 	"github.com/sourcegraph/telemetry-operator/receiver/report"
 	"github.com/sourcegraph/telemetry-operator/receiver/server"
@@ -34,6 +35,17 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
+	}
+	// Consent from before every seeded timestamp: the report is judged on what it computes.
+	since := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for instance, tier := range map[string]consentv1.Tier{
+		"srch": consentv1.TierEventLevel, "power": consentv1.TierEventLevel, "sess": consentv1.TierEventLevel,
+		"drop": consentv1.TierEventLevel, "stick": consentv1.TierEventLevel, "crit": consentv1.TierCriticalOnly,
+	} {
+		if err := rcv.Grant(context.Background(), instance, tier, since); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	rcv.Close()

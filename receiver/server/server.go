@@ -4,9 +4,10 @@ Copyright 2026 The telemetry-operator Authors.
 Licensed under the Apache License, Version 2.0.
 */
 
-// Package server is the receiver's HTTPS ingestion API: mutual TLS with the fleet issuer, the
-// instance identity taken from the client certificate, strict and bounded decoding, idempotent
-// storage, and JSON errors with stable reasons.
+// Package server is the receiver's HTTPS API: mutual TLS with the fleet issuer; ingestion, with
+// the instance identity taken from the client certificate, strict and bounded decoding,
+// enforcement of the instance's consent ledger and idempotent storage; the operator-only
+// consent ledger API (admin.go); and JSON errors with stable reasons.
 package server
 
 import (
@@ -27,8 +28,10 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/utils/clock"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/receiver/store"
 )
@@ -52,14 +55,25 @@ type Storage interface {
 	UpsertAggregates(ctx context.Context, instance string, b *batchv1.Batch) (store.Result, error)
 	Cursor(ctx context.Context, instance string) (int64, bool, error)
 	Ping(ctx context.Context) error
+
+	RecordTransition(ctx context.Context, cluster string, req consentv1.RecordRequest) (consentv1.State, error)
+	ConsentState(ctx context.Context, instance string) (consentv1.State, error)
+	Release(ctx context.Context, cluster string, req consentv1.ReleaseRequest) error
+	Erase(ctx context.Context, cluster string, req consentv1.ErasureRequest) (consentv1.ErasureResult, error)
 }
 
-// Server handles ingestion.
+// observable is a Storage that reports what its consent writes changed (the store does).
+type observable interface {
+	SetObserver(store.Observer)
+}
+
+// Server handles ingestion and the consent ledger API.
 type Server struct {
 	store   Storage
 	limits  Limits
 	log     *slog.Logger
 	metrics *metrics
+	clock   clock.PassiveClock
 	// RetryAfter is sent with 503 answers.
 	RetryAfter time.Duration
 
@@ -68,21 +82,51 @@ type Server struct {
 }
 
 type metrics struct {
-	batches    *prometheus.CounterVec
-	events     *prometheus.CounterVec
-	rejections *prometheus.CounterVec
-	latency    *prometheus.HistogramVec
+	batches     *prometheus.CounterVec
+	events      *prometheus.CounterVec
+	rejections  *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	transitions *prometheus.CounterVec
+	removed     prometheus.Counter
+	erasures    *prometheus.CounterVec
+	erasedRows  *prometheus.CounterVec
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithClock makes the server read time from c (default: the real clock). The ledger's own
+// timestamps come from the store's clock; give both the same one.
+func WithClock(c clock.PassiveClock) Option {
+	return func(s *Server) {
+		if c != nil {
+			s.clock = c
+		}
+	}
 }
 
 // New returns a server storing into st. Metrics are registered with reg (nil: not registered).
-func New(st Storage, limits Limits, log *slog.Logger, reg prometheus.Registerer) *Server {
+// When st reports its consent writes (the store does), the server counts and logs them.
+func New(st Storage, limits Limits, log *slog.Logger, reg prometheus.Registerer, opts ...Option) *Server {
 	m := &metrics{
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "receiver_batches_total", Help: "Batches received, by kind and outcome (stored, rejected, unavailable).",
+			Name: "receiver_batches_total", Help: "Batches received, by kind and outcome (stored, refused, unavailable).",
 		}, []string{"kind", "outcome"}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "receiver_events_total", Help: "Events and aggregate cells, by outcome (accepted, duplicate).",
+			Name: "receiver_events_total", Help: "Events and aggregate cells, by outcome (accepted, duplicate, refused by the consent ledger).",
 		}, []string{"outcome"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "receiver_consent_transitions_total", Help: "Consent transitions recorded, by the tier they move to.",
+		}, []string{"tier"}),
+		removed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "receiver_consent_events_removed_total", Help: "Stored events deleted because a withdrawal took effect before they were recorded.",
+		}),
+		erasures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "receiver_erasures_total", Help: "Erasures carried out (first attempts and retries of unverified ones), by scope.",
+		}, []string{"scope"}),
+		erasedRows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "receiver_erased_rows_total", Help: "Rows deleted by erasures, by table.",
+		}, []string{"table"}),
 		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "receiver_rejections_total", Help: "Rejected requests, by reason.",
 		}, []string{"reason"}),
@@ -92,16 +136,27 @@ func New(st Storage, limits Limits, log *slog.Logger, reg prometheus.Registerer)
 		}, []string{"endpoint"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.batches, m.events, m.rejections, m.latency)
+		reg.MustRegister(m.batches, m.events, m.rejections, m.latency, m.transitions, m.removed, m.erasures, m.erasedRows)
 	}
-	return &Server{store: st, limits: limits, log: log, metrics: m, RetryAfter: 5 * time.Second}
+	s := &Server{store: st, limits: limits, log: log, metrics: m, clock: clock.RealClock{}, RetryAfter: 5 * time.Second}
+	for _, o := range opts {
+		o(s)
+	}
+	if o, ok := st.(observable); ok {
+		o.SetObserver(ledgerObserver{s})
+	}
+	return s
 }
 
-// Handler returns the mutual-TLS API: POST /v1/batches and GET /v1/cursor.
+// Handler returns the mutual-TLS API: POST /v1/batches and GET /v1/cursor for collectors, and
+// the consent ledger (consentv1.PathConsent, PathRelease, PathErasures) for operators.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc(batchv1.PathBatches, s.timed("batches", s.handleBatch))
 	mux.HandleFunc(batchv1.PathCursor, s.timed("cursor", s.handleCursor))
+	mux.HandleFunc(consentv1.PathConsent, s.timed("consent", s.handleConsent))
+	mux.HandleFunc(consentv1.PathRelease, s.timed("release", s.handleRelease))
+	mux.HandleFunc(consentv1.PathErasures, s.timed("erasures", s.handleErasures))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, http.StatusNotFound, batchv1.ReasonNotFound, "no such endpoint", -1)
 	})
@@ -139,9 +194,9 @@ func TLSConfig(serverCert tls.Certificate, clientCAs *x509.CertPool) *tls.Config
 
 func (s *Server) timed(endpoint string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
+		start := s.clock.Now()
 		h(w, r)
-		s.metrics.latency.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
+		s.metrics.latency.WithLabelValues(endpoint).Observe(s.clock.Since(start).Seconds())
 	}
 }
 
@@ -224,6 +279,16 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	} else {
 		res, err = s.store.UpsertAggregates(r.Context(), instance, b)
 	}
+	var refused *store.RefusedError
+	if errors.As(err, &refused) {
+		// The ledger, not the batch's declared tier, decided: nothing of the batch is stored.
+		s.metrics.batches.WithLabelValues(b.Kind, "refused").Inc()
+		s.metrics.events.WithLabelValues("refused").Add(float64(len(b.Events) + len(b.Aggregates)))
+		s.log.Info("batch refused by consent", "instance", instance, "kind", b.Kind, "batch", b.BatchID,
+			"tier", string(refused.Tier), "known", refused.Known)
+		s.reject(w, http.StatusForbidden, consentv1.ReasonConsentRefused, refused.Error(), -1)
+		return
+	}
 	if err != nil {
 		s.metrics.batches.WithLabelValues(b.Kind, "unavailable").Inc()
 		s.storageError(w, err, "batch")
@@ -232,8 +297,10 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	s.metrics.batches.WithLabelValues(b.Kind, "stored").Inc()
 	s.metrics.events.WithLabelValues("accepted").Add(float64(res.Accepted))
 	s.metrics.events.WithLabelValues("duplicate").Add(float64(res.Duplicates))
-	s.log.Info("stored batch", "instance", instance, "kind", b.Kind, "batch", b.BatchID, "accepted", res.Accepted, "duplicates", res.Duplicates)
-	writeJSON(w, http.StatusOK, batchv1.Response{Accepted: res.Accepted, Duplicates: res.Duplicates, Cursor: res.Cursor})
+	s.metrics.events.WithLabelValues("refused").Add(float64(res.Refused))
+	s.log.Info("stored batch", "instance", instance, "kind", b.Kind, "batch", b.BatchID, "accepted", res.Accepted,
+		"duplicates", res.Duplicates, "refused", res.Refused)
+	writeJSON(w, http.StatusOK, batchv1.Response{Accepted: res.Accepted, Duplicates: res.Duplicates, Refused: res.Refused, Cursor: res.Cursor})
 }
 
 // zstd returns the server's decoder, made on first use. One decoder serves every request

@@ -24,6 +24,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
 	"github.com/sourcegraph/telemetry-operator/receiver/server"
@@ -45,6 +46,19 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	rcv.Close()
 	os.Exit(code)
+}
+
+// consentSince is when the instances of these tests were granted consent: before every
+// timestamp their batches carry.
+var consentSince = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// grant gives instance EventLevel consent from consentSince, so that a test of the ingestion API
+// tests what it means to and not the consent ledger.
+func grant(t *testing.T, instance string) {
+	t.Helper()
+	if err := rcv.Grant(context.Background(), instance, consentv1.TierEventLevel, consentSince); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func events(instance string, from, n int) *batchv1.Batch {
@@ -121,6 +135,8 @@ func count(t *testing.T, table, instance string) int {
 }
 
 func TestAuthenticationFailuresStoreNothing(t *testing.T) {
+	grant(t, "auth")
+	grant(t, "other")
 	body := mustEncode(t, events("auth", 1, 3))
 	rogueCA, _ := pkitest.NewCA("rogue", pkitest.Options{})
 	rogueCert, _ := rogueCA.ServerCert("auth", []string{"localhost"}, time.Time{})
@@ -156,6 +172,7 @@ func TestAuthenticationFailuresStoreNothing(t *testing.T) {
 }
 
 func TestHostileBodiesGetTheRightStatusAndStoreNothing(t *testing.T) {
+	grant(t, "hostile")
 	c := client(t, "hostile")
 	bomb := func() []byte {
 		var buf bytes.Buffer
@@ -221,6 +238,7 @@ func TestHostileBodiesGetTheRightStatusAndStoreNothing(t *testing.T) {
 }
 
 func TestTheSameBatchIsStoredOnce(t *testing.T) {
+	grant(t, "idem")
 	c := client(t, "idem")
 	b := events("idem", 1, 50)
 	body := mustEncode(t, b)
@@ -283,6 +301,7 @@ func TestTheSameBatchIsStoredOnce(t *testing.T) {
 }
 
 func TestAggregatesAreReplacedNotAdded(t *testing.T) {
+	grant(t, "agg")
 	c := client(t, "agg")
 	send := func(value int64, final bool, batchID string) {
 		b := &batchv1.Batch{Version: 1, InstanceID: "agg", BatchID: batchID, Kind: batchv1.KindAggregates, Tier: "CriticalOnly",
@@ -317,6 +336,7 @@ func TestAggregatesAreReplacedNotAdded(t *testing.T) {
 
 func TestDatabaseDownAnswers503AndRetrySucceeds(t *testing.T) {
 	ctx := context.Background()
+	grant(t, "outage")
 	c := client(t, "outage")
 	if err := rcv.PG.StopServer(ctx); err != nil {
 		t.Fatal(err)

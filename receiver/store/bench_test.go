@@ -13,6 +13,7 @@ import (
 	"time"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
 	"github.com/sourcegraph/telemetry-operator/receiver/server"
 )
@@ -25,6 +26,9 @@ func BenchmarkInsertEvents(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer r.Close()
+	if err := r.Grant(ctx, "bench", consentv1.TierEventLevel, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil {
+		b.Fatal(err)
+	}
 	batch := func(from int) *batchv1.Batch {
 		bt := &batchv1.Batch{InstanceID: "bench", BatchID: fmt.Sprint(from), Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(from + 5000)}
 		for i := from; i < from+5000; i++ {

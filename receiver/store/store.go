@@ -5,8 +5,9 @@ Licensed under the Apache License, Version 2.0.
 */
 
 // Package store keeps the receiver's data in PostgreSQL: events exactly once per
-// (instance, event id), aggregates upserted per (instance, day, metric, dimension), and the
-// acknowledged cursor per instance. Every write commits before it returns, so the receiver
+// (instance, event id), aggregates upserted per (instance, day, metric, dimension), the
+// acknowledged cursor per instance, and the consent ledger (api/consent/v1) that decides what of
+// a batch may be stored at all. Every write commits before it returns, so the receiver
 // acknowledges only durable data.
 package store
 
@@ -21,11 +22,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"k8s.io/utils/clock"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 )
@@ -44,11 +47,28 @@ var ErrUnavailable = errors.New("storage unavailable")
 
 // Store is the receiver's PostgreSQL storage.
 type Store struct {
-	pool *pgxpool.Pool
+	pool  *pgxpool.Pool
+	clock clock.PassiveClock
+	// policies caches each instance's consent timeline and tombstones by record version.
+	policies policyCache
+	observer atomic.Pointer[observerBox]
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithClock makes the store read time from c (default: the real clock): when transitions take
+// effect, when erasures run, when events were received.
+func WithClock(c clock.PassiveClock) Option {
+	return func(s *Store) {
+		if c != nil {
+			s.clock = c
+		}
+	}
 }
 
 // Open connects to dsn. It does not fail when the database is down: Ping and writes report it.
-func Open(ctx context.Context, dsn string) (*Store, error) {
+func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, errors.New("invalid database DSN") // never echo the DSN: it may hold a password
@@ -59,7 +79,11 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating the connection pool: %w", err)
 	}
-	return &Store{pool: pool}, nil
+	s := &Store{pool: pool, clock: clock.RealClock{}}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
 }
 
 // Close releases the connections.
@@ -124,54 +148,106 @@ func (s *Store) Migrate(ctx context.Context) error {
 
 // Result counts what a write stored.
 type Result struct {
-	Accepted, Duplicates int
-	Cursor               int64
+	// Accepted items were stored now; Duplicates were stored before (or, for aggregates, not
+	// replaced); Refused items fall outside the instance's consent (a period that was not
+	// EventLevel, or at least CriticalOnly for aggregates) or inside an erased range, and are
+	// not stored.
+	Accepted, Duplicates, Refused int
+	Cursor                        int64
 }
 
 // InsertEvents stores a batch's events once each and advances the instance's cursor (never
-// backwards), in one transaction.
+// backwards), in one transaction. The instance's consent ledger decides first: the whole batch
+// is refused (ErrConsentRefused, a *RefusedError) unless EventLevel is in force now, and then
+// each event is stored only if its timestamp falls in an EventLevel period and in no erased
+// range. Refused events are counted, and the cursor still advances past them: they may never
+// leave, so the collector must not send them again.
 func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Batch) (Result, error) {
 	n := len(b.Events)
-	stream, err := copyEvents(instance, b.Events, time.Now())
+	receivedAt := s.clock.Now()
+	// Build the stream before the transaction (and its consent lock): nearly every batch is
+	// kept whole.
+	stream, err := copyEvents(instance, b.Events, receivedAt)
 	if err != nil {
 		return Result{}, err
 	}
 	var res Result
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		accepted, err := s.copyNew(ctx, tx, instance, b.BatchID, stream)
+		p, err := s.loadPolicy(ctx, tx, instance)
 		if err != nil {
 			return err
 		}
-		if accepted < 0 {
-			// Some events are stored already: load into a per-session staging table with COPY,
-			// then move the new rows over in one statement; ON CONFLICT absorbs the rest.
-			if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE events) ON COMMIT DELETE ROWS`); err != nil {
+		if err := p.refusal(b.Kind); err != nil {
+			return err
+		}
+		kept := b.Events
+		if slices.ContainsFunc(b.Events, func(e batchv1.Event) bool { return !p.keepEvent(e.Timestamp) }) {
+			// The COPY stream is rebuilt from the kept events only: a refused event never
+			// reaches the database, not even a staging table.
+			kept = make([]batchv1.Event, 0, n)
+			for i := range b.Events {
+				if p.keepEvent(b.Events[i].Timestamp) {
+					kept = append(kept, b.Events[i])
+				}
+			}
+			if stream, err = copyEvents(instance, kept, receivedAt); err != nil {
 				return err
 			}
-			if _, err := copyIn(ctx, tx, "incoming_events", stream); err != nil {
+		}
+		res.Refused = n - len(kept)
+		accepted := 0
+		if len(kept) > 0 {
+			if accepted, err = s.insertStream(ctx, tx, instance, b.BatchID, stream); err != nil {
 				return err
 			}
-			tag, err := tx.Exec(ctx, `INSERT INTO events SELECT * FROM incoming_events ON CONFLICT (instance_id, event_id) DO NOTHING`)
-			if err != nil {
-				return err
-			}
-			accepted = int(tag.RowsAffected())
 		}
 		res.Accepted = accepted
-		res.Duplicates = n - res.Accepted
+		res.Duplicates = len(kept) - res.Accepted
 		if err := tx.QueryRow(ctx, `
 INSERT INTO cursors (instance_id, cursor) VALUES ($1, $2)
 ON CONFLICT (instance_id) DO UPDATE SET cursor = GREATEST(cursors.cursor, EXCLUDED.cursor), updated_at = now()
 RETURNING cursor`, instance, b.Cursor).Scan(&res.Cursor); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `
-INSERT INTO batches (instance_id, batch_id, kind, accepted, duplicates) VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (instance_id, batch_id) DO UPDATE SET duplicates = batches.duplicates + EXCLUDED.accepted + EXCLUDED.duplicates`,
-			instance, b.BatchID, b.Kind, res.Accepted, res.Duplicates)
-		return err
+		return recordBatch(ctx, tx, instance, b, res)
 	})
 	return res, err
+}
+
+// recordBatch notes the batch by its idempotency key. A batch seen before counts all its items
+// again as duplicates, and its refusals again as refused.
+func recordBatch(ctx context.Context, tx pgx.Tx, instance string, b *batchv1.Batch, res Result) error {
+	_, err := tx.Exec(ctx, `
+INSERT INTO batches (instance_id, batch_id, kind, accepted, duplicates, refused) VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (instance_id, batch_id) DO UPDATE SET duplicates = batches.duplicates + EXCLUDED.accepted + EXCLUDED.duplicates,
+  refused = batches.refused + EXCLUDED.refused`,
+		instance, b.BatchID, b.Kind, res.Accepted, res.Duplicates, res.Refused)
+	return err
+}
+
+// insertStream stores the events of stream (from copyEvents) that are not stored yet and
+// returns how many it stored.
+func (s *Store) insertStream(ctx context.Context, tx pgx.Tx, instance, batchID string, stream []byte) (int, error) {
+	accepted, err := s.copyNew(ctx, tx, instance, batchID, stream)
+	if err != nil {
+		return 0, err
+	}
+	if accepted < 0 {
+		// Some events are stored already: load into a per-session staging table with COPY,
+		// then move the new rows over in one statement; ON CONFLICT absorbs the rest.
+		if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE events) ON COMMIT DELETE ROWS`); err != nil {
+			return 0, err
+		}
+		if _, err := copyIn(ctx, tx, "incoming_events", stream); err != nil {
+			return 0, err
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO events SELECT * FROM incoming_events ON CONFLICT (instance_id, event_id) DO NOTHING`)
+		if err != nil {
+			return 0, err
+		}
+		accepted = int(tag.RowsAffected())
+	}
+	return accepted, nil
 }
 
 // copyNew is the fast path for a batch none of whose events is stored yet (nearly every batch:
@@ -214,16 +290,31 @@ func copyIn(ctx context.Context, tx pgx.Tx, table string, stream []byte) (int64,
 }
 
 // UpsertAggregates replaces each (instance, day, metric, dimension) cell with the batch's value.
+// The instance's consent ledger decides first: the whole batch is refused (ErrConsentRefused)
+// while Off is in force or without a record, and then a cell is stored only if its UTC day
+// overlaps a period of at least CriticalOnly and no range erased with scope All.
 func (s *Store) UpsertAggregates(ctx context.Context, instance string, b *batchv1.Batch) (Result, error) {
-	n := len(b.Aggregates)
-	days, metrics, dims := make([]string, n), make([]string, n), make([]string, n)
-	values, users := make([]int64, n), make([]int64, n)
-	finals := make([]bool, n)
-	for i, a := range b.Aggregates {
-		days[i], metrics[i], dims[i], values[i], users[i], finals[i] = a.Day, a.Metric, a.Dimension, a.Value, a.Users, a.Final
-	}
 	var res Result
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		p, err := s.loadPolicy(ctx, tx, instance)
+		if err != nil {
+			return err
+		}
+		if err := p.refusal(b.Kind); err != nil {
+			return err
+		}
+		n := len(b.Aggregates)
+		days, metrics, dims := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
+		values, users := make([]int64, 0, n), make([]int64, 0, n)
+		finals := make([]bool, 0, n)
+		for _, a := range b.Aggregates {
+			if !p.keepAggregate(a.Day) {
+				res.Refused++
+				continue
+			}
+			days, metrics, dims = append(days, a.Day), append(metrics, a.Metric), append(dims, a.Dimension)
+			values, users, finals = append(values, a.Value), append(users, a.Users), append(finals, a.Final)
+		}
 		// A cell appearing twice in one batch would make ON CONFLICT fail: the last one wins.
 		tag, err := tx.Exec(ctx, `
 INSERT INTO aggregates (instance_id, day, metric, dimension, value, users, final)
@@ -239,12 +330,8 @@ ON CONFLICT (instance_id, day, metric, dimension) DO UPDATE
 			return err
 		}
 		res.Accepted = int(tag.RowsAffected())
-		res.Duplicates = n - res.Accepted
-		_, err = tx.Exec(ctx, `
-INSERT INTO batches (instance_id, batch_id, kind, accepted, duplicates) VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (instance_id, batch_id) DO UPDATE SET duplicates = batches.duplicates + EXCLUDED.accepted + EXCLUDED.duplicates`,
-			instance, b.BatchID, b.Kind, res.Accepted, res.Duplicates)
-		return err
+		res.Duplicates = len(days) - res.Accepted
+		return recordBatch(ctx, tx, instance, b, res)
 	})
 	return res, err
 }
@@ -263,12 +350,26 @@ func (s *Store) Cursor(ctx context.Context, instance string) (int64, bool, error
 }
 
 func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
-	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{})
+	return s.runTx(ctx, pgx.TxOptions{}, fn)
+}
+
+// readTx runs fn in a read-only snapshot, so a record read in several queries is consistent.
+func (s *Store) readTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	return s.runTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
+}
+
+// runTx runs fn in a transaction and commits. The ledger's own answers (refusals, ownership,
+// invalid requests) pass through as they are; anything else is classified by unavailable.
+func (s *Store) runTx(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error) error {
+	tx, err := s.pool.BeginTx(ctx, opts)
 	if err != nil {
 		return unavailable(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
 	if err := fn(tx); err != nil {
+		if domain(err) {
+			return err
+		}
 		return unavailable(err)
 	}
 	if err := tx.Commit(ctx); err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
 	"github.com/sourcegraph/telemetry-operator/receiver/server"
 )
@@ -37,6 +38,9 @@ func TestInsertEventsExactlyOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
+	if err := r.Grant(ctx, "acme", consentv1.TierEventLevel, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
 	count := func() (n, distinct int) {
 		t.Helper()
 		if err := r.Store.Pool().QueryRow(ctx, `SELECT count(*), count(DISTINCT event_id) FROM events WHERE instance_id = 'acme'`).Scan(&n, &distinct); err != nil {

@@ -117,8 +117,9 @@ func apply(t *testing.T, name string, tier v1.ConsentTier, seedUsers int, mutate
 	spec := map[string]any{
 		"instanceID": name,
 		"consent":    map[string]any{"tier": string(tier)},
+		// Accepted before the seeded history: with startFrom Beginning all of it may leave.
 		"contract": map[string]any{"basis": "NewContract", "reference": "0065e00000AbCdEf", "cloudTermsVersion": "2024-06-01",
-			"userLevelEventDataApproved": true},
+			"userLevelEventDataApproved": true, "acceptedAt": time.Now().Add(-30 * 24 * time.Hour).UTC().Format(time.RFC3339)},
 		"source": map[string]any{"databaseSecretRef": map[string]any{"name": name + "-frontend-db", "key": "dsn"}},
 		"export": map[string]any{"endpoint": stack.ReceiverURL, "interval": "10s", "startFrom": "Beginning", "batchSize": 200},
 	}

@@ -135,9 +135,18 @@ var knownMetrics = map[string]bool{
 
 // Response acknowledges a stored batch.
 type Response struct {
-	Accepted   int   `json:"accepted"`
-	Duplicates int   `json:"duplicates"`
-	Cursor     int64 `json:"cursor"`
+	// Accepted items were stored by this batch.
+	Accepted int `json:"accepted"`
+	// Duplicates were stored before (a re-send) or, for aggregates, not replaced (a final cell).
+	Duplicates int `json:"duplicates"`
+	// Refused items are not stored because the receiver's consent ledger does not allow them:
+	// an event recorded outside an EventLevel period, a cell for a day outside any period of at
+	// least CriticalOnly, or either inside an erased range. They are acknowledged all the same
+	// (the cursor moves past them) because they may never leave: a collector must not retry
+	// them. Absent when zero.
+	Refused int `json:"refused,omitempty"`
+	// Cursor is the instance's acknowledged cursor after the batch.
+	Cursor int64 `json:"cursor"`
 }
 
 // CursorResponse answers GET /v1/cursor.

@@ -1,0 +1,173 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package collector_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/collector"
+)
+
+// consentTimeline lays out, from base: EventLevel for 2h, CriticalOnly for 2h, Off for 2h, then
+// EventLevel again, after an Off period from 1h before base (so that events recorded before
+// consent was granted exist too).
+func consentTimeline(base time.Time) consentv1.Timeline {
+	return consentv1.Timeline{
+		{At: consentSince, Tier: consentv1.TierEventLevel}, // an old window, long before any row
+		{At: base.Add(-time.Hour), Tier: consentv1.TierOff},
+		{At: base, Tier: consentv1.TierEventLevel},
+		{At: base.Add(2 * time.Hour), Tier: consentv1.TierCriticalOnly},
+		{At: base.Add(4 * time.Hour), Tier: consentv1.TierOff},
+		{At: base.Add(6 * time.Hour), Tier: consentv1.TierEventLevel},
+	}
+}
+
+// plantAcrossPeriods writes allow-listed events with timestamps spread over every period, in
+// shuffled order so that ids do not follow time. It returns how many lie in EventLevel periods.
+func plantAcrossPeriods(in *instance, base time.Time, tl consentv1.Timeline) int {
+	in.t.Helper()
+	r := rand.New(rand.NewPCG(7, 8)) //nolint:gosec // test data
+	var stamps []time.Time
+	for ts := base.Add(-50 * time.Minute); ts.Before(base.Add(7*time.Hour + 50*time.Minute)); ts = ts.Add(67 * time.Second) {
+		stamps = append(stamps, ts)
+	}
+	r.Shuffle(len(stamps), func(i, j int) { stamps[i], stamps[j] = stamps[j], stamps[i] })
+	want := 0
+	for i, ts := range stamps {
+		in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp, public_argument) VALUES ('hover', $1, 'WEB', '5.3.0', $2, '{"languageId":"go"}')`, i%9+1, ts)
+		if tl.TierAt(ts) == consentv1.TierEventLevel {
+			want++
+		}
+	}
+	return want
+}
+
+// storedOutside counts the instance's stored events whose timestamp lies outside every
+// EventLevel window of tl, and all its stored events.
+func storedOutside(t *testing.T, id string, tl consentv1.Timeline) (outside, total int) {
+	t.Helper()
+	rows, err := rcv.Store.Pool().Query(context.Background(), "SELECT ts FROM events WHERE instance_id = $1", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var ts time.Time
+		if err := rows.Scan(&ts); err != nil {
+			t.Fatal(err)
+		}
+		total++
+		if tl.TierAt(ts) != consentv1.TierEventLevel {
+			outside++
+		}
+	}
+	return outside, total
+}
+
+// TestEventsLeaveOnlyFromEventLevelWindows judges by event timestamps in the receiver's
+// database, across every tier transition, with each enforcement point on its own: an honest
+// collector and receiver; a stale or tampered collector whose configuration still says
+// EventLevel throughout (the receiver alone must hold); and a receiver that would take
+// everything (the collector alone must hold).
+func TestEventsLeaveOnlyFromEventLevelWindows(t *testing.T) {
+	base := time.Now().UTC().Add(-10 * time.Hour).Truncate(time.Second)
+	truth := consentTimeline(base)
+	everything := consentv1.Timeline{{At: consentSince, Tier: consentv1.TierEventLevel}}
+	cases := []struct {
+		name           string
+		ledger, config consentv1.Timeline
+	}{
+		{"collector and receiver agree", truth, truth},
+		{"a collector that ignores consent: the receiver refuses", truth, everything},
+		{"a receiver that would take anything: the collector filters", everything, truth},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			in := newInstanceConsent(t, v1.TierEventLevel, 100, tc.ledger)
+			cfg, err := collector.LoadConfig(in.config)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Consent = tc.config
+			in.writeConfig(*cfg)
+			want := plantAcrossPeriods(in, base, truth)
+			// Saved progress must not matter: start once without, drain, then again from the
+			// saved cursor after more rows were written into a closed period.
+			p := in.pipeline()
+			drain(t, p)
+			in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', 1, 'WEB', '5.3.0', $1)`, base.Add(5*time.Hour))
+			drain(t, in.pipeline())
+			outside, total := storedOutside(t, in.id, truth)
+			if outside != 0 {
+				t.Fatalf("%d stored events were recorded outside EventLevel consent", outside)
+			}
+			if total != want {
+				t.Fatalf("stored %d events, want the %d recorded inside EventLevel windows", total, want)
+			}
+			if pr := p.Progress(); pr.Cursor == 0 {
+				t.Fatalf("the cursor did not move past rows that may never leave: %+v", pr)
+			}
+		})
+	}
+}
+
+// TestAggregatesNeverCountOffPeriods: aggregates count only events recorded while the tier in
+// force allowed them; users active only during an Off period are in no count.
+func TestAggregatesNeverCountOffPeriods(t *testing.T) {
+	now := time.Now().UTC()
+	today := now.Truncate(24 * time.Hour)
+	day := func(n int) time.Time { return today.AddDate(0, 0, n) }
+	tl := consentv1.Timeline{
+		{At: consentSince, Tier: consentv1.TierCriticalOnly},
+		{At: day(-3), Tier: consentv1.TierOff},
+		{At: day(-1), Tier: consentv1.TierCriticalOnly},
+	}
+	in := newInstanceConsent(t, v1.TierCriticalOnly, 100, tl)
+	at := func(d time.Time) time.Time {
+		if d.Equal(today) {
+			return today.Add(now.Sub(today) / 2)
+		}
+		return d.Add(10 * time.Hour)
+	}
+	add := func(users []int, d time.Time) {
+		for _, u := range users {
+			in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, at(d))
+		}
+	}
+	add([]int{1, 2, 3, 4, 5, 6}, day(-4))           // CriticalOnly: counted
+	add([]int{11, 12, 13, 14, 15, 16, 17}, day(-2)) // Off: never counted
+	add([]int{11, 12, 13, 14, 15, 16, 17}, day(-3)) // Off: never counted
+	add([]int{21, 22, 23, 24, 25}, today)           // CriticalOnly: counted
+	p := in.pipeline()
+	if _, err := p.RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cell := func(d time.Time, metric, dim string) (int64, bool) {
+		var v int64
+		err := rcv.Store.Pool().QueryRow(context.Background(),
+			"SELECT value FROM aggregates WHERE instance_id = $1 AND day = $2 AND metric = $3 AND dimension = $4", in.id, d.Format(time.DateOnly), metric, dim).Scan(&v)
+		return v, err == nil
+	}
+	if v, ok := cell(day(-4), "event_count", "hover"); !ok || v != 6 {
+		t.Fatalf("hover events on a CriticalOnly day = %d (published %v), want 6", v, ok)
+	}
+	for _, d := range []time.Time{day(-3), day(-2)} {
+		if v, ok := cell(d, "event_count", "hover"); ok {
+			t.Fatalf("an Off day was published: hover = %d on %s", v, d.Format(time.DateOnly))
+		}
+	}
+	// 6 users four days ago and 5 today: 11 in the last 7 days. Counting the Off period would
+	// give 18.
+	if v, ok := cell(today, "active_users_7d", ""); !ok || v != 11 {
+		t.Fatalf("active users in the last 7 days = %d (published %v), want 11", v, ok)
+	}
+}

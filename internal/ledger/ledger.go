@@ -1,0 +1,210 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package ledger is the operator's client for the receiver's consent ledger (api/consent/v1):
+// it records consent transitions, reads an instance's record, releases ownership and requests
+// erasures, over mutual TLS with the operator's own identity. That identity is a short-lived
+// client certificate the operator signs with the fleet issuer for its cluster, kept in memory
+// only and renewed well before it expires.
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
+)
+
+// CertLifetime is how long the operator's own certificate is valid; it is renewed once a third
+// of that is left.
+const CertLifetime = 24 * time.Hour
+
+// maxResponse bounds what is read of an answer.
+const maxResponse = 4 << 20
+
+// Errors callers distinguish.
+var (
+	// ErrOwnedElsewhere: another policy or cluster owns the instance's record.
+	ErrOwnedElsewhere = errors.New("the instance's consent record is owned by another policy")
+	// ErrUnknownInstance: the receiver has no record of the instance.
+	ErrUnknownInstance = errors.New("the receiver has no consent record of the instance")
+	// ErrUnavailable: the receiver could not be reached or answered with a transient failure;
+	// retrying later may succeed.
+	ErrUnavailable = errors.New("the receiver is unavailable")
+	// ErrRejected: the receiver refused the request as invalid; retrying will not help.
+	ErrRejected = errors.New("the receiver refused the request")
+)
+
+// Client talks to one receiver's consent ledger.
+type Client struct {
+	base    string
+	cluster string
+	issuer  *pki.Issuer
+	http    *http.Client
+	// Now is the time used for the operator's certificate (the TLS peers judge validity by the
+	// wall clock, whatever clock the reconciler runs on).
+	Now func() time.Time
+
+	mu   sync.Mutex
+	cert *tls.Certificate
+}
+
+// New returns a client for the receiver at base (https://host:port), identifying as the operator
+// of cluster with certificates signed by issuer, and trusting roots for the receiver's server
+// certificate (nil: the issuer's CA bundle).
+func New(base, cluster string, issuer *pki.Issuer, roots *x509.CertPool) (*Client, error) {
+	u, err := url.Parse(base)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {
+		return nil, fmt.Errorf("receiver URL %q must be https://host[:port] without credentials", base)
+	}
+	if !pki.ValidClusterName(cluster) {
+		return nil, fmt.Errorf("cluster name %q must be a DNS label", cluster)
+	}
+	if issuer == nil {
+		return nil, errors.New("the fleet issuer is required to sign the operator's certificate")
+	}
+	if roots == nil {
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(issuer.BundlePEM) {
+			return nil, errors.New("the fleet issuer's CA bundle holds no certificate")
+		}
+	}
+	c := &Client{base: strings.TrimRight(base, "/"), cluster: cluster, issuer: issuer, Now: time.Now}
+	c.http = &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{
+				MinVersion:           tls.VersionTLS13,
+				RootCAs:              roots,
+				GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return c.certificate() },
+			},
+			ForceAttemptHTTP2:   true,
+			MaxIdleConnsPerHost: 4,
+			IdleConnTimeout:     90 * time.Second,
+		},
+	}
+	return c, nil
+}
+
+// Cluster is the cluster name the client identifies as.
+func (c *Client) Cluster() string { return c.cluster }
+
+// certificate returns the operator's certificate, signing a new one when none is held or a
+// third of its lifetime is left.
+func (c *Client) certificate() (*tls.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.Now()
+	if c.cert != nil && now.Before(c.cert.Leaf.NotAfter.Add(-CertLifetime/3)) {
+		return c.cert, nil
+	}
+	issued, err := c.issuer.IssueOperator(c.cluster, CertLifetime, now, nil)
+	if err != nil {
+		return nil, fmt.Errorf("signing the operator's certificate: %w", err)
+	}
+	pair, err := tls.X509KeyPair(issued.CertPEM, issued.KeyPEM)
+	if err != nil {
+		return nil, err
+	}
+	pair.Leaf = issued.Cert
+	c.cert = &pair
+	return c.cert, nil
+}
+
+// Record records a transition; the answer is the instance's record after it.
+func (c *Client) Record(ctx context.Context, req consentv1.RecordRequest) (consentv1.State, error) {
+	var out consentv1.State
+	err := c.do(ctx, http.MethodPost, consentv1.PathConsent, req, &out)
+	return out, err
+}
+
+// State reads an instance's record (ErrUnknownInstance when there is none).
+func (c *Client) State(ctx context.Context, instanceID string) (consentv1.State, error) {
+	var out consentv1.State
+	err := c.do(ctx, http.MethodGet, consentv1.PathConsent+"?instance="+url.QueryEscape(instanceID), nil, &out)
+	return out, err
+}
+
+// Release gives up ownership of an instance's record.
+func (c *Client) Release(ctx context.Context, req consentv1.ReleaseRequest) error {
+	return c.do(ctx, http.MethodPost, consentv1.PathRelease, req, nil)
+}
+
+// Erase requests an erasure; the answer is its verified result.
+func (c *Client) Erase(ctx context.Context, req consentv1.ErasureRequest) (consentv1.ErasureResult, error) {
+	var out consentv1.ErasureResult
+	err := c.do(ctx, http.MethodPost, consentv1.PathErasures, req, &out)
+	return out, err
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		data, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	if err != nil {
+		return fmt.Errorf("%w: reading the answer: %w", ErrUnavailable, err)
+	}
+	if resp.StatusCode == http.StatusOK {
+		if out == nil {
+			return nil
+		}
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("%w: the receiver's answer is not valid JSON: %w", ErrUnavailable, err)
+		}
+		return nil
+	}
+	var er batchv1.ErrorResponse
+	_ = json.Unmarshal(data, &er)
+	msg := fmt.Sprintf("%d %s: %s", resp.StatusCode, er.Reason, truncate(er.Error, 300))
+	switch {
+	case resp.StatusCode == http.StatusConflict && er.Reason == consentv1.ReasonOwnedElsewhere:
+		return fmt.Errorf("%w (%s)", ErrOwnedElsewhere, truncate(er.Error, 300))
+	case resp.StatusCode == http.StatusNotFound && er.Reason == consentv1.ReasonUnknownInstance:
+		return ErrUnknownInstance
+	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
+		return fmt.Errorf("%w: %s", ErrUnavailable, msg)
+	default:
+		return fmt.Errorf("%w: %s", ErrRejected, msg)
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

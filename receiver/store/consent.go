@@ -1,0 +1,673 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
+)
+
+// Errors of the consent ledger. The server maps each to a status and a consentv1 reason.
+var (
+	// ErrConsentRefused: the instance's ledger does not allow what a batch carries (403).
+	ErrConsentRefused = errors.New("consent refused")
+	// ErrOwnedElsewhere: the instance's record belongs to another policy or cluster, or to none
+	// (409).
+	ErrOwnedElsewhere = errors.New("the instance's consent record is owned elsewhere")
+	// ErrUnknownInstance: the ledger has no record of the instance (404).
+	ErrUnknownInstance = errors.New("unknown instance")
+	// ErrInvalid: the request is malformed, or dated where the ledger cannot accept it (400).
+	ErrInvalid = errors.New("invalid request")
+	// ErrRequestConflict: an erasure request id was reused with another scope or range (409).
+	ErrRequestConflict = errors.New("erasure request id reused with a different scope or range")
+	// ErrUnverified: an erasure was carried out but a re-query still found data in scope; the
+	// caller retries, and the retry deletes and verifies again (503).
+	ErrUnverified = errors.New("erasure not verified")
+)
+
+// RefusedError says why the ledger refused a batch. It names the instance's consent state and
+// never anything the batch carried.
+type RefusedError struct {
+	Instance string
+	// Known is false when the ledger has no record of the instance.
+	Known bool
+	// Tier is the tier in force now, and Since when it took effect.
+	Tier  consentv1.Tier
+	Since time.Time
+	// Kind is the kind of batch refused.
+	Kind string
+}
+
+// Error names the instance's consent state, which the server returns to the collector.
+func (e *RefusedError) Error() string {
+	switch {
+	case !e.Known:
+		return fmt.Sprintf("the receiver has no consent record for instance %q: nothing is accepted until its operator records consent", e.Instance)
+	case e.Tier == consentv1.TierOff:
+		return fmt.Sprintf("consent for instance %q is Off since %s: nothing is accepted", e.Instance, e.Since.UTC().Format(time.RFC3339))
+	default:
+		return fmt.Sprintf("consent for instance %q is %s since %s: %s batches are refused", e.Instance, e.Tier, e.Since.UTC().Format(time.RFC3339), e.Kind)
+	}
+}
+
+// Is makes errors.Is(err, ErrConsentRefused) true.
+func (e *RefusedError) Is(target error) bool { return target == ErrConsentRefused }
+
+// OwnedElsewhereError names who owns an instance's record (the operator API may see it: all
+// operators belong to the fleet).
+type OwnedElsewhereError struct {
+	Instance string
+	// Owner is empty when the record was released and nobody owns it.
+	Owner consentv1.Owner
+}
+
+// Error names the owner, which the server returns to the operator.
+func (e *OwnedElsewhereError) Error() string {
+	if e.Owner.Cluster == "" {
+		return fmt.Sprintf("the consent record of instance %q has no owner: record a transition to claim it first", e.Instance)
+	}
+	return fmt.Sprintf("the consent record of instance %q is owned by policy %s/%s in cluster %q", e.Instance, e.Owner.Namespace, e.Owner.Name, e.Owner.Cluster)
+}
+
+// Is makes errors.Is(err, ErrOwnedElsewhere) true.
+func (e *OwnedElsewhereError) Is(target error) bool { return target == ErrOwnedElsewhere }
+
+// domain reports whether err is an answer of the ledger rather than a storage failure, so inTx
+// passes it on instead of marking it unavailable.
+func domain(err error) bool {
+	for _, e := range []error{ErrConsentRefused, ErrOwnedElsewhere, ErrUnknownInstance, ErrInvalid, ErrRequestConflict} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Observer learns what the ledger's writes changed, after they commit, for metrics and logs.
+// Requests that change nothing (a tier already in force, a replayed erasure) report nothing.
+type Observer interface {
+	// TransitionRecorded: tr was appended to instance's timeline by owner; eventsRemoved events
+	// and aggregatesRemoved cells recorded after it were deleted.
+	TransitionRecorded(instance string, owner consentv1.Owner, tr consentv1.Transition, eventsRemoved, aggregatesRemoved int64)
+	// Erased: an erasure attempt deleted events and aggregates rows.
+	Erased(instance string, owner consentv1.Owner, requestID, scope string, events, aggregates int64)
+	// Released: owner gave up instance's record (by the API, or forced by an administrator).
+	Released(instance string, owner consentv1.Owner)
+}
+
+// observerBox lets the observer be swapped atomically (an interface cannot be stored in an
+// atomic.Pointer directly).
+type observerBox struct{ o Observer }
+
+// SetObserver installs o (nil: none). The server installs itself when it is created.
+func (s *Store) SetObserver(o Observer) { s.observer.Store(&observerBox{o}) }
+
+func (s *Store) observe() Observer {
+	if b := s.observer.Load(); b != nil && b.o != nil {
+		return b.o
+	}
+	return nopObserver{}
+}
+
+type nopObserver struct{}
+
+func (nopObserver) TransitionRecorded(string, consentv1.Owner, consentv1.Transition, int64, int64) {}
+func (nopObserver) Erased(string, consentv1.Owner, string, string, int64, int64)                   {}
+func (nopObserver) Released(string, consentv1.Owner)                                               {}
+
+// now is the receiver's time, in UTC at PostgreSQL's precision (microseconds) so that what is
+// stored and what is compared in memory are the same instants.
+func (s *Store) now() time.Time { return s.clock.Now().UTC().Truncate(time.Microsecond) }
+
+// floorMicro and ceilMicro bring a time to PostgreSQL's precision, rounding in the direction that
+// grants less: withdrawals and erasure starts earlier, grants and erasure ends later.
+func floorMicro(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
+
+func ceilMicro(t time.Time) time.Time {
+	f := floorMicro(t)
+	if f.Before(t) {
+		f = f.Add(time.Microsecond)
+	}
+	return f
+}
+
+// checkOwner validates the coordinates of a requester: the cluster (from the certificate) and
+// the policy.
+func checkOwner(instance string, o consentv1.Owner) error {
+	if !pki.ValidInstanceID(instance) {
+		return invalid("instanceID must be a DNS label")
+	}
+	if !pki.ValidClusterName(o.Cluster) {
+		return invalid("the owner's cluster must be a DNS label")
+	}
+	if err := o.Validate(); err != nil {
+		return invalid("%v", err)
+	}
+	return nil
+}
+
+// instanceRow is consent_instances' row, locked.
+type instanceRow struct {
+	owner   *consentv1.Owner
+	version int64
+}
+
+// advisoryClass is the first key of the per-instance advisory locks (the second is a hash of
+// the instance id). Two-key advisory locks never collide with the one-key migration lock.
+const advisoryClass = 0x7e1e_c0
+
+// lockExclusive takes the instance's advisory lock in exclusive mode for the rest of tx: it
+// waits for the batches being stored, and batches arriving meanwhile wait behind it (see
+// loadPolicy). Writers take it before touching the instance's rows.
+func lockExclusive(ctx context.Context, tx pgx.Tx, instance string) error {
+	_, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, advisoryClass, instance)
+	return err
+}
+
+// lockInstance locks the instance's row FOR UPDATE, after its advisory lock: ingestion (FOR
+// SHARE) and other writers wait until this transaction ends. It returns ErrUnknownInstance when
+// there is no row.
+func lockInstance(ctx context.Context, tx pgx.Tx, instance string) (instanceRow, error) {
+	if err := lockExclusive(ctx, tx, instance); err != nil {
+		return instanceRow{}, err
+	}
+	var cluster, namespace, name, uid *string
+	var row instanceRow
+	err := tx.QueryRow(ctx, `
+SELECT owner_cluster, owner_namespace, owner_name, owner_uid, version
+FROM consent_instances WHERE instance_id = $1 FOR UPDATE`, instance).Scan(&cluster, &namespace, &name, &uid, &row.version)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return row, fmt.Errorf("%w: %q", ErrUnknownInstance, instance)
+	}
+	if err != nil {
+		return row, err
+	}
+	if cluster != nil {
+		row.owner = &consentv1.Owner{Cluster: *cluster, Namespace: deref(namespace), Name: deref(name), UID: deref(uid)}
+	}
+	return row, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// bumpVersion invalidates every cached copy of the instance's timeline and tombstones.
+func bumpVersion(ctx context.Context, tx pgx.Tx, instance string) error {
+	_, err := tx.Exec(ctx, `UPDATE consent_instances SET version = version + 1 WHERE instance_id = $1`, instance)
+	return err
+}
+
+// RecordTransition records, on behalf of the policy req.Owner of cluster (taken from the
+// caller's certificate, never from the body), a move of req.InstanceID to req.Transition.Tier.
+// The first writer of a record, or the first after a release, claims it; anyone else gets
+// ErrOwnedElsewhere. The transition is computed by consentv1.Next at the receiver's clock (the
+// past is never rewritten) and nothing is appended when the tier is already in force.
+// Withdrawing EventLevel deletes the events stored with timestamps from the transition on;
+// moving to Off deletes the aggregate cells of the days after it. It returns the record.
+func (s *Store) RecordTransition(ctx context.Context, cluster string, req consentv1.RecordRequest) (consentv1.State, error) {
+	owner := req.Owner
+	owner.Cluster = cluster
+	instance := req.InstanceID
+	if err := checkOwner(instance, owner); err != nil {
+		return consentv1.State{}, err
+	}
+	now := s.now()
+	var (
+		state                 consentv1.State
+		appended              *consentv1.Transition
+		eventsRemoved, aggDel int64
+	)
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		if err := lockExclusive(ctx, tx, instance); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO consent_instances (instance_id, created_at) VALUES ($1, $2) ON CONFLICT (instance_id) DO NOTHING`, instance, now); err != nil {
+			return err
+		}
+		row, err := lockInstance(ctx, tx, instance)
+		if err != nil {
+			return err
+		}
+		switch {
+		case row.owner == nil:
+			if _, err := tx.Exec(ctx, `
+UPDATE consent_instances SET owner_cluster = $2, owner_namespace = $3, owner_name = $4, owner_uid = $5, claimed_at = $6
+WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, owner.UID, now); err != nil {
+				return err
+			}
+		case row.owner.Same(owner):
+			if row.owner.UID != owner.UID {
+				// The policy was deleted and created again under the same name: same owner.
+				if _, err := tx.Exec(ctx, `UPDATE consent_instances SET owner_uid = $2 WHERE instance_id = $1`, instance, owner.UID); err != nil {
+					return err
+				}
+			}
+		default:
+			return &OwnedElsewhereError{Instance: instance, Owner: *row.owner}
+		}
+		timeline, err := loadTimeline(ctx, tx, instance)
+		if err != nil {
+			return err
+		}
+		previous := timeline.Current()
+		tr, ok, err := consentv1.Next(timeline, req.Transition, now)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		if ok {
+			if tr.Tier.Rank() > previous.Rank() {
+				tr.At = ceilMicro(tr.At)
+			} else {
+				tr.At = floorMicro(tr.At)
+			}
+			if tr.Tier != consentv1.TierEventLevel && previous == consentv1.TierEventLevel {
+				// Events recorded after consent was withdrawn may have been stored before the
+				// operator recorded the withdrawal: they must go.
+				tag, err := tx.Exec(ctx, `DELETE FROM events WHERE instance_id = $1 AND ts >= $2`, instance, tr.At)
+				if err != nil {
+					return err
+				}
+				eventsRemoved = tag.RowsAffected()
+			}
+			if tr.Tier == consentv1.TierOff {
+				// The day of the withdrawal was partly consented; the days after it were not.
+				tag, err := tx.Exec(ctx, `DELETE FROM aggregates WHERE instance_id = $1 AND day > $2::date`, instance, tr.At.Format(time.DateOnly))
+				if err != nil {
+					return err
+				}
+				aggDel = tag.RowsAffected()
+			}
+			if _, err := tx.Exec(ctx, `
+INSERT INTO consent_transitions (instance_id, seq, at, tier, reason, basis, owner_cluster, owner_namespace, owner_name, recorded_at, events_removed)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+				instance, len(timeline)+1, tr.At, string(tr.Tier), tr.Reason, tr.Basis, owner.Cluster, owner.Namespace, owner.Name, now, eventsRemoved); err != nil {
+				return err
+			}
+			if err := bumpVersion(ctx, tx, instance); err != nil {
+				return err
+			}
+			appended = &tr
+		}
+		state, err = loadState(ctx, tx, instance)
+		return err
+	})
+	if err != nil {
+		return consentv1.State{}, err
+	}
+	if appended != nil {
+		s.observe().TransitionRecorded(instance, owner, *appended, eventsRemoved, aggDel)
+	}
+	return state, nil
+}
+
+// ConsentState returns an instance's record, or ErrUnknownInstance.
+func (s *Store) ConsentState(ctx context.Context, instance string) (consentv1.State, error) {
+	var state consentv1.State
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		state, err = loadState(ctx, tx, instance)
+		return err
+	})
+	return state, err
+}
+
+// Release gives up the record's ownership on behalf of the policy req.Owner of cluster, so that
+// another policy may claim it. Only the owner may release; releasing a record nobody owns does
+// nothing (a retried release succeeds). The timeline and the erasure audit stay.
+func (s *Store) Release(ctx context.Context, cluster string, req consentv1.ReleaseRequest) error {
+	owner := req.Owner
+	owner.Cluster = cluster
+	if err := checkOwner(req.InstanceID, owner); err != nil {
+		return err
+	}
+	var released *consentv1.Owner
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		row, err := lockInstance(ctx, tx, req.InstanceID)
+		if err != nil {
+			return err
+		}
+		switch {
+		case row.owner == nil:
+			return nil
+		case !row.owner.Same(owner):
+			return &OwnedElsewhereError{Instance: req.InstanceID, Owner: *row.owner}
+		}
+		released = row.owner
+		return clearOwner(ctx, tx, req.InstanceID)
+	})
+	if err == nil && released != nil {
+		s.observe().Released(req.InstanceID, *released)
+	}
+	return err
+}
+
+// ForceRelease clears the record's owner whoever it is: the administrator's way out when the
+// owning cluster is gone. It returns the previous owner (empty when there was none).
+func (s *Store) ForceRelease(ctx context.Context, instance string) (consentv1.Owner, error) {
+	var previous consentv1.Owner
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		row, err := lockInstance(ctx, tx, instance)
+		if err != nil || row.owner == nil {
+			return err
+		}
+		previous = *row.owner
+		return clearOwner(ctx, tx, instance)
+	})
+	if err == nil && previous.Cluster != "" {
+		s.observe().Released(instance, previous)
+	}
+	return previous, err
+}
+
+func clearOwner(ctx context.Context, tx pgx.Tx, instance string) error {
+	if _, err := tx.Exec(ctx, `
+UPDATE consent_instances SET owner_cluster = NULL, owner_namespace = NULL, owner_name = NULL, owner_uid = NULL, claimed_at = NULL
+WHERE instance_id = $1`, instance); err != nil {
+		return err
+	}
+	return bumpVersion(ctx, tx, instance)
+}
+
+// eraseRange is the range an erasure covers, [from, to); a nil from is unbounded.
+type eraseRange struct {
+	from *time.Time
+	to   time.Time
+}
+
+// Erase carries out an erasure on behalf of the owning policy req.Owner of cluster: it deletes
+// the instance's events recorded in [From, To) (To defaults to now) and, for scope All, the
+// aggregate cells whose day overlaps the range; writes the audit record; then re-queries and
+// stamps the record verified only when nothing in scope is left (else ErrUnverified: retry).
+// The range stays a tombstone: ingestion refuses data in it from then on. A request id is
+// idempotent: a verified request returns its stored result and deletes nothing; an unverified
+// one is carried out again; the same id with another scope or range is ErrRequestConflict.
+func (s *Store) Erase(ctx context.Context, cluster string, req consentv1.ErasureRequest) (consentv1.ErasureResult, error) {
+	owner := req.Owner
+	owner.Cluster = cluster
+	instance := req.InstanceID
+	if err := checkOwner(instance, owner); err != nil {
+		return consentv1.ErasureResult{}, err
+	}
+	if err := req.Validate(); err != nil {
+		return consentv1.ErasureResult{}, invalid("%v", err)
+	}
+	now := s.now()
+	var from *time.Time
+	if req.From != nil {
+		f := floorMicro(*req.From)
+		from = &f
+	}
+	to, defaulted := now, req.To == nil
+	if !defaulted {
+		to = ceilMicro(*req.To)
+	} else if from != nil && !from.Before(to) {
+		return consentv1.ErasureResult{}, invalid("from must be before now when to is not given")
+	}
+	var (
+		res            consentv1.ErasureResult
+		rng            eraseRange
+		replay         bool
+		events, aggDel int64
+	)
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		row, err := lockInstance(ctx, tx, instance)
+		if err != nil {
+			return err
+		}
+		if row.owner == nil || !row.owner.Same(owner) {
+			e := &OwnedElsewhereError{Instance: instance}
+			if row.owner != nil {
+				e.Owner = *row.owner
+			}
+			return e
+		}
+		prior, toDefaulted, found, err := loadErasure(ctx, tx, instance, req.RequestID)
+		if err != nil {
+			return err
+		}
+		if found {
+			if prior.Scope != req.Scope || !sameTime(prior.From, from) || toDefaulted != defaulted || (!defaulted && !prior.To.Equal(to)) {
+				return fmt.Errorf("%w: request %q was for scope %s over another range", ErrRequestConflict, req.RequestID, prior.Scope)
+			}
+			if prior.VerifiedAt != nil {
+				res, replay = prior, true
+				return nil
+			}
+			rng = eraseRange{from: prior.From, to: prior.To}
+		} else {
+			rng = eraseRange{from: from, to: to}
+		}
+		if events, aggDel, err = deleteInScope(ctx, tx, instance, req.Scope, rng); err != nil {
+			return err
+		}
+		if found {
+			_, err = tx.Exec(ctx, `
+UPDATE erasures SET events_deleted = events_deleted + $3, aggregates_deleted = aggregates_deleted + $4
+WHERE instance_id = $1 AND request_id = $2`, instance, req.RequestID, events, aggDel)
+		} else {
+			_, err = tx.Exec(ctx, `
+INSERT INTO erasures (instance_id, request_id, scope, range_from, range_to, range_to_defaulted, requested_by,
+                      owner_cluster, owner_namespace, owner_name, requested_at, events_deleted, aggregates_deleted)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+				instance, req.RequestID, req.Scope, rng.from, rng.to, defaulted, req.RequestedBy,
+				owner.Cluster, owner.Namespace, owner.Name, now, events, aggDel)
+		}
+		if err != nil {
+			return err
+		}
+		// A new tombstone: cached copies must reload.
+		return bumpVersion(ctx, tx, instance)
+	})
+	if err != nil || replay {
+		return res, err
+	}
+	s.observe().Erased(instance, owner, req.RequestID, req.Scope, events, aggDel)
+
+	// Verify in a new statement, after the commit: what a re-query finds is what is stored.
+	left, err := countInScope(ctx, s.pool, instance, req.Scope, rng)
+	if err != nil {
+		return consentv1.ErasureResult{}, unavailable(err)
+	}
+	if left > 0 {
+		return consentv1.ErasureResult{}, fmt.Errorf("%w: %d rows of instance %q are still in scope of request %q", ErrUnverified, left, instance, req.RequestID)
+	}
+	if _, err := s.pool.Exec(ctx, `UPDATE erasures SET verified_at = $3 WHERE instance_id = $1 AND request_id = $2 AND verified_at IS NULL`,
+		instance, req.RequestID, s.now()); err != nil {
+		return consentv1.ErasureResult{}, unavailable(err)
+	}
+	res, _, _, err = loadErasure(ctx, s.pool, instance, req.RequestID)
+	if err != nil {
+		return consentv1.ErasureResult{}, unavailable(err)
+	}
+	return res, nil
+}
+
+func sameTime(a, b *time.Time) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return a.Equal(*b)
+}
+
+// The scope predicates, shared by the deletion and the verification so they cannot drift apart.
+// An event is in range when its timestamp is; a cell when its UTC day [d, d+1) overlaps the range
+// (day + 1 is date arithmetic, independent of the session's time zone).
+const (
+	eventsInScope     = `instance_id = $1 AND ($2::timestamptz IS NULL OR ts >= $2) AND ts < $3`
+	aggregatesInScope = `instance_id = $1 AND ($2::timestamptz IS NULL OR ((day + 1)::timestamp AT TIME ZONE 'UTC') > $2) AND (day::timestamp AT TIME ZONE 'UTC') < $3`
+)
+
+func deleteInScope(ctx context.Context, tx pgx.Tx, instance, scope string, r eraseRange) (events, aggregates int64, err error) {
+	tag, err := tx.Exec(ctx, `DELETE FROM events WHERE `+eventsInScope, instance, r.from, r.to)
+	if err != nil {
+		return 0, 0, err
+	}
+	events = tag.RowsAffected()
+	if scope == consentv1.ScopeAll {
+		tag, err := tx.Exec(ctx, `DELETE FROM aggregates WHERE `+aggregatesInScope, instance, r.from, r.to)
+		if err != nil {
+			return 0, 0, err
+		}
+		aggregates = tag.RowsAffected()
+	}
+	return events, aggregates, nil
+}
+
+// rowQuerier is what both a transaction and the pool offer for reads.
+type rowQuerier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func countInScope(ctx context.Context, q rowQuerier, instance, scope string, r eraseRange) (int64, error) {
+	sql := `SELECT (SELECT count(*) FROM events WHERE ` + eventsInScope + `)`
+	if scope == consentv1.ScopeAll {
+		sql += ` + (SELECT count(*) FROM aggregates WHERE ` + aggregatesInScope + `)`
+	}
+	var n int64
+	err := q.QueryRow(ctx, sql, instance, r.from, r.to).Scan(&n)
+	return n, err
+}
+
+const erasureColumns = `request_id, scope, range_from, range_to, range_to_defaulted, requested_by, requested_at,
+owner_cluster, owner_namespace, owner_name, events_deleted, aggregates_deleted, verified_at`
+
+func scanErasure(row pgx.Row, extra ...any) (consentv1.ErasureResult, bool, error) {
+	var e consentv1.ErasureResult
+	var defaulted bool
+	dest := append(extra, &e.RequestID, &e.Scope, &e.From, &e.To, &defaulted, &e.RequestedBy, &e.RequestedAt,
+		&e.Owner.Cluster, &e.Owner.Namespace, &e.Owner.Name, &e.EventsDeleted, &e.AggregatesDeleted, &e.VerifiedAt)
+	if err := row.Scan(dest...); err != nil {
+		return e, false, err
+	}
+	utc(e.From)
+	e.To = e.To.UTC()
+	e.RequestedAt = e.RequestedAt.UTC()
+	utc(e.VerifiedAt)
+	return e, defaulted, nil
+}
+
+func utc(t *time.Time) {
+	if t != nil {
+		*t = t.UTC()
+	}
+}
+
+// loadErasure returns the audit record of one request, whether its end was defaulted, and
+// whether it exists.
+func loadErasure(ctx context.Context, q rowQuerier, instance, requestID string) (consentv1.ErasureResult, bool, bool, error) {
+	e, defaulted, err := scanErasure(q.QueryRow(ctx, `SELECT `+erasureColumns+` FROM erasures WHERE instance_id = $1 AND request_id = $2`, instance, requestID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return e, false, false, nil
+	}
+	return e, defaulted, err == nil, err
+}
+
+// ErasureRecord is one row of the erasure audit trail, with its instance.
+type ErasureRecord struct {
+	InstanceID string `json:"instanceID"`
+	consentv1.ErasureResult
+}
+
+// Erasures returns the erasure audit trail, oldest first: one instance's, or every instance's
+// when instance is empty.
+func (s *Store) Erasures(ctx context.Context, instance string) ([]ErasureRecord, error) {
+	rows, err := s.pool.Query(ctx, `SELECT instance_id, `+erasureColumns+` FROM erasures
+WHERE $1 = '' OR instance_id = $1 ORDER BY requested_at, instance_id, request_id`, instance)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	defer rows.Close()
+	var out []ErasureRecord
+	for rows.Next() {
+		var r ErasureRecord
+		if r.ErasureResult, _, err = scanErasure(rows, &r.InstanceID); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// loadTimeline returns the instance's transitions, oldest first, with when each was recorded.
+func loadTimeline(ctx context.Context, q rowQuerier, instance string) (consentv1.Timeline, error) {
+	tl, _, err := loadTimelineRemoved(ctx, q, instance)
+	return tl, err
+}
+
+// loadTimelineRemoved also returns the events the last transition removed.
+func loadTimelineRemoved(ctx context.Context, q rowQuerier, instance string) (consentv1.Timeline, int64, error) {
+	rows, err := q.Query(ctx, `SELECT at, tier, reason, basis, recorded_at, events_removed FROM consent_transitions WHERE instance_id = $1 ORDER BY seq`, instance)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	var tl consentv1.Timeline
+	var removed int64
+	for rows.Next() {
+		var tr consentv1.Transition
+		var tier string
+		var recorded time.Time
+		if err := rows.Scan(&tr.At, &tier, &tr.Reason, &tr.Basis, &recorded, &removed); err != nil {
+			return nil, 0, err
+		}
+		tr.At, tr.Tier = tr.At.UTC(), consentv1.Tier(tier)
+		recorded = recorded.UTC()
+		tr.RecordedAt = &recorded
+		tl = append(tl, tr)
+	}
+	return tl, removed, rows.Err()
+}
+
+// loadState reads an instance's whole record.
+func loadState(ctx context.Context, q rowQuerier, instance string) (consentv1.State, error) {
+	st := consentv1.State{InstanceID: instance}
+	var cluster, namespace, name, uid *string
+	err := q.QueryRow(ctx, `SELECT owner_cluster, owner_namespace, owner_name, owner_uid FROM consent_instances WHERE instance_id = $1`, instance).
+		Scan(&cluster, &namespace, &name, &uid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return st, fmt.Errorf("%w: %q", ErrUnknownInstance, instance)
+	}
+	if err != nil {
+		return st, err
+	}
+	st.Owner = consentv1.Owner{Cluster: deref(cluster), Namespace: deref(namespace), Name: deref(name), UID: deref(uid)}
+	if st.Timeline, st.EventsRemoved, err = loadTimelineRemoved(ctx, q, instance); err != nil {
+		return st, err
+	}
+	if st.Timeline == nil {
+		st.Timeline = consentv1.Timeline{}
+	}
+	rows, err := q.Query(ctx, `SELECT `+erasureColumns+` FROM erasures WHERE instance_id = $1 ORDER BY requested_at, request_id`, instance)
+	if err != nil {
+		return st, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		e, _, err := scanErasure(rows)
+		if err != nil {
+			return st, err
+		}
+		st.Erasures = append(st.Erasures, e)
+	}
+	return st, rows.Err()
+}

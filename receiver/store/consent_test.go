@@ -1,0 +1,209 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package store_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
+	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
+	"github.com/sourcegraph/telemetry-operator/receiver/store"
+)
+
+// T is the fake clock's starting time.
+var T = time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+
+func startWithClock(t *testing.T) (*receivertest.Receiver, *clocktesting.FakePassiveClock) {
+	t.Helper()
+	clk := clocktesting.NewFakePassiveClock(T)
+	r, err := receivertest.StartWith(context.Background(), receivertest.Options{Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	return r, clk
+}
+
+var owner = consentv1.Owner{Namespace: "ns", Name: "policy", UID: "u1"}
+
+// TestTimelineIsAppendOnly records a sequence of requests at known receiver times and checks
+// what the ledger made of each: the past is never rewritten.
+func TestTimelineIsAppendOnly(t *testing.T) {
+	ctx := context.Background()
+	r, clk := startWithClock(t)
+	h := func(n float64) time.Time { return T.Add(time.Duration(n * float64(time.Hour))) }
+	steps := []struct {
+		name     string
+		now      time.Time
+		tier     consentv1.Tier
+		at       time.Time
+		wantAt   time.Time // zero: nothing appended
+		wantErr  error
+		timeline int
+	}{
+		{"the first grant may be dated in the past", h(0), consentv1.TierEventLevel, h(-10), h(-10), nil, 1},
+		{"a withdrawal dated in the past", h(0), consentv1.TierCriticalOnly, h(-5), h(-5), nil, 2},
+		{"a withdrawal dated before the last transition is clamped to it", h(0), consentv1.TierOff, h(-6), h(-5), nil, 3},
+		{"a grant dated before the last transition cannot re-open the recorded period", h(1), consentv1.TierEventLevel, h(-8), h(1), nil, 4},
+		{"nor can a grant dated after it: it takes effect when recorded", h(2), consentv1.TierOff, h(1.5), h(1.5), nil, 5},
+		{"a grant dated in the gap after a withdrawal takes effect when recorded", h(3), consentv1.TierEventLevel, h(2), h(3), nil, 6},
+		{"the tier in force: nothing appended", h(3.5), consentv1.TierEventLevel, h(3.5), time.Time{}, nil, 6},
+		{"a withdrawal dated in the future is clamped to now", h(4), consentv1.TierCriticalOnly, h(9), h(4), nil, 7},
+		{"a grant dated beyond the clock skew is refused", h(5), consentv1.TierEventLevel, h(5).Add(consentv1.MaxClockSkew + time.Second), time.Time{}, consentv1.ErrFuture, 7},
+		{"a grant within the clock skew keeps its date", h(5), consentv1.TierEventLevel, h(5).Add(2 * time.Minute), h(5).Add(2 * time.Minute), nil, 8},
+		{"a withdrawal's fraction of a second is rounded down", h(6), consentv1.TierOff, h(5.5).Add(700 * time.Millisecond), h(5.5), nil, 9},
+		{"a grant's fraction of a second is rounded up", h(7).Add(300 * time.Millisecond), consentv1.TierEventLevel, h(7), h(7).Add(time.Second), nil, 10},
+	}
+	for _, s := range steps {
+		clk.SetTime(s.now)
+		st, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "tl", Owner: owner,
+			Transition: consentv1.Transition{At: s.at, Tier: s.tier, Reason: "Declared"}})
+		if s.wantErr != nil {
+			if !errors.Is(err, s.wantErr) || !errors.Is(err, store.ErrInvalid) {
+				t.Fatalf("%s: %v, want %v", s.name, err, s.wantErr)
+			}
+			st, err = r.Store.ConsentState(ctx, "tl")
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if len(st.Timeline) != s.timeline {
+			t.Fatalf("%s: %d transitions, want %d", s.name, len(st.Timeline), s.timeline)
+		}
+		if s.wantAt.IsZero() {
+			continue
+		}
+		last := st.Timeline[len(st.Timeline)-1]
+		if !last.At.Equal(s.wantAt) || last.Tier != s.tier || last.RecordedAt == nil || !last.RecordedAt.Equal(s.now.Truncate(time.Microsecond)) {
+			t.Fatalf("%s: last transition %+v, want %s at %s recorded at %s", s.name, last, s.tier, s.wantAt, s.now)
+		}
+	}
+	// The periods the ledger recorded as lower stayed lower.
+	st, _ := r.Store.ConsentState(ctx, "tl")
+	for _, c := range []struct {
+		at   time.Time
+		want consentv1.Tier
+	}{
+		{h(-11), consentv1.TierOff}, {h(-7), consentv1.TierEventLevel}, {h(-5), consentv1.TierOff}, {h(0), consentv1.TierOff},
+		{h(1), consentv1.TierEventLevel}, {h(1.6), consentv1.TierOff}, {h(2.5), consentv1.TierOff}, {h(3), consentv1.TierEventLevel},
+	} {
+		if got := st.Timeline.TierAt(c.at); got != c.want {
+			t.Errorf("tier at %s = %s, want %s", c.at, got, c.want)
+		}
+	}
+}
+
+func TestEraseIsVerifiedAndRetried(t *testing.T) {
+	ctx := context.Background()
+	r, clk := startWithClock(t)
+	if _, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "acme", Owner: owner,
+		Transition: consentv1.Transition{At: T.Add(-48 * time.Hour), Tier: consentv1.TierEventLevel}}); err != nil {
+		t.Fatal(err)
+	}
+	b := &batchv1.Batch{InstanceID: "acme", BatchID: "b1", Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: 10}
+	for i := range 10 {
+		b.Events = append(b.Events, batchv1.Event{ID: string(rune('1' + i)), Name: "SearchSubmitted",
+			Timestamp: T.Add(-time.Duration(10-i) * time.Hour), UserID: "0123456789abcdef0123456789abcdef"})
+	}
+	b.Events[9].ID = "10"
+	if res, err := r.Store.InsertEvents(ctx, "acme", b); err != nil || res.Accepted != 10 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	pool := r.Store.Pool()
+	// A trigger that keeps one row from being deleted stands for whatever could leave data
+	// behind: the erasure must not report success.
+	if _, err := pool.Exec(ctx, `
+CREATE FUNCTION keep_one() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN IF OLD.event_id = 5 THEN RETURN NULL; END IF; RETURN OLD; END $$;
+CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION keep_one();`); err != nil {
+		t.Fatal(err)
+	}
+	req := consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-1", Scope: consentv1.ScopeEvents, RequestedBy: "ticket-7"}
+	clk.SetTime(T.Add(-3 * time.Hour)) // to defaults to now: the 3 most recent events stay
+	_, err := r.Store.Erase(ctx, "c1", req)
+	if !errors.Is(err, store.ErrUnverified) {
+		t.Fatalf("an erasure that left a row behind: %v, want ErrUnverified", err)
+	}
+	var verified *time.Time
+	var deleted int64
+	if err := pool.QueryRow(ctx, `SELECT verified_at, events_deleted FROM erasures WHERE request_id = 'req-1'`).Scan(&verified, &deleted); err != nil || verified != nil || deleted != 6 {
+		t.Fatalf("audit row before verification: %v %d %v", verified, deleted, err)
+	}
+	// The range is a tombstone at once: the remaining row could not be re-sent either.
+	if res, err := r.Store.InsertEvents(ctx, "acme", b); err != nil || res.Refused != 7 || res.Accepted != 0 {
+		t.Fatalf("re-send after the erasure: %+v %v", res, err)
+	}
+
+	if _, err := pool.Exec(ctx, `DROP TRIGGER keep_one ON events`); err != nil {
+		t.Fatal(err)
+	}
+	clk.SetTime(T) // the retry keeps the range of the first attempt
+	res, err := r.Store.Erase(ctx, "c1", req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.To.Equal(T.Add(-3*time.Hour)) || res.From != nil || res.EventsDeleted != 7 || res.VerifiedAt == nil || !res.VerifiedAt.Equal(T) ||
+		!res.RequestedAt.Equal(T.Add(-3*time.Hour)) || res.RequestedBy != "ticket-7" {
+		t.Fatalf("result after the retry: %+v", res)
+	}
+	var left int
+	_ = pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE instance_id = 'acme'`).Scan(&left)
+	if left != 3 {
+		t.Fatalf("%d events left, want the 3 after the range", left)
+	}
+	// Once verified, the request is answered from the audit record, whatever the clock says.
+	clk.SetTime(T.Add(time.Hour))
+	again, err := r.Store.Erase(ctx, "c1", req)
+	if err != nil || again.EventsDeleted != 7 || !again.To.Equal(res.To) {
+		t.Fatalf("replay: %+v %v", again, err)
+	}
+
+	t.Run("requests the ledger refuses", func(t *testing.T) {
+		future := T.Add(2 * time.Hour)
+		for name, c := range map[string]struct {
+			cluster string
+			req     consentv1.ErasureRequest
+			want    error
+		}{
+			"from after now without to":  {"c1", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-2", Scope: consentv1.ScopeAll, From: &future, RequestedBy: "x"}, store.ErrInvalid},
+			"the same id, another range": {"c1", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-1", Scope: consentv1.ScopeEvents, To: &future, RequestedBy: "x"}, store.ErrRequestConflict},
+			"another cluster":            {"c2", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-3", Scope: consentv1.ScopeAll, RequestedBy: "x"}, store.ErrOwnedElsewhere},
+			"no record":                  {"c1", consentv1.ErasureRequest{InstanceID: "nobody", Owner: owner, RequestID: "req-3", Scope: consentv1.ScopeAll, RequestedBy: "x"}, store.ErrUnknownInstance},
+		} {
+			if _, err := r.Store.Erase(ctx, c.cluster, c.req); !errors.Is(err, c.want) {
+				t.Errorf("%s: %v, want %v", name, err, c.want)
+			}
+		}
+	})
+
+	t.Run("an administrator releases a stuck owner", func(t *testing.T) {
+		previous, err := r.Store.ForceRelease(ctx, "acme")
+		if err != nil || previous.Cluster != "c1" || previous.Name != "policy" {
+			t.Fatalf("%+v %v", previous, err)
+		}
+		// A released record has no owner to erase for it; the audit trail stays.
+		if _, err := r.Store.Erase(ctx, "c1", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-4", Scope: consentv1.ScopeAll, RequestedBy: "x"}); !errors.Is(err, store.ErrOwnedElsewhere) {
+			t.Fatalf("erasure of a released record: %v", err)
+		}
+		list, err := r.Store.Erasures(ctx, "")
+		if err != nil || len(list) != 1 || list[0].InstanceID != "acme" || list[0].RequestID != "req-1" || list[0].VerifiedAt == nil {
+			t.Fatalf("audit trail %+v %v", list, err)
+		}
+		if previous, err := r.Store.ForceRelease(ctx, "acme"); err != nil || previous != (consentv1.Owner{}) {
+			t.Fatalf("second release: %+v %v", previous, err)
+		}
+		if _, err := r.Store.ForceRelease(ctx, "nobody"); !errors.Is(err, store.ErrUnknownInstance) {
+			t.Fatalf("release of an unknown instance: %v", err)
+		}
+	})
+}

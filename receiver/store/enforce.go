@@ -1,0 +1,187 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package store
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
+)
+
+// policy is what ingestion judges a batch by: an instance's timeline and erasure tombstones at
+// one version of its record. It is immutable once built, so cached copies are shared freely.
+type policy struct {
+	instance string
+	timeline consentv1.Timeline
+	// aggregateWindows are the periods aggregates may cover (at least CriticalOnly).
+	aggregateWindows []consentv1.Window
+	// eventTombstones are every erased range (both scopes cover events); aggregateTombstones
+	// those of scope All.
+	eventTombstones, aggregateTombstones []consentv1.Window
+}
+
+// refusal returns the error refusing a whole batch of kind, or nil when the batch is judged item
+// by item: nothing is accepted while the tier in force is Off, and events only while it is
+// EventLevel. The batch's own "tier" field plays no part.
+func (p *policy) refusal(kind string) error {
+	current := p.timeline.Current()
+	e := &RefusedError{Instance: p.instance, Known: true, Tier: current, Kind: kind}
+	if len(p.timeline) > 0 {
+		e.Since = p.timeline[len(p.timeline)-1].At
+	}
+	switch {
+	case current == consentv1.TierOff:
+		return e
+	case kind == batchv1.KindEvents && current != consentv1.TierEventLevel:
+		return e
+	}
+	return nil
+}
+
+// keepEvent reports whether an event may be stored: recorded while EventLevel was in force and
+// in no erased range.
+func (p *policy) keepEvent(ts time.Time) bool {
+	if p.timeline.TierAt(ts) != consentv1.TierEventLevel {
+		return false
+	}
+	for _, w := range p.eventTombstones {
+		if w.Contains(ts) {
+			return false
+		}
+	}
+	return true
+}
+
+// keepAggregate reports whether a cell for UTC day may be stored: the day overlaps a period of
+// at least CriticalOnly and no range erased with scope All.
+func (p *policy) keepAggregate(day string) bool {
+	d, err := time.Parse(time.DateOnly, day)
+	if err != nil {
+		return false // the decoder admits only dates; fail closed all the same
+	}
+	end := d.AddDate(0, 0, 1)
+	for _, w := range p.aggregateTombstones {
+		if w.Overlaps(d, end) {
+			return false
+		}
+	}
+	for _, w := range p.aggregateWindows {
+		if w.Overlaps(d, end) {
+			return true
+		}
+	}
+	return false
+}
+
+// loadPolicy locks the instance's record FOR SHARE for the rest of tx and returns its policy.
+// The lock is what makes enforcement hold under concurrency: a transition or an erasure takes
+// the row FOR UPDATE, so it waits for batches judged by the old state to commit (and then
+// deletes what they stored), and batches wait for it and are judged by the new state. A batch
+// for an instance with no record is refused: fail closed.
+//
+// A row lock alone would let a steady stream of batches starve the writer: PostgreSQL grants
+// FOR SHARE at once while other share lockers hold the row, whoever waits FOR UPDATE. So every
+// batch first takes the instance's advisory lock in shared mode, and every writer in exclusive
+// mode (lockExclusive): the lock manager queues new shared requests behind a waiting writer.
+func (s *Store) loadPolicy(ctx context.Context, tx pgx.Tx, instance string) (*policy, error) {
+	var version int64
+	batch := &pgx.Batch{}
+	batch.Queue(`SELECT pg_advisory_xact_lock_shared($1, hashtext($2))`, advisoryClass, instance)
+	batch.Queue(`SELECT version FROM consent_instances WHERE instance_id = $1 FOR SHARE`, instance).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&version)
+	})
+	err := tx.SendBatch(ctx, batch).Close()
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, &RefusedError{Instance: instance}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if p := s.policies.get(instance, version); p != nil {
+		return p, nil
+	}
+	// Under the lock, nothing can change the timeline or the tombstones of this version.
+	tl, err := loadTimeline(ctx, tx, instance)
+	if err != nil {
+		return nil, err
+	}
+	p := &policy{instance: instance, timeline: tl, aggregateWindows: tl.Windows(consentv1.TierCriticalOnly)}
+	rows, err := tx.Query(ctx, `SELECT scope, range_from, range_to FROM erasures WHERE instance_id = $1`, instance)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var scope string
+		var from *time.Time
+		var to time.Time
+		if err := rows.Scan(&scope, &from, &to); err != nil {
+			return nil, err
+		}
+		w := consentv1.Window{End: &to}
+		if from != nil {
+			w.Start = *from
+		}
+		p.eventTombstones = append(p.eventTombstones, w)
+		if scope == consentv1.ScopeAll {
+			p.aggregateTombstones = append(p.aggregateTombstones, w)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	s.policies.put(instance, version, p)
+	return p, nil
+}
+
+// maxCachedPolicies bounds the policy cache: one entry per instance sending, a few KiB each.
+const maxCachedPolicies = 10_000
+
+// policyCache keeps each instance's policy at its latest version seen. A version bump (any
+// transition, erasure or release) makes the entry miss, so a stale policy is never used.
+type policyCache struct {
+	mu      sync.Mutex
+	entries map[string]cachedPolicy
+}
+
+type cachedPolicy struct {
+	version int64
+	p       *policy
+}
+
+func (c *policyCache) get(instance string, version int64) *policy {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[instance]; ok && e.version == version {
+		return e.p
+	}
+	return nil
+}
+
+func (c *policyCache) put(instance string, version int64, p *policy) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries == nil {
+		c.entries = make(map[string]cachedPolicy)
+	}
+	if e, ok := c.entries[instance]; ok && e.version > version {
+		return // a concurrent batch already cached a newer version
+	}
+	if _, ok := c.entries[instance]; !ok && len(c.entries) >= maxCachedPolicies {
+		for k := range c.entries { // evict an arbitrary entry: a miss only costs two queries
+			delete(c.entries, k)
+			break
+		}
+	}
+	c.entries[instance] = cachedPolicy{version: version, p: p}
+}
