@@ -85,24 +85,41 @@ func historyOf(t consentv1.Timeline) []v1.ConsentChange {
 	return out
 }
 
-// specWriteTimes are the times the API server recorded for writes to the policy's spec: the
-// managedFields entry of each field manager that owns spec fields holds the time of its last
-// write. The status subresource and metadata-only writers (finalizers) are left out.
-func specWriteTimes(p *v1.TelemetryPolicy) []time.Time {
+// consentWriteTimes are the times the API server recorded for writes to the policy's consent or
+// contract, the only fields whose edit can withdraw consent: the managedFields entry of each
+// field manager that owns any of them holds the time of its last write. The status subresource
+// and writers of other fields (finalizers, the export interval) are left out.
+func consentWriteTimes(p *v1.TelemetryPolicy) []time.Time {
 	var out []time.Time
 	for _, mf := range p.ManagedFields {
 		if mf.Subresource != "" || mf.Time == nil || mf.FieldsV1 == nil {
 			continue
 		}
-		var fields map[string]json.RawMessage
+		var fields struct {
+			Spec map[string]json.RawMessage `json:"f:spec"`
+		}
 		if json.Unmarshal(mf.FieldsV1.GetRawBytes(), &fields) != nil {
 			continue
 		}
-		if _, ok := fields["f:spec"]; ok {
+		_, consent := fields.Spec["f:consent"]
+		_, contract := fields.Spec["f:contract"]
+		if consent || contract {
 			out = append(out, mf.Time.UTC())
 		}
 	}
 	return out
+}
+
+// newestConsentWrite is the latest of consentWriteTimes, or nil.
+func newestConsentWrite(p *v1.TelemetryPolicy) *metav1.Time {
+	var newest *metav1.Time
+	for _, t := range consentWriteTimes(p) {
+		if newest == nil || t.After(newest.Time) {
+			m := metav1.NewTime(t)
+			newest = &m
+		}
+	}
+	return newest
 }
 
 func (r *TelemetryPolicyReconciler) owner(p *v1.TelemetryPolicy) consentv1.Owner {
@@ -146,9 +163,13 @@ func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reco
 		t := p.DeletionTimestamp.UTC()
 		deletedAt = &t
 	}
+	var seen time.Time
+	if p.Status.ObservedConsentWriteTime != nil {
+		seen = p.Status.ObservedConsentWriteTime.UTC()
+	}
 	at, reason := consent.TransitionTime(consent.Change{
 		From: v1.ConsentTier(from), First: first, LastAt: lastAt, To: st.intent, Decision: st.decision,
-		Spec: p.Spec, DeletedAt: deletedAt, SpecWrites: specWriteTimes(p), Now: r.Clock.Now(),
+		Spec: p.Spec, DeletedAt: deletedAt, SpecWrites: consentWriteTimes(p), SeenWritesUpTo: seen, Now: r.Clock.Now(),
 	})
 	st.want = &consentv1.Transition{At: at.UTC(), Tier: consentv1.Tier(st.intent), Reason: reason, Basis: string(contractBasis(p))}
 	return nil
@@ -254,7 +275,11 @@ func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *recon
 	}
 	st.deploymentObserved = true
 	if present {
+		// Foreground deletion ends when the pods are gone. The cache may not see this
+		// Deployment (its labels may have been stripped), so look again rather than wait for
+		// an event that may never come.
 		st.deployment = dep
+		st.requeueIn(2*time.Second, r.Clock.Now())
 		return nil
 	}
 	st.deployment = nil
@@ -410,6 +435,8 @@ func noOldPods(d *appsv1.Deployment) bool {
 // ledger and leaves the record as it was.
 func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.TelemetryPolicy) (time.Duration, error) {
 	st := &reconcileState{policy: p, mutate: true, intent: v1.TierOff}
+	st.timeline = timelineOf(p.Status.ConsentHistory)
+	st.ledgerKnown = len(st.timeline) > 0
 	if err := r.stopCollector(ctx, st); err != nil {
 		return 0, err
 	}

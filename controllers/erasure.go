@@ -39,10 +39,14 @@ func (r *TelemetryPolicyReconciler) reconcileErasure(ctx context.Context, st *re
 		meta.RemoveStatusCondition(&p.Status.Conditions, v1.ConditionErasureCompleted)
 		return nil
 	}
+	scope := e.Scope
+	if scope == "" {
+		scope = v1.ErasureScopeEvents
+	}
 	done := p.Status.Erasure
 	if done != nil && done.RequestID == e.RequestID {
 		switch {
-		case done.Phase == v1.ErasureVerified:
+		case done.Phase == v1.ErasureVerified && sameRequest(done, e, scope):
 			setCondition(p, v1.ConditionErasureCompleted, metav1.ConditionTrue, ReasonErasureVerified, erasureMessage(done))
 			return nil
 		case done.Phase == v1.ErasureFailed && failedAtGeneration(p):
@@ -54,10 +58,6 @@ func (r *TelemetryPolicyReconciler) reconcileErasure(ctx context.Context, st *re
 		// the receiver would refuse the request.
 		r.setErasurePending(st, e, "waiting for the receiver to record this policy's consent first")
 		return nil
-	}
-	scope := e.Scope
-	if scope == "" {
-		scope = v1.ErasureScopeEvents
 	}
 	req := consentv1.ErasureRequest{
 		InstanceID: p.Spec.InstanceID, Owner: r.owner(p), RequestID: e.RequestID, Scope: string(scope), RequestedBy: e.RequestedBy,
@@ -74,9 +74,12 @@ func (r *TelemetryPolicyReconciler) reconcileErasure(ctx context.Context, st *re
 	switch {
 	case err == nil && res.VerifiedAt != nil:
 		s := &v1.ErasureStatus{
-			RequestID: e.RequestID, Phase: v1.ErasureVerified, Scope: scope,
+			RequestID: e.RequestID, Phase: v1.ErasureVerified, Scope: scope, From: e.From, To: e.To,
 			EventsDeleted: res.EventsDeleted, AggregatesDeleted: res.AggregatesDeleted,
 			RequestedAt: timePtr(res.RequestedAt), VerifiedAt: timePtr(*res.VerifiedAt),
+		}
+		if s.To == nil {
+			s.To = timePtr(res.To)
 		}
 		p.Status.Erasure = s
 		setCondition(p, v1.ConditionErasureCompleted, metav1.ConditionTrue, ReasonErasureVerified, erasureMessage(s))
@@ -114,6 +117,13 @@ func (r *TelemetryPolicyReconciler) setErasurePending(st *reconcileState, e *v1.
 		p.Status.Erasure = &v1.ErasureStatus{RequestID: e.RequestID, Phase: v1.ErasurePending, Scope: e.Scope}
 	}
 	setCondition(p, v1.ConditionErasureCompleted, metav1.ConditionFalse, ReasonErasurePending, fmt.Sprintf("erasure request %q: %s", e.RequestID, msg))
+}
+
+// sameRequest: what was carried out is what the spec asks for (a request id reused with other
+// parameters is sent again, and the receiver refuses it).
+func sameRequest(done *v1.ErasureStatus, e *v1.ErasureSpec, scope v1.ErasureScope) bool {
+	sameTime := func(a, b *metav1.Time) bool { return (a == nil) == (b == nil) && (a == nil || a.Equal(b)) }
+	return done.Scope == scope && sameTime(done.From, e.From) && (e.To == nil || sameTime(done.To, e.To))
 }
 
 // failedAtGeneration: the request failed and the spec has not changed since.

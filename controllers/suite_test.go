@@ -136,7 +136,7 @@ func startManager() {
 		ReceiverURL:          rcv.URL,
 		ClusterName:          testCluster,
 		LedgerRetry:          200 * time.Millisecond,
-	}, operator.Deps{Clock: fakeClock, Metrics: metrics})
+	}, operator.Deps{Clock: fakeClock, Metrics: metrics, Restartable: true})
 	Expect(err).NotTo(HaveOccurred())
 	mgrCancel = cancel
 	mgrDone = make(chan struct{})

@@ -384,6 +384,14 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 	}
 	if st.mutate {
 		r.updateEffectiveTier(ctx, st)
+		if st.want == nil && st.ledgerErr == nil && st.ledgerKnown {
+			// Everything written so far is acted on: a later write that withdraws consent is
+			// dated by its own time. Held back while a change waits to be recorded, so a retry
+			// still dates it by the write that caused it.
+			if w := newestConsentWrite(p); w != nil && (p.Status.ObservedConsentWriteTime == nil || w.After(p.Status.ObservedConsentWriteTime.Time)) {
+				p.Status.ObservedConsentWriteTime = w
+			}
+		}
 	}
 	s.pending = st.mutate && (st.intent != p.Status.EffectiveTier || st.want != nil)
 	p.Status.ObservedGeneration = p.Generation

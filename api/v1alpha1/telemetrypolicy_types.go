@@ -446,6 +446,13 @@ type ErasureStatus struct {
 	// scope that was erased.
 	// +optional
 	Scope ErasureScope `json:"scope,omitempty"`
+	// from is the start of the erased range, as requested.
+	// +optional
+	From *metav1.Time `json:"from,omitempty"`
+	// to is the end of the erased range: as requested, or the moment the receiver carried the
+	// request out.
+	// +optional
+	To *metav1.Time `json:"to,omitempty"`
 	// eventsDeleted is how many stored events the erasure deleted.
 	// +optional
 	EventsDeleted int64 `json:"eventsDeleted,omitempty"`
@@ -511,6 +518,12 @@ type TelemetryPolicyStatus struct {
 	// telemetry.sourcegraph.com/rotate-requested-at annotation that caused a rotation.
 	// +optional
 	LastHandledRotateRequest string `json:"lastHandledRotateRequest,omitempty"`
+
+	// observedConsentWriteTime is the time of the newest write to spec.consent or spec.contract
+	// the operator has acted on (from metadata.managedFields). A later write that withdraws
+	// consent dates the withdrawal, however late the operator notices it.
+	// +optional
+	ObservedConsentWriteTime *metav1.Time `json:"observedConsentWriteTime,omitempty"`
 
 	// erasure is the outcome of the last erasure request (spec.erasure) the operator handled.
 	// +optional

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
@@ -34,6 +36,8 @@ func main() {
 	bin := flag.String("bin", "bin", "Directory with manager, collector and receiver binaries.")
 	kubectl := flag.String("kubectl", "", "kubectl binary (default: the one next to the control plane).")
 	flag.Parse()
+	// The runner prints its own lines; controller-runtime's internal logging is not wanted here.
+	logf.SetLogger(logr.Discard())
 	once := os.Getenv("DEMO_ONCE") == "1"
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -79,7 +83,12 @@ func (c *checker) check(ok bool, format string, args ...any) {
 	fmt.Printf("  [%s] %s\n", mark, fmt.Sprintf(format, args...))
 }
 
-// policies are the samples, pointed at the local receiver, with the trial running from now.
+// acmeAccepted is when acme accepted the trial's terms in the demo: thirty days ago, inside the
+// six weeks of seeded history, so the first twelve days must never leave.
+var acmeAccepted = time.Now().Add(-30 * 24 * time.Hour).UTC().Truncate(time.Second)
+
+// policies are the samples, pointed at the local receiver, with the trial running from
+// acmeAccepted.
 func policies(endpoint string) (string, error) {
 	var docs []string
 	for _, f := range []string{"eventlevel", "criticalonly", "off"} {
@@ -98,7 +107,7 @@ func policies(endpoint string) (string, error) {
 			exp["startFrom"] = "Beginning"
 		}
 		if c, ok := spec["contract"].(map[string]any); ok && c["expiresAt"] != nil {
-			c["acceptedAt"] = time.Now().Add(-24 * time.Hour).UTC().Format(time.RFC3339)
+			c["acceptedAt"] = acmeAccepted.Format(time.RFC3339)
 			c["expiresAt"] = time.Now().Add(30 * 24 * time.Hour).UTC().Format(time.RFC3339)
 		}
 		out, err := yaml.Marshal(obj)
@@ -141,8 +150,8 @@ func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 	fmt.Print(indent(out))
 	c.check(err == nil, "every policy reports Ready")
 
-	fmt.Println("==> waiting for the collectors to deliver the backlog")
-	wantEvents := countAllowListed(ctx, instances["acme"])
+	fmt.Println("==> waiting for the collectors to deliver the backlog (acme: what was recorded since its terms were accepted)")
+	wantEvents := countAllowListed(ctx, instances["acme"], acmeAccepted, time.Now().Add(time.Hour))
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
 		if stored(ctx, s, "events", "acme") >= wantEvents && stored(ctx, s, "aggregates", "globex") > 0 {
@@ -172,7 +181,9 @@ func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 		got, _ := s.Kubectl(ctx, "get", "tp", "-n", name, name, "-o", "jsonpath={.status.effectiveTier}")
 		c.check(got == want, "%s runs at effective tier %s (got %q)", name, want, got)
 	}
-	c.check(stored(ctx, s, "events", "acme") == wantEvents, "acme: every allow-listed event arrived exactly once (%d of %d)", stored(ctx, s, "events", "acme"), wantEvents)
+	c.check(stored(ctx, s, "events", "acme") == wantEvents, "acme: every allow-listed event recorded since the terms were accepted arrived exactly once (%d of %d)", stored(ctx, s, "events", "acme"), wantEvents)
+	c.check(storedBetween(ctx, s, "acme", time.Time{}, acmeAccepted) == 0 && countAllowListed(ctx, instances["acme"], time.Time{}, acmeAccepted) > 0,
+		"acme: none of the %d events recorded before the terms were accepted (%s) left the instance", countAllowListed(ctx, instances["acme"], time.Time{}, acmeAccepted), acmeAccepted.Format(time.RFC3339))
 	c.check(stored(ctx, s, "events", "globex") == 0, "globex (CriticalOnly): no per-user events left the instance")
 	c.check(stored(ctx, s, "aggregates", "globex") > 0, "globex: anonymous aggregates arrived")
 	c.check(stored(ctx, s, "events", "initech")+stored(ctx, s, "aggregates", "initech") == 0, "initech (Off): nothing left the instance")
@@ -183,7 +194,78 @@ func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 	var unlisted int
 	_ = receiverQuery(ctx, s, "SELECT count(*) FROM events WHERE name = ANY($1)", &unlisted, seed.Unlisted)
 	c.check(unlisted == 0, "no event the allow-list does not know was exported")
+
+	consentWalk(ctx, s, c, instances["acme"])
+	erasureWalk(ctx, s, c)
 	return !c.failed
+}
+
+// consentWalk turns acme Off and back on, writing events while it is Off, and checks by event
+// timestamps that none of them left.
+func consentWalk(ctx context.Context, s *localstack.Stack, c *checker, acme *localstack.Instance) {
+	fmt.Println("==> kubectl patch tp -n acme acme --type=merge -p '{\"spec\":{\"consent\":{\"tier\":\"Off\"}}}'")
+	_, err := s.Kubectl(ctx, "patch", "tp", "-n", "acme", "acme", "--type=merge", "-p", `{"spec":{"consent":{"tier":"Off"}}}`)
+	c.check(err == nil, "the patch was accepted")
+	c.check(waitTier(ctx, s, "acme", "Off"), "acme reports Off in force once its collector is gone and the receiver refuses its data")
+	fmt.Println("==> 25 events are recorded in acme while it is Off")
+	offFrom := time.Now()
+	for i := range 25 {
+		_, _ = acme.Pool.Exec(ctx, `INSERT INTO event_logs (name, user_id, source, version, public_argument) VALUES ('hover', $1, 'WEB', '5.3.0', '{"languageId":"go"}')`, i%5+1)
+	}
+	offTo := time.Now()
+	fmt.Println("==> kubectl patch tp -n acme acme --type=merge -p '{\"spec\":{\"consent\":{\"tier\":\"EventLevel\"}}}'")
+	_, err = s.Kubectl(ctx, "patch", "tp", "-n", "acme", "acme", "--type=merge", "-p", `{"spec":{"consent":{"tier":"EventLevel"}}}`)
+	c.check(err == nil, "the patch was accepted")
+	c.check(waitTier(ctx, s, "acme", "EventLevel"), "acme reports EventLevel in force again")
+	time.Sleep(20 * time.Second) // more than an export interval of the new collector
+	out, _ := s.Kubectl(ctx, "get", "tp", "-n", "acme", "acme", "-o", "jsonpath={range .status.consentHistory[*]}{.time}  {.from} -> {.to}  ({.reason}){\"\\n\"}{end}")
+	fmt.Println("==> acme's consent history (kubectl get tp -n acme acme -o jsonpath='{.status.consentHistory}')")
+	fmt.Print(indent(out))
+	out, _ = s.Receiver(ctx, "consent", "show", "--instance", "acme")
+	fmt.Println("==> receiver consent show --instance acme   (the authoritative record, kept by the receiver)")
+	fmt.Print(indent(out))
+	c.check(storedBetween(ctx, s, "acme", offFrom, offTo) == 0, "none of the 25 events recorded while acme was Off reached the receiver")
+}
+
+// erasureWalk asks for acme's first week of event-level data to be erased and checks it is gone,
+// verified and audited.
+func erasureWalk(ctx context.Context, s *localstack.Stack, c *checker) {
+	from, to := acmeAccepted, acmeAccepted.Add(7*24*time.Hour)
+	inRange := storedBetween(ctx, s, "acme", from, to)
+	patch := fmt.Sprintf(`{"spec":{"erasure":{"requestID":"DSR-2026-0001","scope":"Events","from":%q,"to":%q,"requestedBy":"acme admin, support ticket 4711"}}}`,
+		from.Format(time.RFC3339), to.Format(time.RFC3339))
+	fmt.Printf("==> kubectl patch tp -n acme acme --type=merge -p '%s'\n", patch)
+	_, err := s.Kubectl(ctx, "patch", "tp", "-n", "acme", "acme", "--type=merge", "-p", patch)
+	c.check(err == nil, "the erasure request was accepted")
+	_, err = s.Kubectl(ctx, "wait", "--for=condition=ErasureCompleted", "tp/acme", "-n", "acme", "--timeout=60s")
+	c.check(err == nil, "kubectl wait --for=condition=ErasureCompleted returned")
+	out, _ := s.Kubectl(ctx, "get", "tp", "-n", "acme", "acme", "-o", "jsonpath={.status.erasure}")
+	fmt.Println("==> kubectl get tp -n acme acme -o jsonpath='{.status.erasure}'")
+	fmt.Print(indent(out + "\n"))
+	out, _ = s.Receiver(ctx, "erasures", "--instance", "acme")
+	fmt.Println("==> receiver erasures --instance acme   (the audit trail: who, when, scope, counts; never the data)")
+	fmt.Print(indent(out))
+	c.check(inRange > 0 && storedBetween(ctx, s, "acme", from, to) == 0, "acme's first week is erased at the receiver (%d events before, 0 after)", inRange)
+	c.check(storedBetween(ctx, s, "acme", to, time.Now().Add(time.Hour)) > 0, "the rest of acme's data is kept")
+}
+
+// waitTier waits until a policy reports tier in force and Ready.
+func waitTier(ctx context.Context, s *localstack.Stack, name, tier string) bool {
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		got, _ := s.Kubectl(ctx, "get", "tp", "-n", name, name, "-o", `jsonpath={.status.effectiveTier}/{.status.conditions[?(@.type=="Ready")].status}`)
+		if got == tier+"/True" {
+			return true
+		}
+		time.Sleep(time.Second)
+	}
+	return false
+}
+
+func storedBetween(ctx context.Context, s *localstack.Stack, instance string, from, to time.Time) int {
+	var n int
+	_ = receiverQuery(ctx, s, "SELECT count(*) FROM events WHERE instance_id = $1 AND ts >= $2 AND ts < $3", &n, instance, from, to)
+	return n
 }
 
 func indent(s string) string {
@@ -193,9 +275,9 @@ func indent(s string) string {
 	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ") + "\n"
 }
 
-func countAllowListed(ctx context.Context, in *localstack.Instance) int {
+func countAllowListed(ctx context.Context, in *localstack.Instance, from, to time.Time) int {
 	var n int
-	_ = in.Pool.QueryRow(ctx, "SELECT count(*) FROM event_logs WHERE name = ANY($1)", allowlist.Names()).Scan(&n)
+	_ = in.Pool.QueryRow(ctx, "SELECT count(*) FROM event_logs WHERE name = ANY($1) AND timestamp >= $2 AND timestamp < $3", allowlist.Names(), from, to).Scan(&n)
 	return n
 }
 

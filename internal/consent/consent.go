@@ -133,9 +133,12 @@ type Change struct {
 	Spec telemetryv1alpha1.TelemetryPolicySpec
 	// DeletedAt is set when the policy is being deleted.
 	DeletedAt *time.Time
-	// SpecWrites are the times of the writes to the policy's spec that the API server recorded
-	// (metadata.managedFields, one time per field manager: the last write of each).
+	// SpecWrites are the times of the writes to the policy's consent and contract that the API
+	// server recorded (metadata.managedFields, one time per field manager: its last write).
 	SpecWrites []time.Time
+	// SeenWritesUpTo is the newest of those writes the operator had already acted on (zero when
+	// unknown): a withdrawal can only come from a later one.
+	SeenWritesUpTo time.Time
 	// Now is the operator's current time.
 	Now time.Time
 }
@@ -143,9 +146,11 @@ type Change struct {
 // TransitionTime returns when the change took effect, and its reason. Consent withdrawn is
 // withdrawn when the lowering write reached the API server (or when a trial expired, or the
 // policy was deleted), not when the operator got around to it: a lowering caused by an edit is
-// dated at the earliest spec write after the last transition, which is the lowering write itself
-// when the operator watched, and earlier (never later) when several writers edited the policy
-// while it was not running. Consent granted starts now, never before contract.acceptedAt; only
+// dated at the earliest write to consent or contract that the operator had not acted on yet,
+// which is the lowering write itself when the operator watched, and earlier (never later) when
+// several writers edited the policy while it was not running. managedFields keep seconds: a
+// write in the same second as one already acted on cannot be told apart, and such a withdrawal
+// is dated when the operator sees it (milliseconds later when it watches). Consent granted starts now, never before contract.acceptedAt; only
 // an instance with no record at all, whose policy says startFrom Beginning, starts at
 // contract.acceptedAt.
 func TransitionTime(c Change) (time.Time, string) {
@@ -178,9 +183,12 @@ func TransitionTime(c Change) (time.Time, string) {
 	}
 	at := c.Now
 	for _, w := range c.SpecWrites {
-		// managedFields times have second precision: a write in the same second as the last
-		// transition may be the one that lowered consent.
-		if !w.Before(c.LastAt.Truncate(time.Second)) && w.Before(at) {
+		switch {
+		case !c.SeenWritesUpTo.IsZero() && !w.After(c.SeenWritesUpTo):
+			// Acted on already: not the write that lowered consent.
+		case w.Before(c.LastAt.Truncate(time.Second)):
+			// Before the last transition: it cannot have ended it.
+		case w.Before(at):
 			at = w
 		}
 	}

@@ -314,6 +314,17 @@ func (r *Runner) PID(key types.NamespacedName) int {
 	return 0
 }
 
+// Root returns the directory holding a Deployment's running pod's materialized volumes (its
+// files sit under it at their mount paths), or "" when none runs.
+func (r *Runner) Root(key types.NamespacedName) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p := r.procs[key]; p != nil {
+		return p.root
+	}
+	return ""
+}
+
 // MetricsAddr returns the address of a Deployment's collector metrics endpoint.
 func (r *Runner) MetricsAddr(key types.NamespacedName) string {
 	r.mu.Lock()

@@ -80,11 +80,13 @@ type Stack struct {
 	// ManagerMetrics is the operator's Prometheus endpoint.
 	ManagerMetrics string
 
-	receiver   *exec.Cmd
-	manager    *exec.Cmd
-	managerEnd chan struct{}
-	runnerStop context.CancelFunc
-	runnerDone chan struct{}
+	receiver *exec.Cmd
+	// receiverAPI and receiverOpsAddr are kept so a restarted receiver listens where it did.
+	receiverAPI, receiverOpsAddr string
+	manager                      *exec.Cmd
+	managerEnd                   chan struct{}
+	runnerStop                   context.CancelFunc
+	runnerDone                   chan struct{}
 }
 
 func (s *Stack) logf(format string, args ...any) {
@@ -198,22 +200,25 @@ func (s *Stack) pki(ctx context.Context) error {
 }
 
 func (s *Stack) startReceiver(ctx context.Context) error {
-	api, err := testenv.FreeAddr()
-	if err != nil {
-		return err
+	var err error
+	if s.receiverAPI == "" {
+		if s.receiverAPI, err = testenv.FreeAddr(); err != nil {
+			return err
+		}
+		if s.receiverOpsAddr, err = testenv.FreeAddr(); err != nil {
+			return err
+		}
 	}
-	ops, err := testenv.FreeAddr()
-	if err != nil {
-		return err
-	}
+	api, ops := s.receiverAPI, s.receiverOpsAddr
 	dsnFile := filepath.Join(s.Dir, "receiver-dsn")
 	if err := os.WriteFile(dsnFile, []byte(s.ReceiverPG.DSN("receiver")), 0o600); err != nil {
 		return err
 	}
-	log, err := os.Create(filepath.Join(s.Dir, "receiver.log"))
+	log, err := os.OpenFile(filepath.Join(s.Dir, "receiver.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
+	defer func() { _ = log.Close() }()                                                       // the process has its own descriptor
 	cmd := exec.Command(s.Opts.Bins.Receiver, "serve", "--listen", api, "--ops-listen", ops, //nolint:gosec // our binary
 		"--tls-cert", filepath.Join(s.Dir, "receiver.crt"), "--tls-key", filepath.Join(s.Dir, "receiver.key"),
 		"--client-ca", filepath.Join(s.Dir, "issuer.crt"), "--database-dsn-file", dsnFile)
@@ -226,6 +231,17 @@ func (s *Stack) startReceiver(ctx context.Context) error {
 	s.ReceiverURL = "https://localhost:" + port
 	s.ReceiverOps = "http://" + ops
 	return waitHTTP(ctx, s.ReceiverOps+"/readyz", 60*time.Second)
+}
+
+// RestartReceiver stops the receiver process (SIGTERM) and starts a new one on the same
+// addresses and database, as a rollout would: nothing it held in memory survives.
+func (s *Stack) RestartReceiver(ctx context.Context) error {
+	if s.receiver != nil {
+		_ = s.receiver.Process.Signal(syscall.SIGTERM)
+		_ = s.receiver.Wait()
+		s.receiver = nil
+	}
+	return s.startReceiver(ctx)
 }
 
 // StartManager starts the operator process.
@@ -370,7 +386,22 @@ func (s *Stack) Kubectl(ctx context.Context, args ...string) (string, error) {
 
 // Report runs the receiver's report command.
 func (s *Stack) Report(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, s.Opts.Bins.Receiver, append([]string{"report", "--database-dsn-file", filepath.Join(s.Dir, "receiver-dsn")}, args...)...) //nolint:gosec // our binary
+	return s.Receiver(ctx, append([]string{"report"}, args...)...)
+}
+
+// Receiver runs a receiver command (report, consent, erasures) against the stack's database.
+func (s *Stack) Receiver(ctx context.Context, args ...string) (string, error) {
+	if len(args) == 0 {
+		return "", fmt.Errorf("no receiver command")
+	}
+	// The database flag belongs to the (last) subcommand: "consent show --instance x" takes it
+	// after "show".
+	head := 1
+	if args[0] == "consent" && len(args) > 1 {
+		head = 2
+	}
+	full := append(append(append([]string{}, args[:head]...), "--database-dsn-file", filepath.Join(s.Dir, "receiver-dsn")), args[head:]...)
+	cmd := exec.CommandContext(ctx, s.Opts.Bins.Receiver, full...) //nolint:gosec // our binary
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

@@ -32,9 +32,11 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -145,6 +147,9 @@ type Deps struct {
 	Random io.Reader
 	// Metrics, if nil, are created and registered with controller-runtime's registry.
 	Metrics *controllers.Metrics
+	// Restartable lets a process build the manager more than once (tests that stop and start
+	// the operator); controller-runtime otherwise refuses a second controller of the same name.
+	Restartable bool
 }
 
 // New builds a manager with the controller and probes registered. It loads the fleet issuer
@@ -195,6 +200,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		LeaderElectionNamespace: cfg.LeaderElectionNS,
 		// Release the lease on shutdown so a restarted or upgraded manager takes over at once.
 		LeaderElectionReleaseOnCancel: true,
+		Controller:                    ctrlconfig.Controller{SkipNameValidation: ptr.To(deps.Restartable)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating the manager: %w", err)

@@ -218,19 +218,21 @@ func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 	if raising && tr.At.After(now.Add(MaxClockSkew)) {
 		return Transition{}, false, ErrFuture
 	}
-	if len(t) > 0 {
-		if last := t[len(t)-1].At; tr.At.Before(last) {
-			tr.At = last
-		}
-		if raising && tr.At.Before(now) {
-			tr.At = now
-		}
-	}
 	if !raising && tr.At.After(now) {
 		tr.At = now
 	}
+	if len(t) > 0 {
+		if raising && tr.At.Before(now) {
+			tr.At = now
+		}
+		// Never before the last transition, even one rounded up past now a moment ago.
+		if last := t[len(t)-1].At; tr.At.Before(last) {
+			tr.At = last
+		}
+	}
 	// Whole seconds, as Kubernetes status and the collector's configuration keep them, rounded
-	// the safe way: a withdrawal earlier, a grant later.
+	// the safe way: a withdrawal earlier, a grant later (the last transition is whole seconds
+	// already, so rounding never goes before it).
 	if raising && !tr.At.Equal(tr.At.Truncate(time.Second)) {
 		tr.At = tr.At.Truncate(time.Second).Add(time.Second)
 	} else {

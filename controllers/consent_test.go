@@ -1,0 +1,320 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
+)
+
+// ledgerOf reads the receiver's record of the instance.
+func ledgerOf(ctx context.Context, instance string) consentv1.State {
+	GinkgoHelper()
+	s, err := rcv.Store.ConsentState(ctx, instance)
+	Expect(err).NotTo(HaveOccurred())
+	return s
+}
+
+// templateTierOf is the tier the collector Deployment's pods are configured for.
+func templateTierOf(ctx context.Context, ns, policy string) string {
+	d, err := deployment(ctx, ns, policy)
+	if err != nil {
+		return "absent: " + err.Error()
+	}
+	return d.Spec.Template.Annotations[resources.AnnotationTier]
+}
+
+// sendEvents posts a batch of n events dated at ts to the receiver with a certificate for the
+// instance from the fleet issuer, as the instance's collector would, and returns the answer.
+func sendEvents(instance string, first, n int, ts time.Time) (int, batchv1.Response) {
+	GinkgoHelper()
+	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: fmt.Sprintf("%s-e-%d-%d", instance, first, n), Kind: batchv1.KindEvents,
+		Tier: string(v1.TierEventLevel), AllowListVersion: 1, Cursor: int64(first + n)}
+	for i := range n {
+		b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(first + i), Name: "hover", Timestamp: ts.Add(time.Duration(i) * time.Millisecond),
+			Source: "WEB", UserID: "0123456789abcdef0123456789abcdef"})
+	}
+	body, err := batchv1.Encode(b)
+	Expect(err).NotTo(HaveOccurred())
+	cert, err := rcv.ClientCert(instance, time.Now(), 24*time.Hour)
+	Expect(err).NotTo(HaveOccurred())
+	req, err := http.NewRequest(http.MethodPost, rcv.URL+batchv1.PathBatches, bytes.NewReader(body))
+	Expect(err).NotTo(HaveOccurred())
+	req.Header.Set("Content-Type", batchv1.ContentType)
+	resp, err := rcv.HTTPClient(&cert).Do(req)
+	Expect(err).NotTo(HaveOccurred())
+	defer func() { _ = resp.Body.Close() }()
+	data, _ := io.ReadAll(resp.Body)
+	var out batchv1.Response
+	if resp.StatusCode == http.StatusOK {
+		Expect(json.Unmarshal(data, &out)).To(Succeed())
+	}
+	return resp.StatusCode, out
+}
+
+// collectOwned plays the garbage collector for a deleted policy's remaining objects.
+func collectOwned(ctx context.Context, ns string) {
+	GinkgoHelper()
+	managed := client.MatchingLabels{resources.LabelManagedBy: resources.ManagedByValue}
+	for _, obj := range []client.Object{&corev1.ConfigMap{}, &corev1.Secret{}, &corev1.ServiceAccount{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}} {
+		Expect(k8s.DeleteAllOf(ctx, obj, client.InNamespace(ns), managed)).To(Succeed())
+	}
+}
+
+var _ = Describe("Consent end to end, from the operator's side", func() {
+	ctx := context.Background()
+
+	It("enforces a downgrade while the pseudonym-key step is stalled", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "stuck")
+		keyRef := client.ObjectKey{Namespace: ns, Name: resources.NamesFor("stuck").PseudonymKey}
+
+		By("replacing the pseudonym key with an unusable one while the operator is away")
+		stopManager()
+		key := &corev1.Secret{}
+		Expect(k8s.Get(ctx, keyRef, key)).To(Succeed())
+		Expect(k8s.Delete(ctx, key)).To(Succeed())
+		broken := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: keyRef.Name, Namespace: ns, Labels: key.Labels, OwnerReferences: key.OwnerReferences},
+			Data: map[string][]byte{resources.PseudonymKeyKey: []byte("short")}}
+		Expect(k8s.Create(ctx, broken)).To(Succeed())
+		startManager()
+		Eventually(conditionStatus(ctx, ns, "stuck", v1.ConditionStalled)).Should(Equal("Stalled=True/PseudonymKeyInvalid"))
+
+		By("lowering consent: the collector is lowered although a later step stalls")
+		updatePolicy(ctx, ns, "stuck", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+		Eventually(func() v1.ConsentTier { return configOf(ctx, ns, "stuck").Tier }).Should(Equal(v1.TierCriticalOnly))
+		Eventually(func() string { return templateTierOf(ctx, ns, "stuck") }).Should(Equal(string(v1.TierCriticalOnly)))
+		Eventually(func() consentv1.Tier { return ledgerOf(ctx, instanceOf(ns, "stuck")).Timeline.Current() }).Should(Equal(consentv1.TierCriticalOnly))
+		rollOut(ctx, ns, "stuck")
+		Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "stuck").Status.EffectiveTier }).Should(Equal(v1.TierCriticalOnly))
+		Expect(conditionStatus(ctx, ns, "stuck", v1.ConditionStalled)()).To(Equal("Stalled=True/PseudonymKeyInvalid"), "the stall is still reported")
+
+		By("turning it Off: the collector is stopped all the same")
+		updatePolicy(ctx, ns, "stuck", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+		collectGarbage(ctx, ns, "stuck")
+		Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "stuck").Status.EffectiveTier }).Should(Equal(v1.TierOff))
+		Eventually(func() consentv1.Tier { return ledgerOf(ctx, instanceOf(ns, "stuck")).Timeline.Current() }).Should(Equal(consentv1.TierOff))
+	})
+
+	It("finds and stops a collector whose labels were stripped when consent goes Off", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "stripped")
+		stopManager()
+		d, err := deployment(ctx, ns, "stripped")
+		Expect(err).NotTo(HaveOccurred())
+		d.Labels = nil
+		Expect(k8s.Update(ctx, d)).To(Succeed())
+		updatePolicy(ctx, ns, "stripped", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+		startManager()
+		Eventually(func() bool {
+			d, err := deployment(ctx, ns, "stripped")
+			return err == nil && !d.DeletionTimestamp.IsZero()
+		}).Should(BeTrue(), "the Deployment the cache cannot see is deleted")
+		collectGarbage(ctx, ns, "stripped")
+		Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "stripped").Status.EffectiveTier }).Should(Equal(v1.TierOff))
+	})
+
+	It("lowers the collector at once when the receiver is unreachable, and reports it only once the receiver records it", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "offline")
+		rcv.Stop()
+		DeferCleanup(func() { _ = rcv.Listen() })
+
+		updatePolicy(ctx, ns, "offline", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+		Eventually(func() string { return templateTierOf(ctx, ns, "offline") }).Should(Equal(string(v1.TierCriticalOnly)))
+		Expect(configOf(ctx, ns, "offline").Tier).To(Equal(v1.TierCriticalOnly))
+		rollOut(ctx, ns, "offline")
+		Eventually(conditionStatus(ctx, ns, "offline", v1.ConditionConsentRecorded)).Should(Equal("ConsentRecorded=False/ReceiverUnavailable"))
+		Consistently(func() v1.ConsentTier { return getPolicy(ctx, ns, "offline").Status.EffectiveTier }, "1s").Should(Equal(v1.TierEventLevel),
+			"not reported while the receiver would still accept EventLevel data")
+		Expect(conditionStatus(ctx, ns, "offline", v1.ConditionReady)()).To(HavePrefix("Ready=False"))
+
+		Expect(rcv.Listen()).To(Succeed())
+		Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "offline").Status.EffectiveTier }, 20*time.Second).Should(Equal(v1.TierCriticalOnly))
+		Eventually(conditionStatus(ctx, ns, "offline", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+		Expect(ledgerOf(ctx, instanceOf(ns, "offline")).Timeline.Current()).To(Equal(consentv1.TierCriticalOnly))
+	})
+
+	It("runs nothing for a policy the receiver has no record of, until it records one", func() {
+		rcv.Stop()
+		DeferCleanup(func() { _ = rcv.Listen() })
+		ns := newNamespace(ctx)
+		Expect(k8s.Create(ctx, eventLevelPolicy(ns, "unrecorded"))).To(Succeed())
+		Eventually(conditionStatus(ctx, ns, "unrecorded", v1.ConditionConsentRecorded)).Should(Equal("ConsentRecorded=False/ReceiverUnavailable"))
+		Consistently(func() bool { _, err := deployment(ctx, ns, "unrecorded"); return apierrors.IsNotFound(err) }, "1s").Should(BeTrue())
+		Expect(apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: resources.NamesFor("unrecorded").Credentials}, &corev1.Secret{}))).To(BeTrue(),
+			"no certificate is issued before the receiver records the instance")
+		Expect(getPolicy(ctx, ns, "unrecorded").Status.EffectiveTier).To(BeEmpty())
+
+		Expect(rcv.Listen()).To(Succeed())
+		Eventually(func() error { _, err := deployment(ctx, ns, "unrecorded"); return err }, 20*time.Second).Should(Succeed())
+		rollOut(ctx, ns, "unrecorded")
+		Eventually(conditionStatus(ctx, ns, "unrecorded", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+	})
+
+	It("lets one policy own an instance's consent: a second policy or another cluster cannot claim it", func() {
+		nsA, nsB := newNamespace(ctx), newNamespace(ctx)
+		readyPolicy(ctx, nsA, "owner")
+		instance := instanceOf(nsA, "owner")
+
+		By("a second policy in another namespace naming the same instance")
+		claim := eventLevelPolicy(nsB, "claimant")
+		claim.Spec.InstanceID = instance
+		Expect(k8s.Create(ctx, claim)).To(Succeed())
+		Eventually(conditionStatus(ctx, nsB, "claimant", v1.ConditionStalled)).Should(Equal("Stalled=True/InstanceOwnedElsewhere"))
+		Expect(condition(getPolicy(ctx, nsB, "claimant"), v1.ConditionConsentRecorded).Message).To(ContainSubstring(nsA + "/owner"))
+		Consistently(func() bool { _, err := deployment(ctx, nsB, "claimant"); return apierrors.IsNotFound(err) }, "1s").Should(BeTrue())
+		Expect(apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: nsB, Name: resources.NamesFor("claimant").Credentials}, &corev1.Secret{}))).To(BeTrue(),
+			"no certificate for another policy's instance is ever minted")
+
+		By("an operator of another cluster")
+		body, _ := json.Marshal(consentv1.RecordRequest{InstanceID: instance, Owner: consentv1.Owner{Namespace: nsA, Name: "owner"},
+			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierOff, Reason: "Declared"}})
+		resp, err := rcv.OperatorClient("elsewhere").Post(rcv.URL+consentv1.PathConsent, "application/json", bytes.NewReader(body))
+		Expect(err).NotTo(HaveOccurred())
+		_ = resp.Body.Close()
+		Expect(resp.StatusCode).To(Equal(http.StatusConflict))
+
+		By("the owner is untouched")
+		s := ledgerOf(ctx, instance)
+		Expect(s.Owner).To(And(HaveField("Cluster", testCluster), HaveField("Namespace", nsA), HaveField("Name", "owner")))
+		Expect(s.Timeline.Current()).To(Equal(consentv1.TierEventLevel))
+		Expect(conditionStatus(ctx, nsA, "owner", v1.ConditionReady)()).To(Equal("Ready=True/Enforced"))
+	})
+
+	It("closes consent at the receiver when a policy is deleted, and a re-created policy never reaches back", func() {
+		ns := newNamespace(ctx)
+		// The API server dates the deletion by the wall clock (the fake clock may run ahead).
+		accepted := metav1.NewTime(time.Now().Add(-24 * time.Hour).Truncate(time.Second))
+		p := eventLevelPolicy(ns, "recreated")
+		p.Spec.Contract.AcceptedAt = &accepted
+		p.Spec.Export.StartFrom = v1.StartFromBeginning
+		Expect(k8s.Create(ctx, p)).To(Succeed())
+		Eventually(func() error { _, err := deployment(ctx, ns, "recreated"); return err }).Should(Succeed())
+		rollOut(ctx, ns, "recreated")
+		Eventually(conditionStatus(ctx, ns, "recreated", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+		instance := instanceOf(ns, "recreated")
+		first := ledgerOf(ctx, instance).Timeline
+		Expect(first).To(HaveLen(1))
+		Expect(first[0].At).To(BeTemporally("==", accepted.Time), "startFrom Beginning opens the first window at contract.acceptedAt")
+
+		By("deleting the policy")
+		Expect(k8s.Delete(ctx, getPolicy(ctx, ns, "recreated"))).To(Succeed())
+		Eventually(func() bool {
+			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "recreated"}, &v1.TelemetryPolicy{}))
+		}).Should(BeTrue(), "the finalizer lets go once the receiver recorded the deletion")
+		closed := ledgerOf(ctx, instance)
+		Expect(closed.Timeline.Current()).To(Equal(consentv1.TierOff))
+		Expect(closed.Timeline[len(closed.Timeline)-1].Reason).To(Equal(v1.ReasonPolicyDeleted))
+		Expect(closed.Owner.Name).To(BeEmpty(), "ownership is released")
+		collectGarbage(ctx, ns, "recreated")
+		collectOwned(ctx, ns)
+
+		By("creating it again with the same startFrom Beginning")
+		fakeClock.Step(time.Hour)
+		again := eventLevelPolicy(ns, "recreated")
+		again.Spec.Contract.AcceptedAt = &accepted
+		again.Spec.Export.StartFrom = v1.StartFromBeginning
+		Expect(k8s.Create(ctx, again)).To(Succeed())
+		Eventually(func() error { _, err := deployment(ctx, ns, "recreated"); return err }).Should(Succeed())
+		rollOut(ctx, ns, "recreated")
+		Eventually(conditionStatus(ctx, ns, "recreated", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+		tl := ledgerOf(ctx, instance).Timeline
+		Expect(tl.Current()).To(Equal(consentv1.TierEventLevel))
+		Expect(tl[len(tl)-1].At).To(BeTemporally(">=", fakeClock.Now().Truncate(time.Second)), "the new window opens now, not at acceptedAt")
+		Expect(tl.TierAt(closed.Timeline[len(closed.Timeline)-1].At.Add(time.Minute))).To(Equal(consentv1.TierOff), "the gap stays closed")
+		Expect(getPolicy(ctx, ns, "recreated").Status.ConsentHistory).To(HaveLen(len(tl)), "the re-created policy shows the history it inherits")
+		cfg := configOf(ctx, ns, "recreated")
+		Expect(cfg.Consent.TierAt(accepted.Add(time.Hour))).To(Equal(consentv1.TierEventLevel))
+		Expect(cfg.Consent.TierAt(fakeClock.Now().Add(-30 * time.Minute))).To(Equal(consentv1.TierOff))
+	})
+
+	It("erases an instance's data on request, verified, audited, with status, an Event and a metric", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "erase")
+		instance := instanceOf(ns, "erase")
+		since := ledgerOf(ctx, instance).Timeline[0].At
+
+		By("storing events through the receiver's API")
+		code, out := sendEvents(instance, 1, 40, since.Add(time.Minute))
+		Expect(code).To(Equal(http.StatusOK))
+		Expect(out.Accepted).To(Equal(40))
+		n, err := rcv.Count(ctx, "events", instance)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(n).To(Equal(40))
+		before := metricValue(metrics.Erasures.WithLabelValues("verified"))
+		fakeClock.Step(2 * time.Minute) // the receiver erases what was recorded up to its now
+
+		By("requesting the erasure declaratively")
+		updatePolicy(ctx, ns, "erase", func(p *v1.TelemetryPolicy) {
+			p.Spec.Erasure = &v1.ErasureSpec{RequestID: "DSR-2026-0042", RequestedBy: "privacy team, ticket 42"}
+		})
+		Eventually(conditionStatus(ctx, ns, "erase", v1.ConditionErasureCompleted)).Should(Equal("ErasureCompleted=True/Verified"))
+		st := getPolicy(ctx, ns, "erase").Status.Erasure
+		Expect(st).To(And(HaveField("RequestID", "DSR-2026-0042"), HaveField("Phase", v1.ErasureVerified), HaveField("EventsDeleted", int64(40))))
+		Expect(st.VerifiedAt).NotTo(BeNil())
+		n, err = rcv.Count(ctx, "events", instance)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(n).To(BeZero())
+		audit, err := rcv.Store.Erasures(ctx, instance)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(audit).To(HaveLen(1))
+		Expect(audit[0]).To(And(HaveField("RequestedBy", "privacy team, ticket 42"), HaveField("EventsDeleted", int64(40))))
+		Expect(audit[0].VerifiedAt).NotTo(BeNil())
+		Eventually(func() []string { return eventReasons(ctx, ns, "erase") }).Should(ContainElement("ErasureVerified"))
+		Expect(metricValue(metrics.Erasures.WithLabelValues("verified"))).To(Equal(before + 1))
+		Eventually(conditionStatus(ctx, ns, "erase", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+
+		By("re-sending the erased batch: absorbed, nothing stored")
+		code, out = sendEvents(instance, 1, 40, since.Add(time.Minute))
+		Expect(code).To(Equal(http.StatusOK))
+		Expect(out.Accepted).To(BeZero())
+		Expect(out.Refused).To(Equal(40))
+		n, err = rcv.Count(ctx, "events", instance)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(n).To(BeZero())
+
+		By("handling the request once: later reconciles do not repeat it")
+		requestReconcile(ctx, ns, "erase")
+		audit, err = rcv.Store.Erasures(ctx, instance)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(audit).To(HaveLen(1))
+	})
+
+	It("refuses an erasure request the receiver cannot honour, without retrying it", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "refused")
+		updatePolicy(ctx, ns, "refused", func(p *v1.TelemetryPolicy) {
+			p.Spec.Erasure = &v1.ErasureSpec{RequestID: "r-1", RequestedBy: "ops", Scope: v1.ErasureScopeEvents}
+		})
+		Eventually(conditionStatus(ctx, ns, "refused", v1.ConditionErasureCompleted)).Should(Equal("ErasureCompleted=True/Verified"))
+		By("reusing the request id for a different scope")
+		updatePolicy(ctx, ns, "refused", func(p *v1.TelemetryPolicy) { p.Spec.Erasure.Scope = v1.ErasureScopeAll })
+		Eventually(func() v1.ErasurePhase { return getPolicy(ctx, ns, "refused").Status.Erasure.Phase }).Should(Equal(v1.ErasureFailed))
+		Expect(conditionStatus(ctx, ns, "refused", v1.ConditionErasureCompleted)()).To(Equal("ErasureCompleted=False/Refused"))
+		Eventually(func() []string { return eventReasons(ctx, ns, "refused") }).Should(ContainElement("ErasureRefused"))
+		Expect(conditionStatus(ctx, ns, "refused", v1.ConditionReady)()).To(HavePrefix("Ready=False"))
+	})
+})
