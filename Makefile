@@ -65,7 +65,7 @@ check-generated: generate manifests ## Fail if generated files are not current.
 	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
 
 .PHONY: test
-test: envtest test-deps ## Build what the tests need and run every test (unit, envtest, PostgreSQL).
+test: envtest test-deps check-generated lint ## Build what the tests need, fail on stale generated files or lint errors, run every test.
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$gofmt_out" ]; then echo "gofmt needed on:"; echo "$$gofmt_out"; exit 1; fi
 	go vet ./...
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
