@@ -8,13 +8,18 @@ package collector_test
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
+	"net/http"
+	"sync"
 	"testing"
 	"time"
 
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/collector"
+	"github.com/sourcegraph/telemetry-operator/collector/deliver"
 )
 
 // consentTimeline lays out, from base: EventLevel for 2h, CriticalOnly for 2h, Off for 2h, then
@@ -169,5 +174,50 @@ func TestAggregatesNeverCountOffPeriods(t *testing.T) {
 	// give 18.
 	if v, ok := cell(today, "active_users_7d", ""); !ok || v != 11 {
 		t.Fatalf("active users in the last 7 days = %d (published %v), want 11", v, ok)
+	}
+}
+
+// TestAWindowClosedWhileABatchWaitsIsObeyed: a batch read under a configuration whose window
+// has since been closed (the tier is still EventLevel: consent was withdrawn and granted again)
+// is not sent; the next round reads under the new windows. The receiver here would take it.
+func TestAWindowClosedWhileABatchWaitsIsObeyed(t *testing.T) {
+	in := newInstance(t, v1.TierEventLevel, 100)
+	in.insert("hover", 30, 5, `{"languageId":"go"}`) // recorded over the last 20 hours
+	p := in.pipeline()
+	now := time.Now().UTC().Truncate(time.Second)
+	var once sync.Once
+	rcv.SetIntercept(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
+		if r.URL.Path != batchv1.PathBatches {
+			return false
+		}
+		first := false
+		once.Do(func() {
+			first = true
+			cfg, err := collector.LoadConfig(in.config)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			cfg.Consent = consentv1.Timeline{
+				{At: consentSince, Tier: consentv1.TierEventLevel},
+				{At: now.Add(-30 * time.Hour), Tier: consentv1.TierOff},
+				{At: now.Add(time.Hour), Tier: consentv1.TierEventLevel},
+			}
+			in.writeConfig(*cfg)
+		})
+		if !first {
+			return false // the retry reaches the receiver, which would store it
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return true
+	})
+	_, err := p.RunOnce(context.Background())
+	rcv.SetIntercept(nil)
+	if !errors.Is(err, deliver.ErrConsent) {
+		t.Fatalf("error %v, want the consent guard to refuse", err)
+	}
+	drain(t, p)
+	if n := in.stored(); n != 0 {
+		t.Fatalf("%d events recorded in a closed window were delivered", n)
 	}
 }

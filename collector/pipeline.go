@@ -212,8 +212,10 @@ func (p *Pipeline) RunOnce(ctx context.Context) (bool, error) {
 	return more, nil
 }
 
-// guard refuses a batch whose tier is above the tier in the configuration file right now, even
-// if the batch was built under an earlier, higher tier.
+// guard refuses a batch whose tier is above the tier in the configuration file right now, or
+// one holding an event recorded outside the configuration's EventLevel windows as they are now,
+// even if the batch was built under an earlier, wider configuration. The round then fails and
+// is read again under the configuration in force.
 func (p *Pipeline) guard(b *batchv1.Batch) error {
 	cfg, err := LoadConfig(p.ConfigPath)
 	if err != nil {
@@ -222,6 +224,12 @@ func (p *Pipeline) guard(b *batchv1.Batch) error {
 	if v1.ConsentTier(b.Tier).Rank() > cfg.Tier.Rank() {
 		p.Metrics.ConsentRefusals.Inc()
 		return fmt.Errorf("batch of tier %s exceeds the configured tier %s", b.Tier, cfg.Tier)
+	}
+	for i := range b.Events {
+		if cfg.Consent.TierAt(b.Events[i].Timestamp) != consentv1.TierEventLevel {
+			p.Metrics.ConsentRefusals.Inc()
+			return fmt.Errorf("batch holds an event recorded outside the configured consent windows (event %s)", b.Events[i].ID)
+		}
 	}
 	return nil
 }

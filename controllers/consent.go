@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -18,6 +19,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -31,6 +33,8 @@ import (
 
 // ConsentLedger is the receiver's consent ledger as the operator uses it (internal/ledger).
 type ConsentLedger interface {
+	// Cluster is the cluster name the operator identifies as.
+	Cluster() string
 	Record(ctx context.Context, req consentv1.RecordRequest) (consentv1.State, error)
 	State(ctx context.Context, instanceID string) (consentv1.State, error)
 	Release(ctx context.Context, req consentv1.ReleaseRequest) error
@@ -126,37 +130,135 @@ func (r *TelemetryPolicyReconciler) owner(p *v1.TelemetryPolicy) consentv1.Owner
 	return consentv1.Owner{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)}
 }
 
-// planTransition decides what, if anything, to record in the ledger: the decided tier when the
-// ledger (as the operator last saw it) records another one, or the first record of a policy the
-// operator has not synced yet. A policy with no history in status may still have one at the
-// receiver (it was deleted and created again): the record is read first, so that a re-created
-// policy never dates consent back to contract.acceptedAt.
+// ownedByUs reports whether the record's owner is this policy of this operator's cluster.
+func (r *TelemetryPolicyReconciler) ownedByUs(p *v1.TelemetryPolicy, o consentv1.Owner) bool {
+	us := r.owner(p)
+	us.Cluster = r.Ledger.Cluster()
+	return o.Same(us)
+}
+
+// verifyDue reports whether the operator should read the receiver's record of the policy's
+// instance instead of trusting its copy in status: always for a policy with no copy (it may be
+// a re-created policy whose instance has a history), after every spec change, and at least
+// every LedgerResync, so a record the receiver lost or that was changed behind the operator's
+// back is noticed. The marks are kept in memory: a restarted operator verifies everything once.
+func (r *TelemetryPolicyReconciler) verifyDue(p *v1.TelemetryPolicy) bool {
+	if len(p.Status.ConsentHistory) == 0 {
+		return true
+	}
+	r.verifiedMu.Lock()
+	defer r.verifiedMu.Unlock()
+	m, ok := r.verified[client.ObjectKeyFromObject(p)]
+	return !ok || m.uid != p.UID || m.generation != p.Generation || !r.Clock.Now().Before(m.at.Add(r.ledgerResync()))
+}
+
+func (r *TelemetryPolicyReconciler) markVerified(p *v1.TelemetryPolicy) {
+	r.verifiedMu.Lock()
+	defer r.verifiedMu.Unlock()
+	if r.verified == nil {
+		r.verified = map[client.ObjectKey]verification{}
+	}
+	r.verified[client.ObjectKeyFromObject(p)] = verification{uid: p.UID, generation: p.Generation, at: r.Clock.Now()}
+}
+
+func (r *TelemetryPolicyReconciler) forgetVerified(key client.ObjectKey) {
+	r.verifiedMu.Lock()
+	defer r.verifiedMu.Unlock()
+	delete(r.verified, key)
+}
+
+// verification is when the operator last read the receiver's record of a policy's instance.
+type verification struct {
+	uid        types.UID
+	generation int64
+	at         time.Time
+}
+
+// sameTimeline compares what the collector and the receiver judge by: when, and which tier.
+func sameTimeline(a, b consentv1.Timeline) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !a[i].At.Equal(b[i].At) || a[i].Tier != b[i].Tier {
+			return false
+		}
+	}
+	return true
+}
+
+// localTimeline is consent as the operator enforces it: the ledger's timeline followed by the
+// lowerings enforced on the collector that the receiver has not recorded yet.
+func (st *reconcileState) localTimeline() consentv1.Timeline {
+	if len(st.pending) == 0 {
+		return st.timeline
+	}
+	return append(st.timeline[:len(st.timeline):len(st.timeline)], st.pending...)
+}
+
+// planTransition learns the ledger's state (the status copy, or the receiver's record when a
+// verification is due) and decides what to change. A lowering is enforced on the collector at
+// once and kept in status.pendingConsentChanges, dated when consent was withdrawn, until the
+// receiver records it: it is never lost, even if consent is raised again before the receiver is
+// reachable. A raise, or an instance's first record, waits for the receiver.
 func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reconcileState) error {
 	p := st.policy
-	first := len(p.Status.ConsentHistory) == 0
-	if first {
+	lost := false
+	if r.verifyDue(p) {
 		state, err := r.Ledger.State(ctx, p.Spec.InstanceID)
 		switch {
+		case err == nil && state.Owner.Cluster != "" && !r.ownedByUs(p, state.Owner):
+			st.ledgerErr = ledger.ErrOwnedElsewhere
+			return nil
 		case err == nil:
-			st.timeline = state.Timeline
+			r.markVerified(p)
+			// A record nobody owns (released, or a policy deleted) is claimed by recording.
+			st.claim = state.Owner.Cluster == ""
+			if !sameTimeline(state.Timeline, st.timeline) && state.Timeline.Validate() == nil {
+				if len(st.timeline) > 0 {
+					log.FromContext(ctx).Info("the receiver's consent record differs from the copy in status; taking the receiver's", "tier", state.Timeline.Current())
+				}
+				st.timeline = state.Timeline
+				p.Status.ConsentHistory = historyOf(state.Timeline)
+			}
 			st.ledgerKnown = true
-			first = len(state.Timeline) == 0
 		case errors.Is(err, ledger.ErrUnknownInstance):
+			r.markVerified(p)
+			if len(st.timeline) > 0 {
+				// The receiver lost the record (a restore, a failover): it refuses the instance's
+				// data now; record consent again from now on, never backdated.
+				lost = true
+				msg := "the receiver has no consent record of the instance any more; recording the current consent again, from now on"
+				log.FromContext(ctx).Info(msg)
+				st.afterPatch = append(st.afterPatch, func() { r.event(p, corev1.EventTypeWarning, "ConsentRecordLost", "VerifyConsent", "%s", msg) })
+				st.timeline = nil
+				p.Status.ConsentHistory = nil
+			}
 			st.ledgerKnown = true
-		default:
+		case errors.Is(err, ledger.ErrOwnedElsewhere):
 			st.ledgerErr = err
 			return nil
+		default:
+			if len(st.timeline) == 0 {
+				// Nothing known of the instance's consent: nothing can be planned.
+				st.ledgerErr = err
+				return nil
+			}
+			// Go on with the copy in status; the receiver is asked again on the next reconcile.
+			st.ledgerKnown = true
 		}
 	} else {
 		st.ledgerKnown = true
 	}
-	from := st.timeline.Current()
-	if !first && from == consentv1.Tier(st.intent) && len(p.Status.ConsentHistory) > 0 {
+	st.planned = true
+	local := st.localTimeline()
+	from := local.Current()
+	if len(local) > 0 && from == consentv1.Tier(st.intent) && !st.claim {
 		return nil
 	}
 	var lastAt time.Time
-	if n := len(st.timeline); n > 0 {
-		lastAt = st.timeline[n-1].At
+	if n := len(local); n > 0 {
+		lastAt = local[n-1].At
 	}
 	var deletedAt *time.Time
 	if p.DeletionTimestamp != nil {
@@ -167,32 +269,54 @@ func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reco
 	if p.Status.ObservedConsentWriteTime != nil {
 		seen = p.Status.ObservedConsentWriteTime.UTC()
 	}
+	now := r.Clock.Now()
 	at, reason := consent.TransitionTime(consent.Change{
-		From: v1.ConsentTier(from), First: first, LastAt: lastAt, To: st.intent, Decision: st.decision,
-		Spec: p.Spec, DeletedAt: deletedAt, SpecWrites: consentWriteTimes(p), SeenWritesUpTo: seen, Now: r.Clock.Now(),
+		From: v1.ConsentTier(from), First: len(local) == 0 && !lost, LastAt: lastAt, To: st.intent, Decision: st.decision,
+		Spec: p.Spec, DeletedAt: deletedAt, SpecWrites: consentWriteTimes(p), SeenWritesUpTo: seen,
+		RunningSince: r.Options.RunningSince, DownSince: r.Options.DownSince, Now: now,
 	})
-	st.want = &consentv1.Transition{At: at.UTC(), Tier: consentv1.Tier(st.intent), Reason: reason, Basis: string(contractBasis(p))}
+	if lost && at.Before(now) {
+		at = now
+	}
+	tr := consentv1.Transition{At: at.UTC(), Tier: consentv1.Tier(st.intent), Reason: reason, Basis: string(contractBasis(p))}
+	if len(local) > 0 && tr.Tier.Rank() < from.Rank() {
+		if next, add, err := consentv1.Next(local, tr, now); err == nil && add {
+			st.pending = append(st.pending, next)
+		}
+		return nil
+	}
+	st.want = &tr
 	return nil
 }
 
-// configTimeline is the timeline the collector filters by: the ledger's, plus a lowering the
-// operator enforces locally before the receiver has recorded it (never a raising: that waits
-// for the receiver).
-func (st *reconcileState) configTimeline(now time.Time) consentv1.Timeline {
-	t := st.timeline
-	if st.want != nil && st.want.Tier.Rank() < t.Current().Rank() && len(t) > 0 {
-		if tr, add, err := consentv1.Next(t, *st.want, now); err == nil && add {
-			t = append(t[:len(t):len(t)], tr)
-		}
+// pendingOf turns the unrecorded lowerings into status entries.
+func pendingOf(timeline, pending consentv1.Timeline) []v1.ConsentChange {
+	if len(pending) == 0 {
+		return nil
 	}
-	return t
+	out := make([]v1.ConsentChange, 0, len(pending))
+	prev := timeline.Current()
+	for _, tr := range pending {
+		out = append(out, v1.ConsentChange{
+			Time: metav1.NewTime(tr.At.UTC().Truncate(time.Second)), From: v1.ConsentTier(prev), To: v1.ConsentTier(tr.Tier),
+			Basis: v1.ContractBasis(tr.Basis), Reason: tr.Reason,
+		})
+		prev = tr.Tier
+	}
+	return out
 }
 
-// enforceDowngrade runs before every step that could stall (pseudonym key, credentials, the
-// ledger): when the decided tier is below what a collector may be running, the collector is
-// lowered now. Off stops it, judged from a live read so that a Deployment whose labels were
-// stripped is still found; CriticalOnly rewrites its configuration (the collector re-reads it
-// before every batch) and rolls the Deployment to the lower tier.
+// configTimeline is the timeline the collector filters by: the ledger's, plus the lowerings
+// enforced locally that the receiver has not recorded yet (never a raise: that waits for the
+// receiver).
+func (st *reconcileState) configTimeline() consentv1.Timeline { return st.localTimeline() }
+
+// enforceDowngrade runs before every step that could stall (the receiver, the pseudonym key,
+// credentials): when the decided tier is below what a collector may be running, the collector
+// is lowered now. Off stops it, judged from a live read so that a Deployment whose labels were
+// stripped is still found; CriticalOnly rewrites the configuration the collector re-reads before
+// every batch and rolls the Deployment to it, and if no lowered configuration can be written
+// the collector is stopped instead.
 func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *reconcileState) error {
 	if !st.mutate {
 		return nil
@@ -204,29 +328,89 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 		return r.stopCollector(ctx, st)
 	}
 	p := st.policy
+	key := client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Deployment}
 	dep := &appsv1.Deployment{}
-	err := r.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Deployment}, dep)
+	err := r.Get(ctx, key, dep)
 	switch {
 	case apierrors.IsNotFound(err):
-		st.deployment, st.deploymentObserved = nil, true
-		return nil
+		dep = nil
 	case err != nil:
 		return err
 	}
-	st.deployment, st.deploymentObserved = dep, true
-	if templateTier(dep).Rank() <= st.intent.Rank() || p.Spec.Source == nil {
+	mayRun := p.Status.EffectiveTier
+	if mayRun == "" {
+		mayRun = v1.TierEventLevel // never enforced yet: assume the worst
+	}
+	if dep != nil && templateTier(dep).Rank() > mayRun.Rank() {
+		mayRun = templateTier(dep)
+	}
+	if st.intent.Rank() >= mayRun.Rank() {
+		st.deployment, st.deploymentObserved = dep, true
 		return nil
 	}
-	log.FromContext(ctx).Info("lowering the running collector ahead of everything else", "tier", st.intent, "from", templateTier(dep))
-	if err := r.writeConfig(ctx, st, st.intent); err != nil {
+	// A downgrade: judge from live reads, the cache may not see what runs.
+	dep = &appsv1.Deployment{}
+	switch err := r.APIReader.Get(ctx, key, dep); {
+	case apierrors.IsNotFound(err):
+		dep = nil
+	case err != nil:
 		return err
 	}
-	lowered, err := ensureOwned(ctx, r, p, resources.Deployment(p, r.Options.CollectorImage, st.configHash, st.intent), deploymentKind)
+	if dep != nil && !metav1.IsControlledBy(dep, p) {
+		dep = nil // not ours
+	}
+	lowered, err := r.lowerConfig(ctx, st, st.intent)
 	if err != nil {
 		return err
 	}
-	st.deployment = lowered
+	if !lowered {
+		log.FromContext(ctx).Info("no lowered configuration can be written; stopping the collector instead", "tier", st.intent)
+		return r.stopCollector(ctx, st)
+	}
+	st.deployment, st.deploymentObserved = dep, true
+	if dep == nil || templateTier(dep).Rank() <= st.intent.Rank() && dep.Spec.Template.Annotations[resources.AnnotationConfigHash] == st.configHash {
+		return nil
+	}
+	log.FromContext(ctx).Info("lowering the running collector ahead of everything else", "tier", st.intent, "from", templateTier(dep))
+	if p.Spec.Source == nil {
+		return r.stopCollector(ctx, st)
+	}
+	desired := resources.Deployment(p, r.Options.CollectorImage, st.configHash, st.intent)
+	out, err := ensureOwned(ctx, r, p, desired, deploymentKind)
+	if err != nil {
+		return err
+	}
+	st.deployment = out
 	return nil
+}
+
+// lowerConfig writes the collector configuration at tier (below what runs). It is rendered
+// from the policy; when the policy cannot be rendered (an invalid spec), the configuration the
+// collector runs is kept and only its tier and timeline are lowered. It reports false when
+// neither works.
+func (r *TelemetryPolicyReconciler) lowerConfig(ctx context.Context, st *reconcileState, tier v1.ConsentTier) (bool, error) {
+	p := st.policy
+	rendered, err := collectorconfig.Render(resources.CollectorConfig(p, tier, st.configTimeline()))
+	if err != nil {
+		cm := &corev1.ConfigMap{}
+		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}, cm); err != nil {
+			return false, client.IgnoreNotFound(err)
+		}
+		running, err := collectorconfig.Parse(strings.NewReader(cm.Data[resources.ConfigKey]))
+		if err != nil {
+			return false, nil
+		}
+		lowered := resources.CollectorConfig(p, tier, st.configTimeline())
+		running.Tier, running.Consent = tier, lowered.Consent
+		if rendered, err = collectorconfig.Render(*running); err != nil {
+			return false, nil
+		}
+	}
+	st.configHash = resources.Hash(rendered)
+	if _, err := ensureOwned(ctx, r, p, resources.ConfigMap(p, rendered), configMapKind); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // templateTier is the tier a Deployment's pods are configured for; a template without the
@@ -243,7 +427,7 @@ func templateTier(dep *appsv1.Deployment) v1.ConsentTier {
 // writeConfig renders the collector configuration for tier and the configuration timeline.
 func (r *TelemetryPolicyReconciler) writeConfig(ctx context.Context, st *reconcileState, tier v1.ConsentTier) error {
 	p := st.policy
-	rendered, err := collectorconfig.Render(resources.CollectorConfig(p, tier, st.configTimeline(r.Clock.Now())))
+	rendered, err := collectorconfig.Render(resources.CollectorConfig(p, tier, st.configTimeline()))
 	if err != nil {
 		st.stall(ReasonInvalidSpec, err.Error())
 		return nil
@@ -301,30 +485,26 @@ func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *recon
 	return nil
 }
 
-// syncLedger records the planned transition at the receiver and learns the tier the ledger
-// records in force. The collector then runs at no more than that: a raising waits for the
-// receiver, a lowering never does (it was enforced in enforceDowngrade).
+// syncLedger records the pending lowerings (in order, each dated when it happened) and then the
+// planned raise or first record at the receiver, and learns the tier the ledger records in
+// force. The collector then runs at no more than that: a raise waits for the receiver, a
+// lowering never does (it was enforced in enforceDowngrade).
 func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcileState) error {
 	p := st.policy
 	if !st.mutate {
 		st.tier = p.Status.EffectiveTier
 		return nil
 	}
-	defer func() { st.tier = st.runnableTier() }()
-	if st.ledgerErr == nil && st.want != nil {
-		state, err := r.Ledger.Record(ctx, consentv1.RecordRequest{InstanceID: p.Spec.InstanceID, Owner: r.owner(p), Transition: *st.want})
-		if err != nil {
-			st.ledgerErr = err
-		} else if r.adoptLedger(ctx, st, state) {
-			st.want = nil
-		}
-	}
+	defer func() {
+		st.tier = st.runnableTier()
+		p.Status.PendingConsentChanges = pendingOf(st.timeline, st.pending)
+	}()
+	r.flushLedger(ctx, st)
 	if st.ledgerKnown && len(st.timeline) > 0 {
 		st.recorded = v1.ConsentTier(st.timeline.Current())
 	}
 	switch err := st.ledgerErr; {
 	case err == nil && len(st.timeline) == 0:
-		// Cannot happen: a record always has a transition once written.
 		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionUnknown, ReasonProgressing, "the receiver's consent ledger holds no record yet")
 	case err == nil:
 		last := st.timeline[len(st.timeline)-1]
@@ -333,8 +513,8 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 	case errors.Is(err, ledger.ErrOwnedElsewhere):
 		st.ownedElsewhere = true
 		st.recorded = v1.TierOff // nothing is recorded on this policy's behalf
-		msg := fmt.Sprintf("instance %q is claimed by another TelemetryPolicy at the receiver: %v. Nothing is collected for this policy; "+
-			"delete the other policy, or have the receiver's operator run `receiver consent release --instance %s`", p.Spec.InstanceID, err, p.Spec.InstanceID)
+		msg := fmt.Sprintf("instance %q is claimed by another TelemetryPolicy at the receiver (%v). Nothing is collected for this policy; "+
+			"check spec.instanceID, or have the receiver's operators run `receiver consent show|release --instance %s`", p.Spec.InstanceID, err, p.Spec.InstanceID)
 		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonOwnedElsewhere, msg)
 		if err := r.stopCollector(ctx, st); err != nil {
 			return err
@@ -342,8 +522,9 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		st.stall(ReasonOwnedElsewhere, msg)
 	case errors.Is(err, ledger.ErrUnavailable):
 		msg := fmt.Sprintf("the receiver's consent ledger is unreachable (%v); ", err)
-		if st.want != nil && st.want.Tier.Rank() < st.timeline.Current().Rank() {
-			msg += fmt.Sprintf("the collector already runs at most %s; the receiver will record it when reachable", st.want.Tier)
+		if len(st.pending) > 0 {
+			msg += fmt.Sprintf("the collector already runs at most %s; the receiver will record the change, dated %s, when reachable",
+				st.pending[len(st.pending)-1].Tier, st.pending[0].At.UTC().Format(time.RFC3339))
 		} else {
 			msg += "a higher tier takes effect only once the receiver records it"
 		}
@@ -357,13 +538,40 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 	return nil
 }
 
+// flushLedger records the pending lowerings, oldest first, then the planned transition, and
+// stops at the first failure (st.ledgerErr).
+func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconcileState) {
+	p := st.policy
+	for st.ledgerErr == nil && len(st.pending) > 0 {
+		state, err := r.Ledger.Record(ctx, consentv1.RecordRequest{InstanceID: p.Spec.InstanceID, Owner: r.owner(p), Transition: st.pending[0]})
+		if err != nil {
+			st.ledgerErr = err
+			return
+		}
+		if !r.adoptLedger(ctx, st, state) {
+			return
+		}
+		st.pending = st.pending[1:]
+	}
+	if st.ledgerErr == nil && st.want != nil {
+		state, err := r.Ledger.Record(ctx, consentv1.RecordRequest{InstanceID: p.Spec.InstanceID, Owner: r.owner(p), Transition: *st.want})
+		if err != nil {
+			st.ledgerErr = err
+		} else if r.adoptLedger(ctx, st, state) {
+			st.want = nil
+		}
+	}
+}
+
 // runnableTier is the most the collector may run with: the decided tier, but no more than the
-// ledger records (nothing at all while the ledger knows nothing or another policy owns it).
+// ledger records, nor than a lowering it has yet to record (nothing at all while the ledger
+// knows nothing or another policy owns it).
 func (st *reconcileState) runnableTier() v1.ConsentTier {
-	if st.ownedElsewhere || !st.ledgerKnown || len(st.timeline) == 0 {
+	local := st.localTimeline()
+	if st.ownedElsewhere || !st.ledgerKnown || len(local) == 0 {
 		return v1.TierOff
 	}
-	return consent.Lower(st.intent, v1.ConsentTier(st.timeline.Current()))
+	return consent.Lower(st.intent, v1.ConsentTier(local.Current()))
 }
 
 // adoptLedger takes the receiver's record as the operator's copy; false when it is unusable.
@@ -391,6 +599,18 @@ func (r *TelemetryPolicyReconciler) adoptLedger(ctx context.Context, st *reconci
 	return true
 }
 
+// defaultLedgerResync is how often the operator reads the receiver's record of each instance to
+// compare it with its copy.
+const defaultLedgerResync = 10 * time.Minute
+
+// ledgerResync is how often a policy's record is verified at the receiver.
+func (r *TelemetryPolicyReconciler) ledgerResync() time.Duration {
+	if r.Options.LedgerResync > 0 {
+		return r.Options.LedgerResync
+	}
+	return defaultLedgerResync
+}
+
 // ledgerRetry is how soon to try the receiver again.
 func (r *TelemetryPolicyReconciler) ledgerRetry() time.Duration {
 	if r.Options.LedgerRetry > 0 {
@@ -416,7 +636,10 @@ func enforcedTier(prev, tier, recorded v1.ConsentTier, o workloadObservation, sy
 		}
 	case synced:
 		return tier
-	case prev != "" && tier.Rank() < prev.Rank() && d != nil && noOldPods(d) && templateTier(d).Rank() <= tier.Rank():
+	case prev != "" && tier.Rank() < prev.Rank() && d == nil:
+		// Nothing runs at all (a downgrade that could not be configured stopped the collector).
+		return tier
+	case prev != "" && tier.Rank() < prev.Rank() && noOldPods(d) && templateTier(d).Rank() <= tier.Rank():
 		return tier
 	}
 	return prev
@@ -431,30 +654,33 @@ func noOldPods(d *appsv1.Deployment) bool {
 // finalize runs for a policy being deleted: the collector is stopped, the instance's consent
 // is recorded as Off from the deletion time and the policy's ownership of the record released,
 // and only then the finalizer removed. Stored data is kept (erase it first with spec.erasure).
-// Should the receiver stay unreachable, the finalizer stays too; removing it by hand skips the
-// ledger and leaves the record as it was.
+// Should the receiver stay unreachable, the finalizer stays too, unless nothing was ever
+// recorded for the policy and no collector credentials exist (nothing can have been sent);
+// removing it by hand skips the ledger and leaves the record as it was.
 func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.TelemetryPolicy) (time.Duration, error) {
+	defer r.forgetVerified(client.ObjectKeyFromObject(p))
 	st := &reconcileState{policy: p, mutate: true, intent: v1.TierOff}
 	st.timeline = timelineOf(p.Status.ConsentHistory)
-	st.ledgerKnown = len(st.timeline) > 0
+	st.pending = timelineOf(p.Status.PendingConsentChanges)
 	if err := r.stopCollector(ctx, st); err != nil {
 		return 0, err
 	}
 	if err := r.planTransition(ctx, st); err != nil {
 		return 0, err
 	}
-	err := st.ledgerErr
-	if err == nil && st.want != nil && len(st.timeline) > 0 {
-		_, err = r.Ledger.Record(ctx, consentv1.RecordRequest{InstanceID: p.Spec.InstanceID, Owner: r.owner(p), Transition: *st.want})
+	if len(st.localTimeline()) == 0 {
+		st.want = nil // never recorded: nothing to close, and no record to create
 	}
+	r.flushLedger(ctx, st)
+	err := st.ledgerErr
 	if err == nil || errors.Is(err, ledger.ErrUnknownInstance) {
 		err = r.Ledger.Release(ctx, consentv1.ReleaseRequest{InstanceID: p.Spec.InstanceID, Owner: r.owner(p)})
 	}
 	switch {
 	case err == nil, errors.Is(err, ledger.ErrOwnedElsewhere), errors.Is(err, ledger.ErrUnknownInstance):
 		// Closed and released, or not ours to close.
-	case len(p.Status.ConsentHistory) == 0 && errors.Is(err, ledger.ErrUnavailable):
-		// Never recorded: nothing at the receiver to close.
+	case errors.Is(err, ledger.ErrUnavailable) && len(p.Status.ConsentHistory) == 0 && len(p.Status.PendingConsentChanges) == 0 && !r.credentialsExist(ctx, p):
+		// Never recorded and never given credentials: nothing can have been sent.
 	default:
 		r.event(p, corev1.EventTypeWarning, "ConsentCloseFailed", "DeletePolicy",
 			"waiting to record the deletion in the receiver's consent ledger before letting the policy go: %v", err)
@@ -473,4 +699,11 @@ func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.Telemetr
 		return 0, err
 	}
 	return 0, nil
+}
+
+// credentialsExist reports whether the policy's collector credentials Secret exists (a live
+// read: the cache may not see it).
+func (r *TelemetryPolicyReconciler) credentialsExist(ctx context.Context, p *v1.TelemetryPolicy) bool {
+	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Credentials}, &corev1.Secret{})
+	return !apierrors.IsNotFound(err)
 }

@@ -184,7 +184,8 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		claim.Spec.InstanceID = instance
 		Expect(k8s.Create(ctx, claim)).To(Succeed())
 		Eventually(conditionStatus(ctx, nsB, "claimant", v1.ConditionStalled)).Should(Equal("Stalled=True/InstanceOwnedElsewhere"))
-		Expect(condition(getPolicy(ctx, nsB, "claimant"), v1.ConditionConsentRecorded).Message).To(ContainSubstring(nsA + "/owner"))
+		Expect(condition(getPolicy(ctx, nsB, "claimant"), v1.ConditionConsentRecorded).Message).To(And(ContainSubstring("claimed by another TelemetryPolicy"), Not(ContainSubstring(nsA+"/owner"))),
+			"the refusal names no other tenant")
 		Consistently(func() bool { _, err := deployment(ctx, nsB, "claimant"); return apierrors.IsNotFound(err) }, "1s").Should(BeTrue())
 		Expect(apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: nsB, Name: resources.NamesFor("claimant").Credentials}, &corev1.Secret{}))).To(BeTrue(),
 			"no certificate for another policy's instance is ever minted")
@@ -316,5 +317,143 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(conditionStatus(ctx, ns, "refused", v1.ConditionErasureCompleted)()).To(Equal("ErasureCompleted=False/Refused"))
 		Eventually(func() []string { return eventReasons(ctx, ns, "refused") }).Should(ContainElement("ErasureRefused"))
 		Expect(conditionStatus(ctx, ns, "refused", v1.ConditionReady)()).To(HavePrefix("Ready=False"))
+	})
+
+	It("keeps a withdrawal the receiver could not record, even when consent is raised again before it can", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "flicker")
+		instance := instanceOf(ns, "flicker")
+		rcv.Stop()
+		DeferCleanup(func() { _ = rcv.Listen() })
+
+		By("Off while the receiver is unreachable: the collector stops and the withdrawal waits, dated")
+		updatePolicy(ctx, ns, "flicker", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+		collectGarbage(ctx, ns, "flicker")
+		Eventually(func() []v1.ConsentChange { return getPolicy(ctx, ns, "flicker").Status.PendingConsentChanges }).Should(HaveLen(1))
+		withdrawn := getPolicy(ctx, ns, "flicker").Status.PendingConsentChanges[0].Time.Time
+
+		By("EventLevel again, still unreachable: nothing runs, the withdrawal is not forgotten")
+		fakeClock.Step(time.Minute)
+		updatePolicy(ctx, ns, "flicker", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
+		Eventually(conditionStatus(ctx, ns, "flicker", v1.ConditionConsentRecorded)).Should(Equal("ConsentRecorded=False/ReceiverUnavailable"))
+		Consistently(func() bool { _, err := deployment(ctx, ns, "flicker"); return apierrors.IsNotFound(err) }, "1s").Should(BeTrue(),
+			"a raise waits for the receiver")
+		Expect(getPolicy(ctx, ns, "flicker").Status.PendingConsentChanges).To(HaveLen(1))
+
+		By("the receiver back: the withdrawal is recorded at its time, then the new grant")
+		Expect(rcv.Listen()).To(Succeed())
+		Eventually(func() error { _, err := deployment(ctx, ns, "flicker"); return err }, 20*time.Second).Should(Succeed())
+		rollOut(ctx, ns, "flicker")
+		Eventually(conditionStatus(ctx, ns, "flicker", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+		tl := ledgerOf(ctx, instance).Timeline
+		Expect(tl).To(HaveLen(3))
+		Expect(tl[1]).To(And(HaveField("Tier", consentv1.TierOff), HaveField("At", BeTemporally("==", withdrawn))))
+		Expect(tl.TierAt(withdrawn.Add(30*time.Second))).To(Equal(consentv1.TierOff), "the Off period stays Off at the receiver")
+		Expect(configOf(ctx, ns, "flicker").Consent.TierAt(withdrawn.Add(30*time.Second))).To(Equal(consentv1.TierOff), "and in the collector's filter")
+		Expect(getPolicy(ctx, ns, "flicker").Status.PendingConsentChanges).To(BeEmpty())
+	})
+
+	It("notices a receiver record that no longer matches, and records consent again", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "verify")
+		instance := instanceOf(ns, "verify")
+		updatePolicy(ctx, ns, "verify", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+		collectGarbage(ctx, ns, "verify")
+		Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }).Should(Equal(consentv1.TierOff))
+
+		By("the receiver loses its last transition (a failover to a replica that missed it)")
+		_, err := rcv.Store.Pool().Exec(ctx, `DELETE FROM consent_transitions WHERE instance_id = $1 AND seq = (SELECT max(seq) FROM consent_transitions WHERE instance_id = $1)`, instance)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = rcv.Store.Pool().Exec(ctx, `UPDATE consent_instances SET version = version + 1 WHERE instance_id = $1`, instance)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(ledgerOf(ctx, instance).Timeline.Current()).To(Equal(consentv1.TierEventLevel))
+
+		By("the operator reads the record back within --ledger-resync and records Off again")
+		fakeClock.Step(11 * time.Minute)
+		requestReconcile(ctx, ns, "verify")
+		Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }).Should(Equal(consentv1.TierOff))
+		Eventually(conditionStatus(ctx, ns, "verify", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+	})
+
+	It("lowers the collector when the spec cannot be rendered, keeping the running configuration's delivery settings", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "broken")
+		updatePolicy(ctx, ns, "broken", func(p *v1.TelemetryPolicy) {
+			p.Spec.Consent.Tier = v1.TierCriticalOnly
+			p.Spec.Export.Endpoint = "https:///no-host"
+		})
+		Eventually(conditionStatus(ctx, ns, "broken", v1.ConditionStalled)).Should(Equal("Stalled=True/InvalidSpec"))
+		Eventually(func() v1.ConsentTier { return configOf(ctx, ns, "broken").Tier }).Should(Equal(v1.TierCriticalOnly))
+		c := configOf(ctx, ns, "broken")
+		Expect(c.Endpoint).To(Equal("https://receiver.example.com:8443"), "the running configuration's endpoint is kept")
+		cm := &corev1.ConfigMap{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: resources.NamesFor("broken").Config}, cm)).To(Succeed())
+		Eventually(func() string {
+			d, _ := deployment(ctx, ns, "broken")
+			return d.Spec.Template.Annotations[resources.AnnotationConfigHash]
+		}).Should(Equal(resources.Hash([]byte(cm.Data[resources.ConfigKey]))), "the Deployment runs the lowered configuration")
+		Expect(templateTierOf(ctx, ns, "broken")).To(Equal(string(v1.TierCriticalOnly)))
+		rollOut(ctx, ns, "broken")
+		Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "broken").Status.EffectiveTier }).Should(Equal(v1.TierCriticalOnly))
+	})
+
+	It("lowers a collector the cache cannot see while a later step stalls", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "hidden")
+		stopManager()
+		d, err := deployment(ctx, ns, "hidden")
+		Expect(err).NotTo(HaveOccurred())
+		d.Labels = nil
+		Expect(k8s.Update(ctx, d)).To(Succeed())
+		keyRef := client.ObjectKey{Namespace: ns, Name: resources.NamesFor("hidden").PseudonymKey}
+		key := &corev1.Secret{}
+		Expect(k8s.Get(ctx, keyRef, key)).To(Succeed())
+		Expect(k8s.Delete(ctx, key)).To(Succeed())
+		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: keyRef.Name, Namespace: ns, Labels: key.Labels, OwnerReferences: key.OwnerReferences},
+			Data: map[string][]byte{resources.PseudonymKeyKey: []byte("short")}})).To(Succeed())
+		updatePolicy(ctx, ns, "hidden", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+		startManager()
+		Eventually(func() string { return templateTierOf(ctx, ns, "hidden") }).Should(Equal(string(v1.TierCriticalOnly)))
+		Expect(configOf(ctx, ns, "hidden").Tier).To(Equal(v1.TierCriticalOnly))
+		Eventually(conditionStatus(ctx, ns, "hidden", v1.ConditionStalled)).Should(Equal("Stalled=True/PseudonymKeyInvalid"))
+	})
+
+	It("carries out an erasure while the policy is suspended", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "paused-erase")
+		updatePolicy(ctx, ns, "paused-erase", func(p *v1.TelemetryPolicy) {
+			p.Spec.Suspend = true
+			p.Spec.Erasure = &v1.ErasureSpec{RequestID: "while-suspended", RequestedBy: "ops"}
+		})
+		Eventually(conditionStatus(ctx, ns, "paused-erase", v1.ConditionErasureCompleted)).Should(Equal("ErasureCompleted=True/Verified"))
+		audit, err := rcv.Store.Erasures(ctx, instanceOf(ns, "paused-erase"))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(audit).To(HaveLen(1))
+	})
+
+	It("holds a deleted policy until the receiver records it, unless nothing was ever recorded or issued", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "held")
+		rcv.Stop()
+		DeferCleanup(func() { _ = rcv.Listen() })
+
+		By("a policy the receiver never heard of goes at once")
+		Expect(k8s.Create(ctx, eventLevelPolicy(ns, "never"))).To(Succeed())
+		Eventually(conditionStatus(ctx, ns, "never", v1.ConditionConsentRecorded)).Should(Equal("ConsentRecorded=False/ReceiverUnavailable"))
+		Expect(k8s.Delete(ctx, getPolicy(ctx, ns, "never"))).To(Succeed())
+		Eventually(func() bool {
+			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "never"}, &v1.TelemetryPolicy{}))
+		}).Should(BeTrue())
+
+		By("a recorded one waits for the receiver")
+		Expect(k8s.Delete(ctx, getPolicy(ctx, ns, "held"))).To(Succeed())
+		Consistently(func() error {
+			return k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "held"}, &v1.TelemetryPolicy{})
+		}, "2s").Should(Succeed())
+		Expect(rcv.Listen()).To(Succeed())
+		Eventually(func() bool {
+			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "held"}, &v1.TelemetryPolicy{}))
+		}, 20*time.Second).Should(BeTrue())
+		Expect(ledgerOf(ctx, instanceOf(ns, "held")).Timeline.Current()).To(Equal(consentv1.TierOff))
 	})
 })

@@ -27,6 +27,7 @@ import (
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/controllers"
+	"github.com/sourcegraph/telemetry-operator/internal/ledger"
 	"github.com/sourcegraph/telemetry-operator/internal/operator"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
@@ -183,6 +184,13 @@ func (noWatch) Watch(context.Context, client.ObjectList, ...client.ListOption) (
 	return nil, errorf("watch is not supported here")
 }
 
+// testLedger is a consent ledger client for reconcilers a test builds by hand.
+func testLedger() *ledger.Client {
+	l, err := ledger.New(rcv.URL, testCluster, mustIssuer(), nil)
+	Expect(err).NotTo(HaveOccurred())
+	return l
+}
+
 func mustIssuer() *pki.Issuer {
 	iss, err := pki.LoadIssuer(fleetCA.Secret(), fakeClock.Now())
 	Expect(err).NotTo(HaveOccurred())
@@ -230,7 +238,7 @@ var _ = Describe("Operational guarantees", func() {
 		events := &countingRecorder{}
 		r := &controllers.TelemetryPolicyReconciler{
 			Client: c, APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(), Recorder: events,
-			Clock: fakeClock, Issuer: mustIssuer(), Metrics: controllers.NewMetrics(nil),
+			Clock: fakeClock, Issuer: mustIssuer(), Metrics: controllers.NewMetrics(nil), Ledger: testLedger(),
 			Options: controllers.Options{CollectorImage: "telemetry-collector:test", MinCloudTermsVersion: "2024-01-01"},
 		}
 		req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "quiet"}}
@@ -247,7 +255,7 @@ var _ = Describe("Operational guarantees", func() {
 		Consistently(func() []string { return writes.since(n) }, "2s").Should(BeEmpty())
 	})
 
-	It("requeues for the trial's expiry, not the next resync", func() {
+	It("requeues for the trial's expiry (or the ledger's verification), not the next resync", func() {
 		ns := newNamespace(ctx)
 		p := eventLevelPolicy(ns, "requeue")
 		expires := metav1.NewTime(fakeClock.Now().Add(90 * time.Minute))
@@ -255,12 +263,18 @@ var _ = Describe("Operational guarantees", func() {
 		Expect(k8s.Create(ctx, p)).To(Succeed())
 		Eventually(conditionStatus(ctx, ns, "requeue", v1.ConditionCredentialsReady)).Should(Equal("CredentialsReady=True/Valid"))
 		r := &controllers.TelemetryPolicyReconciler{
-			Client: k8s, APIReader: k8s, Scheme: mgr.GetScheme(), Clock: fakeClock, Issuer: mustIssuer(),
-			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test"},
+			Client: k8s, APIReader: k8s, Scheme: mgr.GetScheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
+			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour},
 		}
 		res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "requeue"}})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(res.RequeueAfter).To(Equal(expires.Sub(fakeClock.Now())))
+
+		By("reading the consent record back every --ledger-resync when that comes first")
+		r.Options.LedgerResync = 10 * time.Minute
+		res, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "requeue"}})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(res.RequeueAfter).To(Equal(10 * time.Minute))
 	})
 
 	It("never caches or reads Secrets and ConfigMaps it does not manage", func() {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -55,6 +56,14 @@ type Options struct {
 	// LedgerRetry is how soon a policy waiting on an unreachable receiver is tried again
 	// (default 15s).
 	LedgerRetry time.Duration
+	// LedgerResync is how often each policy's record is read back from the receiver and
+	// compared with the copy in status (default 10m).
+	LedgerResync time.Duration
+	// RunningSince is when this manager began watching policies; DownSince, when known, is when
+	// its predecessor was last seen alive (the leader lease's last renewal). A withdrawal written
+	// in between is dated at DownSince: no operator watched, so its exact time is unknown.
+	RunningSince time.Time
+	DownSince    *time.Time
 }
 
 // TelemetryPolicyReconciler turns each TelemetryPolicy into an enforced, observable collector.
@@ -75,6 +84,9 @@ type TelemetryPolicyReconciler struct {
 	// and whose record outlives the policy.
 	Ledger  ConsentLedger
 	Options Options
+
+	verifiedMu sync.Mutex
+	verified   map[client.ObjectKey]verification
 }
 
 // reconcileState carries what the steps of one reconcile learn and decide.
@@ -91,6 +103,12 @@ type reconcileState struct {
 	want *consentv1.Transition
 	// ledgerErr is the last error talking to the ledger in this reconcile.
 	ledgerErr error
+	// pending are lowerings enforced on the collector that the receiver has not recorded yet.
+	pending consentv1.Timeline
+	// planned: the ledger's state was known and what to change was decided.
+	planned bool
+	// claim: the receiver's record has no owner; recording the tier in force claims it.
+	claim bool
 	// ownedElsewhere: another policy owns the instance's record; nothing may run.
 	ownedElsewhere bool
 	// recorded is the tier the ledger records in force ("" unknown).
@@ -138,6 +156,7 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err := r.Get(ctx, req.NamespacedName, p); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.Metrics.Forget(req.NamespacedName)
+			r.forgetVerified(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -201,9 +220,9 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			break
 		}
 	}
-	// An erasure does not depend on the collector: a stalled or failed collector step never
-	// holds it up. It needs the instance's record to be this policy's.
-	if !st.ownedElsewhere && st.mutate {
+	// An erasure does not depend on the collector: a stalled or failed collector step, or
+	// suspend, never holds it up. It needs the instance's record to be this policy's.
+	if !st.ownedElsewhere {
 		if err := r.reconcileErasure(ctx, st); err != nil && stepErr == nil {
 			r.Metrics.ReconcileErrors.WithLabelValues("erasure").Inc()
 			stepErr = fmt.Errorf("step erasure: %w", err)
@@ -222,8 +241,10 @@ func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *re
 	st.requeue(d.ReevaluateAt)
 	setConsentEligibleCondition(p, d)
 	st.timeline = timelineOf(p.Status.ConsentHistory)
+	st.pending = timelineOf(p.Status.PendingConsentChanges)
 	st.ledgerKnown = len(st.timeline) > 0
 	st.intent = d.Effective
+	st.requeueIn(r.ledgerResync(), r.Clock.Now()) // the receiver's record is read back periodically
 	if p.Spec.Suspend {
 		inForce := p.Status.EffectiveTier
 		if st.ledgerKnown && st.timeline.Current().Rank() > consentv1.Tier(inForce).Rank() {
@@ -384,16 +405,16 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 	}
 	if st.mutate {
 		r.updateEffectiveTier(ctx, st)
-		if st.want == nil && st.ledgerErr == nil && st.ledgerKnown {
-			// Everything written so far is acted on: a later write that withdraws consent is
-			// dated by its own time. Held back while a change waits to be recorded, so a retry
-			// still dates it by the write that caused it.
+		if st.planned {
+			// Everything written so far is acted on (a withdrawal is kept, dated, in
+			// pendingConsentChanges until recorded): a later write that withdraws consent is
+			// dated by its own time.
 			if w := newestConsentWrite(p); w != nil && (p.Status.ObservedConsentWriteTime == nil || w.After(p.Status.ObservedConsentWriteTime.Time)) {
 				p.Status.ObservedConsentWriteTime = w
 			}
 		}
 	}
-	s.pending = st.mutate && (st.intent != p.Status.EffectiveTier || st.want != nil)
+	s.pending = st.mutate && (st.intent != p.Status.EffectiveTier || st.want != nil || len(st.pending) > 0)
 	p.Status.ObservedGeneration = p.Generation
 	setSummaryConditions(p, s)
 	r.Metrics.SetTier(client.ObjectKeyFromObject(p), p.Status.EffectiveTier)

@@ -519,6 +519,15 @@ type TelemetryPolicyStatus struct {
 	// +optional
 	LastHandledRotateRequest string `json:"lastHandledRotateRequest,omitempty"`
 
+	// pendingConsentChanges are withdrawals of consent already enforced on the collector that the
+	// receiver's consent ledger has not recorded yet (it was unreachable), dated when consent was
+	// withdrawn; they are recorded, in order, as soon as it is reachable, and until then the
+	// collector filters by them.
+	// +kubebuilder:validation:MaxItems=10
+	// +listType=atomic
+	// +optional
+	PendingConsentChanges []ConsentChange `json:"pendingConsentChanges,omitempty"`
+
 	// observedConsentWriteTime is the time of the newest write to spec.consent or spec.contract
 	// the operator has acted on (from metadata.managedFields). A later write that withdraws
 	// consent dates the withdrawal, however late the operator notices it.

@@ -394,6 +394,13 @@ func (in *TelemetryPolicyStatus) DeepCopyInto(out *TelemetryPolicyStatus) {
 			(*in)[i].DeepCopyInto(&(*out)[i])
 		}
 	}
+	if in.PendingConsentChanges != nil {
+		in, out := &in.PendingConsentChanges, &out.PendingConsentChanges
+		*out = make([]ConsentChange, len(*in))
+		for i := range *in {
+			(*in)[i].DeepCopyInto(&(*out)[i])
+		}
+	}
 	if in.ObservedConsentWriteTime != nil {
 		in, out := &in.ObservedConsentWriteTime, &out.ObservedConsentWriteTime
 		*out = (*in).DeepCopy()

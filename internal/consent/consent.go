@@ -139,6 +139,11 @@ type Change struct {
 	// SeenWritesUpTo is the newest of those writes the operator had already acted on (zero when
 	// unknown): a withdrawal can only come from a later one.
 	SeenWritesUpTo time.Time
+	// RunningSince is when this operator process began watching policies (zero: unknown), and
+	// DownSince, when known, is when its predecessor was last seen alive (its leader lease's last
+	// renewal): writes in between were made while no operator watched.
+	RunningSince time.Time
+	DownSince    *time.Time
 	// Now is the operator's current time.
 	Now time.Time
 }
@@ -147,10 +152,12 @@ type Change struct {
 // withdrawn when the lowering write reached the API server (or when a trial expired, or the
 // policy was deleted), not when the operator got around to it: a lowering caused by an edit is
 // dated at the earliest write to consent or contract that the operator had not acted on yet,
-// which is the lowering write itself when the operator watched, and earlier (never later) when
-// several writers edited the policy while it was not running. managedFields keep seconds: a
-// write in the same second as one already acted on cannot be told apart, and such a withdrawal
-// is dated when the operator sees it (milliseconds later when it watches). Consent granted starts now, never before contract.acceptedAt; only
+// which is the lowering write itself when the operator watched. A write made while no operator
+// watched cannot be dated exactly (managedFields keep only each writer's last write, which may
+// be a later, unrelated edit): the withdrawal is then dated when the previous operator was last
+// seen alive, so consent ends early rather than late. managedFields keep seconds: a write in the
+// same second as one already acted on cannot be told apart, and such a withdrawal is dated when
+// the operator sees it (milliseconds later when it watches). Consent granted starts now, never before contract.acceptedAt; only
 // an instance with no record at all, whose policy says startFrom Beginning, starts at
 // contract.acceptedAt.
 func TransitionTime(c Change) (time.Time, string) {
@@ -190,6 +197,16 @@ func TransitionTime(c Change) (time.Time, string) {
 			// Before the last transition: it cannot have ended it.
 		case w.Before(at):
 			at = w
+		}
+	}
+	if at.Before(c.Now) && !c.RunningSince.IsZero() && !at.After(c.RunningSince) && c.DownSince != nil {
+		// Written while no operator watched.
+		down := *c.DownSince
+		if down.Before(c.LastAt) {
+			down = c.LastAt
+		}
+		if down.Before(at) {
+			at = down
 		}
 	}
 	return at, reason

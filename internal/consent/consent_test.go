@@ -177,6 +177,18 @@ func TestTransitionTime(t *testing.T) {
 			c: Change{From: v1.TierEventLevel, LastAt: ago(time.Hour), To: v1.TierCriticalOnly, Decision: eligible, Spec: spec(v1.StartFromNow, nil, nil),
 				SpecWrites: []time.Time{ago(time.Second)}, SeenWritesUpTo: ago(time.Second), Now: now},
 			wantAt: now, wantReason: v1.ReasonDeclared},
+		{name: "a write made while no operator watched: dated when the previous operator was last alive",
+			c: Change{From: v1.TierEventLevel, LastAt: ago(48 * time.Hour), To: v1.TierCriticalOnly, Decision: eligible, Spec: spec(v1.StartFromNow, nil, nil),
+				SpecWrites: []time.Time{ago(10 * time.Minute)}, RunningSince: ago(time.Minute), DownSince: ptrTime(ago(30 * time.Minute)), Now: now},
+			wantAt: ago(30 * time.Minute), wantReason: v1.ReasonDeclared},
+		{name: "a write seen live is dated by itself, whatever the operator's past",
+			c: Change{From: v1.TierEventLevel, LastAt: ago(48 * time.Hour), To: v1.TierCriticalOnly, Decision: eligible, Spec: spec(v1.StartFromNow, nil, nil),
+				SpecWrites: []time.Time{ago(2 * time.Second)}, RunningSince: ago(time.Hour), DownSince: ptrTime(ago(70 * time.Minute)), Now: now},
+			wantAt: ago(2 * time.Second), wantReason: v1.ReasonDeclared},
+		{name: "downtime before the last transition does not reach behind it",
+			c: Change{From: v1.TierEventLevel, LastAt: ago(20 * time.Minute), To: v1.TierOff, Decision: eligible, Spec: spec(v1.StartFromNow, nil, nil),
+				SpecWrites: []time.Time{ago(10 * time.Minute)}, RunningSince: ago(time.Minute), DownSince: ptrTime(ago(time.Hour)), Now: now},
+			wantAt: ago(20 * time.Minute), wantReason: v1.ReasonDeclared},
 		{name: "no spec write to blame (a manager flag changed): now",
 			c: Change{From: v1.TierEventLevel, LastAt: ago(time.Hour), To: v1.TierCriticalOnly, Decision: Decision{Reason: v1.ReasonTermsOutdated},
 				Spec: spec(v1.StartFromNow, nil, nil), SpecWrites: []time.Time{ago(2 * time.Hour)}, Now: now},
@@ -195,3 +207,5 @@ func TestTransitionTime(t *testing.T) {
 		})
 	}
 }
+
+func ptrTime(t time.Time) *time.Time { return &t }

@@ -23,8 +23,10 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -68,6 +70,8 @@ type Config struct {
 	ClusterName string
 	// LedgerRetry is how soon a policy waiting on an unreachable receiver is tried again.
 	LedgerRetry time.Duration
+	// LedgerResync is how often each policy's record is read back from the receiver.
+	LedgerResync time.Duration
 }
 
 // BindFlags registers the manager's flags on fs.
@@ -82,8 +86,9 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.IssuerExpiryWarning, "issuer-expiry-warning", 30*24*time.Hour, "Warn (Event and metric) when the fleet issuer expires within this long.")
 	fs.StringVar(&c.ReceiverURL, "receiver-url", "", "Required. https:// base URL of the receiver whose consent ledger records each instance's consent; the receiver refuses data from instances it has no consent record of.")
 	fs.StringVar(&c.ReceiverCAFile, "receiver-ca-file", "", "PEM CA bundle that signs the receiver's server certificate (default: the fleet issuer's CA bundle).")
-	fs.StringVar(&c.ClusterName, "cluster-name", "default", "Name of this cluster in the consent ledger's ownership records (a DNS label); each cluster's operator needs its own.")
+	fs.StringVar(&c.ClusterName, "cluster-name", "", "Name of this cluster in the consent ledger's ownership records (a DNS label, unique per cluster). Default: the UID of the cluster's kube-system namespace, which is unique and stable.")
 	fs.DurationVar(&c.LedgerRetry, "ledger-retry", 15*time.Second, "How soon a policy waiting on an unreachable receiver is tried again.")
+	fs.DurationVar(&c.LedgerResync, "ledger-resync", 10*time.Minute, "How often each policy's consent record is read back from the receiver and compared with the operator's copy.")
 }
 
 // Validate checks the settings and names the offending flag.
@@ -103,7 +108,7 @@ func (c *Config) Validate() error {
 	if u, err := url.Parse(c.ReceiverURL); c.ReceiverURL == "" || err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {
 		errs = append(errs, fmt.Errorf("--receiver-url %q must be the receiver's https:// base URL, without credentials", c.ReceiverURL))
 	}
-	if !pki.ValidClusterName(c.ClusterName) {
+	if c.ClusterName != "" && !pki.ValidClusterName(c.ClusterName) {
 		errs = append(errs, fmt.Errorf("--cluster-name %q must be a DNS label (lowercase letters, digits and '-', at most 63 characters)", c.ClusterName))
 	}
 	return errors.Join(errs...)
@@ -116,6 +121,45 @@ func (c *Config) IssuerRef() (types.NamespacedName, error) {
 		return types.NamespacedName{}, fmt.Errorf("--issuer-secret %q must be namespace/name of the fleet issuer Secret", c.IssuerSecret)
 	}
 	return types.NamespacedName{Namespace: ns, Name: name}, nil
+}
+
+// leaderElectionID names the leader-election Lease.
+const leaderElectionID = "telemetry-operator.telemetry.sourcegraph.com"
+
+// serviceAccountNamespaceFile holds the namespace of a pod's service account.
+const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// clusterID is the cluster's default name in the consent ledger: the UID of its kube-system
+// namespace, unique per cluster and stable for its lifetime, so two clusters installed from the
+// same manifests never pass as one owner.
+func clusterID(ctx context.Context, c client.Reader) (string, error) {
+	ns := &corev1.Namespace{}
+	if err := c.Get(ctx, client.ObjectKey{Name: metav1.NamespaceSystem}, ns); err != nil {
+		return "", fmt.Errorf("--cluster-name is not set and the cluster's identity (the kube-system namespace's UID) cannot be read: %w", err)
+	}
+	id := strings.ToLower(string(ns.UID))
+	if !pki.ValidClusterName(id) {
+		return "", fmt.Errorf("--cluster-name is not set and the kube-system namespace's UID %q is not a usable name: set --cluster-name", id)
+	}
+	return id, nil
+}
+
+// lastLeaderRenewal is when the previous leader last renewed the leader-election Lease: the
+// last moment an operator is known to have been watching policies. nil when unknown.
+func lastLeaderRenewal(ctx context.Context, c client.Reader, namespace string) *time.Time {
+	if namespace == "" {
+		raw, err := os.ReadFile(serviceAccountNamespaceFile)
+		if err != nil {
+			return nil
+		}
+		namespace = strings.TrimSpace(string(raw))
+	}
+	lease := &coordinationv1.Lease{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: leaderElectionID}, lease); err != nil || lease.Spec.RenewTime == nil {
+		return nil
+	}
+	t := lease.Spec.RenewTime.UTC()
+	return &t
 }
 
 // NewScheme returns a scheme with the Kubernetes built-ins and this API.
@@ -185,9 +229,20 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 			return nil, fmt.Errorf("--receiver-ca-file %s holds no PEM certificate", cfg.ReceiverCAFile)
 		}
 	}
-	consentLedger, err := ledger.New(cfg.ReceiverURL, cfg.ClusterName, issuer, receiverRoots)
+	cluster := cfg.ClusterName
+	if cluster == "" {
+		if cluster, err = clusterID(ctx, direct); err != nil {
+			return nil, err
+		}
+	}
+	consentLedger, err := ledger.New(cfg.ReceiverURL, cluster, issuer, receiverRoots)
 	if err != nil {
 		return nil, err
+	}
+	runningSince := deps.Clock.Now()
+	var downSince *time.Time
+	if cfg.LeaderElect {
+		downSince = lastLeaderRenewal(ctx, direct, cfg.LeaderElectionNS)
 	}
 
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
@@ -196,7 +251,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
 		HealthProbeBindAddress:  cfg.ProbeAddr,
 		LeaderElection:          cfg.LeaderElect,
-		LeaderElectionID:        "telemetry-operator.telemetry.sourcegraph.com",
+		LeaderElectionID:        leaderElectionID,
 		LeaderElectionNamespace: cfg.LeaderElectionNS,
 		// Release the lease on shutdown so a restarted or upgraded manager takes over at once.
 		LeaderElectionReleaseOnCancel: true,
@@ -216,7 +271,10 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		Metrics:   deps.Metrics,
 		Random:    deps.Random,
 		Ledger:    consentLedger,
-		Options:   controllers.Options{CollectorImage: cfg.CollectorImage, MinCloudTermsVersion: cfg.MinCloudTermsVersion, LedgerRetry: cfg.LedgerRetry},
+		Options: controllers.Options{
+			CollectorImage: cfg.CollectorImage, MinCloudTermsVersion: cfg.MinCloudTermsVersion,
+			LedgerRetry: cfg.LedgerRetry, LedgerResync: cfg.LedgerResync, RunningSince: runningSince, DownSince: downSince,
+		},
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the controller: %w", err)

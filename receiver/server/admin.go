@@ -64,7 +64,8 @@ func (s *Server) handleConsent(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getConsent(w http.ResponseWriter, r *http.Request) {
-	if _, ok := s.operator(w, r); !ok {
+	cluster, ok := s.operator(w, r)
+	if !ok {
 		return
 	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
@@ -75,6 +76,12 @@ func (s *Server) getConsent(w http.ResponseWriter, r *http.Request) {
 	st, err := s.store.ConsentState(r.Context(), q.Get("instance"))
 	if err != nil {
 		s.adminError(w, err, "consent state", q.Get("instance"))
+		return
+	}
+	if st.Owner.Cluster != "" && st.Owner.Cluster != cluster {
+		// Another cluster's record: its timeline, owner and erasure audit are not this
+		// operator's to read.
+		s.adminError(w, &store.OwnedElsewhereError{Instance: st.InstanceID, Owner: st.Owner}, "consent state", q.Get("instance"))
 		return
 	}
 	writeJSON(w, http.StatusOK, st)

@@ -8,11 +8,12 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"reflect"
 	"strings"
 	"testing"
@@ -20,6 +21,7 @@ import (
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
+	"github.com/sourcegraph/telemetry-operator/receiver/store"
 )
 
 // adminDo sends a consent ledger request. body is JSON-encoded unless it is already []byte.
@@ -80,23 +82,20 @@ func mustRecord(t *testing.T, c *http.Client, instance, ns, name string, tier co
 	return st
 }
 
-// reader is the operator client state reads with (any operator may read a record).
-var reader *http.Client
 
 // state reads an instance's record through the API; the status is 404 for an unknown instance.
+// state reads an instance's record through the store (the API lets only its owner's cluster
+// read it), with the status the owner's GET would get.
 func state(t *testing.T, instance string) (consentv1.State, int) {
 	t.Helper()
-	if reader == nil {
-		reader = rcv.OperatorClient("reader")
+	st, err := rcv.Store.ConsentState(context.Background(), instance)
+	switch {
+	case errors.Is(err, store.ErrUnknownInstance):
+		return consentv1.State{}, http.StatusNotFound
+	case err != nil:
+		t.Fatal(err)
 	}
-	r := adminDo(t, reader, http.MethodGet, consentv1.PathConsent+"?instance="+url.QueryEscape(instance), nil, "")
-	var st consentv1.State
-	if r.status == http.StatusOK {
-		if err := json.Unmarshal(r.body, &st); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return st, r.status
+	return st, http.StatusOK
 }
 
 func wantStatus(t *testing.T, r reply, status int, reason string) {
@@ -120,13 +119,32 @@ func TestOwnershipOfTheConsentRecord(t *testing.T) {
 	if want := (consentv1.Owner{Cluster: "east", Namespace: "ns1", Name: "p1", UID: "uid-p1"}); st.Owner != want {
 		t.Fatalf("owner %+v, want %+v", st.Owner, want)
 	}
-	// The same policy, deleted and created again (new UID), keeps it.
-	r := record(t, east, "own", "ns1", "p1", "uid-new", consentv1.TierCriticalOnly, at.Add(time.Minute))
+	// The same policy keeps it; one of the same name with another UID (created again without its
+	// predecessor releasing the record) does not.
+	r := record(t, east, "own", "ns1", "p1", "uid-p1", consentv1.TierCriticalOnly, at.Add(time.Minute))
 	wantStatus(t, r, http.StatusOK, "")
+	wantStatus(t, record(t, east, "own", "ns1", "p1", "uid-new", consentv1.TierEventLevel, at.Add(time.Minute)), http.StatusConflict, consentv1.ReasonOwnedElsewhere)
 	before, _ := state(t, "own")
-	if before.Owner.UID != "uid-new" || before.Timeline.Current() != consentv1.TierCriticalOnly {
-		t.Fatalf("after the same owner re-recorded: %+v", before)
+	if before.Owner.UID != "uid-p1" || before.Timeline.Current() != consentv1.TierCriticalOnly {
+		t.Fatalf("after the owner re-recorded: %+v", before)
 	}
+
+	t.Run("only the owner's cluster reads the record, and a refusal names nobody", func(t *testing.T) {
+		get := func(c *http.Client) reply {
+			return adminDo(t, c, http.MethodGet, consentv1.PathConsent+"?instance=own", nil, "")
+		}
+		wantStatus(t, get(east), http.StatusOK, "")
+		r := get(west)
+		wantStatus(t, r, http.StatusConflict, consentv1.ReasonOwnedElsewhere)
+		claim := record(t, west, "own", "ns1", "p1", "uid-p1", consentv1.TierOff, at.Add(time.Minute))
+		for _, body := range []string{string(r.body), string(claim.body)} {
+			for _, secret := range []string{"ns1", "p1", "east", "uid-p1"} {
+				if strings.Contains(body, `"`+secret+`"`) || strings.Contains(body, "/"+secret) || strings.Contains(body, secret+"/") {
+					t.Fatalf("a refusal names the owner (%q): %s", secret, body)
+				}
+			}
+		}
+	})
 
 	// Anyone else is refused and changes nothing.
 	for name, c := range map[string]struct {
@@ -165,7 +183,7 @@ func TestOwnershipOfTheConsentRecord(t *testing.T) {
 	})
 
 	t.Run("release, then another cluster claims", func(t *testing.T) {
-		wantStatus(t, adminPost(t, east, consentv1.PathRelease, consentv1.ReleaseRequest{InstanceID: "own", Owner: consentv1.Owner{Namespace: "ns1", Name: "p1"}}), http.StatusOK, "")
+		wantStatus(t, adminPost(t, east, consentv1.PathRelease, consentv1.ReleaseRequest{InstanceID: "own", Owner: consentv1.Owner{Namespace: "ns1", Name: "p1", UID: "uid-p1"}}), http.StatusOK, "")
 		released, _ := state(t, "own")
 		if released.Owner != (consentv1.Owner{}) || !reflect.DeepEqual(released.Timeline, before.Timeline) {
 			t.Fatalf("after release: %+v (the timeline must stay)", released)

@@ -64,20 +64,21 @@ func (e *RefusedError) Error() string {
 // Is makes errors.Is(err, ErrConsentRefused) true.
 func (e *RefusedError) Is(target error) bool { return target == ErrConsentRefused }
 
-// OwnedElsewhereError names who owns an instance's record (the operator API may see it: all
-// operators belong to the fleet).
+// OwnedElsewhereError says an instance's record belongs to someone else. It keeps the owner for
+// the receiver's own logs and tools; its message does not name it, so one tenant's operator
+// learns nothing of another's namespaces.
 type OwnedElsewhereError struct {
 	Instance string
 	// Owner is empty when the record was released and nobody owns it.
 	Owner consentv1.Owner
 }
 
-// Error names the owner, which the server returns to the operator.
+// Error is what the server returns to the operator: that the record is someone else's, not whose.
 func (e *OwnedElsewhereError) Error() string {
 	if e.Owner.Cluster == "" {
 		return fmt.Sprintf("the consent record of instance %q has no owner: record a transition to claim it first", e.Instance)
 	}
-	return fmt.Sprintf("the consent record of instance %q is owned by policy %s/%s in cluster %q", e.Instance, e.Owner.Namespace, e.Owner.Name, e.Owner.Cluster)
+	return fmt.Sprintf("the consent record of instance %q is owned by another policy or cluster (the receiver's operators can tell which: receiver consent show)", e.Instance)
 }
 
 // Is makes errors.Is(err, ErrOwnedElsewhere) true.
@@ -255,8 +256,7 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 				return err
 			}
 		case row.owner.Same(owner):
-			if row.owner.UID != owner.UID {
-				// The policy was deleted and created again under the same name: same owner.
+			if row.owner.UID == "" && owner.UID != "" {
 				if _, err := tx.Exec(ctx, `UPDATE consent_instances SET owner_uid = $2 WHERE instance_id = $1`, instance, owner.UID); err != nil {
 					return err
 				}
@@ -289,8 +289,10 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 				eventsRemoved = tag.RowsAffected()
 			}
 			if tr.Tier == consentv1.TierOff {
-				// The day of the withdrawal was partly consented; the days after it were not.
-				tag, err := tx.Exec(ctx, `DELETE FROM aggregates WHERE instance_id = $1 AND day > $2::date`, instance, tr.At.Format(time.DateOnly))
+				// The days after the withdrawal were not consented; the day of it was only partly,
+				// and its cell may have been sent after the withdrawal (covering the rest of the
+				// day): it goes too, failing closed, as nothing can tell what a cell counted.
+				tag, err := tx.Exec(ctx, `DELETE FROM aggregates WHERE instance_id = $1 AND day >= $2::date`, instance, tr.At.Format(time.DateOnly))
 				if err != nil {
 					return err
 				}

@@ -252,9 +252,14 @@ type Owner struct {
 	UID       string `json:"uid,omitempty"`
 }
 
-// Same reports whether o and other name the same policy. The UID is not compared: a policy
-// deleted and created again under the same name in the same cluster keeps its record.
+// Same reports whether o and other name the same policy: the same cluster, namespace and name,
+// and the same UID when both carry one. A policy deleted and created again gets a new UID: its
+// deletion released the record, so it claims it again; one whose release never happened (its
+// finalizer removed by hand) needs the receiver's operators to release it.
 func (o Owner) Same(other Owner) bool {
+	if o.UID != "" && other.UID != "" && o.UID != other.UID {
+		return false
+	}
 	return o.Cluster == other.Cluster && o.Namespace == other.Namespace && o.Name == other.Name
 }
 

@@ -193,8 +193,11 @@ func TestValidateRequests(t *testing.T) {
 	if (Owner{Namespace: "acme", Name: "acme"}).Validate() != nil || (Owner{Namespace: "Acme", Name: "x"}).Validate() == nil {
 		t.Fatal("owner validation")
 	}
-	if !(Owner{Cluster: "a", Namespace: "n", Name: "p", UID: "1"}).Same(Owner{Cluster: "a", Namespace: "n", Name: "p", UID: "2"}) {
-		t.Fatal("a re-created policy is the same owner")
+	if (Owner{Cluster: "a", Namespace: "n", Name: "p", UID: "1"}).Same(Owner{Cluster: "a", Namespace: "n", Name: "p", UID: "2"}) {
+		t.Fatal("a policy created again under the same name (new UID) is not the owner until the record is released")
+	}
+	if !(Owner{Cluster: "a", Namespace: "n", Name: "p"}).Same(Owner{Cluster: "a", Namespace: "n", Name: "p", UID: "2"}) {
+		t.Fatal("an owner recorded without a UID is matched by its coordinates")
 	}
 	if (Owner{Cluster: "a", Namespace: "n", Name: "p"}).Same(Owner{Cluster: "b", Namespace: "n", Name: "p"}) {
 		t.Fatal("another cluster is not the same owner")
