@@ -82,7 +82,6 @@ func mustRecord(t *testing.T, c *http.Client, instance, ns, name string, tier co
 	return st
 }
 
-
 // state reads an instance's record through the API; the status is 404 for an unknown instance.
 // state reads an instance's record through the store (the API lets only its owner's cluster
 // read it), with the status the owner's GET would get.
