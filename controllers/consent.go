@@ -221,6 +221,7 @@ func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reco
 				st.timeline = state.Timeline
 				p.Status.ConsentHistory = historyOf(state.Timeline)
 			}
+			st.pending = unrecorded(st.timeline, st.pending)
 			st.ledgerKnown = true
 		case errors.Is(err, ledger.ErrUnknownInstance):
 			r.markVerified(p)
@@ -287,6 +288,30 @@ func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reco
 	}
 	st.want = &tr
 	return nil
+}
+
+// unrecorded keeps the pending lowerings the receiver's timeline does not hold yet. Only this
+// policy writes its record, and it records pending lowerings first, in order: one dated before
+// the record's last transition was recorded (or superseded) by an earlier reconcile.
+func unrecorded(timeline, pending consentv1.Timeline) consentv1.Timeline {
+	if len(timeline) == 0 {
+		return pending
+	}
+	head := timeline[len(timeline)-1].At
+	var out consentv1.Timeline
+	for _, p := range pending {
+		if p.At.Before(head) {
+			continue
+		}
+		recorded := false
+		for _, t := range timeline {
+			recorded = recorded || t.At.Equal(p.At) && t.Tier == p.Tier
+		}
+		if !recorded {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // pendingOf turns the unrecorded lowerings into status entries.
@@ -520,6 +545,10 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 			return err
 		}
 		st.stall(ReasonOwnedElsewhere, msg)
+	case errors.Is(err, ledger.ErrStale):
+		// This reconcile worked from an outdated copy (the cache lagging the operator's own
+		// last update): nothing was applied; read the record again and start over.
+		st.requeueIn(100*time.Millisecond, r.Clock.Now())
 	case errors.Is(err, ledger.ErrUnavailable):
 		msg := fmt.Sprintf("the receiver's consent ledger is unreachable (%v); ", err)
 		if len(st.pending) > 0 {
@@ -538,12 +567,28 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 	return nil
 }
 
+// recordRequest asks for tr on top of the ledger as this reconcile knows it: if the receiver's
+// record has moved on (this copy is stale), it refuses, and the record is read again.
+func (r *TelemetryPolicyReconciler) recordRequest(st *reconcileState, tr consentv1.Transition) consentv1.RecordRequest {
+	p := st.policy
+	req := consentv1.RecordRequest{InstanceID: p.Spec.InstanceID, Owner: r.owner(p), Transition: tr}
+	if n := len(st.timeline); n > 0 {
+		req.ExpectedHead = &consentv1.Transition{At: st.timeline[n-1].At, Tier: st.timeline[n-1].Tier}
+	}
+	return req
+}
+
 // flushLedger records the pending lowerings, oldest first, then the planned transition, and
 // stops at the first failure (st.ledgerErr).
 func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconcileState) {
 	p := st.policy
+	defer func() {
+		if errors.Is(st.ledgerErr, ledger.ErrStale) {
+			r.forgetVerified(client.ObjectKeyFromObject(p)) // read the record again next time
+		}
+	}()
 	for st.ledgerErr == nil && len(st.pending) > 0 {
-		state, err := r.Ledger.Record(ctx, consentv1.RecordRequest{InstanceID: p.Spec.InstanceID, Owner: r.owner(p), Transition: st.pending[0]})
+		state, err := r.Ledger.Record(ctx, r.recordRequest(st, st.pending[0]))
 		if err != nil {
 			st.ledgerErr = err
 			return
@@ -554,7 +599,7 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 		st.pending = st.pending[1:]
 	}
 	if st.ledgerErr == nil && st.want != nil {
-		state, err := r.Ledger.Record(ctx, consentv1.RecordRequest{InstanceID: p.Spec.InstanceID, Owner: r.owner(p), Transition: *st.want})
+		state, err := r.Ledger.Record(ctx, r.recordRequest(st, *st.want))
 		if err != nil {
 			st.ledgerErr = err
 		} else if r.adoptLedger(ctx, st, state) {

@@ -26,6 +26,7 @@ import (
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/ledger"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
 
@@ -455,5 +456,52 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "held"}, &v1.TelemetryPolicy{}))
 		}, 20*time.Second).Should(BeTrue())
 		Expect(ledgerOf(ctx, instanceOf(ns, "held")).Timeline.Current()).To(Equal(consentv1.TierOff))
+	})
+
+	It("never records again a withdrawal its stale copy still lists as pending", func() {
+		ns := newNamespace(ctx)
+		p := readyPolicy(ctx, ns, "stale-copy")
+		instance := instanceOf(ns, "stale-copy")
+		stopManager()
+
+		By("the receiver already recorded the withdrawal and a new grant")
+		l := testLedger()
+		owner := consentv1.Owner{Namespace: ns, Name: "stale-copy", UID: string(p.UID)}
+		withdrawn := fakeClock.Now().Add(time.Minute).Truncate(time.Second)
+		fakeClock.SetTime(withdrawn)
+		_, err := l.Record(ctx, consentv1.RecordRequest{InstanceID: instance, Owner: owner, Transition: consentv1.Transition{At: withdrawn, Tier: consentv1.TierOff, Reason: "Declared"}})
+		Expect(err).NotTo(HaveOccurred())
+		fakeClock.Step(time.Minute)
+		_, err = l.Record(ctx, consentv1.RecordRequest{InstanceID: instance, Owner: owner, Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierEventLevel, Reason: "Declared"}})
+		Expect(err).NotTo(HaveOccurred())
+		want := ledgerOf(ctx, instance).Timeline
+		Expect(want).To(HaveLen(3))
+
+		By("but the policy's status still lists the withdrawal as pending (the patch that cleared it was lost)")
+		stale := getPolicy(ctx, ns, "stale-copy")
+		stale.Status.PendingConsentChanges = []v1.ConsentChange{{Time: metav1.NewTime(withdrawn), From: v1.TierEventLevel, To: v1.TierOff, Reason: "Declared"}}
+		Expect(k8s.Status().Update(ctx, stale)).To(Succeed())
+		startManager()
+		requestReconcile(ctx, ns, "stale-copy")
+		Eventually(func() []v1.ConsentChange { return getPolicy(ctx, ns, "stale-copy").Status.PendingConsentChanges }).Should(BeEmpty())
+		Consistently(func() int { return len(ledgerOf(ctx, instance).Timeline) }, "1s").Should(Equal(3), "no withdrawal recorded twice")
+		Expect(getPolicy(ctx, ns, "stale-copy").Status.ConsentHistory).To(HaveLen(3))
+	})
+
+	It("refuses a transition computed from an outdated copy of the record", func() {
+		ns := newNamespace(ctx)
+		p := readyPolicy(ctx, ns, "cas")
+		instance := instanceOf(ns, "cas")
+		l := testLedger()
+		head := ledgerOf(ctx, instance).Timeline[0]
+		owner := consentv1.Owner{Namespace: ns, Name: "cas", UID: string(p.UID)}
+		stale := &consentv1.Transition{At: head.At.Add(-time.Hour), Tier: head.Tier}
+		_, err := l.Record(ctx, consentv1.RecordRequest{InstanceID: instance, Owner: owner, ExpectedHead: stale,
+			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierOff, Reason: "Declared"}})
+		Expect(err).To(MatchError(ledger.ErrStale))
+		Expect(ledgerOf(ctx, instance).Timeline).To(HaveLen(1))
+		_, err = l.Record(ctx, consentv1.RecordRequest{InstanceID: instance, Owner: owner, ExpectedHead: &consentv1.Transition{At: head.At, Tier: head.Tier},
+			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierCriticalOnly, Reason: "Declared"}})
+		Expect(err).NotTo(HaveOccurred())
 	})
 })

@@ -47,6 +47,8 @@ var (
 	// ErrUnavailable: the receiver could not be reached or answered with a transient failure;
 	// retrying later may succeed.
 	ErrUnavailable = errors.New("the receiver is unavailable")
+	// ErrStale: the request was computed from an outdated copy of the record; read it again.
+	ErrStale = errors.New("the receiver's consent record has moved on")
 	// ErrRejected: the receiver refused the request as invalid; retrying will not help.
 	ErrRejected = errors.New("the receiver refused the request")
 )
@@ -193,6 +195,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	switch {
 	case resp.StatusCode == http.StatusConflict && er.Reason == consentv1.ReasonOwnedElsewhere:
 		return fmt.Errorf("%w (%s)", ErrOwnedElsewhere, truncate(er.Error, 300))
+	case resp.StatusCode == http.StatusConflict && er.Reason == consentv1.ReasonStale:
+		return ErrStale
 	case resp.StatusCode == http.StatusNotFound && er.Reason == consentv1.ReasonUnknownInstance:
 		return ErrUnknownInstance
 	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:

@@ -317,6 +317,8 @@ func (s *Server) adminError(w http.ResponseWriter, err error, op, instance strin
 		status, reason = http.StatusNotFound, consentv1.ReasonUnknownInstance
 	case errors.Is(err, store.ErrRequestConflict):
 		status = http.StatusConflict
+	case errors.Is(err, store.ErrStale):
+		status, reason = http.StatusConflict, consentv1.ReasonStale
 	case errors.Is(err, store.ErrInvalid), errors.Is(err, consentv1.ErrFuture):
 		status = http.StatusBadRequest
 	case errors.Is(err, store.ErrUnverified):

@@ -29,6 +29,8 @@ var (
 	ErrUnknownInstance = errors.New("unknown instance")
 	// ErrInvalid: the request is malformed, or dated where the ledger cannot accept it (400).
 	ErrInvalid = errors.New("invalid request")
+	// ErrStale: a transition was computed from an outdated copy of the record (409 Stale).
+	ErrStale = errors.New("the record has moved on since the request's expected head")
 	// ErrRequestConflict: an erasure request id was reused with another scope or range (409).
 	ErrRequestConflict = errors.New("erasure request id reused with a different scope or range")
 	// ErrUnverified: an erasure was carried out but a re-query still found data in scope; the
@@ -87,7 +89,7 @@ func (e *OwnedElsewhereError) Is(target error) bool { return target == ErrOwnedE
 // domain reports whether err is an answer of the ledger rather than a storage failure, so inTx
 // passes it on instead of marking it unavailable.
 func domain(err error) bool {
-	for _, e := range []error{ErrConsentRefused, ErrOwnedElsewhere, ErrUnknownInstance, ErrInvalid, ErrRequestConflict} {
+	for _, e := range []error{ErrConsentRefused, ErrOwnedElsewhere, ErrUnknownInstance, ErrInvalid, ErrRequestConflict, ErrStale} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -267,6 +269,11 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 		timeline, err := loadTimeline(ctx, tx, instance)
 		if err != nil {
 			return err
+		}
+		if h := req.ExpectedHead; h != nil {
+			if n := len(timeline); n == 0 || !timeline[n-1].At.Equal(h.At) || timeline[n-1].Tier != h.Tier {
+				return ErrStale
+			}
 		}
 		previous := timeline.Current()
 		tr, ok, err := consentv1.Next(timeline, req.Transition, now)

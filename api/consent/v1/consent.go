@@ -270,6 +270,10 @@ type RecordRequest struct {
 	InstanceID string     `json:"instanceID"`
 	Owner      Owner      `json:"owner"`
 	Transition Transition `json:"transition"`
+	// ExpectedHead, when set, is the last transition the requester knows of (its at and tier):
+	// the receiver refuses the request (409 Stale) when its record has moved on, so a request
+	// computed from an outdated copy is never applied.
+	ExpectedHead *Transition `json:"expectedHead,omitempty"`
 }
 
 // ReleaseRequest gives up ownership of an instance's record. The timeline and the erasure audit
@@ -343,6 +347,8 @@ const (
 	ReasonNotOperator = "NotAnOperator"
 	// ReasonInvalid: the request is malformed (400).
 	ReasonInvalid = "Invalid"
+	// ReasonStale: the request was computed from an outdated copy of the record (409).
+	ReasonStale = "Stale"
 )
 
 var (
