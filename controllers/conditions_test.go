@@ -15,7 +15,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
@@ -226,3 +228,61 @@ func TestParseCollectorStateIsDefensive(t *testing.T) {
 		t.Fatalf("lastError not truncated: %d bytes", len(long.LastError))
 	}
 }
+
+func TestWatchGap(t *testing.T) {
+	start := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name     string
+		lease    *LeaseObservation
+		wantDown *time.Time
+	}{
+		{name: "no leader election: unknown", lease: nil},
+		{name: "a lease released on shutdown: its last renewal",
+			lease:    &LeaseObservation{Holder: "", RenewTime: start.Add(-3 * time.Second), Duration: time.Second, ObservedAt: start.Add(-time.Second)},
+			wantDown: ptrTo(start.Add(-3 * time.Second))},
+		{name: "an expired lease (the leader crashed): its last renewal",
+			lease:    &LeaseObservation{Holder: "old", RenewTime: start.Add(-time.Minute), Duration: 15 * time.Second, ObservedAt: start.Add(-time.Second)},
+			wantDown: ptrTo(start.Add(-time.Minute))},
+		{name: "a live leader when this one started (a standby): a lease duration and a retry before taking over",
+			lease:    &LeaseObservation{Holder: "active", RenewTime: start.Add(-10 * time.Hour), Duration: 15 * time.Second, ObservedAt: start.Add(-10*time.Hour + time.Second)},
+			wantDown: ptrTo(start.Add(-17 * time.Second))},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &TelemetryPolicyReconciler{Clock: clocktesting.NewFakePassiveClock(start), Options: Options{StartLease: tc.lease}}
+			running, down := r.watchGap()
+			if !running.Equal(start.Add(watchMargin)) {
+				t.Fatalf("running since %s", running)
+			}
+			if (down == nil) != (tc.wantDown == nil) || down != nil && !down.Equal(*tc.wantDown) {
+				t.Fatalf("down since %v, want %v", down, tc.wantDown)
+			}
+		})
+	}
+}
+
+func TestLostWithdrawals(t *testing.T) {
+	at := func(h int) metav1.Time { return metav1.NewTime(time.Date(2026, 11, 1, h, 0, 0, 0, time.UTC)) }
+	copyOf := []v1.ConsentChange{
+		{Time: at(1), To: v1.TierEventLevel},
+		{Time: at(2), From: v1.TierEventLevel, To: v1.TierOff},
+		{Time: at(3), From: v1.TierOff, To: v1.TierEventLevel},
+		{Time: at(4), From: v1.TierEventLevel, To: v1.TierCriticalOnly},
+	}
+	full := timelineOf(copyOf)
+	if lost, ok := lostWithdrawals(copyOf, append(full, consentv1.Transition{At: at(5).Time, Tier: consentv1.TierOff})); !ok || lost != nil {
+		t.Fatalf("a receiver record that holds the copy and more: lost %v, consistent %v", lost, ok)
+	}
+	if lost, ok := lostWithdrawals(copyOf[2:], full); !ok || lost != nil {
+		t.Fatalf("a copy that is the record's tail: lost %v, consistent %v", lost, ok)
+	}
+	lost, ok := lostWithdrawals(copyOf, full[:1])
+	if ok || len(lost) != 2 || lost[0].Tier != consentv1.TierOff || !lost[0].At.Equal(at(2).Time) || lost[1].Tier != consentv1.TierCriticalOnly {
+		t.Fatalf("withdrawals the receiver lost: %v, consistent %v", lost, ok)
+	}
+	if lost, ok := lostWithdrawals(copyOf, nil); ok || len(lost) != 2 {
+		t.Fatalf("a record lost entirely: %v, consistent %v", lost, ok)
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }

@@ -11,12 +11,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -167,24 +169,48 @@ func (r *TelemetryPolicyReconciler) forgetVerified(key client.ObjectKey) {
 	delete(r.verified, key)
 }
 
+// LeaseObservation is the leader-election Lease as the manager found it when it started.
+type LeaseObservation struct {
+	// Holder is who held it ("" when released).
+	Holder string
+	// RenewTime is when its holder last renewed it.
+	RenewTime time.Time
+	// Duration is how long a renewal holds it.
+	Duration time.Duration
+	// ObservedAt is when it was read.
+	ObservedAt time.Time
+}
+
+// watchMargin covers clock skew between the operator and the API server, which dates writes.
+const watchMargin = 5 * time.Second
+
+// watchGap returns when this operator began watching policies (its first reconcile, when it
+// was elected leader) and, when known, when the previous operator was last alive: writes in
+// between were made while no operator watched. The lease read at start tells: released or
+// expired, its last renewal; held by a live leader (this one waited as a standby), that
+// leader could have died a lease duration and a retry before this one took over.
+func (r *TelemetryPolicyReconciler) watchGap() (time.Time, *time.Time) {
+	r.gapOnce.Do(func() {
+		now := r.Clock.Now()
+		r.runningSince = now.Add(watchMargin)
+		l := r.Options.StartLease
+		if l == nil {
+			return
+		}
+		down := l.RenewTime
+		if l.Holder != "" && l.ObservedAt.Before(l.RenewTime.Add(l.Duration)) {
+			down = now.Add(-l.Duration - 2*time.Second)
+		}
+		r.downSince = &down
+	})
+	return r.runningSince, r.downSince
+}
+
 // verification is when the operator last read the receiver's record of a policy's instance.
 type verification struct {
 	uid        types.UID
 	generation int64
 	at         time.Time
-}
-
-// sameTimeline compares what the collector and the receiver judge by: when, and which tier.
-func sameTimeline(a, b consentv1.Timeline) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !a[i].At.Equal(b[i].At) || a[i].Tier != b[i].Tier {
-			return false
-		}
-	}
-	return true
 }
 
 // localTimeline is consent as the operator enforces it: the ledger's timeline followed by the
@@ -196,51 +222,101 @@ func (st *reconcileState) localTimeline() consentv1.Timeline {
 	return append(st.timeline[:len(st.timeline):len(st.timeline)], st.pending...)
 }
 
+// lostWithdrawals compares the operator's copy of the record (status.consentHistory, whose
+// entries know the tier they lowered from) with the receiver's record. It reports whether the
+// receiver's record holds the copy (possibly followed by later transitions), and otherwise the
+// withdrawals in the copy that the receiver no longer holds (a restore, a failover to a replica
+// that missed them): they are recorded again at their own times, never forgotten.
+func lostWithdrawals(copyOf []v1.ConsentChange, theirs consentv1.Timeline) (lost consentv1.Timeline, consistent bool) {
+	if len(copyOf) == 0 {
+		return nil, true
+	}
+	ours := timelineOf(copyOf)
+	same := func(a, b consentv1.Transition) bool { return a.At.Equal(b.At) && a.Tier == b.Tier }
+	matched := 0
+	for start := range theirs {
+		if !same(theirs[start], ours[0]) {
+			continue
+		}
+		for matched < len(ours) && start+matched < len(theirs) && same(theirs[start+matched], ours[matched]) {
+			matched++
+		}
+		break
+	}
+	if matched == len(ours) {
+		return nil, true
+	}
+	for i := matched; i < len(copyOf); i++ {
+		if c := copyOf[i]; c.To.Rank() < c.From.Rank() || c.From == "" && c.To != v1.TierEventLevel {
+			lost = append(lost, ours[i])
+		}
+	}
+	return lost, false
+}
+
+// mergePending adds withdrawals to the pending ones, in time order, without duplicates.
+func mergePending(pending, more consentv1.Timeline) consentv1.Timeline {
+	out := append(consentv1.Timeline(nil), pending...)
+	for _, m := range more {
+		dup := false
+		for _, p := range out {
+			dup = dup || p.At.Equal(m.At) && p.Tier == m.Tier
+		}
+		if !dup {
+			out = append(out, m)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b consentv1.Transition) int { return a.At.Compare(b.At) })
+	return out
+}
+
 // planTransition learns the ledger's state (the status copy, or the receiver's record when a
 // verification is due) and decides what to change. A lowering is enforced on the collector at
 // once and kept in status.pendingConsentChanges, dated when consent was withdrawn, until the
 // receiver records it: it is never lost, even if consent is raised again before the receiver is
-// reachable. A raise, or an instance's first record, waits for the receiver.
+// reachable, or the receiver loses it. A raise, or an instance's first record, waits for the
+// receiver. The copy in status is replaced only by a receiver record that holds it.
 func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reconcileState) error {
 	p := st.policy
-	lost := false
+	defer func() { p.Status.PendingConsentChanges = pendingOf(st.timeline, st.pending) }()
 	if r.verifyDue(p) {
 		state, err := r.Ledger.State(ctx, p.Spec.InstanceID)
+		if errors.Is(err, ledger.ErrUnknownInstance) {
+			err, state = nil, consentv1.State{InstanceID: p.Spec.InstanceID}
+		}
 		switch {
 		case err == nil && state.Owner.Cluster != "" && !r.ownedByUs(p, state.Owner):
 			st.ledgerErr = ledger.ErrOwnedElsewhere
 			return nil
+		case err == nil && state.Timeline.Validate() != nil:
+			st.ledgerErr = fmt.Errorf("%w: the receiver's consent record is unusable", ledger.ErrRejected)
+			return nil
 		case err == nil:
-			r.markVerified(p)
-			// A record nobody owns (released, or a policy deleted) is claimed by recording.
+			// A record nobody owns (released, lost, or a policy deleted) is claimed by recording.
 			st.claim = state.Owner.Cluster == ""
-			if !sameTimeline(state.Timeline, st.timeline) && state.Timeline.Validate() == nil {
-				if len(st.timeline) > 0 {
-					log.FromContext(ctx).Info("the receiver's consent record differs from the copy in status; taking the receiver's", "tier", state.Timeline.Current())
+			lost, consistent := lostWithdrawals(p.Status.ConsentHistory, state.Timeline)
+			st.timeline = state.Timeline
+			if consistent {
+				r.markVerified(p)
+				if h := historyOf(state.Timeline); !equality.Semantic.DeepEqual(h, p.Status.ConsentHistory) {
+					p.Status.ConsentHistory = h
 				}
-				st.timeline = state.Timeline
-				p.Status.ConsentHistory = historyOf(state.Timeline)
-			}
-			st.pending = unrecorded(st.timeline, st.pending)
-			st.ledgerKnown = true
-		case errors.Is(err, ledger.ErrUnknownInstance):
-			r.markVerified(p)
-			if len(st.timeline) > 0 {
-				// The receiver lost the record (a restore, a failover): it refuses the instance's
-				// data now; record consent again from now on, never backdated.
-				lost = true
-				msg := "the receiver has no consent record of the instance any more; recording the current consent again, from now on"
+			} else {
+				// Fail closed: what the receiver lost is recorded again, withdrawals at their own
+				// times; the copy in status stays until the receiver holds it again.
+				st.recordLost = true
+				st.pending = mergePending(lost, st.pending)
+				msg := fmt.Sprintf("the receiver's consent record lacks transitions it acknowledged before; recording %d withdrawal(s) again at their own times", len(lost))
 				log.FromContext(ctx).Info(msg)
 				st.afterPatch = append(st.afterPatch, func() { r.event(p, corev1.EventTypeWarning, "ConsentRecordLost", "VerifyConsent", "%s", msg) })
-				st.timeline = nil
-				p.Status.ConsentHistory = nil
 			}
+			st.pending = unrecorded(st.timeline, st.pending)
 			st.ledgerKnown = true
 		case errors.Is(err, ledger.ErrOwnedElsewhere):
 			st.ledgerErr = err
 			return nil
 		default:
-			if len(st.timeline) == 0 {
+			if len(st.timeline) == 0 && len(st.pending) == 0 {
 				// Nothing known of the instance's consent: nothing can be planned.
 				st.ledgerErr = err
 				return nil
@@ -271,12 +347,16 @@ func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reco
 		seen = p.Status.ObservedConsentWriteTime.UTC()
 	}
 	now := r.Clock.Now()
+	runningSince, downSince := r.watchGap()
+	// Only a policy the operator never recorded anything for may date its first grant in the
+	// past (startFrom Beginning); one whose record the receiver lost never does.
+	first := len(local) == 0 && len(p.Status.ConsentHistory) == 0
 	at, reason := consent.TransitionTime(consent.Change{
-		From: v1.ConsentTier(from), First: len(local) == 0 && !lost, LastAt: lastAt, To: st.intent, Decision: st.decision,
+		From: v1.ConsentTier(from), First: first, LastAt: lastAt, To: st.intent, Decision: st.decision,
 		Spec: p.Spec, DeletedAt: deletedAt, SpecWrites: consentWriteTimes(p), SeenWritesUpTo: seen,
-		RunningSince: r.Options.RunningSince, DownSince: r.Options.DownSince, Now: now,
+		RunningSince: runningSince, DownSince: downSince, Now: now,
 	})
-	if lost && at.Before(now) {
+	if !first && len(local) == 0 && at.Before(now) {
 		at = now
 	}
 	tr := consentv1.Transition{At: at.UTC(), Tier: consentv1.Tier(st.intent), Reason: reason, Basis: string(contractBasis(p))}
@@ -346,9 +426,6 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 	if !st.mutate {
 		return nil
 	}
-	if err := r.planTransition(ctx, st); err != nil {
-		return err
-	}
 	if st.intent == v1.TierOff {
 		return r.stopCollector(ctx, st)
 	}
@@ -368,6 +445,9 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 	}
 	if dep != nil && templateTier(dep).Rank() > mayRun.Rank() {
 		mayRun = templateTier(dep)
+	}
+	if t := r.configuredTier(ctx, p); t.Rank() > mayRun.Rank() {
+		mayRun = t // the configuration the collector obeys, whatever its Deployment says
 	}
 	if st.intent.Rank() >= mayRun.Rank() {
 		st.deployment, st.deploymentObserved = dep, true
@@ -407,6 +487,23 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 	}
 	st.deployment = out
 	return nil
+}
+
+// configuredTier is the tier in the collector's configuration ConfigMap (from the cache; Off
+// when there is none, EventLevel when it cannot be read).
+func (r *TelemetryPolicyReconciler) configuredTier(ctx context.Context, p *v1.TelemetryPolicy) v1.ConsentTier {
+	cm := &corev1.ConfigMap{}
+	switch err := r.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}, cm); {
+	case apierrors.IsNotFound(err):
+		return v1.TierOff
+	case err != nil:
+		return v1.TierEventLevel
+	}
+	c, err := collectorconfig.Parse(strings.NewReader(cm.Data[resources.ConfigKey]))
+	if err != nil {
+		return v1.TierEventLevel
+	}
+	return c.Tier
 }
 
 // lowerConfig writes the collector configuration at tier (below what runs). It is rendered
@@ -516,14 +613,15 @@ func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *recon
 // lowering never does (it was enforced in enforceDowngrade).
 func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcileState) error {
 	p := st.policy
+	defer func() { p.Status.PendingConsentChanges = pendingOf(st.timeline, st.pending) }()
 	if !st.mutate {
+		// Suspended: nothing is raised or changed, but a withdrawal is always recorded.
+		st.want = nil
+		r.flushLedger(ctx, st)
 		st.tier = p.Status.EffectiveTier
 		return nil
 	}
-	defer func() {
-		st.tier = st.runnableTier()
-		p.Status.PendingConsentChanges = pendingOf(st.timeline, st.pending)
-	}()
+	defer func() { st.tier = st.runnableTier() }()
 	r.flushLedger(ctx, st)
 	if st.ledgerKnown && len(st.timeline) > 0 {
 		st.recorded = v1.ConsentTier(st.timeline.Current())
@@ -597,6 +695,10 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 			return
 		}
 		st.pending = st.pending[1:]
+	}
+	if st.ledgerErr == nil && len(st.pending) == 0 && st.recordLost {
+		st.recordLost = false
+		r.markVerified(p)
 	}
 	if st.ledgerErr == nil && st.want != nil {
 		state, err := r.Ledger.Record(ctx, r.recordRequest(st, *st.want))

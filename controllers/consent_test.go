@@ -13,14 +13,18 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
@@ -504,4 +508,198 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierCriticalOnly, Reason: "Declared"}})
 		Expect(err).NotTo(HaveOccurred())
 	})
+
+	Describe("when the receiver loses transitions it acknowledged", func() {
+		// dropLastTransitions removes the instance's newest n transitions at the receiver, as a
+		// failover to a replica that missed them would.
+		dropLastTransitions := func(instance string, n int) {
+			GinkgoHelper()
+			_, err := rcv.Store.Pool().Exec(ctx, `DELETE FROM consent_transitions WHERE instance_id = $1 AND seq > (SELECT max(seq) - $2 FROM consent_transitions WHERE instance_id = $1)`, instance, n)
+			Expect(err).NotTo(HaveOccurred())
+			_, err = rcv.Store.Pool().Exec(ctx, `UPDATE consent_instances SET version = version + 1 WHERE instance_id = $1`, instance)
+			Expect(err).NotTo(HaveOccurred())
+		}
+		offPeriod := func(ctx context.Context, ns, name string) (consentv1.Transition, consentv1.Timeline) {
+			GinkgoHelper()
+			h := timelineOfStatus(getPolicy(ctx, ns, name))
+			for _, tr := range h {
+				if tr.Tier == consentv1.TierOff {
+					return tr, h
+				}
+			}
+			Fail("no Off period in the history")
+			return consentv1.Transition{}, nil
+		}
+
+		It("records a lost withdrawal again at its own time", func() {
+			ns := newNamespace(ctx)
+			readyPolicy(ctx, ns, "relost")
+			instance := instanceOf(ns, "relost")
+			updatePolicy(ctx, ns, "relost", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+			collectGarbage(ctx, ns, "relost")
+			Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "relost").Status.EffectiveTier }).Should(Equal(v1.TierOff))
+			off, _ := offPeriod(ctx, ns, "relost")
+			dropLastTransitions(instance, 1)
+			fakeClock.Step(11 * time.Minute)
+			requestReconcile(ctx, ns, "relost")
+			Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }).Should(Equal(consentv1.TierOff))
+			tl := ledgerOf(ctx, instance).Timeline
+			Expect(tl[len(tl)-1].At).To(BeTemporally("==", off.At), "dated when consent was withdrawn, not when the loss was noticed")
+		})
+
+		It("keeps an Off period Off when the receiver loses it while a raise waits", func() {
+			ns := newNamespace(ctx)
+			readyPolicy(ctx, ns, "regrant")
+			instance := instanceOf(ns, "regrant")
+			updatePolicy(ctx, ns, "regrant", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+			collectGarbage(ctx, ns, "regrant")
+			Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "regrant").Status.EffectiveTier }).Should(Equal(v1.TierOff))
+			off, _ := offPeriod(ctx, ns, "regrant")
+			rcv.Stop()
+			DeferCleanup(func() { _ = rcv.Listen() })
+			fakeClock.Step(time.Hour)
+			updatePolicy(ctx, ns, "regrant", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
+			Eventually(conditionStatus(ctx, ns, "regrant", v1.ConditionConsentRecorded)).Should(Equal("ConsentRecorded=False/ReceiverUnavailable"))
+			dropLastTransitions(instance, 1)
+			Expect(rcv.Listen()).To(Succeed())
+			Eventually(func() error { _, err := deployment(ctx, ns, "regrant"); return err }, 20*time.Second).Should(Succeed())
+			rollOut(ctx, ns, "regrant")
+			Eventually(conditionStatus(ctx, ns, "regrant", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+			mid := off.At.Add(30 * time.Minute)
+			Expect(ledgerOf(ctx, instance).Timeline.TierAt(mid)).To(Equal(consentv1.TierOff), "the Off period stays Off at the receiver")
+			Expect(configOf(ctx, ns, "regrant").Consent.TierAt(mid)).To(Equal(consentv1.TierOff), "and in the collector's filter")
+		})
+
+		It("never reaches back to acceptedAt when the receiver lost the whole record and a re-record fails once", func() {
+			ns := newNamespace(ctx)
+			accepted := metav1.NewTime(fakeClock.Now().Add(-48 * time.Hour).Truncate(time.Second))
+			p := eventLevelPolicy(ns, "gone")
+			p.Spec.Contract.AcceptedAt = &accepted
+			p.Spec.Export.StartFrom = v1.StartFromBeginning
+			Expect(k8s.Create(ctx, p)).To(Succeed())
+			Eventually(func() error { _, err := deployment(ctx, ns, "gone"); return err }).Should(Succeed())
+			rollOut(ctx, ns, "gone")
+			Eventually(conditionStatus(ctx, ns, "gone", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+			instance := instanceOf(ns, "gone")
+			updatePolicy(ctx, ns, "gone", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+			collectGarbage(ctx, ns, "gone")
+			Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "gone").Status.EffectiveTier }).Should(Equal(v1.TierOff))
+			off, _ := offPeriod(ctx, ns, "gone")
+			fakeClock.Step(time.Hour)
+			updatePolicy(ctx, ns, "gone", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
+			Eventually(func() error { _, err := deployment(ctx, ns, "gone"); return err }).Should(Succeed())
+			rollOut(ctx, ns, "gone")
+			Eventually(conditionStatus(ctx, ns, "gone", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+
+			By("the receiver loses the instance entirely, and the first record attempt fails")
+			_, err := rcv.Store.Pool().Exec(ctx, `DELETE FROM consent_transitions WHERE instance_id = $1`, instance)
+			Expect(err).NotTo(HaveOccurred())
+			_, err = rcv.Store.Pool().Exec(ctx, `DELETE FROM consent_instances WHERE instance_id = $1`, instance)
+			Expect(err).NotTo(HaveOccurred())
+			var failed sync.Once
+			rcv.SetIntercept(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
+				if r.Method != http.MethodPost || r.URL.Path != consentv1.PathConsent {
+					return false
+				}
+				hit := false
+				failed.Do(func() { hit = true })
+				if hit {
+					w.WriteHeader(http.StatusServiceUnavailable)
+				}
+				return hit
+			})
+			DeferCleanup(func() { rcv.SetIntercept(nil) })
+			fakeClock.Step(11 * time.Minute)
+			requestReconcile(ctx, ns, "gone")
+			Eventually(func() int { s, err := rcv.Store.ConsentState(ctx, instance); _ = err; return len(s.Timeline) }, 20*time.Second).Should(BeNumerically(">=", 2))
+			tl := ledgerOf(ctx, instance).Timeline
+			Expect(tl.TierAt(off.At.Add(30*time.Minute))).To(Equal(consentv1.TierOff), "the Off period stays Off")
+			Expect(tl.TierAt(accepted.Add(time.Hour))).To(Equal(consentv1.TierOff), "the lost record is never re-granted back to acceptedAt")
+			Expect(tl.Current()).To(Equal(consentv1.TierEventLevel))
+		})
+	})
+
+	It("records a withdrawal even while lowering the collector fails", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "frozen")
+		instance := instanceOf(ns, "frozen")
+		lift := denyDeploymentUpdates(ctx, ns)
+		updatePolicy(ctx, ns, "frozen", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+		Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }).Should(Equal(consentv1.TierCriticalOnly),
+			"the receiver refuses EventLevel data although the collector cannot be rolled")
+		Expect(getPolicy(ctx, ns, "frozen").Status.EffectiveTier).To(Equal(v1.TierEventLevel), "not reported while the collector cannot be lowered")
+
+		By("once the Deployment can be updated, the downgrade completes (and the policy settles)")
+		lift()
+		Eventually(func() string { return templateTierOf(ctx, ns, "frozen") }, 30*time.Second).Should(Equal(string(v1.TierCriticalOnly)))
+		rollOut(ctx, ns, "frozen")
+		Eventually(conditionStatus(ctx, ns, "frozen", v1.ConditionReady), 30*time.Second).Should(Equal("Ready=True/Enforced"))
+	})
 })
+
+// timelineOfStatus is a policy's consent history as a timeline.
+func timelineOfStatus(p *v1.TelemetryPolicy) consentv1.Timeline {
+	var t consentv1.Timeline
+	for _, c := range p.Status.ConsentHistory {
+		t = append(t, consentv1.Transition{At: c.Time.UTC(), Tier: consentv1.Tier(c.To)})
+	}
+	return t
+}
+
+// denyDeploymentUpdates makes the API server refuse every Deployment update in ns (an admission
+// policy, as a policy engine or a quota would) until the returned function lifts it.
+func denyDeploymentUpdates(ctx context.Context, ns string) (lift func()) {
+	GinkgoHelper()
+	policy := &admissionregistrationv1.ValidatingAdmissionPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "freeze-" + ns},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
+			FailurePolicy: ptr.To(admissionregistrationv1.Fail),
+			MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
+				RuleWithOperations: admissionregistrationv1.RuleWithOperations{
+					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Update},
+					Rule:       admissionregistrationv1.Rule{APIGroups: []string{"apps"}, APIVersions: []string{"v1"}, Resources: []string{"deployments"}},
+				},
+			}}},
+			Validations: []admissionregistrationv1.Validation{{Expression: "false", Message: "frozen"}},
+		},
+	}
+	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "freeze-" + ns},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{
+			PolicyName:        policy.Name,
+			ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny},
+			MatchResources: &admissionregistrationv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{
+				MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}}},
+		},
+	}
+	Expect(k8s.Create(ctx, policy)).To(Succeed())
+	Expect(k8s.Create(ctx, binding)).To(Succeed())
+	lift = func() {
+		_ = k8s.Delete(context.Background(), binding)
+		_ = k8s.Delete(context.Background(), policy)
+	}
+	DeferCleanup(lift)
+	// The policy takes effect once the API server has loaded it.
+	Eventually(func() error {
+		d := &appsv1.Deployment{}
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "probe"}, d); err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+		probe := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: ns}, Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"probe": "x"}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"probe": "x"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}}}}}
+		if err := k8s.Create(ctx, probe); err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "probe"}, d); err != nil {
+			return err
+		}
+		d.Labels = map[string]string{"touched": time.Now().Format("150405.000000")}
+		if err := k8s.Update(ctx, d); err == nil {
+			return fmt.Errorf("updates are not denied yet")
+		}
+		return nil
+	}).Should(Succeed())
+	return lift
+}

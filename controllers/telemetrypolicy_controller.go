@@ -59,11 +59,10 @@ type Options struct {
 	// LedgerResync is how often each policy's record is read back from the receiver and
 	// compared with the copy in status (default 10m).
 	LedgerResync time.Duration
-	// RunningSince is when this manager began watching policies; DownSince, when known, is when
-	// its predecessor was last seen alive (the leader lease's last renewal). A withdrawal written
-	// in between is dated at DownSince: no operator watched, so its exact time is unknown.
-	RunningSince time.Time
-	DownSince    *time.Time
+	// StartLease is the leader-election Lease as found at start (nil without leader election).
+	// A withdrawal written while no operator watched is dated when the previous operator was
+	// last alive, which the lease tells (see watchGap).
+	StartLease *LeaseObservation
 }
 
 // TelemetryPolicyReconciler turns each TelemetryPolicy into an enforced, observable collector.
@@ -87,6 +86,10 @@ type TelemetryPolicyReconciler struct {
 
 	verifiedMu sync.Mutex
 	verified   map[client.ObjectKey]verification
+
+	gapOnce      sync.Once
+	runningSince time.Time
+	downSince    *time.Time
 }
 
 // reconcileState carries what the steps of one reconcile learn and decide.
@@ -109,6 +112,9 @@ type reconcileState struct {
 	planned bool
 	// claim: the receiver's record has no owner; recording the tier in force claims it.
 	claim bool
+	// recordLost: the receiver's record lacks transitions it acknowledged before; they are
+	// being recorded again.
+	recordLost bool
 	// ownedElsewhere: another policy owns the instance's record; nothing may run.
 	ownedElsewhere bool
 	// recorded is the tier the ledger records in force ("" unknown).
@@ -199,10 +205,13 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 	}()
 
+	// The ledger is written before the collector is lowered, and neither waits on the other:
+	// a withdrawal reaches the receiver even if lowering the collector fails, and the collector
+	// is lowered even if the receiver is unreachable.
 	steps := []step{
 		{"consent", r.reconcileConsent},
-		{"enforce-downgrade", r.enforceDowngrade},
 		{"consent-ledger", r.syncLedger},
+		{"enforce-downgrade", r.enforceDowngrade},
 		{"pseudonym-key", r.reconcilePseudonymKey},
 		{"config", r.reconcileConfig},
 		{"workload", r.reconcileWorkload},
@@ -252,12 +261,13 @@ func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *re
 		}
 		if inForce != "" && d.Effective.Rank() < inForce.Rank() {
 			log.FromContext(ctx).Info("suspended, but enforcing a consent downgrade", "tier", d.Effective, "from", inForce)
-			return nil
+			return r.planTransition(ctx, st)
 		}
 		st.mutate = false
 		st.intent = p.Status.EffectiveTier
+		return nil
 	}
-	return nil
+	return r.planTransition(ctx, st)
 }
 
 func contractBasis(p *v1.TelemetryPolicy) v1.ContractBasis {

@@ -144,9 +144,10 @@ func clusterID(ctx context.Context, c client.Reader) (string, error) {
 	return id, nil
 }
 
-// lastLeaderRenewal is when the previous leader last renewed the leader-election Lease: the
-// last moment an operator is known to have been watching policies. nil when unknown.
-func lastLeaderRenewal(ctx context.Context, c client.Reader, namespace string) *time.Time {
+// observeLease reads the leader-election Lease before this manager competes for it: who held
+// it and when it was last renewed tell when an operator last watched policies. nil when it
+// cannot be read (a first start: no operator ever watched).
+func observeLease(ctx context.Context, c client.Reader, namespace string, now time.Time) *controllers.LeaseObservation {
 	if namespace == "" {
 		raw, err := os.ReadFile(serviceAccountNamespaceFile)
 		if err != nil {
@@ -158,8 +159,14 @@ func lastLeaderRenewal(ctx context.Context, c client.Reader, namespace string) *
 	if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: leaderElectionID}, lease); err != nil || lease.Spec.RenewTime == nil {
 		return nil
 	}
-	t := lease.Spec.RenewTime.UTC()
-	return &t
+	o := &controllers.LeaseObservation{RenewTime: lease.Spec.RenewTime.UTC(), Duration: 15 * time.Second, ObservedAt: now}
+	if lease.Spec.HolderIdentity != nil {
+		o.Holder = *lease.Spec.HolderIdentity
+	}
+	if lease.Spec.LeaseDurationSeconds != nil {
+		o.Duration = time.Duration(*lease.Spec.LeaseDurationSeconds) * time.Second
+	}
+	return o
 }
 
 // NewScheme returns a scheme with the Kubernetes built-ins and this API.
@@ -239,10 +246,9 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 	if err != nil {
 		return nil, err
 	}
-	runningSince := deps.Clock.Now()
-	var downSince *time.Time
+	var startLease *controllers.LeaseObservation
 	if cfg.LeaderElect {
-		downSince = lastLeaderRenewal(ctx, direct, cfg.LeaderElectionNS)
+		startLease = observeLease(ctx, direct, cfg.LeaderElectionNS, deps.Clock.Now())
 	}
 
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
@@ -273,7 +279,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		Ledger:    consentLedger,
 		Options: controllers.Options{
 			CollectorImage: cfg.CollectorImage, MinCloudTermsVersion: cfg.MinCloudTermsVersion,
-			LedgerRetry: cfg.LedgerRetry, LedgerResync: cfg.LedgerResync, RunningSince: runningSince, DownSince: downSince,
+			LedgerRetry: cfg.LedgerRetry, LedgerResync: cfg.LedgerResync, StartLease: startLease,
 		},
 	}
 	if err := r.SetupWithManager(mgr); err != nil {

@@ -84,6 +84,11 @@ func (s *Server) getConsent(w http.ResponseWriter, r *http.Request) {
 		s.adminError(w, &store.OwnedElsewhereError{Instance: st.InstanceID, Owner: st.Owner}, "consent state", q.Get("instance"))
 		return
 	}
+	if st.Owner.Cluster == "" {
+		// Released: whoever claims it next needs the timeline (never to reach back over it),
+		// not the previous owner's erasure audit.
+		st.Erasures = nil
+	}
 	writeJSON(w, http.StatusOK, st)
 }
 

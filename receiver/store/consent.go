@@ -317,6 +317,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
 			appended = &tr
 		}
 		state, err = loadState(ctx, tx, instance)
+		// What this request removed (nothing when it appended nothing), not the last transition's.
+		state.EventsRemoved = eventsRemoved
 		return err
 	})
 	if err != nil {
