@@ -284,6 +284,7 @@ func receiverIngest(ctx context.Context, r *receivertest.Receiver) {
 		return bt
 	}
 	const batches = 20
+	must(r.Grant(ctx, "bench-ingest", consentv1.TierEventLevel, benchConsentSince))
 	start := time.Now()
 	for i := range batches {
 		_, err := r.Store.InsertEvents(ctx, "bench-ingest", mk(i*5000))
