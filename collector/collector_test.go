@@ -21,9 +21,9 @@ import (
 	"time"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/collector"
-	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
 	"github.com/sourcegraph/telemetry-operator/collector/deliver"
 	"github.com/sourcegraph/telemetry-operator/internal/testenv"
 	"github.com/sourcegraph/telemetry-operator/internal/tlsreload"
@@ -44,7 +44,7 @@ var personalData = []string{
 // seedPersonalData writes one row per allow-listed event (plus unlisted ones) for several users,
 // with personal data in every column, including nested in argument and public_argument.
 func seedPersonalData(in *instance) {
-	names := append(allowlist.Names(), "UserSignedUp", "PasswordChanged", "ViewRepository")
+	names := append(catalogv1.Current().Names(), "UserSignedUp", "PasswordChanged", "ViewRepository")
 	for u := 1; u <= 6; u++ {
 		for _, name := range names {
 			for i, pii := range personalData {
@@ -126,7 +126,7 @@ func TestPersonalDataNeverLeavesEventLevel(t *testing.T) {
 	if unlisted != 0 {
 		t.Fatalf("%d unlisted events exported", unlisted)
 	}
-	if want := in.count("name = ANY($1)", allowlist.Names()); in.stored() != want {
+	if want := in.count("name = ANY($1)", catalogv1.Current().Names()); in.stored() != want {
 		t.Fatalf("stored %d events, want every allow-listed row (%d)", in.stored(), want)
 	}
 	assertNoPersonalData(t, in)

@@ -11,7 +11,6 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 
@@ -84,6 +84,10 @@ type instance struct {
 	config    string
 	stateFile string
 	key       []byte
+	// logs holds what the instance's in-process pipelines logged, for leak checks.
+	logs receivertest.LogBuffer
+	// metrics is the registry of the pipeline's metrics, for leak checks.
+	metrics *prometheus.Registry
 }
 
 // grant lays timeline out in the receiver's ledger for instance id, dating each transition by
@@ -205,15 +209,21 @@ func (in *instance) pipeline() *collector.Pipeline {
 	if err != nil {
 		in.t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.NewJSONHandler(&in.logs, nil))
 	client := deliver.New(cfg.Endpoint, newTransport(tc), log)
 	client.BaseBackoff, client.MaxBackoff = 5*time.Millisecond, 50*time.Millisecond
 	p := &collector.Pipeline{ConfigPath: in.config, Reader: reader, Scrubber: s, Client: client,
-		State: state.File{Path: in.stateFile}, Clock: clock.RealClock{}, Log: log, Metrics: collector.NewMetrics(nil)}
+		State: state.File{Path: in.stateFile}, Clock: clock.RealClock{}, Log: log, Metrics: collector.NewMetrics(in.newRegistry())}
 	if err := p.Init(ctx); err != nil {
 		in.t.Fatal(err)
 	}
 	return p
+}
+
+// newRegistry gives each pipeline of the instance a fresh metrics registry (kept for leak checks).
+func (in *instance) newRegistry() *prometheus.Registry {
+	in.metrics = prometheus.NewRegistry()
+	return in.metrics
 }
 
 // drain runs rounds until one reads nothing new.

@@ -13,6 +13,7 @@ type Metrics struct {
 	EventsRead      prometheus.Counter
 	EventsExported  prometheus.Counter
 	EventsDropped   *prometheus.CounterVec
+	ValuesDropped   *prometheus.CounterVec
 	Quarantined     prometheus.Counter
 	Batches         *prometheus.CounterVec
 	Retries         prometheus.Counter
@@ -26,9 +27,11 @@ type Metrics struct {
 // NewMetrics creates the metrics and registers them with reg (nil: not registered).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		EventsRead:      prometheus.NewCounter(prometheus.CounterOpts{Name: "collector_events_read_total", Help: "Rows read from event_logs."}),
-		EventsExported:  prometheus.NewCounter(prometheus.CounterOpts{Name: "collector_events_exported_total", Help: "Events or aggregate cells acknowledged by the receiver."}),
-		EventsDropped:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "collector_events_dropped_total", Help: "Rows not exported, by reason."}, []string{"reason"}),
+		EventsRead:     prometheus.NewCounter(prometheus.CounterOpts{Name: "collector_events_read_total", Help: "Rows read from event_logs."}),
+		EventsExported: prometheus.NewCounter(prometheus.CounterOpts{Name: "collector_events_exported_total", Help: "Events or aggregate cells acknowledged by the receiver."}),
+		EventsDropped:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "collector_events_dropped_total", Help: "Rows not exported, by reason."}, []string{"reason"}),
+		ValuesDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "collector_values_dropped_total",
+			Help: "Values removed from exported events because the event catalog does not list them, by field (source, client, version, feature_flag, property)."}, []string{"field"}),
 		Quarantined:     prometheus.NewCounter(prometheus.CounterOpts{Name: "collector_events_quarantined_total", Help: "Events the receiver refused individually."}),
 		Batches:         prometheus.NewCounterVec(prometheus.CounterOpts{Name: "collector_batches_total", Help: "Batches, by outcome."}, []string{"outcome"}),
 		Retries:         prometheus.NewCounter(prometheus.CounterOpts{Name: "collector_retries_total", Help: "Retried delivery attempts."}),
@@ -40,7 +43,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"stage"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.EventsRead, m.EventsExported, m.EventsDropped, m.Quarantined, m.Batches, m.Retries, m.ConsentRefusals, m.Lag, m.LastSuccess, m.Cursor, m.StageSeconds)
+		reg.MustRegister(m.EventsRead, m.EventsExported, m.EventsDropped, m.ValuesDropped, m.Quarantined, m.Batches, m.Retries, m.ConsentRefusals, m.Lag, m.LastSuccess, m.Cursor, m.StageSeconds)
 	}
 	return m
 }

@@ -23,10 +23,10 @@ import (
 	"k8s.io/utils/clock"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/collector/aggregate"
-	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
 	"github.com/sourcegraph/telemetry-operator/collector/deliver"
 	"github.com/sourcegraph/telemetry-operator/collector/scrub"
 	"github.com/sourcegraph/telemetry-operator/collector/source"
@@ -273,7 +273,21 @@ func (p *Pipeline) readAndFilter(ctx context.Context, t source.View, limit int) 
 		f.events = append(f.events, e)
 	}
 	p.Metrics.StageSeconds.WithLabelValues("filter").Observe(p.Clock.Since(start).Seconds())
+	p.countValuesDropped()
 	return f, nil
+}
+
+// countValuesDropped moves the scrubber's counts of values the catalog does not list into the
+// metrics. A round read ahead filters on another goroutine, never at the same time as this one.
+func (p *Pipeline) countValuesDropped() {
+	for field, n := range p.Scrubber.ValuesDropped {
+		p.Metrics.ValuesDropped.WithLabelValues(field).Add(float64(n))
+		delete(p.Scrubber.ValuesDropped, field)
+	}
+	if n := p.Scrubber.PropertiesDropped; n > 0 {
+		p.Metrics.ValuesDropped.WithLabelValues(catalogv1.NotListedProperty).Add(float64(n))
+		p.Scrubber.PropertiesDropped = 0
+	}
 }
 
 // prefetch is the next round, read and filtered while the current one is being sent.
@@ -394,7 +408,7 @@ func (f *filtered) full() bool { return len(f.round.Rows) >= f.limit }
 // batch builds the events batch for f carrying cursor.
 func (p *Pipeline) batch(f *filtered, cursor int64) *batchv1.Batch {
 	b := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindEvents, Tier: string(v1.TierEventLevel),
-		AllowListVersion: allowlist.Version, Cursor: cursor}
+		AllowListVersion: catalogv1.CurrentVersion, Cursor: cursor}
 	if len(f.events) > 0 {
 		b.Events = f.events
 		b.BatchID = fmt.Sprintf("%s-e-%s-%s-%d", p.cfg.InstanceID, b.Events[0].ID, b.Events[len(b.Events)-1].ID, len(b.Events))
@@ -452,7 +466,7 @@ func (p *Pipeline) send(ctx context.Context, b *batchv1.Batch) (deliver.Outcome,
 	p.Metrics.StageSeconds.WithLabelValues("send").Observe(p.Clock.Since(start).Seconds())
 	if err == nil && len(out.Quarantined) > 0 && len(b.Events) > 0 {
 		cursorOnly := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindEvents, Tier: b.Tier,
-			AllowListVersion: allowlist.Version, BatchID: fmt.Sprintf("%s-c-%d", p.cfg.InstanceID, b.Cursor), Cursor: b.Cursor}
+			AllowListVersion: catalogv1.CurrentVersion, BatchID: fmt.Sprintf("%s-c-%d", p.cfg.InstanceID, b.Cursor), Cursor: b.Cursor}
 		_, err = p.Client.Send(ctx, cursorOnly, p.guard)
 	}
 	if err != nil {
@@ -492,7 +506,7 @@ func (p *Pipeline) aggregateRound(ctx context.Context) error {
 	for start := 0; start < len(kept) || start == 0; start += batchv1.MaxAggregatesPerBatch {
 		end := min(start+batchv1.MaxAggregatesPerBatch, len(kept))
 		b := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindAggregates, Tier: string(v1.TierCriticalOnly),
-			AllowListVersion: allowlist.Version, Aggregates: kept[start:end],
+			AllowListVersion: catalogv1.CurrentVersion, Aggregates: kept[start:end],
 			BatchID: fmt.Sprintf("%s-a-%s-%s-%d-%d", p.cfg.InstanceID, from.Format("20060102"), today.Format("20060102"), now.Unix(), start)}
 		if len(b.Aggregates) == 0 {
 			break

@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/ledger"
@@ -56,7 +57,7 @@ func templateTierOf(ctx context.Context, ns, policy string) string {
 func sendEvents(instance string, first, n int, ts time.Time) (int, batchv1.Response) {
 	GinkgoHelper()
 	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: fmt.Sprintf("%s-e-%d-%d", instance, first, n), Kind: batchv1.KindEvents,
-		Tier: string(v1.TierEventLevel), AllowListVersion: 1, Cursor: int64(first + n)}
+		Tier: string(v1.TierEventLevel), AllowListVersion: catalogv1.CurrentVersion, Cursor: int64(first + n)}
 	for i := range n {
 		b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(first + i), Name: "hover", Timestamp: ts.Add(time.Duration(i) * time.Millisecond),
 			Source: "WEB", UserID: "0123456789abcdef0123456789abcdef"})

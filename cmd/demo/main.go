@@ -26,7 +26,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/yaml"
 
-	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/localstack"
 	"github.com/sourcegraph/telemetry-operator/internal/seed"
 	"github.com/sourcegraph/telemetry-operator/internal/testenv"
@@ -277,7 +277,7 @@ func indent(s string) string {
 
 func countAllowListed(ctx context.Context, in *localstack.Instance, from, to time.Time) int {
 	var n int
-	_ = in.Pool.QueryRow(ctx, "SELECT count(*) FROM event_logs WHERE name = ANY($1) AND timestamp >= $2 AND timestamp < $3", allowlist.Names(), from, to).Scan(&n)
+	_ = in.Pool.QueryRow(ctx, "SELECT count(*) FROM event_logs WHERE name = ANY($1) AND timestamp >= $2 AND timestamp < $3", catalogv1.Current().Names(), from, to).Scan(&n)
 	return n
 }
 

@@ -17,8 +17,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
-	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
 )
 
 // userExpr identifies a user inside the database only; no identifier ever leaves it.
@@ -30,13 +30,13 @@ var patternTypes = []string{"literal", "regexp", "standard", "structural", "keyw
 // recorded inside periods (the windows in which the tier in force allowed aggregates). Days
 // before today are final; today is partial and replaced on the next send.
 func Compute(ctx context.Context, db *pgxpool.Pool, from, to, today time.Time, periods []consentv1.Window) ([]batchv1.Aggregate, error) {
-	names := allowlist.Names()
+	names := catalogv1.Current().Names()
 	sort.Strings(names)
 	var featureCase strings.Builder
 	featureCase.WriteString("CASE name")
 	args := []any{from.Format(time.DateOnly), to.Format(time.DateOnly), names}
 	for _, n := range names {
-		args = append(args, n, allowlist.FeatureOf(n))
+		args = append(args, n, catalogv1.Current().FeatureOf(n))
 		fmt.Fprintf(&featureCase, " WHEN $%d THEN $%d", len(args)-1, len(args))
 	}
 	featureCase.WriteString(" END")
@@ -70,7 +70,7 @@ SELECT day::text, metric, dim, value, users FROM (
     FROM ev WHERE day >= $1::date AND name = ANY($3) AND version ~ '^[0-9][0-9A-Za-z.+_-]{0,63}$' GROUP BY day, version
   UNION ALL
   SELECT day, 'searches_by_type', pt, count(*), count(DISTINCT u)
-    FROM ev WHERE day >= $1::date AND name = '` + allowlist.SearchEvent + `' AND pt = ANY($` + fmt.Sprint(ptArg) + `) GROUP BY day, pt
+    FROM ev WHERE day >= $1::date AND name = '` + catalogv1.SearchEvent + `' AND pt = ANY($` + fmt.Sprint(ptArg) + `) GROUP BY day, pt
   UNION ALL
   SELECT day, 'feature_users', ` + featureCase.String() + `, count(*), count(DISTINCT u)
     FROM ev WHERE day >= $1::date AND name = ANY($3) GROUP BY day, 2, 3
@@ -101,7 +101,7 @@ SELECT day::text, metric, dim, value, users FROM (
 	// The SQL pre-filters versions by shape; the same check events get decides what leaves.
 	kept := out[:0]
 	for _, a := range out {
-		if a.Metric == batchv1.MetricInstanceVersion && !allowlist.ValidVersion(a.Dimension) {
+		if a.Metric == batchv1.MetricInstanceVersion && !catalogv1.Current().ProductVersion(a.Dimension) {
 			continue
 		}
 		kept = append(kept, a)

@@ -6,8 +6,9 @@ Licensed under the Apache License, Version 2.0.
 
 // Package deliver sends batches to the receiver over mutual TLS with at-least-once semantics:
 // compressed bodies, an idempotency key per batch, exponential backoff with full jitter on
-// network errors and 429/502/503/504 (honouring Retry-After), and on 400/413 a binary split that
-// isolates and quarantines the offending event so the rest goes through.
+// network errors and 429/502/503/504 (honouring Retry-After), and on a 400 naming an item, or a
+// 413, a binary split that isolates and quarantines the offending event so the rest goes
+// through. A 400 that names no item fails the attempt without dropping anything.
 package deliver
 
 import (
@@ -198,8 +199,17 @@ func statusError(resp *http.Response, body []byte) error {
 	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout, http.StatusInternalServerError:
 		return &retryableError{status: resp.StatusCode, retryAfter: retryAfter(resp.Header.Get("Retry-After")),
 			msg: fmt.Sprintf("receiver answered %d %s", resp.StatusCode, er.Reason)}
-	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+	case http.StatusRequestEntityTooLarge:
 		return &rejectedError{status: resp.StatusCode, reason: er.Reason}
+	case http.StatusBadRequest:
+		if er.EventIndex != nil {
+			// One item is to blame: split to isolate and quarantine it.
+			return &rejectedError{status: resp.StatusCode, reason: er.Reason}
+		}
+		// A 400 that names no item (a proxy in the way, a version mismatch) is no reason to drop
+		// data: the round fails, nothing advances, and it is tried again.
+		return &permanentError{fmt.Sprintf("receiver answered 400 %s without naming an item: %s; nothing is dropped, the round is retried",
+			er.Reason, truncate(er.Error, 200))}
 	default:
 		return &permanentError{fmt.Sprintf("receiver answered %d %s: %s", resp.StatusCode, er.Reason, truncate(er.Error, 200))}
 	}

@@ -10,7 +10,7 @@ import (
 	"bytes"
 	"encoding/json"
 
-	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 )
 
 // properties returns public_argument's allow-listed properties for entry, validated, and how
@@ -18,7 +18,7 @@ import (
 // (queries, paths, whatever else an event carries) are skipped without being copied. When the
 // document is not one valid JSON object nothing is kept, as when encoding/json fails on it.
 // A test holds it to decoding the whole document with encoding/json.
-func properties(entry allowlist.Event, raw []byte) (map[string]any, int) {
+func properties(entry catalogv1.Event, raw []byte) (map[string]any, int) {
 	if !json.Valid(raw) {
 		return nil, 0
 	}
@@ -50,12 +50,12 @@ func properties(entry allowlist.Event, raw []byte) (map[string]any, int) {
 			_ = json.Unmarshal(key, &k)
 			name = k
 		}
-		validate, listed := entry.Properties[name]
+		shape, listed := entry.Properties[name]
 		if !listed {
 			unknown = addKey(unknown, name)
 			continue
 		}
-		out, valid := validate(scalar(value))
+		out, valid := shape.Accept(scalar(value))
 		if !valid {
 			delete(kept, name)
 			invalid = addKey(invalid, name)

@@ -15,12 +15,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 )
 
 // referenceProperties is what properties replaced: decode the whole document with
 // encoding/json, then filter.
-func referenceProperties(entry allowlist.Event, raw []byte) (map[string]any, int) {
+func referenceProperties(entry catalogv1.Event, raw []byte) (map[string]any, int) {
 	var args map[string]any
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
@@ -49,8 +49,8 @@ var propertyDocs = []string{
 // TestPropertiesMatchEncodingJSON holds the selective decoder to the full encoding/json decode
 // on awkward documents, for every allow-listed event that has properties.
 func TestPropertiesMatchEncodingJSON(t *testing.T) {
-	for _, name := range allowlist.Names() {
-		entry, _ := allowlist.Lookup(name)
+	for _, name := range catalogv1.Current().Names() {
+		entry, _ := catalogv1.Current().Lookup(name)
 		if len(entry.Properties) == 0 {
 			continue
 		}
@@ -72,7 +72,7 @@ func FuzzProperties(f *testing.F) {
 	for _, doc := range propertyDocs {
 		f.Add(doc)
 	}
-	entry, _ := allowlist.Lookup("SearchSubmitted")
+	entry, _ := catalogv1.Current().Lookup("SearchSubmitted")
 	f.Fuzz(func(t *testing.T, doc string) {
 		gotProps, gotDropped := properties(entry, []byte(doc))
 		wantProps, wantDropped := referenceProperties(entry, []byte(doc))

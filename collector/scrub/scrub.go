@@ -4,9 +4,12 @@ Copyright 2026 The telemetry-operator Authors.
 Licensed under the Apache License, Version 2.0.
 */
 
-// Package scrub turns an event_logs row into an exportable event: allow-listed name and
-// properties, a keyed pseudonym instead of the user, and nothing else. The source query never
-// even selects url, argument, referrers, device or billing ids; this package is the second line.
+// Package scrub turns an event_logs row into an exportable event: a name, properties, source,
+// client, product version and feature flags each listed in the event catalog (api/catalog/v1),
+// a keyed pseudonym instead of the user, and nothing else. A value the catalog does not list is
+// dropped and counted. The source query never even selects url, argument, referrers, device or
+// billing ids, nor any member of public_argument or feature_flags the catalog does not name;
+// this package is the second line.
 package scrub
 
 import (
@@ -16,12 +19,11 @@ import (
 	"encoding/json"
 	"errors"
 	"hash"
-	"regexp"
 	"strconv"
 	"time"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
-	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 )
 
 // KeyLen is the pseudonym key length the operator generates.
@@ -39,6 +41,9 @@ type Row struct {
 	Timestamp       time.Time
 	FeatureFlags    []byte
 	Client          string
+	// Oversized is set when the row's public_argument was too large to be read whole (only its
+	// listed members within the size bound were selected).
+	Oversized bool
 }
 
 // Drop reasons, for metrics and progress.
@@ -54,12 +59,16 @@ type Scrubber struct {
 	buf []byte
 	// PropertiesDropped counts properties removed from exported events.
 	PropertiesDropped int64
+	// ValuesDropped counts other values the catalog does not list, by field (source, client,
+	// version, feature_flag), removed from exported events.
+	ValuesDropped map[string]int64
+	catalog       *catalogv1.Catalog
 	// Verdicts on values that repeat across events (sources, versions, clients, flag names)
 	// and pseudonyms of recent users are memoized: the regular expressions and the HMAC dominate
 	// the cost otherwise. The caches are bounded and simply reset when full.
 	verdicts   map[verdictKey]bool
 	pseudonyms map[pseudonymKey]string
-	flagSets   map[string]map[string]bool
+	flagSets   map[string]flagSet
 }
 
 type verdictKey struct {
@@ -93,7 +102,7 @@ func New(key []byte) (*Scrubber, error) {
 		return nil, errors.New("the pseudonym key must be exactly 32 bytes")
 	}
 	return &Scrubber{mac: hmac.New(sha256.New, key), verdicts: map[verdictKey]bool{}, pseudonyms: map[pseudonymKey]string{},
-		flagSets: map[string]map[string]bool{}}, nil
+		flagSets: map[string]flagSet{}, catalog: catalogv1.Current(), ValuesDropped: map[string]int64{}}, nil
 }
 
 // Pseudonym returns hex(HMAC-SHA256(key, user))[:32] for a signed-in user id, or for an
@@ -129,21 +138,12 @@ func (s *Scrubber) pseudonym(userID int64, anonymousID string) string {
 	return hex.EncodeToString(sum[:16])
 }
 
-var (
-	sourceRe = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,31}$`)
-	clientRe = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,63}$`)
-	flagRe   = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,63}$`)
-)
-
-func clientOK(v string) bool { return clientRe.MatchString(v) && !allowlist.LooksPersonal(v) }
-
-func flagOK(k string) bool {
-	return flagRe.MatchString(k) && !allowlist.LooksPersonal(k) && !allowlist.LooksLikeIdentifier(k)
-}
+// Catalog is the event catalog the scrubber filters by.
+func (s *Scrubber) Catalog() *catalogv1.Catalog { return s.catalog }
 
 // Event returns the exportable event for r, or a drop reason.
 func (s *Scrubber) Event(r *Row) (batchv1.Event, string) {
-	entry, ok := allowlist.Lookup(r.Name)
+	entry, ok := s.catalog.Lookup(r.Name)
 	if !ok {
 		return batchv1.Event{}, DropNotAllowListed
 	}
@@ -159,16 +159,35 @@ func (s *Scrubber) Event(r *Row) (batchv1.Event, string) {
 		Timestamp: r.Timestamp.UTC(),
 		UserID:    s.Pseudonym(r.UserID, r.AnonymousUserID),
 	}
-	if r.Source != "" && s.allowed('s', r.Source, sourceRe.MatchString) {
-		e.Source = r.Source
+	if r.Source != "" {
+		if s.allowed('s', r.Source, s.catalog.Source) {
+			e.Source = r.Source
+		} else {
+			s.ValuesDropped[catalogv1.NotListedSource]++
+		}
 	}
-	if r.Version != "" && s.allowed('v', r.Version, allowlist.ValidVersion) {
-		e.ProductVersion = r.Version
+	if r.Version != "" {
+		if s.allowed('v', r.Version, s.catalog.ProductVersion) {
+			e.ProductVersion = r.Version
+		} else {
+			s.ValuesDropped[catalogv1.NotListedVersion]++
+		}
 	}
-	if r.Client != "" && s.allowed('c', r.Client, clientOK) {
-		e.Client = r.Client
+	if r.Client != "" {
+		if s.allowed('c', r.Client, s.catalog.Client) {
+			e.Client = r.Client
+		} else {
+			s.ValuesDropped[catalogv1.NotListedClient]++
+		}
 	}
-	e.FeatureFlags = s.flags(r.FeatureFlags)
+	if r.Oversized {
+		s.ValuesDropped[catalogv1.OversizedDocument]++
+	}
+	flags := s.flags(r.FeatureFlags)
+	e.FeatureFlags = flags.kept
+	if flags.dropped > 0 {
+		s.ValuesDropped[catalogv1.NotListedFlag] += int64(flags.dropped)
+	}
 	if len(entry.Properties) > 0 && len(r.PublicArgument) > 0 {
 		props, dropped := properties(entry, r.PublicArgument)
 		e.Properties = props
@@ -177,12 +196,18 @@ func (s *Scrubber) Event(r *Row) (batchv1.Event, string) {
 	return e, ""
 }
 
+// flagSet is a feature_flags document filtered: the listed flags kept, and how many were not.
+type flagSet struct {
+	kept    map[string]bool
+	dropped int
+}
+
 // flags returns the exportable feature flags of a feature_flags document. The same document
 // repeats across a user's events, so results for short documents are remembered; the map
 // returned may be shared between events and must not be modified.
-func (s *Scrubber) flags(raw []byte) map[string]bool {
+func (s *Scrubber) flags(raw []byte) flagSet {
 	if len(raw) == 0 || len(raw) > 64<<10 {
-		return nil
+		return flagSet{}
 	}
 	if len(raw) > maxCachedFlagsLen {
 		return s.parseFlags(raw)
@@ -201,15 +226,17 @@ func (s *Scrubber) flags(raw []byte) map[string]bool {
 // maxCachedFlagsLen bounds the feature_flags documents remembered (and so the cache's memory).
 const maxCachedFlagsLen = 1024
 
-func (s *Scrubber) parseFlags(raw []byte) map[string]bool {
+func (s *Scrubber) parseFlags(raw []byte) flagSet {
 	var m map[string]any
 	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil
+		return flagSet{}
 	}
 	var out map[string]bool
+	dropped := 0
 	for k, v := range m {
 		b, ok := v.(bool)
-		if !ok || !s.allowed('f', k, flagOK) {
+		if !ok || !s.allowed('f', k, s.catalog.Flag) {
+			dropped++
 			continue
 		}
 		if out == nil {
@@ -220,5 +247,5 @@ func (s *Scrubber) parseFlags(raw []byte) map[string]bool {
 			break
 		}
 	}
-	return out
+	return flagSet{kept: out, dropped: dropped}
 }

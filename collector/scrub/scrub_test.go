@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 )
 
 var key = []byte("0123456789abcdef0123456789abcdef")
@@ -123,7 +123,7 @@ func TestEventKeepsOnlyWhatTheAllowListAllows(t *testing.T) {
 // reads, for every allow-listed event, and checks the serialized output.
 func TestPersonalDataNeverLeaves(t *testing.T) {
 	s, _ := New(key)
-	for _, name := range allowlist.Names() {
+	for _, name := range catalogv1.Current().Names() {
 		for _, pii := range PersonalData {
 			args := map[string]any{pii: pii, "nested": map[string]any{"query": pii}}
 			for prop := range mustEntry(name).Properties {
@@ -156,8 +156,8 @@ func assertClean(t *testing.T, where, out string) {
 	}
 }
 
-func mustEntry(name string) allowlist.Event {
-	e, _ := allowlist.Lookup(name)
+func mustEntry(name string) catalogv1.Event {
+	e, _ := catalogv1.Current().Lookup(name)
 	return e
 }
 

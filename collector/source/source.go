@@ -14,6 +14,12 @@ Licensed under the Apache License, Version 2.0.
 // transaction finishes. Only the columns that may contribute to an export are ever selected:
 // url, argument, referrers, device and billing ids are not read at all.
 //
+// Only what the event catalog names is selected, and every value within a byte bound the
+// database enforces: of public_argument the listed members whose value is at most
+// MaxValueBytes (never a query, never a whole document), of feature_flags the listed flags,
+// and at most MaxTextBytes of each text column. A huge row never reaches the collector's memory;
+// one whose public_argument is stored larger than OversizedDocument is counted.
+//
 // Only rows recorded inside a consent window are read (the windows are a condition of the
 // query), so events from before consent, or from an Off or CriticalOnly period, never reach the
 // collector's memory; rows outside every window are passed over and never come back.
@@ -23,12 +29,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/collector/scrub"
 )
@@ -59,10 +67,50 @@ func inWindows(ws []consentv1.Window, first int) (string, []any) {
 	return b.String(), args
 }
 
-// columns are the only event_logs columns the collector reads.
-const columns = `id, name, COALESCE(user_id, 0)::bigint, COALESCE(anonymous_user_id, ''), COALESCE(source, ''),
-	COALESCE(public_argument, '{}'::jsonb)::text, COALESCE(version, ''), timestamp,
-	COALESCE(feature_flags, '{}'::jsonb)::text, COALESCE(client, '')`
+// Bounds the database enforces on what it returns.
+const (
+	// MaxValueBytes bounds one selected member of public_argument, as JSON text.
+	MaxValueBytes = 256
+	// MaxTextBytes bounds the text columns (name, source, version, client): longer values are
+	// cut here and then refused by the catalog, which lists nothing so long.
+	MaxTextBytes = 129
+	// MaxIDBytes bounds anonymous_user_id; a longer one counts as missing.
+	MaxIDBytes = 256
+	// OversizedDocument is the stored size of a public_argument counted as oversized.
+	OversizedDocument = 64 << 10
+)
+
+// columns are the only things the collector reads of a row; $1 is the list of public_argument
+// members the catalog names, $2 its feature flags (numbered from first).
+func columns(first int) string {
+	k, f := first, first+1
+	return fmt.Sprintf(`id, left(name, %[3]d), COALESCE(user_id, 0)::bigint,
+	CASE WHEN octet_length(anonymous_user_id) <= %[4]d THEN anonymous_user_id ELSE '' END, left(COALESCE(source, ''), %[3]d),
+	COALESCE(CASE WHEN jsonb_typeof(public_argument) = 'object' THEN (SELECT jsonb_object_agg(m.key, m.value) FROM jsonb_each(public_argument) AS m
+		WHERE m.key = ANY($%[1]d::text[]) AND octet_length(m.value::text) <= %[5]d) END, '{}'::jsonb)::text,
+	left(COALESCE(version, ''), %[3]d), timestamp,
+	COALESCE(CASE WHEN jsonb_typeof(feature_flags) = 'object' THEN (SELECT jsonb_object_agg(m.key, m.value) FROM jsonb_each(feature_flags) AS m
+		WHERE m.key = ANY($%[2]d::text[]) AND jsonb_typeof(m.value) = 'boolean') END, '{}'::jsonb)::text,
+	left(COALESCE(client, ''), %[3]d), COALESCE(pg_column_size(public_argument), 0) > %[6]d`,
+		k, f, MaxTextBytes, MaxIDBytes, MaxValueBytes, OversizedDocument)
+}
+
+// selection is what the catalog lets the query select: the public_argument members and the
+// feature flags it names.
+func selection() []any {
+	c := catalogv1.Current()
+	var keys []string
+	for _, name := range c.Names() {
+		e, _ := c.Lookup(name)
+		for k := range e.Properties {
+			if !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
+	}
+	slices.Sort(keys)
+	return []any{keys, c.FeatureFlags}
+}
 
 // Reader reads event_logs.
 type Reader struct {
@@ -112,8 +160,9 @@ type Round struct {
 // while the previous round is still being sent), reading at most limit rows recorded inside
 // windows.
 func (r *Reader) Read(ctx context.Context, t View, limit int, windows []consentv1.Window) (*Round, error) {
-	inLate, lateArgs := inWindows(windows, 3)
-	inFresh, freshArgs := inWindows(windows, 3)
+	sel := selection()
+	inLate, lateArgs := inWindows(windows, 5)
+	inFresh, freshArgs := inWindows(windows, 5)
 	tx, err := r.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return nil, fmt.Errorf("reading event_logs: %w", err)
@@ -129,8 +178,8 @@ func (r *Reader) Read(ctx context.Context, t View, limit int, windows []consentv
 	}
 	round := &Round{Snapshot: snap, NewHigh: t.High(), Complete: true}
 	if t.NeedLateScan(snap) && t.High() > t.Cursor() {
-		rows, err := tx.Query(ctx, "SELECT "+columns+" FROM event_logs WHERE id > $1 AND id <= $2 AND "+inLate+" ORDER BY id",
-			append([]any{t.Cursor(), t.High()}, lateArgs...)...)
+		rows, err := tx.Query(ctx, "SELECT "+columns(3)+" FROM event_logs WHERE id > $1 AND id <= $2 AND "+inLate+" ORDER BY id",
+			append([]any{t.Cursor(), t.High(), sel[0], sel[1]}, lateArgs...)...)
 		if err != nil {
 			return nil, fmt.Errorf("late scan: %w", err)
 		}
@@ -146,8 +195,8 @@ func (r *Reader) Read(ctx context.Context, t View, limit int, windows []consentv
 	}
 	exhausted := false
 	if remaining := limit - len(round.Rows); remaining > 0 {
-		rows, err := tx.Query(ctx, "SELECT "+columns+" FROM event_logs WHERE id > $1 AND "+inFresh+" ORDER BY id LIMIT $2",
-			append([]any{t.High(), remaining}, freshArgs...)...)
+		rows, err := tx.Query(ctx, "SELECT "+columns(3)+" FROM event_logs WHERE id > $1 AND "+inFresh+" ORDER BY id LIMIT $2",
+			append([]any{t.High(), remaining, sel[0], sel[1]}, freshArgs...)...)
 		if err != nil {
 			return nil, fmt.Errorf("reading new events: %w", err)
 		}
@@ -179,7 +228,7 @@ func collect(rows pgx.Rows, keep func(int64) bool, limit int) ([]scrub.Row, erro
 	for rows.Next() {
 		var r scrub.Row
 		var pa, ff string
-		if err := rows.Scan(&r.ID, &r.Name, &r.UserID, &r.AnonymousUserID, &r.Source, &pa, &r.Version, &r.Timestamp, &ff, &r.Client); err != nil {
+		if err := rows.Scan(&r.ID, &r.Name, &r.UserID, &r.AnonymousUserID, &r.Source, &pa, &r.Version, &r.Timestamp, &ff, &r.Client, &r.Oversized); err != nil {
 			return nil, fmt.Errorf("reading a row: %w", err)
 		}
 		if keep != nil && !keep(r.ID) {

@@ -20,7 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 )
 
 // Schema is Sourcegraph's event_logs table and a read-only role for the collector. The same file
@@ -55,7 +55,7 @@ func Generate(ctx context.Context, db *pgxpool.Pool, o Options) (int, error) {
 		o.Now = time.Now()
 	}
 	r := rand.New(rand.NewPCG(o.Seed, o.Seed^0x5eed)) //nolint:gosec // synthetic data, not security
-	names := allowlist.Names()
+	names := catalogv1.Current().Names()
 	patterns := []string{"literal", "literal", "literal", "regexp", "standard", "structural", "keyword"}
 	langs := []string{"go", "typescript", "python", "java", "rust"}
 	var rows [][]any
@@ -81,12 +81,12 @@ func Generate(ctx context.Context, db *pgxpool.Pool, o Options) (int, error) {
 				}
 				pii := PersonalData[r.IntN(len(PersonalData))]
 				pub := map[string]any{"query": pii}
-				switch allowlist.FeatureOf(name) {
-				case allowlist.FeatureSearch:
+				switch catalogv1.Current().FeatureOf(name) {
+				case catalogv1.FeatureSearch:
 					pub["patternType"] = patterns[r.IntN(len(patterns))]
 					pub["source"] = "nav"
 					pub["durationMs"] = 20 + r.IntN(900)
-				case allowlist.FeatureCodeNavigation, allowlist.FeatureFileView:
+				case catalogv1.FeatureCodeNavigation, catalogv1.FeatureFileView:
 					pub["languageId"] = langs[r.IntN(len(langs))]
 				}
 				pubJSON, _ := json.Marshal(pub)

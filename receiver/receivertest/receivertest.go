@@ -52,6 +52,8 @@ type Receiver struct {
 	Dir    string
 	// Clock is the receiver's clock (the store's and the server's).
 	Clock clock.PassiveClock
+	// Logs holds everything the receiver logged, for leak checks.
+	Logs LogBuffer
 
 	limits server.Limits
 
@@ -65,6 +67,26 @@ type Receiver struct {
 	listener   net.Listener
 	addr       string
 	tlsConfig  *tls.Config
+}
+
+// LogBuffer is a log sink safe for concurrent use.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write appends to the buffer.
+func (b *LogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (b *LogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // Options configure StartWith.
@@ -148,7 +170,7 @@ func StartWith(ctx context.Context, o Options) (*Receiver, error) {
 
 func (r *Receiver) newServer() {
 	r.Registry = prometheus.NewRegistry()
-	r.Server = server.New(r.Store, r.limits, slog.New(slog.NewTextHandler(io.Discard, nil)), r.Registry, server.WithClock(r.Clock))
+	r.Server = server.New(r.Store, r.limits, slog.New(slog.NewJSONHandler(&r.Logs, nil)), r.Registry, server.WithClock(r.Clock))
 	r.Server.RetryAfter = time.Second
 }
 

@@ -22,7 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 )
 
 // Options scope and tune the report.
@@ -119,11 +119,11 @@ func Build(ctx context.Context, db *pgxpool.Pool, o Options) (*Report, error) {
 }
 
 func featureArrays() ([]string, []string) {
-	names := allowlist.Names()
+	names := catalogv1.Current().Names()
 	sort.Strings(names)
 	features := make([]string, len(names))
 	for i, n := range names {
-		features[i] = allowlist.FeatureOf(n)
+		features[i] = catalogv1.Current().FeatureOf(n)
 	}
 	return names, features
 }
@@ -196,7 +196,7 @@ SELECT instance_id, '(all users, aggregate)', to_char(date_trunc('month', day), 
 FROM aggregates WHERE metric = 'searches_by_type' AND day <= $2::date AND ($3 = '' OR instance_id = $3)
   AND instance_id NOT IN (SELECT DISTINCT instance_id FROM events)
 GROUP BY 1, 2, 3
-ORDER BY 1, 3, 7 DESC, 2`, allowlist.SearchEvent, o.Now, o.Instance)
+ORDER BY 1, 3, 7 DESC, 2`, catalogv1.SearchEvent, o.Now, o.Instance)
 	s.Rows = rows
 	return s, err
 }

@@ -23,6 +23,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/receiver/store"
 )
@@ -31,7 +32,7 @@ import (
 // It always declares tier EventLevel: the receiver must not care.
 func timedEvents(instance, batchID string, firstID int, ts ...time.Time) *batchv1.Batch {
 	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: batchID, Kind: batchv1.KindEvents, Tier: "EventLevel",
-		AllowListVersion: 1, Cursor: int64(firstID + len(ts) - 1)}
+		AllowListVersion: catalogv1.CurrentVersion, Cursor: int64(firstID + len(ts) - 1)}
 	for i, t := range ts {
 		b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(firstID + i), Name: "SearchSubmitted", Timestamp: t,
 			UserID: fmt.Sprintf("%032x", i%3), Properties: map[string]any{"patternType": "literal"}})
@@ -40,7 +41,7 @@ func timedEvents(instance, batchID string, firstID int, ts ...time.Time) *batchv
 }
 
 func cells(instance, batchID string, days ...time.Time) *batchv1.Batch {
-	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: batchID, Kind: batchv1.KindAggregates, Tier: "CriticalOnly"}
+	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: batchID, Kind: batchv1.KindAggregates, Tier: "CriticalOnly", AllowListVersion: catalogv1.CurrentVersion}
 	for _, d := range days {
 		b.Aggregates = append(b.Aggregates, batchv1.Aggregate{Day: d.UTC().Format(time.DateOnly), Metric: batchv1.MetricEventCount,
 			Dimension: "ViewBlob", Value: 10, Users: 6, Final: true})
@@ -176,7 +177,7 @@ func TestBatchesAreRefusedUnlessTheLedgerAllowsThem(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Second)
 	mustRecord(t, op, "crit", "ns", "crit", consentv1.TierCriticalOnly, now.Add(-time.Hour))
 	mustRecord(t, op, "off", "ns", "off", consentv1.TierOff, now.Add(-time.Hour))
-	cursorOnly := &batchv1.Batch{Version: 1, InstanceID: "off", BatchID: "cursor-only", Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: 100}
+	cursorOnly := &batchv1.Batch{Version: 1, InstanceID: "off", BatchID: "cursor-only", Kind: batchv1.KindEvents, Tier: "EventLevel", AllowListVersion: catalogv1.CurrentVersion, Cursor: 100}
 	cases := []struct {
 		name  string
 		batch *batchv1.Batch

@@ -31,6 +31,7 @@ import (
 	"k8s.io/utils/clock"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/receiver/store"
@@ -272,6 +273,27 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	if key := r.Header.Get(batchv1.HeaderIdempotencyKey); key != "" && key != b.BatchID {
 		s.reject(w, http.StatusBadRequest, batchv1.ReasonMalformed, "Idempotency-Key does not match batchID", -1)
 		return
+	}
+	// A collector is not trusted to have filtered: everything must be in the catalog it declares.
+	cat, ok := catalogv1.Get(b.AllowListVersion)
+	if !ok {
+		s.reject(w, http.StatusBadRequest, batchv1.ReasonUnsupportedCatalog,
+			fmt.Sprintf("event catalog version %d is not supported (this receiver knows version %d)", b.AllowListVersion, catalogv1.CurrentVersion), -1)
+		return
+	}
+	for i := range b.Events {
+		if field := cat.CheckEvent(&b.Events[i]); field != "" {
+			s.reject(w, http.StatusBadRequest, batchv1.ReasonNotInCatalog,
+				fmt.Sprintf("the event's %s is not in event catalog version %d", field, cat.Version), i)
+			return
+		}
+	}
+	for i := range b.Aggregates {
+		if field := cat.CheckAggregate(&b.Aggregates[i]); field != "" {
+			s.reject(w, http.StatusBadRequest, batchv1.ReasonNotInCatalog,
+				fmt.Sprintf("the cell's %s is not in event catalog version %d", field, cat.Version), i)
+			return
+		}
 	}
 	var res store.Result
 	if b.Kind == batchv1.KindEvents {

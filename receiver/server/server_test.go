@@ -24,6 +24,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
@@ -63,7 +64,7 @@ func grant(t *testing.T, instance string) {
 
 func events(instance string, from, n int) *batchv1.Batch {
 	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: fmt.Sprintf("%s-%d-%d", instance, from, n), Kind: batchv1.KindEvents,
-		Tier: "EventLevel", AllowListVersion: 1, Cursor: int64(from + n - 1)}
+		Tier: "EventLevel", AllowListVersion: catalogv1.CurrentVersion, Cursor: int64(from + n - 1)}
 	for i := from; i < from+n; i++ {
 		b.Events = append(b.Events, batchv1.Event{
 			ID: strconv.Itoa(i), Name: "SearchSubmitted", Timestamp: time.Date(2026, 11, 27, 10, 0, i%60, 0, time.UTC),
@@ -304,7 +305,7 @@ func TestAggregatesAreReplacedNotAdded(t *testing.T) {
 	grant(t, "agg")
 	c := client(t, "agg")
 	send := func(value int64, final bool, batchID string) {
-		b := &batchv1.Batch{Version: 1, InstanceID: "agg", BatchID: batchID, Kind: batchv1.KindAggregates, Tier: "CriticalOnly",
+		b := &batchv1.Batch{Version: 1, InstanceID: "agg", BatchID: batchID, Kind: batchv1.KindAggregates, Tier: "CriticalOnly", AllowListVersion: catalogv1.CurrentVersion,
 			Aggregates: []batchv1.Aggregate{{Day: "2026-11-27", Metric: batchv1.MetricEventCount, Dimension: "ViewBlob", Value: value, Users: 6, Final: final}}}
 		r, err := post(t, c, mustEncode(t, b), nil)
 		if err != nil || r.status != 200 {

@@ -26,8 +26,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
-	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
 	"github.com/sourcegraph/telemetry-operator/internal/localstack"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/testenv"
@@ -94,7 +94,7 @@ func drained(t *testing.T, in *localstack.Instance) {
 			}
 			var n int
 			_ = in.Pool.QueryRow(context.Background(), "SELECT count(*) FROM event_logs WHERE name = ANY($1) AND timestamp >= $2 AND timestamp < $3",
-				allowlist.Names(), c.Time.Time, end).Scan(&n)
+				catalogv1.Current().Names(), c.Time.Time, end).Scan(&n)
 			want += n
 		}
 		return count(t, "SELECT count(*) FROM events WHERE instance_id = $1", in.Name) == want
@@ -117,7 +117,7 @@ func TestConsentIsAWindowInTime(t *testing.T) {
 			t.Fatalf("%d stored events were recorded before the contract was accepted", before)
 		}
 		var since int
-		_ = in.Pool.QueryRow(context.Background(), "SELECT count(*) FROM event_logs WHERE name = ANY($1) AND timestamp >= $2", allowlist.Names(), accepted).Scan(&since)
+		_ = in.Pool.QueryRow(context.Background(), "SELECT count(*) FROM event_logs WHERE name = ANY($1) AND timestamp >= $2", catalogv1.Current().Names(), accepted).Scan(&since)
 		if got := storedBetween(t, "windows", accepted, time.Now().Add(time.Hour)); got != since || since == 0 {
 			t.Fatalf("stored %d events recorded since acceptance, want all %d", got, since)
 		}
@@ -173,7 +173,7 @@ func instanceCert(t *testing.T, name string) (tls.Certificate, *x509.CertPool) {
 func postEvents(t *testing.T, cert tls.Certificate, roots *x509.CertPool, instance, tier string, firstID, n int, ts time.Time) (int, string) {
 	t.Helper()
 	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: fmt.Sprintf("%s-manual-%d-%d", instance, firstID, n), Kind: batchv1.KindEvents,
-		Tier: tier, AllowListVersion: allowlist.Version, Cursor: int64(firstID + n)}
+		Tier: tier, AllowListVersion: catalogv1.CurrentVersion, Cursor: int64(firstID + n)}
 	for i := range n {
 		b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(firstID + i), Name: "hover", Timestamp: ts.Add(time.Duration(i) * time.Millisecond).UTC(),
 			Source: "WEB", UserID: "00112233445566778899aabbccddeeff"})

@@ -27,8 +27,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
-	"github.com/sourcegraph/telemetry-operator/collector/allowlist"
 	"github.com/sourcegraph/telemetry-operator/internal/localstack"
 	"github.com/sourcegraph/telemetry-operator/internal/seed"
 	"github.com/sourcegraph/telemetry-operator/internal/testenv"
@@ -176,7 +176,7 @@ func count(t *testing.T, sql string, args ...any) int {
 func allowListed(t *testing.T, in *localstack.Instance) int {
 	t.Helper()
 	var n int
-	if err := in.Pool.QueryRow(context.Background(), "SELECT count(*) FROM event_logs WHERE name = ANY($1)", allowlist.Names()).Scan(&n); err != nil {
+	if err := in.Pool.QueryRow(context.Background(), "SELECT count(*) FROM event_logs WHERE name = ANY($1)", catalogv1.Current().Names()).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n

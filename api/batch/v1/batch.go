@@ -68,7 +68,8 @@ type Batch struct {
 	Kind string `json:"kind"`
 	// Tier is the consent tier the collector ran under.
 	Tier string `json:"tier"`
-	// AllowListVersion is the version of the allow-list that filtered the events.
+	// AllowListVersion is the version of the event catalog (api/catalog/v1) that filtered the
+	// batch; the receiver checks every item against it.
 	AllowListVersion int `json:"allowListVersion"`
 	// Cursor is the collector's acknowledged position after this batch (events only): every
 	// source id at or below it has been delivered.
@@ -178,6 +179,11 @@ const (
 	ReasonInternal       = "Internal"
 	ReasonNotFound       = "NotFound"
 	ReasonMethodNotAllow = "MethodNotAllowed"
+	// ReasonNotInCatalog: an event, a property, a value or an aggregate dimension is not in the
+	// event catalog version the batch declares (eventIndex names the item).
+	ReasonNotInCatalog = "NotInCatalog"
+	// ReasonUnsupportedCatalog: the receiver does not know the catalog version the batch declares.
+	ReasonUnsupportedCatalog = "UnsupportedCatalogVersion"
 )
 
 // Error is a decoding or validation failure with a stable reason and, when one item is to
