@@ -9,62 +9,71 @@ package collector_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"os"
 	"testing"
 	"time"
 
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/collector/aggregate/aggregatetest"
 )
 
-// TestAggregatesOnCraftedData checks every published number against values worked out by hand,
-// and that small cells (and their complements) are not published.
+// aggregateKey names one published cell.
+type aggregateKey struct{ day, metric, dim string }
+
+// publishedCells reads what the receiver stored for an instance.
+func publishedCells(t *testing.T, in *instance) map[aggregateKey][2]int64 {
+	t.Helper()
+	got := map[aggregateKey][2]int64{}
+	rows, err := rcv.Store.Pool().Query(context.Background(), "SELECT day::text, metric, dimension, value, users FROM aggregates WHERE instance_id = $1", in.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k aggregateKey
+		var v, u int64
+		if err := rows.Scan(&k.day, &k.metric, &k.dim, &v, &u); err != nil {
+			t.Fatal(err)
+		}
+		got[k] = [2]int64{v, u}
+	}
+	return got
+}
+
+// TestAggregatesOnCraftedData checks every published number against values worked out by hand:
+// small cells and the cells they could be recovered from are withheld, only closed days leave,
+// and each day leaves once, so rows committed after it was published change nothing.
 func TestAggregatesOnCraftedData(t *testing.T) {
 	in := newInstance(t, v1.TierCriticalOnly, 100)
-	now := time.Now().UTC()
-	today := now.Truncate(24 * time.Hour)
-	yesterday := today.AddDate(0, 0, -1)
-	at := func(day time.Time) time.Time { return day.Add(10 * time.Hour) }
-	if now.Before(today.Add(10 * time.Hour)) {
-		at = func(day time.Time) time.Time { return day.Add(time.Minute) }
-	}
-	add := func(name string, user int, day time.Time, pattern string) {
+	today := time.Now().UTC().Truncate(24 * time.Hour)
+	d3, d2 := today.AddDate(0, 0, -3), today.AddDate(0, 0, -2) // always closed (AggregateGrace is 2h)
+	add := func(name string, user int, at time.Time, pattern string) {
 		in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp, public_argument) VALUES ($1, $2, 'WEB', '5.3.0', $3, $4::jsonb)`,
-			name, user, at(day), fmt.Sprintf(`{"patternType":%q}`, pattern))
+			name, user, at, fmt.Sprintf(`{"patternType":%q}`, pattern))
 	}
-	for u := 1; u <= 10; u++ { // yesterday: 10 users search literally
-		add("SearchSubmitted", u, yesterday, "literal")
+	for u := 1; u <= 10; u++ { // d3: 10 users search literally
+		add("SearchSubmitted", u, d3.Add(10*time.Hour), "literal")
 	}
-	for u := 11; u <= 12; u++ { // yesterday: 2 users search with regexps: too few to publish
-		add("SearchSubmitted", u, yesterday, "regexp")
+	for u := 11; u <= 12; u++ { // d3: 2 users search with regexps: too few to publish
+		add("SearchSubmitted", u, d3.Add(11*time.Hour), "regexp")
 	}
-	for u := 101; u <= 107; u++ { // today: 7 users hover
-		add("hover", u, today, "")
+	for u := 101; u <= 107; u++ { // d2: 7 users hover
+		add("hover", u, d2.Add(9*time.Hour), "")
 	}
-	add("UserSignedUp", 500, today, "") // not allow-listed: counts as activity, never as a name
+	add("UserSignedUp", 500, d2.Add(23*time.Hour), "") // not listed: counts as activity, never as a name
+	for u := 201; u <= 220; u++ {                      // today: 20 users search; today is not closed
+		add("SearchSubmitted", u, today.Add(time.Second), "literal")
+	}
 
 	p := in.pipeline()
 	if _, err := p.RunOnce(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	type key struct{ day, metric, dim string }
-	got := map[key][2]int64{}
-	final := map[string]bool{}
-	rows, err := rcv.Store.Pool().Query(context.Background(), "SELECT day::text, metric, dimension, value, users, final FROM aggregates WHERE instance_id = $1", in.id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var k key
-		var v, u int64
-		var f bool
-		if err := rows.Scan(&k.day, &k.metric, &k.dim, &v, &u, &f); err != nil {
-			t.Fatal(err)
-		}
-		got[k] = [2]int64{v, u}
-		final[k.day] = f
-	}
-	rows.Close()
-	y, d := yesterday.Format(time.DateOnly), today.Format(time.DateOnly)
-	want := map[key][2]int64{
+	got := publishedCells(t, in)
+	y, d := d3.Format(time.DateOnly), d2.Format(time.DateOnly)
+	want := map[aggregateKey][2]int64{
 		{y, "event_count", "SearchSubmitted"}:   {12, 12},
 		{y, "instance_version", "5.3.0"}:        {12, 12},
 		{y, "feature_users", "search"}:          {12, 12},
@@ -83,22 +92,134 @@ func TestAggregatesOnCraftedData(t *testing.T) {
 			t.Errorf("%v = %v, want %v", k, got[k], w)
 		}
 	}
-	for k := range got {
-		if _, ok := want[k]; !ok {
-			t.Errorf("unexpected cell %v = %v (searches by type must be suppressed: regexp has 2 users, so literal goes too)", k, got[k])
+	for k, v := range got {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		switch {
+		case k.day == y || k.day == d:
+			// searches_by_type regexp has 2 users; literal = event_count - regexp would give it away.
+			t.Errorf("unexpected cell %v = %v", k, v)
+		case k.day >= today.Format(time.DateOnly):
+			t.Errorf("a day that has not ended was published: %v = %v", k, v)
+		case k.day < y || (k.metric != "active_users_7d" && k.metric != "active_users_28d"):
+			t.Errorf("a day without events published %v = %v", k, v)
 		}
 	}
-	if !final[y] || final[d] {
-		t.Errorf("yesterday must be final and today partial: %v", final)
+	through := p.Progress().AggregatesThrough
+	if through < d || through >= today.Format(time.DateOnly) {
+		t.Errorf("AggregatesThrough = %q, want a closed day from %s on", through, d)
 	}
 
-	// A resend replaces: running again adds nothing.
+	// Rows committed after a day was published change nothing: the day left once.
+	for u := 301; u <= 320; u++ {
+		add("SearchSubmitted", u, d2.Add(12*time.Hour), "literal")
+	}
 	if _, err := p.RunOnce(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	var total int64
-	_ = rcv.Store.Pool().QueryRow(context.Background(), "SELECT sum(value) FROM aggregates WHERE instance_id = $1 AND metric = 'event_count'", in.id).Scan(&total)
-	if total != 19 {
-		t.Fatalf("event counts add up to %d after a resend, want 19", total)
+	// A collector that lost its progress sends the days again; the receiver keeps the first.
+	if err := os.Remove(in.stateFile); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.pipeline().RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	again := publishedCells(t, in)
+	for k, v := range got {
+		if again[k] != v {
+			t.Errorf("after a resend %v = %v, first published as %v", k, again[k], v)
+		}
+	}
+	for k, v := range again {
+		if _, ok := got[k]; !ok && k.day <= d {
+			t.Errorf("a published day gained the cell %v = %v", k, v)
+		}
+	}
+}
+
+// TestNoPublishedCellNarrowsASuppressedOne is the attacker test run the way an analyst with
+// the receiver's database would: randomized instance-days (few users, skewed names, many
+// versions, earlier users in the 7- and 28-day windows) go through event_logs, the collector
+// and the receiver; every cell stored for the day must be the cell's true value (from the
+// definitions, not from the collector's code), and from everything stored for the day no cell
+// left out may be narrowed below 5 users. Publishing every cell of 5 users or more would let
+// the attacker narrow some of these days, so the test has teeth.
+func TestNoPublishedCellNarrowsASuppressedOne(t *testing.T) {
+	instances := 24
+	if testing.Short() {
+		instances = 4
+	}
+	rng := rand.New(rand.NewPCG(2026, 13))
+	day := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -2)
+	date := day.Format(time.DateOnly)
+	exposedByPrimaryOnly := 0
+	for i := range instances {
+		d := aggregatetest.Random(rng, date)
+		in := newInstance(t, v1.TierCriticalOnly, 100)
+		var names, versions, patterns []*string
+		var users []int64
+		var at []time.Time
+		str := func(s string) *string {
+			if s == "" {
+				return nil
+			}
+			return &s
+		}
+		for j, e := range d.Events {
+			names, versions, patterns = append(names, str(e.Name)), append(versions, str(e.Version)), append(patterns, str(e.PatternType))
+			users, at = append(users, int64(e.User)), append(at, day.Add(time.Duration(j%1400)*time.Minute))
+		}
+		// Users active earlier in the windows and not on the day.
+		for u := range d.EarlierIn7 {
+			names, versions, patterns = append(names, str("hover")), append(versions, str("5.3.0")), append(patterns, nil)
+			users, at = append(users, int64(1000+u)), append(at, day.AddDate(0, 0, -3))
+		}
+		for u := range d.EarlierIn28 {
+			names, versions, patterns = append(names, str("hover")), append(versions, str("5.3.0")), append(patterns, nil)
+			users, at = append(users, int64(2000+u)), append(at, day.AddDate(0, 0, -20))
+		}
+		in.exec(`INSERT INTO event_logs (name, user_id, version, timestamp, public_argument)
+			SELECT n, u, v, ts, CASE WHEN p IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('patternType', p) END
+			FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[]) AS r(n, u, v, ts, p)`,
+			names, users, versions, at, patterns)
+		if _, err := in.pipeline().RunOnce(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		truth := aggregatetest.Cells(d)
+		byCell := map[aggregateKey][2]int64{}
+		for _, c := range truth {
+			byCell[aggregateKey{c.Day, c.Metric, c.Dimension}] = [2]int64{c.Value, c.Users}
+		}
+		var stored []batchv1.Aggregate
+		for k, v := range publishedCells(t, in) {
+			if k.day != date {
+				continue
+			}
+			if byCell[k] != v {
+				t.Fatalf("instance %d: stored %v = %v, its definition gives %v", i, k, v, byCell[k])
+			}
+			stored = append(stored, batchv1.Aggregate{Day: k.day, Metric: k.metric, Dimension: k.dim, Value: v[0], Users: v[1], Final: true})
+		}
+		isolated, err := aggregatetest.Isolated(truth, stored)
+		if err != nil {
+			t.Fatalf("instance %d: %v", i, err)
+		}
+		if len(isolated) > 0 {
+			t.Fatalf("instance %d: from the receiver's database, cells narrow below %d users: %v\ntruth %v\nstored %v", i, batchv1.MinCellUsers, isolated, truth, stored)
+		}
+		var primaryOnly []batchv1.Aggregate
+		for _, c := range truth {
+			if c.Users >= batchv1.MinCellUsers {
+				primaryOnly = append(primaryOnly, c)
+			}
+		}
+		if naive, err := aggregatetest.Isolated(truth, primaryOnly); err == nil && len(naive) > 0 {
+			exposedByPrimaryOnly++
+		}
+	}
+	t.Logf("%d instance-days through the receiver; publishing every cell of 5 users or more would have exposed %d", instances, exposedByPrimaryOnly)
+	if exposedByPrimaryOnly == 0 {
+		t.Fatal("no day here needs more than primary suppression: the test proves nothing")
 	}
 }

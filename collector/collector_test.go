@@ -42,7 +42,8 @@ var personalData = []string{
 }
 
 // seedPersonalData writes one row per allow-listed event (plus unlisted ones) for several users,
-// with personal data in every column, including nested in argument and public_argument.
+// with personal data in every column, including nested in argument and public_argument. Rows are
+// dated on closed days, so the CriticalOnly tier publishes their aggregates.
 func seedPersonalData(in *instance) {
 	names := append(catalogv1.Current().Names(), "UserSignedUp", "PasswordChanged", "ViewRepository")
 	for u := 1; u <= 6; u++ {
@@ -64,11 +65,11 @@ func seedPersonalData(in *instance) {
 				}
 				in.exec(`INSERT INTO event_logs (name, url, user_id, anonymous_user_id, source, argument, public_argument, version, timestamp,
 					feature_flags, cohort_id, first_source_url, last_source_url, referrer, device_id, insert_id, billing_product_category, billing_event_id, client)
-					VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() - $9 * interval '1 hour', $10, current_date, $2, $2, $2, $2, $2, $2, $2, $11)`,
+					VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() - interval '60 hours' - $9 * interval '1 hour', $10, current_date, $2, $2, $2, $2, $2, $2, $2, $11)`,
 					name, pii, u, "", "WEB", string(arg), string(pubJSON), version, i, string(flags), "VSCODE_CODY_EXTENSION")
 				// Anonymous users too, with personal data in the anonymous id.
-				in.exec(`INSERT INTO event_logs (name, url, user_id, anonymous_user_id, source, public_argument, version, client)
-					VALUES ($1, $2, 0, $2, $3, $4, $2, $2)`, name, pii, "WEB", string(pubJSON))
+				in.exec(`INSERT INTO event_logs (name, url, user_id, anonymous_user_id, source, public_argument, version, client, timestamp)
+					VALUES ($1, $2, 0, $2, $3, $4, $2, $2, now() - interval '60 hours')`, name, pii, "WEB", string(pubJSON))
 			}
 		}
 	}
@@ -336,7 +337,11 @@ func TestLoweredTierIsObeyedByTheNextBatch(t *testing.T) {
 		t.Fatalf("stored %d", in.stored())
 	}
 	in.setTier(v1.TierCriticalOnly)
-	in.insert("SearchSubmitted", 50, 10, `{"patternType":"regexp"}`)
+	// Rows of a closed day (only closed days have aggregates), recorded under EventLevel but read
+	// after the tier was lowered: they may only be counted.
+	in.exec(`INSERT INTO event_logs (name, user_id, source, public_argument, version, timestamp)
+		SELECT 'SearchSubmitted', (g % 10) + 1, 'WEB', '{"patternType":"regexp"}', '5.3.0', now() - interval '3 days' - g * interval '1 minute'
+		FROM generate_series(1, 50) g`)
 	drain(t, p)
 	if in.stored() != 50 {
 		t.Fatalf("events exported after the tier was lowered: %d", in.stored())

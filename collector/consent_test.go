@@ -128,30 +128,23 @@ func TestEventsLeaveOnlyFromEventLevelWindows(t *testing.T) {
 // TestAggregatesNeverCountOffPeriods: aggregates count only events recorded while the tier in
 // force allowed them; users active only during an Off period are in no count.
 func TestAggregatesNeverCountOffPeriods(t *testing.T) {
-	now := time.Now().UTC()
-	today := now.Truncate(24 * time.Hour)
+	today := time.Now().UTC().Truncate(24 * time.Hour)
 	day := func(n int) time.Time { return today.AddDate(0, 0, n) }
 	tl := consentv1.Timeline{
 		{At: consentSince, Tier: consentv1.TierCriticalOnly},
-		{At: day(-3), Tier: consentv1.TierOff},
-		{At: day(-1), Tier: consentv1.TierCriticalOnly},
+		{At: day(-5), Tier: consentv1.TierOff},
+		{At: day(-3), Tier: consentv1.TierCriticalOnly},
 	}
 	in := newInstanceConsent(t, v1.TierCriticalOnly, 100, tl)
-	at := func(d time.Time) time.Time {
-		if d.Equal(today) {
-			return today.Add(now.Sub(today) / 2)
-		}
-		return d.Add(10 * time.Hour)
-	}
 	add := func(users []int, d time.Time) {
 		for _, u := range users {
-			in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, at(d))
+			in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, d.Add(10*time.Hour))
 		}
 	}
-	add([]int{1, 2, 3, 4, 5, 6}, day(-4))           // CriticalOnly: counted
-	add([]int{11, 12, 13, 14, 15, 16, 17}, day(-2)) // Off: never counted
-	add([]int{11, 12, 13, 14, 15, 16, 17}, day(-3)) // Off: never counted
-	add([]int{21, 22, 23, 24, 25}, today)           // CriticalOnly: counted
+	add([]int{1, 2, 3, 4, 5, 6}, day(-6))           // CriticalOnly: counted
+	add([]int{11, 12, 13, 14, 15, 16, 17}, day(-5)) // Off: never counted
+	add([]int{11, 12, 13, 14, 15, 16, 17}, day(-4)) // Off: never counted
+	add([]int{21, 22, 23, 24, 25}, day(-2))         // CriticalOnly: counted
 	p := in.pipeline()
 	if _, err := p.RunOnce(context.Background()); err != nil {
 		t.Fatal(err)
@@ -162,18 +155,18 @@ func TestAggregatesNeverCountOffPeriods(t *testing.T) {
 			"SELECT value FROM aggregates WHERE instance_id = $1 AND day = $2 AND metric = $3 AND dimension = $4", in.id, d.Format(time.DateOnly), metric, dim).Scan(&v)
 		return v, err == nil
 	}
-	if v, ok := cell(day(-4), "event_count", "hover"); !ok || v != 6 {
+	if v, ok := cell(day(-6), "event_count", "hover"); !ok || v != 6 {
 		t.Fatalf("hover events on a CriticalOnly day = %d (published %v), want 6", v, ok)
 	}
-	for _, d := range []time.Time{day(-3), day(-2)} {
+	for _, d := range []time.Time{day(-5), day(-4)} {
 		if v, ok := cell(d, "event_count", "hover"); ok {
 			t.Fatalf("an Off day was published: hover = %d on %s", v, d.Format(time.DateOnly))
 		}
 	}
-	// 6 users four days ago and 5 today: 11 in the last 7 days. Counting the Off period would
-	// give 18.
-	if v, ok := cell(today, "active_users_7d", ""); !ok || v != 11 {
-		t.Fatalf("active users in the last 7 days = %d (published %v), want 11", v, ok)
+	// 6 users four days before and 5 on the day: 11 in the 7 days ending with it. Counting the
+	// Off period would give 18.
+	if v, ok := cell(day(-2), "active_users_7d", ""); !ok || v != 11 {
+		t.Fatalf("active users in the 7 days ending %s = %d (published %v), want 11", day(-2).Format(time.DateOnly), v, ok)
 	}
 }
 

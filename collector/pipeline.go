@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,7 +35,8 @@ import (
 	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
 )
 
-// AggregateWindowDays is how many days (including today) each aggregate send covers.
+// AggregateWindowDays is how far back (including today) a collector without saved progress
+// starts publishing aggregates.
 const AggregateWindowDays = 35
 
 // maxSentRemembered bounds the ids remembered above the cursor (about 40 bytes each).
@@ -475,42 +477,27 @@ func (p *Pipeline) send(ctx context.Context, b *batchv1.Batch) (deliver.Outcome,
 	return out, err
 }
 
-// aggregateRound sends the daily aggregates of the last AggregateWindowDays days, counting only
-// events recorded while the tier in force was at least CriticalOnly: an Off period is never
-// counted, and days before the first such period are not sent at all.
+// aggregateRound publishes the aggregates of each closed UTC day once: a day is sent when it
+// ended at least AggregateGrace ago (so rows committed late still count), whole in one batch, and
+// never again once acknowledged (two publications of a day could be differenced). Only events
+// recorded while the tier in force was at least CriticalOnly are counted: an Off period never
+// is, and no day before the first such period is sent. A collector without saved progress starts
+// AggregateWindowDays back; the receiver keeps the first publication of a day and absorbs the rest.
 func (p *Pipeline) aggregateRound(ctx context.Context) error {
-	now := p.Clock.Now().UTC()
-	today := now.Truncate(24 * time.Hour)
-	from := today.AddDate(0, 0, -(AggregateWindowDays - 1))
-	periods := p.cfg.Consent.Windows(consentv1.TierCriticalOnly)
-	if len(periods) == 0 {
-		p.setReady(true)
-		return nil
-	}
-	if first := periods[0].Start.UTC().Truncate(24 * time.Hour); first.After(from) {
-		from = first
-	}
-	if from.After(today) {
-		p.setReady(true)
-		return nil
-	}
-	cells, err := aggregate.Compute(ctx, p.Reader.Pool(), from, today, today, periods)
+	pending, err := p.pendingAggregates(ctx)
 	if err != nil {
 		p.setReady(false)
 		return err
 	}
 	p.setReady(true)
-	kept, suppressed := aggregate.Suppress(cells)
-	p.Metrics.EventsDropped.WithLabelValues("suppressed").Add(float64(suppressed))
+	if pending.last.IsZero() {
+		p.aggregatesSent(0, 0, "")
+		return nil
+	}
+	p.Metrics.EventsDropped.WithLabelValues("suppressed").Add(float64(pending.withheld))
 	var acked int64
-	for start := 0; start < len(kept) || start == 0; start += batchv1.MaxAggregatesPerBatch {
-		end := min(start+batchv1.MaxAggregatesPerBatch, len(kept))
-		b := &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindAggregates, Tier: string(v1.TierCriticalOnly),
-			AllowListVersion: catalogv1.CurrentVersion, Aggregates: kept[start:end],
-			BatchID: fmt.Sprintf("%s-a-%s-%s-%d-%d", p.cfg.InstanceID, from.Format("20060102"), today.Format("20060102"), now.Unix(), start)}
-		if len(b.Aggregates) == 0 {
-			break
-		}
+	withheld := pending.withheld
+	for _, b := range pending.batches {
 		out, err := p.Client.Send(ctx, b, p.guard)
 		if err != nil {
 			p.Metrics.Batches.WithLabelValues("failed").Inc()
@@ -518,19 +505,90 @@ func (p *Pipeline) aggregateRound(ctx context.Context) error {
 		}
 		p.Metrics.Batches.WithLabelValues("acknowledged").Inc()
 		acked += int64(out.Accepted + out.Duplicates)
-		suppressed += out.Refused
+		withheld += out.Refused
+		p.aggregatesSent(0, 0, b.Aggregates[len(b.Aggregates)-1].Day)
 	}
+	p.aggregatesSent(acked, int64(withheld), pending.last.Format(time.DateOnly))
+	return nil
+}
+
+// pendingAggregateDays is what the next aggregate round publishes.
+type pendingAggregateDays struct {
+	batches  []*batchv1.Batch
+	withheld int       // cells suppressed
+	last     time.Time // the last closed day covered; zero when no day is due
+}
+
+// pendingAggregates computes the closed days not yet published, suppressed and packed into
+// batches. It sends nothing and changes no progress.
+func (p *Pipeline) pendingAggregates(ctx context.Context) (pendingAggregateDays, error) {
+	now := p.Clock.Now().UTC()
+	last := now.Add(-AggregateGrace).Truncate(24*time.Hour).AddDate(0, 0, -1)
+	from := now.Truncate(24*time.Hour).AddDate(0, 0, -(AggregateWindowDays - 1))
+	if through, err := time.Parse(time.DateOnly, p.Progress().AggregatesThrough); err == nil && !through.Before(from) {
+		from = through.AddDate(0, 0, 1)
+	}
+	periods := p.cfg.Consent.Windows(consentv1.TierCriticalOnly)
+	if len(periods) > 0 {
+		if first := periods[0].Start.UTC().Truncate(24 * time.Hour); first.After(from) {
+			from = first
+		}
+	}
+	if len(periods) == 0 || from.After(last) {
+		return pendingAggregateDays{}, nil
+	}
+	cells, err := aggregate.Compute(ctx, p.Reader.Pool(), from, last, periods)
+	if err != nil {
+		return pendingAggregateDays{}, err
+	}
+	kept, suppressed := aggregate.Suppress(cells)
+	return pendingAggregateDays{batches: p.aggregateBatches(kept), withheld: suppressed, last: last}, nil
+}
+
+// AggregateGrace is how long after a UTC day ends its aggregates are published.
+const AggregateGrace = 2 * time.Hour
+
+// aggregateBatches packs whole days into batches (a day's cells are never split: the receiver
+// keeps a day's first publication whole).
+func (p *Pipeline) aggregateBatches(cells []batchv1.Aggregate) []*batchv1.Batch {
+	var out []*batchv1.Batch
+	for start := 0; start < len(cells); {
+		end := start
+		for end < len(cells) {
+			dayEnd := end
+			for dayEnd < len(cells) && cells[dayEnd].Day == cells[end].Day {
+				dayEnd++
+			}
+			if dayEnd-start > batchv1.MaxAggregatesPerBatch && end > start {
+				break
+			}
+			end = dayEnd
+		}
+		first, lastDay := cells[start].Day, cells[end-1].Day
+		out = append(out, &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindAggregates, Tier: string(v1.TierCriticalOnly),
+			AllowListVersion: catalogv1.CurrentVersion, Aggregates: cells[start:end],
+			BatchID: fmt.Sprintf("%s-a-%s-%s", p.cfg.InstanceID, strings.ReplaceAll(first, "-", ""), strings.ReplaceAll(lastDay, "-", ""))})
+		start = end
+	}
+	return out
+}
+
+// aggregatesSent records acknowledged aggregates: the cells, the cells withheld, and the last
+// day published (when through is set).
+func (p *Pipeline) aggregatesSent(acked, withheld int64, through string) {
 	p.mu.Lock()
 	t := p.Clock.Now().UTC()
+	if through != "" && through > p.progress.AggregatesThrough {
+		p.progress.AggregatesThrough = through
+	}
 	p.progress.LastSuccessTime = &t
 	p.progress.EventsExported += acked
-	p.progress.EventsDropped += int64(suppressed)
+	p.progress.EventsDropped += withheld
 	p.progress.LastError = ""
 	p.progress.LagSeconds = 0
 	p.mu.Unlock()
 	p.Metrics.EventsExported.Add(float64(acked))
 	p.Metrics.LastSuccess.Set(float64(t.Unix()))
-	return nil
 }
 
 func (p *Pipeline) recordSuccess(exported, dropped int64, round *source.Round, sent bool) {

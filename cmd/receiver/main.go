@@ -12,6 +12,7 @@ Licensed under the Apache License, Version 2.0.
 //	receiver consent show --instance ID [--format table|json] (an instance's consent ledger)
 //	receiver consent release --instance ID                   (clear a stuck owner: admin override)
 //	receiver erasures [--instance ID] [--format table|json]  (the erasure audit trail)
+//	receiver exported --instance ID [--limit N] [--format table|json] (what an instance exported)
 //
 // The database DSN comes from $RECEIVER_DATABASE_DSN or --database-dsn-file, never a flag
 // value, so it does not show in process listings.
@@ -62,6 +63,8 @@ func main() {
 		err = consent(ctx, os.Args[2:])
 	case "erasures":
 		err = erasures(ctx, os.Args[2:])
+	case "exported":
+		err = exported(ctx, os.Args[2:])
 	default:
 		usage()
 	}
@@ -72,7 +75,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: receiver serve|report|migrate|consent show|consent release|erasures [flags]   (receiver <command> -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: receiver serve|report|migrate|consent show|consent release|erasures|exported [flags]   (receiver <command> -h for flags)")
 	os.Exit(2)
 }
 

@@ -24,12 +24,20 @@ import (
 // userExpr identifies a user inside the database only; no identifier ever leaves it.
 const userExpr = `CASE WHEN user_id <> 0 THEN 'u:' || user_id::text ELSE 'a:' || anonymous_user_id END`
 
-var patternTypes = []string{"literal", "regexp", "standard", "structural", "keyword", "lucky"}
-
-// Compute returns the cells for every UTC day in [from, to], unsuppressed, counting only events
-// recorded inside periods (the windows in which the tier in force allowed aggregates). Days
-// before today are final; today is partial and replaced on the next send.
-func Compute(ctx context.Context, db *pgxpool.Pool, from, to, today time.Time, periods []consentv1.Window) ([]batchv1.Aggregate, error) {
+// Compute returns the cells of every closed UTC day in [from, to], unsuppressed, counting only
+// events recorded inside periods (the windows in which the tier in force allowed aggregates).
+// The cells of a day:
+//
+//   - event_count per listed event name: events, and the distinct users behind them;
+//   - searches_by_type per pattern type, and "other" for the rest: SearchSubmitted events (they
+//     add up to event_count[SearchSubmitted]), and their distinct users;
+//   - feature_users per feature: distinct users of the feature's events;
+//   - instance_version per release version: distinct users of listed events on it;
+//   - active_users_1d/7d/28d: distinct users with any event that day or in the 7 or 28 days
+//     ending with it.
+//
+// Every cell is final: only closed days are computed.
+func Compute(ctx context.Context, db *pgxpool.Pool, from, to time.Time, periods []consentv1.Window) ([]batchv1.Aggregate, error) {
 	names := catalogv1.Current().Names()
 	sort.Strings(names)
 	var featureCase strings.Builder
@@ -40,7 +48,7 @@ func Compute(ctx context.Context, db *pgxpool.Pool, from, to, today time.Time, p
 		fmt.Fprintf(&featureCase, " WHEN $%d THEN $%d", len(args)-1, len(args))
 	}
 	featureCase.WriteString(" END")
-	args = append(args, patternTypes)
+	args = append(args, catalogv1.PatternTypes)
 	ptArg := len(args)
 	starts, ends := make([]time.Time, len(periods)), make([]time.Time, len(periods))
 	for i, w := range periods {
@@ -55,7 +63,7 @@ func Compute(ctx context.Context, db *pgxpool.Pool, from, to, today time.Time, p
 	query := `
 WITH ev AS (
   SELECT (timestamp AT TIME ZONE 'UTC')::date AS day, name, ` + userExpr + ` AS u,
-         public_argument->>'patternType' AS pt, version
+         public_argument->>'patternType' AS pt, left(version, 64) AS version
   FROM event_logs
   WHERE timestamp >= ($1::date - 27) AND timestamp < ($2::date + 1)
     AND EXISTS (SELECT 1 FROM unnest(` + periodArgs + `) AS w(s, e) WHERE timestamp >= w.s AND timestamp < w.e)
@@ -66,13 +74,13 @@ SELECT day::text, metric, dim, value, users FROM (
   SELECT day, 'event_count' AS metric, name AS dim, count(*) AS value, count(DISTINCT u) AS users
     FROM ev WHERE day >= $1::date AND name = ANY($3) GROUP BY day, name
   UNION ALL
-  SELECT day, 'instance_version', version, count(*), count(DISTINCT u)
-    FROM ev WHERE day >= $1::date AND name = ANY($3) AND version ~ '^[0-9][0-9A-Za-z.+_-]{0,63}$' GROUP BY day, version
+  SELECT day, 'instance_version', version, count(DISTINCT u), count(DISTINCT u)
+    FROM ev WHERE day >= $1::date AND name = ANY($3) AND version ~ '^[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}(-[a-z]+\.[0-9]{1,2})?$' GROUP BY day, version
   UNION ALL
-  SELECT day, 'searches_by_type', pt, count(*), count(DISTINCT u)
-    FROM ev WHERE day >= $1::date AND name = '` + catalogv1.SearchEvent + `' AND pt = ANY($` + fmt.Sprint(ptArg) + `) GROUP BY day, pt
+  SELECT day, 'searches_by_type', CASE WHEN pt = ANY($` + fmt.Sprint(ptArg) + `) THEN pt ELSE '` + catalogv1.OtherPatternType + `' END, count(*), count(DISTINCT u)
+    FROM ev WHERE day >= $1::date AND name = '` + catalogv1.SearchEvent + `' GROUP BY day, 3
   UNION ALL
-  SELECT day, 'feature_users', ` + featureCase.String() + `, count(*), count(DISTINCT u)
+  SELECT day, 'feature_users', ` + featureCase.String() + `, count(DISTINCT u), count(DISTINCT u)
     FROM ev WHERE day >= $1::date AND name = ANY($3) GROUP BY day, 2, 3
   UNION ALL
   SELECT days.day, 'active_users_1d', '', count(DISTINCT ud.u) FILTER (WHERE ud.day = days.day), count(DISTINCT ud.u) FILTER (WHERE ud.day = days.day)
@@ -88,17 +96,15 @@ SELECT day::text, metric, dim, value, users FROM (
 	if err != nil {
 		return nil, fmt.Errorf("computing aggregates: %w", err)
 	}
-	todayStr := today.UTC().Format(time.DateOnly)
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (batchv1.Aggregate, error) {
-		var a batchv1.Aggregate
+		a := batchv1.Aggregate{Final: true}
 		err := row.Scan(&a.Day, &a.Metric, &a.Dimension, &a.Value, &a.Users)
-		a.Final = a.Day < todayStr
 		return a, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("computing aggregates: %w", err)
 	}
-	// The SQL pre-filters versions by shape; the same check events get decides what leaves.
+	// The SQL pre-filters versions by format; the catalog's check decides what leaves.
 	kept := out[:0]
 	for _, a := range out {
 		if a.Metric == batchv1.MetricInstanceVersion && !catalogv1.Current().ProductVersion(a.Dimension) {

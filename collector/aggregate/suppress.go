@@ -5,78 +5,91 @@ Licensed under the Apache License, Version 2.0.
 */
 
 // Package aggregate computes the CriticalOnly tier's anonymous daily counts from event_logs and
-// suppresses small cells: a cell with fewer than 5 distinct users is never sent, and in groups
-// whose cells add up to a published total a second cell is suppressed too (complementary
-// suppression), so a suppressed value cannot be recovered by subtraction.
+// decides which may be published. A cell with fewer than 5 distinct users is never published
+// (primary suppression), and more cells are withheld until no suppressed cell can be narrowed
+// below 5 users from everything published for the instance and day together (secondary
+// suppression, judged by the disclosure audit in disclosure.go). Only closed days are
+// published, each once: no two publications of a day can be differenced.
 package aggregate
 
 import (
-	"sort"
+	"cmp"
+	"slices"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 )
 
-// additive metrics: within a day their cells sum to a total that can be derived elsewhere
-// (event_count and instance_version both sum to the day's allow-listed events; searches_by_type
-// sums to the SearchSubmitted count).
-var additive = map[string]bool{
-	batchv1.MetricEventCount:      true,
-	batchv1.MetricInstanceVersion: true,
-	batchv1.MetricSearchesByType:  true,
+// Suppress returns the cells that may be published and how many were withheld. Per day: cells
+// with fewer than MinCellUsers users are suppressed; then, while the disclosure audit shows that
+// a suppressed cell with users behind it could be narrowed below MinCellUsers users, one more
+// published cell in a relation with it is suppressed: among the nearest such cells (directly in
+// a relation with it, else through the fewest unknowns), the one with the fewest users, ties
+// broken by metric and dimension so the outcome is deterministic. If the audit cannot be solved,
+// the whole day is withheld.
+func Suppress(cells []batchv1.Aggregate) ([]batchv1.Aggregate, int) {
+	byDay := map[string][]batchv1.Aggregate{}
+	var days []string
+	for _, c := range cells {
+		if _, ok := byDay[c.Day]; !ok {
+			days = append(days, c.Day)
+		}
+		byDay[c.Day] = append(byDay[c.Day], c)
+	}
+	slices.Sort(days)
+	var kept []batchv1.Aggregate
+	withheld := 0
+	for _, d := range days {
+		k, n := suppressDay(catalogv1.Current(), byDay[d])
+		kept = append(kept, k...)
+		withheld += n
+	}
+	return kept, withheld
 }
 
-// Suppress removes cells with fewer than batchv1.MinCellUsers distinct users, then applies
-// complementary suppression in additive groups. It returns the cells kept and how many were
-// suppressed.
-func Suppress(cells []batchv1.Aggregate) ([]batchv1.Aggregate, int) {
-	type key struct{ day, metric string }
-	groups := map[key][]int{}
-	suppressed := make([]bool, len(cells))
-	for i, c := range cells {
-		if c.Users < batchv1.MinCellUsers {
-			suppressed[i] = true
-		}
-		if additive[c.Metric] {
-			k := key{c.Day, c.Metric}
-			groups[k] = append(groups[k], i)
+// suppressDay decides one day's cells.
+func suppressDay(cat *catalogv1.Catalog, cells []batchv1.Aggregate) ([]batchv1.Aggregate, int) {
+	published := map[cellKey]batchv1.Aggregate{}
+	var sensitive []cellKey // suppressed cells with users behind them
+	for _, c := range cells {
+		k := cellKey{c.Metric, c.Dimension}
+		switch {
+		case c.Users >= batchv1.MinCellUsers:
+			published[k] = c
+		case c.Users > 0:
+			sensitive = append(sensitive, k)
 		}
 	}
-	for _, idx := range groups {
-		n := 0
-		for _, i := range idx {
-			if suppressed[i] {
-				n++
+	for len(published) > 0 {
+		m := buildModel(cat, cells, published)
+		var exposed *cellKey
+		for _, k := range sensitive {
+			if !protected(m, k) {
+				exposed = &k
+				break
 			}
 		}
-		if n != 1 {
-			continue // none hidden, or already at least two unknowns
+		if exposed == nil {
+			break
 		}
-		// Exactly one hidden cell would equal total minus the rest: hide the smallest other one.
-		var rest []int
-		for _, i := range idx {
-			if !suppressed[i] {
-				rest = append(rest, i)
-			}
+		levels := m.related(*exposed)
+		if len(levels) == 0 {
+			// Exposed by nothing it shares a relation with (the audit failed): withhold all.
+			published = map[cellKey]batchv1.Aggregate{}
+			break
 		}
-		if len(rest) == 0 {
-			continue
-		}
-		sort.Slice(rest, func(a, b int) bool {
-			if cells[rest[a]].Value != cells[rest[b]].Value {
-				return cells[rest[a]].Value < cells[rest[b]].Value
-			}
-			return cells[rest[a]].Dimension < cells[rest[b]].Dimension
+		candidates := levels[0]
+		slices.SortFunc(candidates, func(a, b cellKey) int {
+			return cmp.Or(cmp.Compare(published[a].Users, published[b].Users), cmp.Compare(a.metric, b.metric), cmp.Compare(a.dim, b.dim))
 		})
-		suppressed[rest[0]] = true
+		// A complementary cell has at least MinCellUsers users: its own bound is at least that.
+		delete(published, candidates[0])
 	}
-	kept := make([]batchv1.Aggregate, 0, len(cells))
-	count := 0
-	for i, c := range cells {
-		if suppressed[i] {
-			count++
-			continue
+	out := make([]batchv1.Aggregate, 0, len(published))
+	for _, c := range cells {
+		if _, ok := published[cellKey{c.Metric, c.Dimension}]; ok {
+			out = append(out, c)
 		}
-		kept = append(kept, c)
 	}
-	return kept, count
+	return out, len(cells) - len(out)
 }

@@ -32,6 +32,7 @@ type Progress struct {
 	LastError string `json:"lastError,omitempty"`
 	// Tier is the tier the collector ran with.
 	Tier telemetryv1alpha1.ConsentTier `json:"tier,omitempty"`
-	// AggregatesFrom is the first UTC day (YYYY-MM-DD) aggregates cover.
-	AggregatesFrom string `json:"aggregatesFrom,omitempty"`
+	// AggregatesThrough is the last closed UTC day (YYYY-MM-DD) whose aggregates the receiver
+	// acknowledged: each day is published once.
+	AggregatesThrough string `json:"aggregatesThrough,omitempty"`
 }

@@ -69,14 +69,22 @@ func (s *seeder) event(instance, u, name string, ts time.Time, props map[string]
 	}
 }
 
-func (s *seeder) cell(instance, day, metric, dim string, value, users int64) {
+// cells publishes one day's cells together: the receiver keeps a day's first publication only.
+func (s *seeder) cells(instance, day string, cells ...batchv1.Aggregate) {
 	s.t.Helper()
 	s.id++
+	for i := range cells {
+		cells[i].Day, cells[i].Final = day, true
+	}
 	b := &batchv1.Batch{InstanceID: instance, BatchID: fmt.Sprintf("a%d", s.id), Kind: batchv1.KindAggregates, Tier: "CriticalOnly",
-		Aggregates: []batchv1.Aggregate{{Day: day, Metric: metric, Dimension: dim, Value: value, Users: users, Final: true}}}
-	if _, err := rcv.Store.UpsertAggregates(context.Background(), instance, b); err != nil {
+		Aggregates: cells}
+	if _, err := rcv.Store.PublishAggregates(context.Background(), instance, b); err != nil {
 		s.t.Fatal(err)
 	}
+}
+
+func cell(metric, dim string, value, users int64) batchv1.Aggregate {
+	return batchv1.Aggregate{Metric: metric, Dimension: dim, Value: value, Users: users}
 }
 
 func daysAgo(d int) time.Time { return now.AddDate(0, 0, -d) }
@@ -150,12 +158,14 @@ func seed(t *testing.T) {
 	}
 
 	// A CriticalOnly instance: only aggregates.
-	s.cell("crit", "2026-11-10", "searches_by_type", "literal", 20, 8)
-	s.cell("crit", "2026-11-10", "searches_by_type", "regexp", 6, 5)
 	for _, d := range []int{10, 15, 20, 25} {
-		s.cell("crit", daysAgo(d).Format(time.DateOnly), "event_count", "ViewBlob", 100, 9)
+		day := []batchv1.Aggregate{cell("event_count", "ViewBlob", 100, 9)}
+		if daysAgo(d).Format(time.DateOnly) == "2026-11-10" {
+			day = append(day, cell("searches_by_type", "literal", 20, 8), cell("searches_by_type", "regexp", 6, 5))
+		}
+		s.cells("crit", daysAgo(d).Format(time.DateOnly), day...)
 	}
-	s.cell("crit", daysAgo(2).Format(time.DateOnly), "event_count", "ViewBlob", 30, 6)
+	s.cells("crit", daysAgo(2).Format(time.DateOnly), cell("event_count", "ViewBlob", 30, 6))
 }
 
 func rowsFor(s report.Section, instance string) [][]string {

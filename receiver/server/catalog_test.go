@@ -62,6 +62,7 @@ func TestItemsNotInTheDeclaredCatalogAreRefused(t *testing.T) {
 		}
 		b := cells("cat-agg", "cat-agg-1", time.Now().AddDate(0, 0, -2), time.Now().AddDate(0, 0, -1))
 		b.Aggregates[1].Metric, b.Aggregates[1].Dimension = batchv1.MetricInstanceVersion, "5.1.0-liddell"
+		b.Aggregates[1].Value = b.Aggregates[1].Users
 		_, r := send(t, b)
 		wantStatus(t, r, http.StatusBadRequest, batchv1.ReasonNotInCatalog)
 		if e := r.errorResponse(t); e.EventIndex == nil || *e.EventIndex != 1 {

@@ -175,7 +175,7 @@ func TestConsentIsJudgedByEventTimestamps(t *testing.T) {
 func TestBatchesAreRefusedUnlessTheLedgerAllowsThem(t *testing.T) {
 	op := rcv.OperatorClient("east")
 	now := time.Now().UTC().Truncate(time.Second)
-	mustRecord(t, op, "crit", "ns", "crit", consentv1.TierCriticalOnly, now.Add(-time.Hour))
+	mustRecord(t, op, "crit", "ns", "crit", consentv1.TierCriticalOnly, now.Add(-48*time.Hour))
 	mustRecord(t, op, "off", "ns", "off", consentv1.TierOff, now.Add(-time.Hour))
 	cursorOnly := &batchv1.Batch{Version: 1, InstanceID: "off", BatchID: "cursor-only", Kind: batchv1.KindEvents, Tier: "EventLevel", AllowListVersion: catalogv1.CurrentVersion, Cursor: 100}
 	cases := []struct {
@@ -185,9 +185,9 @@ func TestBatchesAreRefusedUnlessTheLedgerAllowsThem(t *testing.T) {
 	}{
 		{"events declaring EventLevel from a CriticalOnly instance", timedEvents("crit", "e1", 1, now.Add(-30*time.Minute)), "CriticalOnly"},
 		{"events from an instance without a record", timedEvents("nobody", "e1", 1, now.Add(-30*time.Minute)), "no consent record"},
-		{"aggregates from an instance without a record", cells("nobody", "a1", now), "no consent record"},
+		{"aggregates from an instance without a record", cells("nobody", "a1", now.AddDate(0, 0, -1)), "no consent record"},
 		{"events from an Off instance", timedEvents("off", "e1", 1, now.Add(-30*time.Minute)), "Off"},
-		{"aggregates from an Off instance", cells("off", "a1", now.Add(-48*time.Hour), now), "Off"},
+		{"aggregates from an Off instance", cells("off", "a1", now.Add(-48*time.Hour), now.Add(-24*time.Hour)), "Off"},
 		{"a cursor-only batch from an Off instance", cursorOnly, "Off"},
 	}
 	for _, tc := range cases {
@@ -205,7 +205,7 @@ func TestBatchesAreRefusedUnlessTheLedgerAllowsThem(t *testing.T) {
 		})
 	}
 	// CriticalOnly admits aggregates.
-	if resp, r := send(t, cells("crit", "a1", now)); r.status != http.StatusOK || resp.Accepted != 1 {
+	if resp, r := send(t, cells("crit", "a1", now.AddDate(0, 0, -1))); r.status != http.StatusOK || resp.Accepted != 1 {
 		t.Fatalf("aggregates from a CriticalOnly instance: %d %s", r.status, r.body)
 	}
 }
@@ -213,20 +213,21 @@ func TestBatchesAreRefusedUnlessTheLedgerAllowsThem(t *testing.T) {
 // TestWithdrawalRemovesWhatWasRecordedAfterIt: a lowering dated in the past deletes the events
 // stored with timestamps from then on and keeps those before; Off deletes the aggregates of its
 // day and the days after it (a cell of that day may count time after the withdrawal); neither can
-// be dated before the last transition.
+// be dated before the last transition. Everything happens two days back, so the days around the
+// withdrawal are closed and may be published.
 func TestWithdrawalRemovesWhatWasRecordedAfterIt(t *testing.T) {
 	op := rcv.OperatorClient("east")
 	now := time.Now().UTC().Truncate(time.Second)
-	mustRecord(t, op, "withdraw", "ns", "withdraw", consentv1.TierEventLevel, now.Add(-72*time.Hour))
+	mustRecord(t, op, "withdraw", "ns", "withdraw", consentv1.TierEventLevel, now.Add(-120*time.Hour))
 	var ts []time.Time
 	for h := 9; h >= 1; h-- {
-		ts = append(ts, now.Add(-time.Duration(h)*time.Hour))
+		ts = append(ts, now.Add(-time.Duration(48+h)*time.Hour))
 	}
 	ts = append(ts, now.Add(time.Minute)) // clocks differ: a timestamp slightly ahead
 	if resp, r := send(t, timedEvents("withdraw", "w1", 1, ts...)); resp.Accepted != 10 {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
-	at := now.Add(-5 * time.Hour)
+	at := now.Add(-53 * time.Hour)
 	st := mustRecord(t, op, "withdraw", "ns", "withdraw", consentv1.TierCriticalOnly, at)
 	if st.EventsRemoved != 6 {
 		t.Errorf("eventsRemoved %d, want 6", st.EventsRemoved)
@@ -243,7 +244,7 @@ func TestWithdrawalRemovesWhatWasRecordedAfterIt(t *testing.T) {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
 	// Off dated before the last transition is clamped to it.
-	st = mustRecord(t, op, "withdraw", "ns", "withdraw", consentv1.TierOff, now.Add(-8*time.Hour))
+	st = mustRecord(t, op, "withdraw", "ns", "withdraw", consentv1.TierOff, now.Add(-56*time.Hour))
 	if last := st.Timeline[len(st.Timeline)-1]; !last.At.Equal(at) || last.Tier != consentv1.TierOff {
 		t.Fatalf("last transition %+v, want Off at %s", last, at)
 	}
@@ -509,9 +510,9 @@ func TestErasure(t *testing.T) {
 		if got := counter(t, "receiver_erased_rows_total", map[string]string{"table": "aggregates"}) - before; got != 10 {
 			t.Errorf("receiver_erased_rows_total{table=aggregates} grew by %v, want 10", got)
 		}
-		// Re-sent cells for the erased days are refused; a day after the range is not.
-		resp, r := send(t, cells("era", "cells-again", append(days, today.AddDate(0, 0, 1))...))
-		if r.status != http.StatusOK || resp.Accepted != 1 || resp.Refused != 10 {
+		// Re-sent cells for the erased days are refused.
+		resp, r := send(t, cells("era", "cells-again", days...))
+		if r.status != http.StatusOK || resp.Accepted != 0 || resp.Refused != 10 {
 			t.Fatalf("re-sent cells: %d %s", r.status, r.body)
 		}
 		st, _ := state(t, "era")

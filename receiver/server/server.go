@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -53,8 +54,9 @@ func DefaultLimits() Limits {
 // Storage is what the server needs from the store.
 type Storage interface {
 	InsertEvents(ctx context.Context, instance string, b *batchv1.Batch) (store.Result, error)
-	UpsertAggregates(ctx context.Context, instance string, b *batchv1.Batch) (store.Result, error)
+	PublishAggregates(ctx context.Context, instance string, b *batchv1.Batch) (store.Result, error)
 	Cursor(ctx context.Context, instance string) (int64, bool, error)
+	Exported(ctx context.Context, instance string, limit, maxItems int) ([]batchv1.Delivery, error)
 	Ping(ctx context.Context) error
 
 	RecordTransition(ctx context.Context, cluster string, req consentv1.RecordRequest) (consentv1.State, error)
@@ -149,12 +151,14 @@ func New(st Storage, limits Limits, log *slog.Logger, reg prometheus.Registerer,
 	return s
 }
 
-// Handler returns the mutual-TLS API: POST /v1/batches and GET /v1/cursor for collectors, and
+// Handler returns the mutual-TLS API: POST /v1/batches, GET /v1/cursor and GET /v1/exported
+// with an instance's certificate, and
 // the consent ledger (consentv1.PathConsent, PathRelease, PathErasures) for operators.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc(batchv1.PathBatches, s.timed("batches", s.handleBatch))
 	mux.HandleFunc(batchv1.PathCursor, s.timed("cursor", s.handleCursor))
+	mux.HandleFunc(batchv1.PathExported, s.timed("exported", s.handleExported))
 	mux.HandleFunc(consentv1.PathConsent, s.timed("consent", s.handleConsent))
 	mux.HandleFunc(consentv1.PathRelease, s.timed("release", s.handleRelease))
 	mux.HandleFunc(consentv1.PathErasures, s.timed("erasures", s.handleErasures))
@@ -232,6 +236,42 @@ func (s *Server) handleCursor(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, batchv1.CursorResponse{InstanceID: instance, Known: known, Cursor: c})
 }
 
+// handleExported lists what the receiver stored from the caller's instance recently. Only the
+// instance's own certificate reads it: whoever holds the instance's credentials administers
+// what the instance exports.
+func (s *Server) handleExported(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", "GET")
+		s.reject(w, http.StatusMethodNotAllowed, batchv1.ReasonMethodNotAllow, "use GET", -1)
+		return
+	}
+	instance, ok := s.instance(w, r)
+	if !ok {
+		return
+	}
+	limit := batchv1.DefaultExportedDeliveries
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err == nil && len(q) == 1 && len(q["limit"]) == 1 {
+		limit, err = strconv.Atoi(q.Get("limit"))
+	} else if err == nil && len(q) > 0 {
+		err = errors.New("unknown parameter")
+	}
+	if err != nil || limit < 1 || limit > batchv1.MaxExportedDeliveries {
+		s.reject(w, http.StatusBadRequest, batchv1.ReasonMalformed,
+			fmt.Sprintf("the only parameter is limit, a number of deliveries from 1 to %d", batchv1.MaxExportedDeliveries), -1)
+		return
+	}
+	list, err := s.store.Exported(r.Context(), instance, limit, batchv1.MaxExportedItems)
+	if err != nil {
+		s.storageError(w, err, "exported")
+		return
+	}
+	if list == nil {
+		list = []batchv1.Delivery{}
+	}
+	writeJSON(w, http.StatusOK, batchv1.ExportedResponse{InstanceID: instance, Deliveries: list})
+}
+
 func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		s.reject(w, http.StatusMethodNotAllowed, batchv1.ReasonMethodNotAllow, "use POST", -1)
@@ -295,11 +335,21 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// A day is published once, after it ends: a partial day re-sent as it grows could be
+	// differenced. A collector whose clock runs ahead sends the batch again later.
+	today := s.clock.Now().UTC().Format(time.DateOnly)
+	for i := range b.Aggregates {
+		if b.Aggregates[i].Day >= today {
+			s.reject(w, http.StatusBadRequest, batchv1.ReasonDayNotClosed,
+				fmt.Sprintf("day %s has not ended by the receiver's clock (UTC); only closed days are published", b.Aggregates[i].Day), -1)
+			return
+		}
+	}
 	var res store.Result
 	if b.Kind == batchv1.KindEvents {
 		res, err = s.store.InsertEvents(r.Context(), instance, b)
 	} else {
-		res, err = s.store.UpsertAggregates(r.Context(), instance, b)
+		res, err = s.store.PublishAggregates(r.Context(), instance, b)
 	}
 	var refused *store.RefusedError
 	if errors.As(err, &refused) {

@@ -301,40 +301,6 @@ func TestTheSameBatchIsStoredOnce(t *testing.T) {
 	}
 }
 
-func TestAggregatesAreReplacedNotAdded(t *testing.T) {
-	grant(t, "agg")
-	c := client(t, "agg")
-	send := func(value int64, final bool, batchID string) {
-		b := &batchv1.Batch{Version: 1, InstanceID: "agg", BatchID: batchID, Kind: batchv1.KindAggregates, Tier: "CriticalOnly", AllowListVersion: catalogv1.CurrentVersion,
-			Aggregates: []batchv1.Aggregate{{Day: "2026-11-27", Metric: batchv1.MetricEventCount, Dimension: "ViewBlob", Value: value, Users: 6, Final: final}}}
-		r, err := post(t, c, mustEncode(t, b), nil)
-		if err != nil || r.status != 200 {
-			t.Fatalf("%v %d %s", err, r.status, r.body)
-		}
-	}
-	value := func() int64 {
-		var v int64
-		if err := rcv.Store.Pool().QueryRow(context.Background(), "SELECT value FROM aggregates WHERE instance_id='agg' AND metric='event_count'").Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-	send(10, false, "p1")
-	send(25, false, "p2")
-	if v := value(); v != 25 {
-		t.Fatalf("partial day replaced: %d, want 25", v)
-	}
-	send(30, true, "f1")
-	send(30, true, "f1")
-	send(12, false, "late-partial")
-	if v := value(); v != 30 {
-		t.Fatalf("a closed day is final: %d, want 30", v)
-	}
-	if n := count(t, "aggregates", "agg"); n != 1 {
-		t.Fatalf("%d cells, want 1", n)
-	}
-}
-
 func TestDatabaseDownAnswers503AndRetrySucceeds(t *testing.T) {
 	ctx := context.Background()
 	grant(t, "outage")

@@ -16,7 +16,7 @@ import (
 )
 
 // eventColumns are the events columns a COPY fills, in the order copyEvents writes them.
-const eventColumns = "instance_id, event_id, name, ts, source, version, client, user_id, feature_flags, properties, received_at"
+const eventColumns = "instance_id, event_id, name, ts, source, version, client, user_id, feature_flags, properties, received_at, delivery"
 
 // pgEpochMicros is 2000-01-01T00:00:00Z, PostgreSQL's timestamp epoch, in Unix microseconds.
 const pgEpochMicros = 946_684_800_000_000
@@ -25,7 +25,7 @@ const pgEpochMicros = 946_684_800_000_000
 // format directly (text as bytes, bigint and timestamptz as 8 bytes, jsonb as a version byte
 // and the JSON) keeps the receiver's insert path free of per-value reflection; the stream is
 // built once and serves both the direct COPY and, when needed, the staging table.
-func copyEvents(instance string, events []batchv1.Event, receivedAt time.Time) ([]byte, error) {
+func copyEvents(instance string, events []batchv1.Event, receivedAt time.Time, delivery int64) ([]byte, error) {
 	buf := make([]byte, 0, 19+len(events)*320)
 	buf = append(buf, "PGCOPY\n\xff\r\n\x00"...)
 	buf = binary.BigEndian.AppendUint32(buf, 0) // flags
@@ -56,7 +56,7 @@ func copyEvents(instance string, events []batchv1.Event, receivedAt time.Time) (
 		if err != nil {
 			return nil, fmt.Errorf("event %d: id %q is not a bigint", i, e.ID)
 		}
-		buf = binary.BigEndian.AppendUint16(buf, 11)
+		buf = binary.BigEndian.AppendUint16(buf, 12)
 		text(instance)
 		bigint(id)
 		text(e.Name)
@@ -72,6 +72,7 @@ func copyEvents(instance string, events []batchv1.Event, receivedAt time.Time) (
 			return nil, err
 		}
 		timestamptz(receivedAt)
+		bigint(delivery)
 	}
 	return binary.BigEndian.AppendUint16(buf, 0xffff), nil // trailer: -1
 }

@@ -5,7 +5,7 @@ Licensed under the Apache License, Version 2.0.
 */
 
 // Package store keeps the receiver's data in PostgreSQL: events exactly once per
-// (instance, event id), aggregates upserted per (instance, day, metric, dimension), the
+// (instance, event id), aggregates as first published per (instance, day), the
 // acknowledged cursor per instance, and the consent ledger (api/consent/v1) that decides what of
 // a batch may be stored at all. Every write commits before it returns, so the receiver
 // acknowledges only durable data.
@@ -148,8 +148,8 @@ func (s *Store) Migrate(ctx context.Context) error {
 
 // Result counts what a write stored.
 type Result struct {
-	// Accepted items were stored now; Duplicates were stored before (or, for aggregates, not
-	// replaced); Refused items fall outside the instance's consent (a period that was not
+	// Accepted items were stored now; Duplicates were stored before (or, for aggregates, their
+	// day was published before); Refused items fall outside the instance's consent (a period that was not
 	// EventLevel, or at least CriticalOnly for aggregates) or inside an erased range, and are
 	// not stored.
 	Accepted, Duplicates, Refused int
@@ -165,9 +165,13 @@ type Result struct {
 func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Batch) (Result, error) {
 	n := len(b.Events)
 	receivedAt := s.clock.Now()
+	delivery, err := s.nextDelivery(ctx)
+	if err != nil {
+		return Result{}, err
+	}
 	// Build the stream before the transaction (and its consent lock): nearly every batch is
 	// kept whole.
-	stream, err := copyEvents(instance, b.Events, receivedAt)
+	stream, err := copyEvents(instance, b.Events, receivedAt, delivery)
 	if err != nil {
 		return Result{}, err
 	}
@@ -190,7 +194,7 @@ func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Ba
 					kept = append(kept, b.Events[i])
 				}
 			}
-			if stream, err = copyEvents(instance, kept, receivedAt); err != nil {
+			if stream, err = copyEvents(instance, kept, receivedAt, delivery); err != nil {
 				return err
 			}
 		}
@@ -209,20 +213,35 @@ ON CONFLICT (instance_id) DO UPDATE SET cursor = GREATEST(cursors.cursor, EXCLUD
 RETURNING cursor`, instance, b.Cursor).Scan(&res.Cursor); err != nil {
 			return err
 		}
-		return recordBatch(ctx, tx, instance, b, res)
+		return recordBatch(ctx, tx, instance, b, res, delivery, receivedAt)
 	})
 	return res, err
 }
 
 // recordBatch notes the batch by its idempotency key. A batch seen before counts all its items
-// again as duplicates, and its refusals again as refused.
-func recordBatch(ctx context.Context, tx pgx.Tx, instance string, b *batchv1.Batch, res Result) error {
+// again as duplicates, and its refusals again as refused. A call that stored something is also
+// recorded as a delivery: the items it stored carry its number.
+func recordBatch(ctx context.Context, tx pgx.Tx, instance string, b *batchv1.Batch, res Result, delivery int64, receivedAt time.Time) error {
 	_, err := tx.Exec(ctx, `
+WITH d AS (
+  INSERT INTO deliveries (seq, instance_id, batch_id, kind, accepted, duplicates, refused, received_at)
+  SELECT $7, $1, $2, $3, $4, $5, $6, $8 WHERE $4 > 0
+)
 INSERT INTO batches (instance_id, batch_id, kind, accepted, duplicates, refused) VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (instance_id, batch_id) DO UPDATE SET duplicates = batches.duplicates + EXCLUDED.accepted + EXCLUDED.duplicates,
   refused = batches.refused + EXCLUDED.refused`,
-		instance, b.BatchID, b.Kind, res.Accepted, res.Duplicates, res.Refused)
+		instance, b.BatchID, b.Kind, res.Accepted, res.Duplicates, res.Refused, delivery, receivedAt)
 	return err
+}
+
+// nextDelivery numbers a call that may store items. Numbers are never reused; a call that
+// stores nothing leaves a gap.
+func (s *Store) nextDelivery(ctx context.Context) (int64, error) {
+	var seq int64
+	if err := s.pool.QueryRow(ctx, `SELECT nextval('delivery_seq')`).Scan(&seq); err != nil {
+		return 0, unavailable(err)
+	}
+	return seq, nil
 }
 
 // insertStream stores the events of stream (from copyEvents) that are not stored yet and
@@ -289,13 +308,20 @@ func copyIn(ctx context.Context, tx pgx.Tx, table string, stream []byte) (int64,
 	return tag.RowsAffected(), err
 }
 
-// UpsertAggregates replaces each (instance, day, metric, dimension) cell with the batch's value.
-// The instance's consent ledger decides first: the whole batch is refused (ErrConsentRefused)
-// while Off is in force or without a record, and then a cell is stored only if its UTC day
-// overlaps a period of at least CriticalOnly and no range erased with scope All.
-func (s *Store) UpsertAggregates(ctx context.Context, instance string, b *batchv1.Batch) (Result, error) {
+// PublishAggregates stores a batch's cells, keeping the first publication of each (instance,
+// day): the cells of a day already published are absorbed whole (counted as duplicates), so no
+// two publications of a day can be differenced, nor a day republished after an erasure. The
+// instance's consent ledger decides first: the whole batch is refused (ErrConsentRefused) while
+// Off is in force or without a record, and then a cell is stored only if its UTC day overlaps a
+// period of at least CriticalOnly and no range erased with scope All.
+func (s *Store) PublishAggregates(ctx context.Context, instance string, b *batchv1.Batch) (Result, error) {
+	receivedAt := s.clock.Now()
+	delivery, err := s.nextDelivery(ctx)
+	if err != nil {
+		return Result{}, err
+	}
 	var res Result
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		p, err := s.loadPolicy(ctx, tx, instance)
 		if err != nil {
 			return err
@@ -306,32 +332,37 @@ func (s *Store) UpsertAggregates(ctx context.Context, instance string, b *batchv
 		n := len(b.Aggregates)
 		days, metrics, dims := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
 		values, users := make([]int64, 0, n), make([]int64, 0, n)
-		finals := make([]bool, 0, n)
 		for _, a := range b.Aggregates {
 			if !p.keepAggregate(a.Day) {
 				res.Refused++
 				continue
 			}
 			days, metrics, dims = append(days, a.Day), append(metrics, a.Metric), append(dims, a.Dimension)
-			values, users, finals = append(values, a.Value), append(users, a.Users), append(finals, a.Final)
+			values, users = append(values, a.Value), append(users, a.Users)
 		}
-		// A cell appearing twice in one batch would make ON CONFLICT fail: the last one wins.
+		// A cell appearing twice in one batch would make the insert fail: the first one wins.
 		tag, err := tx.Exec(ctx, `
-INSERT INTO aggregates (instance_id, day, metric, dimension, value, users, final)
-SELECT DISTINCT ON (day, metric, dim) $1, day::date, metric, dim, value, users, final
-FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::boolean[]) WITH ORDINALITY
-  AS u(day, metric, dim, value, users, final, ord)
-ORDER BY day, metric, dim, ord DESC
-ON CONFLICT (instance_id, day, metric, dimension) DO UPDATE
-  SET value = EXCLUDED.value, users = EXCLUDED.users, final = EXCLUDED.final, updated_at = now()
-  WHERE NOT aggregates.final OR EXCLUDED.final`,
-			instance, days, metrics, dims, values, users, finals)
+WITH cells AS (
+  SELECT DISTINCT ON (day, metric, dim) day::date AS day, metric, dim, value, users
+  FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) WITH ORDINALITY
+    AS u(day, metric, dim, value, users, ord)
+  ORDER BY day, metric, dim, ord
+), claimed AS (
+  INSERT INTO aggregate_days (instance_id, day, delivery, published_at)
+  SELECT DISTINCT $1, day, $7::bigint, $8::timestamptz FROM cells
+  ON CONFLICT (instance_id, day) DO NOTHING
+  RETURNING day
+)
+INSERT INTO aggregates (instance_id, day, metric, dimension, value, users, final, delivery)
+SELECT $1, day, metric, dim, value, users, true, $7 FROM cells WHERE day IN (SELECT day FROM claimed)
+ON CONFLICT (instance_id, day, metric, dimension) DO NOTHING`,
+			instance, days, metrics, dims, values, users, delivery, receivedAt)
 		if err != nil {
 			return err
 		}
 		res.Accepted = int(tag.RowsAffected())
 		res.Duplicates = len(days) - res.Accepted
-		return recordBatch(ctx, tx, instance, b, res)
+		return recordBatch(ctx, tx, instance, b, res, delivery, receivedAt)
 	})
 	return res, err
 }

@@ -32,6 +32,9 @@ const (
 	PathBatches = "/v1/batches"
 	// PathCursor returns the acknowledged cursor of the caller's instance (GET).
 	PathCursor = "/v1/cursor"
+	// PathExported lists what the receiver stored from the caller's instance recently (GET,
+	// ?limit=N deliveries): what left the instance, as the receiver keeps it.
+	PathExported = "/v1/exported"
 	// HeaderIdempotencyKey carries the batch id; a resend with the same key is absorbed.
 	HeaderIdempotencyKey = "Idempotency-Key"
 )
@@ -114,7 +117,9 @@ type Aggregate struct {
 	Value int64 `json:"value"`
 	// Users is the number of distinct users behind the cell (for suppression checks).
 	Users int64 `json:"users"`
-	// Final is false for today's partial day, which a later send replaces.
+	// Final must be true: only closed days are published, each once (a partial day re-sent as
+	// it grows could be differenced). Earlier collectors sent false for today's partial day;
+	// the receiver refuses such cells.
 	Final bool `json:"final"`
 }
 
@@ -126,8 +131,14 @@ const (
 	MetricActiveUsers28d  = "active_users_28d" // distinct users in the 28 days ending that day
 	MetricFeatureUsers    = "feature_users"    // distinct users per feature that day
 	MetricSearchesByType  = "searches_by_type" // searches per pattern type that day
-	MetricInstanceVersion = "instance_version" // events per product version that day
+	MetricInstanceVersion = "instance_version" // distinct users per product version that day
 )
+
+// CountsEvents reports whether a metric's value counts events (and Users the distinct users
+// behind them); every other metric's value is a number of distinct users, equal to Users.
+func CountsEvents(metric string) bool {
+	return metric == MetricEventCount || metric == MetricSearchesByType
+}
 
 var knownMetrics = map[string]bool{
 	MetricEventCount: true, MetricActiveUsers1d: true, MetricActiveUsers7d: true, MetricActiveUsers28d: true,
@@ -148,6 +159,43 @@ type Response struct {
 	Refused int `json:"refused,omitempty"`
 	// Cursor is the instance's acknowledged cursor after the batch.
 	Cursor int64 `json:"cursor"`
+}
+
+// Limits of GET /v1/exported.
+const (
+	// DefaultExportedDeliveries is how many deliveries a listing holds when ?limit is not given.
+	DefaultExportedDeliveries = 10
+	// MaxExportedDeliveries is the largest ?limit.
+	MaxExportedDeliveries = 100
+	// MaxExportedItems bounds the events and cells of one listing together; a delivery with more
+	// is listed in part and marked truncated.
+	MaxExportedItems = 10000
+)
+
+// ExportedResponse answers GET /v1/exported: the instance's most recent deliveries, newest first.
+type ExportedResponse struct {
+	InstanceID string     `json:"instanceID"`
+	Deliveries []Delivery `json:"deliveries"`
+}
+
+// Delivery is one accepted call that stored something, with the items of it still stored (an
+// erasure or a withdrawal of consent removes items, not the record of the delivery).
+type Delivery struct {
+	// Seq numbers deliveries across the receiver; a later delivery has a larger number.
+	Seq        int64     `json:"seq"`
+	BatchID    string    `json:"batchID"`
+	Kind       string    `json:"kind"`
+	ReceivedAt time.Time `json:"receivedAt"`
+	// Accepted, Duplicates and Refused are the counts the receiver answered the call with.
+	Accepted   int `json:"accepted"`
+	Duplicates int `json:"duplicates"`
+	Refused    int `json:"refused"`
+	// Events are the events stored by the delivery, in id order (kind events).
+	Events []Event `json:"events,omitempty"`
+	// Aggregates are the cells stored by the delivery (kind aggregates).
+	Aggregates []Aggregate `json:"aggregates,omitempty"`
+	// Truncated is true when more of the delivery's items are stored than the listing holds.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // CursorResponse answers GET /v1/cursor.
@@ -184,6 +232,9 @@ const (
 	ReasonNotInCatalog = "NotInCatalog"
 	// ReasonUnsupportedCatalog: the receiver does not know the catalog version the batch declares.
 	ReasonUnsupportedCatalog = "UnsupportedCatalogVersion"
+	// ReasonDayNotClosed: an aggregates batch holds a day that has not ended by the receiver's
+	// clock. Nothing of the batch is stored; the collector sends it again later.
+	ReasonDayNotClosed = "DayNotClosed"
 )
 
 // Error is a decoding or validation failure with a stable reason and, when one item is to
@@ -348,6 +399,15 @@ func validateAggregate(a *Aggregate, i int) error {
 	}
 	if a.Value > 0 && a.Users < MinCellUsers {
 		return fail(ReasonTierViolation, i, "a cell with %d distinct users must be suppressed (minimum %d)", a.Users, MinCellUsers)
+	}
+	if CountsEvents(a.Metric) && a.Users > a.Value {
+		return fail(ReasonMalformed, i, "a cell of %s cannot have more distinct users than events", a.Metric)
+	}
+	if !CountsEvents(a.Metric) && a.Users != a.Value {
+		return fail(ReasonMalformed, i, "a cell of %s counts distinct users: value and users must be equal", a.Metric)
+	}
+	if !a.Final {
+		return fail(ReasonTierViolation, i, "only closed days are published: final must be true")
 	}
 	return nil
 }

@@ -126,6 +126,9 @@ func TestDecodeRejectsHostileInput(t *testing.T) {
 		{"unknown metric", agg(func(a map[string]any) { a["metric"] = "emails" }), ReasonMalformed, 0},
 		{"bad day", agg(func(a map[string]any) { a["day"] = "2026-13-45" }), ReasonMalformed, 0},
 		{"negative value", agg(func(a map[string]any) { a["value"] = -5 }), ReasonMalformed, 0},
+		{"partial day", agg(func(a map[string]any) { a["final"] = false }), ReasonTierViolation, 0},
+		{"more users than events", agg(func(a map[string]any) { a["users"] = 41 }), ReasonMalformed, 0},
+		{"users cell with events", agg(func(a map[string]any) { a["metric"], a["dimension"] = "feature_users", "search" }), ReasonMalformed, 0},
 		{"user id in an aggregate", agg(func(a map[string]any) { a["userID"] = "0123456789abcdef0123456789abcdef" }), ReasonMalformed, 0},
 	}
 	for _, tc := range cases {
