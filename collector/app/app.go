@@ -31,11 +31,14 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/clock"
 
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/collector"
 	"github.com/sourcegraph/telemetry-operator/collector/deliver"
 	"github.com/sourcegraph/telemetry-operator/collector/scrub"
 	"github.com/sourcegraph/telemetry-operator/collector/source"
 	"github.com/sourcegraph/telemetry-operator/collector/state"
+	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
 	"github.com/sourcegraph/telemetry-operator/internal/tlsreload"
 )
 
@@ -62,25 +65,9 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		return collector.ErrOff
 	}
 	log = log.With("instance", cfg.InstanceID)
-	if o.MountRoot != "" {
-		for _, p := range []*string{&cfg.TLS.CertFile, &cfg.TLS.KeyFile, &cfg.TLS.CAFile, &cfg.PseudonymKeyFile, &cfg.DatabaseDSNFile} {
-			*p = filepath.Join(o.MountRoot, *p)
-		}
-	}
+	mount(o, cfg)
 
-	key, err := readSecretFile(cfg.PseudonymKeyFile, 1024)
-	if err != nil {
-		return fmt.Errorf("pseudonymKeyFile: %w", err)
-	}
-	scrubber, err := scrub.New(key)
-	if err != nil {
-		return fmt.Errorf("pseudonymKeyFile: %w", err)
-	}
-	dsn, err := readSecretFile(cfg.DatabaseDSNFile, 8192)
-	if err != nil {
-		return fmt.Errorf("databaseDSNFile: %w", err)
-	}
-	reader, err := source.Open(ctx, strings.TrimSpace(string(dsn)))
+	reader, scrubber, err := openInstance(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -130,6 +117,89 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 	log.Info("collector started", "tier", cfg.Tier, "cursor", p.Cursor(), "interval", cfg.Interval, "batchSize", cfg.BatchSize)
 	err = p.Run(ctx)
 	log.Info("collector stopped", "cursor", p.Cursor())
+	return err
+}
+
+// mount prefixes the configuration's file paths with MountRoot.
+func mount(o Options, cfg *collectorconfig.Config) {
+	if o.MountRoot == "" {
+		return
+	}
+	for _, p := range []*string{&cfg.TLS.CertFile, &cfg.TLS.KeyFile, &cfg.TLS.CAFile, &cfg.PseudonymKeyFile, &cfg.DatabaseDSNFile} {
+		*p = filepath.Join(o.MountRoot, *p)
+	}
+}
+
+// openInstance opens the instance database and the pseudonymizer the configuration names.
+func openInstance(ctx context.Context, cfg *collectorconfig.Config) (*source.Reader, *scrub.Scrubber, error) {
+	key, err := readSecretFile(cfg.PseudonymKeyFile, 1024)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pseudonymKeyFile: %w", err)
+	}
+	scrubber, err := scrub.New(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pseudonymKeyFile: %w", err)
+	}
+	dsn, err := readSecretFile(cfg.DatabaseDSNFile, 8192)
+	if err != nil {
+		return nil, nil, fmt.Errorf("databaseDSNFile: %w", err)
+	}
+	reader, err := source.Open(ctx, strings.TrimSpace(string(dsn)))
+	if err != nil {
+		return nil, nil, err
+	}
+	return reader, scrubber, nil
+}
+
+// Preview writes the batches the collector would send next, one encoded request body (JSON, as
+// it goes on the wire before compression) per line, and a summary to summary. It reads the
+// instance database and the saved progress, and sends and saves nothing: it needs no network
+// and no certificates.
+func Preview(ctx context.Context, o Options, out, summary io.Writer) error {
+	cfg, err := collector.LoadConfig(o.ConfigPath)
+	if err != nil {
+		return err
+	}
+	if cfg.Tier == v1.TierOff {
+		_, err := fmt.Fprintf(summary, "instance %s: consent tier Off: nothing leaves\n", cfg.InstanceID)
+		return err
+	}
+	mount(o, cfg)
+	reader, scrubber, err := openInstance(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer reader.Close()
+	store, err := stateStore(o, cfg.State.Namespace, cfg.State.ConfigMap)
+	if err != nil {
+		return err
+	}
+	p := &collector.Pipeline{ConfigPath: o.ConfigPath, Reader: reader, Scrubber: scrubber, State: store,
+		Clock: clock.RealClock{}, Log: slog.New(slog.DiscardHandler)}
+	batches, err := p.Preview(ctx)
+	if err != nil {
+		return err
+	}
+	events, cells := 0, 0
+	for _, b := range batches {
+		body, err := batchv1.Encode(b)
+		if err != nil {
+			return err
+		}
+		if _, err := out.Write(append(body, '\n')); err != nil {
+			return err
+		}
+		events += len(b.Events)
+		cells += len(b.Aggregates)
+	}
+	switch {
+	case len(batches) == 0:
+		_, err = fmt.Fprintf(summary, "instance %s: consent tier %s: nothing is waiting to leave\n", cfg.InstanceID, cfg.Tier)
+	case cfg.Tier == v1.TierEventLevel:
+		_, err = fmt.Fprintf(summary, "instance %s: consent tier EventLevel: the next batch holds %d events\n", cfg.InstanceID, events)
+	default:
+		_, err = fmt.Fprintf(summary, "instance %s: consent tier CriticalOnly: %d batches hold %d aggregate cells of closed days\n", cfg.InstanceID, len(batches), cells)
+	}
 	return err
 }
 
