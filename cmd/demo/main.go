@@ -176,6 +176,10 @@ func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 	fmt.Print(indent(out))
 	c.check(err == nil, "the report ran")
 
+	fmt.Println("==> receiver exported --instance globex --limit 1   (what globex's admin is shown of its latest delivery)")
+	exported, exportedErr := s.Receiver(ctx, "exported", "--instance", "globex", "--limit", "1")
+	fmt.Print(indent(firstLines(exported, 10)))
+
 	fmt.Println("==> checks")
 	for name, want := range map[string]string{"acme": "EventLevel", "globex": "CriticalOnly", "initech": "Off"} {
 		got, _ := s.Kubectl(ctx, "get", "tp", "-n", name, name, "-o", "jsonpath={.status.effectiveTier}")
@@ -186,6 +190,13 @@ func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 		"acme: none of the %d events recorded before the terms were accepted (%s) left the instance", countAllowListed(ctx, instances["acme"], time.Time{}, acmeAccepted), acmeAccepted.Format(time.RFC3339))
 	c.check(stored(ctx, s, "events", "globex") == 0, "globex (CriticalOnly): no per-user events left the instance")
 	c.check(stored(ctx, s, "aggregates", "globex") > 0, "globex: anonymous aggregates arrived")
+	var open int
+	_ = receiverQuery(ctx, s, "SELECT count(*) FROM aggregates WHERE instance_id = 'globex' AND day >= (now() AT TIME ZONE 'UTC')::date", &open)
+	c.check(open == 0, "globex: only days that have ended were published (%d cells of today)", open)
+	var small int
+	_ = receiverQuery(ctx, s, "SELECT count(*) FROM aggregates WHERE users < 5", &small)
+	c.check(small == 0, "no aggregate cell under 5 users was stored (%d)", small)
+	c.check(exportedErr == nil && strings.Contains(exported, "== delivery"), "the receiver lists what it stored for an instance, delivery by delivery")
 	c.check(stored(ctx, s, "events", "initech")+stored(ctx, s, "aggregates", "initech") == 0, "initech (Off): nothing left the instance")
 	out, _ = s.Kubectl(ctx, "get", "deployments", "-n", "initech", "-o", "name")
 	c.check(strings.TrimSpace(out) == "", "initech: no collector workload exists")
@@ -193,11 +204,20 @@ func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 	c.check(leak == "", "no personal data reached the receiver%s", leak)
 	var unlisted int
 	_ = receiverQuery(ctx, s, "SELECT count(*) FROM events WHERE name = ANY($1)", &unlisted, seed.Unlisted)
-	c.check(unlisted == 0, "no event the allow-list does not know was exported")
+	c.check(unlisted == 0, "no event the catalog does not list was exported")
 
 	consentWalk(ctx, s, c, instances["acme"])
 	erasureWalk(ctx, s, c)
 	return !c.failed
+}
+
+// firstLines returns the first n lines of s, and an ellipsis when there were more.
+func firstLines(s string, n int) string {
+	lines := strings.SplitAfter(s, "\n")
+	if len(lines) <= n {
+		return s
+	}
+	return strings.Join(lines[:n], "") + "...\n"
 }
 
 // consentWalk turns acme Off and back on, writing events while it is Off, and checks by event
