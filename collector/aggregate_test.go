@@ -15,8 +15,11 @@ import (
 	"time"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/collector/aggregate"
 	"github.com/sourcegraph/telemetry-operator/collector/aggregate/aggregatetest"
+	"github.com/sourcegraph/telemetry-operator/collector/source"
 )
 
 // aggregateKey names one published cell.
@@ -221,5 +224,54 @@ func TestNoPublishedCellNarrowsASuppressedOne(t *testing.T) {
 	t.Logf("%d instance-days through the receiver; publishing every cell of 5 users or more would have exposed %d", instances, exposedByPrimaryOnly)
 	if exposedByPrimaryOnly == 0 {
 		t.Fatal("no day here needs more than primary suppression: the test proves nothing")
+	}
+}
+
+// TestAggregateDaysAreUTCWhateverTheSessionTimeZone: a day is a UTC day however the instance
+// database's sessions are configured; events just outside it count for their own days.
+func TestAggregateDaysAreUTCWhateverTheSessionTimeZone(t *testing.T) {
+	day := time.Date(2026, 10, 14, 0, 0, 0, 0, time.UTC)
+	for _, zone := range []string{"Pacific/Kiritimati", "Etc/GMT+12"} { // UTC+14 and UTC-12
+		t.Run(zone, func(t *testing.T) {
+			in := newInstance(t, v1.TierCriticalOnly, 100)
+			add := func(first, last int, at time.Time) {
+				for u := first; u <= last; u++ {
+					in.exec(`INSERT INTO event_logs (name, user_id, version, timestamp) VALUES ('hover', $1, '5.3.0', $2)`, u, at)
+				}
+			}
+			add(1, 6, day.Add(-30*time.Minute))               // the day before
+			add(11, 16, day.Add(30*time.Minute))              // the day, early
+			add(21, 26, day.Add(23*time.Hour+30*time.Minute)) // the day, late
+			add(31, 36, day.Add(24*time.Hour+30*time.Minute)) // the day after: never computed
+			reader, err := source.Open(context.Background(), in.dsn+"&timezone="+zone)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer reader.Close()
+			var tz string
+			if err := reader.Pool().QueryRow(context.Background(), "SHOW TimeZone").Scan(&tz); err != nil || tz != zone {
+				t.Fatalf("session time zone %q (%v), want %q", tz, err, zone)
+			}
+			periods := []consentv1.Window{{Start: day.AddDate(0, 0, -30)}}
+			cells, err := aggregate.Compute(context.Background(), reader.Pool(), day.AddDate(0, 0, -1), day, periods)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]int64{}
+			for _, c := range cells {
+				if c.Metric == batchv1.MetricActiveUsers1d {
+					got[c.Day] = c.Users
+				}
+				if c.Day > day.Format(time.DateOnly) {
+					t.Errorf("a cell of a day after the range: %+v", c)
+				}
+			}
+			want := map[string]int64{day.AddDate(0, 0, -1).Format(time.DateOnly): 6, day.Format(time.DateOnly): 12}
+			for d, n := range want {
+				if got[d] != n {
+					t.Errorf("active users on %s = %d, want %d (all: %v)", d, got[d], n, got)
+				}
+			}
+		})
 	}
 }

@@ -170,6 +170,44 @@ func TestAggregatesNeverCountOffPeriods(t *testing.T) {
 	}
 }
 
+// TestAggregatesNeverCountEventLevelPeriods: after a downgrade from EventLevel, the receiver
+// holds the EventLevel part of the day event by event; a cell that also counted it would give the
+// CriticalOnly part away by difference. Only the CriticalOnly part is counted, and a day wholly
+// under EventLevel has no cells.
+func TestAggregatesNeverCountEventLevelPeriods(t *testing.T) {
+	today := time.Now().UTC().Truncate(24 * time.Hour)
+	day := func(n int) time.Time { return today.AddDate(0, 0, n) }
+	downgrade := day(-3).Add(12 * time.Hour)
+	in := newInstanceConsent(t, v1.TierCriticalOnly, 100, consentv1.Timeline{
+		{At: consentSince, Tier: consentv1.TierEventLevel},
+		{At: downgrade, Tier: consentv1.TierCriticalOnly},
+	})
+	add := func(first, last int, at time.Time) {
+		for u := first; u <= last; u++ {
+			in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, at)
+		}
+	}
+	add(1, 9, day(-4).Add(10*time.Hour))    // EventLevel all day
+	add(1, 8, downgrade.Add(-2*time.Hour))  // EventLevel part of the downgrade day
+	add(11, 16, downgrade.Add(2*time.Hour)) // CriticalOnly part: 6 users
+	p := in.pipeline()
+	if _, err := p.RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cells := publishedCells(t, in)
+	for k, v := range cells {
+		if k.day < day(-3).Format(time.DateOnly) {
+			t.Errorf("a day wholly under EventLevel has a cell: %v = %v", k, v)
+		}
+	}
+	d := day(-3).Format(time.DateOnly)
+	for _, k := range []aggregateKey{{d, "event_count", "hover"}, {d, "active_users_1d", ""}, {d, "active_users_28d", ""}} {
+		if got := cells[k]; got[1] != 6 {
+			t.Errorf("%v = %v, want the 6 users of the CriticalOnly part only", k, got)
+		}
+	}
+}
+
 // TestAWindowClosedWhileABatchWaitsIsObeyed: a batch read under a configuration whose window
 // has since been closed (the tier is still EventLevel: consent was withdrawn and granted again)
 // is not sent; the next round reads under the new windows. The receiver here would take it.

@@ -480,7 +480,7 @@ func (p *Pipeline) send(ctx context.Context, b *batchv1.Batch) (deliver.Outcome,
 // aggregateRound publishes the aggregates of each closed UTC day once: a day is sent when it
 // ended at least AggregateGrace ago (so rows committed late still count), whole in one batch, and
 // never again once acknowledged (two publications of a day could be differenced). Only events
-// recorded while the tier in force was at least CriticalOnly are counted: an Off period never
+// recorded while the tier in force was exactly CriticalOnly are counted: an Off period never
 // is, and no day before the first such period is sent. A collector without saved progress starts
 // AggregateWindowDays back; the receiver keeps the first publication of a day and absorbs the rest.
 func (p *Pipeline) aggregateRound(ctx context.Context) error {
@@ -528,7 +528,7 @@ func (p *Pipeline) pendingAggregates(ctx context.Context) (pendingAggregateDays,
 	if through, err := time.Parse(time.DateOnly, p.Progress().AggregatesThrough); err == nil && !through.Before(from) {
 		from = through.AddDate(0, 0, 1)
 	}
-	periods := p.cfg.Consent.Windows(consentv1.TierCriticalOnly)
+	periods := p.cfg.Consent.AggregateWindows()
 	if len(periods) > 0 {
 		if first := periods[0].Start.UTC().Truncate(24 * time.Hour); first.After(from) {
 			from = first

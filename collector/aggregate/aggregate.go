@@ -65,7 +65,7 @@ WITH ev AS (
   SELECT (timestamp AT TIME ZONE 'UTC')::date AS day, name, ` + userExpr + ` AS u,
          public_argument->>'patternType' AS pt, left(version, 64) AS version
   FROM event_logs
-  WHERE timestamp >= ($1::date - 27) AND timestamp < ($2::date + 1)
+  WHERE timestamp >= (($1::date - 27)::timestamp AT TIME ZONE 'UTC') AND timestamp < (($2::date + 1)::timestamp AT TIME ZONE 'UTC')
     AND EXISTS (SELECT 1 FROM unnest(` + periodArgs + `) AS w(s, e) WHERE timestamp >= w.s AND timestamp < w.e)
 ),
 days AS (SELECT d::date AS day FROM generate_series($1::date, $2::date, '1 day') d),

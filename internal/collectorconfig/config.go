@@ -63,7 +63,7 @@ type Config struct {
 	BatchSize int `json:"batchSize"`
 	// Consent is the instance's consent timeline, the most recent transitions of the receiver's
 	// consent ledger. An event leaves only if the tier in force when it was recorded was
-	// EventLevel; aggregates count only events recorded while it was at least CriticalOnly.
+	// EventLevel; aggregates count only events recorded while it was exactly CriticalOnly.
 	// Before the first transition listed the instance counts as Off.
 	Consent consentv1.Timeline `json:"consent"`
 	// TLS names the client certificate, key and the CA bundle trusted for the receiver.

@@ -12,7 +12,7 @@ Licensed under the Apache License, Version 2.0.
 //
 // Consent is a window in time, not a switch: an event may leave as event-level data only if its
 // timestamp falls in a period where the ledger says EventLevel, and an aggregate may cover only
-// periods that are at least CriticalOnly. Before the first transition an instance is Off.
+// periods that were exactly CriticalOnly. Before the first transition an instance is Off.
 package v1
 
 import (
@@ -132,13 +132,25 @@ func (w Window) Overlaps(from, to time.Time) bool {
 }
 
 // Windows returns the maximal intervals in which the tier in force ranks at least min:
-// Windows(TierEventLevel) are the periods whose events may leave one by one, and
-// Windows(TierCriticalOnly) those that aggregates may cover.
+// Windows(TierEventLevel) are the periods whose events may leave one by one.
 func (t Timeline) Windows(minTier Tier) []Window {
+	return t.windows(func(tier Tier) bool { return tier.Rank() >= minTier.Rank() })
+}
+
+// AggregateWindows returns the maximal intervals in which the tier in force is exactly
+// CriticalOnly: the only periods aggregates count. An EventLevel period is not counted even
+// though it allows more: its events are stored one by one at the receiver, and a day's cells
+// that counted them could be differenced against them to reveal the CriticalOnly part of the day.
+func (t Timeline) AggregateWindows() []Window {
+	return t.windows(func(tier Tier) bool { return tier == TierCriticalOnly })
+}
+
+// windows returns the maximal intervals in which in(tier in force) holds.
+func (t Timeline) windows(inside func(Tier) bool) []Window {
 	var out []Window
 	var open *Window
 	for _, tr := range t {
-		in := tr.Tier.Rank() >= minTier.Rank()
+		in := inside(tr.Tier)
 		switch {
 		case in && open == nil:
 			open = &Window{Start: tr.At}
