@@ -275,3 +275,37 @@ func TestAggregateDaysAreUTCWhateverTheSessionTimeZone(t *testing.T) {
 		})
 	}
 }
+
+// TestVersionCellsAreBoundedInTheDatabase: however many distinct versions an instance
+// database holds, a day has at most MaxVersionCells version cells, none under 5 users: the
+// collector's memory and the batch stay bounded.
+func TestVersionCellsAreBoundedInTheDatabase(t *testing.T) {
+	in := newInstance(t, v1.TierCriticalOnly, 100)
+	day := time.Date(2026, 10, 14, 0, 0, 0, 0, time.UTC)
+	in.exec(`INSERT INTO event_logs (name, user_id, version, timestamp)
+		SELECT 'hover', v * 10 + u, '5.' || (v / 100) || '.' || (v % 100), $1::timestamptz
+		FROM generate_series(1, 120) v, generate_series(1, 5) u`, day.Add(time.Hour))
+	in.exec(`INSERT INTO event_logs (name, user_id, version, timestamp)
+		SELECT 'hover', 5000 + v, '6.0.' || v, $1::timestamptz FROM generate_series(1, 30) v`, day.Add(time.Hour))
+	reader, err := source.Open(context.Background(), in.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	cells, err := aggregate.Compute(context.Background(), reader.Pool(), day, day, []consentv1.Window{{Start: day.AddDate(0, 0, -1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	versions := 0
+	for _, c := range cells {
+		if c.Metric == batchv1.MetricInstanceVersion {
+			versions++
+			if c.Users < batchv1.MinCellUsers {
+				t.Errorf("a version cell under %d users was computed: %+v", batchv1.MinCellUsers, c)
+			}
+		}
+	}
+	if versions != aggregate.MaxVersionCells {
+		t.Fatalf("%d version cells, want %d", versions, aggregate.MaxVersionCells)
+	}
+}

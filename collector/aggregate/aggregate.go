@@ -24,6 +24,9 @@ import (
 // userExpr identifies a user inside the database only; no identifier ever leaves it.
 const userExpr = `CASE WHEN user_id <> 0 THEN 'u:' || user_id::text ELSE 'a:' || anonymous_user_id END`
 
+// MaxVersionCells bounds the instance_version cells of a day.
+const MaxVersionCells = 100
+
 // Compute returns the cells of every closed UTC day in [from, to], unsuppressed, counting only
 // events recorded inside periods (the windows in which the tier in force allowed aggregates).
 // The cells of a day:
@@ -32,7 +35,11 @@ const userExpr = `CASE WHEN user_id <> 0 THEN 'u:' || user_id::text ELSE 'a:' ||
 //   - searches_by_type per pattern type, and "other" for the rest: SearchSubmitted events (they
 //     add up to event_count[SearchSubmitted]), and their distinct users;
 //   - feature_users per feature: distinct users of the feature's events;
-//   - instance_version per release version: distinct users of listed events on it;
+//   - instance_version per release version: distinct users of listed events on it, only for
+//     versions with at least MinCellUsers users, the MaxVersionCells most used. A smaller
+//     version cell is never computed: its only relation is to the day's users of listed events,
+//     which published cells always leave at least MinCellUsers wide, so it needs no audit, and
+//     a database holding a million distinct versions costs neither memory nor audit time;
 //   - active_users_1d/7d/28d: distinct users with any event that day or in the 7 or 28 days
 //     ending with it.
 //
@@ -74,8 +81,11 @@ SELECT day::text, metric, dim, value, users FROM (
   SELECT day, 'event_count' AS metric, name AS dim, count(*) AS value, count(DISTINCT u) AS users
     FROM ev WHERE day >= $1::date AND name = ANY($3) GROUP BY day, name
   UNION ALL
-  SELECT day, 'instance_version', version, count(DISTINCT u), count(DISTINCT u)
-    FROM ev WHERE day >= $1::date AND name = ANY($3) AND version ~ '^[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}(-[a-z]+\.[0-9]{1,2})?$' GROUP BY day, version
+  SELECT day, 'instance_version', version, users, users FROM (
+    SELECT day, version, count(DISTINCT u) AS users,
+           row_number() OVER (PARTITION BY day ORDER BY count(DISTINCT u) DESC, version) AS rank
+    FROM ev WHERE day >= $1::date AND name = ANY($3) AND version ~ '^[0-9]{1,2}\.[0-9]{1,2}\.[0-9]{1,5}(-[a-z]+\.[0-9]{1,2})?$' GROUP BY day, version
+  ) v WHERE users >= ` + fmt.Sprint(batchv1.MinCellUsers) + ` AND rank <= ` + fmt.Sprint(MaxVersionCells) + `
   UNION ALL
   SELECT day, 'searches_by_type', CASE WHEN pt = ANY($` + fmt.Sprint(ptArg) + `) THEN pt ELSE '` + catalogv1.OtherPatternType + `' END, count(*), count(DISTINCT u)
     FROM ev WHERE day >= $1::date AND name = '` + catalogv1.SearchEvent + `' GROUP BY day, 3

@@ -53,6 +53,8 @@ type model struct {
 	names []varKey
 	// le rows are sum(coef*var) <= rhs; eq rows are sum(coef*var) == rhs.
 	le, eq []row
+	// unknownVersion is the unpublished version cell that stands for every unpublished one.
+	unknownVersion *cellKey
 }
 
 type varKey struct {
@@ -153,11 +155,21 @@ func buildModel(cat *catalogv1.Catalog, cells []batchv1.Aggregate, published map
 	m.add(published, false, 0, features...)
 	m.add(published, false, 0, term{1, listed}, term{-1, u(batchv1.MetricActiveUsers1d, "")})
 	// Versions: at most L. (Their sum is not at least L: a version outside the release format
-	// has no cell.)
+	// has no cell, nor has one with few users.) That is an unknown version's only relation, so
+	// every unknown version has the same bound, and one of them stands for all: the program stays
+	// small however many versions a day has.
 	for _, c := range cells {
-		if c.Metric == batchv1.MetricInstanceVersion {
-			m.add(published, false, 0, term{1, u(c.Metric, c.Dimension)}, term{-1, listed})
+		if c.Metric != batchv1.MetricInstanceVersion {
+			continue
 		}
+		k := cellKey{c.Metric, c.Dimension}
+		if _, ok := published[k]; !ok {
+			if m.unknownVersion != nil {
+				continue
+			}
+			m.unknownVersion = &k
+		}
+		m.add(published, false, 0, term{1, u(c.Metric, c.Dimension)}, term{-1, listed})
 	}
 	m.add(published, false, 0, term{1, u(batchv1.MetricActiveUsers1d, "")}, term{-1, u(batchv1.MetricActiveUsers7d, "")})
 	m.add(published, false, 0, term{1, u(batchv1.MetricActiveUsers7d, "")}, term{-1, u(batchv1.MetricActiveUsers28d, "")})
@@ -245,11 +257,20 @@ func (m *model) component(v int) (vars []int, le, eq []row) {
 // protected reports whether nobody can conclude from published that fewer than MinCellUsers
 // users are behind cell k.
 func protected(m *model, k cellKey) bool {
-	hi, err := m.maxUsers(k)
+	hi, err := m.maxUsers(m.standIn(k))
 	if err != nil {
 		return false
 	}
 	return math.Floor(hi+1e-6) >= batchv1.MinCellUsers
+}
+
+// standIn is the cell of the model that stands for k: an unpublished version's is the one
+// version standing for all.
+func (m *model) standIn(k cellKey) cellKey {
+	if k.metric == batchv1.MetricInstanceVersion && m.unknownVersion != nil {
+		return *m.unknownVersion
+	}
+	return k
 }
 
 // related returns the published cells in a relation with cell k, directly or through unknowns,

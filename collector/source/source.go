@@ -71,8 +71,8 @@ func inWindows(ws []consentv1.Window, first int) (string, []any) {
 const (
 	// MaxValueBytes bounds one selected member of public_argument, as JSON text.
 	MaxValueBytes = 256
-	// MaxTextBytes bounds the text columns (name, source, version, client): longer values are
-	// cut here and then refused by the catalog, which lists nothing so long.
+	// MaxTextBytes bounds the text columns (name, source, version, client) in bytes: a longer
+	// value is replaced here and then refused by the catalog, which lists nothing so long.
 	MaxTextBytes = 129
 	// MaxIDBytes bounds anonymous_user_id; a longer one counts as missing.
 	MaxIDBytes = 256
@@ -80,23 +80,33 @@ const (
 	OversizedDocument = 64 << 10
 )
 
-// columns are the only things the collector reads of a row; $1 is the list of public_argument
-// members the catalog names, $2 its feature flags (numbered from first).
+// columns are the only things the collector reads of a row; $first is the list of
+// public_argument members the catalog names, then its feature flags, then its event names.
+// Text is bounded in bytes (a longer value becomes "~", which no closed set lists, so it is
+// dropped and counted), and a row of an event the catalog does not list brings neither its
+// document nor its flags: most rows of a real instance are such, and only their ids and times
+// are needed.
 func columns(first int) string {
-	k, f := first, first+1
-	return fmt.Sprintf(`id, left(name, %[3]d), COALESCE(user_id, 0)::bigint,
-	CASE WHEN octet_length(anonymous_user_id) <= %[4]d THEN anonymous_user_id ELSE '' END, left(COALESCE(source, ''), %[3]d),
-	COALESCE(CASE WHEN jsonb_typeof(public_argument) = 'object' THEN (SELECT jsonb_object_agg(m.key, m.value) FROM jsonb_each(public_argument) AS m
-		WHERE m.key = ANY($%[1]d::text[]) AND octet_length(m.value::text) <= %[5]d) END, '{}'::jsonb)::text,
-	left(COALESCE(version, ''), %[3]d), timestamp,
-	COALESCE(CASE WHEN jsonb_typeof(feature_flags) = 'object' THEN (SELECT jsonb_object_agg(m.key, m.value) FROM jsonb_each(feature_flags) AS m
-		WHERE m.key = ANY($%[2]d::text[]) AND jsonb_typeof(m.value) = 'boolean') END, '{}'::jsonb)::text,
-	left(COALESCE(client, ''), %[3]d), COALESCE(pg_column_size(public_argument), 0) > %[6]d`,
-		k, f, MaxTextBytes, MaxIDBytes, MaxValueBytes, OversizedDocument)
+	k, f, n := first, first+1, first+2
+	return fmt.Sprintf(`id, %[8]s, COALESCE(user_id, 0)::bigint,
+	CASE WHEN octet_length(anonymous_user_id) <= %[5]d THEN anonymous_user_id ELSE '' END, %[9]s,
+	CASE WHEN name = ANY($%[3]d::text[]) AND jsonb_typeof(public_argument) = 'object' THEN COALESCE((SELECT jsonb_object_agg(m.key, m.value) FROM jsonb_each(public_argument) AS m
+		WHERE m.key = ANY($%[1]d::text[]) AND octet_length(m.value::text) <= %[6]d), '{}'::jsonb) ELSE '{}'::jsonb END::text,
+	%[10]s, timestamp,
+	CASE WHEN name = ANY($%[3]d::text[]) AND jsonb_typeof(feature_flags) = 'object' THEN COALESCE((SELECT jsonb_object_agg(m.key, m.value) FROM jsonb_each(feature_flags) AS m
+		WHERE m.key = ANY($%[2]d::text[]) AND jsonb_typeof(m.value) = 'boolean'), '{}'::jsonb) ELSE '{}'::jsonb END::text,
+	%[11]s, COALESCE(pg_column_size(public_argument), 0) > %[7]d`,
+		k, f, n, MaxTextBytes, MaxIDBytes, MaxValueBytes, OversizedDocument,
+		boundedText("name"), boundedText("source"), boundedText("version"), boundedText("client"))
 }
 
-// selection is what the catalog lets the query select: the public_argument members and the
-// feature flags it names.
+// boundedText selects a text column as at most MaxTextBytes bytes: as it is, or "~" when longer.
+func boundedText(column string) string {
+	return fmt.Sprintf(`CASE WHEN octet_length(COALESCE(%[1]s, '')) <= %[2]d THEN COALESCE(%[1]s, '') ELSE '~' END`, column, MaxTextBytes)
+}
+
+// selection is what the catalog lets the query select: the public_argument members, the feature
+// flags and the event names it lists.
 func selection() []any {
 	c := catalogv1.Current()
 	var keys []string
@@ -109,7 +119,7 @@ func selection() []any {
 		}
 	}
 	slices.Sort(keys)
-	return []any{keys, c.FeatureFlags}
+	return []any{keys, c.FeatureFlags, c.Names()}
 }
 
 // Reader reads event_logs.
@@ -161,8 +171,8 @@ type Round struct {
 // windows.
 func (r *Reader) Read(ctx context.Context, t View, limit int, windows []consentv1.Window) (*Round, error) {
 	sel := selection()
-	inLate, lateArgs := inWindows(windows, 5)
-	inFresh, freshArgs := inWindows(windows, 5)
+	inLate, lateArgs := inWindows(windows, 6)
+	inFresh, freshArgs := inWindows(windows, 6)
 	tx, err := r.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return nil, fmt.Errorf("reading event_logs: %w", err)
@@ -179,7 +189,7 @@ func (r *Reader) Read(ctx context.Context, t View, limit int, windows []consentv
 	round := &Round{Snapshot: snap, NewHigh: t.High(), Complete: true}
 	if t.NeedLateScan(snap) && t.High() > t.Cursor() {
 		rows, err := tx.Query(ctx, "SELECT "+columns(3)+" FROM event_logs WHERE id > $1 AND id <= $2 AND "+inLate+" ORDER BY id",
-			append([]any{t.Cursor(), t.High(), sel[0], sel[1]}, lateArgs...)...)
+			append([]any{t.Cursor(), t.High(), sel[0], sel[1], sel[2]}, lateArgs...)...)
 		if err != nil {
 			return nil, fmt.Errorf("late scan: %w", err)
 		}
@@ -196,7 +206,7 @@ func (r *Reader) Read(ctx context.Context, t View, limit int, windows []consentv
 	exhausted := false
 	if remaining := limit - len(round.Rows); remaining > 0 {
 		rows, err := tx.Query(ctx, "SELECT "+columns(3)+" FROM event_logs WHERE id > $1 AND "+inFresh+" ORDER BY id LIMIT $2",
-			append([]any{t.High(), remaining, sel[0], sel[1]}, freshArgs...)...)
+			append([]any{t.High(), remaining, sel[0], sel[1], sel[2]}, freshArgs...)...)
 		if err != nil {
 			return nil, fmt.Errorf("reading new events: %w", err)
 		}

@@ -181,8 +181,9 @@ type ExportedResponse struct {
 // Delivery is one accepted call that stored something, with the items of it still stored (an
 // erasure or a withdrawal of consent removes items, not the record of the delivery).
 type Delivery struct {
-	// Seq numbers deliveries across the receiver; a later delivery has a larger number.
-	Seq        int64     `json:"seq"`
+	// Seq numbers deliveries across the receiver; a later delivery has a larger number. It is
+	// never sent to an instance: its gaps would count other instances' deliveries.
+	Seq        int64     `json:"-"`
 	BatchID    string    `json:"batchID"`
 	Kind       string    `json:"kind"`
 	ReceivedAt time.Time `json:"receivedAt"`

@@ -56,35 +56,59 @@ type Property struct {
 	Max float64 `json:"max,omitempty"`
 }
 
-// Accept returns the value to export when v has the property's shape.
+// Accept returns the value to export when v has the property's shape. A number leaves as an
+// integer rounded to two significant digits (1234.5 -> 1200): enough for latency percentiles,
+// too few digits to carry an identifier such as a phone or card number.
 func (p Property) Accept(v any) (any, bool) {
 	if len(p.Values) > 0 {
 		s, ok := v.(string)
 		return s, ok && slices.Contains(p.Values, s)
 	}
-	var f float64
+	f, ok := number(v)
+	if !ok || math.IsNaN(f) || math.IsInf(f, 0) || f < p.Min || f > p.Max {
+		return nil, false
+	}
+	r := coarse(f)
+	if float64(r) < p.Min || float64(r) > p.Max {
+		return nil, false
+	}
+	return r, true
+}
+
+// Admits reports whether v is a value as it leaves an instance: one of the listed strings, or a
+// number in range that is already coarse (what Accept returns). The receiver checks with it, so a
+// collector that does not coarsen cannot pass finer numbers.
+func (p Property) Admits(v any) bool {
+	out, ok := p.Accept(v)
+	if !ok || len(p.Values) > 0 {
+		return ok
+	}
+	f, _ := number(v)
+	return float64(out.(int64)) == f
+}
+
+func number(v any) (float64, bool) {
 	switch n := v.(type) {
 	case float64:
-		f = n
+		return n, true
 	case json.Number:
-		var err error
-		if f, err = n.Float64(); err != nil {
-			return nil, false
-		}
+		f, err := n.Float64()
+		return f, err == nil
 	case int64:
-		f = float64(n)
+		return float64(n), true
 	case int:
-		f = float64(n)
-	default:
-		return nil, false
+		return float64(n), true
 	}
-	if math.IsNaN(f) || math.IsInf(f, 0) || f < p.Min || f > p.Max {
-		return nil, false
+	return 0, false
+}
+
+// coarse rounds f to an integer with at most two significant digits.
+func coarse(f float64) int64 {
+	if math.Abs(f) < 100 {
+		return int64(math.Round(f))
 	}
-	if f == math.Trunc(f) {
-		return int64(f), true
-	}
-	return f, true
+	mag := math.Pow(10, math.Floor(math.Log10(math.Abs(f)))-1)
+	return int64(math.Round(f/mag) * mag)
 }
 
 // Event is the catalog entry of one event name.
@@ -250,11 +274,13 @@ func (c *Catalog) Client(v string) bool { return c.set["client"][v] }
 // Flag reports whether v is a listed feature flag.
 func (c *Catalog) Flag(v string) bool { return c.set["flag"][v] }
 
-var versionPattern = regexp.MustCompile(`^(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})(?:-([a-z]+)\.(0|[1-9][0-9]?))?$`)
+var versionPattern = regexp.MustCompile(`^(0|[1-9][0-9]?)\.(0|[1-9][0-9]?)\.(0|[1-9][0-9]{0,4})(?:-([a-z]+)\.(0|[1-9][0-9]?))?$`)
 
 // ProductVersion reports whether v is a product release version that may leave:
-// MAJOR.MINOR.PATCH (each at most four digits), optionally followed by -<label>.<n> with a
-// listed pre-release label and n below 100. Nothing else: no suffix can carry a word.
+// MAJOR.MINOR.PATCH (major and minor at most two digits, patch at most five, as Sourcegraph's
+// releases are numbered: 5.3.9104), optionally followed by -<label>.<n> with a listed
+// pre-release label and n below 100. Nothing else: no suffix can carry a word, and a number
+// longer than nine digits (a phone or card number) does not fit.
 func (c *Catalog) ProductVersion(v string) bool {
 	m := versionPattern.FindStringSubmatch(v)
 	return m != nil && (m[4] == "" || slices.Contains(c.PreReleases, m[4]))

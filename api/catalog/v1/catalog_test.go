@@ -8,6 +8,7 @@ package v1
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,6 +56,9 @@ func TestClosedChannelsRefuseWordsThatPassShapes(t *testing.T) {
 		"5.1.0-alice": false, "5.1.0-rc.alice": false, "5.1.0-liddell.1": false, "5.3.0+dev": false, "5.3": false, "05.3.0": false,
 		"5.3.0-rc.100": false, "5.3.0-rc.01": false, "5.3.0 ": false, "v5.3.0": false, "12345.0.0": false, "5.3.0-rc.1-alice": false,
 		"0.0.281234_2024-05-06_5.3-5a7e0a1c12f3": false, "": false,
+		// Sourcegraph's patch numbers run long; numbers that carry personal data do not fit.
+		"5.3.9104": true, "5.11.12303": true, "99.99.99999-rc.99": true,
+		"555.867.5309": false, "1987.6.14": false, "4111.1111.1111": false, "212.555.1234-rc.42": false, "5.3.123456": false,
 	}
 	for v, want := range versions {
 		if got := c.ProductVersion(v); got != want {
@@ -66,6 +70,7 @@ func TestClosedChannelsRefuseWordsThatPassShapes(t *testing.T) {
 func TestPropertyShapes(t *testing.T) {
 	enum := Property{Values: []string{"literal", "regexp"}}
 	num := Property{Min: 0, Max: 100}
+	wide := Property{Min: 0, Max: 1e16}
 	cases := []struct {
 		p    Property
 		v    any
@@ -73,14 +78,26 @@ func TestPropertyShapes(t *testing.T) {
 		ok   bool
 	}{
 		{enum, "literal", "literal", true}, {enum, "Literal", nil, false}, {enum, "alice", nil, false}, {enum, 1.0, nil, false},
-		{num, 12.0, int64(12), true}, {num, json.Number("12.5"), 12.5, true}, {num, json.Number("1e400"), nil, false},
+		{num, 12.0, int64(12), true}, {num, json.Number("12.5"), int64(13), true}, {num, json.Number("1e400"), nil, false},
 		{num, -1.0, nil, false}, {num, 101.0, nil, false}, {num, "12", nil, false}, {num, true, nil, false},
+		// Numbers leave with two significant digits: no identifier fits.
+		{wide, 135.0, int64(140), true}, {wide, 5558675.309, int64(5600000), true}, {wide, json.Number("4111111111111111"), int64(4100000000000000), true},
+		{wide, 99.4, int64(99), true}, {wide, 0.4, int64(0), true},
 	}
 	for _, tc := range cases {
 		got, ok := tc.p.Accept(tc.v)
 		if ok != tc.ok || ok && got != tc.want {
 			t.Errorf("Accept(%v) = %v, %v; want %v, %v", tc.v, got, ok, tc.want, tc.ok)
 		}
+	}
+	// The receiver admits only values as they leave: a collector that did not coarsen is refused.
+	for v, want := range map[any]bool{int64(140): true, 140.0: true, int64(135): false, 12.5: false, 5558675.309: false, int64(5600000): true, "literal": false} {
+		if got := wide.Admits(v); got != want {
+			t.Errorf("Admits(%v) = %v, want %v", v, got, want)
+		}
+	}
+	if !enum.Admits("literal") || enum.Admits("alice") {
+		t.Error("Admits on an enumeration")
 	}
 }
 
@@ -96,10 +113,14 @@ func TestCheckEvent(t *testing.T) {
 		t.Fatalf("a listed event is refused: %s", got)
 	}
 	cases := map[string]func(*batchv1.Event){
-		"event name":                 func(e *batchv1.Event) { e.Name = "UserSignedUp" },
-		"source":                     func(e *batchv1.Event) { e.Source = "QX7CANARY" },
-		"client":                     func(e *batchv1.Event) { e.Client = "QX7CANARY" },
-		"version":                    func(e *batchv1.Event) { e.ProductVersion = "5.1.0-alice" },
+		"event name": func(e *batchv1.Event) { e.Name = "UserSignedUp" },
+		"source":     func(e *batchv1.Event) { e.Source = "QX7CANARY" },
+		"client":     func(e *batchv1.Event) { e.Client = "QX7CANARY" },
+		"version":    func(e *batchv1.Event) { e.ProductVersion = "5.1.0-alice" },
+		"version ":   func(e *batchv1.Event) { e.ProductVersion = "555.867.5309" },
+		"value of property \"durationMs\"": func(e *batchv1.Event) {
+			e.Name, e.Properties = "search.latencies.regexp", map[string]any{"durationMs": 5558675.309}
+		},
 		"feature flag":               func(e *batchv1.Event) { e.FeatureFlags = map[string]bool{"beta-alice-liddell": true} },
 		`property "query"`:           func(e *batchv1.Event) { e.Properties["query"] = "repo:acme/secret" },
 		`value of property "source"`: func(e *batchv1.Event) { e.Properties["source"] = "alice" },
@@ -107,7 +128,7 @@ func TestCheckEvent(t *testing.T) {
 	for want, mutate := range cases {
 		e := ok()
 		mutate(&e)
-		if got := c.CheckEvent(&e); got != want {
+		if got := c.CheckEvent(&e); got != strings.TrimSpace(want) { // a trailing space keeps keys apart
 			t.Errorf("CheckEvent = %q, want %q", got, want)
 		}
 	}

@@ -38,7 +38,7 @@ func (c *Catalog) CheckEvent(e *batchv1.Event) string {
 		if !ok {
 			return fmt.Sprintf("property %q", k)
 		}
-		if _, ok := p.Accept(v); !ok {
+		if !p.Admits(v) {
 			return fmt.Sprintf("value of property %q", k)
 		}
 	}

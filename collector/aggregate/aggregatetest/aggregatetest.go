@@ -45,7 +45,7 @@ type Day struct {
 var unlisted = []string{"UserSignedUp", "PasswordChanged", "ViewRepository"}
 
 // junkPatternTypes are pattern types outside the catalog's list (they count as "other").
-var junkPatternTypes = []string{"", "keyword", "Literal", "alice"}
+var junkPatternTypes = []string{"", "keywords", "Literal", "alice"}
 
 // Random returns a day with few users, names drawn with a heavy skew (a handful of names carry
 // most events, as in real instances), and many versions, some outside the release format.
