@@ -42,6 +42,8 @@ const (
 	ReasonProgressing         = "Progressing"
 	ReasonSuspended           = "Suspended"
 	ReasonInvalidSpec         = "InvalidSpec"
+	ReasonImageNotAllowed     = "ImageNotAllowed"
+	ReasonEndpointNotAllowed  = "EndpointNotAllowed"
 	ReasonReconcileError      = "ReconcileError"
 	ReasonConsentPending      = "ConsentChangePending"
 )

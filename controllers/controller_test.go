@@ -302,6 +302,45 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		Expect(metricValue(metrics.Downgrades.WithLabelValues(v1.ReasonTrialExpired))).To(BeNumerically(">=", 1))
 	})
 
+	It("runs only collector images and exports only to receivers the manager allows, creating nothing otherwise", func() {
+		ns := newNamespace(ctx)
+		names := resources.NamesFor("tenant")
+		nothingMade := func(what string) {
+			Consistently(func() bool {
+				_, err := deployment(ctx, ns, "tenant")
+				return apierrors.IsNotFound(err) &&
+					apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Credentials}, &corev1.Secret{})) &&
+					apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.PseudonymKey}, &corev1.Secret{}))
+			}, "1s").Should(BeTrue(), "no collector, certificate or pseudonym key for %s", what)
+		}
+
+		By("an image from elsewhere")
+		p := eventLevelPolicy(ns, "tenant")
+		p.Spec.Collector.Image = "evil.example/telemetry-collector:latest"
+		Expect(k8s.Create(ctx, p)).To(Succeed())
+		Eventually(conditionStatus(ctx, ns, "tenant", v1.ConditionStalled)).Should(Equal("Stalled=True/ImageNotAllowed"))
+		Expect(condition(getPolicy(ctx, ns, "tenant"), v1.ConditionStalled).Message).To(ContainSubstring("evil.example/telemetry-collector:latest"))
+		nothingMade("an image that is not allowed")
+
+		By("a receiver elsewhere, with an allowed image")
+		updatePolicy(ctx, ns, "tenant", func(p *v1.TelemetryPolicy) {
+			p.Spec.Collector.Image = "registry.example.com/fleet/telemetry-collector:v2"
+			p.Spec.Export.Endpoint = "https://receiver.example.com.evil.io:8443"
+		})
+		Eventually(conditionStatus(ctx, ns, "tenant", v1.ConditionStalled)).Should(Equal("Stalled=True/EndpointNotAllowed"))
+		nothingMade("an endpoint that is not allowed")
+
+		By("both allowed: the collector runs the named image")
+		updatePolicy(ctx, ns, "tenant", func(p *v1.TelemetryPolicy) { p.Spec.Export.Endpoint = testEndpoint })
+		Eventually(func() string {
+			d, err := deployment(ctx, ns, "tenant")
+			if err != nil {
+				return ""
+			}
+			return d.Spec.Template.Spec.Containers[0].Image
+		}).Should(Equal("registry.example.com/fleet/telemetry-collector:v2"))
+	})
+
 	It("puts back owned objects that are edited or deleted by hand", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "drift")

@@ -239,7 +239,7 @@ var _ = Describe("Operational guarantees", func() {
 		r := &controllers.TelemetryPolicyReconciler{
 			Client: c, APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(), Recorder: events,
 			Clock: fakeClock, Issuer: mustIssuer(), Metrics: controllers.NewMetrics(nil), Ledger: testLedger(),
-			Options: controllers.Options{CollectorImage: "telemetry-collector:test", MinCloudTermsVersion: "2024-01-01"},
+			Options: controllers.Options{CollectorImage: "telemetry-collector:test", MinCloudTermsVersion: "2024-01-01", Endpoints: testEndpoints()},
 		}
 		req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "quiet"}}
 		for range 3 {
@@ -264,7 +264,7 @@ var _ = Describe("Operational guarantees", func() {
 		Eventually(conditionStatus(ctx, ns, "requeue", v1.ConditionCredentialsReady)).Should(Equal("CredentialsReady=True/Valid"))
 		r := &controllers.TelemetryPolicyReconciler{
 			Client: k8s, APIReader: k8s, Scheme: mgr.GetScheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
-			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour},
+			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, Endpoints: testEndpoints()},
 		}
 		res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "requeue"}})
 		Expect(err).NotTo(HaveOccurred())

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/allowed"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
 
@@ -60,9 +61,18 @@ func eventLevelPolicy(ns, name string) *v1.TelemetryPolicy {
 				AcceptedAt: &accepted, ExpiresAt: &expires, UserLevelEventDataApproved: true,
 			},
 			Source: &v1.SourceSpec{DatabaseSecretRef: v1.SecretKeyRef{Name: "frontend-db", Key: "dsn"}},
-			Export: &v1.ExportSpec{Endpoint: "https://receiver.example.com:8443"},
+			Export: &v1.ExportSpec{Endpoint: testEndpoint},
 		},
 	}
+}
+
+// testEndpoint is the receiver the test policies name; the manager allows it.
+const testEndpoint = "https://receiver.example.com:8443"
+
+func testEndpoints() allowed.Endpoints {
+	ep, err := allowed.ParseEndpoints([]string{testEndpoint})
+	Expect(err).NotTo(HaveOccurred())
+	return ep
 }
 
 func getPolicy(ctx context.Context, ns, name string) *v1.TelemetryPolicy {

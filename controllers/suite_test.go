@@ -134,6 +134,8 @@ func startManager() {
 		MinCloudTermsVersion: "2024-01-01",
 		IssuerExpiryWarning:  24 * time.Hour,
 		ReceiverURL:          rcv.URL,
+		AllowedEndpoints:     []string{testEndpoint},
+		AllowedImages:        []string{"telemetry-collector", "registry.example.com/fleet/"},
 		ClusterName:          testCluster,
 		LedgerRetry:          200 * time.Millisecond,
 	}, operator.Deps{Clock: fakeClock, Metrics: metrics, Restartable: true})

@@ -34,6 +34,7 @@ import (
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/allowed"
 	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
 	"github.com/sourcegraph/telemetry-operator/internal/consent"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
@@ -59,6 +60,12 @@ type Options struct {
 	// LedgerResync is how often each policy's record is read back from the receiver and
 	// compared with the copy in status (default 10m).
 	LedgerResync time.Duration
+	// Images are the collector images a policy may name in spec.collector.image (CollectorImage
+	// is always allowed); Endpoints the receivers it may name in spec.export.endpoint. A policy
+	// naming anything else stalls and nothing is created for it: the collector runs with the
+	// fleet certificate and the instance's pseudonym key.
+	Images    allowed.Images
+	Endpoints allowed.Endpoints
 	// StartLease is the leader-election Lease as found at start (nil without leader election).
 	// A withdrawal written while no operator watched is dated when the previous operator was
 	// last alive, which the lease tells (see watchGap).
@@ -212,6 +219,7 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		{"consent", r.reconcileConsent},
 		{"consent-ledger", r.syncLedger},
 		{"enforce-downgrade", r.enforceDowngrade},
+		{"allowed", r.checkAllowed},
 		{"pseudonym-key", r.reconcilePseudonymKey},
 		{"config", r.reconcileConfig},
 		{"workload", r.reconcileWorkload},
@@ -283,6 +291,25 @@ var stateKind = ownedKind[*corev1.ConfigMap]{
 	newEmpty: func() *corev1.ConfigMap { return &corev1.ConfigMap{} },
 	inSync:   func(_, _ *corev1.ConfigMap) bool { return true },
 	copyInto: func(_, _ *corev1.ConfigMap) {},
+}
+
+// checkAllowed stalls a policy that would run a collector image, or export to an endpoint, the
+// manager does not allow, before any key, certificate or workload is made for it. A collector
+// already running (with an allowed image and endpoint) is left as it is.
+func (r *TelemetryPolicyReconciler) checkAllowed(_ context.Context, st *reconcileState) error {
+	p := st.policy
+	if !st.mutate || st.intent == v1.TierOff {
+		return nil
+	}
+	if p.Spec.Collector.Image != "" && p.Spec.Collector.Image != r.Options.CollectorImage && !r.Options.Images.Allows(p.Spec.Collector.Image) {
+		st.stall(ReasonImageNotAllowed, fmt.Sprintf("spec.collector.image %q is not an image this operator runs (its --allowed-collector-images); remove it to run the default collector", truncate(p.Spec.Collector.Image, 128)))
+		return nil
+	}
+	if p.Spec.Export != nil && p.Spec.Export.Endpoint != "" && !r.Options.Endpoints.Allows(p.Spec.Export.Endpoint) {
+		st.stall(ReasonEndpointNotAllowed, fmt.Sprintf("spec.export.endpoint is not a receiver this operator exports to (allowed: %s)", r.Options.Endpoints))
+		return nil
+	}
+	return nil
 }
 
 // reconcileConfig renders the collector configuration for the tier the collector may run at.

@@ -266,6 +266,8 @@ type SourceSpec struct {
 type ExportSpec struct {
 	// endpoint is the receiver's base URL; it must use https:// and carry no credentials (the
 	// collector authenticates with its client certificate, and a policy is readable by many).
+	// Only receivers the manager allows (its --allowed-endpoints; by default the receiver that
+	// holds the consent ledger) may be named: another stalls the policy (EndpointNotAllowed).
 	// +optional
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://') && isURL(self)",message="export.endpoint must be an https:// URL"
@@ -343,6 +345,9 @@ func (e *ExportSpec) IntervalOrDefault() time.Duration {
 // CollectorSpec overrides how the collector workload runs.
 type CollectorSpec struct {
 	// image overrides the collector container image (default: the manager's --collector-image).
+	// Only images the manager allows (its --allowed-collector-images; by default other tags of
+	// --collector-image) may be named: another stalls the policy (ImageNotAllowed), since the
+	// collector runs with the fleet certificate and the instance's pseudonym key.
 	// +optional
 	// +kubebuilder:validation:MaxLength=512
 	Image string `json:"image,omitempty"`

@@ -45,6 +45,7 @@ import (
 
 	telemetryv1alpha1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/controllers"
+	"github.com/sourcegraph/telemetry-operator/internal/allowed"
 	"github.com/sourcegraph/telemetry-operator/internal/ledger"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
@@ -52,12 +53,18 @@ import (
 
 // Config holds the manager's settings, set from flags.
 type Config struct {
-	MetricsAddr          string
-	ProbeAddr            string
-	LeaderElect          bool
-	LeaderElectionNS     string
-	IssuerSecret         string
-	CollectorImage       string
+	MetricsAddr      string
+	ProbeAddr        string
+	LeaderElect      bool
+	LeaderElectionNS string
+	IssuerSecret     string
+	CollectorImage   string
+	// AllowedImages are the collector image repositories (or registry paths ending in "/") a
+	// policy may name; default: the repository of CollectorImage.
+	AllowedImages []string
+	// AllowedEndpoints are the https:// receivers a policy may export to, by origin; default:
+	// the origin of ReceiverURL.
+	AllowedEndpoints     []string
 	MinCloudTermsVersion string
 	IssuerExpiryWarning  time.Duration
 	// ReceiverURL is the receiver whose consent ledger records every instance's consent.
@@ -82,6 +89,14 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LeaderElectionNS, "leader-election-namespace", "", "Namespace of the leader-election Lease (default: the manager's own namespace).")
 	fs.StringVar(&c.IssuerSecret, "issuer-secret", "", "Required. namespace/name of the Secret holding the fleet issuer CA (tls.crt, tls.key, optional ca.crt) that signs collector client certificates.")
 	fs.StringVar(&c.CollectorImage, "collector-image", "telemetry-collector:dev", "Collector image used unless a policy sets spec.collector.image.")
+	fs.Func("allowed-collector-images", "Comma-separated collector image repositories (any tag or digest), or registry paths ending in /, that spec.collector.image may name (default: the repository of --collector-image). A policy naming another image stalls with reason ImageNotAllowed.", func(v string) error {
+		c.AllowedImages = append(c.AllowedImages, strings.Split(v, ",")...)
+		return nil
+	})
+	fs.Func("allowed-endpoints", "Comma-separated https:// receiver URLs (by origin: host and port) that spec.export.endpoint may name (default: the origin of --receiver-url). A policy naming another endpoint stalls with reason EndpointNotAllowed.", func(v string) error {
+		c.AllowedEndpoints = append(c.AllowedEndpoints, strings.Split(v, ",")...)
+		return nil
+	})
 	fs.StringVar(&c.MinCloudTermsVersion, "min-cloud-terms-version", "", "Oldest Cloud Terms of Service version (YYYY-MM-DD) that allows EventLevel; older contracts run as CriticalOnly (reason TermsOutdated). Empty accepts any.")
 	fs.DurationVar(&c.IssuerExpiryWarning, "issuer-expiry-warning", 30*24*time.Hour, "Warn (Event and metric) when the fleet issuer expires within this long.")
 	fs.StringVar(&c.ReceiverURL, "receiver-url", "", "Required. https:// base URL of the receiver whose consent ledger records each instance's consent; the receiver refuses data from instances it has no consent record of.")
@@ -108,10 +123,32 @@ func (c *Config) Validate() error {
 	if u, err := url.Parse(c.ReceiverURL); c.ReceiverURL == "" || err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {
 		errs = append(errs, fmt.Errorf("--receiver-url %q must be the receiver's https:// base URL, without credentials", c.ReceiverURL))
 	}
+	if _, err := c.Images(); err != nil {
+		errs = append(errs, fmt.Errorf("--allowed-collector-images: %w", err))
+	}
+	if _, err := c.Endpoints(); err != nil {
+		errs = append(errs, fmt.Errorf("--allowed-endpoints: %w", err))
+	}
 	if c.ClusterName != "" && !pki.ValidClusterName(c.ClusterName) {
 		errs = append(errs, fmt.Errorf("--cluster-name %q must be a DNS label (lowercase letters, digits and '-', at most 63 characters)", c.ClusterName))
 	}
 	return errors.Join(errs...)
+}
+
+// Images is the list of collector images policies may name.
+func (c *Config) Images() (allowed.Images, error) {
+	if len(c.AllowedImages) == 0 {
+		return allowed.ParseImages([]string{allowed.Repository(c.CollectorImage)})
+	}
+	return allowed.ParseImages(c.AllowedImages)
+}
+
+// Endpoints is the list of receivers policies may export to.
+func (c *Config) Endpoints() (allowed.Endpoints, error) {
+	if len(c.AllowedEndpoints) == 0 {
+		return allowed.ParseEndpoints([]string{c.ReceiverURL})
+	}
+	return allowed.ParseEndpoints(c.AllowedEndpoints)
 }
 
 // IssuerRef parses --issuer-secret.
@@ -267,6 +304,14 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		return nil, fmt.Errorf("creating the manager: %w", err)
 	}
 	rec := mgr.GetEventRecorder("telemetry-operator")
+	images, err := cfg.Images()
+	if err != nil {
+		return nil, err
+	}
+	endpoints, err := cfg.Endpoints()
+	if err != nil {
+		return nil, err
+	}
 	r := &controllers.TelemetryPolicyReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
@@ -278,7 +323,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		Random:    deps.Random,
 		Ledger:    consentLedger,
 		Options: controllers.Options{
-			CollectorImage: cfg.CollectorImage, MinCloudTermsVersion: cfg.MinCloudTermsVersion,
+			CollectorImage: cfg.CollectorImage, Images: images, Endpoints: endpoints, MinCloudTermsVersion: cfg.MinCloudTermsVersion,
 			LedgerRetry: cfg.LedgerRetry, LedgerResync: cfg.LedgerResync, StartLease: startLease,
 		},
 	}
