@@ -176,8 +176,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 
 		Expect(rcv.Listen()).To(Succeed())
 		Eventually(func() error { _, err := deployment(ctx, ns, "unrecorded"); return err }, 20*time.Second).Should(Succeed())
-		rollOut(ctx, ns, "unrecorded")
-		Eventually(conditionStatus(ctx, ns, "unrecorded", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+		rollOutUntilReady(ctx, ns, "unrecorded")
 	})
 
 	It("lets one policy own an instance's consent: a second policy or another cluster cannot claim it", func() {
@@ -220,8 +219,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		p.Spec.Export.StartFrom = v1.StartFromBeginning
 		Expect(k8s.Create(ctx, p)).To(Succeed())
 		Eventually(func() error { _, err := deployment(ctx, ns, "recreated"); return err }).Should(Succeed())
-		rollOut(ctx, ns, "recreated")
-		Eventually(conditionStatus(ctx, ns, "recreated", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+		rollOutUntilReady(ctx, ns, "recreated")
 		instance := instanceOf(ns, "recreated")
 		first := ledgerOf(ctx, instance).Timeline
 		Expect(first).To(HaveLen(1))
@@ -246,8 +244,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		again.Spec.Export.StartFrom = v1.StartFromBeginning
 		Expect(k8s.Create(ctx, again)).To(Succeed())
 		Eventually(func() error { _, err := deployment(ctx, ns, "recreated"); return err }).Should(Succeed())
-		rollOut(ctx, ns, "recreated")
-		Eventually(conditionStatus(ctx, ns, "recreated", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+		rollOutUntilReady(ctx, ns, "recreated")
 		tl := ledgerOf(ctx, instance).Timeline
 		Expect(tl.Current()).To(Equal(consentv1.TierEventLevel))
 		Expect(tl[len(tl)-1].At).To(BeTemporally(">=", fakeClock.Now().Truncate(time.Second)), "the new window opens now, not at acceptedAt")
@@ -349,8 +346,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		By("the receiver back: the withdrawal is recorded at its time, then the new grant")
 		Expect(rcv.Listen()).To(Succeed())
 		Eventually(func() error { _, err := deployment(ctx, ns, "flicker"); return err }, 20*time.Second).Should(Succeed())
-		rollOut(ctx, ns, "flicker")
-		Eventually(conditionStatus(ctx, ns, "flicker", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+		rollOutUntilReady(ctx, ns, "flicker")
 		tl := ledgerOf(ctx, instance).Timeline
 		Expect(tl).To(HaveLen(3))
 		Expect(tl[1]).To(And(HaveField("Tier", consentv1.TierOff), HaveField("At", BeTemporally("==", withdrawn))))
@@ -564,8 +560,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			dropLastTransitions(instance, 1)
 			Expect(rcv.Listen()).To(Succeed())
 			Eventually(func() error { _, err := deployment(ctx, ns, "regrant"); return err }, 20*time.Second).Should(Succeed())
-			rollOut(ctx, ns, "regrant")
-			Eventually(conditionStatus(ctx, ns, "regrant", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+			rollOutUntilReady(ctx, ns, "regrant")
 			mid := off.At.Add(30 * time.Minute)
 			Expect(ledgerOf(ctx, instance).Timeline.TierAt(mid)).To(Equal(consentv1.TierOff), "the Off period stays Off at the receiver")
 			Expect(configOf(ctx, ns, "regrant").Consent.TierAt(mid)).To(Equal(consentv1.TierOff), "and in the collector's filter")
@@ -579,8 +574,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			p.Spec.Export.StartFrom = v1.StartFromBeginning
 			Expect(k8s.Create(ctx, p)).To(Succeed())
 			Eventually(func() error { _, err := deployment(ctx, ns, "gone"); return err }).Should(Succeed())
-			rollOut(ctx, ns, "gone")
-			Eventually(conditionStatus(ctx, ns, "gone", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+			rollOutUntilReady(ctx, ns, "gone")
 			instance := instanceOf(ns, "gone")
 			updatePolicy(ctx, ns, "gone", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
 			collectGarbage(ctx, ns, "gone")
@@ -589,8 +583,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			fakeClock.Step(time.Hour)
 			updatePolicy(ctx, ns, "gone", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
 			Eventually(func() error { _, err := deployment(ctx, ns, "gone"); return err }).Should(Succeed())
-			rollOut(ctx, ns, "gone")
-			Eventually(conditionStatus(ctx, ns, "gone", v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+			rollOutUntilReady(ctx, ns, "gone")
 
 			By("the receiver loses the instance entirely, and the first record attempt fails")
 			_, err := rcv.Store.Pool().Exec(ctx, `DELETE FROM consent_transitions WHERE instance_id = $1`, instance)

@@ -17,6 +17,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -129,6 +130,33 @@ func rollOut(ctx context.Context, ns, policy string) {
 	}).Should(Succeed())
 }
 
+// rollOutUntilReady plays the Deployment controller until the policy reports Ready=True/Enforced:
+// each time the operator changes the pod template (a consent record landing after the first
+// rollout changes the configuration), the new generation is rolled out too, as a real cluster
+// would.
+func rollOutUntilReady(ctx context.Context, ns, policy string) {
+	GinkgoHelper()
+	Eventually(func() string {
+		d, err := deployment(ctx, ns, policy)
+		if err != nil {
+			return err.Error()
+		}
+		cm := &corev1.ConfigMap{}
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: resources.NamesFor(policy).Config}, cm); err != nil {
+			return err.Error()
+		}
+		done := appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 1, ReadyReplicas: 1, AvailableReplicas: 1}
+		if want := resources.Hash([]byte(cm.Data[resources.ConfigKey])); d.Spec.Template.Annotations[resources.AnnotationConfigHash] == want &&
+			!equality.Semantic.DeepEqual(d.Status, done) {
+			d.Status = done
+			if err := k8s.Status().Update(ctx, d); err != nil {
+				return err.Error()
+			}
+		}
+		return conditionStatus(ctx, ns, policy, v1.ConditionReady)()
+	}, 20*time.Second, 100*time.Millisecond).Should(Equal("Ready=True/Enforced"))
+}
+
 // setDeploymentStatus writes an arbitrary observed state, as the Deployment controller would.
 func setDeploymentStatus(ctx context.Context, ns, policy string, mutate func(d *appsv1.Deployment)) {
 	Eventually(func() error {
@@ -227,8 +255,7 @@ func readyPolicy(ctx context.Context, ns, name string) *v1.TelemetryPolicy {
 	GinkgoHelper()
 	Expect(k8s.Create(ctx, eventLevelPolicy(ns, name))).To(Succeed())
 	Eventually(func() error { _, err := deployment(ctx, ns, name); return err }).Should(Succeed())
-	rollOut(ctx, ns, name)
-	Eventually(conditionStatus(ctx, ns, name, v1.ConditionReady)).Should(Equal("Ready=True/Enforced"))
+	rollOutUntilReady(ctx, ns, name)
 	return getPolicy(ctx, ns, name)
 }
 

@@ -305,7 +305,9 @@ func (r *TelemetryPolicyReconciler) checkAllowed(_ context.Context, st *reconcil
 		st.stall(ReasonImageNotAllowed, fmt.Sprintf("spec.collector.image %q is not an image this operator runs (its --allowed-collector-images); remove it to run the default collector", truncate(p.Spec.Collector.Image, 128)))
 		return nil
 	}
-	if p.Spec.Export != nil && p.Spec.Export.Endpoint != "" && !r.Options.Endpoints.Allows(p.Spec.Export.Endpoint) {
+	// A malformed endpoint is the configuration step's to report (InvalidSpec): it keeps the
+	// running configuration's delivery settings while it lowers the tier.
+	if p.Spec.Export != nil && allowed.WellFormedEndpoint(p.Spec.Export.Endpoint) && !r.Options.Endpoints.Allows(p.Spec.Export.Endpoint) {
 		st.stall(ReasonEndpointNotAllowed, fmt.Sprintf("spec.export.endpoint is not a receiver this operator exports to (allowed: %s)", r.Options.Endpoints))
 		return nil
 	}

@@ -100,6 +100,13 @@ func (ep Endpoints) Allows(endpoint string) bool {
 	return err == nil && slices.Contains(ep.origins, o)
 }
 
+// WellFormedEndpoint reports whether endpoint is an https:// URL with a host and no credentials
+// (whether or not it is allowed).
+func WellFormedEndpoint(endpoint string) bool {
+	_, err := origin(endpoint)
+	return err == nil
+}
+
 // String lists the origins, for messages.
 func (ep Endpoints) String() string { return strings.Join(ep.origins, ", ") }
 
