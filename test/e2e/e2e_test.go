@@ -254,9 +254,16 @@ func TestDowngradeMidStreamStopsEventLevelDataOnceReported(t *testing.T) {
 	if late != 0 {
 		t.Fatalf("%d event-level rows were accepted after the downgrade was reported in effect", late)
 	}
-	eventually(t, 30*time.Second, "aggregates from the new collector", func() bool {
-		return count(t, "SELECT count(*) FROM aggregates WHERE instance_id = 'downgrade'") > 0
+	// The CriticalOnly collector runs and reports success, and publishes nothing: every closed day
+	// so far was EventLevel time, which the receiver holds event by event, and aggregates count
+	// only CriticalOnly periods (cells counting both could be differenced against the events).
+	eventually(t, 30*time.Second, "a successful round of the CriticalOnly collector", func() bool {
+		p := policy(t, "downgrade")
+		return p.Status.Export != nil && p.Status.Export.LastSuccessTime != nil && p.Status.Export.LastSuccessTime.After(reportedAt)
 	})
+	if n := count(t, "SELECT count(*) FROM aggregates WHERE instance_id = 'downgrade'"); n != 0 {
+		t.Fatalf("%d aggregate cells cover EventLevel time", n)
+	}
 }
 
 func TestTrialExpiryDowngradesOnTime(t *testing.T) {
