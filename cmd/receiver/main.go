@@ -101,7 +101,7 @@ func openStore(ctx context.Context, dsnFile string) (*store.Store, error) {
 func serve(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	listen := fs.String("listen", ":8443", "Address of the mutual-TLS ingestion API.")
-	opsListen := fs.String("ops-listen", ":9091", "Address of /healthz, /readyz and /metrics (plain HTTP).")
+	opsListen := fs.String("ops-listen", "127.0.0.1:9091", "Address of /healthz, /readyz and /metrics (plain HTTP, unauthenticated: loopback unless set, e.g. to the pod IP for a scraper).")
 	certFile := fs.String("tls-cert", "", "Server certificate (PEM).")
 	keyFile := fs.String("tls-key", "", "Server private key (PEM).")
 	caFile := fs.String("client-ca", "", "Fleet issuer CA bundle (PEM) that signs collector client certificates.")

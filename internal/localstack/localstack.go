@@ -260,7 +260,9 @@ func (s *Stack) StartManager(ctx context.Context) error {
 		return err
 	}
 	args := []string{"--kubeconfig", s.Kubeconfig, "--issuer-secret", IssuerNamespace + "/" + IssuerName,
-		"--collector-image", "telemetry-collector:local", "--health-probe-bind-address", probe, "--metrics-bind-address", metrics,
+		// Plain-HTTP metrics on loopback: the benchmark counts the manager's API writes from them.
+		// A real deployment keeps the default (TLS, authenticated and authorized scrapes).
+		"--collector-image", "telemetry-collector:local", "--health-probe-bind-address", probe, "--metrics-bind-address", metrics, "--metrics-insecure",
 		"--receiver-url", s.ReceiverURL, "--cluster-name", ClusterName, "--ledger-retry", "2s"}
 	if !s.Opts.NoLeaderElection {
 		args = append(args, "--leader-elect", "--leader-election-namespace", IssuerNamespace)

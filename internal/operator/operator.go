@@ -41,6 +41,7 @@ import (
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	telemetryv1alpha1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
@@ -53,7 +54,13 @@ import (
 
 // Config holds the manager's settings, set from flags.
 type Config struct {
-	MetricsAddr      string
+	MetricsAddr string
+	// MetricsInsecure serves metrics as plain HTTP to anyone (development only); by default they
+	// are served over TLS to callers the API server authenticates and authorizes for /metrics.
+	MetricsInsecure bool
+	// MetricsCertDir holds tls.crt and tls.key for the metrics endpoint (default: a self-signed
+	// certificate generated at start).
+	MetricsCertDir   string
 	ProbeAddr        string
 	LeaderElect      bool
 	LeaderElectionNS string
@@ -83,7 +90,9 @@ type Config struct {
 
 // BindFlags registers the manager's flags on fs.
 func (c *Config) BindFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint; \"0\" disables it.")
+	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8443", "Address of the Prometheus metrics endpoint; \"0\" disables it. Served over TLS to callers the API server authenticates and authorizes for GET /metrics (bind the metrics-reader ClusterRole).")
+	fs.BoolVar(&c.MetricsInsecure, "metrics-insecure", false, "Serve metrics as plain HTTP without authentication (development only).")
+	fs.StringVar(&c.MetricsCertDir, "metrics-cert-dir", "", "Directory with tls.crt and tls.key for the metrics endpoint (default: a self-signed certificate generated at start).")
 	fs.StringVar(&c.ProbeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints.")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", false, "Elect a leader so only one manager reconciles at a time (enable when running more than one replica).")
 	fs.StringVar(&c.LeaderElectionNS, "leader-election-namespace", "", "Namespace of the leader-election Lease (default: the manager's own namespace).")
@@ -149,6 +158,17 @@ func (c *Config) Endpoints() (allowed.Endpoints, error) {
 		return allowed.ParseEndpoints([]string{c.ReceiverURL})
 	}
 	return allowed.ParseEndpoints(c.AllowedEndpoints)
+}
+
+// MetricsServerOptions configures the metrics endpoint: TLS, and every request authenticated
+// (TokenReview) and authorized (SubjectAccessReview for GET /metrics) by the API server, unless
+// MetricsInsecure.
+func (c *Config) MetricsServerOptions() metricsserver.Options {
+	if c.MetricsInsecure {
+		return metricsserver.Options{BindAddress: c.MetricsAddr}
+	}
+	return metricsserver.Options{BindAddress: c.MetricsAddr, SecureServing: true, CertDir: c.MetricsCertDir,
+		FilterProvider: filters.WithAuthenticationAndAuthorization}
 }
 
 // IssuerRef parses --issuer-secret.
@@ -291,7 +311,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                  scheme,
 		Cache:                   CacheOptions(),
-		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		Metrics:                 cfg.MetricsServerOptions(),
 		HealthProbeBindAddress:  cfg.ProbeAddr,
 		LeaderElection:          cfg.LeaderElect,
 		LeaderElectionID:        leaderElectionID,
