@@ -29,7 +29,7 @@ type aggregateKey struct{ day, metric, dim string }
 func publishedCells(t *testing.T, in *instance) map[aggregateKey][2]int64 {
 	t.Helper()
 	got := map[aggregateKey][2]int64{}
-	rows, err := rcv.Store.Pool().Query(context.Background(), "SELECT day::text, metric, dimension, value, users FROM aggregates WHERE instance_id = $1", in.id)
+	rows, err := rcv.DB.Query(context.Background(), "SELECT day::text, metric, dimension, value, users FROM aggregates WHERE instance_id = $1", in.id)
 	if err != nil {
 		t.Fatal(err)
 	}

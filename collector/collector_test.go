@@ -90,7 +90,7 @@ func assertNoPersonalData(t *testing.T, in *instance) {
 		"SELECT coalesce(string_agg(to_jsonb(a)::text, ' '), '') FROM aggregates a WHERE instance_id = $1",
 	} {
 		var dump string
-		if err := rcv.Store.Pool().QueryRow(ctx, q, in.id).Scan(&dump); err != nil {
+		if err := rcv.DB.QueryRow(ctx, q, in.id).Scan(&dump); err != nil {
 			t.Fatal(err)
 		}
 		everything.WriteString(dump)
@@ -123,7 +123,7 @@ func TestPersonalDataNeverLeavesEventLevel(t *testing.T) {
 	}
 	// Every allow-listed row arrived; no unlisted one did.
 	var unlisted int
-	_ = rcv.Store.Pool().QueryRow(context.Background(), "SELECT count(*) FROM events WHERE instance_id = $1 AND name IN ('UserSignedUp','PasswordChanged','ViewRepository')", in.id).Scan(&unlisted)
+	_ = rcv.DB.QueryRow(context.Background(), "SELECT count(*) FROM events WHERE instance_id = $1 AND name IN ('UserSignedUp','PasswordChanged','ViewRepository')", in.id).Scan(&unlisted)
 	if unlisted != 0 {
 		t.Fatalf("%d unlisted events exported", unlisted)
 	}
@@ -144,7 +144,7 @@ func TestPersonalDataNeverLeavesCriticalOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	var cells int
-	_ = rcv.Store.Pool().QueryRow(context.Background(), "SELECT count(*) FROM aggregates WHERE instance_id = $1", in.id).Scan(&cells)
+	_ = rcv.DB.QueryRow(context.Background(), "SELECT count(*) FROM aggregates WHERE instance_id = $1", in.id).Scan(&cells)
 	if cells == 0 {
 		t.Fatal("no aggregates were exported")
 	}
@@ -186,7 +186,7 @@ func TestRowCommittedLateWithALowerIDIsDelivered(t *testing.T) {
 	}
 	drain(t, p)
 	var got []string
-	rows, _ := rcv.Store.Pool().Query(ctx, "SELECT event_id::text FROM events WHERE instance_id = $1 ORDER BY event_id", in.id)
+	rows, _ := rcv.DB.Query(ctx, "SELECT event_id::text FROM events WHERE instance_id = $1 ORDER BY event_id", in.id)
 	for rows.Next() {
 		var id string
 		_ = rows.Scan(&id)

@@ -60,7 +60,7 @@ func plantAcrossPeriods(in *instance, base time.Time, tl consentv1.Timeline) int
 // EventLevel window of tl, and all its stored events.
 func storedOutside(t *testing.T, id string, tl consentv1.Timeline) (outside, total int) {
 	t.Helper()
-	rows, err := rcv.Store.Pool().Query(context.Background(), "SELECT ts FROM events WHERE instance_id = $1", id)
+	rows, err := rcv.DB.Query(context.Background(), "SELECT ts FROM events WHERE instance_id = $1", id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func TestAggregatesNeverCountOffPeriods(t *testing.T) {
 	}
 	cell := func(d time.Time, metric, dim string) (int64, bool) {
 		var v int64
-		err := rcv.Store.Pool().QueryRow(context.Background(),
+		err := rcv.DB.QueryRow(context.Background(),
 			"SELECT value FROM aggregates WHERE instance_id = $1 AND day = $2 AND metric = $3 AND dimension = $4", in.id, d.Format(time.DateOnly), metric, dim).Scan(&v)
 		return v, err == nil
 	}

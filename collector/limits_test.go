@@ -88,7 +88,7 @@ func TestAHugePublicArgumentNeverReachesTheCollector(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	var withProperty int
-	_ = rcv.Store.Pool().QueryRow(context.Background(), `SELECT count(*) FROM events WHERE instance_id = $1 AND properties->>'patternType' = 'literal'`, in.id).Scan(&withProperty)
+	_ = rcv.DB.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE instance_id = $1 AND properties->>'patternType' = 'literal'`, in.id).Scan(&withProperty)
 	if withProperty != 1 {
 		t.Fatalf("%d events kept their listed property, want 1", withProperty)
 	}

@@ -85,7 +85,7 @@ func everythingThatLeft(t *testing.T, in *instance) string {
 		"SELECT coalesce(string_agg(to_jsonb(b)::text, ' '), '') FROM batches b WHERE instance_id = $1",
 	} {
 		var dump string
-		if err := rcv.Store.Pool().QueryRow(context.Background(), q, in.id).Scan(&dump); err != nil {
+		if err := rcv.DB.QueryRow(context.Background(), q, in.id).Scan(&dump); err != nil {
 			t.Fatal(err)
 		}
 		all.WriteString(dump)

@@ -364,9 +364,9 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }).Should(Equal(consentv1.TierOff))
 
 		By("the receiver loses its last transition (a failover to a replica that missed it)")
-		_, err := rcv.Store.Pool().Exec(ctx, `DELETE FROM consent_transitions WHERE instance_id = $1 AND seq = (SELECT max(seq) FROM consent_transitions WHERE instance_id = $1)`, instance)
+		_, err := rcv.DB.Exec(ctx, `DELETE FROM consent_transitions WHERE instance_id = $1 AND seq = (SELECT max(seq) FROM consent_transitions WHERE instance_id = $1)`, instance)
 		Expect(err).NotTo(HaveOccurred())
-		_, err = rcv.Store.Pool().Exec(ctx, `UPDATE consent_instances SET version = version + 1 WHERE instance_id = $1`, instance)
+		_, err = rcv.DB.Exec(ctx, `UPDATE consent_instances SET version = version + 1 WHERE instance_id = $1`, instance)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(ledgerOf(ctx, instance).Timeline.Current()).To(Equal(consentv1.TierEventLevel))
 
@@ -511,9 +511,9 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		// failover to a replica that missed them would.
 		dropLastTransitions := func(instance string, n int) {
 			GinkgoHelper()
-			_, err := rcv.Store.Pool().Exec(ctx, `DELETE FROM consent_transitions WHERE instance_id = $1 AND seq > (SELECT max(seq) - $2 FROM consent_transitions WHERE instance_id = $1)`, instance, n)
+			_, err := rcv.DB.Exec(ctx, `DELETE FROM consent_transitions WHERE instance_id = $1 AND seq > (SELECT max(seq) - $2 FROM consent_transitions WHERE instance_id = $1)`, instance, n)
 			Expect(err).NotTo(HaveOccurred())
-			_, err = rcv.Store.Pool().Exec(ctx, `UPDATE consent_instances SET version = version + 1 WHERE instance_id = $1`, instance)
+			_, err = rcv.DB.Exec(ctx, `UPDATE consent_instances SET version = version + 1 WHERE instance_id = $1`, instance)
 			Expect(err).NotTo(HaveOccurred())
 		}
 		offPeriod := func(ctx context.Context, ns, name string) (consentv1.Transition, consentv1.Timeline) {
@@ -586,9 +586,9 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			rollOutUntilReady(ctx, ns, "gone")
 
 			By("the receiver loses the instance entirely, and the first record attempt fails")
-			_, err := rcv.Store.Pool().Exec(ctx, `DELETE FROM consent_transitions WHERE instance_id = $1`, instance)
+			_, err := rcv.DB.Exec(ctx, `DELETE FROM consent_transitions WHERE instance_id = $1`, instance)
 			Expect(err).NotTo(HaveOccurred())
-			_, err = rcv.Store.Pool().Exec(ctx, `DELETE FROM consent_instances WHERE instance_id = $1`, instance)
+			_, err = rcv.DB.Exec(ctx, `DELETE FROM consent_instances WHERE instance_id = $1`, instance)
 			Expect(err).NotTo(HaveOccurred())
 			var failed sync.Once
 			rcv.SetIntercept(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {

@@ -84,18 +84,27 @@ func dsnFlag(fs *flag.FlagSet) *string {
 }
 
 func openStore(ctx context.Context, dsnFile string) (*store.Store, error) {
+	dsn, err := readDSN(dsnFile)
+	if err != nil {
+		return nil, err
+	}
+	return store.Open(ctx, dsn, store.WithRoles(store.RoleIngest, store.RoleRawReader))
+}
+
+// readDSN reads the DSN from dsnFile, else from $RECEIVER_DATABASE_DSN.
+func readDSN(dsnFile string) (string, error) {
 	dsn := os.Getenv("RECEIVER_DATABASE_DSN")
 	if dsnFile != "" {
 		raw, err := os.ReadFile(dsnFile) //nolint:gosec // operator-provided path
 		if err != nil {
-			return nil, fmt.Errorf("reading --database-dsn-file: %w", err)
+			return "", fmt.Errorf("reading --database-dsn-file: %w", err)
 		}
 		dsn = strings.TrimSpace(string(raw))
 	}
 	if dsn == "" {
-		return nil, errors.New("no database: set RECEIVER_DATABASE_DSN or --database-dsn-file")
+		return "", errors.New("no database: set RECEIVER_DATABASE_DSN or --database-dsn-file")
 	}
-	return store.Open(ctx, dsn)
+	return dsn, nil
 }
 
 func serve(ctx context.Context, args []string) error {
@@ -176,12 +185,17 @@ func runReport(ctx context.Context, args []string) error {
 		}
 		o.Now = t
 	}
-	st, err := openStore(ctx, *dsnFile)
+	// The report reads as the reporting role: aggregated and normalized views, never the tables.
+	dsn, err := readDSN(*dsnFile)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	r, err := report.Build(ctx, st.Pool(), o)
+	pool, err := store.OpenPool(ctx, dsn, store.RoleReporting)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	r, err := report.Build(ctx, pool, o)
 	if err != nil {
 		return err
 	}

@@ -207,7 +207,7 @@ func collectorThroughput(ctx context.Context, r *receivertest.Receiver, n, round
 		id := fmt.Sprintf("bench-throughput-%d", round)
 		rate := collectorRun(ctx, r, dsn, id, n, metrics)
 		var got int
-		must(r.Store.Pool().QueryRow(ctx, "SELECT count(*) FROM events WHERE instance_id = $1", id).Scan(&got))
+		must(r.DB.QueryRow(ctx, "SELECT count(*) FROM events WHERE instance_id = $1", id).Scan(&got))
 		stored = got
 		copyRates, rates, ratios = append(copyRates, copyRate), append(rates, rate), append(ratios, rate/copyRate)
 		fmt.Printf("        round %d: COPY %.0f rows/s, collector %.0f events/s, %.1f%%\n", round+1, copyRate, rate, 100*rate/copyRate)

@@ -16,6 +16,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"io"
 	"log/slog"
 	"net"
@@ -39,8 +40,11 @@ import (
 
 // Receiver is a running receiver with its database and PKI.
 type Receiver struct {
-	PG       *pgtest.Server
-	Store    *store.Store
+	PG    *pgtest.Server
+	Store *store.Store
+	// DB is the receiver's database as its owner (no role): for tests that read or rearrange
+	// what was stored.
+	DB       *pgxpool.Pool
 	Server   *server.Server
 	Registry *prometheus.Registry
 	CA       *pkitest.CA
@@ -122,12 +126,19 @@ func StartWith(ctx context.Context, o Options) (*Receiver, error) {
 		pg.Close()
 		return nil, err
 	}
-	st, err := store.Open(ctx, pg.DSN("receiver"), store.WithClock(o.Clock))
+	// The receiver under test works as the production one does: ingesting as the ingest role,
+	// listing as the raw reader.
+	st, err := store.Open(ctx, pg.DSN("receiver"), store.WithClock(o.Clock), store.WithRoles(store.RoleIngest, store.RoleRawReader))
 	if err != nil {
 		pg.Close()
 		return nil, err
 	}
 	if err := st.Migrate(ctx); err != nil {
+		pg.Close()
+		return nil, err
+	}
+	db, err := store.OpenPool(ctx, pg.DSN("receiver"), "")
+	if err != nil {
 		pg.Close()
 		return nil, err
 	}
@@ -159,7 +170,7 @@ func StartWith(ctx context.Context, o Options) (*Receiver, error) {
 	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
 		return nil, err
 	}
-	r := &Receiver{PG: pg, Store: st, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir, Clock: o.Clock, limits: o.Limits,
+	r := &Receiver{PG: pg, Store: st, DB: db, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir, Clock: o.Clock, limits: o.Limits,
 		tlsConfig: server.TLSConfig(pair, pool)}
 	r.newServer()
 	if err := r.Listen(); err != nil {
@@ -180,7 +191,7 @@ func (r *Receiver) newServer() {
 func (r *Receiver) Restart(ctx context.Context) error {
 	r.Stop()
 	r.Store.Close()
-	st, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithClock(r.Clock))
+	st, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithClock(r.Clock), store.WithRoles(store.RoleIngest, store.RoleRawReader))
 	if err != nil {
 		return err
 	}
@@ -303,6 +314,7 @@ func (r *Receiver) Stop() {
 func (r *Receiver) Close() {
 	r.Stop()
 	r.Store.Close()
+	r.DB.Close()
 	r.PG.Close()
 	_ = os.RemoveAll(r.Dir)
 }
@@ -349,6 +361,6 @@ func (r *Receiver) ClientCert(instance string, notBefore time.Time, lifetime tim
 // Count returns the number of rows in table for instance.
 func (r *Receiver) Count(ctx context.Context, table, instance string) (int, error) {
 	var n int
-	err := r.Store.Pool().QueryRow(ctx, fmt.Sprintf("SELECT count(*) FROM %s WHERE instance_id = $1", table), instance).Scan(&n)
+	err := r.DB.QueryRow(ctx, fmt.Sprintf("SELECT count(*) FROM %s WHERE instance_id = $1", table), instance).Scan(&n)
 	return n, err
 }

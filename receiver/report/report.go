@@ -87,10 +87,10 @@ func Build(ctx context.Context, db *pgxpool.Pool, o Options) (*Report, error) {
 		r.Scope = "instance " + o.Instance
 	}
 	var err error
-	if r.EventLevel, err = instances(ctx, db, "events", o.Instance); err != nil {
+	if r.EventLevel, err = instances(ctx, db, "report_events", o.Instance); err != nil {
 		return nil, err
 	}
-	aggOnly, err := instances(ctx, db, "aggregates", o.Instance)
+	aggOnly, err := instances(ctx, db, "report_aggregates", o.Instance)
 	if err != nil {
 		return nil, err
 	}
@@ -181,11 +181,11 @@ func searches(ctx context.Context, db *pgxpool.Pool, o Options, _, _ []string) (
 		Columns: []string{"instance", "user", "month", "regexp", "literal", "other", "total"}}
 	rows, err := query(ctx, db, `
 SELECT instance_id, user_id, to_char(date_trunc('month', ts AT TIME ZONE 'UTC'), 'YYYY-MM') AS month,
-       count(*) FILTER (WHERE properties->>'patternType' = 'regexp'),
-       count(*) FILTER (WHERE properties->>'patternType' = 'literal'),
-       count(*) FILTER (WHERE coalesce(properties->>'patternType', '') NOT IN ('regexp', 'literal')),
+       count(*) FILTER (WHERE pattern_type = 'regexp'),
+       count(*) FILTER (WHERE pattern_type = 'literal'),
+       count(*) FILTER (WHERE coalesce(pattern_type, '') NOT IN ('regexp', 'literal')),
        count(*)
-FROM events WHERE name = $1 AND ts <= $2 AND ($3 = '' OR instance_id = $3)
+FROM report_events WHERE name = $1 AND ts <= $2 AND ($3 = '' OR instance_id = $3)
 GROUP BY 1, 2, 3
 UNION ALL
 SELECT instance_id, '(all users, aggregate)', to_char(date_trunc('month', day), 'YYYY-MM'),
@@ -193,8 +193,8 @@ SELECT instance_id, '(all users, aggregate)', to_char(date_trunc('month', day), 
        coalesce(sum(value) FILTER (WHERE dimension = 'literal'), 0)::bigint,
        coalesce(sum(value) FILTER (WHERE dimension NOT IN ('regexp', 'literal')), 0)::bigint,
        coalesce(sum(value), 0)::bigint
-FROM aggregates WHERE metric = 'searches_by_type' AND day <= $2::date AND ($3 = '' OR instance_id = $3)
-  AND instance_id NOT IN (SELECT DISTINCT instance_id FROM events)
+FROM report_aggregates WHERE metric = 'searches_by_type' AND day <= $2::date AND ($3 = '' OR instance_id = $3)
+  AND instance_id NOT IN (SELECT DISTINCT instance_id FROM report_events)
 GROUP BY 1, 2, 3
 ORDER BY 1, 3, 7 DESC, 2`, catalogv1.SearchEvent, o.Now, o.Instance)
 	s.Rows = rows
@@ -206,7 +206,7 @@ func powerUsers(ctx context.Context, db *pgxpool.Pool, o Options, _, _ []string)
 		Columns: []string{"instance", "user", "active days (of 28)"}}
 	rows, err := query(ctx, db, `
 SELECT instance_id, user_id, count(DISTINCT (ts AT TIME ZONE 'UTC')::date) AS days
-FROM events WHERE ts > $1::timestamptz - interval '28 days' AND ts <= $1 AND ($2 = '' OR instance_id = $2)
+FROM report_events WHERE ts > $1::timestamptz - interval '28 days' AND ts <= $1 AND ($2 = '' OR instance_id = $2)
 GROUP BY 1, 2 HAVING count(DISTINCT (ts AT TIME ZONE 'UTC')::date) >= $3
 ORDER BY 1, 3 DESC, 2`, o.Now, o.Instance, o.PowerUserDays)
 	s.Rows = rows
@@ -219,7 +219,7 @@ func sessions(ctx context.Context, db *pgxpool.Pool, o Options, names, features 
 	rows, err := query(ctx, db, `
 WITH f AS (
   SELECT e.instance_id, e.user_id, e.ts, fm.feature
-  FROM events e JOIN unnest($1::text[], $2::text[]) AS fm(name, feature) ON fm.name = e.name
+  FROM report_events e JOIN unnest($1::text[], $2::text[]) AS fm(name, feature) ON fm.name = e.name
   WHERE e.ts > $3::timestamptz - interval '28 days' AND e.ts <= $3 AND ($4 = '' OR e.instance_id = $4)
 ), marked AS (
   SELECT *, CASE WHEN lag(ts) OVER w IS NULL OR ts - lag(ts) OVER w > interval '30 minutes' THEN 1 ELSE 0 END AS starts
@@ -245,14 +245,14 @@ WITH activity AS (
   SELECT instance_id, user_id,
          count(*) FILTER (WHERE ts > $1::timestamptz - interval '7 days') AS last7,
          count(*) FILTER (WHERE ts <= $1::timestamptz - interval '7 days') / 4.0 AS prev_avg
-  FROM events WHERE ts > $1::timestamptz - interval '35 days' AND ts <= $1 AND ($2 = '' OR instance_id = $2)
+  FROM report_events WHERE ts > $1::timestamptz - interval '35 days' AND ts <= $1 AND ($2 = '' OR instance_id = $2)
   GROUP BY GROUPING SETS ((instance_id, user_id), (instance_id))
 ), instance_aggregates AS (
   SELECT instance_id, NULL::text AS user_id,
          coalesce(sum(value) FILTER (WHERE day > ($1::timestamptz - interval '7 days')::date), 0) AS last7,
          coalesce(sum(value) FILTER (WHERE day <= ($1::timestamptz - interval '7 days')::date), 0) / 4.0 AS prev_avg
-  FROM aggregates WHERE metric = 'event_count' AND day > ($1::timestamptz - interval '35 days')::date AND day <= $1::date
-    AND ($2 = '' OR instance_id = $2) AND instance_id NOT IN (SELECT DISTINCT instance_id FROM events)
+  FROM report_aggregates WHERE metric = 'event_count' AND day > ($1::timestamptz - interval '35 days')::date AND day <= $1::date
+    AND ($2 = '' OR instance_id = $2) AND instance_id NOT IN (SELECT DISTINCT instance_id FROM report_events)
   GROUP BY 1
 )
 SELECT instance_id, coalesce(user_id, '(whole instance)'), last7::bigint, round(prev_avg, 2)::float8,
@@ -270,7 +270,7 @@ func sticky(ctx context.Context, db *pgxpool.Pool, o Options, names, features []
 	rows, err := query(ctx, db, `
 WITH uw AS (
   SELECT DISTINCT e.instance_id, e.user_id, fm.feature, date_trunc('week', e.ts AT TIME ZONE 'UTC') AS wk
-  FROM events e JOIN unnest($1::text[], $2::text[]) AS fm(name, feature) ON fm.name = e.name
+  FROM report_events e JOIN unnest($1::text[], $2::text[]) AS fm(name, feature) ON fm.name = e.name
   WHERE e.ts >= date_trunc('week', $3::timestamptz AT TIME ZONE 'UTC') - interval '8 weeks'
     AND e.ts < date_trunc('week', $3::timestamptz AT TIME ZONE 'UTC') AND ($4 = '' OR e.instance_id = $4)
 )

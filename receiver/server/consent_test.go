@@ -69,7 +69,7 @@ func send(t *testing.T, b *batchv1.Batch) (batchv1.Response, reply) {
 func storedBetween(t *testing.T, instance string, from, to time.Time) int {
 	t.Helper()
 	var n int
-	if err := rcv.Store.Pool().QueryRow(context.Background(),
+	if err := rcv.DB.QueryRow(context.Background(),
 		`SELECT count(*) FROM events WHERE instance_id = $1 AND ts >= $2 AND ts < $3`, instance, from, to).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestConsentIsJudgedByEventTimestamps(t *testing.T) {
 		t.Fatalf("re-send: %d %s", r.status, r.body)
 	}
 	var refused int
-	if err := rcv.Store.Pool().QueryRow(context.Background(), `SELECT refused FROM batches WHERE instance_id = 'periods' AND batch_id = 'p1'`).Scan(&refused); err != nil || refused != 8 {
+	if err := rcv.DB.QueryRow(context.Background(), `SELECT refused FROM batches WHERE instance_id = 'periods' AND batch_id = 'p1'`).Scan(&refused); err != nil || refused != 8 {
 		t.Errorf("batches.refused = %d (%v), want 8 over two deliveries", refused, err)
 	}
 }
@@ -249,7 +249,7 @@ func TestWithdrawalRemovesWhatWasRecordedAfterIt(t *testing.T) {
 		t.Fatalf("last transition %+v, want Off at %s", last, at)
 	}
 	var days []string
-	rows, err := rcv.Store.Pool().Query(context.Background(), `SELECT day::text FROM aggregates WHERE instance_id = 'withdraw' ORDER BY day`)
+	rows, err := rcv.DB.Query(context.Background(), `SELECT day::text FROM aggregates WHERE instance_id = 'withdraw' ORDER BY day`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,7 +415,7 @@ func TestErasure(t *testing.T) {
 
 	t.Run("the audit record holds no payload", func(t *testing.T) {
 		var columns []string
-		rows, err := rcv.Store.Pool().Query(ctx, `SELECT column_name FROM information_schema.columns WHERE table_name = 'erasures' ORDER BY ordinal_position`)
+		rows, err := rcv.DB.Query(ctx, `SELECT column_name FROM information_schema.columns WHERE table_name = 'erasures' ORDER BY ordinal_position`)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -433,7 +433,7 @@ func TestErasure(t *testing.T) {
 		var by string
 		var deleted int64
 		var verified *time.Time
-		if err := rcv.Store.Pool().QueryRow(ctx, `SELECT requested_by, events_deleted, verified_at FROM erasures WHERE instance_id = 'era' AND request_id = 'gdpr-1'`).
+		if err := rcv.DB.QueryRow(ctx, `SELECT requested_by, events_deleted, verified_at FROM erasures WHERE instance_id = 'era' AND request_id = 'gdpr-1'`).
 			Scan(&by, &deleted, &verified); err != nil || by != "ticket-42" || deleted != 8 || verified == nil {
 			t.Fatalf("audit row: %q %d %v %v", by, deleted, verified, err)
 		}

@@ -23,7 +23,7 @@ import (
 // storedCells returns instance's stored cells as "day metric/dimension=value/users".
 func storedCells(t *testing.T, instance string) []string {
 	t.Helper()
-	rows, err := rcv.Store.Pool().Query(context.Background(),
+	rows, err := rcv.DB.Query(context.Background(),
 		`SELECT day::text, metric, dimension, value, users FROM aggregates WHERE instance_id = $1 ORDER BY 1, 2, 3`, instance)
 	if err != nil {
 		t.Fatal(err)

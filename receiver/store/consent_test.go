@@ -119,7 +119,7 @@ func TestEraseIsVerifiedAndRetried(t *testing.T) {
 	if res, err := r.Store.InsertEvents(ctx, "acme", b); err != nil || res.Accepted != 10 {
 		t.Fatalf("%+v %v", res, err)
 	}
-	pool := r.Store.Pool()
+	pool := r.DB
 	// A trigger that keeps one row from being deleted stands for whatever could leave data
 	// behind: the erasure must not report success.
 	if _, err := pool.Exec(ctx, `

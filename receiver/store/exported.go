@@ -22,7 +22,7 @@ import (
 // Truncated, and later ones are listed without items). It reads one snapshot.
 func (s *Store) Exported(ctx context.Context, instance string, limit, maxItems int) ([]batchv1.Delivery, error) {
 	var out []batchv1.Delivery
-	err := s.readTx(ctx, func(tx pgx.Tx) error {
+	err := s.rawReadTx(ctx, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `
 SELECT seq, batch_id, kind, received_at, accepted, duplicates, refused
 FROM deliveries WHERE instance_id = $1 ORDER BY seq DESC LIMIT $2`, instance, limit)

@@ -47,8 +47,12 @@ var ErrUnavailable = errors.New("storage unavailable")
 
 // Store is the receiver's PostgreSQL storage.
 type Store struct {
-	pool  *pgxpool.Pool
-	clock clock.PassiveClock
+	pool *pgxpool.Pool
+	// reader reads stored data back (Exported); it is pool unless WithRoles names another role.
+	reader                 *pgxpool.Pool
+	connConfig             *pgx.ConnConfig
+	ingestRole, readerRole string
+	clock                  clock.PassiveClock
 	// policies caches each instance's consent timeline and tombstones by record version.
 	policies policyCache
 	observer atomic.Pointer[observerBox]
@@ -67,6 +71,23 @@ func WithClock(c clock.PassiveClock) Option {
 	}
 }
 
+// Database roles the migrations create (see migrations/0005_roles.sql).
+const (
+	// RoleIngest stores batches, the consent ledger and erasures; it cannot read event contents.
+	RoleIngest = "telemetry_ingest"
+	// RoleRawReader reads stored events and cells.
+	RoleRawReader = "telemetry_raw_reader"
+	// RoleReporting reads only the aggregated and normalized report views.
+	RoleReporting = "telemetry_reporting"
+)
+
+// WithRoles makes the store write as ingest and read stored data (Exported) as rawReader: each
+// pooled connection switches to its role when it opens, so PostgreSQL itself refuses whatever
+// the role may not do. Migrations run as the login user. Without it both run as the login user.
+func WithRoles(ingest, rawReader string) Option {
+	return func(s *Store) { s.ingestRole, s.readerRole = ingest, rawReader }
+}
+
 // Open connects to dsn. It does not fail when the database is down: Ping and writes report it.
 func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
@@ -75,21 +96,62 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	}
 	cfg.MaxConns = 16
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("creating the connection pool: %w", err)
-	}
-	s := &Store{pool: pool, clock: clock.RealClock{}}
+	s := &Store{clock: clock.RealClock{}, connConfig: cfg.ConnConfig.Copy()}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.pool, err = poolAs(ctx, cfg, s.ingestRole); err != nil {
+		return nil, err
+	}
+	s.reader = s.pool
+	if s.readerRole != s.ingestRole {
+		readerCfg := cfg.Copy()
+		readerCfg.MaxConns = 4
+		if s.reader, err = poolAs(ctx, readerCfg, s.readerRole); err != nil {
+			s.pool.Close()
+			return nil, err
+		}
 	}
 	return s, nil
 }
 
-// Close releases the connections.
-func (s *Store) Close() { s.pool.Close() }
+// OpenPool connects to dsn with every connection switched to role ("" keeps the login user's).
+func OpenPool(ctx context.Context, dsn, role string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, errors.New("invalid database DSN")
+	}
+	cfg.MaxConns = 4
+	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	return poolAs(ctx, cfg, role)
+}
 
-// Pool exposes the pool for the report queries.
+func poolAs(ctx context.Context, cfg *pgxpool.Config, role string) (*pgxpool.Pool, error) {
+	if role != "" {
+		set := "SET ROLE " + pgx.Identifier{role}.Sanitize()
+		cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+			if _, err := c.Exec(ctx, set); err != nil {
+				return fmt.Errorf("switching to database role %s (run the receiver's migrations as a user with CREATEROLE): %w", role, err)
+			}
+			return nil
+		}
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating the connection pool: %w", err)
+	}
+	return pool, nil
+}
+
+// Close releases the connections.
+func (s *Store) Close() {
+	s.pool.Close()
+	if s.reader != s.pool {
+		s.reader.Close()
+	}
+}
+
+// Pool is the pool the store writes with (as the ingest role when WithRoles is given).
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
 // Ping reports whether the database answers.
@@ -108,7 +170,13 @@ func (s *Store) Migrate(ctx context.Context) error {
 		return err
 	}
 	sort.Strings(names)
-	tx, err := s.pool.Begin(ctx)
+	// Migrations need the schema owner's rights, not a pooled connection's role.
+	conn, err := pgx.ConnectConfig(ctx, s.connConfig.Copy())
+	if err != nil {
+		return unavailable(err)
+	}
+	defer func() { _ = conn.Close(context.Background()) }()
+	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return unavailable(err)
 	}
@@ -254,13 +322,15 @@ func (s *Store) insertStream(ctx context.Context, tx pgx.Tx, instance, batchID s
 	if accepted < 0 {
 		// Some events are stored already: load into a per-session staging table with COPY,
 		// then move the new rows over in one statement; ON CONFLICT absorbs the rest.
-		if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE events) ON COMMIT DELETE ROWS`); err != nil {
+		if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS incoming_events (
+			instance_id text, event_id bigint, name text, ts timestamptz, source text, version text, client text, user_id text,
+			feature_flags jsonb, properties jsonb, received_at timestamptz, delivery bigint) ON COMMIT DELETE ROWS`); err != nil {
 			return 0, err
 		}
 		if _, err := copyIn(ctx, tx, "incoming_events", stream); err != nil {
 			return 0, err
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO events SELECT * FROM incoming_events ON CONFLICT (instance_id, event_id) DO NOTHING`)
+		tag, err := tx.Exec(ctx, `INSERT INTO events (`+eventColumns+`) SELECT `+eventColumns+` FROM incoming_events ON CONFLICT (instance_id, event_id) DO NOTHING`)
 		if err != nil {
 			return 0, err
 		}
@@ -392,7 +462,16 @@ func (s *Store) readTx(ctx context.Context, fn func(pgx.Tx) error) error {
 // runTx runs fn in a transaction and commits. The ledger's own answers (refusals, ownership,
 // invalid requests) pass through as they are; anything else is classified by unavailable.
 func (s *Store) runTx(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error) error {
-	tx, err := s.pool.BeginTx(ctx, opts)
+	return runTxOn(ctx, s.pool, opts, fn)
+}
+
+// rawReadTx is readTx as the raw-data reader.
+func (s *Store) rawReadTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	return runTxOn(ctx, s.reader, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
+}
+
+func runTxOn(ctx context.Context, pool *pgxpool.Pool, opts pgx.TxOptions, fn func(pgx.Tx) error) error {
+	tx, err := pool.BeginTx(ctx, opts)
 	if err != nil {
 		return unavailable(err)
 	}

@@ -43,7 +43,7 @@ func TestInsertEventsExactlyOnce(t *testing.T) {
 	}
 	count := func() (n, distinct int) {
 		t.Helper()
-		if err := r.Store.Pool().QueryRow(ctx, `SELECT count(*), count(DISTINCT event_id) FROM events WHERE instance_id = 'acme'`).Scan(&n, &distinct); err != nil {
+		if err := r.DB.QueryRow(ctx, `SELECT count(*), count(DISTINCT event_id) FROM events WHERE instance_id = 'acme'`).Scan(&n, &distinct); err != nil {
 			t.Fatal(err)
 		}
 		return n, distinct
@@ -77,7 +77,7 @@ func TestInsertEventsExactlyOnce(t *testing.T) {
 		ts           time.Time
 		user         string
 	}
-	if err := r.Store.Pool().QueryRow(ctx, `SELECT properties::text, feature_flags::text, ts, user_id FROM events WHERE instance_id = 'acme' AND event_id = '120'`).
+	if err := r.DB.QueryRow(ctx, `SELECT properties::text, feature_flags::text, ts, user_id FROM events WHERE instance_id = 'acme' AND event_id = '120'`).
 		Scan(&stored.props, &stored.flags, &stored.ts, &stored.user); err != nil {
 		t.Fatal(err)
 	}
