@@ -83,12 +83,12 @@ func dsnFlag(fs *flag.FlagSet) *string {
 	return fs.String("database-dsn-file", "", "File holding the PostgreSQL DSN (default: $RECEIVER_DATABASE_DSN).")
 }
 
-func openStore(ctx context.Context, dsnFile string) (*store.Store, error) {
+func openStore(ctx context.Context, dsnFile string, opts ...store.Option) (*store.Store, error) {
 	dsn, err := readDSN(dsnFile)
 	if err != nil {
 		return nil, err
 	}
-	return store.Open(ctx, dsn, store.WithRoles(store.RoleIngest, store.RoleRawReader))
+	return store.Open(ctx, dsn, append(opts, store.WithRoles(store.RoleIngest, store.RoleRawReader))...)
 }
 
 // readDSN reads the DSN from dsnFile, else from $RECEIVER_DATABASE_DSN.
@@ -116,6 +116,11 @@ func serve(ctx context.Context, args []string) error {
 	caFile := fs.String("client-ca", "", "Fleet issuer CA bundle (PEM) that signs collector client certificates.")
 	maxBody := fs.Int64("max-body-bytes", server.DefaultLimits().MaxBodyBytes, "Largest request body as sent.")
 	maxDecompressed := fs.Int64("max-decompressed-bytes", server.DefaultLimits().MaxDecompressedBytes, "Largest request body after decompression.")
+	maxInFlight := fs.Int64("max-in-flight-bytes", server.DefaultLimits().MaxInFlightBytes, "Batch bodies held at once, as sent and decompressed; beyond it requests are answered 503 with Retry-After.")
+	instanceRate := fs.Float64("instance-rate", server.DefaultLimits().InstanceRate, "Batch requests per second one instance may send (0: unlimited); beyond it 429 with Retry-After.")
+	instanceBurst := fs.Int("instance-burst", server.DefaultLimits().InstanceBurst, "Batch requests one instance may send at once above its rate.")
+	maxStreams := fs.Uint("max-streams", 16, "Concurrent HTTP/2 streams per connection.")
+	statementTimeout := fs.Duration("statement-timeout", time.Minute, "Longest database statement; a longer one is cancelled and the request answered 503 (0: no limit).")
 	dsnFile := dsnFlag(fs)
 	_ = fs.Parse(args)
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -132,7 +137,7 @@ func serve(ctx context.Context, args []string) error {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return errors.New("--client-ca holds no PEM certificate")
 	}
-	st, err := openStore(ctx, *dsnFile)
+	st, err := openStore(ctx, *dsnFile, store.WithStatementTimeout(*statementTimeout))
 	if err != nil {
 		return err
 	}
@@ -149,9 +154,14 @@ func serve(ctx context.Context, args []string) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv := server.New(st, server.Limits{MaxBodyBytes: *maxBody, MaxDecompressedBytes: *maxDecompressed}, log, reg)
+	limits := server.DefaultLimits()
+	limits.MaxBodyBytes, limits.MaxDecompressedBytes, limits.MaxInFlightBytes = *maxBody, *maxDecompressed, *maxInFlight
+	limits.InstanceRate, limits.InstanceBurst = *instanceRate, *instanceBurst
+	srv := server.New(st, limits, log, reg)
+	// Slow clients are cut off: headers within 10 s, a whole body within 2 minutes.
 	api := &http.Server{Addr: *listen, Handler: srv.Handler(), TLSConfig: server.TLSConfig(pair, pool),
-		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 2 * time.Minute, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
+		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 2 * time.Minute, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute,
+		MaxHeaderBytes: 64 << 10, HTTP2: &http.HTTP2Config{MaxConcurrentStreams: int(min(*maxStreams, 1000))}} //nolint:gosec // bounded
 	ops := &http.Server{Addr: *opsListen, Handler: srv.OpsHandler(reg), ReadHeaderTimeout: 5 * time.Second}
 	errs := make(chan error, 2)
 	go func() { errs <- api.ListenAndServeTLS("", "") }()

@@ -8,12 +8,14 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -25,7 +27,8 @@ import (
 // decoded as a truncated batch; a body without a declared length is read up to the limit; the
 // shared zstd decoder serves one request after another.
 func TestReadBodyHonoursContentLength(t *testing.T) {
-	s := New(nil, Limits{MaxBodyBytes: 1 << 10, MaxDecompressedBytes: 4 << 10}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	s := New(nil, Limits{MaxBodyBytes: 1 << 10, MaxDecompressedBytes: 4 << 10, MaxInFlightBytes: 64 << 10, InFlightWait: time.Second},
+		slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	body := `{"version":1}`
 	request := func(data []byte, length int64, encoding string) *http.Request {
 		r := httptest.NewRequest(http.MethodPost, batchv1.PathBatches, bytes.NewReader(data))
@@ -55,9 +58,26 @@ func TestReadBodyHonoursContentLength(t *testing.T) {
 		{"zstd that is not zstd", request([]byte(body), int64(len(body)), "zstd"), http.StatusBadRequest, ""},
 	}
 	for _, c := range cases {
-		got, status, reason, msg := s.readBody(c.req)
+		held := &reservation{s: s}
+		got, status, reason, msg := s.readBody(c.req, held)
+		held.release()
 		if status != c.status || string(got) != c.want {
 			t.Errorf("%s: got %q, status %d (%s: %s); want %q, status %d", c.name, got, status, reason, msg, c.want, c.status)
 		}
+		if !s.inFlight.TryAcquire(64 << 10) {
+			t.Fatalf("%s: in-flight bytes were not released", c.name)
+		}
+		s.inFlight.Release(64 << 10)
 	}
+
+	// Bodies held by other requests leave no room: the request is refused as busy, not queued
+	// without end, and nothing is read.
+	full := &reservation{s: s}
+	if !full.take(context.Background(), 64<<10) {
+		t.Fatal("could not fill the in-flight budget")
+	}
+	if _, status, reason, _ := s.readBody(request([]byte(body), int64(len(body)), ""), &reservation{s: s}); status != http.StatusServiceUnavailable || reason != batchv1.ReasonBusy {
+		t.Fatalf("with no room: status %d (%s), want 503 %s", status, reason, batchv1.ReasonBusy)
+	}
+	full.release()
 }

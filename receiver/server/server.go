@@ -29,6 +29,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/semaphore"
+	"golang.org/x/time/rate"
 	"k8s.io/utils/clock"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
@@ -44,11 +46,24 @@ type Limits struct {
 	MaxBodyBytes int64
 	// MaxDecompressedBytes bounds the body after decompression (compression-bomb guard).
 	MaxDecompressedBytes int64
+	// MaxInFlightBytes bounds the batch bodies held at once, as sent and decompressed: a request
+	// reserves its declared length before reading, and its decompressed size (the zstd frame's
+	// declared size, else MaxDecompressedBytes) before decompressing. A request that cannot
+	// reserve within InFlightWait is answered 503 with Retry-After; nothing is dropped.
+	MaxInFlightBytes int64
+	// InFlightWait is how long a request waits for room in MaxInFlightBytes.
+	InFlightWait time.Duration
+	// InstanceRate and InstanceBurst bound each instance's batch requests (per second, and
+	// at once); beyond them the instance is answered 429 with Retry-After, others are not slowed.
+	// Zero InstanceRate disables the limit.
+	InstanceRate  float64
+	InstanceBurst int
 }
 
 // DefaultLimits are the documented limits.
 func DefaultLimits() Limits {
-	return Limits{MaxBodyBytes: 8 << 20, MaxDecompressedBytes: 64 << 20}
+	return Limits{MaxBodyBytes: 8 << 20, MaxDecompressedBytes: 64 << 20, MaxInFlightBytes: 512 << 20, InFlightWait: 2 * time.Second,
+		InstanceRate: 50, InstanceBurst: 100}
 }
 
 // Storage is what the server needs from the store.
@@ -82,6 +97,9 @@ type Server struct {
 
 	zstdOnce sync.Once
 	zstdDec  *zstd.Decoder
+
+	inFlight *semaphore.Weighted
+	limiters sync.Map // instance -> *rate.Limiter
 }
 
 type metrics struct {
@@ -142,6 +160,9 @@ func New(st Storage, limits Limits, log *slog.Logger, reg prometheus.Registerer,
 		reg.MustRegister(m.batches, m.events, m.rejections, m.latency, m.transitions, m.removed, m.erasures, m.erasedRows)
 	}
 	s := &Server{store: st, limits: limits, log: log, metrics: m, clock: clock.RealClock{}, RetryAfter: 5 * time.Second}
+	if limits.MaxInFlightBytes > 0 {
+		s.inFlight = semaphore.NewWeighted(limits.MaxInFlightBytes)
+	}
 	for _, o := range opts {
 		o(s)
 	}
@@ -281,13 +302,23 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if wait, ok := s.admit(instance); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, wait.Round(time.Second)/time.Second))))
+		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many batches from this instance; retry later", -1)
+		return
+	}
 	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || (mediaType != batchv1.ContentType && mediaType != "application/json") {
 		s.reject(w, http.StatusUnsupportedMediaType, batchv1.ReasonUnsupported, "Content-Type must be "+batchv1.ContentType, -1)
 		return
 	}
-	data, status, reason, msg := s.readBody(r)
+	held := &reservation{s: s}
+	defer held.release()
+	data, status, reason, msg := s.readBody(r, held)
 	if status != 0 {
+		if status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", strconv.Itoa(int(s.RetryAfter.Seconds())))
+		}
 		s.reject(w, status, reason, msg, -1)
 		return
 	}
@@ -393,9 +424,16 @@ func (s *Server) zstd() *zstd.Decoder {
 
 // readBody reads the body within the limits, decompressing zstd. It returns a status and reason
 // when the body is refused.
-func (s *Server) readBody(r *http.Request) ([]byte, int, string, string) {
+func (s *Server) readBody(r *http.Request, held *reservation) ([]byte, int, string, string) {
 	if r.ContentLength > s.limits.MaxBodyBytes {
 		return nil, http.StatusRequestEntityTooLarge, batchv1.ReasonTooLarge, fmt.Sprintf("body exceeds %d bytes", s.limits.MaxBodyBytes)
+	}
+	sent := s.limits.MaxBodyBytes
+	if r.ContentLength > 0 {
+		sent = r.ContentLength
+	}
+	if !held.take(r.Context(), sent) {
+		return nil, http.StatusServiceUnavailable, batchv1.ReasonBusy, "the receiver is busy; retry later"
 	}
 	var raw []byte
 	var err error
@@ -428,7 +466,15 @@ func (s *Server) readBody(r *http.Request) ([]byte, int, string, string) {
 		}
 		return raw, 0, "", ""
 	case batchv1.EncodingZstd:
-		out, err := s.zstd().DecodeAll(raw, nil)
+		size := s.limits.MaxDecompressedBytes
+		var h zstd.Header
+		if h.Decode(raw) == nil && h.HasFCS && int64(h.FrameContentSize) < size { //nolint:gosec // compared, never converted back
+			size = int64(h.FrameContentSize) + 1 // a frame that lies about its size fails the bound below
+		}
+		if !held.take(r.Context(), size) {
+			return nil, http.StatusServiceUnavailable, batchv1.ReasonBusy, "the receiver is busy; retry later"
+		}
+		out, err := s.zstd().DecodeAll(raw, make([]byte, 0, size))
 		if err != nil {
 			if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {
 				return nil, http.StatusRequestEntityTooLarge, batchv1.ReasonTooLarge, fmt.Sprintf("decompressed body exceeds %d bytes", s.limits.MaxDecompressedBytes)
@@ -441,6 +487,52 @@ func (s *Server) readBody(r *http.Request) ([]byte, int, string, string) {
 		return out, 0, "", ""
 	default:
 		return nil, http.StatusUnsupportedMediaType, batchv1.ReasonUnsupported, "Content-Encoding must be zstd or absent"
+	}
+}
+
+// admit reports whether instance may send a batch now, and otherwise how long to wait.
+func (s *Server) admit(instance string) (time.Duration, bool) {
+	if s.limits.InstanceRate <= 0 {
+		return 0, true
+	}
+	l, ok := s.limiters.Load(instance)
+	if !ok {
+		l, _ = s.limiters.LoadOrStore(instance, rate.NewLimiter(rate.Limit(s.limits.InstanceRate), max(1, s.limits.InstanceBurst)))
+	}
+	limiter := l.(*rate.Limiter)
+	now := time.Now() // load is wall-clock time, whatever clock dates consent
+	res := limiter.ReserveN(now, 1)
+	if d := res.DelayFrom(now); d > 0 {
+		res.CancelAt(now)
+		return d, false
+	}
+	return 0, true
+}
+
+// reservation is the in-flight bytes a request holds, released when it is answered.
+type reservation struct {
+	s    *Server
+	held int64
+}
+
+func (h *reservation) take(ctx context.Context, n int64) bool {
+	if h.s.inFlight == nil {
+		return true
+	}
+	n = min(n, h.s.limits.MaxInFlightBytes)
+	ctx, cancel := context.WithTimeout(ctx, h.s.limits.InFlightWait)
+	defer cancel()
+	if err := h.s.inFlight.Acquire(ctx, n); err != nil {
+		return false
+	}
+	h.held += n
+	return true
+}
+
+func (h *reservation) release() {
+	if h.held > 0 {
+		h.s.inFlight.Release(h.held)
+		h.held = 0
 	}
 }
 

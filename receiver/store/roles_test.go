@@ -118,3 +118,28 @@ func TestRolesSeeOnlyWhatTheirJobNeeds(t *testing.T) {
 		t.Fatalf("report_events columns %v, want %v", cols, want)
 	}
 }
+
+// TestAStatementThatRunsTooLongIsCancelled: with a statement timeout, PostgreSQL cancels a
+// statement that runs longer, and the store reports it as unavailability (503, retried), not as
+// a failure.
+func TestAStatementThatRunsTooLongIsCancelled(t *testing.T) {
+	ctx := context.Background()
+	r, err := receivertest.Start(ctx, server.DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	st, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithStatementTimeout(100*time.Millisecond), store.WithRoles(store.RoleIngest, store.RoleRawReader))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	_, err = st.Pool().Exec(ctx, "SELECT pg_sleep(2)")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+		t.Fatalf("a 2 s statement under a 100 ms timeout: %v", err)
+	}
+	if _, _, err := st.Cursor(ctx, "anyone"); err != nil {
+		t.Fatalf("a quick statement after it: %v", err)
+	}
+}

@@ -52,6 +52,7 @@ type Store struct {
 	reader                 *pgxpool.Pool
 	connConfig             *pgx.ConnConfig
 	ingestRole, readerRole string
+	statementTimeout       time.Duration
 	clock                  clock.PassiveClock
 	// policies caches each instance's consent timeline and tombstones by record version.
 	policies policyCache
@@ -88,6 +89,12 @@ func WithRoles(ingest, rawReader string) Option {
 	return func(s *Store) { s.ingestRole, s.readerRole = ingest, rawReader }
 }
 
+// WithStatementTimeout makes PostgreSQL cancel any statement of the store's that runs longer
+// than d (0: no limit): a slow query answers 503 and is retried, it does not pile up.
+func WithStatementTimeout(d time.Duration) Option {
+	return func(s *Store) { s.statementTimeout = d }
+}
+
 // Open connects to dsn. It does not fail when the database is down: Ping and writes report it.
 func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
@@ -99,6 +106,9 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	s := &Store{clock: clock.RealClock{}, connConfig: cfg.ConnConfig.Copy()}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.statementTimeout > 0 {
+		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(s.statementTimeout.Milliseconds(), 10)
 	}
 	if s.pool, err = poolAs(ctx, cfg, s.ingestRole); err != nil {
 		return nil, err

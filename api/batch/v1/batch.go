@@ -236,6 +236,10 @@ const (
 	// ReasonDayNotClosed: an aggregates batch holds a day that has not ended by the receiver's
 	// clock. Nothing of the batch is stored; the collector sends it again later.
 	ReasonDayNotClosed = "DayNotClosed"
+	// ReasonRateLimited: the instance sent more batches than its rate allows (429, Retry-After).
+	ReasonRateLimited = "RateLimited"
+	// ReasonBusy: the receiver holds as many bodies as it may (503, Retry-After).
+	ReasonBusy = "ReceiverBusy"
 )
 
 // Error is a decoding or validation failure with a stable reason and, when one item is to
