@@ -97,15 +97,18 @@ func main() {
 	idle := flag.Duration("idle", 20*time.Second, "Idle window for counting API writes.")
 	bin := flag.String("bin", "bin", "Directory with the manager, collector and receiver binaries.")
 	kubectl := flag.String("kubectl", "", "kubectl binary.")
-	only := flag.String("only", "", "Run only: collector, receiver, memory or operator.")
+	only := flag.String("only", "", "Run only: collector, receiver, memory, abuse or operator.")
+	abuseClients := flag.Int("abuse-clients", 16, "Flooding clients in the abuse run.")
+	abuseFor := flag.Duration("abuse-for", 15*time.Second, "Length of the abuse run.")
 	flag.Parse()
 	if full {
 		*rows, *backlogSmall, *backlogLarge, *policies, *namespaces, *idle = 1_000_000, 500_000, 5_000_000, 1000, 100, 60*time.Second
+		*abuseClients, *abuseFor = 32, 60*time.Second
 	}
 	ctx := context.Background()
 	run := func(name string) bool { return *only == "" || *only == name }
 	fmt.Println("telemetry-operator benchmarks (figures and ratios measured side by side in this run)")
-	if run("collector") || run("receiver") || run("memory") {
+	if run("collector") || run("receiver") || run("memory") || run("abuse") {
 		r, err := receivertest.Start(ctx, server.DefaultLimits())
 		must(err)
 		defer r.Close()
@@ -117,6 +120,9 @@ func main() {
 		}
 		if run("memory") {
 			collectorMemory(ctx, r, *bin, *backlogSmall, *backlogLarge)
+		}
+		if run("abuse") {
+			receiverUnderAbuse(ctx, r, *bin, *abuseClients, *abuseFor)
 		}
 	}
 	if run("operator") {

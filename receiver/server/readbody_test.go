@@ -64,17 +64,30 @@ func TestReadBodyHonoursContentLength(t *testing.T) {
 		if status != c.status || string(got) != c.want {
 			t.Errorf("%s: got %q, status %d (%s: %s); want %q, status %d", c.name, got, status, reason, msg, c.want, c.status)
 		}
-		if !s.inFlight.TryAcquire(64 << 10) {
+		if !s.inFlight.TryAcquire(s.largeBudget) || !s.inFlightSmall.TryAcquire(s.smallBudget) {
 			t.Fatalf("%s: in-flight bytes were not released", c.name)
 		}
-		s.inFlight.Release(64 << 10)
+		s.inFlight.Release(s.largeBudget)
+		s.inFlightSmall.Release(s.smallBudget)
 	}
+
+	// Large bodies filling their lane leave the small lane free: a small batch is still served.
+	large := &reservation{s: s}
+	if !large.take(context.Background(), 8*smallRequest) || large.small {
+		t.Fatal("could not fill the large lane")
+	}
+	smallOne := &reservation{s: s}
+	if got, status, _, _ := s.readBody(request([]byte(body), int64(len(body)), ""), smallOne); status != 0 || string(got) != body {
+		t.Fatalf("a small body while large ones fill their lane: status %d", status)
+	}
+	smallOne.release()
+	large.release()
 
 	// Bodies held by other requests leave no room: the request is refused as busy, not queued
 	// without end, and nothing is read.
 	full := &reservation{s: s}
-	if !full.take(context.Background(), 64<<10) {
-		t.Fatal("could not fill the in-flight budget")
+	if !full.take(context.Background(), 64<<10) || !full.small {
+		t.Fatal("could not fill the small lane")
 	}
 	if _, status, reason, _ := s.readBody(request([]byte(body), int64(len(body)), ""), &reservation{s: s}); status != http.StatusServiceUnavailable || reason != batchv1.ReasonBusy {
 		t.Fatalf("with no room: status %d (%s), want 503 %s", status, reason, batchv1.ReasonBusy)
