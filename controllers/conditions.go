@@ -33,6 +33,7 @@ const (
 	ReasonCredentialsValid    = "Valid"
 	ReasonCredentialsOff      = "NotNeeded"
 	ReasonIssuerUnavailable   = "IssuerUnavailable"
+	ReasonIssuerExpiring      = "IssuerExpiring"
 	ReasonIssueFailed         = "IssueFailed"
 	ReasonExportFlowing       = "Flowing"
 	ReasonExportStale         = "NoRecentSuccess"

@@ -53,6 +53,9 @@ func decideRotation(problem string, exists, issuedBefore bool, renewal time.Time
 
 // reconcileCredentials makes sure the collector has a valid client certificate from the fleet
 // issuer, rotating it when due or requested. It returns the renewal time to requeue for.
+// DefaultIssuerMinRemaining is the default of Options.IssuerMinRemaining.
+const DefaultIssuerMinRemaining = 24 * time.Hour
+
 func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st *reconcileState) (*time.Time, error) {
 	p := st.policy
 	if r.Issuer == nil {
@@ -105,6 +108,17 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 		dec, _ = decide()
 	}
 	if dec.reason != "" {
+		floor := r.Options.IssuerMinRemaining
+		if floor <= 0 {
+			floor = DefaultIssuerMinRemaining
+		}
+		if r.Issuer.ExpiresWithin(now, floor) {
+			msg := fmt.Sprintf("the fleet issuer expires at %s, within %s: no certificate is issued from it (one would expire with it and be due again at once); rotate the issuer Secret",
+				r.Issuer.Cert.NotAfter.UTC().Format(time.RFC3339), floor)
+			setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionFalse, ReasonIssuerExpiring, msg)
+			st.stall(ReasonIssuerExpiring, msg)
+			return nil, nil
+		}
 		issued, err := r.issue(ctx, st, secret, exists, dec, period, now)
 		if err != nil {
 			r.Metrics.RotationFailures.Inc()

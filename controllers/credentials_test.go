@@ -255,6 +255,57 @@ var _ = Describe("Operational guarantees", func() {
 		Consistently(func() []string { return writes.since(n) }, "2s").Should(BeEmpty())
 	})
 
+	It("issues nothing from an issuer about to expire, and stalls once instead of re-issuing in a loop", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "dying")
+		names := resources.NamesFor("dying")
+		before := &corev1.Secret{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Credentials}, before)).To(Succeed())
+
+		By("a reconciler whose issuer has 12 hours left, for a certificate it did not sign (due at once)")
+		ca := mustCA(pkitest.Options{NotBefore: fakeClock.Now().Add(-24 * time.Hour), NotAfter: fakeClock.Now().Add(12 * time.Hour)})
+		dying, err := pki.LoadIssuer(ca.Secret(), fakeClock.Now())
+		Expect(err).NotTo(HaveOccurred())
+		var secretWrites []string
+		c := interceptor.NewClient(noWatch{mgr.GetClient()}, interceptor.Funcs{
+			Create: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+				if _, ok := obj.(*corev1.Secret); ok {
+					secretWrites = append(secretWrites, "create "+obj.GetName())
+				}
+				return cl.Create(ctx, obj, opts...)
+			},
+			Update: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+				if _, ok := obj.(*corev1.Secret); ok {
+					secretWrites = append(secretWrites, "update "+obj.GetName())
+				}
+				return cl.Update(ctx, obj, opts...)
+			},
+		})
+		r := &controllers.TelemetryPolicyReconciler{
+			Client: c, APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(), Recorder: &countingRecorder{},
+			Clock: fakeClock, Issuer: dying, Metrics: controllers.NewMetrics(nil), Ledger: testLedger(),
+			Options: controllers.Options{CollectorImage: "telemetry-collector:test", MinCloudTermsVersion: "2024-01-01", Endpoints: testEndpoints(),
+				IssuerMinRemaining: 24 * time.Hour},
+		}
+		req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "dying"}}
+		for range 3 {
+			_, err := r.Reconcile(ctx, req)
+			Expect(err).NotTo(HaveOccurred())
+		}
+		Expect(secretWrites).To(BeEmpty(), "no certificate may be issued from an issuer within its floor")
+		p := getPolicy(ctx, ns, "dying")
+		Expect(condition(p, v1.ConditionCredentialsReady)).To(And(HaveField("Reason", "IssuerExpiring"), HaveField("Message", ContainSubstring("rotate the issuer"))))
+		after := &corev1.Secret{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Credentials}, after)).To(Succeed())
+		Expect(after.Data["tls.crt"]).To(Equal(before.Data["tls.crt"]), "the certificate the collector has is kept")
+
+		By("with the floor below the issuer's remaining life, it issues")
+		r.Options.IssuerMinRemaining = time.Hour
+		_, err = r.Reconcile(ctx, req)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(secretWrites).NotTo(BeEmpty())
+	})
+
 	It("requeues for the trial's expiry (or the ledger's verification), not the next resync", func() {
 		ns := newNamespace(ctx)
 		p := eventLevelPolicy(ns, "requeue")

@@ -66,6 +66,10 @@ type Options struct {
 	// fleet certificate and the instance's pseudonym key.
 	Images    allowed.Images
 	Endpoints allowed.Endpoints
+	// IssuerMinRemaining is the least life the fleet issuer must have left to issue from it
+	// (default 24h). Closer to its end a certificate would expire with it and be due again at
+	// once: the policy stalls instead (IssuerExpiring) and keeps the certificate it has.
+	IssuerMinRemaining time.Duration
 	// StartLease is the leader-election Lease as found at start (nil without leader election).
 	// A withdrawal written while no operator watched is dated when the previous operator was
 	// last alive, which the lease tells (see watchGap).

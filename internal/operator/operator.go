@@ -74,6 +74,8 @@ type Config struct {
 	AllowedEndpoints     []string
 	MinCloudTermsVersion string
 	IssuerExpiryWarning  time.Duration
+	// IssuerMinRemaining is the least life the issuer must have left to issue from it.
+	IssuerMinRemaining time.Duration
 	// ReceiverURL is the receiver whose consent ledger records every instance's consent.
 	ReceiverURL string
 	// ReceiverCAFile, when set, holds the CA bundle that signs the receiver's server certificate
@@ -108,6 +110,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	})
 	fs.StringVar(&c.MinCloudTermsVersion, "min-cloud-terms-version", "", "Oldest Cloud Terms of Service version (YYYY-MM-DD) that allows EventLevel; older contracts run as CriticalOnly (reason TermsOutdated). Empty accepts any.")
 	fs.DurationVar(&c.IssuerExpiryWarning, "issuer-expiry-warning", 30*24*time.Hour, "Warn (Event and metric) when the fleet issuer expires within this long.")
+	fs.DurationVar(&c.IssuerMinRemaining, "issuer-min-remaining", controllers.DefaultIssuerMinRemaining, "Issue no certificate from an issuer with less life left than this: policies due a certificate stall (IssuerExpiring) until the issuer is rotated, instead of re-issuing short certificates in a loop.")
 	fs.StringVar(&c.ReceiverURL, "receiver-url", "", "Required. https:// base URL of the receiver whose consent ledger records each instance's consent; the receiver refuses data from instances it has no consent record of.")
 	fs.StringVar(&c.ReceiverCAFile, "receiver-ca-file", "", "PEM CA bundle that signs the receiver's server certificate (default: the fleet issuer's CA bundle).")
 	fs.StringVar(&c.ClusterName, "cluster-name", "", "Name of this cluster in the consent ledger's ownership records (a DNS label, unique per cluster). Default: the UID of the cluster's kube-system namespace, which is unique and stable.")
@@ -344,7 +347,8 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		Ledger:    consentLedger,
 		Options: controllers.Options{
 			CollectorImage: cfg.CollectorImage, Images: images, Endpoints: endpoints, MinCloudTermsVersion: cfg.MinCloudTermsVersion,
-			LedgerRetry: cfg.LedgerRetry, LedgerResync: cfg.LedgerResync, StartLease: startLease,
+			IssuerMinRemaining: cfg.IssuerMinRemaining,
+			LedgerRetry:        cfg.LedgerRetry, LedgerResync: cfg.LedgerResync, StartLease: startLease,
 		},
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
