@@ -480,7 +480,16 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 	if p.Spec.Source == nil {
 		return r.stopCollector(ctx, st)
 	}
-	desired := resources.Deployment(p, r.Options.CollectorImage, st.configHash, st.intent)
+	// Nor an image it does not allow: the running one is kept.
+	shape := p
+	if !r.imageAllowed(p) {
+		shape = p.DeepCopy()
+		shape.Spec.Collector.Image = "" // the default, unless the running one was allowed
+		if cs := dep.Spec.Template.Spec.Containers; len(cs) > 0 && (cs[0].Image == r.Options.CollectorImage || r.Options.Images.Allows(cs[0].Image)) {
+			shape.Spec.Collector.Image = cs[0].Image
+		}
+	}
+	desired := resources.Deployment(shape, r.Options.CollectorImage, st.configHash, st.intent)
 	out, err := ensureOwned(ctx, r, p, desired, deploymentKind)
 	if err != nil {
 		return err
@@ -507,12 +516,18 @@ func (r *TelemetryPolicyReconciler) configuredTier(ctx context.Context, p *v1.Te
 }
 
 // lowerConfig writes the collector configuration at tier (below what runs). It is rendered
-// from the policy; when the policy cannot be rendered (an invalid spec), the configuration the
-// collector runs is kept and only its tier and timeline are lowered. It reports false when
+// from the policy; when the policy cannot be rendered (an invalid spec) or names an endpoint the
+// manager does not allow, the configuration the collector runs is kept and only its tier and
+// timeline are lowered. It reports false when
 // neither works.
 func (r *TelemetryPolicyReconciler) lowerConfig(ctx context.Context, st *reconcileState, tier v1.ConsentTier) (bool, error) {
 	p := st.policy
 	rendered, err := collectorconfig.Render(resources.CollectorConfig(p, tier, st.configTimeline()))
+	if err == nil && !r.endpointAllowed(p) {
+		// A downgrade is enforced before the allow-lists are judged: it must never put a
+		// receiver the manager does not allow into the running configuration.
+		err = errors.New("the policy's export endpoint is not allowed")
+	}
 	if err != nil {
 		cm := &corev1.ConfigMap{}
 		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}, cm); err != nil {

@@ -338,6 +338,28 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		}).Should(Equal("registry.example.com/fleet/telemetry-collector:v2"))
 	})
 
+	It("never lets a downgrade carry in an image or a receiver the manager does not allow", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "sly")
+		By("lowering the tier and, in the same update, naming another image and receiver")
+		updatePolicy(ctx, ns, "sly", func(p *v1.TelemetryPolicy) {
+			p.Spec.Consent.Tier = v1.TierCriticalOnly
+			p.Spec.Collector.Image = "evil.example/telemetry-collector:latest"
+			p.Spec.Export.Endpoint = "https://evil.example"
+		})
+		Eventually(func() v1.ConsentTier { return configOf(ctx, ns, "sly").Tier }).Should(Equal(v1.TierCriticalOnly))
+		Expect(configOf(ctx, ns, "sly").Endpoint).To(Equal(testEndpoint), "the lowered configuration keeps the allowed receiver")
+		Consistently(func() string {
+			d, err := deployment(ctx, ns, "sly")
+			if err != nil {
+				return err.Error()
+			}
+			return d.Spec.Template.Spec.Containers[0].Image
+		}, "2s").Should(Equal("telemetry-collector:test"))
+		Expect(configOf(ctx, ns, "sly").Endpoint).To(Equal(testEndpoint))
+		Eventually(conditionStatus(ctx, ns, "sly", v1.ConditionStalled)).Should(Equal("Stalled=True/ImageNotAllowed"))
+	})
+
 	It("puts back owned objects that are edited or deleted by hand", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "drift")

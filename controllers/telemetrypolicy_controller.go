@@ -305,17 +305,28 @@ func (r *TelemetryPolicyReconciler) checkAllowed(_ context.Context, st *reconcil
 	if !st.mutate || st.intent == v1.TierOff {
 		return nil
 	}
-	if p.Spec.Collector.Image != "" && p.Spec.Collector.Image != r.Options.CollectorImage && !r.Options.Images.Allows(p.Spec.Collector.Image) {
+	if !r.imageAllowed(p) {
 		st.stall(ReasonImageNotAllowed, fmt.Sprintf("spec.collector.image %q is not an image this operator runs (its --allowed-collector-images); remove it to run the default collector", truncate(p.Spec.Collector.Image, 128)))
 		return nil
 	}
 	// A malformed endpoint is the configuration step's to report (InvalidSpec): it keeps the
 	// running configuration's delivery settings while it lowers the tier.
-	if p.Spec.Export != nil && allowed.WellFormedEndpoint(p.Spec.Export.Endpoint) && !r.Options.Endpoints.Allows(p.Spec.Export.Endpoint) {
+	if p.Spec.Export != nil && allowed.WellFormedEndpoint(p.Spec.Export.Endpoint) && !r.endpointAllowed(p) {
 		st.stall(ReasonEndpointNotAllowed, fmt.Sprintf("spec.export.endpoint is not a receiver this operator exports to (allowed: %s)", r.Options.Endpoints))
 		return nil
 	}
 	return nil
+}
+
+// imageAllowed reports whether the policy's collector image may run.
+func (r *TelemetryPolicyReconciler) imageAllowed(p *v1.TelemetryPolicy) bool {
+	img := p.Spec.Collector.Image
+	return img == "" || img == r.Options.CollectorImage || r.Options.Images.Allows(img)
+}
+
+// endpointAllowed reports whether the policy's export endpoint may be sent to.
+func (r *TelemetryPolicyReconciler) endpointAllowed(p *v1.TelemetryPolicy) bool {
+	return p.Spec.Export == nil || p.Spec.Export.Endpoint == "" || r.Options.Endpoints.Allows(p.Spec.Export.Endpoint)
 }
 
 // reconcileConfig renders the collector configuration for the tier the collector may run at.

@@ -20,8 +20,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -40,6 +38,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
+	"github.com/sourcegraph/telemetry-operator/internal/tlsreload"
 	"github.com/sourcegraph/telemetry-operator/receiver/report"
 	"github.com/sourcegraph/telemetry-operator/receiver/server"
 	"github.com/sourcegraph/telemetry-operator/receiver/store"
@@ -125,18 +124,14 @@ func serve(ctx context.Context, args []string) error {
 	_ = fs.Parse(args)
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 
-	pair, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+	// The server certificate and the client CA bundle are re-read for every handshake: a renewed
+	// certificate, or an issuer rotated into the bundle (old and new roots side by side while
+	// old client certificates live), takes effect without a restart.
+	serverTLS, err := tlsreload.NewServer(*certFile, *keyFile, *caFile)
 	if err != nil {
-		return fmt.Errorf("loading --tls-cert/--tls-key: %w", err)
+		return fmt.Errorf("loading --tls-cert, --tls-key and --client-ca: %w", err)
 	}
-	caPEM, err := os.ReadFile(*caFile) //nolint:gosec // operator-provided path
-	if err != nil {
-		return fmt.Errorf("reading --client-ca: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return errors.New("--client-ca holds no PEM certificate")
-	}
+	serverTLS.OnReload(func(serial string) { log.Info("loaded server certificate", "serial", serial) })
 	st, err := openStore(ctx, *dsnFile, store.WithStatementTimeout(*statementTimeout))
 	if err != nil {
 		return err
@@ -159,7 +154,7 @@ func serve(ctx context.Context, args []string) error {
 	limits.InstanceRate, limits.InstanceBurst = *instanceRate, *instanceBurst
 	srv := server.New(st, limits, log, reg)
 	// Slow clients are cut off: headers within 10 s, a whole body within 2 minutes.
-	api := &http.Server{Addr: *listen, Handler: srv.Handler(), TLSConfig: server.TLSConfig(pair, pool),
+	api := &http.Server{Addr: *listen, Handler: srv.Handler(), TLSConfig: serverTLS.TLSConfig(),
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 2 * time.Minute, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute,
 		MaxHeaderBytes: 64 << 10, HTTP2: &http.HTTP2Config{MaxConcurrentStreams: int(min(*maxStreams, 1000))}} //nolint:gosec // bounded
 	ops := &http.Server{Addr: *opsListen, Handler: srv.OpsHandler(reg), ReadHeaderTimeout: 5 * time.Second}

@@ -100,11 +100,11 @@ func (ep Endpoints) Allows(endpoint string) bool {
 	return err == nil && slices.Contains(ep.origins, o)
 }
 
-// WellFormedEndpoint reports whether endpoint is an https:// URL with a host and no credentials
-// (whether or not it is allowed).
+// WellFormedEndpoint reports whether endpoint parses as an https:// URL with a host (whether or
+// not it is allowed: one with credentials is well-formed and never allowed).
 func WellFormedEndpoint(endpoint string) bool {
-	_, err := origin(endpoint)
-	return err == nil
+	u, err := url.Parse(endpoint)
+	return err == nil && u.Scheme == "https" && u.Host != ""
 }
 
 // String lists the origins, for messages.

@@ -166,3 +166,56 @@ func readBounded(path string) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// Server reloads a server key pair and the client CA bundle from files: a server certificate
+// renewed into its Secret, or an issuer rotated into the bundle (old and new roots side by side
+// while old client certificates live), is used by the next handshake without a restart.
+type Server struct {
+	files *Client
+}
+
+// NewServer returns a reloader for the server's key pair and the bundle of CAs whose client
+// certificates it accepts. It loads them once to fail fast.
+func NewServer(certFile, keyFile, clientCAFile string) (*Server, error) {
+	c, err := NewClient(certFile, keyFile, clientCAFile)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{files: c}, nil
+}
+
+// OnReload, if set, is called with the server certificate's serial whenever a different one is
+// loaded.
+func (s *Server) OnReload(f func(serial string)) {
+	s.files.mu.Lock()
+	s.files.OnReload = f
+	s.files.mu.Unlock()
+}
+
+// TLSConfig returns a TLS 1.3 server configuration requiring a client certificate from the
+// current bundle, presenting the current key pair; both are read for each handshake (a file that
+// cannot be read or parsed keeps the last good one).
+func (s *Server) TLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		ClientAuth: tls.RequireAndVerifyClientCert,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			pair, err := s.files.keyPair()
+			if err != nil {
+				return nil, err
+			}
+			pool, err := s.files.pool()
+			if err != nil {
+				return nil, err
+			}
+			return &tls.Config{
+				MinVersion:   tls.VersionTLS13,
+				Certificates: []tls.Certificate{*pair},
+				ClientAuth:   tls.RequireAndVerifyClientCert,
+				ClientCAs:    pool,
+				// The configuration returned here replaces the server's own, ALPN included.
+				NextProtos: []string{"h2", "http/1.1"},
+			}, nil
+		},
+	}
+}

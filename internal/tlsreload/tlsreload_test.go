@@ -200,3 +200,103 @@ func TestNewClientFailsClearlyOnBadFiles(t *testing.T) {
 		})
 	}
 }
+
+// TestServerFollowsARotatedIssuerAndCertificateWithoutRestart: the receiver's side of an issuer
+// rotation. The client CA bundle gains the new issuer next to the old one (the overlap), so
+// certificates of both are accepted; once the old one is dropped from the bundle, its
+// certificates are refused. A renewed server certificate is presented by the next handshake.
+func TestServerFollowsARotatedIssuerAndCertificateWithoutRestart(t *testing.T) {
+	oldCA, err := pkitest.NewCA("fleet 2026", pkitest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newCA, err := pkitest.NewCA("fleet 2027", pkitest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldIssuer, _ := pki.LoadIssuer(oldCA.Secret(), time.Now())
+	newIssuer, _ := pki.LoadIssuer(newCA.Secret(), time.Now())
+	serverCert := func() *pkitest.CA {
+		c, err := oldCA.ServerCert("receiver", []string{"127.0.0.1", "localhost"}, time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	first := serverCert()
+	vol := newSecretVolume(t)
+	vol.write(map[string][]byte{"tls.crt": first.CertPEM, "tls.key": first.KeyPEM, "ca.crt": oldCA.CertPEM})
+	rs, err := NewServer(vol.path("tls.crt"), vol.path("tls.key"), vol.path("ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = fmt.Fprintf(w, "%s", r.Proto)
+	}))
+	srv.TLS = rs.TLSConfig()
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	url := strings.Replace(srv.URL, "127.0.0.1", "localhost", 1)
+
+	roots := x509.NewCertPool()
+	roots.AddCert(oldCA.Cert)
+	connect := func(issuer *pki.Issuer) (string, *x509.Certificate, error) {
+		t.Helper()
+		cc, err := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pair, _ := tls.X509KeyPair(cc.CertPEM, cc.KeyPEM)
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13}, ForceAttemptHTTP2: true}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(url)
+		if err != nil {
+			return "", nil, err
+		}
+		defer func() { _ = resp.Body.Close() }()
+		body, _ := io.ReadAll(resp.Body)
+		return string(body), resp.TLS.PeerCertificates[0], nil
+	}
+	proto, presented, err := connect(oldIssuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if proto != "HTTP/2.0" {
+		t.Errorf("served %s: the reloading configuration lost HTTP/2", proto)
+	}
+	if !presented.Equal(first.Cert) {
+		t.Fatal("the server did not present its certificate")
+	}
+	if _, _, err := connect(newIssuer); err == nil {
+		t.Fatal("a certificate of an issuer not yet in the bundle was accepted")
+	}
+
+	// The overlap: both issuers in the bundle, and a renewed server certificate.
+	second := serverCert()
+	vol.write(map[string][]byte{"tls.crt": second.CertPEM, "tls.key": second.KeyPEM, "ca.crt": append(append([]byte{}, oldCA.CertPEM...), newCA.CertPEM...)})
+	for _, iss := range []*pki.Issuer{oldIssuer, newIssuer} {
+		_, presented, err := connect(iss)
+		if err != nil {
+			t.Fatalf("during the overlap: %v", err)
+		}
+		if !presented.Equal(second.Cert) {
+			t.Fatal("the renewed server certificate was not presented by the next handshake")
+		}
+	}
+
+	// The old issuer retired from the bundle.
+	vol.write(map[string][]byte{"tls.crt": second.CertPEM, "tls.key": second.KeyPEM, "ca.crt": newCA.CertPEM})
+	if _, _, err := connect(oldIssuer); err == nil {
+		t.Fatal("a certificate of the retired issuer was still accepted")
+	}
+	if _, _, err := connect(newIssuer); err != nil {
+		t.Fatalf("the new issuer after the overlap: %v", err)
+	}
+
+	// A broken bundle on disk keeps the last good one.
+	vol.write(map[string][]byte{"tls.crt": second.CertPEM, "tls.key": second.KeyPEM, "ca.crt": []byte("not PEM")})
+	if _, _, err := connect(newIssuer); err != nil {
+		t.Fatalf("with a broken bundle on disk: %v", err)
+	}
+}

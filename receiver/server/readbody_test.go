@@ -89,8 +89,57 @@ func TestReadBodyHonoursContentLength(t *testing.T) {
 	if !full.take(context.Background(), 64<<10) || !full.small {
 		t.Fatal("could not fill the small lane")
 	}
+	// Slow clients holding the small lane do not shut small batches out: they wait in the
+	// large one.
+	fallback := &reservation{s: s}
+	if got, status, _, _ := s.readBody(request([]byte(body), int64(len(body)), ""), fallback); status != 0 || string(got) != body || fallback.small {
+		t.Fatalf("a small body with the small lane full: status %d, small lane %v", status, fallback.small)
+	}
+	fallback.release()
+	both := &reservation{s: s}
+	if !both.take(context.Background(), 8*smallRequest) {
+		t.Fatal("could not fill the large lane")
+	}
 	if _, status, reason, _ := s.readBody(request([]byte(body), int64(len(body)), ""), &reservation{s: s}); status != http.StatusServiceUnavailable || reason != batchv1.ReasonBusy {
 		t.Fatalf("with no room: status %d (%s), want 503 %s", status, reason, batchv1.ReasonBusy)
 	}
+	both.release()
 	full.release()
+
+	// Concatenated frames: the first declares its size (1 KiB), the next carries 2.5 KiB more
+	// (still within the decompressed limit). Decoding may not grow past what was reserved from
+	// the declaration.
+	small := enc.EncodeAll(bytes.Repeat([]byte("y"), 1<<10), nil)
+	var h zstd.Header
+	if err := h.Decode(small); err != nil || !h.HasFCS {
+		t.Fatalf("the first frame does not declare its size (%v): the case tests nothing", err)
+	}
+	big := enc.EncodeAll(bytes.Repeat([]byte(" "), 2560), nil)
+	frames := append(append([]byte{}, small...), big...)
+	held := &reservation{s: s}
+	if _, status, _, _ := s.readBody(request(frames, int64(len(frames)), "zstd"), held); status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("frames beyond the first one's declared size: status %d, want 413", status)
+	}
+	held.release()
+}
+
+// TestOneInstanceHoldsAtMostFourRequests: slow or stalled bodies from one certificate cannot
+// occupy the receiver; a fifth open request of the instance is refused, another instance's is not.
+func TestOneInstanceHoldsAtMostFourRequests(t *testing.T) {
+	s := New(nil, DefaultLimits(), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	for i := range maxInstanceRequests {
+		if !s.enter("slowpoke") {
+			t.Fatalf("request %d refused", i+1)
+		}
+	}
+	if s.enter("slowpoke") {
+		t.Fatal("a fifth open request was admitted")
+	}
+	if !s.enter("bystander") {
+		t.Fatal("another instance was refused")
+	}
+	s.leave("slowpoke")
+	if !s.enter("slowpoke") {
+		t.Fatal("a request after one finished was refused")
+	}
 }
