@@ -102,6 +102,15 @@ func TestTheReceiverUnderAbuse(t *testing.T) {
 		if status, _, _ := sendTo(t, r, calm, bigBatch("calm", 1, 10)); status != http.StatusOK {
 			t.Fatalf("another instance was not served: %d", status)
 		}
+		// Listing what it exported counts against the same rate.
+		resp, err := flood.Get(r.URL + batchv1.PathExported)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("a listing from the flooding instance: %d", resp.StatusCode)
+		}
 		if n, _ := r.Count(ctx, "events", "flood"); n != accepted {
 			t.Fatalf("%d events stored, %d acknowledged as accepted", n, accepted)
 		}

@@ -276,6 +276,19 @@ func (s *Server) handleExported(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	// A listing costs the database more than a batch: it counts against the same rate and the
+	// same open requests as the instance's batches.
+	if wait, ok := s.admit(instance); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, wait.Round(time.Second)/time.Second))))
+		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many requests from this instance; retry later", -1)
+		return
+	}
+	if !s.enter(instance) {
+		w.Header().Set("Retry-After", "1")
+		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many requests from this instance at once; retry later", -1)
+		return
+	}
+	defer s.leave(instance)
 	limit := batchv1.DefaultExportedDeliveries
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err == nil && len(q) == 1 && len(q["limit"]) == 1 {
