@@ -278,14 +278,7 @@ func (s *Server) handleExported(w http.ResponseWriter, r *http.Request) {
 	}
 	// A listing costs the database more than a batch: it counts against the same rate and the
 	// same open requests as the instance's batches.
-	if wait, ok := s.admit(instance); !ok {
-		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, wait.Round(time.Second)/time.Second))))
-		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many requests from this instance; retry later", -1)
-		return
-	}
-	if !s.enter(instance) {
-		w.Header().Set("Retry-After", "1")
-		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many requests from this instance at once; retry later", -1)
+	if !s.hold(w, instance) {
 		return
 	}
 	defer s.leave(instance)
@@ -321,19 +314,12 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if wait, ok := s.admit(instance); !ok {
-		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, wait.Round(time.Second)/time.Second))))
-		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many batches from this instance; retry later", -1)
-		return
-	}
 	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || (mediaType != batchv1.ContentType && mediaType != "application/json") {
 		s.reject(w, http.StatusUnsupportedMediaType, batchv1.ReasonUnsupported, "Content-Type must be "+batchv1.ContentType, -1)
 		return
 	}
-	if !s.enter(instance) {
-		w.Header().Set("Retry-After", "1")
-		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many batches from this instance at once; retry later", -1)
+	if !s.hold(w, instance) {
 		return
 	}
 	defer s.leave(instance)
@@ -533,6 +519,22 @@ const workingSet = 8
 // has at most two in flight, and slow or stalled bodies from one certificate cannot hold the
 // receiver's in-flight budget.
 const maxInstanceRequests = 4
+
+// hold admits a request of instance under its rate and its open-request bound, or answers 429
+// with Retry-After. The caller leaves when it has answered.
+func (s *Server) hold(w http.ResponseWriter, instance string) bool {
+	if wait, ok := s.admit(instance); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, wait.Round(time.Second)/time.Second))))
+		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many requests from this instance; retry later", -1)
+		return false
+	}
+	if !s.enter(instance) {
+		w.Header().Set("Retry-After", "1")
+		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many requests from this instance at once; retry later", -1)
+		return false
+	}
+	return true
+}
 
 // enter counts an open batch request of instance, refusing one beyond maxInstanceRequests.
 func (s *Server) enter(instance string) bool {
