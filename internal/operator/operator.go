@@ -110,7 +110,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	})
 	fs.StringVar(&c.MinCloudTermsVersion, "min-cloud-terms-version", "", "Oldest Cloud Terms of Service version (YYYY-MM-DD) that allows EventLevel; older contracts run as CriticalOnly (reason TermsOutdated). Empty accepts any.")
 	fs.DurationVar(&c.IssuerExpiryWarning, "issuer-expiry-warning", 30*24*time.Hour, "Warn (Event and metric) when the fleet issuer expires within this long.")
-	fs.DurationVar(&c.IssuerMinRemaining, "issuer-min-remaining", controllers.DefaultIssuerMinRemaining, "Issue no certificate from an issuer with less life left than this: policies due a certificate stall (IssuerExpiring) until the issuer is rotated, instead of re-issuing short certificates in a loop.")
+	fs.DurationVar(&c.IssuerMinRemaining, "issuer-min-remaining", controllers.DefaultIssuerMinRemaining, "Issue no certificate from an issuer with less life left than this: policies due a certificate stall (IssuerExpiring) until the issuer is rotated, instead of re-issuing short certificates in a loop. 0 or less means the default, 24h.")
 	fs.StringVar(&c.ReceiverURL, "receiver-url", "", "Required. https:// base URL of the receiver whose consent ledger records each instance's consent; the receiver refuses data from instances it has no consent record of.")
 	fs.StringVar(&c.ReceiverCAFile, "receiver-ca-file", "", "PEM CA bundle that signs the receiver's server certificate (default: the fleet issuer's CA bundle).")
 	fs.StringVar(&c.ClusterName, "cluster-name", "", "Name of this cluster in the consent ledger's ownership records (a DNS label, unique per cluster). Default: the UID of the cluster's kube-system namespace, which is unique and stable.")

@@ -143,3 +143,26 @@ func TestOneInstanceHoldsAtMostFourRequests(t *testing.T) {
 		t.Fatal("a request after one finished was refused")
 	}
 }
+
+// TestARequestRefusedForOpenRequestsSpendsNoRate: a request turned away because the instance
+// has four open ones does not use up its rate, so its retry is not refused twice.
+func TestARequestRefusedForOpenRequestsSpendsNoRate(t *testing.T) {
+	limits := DefaultLimits()
+	limits.InstanceRate, limits.InstanceBurst = 0.001, 2
+	s := New(nil, limits, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if !s.hold(httptest.NewRecorder(), "acme") { // token 1
+		t.Fatal("the first request was refused")
+	}
+	for range maxInstanceRequests - 1 {
+		s.enter("acme")
+	}
+	if w := httptest.NewRecorder(); s.hold(w, "acme") || w.Code != http.StatusTooManyRequests {
+		t.Fatalf("a fifth open request: %d", w.Code)
+	}
+	for range maxInstanceRequests {
+		s.leave("acme")
+	}
+	if !s.hold(httptest.NewRecorder(), "acme") { // token 2, still there
+		t.Fatal("the retry was refused: the refused request had spent the rate")
+	}
+}

@@ -255,6 +255,10 @@ func (s *Server) handleCursor(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if !s.hold(w, instance) {
+		return
+	}
+	defer s.leave(instance)
 	c, known, err := s.store.Cursor(r.Context(), instance)
 	if err != nil {
 		s.storageError(w, err, "cursor")
@@ -489,7 +493,7 @@ func (s *Server) readBody(r *http.Request, held *reservation) ([]byte, int, stri
 		if h.Decode(raw) == nil && h.HasFCS && int64(h.FrameContentSize) < size { //nolint:gosec // compared, never converted back
 			size = int64(h.FrameContentSize) + 1 // a frame that lies about its size fails the bound below
 		}
-		if !held.take(r.Context(), (1+workingSet)*size) {
+		if !held.take(r.Context(), size) {
 			return nil, http.StatusServiceUnavailable, batchv1.ReasonBusy, "the receiver is busy; retry later"
 		}
 		out, err := s.zstd().DecodeAll(raw, make([]byte, 0, size))
@@ -501,6 +505,11 @@ func (s *Server) readBody(r *http.Request, held *reservation) ([]byte, int, stri
 		}
 		if int64(len(out)) > s.limits.MaxDecompressedBytes {
 			return nil, http.StatusRequestEntityTooLarge, batchv1.ReasonTooLarge, fmt.Sprintf("decompressed body exceeds %d bytes", s.limits.MaxDecompressedBytes)
+		}
+		// The working set follows what was decoded, not what was feared: a frame that does not
+		// declare its size held the whole limit only while it was decoded.
+		if !held.take(r.Context(), workingSet*int64(len(out))) {
+			return nil, http.StatusServiceUnavailable, batchv1.ReasonBusy, "the receiver is busy; retry later"
 		}
 		return out, 0, "", ""
 	default:
@@ -523,14 +532,16 @@ const maxInstanceRequests = 4
 // hold admits a request of instance under its rate and its open-request bound, or answers 429
 // with Retry-After. The caller leaves when it has answered.
 func (s *Server) hold(w http.ResponseWriter, instance string) bool {
-	if wait, ok := s.admit(instance); !ok {
-		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, wait.Round(time.Second)/time.Second))))
-		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many requests from this instance; retry later", -1)
-		return false
-	}
+	// Open requests first: a request refused for those does not spend a token of the rate.
 	if !s.enter(instance) {
 		w.Header().Set("Retry-After", "1")
 		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many requests from this instance at once; retry later", -1)
+		return false
+	}
+	if wait, ok := s.admit(instance); !ok {
+		s.leave(instance)
+		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, wait.Round(time.Second)/time.Second))))
+		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many requests from this instance; retry later", -1)
 		return false
 	}
 	return true
