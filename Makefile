@@ -47,6 +47,7 @@ generate: controller-gen ## Generate deepcopy code from the API markers.
 .PHONY: manifests
 manifests: controller-gen ## Generate the CRD and RBAC manifests from markers.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./controllers/..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=tenant-role paths="./internal/tenants/..." output:rbac:artifacts:config=config/rbac/tenant
 
 .PHONY: fmt
 fmt: ## Run gofmt over the tree.
@@ -65,7 +66,7 @@ check-generated: generate manifests ## Fail if generated files are not current.
 	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
 
 .PHONY: test
-test: envtest test-deps check-generated lint ## Build what the tests need, fail on stale generated files or lint errors, run every test.
+test: envtest test-deps check-generated lint build-installer ## Build what the tests need, fail on stale generated files or lint errors, run every test.
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$gofmt_out" ]; then echo "gofmt needed on:"; echo "$$gofmt_out"; exit 1; fi
 	go vet ./...
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
@@ -78,12 +79,12 @@ FUZZTIME ?= 60s
 FUZZ_TARGETS := ./collector/scrub:FuzzScrub ./collector/scrub:FuzzProperties ./api/batch/v1:FuzzDecode ./internal/collectorconfig:FuzzParse
 
 .PHONY: bench
-bench: envtest test-deps build ## Measure throughput, memory and operator scale against the targets (BENCH_FULL=1 for full sizes).
+bench: envtest test-deps build build-installer ## Measure throughput, memory and operator scale against the targets (BENCH_FULL=1 for full sizes).
 	@go build -o $(LOCALBIN)/bench ./hack/bench
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" $(LOCALBIN)/bench --bin $(LOCALBIN) --kubectl $(TEST_KUBECTL) $(BENCH_ARGS)
 
 .PHONY: faults
-faults: envtest test-deps ## Run the fault suite in its full form (50 collector kills, receiver, PostgreSQL and API server restarts, a faulty network).
+faults: envtest test-deps build-installer ## Run the fault suite in its full form (50 collector kills, receiver, PostgreSQL and API server restarts, a faulty network).
 	FAULTS_FULL=1 go test -count=1 -timeout 30m -v -run 'Faulty|RestartedMid|KilledAtRandom|CrashMidBatch|Outage' ./collector/
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" go test -count=1 -timeout 10m -v -run 'APIServerRestart|OperatorRestart' ./test/e2e/
 
@@ -102,7 +103,7 @@ build: ## Build the manager, collector and receiver binaries into bin/.
 	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/receiver ./cmd/receiver
 
 .PHONY: demo
-demo: envtest test-deps build ## Run the whole system locally (no cluster needed); DEMO_ONCE=1 to run the walkthrough and exit.
+demo: envtest test-deps build build-installer ## Run the whole system locally (no cluster needed); DEMO_ONCE=1 to run the walkthrough and exit.
 	@echo "==> building the demo"
 	@go build -o $(LOCALBIN)/demo ./cmd/demo
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" $(LOCALBIN)/demo --bin $(LOCALBIN) --kubectl $(TEST_KUBECTL)

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
@@ -32,6 +33,7 @@ import (
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
+	"github.com/sourcegraph/telemetry-operator/internal/tenants"
 )
 
 func metricValue(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
@@ -331,9 +333,11 @@ var _ = Describe("Operational guarantees", func() {
 	It("never caches or reads Secrets and ConfigMaps it does not manage", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "private")
-		err := mgr.GetCache().Get(ctx, client.ObjectKey{Namespace: ns, Name: "frontend-db"}, &corev1.Secret{})
-		Expect(err).To(HaveOccurred(), "the customer's database Secret is not in the manager's cache")
-		Expect(mgr.GetCache().Get(ctx, client.ObjectKey{Namespace: ns, Name: resources.NamesFor("private").Credentials}, &corev1.Secret{})).To(Succeed())
+		err := tenantSet.Get(ctx, client.ObjectKey{Namespace: ns, Name: "frontend-db"}, &corev1.Secret{})
+		Expect(apierrors.IsNotFound(err)).To(BeTrue(), "the customer's database Secret is not in the manager's cache: %v", err)
+		Expect(tenantSet.Get(ctx, client.ObjectKey{Namespace: ns, Name: resources.NamesFor("private").Credentials}, &corev1.Secret{})).To(Succeed())
+		By("and its cluster-wide cache holds no Secrets at all: reads of them are routed to the namespace caches")
+		Expect(tenantSet.Get(ctx, client.ObjectKey{Namespace: "default", Name: "x"}, &corev1.Secret{})).To(MatchError(tenants.ErrNotOnboarded))
 	})
 
 	It("gives the collector's ServiceAccount access to its own state object only", func() {

@@ -32,11 +32,16 @@ import (
 
 var nsCounter atomic.Int64
 
-// newNamespace creates a fresh namespace holding the instance's database Secret, which the
-// operator must mount but never read.
+// newNamespace creates a fresh onboarded namespace holding the instance's database Secret,
+// which the operator must mount but never read.
 func newNamespace(ctx context.Context) string {
+	return newNamespaceLabelled(ctx, map[string]string{v1.LabelOnboarded: "true"})
+}
+
+// newNamespaceLabelled creates a fresh namespace with the given labels (none: not onboarded).
+func newNamespaceLabelled(ctx context.Context, labels map[string]string) string {
 	ns := fmt.Sprintf("instance-%d", nsCounter.Add(1))
-	Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
+	Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: labels}})).To(Succeed())
 	Expect(k8s.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "frontend-db", Namespace: ns},
 		StringData: map[string]string{"dsn": "postgres://sg:secret-password@pgsql:5432/sg"},

@@ -30,6 +30,7 @@ import (
 	"github.com/sourcegraph/telemetry-operator/controllers"
 	"github.com/sourcegraph/telemetry-operator/internal/operator"
 	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
+	"github.com/sourcegraph/telemetry-operator/internal/tenants"
 	"github.com/sourcegraph/telemetry-operator/internal/testenv"
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
 )
@@ -54,6 +55,7 @@ var (
 	mgrCancel context.CancelFunc
 	mgrDone   chan struct{}
 	mgr       ctrl.Manager
+	tenantSet *tenants.Set
 	// rcv is a real receiver (PostgreSQL, mutual TLS) sharing the fleet issuer and the fake
 	// clock: the operator records consent in its ledger.
 	rcv *receivertest.Receiver
@@ -138,7 +140,7 @@ func startManager() {
 		AllowedImages:        []string{"telemetry-collector", "registry.example.com/fleet/"},
 		ClusterName:          testCluster,
 		LedgerRetry:          200 * time.Millisecond,
-	}, operator.Deps{Clock: fakeClock, Metrics: metrics, Restartable: true})
+	}, operator.Deps{Clock: fakeClock, Metrics: metrics, Restartable: true, Tenants: func(s *tenants.Set) { tenantSet = s }})
 	Expect(err).NotTo(HaveOccurred())
 	mgrCancel = cancel
 	mgrDone = make(chan struct{})

@@ -9,6 +9,7 @@ package controllers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -26,11 +27,15 @@ import (
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
@@ -39,6 +44,7 @@ import (
 	"github.com/sourcegraph/telemetry-operator/internal/consent"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
+	"github.com/sourcegraph/telemetry-operator/internal/tenants"
 )
 
 // MaxConsentHistory bounds status.consentHistory; the oldest entries are dropped first.
@@ -92,7 +98,9 @@ type TelemetryPolicyReconciler struct {
 	Random io.Reader
 	// Ledger is the receiver's consent ledger, where consent is recorded before it takes effect
 	// and whose record outlives the policy.
-	Ledger  ConsentLedger
+	Ledger ConsentLedger
+	// Tenants decides which namespaces the manager may work in; nil allows every namespace.
+	Tenants Tenancy
 	Options Options
 
 	verifiedMu sync.Mutex
@@ -128,6 +136,8 @@ type reconcileState struct {
 	recordLost bool
 	// ownedElsewhere: another policy owns the instance's record; nothing may run.
 	ownedElsewhere bool
+	// outside: the policy's namespace is not onboarded (why, for its status).
+	outside *tenants.Status
 	// recorded is the tier the ledger records in force ("" unknown).
 	recorded v1.ConsentTier
 	// tier is what the collector is configured for: no more than intent and recorded.
@@ -221,7 +231,9 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	// is lowered even if the receiver is unreachable.
 	steps := []step{
 		{"consent", r.reconcileConsent},
+		{"namespace", r.checkNamespace},
 		{"consent-ledger", r.syncLedger},
+		{"namespace-hold", r.holdOutside},
 		{"enforce-downgrade", r.enforceDowngrade},
 		{"allowed", r.checkAllowed},
 		{"pseudonym-key", r.reconcilePseudonymKey},
@@ -243,7 +255,7 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	// An erasure does not depend on the collector: a stalled or failed collector step, or
 	// suspend, never holds it up. It needs the instance's record to be this policy's.
-	if !st.ownedElsewhere {
+	if !st.ownedElsewhere && (st.outside == nil || everRecorded(p)) {
 		if err := r.reconcileErasure(ctx, st); err != nil && stepErr == nil {
 			r.Metrics.ReconcileErrors.WithLabelValues("erasure").Inc()
 			stepErr = fmt.Errorf("step erasure: %w", err)
@@ -549,22 +561,56 @@ func (r *TelemetryPolicyReconciler) result(st *reconcileState) ctrl.Result {
 }
 
 func (r *TelemetryPolicyReconciler) event(p *v1.TelemetryPolicy, eventType, reason, action, format string, args ...any) {
-	if r.Recorder != nil {
+	// The manager may not write Events where it was not let in.
+	if r.Recorder != nil && (r.Tenants == nil || r.Tenants.Onboarded(p.Namespace)) {
 		r.Recorder.Eventf(p, nil, eventType, reason, action, format, args...)
 	}
 }
 
-// SetupWithManager watches policies and every object they own. Deployment status changes are
-// not filtered out: they are how the operator learns that a new configuration is running.
-func (r *TelemetryPolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
+// SetupWithManager watches policies, and the namespaces they may be onboarded to. The objects
+// policies own are watched namespace by namespace as namespaces are onboarded (WatchOwned).
+func (r *TelemetryPolicyReconciler) SetupWithManager(mgr ctrl.Manager) (controller.Controller, error) {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1.TelemetryPolicy{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
-		Owns(&appsv1.Deployment{}).
-		Owns(&corev1.ConfigMap{}).
-		Owns(&corev1.Secret{}).
-		Owns(&corev1.ServiceAccount{}).
-		Owns(&rbacv1.Role{}).
-		Owns(&rbacv1.RoleBinding{}).
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.policiesIn), builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		Named("telemetrypolicy").
-		Complete(r)
+		Build(r)
+}
+
+// OwnedKinds are the kinds of object a policy owns, read and watched through each onboarded
+// namespace's cache.
+func OwnedKinds() []client.Object {
+	return []client.Object{&appsv1.Deployment{}, &corev1.ConfigMap{}, &corev1.Secret{}, &corev1.ServiceAccount{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}}
+}
+
+// WatchOwned has ctl reconcile a policy when an object it controls changes in cache c. Deployment
+// status changes are not filtered out: they are how the operator learns that a new
+// configuration is running.
+func WatchOwned(ctl controller.Controller, c cache.Cache, scheme *runtime.Scheme, mapper meta.RESTMapper) error {
+	return errors.Join(
+		watchOwned(ctl, c, scheme, mapper, &appsv1.Deployment{}),
+		watchOwned(ctl, c, scheme, mapper, &corev1.ConfigMap{}),
+		watchOwned(ctl, c, scheme, mapper, &corev1.Secret{}),
+		watchOwned(ctl, c, scheme, mapper, &corev1.ServiceAccount{}),
+		watchOwned(ctl, c, scheme, mapper, &rbacv1.Role{}),
+		watchOwned(ctl, c, scheme, mapper, &rbacv1.RoleBinding{}),
+	)
+}
+
+func watchOwned[T client.Object](ctl controller.Controller, c cache.Cache, scheme *runtime.Scheme, mapper meta.RESTMapper, obj T) error {
+	return ctl.Watch(source.Kind(c, obj, handler.TypedEnqueueRequestForOwner[T](scheme, mapper, &v1.TelemetryPolicy{}, handler.OnlyControllerOwner())))
+}
+
+// policiesIn maps a namespace whose onboarding label changed to the policies in it.
+func (r *TelemetryPolicyReconciler) policiesIn(ctx context.Context, ns client.Object) []ctrl.Request {
+	list := &v1.TelemetryPolicyList{}
+	if err := r.List(ctx, list, client.InNamespace(ns.GetName())); err != nil {
+		log.FromContext(ctx).Error(err, "listing the policies of a namespace whose onboarding changed", "namespace", ns.GetName())
+		return nil
+	}
+	reqs := make([]ctrl.Request, 0, len(list.Items))
+	for _, p := range list.Items {
+		reqs = append(reqs, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(&p)})
+	}
+	return reqs
 }

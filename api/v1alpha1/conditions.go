@@ -54,6 +54,11 @@ const (
 // receiver (recorded as Off from the deletion time) and its ownership released.
 const FinalizerConsentLedger = "telemetry.sourcegraph.com/consent-ledger"
 
+// LabelOnboarded marks a namespace the operator may work in (value "true"), once a cluster admin
+// has also bound the operator's tenant ClusterRole there. Policies in other namespaces stall with
+// reason NamespaceNotOnboarded and nothing is created for them.
+const LabelOnboarded = "telemetry.sourcegraph.com/onboarded"
+
 // Annotations the operator reads on a TelemetryPolicy.
 const (
 	// AnnotationRotateRequestedAt: a new value requests exactly one credential rotation.

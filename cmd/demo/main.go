@@ -35,6 +35,7 @@ import (
 func main() {
 	bin := flag.String("bin", "bin", "Directory with manager, collector and receiver binaries.")
 	kubectl := flag.String("kubectl", "", "kubectl binary (default: the one next to the control plane).")
+	installer := flag.String("installer", "dist/install.yaml", "The rendered installer (make build-installer): the operator runs with its RBAC.")
 	flag.Parse()
 	// The runner prints its own lines; controller-runtime's internal logging is not wanted here.
 	logf.SetLogger(logr.Discard())
@@ -47,7 +48,7 @@ func main() {
 	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
 	stack, err := localstack.Start(ctx, localstack.Options{
 		Bins: localstack.Binaries{Manager: abs(filepath.Join(*bin, "manager")), Collector: abs(filepath.Join(*bin, "collector")),
-			Receiver: abs(filepath.Join(*bin, "receiver")), Kubectl: abs(*kubectl)},
+			Receiver: abs(filepath.Join(*bin, "receiver")), Kubectl: abs(*kubectl), Installer: abs(*installer)},
 		Log: os.Stdout,
 	})
 	if err != nil {

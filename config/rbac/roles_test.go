@@ -10,18 +10,24 @@ package rbac
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/component-helpers/auth/rbac/validation"
 	"sigs.k8s.io/yaml"
+
+	"github.com/sourcegraph/telemetry-operator/internal/tenants"
 )
 
 // clusterRoles returns every ClusterRole in this directory's manifests, by name.
 func clusterRoles(t *testing.T) map[string]rbacv1.ClusterRole {
 	t.Helper()
 	files, err := filepath.Glob("*.yaml")
+	tenant, _ := filepath.Glob("tenant/*.yaml")
+	files = append(files, tenant...)
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no manifests: %v", err)
 	}
@@ -78,5 +84,46 @@ func TestConsentIsNotGrantedToNamespaceEditors(t *testing.T) {
 				t.Errorf("the viewer role grants %q", v)
 			}
 		}
+	}
+}
+
+// TestManagerHoldsNothingClusterWideOnCustomerObjects: the manager's ClusterRole (bound
+// cluster-wide) grants nothing on Secrets, ConfigMaps, workloads, RBAC or Leases; those come
+// from the tenant role, bound namespace by namespace at onboarding.
+func TestManagerHoldsNothingClusterWideOnCustomerObjects(t *testing.T) {
+	manager, ok := clusterRoles(t)["manager-role"]
+	if !ok {
+		t.Fatal("no manager-role ClusterRole")
+	}
+	forbidden := []string{"secrets", "configmaps", "serviceaccounts", "deployments", "pods", "roles", "rolebindings", "clusterroles", "clusterrolebindings", "leases", "events", "*"}
+	for _, r := range manager.Rules {
+		for _, res := range r.Resources {
+			if slices.Contains(forbidden, res) {
+				t.Errorf("the manager's ClusterRole grants %v on %s", r.Verbs, res)
+			}
+		}
+		for _, v := range r.Verbs {
+			if v == "*" || v == "bind" || v == "escalate" || v == "impersonate" || (v == "create" || v == "delete") && slices.Contains(r.Resources, "telemetrypolicies") {
+				t.Errorf("the manager's ClusterRole grants %s on %v", v, r.Resources)
+			}
+		}
+	}
+}
+
+// TestTenantRoleIsWhatTheManagerChecks: the manager reviews its permissions in a namespace
+// against tenants.Rules before working there; the shipped tenant role must grant exactly that.
+func TestTenantRoleIsWhatTheManagerChecks(t *testing.T) {
+	tenant, ok := clusterRoles(t)["tenant-role"]
+	if !ok {
+		t.Fatal("no tenant-role ClusterRole")
+	}
+	if covers, missing := validation.Covers(tenant.Rules, tenants.Rules); !covers {
+		t.Errorf("the tenant role lacks what the manager checks for: %v", missing)
+	}
+	if covers, extra := validation.Covers(tenants.Rules, tenant.Rules); !covers {
+		t.Errorf("the tenant role grants more than the manager needs: %v", extra)
+	}
+	if !reflect.DeepEqual(tenant.AggregationRule, (*rbacv1.AggregationRule)(nil)) || len(tenant.Labels) > 0 {
+		t.Error("the tenant role must not be aggregated anywhere: it is bound only at onboarding")
 	}
 }

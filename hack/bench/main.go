@@ -97,6 +97,7 @@ func main() {
 	idle := flag.Duration("idle", 20*time.Second, "Idle window for counting API writes.")
 	bin := flag.String("bin", "bin", "Directory with the manager, collector and receiver binaries.")
 	kubectl := flag.String("kubectl", "", "kubectl binary.")
+	installer := flag.String("installer", "dist/install.yaml", "The rendered installer (make build-installer): the operator runs with its RBAC.")
 	only := flag.String("only", "", "Run only: collector, receiver, memory, abuse or operator.")
 	abuseClients := flag.Int("abuse-clients", 16, "Flooding clients in the abuse run.")
 	abuseFor := flag.Duration("abuse-for", 15*time.Second, "Length of the abuse run.")
@@ -126,7 +127,7 @@ func main() {
 		}
 	}
 	if run("operator") {
-		operatorScale(ctx, *bin, *kubectl, *policies, *namespaces, *idle)
+		operatorScale(ctx, *bin, *kubectl, *installer, *policies, *namespaces, *idle)
 	}
 	fmt.Println()
 	misses := 0
@@ -362,7 +363,7 @@ func collectorMemory(ctx context.Context, r *receivertest.Receiver, bin string, 
 	record("growth with a larger backlog", fmt.Sprintf("%.2fx", float64(l)/float64(s)), "does not grow (<= 1.25x)", b(float64(l) <= 1.25*float64(s)))
 }
 
-func operatorScale(ctx context.Context, bin, kubectl string, n, nss int, idle time.Duration) {
+func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss int, idle time.Duration) {
 	fmt.Printf("\n== operator scale (%d policies in %d namespaces) ==\n", n, nss)
 	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
 	if kubectl == "" {
@@ -370,7 +371,7 @@ func operatorScale(ctx context.Context, bin, kubectl string, n, nss int, idle ti
 	}
 	st, err := localstack.Start(ctx, localstack.Options{NoRunner: true, NoLeaderElection: true,
 		Bins: localstack.Binaries{Manager: abs(filepath.Join(bin, "manager")), Collector: abs(filepath.Join(bin, "collector")),
-			Receiver: abs(filepath.Join(bin, "receiver")), Kubectl: abs(kubectl)}})
+			Receiver: abs(filepath.Join(bin, "receiver")), Kubectl: abs(kubectl), Installer: abs(installer)}})
 	must(err)
 	defer st.Close()
 	c := st.Client
@@ -398,7 +399,7 @@ func operatorScale(ctx context.Context, bin, kubectl string, n, nss int, idle ti
 	// The operator: create the policies, play the Deployment controller, wait until all are Synced.
 	for i := range nss {
 		ns := fmt.Sprintf("scale-%d", i)
-		must(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
+		must(st.Onboard(ctx, ns))
 		must(c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: ns}, StringData: map[string]string{"dsn": "postgres://x"}}))
 	}
 	stop := make(chan struct{})

@@ -25,6 +25,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -41,9 +42,12 @@ import (
 	"github.com/sourcegraph/telemetry-operator/internal/testenv"
 )
 
-// Binaries are the programs the stack runs.
+// Binaries are the programs the stack runs, and the installer whose RBAC it applies.
 type Binaries struct {
 	Manager, Collector, Receiver, Kubectl string
+	// Installer is the rendered dist/install.yaml: the manager runs as its ServiceAccount, with
+	// exactly the RBAC it ships.
+	Installer string
 }
 
 // Options configure the stack.
@@ -79,6 +83,10 @@ type Stack struct {
 	CA          *pkitest.CA
 	// ManagerMetrics is the operator's Prometheus endpoint.
 	ManagerMetrics string
+
+	// managerKubeconfig authenticates as the manager's ServiceAccount; tenantRole is the
+	// ClusterRole bound in each onboarded namespace.
+	managerKubeconfig, managerSA, tenantRole string
 
 	receiver *exec.Cmd
 	// receiverAPI and receiverOpsAddr are kept so a restarted receiver listens where it did.
@@ -141,6 +149,11 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		return nil, err
 	}
 
+	s.logf("==> applying the installer's RBAC; the operator will run as its ServiceAccount")
+	if err := s.applyRBAC(ctx); err != nil {
+		return nil, err
+	}
+
 	s.logf("==> starting PostgreSQL for the instance databases and for the receiver")
 	if s.InstancePG, err = pgtest.Start(ctx); err != nil {
 		return nil, err
@@ -189,7 +202,7 @@ func (s *Stack) pki(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := s.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: IssuerNamespace}}); err != nil {
+	if err := s.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: IssuerNamespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
 	return s.Client.Create(ctx, &corev1.Secret{
@@ -259,7 +272,7 @@ func (s *Stack) StartManager(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	args := []string{"--kubeconfig", s.Kubeconfig, "--issuer-secret", IssuerNamespace + "/" + IssuerName,
+	args := []string{"--kubeconfig", s.managerKubeconfig, "--issuer-secret", IssuerNamespace + "/" + IssuerName,
 		// Plain-HTTP metrics on loopback: the benchmark counts the manager's API writes from them.
 		// A real deployment keeps the default (TLS, authenticated and authorized scrapes).
 		"--collector-image", "telemetry-collector:local", "--health-probe-bind-address", probe, "--metrics-bind-address", metrics, "--metrics-insecure",
@@ -349,6 +362,12 @@ type Instance struct {
 // AddInstance creates a namespace and an instance database seeded with o, and the Secret that
 // holds the collector's (read-only) DSN.
 func (s *Stack) AddInstance(ctx context.Context, name string, o seed.Options) (*Instance, error) {
+	return s.AddInstanceOnboardedBy(ctx, name, o, s.Onboard)
+}
+
+// AddInstanceOnboardedBy is AddInstance with the namespace made (and onboarded, or not) by
+// onboard, which must create it.
+func (s *Stack) AddInstanceOnboardedBy(ctx context.Context, name string, o seed.Options, onboard func(context.Context, string) error) (*Instance, error) {
 	db := strings.ReplaceAll(name, "-", "_")
 	if err := s.InstancePG.CreateDatabase(ctx, db); err != nil {
 		return nil, err
@@ -367,7 +386,7 @@ func (s *Stack) AddInstance(ctx context.Context, name string, o seed.Options) (*
 		}
 	}
 	readOnly := strings.Replace(s.InstancePG.DSN(db), "postgres@", "telemetry_reader@", 1)
-	if err := s.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
+	if err := onboard(ctx, name); err != nil {
 		return nil, err
 	}
 	if err := s.Client.Create(ctx, &corev1.Secret{

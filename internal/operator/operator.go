@@ -4,7 +4,8 @@ Copyright 2026 The telemetry-operator Authors.
 Licensed under the Apache License, Version 2.0.
 */
 
-// Package operator wires the manager: flags, the label-filtered cache, the fleet issuer, the
+// Package operator wires the manager: flags, its caches (cluster-wide for policies and namespace
+// labels, one per onboarded namespace for what it owns), the fleet issuer, the
 // TelemetryPolicy controller, health probes and metrics. main.go and the tests both use it, so
 // tests exercise the same wiring that runs in a cluster.
 package operator
@@ -22,10 +23,9 @@ import (
 	"strings"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -39,17 +39,19 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	telemetryv1alpha1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/controllers"
 	"github.com/sourcegraph/telemetry-operator/internal/allowed"
 	"github.com/sourcegraph/telemetry-operator/internal/ledger"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
+	"github.com/sourcegraph/telemetry-operator/internal/tenants"
 )
 
 // Config holds the manager's settings, set from flags.
@@ -88,6 +90,8 @@ type Config struct {
 	LedgerRetry time.Duration
 	// LedgerResync is how often each policy's record is read back from the receiver.
 	LedgerResync time.Duration
+	// NamespaceSelector selects the onboarded namespaces by label.
+	NamespaceSelector string
 }
 
 // BindFlags registers the manager's flags on fs.
@@ -115,6 +119,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ReceiverCAFile, "receiver-ca-file", "", "PEM CA bundle that signs the receiver's server certificate (default: the fleet issuer's CA bundle).")
 	fs.StringVar(&c.ClusterName, "cluster-name", "", "Name of this cluster in the consent ledger's ownership records (a DNS label, unique per cluster). Default: the UID of the cluster's kube-system namespace, which is unique and stable.")
 	fs.DurationVar(&c.LedgerRetry, "ledger-retry", 15*time.Second, "How soon a policy waiting on an unreachable receiver is tried again.")
+	fs.StringVar(&c.NamespaceSelector, "namespace-selector", v1.LabelOnboarded+"=true", "Label selector of the onboarded namespaces: the manager works only in these, and only once ClusterRole "+TenantRole+" is bound to it in each (policies elsewhere stall with reason NamespaceNotOnboarded or ManagerNotPermitted).")
 	fs.DurationVar(&c.LedgerResync, "ledger-resync", 10*time.Minute, "How often each policy's consent record is read back from the receiver and compared with the operator's copy.")
 }
 
@@ -141,11 +146,30 @@ func (c *Config) Validate() error {
 	if _, err := c.Endpoints(); err != nil {
 		errs = append(errs, fmt.Errorf("--allowed-endpoints: %w", err))
 	}
+	if _, err := c.Selector(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.ClusterName != "" && !pki.ValidClusterName(c.ClusterName) {
 		errs = append(errs, fmt.Errorf("--cluster-name %q must be a DNS label (lowercase letters, digits and '-', at most 63 characters)", c.ClusterName))
 	}
 	return errors.Join(errs...)
 }
+
+// Selector parses --namespace-selector (unset: the onboarding label). A selector matching every
+// namespace is refused: onboarding is a decision per namespace.
+func (c *Config) Selector() (labels.Selector, error) {
+	if c.NamespaceSelector == "" {
+		return labels.SelectorFromSet(labels.Set{v1.LabelOnboarded: "true"}), nil
+	}
+	sel, err := labels.Parse(c.NamespaceSelector)
+	if err != nil || sel.Empty() {
+		return nil, fmt.Errorf("--namespace-selector %q must be a non-empty label selector (default %s=true)", c.NamespaceSelector, v1.LabelOnboarded)
+	}
+	return sel, nil
+}
+
+// TenantRole is the shipped name of the ClusterRole an admin binds in each onboarded namespace.
+const TenantRole = "telemetry-operator-tenant-role"
 
 // Images is the list of collector images policies may name.
 func (c *Config) Images() (allowed.Images, error) {
@@ -233,23 +257,38 @@ func observeLease(ctx context.Context, c client.Reader, namespace string, now ti
 func NewScheme() *runtime.Scheme {
 	s := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(s))
-	utilruntime.Must(telemetryv1alpha1.AddToScheme(s))
+	utilruntime.Must(v1.AddToScheme(s))
 	return s
 }
 
-// CacheOptions restricts the manager's informers to objects labelled as managed by this
-// operator, so it never caches (or reads) customer Secrets and ConfigMaps, and its memory does
-// not grow with unrelated workloads.
-func CacheOptions() cache.Options {
-	managed := labels.SelectorFromSet(labels.Set{resources.LabelManagedBy: resources.ManagedByValue})
+// CacheOptions is the manager's cluster-wide cache: its policies, and the onboarded namespaces
+// (by label). Everything else it reads lives in the onboarded namespaces' caches.
+func CacheOptions(onboarded labels.Selector) cache.Options {
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&corev1.Secret{}:         {Label: managed},
-		&corev1.ConfigMap{}:      {Label: managed},
-		&corev1.ServiceAccount{}: {Label: managed},
-		&appsv1.Deployment{}:     {Label: managed},
-		&rbacv1.Role{}:           {Label: managed},
-		&rbacv1.RoleBinding{}:    {Label: managed},
+		&corev1.Namespace{}: {Label: onboarded},
 	}}
+}
+
+// TenantCacheOptions is the template of each onboarded namespace's cache: only objects labelled
+// as managed by this operator, so it never caches (or reads) customer Secrets and ConfigMaps,
+// and its memory does not grow with unrelated workloads.
+func TenantCacheOptions(mgr ctrl.Manager) cache.Options {
+	managed := labels.SelectorFromSet(labels.Set{resources.LabelManagedBy: resources.ManagedByValue})
+	byObject := map[client.Object]cache.ByObject{}
+	for _, k := range controllers.OwnedKinds() {
+		byObject[k] = cache.ByObject{Label: managed}
+	}
+	return cache.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper(), HTTPClient: mgr.GetHTTPClient(), ByObject: byObject}
+}
+
+// whoAmI names the identity the manager runs as, for the messages that tell an admin whom to
+// grant the tenant role.
+func whoAmI(ctx context.Context, c client.Client) string {
+	review := &authenticationv1.SelfSubjectReview{}
+	if err := c.Create(ctx, review); err != nil || review.Status.UserInfo.Username == "" {
+		return "the manager's ServiceAccount"
+	}
+	return review.Status.UserInfo.Username
 }
 
 // Deps lets tests replace the clock and entropy; zero values mean the real ones.
@@ -258,6 +297,9 @@ type Deps struct {
 	Random io.Reader
 	// Metrics, if nil, are created and registered with controller-runtime's registry.
 	Metrics *controllers.Metrics
+	// Tenants, if set, is called with the manager's set of onboarded namespaces (tests read
+	// through its caches).
+	Tenants func(*tenants.Set)
 	// Restartable lets a process build the manager more than once (tests that stop and start
 	// the operator); controller-runtime otherwise refuses a second controller of the same name.
 	Restartable bool
@@ -306,6 +348,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 	if err != nil {
 		return nil, err
 	}
+	onboarded, _ := cfg.Selector()
 	var startLease *controllers.LeaseObservation
 	if cfg.LeaderElect {
 		startLease = observeLease(ctx, direct, cfg.LeaderElectionNS, deps.Clock.Now())
@@ -313,7 +356,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                  scheme,
-		Cache:                   CacheOptions(),
+		Cache:                   CacheOptions(onboarded),
 		Metrics:                 cfg.MetricsServerOptions(),
 		HealthProbeBindAddress:  cfg.ProbeAddr,
 		LeaderElection:          cfg.LeaderElect,
@@ -335,8 +378,22 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 	if err != nil {
 		return nil, err
 	}
+	var ctl controller.Controller
+	tenantSet := tenants.New(tenants.Options{
+		Config: restCfg, Cache: TenantCacheOptions(mgr), Kinds: controllers.OwnedKinds(),
+		Namespaces: mgr.GetCache(), Selector: onboarded, Reviewer: direct, Rules: tenants.Rules,
+		RoleName: TenantRole, Subject: whoAmI(ctx, direct), Clock: deps.Clock,
+		Watch: func(c cache.Cache) error { return controllers.WatchOwned(ctl, c, scheme, mgr.GetRESTMapper()) },
+	})
+	if err := mgr.Add(tenantSet); err != nil {
+		return nil, err
+	}
+	if deps.Tenants != nil {
+		deps.Tenants(tenantSet)
+	}
 	r := &controllers.TelemetryPolicyReconciler{
-		Client:    mgr.GetClient(),
+		Client:    tenantSet.Client(mgr.GetClient()),
+		Tenants:   tenantSet,
 		APIReader: mgr.GetAPIReader(),
 		Scheme:    scheme,
 		Recorder:  rec,
@@ -351,7 +408,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 			LedgerRetry:        cfg.LedgerRetry, LedgerResync: cfg.LedgerResync, StartLease: startLease,
 		},
 	}
-	if err := r.SetupWithManager(mgr); err != nil {
+	if ctl, err = r.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the controller: %w", err)
 	}
 	if err := mgr.Add(&controllers.IssuerMonitor{

@@ -48,7 +48,8 @@ func TestMain(m *testing.M) {
 	// API server is down are expected and not worth printing.
 	logf.SetLogger(logr.Discard())
 	dir, _ := os.MkdirTemp("", "e2e-bin-")
-	bins := localstack.Binaries{Kubectl: os.Getenv("TELEMETRY_TEST_KUBECTL")}
+	// The operator runs with the RBAC the installer ships (make build-installer renders it).
+	bins := localstack.Binaries{Kubectl: os.Getenv("TELEMETRY_TEST_KUBECTL"), Installer: filepath.Join(testenv.RepoRoot(), "dist", "install.yaml")}
 	for name, pkg := range map[string]string{"manager": ".", "collector": "./cmd/collector", "receiver": "./cmd/receiver"} {
 		out := filepath.Join(dir, name)
 		cmd := exec.Command("go", "build", "-o", out, pkg)
@@ -114,6 +115,13 @@ func apply(t *testing.T, name string, tier v1.ConsentTier, seedUsers int, mutate
 	if err != nil {
 		t.Fatal(err)
 	}
+	applyPolicy(t, name, tier, mutate)
+	return in
+}
+
+// applyPolicy applies, with kubectl, the policy of an instance whose namespace exists.
+func applyPolicy(t *testing.T, name string, tier v1.ConsentTier, mutate func(spec map[string]any)) {
+	t.Helper()
 	spec := map[string]any{
 		"instanceID": name,
 		"consent":    map[string]any{"tier": string(tier)},
@@ -131,7 +139,6 @@ func apply(t *testing.T, name string, tier v1.ConsentTier, seedUsers int, mutate
 	path := filepath.Join(t.TempDir(), "policy.json")
 	_ = os.WriteFile(path, doc, 0o600)
 	kubectl(t, "apply", "-f", path)
-	return in
 }
 
 func patch(t *testing.T, name, mergePatch string) {

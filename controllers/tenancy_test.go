@@ -1,0 +1,101 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers_test
+
+import (
+	"context"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
+)
+
+// managedIn counts the objects the operator made in ns, read straight from the API server.
+func managedIn(ctx context.Context, ns string) int {
+	GinkgoHelper()
+	sel := client.MatchingLabels{resources.LabelManagedBy: resources.ManagedByValue}
+	n := 0
+	for _, l := range []client.ObjectList{&corev1.SecretList{}, &corev1.ConfigMapList{}, &appsv1.DeploymentList{}, &corev1.ServiceAccountList{}} {
+		Expect(k8s.List(ctx, l, client.InNamespace(ns), sel)).To(Succeed())
+		switch l := l.(type) {
+		case *corev1.SecretList:
+			n += len(l.Items)
+		case *corev1.ConfigMapList:
+			n += len(l.Items)
+		case *appsv1.DeploymentList:
+			n += len(l.Items)
+		case *corev1.ServiceAccountList:
+			n += len(l.Items)
+		}
+	}
+	return n
+}
+
+func setOnboarded(ctx context.Context, ns string, on bool) {
+	GinkgoHelper()
+	n := &corev1.Namespace{}
+	Expect(k8s.Get(ctx, client.ObjectKey{Name: ns}, n)).To(Succeed())
+	patch := client.MergeFrom(n.DeepCopy())
+	if on {
+		if n.Labels == nil {
+			n.Labels = map[string]string{}
+		}
+		n.Labels[v1.LabelOnboarded] = "true"
+	} else {
+		delete(n.Labels, v1.LabelOnboarded)
+	}
+	Expect(k8s.Patch(ctx, n, patch)).To(Succeed())
+}
+
+var _ = Describe("Onboarded namespaces", func() {
+	ctx := context.Background()
+
+	It("creates nothing, claims nothing and says why in a namespace that is not onboarded, and starts once it is", func() {
+		ns := newNamespaceLabelled(ctx, nil)
+		Expect(k8s.Create(ctx, eventLevelPolicy(ns, "outside"))).To(Succeed())
+		Eventually(conditionStatus(ctx, ns, "outside", v1.ConditionStalled)).Should(Equal("Stalled=True/NamespaceNotOnboarded"))
+		p := getPolicy(ctx, ns, "outside")
+		Expect(condition(p, v1.ConditionStalled).Message).To(And(ContainSubstring(v1.LabelOnboarded), ContainSubstring("tenant-role")))
+		Consistently(func() int { return managedIn(ctx, ns) }, "2s").Should(BeZero(), "no key, certificate, configuration or workload")
+		_, err := rcv.Store.ConsentState(ctx, instanceOf(ns, "outside"))
+		Expect(err).To(MatchError(ContainSubstring("unknown instance")), "the instance is not claimed at the receiver")
+		Expect(eventReasons(ctx, ns, "outside")).To(BeEmpty(), "no Events are written where the manager was not let in")
+
+		By("labelling the namespace onboards it: the policy goes ahead without being touched")
+		setOnboarded(ctx, ns, true)
+		Eventually(func() error { _, err := deployment(ctx, ns, "outside"); return err }).Should(Succeed())
+		rollOutUntilReady(ctx, ns, "outside")
+		Expect(ledgerOf(ctx, instanceOf(ns, "outside")).Timeline).NotTo(BeEmpty())
+	})
+
+	It("stops working in a namespace that is offboarded, and still records a withdrawal at the receiver", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "leaving")
+		setOnboarded(ctx, ns, false)
+		Eventually(conditionStatus(ctx, ns, "leaving", v1.ConditionStalled)).Should(Equal("Stalled=True/NamespaceNotOnboarded"))
+
+		By("consent withdrawn while the manager may not touch the collector")
+		updatePolicy(ctx, ns, "leaving", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+		Eventually(func() v1.ConsentTier {
+			tl := ledgerOf(ctx, instanceOf(ns, "leaving")).Timeline
+			return v1.ConsentTier(tl[len(tl)-1].Tier)
+		}).Should(Equal(v1.TierOff), "the receiver records the withdrawal and refuses what the collector still sends")
+		d, err := deployment(ctx, ns, "leaving")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(d.DeletionTimestamp.IsZero()).To(BeTrue(), "the collector is left as it was: the manager may not change it")
+		Expect(conditionStatus(ctx, ns, "leaving", v1.ConditionStalled)()).To(Equal("Stalled=True/NamespaceNotOnboarded"))
+
+		By("onboarded again, the collector is stopped")
+		setOnboarded(ctx, ns, true)
+		collectGarbage(ctx, ns, "leaving")
+	})
+})

@@ -1,0 +1,401 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+// Package tenants keeps the manager's view of the namespaces it was let into. A namespace is
+// onboarded when a cluster admin has labelled it (see telemetryv1alpha1.LabelOnboarded) and has
+// bound the manager's tenant ClusterRole to its ServiceAccount there. The manager holds no
+// cluster-wide permission on Secrets, ConfigMaps, workloads or RBAC, so it cannot cache them
+// cluster-wide: it starts one informer cache per onboarded namespace, registers the
+// controller's watches on it, and routes reads of those kinds to it.
+package tenants
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/rest"
+	"k8s.io/component-helpers/auth/rbac/validation"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+)
+
+// Reasons a namespace is not usable, as set on the policies in it.
+const (
+	// ReasonNotOnboarded: the namespace lacks the onboarding label.
+	ReasonNotOnboarded = "NamespaceNotOnboarded"
+	// ReasonNotPermitted: the namespace is labelled, but the manager lacks permissions there.
+	ReasonNotPermitted = "ManagerNotPermitted"
+)
+
+// Status says whether the manager may work in a namespace, and if not, why.
+type Status struct {
+	Onboarded bool
+	// Reason and Message explain a namespace that is not onboarded (see the Reason constants).
+	Reason, Message string
+}
+
+// Options configures a Set.
+type Options struct {
+	// Config is the manager's connection to the API server.
+	Config *rest.Config
+	// Cache is the template of each namespace's cache (scheme, mapper, HTTP client, label
+	// selectors by object); its DefaultNamespaces is set per namespace.
+	Cache cache.Options
+	// Kinds are the object kinds read through the namespace caches; reads of other kinds are
+	// refused, so a mistake cannot start a cluster-wide informer the manager may not hold.
+	Kinds []client.Object
+	// Namespaces reads Namespace objects (from the manager's cache).
+	Namespaces client.Reader
+	// Selector selects the onboarded namespaces by label.
+	Selector labels.Selector
+	// Reviewer creates SelfSubjectRulesReviews and SelfSubjectAccessReviews.
+	Reviewer client.Client
+	// Rules are the permissions the manager needs in an onboarded namespace.
+	Rules []rbacv1.PolicyRule
+	// RoleName names the ClusterRole an admin binds to grant Rules, for messages.
+	RoleName string
+	// Subject names the manager's ServiceAccount (namespace/name), for messages.
+	Subject string
+	// Watch registers the controller's watches on a namespace's new cache.
+	Watch func(cache.Cache) error
+	// Clock decides when a namespace's permissions are reviewed again.
+	Clock clock.PassiveClock
+	// Recheck is how long a successful permission review holds (default 5m); SyncTimeout bounds
+	// the wait for a new cache (default 1m).
+	Recheck, SyncTimeout time.Duration
+}
+
+type tenant struct {
+	cache    cache.Cache
+	cancel   context.CancelFunc
+	reviewed time.Time
+}
+
+// Set is the manager's onboarded namespaces: a manager.Runnable that owns their caches, and a
+// client.Reader that routes reads to them.
+type Set struct {
+	opts Options
+
+	mu      sync.Mutex
+	ctx     context.Context // the manager's, once started
+	tenants map[string]*tenant
+	started chan struct{}
+}
+
+// New returns a Set; add it to the manager so its caches live as long as the manager's.
+func New(o Options) *Set {
+	if o.Recheck <= 0 {
+		o.Recheck = 5 * time.Minute
+	}
+	if o.SyncTimeout <= 0 {
+		o.SyncTimeout = time.Minute
+	}
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
+	return &Set{opts: o, tenants: map[string]*tenant{}, started: make(chan struct{})}
+}
+
+// Start runs until ctx ends, then stops every namespace cache.
+func (s *Set) Start(ctx context.Context) error {
+	s.mu.Lock()
+	s.ctx = ctx
+	close(s.started)
+	s.mu.Unlock()
+	<-ctx.Done()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ns, t := range s.tenants {
+		t.cancel()
+		delete(s.tenants, ns)
+	}
+	return nil
+}
+
+// NeedLeaderElection: only the leader reconciles, so only the leader needs the caches.
+func (s *Set) NeedLeaderElection() bool { return true }
+
+// Onboarded reports, without any API call, whether ns has a running cache.
+func (s *Set) Onboarded(ns string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tenants[ns] != nil
+}
+
+// Ensure decides whether the manager may work in ns, and starts its cache if so. A namespace
+// that lost its label or its binding has its cache stopped.
+func (s *Set) Ensure(ctx context.Context, ns string) (Status, error) {
+	select {
+	case <-s.started:
+	case <-ctx.Done():
+		return Status{}, ctx.Err()
+	}
+	nsObj := &corev1.Namespace{}
+	err := s.opts.Namespaces.Get(ctx, client.ObjectKey{Name: ns}, nsObj)
+	switch {
+	case apierrors.IsNotFound(err):
+		// The manager's cache holds only labelled namespaces.
+		s.remove(ctx, ns)
+		return s.notOnboarded(ns), nil
+	case err != nil:
+		return Status{}, err
+	}
+	if !s.opts.Selector.Matches(labels.Set(nsObj.Labels)) {
+		s.remove(ctx, ns)
+		return s.notOnboarded(ns), nil
+	}
+	now := s.opts.Clock.Now()
+	s.mu.Lock()
+	t := s.tenants[ns]
+	fresh := t != nil && now.Sub(t.reviewed) < s.opts.Recheck
+	s.mu.Unlock()
+	if fresh {
+		return Status{Onboarded: true}, nil
+	}
+	missing, err := s.missing(ctx, ns)
+	if err != nil {
+		return Status{}, fmt.Errorf("reviewing the manager's permissions in namespace %s: %w", ns, err)
+	}
+	if len(missing) > 0 {
+		s.remove(ctx, ns)
+		return Status{Reason: ReasonNotPermitted, Message: fmt.Sprintf(
+			"namespace %s is labelled for onboarding but the manager may not %s there: bind ClusterRole %s to ServiceAccount %s in it (a RoleBinding)",
+			ns, describe(missing), s.opts.RoleName, s.opts.Subject)}, nil
+	}
+	if t != nil {
+		s.mu.Lock()
+		t.reviewed = now
+		s.mu.Unlock()
+		return Status{Onboarded: true}, nil
+	}
+	if err := s.add(ctx, ns, now); err != nil {
+		return Status{}, err
+	}
+	return Status{Onboarded: true}, nil
+}
+
+func (s *Set) notOnboarded(ns string) Status {
+	return Status{Reason: ReasonNotOnboarded, Message: fmt.Sprintf(
+		"namespace %s is not onboarded: the operator creates nothing here until a cluster admin binds ClusterRole %s to ServiceAccount %s in it and labels it %s",
+		ns, s.opts.RoleName, s.opts.Subject, s.opts.Selector)}
+}
+
+// add starts a cache for ns, registers the watches on it and waits until it has synced.
+func (s *Set) add(ctx context.Context, ns string, now time.Time) error {
+	o := s.opts.Cache
+	o.DefaultNamespaces = map[string]cache.Config{ns: {}}
+	c, err := cache.New(s.opts.Config, o)
+	if err != nil {
+		return fmt.Errorf("creating the cache of namespace %s: %w", ns, err)
+	}
+	s.mu.Lock()
+	cctx, cancel := context.WithCancel(s.ctx)
+	s.mu.Unlock()
+	go func() {
+		if err := c.Start(cctx); err != nil {
+			log.FromContext(ctx).Error(err, "namespace cache stopped", "namespace", ns)
+		}
+	}()
+	wctx, wcancel := context.WithTimeout(ctx, s.opts.SyncTimeout)
+	defer wcancel()
+	for _, k := range s.opts.Kinds {
+		if _, err := c.GetInformer(wctx, k); err != nil {
+			cancel()
+			return fmt.Errorf("starting the cache of namespace %s: %w", ns, err)
+		}
+	}
+	if !c.WaitForCacheSync(wctx) {
+		cancel()
+		return fmt.Errorf("the cache of namespace %s did not sync within %s", ns, s.opts.SyncTimeout)
+	}
+	if s.opts.Watch != nil {
+		if err := s.opts.Watch(c); err != nil {
+			cancel()
+			return fmt.Errorf("watching namespace %s: %w", ns, err)
+		}
+	}
+	s.mu.Lock()
+	s.tenants[ns] = &tenant{cache: c, cancel: cancel, reviewed: now}
+	s.mu.Unlock()
+	log.FromContext(ctx).Info("namespace onboarded: watching the operator's objects in it", "namespace", ns)
+	return nil
+}
+
+func (s *Set) remove(ctx context.Context, ns string) {
+	s.mu.Lock()
+	t := s.tenants[ns]
+	delete(s.tenants, ns)
+	s.mu.Unlock()
+	if t != nil {
+		t.cancel()
+		log.FromContext(ctx).Info("namespace no longer onboarded: stopped watching it", "namespace", ns)
+	}
+}
+
+// missing returns the required rules the manager does not hold in ns. The rules review is one
+// request; where it is incomplete (an authorizer besides RBAC), each missing rule is asked
+// about directly before it is reported.
+func (s *Set) missing(ctx context.Context, ns string) ([]rbacv1.PolicyRule, error) {
+	review := &authorizationv1.SelfSubjectRulesReview{Spec: authorizationv1.SelfSubjectRulesReviewSpec{Namespace: ns}}
+	if err := s.opts.Reviewer.Create(ctx, review); err != nil {
+		return nil, err
+	}
+	held := make([]rbacv1.PolicyRule, 0, len(review.Status.ResourceRules))
+	for _, r := range review.Status.ResourceRules {
+		held = append(held, rbacv1.PolicyRule{Verbs: r.Verbs, APIGroups: r.APIGroups, Resources: r.Resources, ResourceNames: r.ResourceNames})
+	}
+	ok, uncovered := validation.Covers(held, s.opts.Rules)
+	if ok {
+		return nil, nil
+	}
+	if !review.Status.Incomplete {
+		return uncovered, nil
+	}
+	var still []rbacv1.PolicyRule
+	for _, r := range uncovered {
+		for _, one := range expand(r) {
+			sar := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
+				ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: ns, Verb: one.Verbs[0], Group: one.APIGroups[0], Resource: one.Resources[0]}}}
+			if err := s.opts.Reviewer.Create(ctx, sar); err != nil {
+				return nil, err
+			}
+			if !sar.Status.Allowed {
+				still = append(still, one)
+			}
+		}
+	}
+	return still, nil
+}
+
+// expand splits a rule into one rule per verb, group and resource.
+func expand(r rbacv1.PolicyRule) []rbacv1.PolicyRule {
+	var out []rbacv1.PolicyRule
+	for _, g := range r.APIGroups {
+		for _, res := range r.Resources {
+			for _, v := range r.Verbs {
+				out = append(out, rbacv1.PolicyRule{APIGroups: []string{g}, Resources: []string{res}, Verbs: []string{v}})
+			}
+		}
+	}
+	return out
+}
+
+// describe names missing permissions compactly: "get,list secrets; create rolebindings.rbac.authorization.k8s.io".
+func describe(rules []rbacv1.PolicyRule) string {
+	byResource := map[string][]string{}
+	for _, r := range rules {
+		for _, one := range expand(r) {
+			res := one.Resources[0]
+			if one.APIGroups[0] != "" {
+				res += "." + one.APIGroups[0]
+			}
+			byResource[res] = append(byResource[res], one.Verbs[0])
+		}
+	}
+	names := make([]string, 0, len(byResource))
+	for res := range byResource {
+		names = append(names, res)
+	}
+	sort.Strings(names)
+	parts := make([]string, 0, len(names))
+	for _, res := range names {
+		parts = append(parts, strings.Join(byResource[res], ",")+" "+res)
+	}
+	return strings.Join(parts, "; ")
+}
+
+// ErrNotOnboarded is returned for reads in a namespace without a cache.
+var ErrNotOnboarded = errors.New("namespace is not onboarded")
+
+func (s *Set) reader(ns string, obj client.Object) (client.Reader, error) {
+	if !s.Routes(obj) {
+		return nil, fmt.Errorf("tenants: %T is not read through namespace caches", obj)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tenants[ns]
+	if t == nil {
+		return nil, fmt.Errorf("reading in namespace %q: %w", ns, ErrNotOnboarded)
+	}
+	return t.cache, nil
+}
+
+// Routes reports whether reads of obj's kind go through the namespace caches.
+func (s *Set) Routes(obj client.Object) bool {
+	for _, k := range s.opts.Kinds {
+		if fmt.Sprintf("%T", k) == fmt.Sprintf("%T", obj) {
+			return true
+		}
+	}
+	return false
+}
+
+// Get reads obj from its namespace's cache.
+func (s *Set) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	r, err := s.reader(key.Namespace, obj)
+	if err != nil {
+		return err
+	}
+	return r.Get(ctx, key, obj, opts...)
+}
+
+// List lists from one namespace's cache; a list across namespaces is refused.
+func (s *Set) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	lo := &client.ListOptions{}
+	lo.ApplyOptions(opts)
+	if lo.Namespace == "" {
+		return errors.New("tenants: a list must name its namespace")
+	}
+	kind := strings.TrimSuffix(fmt.Sprintf("%T", list), "List")
+	for _, k := range s.opts.Kinds {
+		if fmt.Sprintf("%T", k) == kind {
+			r, err := s.reader(lo.Namespace, k)
+			if err != nil {
+				return err
+			}
+			return r.List(ctx, list, opts...)
+		}
+	}
+	return fmt.Errorf("tenants: %T is not read through namespace caches", list)
+}
+
+// Client returns c with reads of the routed kinds served from the namespace caches; writes,
+// and reads of other kinds, go to c.
+func (s *Set) Client(c client.Client) client.Client { return &routedClient{Client: c, set: s} }
+
+type routedClient struct {
+	client.Client
+	set *Set
+}
+
+func (r *routedClient) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if r.set.Routes(obj) {
+		return r.set.Get(ctx, key, obj, opts...)
+	}
+	return r.Client.Get(ctx, key, obj, opts...)
+}
+
+func (r *routedClient) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	kind := strings.TrimSuffix(fmt.Sprintf("%T", list), "List")
+	for _, k := range r.set.opts.Kinds {
+		if fmt.Sprintf("%T", k) == kind {
+			return r.set.List(ctx, list, opts...)
+		}
+	}
+	return r.Client.List(ctx, list, opts...)
+}
