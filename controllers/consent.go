@@ -31,6 +31,7 @@ import (
 	"github.com/sourcegraph/telemetry-operator/internal/consent"
 	"github.com/sourcegraph/telemetry-operator/internal/ledger"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
+	"github.com/sourcegraph/telemetry-operator/internal/tenants"
 )
 
 // ConsentLedger is the receiver's consent ledger as the operator uses it (internal/ledger).
@@ -637,6 +638,9 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		return nil
 	}
 	defer func() { st.tier = st.runnableTier() }()
+	if st.outside != nil && !outsideMayRecord(st) {
+		st.want = nil // outside the onboarded namespaces, only withdrawals are recorded
+	}
 	r.flushLedger(ctx, st)
 	if st.ledgerKnown && len(st.timeline) > 0 {
 		st.recorded = v1.ConsentTier(st.timeline.Current())
@@ -654,8 +658,10 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		msg := fmt.Sprintf("instance %q is claimed by another TelemetryPolicy at the receiver (%v). Nothing is collected for this policy; "+
 			"check spec.instanceID, or have the receiver's operators run `receiver consent show|release --instance %s`", p.Spec.InstanceID, err, p.Spec.InstanceID)
 		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonOwnedElsewhere, msg)
-		if err := r.stopCollector(ctx, st); err != nil {
-			return err
+		if st.outside == nil {
+			if err := r.stopCollector(ctx, st); err != nil {
+				return err
+			}
 		}
 		st.stall(ReasonOwnedElsewhere, msg)
 	case errors.Is(err, ledger.ErrStale):
@@ -819,13 +825,20 @@ func noOldPods(d *appsv1.Deployment) bool {
 // Should the receiver stay unreachable, the finalizer stays too, unless nothing was ever
 // recorded for the policy and no collector credentials exist (nothing can have been sent);
 // removing it by hand skips the ledger and leaves the record as it was.
-func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.TelemetryPolicy) (time.Duration, error) {
+func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.TelemetryPolicy, outside *tenants.Status) (time.Duration, error) {
 	defer r.forgetVerified(client.ObjectKeyFromObject(p))
-	st := &reconcileState{policy: p, mutate: true, intent: v1.TierOff}
+	st := &reconcileState{policy: p, mutate: true, intent: v1.TierOff, outside: outside}
 	st.timeline = timelineOf(p.Status.ConsentHistory)
 	st.pending = timelineOf(p.Status.PendingConsentChanges)
-	if err := r.stopCollector(ctx, st); err != nil {
-		return 0, err
+	if outside != nil && !everRecorded(p) {
+		return 0, r.dropFinalizer(ctx, p) // nothing was ever recorded for it
+	}
+	// Outside the onboarded namespaces the collector cannot be stopped from here (its objects go
+	// with the policy through their owner references); the deletion is still recorded as Off.
+	if outside == nil {
+		if err := r.stopCollector(ctx, st); err != nil {
+			return 0, err
+		}
 	}
 	if err := r.planTransition(ctx, st); err != nil {
 		return 0, err
@@ -849,6 +862,11 @@ func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.Telemetr
 		return r.ledgerRetry(), nil
 	}
 	log.FromContext(ctx).Info("consent closed at the receiver; releasing the policy", "tier", v1.TierOff)
+	return 0, r.dropFinalizer(ctx, p)
+}
+
+// dropFinalizer removes the consent-ledger finalizer, letting the policy go.
+func (r *TelemetryPolicyReconciler) dropFinalizer(ctx context.Context, p *v1.TelemetryPolicy) error {
 	patch := client.MergeFromWithOptions(p.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	var kept []string
 	for _, f := range p.Finalizers {
@@ -858,9 +876,9 @@ func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.Telemetr
 	}
 	p.Finalizers = kept
 	if err := r.Patch(ctx, p, patch); err != nil && !apierrors.IsNotFound(err) {
-		return 0, err
+		return err
 	}
-	return 0, nil
+	return nil
 }
 
 // credentialsExist reports whether the policy's collector credentials Secret exists (a live

@@ -92,7 +92,7 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 
 		By("letting the collector update only its own state object")
 		Expect(role.Rules).To(Equal([]rbacv1.PolicyRule{{
-			APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{names.State}, Verbs: []string{"get", "update", "patch"},
+			APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{names.State}, Verbs: []string{"get", "update"},
 		}}))
 		Expect(rb.RoleRef.Name).To(Equal(names.Role))
 		Expect(rb.Subjects).To(ConsistOf(rbacv1.Subject{Kind: "ServiceAccount", Name: names.ServiceAccount, Namespace: ns}))

@@ -58,7 +58,8 @@ const DefaultIssuerMinRemaining = 24 * time.Hour
 
 func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st *reconcileState) (*time.Time, error) {
 	p := st.policy
-	if r.Issuer == nil {
+	iss := r.issuer()
+	if iss == nil {
 		setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionFalse, ReasonIssuerUnavailable, "the fleet issuer is not loaded")
 		st.stall(ReasonIssuerUnavailable, "the fleet issuer is not loaded; see the manager's logs")
 		return nil, nil
@@ -75,12 +76,16 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 	} else if err != nil {
 		return nil, err
 	}
+	staleBundle := false
 	decide := func() (rotationDecision, *time.Time) {
 		var data map[string][]byte
 		if exists {
 			data = secret.Data
 		}
-		cert, problem := r.Issuer.CheckClient(data, p.Spec.InstanceID, now)
+		cert, problem := iss.CheckClient(data, p.Spec.InstanceID, now)
+		if staleBundle = problem == pki.IssueStaleBundle; staleBundle {
+			problem = "" // the certificate stays; its CA bundle is replaced below
+		}
 		var renewal time.Time
 		if cert != nil {
 			renewal = pki.RenewalTime(cert.NotBefore, cert.NotAfter, period)
@@ -112,14 +117,14 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 		if floor <= 0 {
 			floor = DefaultIssuerMinRemaining
 		}
-		if r.Issuer.ExpiresWithin(now, floor) {
+		if iss.ExpiresWithin(now, floor) {
 			msg := fmt.Sprintf("the fleet issuer expires at %s, within %s: no certificate is issued from it (one would expire with it and be due again at once); rotate the issuer Secret",
-				r.Issuer.Cert.NotAfter.UTC().Format(time.RFC3339), floor)
+				iss.Cert.NotAfter.UTC().Format(time.RFC3339), floor)
 			setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionFalse, ReasonIssuerExpiring, msg)
 			st.stall(ReasonIssuerExpiring, msg)
 			return nil, nil
 		}
-		issued, err := r.issue(ctx, st, secret, exists, dec, period, now)
+		issued, err := r.issue(ctx, st, iss, secret, exists, dec, period, now)
 		if err != nil {
 			r.Metrics.RotationFailures.Inc()
 			setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionFalse, ReasonIssueFailed, err.Error())
@@ -127,11 +132,20 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 			return nil, err
 		}
 		secret = issued
-	} else if err := r.ensureSecretMeta(ctx, p, secret, "credentials"); err != nil {
-		return nil, err
+	} else {
+		if staleBundle {
+			refreshed, err := r.refreshBundle(ctx, p, iss, secret)
+			if err != nil {
+				return nil, err
+			}
+			secret = refreshed
+		}
+		if err := r.ensureSecretMeta(ctx, p, secret, "credentials"); err != nil {
+			return nil, err
+		}
 	}
 
-	cert, problem := r.Issuer.CheckClient(secret.Data, p.Spec.InstanceID, now)
+	cert, problem := iss.CheckClient(secret.Data, p.Spec.InstanceID, now)
 	if problem != "" {
 		setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionFalse, ReasonIssueFailed, "the stored certificate is not usable: "+problem)
 		return nil, fmt.Errorf("stored certificate is not usable after issuing: %s", problem)
@@ -157,9 +171,9 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 }
 
 // issue creates a new key pair and certificate and stores it, replacing what was there.
-func (r *TelemetryPolicyReconciler) issue(ctx context.Context, st *reconcileState, secret *corev1.Secret, exists bool, dec rotationDecision, period time.Duration, now time.Time) (*corev1.Secret, error) {
+func (r *TelemetryPolicyReconciler) issue(ctx context.Context, st *reconcileState, iss *pki.Issuer, secret *corev1.Secret, exists bool, dec rotationDecision, period time.Duration, now time.Time) (*corev1.Secret, error) {
 	p := st.policy
-	cc, err := r.Issuer.IssueClient(p.Spec.InstanceID, period, now, r.Random)
+	cc, err := iss.IssueClient(p.Spec.InstanceID, period, now, r.Random)
 	if err != nil {
 		return nil, err
 	}
@@ -192,7 +206,7 @@ func (r *TelemetryPolicyReconciler) issue(ctx context.Context, st *reconcileStat
 	if dec.request != "" {
 		secret.Annotations[resources.AnnotationRotateRequest] = dec.request
 	}
-	secret.Data = map[string][]byte{pki.KeyCert: cc.CertPEM, pki.KeyKey: cc.KeyPEM, pki.KeyCA: r.Issuer.BundlePEM}
+	secret.Data = map[string][]byte{pki.KeyCert: cc.CertPEM, pki.KeyKey: cc.KeyPEM, pki.KeyCA: iss.BundlePEM}
 	if err := controllerutil.SetControllerReference(p, secret, r.Scheme); err != nil {
 		return nil, err
 	}
@@ -222,6 +236,28 @@ func (r *TelemetryPolicyReconciler) issue(ctx context.Context, st *reconcileStat
 	r.event(p, corev1.EventTypeNormal, action, "IssueCredentials", "issued client certificate %s (revision %d, reason %s), valid until %s",
 		shortHash(pki.SerialHex(cc.Cert)), revision, dec.reason, cc.Cert.NotAfter.UTC().Format(time.RFC3339))
 	return secret, nil
+}
+
+// refreshBundle replaces the CA bundle stored with a certificate that is still good after an
+// issuer rotation: the collector (which re-reads it on every connection) trusts the new roots at
+// once, and moves to a certificate from the new issuer at its next renewal.
+func (r *TelemetryPolicyReconciler) refreshBundle(ctx context.Context, p *v1.TelemetryPolicy, iss *pki.Issuer, secret *corev1.Secret) (*corev1.Secret, error) {
+	updated := secret.DeepCopy()
+	updated.Data[pki.KeyCA] = iss.BundlePEM
+	if err := r.Update(ctx, updated); err != nil {
+		return nil, fmt.Errorf("replacing the CA bundle of the collector's credentials: %w", err)
+	}
+	log.FromContext(ctx).Info("replaced the CA bundle of the collector's credentials after an issuer rotation; the certificate is kept until its renewal")
+	r.event(p, corev1.EventTypeNormal, "CABundleUpdated", "IssueCredentials", "the fleet issuer's CA bundle changed: the collector's bundle was replaced, its certificate is kept until renewal")
+	return updated, nil
+}
+
+// issuer is the fleet issuer to sign with now.
+func (r *TelemetryPolicyReconciler) issuer() *pki.Issuer {
+	if r.Issuers != nil {
+		return r.Issuers.Current()
+	}
+	return r.Issuer
 }
 
 // reconcilePseudonymKey creates the per-instance pseudonym key once. It is never rotated and

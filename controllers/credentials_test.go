@@ -188,7 +188,7 @@ func (noWatch) Watch(context.Context, client.ObjectList, ...client.ListOption) (
 
 // testLedger is a consent ledger client for reconcilers a test builds by hand.
 func testLedger() *ledger.Client {
-	l, err := ledger.New(rcv.URL, testCluster, mustIssuer(), nil)
+	l, err := ledger.New(rcv.URL, testCluster, pki.NewHolder(mustIssuer()), nil)
 	Expect(err).NotTo(HaveOccurred())
 	return l
 }
@@ -336,7 +336,7 @@ var _ = Describe("Operational guarantees", func() {
 		err := tenantSet.Get(ctx, client.ObjectKey{Namespace: ns, Name: "frontend-db"}, &corev1.Secret{})
 		Expect(apierrors.IsNotFound(err)).To(BeTrue(), "the customer's database Secret is not in the manager's cache: %v", err)
 		Expect(tenantSet.Get(ctx, client.ObjectKey{Namespace: ns, Name: resources.NamesFor("private").Credentials}, &corev1.Secret{})).To(Succeed())
-		By("and its cluster-wide cache holds no Secrets at all: reads of them are routed to the namespace caches")
+		By("reads of Secrets are routed to the namespace caches: outside them they are refused, never served cluster-wide")
 		Expect(tenantSet.Get(ctx, client.ObjectKey{Namespace: "default", Name: "x"}, &corev1.Secret{})).To(MatchError(tenants.ErrNotOnboarded))
 	})
 
@@ -397,7 +397,7 @@ var _ = Describe("The fleet issuer", func() {
 		m := controllers.NewMetrics(nil)
 		rec := &countingRecorder{}
 		mon := &controllers.IssuerMonitor{
-			Issuer: iss, SecretRef: types.NamespacedName{Namespace: issuerNamespace, Name: "short-issuer"}, Reader: k8s,
+			Issuers: pki.NewHolder(iss), SecretRef: types.NamespacedName{Namespace: issuerNamespace, Name: "short-issuer"}, Reader: k8s,
 			Recorder: rec, Clock: fakeClock, Metrics: m, Warning: 30 * 24 * time.Hour,
 		}
 		Expect(mon.Check(ctx)).To(BeTrue())

@@ -25,6 +25,7 @@ type Metrics struct {
 	RotationFailures    prometheus.Counter
 	IssuerExpiry        prometheus.Gauge
 	IssuerNearExpiry    prometheus.Gauge
+	IssuerReloads       *prometheus.CounterVec
 	Erasures            *prometheus.CounterVec
 	ErasedRows          *prometheus.CounterVec
 	mu                  sync.Mutex
@@ -56,6 +57,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		IssuerExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "telemetry_issuer_expiry_timestamp_seconds", Help: "Expiry of the fleet issuer CA certificate (Unix seconds).",
 		}),
+		IssuerReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "telemetry_issuer_reloads_total", Help: "Changes of the fleet issuer Secret seen while running, by outcome (rotated, refused, missing).",
+		}, []string{"outcome"}),
 		IssuerNearExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "telemetry_issuer_near_expiry", Help: "1 when the fleet issuer CA expires within the warning window.",
 		}),
@@ -70,7 +74,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, t := range []telemetryv1alpha1.ConsentTier{telemetryv1alpha1.TierEventLevel, telemetryv1alpha1.TierCriticalOnly, telemetryv1alpha1.TierOff} {
 		m.PoliciesByTier.WithLabelValues(string(t)).Set(0)
 	}
-	m.registeredCollector = []prometheus.Collector{m.PoliciesByTier, m.Downgrades, m.ReconcileErrors, m.CertExpiry, m.Rotations, m.RotationFailures, m.IssuerExpiry, m.IssuerNearExpiry, m.Erasures, m.ErasedRows}
+	m.registeredCollector = []prometheus.Collector{m.PoliciesByTier, m.Downgrades, m.ReconcileErrors, m.CertExpiry, m.Rotations, m.RotationFailures, m.IssuerExpiry, m.IssuerNearExpiry, m.IssuerReloads, m.Erasures, m.ErasedRows}
 	if reg != nil {
 		for _, c := range m.registeredCollector {
 			reg.MustRegister(c)

@@ -31,6 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -91,7 +92,9 @@ type TelemetryPolicyReconciler struct {
 	Scheme    *runtime.Scheme
 	Recorder  recorder.EventRecorder
 	Clock     clock.PassiveClock
-	// Issuer signs collector client certificates; nil stalls every policy that needs one.
+	// Issuers holds the fleet issuer that signs collector client certificates, replaced when
+	// the issuer Secret changes. Without it, Issuer is used; neither stalls every policy.
+	Issuers *pki.Holder
 	Issuer  *pki.Issuer
 	Metrics *Metrics
 	// Random is the entropy source for keys and serial numbers (nil: crypto/rand).
@@ -101,7 +104,9 @@ type TelemetryPolicyReconciler struct {
 	Ledger ConsentLedger
 	// Tenants decides which namespaces the manager may work in; nil allows every namespace.
 	Tenants Tenancy
-	Options Options
+	// IssuerChanged, if set, names policies to reconcile after the fleet issuer changed.
+	IssuerChanged <-chan event.GenericEvent
+	Options       Options
 
 	verifiedMu sync.Mutex
 	verified   map[client.ObjectKey]verification
@@ -138,6 +143,9 @@ type reconcileState struct {
 	ownedElsewhere bool
 	// outside: the policy's namespace is not onboarded (why, for its status).
 	outside *tenants.Status
+	// recordedBefore: the policy's consent was recorded or sent to the receiver before this
+	// reconcile (judged from status as read, before any step ran).
+	recordedBefore bool
 	// recorded is the tier the ledger records in force ("" unknown).
 	recorded v1.ConsentTier
 	// tier is what the collector is configured for: no more than intent and recorded.
@@ -190,14 +198,20 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	logger := log.FromContext(ctx).WithValues("policy", p.Name, "namespace", p.Namespace, "instance", p.Spec.InstanceID)
 	ctx = log.IntoContext(ctx, logger)
+	outside, err := r.namespaceStatus(ctx, p)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 	if !p.DeletionTimestamp.IsZero() {
 		if !controllerutil.ContainsFinalizer(p, v1.FinalizerConsentLedger) {
 			return ctrl.Result{}, nil // owned objects go with the policy through their owner references
 		}
-		after, err := r.finalize(ctx, p)
+		after, err := r.finalize(ctx, p, outside)
 		return ctrl.Result{RequeueAfter: after}, err
 	}
-	if !controllerutil.ContainsFinalizer(p, v1.FinalizerConsentLedger) {
+	// A policy that never ran in an onboarded namespace gets no finalizer: nothing was recorded
+	// for it that its deletion would have to close.
+	if !controllerutil.ContainsFinalizer(p, v1.FinalizerConsentLedger) && (outside == nil || everRecorded(p)) {
 		// Held until the instance's consent is closed at the receiver (see finalize).
 		patch := client.MergeFromWithOptions(p.DeepCopy(), client.MergeFromWithOptimisticLock{})
 		controllerutil.AddFinalizer(p, v1.FinalizerConsentLedger)
@@ -210,7 +224,7 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 
 	orig := p.DeepCopy()
-	st := &reconcileState{policy: p, mutate: true}
+	st := &reconcileState{policy: p, mutate: true, outside: outside, recordedBefore: everRecorded(p)}
 	defer func() {
 		err := r.summarizeAndPatch(ctx, orig, st, retErr)
 		if apierrors.IsConflict(err) && retErr == nil {
@@ -230,8 +244,8 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	// a withdrawal reaches the receiver even if lowering the collector fails, and the collector
 	// is lowered even if the receiver is unreachable.
 	steps := []step{
-		{"consent", r.reconcileConsent},
 		{"namespace", r.checkNamespace},
+		{"consent", r.reconcileConsent},
 		{"consent-ledger", r.syncLedger},
 		{"namespace-hold", r.holdOutside},
 		{"enforce-downgrade", r.enforceDowngrade},
@@ -255,7 +269,7 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	// An erasure does not depend on the collector: a stalled or failed collector step, or
 	// suspend, never holds it up. It needs the instance's record to be this policy's.
-	if !st.ownedElsewhere && (st.outside == nil || everRecorded(p)) {
+	if !st.ownedElsewhere && (st.outside == nil || st.recordedBefore && !st.claim) {
 		if err := r.reconcileErasure(ctx, st); err != nil && stepErr == nil {
 			r.Metrics.ReconcileErrors.WithLabelValues("erasure").Inc()
 			stepErr = fmt.Errorf("step erasure: %w", err)
@@ -570,11 +584,13 @@ func (r *TelemetryPolicyReconciler) event(p *v1.TelemetryPolicy, eventType, reas
 // SetupWithManager watches policies, and the namespaces they may be onboarded to. The objects
 // policies own are watched namespace by namespace as namespaces are onboarded (WatchOwned).
 func (r *TelemetryPolicyReconciler) SetupWithManager(mgr ctrl.Manager) (controller.Controller, error) {
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		For(&v1.TelemetryPolicy{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
-		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.policiesIn), builder.WithPredicates(predicate.LabelChangedPredicate{})).
-		Named("telemetrypolicy").
-		Build(r)
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.policiesIn), builder.WithPredicates(predicate.LabelChangedPredicate{}))
+	if r.IssuerChanged != nil {
+		b = b.WatchesRawSource(source.Channel(r.IssuerChanged, &handler.EnqueueRequestForObject{}))
+	}
+	return b.Named("telemetrypolicy").Build(r)
 }
 
 // OwnedKinds are the kinds of object a policy owns, read and watched through each onboarded
@@ -603,6 +619,9 @@ func watchOwned[T client.Object](ctl controller.Controller, c cache.Cache, schem
 
 // policiesIn maps a namespace whose onboarding label changed to the policies in it.
 func (r *TelemetryPolicyReconciler) policiesIn(ctx context.Context, ns client.Object) []ctrl.Request {
+	if r.Tenants != nil {
+		r.Tenants.Sync(ctx, ns.GetName()) // offboarded: stop watching it even if no policy is left there
+	}
 	list := &v1.TelemetryPolicyList{}
 	if err := r.List(ctx, list, client.InNamespace(ns.GetName())); err != nil {
 		log.FromContext(ctx).Error(err, "listing the policies of a namespace whose onboarding changed", "namespace", ns.GetName())

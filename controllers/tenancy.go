@@ -20,41 +20,48 @@ type Tenancy interface {
 	Ensure(ctx context.Context, namespace string) (tenants.Status, error)
 	// Onboarded reports what the last Ensure found, without an API call.
 	Onboarded(namespace string) bool
+	// Sync stops the namespace's cache if it is no longer onboarded (no API call).
+	Sync(ctx context.Context, namespace string)
 }
 
 // notPermittedRetry is how soon a policy in a labelled namespace where the manager lacks its
 // permissions is tried again: granting them is not an event the manager can watch.
 const notPermittedRetry = time.Minute
 
-// checkNamespace stops a policy in a namespace the manager was not let into before anything is
-// created for it. A policy whose consent was ever recorded at the receiver goes on to the ledger
-// step first (see holdOutside): a withdrawal still reaches the receiver, which enforces it, even
-// though the collector left behind cannot be lowered from here.
-func (r *TelemetryPolicyReconciler) checkNamespace(ctx context.Context, st *reconcileState) error {
+// namespaceStatus returns why the policy's namespace is not onboarded, or nil when it is.
+func (r *TelemetryPolicyReconciler) namespaceStatus(ctx context.Context, p *v1.TelemetryPolicy) (*tenants.Status, error) {
 	if r.Tenants == nil {
+		return nil, nil
+	}
+	s, err := r.Tenants.Ensure(ctx, p.Namespace)
+	if err != nil || s.Onboarded {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// checkNamespace stops a policy in a namespace the manager was not let into before anything is
+// read from the receiver or created for it. A policy whose consent was recorded while its
+// namespace was onboarded goes on to the ledger step (see holdOutside, and syncLedger: only
+// withdrawals are recorded for it): a withdrawal still reaches the receiver, which enforces it,
+// though the collector left behind cannot be lowered from here.
+func (r *TelemetryPolicyReconciler) checkNamespace(_ context.Context, st *reconcileState) error {
+	if st.outside == nil {
 		return nil
 	}
-	s, err := r.Tenants.Ensure(ctx, st.policy.Namespace)
-	if err != nil {
-		return err
-	}
-	if s.Onboarded {
-		return nil
-	}
-	st.outside = &s
-	if s.Reason == tenants.ReasonNotPermitted {
+	if st.outside.Reason == tenants.ReasonNotPermitted {
 		st.requeueIn(notPermittedRetry, r.Clock.Now())
 	}
-	if !everRecorded(st.policy) {
-		st.stall(s.Reason, s.Message)
+	if !st.recordedBefore {
+		st.stall(st.outside.Reason, st.outside.Message)
 	}
 	return nil
 }
 
-// holdOutside stalls a policy outside the onboarded namespaces once its consent is recorded.
+// holdOutside stalls a policy outside the onboarded namespaces once its withdrawals are recorded.
 func (r *TelemetryPolicyReconciler) holdOutside(_ context.Context, st *reconcileState) error {
 	if st.outside != nil {
-		st.stall(st.outside.Reason, st.outside.Message+"; consent changes are still recorded at the receiver, which enforces them")
+		st.stall(st.outside.Reason, st.outside.Message+"; a withdrawal of consent is still recorded at the receiver, which enforces it (a raise waits for onboarding)")
 	}
 	return nil
 }
@@ -62,4 +69,17 @@ func (r *TelemetryPolicyReconciler) holdOutside(_ context.Context, st *reconcile
 // everRecorded reports whether the policy's consent was ever recorded or sent to the receiver.
 func everRecorded(p *v1.TelemetryPolicy) bool {
 	return len(p.Status.ConsentHistory) > 0 || len(p.Status.PendingConsentChanges) > 0
+}
+
+// outsideMayRecord reports whether the planned transition may be recorded for a policy outside
+// the onboarded namespaces: only a lowering of a record it already owns.
+func outsideMayRecord(st *reconcileState) bool {
+	if st.claim || st.want == nil {
+		return false
+	}
+	current := v1.TierOff
+	if len(st.timeline) > 0 {
+		current = v1.ConsentTier(st.timeline.Current())
+	}
+	return v1.ConsentTier(st.want.Tier).Rank() < current.Rank()
 }

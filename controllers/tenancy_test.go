@@ -8,13 +8,16 @@ package controllers_test
 
 import (
 	"context"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
@@ -94,8 +97,53 @@ var _ = Describe("Onboarded namespaces", func() {
 		Expect(d.DeletionTimestamp.IsZero()).To(BeTrue(), "the collector is left as it was: the manager may not change it")
 		Expect(conditionStatus(ctx, ns, "leaving", v1.ConditionStalled)()).To(Equal("Stalled=True/NamespaceNotOnboarded"))
 
-		By("onboarded again, the collector is stopped")
+		By("a raise waits for onboarding: only withdrawals are recorded from outside")
+		updatePolicy(ctx, ns, "leaving", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
+		Consistently(func() consentv1.Tier {
+			tl := ledgerOf(ctx, instanceOf(ns, "leaving")).Timeline
+			return tl[len(tl)-1].Tier
+		}, "2s").Should(Equal(consentv1.Tier(v1.TierOff)))
+
+		By("onboarded again, the raise is recorded")
 		setOnboarded(ctx, ns, true)
-		collectGarbage(ctx, ns, "leaving")
+		Eventually(func() consentv1.Tier {
+			tl := ledgerOf(ctx, instanceOf(ns, "leaving")).Timeline
+			return tl[len(tl)-1].Tier
+		}).Should(Equal(consentv1.Tier(v1.TierEventLevel)))
+	})
+
+	It("lets a policy go when its namespace was offboarded, recording the deletion as Off", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "gone")
+		setOnboarded(ctx, ns, false)
+		Eventually(conditionStatus(ctx, ns, "gone", v1.ConditionStalled)).Should(Equal("Stalled=True/NamespaceNotOnboarded"))
+		Expect(k8s.Delete(ctx, getPolicy(ctx, ns, "gone"))).To(Succeed())
+		Eventually(func() bool {
+			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "gone"}, &v1.TelemetryPolicy{}))
+		}).Should(BeTrue(), "the finalizer does not wait on a collector the manager may not touch")
+		state := ledgerOf(ctx, instanceOf(ns, "gone"))
+		Expect(state.Timeline[len(state.Timeline)-1].Tier).To(Equal(consentv1.Tier(v1.TierOff)))
+		Expect(state.Owner.Cluster).To(BeEmpty(), "released")
+	})
+
+	It("never claims a released instance from a namespace that is not onboarded", func() {
+		const instance = "released-instance"
+		owner := consentv1.Owner{Namespace: "elsewhere", Name: "old"}
+		_, err := rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance, Owner: owner,
+			Transition: consentv1.Transition{At: fakeClock.Now().Add(-time.Hour), Tier: consentv1.Tier(v1.TierEventLevel), Reason: "Declared"}})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(rcv.Store.Release(ctx, testCluster, consentv1.ReleaseRequest{InstanceID: instance, Owner: owner})).To(Succeed())
+		before := ledgerOf(ctx, instance)
+		Expect(before.Owner.Cluster).To(BeEmpty())
+
+		ns := newNamespaceLabelled(ctx, nil)
+		p := eventLevelPolicy(ns, "squatter")
+		p.Spec.InstanceID = instance
+		p.Spec.Erasure = &v1.ErasureSpec{RequestID: "wipe-1", Scope: v1.ErasureScopeAll, RequestedBy: "mallory"}
+		Expect(k8s.Create(ctx, p)).To(Succeed())
+		Eventually(conditionStatus(ctx, ns, "squatter", v1.ConditionStalled)).Should(Equal("Stalled=True/NamespaceNotOnboarded"))
+		Consistently(func() consentv1.State { return ledgerOf(ctx, instance) }, "2s").Should(Equal(before), "not claimed, nothing recorded, nothing erased")
+		Expect(getPolicy(ctx, ns, "squatter").Finalizers).To(BeEmpty())
+		Expect(getPolicy(ctx, ns, "squatter").Status.ConsentHistory).To(BeEmpty(), "the receiver's record was not even read")
 	})
 })

@@ -92,6 +92,7 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 	}
 	client := deliver.New(cfg.Endpoint, transport, log)
+	go closeIdleOnTLSChange(ctx, tlsClient, transport, log)
 
 	store, err := stateStore(o, cfg.State.Namespace, cfg.State.ConfigMap)
 	if err != nil {
@@ -256,4 +257,24 @@ func readSecretFile(path string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s is empty", path)
 	}
 	return data, nil
+}
+
+// closeIdleOnTLSChange closes the transport's idle connections whenever the mounted key pair or
+// CA bundle changes (a renewal, an issuer rotation), so the next batch makes a new handshake
+// with them: a keep-alive connection would otherwise go on with the old ones.
+func closeIdleOnTLSChange(ctx context.Context, c *tlsreload.Client, t *http.Transport, log *slog.Logger) {
+	c.Changed() // the files as they are now
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if c.Changed() {
+				log.Info("TLS files changed: closing idle connections so the next batch uses them")
+				t.CloseIdleConnections()
+			}
+		}
+	}
 }

@@ -29,6 +29,7 @@ import (
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
+	"github.com/sourcegraph/telemetry-operator/internal/tlsreload"
 )
 
 // CertLifetime is how long the operator's own certificate is valid; it is renewed once a third
@@ -57,7 +58,7 @@ var (
 type Client struct {
 	base    string
 	cluster string
-	issuer  *pki.Issuer
+	issuers *pki.Holder
 	http    *http.Client
 	// Now is the time used for the operator's certificate (the TLS peers judge validity by the
 	// wall clock, whatever clock the reconciler runs on).
@@ -65,12 +66,15 @@ type Client struct {
 
 	mu   sync.Mutex
 	cert *tls.Certificate
+	// certIssuer signed cert: a rotated issuer makes the operator sign a new one at once.
+	certIssuer *pki.Issuer
 }
 
 // New returns a client for the receiver at base (https://host:port), identifying as the operator
-// of cluster with certificates signed by issuer, and trusting roots for the receiver's server
-// certificate (nil: the issuer's CA bundle).
-func New(base, cluster string, issuer *pki.Issuer, roots *x509.CertPool) (*Client, error) {
+// of cluster with certificates signed by the current issuer in issuers, and trusting roots for
+// the receiver's server certificate (nil: the current issuer's CA bundle, read per connection so
+// an issuer rotation needs no restart).
+func New(base, cluster string, issuers *pki.Holder, roots *x509.CertPool) (*Client, error) {
 	u, err := url.Parse(base)
 	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {
 		return nil, fmt.Errorf("receiver URL %q must be https://host[:port] without credentials", base)
@@ -78,23 +82,39 @@ func New(base, cluster string, issuer *pki.Issuer, roots *x509.CertPool) (*Clien
 	if !pki.ValidClusterName(cluster) {
 		return nil, fmt.Errorf("cluster name %q must be a DNS label", cluster)
 	}
-	if issuer == nil {
+	if issuers == nil || issuers.Current() == nil {
 		return nil, errors.New("the fleet issuer is required to sign the operator's certificate")
 	}
-	if roots == nil {
-		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(issuer.BundlePEM) {
+	currentRoots := func() (*x509.CertPool, error) {
+		if roots != nil {
+			return roots, nil
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(issuers.Current().BundlePEM) {
 			return nil, errors.New("the fleet issuer's CA bundle holds no certificate")
 		}
+		return pool, nil
 	}
-	c := &Client{base: strings.TrimRight(base, "/"), cluster: cluster, issuer: issuer, Now: time.Now}
+	if _, err := currentRoots(); err != nil {
+		return nil, err
+	}
+	c := &Client{base: strings.TrimRight(base, "/"), cluster: cluster, issuers: issuers, Now: time.Now}
 	c.http = &http.Client{
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{
 			TLSClientConfig: &tls.Config{
 				MinVersion:           tls.VersionTLS13,
-				RootCAs:              roots,
 				GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return c.certificate() },
+				// Verified in VerifyConnection against the current roots: a static RootCAs could
+				// not follow an issuer rotation.
+				InsecureSkipVerify: true, //nolint:gosec // verified in VerifyConnection
+				VerifyConnection: func(cs tls.ConnectionState) error {
+					pool, err := currentRoots()
+					if err != nil {
+						return err
+					}
+					return tlsreload.VerifyServer(cs, pool, u.Hostname())
+				},
 			},
 			ForceAttemptHTTP2:   true,
 			MaxIdleConnsPerHost: 4,
@@ -113,10 +133,11 @@ func (c *Client) certificate() (*tls.Certificate, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.Now()
-	if c.cert != nil && now.Before(c.cert.Leaf.NotAfter.Add(-CertLifetime/3)) {
+	iss := c.issuers.Current()
+	if c.cert != nil && c.certIssuer == iss && now.Before(c.cert.Leaf.NotAfter.Add(-CertLifetime/3)) {
 		return c.cert, nil
 	}
-	issued, err := c.issuer.IssueOperator(c.cluster, CertLifetime, now, nil)
+	issued, err := iss.IssueOperator(c.cluster, CertLifetime, now, nil)
 	if err != nil {
 		return nil, fmt.Errorf("signing the operator's certificate: %w", err)
 	}
@@ -125,7 +146,7 @@ func (c *Client) certificate() (*tls.Certificate, error) {
 		return nil, err
 	}
 	pair.Leaf = issued.Cert
-	c.cert = &pair
+	c.cert, c.certIssuer = &pair, iss
 	return c.cert, nil
 }
 
@@ -156,6 +177,14 @@ func (c *Client) Erase(ctx context.Context, req consentv1.ErasureRequest) (conse
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	c.mu.Lock()
+	rotated := c.cert != nil && c.certIssuer != c.issuers.Current()
+	c.mu.Unlock()
+	if rotated {
+		// Connections made with a certificate from the previous issuer, verified against its
+		// bundle, are not reused: the next request proves the new issuer works end to end.
+		c.http.CloseIdleConnections()
+	}
 	var body io.Reader
 	if in != nil {
 		data, err := json.Marshal(in)

@@ -448,6 +448,9 @@ func (s *Stack) Close() {
 	if s.Env != nil {
 		_ = testenv.Stop(s.Env)
 	}
+	if s.Opts.Dir == "" && s.Dir != "" {
+		_ = os.RemoveAll(s.Dir) // a directory of its own making: logs, kubeconfigs, keys
+	}
 }
 
 func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {

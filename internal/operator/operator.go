@@ -27,8 +27,10 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -40,10 +42,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/controllers"
@@ -162,10 +167,25 @@ func (c *Config) Selector() (labels.Selector, error) {
 		return labels.SelectorFromSet(labels.Set{v1.LabelOnboarded: "true"}), nil
 	}
 	sel, err := labels.Parse(c.NamespaceSelector)
-	if err != nil || sel.Empty() {
-		return nil, fmt.Errorf("--namespace-selector %q must be a non-empty label selector (default %s=true)", c.NamespaceSelector, v1.LabelOnboarded)
+	if err == nil && !requiresALabel(sel) {
+		err = errors.New("it must require a label to be present (=, ==, in or exists), or it would onboard namespaces nobody labelled")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--namespace-selector %q must be a label selector naming the onboarded namespaces' label (default %s=true): %w", c.NamespaceSelector, v1.LabelOnboarded, err)
 	}
 	return sel, nil
+}
+
+// requiresALabel reports whether sel matches only namespaces carrying some label.
+func requiresALabel(sel labels.Selector) bool {
+	reqs, _ := sel.Requirements()
+	for _, r := range reqs {
+		switch r.Operator() {
+		case selection.Equals, selection.DoubleEquals, selection.In, selection.Exists:
+			return true
+		}
+	}
+	return false
 }
 
 // TenantRole is the shipped name of the ClusterRole an admin binds in each onboarded namespace.
@@ -281,6 +301,28 @@ func TenantCacheOptions(mgr ctrl.Manager) cache.Options {
 	return cache.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper(), HTTPClient: mgr.GetHTTPClient(), ByObject: byObject}
 }
 
+// watchIssuer runs reloader on every change of the fleet issuer Secret, through a cache that
+// watches that one Secret (the manager may read no other: its Role names it).
+func watchIssuer(mgr ctrl.Manager, restCfg *rest.Config, ref types.NamespacedName, reloader *controllers.IssuerReloader) error {
+	c, err := cache.New(restCfg, cache.Options{
+		Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper(), HTTPClient: mgr.GetHTTPClient(),
+		DefaultNamespaces: map[string]cache.Config{ref.Namespace: {}},
+		ByObject:          map[client.Object]cache.ByObject{&corev1.Secret{}: {Field: fields.OneTermEqualSelector("metadata.name", ref.Name)}},
+	})
+	if err != nil {
+		return fmt.Errorf("creating the issuer Secret's cache: %w", err)
+	}
+	if err := mgr.Add(c); err != nil {
+		return err
+	}
+	reloader.Reader = c
+	// Every replica follows the issuer, so a standby that takes over signs with the current one.
+	return ctrl.NewControllerManagedBy(mgr).Named("fleet-issuer").
+		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false)}).
+		WatchesRawSource(source.Kind(c, &corev1.Secret{}, &handler.TypedEnqueueRequestForObject[*corev1.Secret]{})).
+		Complete(reloader)
+}
+
 // whoAmI names the identity the manager runs as, for the messages that tell an admin whom to
 // grant the tenant role.
 func whoAmI(ctx context.Context, c client.Client) string {
@@ -344,7 +386,8 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 			return nil, err
 		}
 	}
-	consentLedger, err := ledger.New(cfg.ReceiverURL, cluster, issuer, receiverRoots)
+	issuers := pki.NewHolder(issuer)
+	consentLedger, err := ledger.New(cfg.ReceiverURL, cluster, issuers, receiverRoots)
 	if err != nil {
 		return nil, err
 	}
@@ -398,7 +441,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		Scheme:    scheme,
 		Recorder:  rec,
 		Clock:     deps.Clock,
-		Issuer:    issuer,
+		Issuers:   issuers,
 		Metrics:   deps.Metrics,
 		Random:    deps.Random,
 		Ledger:    consentLedger,
@@ -408,11 +451,19 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 			LedgerRetry:        cfg.LedgerRetry, LedgerResync: cfg.LedgerResync, StartLease: startLease,
 		},
 	}
+	issuerChanged := make(chan event.GenericEvent)
+	r.IssuerChanged = issuerChanged
 	if ctl, err = r.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the controller: %w", err)
 	}
+	if err := watchIssuer(mgr, restCfg, issuerRef, &controllers.IssuerReloader{
+		Issuers: issuers, SecretRef: issuerRef, Recorder: rec, Clock: deps.Clock, Metrics: deps.Metrics,
+		MinRemaining: cfg.IssuerMinRemaining, Elected: mgr.Elected(), Policies: mgr.GetClient(), Changed: issuerChanged,
+	}); err != nil {
+		return nil, err
+	}
 	if err := mgr.Add(&controllers.IssuerMonitor{
-		Issuer: issuer, SecretRef: issuerRef, Reader: mgr.GetAPIReader(), Recorder: rec,
+		Issuers: issuers, SecretRef: issuerRef, Reader: mgr.GetAPIReader(), Recorder: rec,
 		Clock: deps.Clock, Metrics: deps.Metrics, Warning: cfg.IssuerExpiryWarning,
 	}); err != nil {
 		return nil, err

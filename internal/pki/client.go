@@ -31,6 +31,10 @@ const (
 	IssueWrongIdentity = "WrongIdentity"
 	IssueWrongIssuer   = "WrongIssuer"
 	IssueExpired       = "Expired"
+	// IssueStaleBundle is not a reason to issue: the certificate is good, but the CA bundle
+	// stored with it is not the issuer's current one (the issuer was rotated); the bundle alone
+	// is replaced, so the collector trusts the new roots before anything is signed by them.
+	IssueStaleBundle = "StaleBundle"
 )
 
 // backdate tolerates clocks that run slightly behind the operator's.
@@ -135,26 +139,42 @@ func (i *Issuer) CheckClient(data map[string][]byte, instanceID string, now time
 	if id, err := InstanceID(cert); err != nil || id != instanceID {
 		return cert, IssueWrongIdentity
 	}
-	// Verify the chain at a moment both certificates were valid: expiry is judged separately, below.
-	verifyAt := cert.NotBefore
-	if i.Cert.NotBefore.After(verifyAt) {
-		verifyAt = i.Cert.NotBefore
-	}
-	if _, err := cert.Verify(x509.VerifyOptions{
-		Roots:       i.pool(),
-		CurrentTime: verifyAt.Add(time.Second),
-		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}); err != nil {
+	if !i.trusts(cert) {
 		return cert, IssueWrongIssuer
 	}
 	if !now.Before(cert.NotAfter) {
 		return cert, IssueExpired
 	}
 	if string(data[KeyCA]) != string(i.BundlePEM) {
-		// A stale CA bundle would break the collector's trust of the receiver after an issuer change.
-		return cert, IssueWrongIssuer
+		return cert, IssueStaleBundle
 	}
 	return cert, ""
+}
+
+// trusts reports whether cert chains to this issuer or to a root in its bundle: during an issuer
+// rotation the bundle holds the previous root too, and certificates it signed stay in use until
+// their renewal. Removing a root from the bundle makes every certificate it signed due at once.
+// The chain is verified at a moment both certificates were valid: expiry is judged separately.
+func (i *Issuer) trusts(cert *x509.Certificate) bool {
+	roots := x509.NewCertPool()
+	bundle, err := ParseCertificatesPEM(i.BundlePEM)
+	if err != nil {
+		return false
+	}
+	for _, c := range bundle {
+		roots.AddCert(c) // LoadIssuer checked the issuer's own certificate is among them
+	}
+	for _, at := range []time.Time{cert.NotBefore, i.Cert.NotBefore} {
+		if at.Before(cert.NotBefore) {
+			at = cert.NotBefore
+		}
+		if _, err := cert.Verify(x509.VerifyOptions{
+			Roots: roots, CurrentTime: at.Add(time.Second), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (i *Issuer) pool() *x509.CertPool {

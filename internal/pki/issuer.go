@@ -12,6 +12,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
+	"sync/atomic"
 	"time"
 )
 
@@ -73,8 +75,17 @@ func LoadIssuer(data map[string][]byte, now time.Time) (*Issuer, error) {
 	bundle := data[KeyCA]
 	if len(bundle) == 0 {
 		bundle = certPEM
-	} else if _, err := ParseCertificatesPEM(bundle); err != nil {
-		return fail("%s: %v", KeyCA, err)
+	} else {
+		roots, err := ParseCertificatesPEM(bundle)
+		if err != nil {
+			return fail("%s: %v", KeyCA, err)
+		}
+		// The bundle is what collectors and the receiver trust: without the issuer's own
+		// certificate, nothing it signs would be trusted (a rotation that replaced the bundle
+		// instead of adding to it would cut the fleet off).
+		if !slices.ContainsFunc(roots, cert.Equal) {
+			return fail("%s does not hold the issuer certificate in %s: it must list every root to trust, this one included (during a rotation, the new and the old)", KeyCA, KeyCert)
+		}
 	}
 	return &Issuer{Cert: cert, Key: key, CertPEM: certPEM, BundlePEM: bundle}, nil
 }
@@ -153,4 +164,42 @@ type equalKey interface{ Equal(crypto.PublicKey) bool }
 func publicKeysEqual(a, b crypto.PublicKey) bool {
 	ak, ok := a.(equalKey)
 	return ok && ak.Equal(b)
+}
+
+// Holder holds the fleet issuer in use. The manager replaces it when the issuer Secret changes;
+// everything that signs reads the current one, so a rotation needs no restart.
+type Holder struct{ p atomic.Pointer[Issuer] }
+
+// NewHolder returns a Holder holding i.
+func NewHolder(i *Issuer) *Holder {
+	h := &Holder{}
+	h.p.Store(i)
+	return h
+}
+
+// Current returns the issuer in use.
+func (h *Holder) Current() *Issuer { return h.p.Load() }
+
+// Set makes i the issuer in use.
+func (h *Holder) Set(i *Issuer) { h.p.Store(i) }
+
+// Same reports whether i and o are the same issuer: the same certificate (LoadIssuer checked
+// each key belongs to its certificate) and bundle.
+func (i *Issuer) Same(o *Issuer) bool {
+	return o != nil && string(i.CertPEM) == string(o.CertPEM) && string(i.BundlePEM) == string(o.BundlePEM)
+}
+
+// BundleHolds reports whether the issuer's CA bundle holds certificate c (during a rotation's
+// overlap, the previous issuer's).
+func (i *Issuer) BundleHolds(c *x509.Certificate) bool {
+	bundle, err := ParseCertificatesPEM(i.BundlePEM)
+	if err != nil {
+		return false
+	}
+	for _, b := range bundle {
+		if b.Equal(c) {
+			return true
+		}
+	}
+	return false
 }

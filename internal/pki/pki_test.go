@@ -59,6 +59,8 @@ func TestLoadIssuerRejectsUnusableIssuers(t *testing.T) {
 		{"expired", expired.Secret(), "expired at"},
 		{"not yet valid", future.Secret(), "is not valid before"},
 		{"bad ca bundle", map[string][]byte{"tls.crt": good.CertPEM, "tls.key": good.KeyPEM, "ca.crt": []byte("junk")}, "ca.crt:"},
+		// A rotation that replaced the bundle with another root instead of adding to it.
+		{"bundle without the issuer", map[string][]byte{"tls.crt": good.CertPEM, "tls.key": good.KeyPEM, "ca.crt": other.CertPEM}, "does not hold the issuer certificate"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -164,7 +166,7 @@ func TestCheckClientFindsEveryTampering(t *testing.T) {
 		{"key of another certificate", secret(good, another.KeyPEM), now, IssueKeyMismatch},
 		{"certificate for another instance", secret(wrongID, nil), now, IssueWrongIdentity},
 		{"signed by another issuer", secret(foreign, nil), now, IssueWrongIssuer},
-		{"stale CA bundle", map[string][]byte{KeyCert: good.CertPEM, KeyKey: good.KeyPEM, KeyCA: other.BundlePEM}, now, IssueWrongIssuer},
+		{"stale CA bundle", map[string][]byte{KeyCert: good.CertPEM, KeyKey: good.KeyPEM, KeyCA: other.BundlePEM}, now, IssueStaleBundle},
 		{"expired", secret(good, nil), good.Cert.NotAfter, IssueExpired},
 	}
 	for _, tc := range cases {
@@ -224,5 +226,50 @@ func TestIssuerCapsLifetime(t *testing.T) {
 	}
 	if !iss.ExpiresWithin(now, 72*time.Hour) || iss.ExpiresWithin(now, 24*time.Hour) {
 		t.Fatal("ExpiresWithin is wrong")
+	}
+}
+
+// TestRotationKeepsCertificatesOfARootStillInTheBundle: after a rotation the new issuer's
+// bundle holds the previous root too: certificates it signed stay usable (their CA bundle is
+// refreshed, not the certificate) until renewal; once the old root leaves the bundle they are
+// due at once.
+func TestRotationKeepsCertificatesOfARootStillInTheBundle(t *testing.T) {
+	oldIss, oldCA := newIssuer(t)
+	_, newCA := newIssuer(t)
+	issued, err := oldIss.IssueClient("acme", 24*time.Hour, now, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlap := newCA.Secret()
+	overlap[KeyCA] = append(append([]byte{}, newCA.CertPEM...), oldCA.CertPEM...)
+	during, err := LoadIssuer(overlap, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := map[string][]byte{KeyCert: issued.CertPEM, KeyKey: issued.KeyPEM, KeyCA: oldIss.BundlePEM}
+	if _, got := during.CheckClient(data, "acme", now); got != IssueStaleBundle {
+		t.Fatalf("during the overlap, a certificate of the previous root = %q, want %q (keep it, refresh the bundle)", got, IssueStaleBundle)
+	}
+	data[KeyCA] = during.BundlePEM
+	if _, got := during.CheckClient(data, "acme", now); got != "" {
+		t.Fatalf("with the bundle refreshed = %q, want usable", got)
+	}
+	after, err := LoadIssuer(newCA.Secret(), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[KeyCA] = after.BundlePEM
+	if _, got := after.CheckClient(data, "acme", now); got != IssueWrongIssuer {
+		t.Fatalf("after the old root left the bundle = %q, want %q", got, IssueWrongIssuer)
+	}
+	fresh, err := during.IssueClient("acme", 24*time.Hour, now, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, got := after.CheckClient(map[string][]byte{KeyCert: fresh.CertPEM, KeyKey: fresh.KeyPEM, KeyCA: after.BundlePEM}, "acme", now); got != "" {
+		t.Fatalf("a certificate signed during the overlap, after it = %q, want usable", got)
+	}
+	if !during.Same(during) || during.Same(after) || during.Same(nil) {
+		t.Error("Same does not tell issuers apart")
 	}
 }

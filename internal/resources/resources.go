@@ -183,7 +183,7 @@ func Role(p *telemetryv1alpha1.TelemetryPolicy) *rbacv1.Role {
 			APIGroups:     []string{""},
 			Resources:     []string{"configmaps"},
 			ResourceNames: []string{NamesFor(p.Name).State},
-			Verbs:         []string{"get", "update", "patch"},
+			Verbs:         []string{"get", "update"},
 		}},
 	}
 }

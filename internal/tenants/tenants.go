@@ -76,7 +76,7 @@ type Options struct {
 	// Clock decides when a namespace's permissions are reviewed again.
 	Clock clock.PassiveClock
 	// Recheck is how long a successful permission review holds (default 5m); SyncTimeout bounds
-	// the wait for a new cache (default 1m).
+	// the wait for a new cache (default 15s).
 	Recheck, SyncTimeout time.Duration
 }
 
@@ -91,7 +91,9 @@ type tenant struct {
 type Set struct {
 	opts Options
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// addMu makes starting a namespace's cache single-flight.
+	addMu   sync.Mutex
 	ctx     context.Context // the manager's, once started
 	tenants map[string]*tenant
 	started chan struct{}
@@ -103,7 +105,7 @@ func New(o Options) *Set {
 		o.Recheck = 5 * time.Minute
 	}
 	if o.SyncTimeout <= 0 {
-		o.SyncTimeout = time.Minute
+		o.SyncTimeout = 15 * time.Second
 	}
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
@@ -167,6 +169,11 @@ func (s *Set) Ensure(ctx context.Context, ns string) (Status, error) {
 	if fresh {
 		return Status{Onboarded: true}, nil
 	}
+	s.addMu.Lock()
+	defer s.addMu.Unlock()
+	s.mu.Lock()
+	t = s.tenants[ns] // another reconcile may have added it meanwhile
+	s.mu.Unlock()
 	missing, err := s.missing(ctx, ns)
 	if err != nil {
 		return Status{}, fmt.Errorf("reviewing the manager's permissions in namespace %s: %w", ns, err)
@@ -187,6 +194,16 @@ func (s *Set) Ensure(ctx context.Context, ns string) (Status, error) {
 		return Status{}, err
 	}
 	return Status{Onboarded: true}, nil
+}
+
+// Sync stops the cache of ns if the manager's cache no longer holds it as onboarded (its label
+// was removed, or it was deleted), whether or not a policy is left there to reconcile.
+func (s *Set) Sync(ctx context.Context, ns string) {
+	nsObj := &corev1.Namespace{}
+	err := s.opts.Namespaces.Get(ctx, client.ObjectKey{Name: ns}, nsObj)
+	if apierrors.IsNotFound(err) || err == nil && !s.opts.Selector.Matches(labels.Set(nsObj.Labels)) {
+		s.remove(ctx, ns)
+	}
 }
 
 func (s *Set) notOnboarded(ns string) Status {

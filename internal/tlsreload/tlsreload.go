@@ -10,6 +10,7 @@ Licensed under the Apache License, Version 2.0.
 package tlsreload
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -33,6 +34,31 @@ type Client struct {
 	// OnReload, if set, is called with the leaf serial whenever a different key pair is loaded.
 	OnReload func(serial string)
 	lastSer  string
+	// seen is a digest of the three files as last looked at by Changed.
+	seen [32]byte
+}
+
+// Changed reports whether any of the files differs from when Changed last looked (the first
+// call records them and reports false). A caller holding keep-alive connections closes its idle
+// ones when it does, so the next request makes a handshake with the new key pair and bundle:
+// otherwise a busy connection could carry the old ones indefinitely.
+func (c *Client) Changed() bool {
+	h := sha256.New()
+	for _, f := range []string{c.certFile, c.keyFile, c.caFile} {
+		data, err := readBounded(f)
+		if err != nil {
+			return false // mid-update or gone: look again next time
+		}
+		h.Write(data)
+		h.Write([]byte{0})
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	changed := c.seen != [32]byte{} && c.seen != sum
+	c.seen = sum
+	return changed
 }
 
 // NewClient returns a reloader for the given PEM files. It loads them once to fail fast.
@@ -59,24 +85,36 @@ func (c *Client) TLSConfig(serverName string) *tls.Config {
 		// Chain verification happens in VerifyConnection against a freshly read CA bundle;
 		// the static RootCAs field could not follow a rotated bundle.
 		InsecureSkipVerify: true, //nolint:gosec // verified in VerifyConnection below
-		VerifyConnection:   c.verify,
+		VerifyConnection:   func(cs tls.ConnectionState) error { return c.verify(cs, serverName) },
 	}
 }
 
-func (c *Client) verify(cs tls.ConnectionState) error {
-	if len(cs.PeerCertificates) == 0 {
-		return errors.New("server presented no certificate")
-	}
+func (c *Client) verify(cs tls.ConnectionState, serverName string) error {
 	pool, err := c.pool()
 	if err != nil {
 		return err
 	}
+	return VerifyServer(cs, pool, serverName)
+}
+
+// VerifyServer verifies a server's certificate chain against roots and its name against host
+// (a DNS name or an IP address), as crypto/tls would with RootCAs set; for clients whose roots
+// change between connections. host is required: crypto/tls leaves cs.ServerName empty for an IP
+// address, and an empty name would skip the check.
+func VerifyServer(cs tls.ConnectionState, roots *x509.CertPool, host string) error {
+	if host == "" {
+		return errors.New("no server name to verify the receiver's certificate against")
+	}
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("server presented no certificate")
+	}
+	pool := roots
 	inter := x509.NewCertPool()
 	for _, ic := range cs.PeerCertificates[1:] {
 		inter.AddCert(ic)
 	}
-	_, err = cs.PeerCertificates[0].Verify(x509.VerifyOptions{
-		Roots: pool, Intermediates: inter, DNSName: cs.ServerName,
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+		Roots: pool, Intermediates: inter, DNSName: host,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	})
 	if err != nil {

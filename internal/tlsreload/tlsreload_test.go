@@ -300,3 +300,65 @@ func TestServerFollowsARotatedIssuerAndCertificateWithoutRestart(t *testing.T) {
 		t.Fatalf("with a broken bundle on disk: %v", err)
 	}
 }
+
+// TestClientChecksAReceiverAddressedByIP: crypto/tls sends no server name for an IP address, so
+// the address must be checked against the certificate's IP SANs explicitly: a certificate from
+// the trusted CA for another address is refused.
+func TestClientChecksAReceiverAddressedByIP(t *testing.T) {
+	ca, _ := pkitest.NewCA("fleet", pkitest.Options{})
+	issuer, _ := pki.LoadIssuer(ca.Secret(), time.Now())
+	vol := newSecretVolume(t)
+	cc, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+	vol.write(map[string][]byte{"tls.crt": cc.CertPEM, "tls.key": cc.KeyPEM, "ca.crt": ca.CertPEM})
+	c, err := NewClient(vol.path("tls.crt"), vol.path("tls.key"), vol.path("ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		sans []string
+		ok   bool
+	}{{[]string{"127.0.0.1"}, true}, {[]string{"127.0.0.2", "elsewhere.example"}, false}} {
+		server, _ := ca.ServerCert("receiver", tc.sans, time.Time{})
+		pair, _ := tls.X509KeyPair(server.CertPEM, server.KeyPEM)
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13}
+		srv.StartTLS()
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: c.TLSConfig("127.0.0.1")}}
+		resp, err := hc.Get(srv.URL)
+		if err == nil {
+			_ = resp.Body.Close()
+		}
+		srv.Close()
+		if (err == nil) != tc.ok {
+			t.Errorf("receiver certificate for %v at 127.0.0.1: err = %v, want ok=%v", tc.sans, err, tc.ok)
+		}
+	}
+}
+
+func TestChangedSeesANewKeyPairOrBundle(t *testing.T) {
+	ca, _ := pkitest.NewCA("fleet", pkitest.Options{})
+	other, _ := pkitest.NewCA("next", pkitest.Options{})
+	issuer, _ := pki.LoadIssuer(ca.Secret(), time.Now())
+	vol := newSecretVolume(t)
+	cc, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+	vol.write(map[string][]byte{"tls.crt": cc.CertPEM, "tls.key": cc.KeyPEM, "ca.crt": ca.CertPEM})
+	c, err := NewClient(vol.path("tls.crt"), vol.path("tls.key"), vol.path("ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Changed() || c.Changed() {
+		t.Fatal("nothing changed yet")
+	}
+	vol.write(map[string][]byte{"tls.crt": cc.CertPEM, "tls.key": cc.KeyPEM, "ca.crt": append(append([]byte{}, ca.CertPEM...), other.CertPEM...)})
+	if !c.Changed() {
+		t.Fatal("a new CA bundle is a change")
+	}
+	if c.Changed() {
+		t.Fatal("reported once")
+	}
+	renewed, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+	vol.write(map[string][]byte{"tls.crt": renewed.CertPEM, "tls.key": renewed.KeyPEM, "ca.crt": ca.CertPEM})
+	if !c.Changed() {
+		t.Fatal("a renewed key pair is a change")
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -71,6 +72,7 @@ type Receiver struct {
 	listener   net.Listener
 	addr       string
 	tlsConfig  *tls.Config
+	clientCAs  atomic.Pointer[x509.CertPool]
 }
 
 // LogBuffer is a log sink safe for concurrent use.
@@ -172,6 +174,14 @@ func StartWith(ctx context.Context, o Options) (*Receiver, error) {
 	}
 	r := &Receiver{PG: pg, Store: st, DB: db, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir, Clock: o.Clock, limits: o.Limits,
 		tlsConfig: server.TLSConfig(pair, pool)}
+	r.clientCAs.Store(pool)
+	base := r.tlsConfig
+	r.tlsConfig = base.Clone()
+	r.tlsConfig.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		c := base.Clone()
+		c.ClientCAs = r.clientCAs.Load()
+		return c, nil
+	}
 	r.newServer()
 	if err := r.Listen(); err != nil {
 		return nil, err
@@ -204,6 +214,16 @@ func (r *Receiver) Restart(ctx context.Context) error {
 }
 
 // TestCluster is the cluster Grant records transitions as.
+// TrustClientCAs replaces the CAs whose client certificates the receiver accepts (from the next
+// connection on), as the real receiver does when its client CA file changes.
+func (r *Receiver) TrustClientCAs(cas ...*x509.Certificate) {
+	pool := x509.NewCertPool()
+	for _, c := range cas {
+		pool.AddCert(c)
+	}
+	r.clientCAs.Store(pool)
+}
+
 const TestCluster = "test"
 
 // Grant records, through the store, that tier is in force for instance from at on, on behalf of

@@ -80,6 +80,17 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	// The operator ran under the installer's RBAC throughout: a request it was refused means it
+	// needs a permission the installer does not ship, or tried something it should not.
+	if b, err := os.ReadFile(filepath.Join(stack.Dir, "manager.log")); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "forbidden") {
+				fmt.Fprintf(os.Stderr, "FAIL: the operator was refused a request under its shipped RBAC:\n%s\n", line)
+				code = 1
+				break
+			}
+		}
+	}
 	if code != 0 {
 		for _, f := range []string{"manager.log", "receiver.log"} {
 			b, _ := os.ReadFile(filepath.Join(stack.Dir, f))

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -194,10 +195,11 @@ func managedObjects(t *testing.T, ns string) int {
 	sel := client.MatchingLabels{resources.LabelManagedBy: resources.ManagedByValue}
 	var secrets corev1.SecretList
 	var cms corev1.ConfigMapList
-	for _, l := range []client.ObjectList{&secrets, &cms} {
+	var deps appsv1.DeploymentList
+	for _, l := range []client.ObjectList{&secrets, &cms, &deps} {
 		if err := stack.Client.List(context.Background(), l, client.InNamespace(ns), sel); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return len(secrets.Items) + len(cms.Items)
+	return len(secrets.Items) + len(cms.Items) + len(deps.Items)
 }
