@@ -177,12 +177,6 @@ func (i *Issuer) trusts(cert *x509.Certificate) bool {
 	return false
 }
 
-func (i *Issuer) pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(i.Cert)
-	return p
-}
-
 // RenewalTime is when a certificate valid from notBefore to notAfter and rotated every period is
 // due: after one period, and in any case while a third of its lifetime remains.
 func RenewalTime(notBefore, notAfter time.Time, period time.Duration) time.Time {
