@@ -638,8 +638,13 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		return nil
 	}
 	defer func() { st.tier = st.runnableTier() }()
-	if st.outside != nil && !outsideMayRecord(st) {
-		st.want = nil // outside the onboarded namespaces, only withdrawals are recorded
+	if st.outside != nil {
+		// Outside the onboarded namespaces only withdrawals are recorded: they travel as pending
+		// lowerings; a planned transition there is a raise, a first record or a claim.
+		st.want = nil
+		if st.claim {
+			return nil // the record is no longer this policy's: nothing is recorded for it from here
+		}
 	}
 	r.flushLedger(ctx, st)
 	if st.ledgerKnown && len(st.timeline) > 0 {

@@ -13,10 +13,15 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/controllers"
+	"github.com/sourcegraph/telemetry-operator/internal/operator"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
@@ -130,5 +135,40 @@ var _ = Describe("Fleet issuer rotation", func() {
 		setIssuer(ctx, next.Secret())
 		Eventually(func() bool { return signedBy(credentialsOf(ctx, ns, "waits"), next) }).Should(BeTrue())
 		Eventually(func() []byte { return credentialsOf(ctx, ns, "waits").Data[pki.KeyCA] }).Should(Equal(next.CertPEM))
+	})
+})
+
+var _ = Describe("Fleet issuer on a standby replica", func() {
+	It("is followed while another replica leads, so a takeover signs with the current issuer", func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		DeferCleanup(cancel)
+		const leNS = "standby-election"
+		Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: leNS}})).To(Succeed())
+		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "standby-issuer", Namespace: issuerNamespace}, Data: fleetCA.Secret()})).To(Succeed())
+		// Another replica holds the lease, renewed just now, for an hour.
+		holder, now := "the-leader", metav1.NewMicroTime(time.Now())
+		Expect(k8s.Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "telemetry-operator.telemetry.sourcegraph.com", Namespace: leNS},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: ptr.To[int32](3600), AcquireTime: &now, RenewTime: &now}})).To(Succeed())
+
+		m := controllers.NewMetrics(nil)
+		standby, err := operator.New(ctx, cfg, operator.Config{
+			MetricsAddr: "0", ProbeAddr: "0", LeaderElect: true, LeaderElectionNS: leNS,
+			IssuerSecret: issuerNamespace + "/standby-issuer", CollectorImage: "telemetry-collector:test",
+			ReceiverURL: rcv.URL, AllowedEndpoints: []string{testEndpoint}, ClusterName: "standby",
+		}, operator.Deps{Clock: fakeClock, Metrics: m, Restartable: true})
+		Expect(err).NotTo(HaveOccurred())
+		done := make(chan error, 1)
+		go func() { done <- standby.Start(ctx) }()
+
+		next := mustCA(pkitest.Options{NotBefore: fakeClock.Now().Add(-time.Hour), NotAfter: fakeClock.Now().Add(2 * 365 * 24 * time.Hour)})
+		data := next.Secret()
+		data[pki.KeyCA] = bundle(next, fleetCA)
+		s := &corev1.Secret{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: issuerNamespace, Name: "standby-issuer"}, s)).To(Succeed())
+		s.Data = data
+		Expect(k8s.Update(ctx, s)).To(Succeed())
+		Eventually(func() float64 { return metricValue(m.IssuerReloads.WithLabelValues("rotated")) }, "20s").Should(Equal(1.0))
+		Expect(standby.Elected()).NotTo(BeClosed(), "it followed the issuer as a standby")
+		Consistently(done, "3s").ShouldNot(Receive(), "and keeps running as one")
 	})
 })

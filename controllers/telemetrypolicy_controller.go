@@ -207,6 +207,7 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			return ctrl.Result{}, nil // owned objects go with the policy through their owner references
 		}
 		after, err := r.finalize(ctx, p, outside)
+		r.noteForbidden(p.Namespace, err)
 		return ctrl.Result{RequeueAfter: after}, err
 	}
 	// A policy that never ran in an onboarded namespace gets no finalizer: nothing was recorded
@@ -275,6 +276,7 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			stepErr = fmt.Errorf("step erasure: %w", err)
 		}
 	}
+	r.noteForbidden(p.Namespace, stepErr)
 	return ctrl.Result{}, stepErr
 }
 

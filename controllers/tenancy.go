@@ -10,6 +10,8 @@ import (
 	"context"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/tenants"
 )
@@ -22,6 +24,17 @@ type Tenancy interface {
 	Onboarded(namespace string) bool
 	// Sync stops the namespace's cache if it is no longer onboarded (no API call).
 	Sync(ctx context.Context, namespace string)
+	// Invalidate has the next Ensure review the manager's permissions again.
+	Invalidate(namespace string)
+}
+
+// noteForbidden has the manager review its permissions in the policy's namespace again when a
+// request there was refused (its RoleBinding removed, or the namespace being deleted), instead
+// of trusting the last review for minutes.
+func (r *TelemetryPolicyReconciler) noteForbidden(namespace string, err error) {
+	if r.Tenants != nil && apierrors.IsForbidden(err) {
+		r.Tenants.Invalidate(namespace)
+	}
 }
 
 // notPermittedRetry is how soon a policy in a labelled namespace where the manager lacks its
@@ -69,17 +82,4 @@ func (r *TelemetryPolicyReconciler) holdOutside(_ context.Context, st *reconcile
 // everRecorded reports whether the policy's consent was ever recorded or sent to the receiver.
 func everRecorded(p *v1.TelemetryPolicy) bool {
 	return len(p.Status.ConsentHistory) > 0 || len(p.Status.PendingConsentChanges) > 0
-}
-
-// outsideMayRecord reports whether the planned transition may be recorded for a policy outside
-// the onboarded namespaces: only a lowering of a record it already owns.
-func outsideMayRecord(st *reconcileState) bool {
-	if st.claim || st.want == nil {
-		return false
-	}
-	current := v1.TierOff
-	if len(st.timeline) > 0 {
-		current = v1.ConsentTier(st.timeline.Current())
-	}
-	return v1.ConsentTier(st.want.Tier).Rank() < current.Rank()
 }

@@ -112,6 +112,22 @@ var _ = Describe("Onboarded namespaces", func() {
 		}).Should(Equal(consentv1.Tier(v1.TierEventLevel)))
 	})
 
+	It("records a withdrawal made outside while the receiver was down, and not the raise after it", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "queued")
+		setOnboarded(ctx, ns, false)
+		Eventually(conditionStatus(ctx, ns, "queued", v1.ConditionStalled)).Should(Equal("Stalled=True/NamespaceNotOnboarded"))
+		rcv.Stop()
+		DeferCleanup(func() { _ = rcv.Listen() })
+		updatePolicy(ctx, ns, "queued", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+		Eventually(func() int { return len(getPolicy(ctx, ns, "queued").Status.PendingConsentChanges) }).Should(BeNumerically(">", 0))
+		updatePolicy(ctx, ns, "queued", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+		Expect(rcv.Listen()).To(Succeed())
+		current := func() consentv1.Tier { return ledgerOf(ctx, instanceOf(ns, "queued")).Timeline.Current() }
+		Eventually(current, 20*time.Second).Should(Equal(consentv1.Tier(v1.TierOff)))
+		Consistently(current, "2s").Should(Equal(consentv1.Tier(v1.TierOff)), "the raise to CriticalOnly waits for onboarding")
+	})
+
 	It("lets a policy go when its namespace was offboarded, recording the deletion as Off", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "gone")

@@ -91,8 +91,7 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		ResponseHeaderTimeout: 60 * time.Second,
 		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 	}
-	client := deliver.New(cfg.Endpoint, transport, log)
-	go closeIdleOnTLSChange(ctx, tlsClient, transport, log)
+	client := deliver.New(cfg.Endpoint, freshTLS{next: transport, tls: tlsClient, log: log}, log)
 
 	store, err := stateStore(o, cfg.State.Namespace, cfg.State.ConfigMap)
 	if err != nil {
@@ -259,22 +258,21 @@ func readSecretFile(path string, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-// closeIdleOnTLSChange closes the transport's idle connections whenever the mounted key pair or
-// CA bundle changes (a renewal, an issuer rotation), so the next batch makes a new handshake
-// with them: a keep-alive connection would otherwise go on with the old ones.
-func closeIdleOnTLSChange(ctx context.Context, c *tlsreload.Client, t *http.Transport, log *slog.Logger) {
-	c.Changed() // the files as they are now
-	tick := time.NewTicker(2 * time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			if c.Changed() {
-				log.Info("TLS files changed: closing idle connections so the next batch uses them")
-				t.CloseIdleConnections()
-			}
-		}
+// freshTLS closes the connection a request uses once the mounted key pair or CA bundle changed
+// since the last handshake (a renewal, an issuer rotation), so the next batch makes a new
+// handshake with them: a keep-alive connection, busy or idle, would otherwise go on with the
+// old ones.
+type freshTLS struct {
+	next http.RoundTripper
+	tls  *tlsreload.Client
+	log  *slog.Logger
+}
+
+func (f freshTLS) RoundTrip(r *http.Request) (*http.Response, error) {
+	if f.tls.NeedsHandshake() {
+		f.log.Info("TLS files changed: this connection is closed after the request, the next one uses them")
+		r = r.Clone(r.Context())
+		r.Close = true
 	}
+	return f.next.RoundTrip(r)
 }

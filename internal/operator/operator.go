@@ -180,6 +180,9 @@ func (c *Config) Selector() (labels.Selector, error) {
 func requiresALabel(sel labels.Selector) bool {
 	reqs, _ := sel.Requirements()
 	for _, r := range reqs {
+		if strings.HasPrefix(r.Key(), "kubernetes.io/") {
+			continue // set by Kubernetes on every namespace (kubernetes.io/metadata.name), not by an admin
+		}
 		switch r.Operator() {
 		case selection.Equals, selection.DoubleEquals, selection.In, selection.Exists:
 			return true
@@ -312,7 +315,9 @@ func watchIssuer(mgr ctrl.Manager, restCfg *rest.Config, ref types.NamespacedNam
 	if err != nil {
 		return fmt.Errorf("creating the issuer Secret's cache: %w", err)
 	}
-	if err := mgr.Add(c); err != nil {
+	// Added as it is, a cache with per-object settings would be started on the leader only, and
+	// a standby's watch would never sync: it goes with the manager's own caches instead.
+	if err := mgr.Add(everyReplica{c}); err != nil {
 		return err
 	}
 	reloader.Reader = c
@@ -322,6 +327,12 @@ func watchIssuer(mgr ctrl.Manager, restCfg *rest.Config, ref types.NamespacedNam
 		WatchesRawSource(source.Kind(c, &corev1.Secret{}, &handler.TypedEnqueueRequestForObject[*corev1.Secret]{})).
 		Complete(reloader)
 }
+
+// everyReplica is started with the manager's caches, on every replica, leader or not.
+type everyReplica struct{ cache.Cache }
+
+// GetCache places it among the manager's caches.
+func (c everyReplica) GetCache() cache.Cache { return c.Cache }
 
 // whoAmI names the identity the manager runs as, for the messages that tell an admin whom to
 // grant the tenant role.

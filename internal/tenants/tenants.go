@@ -147,19 +147,12 @@ func (s *Set) Ensure(ctx context.Context, ns string) (Status, error) {
 	case <-ctx.Done():
 		return Status{}, ctx.Err()
 	}
-	nsObj := &corev1.Namespace{}
-	err := s.opts.Namespaces.Get(ctx, client.ObjectKey{Name: ns}, nsObj)
-	switch {
-	case apierrors.IsNotFound(err):
-		// The manager's cache holds only labelled namespaces.
-		s.remove(ctx, ns)
-		return s.notOnboarded(ns), nil
-	case err != nil:
+	if on, err := s.labelled(ctx, ns); err != nil || !on {
+		if err == nil {
+			s.remove(ctx, ns)
+			return s.notOnboarded(ns), nil
+		}
 		return Status{}, err
-	}
-	if !s.opts.Selector.Matches(labels.Set(nsObj.Labels)) {
-		s.remove(ctx, ns)
-		return s.notOnboarded(ns), nil
 	}
 	now := s.opts.Clock.Now()
 	s.mu.Lock()
@@ -169,11 +162,10 @@ func (s *Set) Ensure(ctx context.Context, ns string) (Status, error) {
 	if fresh {
 		return Status{Onboarded: true}, nil
 	}
+	// Reviewing and starting are single-flight, and serialized with Sync: a label removed
+	// meanwhile is seen below, before a cache is kept.
 	s.addMu.Lock()
 	defer s.addMu.Unlock()
-	s.mu.Lock()
-	t = s.tenants[ns] // another reconcile may have added it meanwhile
-	s.mu.Unlock()
 	missing, err := s.missing(ctx, ns)
 	if err != nil {
 		return Status{}, fmt.Errorf("reviewing the manager's permissions in namespace %s: %w", ns, err)
@@ -184,10 +176,20 @@ func (s *Set) Ensure(ctx context.Context, ns string) (Status, error) {
 			"namespace %s is labelled for onboarding but the manager may not %s there: bind ClusterRole %s to ServiceAccount %s in it (a RoleBinding)",
 			ns, describe(missing), s.opts.RoleName, s.opts.Subject)}, nil
 	}
+	if on, err := s.labelled(ctx, ns); err != nil || !on {
+		if err == nil {
+			s.remove(ctx, ns)
+			return s.notOnboarded(ns), nil
+		}
+		return Status{}, err
+	}
+	s.mu.Lock()
+	t = s.tenants[ns]
 	if t != nil {
-		s.mu.Lock()
 		t.reviewed = now
-		s.mu.Unlock()
+	}
+	s.mu.Unlock()
+	if t != nil {
 		return Status{Onboarded: true}, nil
 	}
 	if err := s.add(ctx, ns, now); err != nil {
@@ -196,12 +198,37 @@ func (s *Set) Ensure(ctx context.Context, ns string) (Status, error) {
 	return Status{Onboarded: true}, nil
 }
 
+// labelled reports whether the manager's cache holds ns as onboarded: labelled, and not being
+// deleted (a namespace being deleted loses its RoleBindings before its policies go, so the
+// manager treats it as offboarded already).
+func (s *Set) labelled(ctx context.Context, ns string) (bool, error) {
+	nsObj := &corev1.Namespace{}
+	err := s.opts.Namespaces.Get(ctx, client.ObjectKey{Name: ns}, nsObj)
+	switch {
+	case apierrors.IsNotFound(err):
+		return false, nil // the manager's cache holds only labelled namespaces
+	case err != nil:
+		return false, err
+	}
+	return s.opts.Selector.Matches(labels.Set(nsObj.Labels)) && nsObj.DeletionTimestamp.IsZero(), nil
+}
+
+// Invalidate makes the next Ensure review the manager's permissions in ns again, as after a
+// request there was refused.
+func (s *Set) Invalidate(ns string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t := s.tenants[ns]; t != nil {
+		t.reviewed = time.Time{}
+	}
+}
+
 // Sync stops the cache of ns if the manager's cache no longer holds it as onboarded (its label
 // was removed, or it was deleted), whether or not a policy is left there to reconcile.
 func (s *Set) Sync(ctx context.Context, ns string) {
-	nsObj := &corev1.Namespace{}
-	err := s.opts.Namespaces.Get(ctx, client.ObjectKey{Name: ns}, nsObj)
-	if apierrors.IsNotFound(err) || err == nil && !s.opts.Selector.Matches(labels.Set(nsObj.Labels)) {
+	s.addMu.Lock()
+	defer s.addMu.Unlock()
+	if on, err := s.labelled(ctx, ns); err == nil && !on {
 		s.remove(ctx, ns)
 	}
 }

@@ -34,31 +34,37 @@ type Client struct {
 	// OnReload, if set, is called with the leaf serial whenever a different key pair is loaded.
 	OnReload func(serial string)
 	lastSer  string
-	// seen is a digest of the three files as last looked at by Changed.
-	seen [32]byte
+	// atHandshake is a digest of the three files when the last handshake loaded them.
+	atHandshake [32]byte
 }
 
-// Changed reports whether any of the files differs from when Changed last looked (the first
-// call records them and reports false). A caller holding keep-alive connections closes its idle
-// ones when it does, so the next request makes a handshake with the new key pair and bundle:
-// otherwise a busy connection could carry the old ones indefinitely.
-func (c *Client) Changed() bool {
+// digest hashes the three files; ok is false when one cannot be read (mid-update, or gone).
+func (c *Client) digest() (sum [32]byte, ok bool) {
 	h := sha256.New()
 	for _, f := range []string{c.certFile, c.keyFile, c.caFile} {
 		data, err := readBounded(f)
 		if err != nil {
-			return false // mid-update or gone: look again next time
+			return sum, false
 		}
 		h.Write(data)
 		h.Write([]byte{0})
 	}
-	var sum [32]byte
 	copy(sum[:], h.Sum(nil))
+	return sum, true
+}
+
+// NeedsHandshake reports whether the files changed since the last handshake loaded them (a
+// renewal, an issuer rotation). A caller holding keep-alive connections then closes the one it
+// uses (Request.Close), so the next request makes a new handshake with the new key pair and
+// bundle: a busy connection would otherwise carry the old ones indefinitely.
+func (c *Client) NeedsHandshake() bool {
+	sum, ok := c.digest()
+	if !ok {
+		return false
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	changed := c.seen != [32]byte{} && c.seen != sum
-	c.seen = sum
-	return changed
+	return c.atHandshake != [32]byte{} && c.atHandshake != sum
 }
 
 // NewClient returns a reloader for the given PEM files. It loads them once to fail fast.
@@ -129,9 +135,13 @@ func (c *Client) keyPair() (*tls.Certificate, error) {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var pair tls.Certificate
+		sum, summed := c.digest()
 		pair, err = loadPair(c.certFile, c.keyFile)
 		if err == nil {
 			c.mu.Lock()
+			if summed {
+				c.atHandshake = sum
+			}
 			c.lastPair = &pair
 			serial := fmt.Sprintf("%x", pair.Leaf.SerialNumber)
 			changed := serial != c.lastSer

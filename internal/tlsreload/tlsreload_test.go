@@ -335,7 +335,7 @@ func TestClientChecksAReceiverAddressedByIP(t *testing.T) {
 	}
 }
 
-func TestChangedSeesANewKeyPairOrBundle(t *testing.T) {
+func TestNeedsHandshakeUntilOneLoadsTheNewFiles(t *testing.T) {
 	ca, _ := pkitest.NewCA("fleet", pkitest.Options{})
 	other, _ := pkitest.NewCA("next", pkitest.Options{})
 	issuer, _ := pki.LoadIssuer(ca.Secret(), time.Now())
@@ -346,22 +346,24 @@ func TestChangedSeesANewKeyPairOrBundle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if first := c.Changed(); first {
-		t.Fatal("the first look records the files")
-	}
-	if again := c.Changed(); again {
-		t.Fatal("nothing changed yet")
+	if c.NeedsHandshake() {
+		t.Fatal("nothing changed since the files were loaded")
 	}
 	vol.write(map[string][]byte{"tls.crt": cc.CertPEM, "tls.key": cc.KeyPEM, "ca.crt": append(append([]byte{}, ca.CertPEM...), other.CertPEM...)})
-	if !c.Changed() {
-		t.Fatal("a new CA bundle is a change")
+	for look := range 2 {
+		if !c.NeedsHandshake() {
+			t.Fatalf("look %d: a new CA bundle needs a handshake, and goes on needing one until it happens", look)
+		}
 	}
-	if c.Changed() {
-		t.Fatal("reported once")
+	if _, err := c.keyPair(); err != nil { // what a handshake does
+		t.Fatal(err)
+	}
+	if c.NeedsHandshake() {
+		t.Fatal("the handshake loaded the new files")
 	}
 	renewed, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
 	vol.write(map[string][]byte{"tls.crt": renewed.CertPEM, "tls.key": renewed.KeyPEM, "ca.crt": ca.CertPEM})
-	if !c.Changed() {
-		t.Fatal("a renewed key pair is a change")
+	if !c.NeedsHandshake() {
+		t.Fatal("a renewed key pair needs a handshake")
 	}
 }
