@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	telemetryv1alpha1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
 
 // ownedKind describes how to compare and update one kind of owned object. inSync must be true
@@ -92,8 +93,12 @@ func ensureOwned[T client.Object](ctx context.Context, r *TelemetryPolicyReconci
 	if err != nil {
 		return zero, fmt.Errorf("reading %s: %w", key.Name, err)
 	}
-	if owner := metav1.GetControllerOf(live); owner != nil && owner.UID != desired.GetOwnerReferences()[0].UID {
-		return zero, fmt.Errorf("%s exists and is controlled by %s %q; refusing to take it over", key.Name, owner.Kind, owner.Name)
+	if err := mayTakeOver(live, owner); err != nil {
+		return zero, err
+	}
+	if rb, ok := any(live).(*rbacv1.RoleBinding); ok && rb.RoleRef != any(desired).(*rbacv1.RoleBinding).RoleRef {
+		// The role a binding grants cannot change: adopting it would hand its role to the collector.
+		return zero, fmt.Errorf("%s exists and binds %s %q, not the collector's Role; refusing to take it over: rename or delete it", key.Name, rb.RoleRef.Kind, rb.RoleRef.Name)
 	}
 	if metaInSync(desired, live) && kind.inSync(desired, live) {
 		return live, nil
@@ -104,6 +109,24 @@ func ensureOwned[T client.Object](ctx context.Context, r *TelemetryPolicyReconci
 		return zero, fmt.Errorf("updating %s: %w", key.Name, err)
 	}
 	return live, nil
+}
+
+// mayTakeOver refuses an object with the name the operator derives for a policy's object that the
+// operator did not make for it: controlled by another owner, or neither controlled by this policy
+// nor labelled for it (a customer's Secret or binding that happens to have that name). An object
+// of this policy whose labels or owner reference were edited is put back.
+func mayTakeOver(live client.Object, owner *telemetryv1alpha1.TelemetryPolicy) error {
+	if c := metav1.GetControllerOf(live); c != nil {
+		if c.UID != owner.UID {
+			return fmt.Errorf("%s exists and is controlled by %s %q; refusing to take it over", live.GetName(), c.Kind, c.Name)
+		}
+		return nil
+	}
+	l := live.GetLabels()
+	if l[resources.LabelManagedBy] != resources.ManagedByValue || l[resources.LabelPolicy] != owner.Name {
+		return fmt.Errorf("%s exists and was not made by this operator for policy %s (no owner reference, no labels); refusing to take it over: rename or delete it", live.GetName(), owner.Name)
+	}
+	return nil
 }
 
 // metaInSync: live carries every desired label and annotation and the controller reference.

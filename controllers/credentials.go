@@ -173,6 +173,11 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 // issue creates a new key pair and certificate and stores it, replacing what was there.
 func (r *TelemetryPolicyReconciler) issue(ctx context.Context, st *reconcileState, iss *pki.Issuer, secret *corev1.Secret, exists bool, dec rotationDecision, period time.Duration, now time.Time) (*corev1.Secret, error) {
 	p := st.policy
+	if exists {
+		if err := mayTakeOver(secret, p); err != nil {
+			return nil, err // a Secret of that name the operator did not make is not overwritten
+		}
+	}
 	cc, err := iss.IssueClient(p.Spec.InstanceID, period, now, r.Random)
 	if err != nil {
 		return nil, err
@@ -315,8 +320,8 @@ func (r *TelemetryPolicyReconciler) ensureSecretMeta(ctx context.Context, p *v1.
 	if metaInSync(desired, secret) {
 		return nil
 	}
-	if owner := metav1.GetControllerOf(secret); owner != nil && owner.UID != p.UID {
-		return fmt.Errorf("secret %s is controlled by %s %q; refusing to take it over", secret.Name, owner.Kind, owner.Name)
+	if err := mayTakeOver(secret, p); err != nil {
+		return err
 	}
 	mergeMeta(desired, secret)
 	return r.Update(ctx, secret)

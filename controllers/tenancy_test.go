@@ -8,13 +8,16 @@ package controllers_test
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
@@ -161,5 +164,49 @@ var _ = Describe("Onboarded namespaces", func() {
 		Consistently(func() consentv1.State { return ledgerOf(ctx, instance) }, "2s").Should(Equal(before), "not claimed, nothing recorded, nothing erased")
 		Expect(getPolicy(ctx, ns, "squatter").Finalizers).To(BeEmpty())
 		Expect(getPolicy(ctx, ns, "squatter").Status.ConsentHistory).To(BeEmpty(), "the receiver's record was not even read")
+	})
+})
+
+// anyConditionSays reports whether some condition of the policy carries text in its message.
+func anyConditionSays(ctx context.Context, ns, name, text string) func() bool {
+	return func() bool {
+		for _, c := range getPolicy(ctx, ns, name).Status.Conditions {
+			if strings.Contains(c.Message, text) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+var _ = Describe("Objects the operator did not make", func() {
+	ctx := context.Background()
+
+	It("does not take over a RoleBinding that has the collector's name", func() {
+		ns := newNamespace(ctx)
+		names := resources.NamesFor("hijack")
+		theirs := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: names.RoleBinding, Namespace: ns},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "edit"},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "alice"}}}
+		Expect(k8s.Create(ctx, theirs.DeepCopy())).To(Succeed())
+		Expect(k8s.Create(ctx, eventLevelPolicy(ns, "hijack"))).To(Succeed())
+		Eventually(anyConditionSays(ctx, ns, "hijack", "refusing to take it over")).Should(BeTrue())
+		live := &rbacv1.RoleBinding{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.RoleBinding}, live)).To(Succeed())
+		Expect(live.Subjects).To(Equal(theirs.Subjects), "the collector's ServiceAccount was not given their role")
+		Expect(live.OwnerReferences).To(BeEmpty())
+	})
+
+	It("does not overwrite a Secret that has the credentials' name", func() {
+		ns := newNamespace(ctx)
+		names := resources.NamesFor("squat")
+		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: names.Credentials, Namespace: ns},
+			StringData: map[string]string{"password": "theirs"}})).To(Succeed())
+		Expect(k8s.Create(ctx, eventLevelPolicy(ns, "squat"))).To(Succeed())
+		Eventually(anyConditionSays(ctx, ns, "squat", "refusing to take it over")).Should(BeTrue())
+		live := &corev1.Secret{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Credentials}, live)).To(Succeed())
+		Expect(live.Data).To(Equal(map[string][]byte{"password": []byte("theirs")}))
+		Expect(live.OwnerReferences).To(BeEmpty())
 	})
 })
