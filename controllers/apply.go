@@ -98,7 +98,7 @@ func ensureOwned[T client.Object](ctx context.Context, r *TelemetryPolicyReconci
 	}
 	if rb, ok := any(live).(*rbacv1.RoleBinding); ok && rb.RoleRef != any(desired).(*rbacv1.RoleBinding).RoleRef {
 		// The role a binding grants cannot change: adopting it would hand its role to the collector.
-		return zero, fmt.Errorf("%s exists and binds %s %q, not the collector's Role; refusing to take it over: rename or delete it", key.Name, rb.RoleRef.Kind, rb.RoleRef.Name)
+		return zero, nameTaken(fmt.Sprintf("%s exists and binds %s %q, not the collector's Role; refusing to take it over: rename or delete it", key.Name, rb.RoleRef.Kind, rb.RoleRef.Name))
 	}
 	if metaInSync(desired, live) && kind.inSync(desired, live) {
 		return live, nil
@@ -118,16 +118,24 @@ func ensureOwned[T client.Object](ctx context.Context, r *TelemetryPolicyReconci
 func mayTakeOver(live client.Object, owner *telemetryv1alpha1.TelemetryPolicy) error {
 	if c := metav1.GetControllerOf(live); c != nil {
 		if c.UID != owner.UID {
-			return fmt.Errorf("%s exists and is controlled by %s %q; refusing to take it over", live.GetName(), c.Kind, c.Name)
+			return nameTaken(fmt.Sprintf("%s exists and is controlled by %s %q; refusing to take it over", live.GetName(), c.Kind, c.Name))
 		}
 		return nil
 	}
 	l := live.GetLabels()
 	if l[resources.LabelManagedBy] != resources.ManagedByValue || l[resources.LabelPolicy] != owner.Name {
-		return fmt.Errorf("%s exists and was not made by this operator for policy %s (no owner reference, no labels); refusing to take it over: rename or delete it", live.GetName(), owner.Name)
+		return nameTaken(fmt.Sprintf("%s exists and was not made by this operator for policy %s (no owner reference, no labels); refusing to take it over: rename or delete it", live.GetName(), owner.Name))
 	}
 	return nil
 }
+
+// nameTakenError: an object the policy needs has a name taken by an object that is not its.
+// Only a person can resolve it, so the policy stalls instead of retrying.
+type nameTakenError struct{ msg string }
+
+func (e *nameTakenError) Error() string { return e.msg }
+
+func nameTaken(msg string) error { return &nameTakenError{msg: msg} }
 
 // metaInSync: live carries every desired label and annotation and the controller reference.
 func metaInSync(desired, live client.Object) bool {

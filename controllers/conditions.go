@@ -44,9 +44,11 @@ const (
 	ReasonSuspended           = "Suspended"
 	ReasonInvalidSpec         = "InvalidSpec"
 	ReasonImageNotAllowed     = "ImageNotAllowed"
-	ReasonEndpointNotAllowed  = "EndpointNotAllowed"
-	ReasonReconcileError      = "ReconcileError"
-	ReasonConsentPending      = "ConsentChangePending"
+	// ReasonNameTaken: an object the policy needs has a name taken by an object that is not its.
+	ReasonNameTaken          = "NameTaken"
+	ReasonEndpointNotAllowed = "EndpointNotAllowed"
+	ReasonReconcileError     = "ReconcileError"
+	ReasonConsentPending     = "ConsentChangePending"
 )
 
 // setConsentEligibleCondition reports whether the declared tier runs as declared.

@@ -55,6 +55,16 @@ func setIssuer(ctx context.Context, data map[string][]byte) {
 	Expect(k8s.Update(ctx, s)).To(Succeed())
 }
 
+// validFrom is a start of validity in the past by both the suite's fake clock (the operator's
+// checks) and the wall clock (the TLS peers').
+func validFrom() time.Time {
+	t := fakeClock.Now()
+	if now := time.Now(); now.Before(t) {
+		t = now
+	}
+	return t.Add(-time.Hour)
+}
+
 func bundle(cas ...*pkitest.CA) []byte {
 	var b []byte
 	for _, c := range cas {
@@ -74,7 +84,7 @@ var _ = Describe("Fleet issuer rotation", func() {
 		waitsBefore := credentialsOf(ctx, ns, "waits")
 		Expect(signedBy(before, fleetCA)).To(BeTrue())
 
-		next := mustCA(pkitest.Options{NotBefore: fakeClock.Now().Add(-time.Hour), NotAfter: fakeClock.Now().Add(2 * 365 * 24 * time.Hour)})
+		next := mustCA(pkitest.Options{NotBefore: validFrom(), NotAfter: fakeClock.Now().Add(2 * 365 * 24 * time.Hour)})
 		DeferCleanup(func() {
 			// Back to the suite's issuer, and wait until this namespace's collectors are on it
 			// again, so no re-issue spills into the next spec.
@@ -108,7 +118,7 @@ var _ = Describe("Fleet issuer rotation", func() {
 
 		By("an issuer inside the floor, or a bundle without its own certificate, is refused and the new issuer stays in use")
 		refusedBefore := metricValue(metrics.IssuerReloads.WithLabelValues("refused"))
-		dying := mustCA(pkitest.Options{NotBefore: fakeClock.Now().Add(-time.Hour), NotAfter: fakeClock.Now().Add(time.Hour)})
+		dying := mustCA(pkitest.Options{NotBefore: validFrom(), NotAfter: fakeClock.Now().Add(time.Hour)})
 		dyingData := dying.Secret()
 		dyingData[pki.KeyCA] = bundle(dying, next)
 		setIssuer(ctx, dyingData)
@@ -160,7 +170,7 @@ var _ = Describe("Fleet issuer on a standby replica", func() {
 		done := make(chan error, 1)
 		go func() { done <- standby.Start(ctx) }()
 
-		next := mustCA(pkitest.Options{NotBefore: fakeClock.Now().Add(-time.Hour), NotAfter: fakeClock.Now().Add(2 * 365 * 24 * time.Hour)})
+		next := mustCA(pkitest.Options{NotBefore: validFrom(), NotAfter: fakeClock.Now().Add(2 * 365 * 24 * time.Hour)})
 		data := next.Secret()
 		data[pki.KeyCA] = bundle(next, fleetCA)
 		s := &corev1.Secret{}

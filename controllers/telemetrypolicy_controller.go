@@ -258,7 +258,13 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	var stepErr error
 	for _, s := range steps {
-		if err := s.run(ctx, st); err != nil {
+		err := s.run(ctx, st)
+		if taken := (*nameTakenError)(nil); errors.As(err, &taken) {
+			st.stall(ReasonNameTaken, taken.Error())
+			st.requeueIn(nameTakenRetry, r.Clock.Now())
+			err = nil
+		}
+		if err != nil {
 			r.Metrics.ReconcileErrors.WithLabelValues(s.name).Inc()
 			r.event(p, corev1.EventTypeWarning, "ReconcileFailed", s.name, "step %s failed: %v", s.name, err)
 			stepErr = fmt.Errorf("step %s: %w", s.name, err)

@@ -41,6 +41,10 @@ func (r *TelemetryPolicyReconciler) noteForbidden(namespace string, err error) {
 // permissions is tried again: granting them is not an event the manager can watch.
 const notPermittedRetry = time.Minute
 
+// nameTakenRetry is how soon a policy whose object name is taken looks again: renaming or
+// deleting the other object is not an event the manager watches.
+const nameTakenRetry = time.Minute
+
 // namespaceStatus returns why the policy's namespace is not onboarded, or nil when it is.
 func (r *TelemetryPolicyReconciler) namespaceStatus(ctx context.Context, p *v1.TelemetryPolicy) (*tenants.Status, error) {
 	if r.Tenants == nil {

@@ -190,7 +190,9 @@ var _ = Describe("Objects the operator did not make", func() {
 			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "alice"}}}
 		Expect(k8s.Create(ctx, theirs.DeepCopy())).To(Succeed())
 		Expect(k8s.Create(ctx, eventLevelPolicy(ns, "hijack"))).To(Succeed())
-		Eventually(anyConditionSays(ctx, ns, "hijack", "refusing to take it over")).Should(BeTrue())
+		DeferCleanup(func() { _ = k8s.Delete(ctx, getPolicy(ctx, ns, "hijack")) })
+		Eventually(conditionStatus(ctx, ns, "hijack", v1.ConditionStalled)).Should(Equal("Stalled=True/NameTaken"))
+		Expect(anyConditionSays(ctx, ns, "hijack", "refusing to take it over")()).To(BeTrue())
 		live := &rbacv1.RoleBinding{}
 		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.RoleBinding}, live)).To(Succeed())
 		Expect(live.Subjects).To(Equal(theirs.Subjects), "the collector's ServiceAccount was not given their role")
@@ -203,7 +205,9 @@ var _ = Describe("Objects the operator did not make", func() {
 		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: names.Credentials, Namespace: ns},
 			StringData: map[string]string{"password": "theirs"}})).To(Succeed())
 		Expect(k8s.Create(ctx, eventLevelPolicy(ns, "squat"))).To(Succeed())
-		Eventually(anyConditionSays(ctx, ns, "squat", "refusing to take it over")).Should(BeTrue())
+		DeferCleanup(func() { _ = k8s.Delete(ctx, getPolicy(ctx, ns, "squat")) })
+		Eventually(conditionStatus(ctx, ns, "squat", v1.ConditionStalled)).Should(Equal("Stalled=True/NameTaken"))
+		Expect(anyConditionSays(ctx, ns, "squat", "refusing to take it over")()).To(BeTrue())
 		live := &corev1.Secret{}
 		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Credentials}, live)).To(Succeed())
 		Expect(live.Data).To(Equal(map[string][]byte{"password": []byte("theirs")}))
