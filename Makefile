@@ -6,8 +6,7 @@ SHELL := /usr/bin/env bash -o pipefail
 .DEFAULT_GOAL := help
 
 IMG ?= telemetry-operator:dev
-COLLECTOR_IMG ?= telemetry-collector:dev
-RECEIVER_IMG ?= telemetry-receiver:dev
+TAG ?= dev
 
 ## Pinned tool versions.
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
@@ -134,11 +133,10 @@ build-installer: manifests kustomize ## Render a single-file installer into dist
 	$(KUSTOMIZE) build config/default > dist/install.yaml
 	@echo "wrote dist/install.yaml"
 
-.PHONY: docker-build
-docker-build: ## Build the three images (needs a Docker engine): IMG, COLLECTOR_IMG, RECEIVER_IMG.
-	docker build -t $(IMG) -f Dockerfile .
-	docker build -t $(COLLECTOR_IMG) -f Dockerfile.collector .
-	docker build -t $(RECEIVER_IMG) -f Dockerfile.receiver .
+.PHONY: images
+images: test-deps build ## Build the three images as OCI archives in bin/images (no container engine needed) and check them; TAG=dev.
+	go run ./hack/images build --bin $(LOCALBIN) --out $(LOCALBIN)/images --tag $(TAG)
+	go run ./hack/images check $(LOCALBIN)/images/manager.oci.tar $(LOCALBIN)/images/collector.oci.tar $(LOCALBIN)/images/receiver.oci.tar
 
 .PHONY: undeploy
 undeploy: kustomize ## Remove the manager from the cluster of the current kubeconfig.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the system packages the tests and the demo use are installed: the PostgreSQL server
 # binaries (they start their own throw-away clusters), openssl (a test verifies issued
-# certificates with it) and a C compiler (the race detector needs cgo). Installs Debian's packages
+# certificates with it), a C compiler (the race detector needs cgo) and the CA bundle the images
+# carry. Installs Debian's packages
 # for what is missing.
 set -euo pipefail
 missing=()
@@ -11,6 +12,8 @@ fi
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+# The images carry Debian's CA bundle (make images).
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 echo "[deps] installing Debian packages: ${missing[*]}" >&2
 if [[ $(id -u) -ne 0 ]]; then
