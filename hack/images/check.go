@@ -130,7 +130,7 @@ func untar(path, dir string) error {
 		if h.Typeflag != tar.TypeReg {
 			continue
 		}
-		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
 			return err
 		}
 		out, err := os.Create(target) //nolint:gosec // joined under dir after Clean

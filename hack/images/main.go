@@ -72,7 +72,7 @@ func buildCmd(args []string) error {
 	tag := fs.String("tag", "dev", "Image tag.")
 	cas := fs.String("ca-certificates", "/etc/ssl/certs/ca-certificates.crt", "CA bundle to put at /etc/ssl/certs/ca-certificates.crt.")
 	_ = fs.Parse(args)
-	if err := os.MkdirAll(*out, 0o755); err != nil {
+	if err := os.MkdirAll(*out, 0o750); err != nil {
 		return err
 	}
 	for _, im := range Images {
