@@ -130,7 +130,10 @@ func untar(path, dir string) error {
 		if h.Typeflag != tar.TypeReg {
 			continue
 		}
-		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+		if !strings.HasPrefix(target, filepath.Clean(dir)+string(filepath.Separator)) {
+			return fmt.Errorf("archive entry %q leaves the directory", h.Name)
+		}
+		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil { //nolint:gosec // stays under dir: checked above
 			return err
 		}
 		out, err := os.Create(target) //nolint:gosec // joined under dir after Clean
