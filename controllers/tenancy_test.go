@@ -98,7 +98,7 @@ var _ = Describe("Onboarded namespaces", func() {
 		d, err := deployment(ctx, ns, "leaving")
 		Expect(err).NotTo(HaveOccurred())
 		Expect(d.DeletionTimestamp.IsZero()).To(BeTrue(), "the collector is left as it was: the manager may not change it")
-		Expect(conditionStatus(ctx, ns, "leaving", v1.ConditionStalled)()).To(Equal("Stalled=True/NamespaceNotOnboarded"))
+		Eventually(conditionStatus(ctx, ns, "leaving", v1.ConditionStalled)).Should(Equal("Stalled=True/NamespaceNotOnboarded"), "the status catches up with the ledger")
 
 		By("a raise waits for onboarding: only withdrawals are recorded from outside")
 		updatePolicy(ctx, ns, "leaving", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
