@@ -301,10 +301,10 @@ func TestServerFollowsARotatedIssuerAndCertificateWithoutRestart(t *testing.T) {
 	}
 }
 
-// TestClientChecksAReceiverAddressedByIP: crypto/tls sends no server name for an IP address, so
-// the address must be checked against the certificate's IP SANs explicitly: a certificate from
-// the trusted CA for another address is refused.
-func TestClientChecksAReceiverAddressedByIP(t *testing.T) {
+// newFleetClient is a client reloading a certificate for "acme" from a fleet CA, and the CA
+// bundle holding that CA, from a fresh Secret volume.
+func newFleetClient(t *testing.T) (*pkitest.CA, *Client, *pki.Issuer, *secretVolume) {
+	t.Helper()
 	ca, _ := pkitest.NewCA("fleet", pkitest.Options{})
 	issuer, _ := pki.LoadIssuer(ca.Secret(), time.Now())
 	vol := newSecretVolume(t)
@@ -314,6 +314,14 @@ func TestClientChecksAReceiverAddressedByIP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ca, c, issuer, vol
+}
+
+// TestClientChecksAReceiverAddressedByIP: crypto/tls sends no server name for an IP address, so
+// the address must be checked against the certificate's IP SANs explicitly: a certificate from
+// the trusted CA for another address is refused.
+func TestClientChecksAReceiverAddressedByIP(t *testing.T) {
+	ca, c, _, _ := newFleetClient(t)
 	for _, tc := range []struct {
 		sans []string
 		ok   bool
@@ -336,16 +344,9 @@ func TestClientChecksAReceiverAddressedByIP(t *testing.T) {
 }
 
 func TestNeedsHandshakeUntilOneLoadsTheNewFiles(t *testing.T) {
-	ca, _ := pkitest.NewCA("fleet", pkitest.Options{})
+	ca, c, issuer, vol := newFleetClient(t)
 	other, _ := pkitest.NewCA("next", pkitest.Options{})
-	issuer, _ := pki.LoadIssuer(ca.Secret(), time.Now())
-	vol := newSecretVolume(t)
 	cc, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
-	vol.write(map[string][]byte{"tls.crt": cc.CertPEM, "tls.key": cc.KeyPEM, "ca.crt": ca.CertPEM})
-	c, err := NewClient(vol.path("tls.crt"), vol.path("tls.key"), vol.path("ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	if c.NeedsHandshake() {
 		t.Fatal("nothing changed since the files were loaded")
 	}
