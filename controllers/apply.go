@@ -8,6 +8,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 
@@ -136,6 +137,12 @@ type nameTakenError struct{ msg string }
 func (e *nameTakenError) Error() string { return e.msg }
 
 func nameTaken(msg string) error { return &nameTakenError{msg: msg} }
+
+// isNameTaken reports whether err is, or wraps, a nameTakenError.
+func isNameTaken(err error) bool {
+	taken := (*nameTakenError)(nil)
+	return errors.As(err, &taken)
+}
 
 // metaInSync: live carries every desired label and annotation and the controller reference.
 func metaInSync(desired, live client.Object) bool {

@@ -466,6 +466,9 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 		dep = nil // not ours
 	}
 	lowered, err := r.lowerConfig(ctx, st, st.intent)
+	if isNameTaken(err) {
+		lowered, err = false, nil // the configuration cannot be written: stop the collector instead
+	}
 	if err != nil {
 		return err
 	}
@@ -584,7 +587,9 @@ func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *recon
 	cm := &corev1.ConfigMap{}
 	switch err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: names.Config}, cm); {
 	case err == nil:
-		if err := r.writeConfig(ctx, st, v1.TierOff); err != nil {
+		// A ConfigMap of that name that is not the policy's is left alone (it configures no
+		// collector of this policy); the Deployment is stopped all the same.
+		if err := r.writeConfig(ctx, st, v1.TierOff); err != nil && !isNameTaken(err) {
 			return err
 		}
 	case !apierrors.IsNotFound(err):

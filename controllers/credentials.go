@@ -125,6 +125,9 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 			return nil, nil
 		}
 		issued, err := r.issue(ctx, st, iss, secret, exists, dec, period, now)
+		if isNameTaken(err) {
+			return nil, err // a name conflict, not a failed rotation: the policy stalls (NameTaken)
+		}
 		if err != nil {
 			r.Metrics.RotationFailures.Inc()
 			setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionFalse, ReasonIssueFailed, err.Error())
@@ -300,6 +303,9 @@ func (r *TelemetryPolicyReconciler) reconcilePseudonymKey(ctx context.Context, s
 		return nil
 	case err != nil:
 		return err
+	}
+	if err := mayTakeOver(secret, p); err != nil {
+		return err // someone else's Secret: not ours to judge, nor to tell them to delete
 	}
 	if len(secret.Data[resources.PseudonymKeyKey]) != resources.PseudonymKeyLen {
 		// Never replace a key silently: pseudonyms would change. Ask a human.

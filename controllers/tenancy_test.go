@@ -213,4 +213,27 @@ var _ = Describe("Objects the operator did not make", func() {
 		Expect(live.Data).To(Equal(map[string][]byte{"password": []byte("theirs")}))
 		Expect(live.OwnerReferences).To(BeEmpty())
 	})
+
+	It("still stops the collector and lets the policy go when its configuration's name is taken", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "clash")
+		names := resources.NamesFor("clash")
+		// The configuration ConfigMap replaced by one that is not the policy's (a restore, a hand edit).
+		Expect(k8s.Delete(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: names.Config, Namespace: ns}})).To(Succeed())
+		Expect(k8s.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: names.Config, Namespace: ns}, Data: map[string]string{"theirs": "yes"}})).To(Succeed())
+
+		By("consent withdrawn: the Deployment is stopped though the configuration cannot be written")
+		updatePolicy(ctx, ns, "clash", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+		collectGarbage(ctx, ns, "clash")
+		Eventually(func() bool { _, err := deployment(ctx, ns, "clash"); return apierrors.IsNotFound(err) }).Should(BeTrue())
+
+		By("deleting the policy does not hang on the foreign ConfigMap, which is left as it was")
+		Expect(k8s.Delete(ctx, getPolicy(ctx, ns, "clash"))).To(Succeed())
+		Eventually(func() bool {
+			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "clash"}, &v1.TelemetryPolicy{}))
+		}).Should(BeTrue())
+		cm := &corev1.ConfigMap{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Config}, cm)).To(Succeed())
+		Expect(cm.Data).To(Equal(map[string]string{"theirs": "yes"}))
+	})
 })
