@@ -2,8 +2,12 @@
 # Builds the two control-plane binaries envtest needs (kube-apiserver and etcd)
 # from the Go module proxy and caches them under bin/, keyed by version.
 #
-# Usage: hack/build-control-plane.sh <kubernetes-version> <etcd-version> <dest-dir>
+# Usage: hack/build-control-plane.sh <kubernetes-version> <etcd-version> <dest-dir> [--node]
 #   e.g. hack/build-control-plane.sh v1.37.2 v3.6.16 bin/k8s/v1.37.2
+#
+# With --node it also builds what a real single-node cluster needs beside them
+# (kube-controller-manager, kube-scheduler, kubelet: make e2e-cluster), from the same
+# module and replace lines, so every component is the same version.
 #
 # kube-apiserver lives in module k8s.io/kubernetes, whose go.mod replaces every
 # k8s.io staging repository with a relative path that does not exist in the
@@ -16,6 +20,7 @@ set -euo pipefail
 K8S_VERSION=${1:?kubernetes version, e.g. v1.37.2}
 ETCD_VERSION=${2:?etcd version, e.g. v3.6.16}
 DEST=${3:?destination directory}
+NODE=${4:-}
 
 mkdir -p "$DEST"
 DEST=$(cd "$DEST" && pwd)
@@ -25,8 +30,13 @@ log() { printf '[control-plane] %s\n' "$*" >&2; }
 
 have() { [[ -x "$DEST/$1" ]] && [[ -f "$DEST/.$1.ok" ]]; }
 
-if have kube-apiserver && have etcd && have kubectl; then
-  log "kube-apiserver, kubectl $K8S_VERSION and etcd $ETCD_VERSION already built in $DEST"
+K8S_CMDS=(kube-apiserver kubectl)
+[[ "$NODE" == "--node" ]] && K8S_CMDS+=(kube-controller-manager kube-scheduler kubelet)
+missing_k8s=()
+for c in "${K8S_CMDS[@]}"; do have "$c" || missing_k8s+=("$c"); done
+
+if have etcd && [[ ${#missing_k8s[@]} -eq 0 ]]; then
+  log "${K8S_CMDS[*]} $K8S_VERSION and etcd $ETCD_VERSION already built in $DEST"
   exit 0
 fi
 
@@ -61,8 +71,8 @@ if ! have etcd; then
   log "etcd ready: $DEST/etcd"
 fi
 
-if ! have kube-apiserver || ! have kubectl; then
-  log "building kube-apiserver and kubectl $K8S_VERSION from k8s.io/kubernetes (first time: several minutes)"
+if [[ ${#missing_k8s[@]} -gt 0 ]]; then
+  log "building ${missing_k8s[*]} $K8S_VERSION from k8s.io/kubernetes (first time: several minutes)"
   mkdir -p "$WORK/k8s"
   cd "$WORK/k8s"
   go mod init local/build-kube-apiserver >/dev/null 2>&1
@@ -73,29 +83,19 @@ if ! have kube-apiserver || ! have kubectl; then
     go mod edit -replace "$repo=$repo@$STAGING_VERSION"
   done
   go mod edit -require "k8s.io/kubernetes@$K8S_VERSION"
-  cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for c in "${missing_k8s[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+    printf ')\n'
+  } > tools.go
   log "resolving dependencies"
   with_ticker "module graph" go mod tidy >/dev/null 2>&1 || with_ticker "module graph" go mod tidy
   ldflags="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
   ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
-  if ! have kube-apiserver; then
-    CGO_ENABLED=0 with_ticker kube-apiserver go build -trimpath -ldflags "$ldflags" -o "$DEST/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-    touch "$DEST/.kube-apiserver.ok"
-    log "kube-apiserver ready: $DEST/kube-apiserver"
-  fi
-  if ! have kubectl; then
-    CGO_ENABLED=0 with_ticker kubectl go build -trimpath -ldflags "$ldflags" -o "$DEST/kubectl" k8s.io/kubernetes/cmd/kubectl
-    touch "$DEST/.kubectl.ok"
-    log "kubectl ready: $DEST/kubectl"
-  fi
+  for c in "${missing_k8s[@]}"; do
+    CGO_ENABLED=0 with_ticker "$c" go build -trimpath -ldflags "$ldflags" -o "$DEST/$c" "k8s.io/kubernetes/cmd/$c"
+    touch "$DEST/.$c.ok"
+    log "$c ready: $DEST/$c"
+  done
 fi
 log "control plane ready in $DEST"

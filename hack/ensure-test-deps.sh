@@ -4,8 +4,15 @@
 # certificates with it), a C compiler (the race detector needs cgo) and the CA bundle the images
 # carry. Installs Debian's packages
 # for what is missing.
+#
+# With --cluster: also containerd and runc, the runtime of the test cluster (make e2e-cluster),
+# which starts them itself with their own root, state and socket, never as a system service.
 set -euo pipefail
 missing=()
+if [[ "${1:-}" == "--cluster" ]]; then
+  command -v containerd >/dev/null 2>&1 || missing+=(containerd)
+  command -v runc >/dev/null 2>&1 || missing+=(runc)
+fi
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && [[ -z "${PG_BIN:-}" ]]; then
   missing+=(postgresql)
 fi
