@@ -23,13 +23,12 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/jackc/pgx/v5/pgxpool"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/yaml"
 
-	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/localstack"
 	"github.com/sourcegraph/telemetry-operator/internal/seed"
-	"github.com/sourcegraph/telemetry-operator/internal/testenv"
+	"github.com/sourcegraph/telemetry-operator/test/fleetcheck"
 )
 
 func main() {
@@ -88,40 +87,15 @@ func (c *checker) check(ok bool, format string, args ...any) {
 // six weeks of seeded history, so the first twelve days must never leave.
 var acmeAccepted = time.Now().Add(-30 * 24 * time.Hour).UTC().Truncate(time.Second)
 
-// policies are the samples, pointed at the local receiver, with the trial running from
-// acmeAccepted.
-func policies(endpoint string) (string, error) {
-	var docs []string
-	for _, f := range []string{"eventlevel", "criticalonly", "off"} {
-		raw, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "samples", "telemetry_v1alpha1_telemetrypolicy_"+f+".yaml"))
-		if err != nil {
-			return "", err
-		}
-		obj := map[string]any{}
-		if err := yaml.Unmarshal(raw, &obj); err != nil {
-			return "", err
-		}
-		spec := obj["spec"].(map[string]any)
-		if exp, ok := spec["export"].(map[string]any); ok {
-			exp["endpoint"] = endpoint
-			exp["interval"] = "15s"
-			exp["startFrom"] = "Beginning"
-		}
-		if c, ok := spec["contract"].(map[string]any); ok && c["expiresAt"] != nil {
-			c["acceptedAt"] = acmeAccepted.Format(time.RFC3339)
-			c["expiresAt"] = time.Now().Add(30 * 24 * time.Hour).UTC().Format(time.RFC3339)
-		}
-		out, err := yaml.Marshal(obj)
-		if err != nil {
-			return "", err
-		}
-		docs = append(docs, string(out))
-	}
-	return strings.Join(docs, "---\n"), nil
-}
-
 func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 	c := &checker{}
+	pool, err := pgxpool.New(ctx, s.ReceiverPG.DSN("receiver"))
+	if err != nil {
+		fmt.Println("receiver database:", err)
+		return false
+	}
+	defer pool.Close()
+	db := fleetcheck.Receiver{Pool: pool}
 	fmt.Println("==> seeding three instance databases with six weeks of synthetic activity (personal data included, to prove it stays home)")
 	seeds := map[string]int{"acme": 1, "globex": 2, "initech": 3}
 	instances := map[string]*localstack.Instance{}
@@ -134,7 +108,7 @@ func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 		instances[name] = in
 		fmt.Printf("    %-8s %6d events in event_logs\n", name, in.Rows)
 	}
-	manifest, err := policies(s.ReceiverURL)
+	manifest, err := fleetcheck.SamplePolicies(s.ReceiverURL, "15s", acmeAccepted)
 	if err != nil {
 		fmt.Println(err)
 		return false
@@ -152,10 +126,10 @@ func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 	c.check(err == nil, "every policy reports Ready")
 
 	fmt.Println("==> waiting for the collectors to deliver the backlog (acme: what was recorded since its terms were accepted)")
-	wantEvents := countAllowListed(ctx, instances["acme"], acmeAccepted, time.Now().Add(time.Hour))
+	wantEvents := fleetcheck.AllowListed(ctx, instances["acme"].Pool, acmeAccepted, time.Now().Add(time.Hour))
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
-		if stored(ctx, s, "events", "acme") >= wantEvents && stored(ctx, s, "aggregates", "globex") > 0 {
+		if db.Stored(ctx, "events", "acme") >= wantEvents && db.Stored(ctx, "aggregates", "globex") > 0 {
 			break
 		}
 		time.Sleep(time.Second)
@@ -169,7 +143,7 @@ func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 
 	fmt.Println("==> what the receiver stored")
 	for _, name := range []string{"acme", "globex", "initech"} {
-		fmt.Printf("    %-8s %6d events, %4d aggregate cells\n", name, stored(ctx, s, "events", name), stored(ctx, s, "aggregates", name))
+		fmt.Printf("    %-8s %6d events, %4d aggregate cells\n", name, db.Stored(ctx, "events", name), db.Stored(ctx, "aggregates", name))
 	}
 
 	fmt.Println("==> receiver report (fleet-wide)")
@@ -186,29 +160,26 @@ func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 		got, _ := s.Kubectl(ctx, "get", "tp", "-n", name, name, "-o", "jsonpath={.status.effectiveTier}")
 		c.check(got == want, "%s runs at effective tier %s (got %q)", name, want, got)
 	}
-	c.check(stored(ctx, s, "events", "acme") == wantEvents, "acme: every allow-listed event recorded since the terms were accepted arrived exactly once (%d of %d)", stored(ctx, s, "events", "acme"), wantEvents)
-	c.check(storedBetween(ctx, s, "acme", time.Time{}, acmeAccepted) == 0 && countAllowListed(ctx, instances["acme"], time.Time{}, acmeAccepted) > 0,
-		"acme: none of the %d events recorded before the terms were accepted (%s) left the instance", countAllowListed(ctx, instances["acme"], time.Time{}, acmeAccepted), acmeAccepted.Format(time.RFC3339))
-	c.check(stored(ctx, s, "events", "globex") == 0, "globex (CriticalOnly): no per-user events left the instance")
-	c.check(stored(ctx, s, "aggregates", "globex") > 0, "globex: anonymous aggregates arrived")
-	var open int
-	_ = receiverQuery(ctx, s, "SELECT count(*) FROM aggregates WHERE instance_id = 'globex' AND day >= (now() AT TIME ZONE 'UTC')::date", &open)
+	c.check(db.Stored(ctx, "events", "acme") == wantEvents, "acme: every allow-listed event recorded since the terms were accepted arrived exactly once (%d of %d)", db.Stored(ctx, "events", "acme"), wantEvents)
+	c.check(db.StoredBetween(ctx, "acme", time.Time{}, acmeAccepted) == 0 && fleetcheck.AllowListed(ctx, instances["acme"].Pool, time.Time{}, acmeAccepted) > 0,
+		"acme: none of the %d events recorded before the terms were accepted (%s) left the instance", fleetcheck.AllowListed(ctx, instances["acme"].Pool, time.Time{}, acmeAccepted), acmeAccepted.Format(time.RFC3339))
+	c.check(db.Stored(ctx, "events", "globex") == 0, "globex (CriticalOnly): no per-user events left the instance")
+	c.check(db.Stored(ctx, "aggregates", "globex") > 0, "globex: anonymous aggregates arrived")
+	open := db.OpenDayCells(ctx, "globex")
 	c.check(open == 0, "globex: only days that have ended were published (%d cells of today)", open)
-	var small int
-	_ = receiverQuery(ctx, s, "SELECT count(*) FROM aggregates WHERE users < 5", &small)
+	small := db.SmallCells(ctx)
 	c.check(small == 0, "no aggregate cell under 5 users was stored (%d)", small)
 	c.check(exportedErr == nil && strings.Contains(exported, "== delivery"), "the receiver lists what it stored for an instance, delivery by delivery")
-	c.check(stored(ctx, s, "events", "initech")+stored(ctx, s, "aggregates", "initech") == 0, "initech (Off): nothing left the instance")
+	c.check(db.Stored(ctx, "events", "initech")+db.Stored(ctx, "aggregates", "initech") == 0, "initech (Off): nothing left the instance")
 	out, _ = s.Kubectl(ctx, "get", "deployments", "-n", "initech", "-o", "name")
 	c.check(strings.TrimSpace(out) == "", "initech: no collector workload exists")
-	leak := personalDataAtReceiver(ctx, s)
+	leak := db.PersonalData(ctx)
 	c.check(leak == "", "no personal data reached the receiver%s", leak)
-	var unlisted int
-	_ = receiverQuery(ctx, s, "SELECT count(*) FROM events WHERE name = ANY($1)", &unlisted, seed.Unlisted)
+	unlisted := db.Unlisted(ctx)
 	c.check(unlisted == 0, "no event the catalog does not list was exported")
 
-	consentWalk(ctx, s, c, instances["acme"])
-	erasureWalk(ctx, s, c)
+	consentWalk(ctx, s, db, c, instances["acme"])
+	erasureWalk(ctx, s, db, c)
 	return !c.failed
 }
 
@@ -223,17 +194,14 @@ func firstLines(s string, n int) string {
 
 // consentWalk turns acme Off and back on, writing events while it is Off, and checks by event
 // timestamps that none of them left.
-func consentWalk(ctx context.Context, s *localstack.Stack, c *checker, acme *localstack.Instance) {
+func consentWalk(ctx context.Context, s *localstack.Stack, db fleetcheck.Receiver, c *checker, acme *localstack.Instance) {
 	fmt.Println("==> kubectl patch tp -n acme acme --type=merge -p '{\"spec\":{\"consent\":{\"tier\":\"Off\"}}}'")
 	_, err := s.Kubectl(ctx, "patch", "tp", "-n", "acme", "acme", "--type=merge", "-p", `{"spec":{"consent":{"tier":"Off"}}}`)
 	c.check(err == nil, "the patch was accepted")
 	c.check(waitTier(ctx, s, "acme", "Off"), "acme reports Off in force once its collector is gone and the receiver refuses its data")
 	fmt.Println("==> 25 events are recorded in acme while it is Off")
-	offFrom := time.Now()
-	for i := range 25 {
-		_, _ = acme.Pool.Exec(ctx, `INSERT INTO event_logs (name, user_id, source, version, public_argument) VALUES ('hover', $1, 'WEB', '5.3.0', '{"languageId":"go"}')`, i%5+1)
-	}
-	offTo := time.Now()
+	offFrom, offTo, err := fleetcheck.Record(ctx, acme.Pool, 25)
+	c.check(err == nil, "the events were recorded (%v)", err)
 	fmt.Println("==> kubectl patch tp -n acme acme --type=merge -p '{\"spec\":{\"consent\":{\"tier\":\"EventLevel\"}}}'")
 	_, err = s.Kubectl(ctx, "patch", "tp", "-n", "acme", "acme", "--type=merge", "-p", `{"spec":{"consent":{"tier":"EventLevel"}}}`)
 	c.check(err == nil, "the patch was accepted")
@@ -245,14 +213,14 @@ func consentWalk(ctx context.Context, s *localstack.Stack, c *checker, acme *loc
 	out, _ = s.Receiver(ctx, "consent", "show", "--instance", "acme")
 	fmt.Println("==> receiver consent show --instance acme   (the authoritative record, kept by the receiver)")
 	fmt.Print(indent(out))
-	c.check(storedBetween(ctx, s, "acme", offFrom, offTo) == 0, "none of the 25 events recorded while acme was Off reached the receiver")
+	c.check(db.StoredBetween(ctx, "acme", offFrom, offTo) == 0, "none of the 25 events recorded while acme was Off reached the receiver")
 }
 
 // erasureWalk asks for acme's first week of event-level data to be erased and checks it is gone,
 // verified and audited.
-func erasureWalk(ctx context.Context, s *localstack.Stack, c *checker) {
+func erasureWalk(ctx context.Context, s *localstack.Stack, db fleetcheck.Receiver, c *checker) {
 	from, to := acmeAccepted, acmeAccepted.Add(7*24*time.Hour)
-	inRange := storedBetween(ctx, s, "acme", from, to)
+	inRange := db.StoredBetween(ctx, "acme", from, to)
 	patch := fmt.Sprintf(`{"spec":{"erasure":{"requestID":"DSR-2026-0001","scope":"Events","from":%q,"to":%q,"requestedBy":"acme admin, support ticket 4711"}}}`,
 		from.Format(time.RFC3339), to.Format(time.RFC3339))
 	fmt.Printf("==> kubectl patch tp -n acme acme --type=merge -p '%s'\n", patch)
@@ -266,8 +234,8 @@ func erasureWalk(ctx context.Context, s *localstack.Stack, c *checker) {
 	out, _ = s.Receiver(ctx, "erasures", "--instance", "acme")
 	fmt.Println("==> receiver erasures --instance acme   (the audit trail: who, when, scope, counts; never the data)")
 	fmt.Print(indent(out))
-	c.check(inRange > 0 && storedBetween(ctx, s, "acme", from, to) == 0, "acme's first week is erased at the receiver (%d events before, 0 after)", inRange)
-	c.check(storedBetween(ctx, s, "acme", to, time.Now().Add(time.Hour)) > 0, "the rest of acme's data is kept")
+	c.check(inRange > 0 && db.StoredBetween(ctx, "acme", from, to) == 0, "acme's first week is erased at the receiver (%d events before, 0 after)", inRange)
+	c.check(db.StoredBetween(ctx, "acme", to, time.Now().Add(time.Hour)) > 0, "the rest of acme's data is kept")
 }
 
 // waitTier waits until a policy reports tier in force and Ready.
@@ -283,47 +251,9 @@ func waitTier(ctx context.Context, s *localstack.Stack, name, tier string) bool 
 	return false
 }
 
-func storedBetween(ctx context.Context, s *localstack.Stack, instance string, from, to time.Time) int {
-	var n int
-	_ = receiverQuery(ctx, s, "SELECT count(*) FROM events WHERE instance_id = $1 AND ts >= $2 AND ts < $3", &n, instance, from, to)
-	return n
-}
-
 func indent(s string) string {
 	if s == "" {
 		return ""
 	}
 	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ") + "\n"
-}
-
-func countAllowListed(ctx context.Context, in *localstack.Instance, from, to time.Time) int {
-	var n int
-	_ = in.Pool.QueryRow(ctx, "SELECT count(*) FROM event_logs WHERE name = ANY($1) AND timestamp >= $2 AND timestamp < $3", catalogv1.Current().Names(), from, to).Scan(&n)
-	return n
-}
-
-func receiverQuery(ctx context.Context, s *localstack.Stack, sql string, dest any, args ...any) error {
-	pool, err := poolFor(ctx, s)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	return pool.QueryRow(ctx, sql, args...).Scan(dest)
-}
-
-func stored(ctx context.Context, s *localstack.Stack, table, instance string) int {
-	var n int
-	_ = receiverQuery(ctx, s, "SELECT count(*) FROM "+table+" WHERE instance_id = $1", &n, instance)
-	return n
-}
-
-func personalDataAtReceiver(ctx context.Context, s *localstack.Stack) string {
-	var dump string
-	_ = receiverQuery(ctx, s, "SELECT coalesce((SELECT string_agg(to_jsonb(e)::text, ' ') FROM events e), '') || coalesce((SELECT string_agg(to_jsonb(a)::text, ' ') FROM aggregates a), '')", &dump)
-	for _, pii := range seed.PersonalData {
-		if strings.Contains(dump, pii) {
-			return ": found " + pii
-		}
-	}
-	return ""
 }
