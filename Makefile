@@ -6,6 +6,7 @@ SHELL := /usr/bin/env bash -o pipefail
 .DEFAULT_GOAL := help
 
 IMG ?= telemetry-operator:dev
+RECEIVER_IMG ?= telemetry-receiver:dev
 TAG ?= dev
 
 ## Pinned tool versions.
@@ -65,13 +66,15 @@ check-generated: generate manifests ## Fail if generated files are not current.
 	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
 
 .PHONY: test
-test: envtest test-deps check-generated lint build-installer ## Build what the tests need, fail on stale generated files or lint errors, run every test.
+test: envtest test-deps check-generated lint build-installer ## Build what the tests need, fail on stale generated files or lint errors, run every test (the real-cluster one last).
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$gofmt_out" ]; then echo "gofmt needed on:"; echo "$$gofmt_out"; exit 1; fi
 	go vet ./...
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
 	@# The collector sends and reads concurrently and the receiver serves requests in parallel: run them under the race detector too.
 	go test -race -timeout $(TEST_TIMEOUT) -count=1 ./collector/... ./receiver/server/
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
+	@# Last, the images and shipped manifests on a real single-node cluster (about 4 minutes once its tools are built).
+	$(MAKE) --no-print-directory e2e-cluster
 
 # make test fuzzes each target for a number of executions, not seconds: with a duration, Go 1.26's
 # fuzz coordinator can report "context deadline exceeded" as a failure at the deadline
@@ -134,12 +137,25 @@ build-installer: manifests kustomize ## Render a single-file installer into dist
 	mkdir -p dist
 	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
 	$(KUSTOMIZE) build config/default > dist/install.yaml
-	@echo "wrote dist/install.yaml"
+	cd config/receiver && $(KUSTOMIZE) edit set image receiver=$(RECEIVER_IMG)
+	$(KUSTOMIZE) build config/receiver > dist/receiver.yaml
+	@echo "wrote dist/install.yaml (the operator) and dist/receiver.yaml (the receiver)"
 
 .PHONY: images
 images: test-deps build ## Build the three images as OCI archives in bin/images (no container engine needed) and check them; TAG=dev.
 	go run ./hack/images build --bin $(LOCALBIN) --out $(LOCALBIN)/images --tag $(TAG)
 	go run ./hack/images check $(LOCALBIN)/images/manager.oci.tar $(LOCALBIN)/images/collector.oci.tar $(LOCALBIN)/images/receiver.oci.tar
+
+.PHONY: deploy-receiver
+deploy-receiver: kustomize ## Deploy the receiver to the cluster of the current kubeconfig (RECEIVER_IMG=...; create its Secrets first, see the README).
+	cd config/receiver && $(KUSTOMIZE) edit set image receiver=$(RECEIVER_IMG)
+	$(KUSTOMIZE) build config/receiver | $(KUBECTL) apply --server-side -f -
+
+.PHONY: e2e-cluster
+e2e-cluster: envtest cluster-tools test-deps images build-installer ## Deploy the images and shipped manifests onto a real single-node cluster started here (kubelet, containerd) and check them; needs root.
+	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/pause ./test/cluster/pause
+	go run ./hack/images one --binary $(LOCALBIN)/pause --ref telemetry-test-pause:1 --out $(LOCALBIN)/images/pause.oci.tar
+	TELEMETRY_E2E_CLUSTER=1 KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" go test -count=1 -timeout 30m -v $(TEST_FLAGS) ./test/e2ecluster/
 
 .PHONY: undeploy
 undeploy: kustomize ## Remove the manager from the cluster of the current kubeconfig.
@@ -151,6 +167,11 @@ undeploy: kustomize ## Remove the manager from the cluster of the current kubeco
 envtest: $(ENVTEST_DIR)/.kube-apiserver.ok ## Build kube-apiserver, etcd and kubectl for tests (cached under bin/k8s).
 $(ENVTEST_DIR)/.kube-apiserver.ok:
 	hack/build-control-plane.sh $(K8S_VERSION) $(ETCD_VERSION) $(ENVTEST_DIR)
+
+.PHONY: cluster-tools
+cluster-tools: ## Build kube-controller-manager, kube-scheduler and the kubelet (cached under bin/k8s) and install containerd and runc from Debian's packages: a real single-node cluster for make e2e-cluster.
+	hack/build-control-plane.sh $(K8S_VERSION) $(ETCD_VERSION) $(ENVTEST_DIR) --node
+	hack/ensure-test-deps.sh --cluster
 
 .PHONY: test-deps
 test-deps: ## Install PostgreSQL, openssl and gcc (for -race) from Debian packages if missing (tests start their own clusters).

@@ -18,6 +18,7 @@ Licensed under the Apache License, Version 2.0.
 //
 //	images build --bin bin --out bin/images --tag dev
 //	images check bin/images/*.oci.tar
+//	images one --binary F --ref repo:tag --out F.oci.tar   (any static binary: the test cluster's pause image)
 package main
 
 import (
@@ -56,8 +57,10 @@ func main() {
 		err = buildCmd(os.Args[2:])
 	case "check":
 		err = checkCmd(os.Args[2:])
+	case "one":
+		err = oneCmd(os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown command %q (build or check)", os.Args[1])
+		err = fmt.Errorf("unknown command %q (build, check or one)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "images:", err)
@@ -85,6 +88,25 @@ func buildCmd(args []string) error {
 		}
 		fmt.Printf("%-28s %s  %5.1f MiB  %s\n", ref, digest, float64(size)/(1<<20), path)
 	}
+	return nil
+}
+
+// oneCmd builds one image of any static binary, the same way as the project's images.
+func oneCmd(args []string) error {
+	fs := flag.NewFlagSet("one", flag.ExitOnError)
+	bin := fs.String("binary", "", "The static binary; it becomes the entrypoint /<its file name>.")
+	ref := fs.String("ref", "", "Image name, repository:tag.")
+	out := fs.String("out", "", "The .oci.tar file to write.")
+	cas := fs.String("ca-certificates", "/etc/ssl/certs/ca-certificates.crt", "CA bundle to put at /etc/ssl/certs/ca-certificates.crt.")
+	_ = fs.Parse(args)
+	if *bin == "" || *out == "" || !strings.Contains(*ref, ":") {
+		return fmt.Errorf("one: --binary, --out and --ref repository:tag are required")
+	}
+	digest, _, err := Build(BuildOptions{Binary: *bin, Entrypoint: "/" + filepath.Base(*bin), Ref: *ref, CACertificates: *cas, Out: *out})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s %s %s\n", *ref, digest, *out)
 	return nil
 }
 
