@@ -73,7 +73,7 @@ test: envtest test-deps check-generated lint build-installer ## Build what the t
 	@# The collector sends and reads concurrently and the receiver serves requests in parallel: run them under the race detector too.
 	go test -race -timeout $(TEST_TIMEOUT) -count=1 ./collector/... ./receiver/server/
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
-	@# Last, the images and shipped manifests on a real single-node cluster (about 4 minutes once its tools are built).
+	@# Last, the images and shipped manifests on a real single-node cluster (about 3 minutes once its tools are built).
 	$(MAKE) --no-print-directory e2e-cluster
 
 # make test fuzzes each target for a number of executions, not seconds: with a duration, Go 1.26's

@@ -28,6 +28,14 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
+# Install without starting anything: on a host with an init system, containerd's package would
+# otherwise start a system daemon.
+policy=/usr/sbin/policy-rc.d
+made_policy=
+if [[ ! -e $policy ]]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && made_policy=1
+  trap '[[ -n $made_policy ]] && rm -f "$policy"' EXIT
+fi
 apt-get update -qq
 apt-get install -y -qq "${missing[@]}" >/dev/null
 echo "[deps] installed" >&2

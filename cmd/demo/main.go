@@ -175,6 +175,7 @@ func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 	c.check(strings.TrimSpace(out) == "", "initech: no collector workload exists")
 	leak := db.PersonalData(ctx)
 	c.check(leak == "", "no personal data reached the receiver%s", leak)
+	c.check(db.NotPseudonymous(ctx) == 0, "every stored user id is a pseudonym")
 	unlisted := db.Unlisted(ctx)
 	c.check(unlisted == 0, "no event the catalog does not list was exported")
 

@@ -34,6 +34,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -47,6 +48,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
 	"github.com/sourcegraph/telemetry-operator/internal/testenv"
 )
 
@@ -85,9 +87,13 @@ type Cluster struct {
 	APIHost, APIPort string
 	// Socket is containerd's CRI socket.
 	Socket string
+	// KubeletPort is the kubelet API's port on 127.0.0.1.
+	KubeletPort string
 
 	opts  Options
 	procs []*proc
+	// sysctls are the kernel parameters the kubelet may change, as they were before it started.
+	sysctls map[string]string
 }
 
 // proc is a process the cluster started.
@@ -107,6 +113,7 @@ func (c *Cluster) logf(format string, args ...any) {
 // Start brings the cluster up and waits for the node to be Ready.
 func Start(ctx context.Context, o Options) (_ *Cluster, err error) {
 	c := &Cluster{opts: o}
+	begin := time.Now()
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -152,7 +159,7 @@ func Start(ctx context.Context, o Options) (_ *Cluster, err error) {
 	if err := c.waitNodeReady(ctx, 2*time.Minute); err != nil {
 		return nil, err
 	}
-	c.logf("==> node %s is Ready", NodeName)
+	c.logf("==> node %s is Ready, %.0f s after the start", NodeName, time.Since(begin).Seconds())
 	return c, nil
 }
 
@@ -174,7 +181,24 @@ func (c *Cluster) startAPIServer() error {
 	}
 	defer func() { _ = apiLog.Close() }() // the process has its own descriptor
 	env.ControlPlane.APIServer = &envtest.APIServer{CertDir: certDir, Out: apiLog, Err: apiLog}
+	// The kubelet's API (logs, exec) takes only a client certificate of its own CA, which the
+	// API server presents: no one else on the machine may use it.
+	kubeletCA, err := pkitest.NewCA("test cluster kubelet client CA", pkitest.Options{})
+	if err != nil {
+		return err
+	}
+	apiClient, err := kubeletCA.ClientCert("kube-apiserver")
+	if err != nil {
+		return err
+	}
+	for name, data := range map[string][]byte{"kubelet-client-ca.crt": kubeletCA.CertPEM, "apiserver-kubelet-client.crt": apiClient.CertPEM, "apiserver-kubelet-client.key": apiClient.KeyPEM} {
+		if err := os.WriteFile(filepath.Join(c.Dir, name), data, 0o600); err != nil {
+			return err
+		}
+	}
 	args := env.ControlPlane.GetAPIServer().Configure()
+	args.Set("kubelet-client-certificate", filepath.Join(c.Dir, "apiserver-kubelet-client.crt"))
+	args.Set("kubelet-client-key", filepath.Join(c.Dir, "apiserver-kubelet-client.key"))
 	args.Disable("disable-admission-plugins")
 	// The default service's endpoints would name the machine's first address; nothing here
 	// may send to it, so there are none (in-cluster clients are pointed at loopback instead).
@@ -184,6 +208,8 @@ func (c *Cluster) startAPIServer() error {
 	args.Set("kubelet-preferred-address-types", "Hostname")
 	cfg, err := env.Start()
 	if err != nil {
+		// envtest can fail after its processes are up (installing the CRDs) without stopping them.
+		_ = env.Stop()
 		return fmt.Errorf("starting the control plane from %s: %w\n%s", c.opts.Bin, err, c.tail("kube-apiserver", 20))
 	}
 	c.Env, c.RestConfig = env, cfg
@@ -247,6 +273,7 @@ state = "{{dir}}/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "{{dir}}/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{{dir}}/cni/bin"
     conf_dir = "{{dir}}/cni/net.d"
@@ -254,7 +281,7 @@ state = "{{dir}}/state"
 
 func (c *Cluster) startContainerd(ctx context.Context) error {
 	dir := filepath.Join(c.Dir, "containerd")
-	for _, d := range []string{"root", "state", "opt", "cni/bin", "cni/net.d"} {
+	for _, d := range []string{"root", "state", "opt", "runc", "cni/bin", "cni/net.d"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			return err
 		}
@@ -373,8 +400,9 @@ func (c *Cluster) startControllers() error {
 	return err
 }
 
-// kubeletConfig: cgroup v1 (hybrid) with cgroupfs and no QoS hierarchy, nothing reserved or
-// evicted for, secret volumes re-synced every 10 s, everything on loopback.
+// kubeletConfig: its API only for the API server's client certificate; cgroupfs and no QoS hierarchy (this machine mounts cgroup v1), nothing reserved
+// or evicted for, secret volumes re-synced every 10 s, everything on loopback: pods resolve
+// names at 127.0.0.1 (nothing answers; nothing here looks a name up), and no iptables chains.
 const kubeletConfig = `apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
@@ -389,9 +417,11 @@ healthzBindAddress: 127.0.0.1
 healthzPort: {{healthz}}
 authentication:
   anonymous:
-    enabled: true
+    enabled: false
   webhook:
     enabled: false
+  x509:
+    clientCAFile: {{clientca}}
 authorization:
   mode: AlwaysAllow
 syncFrequency: 10s
@@ -402,9 +432,10 @@ evictionHard:
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 podLogsDir: {{logs}}
-resolvConf: /etc/resolv.conf
+resolvConf: {{resolv}}
 serializeImagePulls: false
 localStorageCapacityIsolation: false
+makeIPTablesUtilChains: false
 `
 
 func (c *Cluster) startKubelet() error {
@@ -422,15 +453,23 @@ func (c *Cluster) startKubelet() error {
 	if err != nil {
 		return err
 	}
+	c.KubeletPort = port
 	healthz, err := freePort()
 	if err != nil {
 		return err
 	}
-	cfg := strings.NewReplacer("{{port}}", port, "{{healthz}}", healthz, "{{logs}}", filepath.Join(dir, "logs")).Replace(kubeletConfig)
+	resolv := filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver 127.0.0.1\n"), 0o644); err != nil { //nolint:gosec // read by pods
+		return err
+	}
+	cfg := strings.NewReplacer("{{port}}", port, "{{healthz}}", healthz, "{{logs}}", filepath.Join(dir, "logs"), "{{resolv}}", resolv,
+		"{{clientca}}", filepath.Join(c.Dir, "kubelet-client-ca.crt")).Replace(kubeletConfig)
 	path := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return err
 	}
+	// The kubelet sets kernel parameters it wants; they are put back on Close.
+	c.sysctls = readSysctls()
 	_, err = c.start("kubelet", filepath.Join(c.opts.Bin, "kubelet"),
 		"--config", path, "--kubeconfig", kc, "--container-runtime-endpoint", "unix://"+c.Socket,
 		"--root-dir", filepath.Join(dir, "root"), "--cert-dir", filepath.Join(dir, "pki"),
@@ -475,7 +514,12 @@ func (c *Cluster) start(name, bin string, args ...string) (*proc, error) {
 	}
 	cmd := exec.Command(bin, args...) //nolint:gosec // test harness
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, and killed if the test process dies without Close (interrupted,
+	// timed out): the kubelet and containerd must not outlive it. The parent-death signal is
+	// tied to the starting thread, so the thread is kept for the start.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if err := cmd.Start(); err != nil {
 		_ = log.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
@@ -523,6 +567,7 @@ func (c *Cluster) Close() {
 			c.killShims()
 		}
 	}
+	restoreSysctls(c.sysctls)
 	if c.Env != nil {
 		_ = c.Env.Stop()
 	}
@@ -615,21 +660,20 @@ func (c *Cluster) killShims() {
 	}
 }
 
+// stop stops a process and its process group (SIGTERM, SIGKILL after 15 s). Shims and their
+// containers run in sessions of their own, outside it.
 func stop(p *proc) {
 	select {
 	case <-p.done:
 	default:
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
 		select {
 		case <-p.done:
 		case <-time.After(15 * time.Second):
-			_ = p.cmd.Process.Kill()
+			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 			<-p.done
 		}
 	}
-	// Shims and their containers run in process groups of their own; the process group of p
-	// holds nothing else but p's own children.
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	_ = p.log.Close()
 }
 
@@ -690,6 +734,26 @@ func removeLogLinks(dir string) {
 		if target, err := os.Readlink(p); err == nil && strings.HasPrefix(target, dir+"/") {
 			_ = os.Remove(p)
 		}
+	}
+}
+
+// kubeletSysctls are the kernel parameters the kubelet sets at start (unless
+// protectKernelDefaults, which instead refuses to start where they differ).
+var kubeletSysctls = []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops", "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes"}
+
+func readSysctls() map[string]string {
+	m := map[string]string{}
+	for _, k := range kubeletSysctls {
+		if v, err := os.ReadFile(filepath.Join("/proc/sys", k)); err == nil {
+			m[k] = strings.TrimSpace(string(v))
+		}
+	}
+	return m
+}
+
+func restoreSysctls(m map[string]string) {
+	for k, v := range m {
+		_ = os.WriteFile(filepath.Join("/proc/sys", k), []byte(v+"\n"), 0o644) //nolint:gosec // /proc/sys
 	}
 }
 

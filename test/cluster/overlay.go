@@ -87,8 +87,10 @@ func (o Overlay) Apply(objs []*unstructured.Unstructured) ([]*unstructured.Unstr
 			u.SetLabels(labels)
 		case "Deployment":
 			dep := &appsv1.Deployment{}
-			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, dep); err != nil {
-				return nil, err
+			// Strict: a field the typed object does not know would otherwise vanish here, and the
+			// test would apply something other than what ships.
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, dep, true); err != nil {
+				return nil, fmt.Errorf("deployment %s: %w", u.GetName(), err)
 			}
 			if err := o.deployment(dep); err != nil {
 				return nil, err

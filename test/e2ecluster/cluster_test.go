@@ -11,7 +11,9 @@ package e2ecluster
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -125,13 +127,13 @@ func TestShippedManifestsOnARealCluster(t *testing.T) {
 		},
 		Args: map[string][]string{
 			receiverName: {"--listen=127.0.0.1:" + ports["receiver-api"], "--ops-listen=127.0.0.1:" + ports["receiver-ops"]},
-			managerDeployment: {"--receiver-url=" + receiverURL, "--cluster-name=e2e-cluster",
+			managerDeployment: {"--receiver-url=" + receiverURL,
 				"--health-probe-bind-address=127.0.0.1:" + ports["manager-health"], "--metrics-bind-address=127.0.0.1:" + ports["manager-metrics"]},
 		},
 		Replicas: map[string]int32{receiverName: 1},
 	}
 
-	t.Run("images are on the node", func(t *testing.T) {
+	f.run1(t, "images are on the node", func(t *testing.T) {
 		have, err := f.c.Images(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -143,7 +145,7 @@ func TestShippedManifestsOnARealCluster(t *testing.T) {
 		}
 	})
 
-	t.Run("shipped pod templates pass Pod Security restricted", func(t *testing.T) {
+	f.run1(t, "shipped pod templates pass Pod Security restricted", func(t *testing.T) {
 		f.restrictedDryRun(t, "dist/install.yaml", "dist/receiver.yaml")
 	})
 
@@ -190,13 +192,38 @@ func TestShippedManifestsOnARealCluster(t *testing.T) {
 	f.applyYAML(policies)
 	f.must("wait", "--for=condition=Ready", "tp", "--all", "-A", "--timeout=240s")
 
-	t.Run("what the demo checks", f.demoChecks)
-	t.Run("manager works under its shipped RBAC as its ServiceAccount", f.managerChecks)
-	t.Run("collector template passes Pod Security restricted", func(t *testing.T) { f.collectorRestricted(t) })
-	t.Run("every container runs its image's entrypoint as user 65532", f.containerUsers)
-	t.Run("certificate rotation reaches the running collector through its Secret volume", f.rotation)
-	t.Run("a configuration change is a Recreate rollout: old and new collectors never overlap", f.recreate)
-	t.Run("Off deletes the collector in the foreground and nothing recorded while Off leaves", f.offAndBack)
+	f.run1(t, "the kubelet's API refuses anyone but the API server", func(t *testing.T) {
+		// Without a client certificate of the kubelet's client CA: no pods, logs or exec.
+		tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} //nolint:gosec // the kubelet's self-signed serving certificate
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("https://127.0.0.1:" + f.c.KubeletPort + "/pods")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("an anonymous GET /pods on the kubelet answered %s", resp.Status)
+		}
+	})
+	f.run1(t, "what the demo checks", f.demoChecks)
+	f.run1(t, "the receiver's Service and PodDisruptionBudget track its pod", f.receiverObjects)
+	f.run1(t, "manager works under its shipped RBAC as its ServiceAccount", f.managerChecks)
+	f.run1(t, "collector template passes Pod Security restricted", f.collectorRestricted)
+	f.run1(t, "every container runs its image's entrypoint as user 65532", f.containerUsers)
+	f.run1(t, "certificate rotation reaches the running collector through its Secret volume", f.rotation)
+	f.run1(t, "a configuration change is a Recreate rollout: old and new collectors never overlap", f.recreate)
+	f.run1(t, "Off deletes the collector in the foreground and nothing recorded while Off leaves", f.offAndBack)
+	f.run1(t, "after all of it the manager was never refused a request nor restarted", f.managerChecks)
+}
+
+// run1 runs a subtest with the fixture's helpers failing it, not the parent.
+func (f *fixture) run1(t *testing.T, name string, fn func(*testing.T)) {
+	t.Run(name, func(t *testing.T) {
+		parent := f.t
+		f.t = t
+		defer func() { f.t = parent }()
+		fn(t)
+	})
 }
 
 // demoChecks: exactly once, tiers, nothing personal, as cmd/demo checks them.
@@ -204,6 +231,9 @@ func (f *fixture) demoChecks(t *testing.T) {
 	ctx := f.ctx
 	acme := f.instances["acme"]
 	want := fleetcheck.AllowListed(ctx, acme, f.accepted, time.Now().Add(time.Hour))
+	if want <= 0 {
+		t.Fatalf("acme's database holds %d allow-listed events since the terms were accepted: nothing to check", want)
+	}
 	eventually(t, 3*time.Minute, "acme's backlog and globex's aggregates to arrive", func() bool {
 		return f.db.Stored(ctx, "events", "acme") >= want && f.db.Stored(ctx, "aggregates", "globex") > 0
 	})
@@ -237,9 +267,25 @@ func (f *fixture) demoChecks(t *testing.T) {
 	if leak := f.db.PersonalData(ctx); leak != "" {
 		t.Errorf("personal data reached the receiver%s", leak)
 	}
+	if n := f.db.NotPseudonymous(ctx); n != 0 {
+		t.Errorf("%d stored events carry a user id that is not a pseudonym", n)
+	}
 	if n := f.db.Unlisted(ctx); n != 0 {
 		t.Errorf("%d events the catalog does not list were stored", n)
 	}
+}
+
+// receiverObjects: the Service selects the receiver's ready pod (its EndpointSlice, as the
+// endpoint-slice controller writes it), and the PodDisruptionBudget selects it and counts it
+// healthy.
+func (f *fixture) receiverObjects(t *testing.T) {
+	eventually(t, time.Minute, "the receiver's EndpointSlice to list a ready endpoint", func() bool {
+		return strings.Contains(f.get("endpointslices", "-n", receiverNS, "-l", "kubernetes.io/service-name="+receiverName,
+			"-o", "jsonpath={.items[*].endpoints[*].conditions.ready}"), "true")
+	})
+	eventually(t, time.Minute, "the PodDisruptionBudget to count the receiver healthy", func() bool {
+		return f.get("pdb", "-n", receiverNS, receiverName, "-o", "jsonpath={.status.expectedPods}/{.status.currentHealthy}") == "1/1"
+	})
 }
 
 // managerChecks: the manager runs in a pod as its ServiceAccount (a bound token, not a client
@@ -341,6 +387,11 @@ func (f *fixture) rotation(t *testing.T) {
 	eventually(t, 3*time.Minute, "the running collector to present the new certificate", func() bool {
 		return strings.Contains(f.logs("acme", before.Name), `"serial":"`+serial+`"`)
 	})
+	// Presented and accepted: what is recorded from now on arrives.
+	since := time.Now()
+	eventually(t, time.Minute, "events recorded after the rotation to arrive", func() bool {
+		return f.db.StoredBetween(f.ctx, "acme", since, time.Now().Add(time.Hour)) > 0
+	})
 	after := f.collectorPod(t, "acme")
 	if after.UID != before.UID {
 		t.Errorf("the collector pod was replaced (%s → %s): the rotation should reach it through its volume", before.Name, after.Name)
@@ -355,6 +406,13 @@ func (f *fixture) rotation(t *testing.T) {
 // recreate: a configuration change rolls the collector out through the real Deployment
 // controller with the Recreate strategy: the old pod is gone before the new one is created.
 func (f *fixture) recreate(t *testing.T) {
+	dep := &appsv1.Deployment{}
+	if err := f.c.Client.Get(f.ctx, client.ObjectKey{Namespace: "acme", Name: "acme-collector"}, dep); err != nil {
+		t.Fatal(err)
+	}
+	if dep.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+		t.Errorf("the collector's Deployment has strategy %q", dep.Spec.Strategy.Type)
+	}
 	old := f.collectorPod(t, "acme")
 	w := f.watchPods("acme")
 	defer w.stop()
@@ -380,6 +438,10 @@ func (f *fixture) recreate(t *testing.T) {
 	}
 	if newAdded.Before(oldGone) {
 		t.Errorf("old and new collector overlapped: %s created at %s, %s stopped at %s", fresh.Name, newAdded.Format(time.StampMilli), old.Name, oldGone.Format(time.StampMilli))
+	}
+	after := &appsv1.Deployment{}
+	if err := f.c.Client.Get(f.ctx, client.ObjectKey{Namespace: "acme", Name: "acme-collector"}, after); err != nil || after.UID != dep.UID {
+		t.Errorf("the Deployment was replaced rather than rolled out (%v)", err)
 	}
 	if hash := fresh.Annotations[resources.AnnotationConfigHash]; hash == "" || hash == old.Annotations[resources.AnnotationConfigHash] {
 		t.Errorf("the new pod carries config hash %q (old %q)", hash, old.Annotations[resources.AnnotationConfigHash])
@@ -425,7 +487,15 @@ func (f *fixture) offAndBack(t *testing.T) {
 		return p != nil && podReady(p) &&
 			f.get("tp", "-n", "acme", "acme", "-o", `jsonpath={.status.effectiveTier}/{.status.conditions[?(@.type=="Ready")].status}`) == "EventLevel/True"
 	})
-	time.Sleep(45 * time.Second) // two export rounds of the new collector
+	// The collector exports again: events recorded now arrive (and it has read past the Off
+	// period by then).
+	since, _, err := fleetcheck.Record(f.ctx, f.instances["acme"], 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, "events recorded after EventLevel returned to arrive", func() bool {
+		return f.db.StoredBetween(f.ctx, "acme", since, time.Now().Add(time.Hour)) >= 5
+	})
 	if n := f.db.StoredBetween(f.ctx, "acme", from, to); n != 0 {
 		t.Errorf("%d of the 25 events recorded while acme was Off reached the receiver", n)
 	}
@@ -540,12 +610,19 @@ func (f *fixture) restrictedDryRun(t *testing.T, manifests ...string) {
 func (f *fixture) dryRunPod(t *testing.T, name string, tmpl corev1.PodTemplateSpec) {
 	const ns = "pod-security-check"
 	f.applyYAML(fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n  labels:\n    %s: restricted\n", ns, cluster.LabelPodSecurityEnforce))
-	if sa := tmpl.Spec.ServiceAccountName; sa != "" {
-		f.applyYAML(fmt.Sprintf("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: %s\n  namespace: %s\n", sa, ns))
+	sa := tmpl.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default" // made by the controller manager, shortly after the namespace
 	}
+	f.applyYAML(fmt.Sprintf("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: %s\n  namespace: %s\n", sa, ns))
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "check-" + name, Namespace: ns, Labels: tmpl.Labels}, Spec: tmpl.Spec}
 	if err := f.c.Client.Create(f.ctx, pod, client.DryRunAll); err != nil {
 		t.Errorf("a pod of %s is refused under Pod Security restricted: %v", name, err)
+	}
+	// And the namespace does refuse what restricted forbids: the same pod on the host network.
+	pod.Spec.HostNetwork = true
+	if err := f.c.Client.Create(f.ctx, pod, client.DryRunAll); err == nil || !strings.Contains(err.Error(), "violates PodSecurity") {
+		t.Errorf("a host-network pod of %s was not refused by Pod Security restricted: %v", name, err)
 	}
 }
 
@@ -666,6 +743,9 @@ func (f *fixture) dumpOnFailure() {
 	}
 	if hold := os.Getenv("TELEMETRY_E2E_CLUSTER_HOLD"); hold != "" {
 		d, _ := time.ParseDuration(hold)
+		if deadline, ok := f.t.Deadline(); ok && time.Until(deadline)-3*time.Minute < d {
+			d = max(0, time.Until(deadline)-3*time.Minute) // leave Close its time
+		}
 		f.t.Logf("holding the cluster for %s: KUBECONFIG=%s", d, f.c.Kubeconfig)
 		time.Sleep(d)
 	}
@@ -830,5 +910,5 @@ func (r *watcher) seen() []string {
 }
 
 func fromUnstructured(u *unstructured.Unstructured, into any) error {
-	return runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, into)
+	return runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, into, true)
 }

@@ -87,6 +87,12 @@ func (r Receiver) SmallCells(ctx context.Context) int {
 	return r.count(ctx, "SELECT count(*) FROM aggregates WHERE users < 5")
 }
 
+// NotPseudonymous counts stored events whose user id is not a pseudonym (128 bits in hex): a
+// raw user id, an anonymous id or anything else the instance knows its users by.
+func (r Receiver) NotPseudonymous(ctx context.Context) int {
+	return r.count(ctx, "SELECT count(*) FROM events WHERE user_id !~ '^[0-9a-f]{32}$'")
+}
+
 // Unlisted counts stored events whose names the catalog does not list (seeded on purpose).
 func (r Receiver) Unlisted(ctx context.Context) int {
 	return r.count(ctx, "SELECT count(*) FROM events WHERE name = ANY($1)", seed.Unlisted)
@@ -99,7 +105,8 @@ func (r Receiver) PersonalData(ctx context.Context) string {
 	if err := r.Pool.QueryRow(ctx, "SELECT coalesce((SELECT string_agg(to_jsonb(e)::text, ' ') FROM events e), '') || coalesce((SELECT string_agg(to_jsonb(a)::text, ' ') FROM aggregates a), '')").Scan(&dump); err != nil {
 		return ": the receiver's database could not be read: " + err.Error()
 	}
-	for _, pii := range seed.PersonalData {
+	// The seeded device ids are personal data as well.
+	for _, pii := range append([]string{"device-"}, seed.PersonalData...) {
 		if strings.Contains(dump, pii) {
 			return ": found " + pii
 		}

@@ -72,6 +72,15 @@ func (c *CA) Secret() map[string][]byte {
 
 // ServerCert issues a TLS server certificate for hosts (DNS names or IPs) signed by c.
 func (c *CA) ServerCert(cn string, hosts []string, notAfter time.Time) (*CA, error) {
+	return c.leaf(cn, x509.ExtKeyUsageServerAuth, hosts, notAfter)
+}
+
+// ClientCert issues a TLS client certificate named cn, signed by c, valid for a year.
+func (c *CA) ClientCert(cn string) (*CA, error) {
+	return c.leaf(cn, x509.ExtKeyUsageClientAuth, nil, time.Time{})
+}
+
+func (c *CA) leaf(cn string, usage x509.ExtKeyUsage, hosts []string, notAfter time.Time) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -85,7 +94,7 @@ func (c *CA) ServerCert(cn string, hosts []string, notAfter time.Time) (*CA, err
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
