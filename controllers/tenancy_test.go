@@ -218,9 +218,17 @@ var _ = Describe("Objects the operator did not make", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "clash")
 		names := resources.NamesFor("clash")
-		// The configuration ConfigMap replaced by one that is not the policy's (a restore, a hand edit).
-		Expect(k8s.Delete(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: names.Config, Namespace: ns}})).To(Succeed())
-		Expect(k8s.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: names.Config, Namespace: ns}, Data: map[string]string{"theirs": "yes"}})).To(Succeed())
+		// The configuration ConfigMap turned into one that is not the policy's (a restore, a hand
+		// edit), in one write: deleting and re-creating it races the operator, which re-creates
+		// its own at once.
+		Eventually(func() error {
+			cm := &corev1.ConfigMap{}
+			if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Config}, cm); err != nil {
+				return err
+			}
+			cm.OwnerReferences, cm.Labels, cm.Data = nil, nil, map[string]string{"theirs": "yes"}
+			return k8s.Update(ctx, cm)
+		}).Should(Succeed())
 
 		By("consent withdrawn: the Deployment is stopped though the configuration cannot be written")
 		updatePolicy(ctx, ns, "clash", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
