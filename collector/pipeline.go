@@ -60,6 +60,10 @@ type Pipeline struct {
 	tracker   *source.Tracker
 	progress  collectorconfig.Progress
 	lastSaved time.Time
+	// saved is the progress as last written (nil before the first write); heartbeat is how old
+	// a write may grow when nothing but the success time changed (two export intervals).
+	saved     *collectorconfig.Progress
+	heartbeat time.Duration
 	ready     bool
 	// prefetched is the next round, read while the last one was being sent (event rounds only).
 	prefetched *prefetch
@@ -122,6 +126,7 @@ func (p *Pipeline) Init(ctx context.Context) error {
 		return ErrOff
 	}
 	p.cfg = cfg
+	p.setHeartbeat(cfg)
 	if p.ProgressEvery == 0 {
 		p.ProgressEvery = 10 * time.Second
 	}
@@ -191,6 +196,7 @@ func (p *Pipeline) RunOnce(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	p.cfg = cfg
+	p.setHeartbeat(cfg)
 	p.progress.Tier = cfg.Tier
 	if cfg.Tier != v1.TierEventLevel {
 		p.prefetched = nil // events read ahead under EventLevel are never used under another tier
@@ -647,22 +653,53 @@ func (p *Pipeline) setReady(ok bool) {
 	p.mu.Unlock()
 }
 
-// saveProgress writes progress at most every ProgressEvery, or now when force is set.
+// saveProgress writes progress when it is due (see progressDue), or now when force is set.
 func (p *Pipeline) saveProgress(force bool) {
 	p.mu.Lock()
 	now := p.Clock.Now()
-	if !force && now.Sub(p.lastSaved) < p.ProgressEvery {
+	snapshot := p.progress
+	if !force && !p.progressDue(snapshot, now) {
 		p.mu.Unlock()
 		return
 	}
-	snapshot := p.progress
 	p.lastSaved = now
+	p.saved = &snapshot
 	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := p.State.Save(ctx, &snapshot); err != nil {
 		p.Log.Warn("saving progress failed", "err", err)
 	}
+}
+
+// progressDue says whether progress is worth writing (p.mu held). Every write to the state
+// object is also a status update by the operator, so a collector that is idle, or keeping up
+// with a steady trickle, must not write every round: the per-round figures (cursor, counts,
+// success time) are in its metrics every round and go to the state object once the last write
+// is a heartbeat old (two export intervals, well inside the three intervals and a minute after
+// which the Exporting condition turns False). What a user must see soon is written at once (at
+// most every ProgressEvery): an error or its end, the tier, aggregates published, the first
+// success, and a backlog's progress (lag above zero). A restart resumes from the saved cursor;
+// what it re-reads is re-sent and the receiver de-duplicates it.
+func (p *Pipeline) progressDue(cur collectorconfig.Progress, now time.Time) bool {
+	if now.Sub(p.lastSaved) < p.ProgressEvery {
+		return false
+	}
+	if p.saved == nil || (cur.LastSuccessTime == nil) != (p.saved.LastSuccessTime == nil) || cur.LagSeconds != 0 {
+		return true
+	}
+	a, b := cur, *p.saved
+	a.LastSuccessTime, b.LastSuccessTime = nil, nil
+	a.Cursor, b.Cursor = 0, 0
+	a.EventsExported, b.EventsExported = 0, 0
+	a.EventsDropped, b.EventsDropped = 0, 0
+	return a != b || now.Sub(p.lastSaved) >= p.heartbeat
+}
+
+func (p *Pipeline) setHeartbeat(cfg *collectorconfig.Config) {
+	p.mu.Lock()
+	p.heartbeat = 2 * cfg.IntervalDuration()
+	p.mu.Unlock()
 }
 
 // FormatID is the instance-scoped event id for an event_logs id.

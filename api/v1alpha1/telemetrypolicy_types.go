@@ -381,7 +381,8 @@ type CredentialsStatus struct {
 	LastIssueReason string `json:"lastIssueReason,omitempty"`
 }
 
-// ExportStatus is the collector's reported progress.
+// ExportStatus is the collector's reported progress (see TelemetryPolicyStatus.Export for how
+// fresh it is).
 type ExportStatus struct {
 	// lastSuccessTime is when the receiver last acknowledged a batch.
 	// +optional
@@ -506,7 +507,10 @@ type TelemetryPolicyStatus struct {
 	// +optional
 	Credentials *CredentialsStatus `json:"credentials,omitempty"`
 
-	// export is the collector's reported progress.
+	// export is the collector's reported progress. Errors, the tier, published aggregates and a
+	// backlog's progress show within seconds; while the collector is idle or keeping up, the
+	// cursor, counts and success time are refreshed every two export intervals (its Prometheus
+	// metrics carry them every round).
 	// +optional
 	Export *ExportStatus `json:"export,omitempty"`
 

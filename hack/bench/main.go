@@ -98,7 +98,9 @@ func main() {
 	bin := flag.String("bin", "bin", "Directory with the manager, collector and receiver binaries.")
 	kubectl := flag.String("kubectl", "", "kubectl binary.")
 	installer := flag.String("installer", "dist/install.yaml", "The rendered installer (make build-installer): the operator runs with its RBAC.")
-	only := flag.String("only", "", "Run only: collector, receiver, memory, abuse or operator.")
+	only := flag.String("only", "", "Run only: collector, receiver, memory, abuse, operator or live.")
+	livePolicies := flag.Int("live-policies", 10, "Policies with running collectors for the live API-write run.")
+	liveWindow := flag.Duration("live-window", 60*time.Second, "Window for counting API writes with collectors running.")
 	abuseClients := flag.Int("abuse-clients", 16, "Flooding clients in the abuse run.")
 	abuseFor := flag.Duration("abuse-for", 15*time.Second, "Length of the abuse run.")
 	flag.Parse()
@@ -128,6 +130,9 @@ func main() {
 	}
 	if run("operator") {
 		operatorScale(ctx, *bin, *kubectl, *installer, *policies, *namespaces, *idle)
+	}
+	if run("live") {
+		operatorLive(ctx, stackBinaries(*bin, *kubectl, *installer), *livePolicies, *liveWindow)
 	}
 	fmt.Println()
 	misses := 0
@@ -363,15 +368,19 @@ func collectorMemory(ctx context.Context, r *receivertest.Receiver, bin string, 
 	record("growth with a larger backlog", fmt.Sprintf("%.2fx", float64(l)/float64(s)), "does not grow (<= 1.25x)", b(float64(l) <= 1.25*float64(s)))
 }
 
-func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss int, idle time.Duration) {
-	fmt.Printf("\n== operator scale (%d policies in %d namespaces) ==\n", n, nss)
+// stackBinaries locates the programs a local stack runs.
+func stackBinaries(bin, kubectl, installer string) localstack.Binaries {
 	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
 	if kubectl == "" {
 		kubectl = filepath.Join(os.Getenv("KUBEBUILDER_ASSETS"), "kubectl")
 	}
-	st, err := localstack.Start(ctx, localstack.Options{NoRunner: true, NoLeaderElection: true,
-		Bins: localstack.Binaries{Manager: abs(filepath.Join(bin, "manager")), Collector: abs(filepath.Join(bin, "collector")),
-			Receiver: abs(filepath.Join(bin, "receiver")), Kubectl: abs(kubectl), Installer: abs(installer)}})
+	return localstack.Binaries{Manager: abs(filepath.Join(bin, "manager")), Collector: abs(filepath.Join(bin, "collector")),
+		Receiver: abs(filepath.Join(bin, "receiver")), Kubectl: abs(kubectl), Installer: abs(installer)}
+}
+
+func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss int, idle time.Duration) {
+	fmt.Printf("\n== operator scale (%d policies in %d namespaces) ==\n", n, nss)
+	st, err := localstack.Start(ctx, localstack.Options{NoRunner: true, NoLeaderElection: true, Bins: stackBinaries(bin, kubectl, installer)})
 	must(err)
 	defer st.Close()
 	c := st.Client

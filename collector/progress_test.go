@@ -1,0 +1,96 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package collector_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
+
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/collector/state"
+	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
+)
+
+// countingStore counts progress writes: each is an API write by the collector and a status
+// update by the operator.
+type countingStore struct {
+	state.Store
+	saves atomic.Int64
+}
+
+func (c *countingStore) Save(ctx context.Context, p *collectorconfig.Progress) error {
+	c.saves.Add(1)
+	return c.Store.Save(ctx, p)
+}
+
+// An idle collector, or one keeping up with a trickle, writes its progress once per two export
+// intervals (the heartbeat that keeps Exporting true), not every round; a backlog's progress and
+// an error are written at once.
+func TestCollectorWritesProgressAsAHeartbeatUnlessSomethingNeedsSaying(t *testing.T) {
+	in := newInstance(t, v1.TierEventLevel, 100)
+	in.insert("ViewBlob", 20, 5, `{}`)
+	p := in.pipeline()
+	drain(t, p)
+	fc := clocktesting.NewFakeClock(time.Now())
+	store := &countingStore{Store: p.State}
+	p.State, p.Clock, p.ProgressEvery = store, fc, time.Millisecond
+	const interval = time.Second // the harness's export interval
+	round := func() bool {
+		t.Helper()
+		fc.Step(interval)
+		more, err := p.RunOnce(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return more
+	}
+	fresh := func(what string) {
+		t.Helper()
+		if last := in.progress().LastSuccessTime; last == nil || fc.Now().Sub(*last) > 2*interval {
+			t.Errorf("%s: the saved success time %v is more than two intervals old at %v: Exporting would lapse", what, last, fc.Now())
+		}
+	}
+
+	for range 10 {
+		round()
+	}
+	if n := store.saves.Load(); n < 4 || n > 6 {
+		t.Errorf("10 idle rounds wrote progress %d times, want about 5 (once per two intervals)", n)
+	}
+	fresh("idle")
+
+	store.saves.Store(0)
+	for range 10 {
+		in.insert("ViewBlob", 1, 1, `{}`)
+		round()
+	}
+	if n := store.saves.Load(); n < 4 || n > 6 {
+		t.Errorf("10 rounds each delivering one event wrote progress %d times, want about 5 (once per two intervals)", n)
+	}
+	fresh("trickle")
+	if saved, now := in.progress().Cursor, p.Cursor(); now-saved > 1 {
+		t.Errorf("saved cursor %d trails the acknowledged %d by more than the last round", saved, now)
+	}
+
+	// A backlog: its progress is written every round, so status shows it moving.
+	store.saves.Store(0)
+	in.insert("ViewBlob", 1000, 5, `{}`)
+	rounds := 0
+	for round() {
+		rounds++
+	}
+	if n := store.saves.Load(); n < int64(rounds) {
+		t.Errorf("a backlog of %d rounds wrote progress %d times, want every round", rounds, n)
+	}
+	if got, want := in.progress().Cursor, p.Cursor(); got != want {
+		t.Errorf("after the backlog the saved cursor is %d, want %d", got, want)
+	}
+}
