@@ -68,6 +68,9 @@ type Receiver struct {
 	// Intercept, when set, may answer a request instead of the receiver (fault injection).
 	Intercept func(w http.ResponseWriter, r *http.Request, body []byte) bool
 
+	// replicaOf is the receiver whose database a replica shares (nil for the first).
+	replicaOf *Receiver
+
 	httpServer *http.Server
 	listener   net.Listener
 	addr       string
@@ -330,8 +333,37 @@ func (r *Receiver) Stop() {
 	_ = r.httpServer.Shutdown(ctx)
 }
 
-// Close stops everything and removes its files.
+// Replica starts another receiver on r's database, as another replica of the Deployment would
+// run: its own store (connection pool, policy cache), server (rate limits, in-flight budget),
+// registry and address; it shares nothing in memory with r, only PostgreSQL and the PKI. Close
+// it before r.
+func (r *Receiver) Replica(ctx context.Context) (*Receiver, error) {
+	st, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithClock(r.Clock), store.WithRoles(store.RoleIngest, store.RoleRawReader))
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Migrate(ctx); err != nil { // as every replica does at start: serialized, then a no-op
+		st.Close()
+		return nil, err
+	}
+	rep := &Receiver{PG: r.PG, Store: st, DB: r.DB, CA: r.CA, Issuer: r.Issuer, CAFile: r.CAFile, Dir: r.Dir, Clock: r.Clock,
+		limits: r.limits, tlsConfig: r.tlsConfig, replicaOf: r}
+	rep.clientCAs.Store(r.clientCAs.Load())
+	rep.newServer()
+	if err := rep.Listen(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return rep, nil
+}
+
+// Close stops everything and removes its files (a replica: only its server and store).
 func (r *Receiver) Close() {
+	if r.replicaOf != nil {
+		r.Stop()
+		r.Store.Close()
+		return
+	}
 	r.Stop()
 	r.Store.Close()
 	r.DB.Close()
