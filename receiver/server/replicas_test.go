@@ -126,7 +126,8 @@ func TestReplicasSideBySide(t *testing.T) {
 		t.Fatal(err)
 	}
 	status, resp := postTo(t, c, other.URL, mustEncode(t, events("twin", 10_000, 10)))
-	if !(status == http.StatusForbidden || status == http.StatusOK && resp.Accepted == 0 && resp.Refused == 10) {
+	refused := status == http.StatusForbidden || status == http.StatusOK && resp.Accepted == 0 && resp.Refused == 10
+	if !refused {
 		t.Errorf("after the withdrawal the other replica answered %d %+v, want 403 or every event refused", status, resp)
 	}
 	var late int
