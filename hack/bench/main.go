@@ -20,6 +20,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"flag"
@@ -33,6 +34,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -47,6 +49,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/collector"
@@ -120,6 +123,7 @@ func main() {
 		}
 		if run("receiver") {
 			receiverIngest(ctx, r)
+			receiverReplicas(ctx, r)
 		}
 		if run("memory") {
 			collectorMemory(ctx, r, *bin, *backlogSmall, *backlogLarge)
@@ -285,16 +289,72 @@ func collectorRun(ctx context.Context, r *receivertest.Receiver, dsn, id string,
 	return float64(n) / time.Since(start).Seconds()
 }
 
+// ingestBatch is a 5,000-event batch of instance starting at event id from.
+func ingestBatch(instance string, from int) *batchv1.Batch {
+	bt := &batchv1.Batch{InstanceID: instance, BatchID: fmt.Sprint(from), Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(from + 5000),
+		AllowListVersion: catalogv1.CurrentVersion}
+	for i := from; i < from+5000; i++ {
+		bt.Events = append(bt.Events, batchv1.Event{ID: fmt.Sprint(i), Name: "SearchSubmitted", Timestamp: time.Unix(1_790_000_000+int64(i), 0),
+			Source: "WEB", ProductVersion: "5.3.0", UserID: fmt.Sprintf("%032x", i%500), Properties: map[string]any{"patternType": "literal"}})
+	}
+	return bt
+}
+
+// receiverReplicas measures ingestion over the API (mutual TLS, decoding, consent, storing) by
+// one receiver and by two on the same PostgreSQL, four instances sending at once.
+func receiverReplicas(ctx context.Context, r *receivertest.Receiver) {
+	const instances, perInstance = 4, 10
+	fmt.Printf("\n== receivers side by side (API, %d instances sending %d batches of 5,000 events at once) ==\n", instances, perInstance)
+	rep, err := r.Replica(ctx)
+	must(err)
+	defer rep.Close()
+	run := func(tag string, targets []*receivertest.Receiver) float64 {
+		type sender struct {
+			c      *http.Client
+			url    string
+			bodies [][]byte
+		}
+		var senders []sender
+		for k := range instances {
+			inst := fmt.Sprintf("bench-%s-%d", tag, k)
+			must(r.Grant(ctx, inst, consentv1.TierEventLevel, benchConsentSince))
+			cert, err := r.ClientCert(inst, time.Now().Add(-time.Hour), 24*time.Hour)
+			must(err)
+			s := sender{c: r.HTTPClient(&cert), url: targets[k%len(targets)].URL + batchv1.PathBatches}
+			for i := range perInstance {
+				body, err := batchv1.Encode(ingestBatch(inst, i*5000))
+				must(err)
+				s.bodies = append(s.bodies, body)
+			}
+			senders = append(senders, s)
+		}
+		var wg sync.WaitGroup
+		start := time.Now()
+		for _, s := range senders {
+			wg.Go(func() {
+				for _, body := range s.bodies {
+					resp, err := s.c.Post(s.url, batchv1.ContentType, bytes.NewReader(body))
+					must(err)
+					_, _ = io.Copy(io.Discard, resp.Body)
+					_ = resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						panic(fmt.Sprintf("receiver answered %s", resp.Status))
+					}
+				}
+			})
+		}
+		wg.Wait()
+		return float64(instances*perInstance*5000) / time.Since(start).Seconds()
+	}
+	one := run("one", []*receivertest.Receiver{r})
+	two := run("two", []*receivertest.Receiver{r, rep})
+	record("receiver over the API, 1 replica", fmt.Sprintf("%.0f events/s", one), "", nil)
+	record("receiver over the API, 2 replicas on one PostgreSQL", fmt.Sprintf("%.0f events/s (%.2fx)", two, two/one), "", nil)
+}
+
 func receiverIngest(ctx context.Context, r *receivertest.Receiver) {
 	fmt.Println("\n== receiver ingest (5,000-event batches) ==")
-	mk := func(from int) *batchv1.Batch {
-		bt := &batchv1.Batch{InstanceID: "bench-ingest", BatchID: fmt.Sprint(from), Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(from + 5000)}
-		for i := from; i < from+5000; i++ {
-			bt.Events = append(bt.Events, batchv1.Event{ID: fmt.Sprint(i), Name: "SearchSubmitted", Timestamp: time.Unix(1_790_000_000+int64(i), 0),
-				Source: "WEB", ProductVersion: "5.3.0", UserID: fmt.Sprintf("%032x", i%500), Properties: map[string]any{"patternType": "literal"}})
-		}
-		return bt
-	}
+	mk := func(from int) *batchv1.Batch { return ingestBatch("bench-ingest", from) }
 	const batches = 20
 	must(r.Grant(ctx, "bench-ingest", consentv1.TierEventLevel, benchConsentSince))
 	start := time.Now()
