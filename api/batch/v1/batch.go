@@ -8,6 +8,16 @@ Licensed under the Apache License, Version 2.0.
 // of the project's two public contracts (the other is the TelemetryPolicy CRD). Decoding is
 // strict and bounded: unknown fields, fields that must never leave an instance, oversized input
 // and per-user data in aggregate batches are all errors with a stable reason.
+//
+// The codec is hand-written (decode.go, encode.go). Measured against a maintained fast JSON
+// library on 2026-11-29 (`go test -bench Codecs ./api/batch/v1/`, a 5,000-event batch, 2 cores,
+// six runs of decoding, three of encoding): decoding 457,200–492,700 events/s hand-written,
+// 415,000–468,200 with goccy/go-json, 178,500–204,900 with encoding/json; encoding 1.67–1.82 M,
+// 1.66–1.71 M and 0.66 M events/s. The library path measured is its best case, one strict decode of the whole
+// batch plus the same validation: it matches field names case-insensitively and cannot blame an
+// oversized or malformed event by index, which the format requires. So the hand-written code
+// is not clearly faster than the library, only faster while doing more; whether the library with
+// those checks around it would do is still to be measured.
 package v1
 
 import (
