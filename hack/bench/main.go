@@ -111,6 +111,7 @@ func main() {
 		*rows, *backlogSmall, *backlogLarge, *policies, *namespaces, *idle = 1_000_000, 500_000, 5_000_000, 1000, 100, 60*time.Second
 		*abuseClients, *abuseFor = 32, 60*time.Second
 	}
+	defer exitOnFailure()
 	ctx := context.Background()
 	run := func(name string) bool { return *only == "" || *only == name }
 	fmt.Println("telemetry-operator benchmarks (figures and ratios measured side by side in this run)")
@@ -148,10 +149,25 @@ func main() {
 	fmt.Printf("%d figures, %d below target\n", len(results), misses)
 }
 
+// benchFailure is what must panics with: the panic unwinds through the deferred Close of every
+// stack and server started so far, and main turns it into an exit status of 1. (An os.Exit here
+// left a failed run's API server, PostgreSQL and processes running.)
+type benchFailure struct{ err error }
+
 func must(err error) {
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
+		panic(benchFailure{err})
+	}
+}
+
+// exitOnFailure, deferred first in main, reports a must failure once everything is closed.
+func exitOnFailure() {
+	if r := recover(); r != nil {
+		if f, ok := r.(benchFailure); ok {
+			fmt.Fprintln(os.Stderr, "bench:", f.err)
+			os.Exit(1)
+		}
+		panic(r)
 	}
 }
 
