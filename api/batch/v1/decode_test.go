@@ -161,26 +161,3 @@ func TestDecodeNeverLooserThanReference(t *testing.T) {
 		}
 	}
 }
-
-// BenchmarkDecode measures decoding a 5,000-event batch with the single-pass decoder and with
-// the encoding/json reference it replaced.
-func BenchmarkDecode(b *testing.B) {
-	rng := rand.New(rand.NewPCG(3, 4))
-	batch := randomBatch(rng, 5000)
-	data, _ := json.Marshal(batch)
-	for _, d := range []struct {
-		name string
-		fn   func([]byte) (*Batch, error)
-	}{{"single-pass", Decode}, {"encoding-json", referenceDecode}} {
-		b.Run(d.name, func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(len(data)))
-			for b.Loop() {
-				if _, err := d.fn(data); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(b.N*5000)/b.Elapsed().Seconds(), "events/s")
-		})
-	}
-}

@@ -103,22 +103,3 @@ func nonNilProps(m map[string]any) map[string]any {
 	}
 	return m
 }
-
-// BenchmarkEncode measures encoding a 5,000-event batch, and encoding/json for comparison.
-func BenchmarkEncode(b *testing.B) {
-	batch := randomBatch(rand.New(rand.NewPCG(7, 8)), 5000)
-	for _, d := range []struct {
-		name string
-		fn   func(*Batch) ([]byte, error)
-	}{{"append", Encode}, {"encoding-json", func(b *Batch) ([]byte, error) { return json.Marshal(b) }}} {
-		b.Run(d.name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, err := d.fn(batch); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(b.N*5000)/b.Elapsed().Seconds(), "events/s")
-		})
-	}
-}
