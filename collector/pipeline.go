@@ -669,6 +669,13 @@ func (p *Pipeline) saveProgress(force bool) {
 	defer cancel()
 	if err := p.State.Save(ctx, &snapshot); err != nil {
 		p.Log.Warn("saving progress failed", "err", err)
+		// Not written: due again at the next round (after ProgressEvery), not a heartbeat later;
+		// a lost heartbeat would let Exporting lapse on a healthy collector.
+		p.mu.Lock()
+		if p.saved == &snapshot {
+			p.saved = nil
+		}
+		p.mu.Unlock()
 	}
 }
 
@@ -677,10 +684,11 @@ func (p *Pipeline) saveProgress(force bool) {
 // with a steady trickle, must not write every round: the per-round figures (cursor, counts,
 // success time) are in its metrics every round and go to the state object once the last write
 // is a heartbeat old (two export intervals, well inside the three intervals and a minute after
-// which the Exporting condition turns False). What a user must see soon is written at once (at
-// most every ProgressEvery): an error or its end, the tier, aggregates published, the first
-// success, and a backlog's progress (lag above zero). A restart resumes from the saved cursor;
-// what it re-reads is re-sent and the receiver de-duplicates it.
+// which the Exporting condition turns False). What a user must see soon is written at the round
+// it changes in (at most every ProgressEvery: a change inside that waits for the next round): an
+// error or its end, the tier, aggregates published, the first success, and a backlog's progress
+// (lag above zero). A write that fails is due again at the next round. A restart resumes from
+// the saved cursor; what it re-reads is re-sent and the receiver de-duplicates it.
 func (p *Pipeline) progressDue(cur collectorconfig.Progress, now time.Time) bool {
 	if now.Sub(p.lastSaved) < p.ProgressEvery {
 		return false

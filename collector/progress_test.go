@@ -8,6 +8,7 @@ package collector_test
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,10 +25,15 @@ import (
 type countingStore struct {
 	state.Store
 	saves atomic.Int64
+	// failing makes every write fail (the API server unreachable).
+	failing atomic.Bool
 }
 
 func (c *countingStore) Save(ctx context.Context, p *collectorconfig.Progress) error {
 	c.saves.Add(1)
+	if c.failing.Load() {
+		return errors.New("the API server is unreachable")
+	}
 	return c.Store.Save(ctx, p)
 }
 
@@ -93,4 +99,19 @@ func TestCollectorWritesProgressAsAHeartbeatUnlessSomethingNeedsSaying(t *testin
 	if got, want := in.progress().Cursor, p.Cursor(); got != want {
 		t.Errorf("after the backlog the saved cursor is %d, want %d", got, want)
 	}
+
+	// A write that fails is tried again at the next round, not a heartbeat later.
+	store.failing.Store(true)
+	store.saves.Store(0)
+	for range 4 {
+		round()
+	}
+	// The first failing write comes at the heartbeat (round 1 or 2), then one every round; at
+	// the heartbeat's pace it would be 2.
+	if n := store.saves.Load(); n < 3 {
+		t.Errorf("with every write failing, 4 idle rounds tried %d writes, want at least 3 (a failed write is due again at the next round)", n)
+	}
+	store.failing.Store(false)
+	round()
+	fresh("after failed writes")
 }

@@ -507,10 +507,10 @@ type TelemetryPolicyStatus struct {
 	// +optional
 	Credentials *CredentialsStatus `json:"credentials,omitempty"`
 
-	// export is the collector's reported progress. Errors, the tier, published aggregates and a
-	// backlog's progress show within seconds; while the collector is idle or keeping up, the
-	// cursor, counts and success time are refreshed every two export intervals (its Prometheus
-	// metrics carry them every round).
+	// export is the collector's reported progress. An error or its end, the tier and a backlog's
+	// progress show at the export round where they change (at most every 10 seconds); while the
+	// collector is idle or keeping up, the cursor, counts and success time are refreshed every two
+	// export intervals (its Prometheus metrics carry them every round).
 	// +optional
 	Export *ExportStatus `json:"export,omitempty"`
 
