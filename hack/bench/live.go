@@ -65,8 +65,8 @@ func operatorLive(ctx context.Context, bins localstack.Binaries, n int, window t
 			break
 		}
 		if time.Now().After(deadline) {
-			fmt.Printf("  only %d of %d policies exporting after 5 minutes\n", exporting, n)
-			break
+			// Stuck collectors write nothing: counting them would flatter the figure.
+			must(fmt.Errorf("only %d of %d policies exporting after 5 minutes", exporting, n))
 		}
 		time.Sleep(time.Second)
 	}
@@ -78,11 +78,13 @@ func operatorLive(ctx context.Context, bins localstack.Binaries, n int, window t
 	before := apiWrites(ctx, st.Clientset)
 	time.Sleep(window)
 	idle := apiWrites(ctx, st.Clientset).minus(before)
+	stillExporting(ctx, st, n, "idle")
 	record("idle: API writes per policy per export interval", fmt.Sprintf("%.2f (%s)", perPolicyInterval(idle.total()), idle), "<= 1", b(perPolicyInterval(idle.total()) <= 1))
 	record("idle: API writes per policy per hour", fmt.Sprintf("%.0f", perPolicyInterval(idle.total())*3600/liveInterval.Seconds()), "", nil)
 
 	stop := make(chan struct{})
 	done := make(chan struct{})
+	var trickleErr error // written by the trickle goroutine only, read after it is done
 	go func() {
 		defer close(done)
 		for {
@@ -91,7 +93,9 @@ func operatorLive(ctx context.Context, bins localstack.Binaries, n int, window t
 				return
 			case <-time.After(time.Second):
 				for _, in := range instances {
-					_, _, _ = fleetcheck.Record(ctx, in.Pool, 1)
+					if _, _, err := fleetcheck.Record(ctx, in.Pool, 1); err != nil {
+						trickleErr = err // a failed trickle would be measured as idle
+					}
 				}
 			}
 		}
@@ -102,8 +106,26 @@ func operatorLive(ctx context.Context, bins localstack.Binaries, n int, window t
 	trickle := apiWrites(ctx, st.Clientset).minus(before)
 	close(stop)
 	<-done
+	stillExporting(ctx, st, n, "trickle")
+	must(trickleErr)
 	record("trickle (1 event/s per instance): API writes per policy per export interval", fmt.Sprintf("%.2f (%s)", perPolicyInterval(trickle.total()), trickle), "", nil)
 	record("trickle: API writes per policy per hour", fmt.Sprintf("%.0f", perPolicyInterval(trickle.total())*3600/liveInterval.Seconds()), "", nil)
+}
+
+// stillExporting fails the run unless every policy is still Ready and Exporting after a window:
+// a collector that stopped writing would otherwise score as a quiet one.
+func stillExporting(ctx context.Context, st *localstack.Stack, n int, window string) {
+	list := &v1.TelemetryPolicyList{}
+	must(st.Client.List(ctx, list))
+	ok := 0
+	for _, p := range list.Items {
+		if condTrue(p.Status.Conditions, v1.ConditionReady) && condTrue(p.Status.Conditions, v1.ConditionExporting) {
+			ok++
+		}
+	}
+	if ok != n {
+		must(fmt.Errorf("after the %s window only %d of %d policies are Ready and Exporting", window, ok, n))
+	}
 }
 
 // livePolicy is an EventLevel self-serve trial exporting every liveInterval.

@@ -345,21 +345,31 @@ func receiverReplicas(ctx context.Context, r *receivertest.Receiver) {
 			senders = append(senders, s)
 		}
 		var wg sync.WaitGroup
+		errs := make(chan error, len(senders))
 		start := time.Now()
 		for _, s := range senders {
+			// Errors come back to this goroutine: a panic in another would skip every Close.
 			wg.Go(func() {
 				for _, body := range s.bodies {
 					resp, err := s.c.Post(s.url, batchv1.ContentType, bytes.NewReader(body))
-					must(err)
+					if err != nil {
+						errs <- err
+						return
+					}
 					_, _ = io.Copy(io.Discard, resp.Body)
 					_ = resp.Body.Close()
 					if resp.StatusCode != http.StatusOK {
-						panic(fmt.Sprintf("receiver answered %s", resp.Status))
+						errs <- fmt.Errorf("receiver answered %s", resp.Status)
+						return
 					}
 				}
 			})
 		}
 		wg.Wait()
+		close(errs)
+		for err := range errs {
+			must(err)
+		}
 		return float64(instances*perInstance*5000) / time.Since(start).Seconds()
 	}
 	one := run("one", []*receivertest.Receiver{r})
@@ -398,6 +408,12 @@ func peakRSS(ctx context.Context, r *receivertest.Receiver, bin string, name str
 	cfg := collectorConfig(r, dir, strings.ReplaceAll(name, "_", "-"), dsn, 5000)
 	cmd := exec.Command(filepath.Join(bin, "collector"), "--config", cfg, "--state-file", filepath.Join(dir, "state.json"), "--metrics-addr", "127.0.0.1:0") //nolint:gosec // our binary
 	must(cmd.Start())
+	defer func() { // stopped below on success; killed here if a step fails first
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
 	start := time.Now()
 	var peak int64
 	var maxID int64
