@@ -40,6 +40,7 @@ import (
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/tlsreload"
 	"github.com/sourcegraph/telemetry-operator/receiver/report"
+	"github.com/sourcegraph/telemetry-operator/receiver/retention"
 	"github.com/sourcegraph/telemetry-operator/receiver/server"
 	"github.com/sourcegraph/telemetry-operator/receiver/store"
 )
@@ -106,6 +107,10 @@ func readDSN(dsnFile string) (string, error) {
 	return dsn, nil
 }
 
+// DefaultRetentionDays keeps thirteen months of events: a year-over-year comparison still has
+// its base.
+const DefaultRetentionDays = 395
+
 func serve(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	listen := fs.String("listen", ":8443", "Address of the mutual-TLS ingestion API.")
@@ -120,6 +125,7 @@ func serve(ctx context.Context, args []string) error {
 	instanceBurst := fs.Int("instance-burst", server.DefaultLimits().InstanceBurst, "Batch requests one instance may send at once above its rate.")
 	maxStreams := fs.Uint("max-streams", 16, "Concurrent HTTP/2 streams per connection.")
 	statementTimeout := fs.Duration("statement-timeout", time.Minute, "Longest database statement; a longer one is cancelled and the request answered 503 (0: no limit).")
+	retentionDays := fs.Int("retention-days", DefaultRetentionDays, "Whole UTC days before today that stored events are kept; older days are dropped hourly and events dated before them refused (0: keep forever). Give every replica the same value.")
 	dsnFile := dsnFlag(fs)
 	_ = fs.Parse(args)
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -132,7 +138,10 @@ func serve(ctx context.Context, args []string) error {
 		return fmt.Errorf("loading --tls-cert, --tls-key and --client-ca: %w", err)
 	}
 	serverTLS.OnReload(func(serial string) { log.Info("loaded server certificate", "serial", serial) })
-	st, err := openStore(ctx, *dsnFile, store.WithStatementTimeout(*statementTimeout))
+	if *retentionDays < 0 {
+		return fmt.Errorf("--retention-days %d: must be 0 (keep forever) or more", *retentionDays)
+	}
+	st, err := openStore(ctx, *dsnFile, store.WithStatementTimeout(*statementTimeout), store.WithRetention(*retentionDays))
 	if err != nil {
 		return err
 	}
@@ -153,6 +162,7 @@ func serve(ctx context.Context, args []string) error {
 	limits.MaxBodyBytes, limits.MaxDecompressedBytes, limits.MaxInFlightBytes = *maxBody, *maxDecompressed, *maxInFlight
 	limits.InstanceRate, limits.InstanceBurst = *instanceRate, *instanceBurst
 	srv := server.New(st, limits, log, reg)
+	go retention.New(st, log, reg, nil, retention.DefaultEvery).Run(ctx)
 	// Slow clients are cut off: headers within 10 s, a whole body within 2 minutes.
 	api := &http.Server{Addr: *listen, Handler: srv.Handler(), TLSConfig: serverTLS.TLSConfig(),
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 2 * time.Minute, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute,

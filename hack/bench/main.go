@@ -101,7 +101,8 @@ func main() {
 	bin := flag.String("bin", "bin", "Directory with the manager, collector and receiver binaries.")
 	kubectl := flag.String("kubectl", "", "kubectl binary.")
 	installer := flag.String("installer", "dist/install.yaml", "The rendered installer (make build-installer): the operator runs with its RBAC.")
-	only := flag.String("only", "", "Run only: collector, receiver, memory, abuse, operator or live.")
+	only := flag.String("only", "", "Run only: collector, receiver, history, memory, abuse, operator or live.")
+	history := flag.Int("history-events", 50_000_000, "Events prefilled for the receiver-with-history run.")
 	livePolicies := flag.Int("live-policies", 10, "Policies with running collectors for the live API-write run.")
 	liveWindow := flag.Duration("live-window", 60*time.Second, "Window for counting API writes with collectors running.")
 	abuseClients := flag.Int("abuse-clients", 16, "Flooding clients in the abuse run.")
@@ -132,6 +133,9 @@ func main() {
 		if run("abuse") {
 			receiverUnderAbuse(ctx, r, *bin, *abuseClients, *abuseFor)
 		}
+	}
+	if run("history") {
+		receiverHistory(ctx, *history)
 	}
 	if run("operator") {
 		operatorScale(ctx, *bin, *kubectl, *installer, *policies, *namespaces, *idle)

@@ -56,7 +56,11 @@ type Store struct {
 	clock                  clock.PassiveClock
 	// policies caches each instance's consent timeline and tombstones by record version.
 	policies policyCache
-	observer atomic.Pointer[observerBox]
+	// retentionDays is how many whole UTC days before today events are kept (0: forever).
+	retentionDays int
+	// partitions are the days known to have an events partition.
+	partitions partitionSet
+	observer   atomic.Pointer[observerBox]
 }
 
 // Option configures a Store.
@@ -228,8 +232,8 @@ func (s *Store) Migrate(ctx context.Context) error {
 type Result struct {
 	// Accepted items were stored now; Duplicates were stored before (or, for aggregates, their
 	// day was published before); Refused items fall outside the instance's consent (a period that was not
-	// EventLevel, or at least CriticalOnly for aggregates) or inside an erased range, and are
-	// not stored.
+	// EventLevel, or at least CriticalOnly for aggregates), inside an erased range, or (events)
+	// outside the retention, and are not stored.
 	Accepted, Duplicates, Refused int
 	Cursor                        int64
 }
@@ -237,8 +241,9 @@ type Result struct {
 // InsertEvents stores a batch's events once each and advances the instance's cursor (never
 // backwards), in one transaction. The instance's consent ledger decides first: the whole batch
 // is refused (ErrConsentRefused, a *RefusedError) unless EventLevel is in force now, and then
-// each event is stored only if its timestamp falls in an EventLevel period and in no erased
-// range. Refused events are counted, and the cursor still advances past them: they may never
+// each event is stored only if its timestamp falls in an EventLevel period, in no erased range,
+// and within the store's retention (not before its oldest day kept, not more than MaxFutureSkew
+// ahead). Events are the same event when instance, id and timestamp match. Refused events are counted, and the cursor still advances past them: they may never
 // leave, so the collector must not send them again.
 func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Batch) (Result, error) {
 	n := len(b.Events)
@@ -253,6 +258,9 @@ func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Ba
 	if err != nil {
 		return Result{}, err
 	}
+	if err := s.ensurePartitions(ctx, b.Events, receivedAt); err != nil {
+		return Result{}, err
+	}
 	var res Result
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		p, err := s.loadPolicy(ctx, tx, instance)
@@ -262,13 +270,14 @@ func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Ba
 		if err := p.refusal(b.Kind); err != nil {
 			return err
 		}
+		keep := func(e *batchv1.Event) bool { return s.inRetention(e.Timestamp, receivedAt) && p.keepEvent(e.Timestamp) }
 		kept := b.Events
-		if slices.ContainsFunc(b.Events, func(e batchv1.Event) bool { return !p.keepEvent(e.Timestamp) }) {
+		if slices.ContainsFunc(b.Events, func(e batchv1.Event) bool { return !keep(&e) }) {
 			// The COPY stream is rebuilt from the kept events only: a refused event never
 			// reaches the database, not even a staging table.
 			kept = make([]batchv1.Event, 0, n)
 			for i := range b.Events {
-				if p.keepEvent(b.Events[i].Timestamp) {
+				if keep(&b.Events[i]) {
 					kept = append(kept, b.Events[i])
 				}
 			}
@@ -280,7 +289,7 @@ func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Ba
 		accepted := 0
 		if len(kept) > 0 {
 			if accepted, err = s.insertStream(ctx, tx, instance, b.BatchID, stream); err != nil {
-				return err
+				return s.partitionGone(err)
 			}
 		}
 		res.Accepted = accepted
@@ -340,7 +349,7 @@ func (s *Store) insertStream(ctx context.Context, tx pgx.Tx, instance, batchID s
 		if _, err := copyIn(ctx, tx, "incoming_events", stream); err != nil {
 			return 0, err
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO events (`+eventColumns+`) SELECT `+eventColumns+` FROM incoming_events ON CONFLICT (instance_id, event_id) DO NOTHING`)
+		tag, err := tx.Exec(ctx, `INSERT INTO events (`+eventColumns+`) SELECT `+eventColumns+` FROM incoming_events ON CONFLICT (instance_id, event_id, ts) DO NOTHING`)
 		if err != nil {
 			return 0, err
 		}

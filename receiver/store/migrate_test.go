@@ -1,0 +1,97 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package store
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	"github.com/sourcegraph/telemetry-operator/internal/pgtest"
+)
+
+// TestMigrationMovesStoredEventsIntoPartitions: a database holding events in the unpartitioned
+// table of the previous release keeps every one of them, unchanged, in its day's partition, the
+// report view reads them, and a re-send of one is still absorbed.
+func TestMigrationMovesStoredEventsIntoPartitions(t *testing.T) {
+	ctx := context.Background()
+	pg, err := pgtest.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	if err := pg.CreateDatabase(ctx, "receiver"); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, pg.DSN("receiver"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// The previous release's schema: migrations 1 to 5.
+	if _, err := s.pool.Exec(ctx, `CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		t.Fatal(err)
+	}
+	for v, name := range []string{"0001_init.sql", "0002_faster_ingest.sql", "0003_consent.sql", "0004_published_once.sql", "0005_roles.sql"} {
+		sql, err := migrations.ReadFile("migrations/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.pool.Exec(ctx, string(sql)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := s.pool.Exec(ctx, `INSERT INTO schema_migrations (version) VALUES ($1)`, v+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.pool.Exec(ctx, `
+INSERT INTO events (instance_id, event_id, name, ts, user_id, properties, delivery)
+SELECT 'acme', i, 'SearchSubmitted', timestamptz '2026-10-30 22:00:00+00' + i * interval '1 hour',
+  lpad(to_hex(i), 32, '0'), '{"patternType": "regexp"}', i / 10
+FROM generate_series(1, 100) i`); err != nil {
+		t.Fatal(err)
+	}
+	const digest = `SELECT count(*), md5(string_agg(to_jsonb(e)::text, ',' ORDER BY event_id)) FROM events e`
+	var before, after struct {
+		n   int
+		sum string
+	}
+	if err := s.pool.QueryRow(ctx, digest).Scan(&before.n, &before.sum); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.pool.QueryRow(ctx, digest).Scan(&after.n, &after.sum); err != nil {
+		t.Fatal(err)
+	}
+	if after != before || after.n != 100 {
+		t.Fatalf("events before the migration %+v, after %+v", before, after)
+	}
+	var misplaced, parts, viewed int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE tableoid::regclass::text <> 'events_p' || to_char(ts AT TIME ZONE 'UTC', 'YYYYMMDD')),
+		count(DISTINCT tableoid) FROM events`).Scan(&misplaced, &parts); err != nil {
+		t.Fatal(err)
+	}
+	if misplaced != 0 || parts != 6 {
+		t.Errorf("%d events outside their day's partition, %d partitions; want 0 and 6", misplaced, parts)
+	}
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM report_events WHERE pattern_type = 'regexp'`).Scan(&viewed); err != nil || viewed != 100 {
+		t.Errorf("report view reads %d events (%v), want 100", viewed, err)
+	}
+	if _, err := s.pool.Exec(ctx, `INSERT INTO consent_instances (instance_id) VALUES ('acme');
+INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owner_namespace, owner_name)
+VALUES ('acme', 1, '2026-01-01', 'EventLevel', 'c', 'n', 'p')`); err != nil {
+		t.Fatal(err)
+	}
+	b := &batchv1.Batch{InstanceID: "acme", BatchID: "resend", Kind: batchv1.KindEvents, Cursor: 7, Events: []batchv1.Event{{
+		ID: "7", Name: "SearchSubmitted", Timestamp: time.Date(2026, 10, 31, 5, 0, 0, 0, time.UTC), UserID: "00000000000000000000000000000007"}}}
+	if res, err := s.InsertEvents(ctx, "acme", b); err != nil || res.Duplicates != 1 || res.Accepted != 0 {
+		t.Errorf("re-send of a migrated event: %+v %v, want one duplicate", res, err)
+	}
+}
