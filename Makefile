@@ -70,8 +70,8 @@ test: envtest test-deps check-generated lint build-installer ## Build what the t
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$gofmt_out" ]; then echo "gofmt needed on:"; echo "$$gofmt_out"; exit 1; fi
 	go vet ./...
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
-	@# The collector sends and reads concurrently and the receiver serves requests in parallel: run them under the race detector too.
-	go test -race -timeout $(TEST_TIMEOUT) -count=1 ./collector/... ./receiver/server/
+	@# The collector sends and reads concurrently, the receiver serves requests in parallel and the manager reconciles policies in parallel: run them under the race detector too.
+	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" go test -race -timeout $(TEST_TIMEOUT) -count=1 ./collector/... ./receiver/server/ ./controllers/
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 	@# Last, the images and shipped manifests on a real single-node cluster (about 3 minutes once its tools are built).
 	$(MAKE) --no-print-directory e2e-cluster

@@ -81,7 +81,14 @@ type Options struct {
 	// A withdrawal written while no operator watched is dated when the previous operator was
 	// last alive, which the lease tells (see watchGap).
 	StartLease *LeaseObservation
+	// MaxConcurrentReconciles is how many policies are reconciled at once (default
+	// DefaultMaxConcurrentReconciles). One policy is never reconciled twice at once.
+	MaxConcurrentReconciles int
 }
+
+// DefaultMaxConcurrentReconciles reconciles four policies at once: a reconcile spends most of
+// its time waiting on the API server and the receiver's ledger, not on the CPU.
+const DefaultMaxConcurrentReconciles = 4
 
 // TelemetryPolicyReconciler turns each TelemetryPolicy into an enforced, observable collector.
 type TelemetryPolicyReconciler struct {
@@ -598,7 +605,11 @@ func (r *TelemetryPolicyReconciler) SetupWithManager(mgr ctrl.Manager) (controll
 	if r.IssuerChanged != nil {
 		b = b.WatchesRawSource(source.Channel(r.IssuerChanged, &handler.EnqueueRequestForObject{}))
 	}
-	return b.Named("telemetrypolicy").Build(r)
+	workers := r.Options.MaxConcurrentReconciles
+	if workers <= 0 {
+		workers = DefaultMaxConcurrentReconciles
+	}
+	return b.Named("telemetrypolicy").WithOptions(controller.Options{MaxConcurrentReconciles: workers}).Build(r)
 }
 
 // OwnedKinds are the kinds of object a policy owns, read and watched through each onboarded

@@ -6,7 +6,10 @@ Licensed under the Apache License, Version 2.0.
 
 package operator
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // TestNamespaceSelectorMustRequireALabel: onboarding is a decision an admin makes per namespace
 // by labelling it; a selector that would match namespaces nobody labelled is refused.
@@ -26,6 +29,18 @@ func TestNamespaceSelectorMustRequireALabel(t *testing.T) {
 		c := Config{NamespaceSelector: sel}
 		if _, err := c.Selector(); (err == nil) != ok {
 			t.Errorf("--namespace-selector %q: err = %v, want accepted=%v", sel, err, ok)
+		}
+	}
+}
+
+// TestMaxConcurrentReconcilesIsBounded: 0 takes the default; a negative or absurd worker count
+// is refused by name.
+func TestMaxConcurrentReconcilesIsBounded(t *testing.T) {
+	for n, ok := range map[int]bool{0: true, 1: true, 4: true, 64: true, -1: false, 65: false} {
+		c := Config{IssuerSecret: "ns/issuer", ReceiverURL: "https://receiver.example.com", CollectorImage: "telemetry-collector:dev", MaxConcurrentReconciles: n}
+		err := c.Validate()
+		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "--max-concurrent-reconciles")) {
+			t.Errorf("--max-concurrent-reconciles %d: %v, want accepted=%v", n, err, ok)
 		}
 	}
 }

@@ -97,6 +97,8 @@ type Config struct {
 	LedgerResync time.Duration
 	// NamespaceSelector selects the onboarded namespaces by label.
 	NamespaceSelector string
+	// MaxConcurrentReconciles is how many policies are reconciled at once (0: the default).
+	MaxConcurrentReconciles int
 }
 
 // BindFlags registers the manager's flags on fs.
@@ -125,6 +127,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ClusterName, "cluster-name", "", "Name of this cluster in the consent ledger's ownership records (a DNS label, unique per cluster). Default: the UID of the cluster's kube-system namespace, which is unique and stable.")
 	fs.DurationVar(&c.LedgerRetry, "ledger-retry", 15*time.Second, "How soon a policy waiting on an unreachable receiver is tried again.")
 	fs.StringVar(&c.NamespaceSelector, "namespace-selector", v1.LabelOnboarded+"=true", "Label selector of the onboarded namespaces: the manager works only in these, and only once ClusterRole "+TenantRole+" is bound to it in each (policies elsewhere stall with reason NamespaceNotOnboarded or ManagerNotPermitted).")
+	fs.IntVar(&c.MaxConcurrentReconciles, "max-concurrent-reconciles", controllers.DefaultMaxConcurrentReconciles, "How many policies are reconciled at once (one policy is never reconciled twice at once).")
 	fs.DurationVar(&c.LedgerResync, "ledger-resync", 10*time.Minute, "How often each policy's consent record is read back from the receiver and compared with the operator's copy.")
 }
 
@@ -147,6 +150,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.Images(); err != nil {
 		errs = append(errs, fmt.Errorf("--allowed-collector-images: %w", err))
+	}
+	if c.MaxConcurrentReconciles < 0 || c.MaxConcurrentReconciles > 64 {
+		errs = append(errs, fmt.Errorf("--max-concurrent-reconciles %d must be between 1 and 64 (0: the default, %d)", c.MaxConcurrentReconciles, controllers.DefaultMaxConcurrentReconciles))
 	}
 	if _, err := c.Endpoints(); err != nil {
 		errs = append(errs, fmt.Errorf("--allowed-endpoints: %w", err))
@@ -460,6 +466,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 			CollectorImage: cfg.CollectorImage, Images: images, Endpoints: endpoints, MinCloudTermsVersion: cfg.MinCloudTermsVersion,
 			IssuerMinRemaining: cfg.IssuerMinRemaining,
 			LedgerRetry:        cfg.LedgerRetry, LedgerResync: cfg.LedgerResync, StartLease: startLease,
+			MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
 		},
 	}
 	issuerChanged := make(chan event.GenericEvent)
