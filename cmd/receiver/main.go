@@ -125,7 +125,7 @@ func serve(ctx context.Context, args []string) error {
 	instanceBurst := fs.Int("instance-burst", server.DefaultLimits().InstanceBurst, "Batch requests one instance may send at once above its rate.")
 	maxStreams := fs.Uint("max-streams", 16, "Concurrent HTTP/2 streams per connection.")
 	statementTimeout := fs.Duration("statement-timeout", time.Minute, "Longest database statement; a longer one is cancelled and the request answered 503 (0: no limit).")
-	retentionDays := fs.Int("retention-days", DefaultRetentionDays, "Whole UTC days before today that stored events are kept; older days are dropped hourly and events dated before them refused (0: keep forever). Give every replica the same value.")
+	retentionDays := fs.Int("retention-days", DefaultRetentionDays, "Whole UTC days before today that stored events are kept (at most 3650); older days are dropped hourly and events dated before them refused (0: drop nothing; events over 3650 days old are still refused). Give every replica the same value.")
 	dsnFile := dsnFlag(fs)
 	_ = fs.Parse(args)
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -138,8 +138,8 @@ func serve(ctx context.Context, args []string) error {
 		return fmt.Errorf("loading --tls-cert, --tls-key and --client-ca: %w", err)
 	}
 	serverTLS.OnReload(func(serial string) { log.Info("loaded server certificate", "serial", serial) })
-	if *retentionDays < 0 {
-		return fmt.Errorf("--retention-days %d: must be 0 (keep forever) or more", *retentionDays)
+	if *retentionDays < 0 || *retentionDays > store.MaxRetentionDays {
+		return fmt.Errorf("--retention-days %d: must be between 1 and %d, or 0 to drop nothing", *retentionDays, store.MaxRetentionDays)
 	}
 	st, err := openStore(ctx, *dsnFile, store.WithStatementTimeout(*statementTimeout), store.WithRetention(*retentionDays))
 	if err != nil {
@@ -162,7 +162,8 @@ func serve(ctx context.Context, args []string) error {
 	limits.MaxBodyBytes, limits.MaxDecompressedBytes, limits.MaxInFlightBytes = *maxBody, *maxDecompressed, *maxInFlight
 	limits.InstanceRate, limits.InstanceBurst = *instanceRate, *instanceBurst
 	srv := server.New(st, limits, log, reg)
-	go retention.New(st, log, reg, nil, retention.DefaultEvery).Run(ctx)
+	go retention.New(st, log, reg, nil, retention.DefaultEvery).
+		RefreshRollups(func(ctx context.Context) (int64, error) { return report.RefreshRollups(ctx, st.Pool()) }).Run(ctx)
 	// Slow clients are cut off: headers within 10 s, a whole body within 2 minutes.
 	api := &http.Server{Addr: *listen, Handler: srv.Handler(), TLSConfig: serverTLS.TLSConfig(),
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 2 * time.Minute, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute,

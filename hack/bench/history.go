@@ -9,6 +9,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
+	"github.com/sourcegraph/telemetry-operator/receiver/report"
 	"github.com/sourcegraph/telemetry-operator/receiver/server"
 	"github.com/sourcegraph/telemetry-operator/receiver/store"
 )
@@ -52,6 +54,7 @@ func receiverHistory(ctx context.Context, history int) {
 		}
 		return median(rates)
 	}
+	measure("warmup") // the first batches of a fresh database and process run slower: discarded
 	empty := measure("empty")
 	start := time.Now()
 	prefillHistory(ctx, r, history)
@@ -62,6 +65,43 @@ func receiverHistory(ctx context.Context, history int) {
 	ratio := full / empty
 	record("receiver store, new events, empty table", fmt.Sprintf("%.0f events/s", empty), "", nil)
 	record(fmt.Sprintf("receiver store, new events, table holding %d M events", stored/1_000_000), fmt.Sprintf("%.0f events/s (%.2fx of empty)", full, ratio), ">= 0.80x", b(ratio >= 0.8))
+	reportAtScale(ctx, r, st, stored)
+}
+
+// reportAtScale builds the report's rollups over the history, stores a little more, and times
+// the incremental refresh and every answer of the report as the reporting role reads it.
+func reportAtScale(ctx context.Context, r *receivertest.Receiver, st *store.Store, stored int64) {
+	owner := r.DB
+	start := time.Now()
+	days, err := report.RefreshRollups(ctx, owner)
+	must(err)
+	record(fmt.Sprintf("report rollups built from scratch over %d M events", stored/1_000_000),
+		fmt.Sprintf("%s (%d instance-days)", time.Since(start).Round(time.Second), days), "", nil)
+	var userDays, runs int64
+	must(owner.QueryRow(ctx, `SELECT (SELECT count(*) FROM rollup_user_days), (SELECT count(*) FROM rollup_day_sessions)`).Scan(&userDays, &runs))
+	fmt.Printf("  rollups: %d user-days, %d day sessions\n", userDays, runs)
+	// A trickle after the build: today's day of one instance is queued again.
+	inst := "history-late"
+	must(r.Grant(ctx, inst, consentv1.TierEventLevel, benchConsentSince))
+	_, err = st.InsertEvents(ctx, inst, historyBatch(inst, 0, time.Now().Add(-time.Hour)))
+	must(err)
+	start = time.Now()
+	days, err = report.RefreshRollups(ctx, owner)
+	must(err)
+	record("report rollups, refresh after new events", fmt.Sprintf("%s (%d instance-days)", time.Since(start).Round(time.Millisecond), days), "", nil)
+	reporting, err := store.OpenPool(ctx, r.PG.DSN("receiver"), store.RoleReporting)
+	must(err)
+	defer reporting.Close()
+	rep, err := report.Build(ctx, reporting, report.Options{})
+	must(err)
+	if hold, _ := time.ParseDuration(os.Getenv("BENCH_HOLD")); hold > 0 {
+		fmt.Printf("  holding the database %s for %s: %s\n", r.PG.DSN("receiver"), hold, "BENCH_HOLD")
+		time.Sleep(hold)
+	}
+	for _, s := range rep.Sections {
+		record(fmt.Sprintf("report answer over %d M events: %s", stored/1_000_000, s.Title),
+			fmt.Sprintf("%s (%d rows)", s.Took.Round(time.Millisecond), len(s.Rows)), "< 5s", b(s.Took < 5*time.Second))
+	}
 }
 
 // historyBatch is a 5,000-event batch of instance from event id from, one event every 10 ms
@@ -78,7 +118,8 @@ func historyBatch(instance string, from int, base time.Time) *batchv1.Batch {
 }
 
 // prefillHistory inserts n events spread evenly over the last historyDays days (today
-// included): 200 instances, 60,000 users, 12 event names, varied properties and versions. Two
+// included): 200 instances, 60,000 users, the catalog's event names, varied properties and
+// versions. Two
 // connections fill days side by side. Past days are loaded the way a bulk restore would: into a
 // table of their own, indexed once, then attached as the day's partition (per-row index upkeep
 // would make the fill take three times as long); today's share goes through the events table.
@@ -90,18 +131,22 @@ func prefillHistory(ctx context.Context, r *receivertest.Receiver, n int) {
 		days <- d
 	}
 	close(days)
-	// One day's rows are computed once; every day copies them with its own times and ids.
+	// One day's rows are computed once; every day copies them with its own times, ids and users.
+	// Each day 18,000 of the 60,000 users are active (a window that moves by 2,000 users a day,
+	// so most users come back on many days), each in one session of eight events four minutes
+	// apart at a time of day of their own; each user belongs to one of 200 instances; names are
+	// the catalog's, searches of three pattern types; 400 flag names, 1,164 versions, 5 clients.
+	names := catalogv1.Current().Names()
 	_, err := r.DB.Exec(ctx, `
 CREATE UNLOGGED TABLE history_template AS
-SELECT i, 'fleet-' || (i % 200) AS instance_id,
-  (ARRAY['SearchSubmitted','SearchResultsViewed','CodeIntelHover','CodeIntelDefinition','FileViewed','RepositoryViewed',
-         'NotebookOpened','BatchChangeCreated','InsightViewed','CodyChatSubmitted','ExtensionActivated','SettingsOpened'])[1 + i % 12] AS name,
-  (i::float8 / $1) * interval '1 day' AS at,
+SELECT i, i % 18000 AS u,
+  ($2::text[])[1 + (i * 7) % cardinality($2::text[])] AS name,
+  ((i % 18000) * 37 % 1380) * interval '1 minute' + (i / 18000) * interval '4 minutes' + (i % 60) * interval '1 second' AS at,
   (ARRAY['WEB','IDEEXTENSION','CODYCHAT'])[1 + i % 3] AS source, '5.' || (i % 7) || '.' || (i % 1164) AS version,
   (ARRAY['', 'vscode', 'jetbrains', 'web', 'cli'])[1 + i % 5] AS client,
-  md5((i * 7919 % 60000)::text) AS user_id, jsonb_build_object('flag-' || (i % 400), i % 2 = 0) AS feature_flags,
+  jsonb_build_object('flag-' || (i % 400), i % 2 = 0) AS feature_flags,
   jsonb_build_object('patternType', (ARRAY['literal','regexp','structural'])[1 + i % 3], 'resultCount', i % 500) AS properties
-FROM generate_series(0, $1 - 1) i`, perDay)
+FROM generate_series(0, $1 - 1) i`, perDay, names)
 	must(err)
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
@@ -132,9 +177,9 @@ FROM generate_series(0, $1 - 1) i`, perDay)
 				}
 				if _, err := conn.Exec(ctx, `
 INSERT INTO `+table+` (instance_id, event_id, name, ts, source, version, client, user_id, feature_flags, properties, received_at, delivery)
-SELECT instance_id, $2::bigint * 1000000000 + i, name, $1::timestamptz + at, source, version, client, user_id, feature_flags, properties,
-  $1::timestamptz + interval '1 day', $2::bigint
-FROM history_template`, day, historyDays-d); err != nil {
+SELECT 'fleet-' || ((u + $3 * 2000) % 60000 % 200), $2::bigint * 1000000000 + i, name, $1::timestamptz + at, source, version, client,
+  lpad(to_hex((u + $3 * 2000) % 60000), 32, '0'), feature_flags, properties, $1::timestamptz + interval '1 day', $2::bigint
+FROM history_template`, day, historyDays-d, d); err != nil {
 					errs <- err
 					return
 				}

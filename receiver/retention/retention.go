@@ -4,9 +4,9 @@ Copyright 2026 The telemetry-operator Authors.
 Licensed under the Apache License, Version 2.0.
 */
 
-// Package retention runs the receiver's events-partition maintenance on a schedule: the days
-// ahead get their partitions before events arrive, and the days behind the retention are
-// dropped whole, with their events.
+// Package retention runs the receiver's maintenance on a schedule: the days ahead get their
+// events partitions before events arrive, the days behind the retention are dropped whole with
+// their events and rollups, and the report's rollups of the days that changed are recomputed.
 package retention
 
 import (
@@ -40,6 +40,17 @@ type Runner struct {
 	dropped    prometheus.Counter
 	failures   prometheus.Counter
 	lastRun    prometheus.Gauge
+
+	// rollups, when set, refreshes the report's rollups after the partitions are maintained.
+	rollups   func(context.Context) (int64, error)
+	refreshed prometheus.Counter
+}
+
+// RefreshRollups makes every run also refresh the report's rollups with refresh (the report's
+// RefreshRollups on the store's pool), so the report finds little left to do.
+func (r *Runner) RefreshRollups(refresh func(context.Context) (int64, error)) *Runner {
+	r.rollups = refresh
+	return r
 }
 
 // New returns a Runner for st that runs every interval (0: DefaultEvery) by clk (nil: the real
@@ -59,14 +70,17 @@ func New(st Maintainer, log *slog.Logger, reg prometheus.Registerer, clk clock.W
 			Name: "receiver_event_partitions_dropped_total", Help: "Events partitions dropped because their day fell out of the retention.",
 		}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "receiver_maintenance_failures_total", Help: "Partition maintenance runs that failed (retried at the next run).",
+			Name: "receiver_maintenance_failures_total", Help: "Maintenance runs that failed (retried at the next run).",
 		}),
 		lastRun: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "receiver_maintenance_last_success_timestamp_seconds", Help: "When partition maintenance last succeeded (Unix time).",
+			Name: "receiver_maintenance_last_success_timestamp_seconds", Help: "When maintenance (partitions, then report rollups) last succeeded (Unix time).",
+		}),
+		refreshed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "receiver_rollup_days_refreshed_total", Help: "Instance-days whose report rollups were recomputed by maintenance.",
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(r.partitions, r.dropped, r.failures, r.lastRun)
+		reg.MustRegister(r.partitions, r.dropped, r.failures, r.lastRun, r.refreshed)
 	}
 	return r
 }
@@ -87,6 +101,15 @@ func (r *Runner) Once(ctx context.Context) error {
 		return err
 	}
 	r.partitions.Set(float64(m.Partitions))
+	if r.rollups != nil {
+		n, err := r.rollups(ctx)
+		if err != nil {
+			r.failures.Inc()
+			r.log.Error("refreshing the report's rollups failed; retrying at the next run", "err", err)
+			return err
+		}
+		r.refreshed.Add(float64(n))
+	}
 	r.lastRun.Set(float64(r.clock.Now().Unix()))
 	return nil
 }

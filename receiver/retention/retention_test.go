@@ -21,6 +21,7 @@ import (
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
+	"github.com/sourcegraph/telemetry-operator/receiver/report"
 	"github.com/sourcegraph/telemetry-operator/receiver/retention"
 	"github.com/sourcegraph/telemetry-operator/receiver/server"
 	"github.com/sourcegraph/telemetry-operator/receiver/store"
@@ -40,14 +41,14 @@ func TestRunDropsEachDayOnceItLeavesTheRetention(t *testing.T) {
 	if err := r.Grant(ctx, "acme", consentv1.TierEventLevel, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Date(2026, 11, 29, 0, 30, 0, 0, time.UTC)
+	start := time.Date(2026, 6, 1, 0, 30, 0, 0, time.UTC)
 	clk := clocktesting.NewFakeClock(start)
 	st, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithClock(clk), store.WithRetention(3), store.WithRoles(store.RoleIngest, store.RoleRawReader))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	stored := time.Date(2026, 11, 27, 18, 0, 0, 0, time.UTC) // two days back: kept until Dec 1 ends
+	stored := time.Date(2026, 5, 30, 18, 0, 0, 0, time.UTC) // two days back: kept until June 2 ends
 	b := &batchv1.Batch{InstanceID: "acme", BatchID: "b", Kind: batchv1.KindEvents, Cursor: 1, Events: []batchv1.Event{{
 		ID: "1", Name: "SearchSubmitted", Timestamp: stored, UserID: "0123456789abcdef0123456789abcdef"}}}
 	if res, err := st.InsertEvents(ctx, "acme", b); err != nil || res.Accepted != 1 {
@@ -55,7 +56,8 @@ func TestRunDropsEachDayOnceItLeavesTheRetention(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	var logs bytes.Buffer
-	runner := retention.New(st, slog.New(slog.NewJSONHandler(&logs, nil)), reg, clk, time.Hour)
+	runner := retention.New(st, slog.New(slog.NewJSONHandler(&logs, nil)), reg, clk, time.Hour).
+		RefreshRollups(func(ctx context.Context) (int64, error) { return report.RefreshRollups(ctx, st.Pool()) })
 	ran := make(chan struct{})
 	go func() {
 		runner.Run(ctx)
@@ -92,11 +94,11 @@ func TestRunDropsEachDayOnceItLeavesTheRetention(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond) // the runner is still between its run and its next wait
 	}
-	// Kept: Nov 27 while the oldest day kept (today - 3) is Nov 27 or earlier, i.e. through Nov 30.
-	if want := time.Date(2026, 12, 1, 0, 30, 0, 0, time.UTC); !goneAt.Equal(want) {
+	// Kept: May 30 while the oldest day kept (today - 3) is May 30 or earlier, i.e. through June 2.
+	if want := time.Date(2026, 6, 3, 0, 30, 0, 0, time.UTC); !goneAt.Equal(want) {
 		t.Errorf("the day's events were dropped by the run at %s, want %s", goneAt, want)
 	}
-	// Dropped by then: Nov 27, and Nov 29 and 30 (made ahead at the start); Dec 1 on is kept.
+	// Dropped by then: May 30, and June 1 and 2 (made at the start); June 3 on is kept.
 	if got := metric(t, reg, "receiver_event_partitions_dropped_total"); got != 3 {
 		t.Errorf("dropped_total = %v, want 3", got)
 	}
@@ -104,10 +106,19 @@ func TestRunDropsEachDayOnceItLeavesTheRetention(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(days) == 0 || !days[0].Equal(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)) || metric(t, reg, "receiver_event_partitions") != float64(len(days)) {
-		t.Errorf("partitions left %v (gauge %v), want Dec 1 onwards", days, metric(t, reg, "receiver_event_partitions"))
+	if len(days) == 0 || !days[0].Equal(time.Date(2026, 6, 3, 0, 0, 0, 0, time.UTC)) || metric(t, reg, "receiver_event_partitions") != float64(len(days)) {
+		t.Errorf("partitions left %v (gauge %v), want June 3 onwards", days, metric(t, reg, "receiver_event_partitions"))
 	}
-	if !strings.Contains(logs.String(), `"day":"2026-11-27"`) {
+	// The report's summaries of the dropped day went with it (the day's user, its month's searches).
+	var summaries int
+	if err := r.DB.QueryRow(ctx, `SELECT (SELECT count(*) FROM rollup_user_days WHERE day < '2026-06-03')
+		+ (SELECT count(*) FROM rollup_day_sessions WHERE day < '2026-06-03') + (SELECT count(*) FROM rollup_user_months)`).Scan(&summaries); err != nil {
+		t.Fatal(err)
+	}
+	if summaries != 0 || metric(t, reg, "receiver_rollup_days_refreshed_total") < 1 {
+		t.Errorf("%d rollup rows summarize dropped days; %v instance-days refreshed", summaries, metric(t, reg, "receiver_rollup_days_refreshed_total"))
+	}
+	if !strings.Contains(logs.String(), `"day":"2026-05-30"`) {
 		t.Errorf("no log of the dropped day: %s", logs.String())
 	}
 	cancel()

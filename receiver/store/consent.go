@@ -294,6 +294,9 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 					return err
 				}
 				eventsRemoved = tag.RowsAffected()
+				if _, err := tx.Exec(ctx, `SELECT forget_report_rollups($1, $2, NULL)`, instance, tr.At); err != nil {
+					return err
+				}
 			}
 			if tr.Tier == consentv1.TierOff {
 				// The days after the withdrawal were not consented; the day of it was only partly,
@@ -533,6 +536,9 @@ func deleteInScope(ctx context.Context, tx pgx.Tx, instance, scope string, r era
 		return 0, 0, err
 	}
 	events = tag.RowsAffected()
+	if _, err := tx.Exec(ctx, `SELECT forget_report_rollups($1, $2, $3)`, instance, r.from, r.to); err != nil {
+		return 0, 0, err
+	}
 	if scope == consentv1.ScopeAll {
 		tag, err := tx.Exec(ctx, `DELETE FROM aggregates WHERE `+aggregatesInScope, instance, r.from, r.to)
 		if err != nil {

@@ -10,9 +10,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
@@ -28,14 +30,17 @@ const (
 	MaxFutureSkew = 24 * time.Hour
 	// PartitionsAhead is how many days after today keep a partition ready.
 	PartitionsAhead = 2
+	// MaxRetentionDays is the oldest an event may be to be stored, in whole UTC days before
+	// today, whatever the retention (the database makes no partition older than that either).
+	MaxRetentionDays = 3650
 )
 
 // checkViolation is PostgreSQL's SQLSTATE for a row no partition accepts (among others).
 const checkViolation = "23514"
 
-// WithRetention keeps events for days whole UTC days before today (0: forever, the default):
-// maintenance drops older days' partitions, and ingestion refuses events dated before the
-// oldest day kept.
+// WithRetention keeps events for days whole UTC days before today (0, the default: nothing is
+// dropped): maintenance drops older days' partitions, and ingestion refuses events dated before
+// the oldest day kept (and, whatever the retention, before MaxRetentionDays).
 func WithRetention(days int) Option {
 	return func(s *Store) { s.retentionDays = max(days, 0) }
 }
@@ -78,22 +83,48 @@ func utcDay(t time.Time) int64 {
 	return d
 }
 
+// eventDays lists the UTC days of events, each once, as dates.
+func eventDays(events []batchv1.Event) []string {
+	var days []string
+	last := int64(-1 << 62)
+	for i := range events {
+		day := utcDay(events[i].Timestamp)
+		if day == last {
+			continue
+		}
+		last = day
+		if d := dayDate(day).Format(time.DateOnly); !slices.Contains(days, d) {
+			days = append(days, d)
+		}
+	}
+	return days
+}
+
 // dayDate is the UTC midnight starting day.
 func dayDate(day int64) time.Time { return time.Unix(day*86400, 0).UTC() }
 
 // inRetention reports whether an event dated ts may be stored now: not before the oldest day
-// kept, not more than MaxFutureSkew ahead.
+// kept (MaxRetentionDays back at most, also without a retention), not more than MaxFutureSkew
+// ahead.
 func (s *Store) inRetention(ts, now time.Time) bool {
 	if ts.After(now.Add(MaxFutureSkew)) {
 		return false
 	}
-	return s.retentionDays == 0 || utcDay(ts) >= utcDay(now)-int64(s.retentionDays)
+	days := s.retentionDays
+	if days == 0 || days > MaxRetentionDays {
+		days = MaxRetentionDays
+	}
+	return utcDay(ts) >= utcDay(now)-int64(days)
 }
 
-// ensurePartitions makes sure every day of events that inRetention admits has a partition. It
-// runs outside the batch's transaction: creating a partition locks the whole table for a moment,
-// and that lock must not be held while the batch is stored.
-func (s *Store) ensurePartitions(ctx context.Context, events []batchv1.Event, now time.Time) error {
+// ensurePartitions makes sure every day of events that will be stored has a partition. It runs
+// outside the batch's transaction, so a partition attached for one batch is not held locked while
+// that batch is stored. Days already known cost nothing; otherwise the instance's consent is
+// looked at first, so a batch that will be refused (or its refused events) makes no partition.
+// If consent changes before the batch's transaction, a missing day makes that transaction fail
+// as unavailable, and the retry gets here again.
+func (s *Store) ensurePartitions(ctx context.Context, instance, kind string, events []batchv1.Event, now time.Time) error {
+	var missing []int64
 	last := int64(-1 << 62) // batches are in time order: most events share the previous one's day
 	for i := range events {
 		if !s.inRetention(events[i].Timestamp, now) {
@@ -104,7 +135,26 @@ func (s *Store) ensurePartitions(ctx context.Context, events []batchv1.Event, no
 			continue
 		}
 		last = day
-		if s.partitions.has(day) {
+		if !s.partitions.has(day) && !slices.Contains(missing, day) {
+			missing = append(missing, day)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	var p *policy
+	if err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		p, err = s.loadPolicy(ctx, tx, instance)
+		return err
+	}); err != nil || p.refusal(kind) != nil {
+		return nil // refused whole: the batch's own transaction says so
+	}
+	for _, day := range missing {
+		kept := slices.ContainsFunc(events, func(e batchv1.Event) bool {
+			return utcDay(e.Timestamp) == day && p.keepEvent(e.Timestamp)
+		})
+		if !kept {
 			continue
 		}
 		if _, err := s.ensureDay(ctx, day); err != nil {

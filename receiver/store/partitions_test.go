@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -77,7 +78,7 @@ func TestPartitionsFollowTheDaysAndTheRetention(t *testing.T) {
 	if err := r.Grant(ctx, "acme", consentv1.TierEventLevel, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil {
 		t.Fatal(err)
 	}
-	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 	clk := clocktesting.NewFakePassiveClock(now)
 	open := func(retention int) *store.Store {
 		st, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithClock(clk), store.WithRetention(retention),
@@ -94,7 +95,7 @@ func TestPartitionsFollowTheDaysAndTheRetention(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	today := time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC)
+	today := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
 	if len(m.Created) != 3 || !m.Created[0].Equal(today) || !m.Created[2].Equal(today.AddDate(0, 0, 2)) || len(m.Dropped) != 0 {
 		t.Fatalf("first maintenance = %+v, want today and the two days after created", m)
 	}
@@ -178,7 +179,7 @@ func TestPartitionDroppedUnderAStoreIsRetried(t *testing.T) {
 	if err := r.Grant(ctx, "acme", consentv1.TierEventLevel, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil {
 		t.Fatal(err)
 	}
-	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 	clk := clocktesting.NewFakePassiveClock(now)
 	keeps, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithClock(clk), store.WithRoles(store.RoleIngest, store.RoleRawReader))
 	if err != nil {
@@ -249,7 +250,9 @@ func TestPartitionsCreatedByManyReceiversAtOnce(t *testing.T) {
 }
 
 // TestIngestRoleCannotManageTablesItself: the ingest role creates and drops partitions only
-// through the functions, never with DDL of its own.
+// through the functions, never with DDL of its own; the functions make no partition far in the
+// past or ahead of the database's clock, whoever asks; and a caller's temporary table cannot
+// stand in for a partition.
 func TestIngestRoleCannotManageTablesItself(t *testing.T) {
 	ctx := context.Background()
 	r, err := receivertest.Start(ctx, server.DefaultLimits())
@@ -262,19 +265,129 @@ func TestIngestRoleCannotManageTablesItself(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ingest.Close()
-	if _, err := ingest.Exec(ctx, `SELECT event_partition('2026-05-05')`); err != nil {
+	day := time.Now().UTC().AddDate(0, 0, -3).Format(time.DateOnly)
+	if _, err := ingest.Exec(ctx, `SELECT event_partition($1::date)`, day); err != nil {
 		t.Fatalf("the ingest role cannot call event_partition: %v", err)
 	}
-	for _, sql := range []string{
-		`CREATE TABLE events_p20260506 PARTITION OF events FOR VALUES FROM ('2026-05-06') TO ('2026-05-07')`,
-		`DROP TABLE events_p20260505`,
-		`ALTER TABLE events DETACH PARTITION events_p20260505`,
-		`SELECT event_partition('1999-12-31')`,
+	part := "events_p" + strings.ReplaceAll(day, "-", "")
+	for sql, code := range map[string]string{
+		`CREATE TABLE events_p20260506 PARTITION OF events FOR VALUES FROM ('2026-05-06') TO ('2026-05-07')`: "42501",
+		`DROP TABLE ` + part:                          "42501",
+		`ALTER TABLE events DETACH PARTITION ` + part: "42501",
+		`SELECT event_partition(current_date + 4)`:    "22008",
+		`SELECT event_partition(current_date - 3661)`: "22008",
+		`SELECT event_partition('9000-01-01')`:        "22008",
 	} {
 		_, err := ingest.Exec(ctx, sql)
 		var pgErr *pgconn.PgError
-		if !errors.As(err, &pgErr) {
-			t.Errorf("%s: %v, want a refusal", sql, err)
+		if !errors.As(err, &pgErr) || pgErr.Code != code {
+			t.Errorf("%s: %v, want SQLSTATE %s", sql, err, code)
 		}
+	}
+
+	// A temporary table named like tomorrow's partition, in the caller's session.
+	conn, err := ingest.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	tomorrow := time.Now().UTC().AddDate(0, 0, 1)
+	if _, err := conn.Exec(ctx, `CREATE TEMP TABLE `+partitionName(tomorrow)+` (x int)`); err != nil {
+		t.Fatal(err)
+	}
+	var created bool
+	if err := conn.QueryRow(ctx, `SELECT event_partition($1::date)`, tomorrow.Format(time.DateOnly)).Scan(&created); err != nil || !created {
+		t.Fatalf("event_partition with a shadowing temporary table: created %v, %v", created, err)
+	}
+	var parent string
+	if err := r.DB.QueryRow(ctx, `SELECT i.inhparent::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = $1 AND n.nspname = 'public'`, partitionName(tomorrow)).Scan(&parent); err != nil || parent != "events" {
+		t.Errorf("tomorrow's partition: parent %q, %v", parent, err)
+	}
+}
+
+// TestRefusedBatchesMakeNoPartitions: a batch the ledger refuses (no record, consent Off) or
+// whose events it refuses makes no partition.
+func TestRefusedBatchesMakeNoPartitions(t *testing.T) {
+	ctx := context.Background()
+	r, err := receivertest.Start(ctx, server.DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	since := time.Now().UTC().AddDate(0, 0, -10)
+	if err := r.Grant(ctx, "acme", consentv1.TierEventLevel, since); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Grant(ctx, "off", consentv1.TierOff, since); err != nil {
+		t.Fatal(err)
+	}
+	times := map[int]time.Time{}
+	for i := range 100 {
+		times[i] = since.AddDate(0, 0, -i-1) // every day before consent
+	}
+	before, err := r.Store.PartitionDays(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, inst := range []string{"nobody", "off", "acme"} {
+		b := batchAt("x", times)
+		b.InstanceID = inst
+		res, err := r.Store.InsertEvents(ctx, inst, b)
+		if inst == "acme" && (err != nil || res.Refused != 100) {
+			t.Errorf("acme: %+v %v, want all 100 refused", res, err)
+		}
+	}
+	after, err := r.Store.PartitionDays(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) {
+		t.Errorf("refused batches made %d partitions", len(after)-len(before))
+	}
+}
+
+// TestPartitionLockTimeoutIsUnavailable: while something holds the lock attaching a partition
+// needs, a batch for a new day is answered unavailable (503, retried), and readers of events do
+// not hold it up at all.
+func TestPartitionLockTimeoutIsUnavailable(t *testing.T) {
+	ctx := context.Background()
+	r, err := receivertest.Start(ctx, server.DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Grant(ctx, "acme", consentv1.TierEventLevel, time.Now().AddDate(0, 0, -30)); err != nil {
+		t.Fatal(err)
+	}
+	// A long report: an open transaction that read events.
+	reader, err := r.DB.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := reader.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if res, err := r.Store.InsertEvents(ctx, "acme", batchAt("a", map[int]time.Time{1: time.Now().AddDate(0, 0, -5)})); err != nil || res.Accepted != 1 {
+		t.Fatalf("new day while a reader is open: %+v %v", res, err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("a new day waited %s on a reader", took)
+	}
+	_ = reader.Rollback(ctx)
+
+	holder, err := r.DB.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = holder.Rollback(ctx) }()
+	if _, err := holder.Exec(ctx, `LOCK TABLE events IN SHARE UPDATE EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Store.InsertEvents(ctx, "acme", batchAt("b", map[int]time.Time{2: time.Now().AddDate(0, 0, -6)}))
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("new day while its lock is held: %v, want ErrUnavailable", err)
 	}
 }

@@ -258,7 +258,7 @@ func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Ba
 	if err != nil {
 		return Result{}, err
 	}
-	if err := s.ensurePartitions(ctx, b.Events, receivedAt); err != nil {
+	if err := s.ensurePartitions(ctx, instance, b.Kind, b.Events, receivedAt); err != nil {
 		return Result{}, err
 	}
 	var res Result
@@ -294,6 +294,12 @@ func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Ba
 		}
 		res.Accepted = accepted
 		res.Duplicates = len(kept) - res.Accepted
+		if accepted > 0 {
+			// The report's rollups of these days are recomputed at the next refresh.
+			if _, err := tx.Exec(ctx, `INSERT INTO rollup_dirty (instance_id, day) SELECT $1, unnest($2::date[])`, instance, eventDays(kept)); err != nil {
+				return err
+			}
+		}
 		if err := tx.QueryRow(ctx, `
 INSERT INTO cursors (instance_id, cursor) VALUES ($1, $2)
 ON CONFLICT (instance_id) DO UPDATE SET cursor = GREATEST(cursors.cursor, EXCLUDED.cursor), updated_at = now()
@@ -513,7 +519,8 @@ func runTxOn(ctx context.Context, pool *pgxpool.Pool, opts pgx.TxOptions, fn fun
 // answered 500).
 func unavailable(err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && !slices.Contains([]string{"08", "40", "53", "57"}, pgErr.Code[:min(2, len(pgErr.Code))]) {
+	// 55P03: a lock not granted within lock_timeout (attaching or dropping a partition).
+	if errors.As(err, &pgErr) && pgErr.Code != "55P03" && !slices.Contains([]string{"08", "40", "53", "57"}, pgErr.Code[:min(2, len(pgErr.Code))]) {
 		return err
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)

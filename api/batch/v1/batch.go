@@ -305,7 +305,7 @@ func validateEvent(e *Event, i int) error {
 		return fail(ReasonMalformed, i, "event id must be a decimal event_logs id")
 	case !isName(e.Name):
 		return fail(ReasonMalformed, i, "event name is missing or not a plain identifier")
-	case e.Timestamp.IsZero() || e.Timestamp.Year() < 2000 || e.Timestamp.Year() > 9999:
+	case e.Timestamp.IsZero() || e.Timestamp.UTC().Year() < 2000 || e.Timestamp.UTC().Year() > 9999: // the receiver stores UTC days
 		return fail(ReasonMalformed, i, "event timestamp is missing or out of range")
 	case !isPseudonym(e.UserID):
 		return fail(ReasonTierViolation, i, "userID must be a 128-bit hex pseudonym, never a raw id")

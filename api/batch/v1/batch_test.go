@@ -121,6 +121,8 @@ func TestDecodeRejectsHostileInput(t *testing.T) {
 		{"huge id", ev(func(e map[string]any) { e["id"] = strings.Repeat("9", 30) }), ReasonMalformed, 0},
 		{"no timestamp", ev(func(e map[string]any) { delete(e, "timestamp") }), ReasonMalformed, 0},
 		{"bad timestamp", ev(func(e map[string]any) { e["timestamp"] = "yesterday" }), ReasonMalformed, 0},
+		{"timestamp before 2000 in UTC", ev(func(e map[string]any) { e["timestamp"] = "2000-01-01T00:30:00+01:00" }), ReasonMalformed, 0},
+		{"timestamp after 9999 in UTC", ev(func(e map[string]any) { e["timestamp"] = "9999-12-31T23:30:00-01:00" }), ReasonMalformed, 0},
 		{"too many events", manyEvents, ReasonTooManyEvents, -1},
 		{"small aggregate cell", agg(func(a map[string]any) { a["users"] = 3 }), ReasonTierViolation, 0},
 		{"unknown metric", agg(func(a map[string]any) { a["metric"] = "emails" }), ReasonMalformed, 0},

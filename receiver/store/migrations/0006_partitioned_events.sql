@@ -36,26 +36,30 @@ CREATE INDEX events_ts_brin ON events USING brin (ts);
 CREATE INDEX events_delivery_brin ON events USING brin (delivery);
 
 -- event_partition makes sure the partition holding the UTC day exists, and returns whether it
--- created it. Creating one briefly locks the parent table (ACCESS EXCLUSIVE): it is waited for at
--- most 10 s, then the caller's batch fails and is retried.
+-- created it. The partition is made as a table of its own and then attached, which locks the
+-- events table only against other attaches (SHARE UPDATE EXCLUSIVE): readers and writers go on.
+-- It makes no partition for a day more than ten years back or more than three days ahead of the
+-- database's clock, whoever asks (the receiver itself asks only within its retention and a
+-- day's skew).
 CREATE FUNCTION event_partition(day date) RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '10s' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '3s' AS $$
 DECLARE
   part text := 'events_p' || to_char(day, 'YYYYMMDD');
 BEGIN
-  IF day IS NULL OR day < date '2000-01-01' OR day > date '9999-12-30' THEN
-    RAISE EXCEPTION 'event partition day % out of range', day USING ERRCODE = '22008';
+  IF day IS NULL OR day < current_date - 3660 OR day > current_date + 3 THEN
+    RAISE EXCEPTION 'no events partition for day %: more than ten years back or three days ahead', day USING ERRCODE = '22008';
   END IF;
-  IF to_regclass(quote_ident(part)) IS NOT NULL THEN
+  IF to_regclass(format('%I.%I', current_schema(), part)) IS NOT NULL THEN
     RETURN false;
   END IF;
-  -- Creators queue here (the mode conflicts with itself, not with inserts), and taking a table
-  -- lock makes the check below see a partition that the one before committed.
+  -- Creators queue here (the mode conflicts with itself, not with inserts or reads), and taking
+  -- a table lock makes the check below see a partition the one before committed.
   LOCK TABLE events IN SHARE UPDATE EXCLUSIVE MODE;
-  IF to_regclass(quote_ident(part)) IS NOT NULL THEN
+  IF to_regclass(format('%I.%I', current_schema(), part)) IS NOT NULL THEN
     RETURN false;
   END IF;
-  EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)', part,
+  EXECUTE format('CREATE TABLE %I.%I (LIKE events INCLUDING DEFAULTS)', current_schema(), part);
+  EXECUTE format('ALTER TABLE events ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)', current_schema(), part,
     day::timestamp AT TIME ZONE 'UTC', (day + 1)::timestamp AT TIME ZONE 'UTC');
   RETURN true;
 EXCEPTION WHEN duplicate_table THEN
@@ -63,9 +67,12 @@ EXCEPTION WHEN duplicate_table THEN
 END $$;
 
 -- drop_event_partitions drops the partitions of every UTC day before the given one and returns
--- their days. Only partitions named by event_partition are touched.
+-- their days. Only partitions named by event_partition are touched. Dropping one locks the
+-- events table (ACCESS EXCLUSIVE) for a moment; it waits at most 3 s and the maintenance run
+-- tries again an hour later. (The ingest role may already delete any event, as withdrawals and
+-- erasures must: this gives it no more than that.)
 CREATE FUNCTION drop_event_partitions(before date) RETURNS SETOF date
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '10s' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '3s' AS $$
 DECLARE
   part record;
 BEGIN
@@ -76,7 +83,7 @@ BEGIN
     ORDER BY 2
   LOOP
     IF part.day < before THEN
-      EXECUTE format('DROP TABLE %I', part.relname);
+      EXECUTE format('DROP TABLE %I.%I', current_schema(), part.relname);
       RETURN NEXT part.day;
     END IF;
   END LOOP;
@@ -91,9 +98,16 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
   ORDER BY 1
 $$;
 
--- Events stored before this release move into their days' partitions.
-SELECT event_partition(d::date)
-FROM (SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date AS d FROM events_unpartitioned) days;
+-- Events stored before this release move into their days' partitions, whatever their days.
+DO $$
+DECLARE
+  d date;
+BEGIN
+  FOR d IN SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date FROM events_unpartitioned LOOP
+    EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)', 'events_p' || to_char(d, 'YYYYMMDD'),
+      d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
+  END LOOP;
+END $$;
 INSERT INTO events SELECT instance_id, event_id, name, ts, source, version, client, user_id,
   feature_flags, properties, received_at, delivery FROM events_unpartitioned;
 DROP TABLE events_unpartitioned;
@@ -108,3 +122,12 @@ GRANT SELECT ON events TO telemetry_raw_reader;
 CREATE VIEW report_events AS
   SELECT instance_id, user_id, name, ts, properties->>'patternType' AS pattern_type FROM events;
 GRANT SELECT ON report_events TO telemetry_reporting;
+
+-- The functions that run with the owner's rights look in this schema, and in the caller's
+-- temporary schema last: a caller's temporary table cannot stand in for events or a partition.
+DO $$
+BEGIN
+  EXECUTE format('ALTER FUNCTION event_partition(date) SET search_path = %I, pg_temp', current_schema());
+  EXECUTE format('ALTER FUNCTION drop_event_partitions(date) SET search_path = %I, pg_temp', current_schema());
+  EXECUTE format('ALTER FUNCTION event_partitions() SET search_path = %I, pg_temp', current_schema());
+END $$;
