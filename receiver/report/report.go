@@ -12,6 +12,7 @@ package report
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -75,17 +76,47 @@ const (
 		"use it again the next week; summed over weeks (retained users / users)."
 )
 
-// RefreshRollups recomputes the rollups of the days whose events changed since the last
-// refresh (every day after the catalog's feature map changed) and returns how many instance-days
-// it recomputed. The receiver runs it hourly; Build runs it first, so its answers include every
-// event stored before it started.
+// RefreshRollups records the catalog's feature map (queueing every day to be summarized again
+// when it changed) and then summarizes every queued day, one short transaction at a time. It
+// returns how many instance-days it summarized. The receiver runs it hourly, as the ingest role:
+// the reporting role may only refresh with the map the receiver recorded.
 func RefreshRollups(ctx context.Context, db *pgxpool.Pool) (int64, error) {
 	names, features := featureArrays()
-	var n int64
-	if err := db.QueryRow(ctx, `SELECT refresh_report_rollups($1, $2, $3)`, catalogv1.SearchEvent, names, features).Scan(&n); err != nil {
-		return 0, fmt.Errorf("refreshing the report's rollups: %w", err)
+	if _, err := db.Exec(ctx, `SELECT set_report_feature_map($1, $2, $3)`, catalogv1.SearchEvent, names, features); err != nil {
+		return 0, fmt.Errorf("recording the report's feature map: %w", err)
 	}
-	return n, nil
+	return refreshQueued(ctx, db)
+}
+
+// refreshQueued summarizes every queued day, one transaction per day.
+func refreshQueued(ctx context.Context, db *pgxpool.Pool) (int64, error) {
+	var total int64
+	for {
+		var n int64
+		if err := db.QueryRow(ctx, `SELECT refresh_report_rollups()`).Scan(&n); err != nil {
+			return total, fmt.Errorf("refreshing the report's rollups: %w", err)
+		}
+		if n == 0 {
+			return total, nil
+		}
+		total += n
+	}
+}
+
+// ErrRollupsNotReady: the rollups were not built with this report's catalog.
+var ErrRollupsNotReady = errors.New("the receiver has not summarized its events for this report's event catalog yet " +
+	"(its hourly maintenance does, at start and every hour): run the report from the receiver's release, or wait for its maintenance")
+
+// checkFeatureMap makes sure the rollups were computed with this report's feature map.
+func checkFeatureMap(ctx context.Context, db *pgxpool.Pool) error {
+	names, features := featureArrays()
+	var same bool
+	err := db.QueryRow(ctx, `SELECT search_event = $1 AND names = $2 AND features = $3 FROM report_feature_map`,
+		catalogv1.SearchEvent, names, features).Scan(&same)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !same) {
+		return ErrRollupsNotReady
+	}
+	return err
 }
 
 // window is the time range (from, to] an answer covers, split into the whole UTC days it holds,
@@ -118,7 +149,10 @@ func Build(ctx context.Context, db *pgxpool.Pool, o Options) (*Report, error) {
 	if o.PowerUserDays <= 0 {
 		o.PowerUserDays = 10
 	}
-	if _, err := RefreshRollups(ctx, db); err != nil {
+	if err := checkFeatureMap(ctx, db); err != nil {
+		return nil, err
+	}
+	if _, err := refreshQueued(ctx, db); err != nil {
 		return nil, err
 	}
 	r := &Report{GeneratedAt: o.Now, Scope: "fleet"}
@@ -395,13 +429,13 @@ ORDER BY 1, user_id NULLS FIRST`, last.from, last.to, last.first, last.end, prev
 func sticky(ctx context.Context, db *pgxpool.Pool, o Options, _ answerArgs) (Section, error) {
 	s := Section{Title: "Stickiest features", Definition: DefSticky,
 		Columns: []string{"feature", "users (week n)", "of whom used it again in week n+1", "share"}}
-	// Whole ISO weeks, so whole UTC days: the rollups alone answer.
+	// Whole ISO weeks: the weekly rollups alone answer.
 	rows, err := query(ctx, db, `
 WITH uw AS (
-  SELECT DISTINCT instance_id, user_id, f AS feature, date_trunc('week', day::timestamp)::date AS wk
-  FROM report_user_days, unnest(features) AS f
-  WHERE day >= (date_trunc('week', $1::timestamptz AT TIME ZONE 'UTC') - interval '8 weeks')::date
-    AND day < date_trunc('week', $1::timestamptz AT TIME ZONE 'UTC')::date AND ($2 = '' OR instance_id = $2)
+  SELECT instance_id, user_id, f AS feature, week AS wk
+  FROM report_user_weeks, unnest(features) AS f
+  WHERE week >= (date_trunc('week', $1::timestamptz AT TIME ZONE 'UTC') - interval '8 weeks')::date
+    AND week < date_trunc('week', $1::timestamptz AT TIME ZONE 'UTC')::date AND ($2 = '' OR instance_id = $2)
 )
 SELECT a.feature, count(*), count(n.user_id), round(count(n.user_id)::numeric / count(*), 3)::float8
 FROM uw a LEFT JOIN uw n ON n.instance_id = a.instance_id AND n.user_id = a.user_id AND n.feature = a.feature AND n.wk = a.wk + 7

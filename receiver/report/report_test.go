@@ -56,6 +56,11 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	// The receiver records the catalog's feature map in its maintenance; here, once.
+	if _, err := report.RefreshRollups(context.Background(), rcv.Store.Pool()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	rcv.Close()
 	os.Exit(code)

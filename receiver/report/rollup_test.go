@@ -8,11 +8,14 @@ package report_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
@@ -93,11 +96,12 @@ func TestRollupAnswersEqualRawAnswers(t *testing.T) {
 	}
 	times = append(times, onEdge.Add(28*24*time.Hour))
 
+	answered := map[string]int{}
 	compare := func(stage string) {
 		t.Helper()
 		for _, now := range times {
-			for _, scope := range []string{"", "diff-b"} {
-				o := report.Options{Now: now, Instance: scope}
+			for _, scope := range []string{"", "diff-b", "diff-crit"} {
+				o := report.Options{Now: now, Instance: scope, PowerUserDays: 2}
 				got, err := report.Build(ctx, reporting, o)
 				if err != nil {
 					t.Fatalf("%s: %v", stage, err)
@@ -114,39 +118,182 @@ func TestRollupAnswersEqualRawAnswers(t *testing.T) {
 						t.Errorf("%s, now %s, scope %q: %s differs:\n got %v\nwant %v", stage, now, scope, want[i].Title, got.Sections[i].Rows, want[i].Rows)
 					}
 				}
-				if len(want[0].Rows) == 0 || len(want[1].Rows)+len(want[2].Rows) == 0 {
-					t.Fatalf("%s, now %s: the dataset answers nothing; the comparison would prove nothing", stage, now)
+				if scope == "" {
+					for i := range want {
+						answered[want[i].Title] += len(want[i].Rows)
+					}
 				}
 			}
 		}
 	}
+	// An instance that sent only aggregates.
+	if err := rcv.Grant(ctx, "diff-crit", consentv1.TierCriticalOnly, since); err != nil {
+		t.Fatal(err)
+	}
+	for d := 1; d <= 30; d++ {
+		day := end.AddDate(0, 0, -d).Format(time.DateOnly)
+		b := &batchv1.Batch{InstanceID: "diff-crit", BatchID: "c" + day, Kind: batchv1.KindAggregates, Tier: "CriticalOnly", Aggregates: []batchv1.Aggregate{
+			{Day: day, Metric: "event_count", Dimension: "ViewBlob", Value: int64(10 + d%9*7), Users: 5, Final: true},
+			{Day: day, Metric: "searches_by_type", Dimension: "literal", Value: int64(5 + d%4), Users: 5, Final: true}}}
+		if _, err := rcv.Store.PublishAggregates(ctx, "diff-crit", b); err != nil {
+			t.Fatal(err)
+		}
+	}
 	compare("first refresh")
+
+	// The feature map changes (a new catalog) and changes back: everything is summarized again.
+	if _, err := rcv.Store.Pool().Exec(ctx, `SELECT set_report_feature_map('SearchSubmitted', '{x}', '{y}')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := report.Build(ctx, reporting, report.Options{Now: times[0]}); !errors.Is(err, report.ErrRollupsNotReady) {
+		t.Errorf("report with another feature map recorded: %v, want ErrRollupsNotReady", err)
+	}
+	if _, err := report.RefreshRollups(ctx, rcv.Store.Pool()); err != nil {
+		t.Fatal(err)
+	}
+	compare("after a full rebuild")
 
 	// Late events into days already summarized, a withdrawal, an erasure.
 	randomFleet(t, rng, instances[:1], end, &id)
-	if err := rcv.Grant(ctx, "diff-b", consentv1.TierCriticalOnly, end.Add(-9*24*time.Hour-5*time.Hour)); err != nil {
+	withdrawn := end.Add(-9*24*time.Hour - 5*time.Hour)
+	from, to := end.Add(-30*24*time.Hour+7*time.Hour), end.Add(-25*24*time.Hour+3*time.Hour)
+	// The days whose events go: no day, month or week summary of them may remain.
+	var goneDays []string
+	rows, err := rcv.DB.Query(ctx, `SELECT DISTINCT instance_id || ' ' || ((ts AT TIME ZONE 'UTC')::date)::text FROM events
+		WHERE (instance_id = 'diff-c' AND ts >= $1 AND ts < $2) OR (instance_id = 'diff-b' AND ts >= $3)`, from, to, withdrawn)
+	if err != nil {
 		t.Fatal(err)
 	}
-	from, to := end.Add(-30*24*time.Hour+7*time.Hour), end.Add(-25*24*time.Hour+3*time.Hour)
+	if goneDays, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil || len(goneDays) < 3 {
+		t.Fatalf("days losing events: %v %v", goneDays, err)
+	}
+	if err := rcv.Grant(ctx, "diff-b", consentv1.TierCriticalOnly, withdrawn); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := rcv.Store.Erase(ctx, receivertest.TestCluster, consentv1.ErasureRequest{InstanceID: "diff-c",
 		Owner: consentv1.Owner{Namespace: "diff-c", Name: "diff-c"}, RequestID: "e1", Scope: consentv1.ScopeEvents,
 		From: &from, To: &to, RequestedBy: "test"}); err != nil {
 		t.Fatal(err)
 	}
-	// Until the next refresh, nothing summarizes the erased or withdrawn days.
+	// Until the next refresh, nothing summarizes those days: not the days, runs, months or weeks.
 	var summarized int
-	if err := rcv.DB.QueryRow(ctx, `SELECT (SELECT count(*) FROM rollup_user_days WHERE instance_id = 'diff-c' AND day BETWEEN $1::date AND $2::date)
-		+ (SELECT count(*) FROM rollup_day_sessions WHERE instance_id = 'diff-b' AND day >= $3::date)`,
-		from.Format(time.DateOnly), to.Format(time.DateOnly), end.Add(-9*24*time.Hour-5*time.Hour).Format(time.DateOnly)).Scan(&summarized); err != nil {
+	if err := rcv.DB.QueryRow(ctx, `
+WITH gone AS (SELECT split_part(g, ' ', 1) AS instance_id, split_part(g, ' ', 2)::date AS day FROM unnest($1::text[]) g)
+SELECT (SELECT count(*) FROM rollup_user_days r JOIN gone USING (instance_id, day))
+  + (SELECT count(*) FROM rollup_day_sessions r JOIN gone USING (instance_id, day))
+  + (SELECT count(*) FROM rollup_user_months r JOIN gone g ON g.instance_id = r.instance_id AND r.month = date_trunc('month', g.day::timestamp)::date)
+  + (SELECT count(*) FROM rollup_user_weeks r JOIN gone g ON g.instance_id = r.instance_id AND r.week = date_trunc('week', g.day::timestamp)::date)`,
+		goneDays).Scan(&summarized); err != nil {
 		t.Fatal(err)
 	}
 	if summarized != 0 {
-		t.Errorf("%d rollup rows still summarize erased or withdrawn days", summarized)
+		t.Errorf("%d rollup rows still summarize days whose events were erased or withdrawn", summarized)
 	}
 	compare("after late events, a withdrawal and an erasure")
 
 	var left int
-	if err := rcv.DB.QueryRow(ctx, `SELECT count(*) FROM rollup_dirty`).Scan(&left); err != nil || left != 0 {
-		t.Errorf("%d days still queued after the report refreshed (%v)", left, err)
+	if err := rcv.DB.QueryRow(ctx, `SELECT (SELECT count(*) FROM rollup_dirty) + (SELECT count(*) FROM rollup_dirty_periods)`).Scan(&left); err != nil || left != 0 {
+		t.Errorf("%d days or periods still queued after the report refreshed (%v)", left, err)
+	}
+	for _, title := range []string{"Searches per user per month by pattern type", "Power users", "Sessions using more than one feature", "Where to intervene", "Stickiest features"} {
+		if answered[title] == 0 {
+			t.Errorf("%s answered nothing in any comparison: the comparison proves nothing for it", title)
+		}
+	}
+}
+
+// TestRefreshIgnoresTheCallersTemporaryTables: a reporting login's temporary tables named like
+// the refresh's working tables, with triggers, never run inside the refresh (which has the schema
+// owner's rights); the refresh uses its own.
+func TestRefreshIgnoresTheCallersTemporaryTables(t *testing.T) {
+	ctx := context.Background()
+	if err := rcv.Grant(ctx, "hijack", consentv1.TierEventLevel, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	s := &seeder{t: t, id: 5_000_000}
+	s.event("hijack", "H", catalogv1.SearchEvent, time.Date(2026, 10, 3, 12, 0, 0, 0, time.UTC), nil)
+	conn, err := reporting.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	for _, sql := range []string{
+		`CREATE TEMP TABLE hijacked (who text)`,
+		`CREATE FUNCTION pg_temp.hijack() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO pg_temp.hijacked VALUES (current_user); RETURN NEW; END $$`,
+		`CREATE TEMP TABLE rollup_refresh_events (instance_id text, user_id text, ts timestamptz, name text, pattern_type text, feature text)`,
+		`CREATE TEMP TABLE rollup_refresh_periods (instance_id text, month date, week date)`,
+		`CREATE TRIGGER h BEFORE INSERT ON pg_temp.rollup_refresh_events FOR EACH ROW EXECUTE FUNCTION pg_temp.hijack()`,
+		`CREATE TRIGGER h BEFORE INSERT ON pg_temp.rollup_refresh_periods FOR EACH ROW EXECUTE FUNCTION pg_temp.hijack()`,
+	} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	for {
+		var n int64
+		if err := conn.QueryRow(ctx, `SELECT refresh_report_rollups()`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	var hijacked, summarized int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_temp.hijacked`).Scan(&hijacked); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM report_user_days WHERE instance_id = 'hijack'`).Scan(&summarized); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT set_report_feature_map('SearchSubmitted', '{x}', '{y}')`); err == nil {
+		t.Error("a reporting login changed the feature map")
+	}
+	if hijacked != 0 || summarized != 1 {
+		t.Errorf("the caller's triggers ran %d times inside the refresh; %d days summarized, want 0 and 1", hijacked, summarized)
+	}
+}
+
+// TestErasureWaitsForARefreshInProgress: an erasure does not slip between a refresh reading a
+// day's events and committing its summary: it waits for the refresh, then removes the summary.
+func TestErasureWaitsForARefreshInProgress(t *testing.T) {
+	ctx := context.Background()
+	if err := rcv.Grant(ctx, "midway", consentv1.TierEventLevel, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	s := &seeder{t: t, id: 6_000_000}
+	day := time.Date(2026, 10, 5, 0, 0, 0, 0, time.UTC)
+	s.event("midway", "M", catalogv1.SearchEvent, day.Add(9*time.Hour), nil)
+	if _, err := report.RefreshRollups(ctx, rcv.Store.Pool()); err != nil {
+		t.Fatal(err)
+	}
+	refresh, err := rcv.DB.Begin(ctx) // a refresh in progress holds the rollups' lock
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := refresh.Exec(ctx, `SELECT pg_advisory_xact_lock(2121261691)`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		from, to := day, day.Add(24*time.Hour)
+		_, err := rcv.Store.Erase(ctx, receivertest.TestCluster, consentv1.ErasureRequest{InstanceID: "midway",
+			Owner: consentv1.Owner{Namespace: "midway", Name: "midway"}, RequestID: "m1", Scope: consentv1.ScopeEvents,
+			From: &from, To: &to, RequestedBy: "test"})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the erasure finished during the refresh (%v)", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if err := refresh.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var left int
+	if err := rcv.DB.QueryRow(ctx, `SELECT count(*) FROM rollup_user_days WHERE instance_id = 'midway'`).Scan(&left); err != nil || left != 0 {
+		t.Errorf("%d summaries of the erased day left (%v)", left, err)
 	}
 }

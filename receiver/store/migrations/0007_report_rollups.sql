@@ -6,8 +6,8 @@
 -- What changed is queued in rollup_dirty: ingestion appends (instance, day) for the days a batch
 -- stored events in, and withdrawals, erasures and retention delete the affected rollup rows at
 -- once and queue the days for recomputation from the events left. refresh_report_rollups() takes
--- the queue (only rows it can see: a batch still being stored keeps its entry for the next run)
--- and recomputes those days.
+-- a queued day (only entries it can see: a batch still being stored keeps its entry for a later
+-- call) and recomputes it; the months and weeks of recomputed days follow once no day is queued.
 
 CREATE TABLE rollup_dirty (
     instance_id text NOT NULL,
@@ -55,107 +55,171 @@ CREATE TABLE rollup_day_sessions (
 );
 CREATE INDEX rollup_day_sessions_day ON rollup_day_sessions (day);
 
--- The feature map and search event the rollups were computed with. A refresh with another map
--- recomputes every day.
+-- Who used which feature in an ISO week (Monday to Sunday, UTC), for the stickiness answer.
+CREATE TABLE rollup_user_weeks (
+    instance_id text   NOT NULL,
+    week        date   NOT NULL,
+    user_id     text   NOT NULL,
+    features    text[] NOT NULL,
+    PRIMARY KEY (instance_id, week, user_id)
+);
+
+-- Months and weeks whose rollups are recomputed from their days once no day is queued.
+CREATE TABLE rollup_dirty_periods (
+    instance_id text NOT NULL,
+    month       date,
+    week        date
+);
+
+-- The feature map and search event the rollups are computed with. Only the receiver sets it
+-- (set_report_feature_map, from its catalog); the report checks that it matches its own.
 CREATE TABLE rollup_feature_map (
     search_event text   NOT NULL,
     names        text[] NOT NULL,
     features     text[] NOT NULL
 );
 
--- refresh_report_rollups recomputes the queued days (all days when the map differs from the one
--- the rollups were built with) and returns how many (instance, day) it recomputed. Refreshers
--- run one at a time.
-CREATE FUNCTION refresh_report_rollups(p_search_event text, p_names text[], p_features text[]) RETURNS bigint
+-- A refresh's working set: one day's events of the instances queued for it. Owned by the schema
+-- owner and used only inside refresh_report_rollups, one refresh at a time (a temporary table
+-- there could be one the caller made).
+CREATE UNLOGGED TABLE rollup_refresh_events (
+    instance_id  text,
+    user_id      text,
+    ts           timestamptz,
+    name         text,
+    pattern_type text,
+    feature      text
+);
+
+CREATE UNLOGGED TABLE rollup_refresh_periods (
+    instance_id text,
+    month       date,
+    week        date
+);
+
+-- Refreshers, the feature map and forgetting serialize on this advisory lock, so a summary is
+-- never computed from events that an erasure or withdrawal is deleting.
+-- (pg_advisory_xact_lock(2121261691))
+
+-- set_report_feature_map records the feature map, and when it differs from the one recorded
+-- (or none was) queues every stored day to be summarized again; it returns whether it did.
+CREATE FUNCTION set_report_feature_map(p_search_event text, p_names text[], p_features text[]) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+  IF p_search_event IS NULL OR p_names IS NULL OR p_features IS NULL OR cardinality(p_names) <> cardinality(p_features)
+     OR cardinality(p_names) > 10000 OR (SELECT count(DISTINCT n) FROM unnest(p_names) n) <> cardinality(p_names)
+     OR array_position(p_names, NULL) IS NOT NULL OR array_position(p_features, NULL) IS NOT NULL THEN
+    RAISE EXCEPTION 'set_report_feature_map: a search event and a map of distinct names to features, of equal lengths, are required' USING ERRCODE = '22023';
+  END IF;
+  PERFORM pg_advisory_xact_lock(2121261691);
+  IF EXISTS (SELECT FROM rollup_feature_map m WHERE m.search_event = p_search_event AND m.names = p_names AND m.features = p_features) THEN
+    RETURN false;
+  END IF;
+  DELETE FROM rollup_feature_map;
+  INSERT INTO rollup_feature_map VALUES (p_search_event, p_names, p_features);
+  TRUNCATE rollup_user_days, rollup_day_sessions, rollup_user_months, rollup_user_weeks, rollup_dirty, rollup_dirty_periods;
+  INSERT INTO rollup_dirty SELECT DISTINCT instance_id, (ts AT TIME ZONE 'UTC')::date FROM events;
+  RETURN true;
+END $$;
+
+-- refresh_report_rollups summarizes again the earliest queued day (all its queued instances) and
+-- returns how many instance-days that was; once no day is queued, it recomputes the queued months
+-- and weeks from their days and returns 0. Callers repeat it until it returns 0: each call is
+-- its own short transaction, so erasures and withdrawals wait for one day at most. Without a
+-- recorded feature map it does nothing.
+CREATE FUNCTION refresh_report_rollups() RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
   d date;
-  done bigint := 0;
+  m rollup_feature_map;
+  todo text[];
 BEGIN
-  IF p_search_event IS NULL OR p_names IS NULL OR p_features IS NULL OR cardinality(p_names) <> cardinality(p_features) THEN
-    RAISE EXCEPTION 'refresh_report_rollups: a search event and feature map of equal lengths are required' USING ERRCODE = '22023';
-  END IF;
   PERFORM pg_advisory_xact_lock(2121261691);
-  IF NOT EXISTS (SELECT FROM rollup_feature_map m WHERE m.search_event = p_search_event
-                 AND m.names = p_names AND m.features = p_features) THEN
-    DELETE FROM rollup_feature_map;
-    INSERT INTO rollup_feature_map VALUES (p_search_event, p_names, p_features);
-    TRUNCATE rollup_user_days, rollup_day_sessions, rollup_user_months;
-    INSERT INTO rollup_dirty SELECT DISTINCT instance_id, (ts AT TIME ZONE 'UTC')::date FROM events;
+  SELECT * INTO m FROM rollup_feature_map LIMIT 1;
+  IF NOT FOUND THEN
+    RETURN 0;
   END IF;
-  CREATE TEMP TABLE IF NOT EXISTS rollup_todo (instance_id text, day date) ON COMMIT DROP;
-  WITH taken AS (DELETE FROM rollup_dirty RETURNING instance_id, day)
-  INSERT INTO rollup_todo SELECT DISTINCT instance_id, day FROM taken;
-  -- Day by day, so each pass reads one partition of events.
-  FOR d IN SELECT DISTINCT t.day FROM rollup_todo t ORDER BY 1 LOOP
-    DELETE FROM rollup_user_days r USING rollup_todo t WHERE t.day = d AND r.day = d AND r.instance_id = t.instance_id;
-    DELETE FROM rollup_day_sessions r USING rollup_todo t WHERE t.day = d AND r.day = d AND r.instance_id = t.instance_id;
-    CREATE TEMP TABLE IF NOT EXISTS rollup_day_events (instance_id text, user_id text, ts timestamptz, name text,
-      pattern_type text, feature text) ON COMMIT DROP;
-    TRUNCATE rollup_day_events;
-    INSERT INTO rollup_day_events
-    SELECT e.instance_id, e.user_id, e.ts, e.name, e.properties->>'patternType', fm.feature
-    FROM events e LEFT JOIN unnest(p_names, p_features) AS fm(name, feature) ON fm.name = e.name
-    WHERE e.ts >= d::timestamp AT TIME ZONE 'UTC' AND e.ts < (d + 1)::timestamp AT TIME ZONE 'UTC'
-      AND e.instance_id IN (SELECT t.instance_id FROM rollup_todo t WHERE t.day = d);
-    INSERT INTO rollup_user_days
-    SELECT instance_id, d, user_id, count(*),
-           count(*) FILTER (WHERE name = p_search_event AND pattern_type = 'regexp'),
-           count(*) FILTER (WHERE name = p_search_event AND pattern_type = 'literal'),
-           count(*) FILTER (WHERE name = p_search_event AND coalesce(pattern_type, '') NOT IN ('regexp', 'literal')),
-           coalesce(array_agg(DISTINCT feature ORDER BY feature) FILTER (WHERE feature IS NOT NULL), '{}')
-    FROM rollup_day_events GROUP BY instance_id, user_id;
-    INSERT INTO rollup_day_sessions
-    SELECT instance_id, d, user_id, min(ts), max(ts), array_agg(DISTINCT feature ORDER BY feature)
+  SELECT min(q.day) INTO d FROM rollup_dirty q;
+  IF d IS NULL THEN
+    -- Months and weeks, from their days.
+    TRUNCATE rollup_refresh_periods;
+    WITH taken AS (DELETE FROM rollup_dirty_periods RETURNING instance_id, month, week)
+    INSERT INTO rollup_refresh_periods SELECT DISTINCT instance_id, month, week FROM taken;
+    DELETE FROM rollup_user_months r USING rollup_refresh_periods t WHERE r.instance_id = t.instance_id AND r.month = t.month;
+    INSERT INTO rollup_user_months
+    SELECT u.instance_id, t.month, u.user_id, sum(u.searches_regexp), sum(u.searches_literal), sum(u.searches_other)
+    FROM (SELECT DISTINCT instance_id, month FROM rollup_refresh_periods WHERE month IS NOT NULL) t
+    JOIN rollup_user_days u ON u.instance_id = t.instance_id AND u.day >= t.month AND u.day < (t.month + interval '1 month')::date
+    GROUP BY u.instance_id, t.month, u.user_id
+    HAVING sum(u.searches_regexp + u.searches_literal + u.searches_other) > 0;
+    DELETE FROM rollup_user_weeks r USING rollup_refresh_periods t WHERE r.instance_id = t.instance_id AND r.week = t.week;
+    INSERT INTO rollup_user_weeks
+    SELECT u.instance_id, t.week, u.user_id, array_agg(DISTINCT f ORDER BY f)
+    FROM (SELECT DISTINCT instance_id, week FROM rollup_refresh_periods WHERE week IS NOT NULL) t
+    JOIN rollup_user_days u ON u.instance_id = t.instance_id AND u.day >= t.week AND u.day < t.week + 7
+    CROSS JOIN unnest(u.features) AS f
+    GROUP BY u.instance_id, t.week, u.user_id;
+    TRUNCATE rollup_refresh_periods;
+    RETURN 0;
+  END IF;
+  WITH taken AS (DELETE FROM rollup_dirty q WHERE q.day = d RETURNING q.instance_id)
+  SELECT array_agg(DISTINCT instance_id) INTO todo FROM taken;
+  DELETE FROM rollup_user_days r WHERE r.day = d AND r.instance_id = ANY(todo);
+  DELETE FROM rollup_day_sessions r WHERE r.day = d AND r.instance_id = ANY(todo);
+  TRUNCATE rollup_refresh_events;
+  INSERT INTO rollup_refresh_events
+  SELECT e.instance_id, e.user_id, e.ts, e.name, e.properties->>'patternType', fm.feature
+  FROM events e LEFT JOIN unnest(m.names, m.features) AS fm(name, feature) ON fm.name = e.name
+  WHERE e.ts >= d::timestamp AT TIME ZONE 'UTC' AND e.ts < (d + 1)::timestamp AT TIME ZONE 'UTC' AND e.instance_id = ANY(todo);
+  INSERT INTO rollup_user_days
+  SELECT instance_id, d, user_id, count(*),
+         count(*) FILTER (WHERE name = m.search_event AND pattern_type = 'regexp'),
+         count(*) FILTER (WHERE name = m.search_event AND pattern_type = 'literal'),
+         count(*) FILTER (WHERE name = m.search_event AND coalesce(pattern_type, '') NOT IN ('regexp', 'literal')),
+         coalesce(array_agg(DISTINCT feature ORDER BY feature) FILTER (WHERE feature IS NOT NULL), '{}')
+  FROM rollup_refresh_events GROUP BY instance_id, user_id;
+  INSERT INTO rollup_day_sessions
+  SELECT instance_id, d, user_id, min(ts), max(ts), array_agg(DISTINCT feature ORDER BY feature)
+  FROM (
+    SELECT *, sum(starts) OVER (PARTITION BY instance_id, user_id ORDER BY ts ROWS UNBOUNDED PRECEDING) AS run
     FROM (
-      SELECT *, sum(starts) OVER (PARTITION BY instance_id, user_id ORDER BY ts ROWS UNBOUNDED PRECEDING) AS run
-      FROM (
-        SELECT instance_id, user_id, ts, feature,
-               CASE WHEN lag(ts) OVER w IS NULL OR ts - lag(ts) OVER w > interval '30 minutes' THEN 1 ELSE 0 END AS starts
-        FROM rollup_day_events WHERE feature IS NOT NULL WINDOW w AS (PARTITION BY instance_id, user_id ORDER BY ts)
-      ) marked
-    ) runs
-    GROUP BY instance_id, user_id, run;
-    done := done + (SELECT count(*) FROM rollup_todo t WHERE t.day = d);
-  END LOOP;
-  -- The months of the recomputed days, from their days.
-  DELETE FROM rollup_user_months r USING (SELECT DISTINCT instance_id, date_trunc('month', day::timestamp)::date AS month FROM rollup_todo) t
-  WHERE r.instance_id = t.instance_id AND r.month = t.month;
-  INSERT INTO rollup_user_months
-  SELECT d.instance_id, t.month, d.user_id, sum(d.searches_regexp), sum(d.searches_literal), sum(d.searches_other)
-  FROM (SELECT DISTINCT instance_id, date_trunc('month', day::timestamp)::date AS month FROM rollup_todo) t
-  JOIN rollup_user_days d ON d.instance_id = t.instance_id AND d.day >= t.month AND d.day < (t.month + interval '1 month')::date
-  GROUP BY d.instance_id, t.month, d.user_id
-  HAVING sum(d.searches_regexp + d.searches_literal + d.searches_other) > 0;
-  DROP TABLE IF EXISTS rollup_todo;
-  DROP TABLE IF EXISTS rollup_day_events;
-  RETURN done;
+      SELECT instance_id, user_id, ts, feature,
+             CASE WHEN lag(ts) OVER w IS NULL OR ts - lag(ts) OVER w > interval '30 minutes' THEN 1 ELSE 0 END AS starts
+      FROM rollup_refresh_events WHERE feature IS NOT NULL WINDOW w AS (PARTITION BY instance_id, user_id ORDER BY ts)
+    ) marked
+  ) runs
+  GROUP BY instance_id, user_id, run;
+  TRUNCATE rollup_refresh_events;
+  INSERT INTO rollup_dirty_periods
+  SELECT i, date_trunc('month', d::timestamp)::date, date_trunc('week', d::timestamp)::date FROM unnest(todo) i;
+  RETURN cardinality(todo);
 END $$;
 
 -- forget_report_rollups deletes the rollups of an instance's days that [from, to) touches
--- (from NULL: from the start) and queues them, so a withdrawal or an erasure leaves no summary of
--- what it deleted, and the next refresh summarizes what is left of those days.
+-- (from NULL: from the start), with the months and weeks they belong to, and queues them, so a
+-- withdrawal or an erasure leaves no summary of what it deleted, and the next refresh summarizes
+-- what is left. It waits for a refresh in progress, which may be summarizing those very events.
 CREATE FUNCTION forget_report_rollups(instance text, range_from timestamptz, range_to timestamptz) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+  lo date := (range_from AT TIME ZONE 'UTC')::date;
+  hi date := (range_to AT TIME ZONE 'UTC')::date;
+BEGIN
+  PERFORM pg_advisory_xact_lock(2121261691);
   WITH touched AS (
     SELECT DISTINCT day FROM rollup_user_days
-    WHERE instance_id = instance AND (range_from IS NULL OR day >= (range_from AT TIME ZONE 'UTC')::date)
-      AND (range_to IS NULL OR day <= (range_to AT TIME ZONE 'UTC')::date)
+    WHERE instance_id = instance AND (lo IS NULL OR day >= lo) AND (hi IS NULL OR day <= hi)
   ), queued AS (
     INSERT INTO rollup_dirty SELECT instance, day FROM touched
+  ), months AS (
+    DELETE FROM rollup_user_months WHERE instance_id = instance AND month IN (SELECT date_trunc('month', day::timestamp)::date FROM touched)
   )
-  -- The months of those days are summarized again from their days at the next refresh.
-  DELETE FROM rollup_user_months
-  WHERE instance_id = instance AND month IN (SELECT date_trunc('month', day::timestamp)::date FROM touched);
-  DELETE FROM rollup_user_days
-  WHERE instance_id = instance AND (range_from IS NULL OR day >= (range_from AT TIME ZONE 'UTC')::date)
-    AND (range_to IS NULL OR day <= (range_to AT TIME ZONE 'UTC')::date);
-  DELETE FROM rollup_day_sessions
-  WHERE instance_id = instance AND (range_from IS NULL OR day >= (range_from AT TIME ZONE 'UTC')::date)
-    AND (range_to IS NULL OR day <= (range_to AT TIME ZONE 'UTC')::date);
-$$;
+  DELETE FROM rollup_user_weeks WHERE instance_id = instance AND week IN (SELECT date_trunc('week', day::timestamp)::date FROM touched);
+  DELETE FROM rollup_user_days WHERE instance_id = instance AND (lo IS NULL OR day >= lo) AND (hi IS NULL OR day <= hi);
+  DELETE FROM rollup_day_sessions WHERE instance_id = instance AND (lo IS NULL OR day >= lo) AND (hi IS NULL OR day <= hi);
+END $$;
 
--- Retention drops the rollups of the days it drops.
+-- Retention drops the rollups of the days it drops, and recomputes the month and week it cuts.
 CREATE OR REPLACE FUNCTION drop_event_partitions(before date) RETURNS SETOF date
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '3s' AS $$
 DECLARE
@@ -172,23 +236,25 @@ BEGIN
       RETURN NEXT part.day;
     END IF;
   END LOOP;
+  PERFORM pg_advisory_xact_lock(2121261691);
   DELETE FROM rollup_user_days WHERE day < before;
   DELETE FROM rollup_day_sessions WHERE day < before;
   DELETE FROM rollup_dirty WHERE day < before;
-  -- The month cut in two keeps only what its remaining days summarize.
   DELETE FROM rollup_user_months WHERE month <= date_trunc('month', before::timestamp)::date;
-  INSERT INTO rollup_user_months
-  SELECT instance_id, date_trunc('month', before::timestamp)::date, user_id, sum(searches_regexp), sum(searches_literal), sum(searches_other)
-  FROM rollup_user_days WHERE day >= before AND day < (date_trunc('month', before::timestamp) + interval '1 month')::date
-  GROUP BY instance_id, user_id
-  HAVING sum(searches_regexp + searches_literal + searches_other) > 0;
+  DELETE FROM rollup_user_weeks WHERE week <= date_trunc('week', before::timestamp)::date;
+  INSERT INTO rollup_dirty_periods
+  SELECT DISTINCT instance_id, date_trunc('month', before::timestamp)::date, date_trunc('week', before::timestamp)::date
+  FROM rollup_user_days WHERE day >= before AND day < before + 40;
 END $$;
 
-REVOKE ALL ON rollup_dirty, rollup_user_days, rollup_day_sessions, rollup_user_months, rollup_feature_map FROM PUBLIC;
-REVOKE ALL ON FUNCTION refresh_report_rollups(text, text[], text[]), forget_report_rollups(text, timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON rollup_dirty, rollup_dirty_periods, rollup_user_days, rollup_day_sessions, rollup_user_months, rollup_user_weeks,
+  rollup_feature_map, rollup_refresh_events, rollup_refresh_periods FROM PUBLIC;
+REVOKE ALL ON FUNCTION set_report_feature_map(text, text[], text[]), refresh_report_rollups(),
+  forget_report_rollups(text, timestamptz, timestamptz) FROM PUBLIC;
 GRANT INSERT ON rollup_dirty TO telemetry_ingest;
-GRANT EXECUTE ON FUNCTION refresh_report_rollups(text, text[], text[]), forget_report_rollups(text, timestamptz, timestamptz) TO telemetry_ingest;
-GRANT EXECUTE ON FUNCTION refresh_report_rollups(text, text[], text[]) TO telemetry_reporting;
+GRANT EXECUTE ON FUNCTION set_report_feature_map(text, text[], text[]), refresh_report_rollups(),
+  forget_report_rollups(text, timestamptz, timestamptz) TO telemetry_ingest;
+GRANT EXECUTE ON FUNCTION refresh_report_rollups() TO telemetry_reporting;
 
 -- The reporting role reads the rollups as it reads report_events: pseudonymous users, no
 -- event ids or properties beyond the pattern-type counts.
@@ -196,16 +262,22 @@ CREATE VIEW report_user_days AS
   SELECT instance_id, day, user_id, events, searches_regexp, searches_literal, searches_other, features FROM rollup_user_days;
 CREATE VIEW report_user_months AS
   SELECT instance_id, month, user_id, searches_regexp, searches_literal, searches_other FROM rollup_user_months;
+CREATE VIEW report_user_weeks AS
+  SELECT instance_id, week, user_id, features FROM rollup_user_weeks;
 CREATE VIEW report_day_sessions AS
   SELECT instance_id, day, user_id, started_at, ended_at, features FROM rollup_day_sessions;
-GRANT SELECT ON report_user_days, report_user_months, report_day_sessions TO telemetry_reporting;
-GRANT SELECT ON rollup_user_days, rollup_user_months, rollup_day_sessions TO telemetry_raw_reader;
+CREATE VIEW report_feature_map AS
+  SELECT search_event, names, features FROM rollup_feature_map;
+GRANT SELECT ON report_user_days, report_user_months, report_user_weeks, report_day_sessions, report_feature_map TO telemetry_reporting;
+GRANT SELECT ON rollup_user_days, rollup_user_months, rollup_user_weeks, rollup_day_sessions TO telemetry_raw_reader;
 
 -- As in 0006: the functions that run with the owner's rights look in the caller's temporary
--- schema last (CREATE OR REPLACE above reset drop_event_partitions' setting).
+-- schema last (CREATE OR REPLACE above reset drop_event_partitions' setting), and use no
+-- temporary table of their own.
 DO $$
 BEGIN
   EXECUTE format('ALTER FUNCTION drop_event_partitions(date) SET search_path = %I, pg_temp', current_schema());
-  EXECUTE format('ALTER FUNCTION refresh_report_rollups(text, text[], text[]) SET search_path = %I, pg_temp', current_schema());
+  EXECUTE format('ALTER FUNCTION set_report_feature_map(text, text[], text[]) SET search_path = %I, pg_temp', current_schema());
+  EXECUTE format('ALTER FUNCTION refresh_report_rollups() SET search_path = %I, pg_temp', current_schema());
   EXECUTE format('ALTER FUNCTION forget_report_rollups(text, timestamptz, timestamptz) SET search_path = %I, pg_temp', current_schema());
 END $$;
