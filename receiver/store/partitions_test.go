@@ -64,20 +64,27 @@ func partitionOf(t *testing.T, r *receivertest.Receiver) map[int]string {
 
 func partitionName(t time.Time) string { return "events_p" + t.UTC().Format("20060102") }
 
+// receiverGranting starts a receiver whose consent ledger has instance at EventLevel since since.
+func receiverGranting(t *testing.T, instance string, since time.Time) *receivertest.Receiver {
+	t.Helper()
+	r, err := receivertest.Start(context.Background(), server.DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	if err := r.Grant(context.Background(), instance, consentv1.TierEventLevel, since); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // TestPartitionsFollowTheDaysAndTheRetention: every event lands in its UTC day's partition,
 // created on demand; a re-sent batch spread over days is absorbed; events before the oldest day
 // kept or too far ahead are refused; maintenance keeps days ahead and drops the days behind the
 // retention with their events, and nothing newer.
 func TestPartitionsFollowTheDaysAndTheRetention(t *testing.T) {
 	ctx := context.Background()
-	r, err := receivertest.Start(ctx, server.DefaultLimits())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	if err := r.Grant(ctx, "acme", consentv1.TierEventLevel, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil {
-		t.Fatal(err)
-	}
+	r := receiverGranting(t, "acme", time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 	clk := clocktesting.NewFakePassiveClock(now)
 	open := func(retention int) *store.Store {
@@ -171,14 +178,7 @@ func TestPartitionsFollowTheDaysAndTheRetention(t *testing.T) {
 // a 500), and the retry recreates the partition and stores the events.
 func TestPartitionDroppedUnderAStoreIsRetried(t *testing.T) {
 	ctx := context.Background()
-	r, err := receivertest.Start(ctx, server.DefaultLimits())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	if err := r.Grant(ctx, "acme", consentv1.TierEventLevel, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil {
-		t.Fatal(err)
-	}
+	r := receiverGranting(t, "acme", time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 	clk := clocktesting.NewFakePassiveClock(now)
 	keeps, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithClock(clk), store.WithRoles(store.RoleIngest, store.RoleRawReader))
@@ -211,14 +211,7 @@ func TestPartitionDroppedUnderAStoreIsRetried(t *testing.T) {
 // succeed and store every event once.
 func TestPartitionsCreatedByManyReceiversAtOnce(t *testing.T) {
 	ctx := context.Background()
-	r, err := receivertest.Start(ctx, server.DefaultLimits())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	if err := r.Grant(ctx, "acme", consentv1.TierEventLevel, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil {
-		t.Fatal(err)
-	}
+	r := receiverGranting(t, "acme", time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	day := time.Date(2026, 3, 4, 0, 0, 0, 0, time.UTC)
 	var wg sync.WaitGroup
 	for k := range 6 {
@@ -352,14 +345,7 @@ func TestRefusedBatchesMakeNoPartitions(t *testing.T) {
 // not hold it up at all.
 func TestPartitionLockTimeoutIsUnavailable(t *testing.T) {
 	ctx := context.Background()
-	r, err := receivertest.Start(ctx, server.DefaultLimits())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	if err := r.Grant(ctx, "acme", consentv1.TierEventLevel, time.Now().AddDate(0, 0, -30)); err != nil {
-		t.Fatal(err)
-	}
+	r := receiverGranting(t, "acme", time.Now().AddDate(0, 0, -30))
 	// A long report: an open transaction that read events.
 	reader, err := r.DB.Begin(ctx)
 	if err != nil {
