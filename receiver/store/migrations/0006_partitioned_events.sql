@@ -38,7 +38,7 @@ CREATE INDEX events_delivery_brin ON events USING brin (delivery);
 -- event_partition makes sure the partition holding the UTC day exists, and returns whether it
 -- created it. The partition is made as a table of its own and then attached, which locks the
 -- events table only against other attaches (SHARE UPDATE EXCLUSIVE): readers and writers go on.
--- It makes no partition for a day more than ten years back or more than three days ahead of the
+-- It makes no partition for a day more than ten years back or more than 400 days ahead of the
 -- database's clock, whoever asks (the receiver itself asks only within its retention and a
 -- day's skew).
 CREATE FUNCTION event_partition(day date) RETURNS boolean
@@ -46,8 +46,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout 
 DECLARE
   part text := 'events_p' || to_char(day, 'YYYYMMDD');
 BEGIN
-  IF day IS NULL OR day < current_date - 3660 OR day > current_date + 3 THEN
-    RAISE EXCEPTION 'no events partition for day %: more than ten years back or three days ahead', day USING ERRCODE = '22008';
+  IF day IS NULL OR day < current_date - 3660 OR day > current_date + 400 THEN
+    RAISE EXCEPTION 'no events partition for day %: more than ten years back or 400 days ahead', day USING ERRCODE = '22008';
   END IF;
   IF to_regclass(format('%I.%I', current_schema(), part)) IS NOT NULL THEN
     RETURN false;
