@@ -356,8 +356,10 @@ func sessions(ctx context.Context, db *pgxpool.Pool, o Options, a answerArgs) (S
 		Columns: []string{"instance", "sessions", "multi-feature sessions", "share", "users with a multi-feature session"}}
 	w := newWindow(o.Now.Add(-28*day), o.Now)
 	// Runs of whole days come from the rollups; the edge days' events are split into runs the
-	// same way (per UTC day, a gap over 30 minutes starts a run). Runs then join into sessions
-	// across midnight where the gap between them is 30 minutes or less.
+	// same way (per UTC day, a gap over 30 minutes starts a run). Only runs that may join a run
+	// of another day need ordering: the edge days' runs, runs the rollups mark as joining across
+	// a midnight, and the first runs of the first whole day and last runs of the last (their
+	// neighbours are edge days). Every other run is a session by itself.
 	rows, err := query(ctx, db, `
 WITH edge AS (
   SELECT e.instance_id, e.user_id, e.ts, fm.feature, (e.ts AT TIME ZONE 'UTC')::date AS day
@@ -370,23 +372,38 @@ WITH edge AS (
   SELECT instance_id, user_id, min(ts) AS started_at, max(ts) AS ended_at, array_agg(DISTINCT feature) AS features
   FROM (SELECT *, sum(starts) OVER (PARTITION BY instance_id, user_id, day ORDER BY ts ROWS UNBOUNDED PRECEDING) AS run FROM edge_marked) r
   GROUP BY instance_id, user_id, day, run
-), runs AS (
-  SELECT instance_id, user_id, started_at, ended_at, features FROM report_day_sessions
+), whole AS (
+  SELECT instance_id, user_id, day, started_at, ended_at, features, joins_prev OR joins_next AS joins FROM report_day_sessions
   WHERE day >= ($3::timestamptz AT TIME ZONE 'UTC')::date AND day < ($4::timestamptz AT TIME ZONE 'UTC')::date AND ($5 = '' OR instance_id = $5)
+), boundary AS (
+  (SELECT DISTINCT ON (instance_id, user_id) instance_id, user_id, started_at FROM whole
+   WHERE day = ($3::timestamptz AT TIME ZONE 'UTC')::date ORDER BY instance_id, user_id, started_at)
+  UNION
+  (SELECT DISTINCT ON (instance_id, user_id) instance_id, user_id, started_at FROM whole
+   WHERE day = ($4::timestamptz AT TIME ZONE 'UTC')::date - 1 ORDER BY instance_id, user_id, started_at DESC)
+), alone AS (
+  SELECT w.instance_id, w.user_id, cardinality(w.features) AS features FROM whole w
+  WHERE NOT w.joins AND NOT EXISTS (SELECT 1 FROM boundary b WHERE b.instance_id = w.instance_id AND b.user_id = w.user_id AND b.started_at = w.started_at)
+), ordered AS (
+  SELECT instance_id, user_id, started_at, ended_at, features FROM edge_runs
   UNION ALL
-  SELECT * FROM edge_runs
+  SELECT w.instance_id, w.user_id, w.started_at, w.ended_at, w.features FROM whole w
+  WHERE w.joins OR EXISTS (SELECT 1 FROM boundary b WHERE b.instance_id = w.instance_id AND b.user_id = w.user_id AND b.started_at = w.started_at)
 ), joined AS (
   SELECT *, sum(CASE WHEN prev_end IS NULL OR started_at - prev_end > interval '30 minutes' THEN 1 ELSE 0 END)
               OVER (PARTITION BY instance_id, user_id ORDER BY started_at ROWS UNBOUNDED PRECEDING) AS session
-  FROM (SELECT *, lag(ended_at) OVER (PARTITION BY instance_id, user_id ORDER BY started_at) AS prev_end FROM runs) r
+  FROM (SELECT *, lag(ended_at) OVER (PARTITION BY instance_id, user_id ORDER BY started_at) AS prev_end FROM ordered) r
 ), per_session AS (
-  SELECT instance_id, user_id, session, count(DISTINCT f) AS features
-  FROM joined, unnest(features) AS f GROUP BY 1, 2, 3
+  SELECT instance_id, user_id, count(DISTINCT f) AS features
+  FROM joined, unnest(features) AS f GROUP BY instance_id, user_id, session
+  UNION ALL
+  SELECT instance_id, user_id, features FROM alone
+), per_user AS (
+  SELECT instance_id, user_id, count(*) AS sessions, count(*) FILTER (WHERE features > 1) AS multi FROM per_session GROUP BY 1, 2
 )
-SELECT instance_id, count(*), count(*) FILTER (WHERE features > 1),
-       round(count(*) FILTER (WHERE features > 1)::numeric / count(*), 3)::float8,
-       count(DISTINCT user_id) FILTER (WHERE features > 1)
-FROM per_session GROUP BY 1 ORDER BY 1`, w.from, w.to, w.first, w.end, o.Instance, a.names, a.features)
+SELECT instance_id, sum(sessions)::bigint, sum(multi)::bigint, round(sum(multi)::numeric / sum(sessions), 3)::float8,
+       count(*) FILTER (WHERE multi > 0)
+FROM per_user GROUP BY 1 ORDER BY 1`, w.from, w.to, w.first, w.end, o.Instance, a.names, a.features)
 	s.Rows = rows
 	return s, err
 }

@@ -51,6 +51,12 @@ CREATE TABLE rollup_day_sessions (
     started_at  timestamptz NOT NULL,
     ended_at    timestamptz NOT NULL,
     features    text[]      NOT NULL,
+    -- The run is its day's first and starts at most 30 minutes after the previous day's last run
+    -- ended (joins_prev), or its day's last and the next day's first run starts at most 30
+    -- minutes after it ends (joins_next): only such runs need ordering to join sessions across
+    -- midnight. Kept by the refresh of either day.
+    joins_prev  boolean     NOT NULL DEFAULT false,
+    joins_next  boolean     NOT NULL DEFAULT false,
     PRIMARY KEY (instance_id, day, user_id, started_at)
 );
 CREATE INDEX rollup_day_sessions_day ON rollup_day_sessions (day);
@@ -133,6 +139,7 @@ DECLARE
   d date;
   m rollup_feature_map;
   todo text[];
+  side int;
 BEGIN
   PERFORM pg_advisory_xact_lock(2121261691);
   SELECT * INTO m FROM rollup_feature_map LIMIT 1;
@@ -190,6 +197,26 @@ BEGIN
   ) runs
   GROUP BY instance_id, user_id, run;
   TRUNCATE rollup_refresh_events;
+  -- Joins across the two midnights of the day, for the day's instances.
+  UPDATE rollup_day_sessions r SET joins_prev = false, joins_next = false
+  WHERE r.day = d AND r.instance_id = ANY(todo) AND (r.joins_prev OR r.joins_next);
+  UPDATE rollup_day_sessions r SET joins_next = false WHERE r.day = d - 1 AND r.instance_id = ANY(todo) AND r.joins_next;
+  UPDATE rollup_day_sessions r SET joins_prev = false WHERE r.day = d + 1 AND r.instance_id = ANY(todo) AND r.joins_prev;
+  FOR side IN 0..1 LOOP
+    WITH ends AS (
+      SELECT instance_id, user_id, day, min(started_at) AS first_start, max(started_at) AS last_start
+      FROM rollup_day_sessions WHERE day BETWEEN d - 1 AND d + 1 AND instance_id = ANY(todo)
+      GROUP BY instance_id, user_id, day
+    ), joins AS (
+      SELECT a.instance_id, a.user_id, a.day AS a_day, a.last_start, b.day AS b_day, b.first_start
+      FROM ends a JOIN ends b ON b.instance_id = a.instance_id AND b.user_id = a.user_id AND b.day = a.day + 1
+      JOIN rollup_day_sessions la ON la.instance_id = a.instance_id AND la.day = a.day AND la.user_id = a.user_id AND la.started_at = a.last_start
+      WHERE b.first_start - la.ended_at <= interval '30 minutes'
+    )
+    UPDATE rollup_day_sessions r SET joins_next = joins_next OR side = 0, joins_prev = joins_prev OR side = 1 FROM joins j
+    WHERE r.instance_id = j.instance_id AND r.user_id = j.user_id
+      AND ((side = 0 AND r.day = j.a_day AND r.started_at = j.last_start) OR (side = 1 AND r.day = j.b_day AND r.started_at = j.first_start));
+  END LOOP;
   INSERT INTO rollup_dirty_periods
   SELECT i, date_trunc('month', d::timestamp)::date, date_trunc('week', d::timestamp)::date FROM unnest(todo) i;
   RETURN cardinality(todo);
@@ -265,7 +292,7 @@ CREATE VIEW report_user_months AS
 CREATE VIEW report_user_weeks AS
   SELECT instance_id, week, user_id, features FROM rollup_user_weeks;
 CREATE VIEW report_day_sessions AS
-  SELECT instance_id, day, user_id, started_at, ended_at, features FROM rollup_day_sessions;
+  SELECT instance_id, day, user_id, started_at, ended_at, features, joins_prev, joins_next FROM rollup_day_sessions;
 CREATE VIEW report_feature_map AS
   SELECT search_event, names, features FROM rollup_feature_map;
 GRANT SELECT ON report_user_days, report_user_months, report_user_weeks, report_day_sessions, report_feature_map TO telemetry_reporting;
