@@ -297,3 +297,124 @@ func TestErasureWaitsForARefreshInProgress(t *testing.T) {
 		t.Errorf("%d summaries of the erased day left (%v)", left, err)
 	}
 }
+
+// TestSessionsJoinAcrossMidnights: the sessions answer equals the raw-event one for sessions
+// that the rollups' midnight marks decide: a chain over five days, runs exactly 30 minutes apart
+// across midnight, a whole day that is one run joining both neighbours, a later day summarized
+// before late events into the day before join it, a late event bridging two summarized runs,
+// then an erasure splitting the chain and a retention drop inside it. (Cases from the review of
+// the midnight marks.)
+func TestSessionsJoinAcrossMidnights(t *testing.T) {
+	ctx := context.Background()
+	inst := "zzrev"
+	since := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := rcv.Grant(ctx, inst, consentv1.TierEventLevel, since); err != nil {
+		t.Fatal(err)
+	}
+	// Two event names of different features.
+	var n1, n2 string
+	for _, n := range catalogv1.Current().Names() {
+		f := catalogv1.Current().FeatureOf(n)
+		if f == "" {
+			continue
+		}
+		if n1 == "" {
+			n1 = n
+		} else if catalogv1.Current().FeatureOf(n1) != f {
+			n2 = n
+			break
+		}
+	}
+	if n1 == "" || n2 == "" {
+		t.Fatal("the catalog has no two events of different features")
+	}
+	id := 5_000_000
+	put := func(u string, ts time.Time, name string) {
+		id++
+		b := &batchv1.Batch{InstanceID: inst, BatchID: fmt.Sprintf("z%d", id), Kind: batchv1.KindEvents, Tier: "EventLevel",
+			Events: []batchv1.Event{{ID: fmt.Sprint(id), Name: name, Timestamp: ts, UserID: fmt.Sprintf("%032x", u)}}}
+		if _, err := rcv.Store.InsertEvents(ctx, inst, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC)
+	day := func(d int) time.Time { return base.AddDate(0, 0, d) }
+	// A chain over five days: events every 25 minutes from day 5 22:00 to day 9 01:00.
+	for ts := day(5).Add(22 * time.Hour); ts.Before(day(9).Add(time.Hour)); ts = ts.Add(25 * time.Minute) {
+		put("c", ts, n1)
+	}
+	put("c", day(9).Add(time.Hour), n2)
+	// Exactly 30 minutes across midnight, with a day of two runs between.
+	put("x", day(10).Add(-15*time.Minute), n1)
+	put("x", day(10).Add(15*time.Minute), n1)
+	put("x", day(10).Add(23*time.Hour+45*time.Minute), n1)
+	put("x", day(11).Add(15*time.Minute), n2)
+	// A whole day that is one run, first and last, joining both neighbouring days.
+	for ts := day(12).Add(10 * time.Minute); ts.Before(day(13)); ts = ts.Add(20 * time.Minute) {
+		put("s", ts, n1)
+	}
+	put("s", day(12).Add(-10*time.Minute), n2)
+	put("s", day(13).Add(5*time.Minute), n2)
+	refresh(t)
+	// Out of order: the later day is summarized first, then late events into the day before join it.
+	put("o", day(15).Add(10*time.Minute), n1)
+	put("o", day(15).Add(5*time.Hour), n1)
+	refresh(t)
+	put("o", day(14).Add(23*time.Hour+50*time.Minute), n2)
+	put("o", day(14).Add(3*time.Hour), n2)
+	// Late events bridging two summarized runs across the midnight of day 16.
+	put("b", day(16).Add(23*time.Hour), n1)
+	put("b", day(17).Add(40*time.Minute), n2)
+	refresh(t)
+	put("b", day(17).Add(10*time.Minute), n1)
+	put("b", day(16).Add(23*time.Hour+45*time.Minute), n1)
+
+	compare := func(stage string) {
+		t.Helper()
+		for d := 4; d <= 19; d++ {
+			for _, off := range []time.Duration{0, time.Microsecond, -time.Microsecond, 25 * time.Minute} {
+				now := day(d).Add(off)
+				for _, scope := range []string{inst} {
+					o := report.Options{Now: now, Instance: scope, PowerUserDays: 2}
+					got, err := report.Build(ctx, reporting, o)
+					if err != nil {
+						t.Fatal(err)
+					}
+					_, want, err := referenceReport(ctx, reporting, o)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for i := range want {
+						if want[i].Title != "Sessions using more than one feature" {
+							continue
+						}
+						if !reflect.DeepEqual(got.Sections[i].Rows, want[i].Rows) {
+							t.Errorf("%s now %s scope %q: got %v want %v", stage, now, scope, got.Sections[i].Rows, want[i].Rows)
+						}
+					}
+				}
+			}
+		}
+	}
+	compare("seeded")
+	// An erasure splitting the chain's day 7.
+	f1, t1 := day(7).Add(3*time.Hour), day(7).Add(4*time.Hour)
+	if _, err := rcv.Store.Erase(ctx, receivertest.TestCluster, consentv1.ErasureRequest{InstanceID: inst,
+		Owner: consentv1.Owner{Namespace: inst, Name: inst}, RequestID: "z1", Scope: consentv1.ScopeEvents,
+		From: &f1, To: &t1, RequestedBy: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	compare("after erase")
+	// Last in the package: the drop takes every instance's days before it.
+	if _, err := rcv.DB.Exec(ctx, `SELECT drop_event_partitions('2026-10-08')`); err != nil {
+		t.Fatal(err)
+	}
+	compare("after a retention drop")
+}
+
+func refresh(t *testing.T) {
+	t.Helper()
+	if _, err := report.RefreshRollups(context.Background(), rcv.Store.Pool()); err != nil {
+		t.Fatal(err)
+	}
+}
