@@ -9,7 +9,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
@@ -94,10 +93,6 @@ func reportAtScale(ctx context.Context, r *receivertest.Receiver, st *store.Stor
 	defer reporting.Close()
 	rep, err := report.Build(ctx, reporting, report.Options{})
 	must(err)
-	if hold, _ := time.ParseDuration(os.Getenv("BENCH_HOLD")); hold > 0 {
-		fmt.Printf("  holding the database %s for %s: %s\n", r.PG.DSN("receiver"), hold, "BENCH_HOLD")
-		time.Sleep(hold)
-	}
 	for _, s := range rep.Sections {
 		record(fmt.Sprintf("report answer over %d M events: %s", stored/1_000_000, s.Title),
 			fmt.Sprintf("%s (%d rows)", s.Took.Round(time.Millisecond), len(s.Rows)), "< 5s", b(s.Took < 5*time.Second))
