@@ -113,7 +113,7 @@ func newRealisticGenerator(n int, now time.Time) *realisticGenerator {
 
 // flagsDoc is user's feature_flags document in week: the flags it evaluates and their values.
 func flagsDoc(user int64, week int64) []byte {
-	ur := rand.New(rand.NewPCG(uint64(user), 0xf1a6)) //nolint:gosec // synthetic data
+	ur := rand.New(rand.NewPCG(uint64(user), 0xf1a6))       //nolint:gosec // synthetic data
 	wr := rand.New(rand.NewPCG(uint64(user), uint64(week))) //nolint:gosec // synthetic data
 	n := realisticFlagsMin + ur.IntN(realisticFlagsRange)
 	doc := make(map[string]bool, n)
