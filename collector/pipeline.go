@@ -65,7 +65,7 @@ type Pipeline struct {
 	saved     *collectorconfig.Progress
 	heartbeat time.Duration
 	ready     bool
-	// prefetched is the next round, read while the last one was being sent (event rounds only).
+	// prefetched is the next rounds, read while the last ones were being sent (event rounds only).
 	prefetched *prefetch
 	// sentCursor is the highest cursor an acknowledged batch carried: the receiver's cursor is at
 	// least this. A batch sent alongside another carries an older cursor, so when the backlog
@@ -298,47 +298,66 @@ func (p *Pipeline) countValuesDropped() {
 	}
 }
 
-// prefetch is the next round, read and filtered while the current one is being sent.
+// prefetch is the next rounds (one, or two in a backlog), read and filtered while the current
+// ones are being sent.
 type prefetch struct {
 	done chan struct{}
-	f    *filtered
+	fs   []*filtered
 	err  error
 }
 
+// startPrefetch reads the round after ahead and, when that one is full (the backlog goes on),
+// the round after it, so the next eventRound can send two batches at once without first waiting
+// for a read.
 func (p *Pipeline) startPrefetch(ctx context.Context, ahead *source.Ahead, limit int) *prefetch {
 	pf := &prefetch{done: make(chan struct{})}
 	go func() {
 		defer close(pf.done)
-		pf.f, pf.err = p.readAndFilter(ctx, ahead, limit)
+		f, err := p.readAndFilter(ctx, ahead, limit)
+		if err != nil {
+			pf.err = err
+			return
+		}
+		pf.fs = []*filtered{f}
+		if !f.full() {
+			return
+		}
+		r := f.round
+		if f2, err := p.readAndFilter(ctx, ahead.Ahead(r.Snapshot, f.ids, r.NewHigh, r.Complete), limit); err == nil {
+			pf.fs = append(pf.fs, f2)
+		}
 	}()
 	return pf
 }
 
-// takePrefetched returns the round read ahead, if there is one and it was read against the
-// tracker's present position; otherwise nil.
-func (p *Pipeline) takePrefetched() *filtered {
+// takePrefetched returns the rounds read ahead, if there are any and the first was read against
+// the tracker's present position; otherwise nil.
+func (p *Pipeline) takePrefetched() []*filtered {
 	pf := p.prefetched
 	p.prefetched = nil
 	if pf == nil {
 		return nil
 	}
 	<-pf.done
-	if pf.err != nil || pf.f.from != [2]int64{p.tracker.Cursor(), p.tracker.High()} {
+	if pf.err != nil || len(pf.fs) == 0 || pf.fs[0].from != [2]int64{p.tracker.Cursor(), p.tracker.High()} {
 		return nil
 	}
-	return pf.f
+	return pf.fs
 }
 
-// eventRound sends one round of events, or two during a backlog. In a backlog the next round is
-// read (against the state this round's acknowledgement will leave) while this one is sent, and
-// when that one is full too it is sent alongside, with the cursor from before both (it may be
-// stored first, so it must not claim this round's ids), while the round after is read. Rounds
-// are acknowledged in order, the tracker changes only after every read ahead has finished, and
-// nothing read ahead is used unless what it was read against was acknowledged.
+// eventRound sends one round of events, or two during a backlog. In a backlog the next rounds
+// are read (against the state this round's acknowledgements will leave) while this one is sent,
+// and when the second is full too it is sent alongside, with the cursor from before both (it may
+// be stored first, so it must not claim this round's ids), while the two rounds after are read.
+// Rounds are acknowledged in order, the tracker changes only after every read ahead has
+// finished, and nothing read ahead is used unless what it was read against was acknowledged.
 func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 	limit := p.cfg.BatchSize
-	f := p.takePrefetched()
-	if f == nil {
+	var f *filtered
+	fs := p.takePrefetched()
+	if len(fs) > 0 {
+		f = fs[0]
+	} else {
 		var err error
 		if f, err = p.readAndFilter(ctx, p.tracker, limit); err != nil {
 			p.setReady(false)
@@ -364,7 +383,13 @@ func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 
 	ahead := p.tracker.Ahead(round.Snapshot, f.ids, round.NewHigh, round.Complete)
 	first := p.sendAsync(ctx, b)
-	f2, readErr := p.readAndFilter(ctx, ahead, limit)
+	var f2 *filtered
+	var readErr error
+	if len(fs) > 1 && fs[1].from == [2]int64{ahead.Cursor(), ahead.High()} {
+		f2 = fs[1]
+	} else {
+		f2, readErr = p.readAndFilter(ctx, ahead, limit)
+	}
 	var second *inflight
 	var b2 *batchv1.Batch
 	var next *prefetch
@@ -393,7 +418,7 @@ func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 		return false, readErr
 	case !f2.full():
 		// The end of the backlog: send it on its own next round, with its own cursor.
-		p.prefetched = &prefetch{done: closed, f: f2}
+		p.prefetched = &prefetch{done: closed, fs: []*filtered{f2}}
 		return true, nil
 	case second != nil && second.err != nil:
 		return false, second.err

@@ -31,10 +31,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -63,7 +66,6 @@ import (
 	"github.com/sourcegraph/telemetry-operator/internal/seed"
 	"github.com/sourcegraph/telemetry-operator/internal/tlsreload"
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
-	"github.com/sourcegraph/telemetry-operator/receiver/server"
 )
 
 type result struct {
@@ -107,6 +109,7 @@ func main() {
 	liveWindow := flag.Duration("live-window", 60*time.Second, "Window for counting API writes with collectors running.")
 	abuseClients := flag.Int("abuse-clients", 16, "Flooding clients in the abuse run.")
 	abuseFor := flag.Duration("abuse-for", 15*time.Second, "Length of the abuse run.")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "Write a CPU profile of the last collector throughput run (the in-process collector and receiver) to this file.")
 	flag.Parse()
 	if full {
 		*rows, *backlogSmall, *backlogLarge, *policies, *namespaces, *idle = 1_000_000, 500_000, 5_000_000, 1000, 100, 60*time.Second
@@ -117,7 +120,7 @@ func main() {
 	run := func(name string) bool { return *only == "" || *only == name }
 	fmt.Println("telemetry-operator benchmarks (figures and ratios measured side by side in this run)")
 	if run("collector") || run("receiver") || run("memory") || run("abuse") {
-		r, err := receivertest.Start(ctx, server.DefaultLimits())
+		r, err := receivertest.StartWith(ctx, receivertest.Options{Unrecorded: true})
 		must(err)
 		defer r.Close()
 		if run("collector") {
@@ -239,7 +242,15 @@ func collectorThroughput(ctx context.Context, r *receivertest.Receiver, n, round
 		// The baselines are the faster of two COPYs, which makes the ratios harder to meet.
 		copyRate := max(rawCopy(), rawCopy())
 		id := fmt.Sprintf("bench-throughput-%d", round)
+		cpu0, own0, pg0 := machineCPU(), ownCPU(), postgresCPU()
+		if cpuProfile != "" && round == rounds-1 {
+			f, err := os.Create(cpuProfile)
+			must(err)
+			must(pprof.StartCPUProfile(f))
+		}
 		took := collectorRun(ctx, r, dsn, id, metrics)
+		pprof.StopCPUProfile()
+		cpu, own, pg := machineCPU()-cpu0, ownCPU()-own0, postgresCPU()-pg0
 		must(r.DB.QueryRow(ctx, "SELECT count(*) FROM events WHERE instance_id = $1", id).Scan(&stored))
 		if stored == 0 || stored >= n {
 			must(fmt.Errorf("the collector stored %d of %d rows: the data or the filter is wrong", stored, n))
@@ -248,8 +259,8 @@ func collectorThroughput(ctx context.Context, r *receivertest.Receiver, n, round
 		read, rate := float64(n)/took.Seconds(), float64(stored)/took.Seconds()
 		copyRates, readRates, storedRates, intoRates = append(copyRates, copyRate), append(readRates, read), append(storedRates, rate), append(intoRates, into)
 		ratios, intoRatios = append(ratios, rate/copyRate), append(intoRatios, rate/into)
-		fmt.Printf("        round %d: COPY out %.0f rows/s, COPY into events %.0f events/s; collector %.0f rows read/s, %.0f events stored/s (%.1f%%, %.1f%%)\n",
-			round+1, copyRate, into, read, rate, 100*rate/copyRate, 100*rate/into)
+		fmt.Printf("        round %d: COPY out %.0f rows/s, COPY into events %.0f events/s; collector %.0f rows read/s, %.0f events stored/s (%.1f%%, %.1f%%), machine busy %.2f of %d cores (%.2f in the harness's collector and receiver, %.2f in PostgreSQL)\n",
+			round+1, copyRate, into, read, rate, 100*rate/copyRate, 100*rate/into, cpu.Seconds()/took.Seconds(), runtime.NumCPU(), own.Seconds()/took.Seconds(), pg.Seconds()/took.Seconds())
 	}
 	spread := func(v []float64, format string, scale float64) string {
 		return fmt.Sprintf(format, scale*median(v), scale*slices.Min(v), scale*slices.Max(v))
@@ -275,6 +286,9 @@ func collectorThroughput(ctx context.Context, r *receivertest.Receiver, n, round
 	record("  stage send (network, receiver decode and store)", rowsPer(busy("send")-busy("encode")), "", nil)
 }
 
+// cpuProfile is where the last collector run's CPU profile goes ("" for none).
+var cpuProfile string
+
 // copyIntoEvents copies the events stored for instance into the receiver's table again, as
 // instance as, with one binary COPY (the partitions exist already), and returns events per
 // second for the COPY into the table alone.
@@ -295,6 +309,53 @@ func copyIntoEvents(ctx context.Context, r *receivertest.Receiver, instance, as 
 		must(fmt.Errorf("copied %d events into events, want %d", tag.RowsAffected(), n))
 	}
 	return float64(n) / took.Seconds()
+}
+
+// machineCPU is the CPU time every process on the machine has used (all cores, from
+// /proc/stat): the collector, the receiver and PostgreSQL share the machine in this run.
+func machineCPU() time.Duration {
+	data, err := os.ReadFile("/proc/stat")
+	must(err)
+	fields := strings.Fields(strings.SplitN(string(data), "\n", 2)[0])
+	var ticks int64
+	for i, f := range fields[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		v, _ := strconv.ParseInt(f, 10, 64)
+		ticks += v
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond // USER_HZ is 100 on Linux
+}
+
+// postgresCPU is the CPU time used so far by the PostgreSQL processes alive now (the server's
+// backends and workers; the pools keep their connections through a run).
+func postgresCPU() time.Duration {
+	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var ticks int64
+	for _, d := range dirs {
+		data, err := os.ReadFile(d)
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < 0 || s[open+1:end] != "postgres" {
+			continue
+		}
+		f := strings.Fields(s[end+2:])
+		u, _ := strconv.ParseInt(f[11], 10, 64) // utime, stime: fields 14 and 15 of stat
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + st
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// ownCPU is the CPU time this process has used (user and system).
+func ownCPU() time.Duration {
+	var ru syscall.Rusage
+	must(syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // pgQuote quotes a harness-made identifier as an SQL string literal.

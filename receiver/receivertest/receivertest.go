@@ -61,6 +61,8 @@ type Receiver struct {
 	Logs LogBuffer
 
 	limits server.Limits
+	// unrecorded: serve without the recording wrapper (Options.Unrecorded).
+	unrecorded bool
 
 	// Bodies records every request body the receiver got (decompressed), for leak checks.
 	bodiesMu sync.Mutex
@@ -108,6 +110,10 @@ type Options struct {
 	// Clock is the receiver's clock (nil: the real clock). It dates transitions and erasures;
 	// certificates are still checked against the real time.
 	Clock clock.PassiveClock
+	// Unrecorded serves the API as it is, without keeping every request body for Bodies and
+	// Intercept (which decompress and hold each body): benchmarks measure the receiver, not
+	// the test double around it.
+	Unrecorded bool
 }
 
 // Start starts PostgreSQL, migrates the store and serves the API with the given limits.
@@ -175,7 +181,7 @@ func StartWith(ctx context.Context, o Options) (*Receiver, error) {
 	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
 		return nil, err
 	}
-	r := &Receiver{PG: pg, Store: st, DB: db, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir, Clock: o.Clock, limits: o.Limits,
+	r := &Receiver{PG: pg, Store: st, DB: db, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir, Clock: o.Clock, limits: o.Limits, unrecorded: o.Unrecorded,
 		tlsConfig: server.TLSConfig(pair, pool)}
 	r.clientCAs.Store(pool)
 	base := r.tlsConfig
@@ -283,7 +289,11 @@ func (r *Receiver) Listen() error {
 	_, port, _ := net.SplitHostPort(r.addr)
 	r.URL = "https://localhost:" + port
 	r.listener = tls.NewListener(l, r.tlsConfig)
-	r.httpServer = &http.Server{Handler: r.recording(r.Server.Handler()), ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	handler := r.Server.Handler()
+	if !r.unrecorded {
+		handler = r.recording(handler)
+	}
+	r.httpServer = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
 	go func() { _ = r.httpServer.Serve(r.listener) }()
 	return nil
 }
@@ -347,7 +357,7 @@ func (r *Receiver) Replica(ctx context.Context) (*Receiver, error) {
 		return nil, err
 	}
 	rep := &Receiver{PG: r.PG, Store: st, DB: r.DB, CA: r.CA, Issuer: r.Issuer, CAFile: r.CAFile, Dir: r.Dir, Clock: r.Clock,
-		limits: r.limits, tlsConfig: r.tlsConfig, replicaOf: r}
+		limits: r.limits, unrecorded: r.unrecorded, tlsConfig: r.tlsConfig, replicaOf: r}
 	rep.clientCAs.Store(r.clientCAs.Load())
 	rep.newServer()
 	if err := rep.Listen(); err != nil {
