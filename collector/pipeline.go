@@ -248,6 +248,10 @@ type filtered struct {
 	events  []batchv1.Event
 	ids     []int64 // every row's id, ascending
 	dropped map[string]int64
+	// valuesDropped counts the values the scrubber removed from the events, by field; they are
+	// counted in the metrics when the round is acknowledged (a round read ahead and then read
+	// again is counted once).
+	valuesDropped map[string]int64
 	// limit is the row limit the round was read with (the batch size may change between rounds).
 	limit int
 	// from is the tracker position the round was read against (cursor, high).
@@ -281,21 +285,23 @@ func (p *Pipeline) readAndFilter(ctx context.Context, t source.View, limit int) 
 		f.events = append(f.events, e)
 	}
 	p.Metrics.StageSeconds.WithLabelValues("filter").Observe(p.Clock.Since(start).Seconds())
-	p.countValuesDropped()
+	f.valuesDropped = p.takeValuesDropped()
 	return f, nil
 }
 
-// countValuesDropped moves the scrubber's counts of values the catalog does not list into the
-// metrics. A round read ahead filters on another goroutine, never at the same time as this one.
-func (p *Pipeline) countValuesDropped() {
+// takeValuesDropped takes the scrubber's counts of values the catalog does not list. A round
+// read ahead filters on another goroutine, never at the same time as this one.
+func (p *Pipeline) takeValuesDropped() map[string]int64 {
+	out := make(map[string]int64, len(p.Scrubber.ValuesDropped)+1)
 	for field, n := range p.Scrubber.ValuesDropped {
-		p.Metrics.ValuesDropped.WithLabelValues(field).Add(float64(n))
+		out[field] = n
 		delete(p.Scrubber.ValuesDropped, field)
 	}
 	if n := p.Scrubber.PropertiesDropped; n > 0 {
-		p.Metrics.ValuesDropped.WithLabelValues(catalogv1.NotListedProperty).Add(float64(n))
+		out[catalogv1.NotListedProperty] = n
 		p.Scrubber.PropertiesDropped = 0
 	}
+	return out
 }
 
 // prefetch is the next rounds (one, or two in a backlog), read and filtered while the current
@@ -457,6 +463,9 @@ func (p *Pipeline) acknowledge(f *filtered, b *batchv1.Batch, out deliver.Outcom
 	sent := b != nil
 	round := f.round
 	p.Metrics.EventsRead.Add(float64(len(round.Rows)))
+	for field, n := range f.valuesDropped {
+		p.Metrics.ValuesDropped.WithLabelValues(field).Add(float64(n))
+	}
 	var dropped int64
 	for reason, n := range f.dropped {
 		p.Metrics.EventsDropped.WithLabelValues(reason).Add(float64(n))

@@ -9,11 +9,14 @@ package collector_test
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/collector/source"
@@ -71,5 +74,60 @@ func TestTheDatabaseSelectsOnlyListedMembersWithinBounds(t *testing.T) {
 		if !reflect.DeepEqual(public, c.wantPublic) || !reflect.DeepEqual(flags, c.wantFlags) {
 			t.Errorf("row %d (%s): the database handed over %s and %s, want %v and %v", i, c.name, row.PublicArgument, row.FeatureFlags, c.wantPublic, c.wantFlags)
 		}
+	}
+}
+
+// TestValuesDroppedAreCountedOncePerRow: rounds read ahead and thrown away (a batch was refused
+// mid-backlog, so everything read after it is read again) must not count the values they
+// dropped twice. Every row carries one version the catalog does not list; the count after the
+// backlog is delivered must be the number of rows.
+func TestValuesDroppedAreCountedOncePerRow(t *testing.T) {
+	const rows = 80
+	in := newInstance(t, v1.TierEventLevel, 10)
+	in.exec(`INSERT INTO event_logs (name, user_id, source, version, public_argument, timestamp)
+		SELECT 'hover', g, 'WEB', 'dev-build', '{"languageId":"go"}', now() - g * interval '1 second' FROM generate_series(1, $1) g`, rows)
+	var posts atomic.Int32
+	rcv.SetIntercept(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
+		if r.URL.Path != batchv1.PathBatches || posts.Add(1) != 2 {
+			return false
+		}
+		w.WriteHeader(http.StatusBadRequest) // names no item: the round fails, nothing advances past it
+		return true
+	})
+	defer rcv.SetIntercept(nil)
+	p := in.pipeline()
+	failed := 0
+	for range 100 {
+		more, err := p.RunOnce(context.Background())
+		if err != nil {
+			failed++
+			continue
+		}
+		if !more {
+			break
+		}
+	}
+	if failed != 1 || in.stored() != rows {
+		t.Fatalf("%d rounds failed (want 1), %d of %d events stored", failed, in.stored(), rows)
+	}
+	fams, err := in.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counted float64
+	for _, f := range fams {
+		if f.GetName() != "collector_values_dropped_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "field" && l.GetValue() == "version" {
+					counted += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if counted != rows {
+		t.Fatalf("%v unlisted versions counted for %d rows", counted, rows)
 	}
 }
