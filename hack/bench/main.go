@@ -350,8 +350,8 @@ func machineCPU() time.Duration {
 	return time.Duration(ticks) * 10 * time.Millisecond // USER_HZ is 100 on Linux
 }
 
-// postgresCPU is the CPU time used so far by the PostgreSQL processes alive now (the server's
-// backends and workers; the pools keep their connections through a run).
+// postgresCPU is the CPU time used so far by the PostgreSQL processes alive now and by those
+// that have exited (the server's backends and workers).
 func postgresCPU() time.Duration {
 	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
 	var ticks int64
@@ -365,10 +365,13 @@ func postgresCPU() time.Duration {
 		if open < 0 || end < 0 || s[open+1:end] != "postgres" {
 			continue
 		}
+		// utime, stime, cutime, cstime: fields 14-17 of stat. The server's own process adds the
+		// time of its children that have exited (connections closed during the run).
 		f := strings.Fields(s[end+2:])
-		u, _ := strconv.ParseInt(f[11], 10, 64) // utime, stime: fields 14 and 15 of stat
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		ticks += u + st
+		for _, i := range []int{11, 12, 13, 14} {
+			v, _ := strconv.ParseInt(f[i], 10, 64)
+			ticks += v
+		}
 	}
 	return time.Duration(ticks) * 10 * time.Millisecond
 }
