@@ -132,13 +132,14 @@ func members(column string, keys []string, check string) string {
 	return b.String()
 }
 
+// plainWord are the characters a catalog key may hold.
+const plainWord = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+
 // sqlString renders a catalog key as an SQL string literal. The catalog is code, and its keys
 // are plain words; anything else is a programming error, which panics when the package loads.
 func sqlString(k string) string {
-	for _, c := range k {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			panic(fmt.Sprintf("catalog key %q is not a plain word", k))
-		}
+	if k == "" || strings.TrimLeft(k, plainWord) != "" {
+		panic(fmt.Sprintf("catalog key %q is not a plain word", k))
 	}
 	return "'" + k + "'"
 }
