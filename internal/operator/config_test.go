@@ -44,3 +44,16 @@ func TestMaxConcurrentReconcilesIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestPprofListensOnlyOnLoopback: the profiling endpoints have no authentication, so an address
+// other than loopback (or off) is refused by name.
+func TestPprofListensOnlyOnLoopback(t *testing.T) {
+	for addr, ok := range map[string]bool{"": true, "0": true, "127.0.0.1:6060": true, "[::1]:6060": true, "localhost:6060": true,
+		":6060": false, "0.0.0.0:6060": false, "10.0.0.5:6060": false, "[::]:6060": false, "example.com:6060": false, "127.0.0.1": false, "6060": false} {
+		c := Config{IssuerSecret: "ns/issuer", ReceiverURL: "https://receiver.example.com", CollectorImage: "telemetry-collector:dev", PprofAddr: addr}
+		err := c.Validate()
+		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "--pprof-bind-address")) {
+			t.Errorf("--pprof-bind-address %q: %v, want accepted=%v", addr, err, ok)
+		}
+	}
+}

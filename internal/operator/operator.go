@@ -17,6 +17,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -130,7 +131,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.LedgerRetry, "ledger-retry", 15*time.Second, "How soon a policy waiting on an unreachable receiver is tried again.")
 	fs.StringVar(&c.NamespaceSelector, "namespace-selector", v1.LabelOnboarded+"=true", "Label selector of the onboarded namespaces: the manager works only in these, and only once ClusterRole "+TenantRole+" is bound to it in each (policies elsewhere stall with reason NamespaceNotOnboarded or ManagerNotPermitted).")
 	fs.IntVar(&c.MaxConcurrentReconciles, "max-concurrent-reconciles", controllers.DefaultMaxConcurrentReconciles, "How many policies are reconciled at once (one policy is never reconciled twice at once).")
-	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "", "Address of Go's profiling endpoints (/debug/pprof/, plain HTTP, no authentication: bind to loopback); empty or \"0\" disables them.")
+	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "", "Loopback address (127.0.0.1:PORT) of Go's profiling endpoints (/debug/pprof/, plain HTTP, no authentication; other addresses are refused); empty or \"0\" disables them.")
 	fs.DurationVar(&c.LedgerResync, "ledger-resync", 10*time.Minute, "How often each policy's consent record is read back from the receiver and compared with the operator's copy.")
 }
 
@@ -163,10 +164,30 @@ func (c *Config) Validate() error {
 	if _, err := c.Selector(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := loopbackOrOff(c.PprofAddr); err != nil {
+		errs = append(errs, fmt.Errorf("--pprof-bind-address: %w", err))
+	}
 	if c.ClusterName != "" && !pki.ValidClusterName(c.ClusterName) {
 		errs = append(errs, fmt.Errorf("--cluster-name %q must be a DNS label (lowercase letters, digits and '-', at most 63 characters)", c.ClusterName))
 	}
 	return errors.Join(errs...)
+}
+
+// loopbackOrOff accepts an address of the profiling endpoints only on a loopback interface (or
+// none): they answer anyone who reaches them, without authentication, and a CPU profile or trace
+// request keeps the manager busy for as long as it asks.
+func loopbackOrOff(addr string) error {
+	if addr == "" || addr == "0" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("%q is not a loopback address (127.0.0.1:PORT, [::1]:PORT or localhost:PORT): the endpoints have no authentication; reach them with kubectl port-forward", addr)
+	}
+	return nil
 }
 
 // Selector parses --namespace-selector (unset: the onboarding label). A selector matching every
