@@ -86,7 +86,7 @@ const (
 // value: each is looked up by its key and the found ones are merged into a small document (a
 // lookup per listed key costs the database a quarter of what expanding every member did on
 // realistic rows, where documents carry many members nobody lists). The lookups read the
-// documents as fromEventLogs hands them over, once per row. Text is bounded in bytes (a longer
+// documents as listedDocuments hands them over, once per row. Text is bounded in bytes (a longer
 // value becomes "~", which no closed set lists, so it is dropped and counted), and a row of an
 // event the catalog does not list brings neither its document nor its flags: most rows of a real
 // instance are such, and only their ids and times are needed.
@@ -103,21 +103,32 @@ func columns(first int) string {
 		members("listed.feature_flags", catalogv1.Current().FeatureFlags, "jsonb_typeof(%[1]s) = 'boolean'"))
 }
 
-// fromEventLogs is the FROM clause of the reads, $first being the listed event names: each row
-// with its two documents, only for a listed event, read out of storage once. A document stored
-// out of line (TOAST: anything over about 2 KB) is otherwise fetched and decompressed again for
-// every listed key looked up in it, 17 times for the flags: BenchmarkReadLargeDocuments read
-// rows of 400 KB in 11.0 ms each that way, 2.5 ms with one read. Concatenating the empty object makes the copy (an array or scalar stays one, and is
-// not an object); OFFSET 0 keeps the planner from folding the subquery back into the lookups.
-func fromEventLogs(first int) string {
-	return fmt.Sprintf(` FROM event_logs CROSS JOIN LATERAL (SELECT
+// listedDocuments joins each row read with its two documents, only for a listed event, read out
+// of storage once ($first being the listed event names). A document stored out of line (TOAST:
+// anything over about 2 KB) is otherwise fetched and decompressed again for every listed key
+// looked up in it, 17 times for the flags: BenchmarkReadLargeDocuments read rows of 400 KB in
+// 11.0 ms each that way, 2.5 ms with one read. Concatenating the empty object makes the copy (an
+// array or scalar stays one, and is not an object); OFFSET 0 keeps the planner from folding the
+// subquery back into the lookups.
+func listedDocuments(first int) string {
+	return fmt.Sprintf(` CROSS JOIN LATERAL (SELECT
 	CASE WHEN name = ANY($%[1]d::text[]) THEN public_argument || '{}'::jsonb END AS public_argument,
 	CASE WHEN name = ANY($%[1]d::text[]) THEN feature_flags || '{}'::jsonb END AS feature_flags OFFSET 0) AS listed`, first)
 }
 
-// readRows is the start of both reads, built once (so a catalog key that is not a plain word
-// stops the program at its start, never in the middle of a read).
-var readRows = "SELECT " + columns(3) + fromEventLogs(3)
+// readColumns and readDocuments are the parts of every read that depend only on the catalog,
+// built once (so a catalog key that is not a plain word stops the program at its start, never in
+// the middle of a read).
+var readColumns, readDocuments = columns(3), listedDocuments(3)
+
+// readRows selects the rows of event_logs that match where (which may end in ORDER BY id LIMIT):
+// the rows are chosen first and only then joined with their documents, so that the documents of
+// rows a LIMIT leaves out are never copied (a plan that sorts the matching rows by id would
+// otherwise carry every one of them through the sort).
+func readRows(where string) string {
+	return "SELECT " + readColumns + ` FROM (SELECT id, name, user_id, anonymous_user_id, source, version, timestamp, client,
+	public_argument, feature_flags FROM event_logs WHERE ` + where + ") AS event_logs" + readDocuments + " ORDER BY id"
+}
 
 // members selects the members of the jsonb object column named keys whose value passes check
 // (a format with the value as %[1]s), merged into one object rendered as text.
@@ -231,7 +242,7 @@ func (r *Reader) Read(ctx context.Context, t View, limit int, windows []consentv
 	}
 	round := &Round{Snapshot: snap, NewHigh: t.High(), Complete: true}
 	if t.NeedLateScan(snap) && t.High() > t.Cursor() {
-		rows, err := tx.Query(ctx, readRows+" WHERE id > $1 AND id <= $2 AND "+inLate+" ORDER BY id",
+		rows, err := tx.Query(ctx, readRows("id > $1 AND id <= $2 AND "+inLate),
 			append([]any{t.Cursor(), t.High(), names}, lateArgs...)...)
 		if err != nil {
 			return nil, fmt.Errorf("late scan: %w", err)
@@ -248,7 +259,7 @@ func (r *Reader) Read(ctx context.Context, t View, limit int, windows []consentv
 	}
 	exhausted := false
 	if remaining := limit - len(round.Rows); remaining > 0 {
-		rows, err := tx.Query(ctx, readRows+" WHERE id > $1 AND "+inFresh+" ORDER BY id LIMIT $2",
+		rows, err := tx.Query(ctx, readRows("id > $1 AND "+inFresh+" ORDER BY id LIMIT $2"),
 			append([]any{t.High(), remaining, names}, freshArgs...)...)
 		if err != nil {
 			return nil, fmt.Errorf("reading new events: %w", err)
