@@ -10,6 +10,8 @@ Licensed under the Apache License, Version 2.0.
 //	collector [flags]          run
 //	collector preview [flags]  print the batches the collector would send next, one request
 //	                           body per line, and send nothing (no network, no certificates)
+//	collector exported [flags] print what the receiver stored from this instance recently,
+//	                           asked with the collector's own certificate
 package main
 
 import (
@@ -29,6 +31,9 @@ import (
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "preview" {
 		os.Exit(preview(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "exported" {
+		os.Exit(exported(os.Args[2:]))
 	}
 	var o app.Options
 	flag.StringVar(&o.ConfigPath, "config", "/etc/telemetry/config/config.json", "Path of the configuration file the operator renders.")
@@ -79,6 +84,36 @@ func preview(args []string) int {
 	defer stop()
 	if err := app.Preview(ctx, o, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "collector preview:", err)
+		return 1
+	}
+	return 0
+}
+
+// exported runs "collector exported" and returns the exit code.
+func exported(args []string) int {
+	var o app.Options
+	fs := flag.NewFlagSet("collector exported", flag.ContinueOnError)
+	fs.StringVar(&o.ConfigPath, "config", "/etc/telemetry/config/config.json", "Path of the configuration file the operator renders.")
+	fs.StringVar(&o.MountRoot, "mount-root", "", "Prefix for the file paths in the configuration (local workload runner only).")
+	limit := fs.Int("limit", 1, "How many of the latest deliveries to show (1-100).")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: collector exported [flags]\n\nPrints what the receiver stored from this instance in its latest deliveries (JSON),\nasked with the collector's client certificate. Reads no events and saves nothing.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 || *limit < 1 || *limit > 100 {
+		fmt.Fprintln(os.Stderr, "collector exported: takes no arguments and --limit between 1 and 100")
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := app.Exported(ctx, o, *limit, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "collector exported:", err)
 		return 1
 	}
 	return 0

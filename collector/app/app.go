@@ -73,25 +73,10 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 	}
 	defer reader.Close()
 
-	tlsClient, err := tlsreload.NewClient(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.CAFile)
+	client, err := receiverClient(cfg, log)
 	if err != nil {
-		return fmt.Errorf("tls: %w", err)
+		return err
 	}
-	tlsClient.OnReload = func(serial string) { log.Info("loaded client certificate", "serial", serial) }
-	endpoint, err := url.Parse(cfg.Endpoint)
-	if err != nil {
-		return fmt.Errorf("endpoint: %w", err)
-	}
-	transport := &http.Transport{
-		TLSClientConfig:     tlsClient.TLSConfig(endpoint.Hostname()),
-		MaxIdleConnsPerHost: 2,
-		// Idle connections are closed soon, so a rotated certificate is presented promptly.
-		IdleConnTimeout:       30 * time.Second,
-		TLSHandshakeTimeout:   15 * time.Second,
-		ResponseHeaderTimeout: 60 * time.Second,
-		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-	}
-	client := deliver.New(cfg.Endpoint, freshTLS{next: transport, tls: tlsClient, log: log}, log)
 
 	store, err := stateStore(o, cfg.State.Namespace, cfg.State.ConfigMap)
 	if err != nil {
@@ -117,6 +102,51 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 	log.Info("collector started", "tier", cfg.Tier, "cursor", p.Cursor(), "interval", cfg.Interval, "batchSize", cfg.BatchSize)
 	err = p.Run(ctx)
 	log.Info("collector stopped", "cursor", p.Cursor())
+	return err
+}
+
+// receiverClient returns a client of the receiver the configuration names, presenting the
+// collector's client certificate (reloaded when it is rotated).
+func receiverClient(cfg *collectorconfig.Config, log *slog.Logger) (*deliver.Client, error) {
+	tlsClient, err := tlsreload.NewClient(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	tlsClient.OnReload = func(serial string) { log.Info("loaded client certificate", "serial", serial) }
+	endpoint, err := url.Parse(cfg.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint: %w", err)
+	}
+	transport := &http.Transport{
+		TLSClientConfig:     tlsClient.TLSConfig(endpoint.Hostname()),
+		MaxIdleConnsPerHost: 2,
+		// Idle connections are closed soon, so a rotated certificate is presented promptly.
+		IdleConnTimeout:       30 * time.Second,
+		TLSHandshakeTimeout:   15 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		DialContext:           (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+	}
+	return deliver.New(cfg.Endpoint, freshTLS{next: transport, tls: tlsClient, log: log}, log), nil
+}
+
+// Exported writes what the receiver stored from this instance recently (its latest limit
+// deliveries, JSON as the receiver answers GET /v1/exported), asked with the collector's own
+// certificate. It reads no event_logs and saves nothing.
+func Exported(ctx context.Context, o Options, limit int, out io.Writer) error {
+	cfg, err := collector.LoadConfig(o.ConfigPath)
+	if err != nil {
+		return err
+	}
+	mount(o, cfg)
+	client, err := receiverClient(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	body, err := client.Exported(ctx, limit)
+	if err != nil {
+		return err
+	}
+	_, err = out.Write(append(body, '\n'))
 	return err
 }
 

@@ -319,3 +319,35 @@ func truncate(s string, n int) string {
 	}
 	return s
 }
+
+// MaxExportedBytes bounds the body of an exported listing the client accepts.
+const MaxExportedBytes = 64 << 20
+
+// Exported asks the receiver what it stored from this instance recently, at most limit
+// deliveries, and returns the JSON answer as the receiver wrote it. It is not retried: it serves
+// a person looking, who can run it again.
+func (c *Client) Exported(ctx context.Context, limit int) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s%s?limit=%d", c.base, batchv1.PathExported, limit), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxExportedBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, statusError(resp, body)
+	}
+	if len(body) > MaxExportedBytes {
+		return nil, fmt.Errorf("the receiver's answer exceeds %d bytes", MaxExportedBytes)
+	}
+	if !json.Valid(body) {
+		return nil, errors.New("the receiver's answer is not JSON")
+	}
+	return body, nil
+}

@@ -62,3 +62,44 @@ func TestBatchesAreBoundedByBytes(t *testing.T) {
 		t.Fatalf("quarantined %v", out.Quarantined)
 	}
 }
+
+// TestExportedPassesOnlyAWellFormedBoundedAnswer: what the receiver answers is printed to a
+// person; a refusal, a body that is not JSON or one beyond the bound is an error instead.
+func TestExportedPassesOnlyAWellFormedBoundedAnswer(t *testing.T) {
+	var answer func(w http.ResponseWriter)
+	var query atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		query.Store(r.URL.Path + "?" + r.URL.RawQuery)
+		answer(w)
+	}))
+	defer srv.Close()
+	c := New(srv.URL, http.DefaultTransport, slog.New(slog.DiscardHandler))
+	answer = func(w http.ResponseWriter) { _, _ = w.Write([]byte(`{"deliveries":[]}`)) }
+	body, err := c.Exported(context.Background(), 3)
+	if err != nil || string(body) != `{"deliveries":[]}` || query.Load() != batchv1.PathExported+"?limit=3" {
+		t.Fatalf("a good answer: %q %v (asked %v)", body, err, query.Load())
+	}
+	for name, a := range map[string]func(http.ResponseWriter){
+		"refused": func(w http.ResponseWriter) {
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"reason":"NotAnInstance"}`))
+		},
+		"not JSON": func(w http.ResponseWriter) { _, _ = w.Write([]byte("\x1b[2J<html>")) },
+		"too big": func(w http.ResponseWriter) {
+			_, _ = w.Write([]byte(`["`))
+			chunk := make([]byte, 1<<20)
+			for i := range chunk {
+				chunk[i] = 'a'
+			}
+			for range MaxExportedBytes>>20 + 1 {
+				_, _ = w.Write(chunk)
+			}
+			_, _ = w.Write([]byte(`"]`))
+		},
+	} {
+		answer = a
+		if body, err := c.Exported(context.Background(), 1); err == nil || body != nil {
+			t.Errorf("%s: got %d bytes, err %v", name, len(body), err)
+		}
+	}
+}
