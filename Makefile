@@ -102,10 +102,14 @@ fuzz: ## Run every fuzz target for FUZZTIME each (seed corpora live under testda
 ##@ Build
 
 .PHONY: build
-build: ## Build the manager, collector and receiver binaries into bin/.
+build: ## Build the manager, collector and receiver binaries and the kubectl plugin into bin/.
 	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/manager .
 	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/collector ./cmd/collector
 	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/receiver ./cmd/receiver
+	CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/kubectl-telemetry ./cmd/kubectl-telemetry
+	@# kubectl (1.26+) completes "kubectl telemetry ..." by running kubectl_complete-telemetry from PATH.
+	@printf '#!/bin/sh\nexec kubectl-telemetry __complete "$$@"\n' > $(LOCALBIN)/kubectl_complete-telemetry
+	@chmod +x $(LOCALBIN)/kubectl_complete-telemetry
 
 .PHONY: demo
 demo: envtest test-deps build build-installer ## Run the whole system locally (no cluster needed); DEMO_ONCE=1 to run the walkthrough and exit.

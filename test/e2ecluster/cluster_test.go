@@ -10,9 +10,16 @@ Licensed under the Apache License, Version 2.0.
 package e2ecluster
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -210,6 +217,7 @@ func TestShippedManifestsOnARealCluster(t *testing.T) {
 	f.run1(t, "manager works under its shipped RBAC as its ServiceAccount", f.managerChecks)
 	f.run1(t, "collector template passes Pod Security restricted", f.collectorRestricted)
 	f.run1(t, "every container runs its image's entrypoint as user 65532", f.containerUsers)
+	f.run1(t, "kubectl telemetry sees and operates the fleet on a real cluster", f.plugin)
 	f.run1(t, "certificate rotation reaches the running collector through its Secret volume", f.rotation)
 	f.run1(t, "a configuration change is a Recreate rollout: old and new collectors never overlap", f.recreate)
 	f.run1(t, "Off deletes the collector in the foreground and nothing recorded while Off leaves", f.offAndBack)
@@ -498,6 +506,155 @@ func (f *fixture) offAndBack(t *testing.T) {
 	})
 	if n := f.db.StoredBetween(f.ctx, "acme", from, to); n != 0 {
 		t.Errorf("%d of the 25 events recorded while acme was Off reached the receiver", n)
+	}
+}
+
+// plugin: the kubectl plugin, found by kubectl on PATH, against the real cluster: the install
+// check, status and its tree with the real collector pod, preview through exec into that pod,
+// rotate and reconcile answered by the real manager, suspend and resume, and a support bundle
+// with real logs and no Secret data.
+func (f *fixture) plugin(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "kubectl-telemetry")
+	build := exec.CommandContext(f.ctx, "go", "build", "-o", bin, "./cmd/kubectl-telemetry")
+	build.Dir = testenv.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the plugin: %v\n%s", err, out)
+	}
+	// As a user runs it: kubectl finds kubectl-telemetry on PATH.
+	plugin := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(f.ctx, f.kubectl, append([]string{"telemetry"}, args...)...) //nolint:gosec // test harness
+		cmd.Env = append(os.Environ(), "PATH="+dir+string(os.PathListSeparator)+os.Getenv("PATH"), "KUBECONFIG="+f.c.Kubeconfig)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	must := func(args ...string) string {
+		t.Helper()
+		out, err := plugin(args...)
+		if err != nil {
+			t.Fatalf("kubectl telemetry %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+
+	// The manager's own flags name the issuer and the receiver (on loopback here).
+	out := must("check", "--wait", "60s")
+	for _, s := range []string{"[ok  ] manager: Deployment telemetry-system/telemetry-operator-controller-manager available",
+		"[ok  ] issuer: Secret telemetry-system/telemetry-fleet-issuer", "(the manager's --receiver-url) answers TLS", "[ok  ] ledger"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("check lacks %q:\n%s", s, out)
+		}
+	}
+
+	out = must("status", "-A")
+	for _, name := range fleetcheck.Samples {
+		if !strings.Contains(out, name+"   ") {
+			t.Errorf("status -A lacks %s:\n%s", name, out)
+		}
+	}
+	if problems := must("status", "-A", "--problems"); !strings.Contains(problems, "No problems") {
+		t.Errorf("a Ready fleet has problems:\n%s", problems)
+	}
+	tree := must("status", "-n", "acme", "acme")
+	pod := f.collectorPod(t, "acme")
+	for _, s := range []string{"└── Pod " + pod.Name + ": Running, ready, 0 restarts, tier EventLevel, configuration", "(current)", "1/1 ready", "Problems:\n  none"} {
+		if !strings.Contains(tree, s) {
+			t.Errorf("status acme lacks %q:\n%s", s, tree)
+		}
+	}
+
+	// Preview runs inside the collector pod: the next batch and the receiver's latest delivery.
+	out = must("preview", "-n", "acme", "acme", "--limit", "2")
+	for _, s := range []string{"==> what acme's collector would send next (pod " + pod.Name + ")", "instance acme: consent tier EventLevel",
+		"==> what the receiver stored from acme last (latest 2 deliveries)", `"deliveries"`} {
+		if !strings.Contains(out, s) {
+			t.Errorf("preview lacks %q:\n%s", s, out)
+		}
+	}
+	if out := must("preview", "-n", "initech", "initech"); !strings.Contains(out, "consent tier Off") {
+		t.Errorf("preview of an Off instance:\n%s", out)
+	}
+
+	// The real manager answers the requests.
+	before := &v1.TelemetryPolicy{}
+	if err := f.c.Client.Get(f.ctx, client.ObjectKey{Namespace: "globex", Name: "globex"}, before); err != nil {
+		t.Fatal(err)
+	}
+	out = must("rotate", "-n", "globex", "globex", "--wait", "2m")
+	if want := fmt.Sprintf("rotation handled: certificate revision %d", before.Status.Credentials.Revision+1); !strings.Contains(out, want) {
+		t.Errorf("rotate lacks %q:\n%s", want, out)
+	}
+	if out := must("reconcile", "-n", "globex", "globex", "--wait", "2m"); !strings.Contains(out, "reconcile handled: Ready=") {
+		t.Errorf("reconcile:\n%s", out)
+	}
+	must("suspend", "-n", "globex", "globex")
+	eventually(t, time.Minute, "the suspended policy to show as such", func() bool {
+		out, _ := plugin("status", "-A", "--problems")
+		return strings.Contains(out, "globex/globex") && strings.Contains(out, "Ready=False Suspended") && strings.Contains(out, "kubectl telemetry resume NAME")
+	})
+	must("resume", "-n", "globex", "globex")
+	f.must("wait", "--for=condition=Ready", "tp/globex", "-n", "globex", "--timeout=120s")
+
+	// The bundle: real logs of the collector and the manager, and no Secret's data.
+	file := filepath.Join(dir, "acme.tar.gz")
+	must("bundle", "-n", "acme", "acme", "-f", file)
+	files := untarGz(t, file)
+	if log := files["bundle/collector/logs/"+pod.Name+"-collector.log"]; !bytes.Contains(log, []byte("collector started")) {
+		t.Errorf("the bundle lacks the collector's log (%d bytes)", len(log))
+	}
+	manager := false
+	for name, data := range files {
+		if strings.HasPrefix(name, "bundle/manager/logs/") && len(data) > 0 {
+			manager = true
+		}
+	}
+	if !manager {
+		t.Errorf("the bundle lacks the manager's log: %v", slices.Sorted(maps.Keys(files)))
+	}
+	var secrets corev1.SecretList
+	if err := f.c.Client.List(f.ctx, &secrets, client.InNamespace("acme")); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range secrets.Items {
+		for key, value := range s.Data {
+			if len(value) < 8 {
+				continue
+			}
+			for name, data := range files {
+				if bytes.Contains(data, value) || bytes.Contains(data, []byte(base64.StdEncoding.EncodeToString(value))) {
+					t.Errorf("the bundle's %s carries Secret %s's %s", name, s.Name, key)
+				}
+			}
+		}
+	}
+}
+
+func untarGz(t *testing.T, file string) map[string][]byte {
+	t.Helper()
+	fh, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = fh.Close() }()
+	gz, err := gzip.NewReader(fh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(gz)
+	out := map[string][]byte{}
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[h.Name] = data
 	}
 }
 
