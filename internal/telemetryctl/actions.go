@@ -79,6 +79,8 @@ status.lastHandledReconcileAt and prints the policy's Ready condition.`,
 }
 
 // request sets annotation to a new value and, with --wait, waits until handled(policy) echoes it.
+// For a rotation, done also requires a new certificate: the echo alone comes from an annotation
+// of the credentials Secret, which others may write.
 func (ro *requestOptions) request(ctx context.Context, name, annotation, what string,
 	handled func(*v1.TelemetryPolicy) string, describe func(*v1.TelemetryPolicy) string) error {
 	p, err := ro.getPolicy(ctx, name)
@@ -111,11 +113,17 @@ func (ro *requestOptions) request(ctx context.Context, name, annotation, what st
 			return err
 		}
 		if handled(cur) == value {
+			if annotation == v1.AnnotationRotateRequestedAt && revision(cur) <= revision(p) {
+				return fmt.Errorf("the operator echoed the rotation request but issued no new certificate (revision %d): "+
+					"was the credentials Secret's %s annotation set by hand?", revision(cur), "telemetry.sourcegraph.com/rotate-request")
+			}
 			fprintf(ro.Streams.Out, "%s handled: %s\n", what, describe(cur))
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the operator has not handled the %s within %s (is the manager running? kubectl telemetry check)", what, ro.wait)
+			s := Summarize(cur)
+			return fmt.Errorf("the operator has not handled the %s within %s; the policy is Ready=%s %s: %s (kubectl telemetry status -n %s %s; is the manager running? kubectl telemetry check)",
+				what, ro.wait, s.Ready, s.Reason, oneLine(s.Message, 200), cur.Namespace, cur.Name)
 		}
 		select {
 		case <-ctx.Done():
@@ -165,4 +173,11 @@ trial) are still enforced while suspended.`
 			return nil
 		},
 	}
+}
+
+func revision(p *v1.TelemetryPolicy) int64 {
+	if p.Status.Credentials == nil {
+		return 0
+	}
+	return p.Status.Credentials.Revision
 }

@@ -11,6 +11,8 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -27,6 +29,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
 
@@ -83,20 +86,73 @@ func (b *bundleWriter) fail(format string, args ...any) {
 
 func (b *bundleWriter) addObject(name string, obj client.Object) {
 	scrubObject(obj)
-	data, err := yaml.Marshal(obj)
-	if err != nil {
-		b.fail("%s: %v", name, err)
-		return
-	}
-	b.add(name, data)
+	b.addYAML(name, obj)
 }
 
-// scrubObject drops what a bundle must not carry and what only makes it longer.
+// addYAML adds v as YAML, its strings cleaned (a YAML encoder refuses some control characters,
+// and one hostile string must not cost the rest of the file).
+func (b *bundleWriter) addYAML(name string, v any) {
+	clean, err := sanitized(v)
+	if err == nil {
+		var data []byte
+		if data, err = yaml.Marshal(clean); err == nil {
+			b.add(name, data)
+			return
+		}
+	}
+	b.fail("%s: %v", name, err)
+}
+
+// redacted stands in for a value a bundle does not carry.
+const redacted = "REDACTED"
+
+// scrubObject drops what a bundle must not carry and what only makes it longer: managedFields,
+// kubectl's last-applied copy (on a Secret it holds the data), literal environment values of
+// pods and pod templates (a DSN or token set inline), and anything but the known progress fields
+// in the collector's state (written by the collector, which is not trusted).
 func scrubObject(obj client.Object) {
 	obj.SetManagedFields(nil)
 	if a := obj.GetAnnotations(); a != nil {
 		delete(a, LastAppliedAnnotation)
 		obj.SetAnnotations(a)
+	}
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		redactEnv(&o.Spec)
+	case *appsv1.ReplicaSet:
+		redactEnv(&o.Spec.Template.Spec)
+	case *appsv1.Deployment:
+		redactEnv(&o.Spec.Template.Spec)
+	case *corev1.ConfigMap:
+		if raw, ok := o.Data[resources.StateKey]; ok {
+			var pr collectorconfig.Progress
+			state := redacted + ": not the collector's progress format"
+			if json.Unmarshal([]byte(raw), &pr) == nil {
+				b, _ := json.Marshal(pr)
+				state = string(b)
+			}
+			o.Data = map[string]string{resources.StateKey: state}
+			o.BinaryData = nil
+		}
+	}
+}
+
+func redactEnv(spec *corev1.PodSpec) {
+	for _, list := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for i := range list {
+			for j := range list[i].Env {
+				if list[i].Env[j].Value != "" {
+					list[i].Env[j].Value = redacted
+				}
+			}
+		}
+	}
+	for i := range spec.EphemeralContainers {
+		for j := range spec.EphemeralContainers[i].Env {
+			if spec.EphemeralContainers[i].Env[j].Value != "" {
+				spec.EphemeralContainers[i].Env[j].Value = redacted
+			}
+		}
 	}
 }
 
@@ -118,10 +174,26 @@ func (bo *bundleOptions) run(ctx context.Context, name string) error {
 		return err
 	}
 	if target == "-" {
-		_, err = bo.Streams.Out.Write(data)
+		if f, ok := bo.rawOut.(*os.File); ok {
+			if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+				return errors.New("not writing a gzipped archive to a terminal: redirect standard output or use -f FILE")
+			}
+		}
+		_, err = bo.rawOut.Write(data)
 		return err
 	}
-	if err := os.WriteFile(target, data, 0o600); err != nil {
+	// A bundle is for support, not for everyone on the machine: created 0600, and an existing
+	// file of that name is replaced rather than rewritten with its old mode.
+	_ = os.Remove(target)
+	f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
 		return err
 	}
 	fprintf(bo.Streams.ErrOut, "wrote %s (%d files, %d bytes; %d items could not be read, see errors.txt)\n", target, len(b.files), len(data), len(b.errors))
@@ -143,7 +215,7 @@ func Bundle(ctx context.Context, o *Options, p *v1.TelemetryPolicy, managerNames
 		b.fail("status: %v", err)
 	} else {
 		var buf bytes.Buffer
-		printDetail(&buf, d, o.Now())
+		printDetail(safeWriter{&buf}, d, o.Now())
 		b.add("status.txt", buf.Bytes())
 	}
 
@@ -167,52 +239,45 @@ func Bundle(ctx context.Context, o *Options, p *v1.TelemetryPolicy, managerNames
 	get("objects/rolebinding-"+n.RoleBinding+".yaml", n.RoleBinding, &rbacv1.RoleBinding{})
 	get("objects/deployment-"+n.Deployment+".yaml", n.Deployment, &appsv1.Deployment{})
 
-	sel := client.MatchingLabels{resources.LabelPolicy: p.Name}
-	rss := &appsv1.ReplicaSetList{}
-	if err := c.List(ctx, rss, client.InNamespace(ns), sel); err != nil {
-		b.fail("replicasets: %v", err)
+	work, err := findCollector(ctx, c, p)
+	if err != nil {
+		b.fail("collector workload: %v", err)
+		work = &collectorWorkload{}
 	}
-	for i := range rss.Items {
-		b.addObject("objects/replicaset-"+rss.Items[i].Name+".yaml", &rss.Items[i])
+	for i := range work.ReplicaSets {
+		b.addObject("objects/replicaset-"+work.ReplicaSets[i].Name+".yaml", &work.ReplicaSets[i])
 	}
-	pods := &corev1.PodList{}
-	if err := c.List(ctx, pods, client.InNamespace(ns), sel); err != nil {
-		b.fail("pods: %v", err)
-	}
-	for i := range pods.Items {
-		pod := &pods.Items[i]
-		b.addObject("objects/pod-"+pod.Name+".yaml", pod)
+	for i := range work.Pods {
+		pod := &work.Pods[i]
 		(&logSource{o: o, lines: logLines}).add(ctx, b, pod, "collector")
+		b.addObject("objects/pod-"+pod.Name+".yaml", pod)
+	}
+	if work.Foreign > 0 {
+		b.fail("%d pod(s) carry the collector's labels but are not its Deployment's; not included", work.Foreign)
 	}
 
 	events := &corev1.EventList{}
 	if err := c.List(ctx, events, client.InNamespace(ns)); err != nil {
 		b.fail("events: %v", err)
 	} else {
-		names := map[string]bool{p.Name: true}
-		for _, name := range []string{n.Config, n.State, n.Credentials, n.PseudonymKey, n.ServiceAccount, n.Role, n.RoleBinding, n.Deployment} {
-			names[name] = true
+		names := map[string]bool{"TelemetryPolicy/" + p.Name: true, "ConfigMap/" + n.Config: true, "ConfigMap/" + n.State: true,
+			"Secret/" + n.Credentials: true, "Secret/" + n.PseudonymKey: true, "ServiceAccount/" + n.ServiceAccount: true,
+			"Role/" + n.Role: true, "RoleBinding/" + n.RoleBinding: true, "Deployment/" + n.Deployment: true}
+		for _, rs := range work.ReplicaSets {
+			names["ReplicaSet/"+rs.Name] = true
 		}
-		for _, rs := range rss.Items {
-			names[rs.Name] = true
-		}
-		for _, pod := range pods.Items {
-			names[pod.Name] = true
+		for _, pod := range work.Pods {
+			names["Pod/"+pod.Name] = true
 		}
 		var kept []corev1.Event
 		for _, e := range events.Items {
-			if names[e.InvolvedObject.Name] {
+			if names[e.InvolvedObject.Kind+"/"+e.InvolvedObject.Name] {
 				e.ManagedFields = nil
 				kept = append(kept, e)
 			}
 		}
 		sort.SliceStable(kept, func(i, j int) bool { return eventTime(&kept[i]).Before(eventTime(&kept[j])) })
-		data, err := yaml.Marshal(map[string]any{"items": kept})
-		if err != nil {
-			b.fail("events: %v", err)
-		} else {
-			b.add("events.yaml", data)
-		}
+		b.addYAML("events.yaml", map[string]any{"items": kept})
 	}
 
 	mpods := &corev1.PodList{}

@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -31,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
 )
 
 // CheckResult is the outcome of one install check.
@@ -48,6 +48,7 @@ type checkOptions struct {
 	managerDeployment string
 	issuerSecret      string
 	issuerWarning     time.Duration
+	issuerWarningSet  bool
 	receiverURL       string
 	receiverCAFile    string
 	dialTimeout       time.Duration
@@ -71,6 +72,7 @@ time is up, as an install pipeline's startup check.`,
   kubectl telemetry check --receiver-url https://telemetry.example.com:8443`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			co.issuerWarningSet = cmd.Flags().Changed("issuer-warning")
 			if co.output != "" && co.output != "json" && co.output != "yaml" {
 				return fmt.Errorf("--output %q: use json or yaml", co.output)
 			}
@@ -82,7 +84,7 @@ time is up, as an install pipeline's startup check.`,
 	f.StringVar(&co.managerNamespace, "manager-namespace", DefaultManagerNamespace, "Namespace of the manager, its leader-election Lease and (by default) the fleet issuer Secret.")
 	f.StringVar(&co.managerDeployment, "manager-deployment", DefaultManagerDeployment, "Name of the manager's Deployment.")
 	f.StringVar(&co.issuerSecret, "issuer-secret", "", "namespace/name of the fleet issuer Secret (default: the manager's --issuer-secret, else MANAGER-NAMESPACE/"+DefaultIssuerSecret+").")
-	f.DurationVar(&co.issuerWarning, "issuer-warning", 30*24*time.Hour, "Fail when the fleet issuer expires within this long.")
+	f.DurationVar(&co.issuerWarning, "issuer-warning", 30*24*time.Hour, "Fail when the fleet issuer expires within this long (default: the manager's --issuer-expiry-warning, else 30 days).")
 	f.StringVar(&co.receiverURL, "receiver-url", "", "The receiver's https:// URL as reachable from here (default: the manager's --receiver-url, else the endpoints the policies name).")
 	f.StringVar(&co.receiverCAFile, "receiver-ca-file", "", "PEM bundle that signs the receiver's certificate (default: the fleet issuer's bundle).")
 	f.DurationVar(&co.dialTimeout, "dial-timeout", 5*time.Second, "How long to wait for the receiver to answer.")
@@ -221,6 +223,23 @@ func (co *checkOptions) checkManager(ctx context.Context, c client.Client) (*app
 		r.Detail = fmt.Sprintf("Deployment %s/%s not available: %d/%d ready%s", dep.Namespace, dep.Name, dep.Status.ReadyReplicas, want, co.podTrouble(ctx, c, dep))
 		return dep, r
 	}
+	// An available Deployment can still be an old pod in front of a rollout that fails.
+	for _, cond := range dep.Status.Conditions {
+		if cond.Type == appsv1.DeploymentProgressing && cond.Reason == "ProgressDeadlineExceeded" {
+			r.Detail = fmt.Sprintf("Deployment %s/%s: its rollout is stuck (ProgressDeadlineExceeded)%s", dep.Namespace, dep.Name, co.podTrouble(ctx, c, dep))
+			return dep, r
+		}
+	}
+	if dep.Status.ObservedGeneration < dep.Generation || dep.Status.UpdatedReplicas < want || dep.Status.Replicas > dep.Status.UpdatedReplicas {
+		r.Detail = fmt.Sprintf("Deployment %s/%s is rolling out: %d of %d replicas updated, %d ready%s", dep.Namespace, dep.Name,
+			dep.Status.UpdatedReplicas, want, dep.Status.ReadyReplicas, co.podTrouble(ctx, c, dep))
+		return dep, r
+	}
+	// With leader election, only the holder of a renewed Lease reconciles.
+	if hasFlag(dep, "leader-elect") && !lease.renewed {
+		r.Detail = fmt.Sprintf("Deployment %s/%s is available but no replica leads: %s", dep.Namespace, dep.Name, lease.detail)
+		return dep, r
+	}
 	r.OK, r.Detail = true, fmt.Sprintf("Deployment %s/%s available, %d/%d ready; %s", dep.Namespace, dep.Name, dep.Status.ReadyReplicas, want, lease.detail)
 	return dep, r
 }
@@ -275,10 +294,28 @@ func (co *checkOptions) leaseState(ctx context.Context, c client.Client) leaseIn
 		dur = time.Duration(*lease.Spec.LeaseDurationSeconds) * time.Second
 	}
 	age := co.Now().Sub(lease.Spec.RenewTime.Time)
+	if age < -dur {
+		return leaseInfo{detail: fmt.Sprintf("the leader-election Lease was renewed %s in the future by %s: a clock is wrong", humanDuration(-age), holder)}
+	}
 	if holder == "nobody" || age > dur {
 		return leaseInfo{detail: fmt.Sprintf("the leader-election Lease was last renewed %s ago by %s (it lapses after %s)", humanDuration(age), holder, dur)}
 	}
 	return leaseInfo{renewed: true, detail: fmt.Sprintf("leader %s renewed its Lease %s ago", holder, humanDuration(age))}
+}
+
+// hasFlag reports whether the manager's Deployment passes the boolean flag --name (not =false).
+func hasFlag(dep *appsv1.Deployment, name string) bool {
+	if dep == nil {
+		return false
+	}
+	for _, ctr := range dep.Spec.Template.Spec.Containers {
+		for _, a := range append(append([]string{}, ctr.Command...), ctr.Args...) {
+			if a == "--"+name || a == "--"+name+"=true" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // managerArg returns the value of a manager flag from its Deployment ("" when unset), with
@@ -335,57 +372,40 @@ func (co *checkOptions) checkIssuer(ctx context.Context, c client.Client, dep *a
 		return r, nil
 	}
 	where := fmt.Sprintf("Secret %s/%s", ns, name)
-	ca, err := parseIssuer(sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey])
+	// The manager's own parser and checks: the check passes exactly the issuers it accepts.
+	now := co.Now()
+	issuer, err := pki.LoadIssuer(sec.Data, now)
 	if err != nil {
 		r.Detail = where + ": " + err.Error()
 		return r, nil
 	}
+	ca := issuer.Cert
 	bundle := x509.NewCertPool()
-	bundle.AddCert(ca)
-	if extra := sec.Data["ca.crt"]; len(extra) > 0 && !bundle.AppendCertsFromPEM(extra) {
-		r.Detail = where + ": ca.crt holds no PEM certificate"
+	if !bundle.AppendCertsFromPEM(issuer.BundlePEM) {
+		r.Detail = where + ": no certificate in its bundle"
 		return r, nil
 	}
-	now := co.Now()
+	warning := co.issuerWarning
+	if !co.issuerWarningSet {
+		if v, err := time.ParseDuration(managerArg(dep, "issuer-expiry-warning")); err == nil && v > 0 {
+			warning = v
+		}
+	}
+	minimum := 24 * time.Hour
+	if v, err := time.ParseDuration(managerArg(dep, "issuer-min-remaining")); err == nil && v > 0 {
+		minimum = v
+	}
 	switch left := ca.NotAfter.Sub(now); {
-	case now.Before(ca.NotBefore):
-		r.Detail = fmt.Sprintf("%s: the CA %q is not valid before %s", where, ca.Subject.CommonName, ca.NotBefore.UTC().Format(time.RFC3339))
-	case left <= 0:
-		r.Detail = fmt.Sprintf("%s: the CA %q expired %s ago: rotate it (see the README's Credentials)", where, ca.Subject.CommonName, humanDuration(-left))
-	case left < co.issuerWarning:
+	case left < minimum:
+		r.Detail = fmt.Sprintf("%s: the CA %q expires in %s, less than the manager's --issuer-min-remaining (%s): it issues no certificate from it; rotate it (see the README's Credentials)",
+			where, ca.Subject.CommonName, humanDuration(left), humanDuration(minimum))
+	case left < warning:
 		r.Detail = fmt.Sprintf("%s: the CA %q expires in %s (%s), within %s: rotate it (see the README's Credentials)", where, ca.Subject.CommonName,
-			humanDuration(left), ca.NotAfter.UTC().Format(time.RFC3339), humanDuration(co.issuerWarning))
+			humanDuration(left), ca.NotAfter.UTC().Format(time.RFC3339), humanDuration(warning))
 	default:
 		r.OK, r.Detail = true, fmt.Sprintf("%s: CA %q valid until %s (%s left)", where, ca.Subject.CommonName, ca.NotAfter.UTC().Format(time.RFC3339), humanDuration(left))
 	}
 	return r, bundle
-}
-
-// parseIssuer checks that certPEM's first certificate is a CA that may sign certificates and that
-// keyPEM is its key.
-func parseIssuer(certPEM, keyPEM []byte) (*x509.Certificate, error) {
-	if len(certPEM) == 0 {
-		return nil, errors.New("no tls.crt")
-	}
-	if len(keyPEM) == 0 {
-		return nil, errors.New("no tls.key")
-	}
-	block, _ := pem.Decode(certPEM)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, errors.New("tls.crt holds no PEM certificate")
-	}
-	ca, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("tls.crt: %w", err)
-	}
-	if !ca.IsCA || !ca.BasicConstraintsValid || ca.KeyUsage&x509.KeyUsageCertSign == 0 {
-		return nil, fmt.Errorf("tls.crt %q is not a CA allowed to sign certificates", ca.Subject.CommonName)
-	}
-	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
-		// The error of X509KeyPair never holds key material; it names the mismatch.
-		return nil, fmt.Errorf("tls.key does not match tls.crt: %v", err)
-	}
-	return ca, nil
 }
 
 // checkReceiver dials the receiver's TLS port and verifies its certificate. The receiver asks for
@@ -399,7 +419,6 @@ func (co *checkOptions) checkReceiver(ctx context.Context, c client.Client, dep 
 		return r
 	}
 	verify := bundle
-	unverified := ""
 	switch {
 	case co.receiverCAFile != "":
 		pemBytes, err := os.ReadFile(co.receiverCAFile)
@@ -413,9 +432,12 @@ func (co *checkOptions) checkReceiver(ctx context.Context, c client.Client, dep 
 			return r
 		}
 	case managerArg(dep, "receiver-ca-file") != "":
-		verify, unverified = nil, " (certificate chain not verified: the manager trusts its own --receiver-ca-file; pass it with --receiver-ca-file)"
+		r.Detail = fmt.Sprintf("cannot verify the receiver's certificate: the manager trusts its own --receiver-ca-file (%s); pass the same bundle with --receiver-ca-file",
+			managerArg(dep, "receiver-ca-file"))
+		return r
 	case bundle == nil:
-		verify, unverified = nil, " (certificate chain not verified: the fleet issuer's bundle could not be read)"
+		r.Detail = "cannot verify the receiver's certificate: the fleet issuer's bundle could not be read (see the issuer check), and no --receiver-ca-file was given"
+		return r
 	}
 	var details []string
 	ok := true
@@ -431,7 +453,7 @@ func (co *checkOptions) checkReceiver(ctx context.Context, c client.Client, dep 
 			details = append(details, fmt.Sprintf("%s (%s): %v%s", target, from, err, hint))
 			continue
 		}
-		details = append(details, fmt.Sprintf("%s (%s) answers TLS: %s%s", target, from, d, unverified))
+		details = append(details, fmt.Sprintf("%s (%s) answers TLS: %s", target, from, d))
 	}
 	r.OK, r.Detail = ok, strings.Join(details, "; ")
 	return r
@@ -477,20 +499,22 @@ func (co *checkOptions) dialReceiver(ctx context.Context, raw string, roots *x50
 	if u.Port() == "" {
 		host = net.JoinHostPort(u.Hostname(), "443")
 	}
-	cfg := &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
-	if roots == nil {
-		// Without a bundle the chain cannot be verified; the certificate's dates still are.
-		cfg.InsecureSkipVerify = true //nolint:gosec // reported as unverified to the user
-	} else {
-		cfg.RootCAs = roots
-	}
+	// The chain, the name and the dates, as the collectors and the manager verify them.
+	cfg := &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12, RootCAs: roots, Time: co.Now}
 	dctx, cancel := context.WithTimeout(ctx, co.dialTimeout)
 	defer cancel()
 	conn, err := (&tls.Dialer{Config: cfg}).DialContext(dctx, "tcp", host)
 	if err != nil {
 		var unknown x509.UnknownAuthorityError
-		if errors.As(err, &unknown) {
+		var name x509.HostnameError
+		var invalid x509.CertificateInvalidError
+		switch {
+		case errors.As(err, &unknown):
 			return "", fmt.Errorf("its certificate is not signed by the fleet issuer's bundle (pass --receiver-ca-file if the manager uses another): %w", err)
+		case errors.As(err, &name):
+			return "", fmt.Errorf("its certificate is not for %s: %w", u.Hostname(), err)
+		case errors.As(err, &invalid):
+			return "", fmt.Errorf("its certificate is not valid: %w", err)
 		}
 		return "", err
 	}
@@ -500,10 +524,6 @@ func (co *checkOptions) dialReceiver(ctx context.Context, raw string, roots *x50
 		return "", errors.New("no server certificate")
 	}
 	leaf := state.PeerCertificates[0]
-	now := co.Now()
-	if now.After(leaf.NotAfter) {
-		return "", fmt.Errorf("its certificate expired %s ago", humanDuration(now.Sub(leaf.NotAfter)))
-	}
 	return fmt.Sprintf("certificate for %s valid until %s", strings.Join(leaf.DNSNames, ","), leaf.NotAfter.UTC().Format(time.RFC3339)), nil
 }
 

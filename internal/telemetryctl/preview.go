@@ -9,6 +9,7 @@ package telemetryctl
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -23,6 +24,9 @@ import (
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
+
+// maxPreviewBytes bounds what preview copies from the pod (a batch is at most 10,000 events).
+const maxPreviewBytes = 256 << 20
 
 type previewOptions struct {
 	*Options
@@ -106,19 +110,26 @@ func (po *previewOptions) run(ctx context.Context, name string) error {
 	return nil
 }
 
-// collectorPod returns the policy's running collector pod that runs the current configuration,
-// and its collector container.
+// collectorPod returns the running pod of the policy's collector Deployment that runs the
+// current configuration, and its collector container.
 func collectorPod(ctx context.Context, c client.Client, p *v1.TelemetryPolicy) (*corev1.Pod, *corev1.Container, error) {
-	pods := &corev1.PodList{}
-	if err := c.List(ctx, pods, client.InNamespace(p.Namespace),
-		client.MatchingLabels{resources.LabelPolicy: p.Name, resources.LabelComponent: "collector"}); err != nil {
-		return nil, nil, fmt.Errorf("listing the collector pods: %w", err)
+	work, err := findCollector(ctx, c, p)
+	if err != nil {
+		return nil, nil, err
 	}
+	if work.Deployment == nil {
+		return nil, nil, fmt.Errorf("%s/%s has no collector Deployment: see kubectl telemetry status -n %s %s", p.Namespace, p.Name, p.Namespace, p.Name)
+	}
+	cfg := &corev1.ConfigMap{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}, cfg); err != nil {
+		return nil, nil, fmt.Errorf("reading the collector configuration: %w", err)
+	}
+	current := resources.Hash([]byte(cfg.Data[resources.ConfigKey]))
 	var found []string
-	for i := range pods.Items {
-		pod := &pods.Items[i]
-		found = append(found, pod.Name+" ("+string(pod.Status.Phase)+")")
-		if pod.Status.Phase != corev1.PodRunning || pod.DeletionTimestamp != nil {
+	for i := range work.Pods {
+		pod := &work.Pods[i]
+		found = append(found, fmt.Sprintf("%s (%s, configuration %s)", pod.Name, pod.Status.Phase, configState(pod.Annotations[resources.AnnotationConfigHash], current)))
+		if pod.Status.Phase != corev1.PodRunning || pod.DeletionTimestamp != nil || pod.Annotations[resources.AnnotationConfigHash] != current {
 			continue
 		}
 		for j := range pod.Spec.Containers {
@@ -130,7 +141,7 @@ func collectorPod(ctx context.Context, c client.Client, p *v1.TelemetryPolicy) (
 	if len(found) == 0 {
 		return nil, nil, fmt.Errorf("%s/%s has no collector pod: see kubectl telemetry status -n %s %s", p.Namespace, p.Name, p.Namespace, p.Name)
 	}
-	return nil, nil, fmt.Errorf("%s/%s has no running collector pod (found %s): see kubectl telemetry status -n %s %s",
+	return nil, nil, fmt.Errorf("%s/%s has no running collector pod with the current configuration (found %s): see kubectl telemetry status -n %s %s",
 		p.Namespace, p.Name, strings.Join(found, ", "), p.Namespace, p.Name)
 }
 
@@ -161,8 +172,13 @@ func (po *previewOptions) exec(ctx context.Context, pod *corev1.Pod, container s
 	if err != nil {
 		return err
 	}
+	// The pod's output is the collector's: cleaned (out is the plugin's cleaning writer) and
+	// bounded, whatever it writes.
 	var stderr bytes.Buffer
-	err = exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: out, Stderr: &stderr})
+	err = exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &limitWriter{w: out, n: maxPreviewBytes}, Stderr: &limitWriter{w: &stderr, n: 64 << 10}})
+	if errors.Is(err, errTooMuch) {
+		err = fmt.Errorf("the collector's output exceeds %d bytes; stopped", maxPreviewBytes)
+	}
 	if msg := strings.TrimSpace(stderr.String()); msg != "" {
 		fprintf(po.Streams.ErrOut, "%s\n", clean(msg))
 	}

@@ -48,6 +48,9 @@ type Options struct {
 	// Now is the clock; tests set it.
 	Now func() time.Time
 
+	// rawOut is standard output as given; Streams.Out cleans what passes (see clean).
+	rawOut io.Writer
+
 	restConfig *rest.Config
 	client     client.Client
 	clientset  kubernetes.Interface
@@ -70,6 +73,8 @@ func NewCommand(streams genericiooptions.IOStreams) *cobra.Command {
 }
 
 func newCommand(o *Options) *cobra.Command {
+	o.rawOut = o.Streams.Out
+	o.Streams.Out, o.Streams.ErrOut = safeWriter{o.Streams.Out}, safeWriter{o.Streams.ErrOut}
 	streams := o.Streams
 	cmd := &cobra.Command{
 		Use:   "kubectl-telemetry",

@@ -15,7 +15,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
 
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -288,9 +287,14 @@ func (so *statusOptions) printProblems(out io.Writer, items []Summary) {
 	}
 }
 
+// encode writes v as JSON or YAML, its strings cleaned: one hostile string must neither reach
+// the terminal nor make the encoder fail for every other item.
 func encode(out io.Writer, format string, v any) error {
+	v, err := sanitized(v)
+	if err != nil {
+		return err
+	}
 	var b []byte
-	var err error
 	if format == "json" {
 		b, err = json.MarshalIndent(v, "", "  ")
 		b = append(b, '\n')
@@ -320,16 +324,6 @@ func oneLine(s string, n int) string {
 		return string(r[:n-1]) + "…"
 	}
 	return s
-}
-
-// clean replaces control characters and bidirectional formatting characters with U+FFFD.
-func clean(s string) string {
-	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) && r != '\t' && r != '\n' || unicode.Is(unicode.Bidi_Control, r) {
-			return unicode.ReplacementChar
-		}
-		return r
-	}, s)
 }
 
 func ago(now time.Time, t *metav1.Time) string {

@@ -32,6 +32,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
@@ -259,30 +260,53 @@ func TestStatusWhyNamesTheDowngrade(t *testing.T) {
 
 const secretValue = "s3cr3t-QmFzZTY0LXNlY3JldA"
 
-// owned creates the objects the operator would own for p, a collector pod and Events.
-func owned(t *testing.T, p *v1.TelemetryPolicy, podConfigHash string) {
+// hostile is text a collector or a namespace editor could write, meant to steer a terminal.
+const hostile = "\x1b]0;owned\x07\x1b[2J\u009b31m\u202eevil"
+
+// owned creates the objects the operator would own for p and the collector pod its Deployment's
+// ReplicaSet would run (running podConfigHash), with Events; state is the collector's progress.
+func owned(t *testing.T, p *v1.TelemetryPolicy, podConfigHash, state string) *corev1.Pod {
 	t.Helper()
 	ctx := context.Background()
 	n := resources.NamesFor(p.Name)
 	cfg := resources.ConfigMap(p, []byte(`{"version":1}`))
-	state := resources.StateConfigMap(p)
-	state.Data[resources.StateKey] = `{"cursor":42,"eventsExported":40,"eventsDropped":2,"tier":"CriticalOnly"}`
+	st := resources.StateConfigMap(p)
+	st.Data[resources.StateKey] = state
 	tlsSecret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: n.Credentials,
 		Labels: resources.Labels(p, "credentials"),
 		Annotations: map[string]string{resources.AnnotationRevision: "2", resources.AnnotationIssueReason: "Scheduled",
 			LastAppliedAnnotation: `{"data":{"tls.key":"` + secretValue + `"}}`}},
 		Data: map[string][]byte{"tls.key": []byte(secretValue), "tls.crt": []byte("cert")}}
 	key := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: n.PseudonymKey}, Data: map[string][]byte{"key": []byte(secretValue)}}
+	if podConfigHash == "current" {
+		podConfigHash = resources.Hash([]byte(cfg.Data[resources.ConfigKey]))
+	}
 	dep := resources.Deployment(p, "collector:dev", resources.Hash([]byte(cfg.Data[resources.ConfigKey])), v1.TierCriticalOnly)
-	for _, o := range []client.Object{cfg, state, tlsSecret, key, resources.ServiceAccount(p), resources.Role(p), resources.RoleBinding(p), dep} {
+	// A literal value in the pod template (a DSN set inline, say) must not reach a bundle.
+	dep.Spec.Template.Spec.Containers[0].Env = append(dep.Spec.Template.Spec.Containers[0].Env, corev1.EnvVar{Name: "PGPASSWORD", Value: secretValue})
+	for _, o := range []client.Object{cfg, st, tlsSecret, key, resources.ServiceAccount(p), resources.Role(p), resources.RoleBinding(p), dep} {
+		if err := controllerutil.SetControllerReference(p, o, Scheme()); err != nil {
+			t.Fatal(err)
+		}
 		if err := k8s.Create(ctx, o); err != nil {
 			t.Fatal(err)
 		}
 	}
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: n.Deployment + "-abc12",
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: n.Deployment + "-5d9c", Labels: dep.Spec.Template.Labels},
+		Spec: appsv1.ReplicaSetSpec{Selector: dep.Spec.Selector, Template: dep.Spec.Template}}
+	if err := controllerutil.SetControllerReference(dep, rs, Scheme()); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Create(ctx, rs); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: n.Deployment + "-5d9c-abc12",
 		Labels:      dep.Spec.Template.Labels,
 		Annotations: map[string]string{resources.AnnotationConfigHash: podConfigHash, resources.AnnotationTier: "CriticalOnly"}},
 		Spec: dep.Spec.Template.Spec}
+	if err := controllerutil.SetControllerReference(rs, pod, Scheme()); err != nil {
+		t.Fatal(err)
+	}
 	if err := k8s.Create(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
@@ -293,21 +317,41 @@ func owned(t *testing.T, p *v1.TelemetryPolicy, podConfigHash string) {
 	if err := k8s.Status().Update(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
-	for i, e := range []struct{ obj, reason string }{{p.Name, "CredentialsIssued"}, {pod.Name, "BackOff"}, {"unrelated", "Other"}} {
+	for i, e := range []struct{ kind, obj, reason string }{{"TelemetryPolicy", p.Name, "CredentialsIssued"}, {"Pod", pod.Name, "BackOff"},
+		{"Pod", "unrelated", "Other"}, {"ConfigMap", p.Name, "SameNameOtherKind"}} {
 		ev := &corev1.Event{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: fmt.Sprintf("ev-%s-%d", p.Name, i)},
-			InvolvedObject: corev1.ObjectReference{Kind: "TelemetryPolicy", Name: e.obj, Namespace: p.Namespace},
+			InvolvedObject: corev1.ObjectReference{Kind: e.kind, Name: e.obj, Namespace: p.Namespace},
 			Reason:         e.reason, Message: "message of " + e.reason, Type: corev1.EventTypeNormal,
 			LastTimestamp: metav1.NewTime(time.Now().Add(time.Duration(i) * time.Second))}
 		if err := k8s.Create(ctx, ev); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return pod
+}
+
+// foreignPod is a pod someone with pod-create rights made with the collector's labels.
+func foreignPod(t *testing.T, p *v1.TelemetryPolicy, name string) {
+	t.Helper()
+	ctx := context.Background()
+	dep := resources.Deployment(p, "evil:latest", "", v1.TierCriticalOnly)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: name, Labels: dep.Spec.Template.Labels,
+		Annotations: map[string]string{resources.AnnotationTier: hostile}}, Spec: dep.Spec.Template.Spec}
+	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PGPASSWORD", Value: secretValue}}
+	if err := k8s.Create(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	pod.Status.Phase = corev1.PodRunning
+	if err := k8s.Status().Update(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestStatusTreeShowsOwnedObjectsPodAndEvents(t *testing.T) {
 	namespace(t, "tree")
 	p := policy(t, "tree", "acme", v1.TierCriticalOnly, readyStatus(v1.TierCriticalOnly))
-	owned(t, p, "0ld0ld0ld0ld0ld0")
+	owned(t, p, "0ld0ld0ld0ld0ld0", `{"cursor":42,"eventsExported":40,"eventsDropped":2,"tier":"CriticalOnly"}`)
+	foreignPod(t, p, "aaa-fake")
 
 	out, _, err := run(t, "status", "-n", "tree", "acme")
 	if err != nil {
@@ -321,7 +365,8 @@ func TestStatusTreeShowsOwnedObjectsPodAndEvents(t *testing.T) {
 		"Secret acme-pseudonym-key: pseudonym key",
 		"RoleBinding acme-collector: present",
 		"└── Deployment acme-collector: 0/1 ready, tier CriticalOnly",
-		"└── Pod acme-collector-abc12: Running, not ready, 3 restarts",
+		"1 pod(s) carry the collector's labels but are not its Deployment's",
+		"└── Pod acme-collector-5d9c-abc12: Running, not ready, 3 restarts",
 		"STALE", "waiting: CrashLoopBackOff",
 		"CredentialsIssued", "BackOff",
 	} {
@@ -329,11 +374,10 @@ func TestStatusTreeShowsOwnedObjectsPodAndEvents(t *testing.T) {
 			t.Errorf("the tree lacks %q:\n%s", s, out)
 		}
 	}
-	if strings.Contains(out, "message of Other") {
-		t.Errorf("an Event about an unrelated object is shown:\n%s", out)
-	}
-	if strings.Contains(out, secretValue) {
-		t.Errorf("the tree shows Secret data")
+	for _, s := range []string{"message of Other", "SameNameOtherKind", "aaa-fake", secretValue} {
+		if strings.Contains(out, s) {
+			t.Errorf("the tree shows %q:\n%s", s, out)
+		}
 	}
 
 	out, _, err = run(t, "status", "-n", "tree", "acme", "-o", "json")
@@ -351,7 +395,7 @@ func TestStatusTreeShowsOwnedObjectsPodAndEvents(t *testing.T) {
 		t.Errorf("-o json events: %+v", d.Events)
 	}
 
-	// An owned object missing is named as a problem; the current configuration shows as current.
+	// An owned object missing is named as a problem.
 	if err := k8s.Delete(context.Background(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "tree", Name: "acme-collector"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -361,10 +405,58 @@ func TestStatusTreeShowsOwnedObjectsPodAndEvents(t *testing.T) {
 	}
 }
 
+// TestHostileTextNeverReachesTheTerminal: what a collector writes (its progress, its error) and
+// what a namespace editor writes (Events, pods, annotations) is printed cleaned in every view,
+// and encoded as JSON and YAML without failing the rest.
+func TestHostileTextNeverReachesTheTerminal(t *testing.T) {
+	namespace(t, "hostile")
+	st := readyStatus(v1.TierCriticalOnly)
+	st.Export.LastError = "receiver answered 503 " + hostile
+	st.Conditions = append(st.Conditions[:0], cond(v1.ConditionReady, metav1.ConditionFalse, "ReconcileError", "failed: "+hostile))
+	p := policy(t, "hostile", "acme", v1.TierCriticalOnly, st)
+	owned(t, p, "current", `{"cursor":1,"tier":"`+hostile+`"}`)
+	ev := &corev1.Event{ObjectMeta: metav1.ObjectMeta{Namespace: "hostile", Name: "forged"},
+		InvolvedObject: corev1.ObjectReference{Kind: "TelemetryPolicy", Name: "acme", Namespace: "hostile"},
+		Reason:         "Forged", Message: hostile, Type: hostile, LastTimestamp: metav1.Now()}
+	if err := k8s.Create(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"status", "-A", "-o", "wide"}, {"status", "-A", "--problems"}, {"status", "-n", "hostile", "acme"},
+		{"status", "-n", "hostile", "acme", "--problems"}, {"status", "-A", "-o", "yaml"}, {"status", "-n", "hostile", "acme", "-o", "yaml"},
+		{"status", "-A", "-o", "json"},
+	} {
+		out, errOut, err := run(t, args...)
+		if err != nil {
+			t.Errorf("%v: %v", args, err)
+		}
+		if strings.ContainsAny(out+errOut, "\x1b\x07\u009b\u202e") {
+			t.Errorf("%v: a control or bidi character reached the terminal: %q", args, out)
+		}
+		if !strings.Contains(out, "owned") && !strings.Contains(out, "\\ufffd") {
+			t.Errorf("%v: the hostile text is not shown (cleaned) at all:\n%s", args, out)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "b.tar.gz")
+	if _, _, err := run(t, "bundle", "-n", "hostile", "acme", "-f", file); err != nil {
+		t.Fatal(err)
+	}
+	files := untar(t, file)
+	for _, f := range []string{"bundle/policy.yaml", "bundle/events.yaml", "bundle/status.txt", "bundle/objects/configmap-acme-collector-state.yaml"} {
+		if len(files[f]) == 0 {
+			t.Errorf("%s is missing: a hostile string cost the whole file", f)
+		}
+		if bytes.ContainsAny(files[f], "\x1b\x07\u009b\u202e") {
+			t.Errorf("%s carries a control character", f)
+		}
+	}
+}
+
 func TestBundleCarriesNoSecretData(t *testing.T) {
 	namespace(t, "bundle")
 	p := policy(t, "bundle", "acme", v1.TierCriticalOnly, readyStatus(v1.TierCriticalOnly))
-	owned(t, p, "")
+	owned(t, p, "current", `{"cursor":42,"tier":"CriticalOnly","planted":"`+secretValue+`"}`)
+	foreignPod(t, p, "aaa-fake")
 	// The policy itself carries a last-applied copy too (as kubectl apply leaves it).
 	p.Annotations = map[string]string{LastAppliedAnnotation: `{"spec":{"note":"` + secretValue + `"}}`}
 	if err := k8s.Update(context.Background(), p); err != nil {
@@ -381,7 +473,8 @@ func TestBundleCarriesNoSecretData(t *testing.T) {
 	files := untar(t, file)
 	for _, want := range []string{"bundle/policy.yaml", "bundle/status.txt", "bundle/events.yaml",
 		"bundle/objects/secret-acme-collector-tls.yaml", "bundle/objects/deployment-acme-collector.yaml",
-		"bundle/objects/pod-acme-collector-abc12.yaml", "bundle/objects/configmap-acme-collector-state.yaml", "bundle/errors.txt"} {
+		"bundle/objects/pod-acme-collector-5d9c-abc12.yaml", "bundle/objects/replicaset-acme-collector-5d9c.yaml",
+		"bundle/objects/configmap-acme-collector-state.yaml", "bundle/errors.txt"} {
 		if _, ok := files[want]; !ok {
 			t.Errorf("the bundle lacks %s (has %v)", want, keys(files))
 		}
@@ -400,15 +493,25 @@ func TestBundleCarriesNoSecretData(t *testing.T) {
 	}
 	// The collector's logs, current and (it restarted) previous; no kubelet runs here, so the API
 	// server answers them empty. No manager pod runs: errors.txt says so, the bundle is written.
-	for _, f := range []string{"bundle/collector/logs/acme-collector-abc12-collector.log", "bundle/collector/logs/acme-collector-abc12-collector.previous.log"} {
+	for _, f := range []string{"bundle/collector/logs/acme-collector-5d9c-abc12-collector.log", "bundle/collector/logs/acme-collector-5d9c-abc12-collector.previous.log"} {
 		if _, ok := files[f]; !ok {
 			t.Errorf("the bundle lacks %s", f)
 		}
 	}
-	if !bytes.Contains(files["bundle/errors.txt"], []byte("manager pods in telemetry-system: none")) {
+	for name := range files {
+		if strings.Contains(name, "aaa-fake") {
+			t.Errorf("the bundle includes %s, a pod the collector Deployment does not control", name)
+		}
+	}
+	if !bytes.Contains(files["bundle/objects/pod-acme-collector-5d9c-abc12.yaml"], []byte("value: "+redacted)) {
+		t.Errorf("the pod's literal env value is not redacted:\n%s", files["bundle/objects/pod-acme-collector-5d9c-abc12.yaml"])
+	}
+	if !bytes.Contains(files["bundle/errors.txt"], []byte("manager pods in telemetry-system: none")) ||
+		!bytes.Contains(files["bundle/errors.txt"], []byte("1 pod(s) carry the collector's labels")) {
 		t.Errorf("errors.txt: %s", files["bundle/errors.txt"])
 	}
-	if !bytes.Contains(files["bundle/events.yaml"], []byte("CredentialsIssued")) || bytes.Contains(files["bundle/events.yaml"], []byte("message of Other")) {
+	if !bytes.Contains(files["bundle/events.yaml"], []byte("CredentialsIssued")) || bytes.Contains(files["bundle/events.yaml"], []byte("message of Other")) ||
+		bytes.Contains(files["bundle/events.yaml"], []byte("SameNameOtherKind")) {
 		t.Errorf("events.yaml: %s", files["bundle/events.yaml"])
 	}
 }
@@ -477,17 +580,40 @@ func TestActionsSetTheFieldsTheOperatorReads(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "has not handled the reconcile") || get().Annotations[v1.AnnotationReconcileRequestedAt] == "" {
 		t.Errorf("reconcile --wait without an operator: %v", err)
 	}
-	// ... and returns once the operator echoes the value.
-	go func() {
-		time.Sleep(700 * time.Millisecond)
-		p := get()
-		p.Status.LastHandledReconcileAt = p.Annotations[v1.AnnotationReconcileRequestedAt]
-		_ = k8s.Status().Update(ctx, p)
-	}()
+	if err == nil || !strings.Contains(err.Error(), "the policy is Ready=True Enforced") {
+		t.Errorf("a timeout says where the policy stands: %v", err)
+	}
+	// ... and returns once the operator echoes the new value (the stand-in operator waits for
+	// the request to differ from the last one, as the real one sees a new value).
+	echo := func(annotation string, handle func(p *v1.TelemetryPolicy, value string)) {
+		last := get().Annotations[annotation]
+		go func() {
+			for range 200 {
+				time.Sleep(50 * time.Millisecond)
+				p := get()
+				if v := p.Annotations[annotation]; v != last {
+					handle(p, v)
+					_ = k8s.Status().Update(ctx, p)
+					return
+				}
+			}
+		}()
+	}
+	echo(v1.AnnotationReconcileRequestedAt, func(p *v1.TelemetryPolicy, v string) { p.Status.LastHandledReconcileAt = v })
 	if out, _, err := run(t, "reconcile", "-n", "act", "acme", "--wait", "20s"); err != nil || !strings.Contains(out, "reconcile handled: Ready=True Enforced") {
-		// The echo races the new request's value only if the goroutine read the old one;
-		// it sleeps first so the new value is in place.
 		t.Errorf("reconcile --wait with an echo: %v\n%s", err, out)
+	}
+	// A rotation echoed without a new certificate is not reported as done.
+	echo(v1.AnnotationRotateRequestedAt, func(p *v1.TelemetryPolicy, v string) { p.Status.LastHandledRotateRequest = v })
+	if _, _, err := run(t, "rotate", "-n", "act", "acme", "--wait", "20s"); err == nil || !strings.Contains(err.Error(), "issued no new certificate") {
+		t.Errorf("rotate --wait with an echo but no new certificate: %v", err)
+	}
+	echo(v1.AnnotationRotateRequestedAt, func(p *v1.TelemetryPolicy, v string) {
+		p.Status.LastHandledRotateRequest = v
+		p.Status.Credentials.Revision++
+	})
+	if out, _, err := run(t, "rotate", "-n", "act", "acme", "--wait", "20s"); err != nil || !strings.Contains(out, "rotation handled: certificate revision 3") {
+		t.Errorf("rotate --wait with a new certificate: %v\n%s", err, out)
 	}
 	if _, _, err := run(t, "rotate", "-n", "act", "nosuch"); err == nil {
 		t.Error("rotate of a missing policy succeeded")
@@ -503,11 +629,23 @@ func TestPreviewSaysWhyItCannot(t *testing.T) {
 		t.Errorf("preview of an Off policy: %v\n%s", err, out)
 	}
 	_, _, err = run(t, "preview", "-n", "prev", "nopod")
-	if err == nil || !strings.Contains(err.Error(), "prev/nopod has no collector pod") {
+	if err == nil || !strings.Contains(err.Error(), "prev/nopod has no collector Deployment") {
 		t.Errorf("preview without a collector pod: %v", err)
 	}
 	if _, _, err := run(t, "preview", "-n", "prev", "nopod", "--limit", "0"); err == nil {
 		t.Error("--limit 0 accepted")
+	}
+	// A pod with the collector's labels that its Deployment does not control is never chosen.
+	p := policy(t, "prev", "acme", v1.TierCriticalOnly, readyStatus(v1.TierCriticalOnly))
+	foreignPod(t, p, "aaa-fake")
+	if _, _, err = run(t, "preview", "-n", "prev", "acme"); err == nil || !strings.Contains(err.Error(), "has no collector Deployment") {
+		t.Errorf("preview with only a foreign pod: %v", err)
+	}
+	// Nor is the collector's own pod while it runs an old configuration.
+	owned(t, p, "0ld0ld0ld0ld0ld0", `{}`)
+	if _, _, err = run(t, "preview", "-n", "prev", "acme"); err == nil || !strings.Contains(err.Error(), "no running collector pod with the current configuration") ||
+		strings.Contains(err.Error(), "aaa-fake") {
+		t.Errorf("preview with a stale collector pod: %v", err)
 	}
 }
 
@@ -539,7 +677,12 @@ func lease(t *testing.T, renewed time.Time) {
 // as the receiver does.
 func receiverTLS(t *testing.T, ca *pkitest.CA) string {
 	t.Helper()
-	leaf, err := ca.ServerCert("receiver", []string{"127.0.0.1", "localhost"}, time.Now().Add(24*time.Hour))
+	return receiverTLSFor(t, ca, []string{"127.0.0.1", "localhost"}, time.Now().Add(24*time.Hour))
+}
+
+func receiverTLSFor(t *testing.T, ca *pkitest.CA, hosts []string, notAfter time.Time) string {
+	t.Helper()
+	leaf, err := ca.ServerCert("receiver", hosts, notAfter)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -597,13 +740,13 @@ func TestCheckNamesEachFailureAndPassesWhenTheInstallWorks(t *testing.T) {
 	other, _ := pkitest.NewCA("other", pkitest.Options{})
 	issuerSecret(t, ca, other.KeyPEM)
 	out, _, _ = run(t, "check", "--receiver-url", url)
-	if !strings.Contains(out, "tls.key does not match tls.crt") || strings.Contains(out, string(other.KeyPEM[30:60])) {
+	if !strings.Contains(out, "the private key in tls.key does not belong to the certificate in tls.crt") || strings.Contains(out, string(other.KeyPEM[30:60])) {
 		t.Errorf("a mismatched key:\n%s", out)
 	}
 	leafCA, _ := pkitest.NewCA("leaf", pkitest.Options{NotCA: true})
 	issuerSecret(t, leafCA, leafCA.KeyPEM)
 	out, _, _ = run(t, "check", "--receiver-url", url)
-	if !strings.Contains(out, "is not a CA allowed to sign certificates") {
+	if !strings.Contains(out, `certificate "leaf" is not a CA`) {
 		t.Errorf("a leaf as issuer:\n%s", out)
 	}
 	soon, _ := pkitest.NewCA("soon", pkitest.Options{NotAfter: time.Now().Add(10 * 24 * time.Hour)})
@@ -611,6 +754,21 @@ func TestCheckNamesEachFailureAndPassesWhenTheInstallWorks(t *testing.T) {
 	out, _, _ = run(t, "check", "--receiver-url", url)
 	if !strings.Contains(out, "[FAIL] issuer") || !strings.Contains(out, "within 30d") {
 		t.Errorf("an issuer near expiry:\n%s", out)
+	}
+
+	// A bundle that leaves the issuer out: the manager refuses it, so does check.
+	issuerSecret(t, ca, ca.KeyPEM)
+	sec := &corev1.Secret{}
+	if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: DefaultManagerNamespace, Name: DefaultIssuerSecret}, sec); err != nil {
+		t.Fatal(err)
+	}
+	sec.Data["ca.crt"] = other.CertPEM
+	if err := k8s.Update(context.Background(), sec); err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ = run(t, "check", "--receiver-url", url)
+	if !strings.Contains(out, "[FAIL] issuer") || !strings.Contains(out, "does not hold the issuer certificate") {
+		t.Errorf("a bundle without the issuer:\n%s", out)
 	}
 
 	// The receiver's certificate must be one the fleet issuer's bundle trusts.
@@ -626,6 +784,16 @@ func TestCheckNamesEachFailureAndPassesWhenTheInstallWorks(t *testing.T) {
 	}
 	if !strings.Contains(out, "[ok  ] receiver: "+url) || !strings.Contains(out, "leader manager-1 renewed its Lease") {
 		t.Errorf("a working install:\n%s", out)
+	}
+
+	// A receiver whose certificate is for another name, or expired, does not pass.
+	wrongName := receiverTLSFor(t, ca, []string{"not-this-host.example"}, time.Now().Add(24*time.Hour))
+	if out, _, err := run(t, "check", "--receiver-url", wrongName); err == nil || !strings.Contains(out, "its certificate is not for 127.0.0.1") {
+		t.Errorf("a receiver certificate for another name: %v\n%s", err, out)
+	}
+	expired := receiverTLSFor(t, ca, []string{"127.0.0.1"}, time.Now().Add(-time.Minute))
+	if out, _, err := run(t, "check", "--receiver-url", expired); err == nil || !strings.Contains(out, "its certificate is not valid") {
+		t.Errorf("an expired receiver certificate: %v\n%s", err, out)
 	}
 
 	// A receiver that does not answer.
@@ -680,6 +848,7 @@ func TestCheckFindsTheManagerDeploymentAndItsFlags(t *testing.T) {
 	}
 	labels := map[string]string{"app.kubernetes.io/name": "telemetry-operator"}
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "mgr"}, Spec: appsv1.DeploymentSpec{
+		Replicas: ptr.To[int32](1),
 		Selector: &metav1.LabelSelector{MatchLabels: labels},
 		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{Containers: []corev1.Container{{
 			Name: "manager", Image: "m", Args: []string{"--issuer-secret=$(POD_NAMESPACE)/my-issuer", "--receiver-url", url}}}}}}}
@@ -694,14 +863,51 @@ func TestCheckFindsTheManagerDeploymentAndItsFlags(t *testing.T) {
 	if !strings.Contains(out, "[ok  ] issuer: Secret mgr-system/my-issuer") || !strings.Contains(out, "[ok  ] receiver: "+url+" (the manager's --receiver-url)") {
 		t.Errorf("the manager's flags were not followed:\n%s", out)
 	}
-	dep.Status = appsv1.DeploymentStatus{Replicas: 1, ReadyReplicas: 1, AvailableReplicas: 1,
+	// Available, but an old replica in front of a rollout that has not finished.
+	dep.Status = appsv1.DeploymentStatus{Replicas: 2, ReadyReplicas: 1, AvailableReplicas: 1, UpdatedReplicas: 1, ObservedGeneration: dep.Generation,
 		Conditions: []appsv1.DeploymentCondition{{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue}}}
+	if err := k8s.Status().Update(ctx, dep); err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ = run(t, "check", "--manager-namespace", ns, "--manager-deployment", "mgr")
+	if !strings.Contains(out, "[FAIL] manager: Deployment mgr-system/mgr is rolling out") {
+		t.Errorf("a rollout in progress:\n%s", out)
+	}
+	dep.Status.Replicas = 1
 	if err := k8s.Status().Update(ctx, dep); err != nil {
 		t.Fatal(err)
 	}
 	out, _, _ = run(t, "check", "--manager-namespace", ns, "--manager-deployment", "mgr")
 	if !strings.Contains(out, "[ok  ] manager: Deployment mgr-system/mgr available, 1/1 ready") {
 		t.Errorf("an available Deployment:\n%s", out)
+	}
+
+	// With --leader-elect, available is not enough: a replica must hold the Lease; and a
+	// manager that trusts its own receiver CA file cannot be vouched for without it.
+	if err := k8s.Get(ctx, client.ObjectKeyFromObject(dep), dep); err != nil {
+		t.Fatal(err)
+	}
+	dep.Spec.Template.Spec.Containers[0].Args = append(dep.Spec.Template.Spec.Containers[0].Args, "--leader-elect", "--receiver-ca-file=/etc/receiver-ca/ca.crt")
+	if err := k8s.Update(ctx, dep); err != nil {
+		t.Fatal(err)
+	}
+	dep.Status.ObservedGeneration = dep.Generation
+	if err := k8s.Status().Update(ctx, dep); err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ = run(t, "check", "--manager-namespace", ns, "--manager-deployment", "mgr")
+	for _, s := range []string{"[FAIL] manager: Deployment mgr-system/mgr is available but no replica leads: no leader-election Lease",
+		"[FAIL] receiver: cannot verify the receiver's certificate: the manager trusts its own --receiver-ca-file (/etc/receiver-ca/ca.crt)"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("check lacks %q:\n%s", s, out)
+		}
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, _, _ := run(t, "check", "--manager-namespace", ns, "--manager-deployment", "mgr", "--receiver-ca-file", caFile); !strings.Contains(out, "[ok  ] receiver") {
+		t.Errorf("with the manager's receiver CA given:\n%s", out)
 	}
 }
 

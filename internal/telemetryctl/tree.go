@@ -69,11 +69,19 @@ func (so *statusOptions) runOne(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	switch so.output {
-	case "json", "yaml":
+	switch {
+	case so.output == "json" || so.output == "yaml":
+		if so.problems {
+			return encode(so.Streams.Out, so.output, map[string]any{"items": []Summary{d.Summary}})
+		}
 		return encode(so.Streams.Out, so.output, d)
+	case so.problems && len(d.Summary.Problems) == 0:
+		fprintf(so.Streams.Out, "No problems: %s/%s is Ready and exporting.\n", p.Namespace, p.Name)
+	case so.problems:
+		so.printProblems(so.Streams.Out, []Summary{d.Summary})
+	default:
+		printDetail(so.Streams.Out, d, so.Now())
 	}
-	printDetail(so.Streams.Out, d, so.Now())
 	return nil
 }
 
@@ -85,14 +93,14 @@ func Describe(ctx context.Context, c client.Client, p *v1.TelemetryPolicy, now t
 	n := resources.NamesFor(p.Name)
 	off := p.Spec.Consent.Tier == v1.TierOff && (p.Status.EffectiveTier == v1.TierOff || p.Status.EffectiveTier == "")
 	key := func(name string) client.ObjectKey { return client.ObjectKey{Namespace: p.Namespace, Name: name} }
-	names := map[string]bool{p.Name: true}
+	names := map[string]bool{"TelemetryPolicy/" + p.Name: true}
 	root := Node{Kind: "TelemetryPolicy", Name: p.Name, Present: true,
 		State: fmt.Sprintf("Ready=%s %s, declared %s, enforced %s (%s)", d.Summary.Ready, d.Summary.Reason,
 			d.Summary.DeclaredTier, orDash(string(d.Summary.EffectiveTier)), d.Summary.Why)}
 
 	// get reads one object; a missing one is a node that says so.
 	get := func(kind, name string, obj client.Object, describe func() string) (Node, error) {
-		names[name] = true
+		names[kind+"/"+name] = true
 		node := Node{Kind: kind, Name: name}
 		err := c.Get(ctx, key(name), obj)
 		switch {
@@ -165,31 +173,36 @@ func Describe(ctx context.Context, c client.Client, p *v1.TelemetryPolicy, now t
 		root.Children = append(root.Children, node)
 	}
 
-	dep := &appsv1.Deployment{}
-	node, err = get("Deployment", n.Deployment, dep, func() string { return describeDeployment(dep, configHash) })
+	work, err := findCollector(ctx, c, p)
 	if err != nil {
 		return nil, err
 	}
-	if off && !node.Present {
+	node = Node{Kind: "Deployment", Name: n.Deployment}
+	names["Deployment/"+n.Deployment] = true
+	switch dep := work.Deployment; {
+	case dep == nil && off:
 		node.State = "absent (consent Off: no collector runs)"
-	}
-	if node.Present {
-		pods := &corev1.PodList{}
-		if err := c.List(ctx, pods, client.InNamespace(p.Namespace), client.MatchingLabels{resources.LabelPolicy: p.Name, resources.LabelComponent: "collector"}); err != nil {
-			return nil, fmt.Errorf("listing the collector pods: %w", err)
+	case dep == nil:
+		node.State = "absent"
+		node.Problem = "missing: the operator creates it; see the Synced condition and the manager's logs"
+	default:
+		node.Present, node.State = true, describeDeployment(dep, configHash)
+		for _, rs := range work.ReplicaSets {
+			names["ReplicaSet/"+rs.Name] = true
 		}
-		sort.Slice(pods.Items, func(i, j int) bool { return pods.Items[i].Name < pods.Items[j].Name })
-		for i := range pods.Items {
-			pod := &pods.Items[i]
-			names[pod.Name] = true
-			node.Children = append(node.Children, describePod(pod, configHash, now))
+		for i := range work.Pods {
+			names["Pod/"+work.Pods[i].Name] = true
+			node.Children = append(node.Children, describePod(&work.Pods[i], configHash, now))
 		}
-		if len(pods.Items) == 0 && !off && dep.Status.ReadyReplicas < 1 {
+		switch {
+		case off:
+			node.Problem = "consent is Off but the collector Deployment still exists: see Synced"
+		case len(work.Pods) == 0 && dep.Status.ReadyReplicas < 1:
 			node.Problem = "no collector pod: see the Deployment's and its ReplicaSet's Events"
 		}
-		if off {
-			node.Problem = "consent is Off but the collector Deployment still exists: see Synced"
-		}
+	}
+	if work.Foreign > 0 {
+		node.Problem = strings.TrimPrefix(node.Problem+fmt.Sprintf("; %d pod(s) carry the collector's labels but are not its Deployment's: someone made them by hand", work.Foreign), "; ")
 	}
 	root.Children = append(root.Children, node)
 	d.Tree = root
@@ -297,7 +310,7 @@ func until(now, t time.Time) string {
 	return "now (due " + humanDuration(now.Sub(t)) + " ago)"
 }
 
-// recentEvents returns the newest Events about the named objects, oldest first.
+// recentEvents returns the newest Events about the objects named by kind/name, oldest first.
 func recentEvents(ctx context.Context, c client.Client, namespace string, names map[string]bool, limit int) ([]EventLine, error) {
 	list := &corev1.EventList{}
 	if err := c.List(ctx, list, client.InNamespace(namespace)); err != nil {
@@ -305,7 +318,7 @@ func recentEvents(ctx context.Context, c client.Client, namespace string, names 
 	}
 	var out []EventLine
 	for _, e := range list.Items {
-		if !names[e.InvolvedObject.Name] {
+		if !names[e.InvolvedObject.Kind+"/"+e.InvolvedObject.Name] {
 			continue
 		}
 		out = append(out, EventLine{Time: eventTime(&e), Type: e.Type, Reason: e.Reason,
