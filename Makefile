@@ -13,6 +13,11 @@ TAG ?= dev
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
 KUSTOMIZE_VERSION ?= v5.8.1
+# promtool checks and unit-tests the alerts (the Go module version of Prometheus 3.16.0).
+PROMETHEUS_VERSION ?= v0.316.0
+HELM_VERSION ?= v3.22.0
+# The Prometheus Operator API whose ServiceMonitor, PodMonitor and PrometheusRule CRDs the tests install.
+MONITORING_API_VERSION ?= v0.95.2
 ETCD_VERSION ?= v3.6.16
 # The control plane matches the minor version of k8s.io/api in go.mod (v0.37.x -> v1.37.x).
 K8S_API_VERSION := $(shell go list -m -f '{{.Version}}' k8s.io/api 2>/dev/null)
@@ -22,6 +27,9 @@ LOCALBIN ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
+PROMTOOL ?= $(LOCALBIN)/promtool-$(PROMETHEUS_VERSION)
+HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
+MONITORING_CRDS ?= $(LOCALBIN)/monitoring-crds-$(MONITORING_API_VERSION)
 ENVTEST_DIR ?= $(LOCALBIN)/k8s/$(K8S_VERSION)-etcd-$(ETCD_VERSION)
 # The control plane's own kubectl (tests, demo, bench); deployment targets use the kubectl on PATH
 # (override with KUBECTL=...), or this one once `make envtest` has built it.
@@ -49,6 +57,13 @@ manifests: controller-gen ## Generate the CRD and RBAC manifests from markers.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./controllers/..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) rbac:roleName=tenant-role paths="./internal/tenants/..." output:rbac:artifacts:config=config/rbac/tenant
 
+.PHONY: helm-chart
+helm-chart: manifests kustomize ## Generate charts/telemetry-operator from what kustomize renders (config/default, config/monitoring).
+	@mkdir -p tmp
+	$(KUSTOMIZE) build config/default > tmp/chart-operator.yaml
+	$(KUSTOMIZE) build config/monitoring > tmp/chart-monitoring.yaml
+	go run ./hack/helmchart --operator tmp/chart-operator.yaml --monitoring tmp/chart-monitoring.yaml --out charts/telemetry-operator
+
 .PHONY: fmt
 fmt: ## Run gofmt over the tree.
 	gofmt -l -w $$(git ls-files '*.go' | grep -v '^bin/')
@@ -62,14 +77,15 @@ lint: golangci-lint ## Run golangci-lint.
 	$(GOLANGCI_LINT) run ./...
 
 .PHONY: check-generated
-check-generated: generate manifests ## Fail if generated files are not current.
-	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make generate manifests' and commit"; exit 1; }
+check-generated: generate manifests helm-chart ## Fail if generated files are not current.
+	@if [ -n "$$(git status --porcelain -- api config charts)" ]; then git status --short -- api config charts; echo "generated files are stale: run 'make generate manifests helm-chart' and commit"; exit 1; fi
 
 .PHONY: test
-test: envtest test-deps check-generated lint build-installer ## Build what the tests need, fail on stale generated files or lint errors, run every test (the real-cluster one last).
+test: envtest test-deps check-generated lint build-installer promtool helm monitoring-crds ## Build what the tests need, fail on stale generated files or lint errors, run every test (the real-cluster one last).
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$gofmt_out" ]; then echo "gofmt needed on:"; echo "$$gofmt_out"; exit 1; fi
 	go vet ./...
-	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
+	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" TELEMETRY_TEST_PROMTOOL="$(PROMTOOL)" \
+	  TELEMETRY_TEST_HELM="$(HELM)" TELEMETRY_TEST_KUSTOMIZE="$(KUSTOMIZE)" TELEMETRY_TEST_MONITORING_CRDS="$(MONITORING_CRDS)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
 	@# The collector sends and reads concurrently, the receiver serves requests in parallel and the manager reconciles policies in parallel: run them under the race detector too.
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" go test -race -timeout $(TEST_TIMEOUT) -count=1 ./collector/... ./receiver/server/ ./controllers/
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
@@ -195,3 +211,17 @@ $(GOLANGCI_LINT):
 kustomize: $(KUSTOMIZE)
 $(KUSTOMIZE):
 	hack/go-install-tool.sh $@ sigs.k8s.io/kustomize/kustomize/v5 $(KUSTOMIZE_VERSION)
+
+.PHONY: promtool
+promtool: $(PROMTOOL) ## Build promtool (checks and unit-tests the alerts) into bin/.
+$(PROMTOOL):
+	hack/go-install-tool.sh $@ github.com/prometheus/prometheus/cmd/promtool $(PROMETHEUS_VERSION)
+
+.PHONY: helm
+helm: $(HELM) ## Build helm (lints and renders the chart in the tests) into bin/.
+$(HELM):
+	hack/go-install-tool.sh $@ helm.sh/helm/v3/cmd/helm $(HELM_VERSION)
+
+.PHONY: monitoring-crds
+monitoring-crds: controller-gen ## Generate the Prometheus Operator CRDs the monitoring tests install into bin/.
+	hack/monitoring-crds.sh $(MONITORING_CRDS) $(CONTROLLER_GEN) $(MONITORING_API_VERSION)
