@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -54,7 +55,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "demo: starting the local stack:", err)
 		os.Exit(1)
 	}
-	ok := walkthrough(ctx, stack)
+	plugin := abs(filepath.Join(*bin, "kubectl-telemetry"))
+	ok := walkthrough(ctx, stack, plugin)
 	if once {
 		stack.Close()
 		if !ok {
@@ -64,9 +66,9 @@ func main() {
 		fmt.Println("\nDEMO OK: every check held")
 		return
 	}
-	fmt.Printf("\nThe stack stays up. Explore it with:\n\n  export KUBECONFIG=%s\n  %s get tp -A\n  %s describe tp -n acme acme\n\n"+
+	fmt.Printf("\nThe stack stays up. Explore it with:\n\n  export KUBECONFIG=%s\n  %s get tp -A\n  %s describe tp -n acme acme\n  %s status -n acme acme\n\n"+
 		"Logs: %s/{manager,receiver}.log, %s/pods/*/*/collector.log\nPress Ctrl-C to stop everything.\n",
-		stack.Kubeconfig, stack.Opts.Bins.Kubectl, stack.Opts.Bins.Kubectl, stack.Dir, stack.Dir)
+		stack.Kubeconfig, stack.Opts.Bins.Kubectl, stack.Opts.Bins.Kubectl, plugin, stack.Dir, stack.Dir)
 	<-ctx.Done()
 	fmt.Println("\nstopping…")
 	stack.Close()
@@ -87,7 +89,7 @@ func (c *checker) check(ok bool, format string, args ...any) {
 // six weeks of seeded history, so the first twelve days must never leave.
 var acmeAccepted = time.Now().Add(-30 * 24 * time.Hour).UTC().Truncate(time.Second)
 
-func walkthrough(ctx context.Context, s *localstack.Stack) bool {
+func walkthrough(ctx context.Context, s *localstack.Stack, pluginPath string) bool {
 	c := &checker{}
 	pool, err := pgxpool.New(ctx, s.ReceiverPG.DSN("receiver"))
 	if err != nil {
@@ -140,6 +142,21 @@ func walkthrough(ctx context.Context, s *localstack.Stack) bool {
 	fmt.Println("==> kubectl get tp -A")
 	out, _ = s.Kubectl(ctx, "get", "tp", "-A")
 	fmt.Print(indent(out))
+
+	// The kubectl plugin cloud ops use (bin/kubectl-telemetry; on PATH it is `kubectl telemetry`).
+	plugin := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, pluginPath, append([]string{"--kubeconfig", s.Kubeconfig}, args...)...) //nolint:gosec // our binary
+		b, err := cmd.CombinedOutput()
+		return string(b), err
+	}
+	fmt.Println("==> kubectl telemetry check   (CRD, manager, fleet issuer, receiver, consent ledger)")
+	out, err = plugin("check")
+	fmt.Print(indent(out))
+	c.check(err == nil, "kubectl telemetry check passes")
+	fmt.Println("==> kubectl telemetry status -A")
+	out, err = plugin("status", "-A")
+	fmt.Print(indent(out))
+	c.check(err == nil && strings.Contains(out, "AsDeclared"), "kubectl telemetry status -A shows the fleet")
 
 	fmt.Println("==> what the receiver stored")
 	for _, name := range []string{"acme", "globex", "initech"} {
