@@ -43,13 +43,6 @@ func promtool(t *testing.T) string {
 	return p
 }
 
-// rule is one alerting or recording rule of a rule group.
-type rule struct {
-	Alert  string `json:"alert,omitempty"`
-	Record string `json:"record,omitempty"`
-	Expr   string `json:"expr"`
-}
-
 type ruleFile struct {
 	Groups []struct {
 		Name  string           `json:"name"`

@@ -64,7 +64,7 @@ func run(operatorPath, monitoringPath, out, version string) error {
 	}
 	for name, data := range files {
 		path := filepath.Join(out, name)
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { //nolint:gosec // a chart is public
 			return err
 		}
 		if err := os.WriteFile(path, data, 0o644); err != nil { //nolint:gosec // a chart is public

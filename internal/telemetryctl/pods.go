@@ -45,7 +45,7 @@ func findCollector(ctx context.Context, c client.Client, p *v1.TelemetryPolicy) 
 		return nil, fmt.Errorf("reading the collector Deployment: %w", err)
 	}
 	if !metav1.IsControlledBy(dep, p) {
-		return nil, fmt.Errorf("Deployment %s/%s is not controlled by TelemetryPolicy %s: it is not this policy's collector", dep.Namespace, dep.Name, p.Name)
+		return nil, fmt.Errorf("the Deployment %s/%s is not controlled by TelemetryPolicy %s: it is not this policy's collector", dep.Namespace, dep.Name, p.Name)
 	}
 	w.Deployment = dep
 	sel := client.MatchingLabels{resources.LabelPolicy: p.Name}
