@@ -22,6 +22,8 @@ type Metrics struct {
 	LastSuccess     prometheus.Gauge
 	Cursor          prometheus.Gauge
 	StageSeconds    *prometheus.HistogramVec
+	// Interval is the configured export interval, so alerts can judge staleness per instance.
+	Interval prometheus.Gauge
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not registered).
@@ -39,11 +41,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Lag:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "collector_lag_seconds", Help: "How far delivery trails the newest event."}),
 		LastSuccess:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "collector_last_success_timestamp_seconds", Help: "When the receiver last acknowledged a batch."}),
 		Cursor:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "collector_cursor", Help: "The acknowledged event_logs id."}),
+		Interval:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "collector_export_interval_seconds", Help: "The configured export interval: a round starts at least this often."}),
 		StageSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "collector_stage_duration_seconds", Help: "Time per pipeline stage (read, filter, encode: encoding and compressing a body, send: delivering a batch including its encoding).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"stage"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.EventsRead, m.EventsExported, m.EventsDropped, m.ValuesDropped, m.Quarantined, m.Batches, m.Retries, m.ConsentRefusals, m.Lag, m.LastSuccess, m.Cursor, m.StageSeconds)
+		reg.MustRegister(m.EventsRead, m.EventsExported, m.EventsDropped, m.ValuesDropped, m.Quarantined, m.Batches, m.Retries, m.ConsentRefusals, m.Lag, m.LastSuccess, m.Cursor, m.StageSeconds, m.Interval)
 	}
 	return m
 }

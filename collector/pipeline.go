@@ -140,6 +140,12 @@ func (p *Pipeline) Init(ctx context.Context) error {
 		p.progress = *saved
 		cursor = saved.Cursor
 		p.Log.Info("resuming from saved progress", "cursor", cursor)
+		// A restarted collector reports its last success as it was, not as never: an alert on
+		// the time since must not fire sooner because the process restarted.
+		if saved.LastSuccessTime != nil {
+			p.Metrics.LastSuccess.Set(float64(saved.LastSuccessTime.Unix()))
+		}
+		p.Metrics.Lag.Set(float64(saved.LagSeconds))
 	default:
 		c, known, err := p.Client.Cursor(ctx)
 		if err != nil {
@@ -742,6 +748,7 @@ func (p *Pipeline) setHeartbeat(cfg *collectorconfig.Config) {
 	p.mu.Lock()
 	p.heartbeat = 2 * cfg.IntervalDuration()
 	p.mu.Unlock()
+	p.Metrics.Interval.Set(cfg.IntervalDuration().Seconds())
 }
 
 // FormatID is the instance-scoped event id for an event_logs id.

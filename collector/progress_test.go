@@ -16,6 +16,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/collector"
 	"github.com/sourcegraph/telemetry-operator/collector/state"
 	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
 )
@@ -114,4 +115,41 @@ func TestCollectorWritesProgressAsAHeartbeatUnlessSomethingNeedsSaying(t *testin
 	store.failing.Store(false)
 	round()
 	fresh("after failed writes")
+}
+
+// TestARestartedCollectorReportsItsLastSuccessAndInterval: the metrics alerts read. A restarted
+// collector reports its last success as saved (not as never, which would page at once while the
+// receiver is down), and its export interval, by which staleness is judged per instance.
+func TestARestartedCollectorReportsItsLastSuccessAndInterval(t *testing.T) {
+	in := newInstance(t, v1.TierEventLevel, 100)
+	in.insert("SearchSubmitted", 5, 2, `{}`)
+	drain(t, in.pipeline())
+	saved := in.progress().LastSuccessTime
+	if saved == nil {
+		t.Fatal("no success saved")
+	}
+	in.pipeline() // a restart: Init only, no round
+	gauge := func(name string) float64 {
+		families, err := in.metrics.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			if f.GetName() == name {
+				return f.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatalf("%s not registered", name)
+		return 0
+	}
+	if got := gauge("collector_last_success_timestamp_seconds"); got != float64(saved.Unix()) {
+		t.Errorf("after a restart the last success reads %v, want the saved %v", got, saved.Unix())
+	}
+	cfg, err := collector.LoadConfig(in.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := gauge("collector_export_interval_seconds"); got != cfg.IntervalDuration().Seconds() || got == 0 {
+		t.Errorf("collector_export_interval_seconds = %v, want %v", got, cfg.IntervalDuration().Seconds())
+	}
 }

@@ -622,7 +622,7 @@ func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *recon
 	}
 	if p.DeletionTimestamp == nil {
 		p.Status.Credentials = nil
-		r.Metrics.CertExpiry.DeleteLabelValues(p.Namespace, p.Name)
+		r.Metrics.forgetCredentials(p.Namespace, p.Name)
 		setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionTrue, ReasonCredentialsOff, "no collector runs: no transport credentials are needed and none exist")
 	}
 	return nil

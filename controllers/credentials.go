@@ -167,6 +167,7 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 		p.Status.LastHandledRotateRequest = req
 	}
 	r.Metrics.CertExpiry.WithLabelValues(p.Namespace, p.Name).Set(float64(cert.NotAfter.Unix()))
+	r.Metrics.CertRenewal.WithLabelValues(p.Namespace, p.Name).Set(float64(renewal.Unix()))
 	setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionTrue, ReasonCredentialsValid,
 		fmt.Sprintf("certificate %s (revision %d) is valid until %s; next rotation at %s",
 			shortHash(pki.SerialHex(cert)), revision, cert.NotAfter.UTC().Format(time.RFC3339), renewal.UTC().Format(time.RFC3339)))

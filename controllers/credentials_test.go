@@ -95,6 +95,7 @@ var _ = Describe("Collector credentials", func() {
 		renewal := creds.RenewalTime.Time
 		Expect(renewal).To(Equal(creds.NotBefore.Add(2 * time.Hour)))
 		Expect(metricValue(metrics.CertExpiry.WithLabelValues(ns, "sched"))).To(Equal(float64(creds.NotAfter.Unix())))
+		Expect(metricValue(metrics.CertRenewal.WithLabelValues(ns, "sched"))).To(Equal(float64(creds.RenewalTime.Unix())))
 		first := creds.SerialNumber
 
 		fakeClock.SetTime(renewal.Add(-time.Second))

@@ -21,6 +21,7 @@ type Metrics struct {
 	Downgrades          *prometheus.CounterVec
 	ReconcileErrors     *prometheus.CounterVec
 	CertExpiry          *prometheus.GaugeVec
+	CertRenewal         *prometheus.GaugeVec
 	Rotations           *prometheus.CounterVec
 	RotationFailures    prometheus.Counter
 	IssuerExpiry        prometheus.Gauge
@@ -48,6 +49,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		CertExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "telemetry_credentials_expiry_timestamp_seconds", Help: "Expiry of each collector's client certificate (Unix seconds).",
 		}, []string{"namespace", "policy"}),
+		CertRenewal: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "telemetry_credentials_renewal_timestamp_seconds", Help: "When each collector's client certificate is due to be rotated (Unix seconds); past it, rotation is overdue.",
+		}, []string{"namespace", "policy"}),
 		Rotations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "telemetry_credentials_rotations_total", Help: "Client certificates issued, by reason.",
 		}, []string{"reason"}),
@@ -74,7 +78,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, t := range []telemetryv1alpha1.ConsentTier{telemetryv1alpha1.TierEventLevel, telemetryv1alpha1.TierCriticalOnly, telemetryv1alpha1.TierOff} {
 		m.PoliciesByTier.WithLabelValues(string(t)).Set(0)
 	}
-	m.registeredCollector = []prometheus.Collector{m.PoliciesByTier, m.Downgrades, m.ReconcileErrors, m.CertExpiry, m.Rotations, m.RotationFailures, m.IssuerExpiry, m.IssuerNearExpiry, m.IssuerReloads, m.Erasures, m.ErasedRows}
+	m.registeredCollector = []prometheus.Collector{m.PoliciesByTier, m.Downgrades, m.ReconcileErrors, m.CertExpiry, m.CertRenewal, m.Rotations, m.RotationFailures, m.IssuerExpiry, m.IssuerNearExpiry, m.IssuerReloads, m.Erasures, m.ErasedRows}
 	if reg != nil {
 		for _, c := range m.registeredCollector {
 			reg.MustRegister(c)
@@ -103,5 +107,11 @@ func (m *Metrics) SetTier(key types.NamespacedName, tier telemetryv1alpha1.Conse
 // Forget drops every per-policy series of a deleted policy.
 func (m *Metrics) Forget(key types.NamespacedName) {
 	m.SetTier(key, "")
-	m.CertExpiry.DeleteLabelValues(key.Namespace, key.Name)
+	m.forgetCredentials(key.Namespace, key.Name)
+}
+
+// forgetCredentials drops a policy's certificate series (no collector, no certificate).
+func (m *Metrics) forgetCredentials(namespace, name string) {
+	m.CertExpiry.DeleteLabelValues(namespace, name)
+	m.CertRenewal.DeleteLabelValues(namespace, name)
 }

@@ -206,6 +206,20 @@ func TestChartValuesReachTheObjects(t *testing.T) {
 		mustJSON(c["resources"]) != `{"limits":{"memory":"2Gi"},"requests":{"cpu":"200m","memory":"512Mi"}}` {
 		t.Errorf("values did not reach the manager: %s", mustJSON(dep))
 	}
+	// Extra labels reach the monitors and the rule, for a Prometheus that selects by label.
+	objs, _ = ParseDocs(helmTemplate(t, "--namespace", "ops-telemetry", "--set", "monitoring.enable=true,monitoring.labels.release=kps"))
+	labelled := 0
+	for _, o := range objs {
+		if strings.HasPrefix(apiVersion(o), "monitoring.coreos.com/") {
+			if l, _ := o.meta()["labels"].(map[string]any); l["release"] != "kps" || l["telemetry.sourcegraph.com/monitoring"] != "true" {
+				t.Errorf("%s labels %v", o.Key(), l)
+			}
+			labelled++
+		}
+	}
+	if labelled != 4 {
+		t.Errorf("%d monitoring objects, want 4", labelled)
+	}
 	// RoleBinding subjects follow the release namespace.
 	objs, _ = ParseDocs(helmTemplate(t, "--namespace", "ops-telemetry"))
 	for _, o := range objs {

@@ -136,6 +136,7 @@ const (
 	phResources = "__CHART_RESOURCES__"
 	phReplicas  = "__CHART_REPLICAS__"
 	phKeep      = "__CHART_KEEP__"
+	phMonLabels = "__CHART_MONITORING_LABELS__"
 )
 
 // Generate returns the chart's files by name.
@@ -236,6 +237,10 @@ func template(o Object, group string) (string, []byte, error) {
 	switch {
 	case group == "monitoring":
 		dir, cond = "monitoring", ".Values.monitoring.enable"
+		if strings.HasPrefix(apiVersion(o), "monitoring.coreos.com/") {
+			// A Prometheus selects its monitors and rules by label (kube-prometheus-stack: release).
+			labels[phMonLabels] = "x"
+		}
 	case kind == "CustomResourceDefinition":
 		dir, cond = "crd", ".Values.crd.enable"
 		ann, _ := meta["annotations"].(map[string]any)
@@ -314,6 +319,8 @@ func substitute(text string) string {
 			lines[i] = fmt.Sprintf("%s{{- toYaml .Values.manager.args | nindent %d }}", strings.TrimSuffix(line, " "+phArgs)+"\n"+pad, indent)
 		case "resources: " + phResources:
 			lines[i] = fmt.Sprintf("%sresources:\n%s{{- toYaml .Values.manager.resources | nindent %d }}", pad, pad, indent+2)
+		case phMonLabels + ": x":
+			lines[i] = fmt.Sprintf("%s{{- with .Values.monitoring.labels }}\n%s{{- toYaml . | nindent %d }}\n%s{{- end }}", pad, pad, indent, pad)
 		case phKeep + ": x":
 			lines[i] = fmt.Sprintf("%s{{- if .Values.crd.keep }}\n%shelm.sh/resource-policy: keep\n%s{{- end }}", pad, pad, pad)
 		}
@@ -357,8 +364,8 @@ func valuesFor(manager Object) ([]byte, error) {
 			map[string]any{"crd": map[string]any{"enable": true, "keep": true}}},
 		{"\n# The manager's ServiceAccount, roles and bindings, and the roles for consent admins, viewers,\n# metrics readers and onboarded namespaces. Disable only where RBAC is managed elsewhere.\n",
 			map[string]any{"rbac": map[string]any{"enable": true}}},
-		{"\n# Prometheus Operator objects (ServiceMonitor, PodMonitors, PrometheusRule with the alerts) and the\n# Grafana dashboard ConfigMap, as config/prometheus; needs the monitoring.coreos.com CRDs.\n",
-			map[string]any{"monitoring": map[string]any{"enable": false}}},
+		{"\n# Prometheus Operator objects (ServiceMonitor, PodMonitors, PrometheusRule with the alerts) and the\n# Grafana dashboard ConfigMap, as config/prometheus; needs the monitoring.coreos.com CRDs. labels are\n# added to the monitors and the rule, for your Prometheus's selectors (kube-prometheus-stack: release).\n",
+			map[string]any{"monitoring": map[string]any{"enable": false, "labels": map[string]any{}}}},
 	}
 	for _, p := range parts {
 		s, err := section(p.comment, p.v)
