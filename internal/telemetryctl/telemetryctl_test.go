@@ -7,15 +7,12 @@ Licensed under the Apache License, Version 2.0.
 package telemetryctl
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -441,7 +438,7 @@ func TestHostileTextNeverReachesTheTerminal(t *testing.T) {
 	if _, _, err := run(t, "bundle", "-n", "hostile", "acme", "-f", file); err != nil {
 		t.Fatal(err)
 	}
-	files := untar(t, file)
+	files := testenv.Untar(t, file)
 	for _, f := range []string{"bundle/policy.yaml", "bundle/events.yaml", "bundle/status.txt", "bundle/objects/configmap-acme-collector-state.yaml"} {
 		if len(files[f]) == 0 {
 			t.Errorf("%s is missing: a hostile string cost the whole file", f)
@@ -470,7 +467,7 @@ func TestBundleCarriesNoSecretData(t *testing.T) {
 	if !strings.Contains(errOut, "wrote "+file) {
 		t.Errorf("bundle says where it wrote: %q", errOut)
 	}
-	files := untar(t, file)
+	files := testenv.Untar(t, file)
 	for _, want := range []string{"bundle/policy.yaml", "bundle/status.txt", "bundle/events.yaml",
 		"bundle/objects/secret-acme-collector-tls.yaml", "bundle/objects/deployment-acme-collector.yaml",
 		"bundle/objects/pod-acme-collector-5d9c-abc12.yaml", "bundle/objects/replicaset-acme-collector-5d9c.yaml",
@@ -513,32 +510,6 @@ func TestBundleCarriesNoSecretData(t *testing.T) {
 	if !bytes.Contains(files["bundle/events.yaml"], []byte("CredentialsIssued")) || bytes.Contains(files["bundle/events.yaml"], []byte("message of Other")) ||
 		bytes.Contains(files["bundle/events.yaml"], []byte("SameNameOtherKind")) {
 		t.Errorf("events.yaml: %s", files["bundle/events.yaml"])
-	}
-}
-
-func untar(t *testing.T, file string) map[string][]byte {
-	t.Helper()
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = f.Close() }()
-	gz, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(gz)
-	out := map[string][]byte{}
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, _ := io.ReadAll(tr)
-		out[h.Name] = data
 	}
 }
 

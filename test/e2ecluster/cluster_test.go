@@ -10,15 +10,11 @@ Licensed under the Apache License, Version 2.0.
 package e2ecluster
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
-	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"os"
@@ -599,7 +595,7 @@ func (f *fixture) plugin(t *testing.T) {
 	// The bundle: real logs of the collector and the manager, and no Secret's data.
 	file := filepath.Join(dir, "acme.tar.gz")
 	must("bundle", "-n", "acme", "acme", "-f", file)
-	files := untarGz(t, file)
+	files := testenv.Untar(t, file)
 	if log := files["bundle/collector/logs/"+pod.Name+"-collector.log"]; !bytes.Contains(log, []byte("collector started")) {
 		t.Errorf("the bundle lacks the collector's log (%d bytes)", len(log))
 	}
@@ -627,35 +623,6 @@ func (f *fixture) plugin(t *testing.T) {
 				}
 			}
 		}
-	}
-}
-
-func untarGz(t *testing.T, file string) map[string][]byte {
-	t.Helper()
-	fh, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = fh.Close() }()
-	gz, err := gzip.NewReader(fh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(gz)
-	out := map[string][]byte{}
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[h.Name] = data
 	}
 }
 
