@@ -22,7 +22,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -408,15 +407,5 @@ func deepCopy(o Object) Object {
 	b, _ := yaml.Marshal(map[string]any(o))
 	var out Object
 	_ = yaml.Unmarshal(b, &out)
-	return out
-}
-
-// Keys returns the sorted keys of files (for messages).
-func Keys(files map[string][]byte) []string {
-	out := make([]string, 0, len(files))
-	for k := range files {
-		out = append(out, k)
-	}
-	sort.Strings(out)
 	return out
 }

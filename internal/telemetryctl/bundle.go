@@ -161,7 +161,7 @@ func (bo *bundleOptions) run(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	b, err := Bundle(ctx, bo.Options, p, bo.managerNamespace, bo.logLines)
+	b, err := gatherBundle(ctx, bo.Options, p, bo.managerNamespace, bo.logLines)
 	if err != nil {
 		return err
 	}
@@ -200,8 +200,8 @@ func (bo *bundleOptions) run(ctx context.Context, name string) error {
 	return nil
 }
 
-// Bundle gathers a policy's support bundle.
-func Bundle(ctx context.Context, o *Options, p *v1.TelemetryPolicy, managerNamespace string, logLines int64) (*bundleWriter, error) {
+// gatherBundle gathers a policy's support bundle.
+func gatherBundle(ctx context.Context, o *Options, p *v1.TelemetryPolicy, managerNamespace string, logLines int64) (*bundleWriter, error) {
 	c, err := o.Client()
 	if err != nil {
 		return nil, err
@@ -376,7 +376,3 @@ func (b *bundleWriter) archive(now time.Time) ([]byte, error) {
 	}
 	return out.Bytes(), nil
 }
-
-// Files returns the bundle's file names and contents (for tests and callers that do not want
-// an archive).
-func (b *bundleWriter) Files() map[string][]byte { return b.files }

@@ -28,6 +28,9 @@ import (
 // maxPreviewBytes bounds what preview copies from the pod (a batch is at most 10,000 events).
 const maxPreviewBytes = 256 << 20
 
+// maxPreviewErrBytes bounds the collector's summary or error message.
+const maxPreviewErrBytes = 64 << 10
+
 type previewOptions struct {
 	*Options
 	binary   string
@@ -175,8 +178,12 @@ func (po *previewOptions) exec(ctx context.Context, pod *corev1.Pod, container s
 	// The pod's output is the collector's: cleaned (out is the plugin's cleaning writer) and
 	// bounded, whatever it writes.
 	var stderr bytes.Buffer
-	err = exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &limitWriter{w: out, n: maxPreviewBytes}, Stderr: &limitWriter{w: &stderr, n: 64 << 10}})
-	if errors.Is(err, errTooMuch) {
+	stdout, errOut := &limitWriter{w: out, n: maxPreviewBytes}, &limitWriter{w: &stderr, n: maxPreviewErrBytes}
+	err = exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: stdout, Stderr: errOut})
+	switch {
+	case errors.Is(err, errTooMuch) && errOut.n < 0:
+		err = fmt.Errorf("the collector's error output exceeds %d bytes; stopped", maxPreviewErrBytes)
+	case errors.Is(err, errTooMuch):
 		err = fmt.Errorf("the collector's output exceeds %d bytes; stopped", maxPreviewBytes)
 	}
 	if msg := strings.TrimSpace(stderr.String()); msg != "" {

@@ -67,6 +67,18 @@ func Scheme() *runtime.Scheme {
 	return s
 }
 
+// Run runs the plugin with args and returns its exit code. Errors are printed as "error: ...",
+// cleaned like all output: they may quote what the cluster said.
+func Run(ctx context.Context, args []string, streams genericiooptions.IOStreams) int {
+	cmd := NewCommand(streams)
+	cmd.SetArgs(args)
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		fprintf(safeWriter{streams.ErrOut}, "error: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
 // NewCommand returns the kubectl-telemetry command tree.
 func NewCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	return newCommand(&Options{Flags: genericclioptions.NewConfigFlags(true), Streams: streams, Now: time.Now})

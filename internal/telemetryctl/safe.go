@@ -52,6 +52,7 @@ type limitWriter struct {
 
 func (l *limitWriter) Write(p []byte) (int, error) {
 	if int64(len(p)) > l.n {
+		l.n = -1 // exhausted: tells which stream ended the copy
 		return 0, errTooMuch
 	}
 	l.n -= int64(len(p))

@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -895,5 +896,34 @@ func TestCompletionOffersThePoliciesOfTheNamespace(t *testing.T) {
 	}
 	if out, _, _ := run(t, "__complete", "rotate", "-n", "compl", "alpha", ""); strings.Contains(out, "beta") {
 		t.Errorf("completion offers a second NAME:\n%s", out)
+	}
+}
+
+// TestErrorsAreCleanedAndExitNonZero: an error can quote what the user or the cluster said;
+// it reaches the terminal cleaned, with exit code 1.
+func TestErrorsAreCleanedAndExitNonZero(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := Run(context.Background(), []string{"--kubeconfig", kubeconfig, "rotate", "-n", "default", "x" + hostile},
+		genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut})
+	if code != 1 || !strings.HasPrefix(errOut.String(), "error: ") || !strings.Contains(errOut.String(), "owned") {
+		t.Errorf("exit %d, stderr %q", code, errOut.String())
+	}
+	if strings.ContainsAny(errOut.String(), "\x1b\x07\u009b\u202e") {
+		t.Errorf("a control character reached the terminal: %q", errOut.String())
+	}
+	if code := Run(context.Background(), []string{"--kubeconfig", kubeconfig, "status", "-A"}, genericiooptions.IOStreams{Out: &out, ErrOut: &errOut}); code != 0 {
+		t.Errorf("status -A exit %d", code)
+	}
+}
+
+// TestLimitWriterSaysWhichStreamEnded: preview names the stream that exceeded its bound.
+func TestLimitWriterSaysWhichStreamEnded(t *testing.T) {
+	var sink bytes.Buffer
+	w := &limitWriter{w: &sink, n: 4}
+	if _, err := w.Write([]byte("abcd")); err != nil || sink.String() != "abcd" {
+		t.Fatalf("within the bound: %v %q", err, sink.String())
+	}
+	if _, err := w.Write([]byte("e")); !errors.Is(err, errTooMuch) || w.n >= 0 || sink.String() != "abcd" {
+		t.Errorf("beyond the bound: %v, n %d, wrote %q", err, w.n, sink.String())
 	}
 }
