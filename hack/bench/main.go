@@ -650,8 +650,9 @@ func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss i
 		if synced == n {
 			break
 		}
-		if time.Since(start) > 30*time.Minute {
-			fmt.Printf("  only %d of %d synced after 30 minutes\n", synced, n)
+		// Give up at three times the baseline (twice the target), and never before 30 minutes.
+		if limit := max(30*time.Minute, 3*baseline); time.Since(start) > limit {
+			fmt.Printf("  only %d of %d synced after %s\n", synced, n, limit.Round(time.Second))
 			break
 		}
 		time.Sleep(500 * time.Millisecond)
