@@ -29,6 +29,8 @@ import (
 // when live already carries everything desired sets (server-side defaults are ignored), so an
 // unchanged policy causes no writes.
 type ownedKind[T client.Object] struct {
+	// direct: read from the API server, not a cache (UncachedKinds).
+	direct   bool
 	newEmpty func() T
 	inSync   func(desired, live T) bool
 	copyInto func(desired, live T)
@@ -43,6 +45,7 @@ var (
 		copyInto: func(d, l *corev1.ConfigMap) { l.Data = d.Data; l.BinaryData = nil },
 	}
 	serviceAccountKind = ownedKind[*corev1.ServiceAccount]{
+		direct:   true,
 		newEmpty: func() *corev1.ServiceAccount { return &corev1.ServiceAccount{} },
 		inSync: func(d, l *corev1.ServiceAccount) bool {
 			return equality.Semantic.DeepEqual(d.AutomountServiceAccountToken, l.AutomountServiceAccountToken)
@@ -50,11 +53,13 @@ var (
 		copyInto: func(d, l *corev1.ServiceAccount) { l.AutomountServiceAccountToken = d.AutomountServiceAccountToken },
 	}
 	roleKind = ownedKind[*rbacv1.Role]{
+		direct:   true,
 		newEmpty: func() *rbacv1.Role { return &rbacv1.Role{} },
 		inSync:   func(d, l *rbacv1.Role) bool { return equality.Semantic.DeepEqual(d.Rules, l.Rules) },
 		copyInto: func(d, l *rbacv1.Role) { l.Rules = d.Rules },
 	}
 	roleBindingKind = ownedKind[*rbacv1.RoleBinding]{
+		direct:   true,
 		newEmpty: func() *rbacv1.RoleBinding { return &rbacv1.RoleBinding{} },
 		inSync: func(d, l *rbacv1.RoleBinding) bool {
 			return equality.Semantic.DeepEqual(d.Subjects, l.Subjects) && d.RoleRef == l.RoleRef
@@ -78,7 +83,11 @@ func ensureOwned[T client.Object](ctx context.Context, r *TelemetryPolicyReconci
 	}
 	key := client.ObjectKeyFromObject(desired)
 	live := kind.newEmpty()
-	err := r.Get(ctx, key, live)
+	var reader client.Reader = r
+	if kind.direct {
+		reader = r.APIReader
+	}
+	err := reader.Get(ctx, key, live)
 	if apierrors.IsNotFound(err) {
 		err = r.Create(ctx, desired)
 		if err == nil {

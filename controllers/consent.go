@@ -610,6 +610,7 @@ func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *recon
 		return nil
 	}
 	st.deployment = nil
+	r.forgetCollectorRBAC(client.ObjectKeyFromObject(p)) // deleted below: due again when the collector returns
 	for _, obj := range []client.Object{
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.Credentials}},
 		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.RoleBinding}},

@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/controllers"
 	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
@@ -389,24 +390,66 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		Eventually(func() error { return k8s.Get(ctx, cmKey, cm) }).Should(Succeed())
 		Expect(cm.Data).To(Equal(original.Data))
 
-		By("a widened Role")
+		// The collector's RBAC objects are not watched: they are checked at least every
+		// --collector-rbac-resync, at once when the collector is not fully available, and on
+		// every policy change or reconcile request.
 		role := &rbacv1.Role{}
 		roleKey := client.ObjectKey{Namespace: ns, Name: names.Role}
 		Expect(k8s.Get(ctx, roleKey, role)).To(Succeed())
 		wanted := role.Rules
-		role.Rules = append(role.Rules, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list"}})
-		Expect(k8s.Update(ctx, role)).To(Succeed())
-		Eventually(func() []rbacv1.PolicyRule { _ = k8s.Get(ctx, roleKey, role); return role.Rules }).Should(Equal(wanted))
+		widen := func() {
+			Expect(k8s.Get(ctx, roleKey, role)).To(Succeed())
+			role.Rules = append(role.Rules, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list"}})
+			Expect(k8s.Update(ctx, role)).To(Succeed())
+		}
+		rules := func() []rbacv1.PolicyRule { _ = k8s.Get(ctx, roleKey, role); return role.Rules }
+		cursor := int64(0)
+		reportProgress := func() { // the collector's progress write: a reconcile that forces no check
+			cursor++
+			Eventually(func() error {
+				st := &corev1.ConfigMap{}
+				if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.State}, st); err != nil {
+					return err
+				}
+				doc, _ := json.Marshal(map[string]any{"cursor": cursor, "lastSuccessTime": fakeClock.Now().UTC(), "tier": "EventLevel"})
+				st.Data = map[string]string{resources.StateKey: string(doc)}
+				return k8s.Update(ctx, st)
+			}).Should(Succeed())
+			Eventually(func() int64 {
+				if e := getPolicy(ctx, ns, "drift").Status.Export; e != nil {
+					return e.Cursor
+				}
+				return 0
+			}).Should(Equal(cursor))
+		}
 
-		By("a deleted RoleBinding and ServiceAccount")
+		By("a widened Role: left until the check is due (steady reconciles do not read it)")
+		widen()
+		reportProgress()
+		Expect(rules()).NotTo(Equal(wanted))
+		By("... and put back at the next reconcile once --collector-rbac-resync (and its spread of up to a tenth) has passed")
+		fakeClock.Step(controllers.DefaultCollectorRBACResync*11/10 + time.Second)
+		reportProgress()
+		Eventually(rules).Should(Equal(wanted))
+
+		By("a widened Role: put back at once on a reconcile request")
+		widen()
+		requestReconcile(ctx, ns, "drift")
+		Eventually(rules).Should(Equal(wanted))
+
+		By("a deleted RoleBinding and ServiceAccount: put back once the collector is not available")
 		Expect(k8s.Delete(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: names.RoleBinding}})).To(Succeed())
 		Expect(k8s.Delete(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: names.ServiceAccount}})).To(Succeed())
+		setDeploymentStatus(ctx, ns, "drift", func(d *appsv1.Deployment) {
+			d.Status.AvailableReplicas, d.Status.ReadyReplicas, d.Status.UnavailableReplicas = 0, 0, 1
+		})
 		Eventually(func() error {
 			return k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.RoleBinding}, &rbacv1.RoleBinding{})
 		}).Should(Succeed())
 		Eventually(func() error {
 			return k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.ServiceAccount}, &corev1.ServiceAccount{})
 		}).Should(Succeed())
+		rollOutUntilReady(ctx, ns, "drift")
 
 		By("a Deployment with its hardening removed and a second replica")
 		dep, _ := deployment(ctx, ns, "drift")

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -318,7 +319,7 @@ var _ = Describe("Operational guarantees", func() {
 		Eventually(conditionStatus(ctx, ns, "requeue", v1.ConditionCredentialsReady)).Should(Equal("CredentialsReady=True/Valid"))
 		r := &controllers.TelemetryPolicyReconciler{
 			Client: k8s, APIReader: k8s, Scheme: mgr.GetScheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
-			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, Endpoints: testEndpoints()},
+			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
 		}
 		res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "requeue"}})
 		Expect(err).NotTo(HaveOccurred())
@@ -329,6 +330,13 @@ var _ = Describe("Operational guarantees", func() {
 		res, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "requeue"}})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(res.RequeueAfter).To(Equal(10 * time.Minute))
+
+		By("checking the collector's RBAC (not watched) every --collector-rbac-resync when that comes first")
+		r.Options.LedgerResync, r.Options.CollectorRBACResync = 24*time.Hour, 5*time.Minute
+		res, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "requeue"}})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(res.RequeueAfter).To(And(BeNumerically(">=", 5*time.Minute), BeNumerically("<", 5*time.Minute+30*time.Second)),
+			"due after the resync plus a fixed spread of up to a tenth of it")
 	})
 
 	It("never caches or reads Secrets and ConfigMaps it does not manage", func() {
@@ -339,6 +347,12 @@ var _ = Describe("Operational guarantees", func() {
 		Expect(tenantSet.Get(ctx, client.ObjectKey{Namespace: ns, Name: resources.NamesFor("private").Credentials}, &corev1.Secret{})).To(Succeed())
 		By("reads of Secrets are routed to the namespace caches: outside them they are refused, never served cluster-wide")
 		Expect(tenantSet.Get(ctx, client.ObjectKey{Namespace: "default", Name: "x"}, &corev1.Secret{})).To(MatchError(tenants.ErrNotOnboarded))
+		By("reads of the kinds it never watches are refused by the routed client, not served from a cluster-wide cache")
+		routed := tenantSet.Client(mgr.GetClient())
+		for _, obj := range controllers.UncachedKinds() {
+			Expect(routed.Get(ctx, client.ObjectKey{Namespace: ns, Name: "x"}, obj)).To(MatchError(ContainSubstring("read from the API server, not a cache")))
+		}
+		Expect(routed.List(ctx, &rbacv1.RoleList{}, client.InNamespace(ns))).To(MatchError(ContainSubstring("read from the API server, not a cache")))
 	})
 
 	It("gives the collector's ServiceAccount access to its own state object only", func() {

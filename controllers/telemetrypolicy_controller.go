@@ -84,6 +84,10 @@ type Options struct {
 	// MaxConcurrentReconciles is how many policies are reconciled at once (default
 	// DefaultMaxConcurrentReconciles). One policy is never reconciled twice at once.
 	MaxConcurrentReconciles int
+	// CollectorRBACResync is how often, at least, the collector's ServiceAccount, Role and
+	// RoleBinding are read back and put in order (default DefaultCollectorRBACResync): they are
+	// not watched (see collectorrbac.go).
+	CollectorRBACResync time.Duration
 }
 
 // DefaultMaxConcurrentReconciles reconciles four policies at once: a reconcile spends most of
@@ -117,6 +121,9 @@ type TelemetryPolicyReconciler struct {
 
 	verifiedMu sync.Mutex
 	verified   map[client.ObjectKey]verification
+
+	rbacMu      sync.Mutex
+	rbacChecked map[client.ObjectKey]rbacCheck
 
 	gapOnce      sync.Once
 	runningSince time.Time
@@ -199,6 +206,7 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		if apierrors.IsNotFound(err) {
 			r.Metrics.Forget(req.NamespacedName)
 			r.forgetVerified(req.NamespacedName)
+			r.forgetCollectorRBAC(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -411,16 +419,11 @@ func (r *TelemetryPolicyReconciler) reconcileWorkload(ctx context.Context, st *r
 		return err
 	}
 	st.requeue(renewal)
-	if _, err := ensureOwned(ctx, r, p, resources.ServiceAccount(p), serviceAccountKind); err != nil {
+	desired := resources.Deployment(p, r.Options.CollectorImage, st.configHash, st.tier)
+	if err := r.reconcileCollectorRBAC(ctx, st, desired.DeepCopy()); err != nil {
 		return err
 	}
-	if _, err := ensureOwned(ctx, r, p, resources.Role(p), roleKind); err != nil {
-		return err
-	}
-	if _, err := ensureOwned(ctx, r, p, resources.RoleBinding(p), roleBindingKind); err != nil {
-		return err
-	}
-	dep, err := ensureOwned(ctx, r, p, resources.Deployment(p, r.Options.CollectorImage, st.configHash, st.tier), deploymentKind)
+	dep, err := ensureOwned(ctx, r, p, desired, deploymentKind)
 	if err != nil {
 		return err
 	}
@@ -612,10 +615,17 @@ func (r *TelemetryPolicyReconciler) SetupWithManager(mgr ctrl.Manager) (controll
 	return b.Named("telemetrypolicy").WithOptions(controller.Options{MaxConcurrentReconciles: workers}).Build(r)
 }
 
-// OwnedKinds are the kinds of object a policy owns, read and watched through each onboarded
-// namespace's cache.
-func OwnedKinds() []client.Object {
-	return []client.Object{&appsv1.Deployment{}, &corev1.ConfigMap{}, &corev1.Secret{}, &corev1.ServiceAccount{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}}
+// CachedKinds are the kinds of object a policy owns that are read and watched through each
+// onboarded namespace's cache: those whose changes the operator acts on at once (the
+// collector's progress, its rollout, its configuration and credentials).
+func CachedKinds() []client.Object {
+	return []client.Object{&appsv1.Deployment{}, &corev1.ConfigMap{}, &corev1.Secret{}}
+}
+
+// UncachedKinds are the kinds of object a policy owns that are read from the API server only
+// (see collectorrbac.go): reading them through a cache would start a watch.
+func UncachedKinds() []client.Object {
+	return []client.Object{&corev1.ServiceAccount{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}}
 }
 
 // WatchOwned has ctl reconcile a policy when an object it controls changes in cache c. Deployment
@@ -626,9 +636,6 @@ func WatchOwned(ctl controller.Controller, c cache.Cache, scheme *runtime.Scheme
 		watchOwned(ctl, c, scheme, mapper, &appsv1.Deployment{}),
 		watchOwned(ctl, c, scheme, mapper, &corev1.ConfigMap{}),
 		watchOwned(ctl, c, scheme, mapper, &corev1.Secret{}),
-		watchOwned(ctl, c, scheme, mapper, &corev1.ServiceAccount{}),
-		watchOwned(ctl, c, scheme, mapper, &rbacv1.Role{}),
-		watchOwned(ctl, c, scheme, mapper, &rbacv1.RoleBinding{}),
 	)
 }
 

@@ -9,6 +9,7 @@ package operator
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestNamespaceSelectorMustRequireALabel: onboarding is a decision an admin makes per namespace
@@ -41,6 +42,19 @@ func TestMaxConcurrentReconcilesIsBounded(t *testing.T) {
 		err := c.Validate()
 		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "--max-concurrent-reconciles")) {
 			t.Errorf("--max-concurrent-reconciles %d: %v, want accepted=%v", n, err, ok)
+		}
+	}
+}
+
+// TestCollectorRBACResyncIsBounded: 0 takes the default; a resync that would read the collector's
+// RBAC on nearly every reconcile, or leave an edit in place for days, is refused by name.
+func TestCollectorRBACResyncIsBounded(t *testing.T) {
+	for d, ok := range map[time.Duration]bool{0: true, 10 * time.Second: true, 10 * time.Minute: true, 24 * time.Hour: true,
+		-time.Second: false, time.Second: false, 25 * time.Hour: false} {
+		c := Config{IssuerSecret: "ns/issuer", ReceiverURL: "https://receiver.example.com", CollectorImage: "telemetry-collector:dev", CollectorRBACResync: d}
+		err := c.Validate()
+		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "--collector-rbac-resync")) {
+			t.Errorf("--collector-rbac-resync %s: %v, want accepted=%v", d, err, ok)
 		}
 	}
 }

@@ -96,6 +96,9 @@ type Config struct {
 	LedgerRetry time.Duration
 	// LedgerResync is how often each policy's record is read back from the receiver.
 	LedgerResync time.Duration
+	// CollectorRBACResync is how often, at least, each collector's ServiceAccount, Role and
+	// RoleBinding (not watched) are read back and put in order.
+	CollectorRBACResync time.Duration
 	// NamespaceSelector selects the onboarded namespaces by label.
 	NamespaceSelector string
 	// MaxConcurrentReconciles is how many policies are reconciled at once (0: the default).
@@ -133,6 +136,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxConcurrentReconciles, "max-concurrent-reconciles", controllers.DefaultMaxConcurrentReconciles, "How many policies are reconciled at once (one policy is never reconciled twice at once).")
 	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "", "Loopback address (127.0.0.1:PORT) of Go's profiling endpoints (/debug/pprof/, plain HTTP, no authentication; other addresses are refused); empty or \"0\" disables them.")
 	fs.DurationVar(&c.LedgerResync, "ledger-resync", 10*time.Minute, "How often each policy's consent record is read back from the receiver and compared with the operator's copy.")
+	fs.DurationVar(&c.CollectorRBACResync, "collector-rbac-resync", controllers.DefaultCollectorRBACResync, "How often, at least, each collector's ServiceAccount, Role and RoleBinding are read back and put back if edited or deleted, 10s to 24h (they are not watched, to save a watch of each kind in every onboarded namespace; they are also checked whenever the collector is rolled out or not fully available, on every spec change, and on kubectl telemetry reconcile).")
 }
 
 // Validate checks the settings and names the offending flag.
@@ -157,6 +161,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConcurrentReconciles < 0 || c.MaxConcurrentReconciles > 64 {
 		errs = append(errs, fmt.Errorf("--max-concurrent-reconciles %d must be between 1 and 64 (0: the default, %d)", c.MaxConcurrentReconciles, controllers.DefaultMaxConcurrentReconciles))
+	}
+	if d := c.CollectorRBACResync; d != 0 && (d < 10*time.Second || d > 24*time.Hour) {
+		errs = append(errs, fmt.Errorf("--collector-rbac-resync %s must be between 10s and 24h", d))
 	}
 	if _, err := c.Endpoints(); err != nil {
 		errs = append(errs, fmt.Errorf("--allowed-endpoints: %w", err))
@@ -324,15 +331,15 @@ func CacheOptions(onboarded labels.Selector) cache.Options {
 
 // TenantCacheOptions is the template of each onboarded namespace's cache: only objects labelled
 // as managed by this operator, so it never caches (or reads) customer Secrets and ConfigMaps,
-// and its memory does not grow with unrelated workloads. The caches hold six watches per
-// namespace, so what each costs counts: they share one HTTP client that does not ask for gzip
+// and its memory does not grow with unrelated workloads. The caches hold three watches per
+// namespace (controllers.CachedKinds), so what each costs counts: they share one HTTP client that does not ask for gzip
 // (an API server's gzipped watch costs its reader a 32 KiB decompression window for as long as
 // it is open: about 40 KiB per watch, 24 MiB at 100 namespaces), and objects are cached without
 // their managedFields, which the operator never reads.
 func TenantCacheOptions(mgr ctrl.Manager, restCfg *rest.Config) (cache.Options, error) {
 	managed := labels.SelectorFromSet(labels.Set{resources.LabelManagedBy: resources.ManagedByValue})
 	byObject := map[client.Object]cache.ByObject{}
-	for _, k := range controllers.OwnedKinds() {
+	for _, k := range controllers.CachedKinds() {
 		byObject[k] = cache.ByObject{Label: managed}
 	}
 	uncompressed := rest.CopyConfig(restCfg)
@@ -480,7 +487,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 	}
 	var ctl controller.Controller
 	tenantSet := tenants.New(tenants.Options{
-		Config: restCfg, Cache: tenantCache, Kinds: controllers.OwnedKinds(),
+		Config: restCfg, Cache: tenantCache, Kinds: controllers.CachedKinds(), Uncached: controllers.UncachedKinds(),
 		Namespaces: mgr.GetCache(), Selector: onboarded, Reviewer: direct, Rules: tenants.Rules,
 		RoleName: TenantRole, Subject: whoAmI(ctx, direct), Clock: deps.Clock,
 		Watch: func(c cache.Cache) error { return controllers.WatchOwned(ctl, c, scheme, mgr.GetRESTMapper()) },
@@ -506,6 +513,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 			CollectorImage: cfg.CollectorImage, Images: images, Endpoints: endpoints, MinCloudTermsVersion: cfg.MinCloudTermsVersion,
 			IssuerMinRemaining: cfg.IssuerMinRemaining,
 			LedgerRetry:        cfg.LedgerRetry, LedgerResync: cfg.LedgerResync, StartLease: startLease,
+			CollectorRBACResync:     cfg.CollectorRBACResync,
 			MaxConcurrentReconciles: cfg.MaxConcurrentReconciles,
 		},
 	}

@@ -10,24 +10,31 @@ import rbacv1 "k8s.io/api/rbac/v1"
 
 // What the manager needs in an onboarded namespace, generated into config/rbac/tenant/role.yaml
 // (ClusterRole telemetry-operator-tenant-role), which an admin binds there with a RoleBinding:
-// the collector's Deployment, ServiceAccount, Role and RoleBinding, its ConfigMaps and Secrets
-// (the manager caches only those it labelled), and Events about its policies. Rules below must
-// say the same; a test compares them with the generated manifest.
+// the collector's Deployment, ConfigMaps and Secrets (watched; the manager caches only those it
+// labelled), its ServiceAccount, Role and RoleBinding (read by name, never listed or watched),
+// and Events about its policies. Rules below must say the same; a test compares them with the
+// generated manifest.
 
-// +kubebuilder:rbac:groups="",resources=configmaps;secrets;serviceaccounts,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups="",resources=configmaps;secrets,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;delete
-// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;create;update;delete
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;create;update;delete
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Rules are the permissions the manager checks it holds in a namespace before working there.
 var Rules = []rbacv1.PolicyRule{
-	{APIGroups: []string{""}, Resources: []string{"configmaps", "secrets", "serviceaccounts"}, Verbs: allVerbs},
+	{APIGroups: []string{""}, Resources: []string{"configmaps", "secrets"}, Verbs: allVerbs},
 	{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: allVerbs},
-	{APIGroups: []string{"rbac.authorization.k8s.io"}, Resources: []string{"roles", "rolebindings"}, Verbs: allVerbs},
+	{APIGroups: []string{""}, Resources: []string{"serviceaccounts"}, Verbs: byNameVerbs},
+	{APIGroups: []string{"rbac.authorization.k8s.io"}, Resources: []string{"roles", "rolebindings"}, Verbs: byNameVerbs},
 	{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 }
 
-// allVerbs are what the manager does to the objects it owns (it updates, never patches them).
-var allVerbs = []string{"get", "list", "watch", "create", "update", "delete"}
+// allVerbs are what the manager does to the objects it owns and watches (it updates, never
+// patches them); byNameVerbs to those it owns but reads by name only.
+var (
+	allVerbs    = []string{"get", "list", "watch", "create", "update", "delete"}
+	byNameVerbs = []string{"get", "create", "update", "delete"}
+)

@@ -59,6 +59,9 @@ type Options struct {
 	// Kinds are the object kinds read through the namespace caches; reads of other kinds are
 	// refused, so a mistake cannot start a cluster-wide informer the manager may not hold.
 	Kinds []client.Object
+	// Uncached are kinds in the onboarded namespaces that are read from the API server only:
+	// reads of them through Client are refused, for the same reason.
+	Uncached []client.Object
 	// Namespaces reads Namespace objects (from the manager's cache).
 	Namespaces client.Reader
 	// Selector selects the onboarded namespaces by label.
@@ -431,6 +434,9 @@ func (r *routedClient) Get(ctx context.Context, key client.ObjectKey, obj client
 	if r.set.Routes(obj) {
 		return r.set.Get(ctx, key, obj, opts...)
 	}
+	if err := r.set.refuseUncached(fmt.Sprintf("%T", obj)); err != nil {
+		return err
+	}
 	return r.Client.Get(ctx, key, obj, opts...)
 }
 
@@ -441,5 +447,19 @@ func (r *routedClient) List(ctx context.Context, list client.ObjectList, opts ..
 			return r.set.List(ctx, list, opts...)
 		}
 	}
+	if err := r.set.refuseUncached(kind); err != nil {
+		return err
+	}
 	return r.Client.List(ctx, list, opts...)
+}
+
+// refuseUncached refuses a cached read of an uncached kind (named as by %T): the manager's
+// cache would start a cluster-wide watch of it, which the manager may not hold.
+func (s *Set) refuseUncached(kind string) error {
+	for _, k := range s.opts.Uncached {
+		if fmt.Sprintf("%T", k) == kind {
+			return fmt.Errorf("tenants: %s is read from the API server, not a cache", strings.TrimPrefix(kind, "*"))
+		}
+	}
+	return nil
 }

@@ -106,6 +106,11 @@ func TestManagerHoldsLeastPrivilege(t *testing.T) {
 		{[]string{"create", "pods", "-n", inside}, false},
 		{[]string{"create", "serviceaccounts", "--subresource=token", "-n", inside}, false},
 		{[]string{"create", "pods", "--subresource=exec", "-n", inside}, false},
+		// The collector's ServiceAccount, Role and RoleBinding are read by name, never listed or watched.
+		{[]string{"get", "serviceaccounts", "-n", inside}, true},
+		{[]string{"list", "serviceaccounts", "-n", inside}, false},
+		{[]string{"watch", "roles.rbac.authorization.k8s.io", "-n", inside}, false},
+		{[]string{"list", "rolebindings.rbac.authorization.k8s.io", "-n", inside}, false},
 	} {
 		if got := canI(t, c.args...); got != c.want {
 			t.Errorf("can the manager %s? %v, want %v", strings.Join(c.args, " "), got, c.want)

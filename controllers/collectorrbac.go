@@ -1,0 +1,164 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
+)
+
+// The collector's ServiceAccount, Role and RoleBinding are not watched. Each kind watched in
+// each onboarded namespace costs the manager a watch of its own (about 0.3 MiB and a dozen
+// goroutines: 1,000 namespaces, 6 kinds, 6,000 watches), and these three change only when
+// someone edits them by hand. They are read from the API server and put back when the
+// collector is (re)deployed, rolled out or not fully available, after every spec change or
+// `kubectl telemetry reconcile`, and at least every CollectorRBACResync otherwise (plus up to a
+// tenth of it, fixed per policy, so they do not all come due at once).
+
+// DefaultCollectorRBACResync is the default of Options.CollectorRBACResync.
+const DefaultCollectorRBACResync = 10 * time.Minute
+
+// rbacCheck is when the collector's RBAC objects of a policy were last found or put in order.
+type rbacCheck struct {
+	uid        types.UID
+	generation int64
+	// request is the policy's reconcile-request annotation at the time.
+	request string
+	at      time.Time
+}
+
+func (r *TelemetryPolicyReconciler) collectorRBACResync() time.Duration {
+	if r.Options.CollectorRBACResync > 0 {
+		return r.Options.CollectorRBACResync
+	}
+	return DefaultCollectorRBACResync
+}
+
+// rbacDue says whether the collector's RBAC objects are read in this reconcile.
+type rbacDue int
+
+const (
+	rbacNotDue rbacDue = iota
+	rbacDueCheck
+	// rbacDueCreate: the collector has no Deployment (a new policy, or one coming back from
+	// Off), so its RBAC objects most likely do not exist either: create them first, and read
+	// only those that do.
+	rbacDueCreate
+)
+
+// collectorRBACDue reports whether the collector's ServiceAccount, Role and RoleBinding must be
+// read (and put back) in this reconcile, and when they are due otherwise. desired is the
+// collector's Deployment as this reconcile will have it.
+func (r *TelemetryPolicyReconciler) collectorRBACDue(ctx context.Context, p *v1.TelemetryPolicy, desired *appsv1.Deployment) (rbacDue, time.Time, error) {
+	now := r.Clock.Now()
+	r.rbacMu.Lock()
+	c, ok := r.rbacChecked[client.ObjectKeyFromObject(p)]
+	r.rbacMu.Unlock()
+	next := c.at.Add(r.collectorRBACResync() + spread(p.UID, r.collectorRBACResync()/10))
+	due := !ok || c.uid != p.UID || c.generation != p.Generation || c.request != p.Annotations[v1.AnnotationReconcileRequestedAt] || !now.Before(next)
+	dep := &appsv1.Deployment{}
+	switch err := r.Get(ctx, client.ObjectKeyFromObject(desired), dep); {
+	case apierrors.IsNotFound(err):
+		return rbacDueCreate, time.Time{}, nil
+	case err != nil:
+		return rbacNotDue, time.Time{}, err
+	}
+	// A collector about to be rolled out, or not running as desired, may fail for want of them
+	// (a deleted ServiceAccount stops its pods from starting): look.
+	s := dep.Status
+	running := s.ObservedGeneration >= dep.Generation && s.AvailableReplicas > 0 && s.UnavailableReplicas == 0 &&
+		(dep.Spec.Replicas == nil || s.UpdatedReplicas >= *dep.Spec.Replicas)
+	if due || !running || !deploymentKind.inSync(desired, dep) {
+		return rbacDueCheck, time.Time{}, nil
+	}
+	return rbacNotDue, next, nil
+}
+
+// spread is a fixed share of up to max for each policy, so policies checked at the same moment
+// (all of them, after the manager starts) are not all due again at the same moment.
+func spread(uid types.UID, max time.Duration) time.Duration {
+	if max <= 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(uid))
+	return time.Duration(h.Sum64() % uint64(max))
+}
+
+func (r *TelemetryPolicyReconciler) markCollectorRBAC(p *v1.TelemetryPolicy) time.Time {
+	now := r.Clock.Now()
+	r.rbacMu.Lock()
+	defer r.rbacMu.Unlock()
+	if r.rbacChecked == nil {
+		r.rbacChecked = map[client.ObjectKey]rbacCheck{}
+	}
+	r.rbacChecked[client.ObjectKeyFromObject(p)] = rbacCheck{uid: p.UID, generation: p.Generation, request: p.Annotations[v1.AnnotationReconcileRequestedAt], at: now}
+	return now.Add(r.collectorRBACResync() + spread(p.UID, r.collectorRBACResync()/10))
+}
+
+func (r *TelemetryPolicyReconciler) forgetCollectorRBAC(key client.ObjectKey) {
+	r.rbacMu.Lock()
+	defer r.rbacMu.Unlock()
+	delete(r.rbacChecked, key)
+}
+
+// reconcileCollectorRBAC puts the collector's ServiceAccount, Role and RoleBinding in order when
+// they are due, and requeues the policy for the next time they are. desired is the collector's
+// Deployment as this reconcile will have it.
+func (r *TelemetryPolicyReconciler) reconcileCollectorRBAC(ctx context.Context, st *reconcileState, desired *appsv1.Deployment) error {
+	p := st.policy
+	due, next, err := r.collectorRBACDue(ctx, p, desired)
+	if err != nil {
+		return err
+	}
+	if due == rbacNotDue {
+		st.requeue(&next)
+		return nil
+	}
+	create := due == rbacDueCreate
+	if err := ensureCollectorObject(ctx, r, p, resources.ServiceAccount(p), serviceAccountKind, create); err != nil {
+		return err
+	}
+	if err := ensureCollectorObject(ctx, r, p, resources.Role(p), roleKind, create); err != nil {
+		return err
+	}
+	if err := ensureCollectorObject(ctx, r, p, resources.RoleBinding(p), roleBindingKind, create); err != nil {
+		return err
+	}
+	next = r.markCollectorRBAC(p)
+	st.requeue(&next)
+	return nil
+}
+
+// ensureCollectorObject is ensureOwned, trying to create first when the object most likely
+// does not exist (one request instead of a read and a create).
+func ensureCollectorObject[T client.Object](ctx context.Context, r *TelemetryPolicyReconciler, p *v1.TelemetryPolicy, desired T, kind ownedKind[T], create bool) error {
+	if create {
+		if err := controllerutil.SetControllerReference(p, desired, r.Scheme); err != nil {
+			return err
+		}
+		switch err := r.Create(ctx, desired.DeepCopyObject().(client.Object)); {
+		case err == nil:
+			return nil
+		case !apierrors.IsAlreadyExists(err):
+			return fmt.Errorf("creating %s: %w", desired.GetName(), err)
+		}
+	}
+	_, err := ensureOwned(ctx, r, p, desired, kind)
+	return err
+}
