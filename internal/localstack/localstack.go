@@ -68,19 +68,22 @@ type Options struct {
 
 // Stack is the running system.
 type Stack struct {
-	Opts        Options
-	Dir         string
-	Env         *envtest.Environment
-	RestConfig  *rest.Config
-	Client      client.Client
-	Clientset   kubernetes.Interface
-	Kubeconfig  string
-	InstancePG  *pgtest.Server
-	ReceiverPG  *pgtest.Server
-	ReceiverURL string
-	ReceiverOps string
-	Runner      *localrunner.Runner
-	CA          *pkitest.CA
+	Opts       Options
+	Dir        string
+	Env        *envtest.Environment
+	RestConfig *rest.Config
+	// ManagerRestConfig authenticates as the manager's ServiceAccount (with its permissions,
+	// where it is onboarded), for measuring what the same requests cost under them.
+	ManagerRestConfig *rest.Config
+	Client            client.Client
+	Clientset         kubernetes.Interface
+	Kubeconfig        string
+	InstancePG        *pgtest.Server
+	ReceiverPG        *pgtest.Server
+	ReceiverURL       string
+	ReceiverOps       string
+	Runner            *localrunner.Runner
+	CA                *pkitest.CA
 	// ManagerMetrics is the operator's Prometheus endpoint.
 	ManagerMetrics string
 
@@ -142,6 +145,10 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		return nil, err
 	}
 	s.RestConfig = user.Config()
+	// No client-side rate limit (controller-runtime's default for a kubeconfig, which the
+	// manager uses too): client-go's default of 5 requests a second per kind would make every
+	// figure measured through this client that limit's, not the API server's or the operator's.
+	s.RestConfig.QPS = -1
 	if s.Client, err = client.New(s.RestConfig, client.Options{Scheme: operator.NewScheme()}); err != nil {
 		return nil, err
 	}

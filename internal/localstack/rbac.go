@@ -81,6 +81,8 @@ func (s *Stack) applyRBAC(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.ManagerRestConfig = user.Config()
+	s.ManagerRestConfig.QPS = -1
 	s.managerKubeconfig = filepath.Join(s.Dir, "manager-kubeconfig")
 	return os.WriteFile(s.managerKubeconfig, kc, 0o600)
 }
