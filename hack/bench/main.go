@@ -635,7 +635,7 @@ func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss i
 	adminBaseline := plainAs("base", c)
 	asManager, err := client.New(st.ManagerRestConfig, client.Options{Scheme: operator.NewScheme()})
 	must(err)
-	baseline := plainAs("mgr", asManager)
+	asManagerBaseline := plainAs("mgr", asManager)
 
 	// The operator: create the policies, play the Deployment controller, wait until all are Synced.
 	for i := range nss {
@@ -663,8 +663,8 @@ func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss i
 		if synced == n {
 			break
 		}
-		// Give up at three times the baseline (twice the target), and never before 30 minutes.
-		if limit := max(30*time.Minute, 3*baseline); time.Since(start) > limit {
+		// Give up at twice the slower baseline, and never before 30 minutes.
+		if limit := max(30*time.Minute, 2*asManagerBaseline); time.Since(start) > limit {
 			fmt.Printf("  only %d of %d synced after %s\n", synced, n, limit.Round(time.Second))
 			break
 		}
@@ -683,12 +683,14 @@ func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss i
 		must(fetchTo("http://"+pprofAddr+"/debug/pprof/heap?gc=1", managerHeapProfile))
 		must(fetchTo("http://"+pprofAddr+"/debug/pprof/goroutine?debug=1", managerHeapProfile+".goroutines.txt"))
 	}
-	record("plain client creating the same objects as a cluster admin", adminBaseline.Round(time.Millisecond).String(), "", nil)
-	record("plain client creating the same objects as the manager (baseline)", baseline.Round(time.Millisecond).String(), "", nil)
+	record("plain client creating the same objects as a cluster admin (baseline)", adminBaseline.Round(time.Millisecond).String(), "", nil)
+	record("plain client creating the same objects as the manager", asManagerBaseline.Round(time.Millisecond).String(), "", nil)
 	record("operator: all policies Synced", converged.Round(time.Millisecond).String(), "", nil)
-	ratio := converged.Seconds() / baseline.Seconds()
-	record("convergence ratio to the plain client as the manager", fmt.Sprintf("%.2fx", ratio), "<= 1.5x", b(ratio <= 1.5))
-	record("  ratio to the plain client as a cluster admin", fmt.Sprintf("%.2fx", converged.Seconds()/adminBaseline.Seconds()), "", nil)
+	// The target is judged against the admin's client, the cheapest way to make the objects;
+	// the ratio to a client with the manager's permissions says how much of the gap is theirs.
+	ratio := converged.Seconds() / adminBaseline.Seconds()
+	record("convergence ratio to the plain client as a cluster admin", fmt.Sprintf("%.2fx", ratio), "<= 1.5x", b(ratio <= 1.5))
+	record("  ratio to the plain client as the manager", fmt.Sprintf("%.2fx", converged.Seconds()/asManagerBaseline.Seconds()), "", nil)
 	record(fmt.Sprintf("API writes by the manager during %s idle (no leader election)", idle), strconv.Itoa(after-before), "0", b(after-before == 0))
 	record("manager peak RSS", fmt.Sprintf("%.1f MiB", float64(peak)/(1<<20)), "< 100 MiB", b(peak < 100<<20))
 	record("  manager RSS at the end: anonymous / file-backed (its binary)", fmt.Sprintf("%.1f / %.1f MiB", float64(anon)/(1<<20), float64(file)/(1<<20)), "", nil)
@@ -698,7 +700,7 @@ func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss i
 	record("  manager goroutines", fmt.Sprintf("%.0f", testenv.ScrapeMetric(st.ManagerMetrics, "go_goroutines")), "", nil)
 	printSeries(st.ManagerMetrics, `controller_runtime_reconcile_total{controller="telemetrypolicy"`, "telemetry_reconcile_errors_total", "rest_client_requests_total",
 		`controller_runtime_reconcile_time_seconds_sum{controller="telemetrypolicy"`, `controller_runtime_reconcile_time_seconds_count{controller="telemetrypolicy"`,
-		`workqueue_queue_duration_seconds_sum{controller="telemetrypolicy"`, `workqueue_work_duration_seconds_sum{controller="telemetrypolicy"`, "rest_client_request_duration_seconds_sum")
+		`workqueue_queue_duration_seconds_sum{controller="telemetrypolicy"`, `workqueue_work_duration_seconds_sum{controller="telemetrypolicy"`)
 }
 
 // printSeries prints the manager's series with these prefixes (how it spent its reconciles and

@@ -332,10 +332,10 @@ func CacheOptions(onboarded labels.Selector) cache.Options {
 // TenantCacheOptions is the template of each onboarded namespace's cache: only objects labelled
 // as managed by this operator, so it never caches (or reads) customer Secrets and ConfigMaps,
 // and its memory does not grow with unrelated workloads. The caches hold three watches per
-// namespace (controllers.CachedKinds), so what each costs counts: they share one HTTP client that does not ask for gzip
-// (an API server's gzipped watch costs its reader a 32 KiB decompression window for as long as
-// it is open: about 40 KiB per watch, 24 MiB at 100 namespaces), and objects are cached without
-// their managedFields, which the operator never reads.
+// namespace (controllers.CachedKinds), so what each costs counts: they share one HTTP client
+// that does not ask for gzip (an API server's gzipped watch costs its reader a 32 KiB
+// decompression window for as long as it is open), and objects are cached without their
+// managedFields, which the operator never reads.
 func TenantCacheOptions(mgr ctrl.Manager, restCfg *rest.Config) (cache.Options, error) {
 	managed := labels.SelectorFromSet(labels.Set{resources.LabelManagedBy: resources.ManagedByValue})
 	byObject := map[client.Object]cache.ByObject{}
