@@ -246,7 +246,9 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	orig := p.DeepCopy()
 	st := &reconcileState{policy: p, mutate: true, outside: outside, recordedBefore: everRecorded(p)}
 	defer func() {
+		began := r.Clock.Now()
 		err := r.summarizeAndPatch(ctx, orig, st, retErr)
+		r.Metrics.StepDuration.WithLabelValues("status").Observe(r.Clock.Since(began).Seconds())
 		if apierrors.IsConflict(err) && retErr == nil {
 			// Our copy was stale; nothing was written. Start again from fresh state, quietly.
 			result, retErr = ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
@@ -277,7 +279,9 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	var stepErr error
 	for _, s := range steps {
+		began := r.Clock.Now()
 		err := s.run(ctx, st)
+		r.Metrics.StepDuration.WithLabelValues(s.name).Observe(r.Clock.Since(began).Seconds())
 		if taken := (*nameTakenError)(nil); errors.As(err, &taken) {
 			st.stall(ReasonNameTaken, taken.Error())
 			st.requeueIn(nameTakenRetry, r.Clock.Now())
