@@ -96,27 +96,46 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 		}
 		return decideRotation(problem, exists, p.Status.Credentials != nil, renewal, now, p.Annotations[v1.AnnotationRotateRequestedAt], handled), &renewal
 	}
-	dec, _ := decide()
-	if dec.reason != "" {
-		// Confirm against the API server before issuing: the cache may not yet show a certificate
-		// this operator wrote moments ago, and issuing twice would be a spurious rotation.
+	// readLive replaces what the cache showed with what the API server holds.
+	readLive := func() error {
 		live := &corev1.Secret{}
-		err := r.APIReader.Get(ctx, key, live)
-		switch {
+		switch err := r.APIReader.Get(ctx, key, live); {
 		case apierrors.IsNotFound(err):
 			exists = false
 		case err != nil:
-			return nil, err
+			return err
 		default:
 			exists, secret = true, live
+		}
+		return nil
+	}
+	// keep stores nothing new: the CA bundle is refreshed if stale, labels and owner restored.
+	keep := func() error {
+		if staleBundle {
+			refreshed, err := r.refreshBundle(ctx, p, iss, secret)
+			if err != nil {
+				return err
+			}
+			secret = refreshed
+		}
+		return r.ensureSecretMeta(ctx, p, secret, "credentials")
+	}
+	floor := r.Options.IssuerMinRemaining
+	if floor <= 0 {
+		floor = DefaultIssuerMinRemaining
+	}
+	dec, _ := decide()
+	if dec.reason != "" && (exists || iss.ExpiresWithin(now, floor)) {
+		// Confirm against the API server before replacing or stalling: the cache may not yet
+		// show a certificate this operator wrote moments ago, and issuing twice would be a
+		// spurious rotation. (Where the cache shows none, the create below is the check: it
+		// cannot replace a Secret the cache has not seen.)
+		if err := readLive(); err != nil {
+			return nil, err
 		}
 		dec, _ = decide()
 	}
 	if dec.reason != "" {
-		floor := r.Options.IssuerMinRemaining
-		if floor <= 0 {
-			floor = DefaultIssuerMinRemaining
-		}
 		if iss.ExpiresWithin(now, floor) {
 			msg := fmt.Sprintf("the fleet issuer expires at %s, within %s: no certificate is issued from it (one would expire with it and be due again at once); rotate the issuer Secret",
 				iss.Cert.NotAfter.UTC().Format(time.RFC3339), floor)
@@ -125,6 +144,21 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 			return nil, nil
 		}
 		issued, err := r.issue(ctx, st, iss, secret, exists, dec, period, now)
+		if !exists && apierrors.IsAlreadyExists(err) {
+			// The Secret exists but the cache has not seen it (just written, or its labels
+			// edited): judge the one the API server holds, as if the cache had shown it.
+			if err := readLive(); err != nil {
+				return nil, err
+			}
+			if dec, _ = decide(); dec.reason == "" {
+				if err := keep(); err != nil {
+					return nil, err
+				}
+				issued, err = secret, nil
+			} else {
+				issued, err = r.issue(ctx, st, iss, secret, exists, dec, period, now)
+			}
+		}
 		if isNameTaken(err) {
 			return nil, err // a name conflict, not a failed rotation: the policy stalls (NameTaken)
 		}
@@ -135,17 +169,8 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 			return nil, err
 		}
 		secret = issued
-	} else {
-		if staleBundle {
-			refreshed, err := r.refreshBundle(ctx, p, iss, secret)
-			if err != nil {
-				return nil, err
-			}
-			secret = refreshed
-		}
-		if err := r.ensureSecretMeta(ctx, p, secret, "credentials"); err != nil {
-			return nil, err
-		}
+	} else if err := keep(); err != nil {
+		return nil, err
 	}
 
 	cert, problem := iss.CheckClient(secret.Data, p.Spec.InstanceID, now)
@@ -278,31 +303,32 @@ func (r *TelemetryPolicyReconciler) reconcilePseudonymKey(ctx context.Context, s
 	secret := &corev1.Secret{}
 	err := r.Get(ctx, key, secret)
 	if apierrors.IsNotFound(err) {
-		// The cache sees only labelled Secrets: check the API server before creating a new key,
-		// so an existing key whose labels were edited is kept rather than replaced.
-		err = r.APIReader.Get(ctx, key, secret)
-	}
-	switch {
-	case apierrors.IsNotFound(err):
+		// Create first: the cache sees only labelled Secrets, and a create cannot replace a key
+		// it has not seen (labels edited, or written moments ago); that one is read and kept.
 		buf := make([]byte, resources.PseudonymKeyLen)
 		if _, err := rand.Read(buf); err != nil {
 			return err
 		}
-		secret = &corev1.Secret{
+		created := &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: p.Namespace, Labels: resources.Labels(p, "pseudonym-key")},
 			Type:       corev1.SecretTypeOpaque,
 			Immutable:  ptr.To(true),
 			Data:       map[string][]byte{resources.PseudonymKeyKey: buf},
 		}
-		if err := controllerutil.SetControllerReference(p, secret, r.Scheme); err != nil {
+		if err := controllerutil.SetControllerReference(p, created, r.Scheme); err != nil {
 			return err
 		}
-		if err := r.Create(ctx, secret); err != nil {
+		err = r.Create(ctx, created)
+		if err == nil {
+			r.event(p, corev1.EventTypeNormal, "PseudonymKeyCreated", "CreatePseudonymKey", "created the instance's pseudonym key %s", name)
+			return nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("creating the pseudonym key: %w", err)
 		}
-		r.event(p, corev1.EventTypeNormal, "PseudonymKeyCreated", "CreatePseudonymKey", "created the instance's pseudonym key %s", name)
-		return nil
-	case err != nil:
+		err = r.APIReader.Get(ctx, key, secret)
+	}
+	if err != nil {
 		return err
 	}
 	if err := mayTakeOver(secret, p); err != nil {
