@@ -9,6 +9,7 @@ package controllers_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -179,6 +181,23 @@ var _ = Describe("Collector credentials", func() {
 		Eventually(func() map[string]string { _ = k8s.Get(ctx, keyRef, key); return key.Labels }).Should(HaveKeyWithValue(resources.LabelManagedBy, resources.ManagedByValue))
 		Expect(key.Data[resources.PseudonymKeyKey]).To(Equal(original))
 	})
+
+	It("keeps a certificate whose Secret's labels were edited rather than issuing a new one", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "keepcert")
+		ref := client.ObjectKey{Namespace: ns, Name: resources.NamesFor("keepcert").Credentials}
+		s := &corev1.Secret{}
+		Expect(k8s.Get(ctx, ref, s)).To(Succeed())
+		original, revision := s.Data["tls.crt"], s.Annotations[resources.AnnotationRevision]
+		// Unlabelled, the Secret leaves the manager's cache: its next reconcile sees none there.
+		s.Labels = nil
+		Expect(k8s.Update(ctx, s)).To(Succeed())
+		requestReconcile(ctx, ns, "keepcert")
+		Eventually(func() map[string]string { _ = k8s.Get(ctx, ref, s); return s.Labels }).Should(HaveKeyWithValue(resources.LabelManagedBy, resources.ManagedByValue))
+		Expect(s.Data["tls.crt"]).To(Equal(original), "the collector's certificate is kept")
+		Expect(s.Annotations[resources.AnnotationRevision]).To(Equal(revision))
+		Expect(strconv.FormatInt(getPolicy(ctx, ns, "keepcert").Status.Credentials.Revision, 10)).To(Equal(revision))
+	})
 })
 
 // noWatch lets the manager's cached client be intercepted; the reconciler never watches.
@@ -203,6 +222,22 @@ func mustIssuer() *pki.Issuer {
 
 var _ = Describe("Operational guarantees", func() {
 	ctx := context.Background()
+
+	It("times each reconcile step, for telling the API server's share from the receiver's", func() {
+		count := func(step string) uint64 {
+			m := &dto.Metric{}
+			Expect(metrics.StepDuration.WithLabelValues(step).(prometheus.Metric).Write(m)).To(Succeed())
+			return m.GetHistogram().GetSampleCount()
+		}
+		before := map[string]uint64{}
+		for _, step := range []string{"consent", "consent-ledger", "workload", "status"} {
+			before[step] = count(step)
+		}
+		readyPolicy(ctx, newNamespace(ctx), "timed")
+		for step, n := range before {
+			Expect(count(step)).To(BeNumerically(">", n), step)
+		}
+	})
 
 	It("makes zero writes when reconciling an unchanged policy", func() {
 		ns := newNamespace(ctx)
