@@ -109,8 +109,12 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 		}
 		return nil
 	}
-	// keep stores nothing new: the CA bundle is refreshed if stale, labels and owner restored.
+	// keep stores nothing new: the CA bundle is refreshed if stale, labels and owner restored,
+	// all only in a Secret this policy may take over.
 	keep := func() error {
+		if err := mayTakeOver(secret, p); err != nil {
+			return err
+		}
 		if staleBundle {
 			refreshed, err := r.refreshBundle(ctx, p, iss, secret)
 			if err != nil {
@@ -125,11 +129,13 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 		floor = DefaultIssuerMinRemaining
 	}
 	dec, _ := decide()
-	if dec.reason != "" && (exists || iss.ExpiresWithin(now, floor)) {
-		// Confirm against the API server before replacing or stalling: the cache may not yet
-		// show a certificate this operator wrote moments ago, and issuing twice would be a
-		// spurious rotation. (Where the cache shows none, the create below is the check: it
-		// cannot replace a Secret the cache has not seen.)
+	// A policy never given a certificate creates one first: a create cannot replace a Secret
+	// the cache has not seen, and a new policy's reconcile is spared a read that answers 404.
+	// Everywhere else the API server is asked first, before replacing (the cache may not yet
+	// show a certificate this operator wrote moments ago, and issuing twice would be a spurious
+	// rotation) or stalling.
+	createFirst := !exists && p.Status.Credentials == nil && !iss.ExpiresWithin(now, floor)
+	if dec.reason != "" && !createFirst {
 		if err := readLive(); err != nil {
 			return nil, err
 		}
@@ -144,13 +150,18 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 			return nil, nil
 		}
 		issued, err := r.issue(ctx, st, iss, secret, exists, dec, period, now)
-		if !exists && apierrors.IsAlreadyExists(err) {
-			// The Secret exists but the cache has not seen it (just written, or its labels
-			// edited): judge the one the API server holds, as if the cache had shown it.
+		if createFirst && err != nil {
+			// The create was refused: by a Secret the cache has not seen (written moments ago,
+			// its labels edited), or before the API server looked for one (a quota, a webhook).
+			// Judge the one it holds, as if the cache had shown it; if there is none, the
+			// refusal stands.
+			createErr := err
 			if err := readLive(); err != nil {
 				return nil, err
 			}
-			if dec, _ = decide(); dec.reason == "" {
+			if !exists {
+				err = createErr
+			} else if dec, _ = decide(); dec.reason == "" {
 				if err := keep(); err != nil {
 					return nil, err
 				}
@@ -224,6 +235,7 @@ func (r *TelemetryPolicyReconciler) issue(ctx context.Context, st *reconcileStat
 	if !exists {
 		secret = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: names.Credentials, Namespace: p.Namespace}}
 	}
+	wrongType := exists && secret.Type != corev1.SecretTypeTLS
 	secret.Type = corev1.SecretTypeTLS
 	labels := resources.Labels(p, "credentials")
 	if secret.Labels == nil {
@@ -244,7 +256,7 @@ func (r *TelemetryPolicyReconciler) issue(ctx context.Context, st *reconcileStat
 	if err := controllerutil.SetControllerReference(p, secret, r.Scheme); err != nil {
 		return nil, err
 	}
-	if exists && secret.Type != corev1.SecretTypeTLS {
+	if wrongType {
 		// The type of a Secret is immutable; replace a tampered one.
 		if err := r.Delete(ctx, secret); err != nil && !apierrors.IsNotFound(err) {
 			return nil, err
@@ -302,9 +314,13 @@ func (r *TelemetryPolicyReconciler) reconcilePseudonymKey(ctx context.Context, s
 	key := client.ObjectKey{Namespace: p.Namespace, Name: name}
 	secret := &corev1.Secret{}
 	err := r.Get(ctx, key, secret)
+	if apierrors.IsNotFound(err) && p.Status.Credentials != nil {
+		// The policy ran before: ask the API server, which may hold a key the label-filtered
+		// cache does not show (labels edited, or the cache lags).
+		err = r.APIReader.Get(ctx, key, secret)
+	}
 	if apierrors.IsNotFound(err) {
-		// Create first: the cache sees only labelled Secrets, and a create cannot replace a key
-		// it has not seen (labels edited, or written moments ago); that one is read and kept.
+		// Create; a create cannot replace a key it has not seen, which is read and kept below.
 		buf := make([]byte, resources.PseudonymKeyLen)
 		if _, err := rand.Read(buf); err != nil {
 			return err
@@ -318,15 +334,16 @@ func (r *TelemetryPolicyReconciler) reconcilePseudonymKey(ctx context.Context, s
 		if err := controllerutil.SetControllerReference(p, created, r.Scheme); err != nil {
 			return err
 		}
-		err = r.Create(ctx, created)
-		if err == nil {
+		createErr := r.Create(ctx, created)
+		if createErr == nil {
 			r.event(p, corev1.EventTypeNormal, "PseudonymKeyCreated", "CreatePseudonymKey", "created the instance's pseudonym key %s", name)
 			return nil
 		}
-		if !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("creating the pseudonym key: %w", err)
+		// Refused by a key the cache has not seen, or before the API server looked for one (a
+		// quota, a webhook): judge the one it holds; if there is none, the refusal stands.
+		if err = r.APIReader.Get(ctx, key, secret); apierrors.IsNotFound(err) {
+			return fmt.Errorf("creating the pseudonym key: %w", createErr)
 		}
-		err = r.APIReader.Get(ctx, key, secret)
 	}
 	if err != nil {
 		return err

@@ -21,10 +21,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -197,6 +199,88 @@ var _ = Describe("Collector credentials", func() {
 		Expect(s.Data["tls.crt"]).To(Equal(original), "the collector's certificate is kept")
 		Expect(s.Annotations[resources.AnnotationRevision]).To(Equal(revision))
 		Expect(strconv.FormatInt(getPolicy(ctx, ns, "keepcert").Status.Credentials.Revision, 10)).To(Equal(revision))
+	})
+
+	DescribeTable("judges a Secret that has the name even when the API server refuses the create before looking for it",
+		func(taken func(resources.Names) string) {
+			ns := newNamespace(ctx)
+			p := eventLevelPolicy(ns, "refused")
+			names := resources.NamesFor(p.Name)
+			theirs := map[string][]byte{"password": []byte("theirs")}
+			Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: taken(names), Namespace: ns}, Data: theirs})).To(Succeed())
+			if taken(names) != names.PseudonymKey {
+				// The instance's key, as a restore would bring it back: the operator's labels, no owner.
+				Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: names.PseudonymKey, Namespace: ns, Labels: resources.Labels(p, "pseudonym-key")},
+					Data: map[string][]byte{resources.PseudonymKeyKey: make([]byte, resources.PseudonymKeyLen)}})).To(Succeed())
+			}
+			// A quota used up (its status written here, as the quota controller would): the API
+			// server refuses every Secret create in the namespace before it looks for an existing one.
+			quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: "secrets", Namespace: ns},
+				Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourceSecrets: resource.MustParse("2")}}}
+			Expect(k8s.Create(ctx, quota)).To(Succeed())
+			quota.Status = corev1.ResourceQuotaStatus{Hard: quota.Spec.Hard, Used: quota.Spec.Hard}
+			Expect(k8s.Status().Update(ctx, quota)).To(Succeed())
+			Eventually(func() error {
+				return k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: taken(names), Namespace: ns}})
+			}).Should(WithTransform(apierrors.IsForbidden, BeTrue()), "the premise: a create of that name is refused, not found to exist")
+			Expect(k8s.Create(ctx, p)).To(Succeed())
+			DeferCleanup(func() { _ = k8s.Delete(ctx, getPolicy(ctx, ns, p.Name)) })
+			Eventually(conditionStatus(ctx, ns, p.Name, v1.ConditionStalled)).Should(Equal("Stalled=True/NameTaken"))
+			Expect(anyConditionSays(ctx, ns, p.Name, "refusing to take it over")()).To(BeTrue())
+			live := &corev1.Secret{}
+			Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: taken(names)}, live)).To(Succeed())
+			Expect(live.Data).To(Equal(theirs))
+		},
+		Entry("the credentials", func(n resources.Names) string { return n.Credentials }),
+		Entry("the pseudonym key", func(n resources.Names) string { return n.PseudonymKey }),
+	)
+
+	It("writes nothing into a credentials Secret another policy controls, not even a new CA bundle", func() {
+		ns := newNamespace(ctx)
+		p := eventLevelPolicy(ns, "previous")
+		names := resources.NamesFor(p.Name)
+		// What a deleted policy of the same name leaves until the garbage collector comes: its
+		// labels, its owner reference, a good certificate, and the bundle of an older issuer.
+		cc, err := mustIssuer().IssueClient(instanceOf(ns, p.Name), time.Hour, fakeClock.Now(), nil)
+		Expect(err).NotTo(HaveOccurred())
+		old := map[string][]byte{pki.KeyCert: cc.CertPEM, pki.KeyKey: cc.KeyPEM, pki.KeyCA: []byte("an older bundle")}
+		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: names.Credentials, Namespace: ns, Labels: resources.Labels(p, "credentials"),
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: v1.GroupVersion.String(), Kind: "TelemetryPolicy", Name: p.Name,
+				UID: "00000000-0000-0000-0000-000000000001", Controller: ptr.To(true)}}},
+			Type: corev1.SecretTypeTLS, Data: old})).To(Succeed())
+		Expect(k8s.Create(ctx, p)).To(Succeed())
+		DeferCleanup(func() { _ = k8s.Delete(ctx, getPolicy(ctx, ns, p.Name)) })
+		Eventually(conditionStatus(ctx, ns, p.Name, v1.ConditionStalled)).Should(Equal("Stalled=True/NameTaken"))
+		live := &corev1.Secret{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Credentials}, live)).To(Succeed())
+		Expect(live.Data).To(Equal(old))
+	})
+
+	It("replaces its credentials Secret when it comes back with another type", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "retyped")
+		ref := client.ObjectKey{Namespace: ns, Name: resources.NamesFor("retyped").Credentials}
+		// A Secret's type cannot change in place: the operator's, deleted and made again as Opaque
+		// with its labels and owner (a restore, a hand edit). The operator may win the race and
+		// make its own first; the loop waits for the Opaque one to exist once.
+		Eventually(func() error {
+			s := &corev1.Secret{}
+			if err := k8s.Get(ctx, ref, s); err != nil {
+				return err
+			}
+			if s.Type == corev1.SecretTypeOpaque {
+				return nil
+			}
+			if err := k8s.Delete(ctx, s); err != nil {
+				return err
+			}
+			return k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: s.Name, Namespace: s.Namespace, Labels: s.Labels, OwnerReferences: s.OwnerReferences},
+				Type: corev1.SecretTypeOpaque, Data: map[string][]byte{"tls.crt": []byte("not a certificate")}})
+		}).Should(Succeed())
+		Eventually(func() corev1.SecretType { s := &corev1.Secret{}; _ = k8s.Get(ctx, ref, s); return s.Type }).Should(Equal(corev1.SecretTypeTLS))
+		s := credentials(ctx, ns, "retyped")
+		_, problem := mustIssuer().CheckClient(s.Data, instanceOf(ns, "retyped"), fakeClock.Now())
+		Expect(problem).To(BeEmpty())
 	})
 })
 
