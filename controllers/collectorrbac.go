@@ -8,7 +8,6 @@ package controllers
 
 import (
 	"context"
-	"fmt"
 	"hash/fnv"
 	"time"
 
@@ -148,17 +147,16 @@ func (r *TelemetryPolicyReconciler) reconcileCollectorRBAC(ctx context.Context, 
 }
 
 // ensureCollectorObject is ensureOwned, trying to create first when the object most likely
-// does not exist (one request instead of a read and a create).
+// does not exist (one request instead of a read and a create). Any refusal of that create goes
+// on to ensureOwned, which reads what the API server holds: besides AlreadyExists, a quota or a
+// webhook refuses a create before the API server looks for an existing object.
 func ensureCollectorObject[T client.Object](ctx context.Context, r *TelemetryPolicyReconciler, p *v1.TelemetryPolicy, desired T, kind ownedKind[T], create bool) error {
 	if create {
 		if err := controllerutil.SetControllerReference(p, desired, r.Scheme); err != nil {
 			return err
 		}
-		switch err := r.Create(ctx, desired.DeepCopyObject().(client.Object)); {
-		case err == nil:
+		if err := r.Create(ctx, desired.DeepCopyObject().(client.Object)); err == nil {
 			return nil
-		case !apierrors.IsAlreadyExists(err):
-			return fmt.Errorf("creating %s: %w", desired.GetName(), err)
 		}
 	}
 	_, err := ensureOwned(ctx, r, p, desired, kind)

@@ -201,38 +201,48 @@ var _ = Describe("Collector credentials", func() {
 		Expect(strconv.FormatInt(getPolicy(ctx, ns, "keepcert").Status.Credentials.Revision, 10)).To(Equal(revision))
 	})
 
-	DescribeTable("judges a Secret that has the name even when the API server refuses the create before looking for it",
-		func(taken func(resources.Names) string) {
+	DescribeTable("judges an object that has the name even when the API server refuses the create before looking for it",
+		func(squat func(resources.Names, string) client.Object, quotaOn corev1.ResourceName) {
 			ns := newNamespace(ctx)
 			p := eventLevelPolicy(ns, "refused")
 			names := resources.NamesFor(p.Name)
-			theirs := map[string][]byte{"password": []byte("theirs")}
-			Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: taken(names), Namespace: ns}, Data: theirs})).To(Succeed())
-			if taken(names) != names.PseudonymKey {
+			theirs := squat(names, ns)
+			Expect(k8s.Create(ctx, theirs)).To(Succeed())
+			if theirs.GetName() != names.PseudonymKey {
 				// The instance's key, as a restore would bring it back: the operator's labels, no owner.
 				Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: names.PseudonymKey, Namespace: ns, Labels: resources.Labels(p, "pseudonym-key")},
 					Data: map[string][]byte{resources.PseudonymKeyKey: make([]byte, resources.PseudonymKeyLen)}})).To(Succeed())
 			}
 			// A quota used up (its status written here, as the quota controller would): the API
-			// server refuses every Secret create in the namespace before it looks for an existing one.
-			quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: "secrets", Namespace: ns},
-				Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourceSecrets: resource.MustParse("2")}}}
+			// server refuses every create of that kind in the namespace before it looks for an
+			// existing object.
+			quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: "used-up", Namespace: ns},
+				Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{quotaOn: resource.MustParse("2")}}}
 			Expect(k8s.Create(ctx, quota)).To(Succeed())
 			quota.Status = corev1.ResourceQuotaStatus{Hard: quota.Spec.Hard, Used: quota.Spec.Hard}
 			Expect(k8s.Status().Update(ctx, quota)).To(Succeed())
 			Eventually(func() error {
-				return k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: taken(names), Namespace: ns}})
+				again := squat(names, ns)
+				return k8s.Create(ctx, again)
 			}).Should(WithTransform(apierrors.IsForbidden, BeTrue()), "the premise: a create of that name is refused, not found to exist")
 			Expect(k8s.Create(ctx, p)).To(Succeed())
 			DeferCleanup(func() { _ = k8s.Delete(ctx, getPolicy(ctx, ns, p.Name)) })
 			Eventually(conditionStatus(ctx, ns, p.Name, v1.ConditionStalled)).Should(Equal("Stalled=True/NameTaken"))
 			Expect(anyConditionSays(ctx, ns, p.Name, "refusing to take it over")()).To(BeTrue())
-			live := &corev1.Secret{}
-			Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: taken(names)}, live)).To(Succeed())
-			Expect(live.Data).To(Equal(theirs))
+			live := theirs.DeepCopyObject().(client.Object)
+			Expect(k8s.Get(ctx, client.ObjectKeyFromObject(theirs), live)).To(Succeed())
+			Expect(live.GetOwnerReferences()).To(BeEmpty())
+			Expect(live.GetResourceVersion()).To(Equal(theirs.GetResourceVersion()), "left as it was")
 		},
-		Entry("the credentials", func(n resources.Names) string { return n.Credentials }),
-		Entry("the pseudonym key", func(n resources.Names) string { return n.PseudonymKey }),
+		Entry("the credentials", func(n resources.Names, ns string) client.Object {
+			return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: n.Credentials, Namespace: ns}, Data: map[string][]byte{"password": []byte("theirs")}}
+		}, corev1.ResourceSecrets),
+		Entry("the pseudonym key", func(n resources.Names, ns string) client.Object {
+			return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: n.PseudonymKey, Namespace: ns}, Data: map[string][]byte{"password": []byte("theirs")}}
+		}, corev1.ResourceSecrets),
+		Entry("the collector's ServiceAccount", func(n resources.Names, ns string) client.Object {
+			return &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: n.ServiceAccount, Namespace: ns}}
+		}, corev1.ResourceName("count/serviceaccounts")),
 	)
 
 	It("writes nothing into a credentials Secret another policy controls, not even a new CA bundle", func() {
