@@ -118,9 +118,12 @@ const (
 // Start brings everything up. Call Close to stop it all.
 func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	s = &Stack{Opts: o, Dir: o.Dir}
+	// The error returns below set s to nil: close what was started through this copy, or the
+	// start's own error would be lost to a nil dereference.
+	started := s
 	defer func() {
 		if err != nil {
-			s.Close()
+			started.Close()
 		}
 	}()
 	if s.Dir == "" {
