@@ -103,6 +103,14 @@ func ensureOwned[T client.Object](ctx context.Context, r *TelemetryPolicyReconci
 	if err != nil {
 		return zero, fmt.Errorf("reading %s: %w", key.Name, err)
 	}
+	return putInOrder(ctx, r, owner, desired, live, kind)
+}
+
+// putInOrder updates live, an existing object of desired's name, where it differs from desired,
+// if owner may take it over, and returns it. desired carries owner's controller reference.
+func putInOrder[T client.Object](ctx context.Context, r *TelemetryPolicyReconciler, owner *telemetryv1alpha1.TelemetryPolicy, desired, live T, kind ownedKind[T]) (T, error) {
+	var zero T
+	key := client.ObjectKeyFromObject(desired)
 	if err := mayTakeOver(live, owner); err != nil {
 		return zero, err
 	}

@@ -8,6 +8,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"hash/fnv"
 	"time"
 
@@ -26,7 +27,8 @@ import (
 // event ring, decoders and HTTP/2 stream state: at 100 namespaces, six kinds took 172 MiB and
 // three 127 MiB, `make bench`), and these three change only when
 // someone edits them by hand. They are read from the API server and put back when the
-// collector is (re)deployed, rolled out or not fully available, after every spec change or
+// collector is (re)deployed or rolled out, when it is not fully available (and they were not
+// checked in the last collectorRBACSettle), after every spec change or
 // `kubectl telemetry reconcile`, and at least every CollectorRBACResync otherwise (plus up to a
 // tenth of it, fixed per policy, so they do not all come due at once).
 
@@ -84,11 +86,33 @@ func (r *TelemetryPolicyReconciler) collectorRBACDue(ctx context.Context, p *v1.
 	s := dep.Status
 	running := s.ObservedGeneration >= dep.Generation && s.AvailableReplicas > 0 && s.UnavailableReplicas == 0 &&
 		(dep.Spec.Replicas == nil || s.UpdatedReplicas >= *dep.Spec.Replicas)
-	if due || !running || !deploymentKind.inSync(desired, dep) {
+	if due || !deploymentKind.inSync(desired, dep) {
+		return rbacDueCheck, time.Time{}, nil
+	}
+	if !running {
+		// A collector still starting right after its objects were created or checked is no
+		// sign that they went missing since: look once that check is collectorRBACSettle old,
+		// if the collector is still not running then. (A real Deployment controller reports a
+		// new collector starting before it reports it available: three reads each time.)
+		// The resync, when shorter, still comes first: a requeue replaces the pending one.
+		if settled := c.at.Add(collectorRBACSettle); now.Before(settled) {
+			return rbacNotDue, minTime(settled, next), nil
+		}
 		return rbacDueCheck, time.Time{}, nil
 	}
 	return rbacNotDue, next, nil
 }
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// collectorRBACSettle is how long after the collector's RBAC objects were found or put in
+// order a collector that is not (yet) running does not make them be read again.
+const collectorRBACSettle = 30 * time.Second
 
 // spread is a fixed share of up to max for each policy, so policies checked at the same moment
 // (all of them, after the manager starts) are not all due again at the same moment.
@@ -147,18 +171,30 @@ func (r *TelemetryPolicyReconciler) reconcileCollectorRBAC(ctx context.Context, 
 }
 
 // ensureCollectorObject is ensureOwned, trying to create first when the object most likely
-// does not exist (one request instead of a read and a create). Any refusal of that create goes
-// on to ensureOwned, which reads what the API server holds: besides AlreadyExists, a quota or a
-// webhook refuses a create before the API server looks for an existing object.
+// does not exist (one request instead of a read and a create). Any refusal of that create is
+// followed by a read of what the API server holds, which is judged as ensureOwned judges it:
+// besides AlreadyExists, a quota or a webhook refuses a create before the API server looks for
+// an existing object. When there is none, the refusal is the error.
 func ensureCollectorObject[T client.Object](ctx context.Context, r *TelemetryPolicyReconciler, p *v1.TelemetryPolicy, desired T, kind ownedKind[T], create bool) error {
-	if create {
-		if err := controllerutil.SetControllerReference(p, desired, r.Scheme); err != nil {
-			return err
-		}
-		if err := r.Create(ctx, desired.DeepCopyObject().(client.Object)); err == nil {
-			return nil
-		}
+	if !create {
+		_, err := ensureOwned(ctx, r, p, desired, kind)
+		return err
 	}
-	_, err := ensureOwned(ctx, r, p, desired, kind)
+	if err := controllerutil.SetControllerReference(p, desired, r.Scheme); err != nil {
+		return err
+	}
+	createErr := r.Create(ctx, desired.DeepCopyObject().(client.Object))
+	if createErr == nil {
+		return nil
+	}
+	key := client.ObjectKeyFromObject(desired)
+	live := kind.newEmpty()
+	switch err := r.APIReader.Get(ctx, key, live); {
+	case apierrors.IsNotFound(err):
+		return fmt.Errorf("creating %s: %w", key.Name, createErr)
+	case err != nil:
+		return fmt.Errorf("creating %s: %w (and reading it back: %w)", key.Name, createErr, err)
+	}
+	_, err := putInOrder(ctx, r, p, desired, live, kind)
 	return err
 }

@@ -437,12 +437,19 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		requestReconcile(ctx, ns, "drift")
 		Eventually(rules).Should(Equal(wanted))
 
-		By("a deleted RoleBinding and ServiceAccount: put back once the collector is not available")
+		By("a deleted RoleBinding and ServiceAccount: left while the collector is not available right after a check")
 		Expect(k8s.Delete(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: names.RoleBinding}})).To(Succeed())
 		Expect(k8s.Delete(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: names.ServiceAccount}})).To(Succeed())
 		setDeploymentStatus(ctx, ns, "drift", func(d *appsv1.Deployment) {
 			d.Status.AvailableReplicas, d.Status.ReadyReplicas, d.Status.UnavailableReplicas = 0, 0, 1
 		})
+		// The condition is patched after the workload step: this reconcile passed the RBAC check.
+		Eventually(conditionStatus(ctx, ns, "drift", v1.ConditionSynced)).Should(Equal("Synced=False/CollectorStarting"))
+		Expect(apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.ServiceAccount}, &corev1.ServiceAccount{}))).To(BeTrue())
+
+		By("... and put back once that check is 30 s old and the collector is still not available")
+		fakeClock.Step(30 * time.Second)
+		setDeploymentStatus(ctx, ns, "drift", func(d *appsv1.Deployment) { d.Status.UnavailableReplicas = 2 })
 		Eventually(func() error {
 			return k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.RoleBinding}, &rbacv1.RoleBinding{})
 		}).Should(Succeed())

@@ -385,7 +385,7 @@ var _ = Describe("Operational guarantees", func() {
 
 		By("and the running manager stays quiet too")
 		n := writes.total.Load()
-		Consistently(func() []string { return writes.since(n) }, "2s").Should(BeEmpty())
+		Consistently(func() []string { return writes.sinceIn(n, ns) }, "2s").Should(BeEmpty())
 	})
 
 	It("issues nothing from an issuer about to expire, and stalls once instead of re-issuing in a loop", func() {
@@ -446,6 +446,8 @@ var _ = Describe("Operational guarantees", func() {
 		p.Spec.Contract.ExpiresAt = &expires
 		Expect(k8s.Create(ctx, p)).To(Succeed())
 		Eventually(conditionStatus(ctx, ns, "requeue", v1.ConditionCredentialsReady)).Should(Equal("CredentialsReady=True/Valid"))
+		// A collector not running yet has its RBAC objects checked again soon: it runs here.
+		rollOutUntilReady(ctx, ns, "requeue")
 		r := &controllers.TelemetryPolicyReconciler{
 			Client: k8s, APIReader: k8s, Scheme: mgr.GetScheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
 			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
@@ -466,6 +468,41 @@ var _ = Describe("Operational guarantees", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(res.RequeueAfter).To(And(BeNumerically(">=", 5*time.Minute), BeNumerically("<", 5*time.Minute+30*time.Second)),
 			"due after the resync plus a fixed spread of up to a tenth of it")
+	})
+
+	It("reads a starting collector's RBAC objects again once their last check is 30 s old, or at a shorter resync", func() {
+		ns := newNamespace(ctx)
+		Expect(k8s.Create(ctx, eventLevelPolicy(ns, "starting"))).To(Succeed())
+		Eventually(conditionStatus(ctx, ns, "starting", v1.ConditionCredentialsReady)).Should(Equal("CredentialsReady=True/Valid"))
+		// No Deployment controller runs here: the collector is never available.
+		r := &controllers.TelemetryPolicyReconciler{
+			Client: k8s, APIReader: k8s, Scheme: mgr.GetScheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
+			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
+		}
+		req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "starting"}}
+		sa := client.ObjectKey{Namespace: ns, Name: resources.NamesFor("starting").ServiceAccount}
+		saExists := func() bool { return !apierrors.IsNotFound(k8s.Get(ctx, sa, &corev1.ServiceAccount{})) }
+		_, err := r.Reconcile(ctx, req) // this reconciler has no record of a check: it checks
+		Expect(err).NotTo(HaveOccurred())
+
+		By("a reconcile right after the check, the collector still starting: no read, requeued for when the check is 30 s old")
+		Expect(k8s.Delete(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: sa.Name}})).To(Succeed())
+		res, err := r.Reconcile(ctx, req)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(res.RequeueAfter).To(Equal(30 * time.Second))
+		Expect(saExists()).To(BeFalse())
+
+		By("30 s later, the collector still not running: read and put back")
+		fakeClock.Step(30 * time.Second)
+		_, err = r.Reconcile(ctx, req)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(saExists()).To(BeTrue())
+
+		By("a resync shorter than 30 s comes first")
+		r.Options.CollectorRBACResync = 10 * time.Second
+		res, err = r.Reconcile(ctx, req)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(res.RequeueAfter).To(And(BeNumerically(">=", 10*time.Second), BeNumerically("<=", 11*time.Second)))
 	})
 
 	It("never caches or reads Secrets and ConfigMaps it does not manage", func() {

@@ -8,7 +8,9 @@ package controllers_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -76,19 +78,58 @@ type writeCounter struct {
 func (w *writeCounter) wrap(rt http.RoundTripper) http.RoundTripper {
 	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
 		if req.Method != http.MethodGet && req.Method != http.MethodHead {
+			entry := req.Method + " " + req.URL.Path
+			if ns := reviewedNamespace(req); ns != "" {
+				entry += " (namespace " + ns + ")"
+			}
 			w.total.Add(1)
 			w.mu.Lock()
-			w.log = append(w.log, req.Method+" "+req.URL.Path)
+			w.log = append(w.log, entry)
 			w.mu.Unlock()
 		}
 		return rt.RoundTrip(req)
 	})
 }
 
-func (w *writeCounter) since(n int64) []string {
+// reviewedNamespace is the namespace a SelfSubjectRulesReview asks about (in its body, not its
+// path), "" for other requests.
+func reviewedNamespace(req *http.Request) string {
+	if !strings.HasSuffix(req.URL.Path, "/selfsubjectrulesreviews") {
+		return ""
+	}
+	if req.GetBody == nil {
+		return "?" // unknown: counted for every namespace
+	}
+	body, err := req.GetBody()
+	if err != nil {
+		return "?"
+	}
+	defer func() { _ = body.Close() }()
+	var review struct {
+		Spec struct {
+			Namespace string `json:"namespace"`
+		} `json:"spec"`
+	}
+	if err := json.NewDecoder(body).Decode(&review); err != nil {
+		return "?"
+	}
+	return review.Spec.Namespace
+}
+
+// sinceIn returns the writes made after the first n about namespace ns: to it, to objects in
+// it, and reviews of the manager's permissions in it. Writes about other specs' policies (which
+// the manager keeps reconciling, and whose namespaces' reviews come due as specs step the
+// shared clock) are left out.
+func (w *writeCounter) sinceIn(n int64, ns string) []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]string(nil), w.log[n:]...)
+	var in []string
+	for _, l := range w.log[n:] {
+		if strings.Contains(l, "/namespaces/"+ns+"/") || strings.HasSuffix(l, "/namespaces/"+ns) || strings.HasSuffix(l, "(namespace "+ns+")") || strings.HasSuffix(l, "(namespace ?)") {
+			in = append(in, l)
+		}
+	}
+	return in
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)

@@ -136,7 +136,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxConcurrentReconciles, "max-concurrent-reconciles", controllers.DefaultMaxConcurrentReconciles, "How many policies are reconciled at once (one policy is never reconciled twice at once).")
 	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "", "Loopback address (127.0.0.1:PORT) of Go's profiling endpoints (/debug/pprof/, plain HTTP, no authentication; other addresses are refused); empty or \"0\" disables them.")
 	fs.DurationVar(&c.LedgerResync, "ledger-resync", 10*time.Minute, "How often each policy's consent record is read back from the receiver and compared with the operator's copy.")
-	fs.DurationVar(&c.CollectorRBACResync, "collector-rbac-resync", controllers.DefaultCollectorRBACResync, "How often, at least, each collector's ServiceAccount, Role and RoleBinding are read back and put back if edited or deleted, 10s to 24h (they are not watched, to save a watch of each kind in every onboarded namespace; they are also checked whenever the collector is rolled out or not fully available, on every spec change, and on kubectl telemetry reconcile).")
+	fs.DurationVar(&c.CollectorRBACResync, "collector-rbac-resync", controllers.DefaultCollectorRBACResync, "How often, at least, each collector's ServiceAccount, Role and RoleBinding are read back and put back if edited or deleted, 10s to 24h (they are not watched, to save a watch of each kind in every onboarded namespace; they are also checked whenever the collector is rolled out, when it is not fully available (at most every 30s then), on every spec change, and on kubectl telemetry reconcile).")
 }
 
 // Validate checks the settings and names the offending flag.
