@@ -672,6 +672,8 @@ func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss i
 	} else {
 		profiled <- nil
 	}
+	requestsBefore, err := apiserverRequests(st.RestConfig)
+	must(err)
 	start := time.Now()
 	for i := range n {
 		must(c.Create(ctx, policyObject(fmt.Sprintf("%s%d", scaleNamespacePrefix, i%nss), fmt.Sprintf("p%d", i), st.ReceiverURL)))
@@ -689,6 +691,7 @@ func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss i
 	}
 	stopWatching()
 	must(<-profiled)
+	requestsAfter := func() { printRequestsSince(st.RestConfig, requestsBefore, n) }
 	// Where the machine's time went while the operator converged: whether the API server (and
 	// etcd) were saturated, or the manager waited.
 	var cpuUse []string
@@ -735,6 +738,7 @@ func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss i
 		`controller_runtime_reconcile_time_seconds_sum{controller="telemetrypolicy"`, `controller_runtime_reconcile_time_seconds_count{controller="telemetrypolicy"`,
 		`workqueue_queue_duration_seconds_sum{controller="telemetrypolicy"`, `workqueue_work_duration_seconds_sum{controller="telemetrypolicy"`,
 		"telemetry_reconcile_step_duration_seconds_sum", "rest_client_request_duration_seconds_sum", "rest_client_request_duration_seconds_count")
+	requestsAfter()
 }
 
 // fetchAPIServerProfile writes a CPU profile of the API server over d to file.

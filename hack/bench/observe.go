@@ -9,6 +9,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -151,4 +155,78 @@ func (o *scaleObserver) Last() time.Time {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.last
+}
+
+// apiserverRequests reads the API server's request counters (apiserver_request_total) by verb,
+// resource and code, from every client.
+func apiserverRequests(cfg *rest.Config) (map[string]float64, error) {
+	hc, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Get(strings.TrimSuffix(cfg.Host, "/") + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("the API server's metrics: %s", resp.Status)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	counts := map[string]float64{}
+	label := func(series, name string) string {
+		_, rest, ok := strings.Cut(series, name+`="`)
+		if !ok {
+			return ""
+		}
+		v, _, _ := strings.Cut(rest, `"`)
+		return v
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") {
+			continue
+		}
+		series, value, ok := strings.Cut(line, "} ")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			continue
+		}
+		res := label(series, "resource")
+		if sub := label(series, "subresource"); sub != "" {
+			res += "/" + sub
+		}
+		counts[fmt.Sprintf("%s %s %s", label(series, "verb"), res, label(series, "code"))] += n
+	}
+	return counts, nil
+}
+
+// printRequestsSince prints what the API server answered since before, by verb, resource and
+// code, the most frequent first: what the operator (and the bench's stand-ins) asked of it.
+func printRequestsSince(cfg *rest.Config, before map[string]float64, per int) {
+	after, err := apiserverRequests(cfg)
+	if err != nil {
+		fmt.Printf("    (the API server's request counts: %v)\n", err)
+		return
+	}
+	type row struct {
+		key string
+		n   float64
+	}
+	var rows []row
+	for k, v := range after {
+		if d := v - before[k]; d > 0 {
+			rows = append(rows, row{k, d})
+		}
+	}
+	slices.SortFunc(rows, func(a, b row) int { return int(b.n - a.n) })
+	fmt.Println("    API server requests meanwhile, every client (verb resource code: count, per policy):")
+	for _, r := range rows {
+		fmt.Printf("      %-55s %7.0f %6.2f\n", r.key, r.n, r.n/float64(per))
+	}
 }
