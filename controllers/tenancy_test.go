@@ -9,20 +9,27 @@ package controllers_test
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/controllers"
+	"github.com/sourcegraph/telemetry-operator/internal/operator"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
+	"github.com/sourcegraph/telemetry-operator/internal/tenants"
 )
 
 // managedIn counts the objects the operator made in ns, read straight from the API server.
@@ -64,6 +71,101 @@ func setOnboarded(ctx context.Context, ns string, on bool) {
 
 var _ = Describe("Onboarded namespaces", func() {
 	ctx := context.Background()
+
+	// newGatedSet returns a namespace Set like the manager's whose permission reviews can be held.
+	newGatedSet := func(ctx context.Context) (*tenants.Set, *gatedReviewer) {
+		GinkgoHelper()
+		direct, err := client.NewWithWatch(cfg, client.Options{Scheme: mgr.GetScheme()})
+		Expect(err).NotTo(HaveOccurred())
+		g := &gatedReviewer{gates: map[string]gate{}, count: map[string]int{}}
+		cacheOpts, err := operator.TenantCacheOptions(mgr, cfg)
+		Expect(err).NotTo(HaveOccurred())
+		set := tenants.New(tenants.Options{
+			Config: cfg, Cache: cacheOpts, Kinds: controllers.CachedKinds(), Uncached: controllers.UncachedKinds(),
+			Namespaces: mgr.GetCache(), Selector: labels.SelectorFromSet(labels.Set{v1.LabelOnboarded: "true"}),
+			Reviewer: interceptor.NewClient(direct, interceptor.Funcs{Create: g.create}), Rules: tenants.Rules,
+			RoleName: "telemetry-operator-tenant", Subject: "test/manager", Clock: fakeClock,
+		})
+		go func() { _ = set.Start(ctx) }()
+		return set, g
+	}
+	inManagerCache := func(ns string) func() error {
+		return func() error { return mgr.GetCache().Get(ctx, client.ObjectKey{Name: ns}, &corev1.Namespace{}) }
+	}
+	ensure := func(set *tenants.Set, ctx context.Context, ns string) <-chan tenants.Status {
+		done := make(chan tenants.Status, 1)
+		go func() {
+			defer GinkgoRecover()
+			st, err := set.Ensure(ctx, ns)
+			Expect(err).NotTo(HaveOccurred())
+			done <- st
+		}()
+		return done
+	}
+
+	It("onboards namespaces side by side: one whose review is slow holds up no other", func() {
+		slow, quick := newNamespace(ctx), newNamespace(ctx)
+		Eventually(inManagerCache(slow)).Should(Succeed())
+		Eventually(inManagerCache(quick)).Should(Succeed())
+		setCtx, stop := context.WithCancel(ctx)
+		defer stop()
+		set, g := newGatedSet(setCtx)
+		reviewing, release := g.hold(slow)
+		defer release()
+
+		slowDone := ensure(set, setCtx, slow)
+		Eventually(reviewing).Should(BeClosed())
+		Eventually(ensure(set, setCtx, quick)).Should(Receive(HaveField("Onboarded", BeTrue())), "the quick namespace waited for the slow one's review")
+		Expect(set.Onboarded(quick)).To(BeTrue())
+		Expect(set.Onboarded(slow)).To(BeFalse())
+
+		By("the slow one is onboarded once its review answers")
+		release()
+		Eventually(slowDone).Should(Receive(HaveField("Onboarded", BeTrue())))
+		Expect(set.Onboarded(slow)).To(BeTrue())
+	})
+
+	It("starts no cache in a namespace whose label goes while two callers wait on its review", func() {
+		ns := newNamespace(ctx)
+		Eventually(inManagerCache(ns)).Should(Succeed())
+		setCtx, stop := context.WithCancel(ctx)
+		defer stop()
+		set, g := newGatedSet(setCtx)
+		reviewing, release := g.hold(ns)
+		defer release()
+		first := ensure(set, setCtx, ns)
+		Eventually(reviewing).Should(BeClosed())
+		second := ensure(set, setCtx, ns)
+		setOnboarded(ctx, ns, false)
+		Eventually(inManagerCache(ns)).ShouldNot(Succeed())
+		release()
+		Eventually(first).Should(Receive(HaveField("Reason", tenants.ReasonNotOnboarded)))
+		Eventually(second).Should(Receive(HaveField("Reason", tenants.ReasonNotOnboarded)))
+		Expect(set.Onboarded(ns)).To(BeFalse())
+	})
+
+	It("reviews again after an invalidation that came while a review was under way", func() {
+		ns := newNamespace(ctx)
+		Eventually(inManagerCache(ns)).Should(Succeed())
+		setCtx, stop := context.WithCancel(ctx)
+		defer stop()
+		set, g := newGatedSet(setCtx)
+		Eventually(ensure(set, setCtx, ns)).Should(Receive(HaveField("Onboarded", BeTrue())))
+		Expect(g.reviews(ns)).To(Equal(1))
+
+		fakeClock.Step(6 * time.Minute) // the review is due again
+		reviewing, release := g.hold(ns)
+		defer release()
+		done := ensure(set, setCtx, ns)
+		Eventually(reviewing).Should(BeClosed())
+		set.Invalidate(ns) // a request in ns was refused meanwhile
+		release()
+		Eventually(done).Should(Receive(HaveField("Onboarded", BeTrue())))
+		Expect(g.reviews(ns)).To(Equal(2))
+
+		Eventually(ensure(set, setCtx, ns)).Should(Receive(HaveField("Onboarded", BeTrue())))
+		Expect(g.reviews(ns)).To(Equal(3), "the invalidation was lost: the namespace counted as freshly reviewed")
+	})
 
 	It("creates nothing, claims nothing and says why in a namespace that is not onboarded, and starts once it is", func() {
 		ns := newNamespaceLabelled(ctx, nil)
@@ -245,3 +347,49 @@ var _ = Describe("Objects the operator did not make", func() {
 		Expect(cm.Data).To(Equal(map[string]string{"theirs": "yes"}))
 	})
 })
+
+type gate struct{ reviewing, release chan struct{} }
+
+// gatedReviewer counts the manager's permission reviews by namespace and holds the next one of
+// a namespace until released.
+type gatedReviewer struct {
+	mu    sync.Mutex
+	gates map[string]gate
+	count map[string]int
+}
+
+// hold makes the next review of ns wait; reviewing is closed when it starts. release may be
+// called more than once.
+func (g *gatedReviewer) hold(ns string) (reviewing <-chan struct{}, release func()) {
+	gt := gate{reviewing: make(chan struct{}), release: make(chan struct{})}
+	g.mu.Lock()
+	g.gates[ns] = gt
+	g.mu.Unlock()
+	var once sync.Once
+	return gt.reviewing, func() { once.Do(func() { close(gt.release) }) }
+}
+
+func (g *gatedReviewer) reviews(ns string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.count[ns]
+}
+
+func (g *gatedReviewer) create(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+	if r, ok := obj.(*authorizationv1.SelfSubjectRulesReview); ok {
+		g.mu.Lock()
+		g.count[r.Spec.Namespace]++
+		gt, held := g.gates[r.Spec.Namespace]
+		delete(g.gates, r.Spec.Namespace)
+		g.mu.Unlock()
+		if held {
+			close(gt.reviewing)
+			select {
+			case <-gt.release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	return cl.Create(ctx, obj, opts...)
+}

@@ -87,6 +87,9 @@ type tenant struct {
 	cache    cache.Cache
 	cancel   context.CancelFunc
 	reviewed time.Time
+	// invalidations counts Invalidate calls, so a review that was under way when one came
+	// does not make the namespace fresh again.
+	invalidations int
 }
 
 // Set is the manager's onboarded namespaces: a manager.Runnable that owns their caches, and a
@@ -95,11 +98,40 @@ type Set struct {
 	opts Options
 
 	mu sync.Mutex
-	// addMu makes starting a namespace's cache single-flight.
-	addMu   sync.Mutex
+	// nsLocks make reviewing and starting a namespace's cache single-flight per namespace.
+	// One lock for all namespaces serialized onboarding: with one policy in each of 1,000
+	// namespaces, every worker waited on one namespace's review and cache sync at a time.
+	nsLocks map[string]*nsLock
 	ctx     context.Context // the manager's, once started
 	tenants map[string]*tenant
 	started chan struct{}
+}
+
+type nsLock struct {
+	sync.Mutex
+	// users counts holders and waiters; the lock is dropped when none are left.
+	users int
+}
+
+// lockNamespace takes the lock of ns and returns its release.
+func (s *Set) lockNamespace(ns string) (unlock func()) {
+	s.mu.Lock()
+	l := s.nsLocks[ns]
+	if l == nil {
+		l = &nsLock{}
+		s.nsLocks[ns] = l
+	}
+	l.users++
+	s.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		s.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(s.nsLocks, ns)
+		}
+		s.mu.Unlock()
+	}
 }
 
 // New returns a Set; add it to the manager so its caches live as long as the manager's.
@@ -113,7 +145,7 @@ func New(o Options) *Set {
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
 	}
-	return &Set{opts: o, tenants: map[string]*tenant{}, started: make(chan struct{})}
+	return &Set{opts: o, tenants: map[string]*tenant{}, nsLocks: map[string]*nsLock{}, started: make(chan struct{})}
 }
 
 // Start runs until ctx ends, then stops every namespace cache.
@@ -157,18 +189,22 @@ func (s *Set) Ensure(ctx context.Context, ns string) (Status, error) {
 		}
 		return Status{}, err
 	}
-	now := s.opts.Clock.Now()
-	s.mu.Lock()
-	t := s.tenants[ns]
-	fresh := t != nil && now.Sub(t.reviewed) < s.opts.Recheck
-	s.mu.Unlock()
-	if fresh {
+	if s.fresh(ns) {
 		return Status{Onboarded: true}, nil
 	}
-	// Reviewing and starting are single-flight, and serialized with Sync: a label removed
-	// meanwhile is seen below, before a cache is kept.
-	s.addMu.Lock()
-	defer s.addMu.Unlock()
+	// Reviewing and starting are single-flight for each namespace, and serialized with its
+	// Sync: a label removed meanwhile is seen below, before a cache is kept.
+	defer s.lockNamespace(ns)()
+	if s.fresh(ns) {
+		return Status{Onboarded: true}, nil // reviewed by the caller this one waited for
+	}
+	now := s.opts.Clock.Now()
+	s.mu.Lock()
+	invalidations := 0
+	if t := s.tenants[ns]; t != nil {
+		invalidations = t.invalidations
+	}
+	s.mu.Unlock()
 	missing, err := s.missing(ctx, ns)
 	if err != nil {
 		return Status{}, fmt.Errorf("reviewing the manager's permissions in namespace %s: %w", ns, err)
@@ -187,8 +223,8 @@ func (s *Set) Ensure(ctx context.Context, ns string) (Status, error) {
 		return Status{}, err
 	}
 	s.mu.Lock()
-	t = s.tenants[ns]
-	if t != nil {
+	t := s.tenants[ns]
+	if t != nil && t.invalidations == invalidations {
 		t.reviewed = now
 	}
 	s.mu.Unlock()
@@ -199,6 +235,15 @@ func (s *Set) Ensure(ctx context.Context, ns string) (Status, error) {
 		return Status{}, err
 	}
 	return Status{Onboarded: true}, nil
+}
+
+// fresh reports whether ns has a cache and a permission review younger than Recheck.
+func (s *Set) fresh(ns string) bool {
+	now := s.opts.Clock.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tenants[ns]
+	return t != nil && now.Sub(t.reviewed) < s.opts.Recheck
 }
 
 // labelled reports whether the manager's cache holds ns as onboarded: labelled, and not being
@@ -223,14 +268,14 @@ func (s *Set) Invalidate(ns string) {
 	defer s.mu.Unlock()
 	if t := s.tenants[ns]; t != nil {
 		t.reviewed = time.Time{}
+		t.invalidations++
 	}
 }
 
 // Sync stops the cache of ns if the manager's cache no longer holds it as onboarded (its label
 // was removed, or it was deleted), whether or not a policy is left there to reconcile.
 func (s *Set) Sync(ctx context.Context, ns string) {
-	s.addMu.Lock()
-	defer s.addMu.Unlock()
+	defer s.lockNamespace(ns)()
 	if on, err := s.labelled(ctx, ns); err == nil && !on {
 		s.remove(ctx, ns)
 	}
