@@ -77,17 +77,24 @@ var (
 // ensureOwned creates desired, or updates the live object where it differs from desired, and
 // returns the live object. It writes nothing when the live object is already in sync.
 func ensureOwned[T client.Object](ctx context.Context, r *TelemetryPolicyReconciler, owner *telemetryv1alpha1.TelemetryPolicy, desired T, kind ownedKind[T]) (T, error) {
-	var zero T
-	if err := controllerutil.SetControllerReference(owner, desired, r.Scheme); err != nil {
-		return zero, err
-	}
-	key := client.ObjectKeyFromObject(desired)
 	live := kind.newEmpty()
 	var reader client.Reader = r
 	if kind.direct {
 		reader = r.APIReader
 	}
-	err := reader.Get(ctx, key, live)
+	err := reader.Get(ctx, client.ObjectKeyFromObject(desired), live)
+	return ensureOwnedFrom(ctx, r, owner, desired, kind, live, err)
+}
+
+// ensureOwnedFrom is ensureOwned with desired's object already read (live, with readErr the
+// error of that read), so that a decision made on that read and the update judge one object.
+func ensureOwnedFrom[T client.Object](ctx context.Context, r *TelemetryPolicyReconciler, owner *telemetryv1alpha1.TelemetryPolicy, desired T, kind ownedKind[T], live T, readErr error) (T, error) {
+	var zero T
+	if err := controllerutil.SetControllerReference(owner, desired, r.Scheme); err != nil {
+		return zero, err
+	}
+	key := client.ObjectKeyFromObject(desired)
+	err := readErr
 	if apierrors.IsNotFound(err) {
 		err = r.Create(ctx, desired)
 		if err == nil {

@@ -65,20 +65,18 @@ const (
 
 // collectorRBACDue reports whether the collector's ServiceAccount, Role and RoleBinding must be
 // read (and put back) in this reconcile, and when they are due otherwise. desired is the
-// collector's Deployment as this reconcile will have it.
-func (r *TelemetryPolicyReconciler) collectorRBACDue(ctx context.Context, p *v1.TelemetryPolicy, desired *appsv1.Deployment) (rbacDue, time.Time, error) {
+// collector's Deployment as this reconcile will have it, dep the one it read (nil: none), which
+// is also the one this reconcile rolls out from: a rollout is never decided on a newer read
+// than the one that decided whether to look at the RBAC objects.
+func (r *TelemetryPolicyReconciler) collectorRBACDue(p *v1.TelemetryPolicy, desired, dep *appsv1.Deployment) (rbacDue, time.Time) {
 	now := r.Clock.Now()
 	r.rbacMu.Lock()
 	c, ok := r.rbacChecked[client.ObjectKeyFromObject(p)]
 	r.rbacMu.Unlock()
 	next := c.at.Add(r.collectorRBACResync() + spread(p.UID, r.collectorRBACResync()/10))
 	due := !ok || c.uid != p.UID || c.generation != p.Generation || c.request != p.Annotations[v1.AnnotationReconcileRequestedAt] || !now.Before(next)
-	dep := &appsv1.Deployment{}
-	switch err := r.Get(ctx, client.ObjectKeyFromObject(desired), dep); {
-	case apierrors.IsNotFound(err):
-		return rbacDueCreate, time.Time{}, nil
-	case err != nil:
-		return rbacNotDue, time.Time{}, err
+	if dep == nil {
+		return rbacDueCreate, time.Time{}
 	}
 	// A collector about to be rolled out, or not running as desired, may fail for want of them
 	// (a deleted ServiceAccount stops its pods from starting): look. A rollout is seen here, in
@@ -87,7 +85,7 @@ func (r *TelemetryPolicyReconciler) collectorRBACDue(ctx context.Context, p *v1.
 	running := s.ObservedGeneration >= dep.Generation && s.AvailableReplicas > 0 && s.UnavailableReplicas == 0 &&
 		(dep.Spec.Replicas == nil || s.UpdatedReplicas >= *dep.Spec.Replicas)
 	if due || !deploymentKind.inSync(desired, dep) {
-		return rbacDueCheck, time.Time{}, nil
+		return rbacDueCheck, time.Time{}
 	}
 	if !running {
 		// A collector still starting right after its objects were created or checked is no
@@ -96,11 +94,11 @@ func (r *TelemetryPolicyReconciler) collectorRBACDue(ctx context.Context, p *v1.
 		// new collector starting before it reports it available: three reads each time.)
 		// The resync, when shorter, still comes first: a requeue replaces the pending one.
 		if settled := c.at.Add(collectorRBACSettle); now.Before(settled) {
-			return rbacNotDue, minTime(settled, next), nil
+			return rbacNotDue, minTime(settled, next)
 		}
-		return rbacDueCheck, time.Time{}, nil
+		return rbacDueCheck, time.Time{}
 	}
-	return rbacNotDue, next, nil
+	return rbacNotDue, next
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -144,13 +142,10 @@ func (r *TelemetryPolicyReconciler) forgetCollectorRBAC(key client.ObjectKey) {
 
 // reconcileCollectorRBAC puts the collector's ServiceAccount, Role and RoleBinding in order when
 // they are due, and requeues the policy for the next time they are. desired is the collector's
-// Deployment as this reconcile will have it.
-func (r *TelemetryPolicyReconciler) reconcileCollectorRBAC(ctx context.Context, st *reconcileState, desired *appsv1.Deployment) error {
+// Deployment as this reconcile will have it, dep the one it read (nil: none).
+func (r *TelemetryPolicyReconciler) reconcileCollectorRBAC(ctx context.Context, st *reconcileState, desired, dep *appsv1.Deployment) error {
 	p := st.policy
-	due, next, err := r.collectorRBACDue(ctx, p, desired)
-	if err != nil {
-		return err
-	}
+	due, next := r.collectorRBACDue(p, desired, dep)
 	if due == rbacNotDue {
 		st.requeue(&next)
 		return nil

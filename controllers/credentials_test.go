@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -503,6 +504,63 @@ var _ = Describe("Operational guarantees", func() {
 		res, err = r.Reconcile(ctx, req)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(res.RequeueAfter).To(And(BeNumerically(">=", 10*time.Second), BeNumerically("<=", 11*time.Second)))
+	})
+
+	It("rolls the collector out only in a reconcile that decided on the same read of it whether to check its RBAC objects", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "oneread")
+		rollOutUntilReady(ctx, ns, "oneread")
+		// Deployment reads from the third of a reconcile on see an edit that landed meanwhile
+		// (a copy: the API server's object, which the suite's manager also reconciles, is left
+		// alone). The first is the downgrade guard's; the second the workload step's.
+		var deploymentReads, rbacReads, deploymentWrites int
+		editFrom := 0
+		c := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				if err := c.Get(ctx, key, obj, opts...); err != nil {
+					return err
+				}
+				switch o := obj.(type) {
+				case *appsv1.Deployment:
+					if deploymentReads++; editFrom > 0 && deploymentReads >= editFrom {
+						o.Spec.Replicas = ptr.To(int32(2))
+					}
+				case *corev1.ServiceAccount, *rbacv1.Role, *rbacv1.RoleBinding:
+					rbacReads++
+				}
+				return nil
+			},
+			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+				if _, ok := obj.(*appsv1.Deployment); ok {
+					deploymentWrites++
+					return nil // as if written: the API server's object stays as it is
+				}
+				return c.Update(ctx, obj, opts...)
+			},
+		})
+		r := &controllers.TelemetryPolicyReconciler{
+			Client: c, APIReader: c, Scheme: mgr.GetScheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
+			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
+		}
+		req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "oneread"}}
+		_, err := r.Reconcile(ctx, req) // this reconciler has no record of a check: it checks
+		Expect(err).NotTo(HaveOccurred())
+		Expect(rbacReads).To(BeNumerically(">", 0))
+
+		By("an edit seen by a later read of the same reconcile is not rolled out past the RBAC decision")
+		deploymentReads, rbacReads, deploymentWrites, editFrom = 0, 0, 0, 3
+		_, err = r.Reconcile(ctx, req)
+		Expect(err).NotTo(HaveOccurred())
+		if deploymentWrites > 0 {
+			Expect(rbacReads).To(BeNumerically(">", 0), "the collector was rolled out (%d Deployment writes) without its RBAC objects being read", deploymentWrites)
+		}
+
+		By("the next reconcile sees the edit from its first workload read: it checks the RBAC objects and rolls out")
+		deploymentReads, rbacReads, deploymentWrites, editFrom = 0, 0, 0, 1
+		_, err = r.Reconcile(ctx, req)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(deploymentWrites).To(BeNumerically(">", 0))
+		Expect(rbacReads).To(BeNumerically(">", 0))
 	})
 
 	It("never caches or reads Secrets and ConfigMaps it does not manage", func() {

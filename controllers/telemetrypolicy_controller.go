@@ -429,10 +429,22 @@ func (r *TelemetryPolicyReconciler) reconcileWorkload(ctx context.Context, st *r
 	}
 	st.requeue(renewal)
 	desired := resources.Deployment(p, r.Options.CollectorImage, st.configHash, st.tier)
-	if err := r.reconcileCollectorRBAC(ctx, st, desired.DeepCopy()); err != nil {
+	// One read of the Deployment decides both whether the collector's RBAC objects are looked
+	// at and what is rolled out: an edit landing between two reads could otherwise be rolled
+	// out by this reconcile with its RBAC objects unchecked.
+	live := &appsv1.Deployment{}
+	readErr := r.Get(ctx, client.ObjectKeyFromObject(desired), live)
+	observed := live
+	switch {
+	case apierrors.IsNotFound(readErr):
+		observed = nil
+	case readErr != nil:
+		return readErr
+	}
+	if err := r.reconcileCollectorRBAC(ctx, st, desired.DeepCopy(), observed); err != nil {
 		return err
 	}
-	dep, err := ensureOwned(ctx, r, p, desired, deploymentKind)
+	dep, err := ensureOwnedFrom(ctx, r, p, desired, deploymentKind, live, readErr)
 	if err != nil {
 		return err
 	}
