@@ -424,13 +424,14 @@ func (st *reconcileState) configTimeline() consentv1.Timeline { return st.localT
 // every batch and rolls the Deployment to it, and if no lowered configuration can be written
 // the collector is stopped instead.
 func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *reconcileState) error {
+	p := st.policy
 	if !st.mutate {
+		r.forgetGuardSeen(client.ObjectKeyFromObject(p)) // suspended: nobody looks meanwhile
 		return nil
 	}
 	if st.intent == v1.TierOff {
 		return r.stopCollector(ctx, st)
 	}
-	p := st.policy
 	key := client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Deployment}
 	dep := &appsv1.Deployment{}
 	err := r.Get(ctx, key, dep)
@@ -441,13 +442,20 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 		return err
 	}
 	mayRun := p.Status.EffectiveTier
-	if mayRun == "" {
-		mayRun = v1.TierEventLevel // never enforced yet: assume the worst
+	if mayRun != "" {
+		r.forgetGuardSeen(client.ObjectKeyFromObject(p))
+	} else if dep == nil || !r.guardSeen(p, st.intent) {
+		// Never enforced yet, and not seen live by this process at the decided tier: assume
+		// the worst. Once a live read below found no collector, or found it at or below that
+		// tier and rolled out, the cache is trusted as it is for an enforced tier, as long as
+		// it shows the collector: a policy's second reconcile (its collector rolled out, not
+		// yet Synced) reads nothing live.
+		mayRun = v1.TierEventLevel
 	}
 	if dep != nil && templateTier(dep).Rank() > mayRun.Rank() {
 		mayRun = templateTier(dep)
 	}
-	if t := r.configuredTier(ctx, p); t.Rank() > mayRun.Rank() {
+	if t := r.configuredTier(ctx, p, dep != nil); t.Rank() > mayRun.Rank() {
 		mayRun = t // the configuration the collector obeys, whatever its Deployment says
 	}
 	if st.intent.Rank() >= mayRun.Rank() {
@@ -478,6 +486,12 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 	}
 	st.deployment, st.deploymentObserved = dep, true
 	if dep == nil || templateTier(dep).Rank() <= st.intent.Rank() && dep.Spec.Template.Annotations[resources.AnnotationConfigHash] == st.configHash {
+		// Seen live: no collector, or one at the tier and configuration decided. Only a
+		// rolled-out one counts (old pods may still run an earlier template), and never one
+		// merely written below: a write judged against a stale cache may have changed nothing.
+		if dep == nil || noOldPods(dep) {
+			r.markGuardSeen(p, st.intent)
+		}
 		return nil
 	}
 	log.FromContext(ctx).Info("lowering the running collector ahead of everything else", "tier", st.intent, "from", templateTier(dep))
@@ -502,11 +516,59 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 	return nil
 }
 
+// guardSeen reports whether this process's downgrade guard read p's collector live (since p was
+// created, as the UID tells) and found none, or found it rolled out at tier (see
+// enforceDowngrade). A mark made at another tier is dropped: after a raise the operator itself
+// rolls the collector above it.
+func (r *TelemetryPolicyReconciler) guardSeen(p *v1.TelemetryPolicy, tier v1.ConsentTier) bool {
+	r.guardMu.Lock()
+	defer r.guardMu.Unlock()
+	key := client.ObjectKeyFromObject(p)
+	m, ok := r.guardLive[key]
+	if ok && (m.uid != p.UID || m.tier != tier) {
+		delete(r.guardLive, key)
+		return false
+	}
+	return ok
+}
+
+func (r *TelemetryPolicyReconciler) markGuardSeen(p *v1.TelemetryPolicy, tier v1.ConsentTier) {
+	if p.Status.EffectiveTier != "" {
+		return // the cache is trusted for an enforced tier anyway
+	}
+	r.guardMu.Lock()
+	defer r.guardMu.Unlock()
+	if r.guardLive == nil {
+		r.guardLive = map[client.ObjectKey]guardMark{}
+	}
+	r.guardLive[client.ObjectKeyFromObject(p)] = guardMark{uid: p.UID, tier: tier}
+}
+
+// guardMark is a never-enforced policy's collector as this process's downgrade guard saw it.
+type guardMark struct {
+	uid  types.UID
+	tier v1.ConsentTier
+}
+
+func (r *TelemetryPolicyReconciler) forgetGuardSeen(key client.ObjectKey) {
+	r.guardMu.Lock()
+	defer r.guardMu.Unlock()
+	delete(r.guardLive, key)
+}
+
 // configuredTier is the tier in the collector's configuration ConfigMap (from the cache; Off
-// when there is none, EventLevel when it cannot be read).
-func (r *TelemetryPolicyReconciler) configuredTier(ctx context.Context, p *v1.TelemetryPolicy) v1.ConsentTier {
+// when there is none, EventLevel when it cannot be read). With the collector's Deployment in the
+// cache (collector), a configuration missing from it is looked for on the API server: the
+// configuration is written before the Deployment, so its absence from the label-filtered cache
+// may be a configuration whose labels were stripped, which the collector still obeys.
+func (r *TelemetryPolicyReconciler) configuredTier(ctx context.Context, p *v1.TelemetryPolicy, collector bool) v1.ConsentTier {
 	cm := &corev1.ConfigMap{}
-	switch err := r.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}, cm); {
+	key := client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}
+	err := r.Get(ctx, key, cm)
+	if apierrors.IsNotFound(err) && collector {
+		err = r.APIReader.Get(ctx, key, cm)
+	}
+	switch {
 	case apierrors.IsNotFound(err):
 		return v1.TierOff
 	case err != nil:

@@ -24,13 +24,17 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/controllers"
 	"github.com/sourcegraph/telemetry-operator/internal/ledger"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
@@ -397,6 +401,128 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(templateTierOf(ctx, ns, "broken")).To(Equal(string(v1.TierCriticalOnly)))
 		rollOut(ctx, ns, "broken")
 		Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "broken").Status.EffectiveTier }).Should(Equal(v1.TierCriticalOnly))
+	})
+
+	It("reads a never-enforced collector live until this process has seen it rolled out at the decided tier, then trusts its cache as for an enforced tier", func() {
+		ns := newNamespace(ctx)
+		p := eventLevelPolicy(ns, "fresh")
+		p.Spec.Consent.Tier = v1.TierCriticalOnly
+		Expect(k8s.Create(ctx, p)).To(Succeed())
+		Eventually(func() error { _, err := deployment(ctx, ns, "fresh"); return err }).Should(Succeed())
+		// Rolled out, never available (no Deployment controller runs here): never Synced, so
+		// its tier is never enforced (status.effectiveTier stays empty).
+		setDeploymentStatus(ctx, ns, "fresh", func(d *appsv1.Deployment) {
+			d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 1, UnavailableReplicas: 1}
+		})
+		configName := resources.NamesFor("fresh").Config
+		setTier := func(obj client.Object, tier v1.ConsentTier) {
+			switch o := obj.(type) {
+			case *appsv1.Deployment:
+				o.Spec.Template.Annotations[resources.AnnotationTier] = string(tier)
+			case *corev1.ConfigMap:
+				if o.Name != configName {
+					return
+				}
+				var c map[string]any
+				Expect(json.Unmarshal([]byte(o.Data[resources.ConfigKey]), &c)).To(Succeed())
+				c["tier"] = string(tier)
+				changed, err := json.Marshal(c)
+				Expect(err).NotTo(HaveOccurred())
+				o.Data[resources.ConfigKey] = string(changed)
+			}
+		}
+		raise := func(obj client.Object) { setTier(obj, v1.TierEventLevel) }
+		// The API server's objects are never changed here (the suite's manager reconciles
+		// them too): each client shows them as the case needs.
+		var liveReads int
+		var liveRaised, cacheRaised, cacheHidesConfig bool
+		var cacheShows v1.ConsentTier // the tier the cache shows the collector and its configuration at ("": as they are)
+		live := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				if _, ok := obj.(*appsv1.Deployment); ok {
+					liveReads++
+				}
+				err := c.Get(ctx, key, obj, opts...)
+				if err == nil && liveRaised {
+					raise(obj)
+				}
+				return err
+			},
+		})
+		cached := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				if _, ok := obj.(*corev1.ConfigMap); ok && cacheHidesConfig && key.Name == configName {
+					return apierrors.NewNotFound(corev1.Resource("configmaps"), key.Name)
+				}
+				err := c.Get(ctx, key, obj, opts...)
+				if _, ok := obj.(*appsv1.Deployment); ok && err == nil && cacheRaised {
+					raise(obj)
+				}
+				if err == nil && cacheShows != "" {
+					setTier(obj, cacheShows)
+				}
+				return err
+			},
+			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+				switch obj.(type) {
+				case *appsv1.Deployment, *corev1.ConfigMap:
+					return nil // as if written: the API server's objects stay as they are
+				}
+				return c.Update(ctx, obj, opts...)
+			},
+		})
+		newReconciler := func() *controllers.TelemetryPolicyReconciler {
+			return &controllers.TelemetryPolicyReconciler{
+				Client: cached, APIReader: live, Scheme: mgr.GetScheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
+				Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
+			}
+		}
+		r := newReconciler()
+		req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "fresh"}}
+		reconcile := func(r *controllers.TelemetryPolicyReconciler) int {
+			GinkgoHelper()
+			liveReads = 0
+			_, err := r.Reconcile(ctx, req)
+			Expect(err).NotTo(HaveOccurred())
+			return liveReads
+		}
+
+		By("a process that has not seen the collector live reads it live: it assumes the worst")
+		Expect(reconcile(r)).To(BeNumerically(">", 0))
+		Expect(getPolicy(ctx, ns, "fresh").Status.EffectiveTier).To(BeEmpty())
+
+		By("once seen live, rolled out at the decided tier, the next reconcile reads it from the cache only")
+		Expect(reconcile(r)).To(BeZero())
+
+		By("a cache showing it above the decided tier has it read live again")
+		cacheRaised = true
+		Expect(reconcile(r)).To(BeNumerically(">", 0))
+		cacheRaised = false
+
+		By("a cache that shows the collector but not its configuration has the configuration looked for live (labels stripped, raised)")
+		Expect(reconcile(r)).To(BeZero())
+		cacheHidesConfig, liveRaised = true, true
+		Expect(reconcile(r)).To(BeNumerically(">", 0))
+		cacheHidesConfig, liveRaised = false, false
+
+		By("a new process (or a standby that takes over) reads it live again")
+		r = newReconciler()
+		Expect(reconcile(r)).To(BeNumerically(">", 0))
+
+		By("a collector found live above the tier and lowered against a stale cache (a write that changed nothing) is read live again next time")
+		r = newReconciler()
+		liveRaised = true
+		Expect(reconcile(r)).To(BeNumerically(">", 0))
+		liveRaised = false
+		Expect(reconcile(r)).To(BeNumerically(">", 0))
+		Expect(reconcile(r)).To(BeZero())
+
+		By("after a raise, a lowering is judged live again, even while the cache still shows the collector as it was before the raise")
+		updatePolicy(ctx, ns, "fresh", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
+		Expect(reconcile(r)).To(BeZero(), "a raise needs no guard")
+		updatePolicy(ctx, ns, "fresh", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+		cacheShows = v1.TierCriticalOnly
+		Expect(reconcile(r)).To(BeNumerically(">", 0))
 	})
 
 	It("lowers a collector the cache cannot see while a later step stalls", func() {

@@ -130,6 +130,11 @@ type TelemetryPolicyReconciler struct {
 	rbacMu      sync.Mutex
 	rbacChecked map[client.ObjectKey]rbacCheck
 
+	// guardLive: policies never enforced whose collector this process's downgrade guard has
+	// read live (see enforceDowngrade), by the UID of the policy it read for.
+	guardMu   sync.Mutex
+	guardLive map[client.ObjectKey]guardMark
+
 	gapOnce      sync.Once
 	runningSince time.Time
 	downSince    *time.Time
@@ -212,6 +217,7 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			r.Metrics.Forget(req.NamespacedName)
 			r.forgetVerified(req.NamespacedName)
 			r.forgetCollectorRBAC(req.NamespacedName)
+			r.forgetGuardSeen(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err

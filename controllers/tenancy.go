@@ -11,6 +11,7 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/tenants"
@@ -66,6 +67,7 @@ func (r *TelemetryPolicyReconciler) checkNamespace(_ context.Context, st *reconc
 	if st.outside == nil {
 		return nil
 	}
+	r.forgetGuardSeen(client.ObjectKeyFromObject(st.policy)) // nobody looks at it meanwhile
 	if st.outside.Reason == tenants.ReasonNotPermitted {
 		st.requeueIn(notPermittedRetry, r.Clock.Now())
 	}
