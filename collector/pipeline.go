@@ -64,7 +64,15 @@ type Pipeline struct {
 	// a write may grow when nothing but the success time changed (two export intervals).
 	saved     *collectorconfig.Progress
 	heartbeat time.Duration
-	ready     bool
+	// backlog: rows beyond the last acknowledged round were waiting when it was read, or the
+	// cursor has not yet reached backlogEnd, the highest id read when the rows ran out (the
+	// cursor can trail by a round: transactions in flight at a read hold it back, and a batch
+	// sent beside another carries the older cursor). savedBacklog is backlog as of the last
+	// write. A backlog's lag can read 0 s (rows written within the second, or dated ahead of
+	// this clock), so it is not told by the lag alone.
+	backlog, savedBacklog bool
+	backlogEnd            int64
+	ready                 bool
 	// prefetched is the next rounds, read while the last ones were being sent (event rounds only).
 	prefetched *prefetch
 	// sentCursor is the highest cursor an acknowledged batch carried: the receiver's cursor is at
@@ -632,6 +640,7 @@ func (p *Pipeline) aggregatesSent(acked, withheld int64, through string) {
 	p.progress.EventsDropped += withheld
 	p.progress.LastError = ""
 	p.progress.LagSeconds = 0
+	p.backlog, p.backlogEnd = false, 0
 	p.mu.Unlock()
 	p.Metrics.EventsExported.Add(float64(acked))
 	p.Metrics.LastSuccess.Set(float64(t.Unix()))
@@ -650,7 +659,19 @@ func (p *Pipeline) recordSuccess(exported, dropped int64, round *source.Round, s
 	p.progress.EventsDropped += dropped
 	p.progress.LastError = ""
 	lag := int64(0)
-	if round.MaxID > p.tracker.High() && !round.NewestTimestamp.IsZero() {
+	more := round.MaxID > p.tracker.High()
+	switch {
+	case more:
+		p.backlog, p.backlogEnd = true, 0
+	case p.backlog:
+		if p.backlogEnd == 0 {
+			p.backlogEnd = p.tracker.High()
+		}
+		if p.tracker.Cursor() >= p.backlogEnd {
+			p.backlog, p.backlogEnd = false, 0
+		}
+	}
+	if more && !round.NewestTimestamp.IsZero() {
 		lag = int64(now.Sub(round.NewestTimestamp).Seconds())
 		if n := len(round.Rows); n > 0 {
 			lag = int64(now.Sub(round.Rows[n-1].Timestamp).Seconds())
@@ -704,6 +725,7 @@ func (p *Pipeline) saveProgress(force bool) {
 	}
 	p.lastSaved = now
 	p.saved = &snapshot
+	p.savedBacklog = p.backlog
 	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -727,13 +749,14 @@ func (p *Pipeline) saveProgress(force bool) {
 // which the Exporting condition turns False). What a user must see soon is written at the round
 // it changes in (at most every ProgressEvery: a change inside that waits for the next round): an
 // error or its end, the tier, aggregates published, the first success, and a backlog's progress
-// (lag above zero). A write that fails is due again at the next round. A restart resumes from
-// the saved cursor; what it re-reads is re-sent and the receiver de-duplicates it.
+// (rows waiting beyond the round, or lag above zero) and its end. A write that fails is due
+// again at the next round. A restart resumes from the saved cursor; what it re-reads is re-sent
+// and the receiver de-duplicates it.
 func (p *Pipeline) progressDue(cur collectorconfig.Progress, now time.Time) bool {
 	if now.Sub(p.lastSaved) < p.ProgressEvery {
 		return false
 	}
-	if p.saved == nil || (cur.LastSuccessTime == nil) != (p.saved.LastSuccessTime == nil) || cur.LagSeconds != 0 {
+	if p.saved == nil || (cur.LastSuccessTime == nil) != (p.saved.LastSuccessTime == nil) || cur.LagSeconds != 0 || p.backlog || p.savedBacklog {
 		return true
 	}
 	a, b := cur, *p.saved

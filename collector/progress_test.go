@@ -109,6 +109,75 @@ func TestCollectorWritesProgressAsAHeartbeatUnlessSomethingNeedsSaying(t *testin
 		t.Errorf("after the backlog the saved cursor is %d, want %d", got, want)
 	}
 
+	// A backlog whose rows are dated ahead of the collector's clock (a skewed clock, or rows
+	// written within the second) reads a lag of 0 s: it is still written every round, and its
+	// end with it.
+	store.saves.Store(0)
+	in.exec(`INSERT INTO event_logs (name, url, user_id, source, public_argument, version, timestamp, argument)
+SELECT 'ViewBlob', 'https://sourcegraph.example.com/x', (g % 5) + 1, 'WEB', '{}'::jsonb, '5.3.0', $1::timestamptz, '{}'::jsonb
+FROM generate_series(1, 1000) g`, fc.Now().Add(time.Hour))
+	retriesBefore = counter(t, in.metrics, "collector_retries_total")
+	rounds = 0
+	for round() {
+		rounds++
+	}
+	if n := store.saves.Load(); n < int64(rounds) {
+		t.Errorf("a backlog dated ahead of the clock, %d rounds, wrote progress %d times, want every round", rounds, n)
+	}
+	if counter(t, in.metrics, "collector_retries_total") > retriesBefore {
+		round() // as above
+	}
+	if got, want := in.progress().Cursor, p.Cursor(); got != want {
+		t.Errorf("after a backlog dated ahead of the clock the saved cursor is %d, want %d", got, want)
+	}
+
+	// A backlog read while another transaction was in flight: the cursor stops short of the
+	// rows read until that transaction ends (a row it inserted could still appear below them),
+	// so the cursor reaches the backlog's end in a later round, which writes it. These rounds
+	// are 10 ms apart, so no heartbeat falls due among them.
+	quick := func() bool {
+		t.Helper()
+		fc.Step(10 * time.Millisecond)
+		more, err := p.RunOnce(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return more
+	}
+	ctx := context.Background()
+	tx, err := in.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, "SELECT txid_current()"); err != nil { // holds a transaction id
+		t.Fatal(err)
+	}
+	in.insert("ViewBlob", 1000, 5, `{}`)
+	for rounds = 0; quick(); rounds++ {
+	}
+	var newest int64
+	if err := in.db.QueryRow(ctx, "SELECT max(id) FROM event_logs").Scan(&newest); err != nil {
+		t.Fatal(err)
+	}
+	if p.Cursor() >= newest {
+		t.Fatalf("the cursor %d reached the newest row %d with a transaction in flight: nothing here holds it back", p.Cursor(), newest)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	retriesBefore = counter(t, in.metrics, "collector_retries_total")
+	quick()
+	if p.Cursor() != newest {
+		t.Fatalf("the cursor is %d once the transaction ended, want %d", p.Cursor(), newest)
+	}
+	if counter(t, in.metrics, "collector_retries_total") > retriesBefore {
+		quick() // as above
+	}
+	if got, want := in.progress().Cursor, p.Cursor(); got != want {
+		t.Errorf("once the transaction that held the cursor back ended, the saved cursor is %d, want %d", got, want)
+	}
+
 	// A write that fails is tried again at the next round, not a heartbeat later.
 	store.failing.Store(true)
 	store.saves.Store(0)
