@@ -131,7 +131,7 @@ type TelemetryPolicyReconciler struct {
 	rbacChecked map[client.ObjectKey]rbacCheck
 
 	// guardLive: policies never enforced whose collector this process's downgrade guard has
-	// read live (see enforceDowngrade), by the UID of the policy it read for.
+	// read live and found none, or found rolled out at the decided tier (see enforceDowngrade).
 	guardMu   sync.Mutex
 	guardLive map[client.ObjectKey]guardMark
 
