@@ -473,7 +473,7 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 	if dep != nil && !metav1.IsControlledBy(dep, p) {
 		dep = nil // not ours
 	}
-	lowered, err := r.lowerConfig(ctx, st, st.intent)
+	lowered, err := r.lowerConfig(ctx, st, st.intent, dep != nil)
 	if isNameTaken(err) {
 		lowered, err = false, nil // the configuration cannot be written: stop the collector instead
 	}
@@ -508,7 +508,10 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 		}
 	}
 	desired := resources.Deployment(shape, r.Options.CollectorImage, st.configHash, st.intent)
-	out, err := ensureOwned(ctx, r, p, desired, deploymentKind)
+	// Judged against the live read, not the cache: a cache that lags the collector's raise
+	// would find nothing to lower. A copy: st.deployment must keep showing what runs if the
+	// update is refused.
+	out, err := ensureOwnedFrom(ctx, r, p, desired, deploymentKind, dep.DeepCopy(), nil)
 	if err != nil {
 		return err
 	}
@@ -586,7 +589,7 @@ func (r *TelemetryPolicyReconciler) configuredTier(ctx context.Context, p *v1.Te
 // manager does not allow, the configuration the collector runs is kept and only its tier and
 // timeline are lowered. It reports false when
 // neither works.
-func (r *TelemetryPolicyReconciler) lowerConfig(ctx context.Context, st *reconcileState, tier v1.ConsentTier) (bool, error) {
+func (r *TelemetryPolicyReconciler) lowerConfig(ctx context.Context, st *reconcileState, tier v1.ConsentTier, live bool) (bool, error) {
 	p := st.policy
 	rendered, err := collectorconfig.Render(resources.CollectorConfig(p, tier, st.configTimeline()))
 	if err == nil && !r.endpointAllowed(p) {
@@ -610,7 +613,19 @@ func (r *TelemetryPolicyReconciler) lowerConfig(ctx context.Context, st *reconci
 		}
 	}
 	st.configHash = resources.Hash(rendered)
-	if _, err := ensureOwned(ctx, r, p, resources.ConfigMap(p, rendered), configMapKind); err != nil {
+	desired := resources.ConfigMap(p, rendered)
+	if !live {
+		_, err := ensureOwned(ctx, r, p, desired, configMapKind)
+		return err == nil, err
+	}
+	// A collector runs: judge its configuration as the API server holds it, not as a cache
+	// that may lag a raise shows it (a new policy, with no collector yet, creates it first).
+	cm := &corev1.ConfigMap{}
+	readErr := r.APIReader.Get(ctx, client.ObjectKeyFromObject(desired), cm)
+	if readErr != nil && !apierrors.IsNotFound(readErr) {
+		return false, readErr
+	}
+	if _, err := ensureOwnedFrom(ctx, r, p, desired, configMapKind, cm, readErr); err != nil {
 		return false, err
 	}
 	return true, nil

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -435,6 +436,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		// The API server's objects are never changed here (the suite's manager reconciles
 		// them too): each client shows them as the case needs.
 		var liveReads int
+		var deploymentLowered, configLowered bool
 		var liveRaised, cacheRaised, cacheHidesConfig bool
 		var cacheShows v1.ConsentTier // the tier the cache shows the collector and its configuration at ("": as they are)
 		live := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
@@ -464,9 +466,17 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 				return err
 			},
 			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
-				switch obj.(type) {
-				case *appsv1.Deployment, *corev1.ConfigMap:
+				switch o := obj.(type) {
+				case *appsv1.Deployment:
+					if o.Spec.Template.Annotations[resources.AnnotationTier] == string(v1.TierCriticalOnly) {
+						deploymentLowered = true
+					}
 					return nil // as if written: the API server's objects stay as they are
+				case *corev1.ConfigMap:
+					if o.Name == configName && strings.Contains(o.Data[resources.ConfigKey], string(v1.TierCriticalOnly)) {
+						configLowered = true
+					}
+					return nil
 				}
 				return c.Update(ctx, obj, opts...)
 			},
@@ -509,10 +519,12 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		r = newReconciler()
 		Expect(reconcile(r)).To(BeNumerically(">", 0))
 
-		By("a collector found live above the tier and lowered against a stale cache (a write that changed nothing) is read live again next time")
+		By("a collector found live above the tier while the cache lags is lowered, judged against the live objects, and read live again next time")
 		r = newReconciler()
-		liveRaised = true
+		liveRaised, deploymentLowered, configLowered = true, false, false
 		Expect(reconcile(r)).To(BeNumerically(">", 0))
+		Expect(deploymentLowered).To(BeTrue(), "the Deployment is written at the decided tier")
+		Expect(configLowered).To(BeTrue(), "the configuration is written at the decided tier")
 		liveRaised = false
 		Expect(reconcile(r)).To(BeNumerically(">", 0))
 		Expect(reconcile(r)).To(BeZero())
