@@ -84,7 +84,9 @@ func (r *TelemetryPolicyReconciler) collectorRBACDue(p *v1.TelemetryPolicy, desi
 	s := dep.Status
 	running := s.ObservedGeneration >= dep.Generation && s.AvailableReplicas > 0 && s.UnavailableReplicas == 0 &&
 		(dep.Spec.Replicas == nil || s.UpdatedReplicas >= *dep.Spec.Replicas)
-	if due || !deploymentKind.inSync(desired, dep) {
+	// Any update, of its metadata too, writes the whole desired spec back over fields an edit
+	// added (which inSync ignores) and may roll the collector out.
+	if due || !deploymentKind.inSync(desired, dep) || !metaInSync(desired, dep) {
 		return rbacDueCheck, time.Time{}
 	}
 	if !running {

@@ -430,6 +430,7 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 		return nil
 	}
 	if st.intent == v1.TierOff {
+		r.forgetGuardSeen(client.ObjectKeyFromObject(p))
 		return r.stopCollector(ctx, st)
 	}
 	key := client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Deployment}
@@ -442,9 +443,15 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 		return err
 	}
 	mayRun := p.Status.EffectiveTier
-	if mayRun != "" {
+	switch {
+	case mayRun != "":
 		r.forgetGuardSeen(client.ObjectKeyFromObject(p))
-	} else if dep == nil || !r.guardSeen(p, st.intent) {
+		if dep == nil && mayRun != v1.TierOff {
+			// A collector runs, but the cache does not show it: its labels may have been
+			// stripped, and its configuration's with them. Look.
+			mayRun = v1.TierEventLevel
+		}
+	case !r.guardSeen(p, st.intent) || dep == nil:
 		// Never enforced yet, and not seen live by this process at the decided tier: assume
 		// the worst. Once a live read below found no collector, or found it at or below that
 		// tier and rolled out, the cache is trusted as it is for an enforced tier, as long as
@@ -470,12 +477,15 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 	case err != nil:
 		return err
 	}
-	if dep != nil && !metav1.IsControlledBy(dep, p) {
-		dep = nil // not ours
+	foundLive := dep != nil
+	if dep != nil && mayTakeOver(dep, p) != nil {
+		dep = nil // not ours (one of ours whose owner reference was stripped is lowered below)
 	}
-	lowered, err := r.lowerConfig(ctx, st, st.intent, dep != nil)
-	if isNameTaken(err) {
-		lowered, err = false, nil // the configuration cannot be written: stop the collector instead
+	lowered, err := r.lowerConfig(ctx, st, st.intent, foundLive)
+	if isNameTaken(err) || refused(err) {
+		// The configuration cannot be written (another's name, or the API server refuses the
+		// write: a policy engine, a quota, validation): stop the collector instead.
+		lowered, err = false, nil
 	}
 	if err != nil {
 		return err
@@ -489,7 +499,7 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 		// Seen live: no collector, or one at the tier and configuration decided. Only a
 		// rolled-out one counts (old pods may still run an earlier template), and never one
 		// merely written below: a write judged against a stale cache may have changed nothing.
-		if dep == nil || noOldPods(dep) {
+		if !foundLive || dep != nil && noOldPods(dep) {
 			r.markGuardSeen(p, st.intent)
 		}
 		return nil
@@ -517,6 +527,12 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 	}
 	st.deployment = out
 	return nil
+}
+
+// refused reports whether err is the API server refusing a write for good (forbidden, invalid,
+// or turned down by admission), rather than a conflict or an outage worth retrying.
+func refused(err error) bool {
+	return apierrors.IsForbidden(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err)
 }
 
 // guardSeen reports whether this process's downgrade guard read p's collector live (since p was
@@ -662,20 +678,22 @@ func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *recon
 	p := st.policy
 	names := resources.NamesFor(p.Name)
 	cm := &corev1.ConfigMap{}
+	var configErr error
 	switch err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: names.Config}, cm); {
 	case err == nil:
 		// A ConfigMap of that name that is not the policy's is left alone (it configures no
-		// collector of this policy); the Deployment is stopped all the same.
+		// collector of this policy); the Deployment is stopped all the same, as it is when
+		// the Off configuration cannot be written (the step still fails, and is retried).
 		if err := r.writeConfig(ctx, st, v1.TierOff); err != nil && !isNameTaken(err) {
-			return err
+			configErr = err
 		}
 	case !apierrors.IsNotFound(err):
-		return err
+		configErr = err
 	}
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.Deployment}}
 	present, err := deleteOwned(ctx, r, r.APIReader, p, dep, client.PropagationPolicy(metav1.DeletePropagationForeground))
-	if err != nil {
-		return err
+	if err != nil || configErr != nil {
+		return errors.Join(configErr, err)
 	}
 	st.deploymentObserved = true
 	if present {

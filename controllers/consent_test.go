@@ -751,6 +751,100 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		})
 	})
 
+	It("stops the collector when a lowered configuration cannot be written", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "unwritable")
+		denyConfigMapUpdates(ctx, ns)
+		updatePolicy(ctx, ns, "unwritable", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+		Eventually(func() bool {
+			d, err := deployment(ctx, ns, "unwritable")
+			return apierrors.IsNotFound(err) || err == nil && d.DeletionTimestamp != nil
+		}, 20*time.Second).Should(BeTrue(), "the collector, whose EventLevel configuration stays, is stopped")
+		Expect(configOf(ctx, ns, "unwritable").Tier).To(Equal(v1.TierEventLevel), "the configuration could not be lowered")
+	})
+
+	It("looks for an enforced collector the cache does not show, with its configuration, and lowers it", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "stripped")
+		updatePolicy(ctx, ns, "stripped", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+		Eventually(func() string { return templateTierOf(ctx, ns, "stripped") }).Should(Equal(string(v1.TierCriticalOnly)))
+		rollOut(ctx, ns, "stripped")
+		Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "stripped").Status.EffectiveTier }).Should(Equal(v1.TierCriticalOnly))
+		names := resources.NamesFor("stripped")
+		// The "cache" shows neither the Deployment nor the configuration (their labels were
+		// stripped); the API server holds both raised to EventLevel. The API server's objects
+		// are left alone (the suite's manager reconciles them too): each client shows them so.
+		var liveReads int
+		var deploymentLowered, configLowered bool
+		raise := func(obj client.Object) {
+			switch o := obj.(type) {
+			case *appsv1.Deployment:
+				o.Labels = nil
+				o.Spec.Template.Annotations[resources.AnnotationTier] = string(v1.TierEventLevel)
+			case *corev1.ConfigMap:
+				if o.Name == names.Config {
+					o.Labels = nil
+					var c map[string]any
+					Expect(json.Unmarshal([]byte(o.Data[resources.ConfigKey]), &c)).To(Succeed())
+					c["tier"] = string(v1.TierEventLevel)
+					raised, err := json.Marshal(c)
+					Expect(err).NotTo(HaveOccurred())
+					o.Data[resources.ConfigKey] = string(raised)
+				}
+			}
+		}
+		live := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				if _, ok := obj.(*appsv1.Deployment); ok {
+					liveReads++
+				}
+				err := c.Get(ctx, key, obj, opts...)
+				if err == nil {
+					raise(obj)
+				}
+				return err
+			},
+		})
+		// And a later step stalls (the pseudonym key the cache shows is unusable): the lowering
+		// must not wait for the configuration and workload steps.
+		cached := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				switch obj.(type) {
+				case *appsv1.Deployment:
+					return apierrors.NewNotFound(appsv1.Resource("deployments"), key.Name)
+				case *corev1.ConfigMap:
+					if key.Name == names.Config {
+						return apierrors.NewNotFound(corev1.Resource("configmaps"), key.Name)
+					}
+				}
+				err := c.Get(ctx, key, obj, opts...)
+				if s, ok := obj.(*corev1.Secret); ok && err == nil && key.Name == names.PseudonymKey {
+					s.Data = map[string][]byte{resources.PseudonymKeyKey: []byte("short")}
+				}
+				return err
+			},
+			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+				switch o := obj.(type) {
+				case *appsv1.Deployment:
+					deploymentLowered = deploymentLowered || o.Spec.Template.Annotations[resources.AnnotationTier] == string(v1.TierCriticalOnly)
+					return nil
+				case *corev1.ConfigMap:
+					configLowered = configLowered || o.Name == names.Config && strings.Contains(o.Data[resources.ConfigKey], string(v1.TierCriticalOnly))
+					return nil
+				}
+				return c.Update(ctx, obj, opts...)
+			},
+		})
+		r := &controllers.TelemetryPolicyReconciler{
+			Client: cached, APIReader: live, Scheme: mgr.GetScheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
+			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
+		}
+		_, _ = r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "stripped"}})
+		Expect(liveReads).To(BeNumerically(">", 0), "the collector is looked for on the API server")
+		Expect(deploymentLowered).To(BeTrue(), "the Deployment is lowered ahead of every other step")
+		Expect(configLowered).To(BeTrue(), "the configuration is lowered ahead of every other step")
+	})
+
 	It("records a withdrawal even while lowering the collector fails", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "frozen")
@@ -782,21 +876,37 @@ func timelineOfStatus(p *v1.TelemetryPolicy) consentv1.Timeline {
 // policy, as a policy engine or a quota would) until the returned function lifts it.
 func denyDeploymentUpdates(ctx context.Context, ns string) (lift func()) {
 	GinkgoHelper()
+	return denyUpdates(ctx, ns, "apps", "deployments", &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: ns}, Spec: appsv1.DeploymentSpec{
+		Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"probe": "x"}},
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"probe": "x"}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}}}}})
+}
+
+// denyConfigMapUpdates is denyDeploymentUpdates for ConfigMaps.
+func denyConfigMapUpdates(ctx context.Context, ns string) (lift func()) {
+	GinkgoHelper()
+	return denyUpdates(ctx, ns, "", "configmaps", &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: ns}})
+}
+
+// denyUpdates makes the API server refuse every update of resource (of apiGroup, version v1) in
+// ns until the returned function lifts it; probe, an object of that kind, shows when it holds.
+func denyUpdates(ctx context.Context, ns, apiGroup, resource string, probe client.Object) (lift func()) {
+	GinkgoHelper()
 	policy := &admissionregistrationv1.ValidatingAdmissionPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "freeze-" + ns},
+		ObjectMeta: metav1.ObjectMeta{Name: "freeze-" + resource + "-" + ns},
 		Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
 			FailurePolicy: ptr.To(admissionregistrationv1.Fail),
 			MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
 				RuleWithOperations: admissionregistrationv1.RuleWithOperations{
 					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Update},
-					Rule:       admissionregistrationv1.Rule{APIGroups: []string{"apps"}, APIVersions: []string{"v1"}, Resources: []string{"deployments"}},
+					Rule:       admissionregistrationv1.Rule{APIGroups: []string{apiGroup}, APIVersions: []string{"v1"}, Resources: []string{resource}},
 				},
 			}}},
 			Validations: []admissionregistrationv1.Validation{{Expression: "false", Message: "frozen"}},
 		},
 	}
 	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "freeze-" + ns},
+		ObjectMeta: metav1.ObjectMeta{Name: policy.Name},
 		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{
 			PolicyName:        policy.Name,
 			ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny},
@@ -813,22 +923,15 @@ func denyDeploymentUpdates(ctx context.Context, ns string) (lift func()) {
 	DeferCleanup(lift)
 	// The policy takes effect once the API server has loaded it.
 	Eventually(func() error {
-		d := &appsv1.Deployment{}
-		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "probe"}, d); err != nil && !apierrors.IsNotFound(err) {
+		if err := k8s.Create(ctx, probe.DeepCopyObject().(client.Object)); err != nil && !apierrors.IsAlreadyExists(err) {
 			return err
 		}
-		probe := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: ns}, Spec: appsv1.DeploymentSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"probe": "x"}},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"probe": "x"}},
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}}}}}
-		if err := k8s.Create(ctx, probe); err != nil && !apierrors.IsAlreadyExists(err) {
+		obj := probe.DeepCopyObject().(client.Object)
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(probe), obj); err != nil {
 			return err
 		}
-		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "probe"}, d); err != nil {
-			return err
-		}
-		d.Labels = map[string]string{"touched": time.Now().Format("150405.000000")}
-		if err := k8s.Update(ctx, d); err == nil {
+		obj.SetLabels(map[string]string{"touched": time.Now().Format("150405.000000")})
+		if err := k8s.Update(ctx, obj); err == nil {
 			return fmt.Errorf("updates are not denied yet")
 		}
 		return nil

@@ -515,6 +515,7 @@ var _ = Describe("Operational guarantees", func() {
 		// alone). The first is the downgrade guard's; the second the workload step's.
 		var deploymentReads, rbacReads, deploymentWrites int
 		editFrom := 0
+		metaEdit := false // every read shows a label removed and a field the operator leaves unset
 		c := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
 			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
 				if err := c.Get(ctx, key, obj, opts...); err != nil {
@@ -524,6 +525,10 @@ var _ = Describe("Operational guarantees", func() {
 				case *appsv1.Deployment:
 					if deploymentReads++; editFrom > 0 && deploymentReads >= editFrom {
 						o.Spec.Replicas = ptr.To(int32(2))
+					}
+					if metaEdit {
+						delete(o.Labels, resources.LabelPartOf)
+						o.Spec.Template.Spec.NodeSelector = map[string]string{"pool": "tenant"}
 					}
 				case *corev1.ServiceAccount, *rbacv1.Role, *rbacv1.RoleBinding:
 					rbacReads++
@@ -554,6 +559,14 @@ var _ = Describe("Operational guarantees", func() {
 		if deploymentWrites > 0 {
 			Expect(rbacReads).To(BeNumerically(">", 0), "the collector was rolled out (%d Deployment writes) without its RBAC objects being read", deploymentWrites)
 		}
+
+		By("an edit of its labels and of a field the operator leaves unset is rolled back only with the RBAC objects checked")
+		deploymentReads, rbacReads, deploymentWrites, editFrom, metaEdit = 0, 0, 0, 0, true
+		_, err = r.Reconcile(ctx, req)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(deploymentWrites).To(BeNumerically(">", 0))
+		Expect(rbacReads).To(BeNumerically(">", 0), "the collector was rolled back (%d Deployment writes) without its RBAC objects being read", deploymentWrites)
+		metaEdit = false
 
 		By("the next reconcile sees the edit from its first workload read: it checks the RBAC objects and rolls out")
 		deploymentReads, rbacReads, deploymentWrites, editFrom = 0, 0, 0, 1

@@ -435,6 +435,9 @@ func (r *TelemetryPolicyReconciler) reconcileWorkload(ctx context.Context, st *r
 	}
 	st.requeue(renewal)
 	desired := resources.Deployment(p, r.Options.CollectorImage, st.configHash, st.tier)
+	if err := controllerutil.SetControllerReference(p, desired, r.Scheme); err != nil {
+		return err
+	}
 	// One read of the Deployment decides both whether the collector's RBAC objects are looked
 	// at and what is rolled out: an edit landing between two reads could otherwise be rolled
 	// out by this reconcile with its RBAC objects unchecked.
