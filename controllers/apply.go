@@ -213,7 +213,8 @@ func hasOwnerRef(obj client.Object, ref metav1.OwnerReference) bool {
 	return false
 }
 
-// deleteOwned deletes the named object if it exists and is controlled by owner, reading it with
+// deleteOwned deletes the named object if it exists and is owner's (controlled by it, or made
+// for it and stripped of its owner reference: see mayTakeOver), reading it with
 // reader (the API server itself, where objects whose labels were stripped must be found too). It
 // reports whether the object is still present (e.g. waiting on foreground deletion).
 func deleteOwned(ctx context.Context, r *TelemetryPolicyReconciler, reader client.Reader, owner *telemetryv1alpha1.TelemetryPolicy, obj client.Object, opts ...client.DeleteOption) (bool, error) {
@@ -223,8 +224,8 @@ func deleteOwned(ctx context.Context, r *TelemetryPolicyReconciler, reader clien
 		}
 		return false, err
 	}
-	if !metav1.IsControlledBy(obj, owner) {
-		return false, nil // not ours: leave it alone
+	if mayTakeOver(obj, owner) != nil {
+		return false, nil // not ours: leave it alone (one of ours whose owner reference was stripped is deleted too)
 	}
 	if obj.GetDeletionTimestamp() != nil {
 		return true, nil

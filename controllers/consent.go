@@ -482,16 +482,21 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 		dep = nil // not ours (one of ours whose owner reference was stripped is lowered below)
 	}
 	lowered, err := r.lowerConfig(ctx, st, st.intent, foundLive)
-	if isNameTaken(err) || refused(err) {
-		// The configuration cannot be written (another's name, or the API server refuses the
-		// write: a policy engine, a quota, validation): stop the collector instead.
-		lowered, err = false, nil
+	var why error
+	if isNameTaken(err) || foundLive && refused(err) {
+		// The configuration of a running collector cannot be written (another's name, or the
+		// API server refuses the write: a policy engine, a quota, validation): stop the
+		// collector instead. With none running there is nothing to stop: the error stands.
+		why, lowered, err = err, false, nil
 	}
 	if err != nil {
 		return err
 	}
 	if !lowered {
-		log.FromContext(ctx).Info("no lowered configuration can be written; stopping the collector instead", "tier", st.intent)
+		log.FromContext(ctx).Info("no lowered configuration can be written; stopping the collector instead", "tier", st.intent, "reason", fmt.Sprint(why))
+		if why != nil {
+			r.event(p, corev1.EventTypeWarning, "CollectorStopped", "EnforceTier", "the collector's configuration could not be lowered to %s (%v): the collector is stopped instead", st.intent, why)
+		}
 		return r.stopCollector(ctx, st)
 	}
 	st.deployment, st.deploymentObserved = dep, true

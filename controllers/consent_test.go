@@ -763,6 +763,23 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(configOf(ctx, ns, "unwritable").Tier).To(Equal(v1.TierEventLevel), "the configuration could not be lowered")
 	})
 
+	It("stops a collector whose owner reference was stripped when its configuration cannot be lowered", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "orphaned")
+		stopManager()
+		d, err := deployment(ctx, ns, "orphaned")
+		Expect(err).NotTo(HaveOccurred())
+		d.OwnerReferences = nil // labels kept: still made for this policy
+		Expect(k8s.Update(ctx, d)).To(Succeed())
+		denyConfigMapUpdates(ctx, ns)
+		updatePolicy(ctx, ns, "orphaned", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+		startManager()
+		Eventually(func() bool {
+			d, err := deployment(ctx, ns, "orphaned")
+			return apierrors.IsNotFound(err) || err == nil && d.DeletionTimestamp != nil
+		}, 20*time.Second).Should(BeTrue(), "the collector, whose EventLevel configuration stays, is stopped")
+	})
+
 	It("looks for an enforced collector the cache does not show, with its configuration, and lowers it", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "stripped")

@@ -72,9 +72,18 @@ func setOnboarded(ctx context.Context, ns string, on bool) {
 var _ = Describe("Onboarded namespaces", func() {
 	ctx := context.Background()
 
-	// newGatedSet returns a namespace Set like the manager's whose permission reviews can be held.
-	newGatedSet := func(ctx context.Context) (*tenants.Set, *gatedReviewer) {
+	inManagerCache := func(ns string) func() error {
+		return func() error { return mgr.GetCache().Get(ctx, client.ObjectKey{Name: ns}, &corev1.Namespace{}) }
+	}
+	// newGatedSet starts a namespace Set like the manager's, whose permission reviews can be
+	// held, once the manager's cache shows each of nss; it stops when the spec ends.
+	newGatedSet := func(nss ...string) (context.Context, *tenants.Set, *gatedReviewer) {
 		GinkgoHelper()
+		for _, ns := range nss {
+			Eventually(inManagerCache(ns)).Should(Succeed())
+		}
+		setCtx, stop := context.WithCancel(ctx)
+		DeferCleanup(stop)
 		direct, err := client.NewWithWatch(cfg, client.Options{Scheme: mgr.GetScheme()})
 		Expect(err).NotTo(HaveOccurred())
 		g := &gatedReviewer{gates: map[string]gate{}, count: map[string]int{}}
@@ -86,11 +95,8 @@ var _ = Describe("Onboarded namespaces", func() {
 			Reviewer: interceptor.NewClient(direct, interceptor.Funcs{Create: g.create}), Rules: tenants.Rules,
 			RoleName: "telemetry-operator-tenant", Subject: "test/manager", Clock: fakeClock,
 		})
-		go func() { _ = set.Start(ctx) }()
-		return set, g
-	}
-	inManagerCache := func(ns string) func() error {
-		return func() error { return mgr.GetCache().Get(ctx, client.ObjectKey{Name: ns}, &corev1.Namespace{}) }
+		go func() { _ = set.Start(setCtx) }()
+		return setCtx, set, g
 	}
 	ensure := func(set *tenants.Set, ctx context.Context, ns string) <-chan tenants.Status {
 		done := make(chan tenants.Status, 1)
@@ -105,11 +111,7 @@ var _ = Describe("Onboarded namespaces", func() {
 
 	It("onboards namespaces side by side: one whose review is slow holds up no other", func() {
 		slow, quick := newNamespace(ctx), newNamespace(ctx)
-		Eventually(inManagerCache(slow)).Should(Succeed())
-		Eventually(inManagerCache(quick)).Should(Succeed())
-		setCtx, stop := context.WithCancel(ctx)
-		defer stop()
-		set, g := newGatedSet(setCtx)
+		setCtx, set, g := newGatedSet(slow, quick)
 		reviewing, release := g.hold(slow)
 		defer release()
 
@@ -127,10 +129,7 @@ var _ = Describe("Onboarded namespaces", func() {
 
 	It("starts no cache in a namespace whose label goes while two callers wait on its review", func() {
 		ns := newNamespace(ctx)
-		Eventually(inManagerCache(ns)).Should(Succeed())
-		setCtx, stop := context.WithCancel(ctx)
-		defer stop()
-		set, g := newGatedSet(setCtx)
+		setCtx, set, g := newGatedSet(ns)
 		reviewing, release := g.hold(ns)
 		defer release()
 		first := ensure(set, setCtx, ns)
@@ -146,10 +145,7 @@ var _ = Describe("Onboarded namespaces", func() {
 
 	It("reviews again after an invalidation that came while a review was under way", func() {
 		ns := newNamespace(ctx)
-		Eventually(inManagerCache(ns)).Should(Succeed())
-		setCtx, stop := context.WithCancel(ctx)
-		defer stop()
-		set, g := newGatedSet(setCtx)
+		setCtx, set, g := newGatedSet(ns)
 		Eventually(ensure(set, setCtx, ns)).Should(Receive(HaveField("Onboarded", BeTrue())))
 		Expect(g.reviews(ns)).To(Equal(1))
 
