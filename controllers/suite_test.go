@@ -7,8 +7,9 @@ Licensed under the Apache License, Version 2.0.
 package controllers_test
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -19,8 +20,10 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -97,23 +100,34 @@ func reviewedNamespace(req *http.Request) string {
 	if !strings.HasSuffix(req.URL.Path, "/selfsubjectrulesreviews") {
 		return ""
 	}
-	if req.GetBody == nil {
-		return "?" // unknown: counted for every namespace
-	}
-	body, err := req.GetBody()
-	if err != nil {
+	var raw []byte
+	switch {
+	case req.GetBody != nil:
+		body, err := req.GetBody()
+		if err != nil {
+			return "?" // unknown: counted for every namespace
+		}
+		raw, err = io.ReadAll(body)
+		_ = body.Close()
+		if err != nil {
+			return "?"
+		}
+	case req.Body != nil:
+		var err error
+		if raw, err = io.ReadAll(req.Body); err != nil {
+			return "?"
+		}
+		_ = req.Body.Close()
+		req.Body = io.NopCloser(bytes.NewReader(raw))
+	default:
 		return "?"
 	}
-	defer func() { _ = body.Close() }()
-	var review struct {
-		Spec struct {
-			Namespace string `json:"namespace"`
-		} `json:"spec"`
+	// JSON or protobuf, as the client sent it.
+	obj, _, err := clientgoscheme.Codecs.UniversalDeserializer().Decode(raw, nil, nil)
+	if review, ok := obj.(*authorizationv1.SelfSubjectRulesReview); err == nil && ok {
+		return review.Spec.Namespace
 	}
-	if err := json.NewDecoder(body).Decode(&review); err != nil {
-		return "?"
-	}
-	return review.Spec.Namespace
+	return "?"
 }
 
 // sinceIn returns the writes made after the first n about namespace ns: to it, to objects in
