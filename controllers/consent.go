@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
@@ -938,6 +939,13 @@ func noOldPods(d *appsv1.Deployment) bool {
 // removing it by hand skips the ledger and leaves the record as it was.
 func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.TelemetryPolicy, outside *tenants.Status) (time.Duration, error) {
 	defer r.forgetVerified(client.ObjectKeyFromObject(p))
+	// The cache can still hold a policy whose finalizer this process dropped a moment ago.
+	// Finalizing that copy again would record its deletion once more, and the record claims the
+	// instance for it: a release that then fails leaves the instance owned by a policy that no
+	// longer exists, and a re-created policy stalled as owned elsewhere.
+	if gone, err := r.finalized(ctx, p); gone || err != nil {
+		return 0, err
+	}
 	st := &reconcileState{policy: p, mutate: true, intent: v1.TierOff, outside: outside}
 	st.timeline = timelineOf(p.Status.ConsentHistory)
 	st.pending = timelineOf(p.Status.PendingConsentChanges)
@@ -974,6 +982,19 @@ func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.Telemetr
 	}
 	log.FromContext(ctx).Info("consent closed at the receiver; releasing the policy", "tier", v1.TierOff)
 	return 0, r.dropFinalizer(ctx, p)
+}
+
+// finalized reports whether the API server no longer holds the policy with its consent-ledger
+// finalizer (deleted, re-created under a new UID, or let go already).
+func (r *TelemetryPolicyReconciler) finalized(ctx context.Context, p *v1.TelemetryPolicy) (bool, error) {
+	live := &v1.TelemetryPolicy{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(p), live); err != nil {
+		if apierrors.IsNotFound(err) {
+			return true, nil
+		}
+		return false, err
+	}
+	return live.UID != p.UID || !controllerutil.ContainsFinalizer(live, v1.FinalizerConsentLedger), nil
 }
 
 // dropFinalizer removes the consent-ledger finalizer, letting the policy go.

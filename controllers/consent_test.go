@@ -260,6 +260,54 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(cfg.Consent.TierAt(fakeClock.Now().Add(-30 * time.Minute))).To(Equal(consentv1.TierOff))
 	})
 
+	It("does not finalize a deleted policy again from a stale copy, so the instance stays released", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "stale")
+		instance := instanceOf(ns, "stale")
+		stale := getPolicy(ctx, ns, "stale")
+		Expect(k8s.Delete(ctx, stale.DeepCopy())).To(Succeed())
+		Eventually(func() bool {
+			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "stale"}, &v1.TelemetryPolicy{}))
+		}).Should(BeTrue())
+		Expect(ledgerOf(ctx, instance).Owner.Name).To(BeEmpty())
+		collectGarbage(ctx, ns, "stale")
+		collectOwned(ctx, ns)
+
+		// The cache may show the policy, being deleted and with its finalizer, a moment after
+		// the finalizer was dropped; the receiver then fails the release.
+		deleted := metav1.NewTime(time.Now())
+		stale.DeletionTimestamp = &deleted
+		cached := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				if pol, ok := obj.(*v1.TelemetryPolicy); ok && key.Name == "stale" {
+					stale.DeepCopyInto(pol)
+					return nil
+				}
+				return c.Get(ctx, key, obj, opts...)
+			},
+		})
+		calls := &failingRelease{ConsentLedger: testLedger()}
+		r := &controllers.TelemetryPolicyReconciler{
+			Client: cached, APIReader: k8s, Scheme: mgr.GetScheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: calls,
+			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
+		}
+		req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "stale"}}
+		_, err := r.Reconcile(ctx, req)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(calls.records).To(BeZero(), "nothing is recorded for a policy the API server no longer holds")
+		Expect(ledgerOf(ctx, instance).Owner.Name).To(BeEmpty(), "the instance stays released")
+
+		By("nor once a policy of the same name was created again (a new UID)")
+		readyPolicy(ctx, ns, "stale")
+		owner := ledgerOf(ctx, instance).Owner
+		Expect(owner.UID).NotTo(Equal(string(stale.UID)))
+		_, err = r.Reconcile(ctx, req)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(calls.records).To(BeZero())
+		Expect(ledgerOf(ctx, instance).Owner).To(Equal(owner))
+		Expect(deployment(ctx, ns, "stale")).NotTo(BeNil(), "the new policy's collector is left running")
+	})
+
 	It("erases an instance's data on request, verified, audited, with status, an Event and a metric", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "erase")
@@ -954,4 +1002,20 @@ func denyUpdates(ctx context.Context, ns, apiGroup, resource string, probe clien
 		return nil
 	}).Should(Succeed())
 	return lift
+}
+
+// failingRelease is a consent ledger that counts the transitions recorded through it and whose
+// releases fail as if the receiver were unreachable.
+type failingRelease struct {
+	controllers.ConsentLedger
+	records int
+}
+
+func (l *failingRelease) Record(ctx context.Context, req consentv1.RecordRequest) (consentv1.State, error) {
+	l.records++
+	return l.ConsentLedger.Record(ctx, req)
+}
+
+func (l *failingRelease) Release(context.Context, consentv1.ReleaseRequest) error {
+	return ledger.ErrUnavailable
 }
