@@ -88,6 +88,8 @@ test: envtest test-deps check-generated lint build-installer promtool helm monit
 	  TELEMETRY_TEST_HELM="$(HELM)" TELEMETRY_TEST_KUSTOMIZE="$(KUSTOMIZE)" TELEMETRY_TEST_MONITORING_CRDS="$(MONITORING_CRDS)" go test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
 	@# The collector sends and reads concurrently, the receiver serves requests in parallel and the manager reconciles policies in parallel: run them under the race detector too.
 	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" go test -race -timeout $(TEST_TIMEOUT) -count=1 ./collector/... ./receiver/server/ ./controllers/
+	@# The controller's specs once more with the manager watching nothing in the tenant namespaces (--watch-tenant-namespaces=false, resyncing every 2s).
+	KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_TENANT_RESYNC=2s go test -timeout $(TEST_TIMEOUT) -count=1 ./controllers/
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 	@# Last, the images and shipped manifests on a real single-node cluster (about 3 minutes once its tools are built).
 	$(MAKE) --no-print-directory e2e-cluster

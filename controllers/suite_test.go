@@ -11,6 +11,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -175,6 +176,16 @@ var _ = BeforeSuite(func() {
 	startManager()
 })
 
+// tenantResync is the manager's --tenant-resync when TELEMETRY_TEST_TENANT_RESYNC sets it
+// (and watches nothing in the tenant namespaces); zero: it watches them, as by default.
+var tenantResync = func() time.Duration {
+	d, err := time.ParseDuration(os.Getenv("TELEMETRY_TEST_TENANT_RESYNC"))
+	if err != nil {
+		return 0
+	}
+	return d
+}()
+
 // startManager starts the manager exactly as main.go does, with a fake clock and a write counter.
 func startManager() {
 	mgrCfg := rest.CopyConfig(cfg)
@@ -195,6 +206,10 @@ func startManager() {
 		AllowedImages:        []string{"telemetry-collector", "registry.example.com/fleet/"},
 		ClusterName:          testCluster,
 		LedgerRetry:          200 * time.Millisecond,
+		// TELEMETRY_TEST_TENANT_RESYNC runs every spec with the manager watching nothing in the
+		// tenant namespaces (--watch-tenant-namespaces=false), resyncing each policy this often.
+		NoTenantWatches: tenantResync > 0,
+		TenantResync:    tenantResync,
 	}, operator.Deps{Clock: fakeClock, Metrics: metrics, Restartable: true, Tenants: func(s *tenants.Set) { tenantSet = s }})
 	Expect(err).NotTo(HaveOccurred())
 	mgrCancel = cancel

@@ -88,6 +88,11 @@ type Options struct {
 	// RoleBinding are read back and put in order (default DefaultCollectorRBACResync): they are
 	// not watched (see collectorrbac.go).
 	CollectorRBACResync time.Duration
+	// TenantResync, if set, says the objects policies own are not watched (the manager's
+	// --watch-tenant-namespaces=false): each policy is reconciled again every TenantResync to
+	// put back what was edited by hand and fold its collector's progress into status, and sooner
+	// (from 1 s, backing off) while it is not Ready. Zero: they are watched.
+	TenantResync time.Duration
 }
 
 // DefaultMaxConcurrentReconciles reconciles sixteen policies at once: a reconcile spends most
@@ -126,6 +131,9 @@ type TelemetryPolicyReconciler struct {
 
 	verifiedMu sync.Mutex
 	verified   map[client.ObjectKey]verification
+
+	pollMu      sync.Mutex
+	pollBackoff map[client.ObjectKey]time.Duration
 
 	rbacMu      sync.Mutex
 	rbacChecked map[client.ObjectKey]rbacCheck
@@ -218,6 +226,7 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			r.forgetVerified(req.NamespacedName)
 			r.forgetCollectorRBAC(req.NamespacedName)
 			r.forgetGuardSeen(req.NamespacedName)
+			r.forgetPoll(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -611,6 +620,9 @@ func (r *TelemetryPolicyReconciler) updateEffectiveTier(ctx context.Context, st 
 // result requeues for the earliest moment something changes on its own (trial expiry,
 // certificate renewal, export staleness), never by polling.
 func (r *TelemetryPolicyReconciler) result(st *reconcileState) ctrl.Result {
+	if d := r.pollNext(st); d > 0 {
+		st.requeueIn(d, r.Clock.Now())
+	}
 	if len(st.requeueAt) == 0 {
 		return ctrl.Result{}
 	}

@@ -76,8 +76,9 @@ var _ = Describe("Onboarded namespaces", func() {
 		return func() error { return mgr.GetCache().Get(ctx, client.ObjectKey{Name: ns}, &corev1.Namespace{}) }
 	}
 	// newGatedSet starts a namespace Set like the manager's, whose permission reviews can be
-	// held, once the manager's cache shows each of nss; it stops when the spec ends.
-	newGatedSet := func(nss ...string) (context.Context, *tenants.Set, *gatedReviewer) {
+	// held, once the manager's cache shows each of nss; it stops when the spec ends. With live,
+	// it starts no caches and reads through live (Options.Live).
+	newGatedSet := func(live client.Reader, nss ...string) (context.Context, *tenants.Set, *gatedReviewer) {
 		GinkgoHelper()
 		for _, ns := range nss {
 			Eventually(inManagerCache(ns)).Should(Succeed())
@@ -93,7 +94,7 @@ var _ = Describe("Onboarded namespaces", func() {
 			Config: cfg, Cache: cacheOpts, Kinds: controllers.CachedKinds(), Uncached: controllers.UncachedKinds(),
 			Namespaces: mgr.GetCache(), Selector: labels.SelectorFromSet(labels.Set{v1.LabelOnboarded: "true"}),
 			Reviewer: interceptor.NewClient(direct, interceptor.Funcs{Create: g.create}), Rules: tenants.Rules,
-			RoleName: "telemetry-operator-tenant", Subject: "test/manager", Clock: fakeClock,
+			RoleName: "telemetry-operator-tenant", Subject: "test/manager", Clock: fakeClock, Live: live,
 		})
 		go func() { _ = set.Start(setCtx) }()
 		return setCtx, set, g
@@ -109,9 +110,54 @@ var _ = Describe("Onboarded namespaces", func() {
 		return done
 	}
 
+	It("without watches, reads what a namespace cache would show, from the API server", func() {
+		ns := newNamespace(ctx)
+		setCtx, set, _ := newGatedSet(k8s, ns)
+		Eventually(ensure(set, setCtx, ns)).Should(Receive(HaveField("Onboarded", BeTrue())))
+		managed := map[string]string{resources.LabelManagedBy: resources.ManagedByValue}
+		for name, labels := range map[string]map[string]string{"ours": managed, "ours-too": managed, "theirs": nil} {
+			Expect(k8s.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels}, Data: map[string]string{"k": name}})).To(Succeed())
+		}
+		c := set.Client(k8s)
+
+		By("an object of ours is read at once: there is no cache to wait for")
+		cm := &corev1.ConfigMap{}
+		Expect(c.Get(setCtx, client.ObjectKey{Namespace: ns, Name: "ours"}, cm)).To(Succeed())
+		Expect(cm.Data).To(HaveKeyWithValue("k", "ours"))
+
+		By("a customer's object of any name is not found, and nothing of it is handed over")
+		secret := &corev1.Secret{}
+		err := c.Get(setCtx, client.ObjectKey{Namespace: ns, Name: "frontend-db"}, secret)
+		Expect(apierrors.IsNotFound(err)).To(BeTrue(), "got %v", err)
+		Expect(secret.Data).To(BeEmpty())
+		Expect(secret.StringData).To(BeEmpty())
+		Expect(secret.Name).To(BeEmpty())
+		Expect(apierrors.IsNotFound(c.Get(setCtx, client.ObjectKey{Namespace: ns, Name: "theirs"}, &corev1.ConfigMap{}))).To(BeTrue())
+
+		By("a list holds only ours, and a caller's own selector narrows it further")
+		names := func(opts ...client.ListOption) []string {
+			GinkgoHelper()
+			l := &corev1.ConfigMapList{}
+			Expect(c.List(setCtx, l, append(opts, client.InNamespace(ns))...)).To(Succeed())
+			var out []string
+			for _, i := range l.Items {
+				out = append(out, i.Name)
+			}
+			return out
+		}
+		Expect(names()).To(ConsistOf("ours", "ours-too"))
+		Expect(names(client.MatchingFields{"metadata.name": "ours"})).To(ConsistOf("ours"))
+		Expect(names(client.MatchingLabels{"unrelated": "x"})).To(BeEmpty())
+		Expect(c.List(setCtx, &corev1.SecretList{})).To(MatchError(ContainSubstring("must name its namespace")), "never a cluster-wide read")
+
+		By("a namespace not onboarded is read from nowhere")
+		other := newNamespaceLabelled(ctx, nil)
+		Expect(c.Get(setCtx, client.ObjectKey{Namespace: other, Name: "frontend-db"}, &corev1.Secret{})).To(MatchError(tenants.ErrNotOnboarded))
+	})
+
 	It("onboards namespaces side by side: one whose review is slow holds up no other", func() {
 		slow, quick := newNamespace(ctx), newNamespace(ctx)
-		setCtx, set, g := newGatedSet(slow, quick)
+		setCtx, set, g := newGatedSet(nil, slow, quick)
 		reviewing, release := g.hold(slow)
 		defer release()
 
@@ -129,7 +175,7 @@ var _ = Describe("Onboarded namespaces", func() {
 
 	It("starts no cache in a namespace whose label goes while two callers wait on its review", func() {
 		ns := newNamespace(ctx)
-		setCtx, set, g := newGatedSet(ns)
+		setCtx, set, g := newGatedSet(nil, ns)
 		reviewing, release := g.hold(ns)
 		defer release()
 		first := ensure(set, setCtx, ns)
@@ -145,7 +191,7 @@ var _ = Describe("Onboarded namespaces", func() {
 
 	It("reviews again after an invalidation that came while a review was under way", func() {
 		ns := newNamespace(ctx)
-		setCtx, set, g := newGatedSet(ns)
+		setCtx, set, g := newGatedSet(nil, ns)
 		Eventually(ensure(set, setCtx, ns)).Should(Receive(HaveField("Onboarded", BeTrue())))
 		Expect(g.reviews(ns)).To(Equal(1))
 

@@ -7,6 +7,8 @@ Licensed under the Apache License, Version 2.0.
 package operator
 
 import (
+	"flag"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -56,6 +58,44 @@ func TestCollectorRBACResyncIsBounded(t *testing.T) {
 		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "--collector-rbac-resync")) {
 			t.Errorf("--collector-rbac-resync %s: %v, want accepted=%v", d, err, ok)
 		}
+	}
+}
+
+// TestTenantResyncIsBounded: without watches in the tenant namespaces the resync is how soon an
+// edit by hand is put back; none, or days, is refused by name. With watches it is not used.
+func TestTenantResyncIsBounded(t *testing.T) {
+	for d, ok := range map[time.Duration]bool{time.Second: true, time.Minute: true, 24 * time.Hour: true,
+		0: false, -time.Second: false, time.Millisecond: false, 25 * time.Hour: false} {
+		c := Config{IssuerSecret: "ns/issuer", ReceiverURL: "https://receiver.example.com", CollectorImage: "telemetry-collector:dev", NoTenantWatches: true, TenantResync: d}
+		err := c.Validate()
+		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "--tenant-resync")) {
+			t.Errorf("--tenant-resync %s: %v, want accepted=%v", d, err, ok)
+		}
+		c.NoTenantWatches = false
+		if err := c.Validate(); err != nil {
+			t.Errorf("--tenant-resync %s with watches: %v, want accepted", d, err)
+		}
+	}
+}
+
+// TestWatchTenantNamespacesFlag: watching is the default; false turns it off.
+func TestWatchTenantNamespacesFlag(t *testing.T) {
+	for args, want := range map[string]bool{"": false, "--watch-tenant-namespaces": false, "--watch-tenant-namespaces=true": false, "--watch-tenant-namespaces=false": true} {
+		var c Config
+		fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+		c.BindFlags(fs)
+		if err := fs.Parse(strings.Fields(args)); err != nil {
+			t.Fatalf("%q: %v", args, err)
+		}
+		if c.NoTenantWatches != want || c.TenantResync != time.Minute {
+			t.Errorf("%q: NoTenantWatches %v, TenantResync %s; want %v, 1m0s", args, c.NoTenantWatches, c.TenantResync, want)
+		}
+	}
+	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	(&Config{}).BindFlags(fs)
+	if err := fs.Parse([]string{"--watch-tenant-namespaces=perhaps"}); err == nil {
+		t.Error("--watch-tenant-namespaces=perhaps accepted")
 	}
 }
 

@@ -1,0 +1,51 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers
+
+import (
+	"time"
+
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+)
+
+// firstPoll is how soon a policy that is not Ready is looked at again when the objects it owns
+// are not watched (Options.TenantResync); each look that finds it still not Ready doubles it,
+// up to TenantResync.
+const firstPoll = time.Second
+
+// pollNext is when a policy is reconciled again because nothing would tell the manager that
+// its objects changed (no watch in its namespace): soon while it is not Ready (its collector
+// rolling out), every TenantResync once it is. Zero when its objects are watched.
+func (r *TelemetryPolicyReconciler) pollNext(st *reconcileState) time.Duration {
+	resync := r.Options.TenantResync
+	if resync <= 0 {
+		return 0
+	}
+	key := client.ObjectKeyFromObject(st.policy)
+	r.pollMu.Lock()
+	defer r.pollMu.Unlock()
+	if apimeta.IsStatusConditionTrue(st.policy.Status.Conditions, v1.ConditionReady) {
+		delete(r.pollBackoff, key)
+		return resync
+	}
+	if r.pollBackoff == nil {
+		r.pollBackoff = map[client.ObjectKey]time.Duration{}
+	}
+	next := min(max(2*r.pollBackoff[key], firstPoll), resync)
+	r.pollBackoff[key] = next
+	return next
+}
+
+// forgetPoll drops a deleted policy's backoff.
+func (r *TelemetryPolicyReconciler) forgetPoll(key client.ObjectKey) {
+	r.pollMu.Lock()
+	defer r.pollMu.Unlock()
+	delete(r.pollBackoff, key)
+}
