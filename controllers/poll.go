@@ -17,12 +17,18 @@ import (
 
 // firstPoll is how soon a policy that is not Ready is looked at again when the objects it owns
 // are not watched (Options.TenantResync); each look that finds it still not Ready doubles it,
-// up to TenantResync.
-const firstPoll = time.Second
+// up to lastPoll (or TenantResync, if sooner). A collector that takes 20 s to start is seen
+// Ready within 31 s at most.
+const (
+	firstPoll = time.Second
+	lastPoll  = 15 * time.Second
+)
 
 // pollNext is when a policy is reconciled again because nothing would tell the manager that
 // its objects changed (no watch in its namespace): soon while it is not Ready (its collector
-// rolling out), every TenantResync once it is. Zero when its objects are watched.
+// rolling out), every TenantResync once it is, or while it is Stalled (what ends a stall is a
+// change of the policy, which is watched, or comes with its own requeue). Zero when its
+// objects are watched.
 func (r *TelemetryPolicyReconciler) pollNext(st *reconcileState) time.Duration {
 	resync := r.Options.TenantResync
 	if resync <= 0 {
@@ -31,14 +37,15 @@ func (r *TelemetryPolicyReconciler) pollNext(st *reconcileState) time.Duration {
 	key := client.ObjectKeyFromObject(st.policy)
 	r.pollMu.Lock()
 	defer r.pollMu.Unlock()
-	if apimeta.IsStatusConditionTrue(st.policy.Status.Conditions, v1.ConditionReady) {
+	conds := st.policy.Status.Conditions
+	if apimeta.IsStatusConditionTrue(conds, v1.ConditionReady) || apimeta.IsStatusConditionTrue(conds, v1.ConditionStalled) {
 		delete(r.pollBackoff, key)
 		return resync
 	}
 	if r.pollBackoff == nil {
 		r.pollBackoff = map[client.ObjectKey]time.Duration{}
 	}
-	next := min(max(2*r.pollBackoff[key], firstPoll), resync)
+	next := min(max(2*r.pollBackoff[key], firstPoll), lastPoll, resync)
 	r.pollBackoff[key] = next
 	return next
 }

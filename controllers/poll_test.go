@@ -19,8 +19,8 @@ import (
 )
 
 // TestPollingWithoutWatches: with the tenant namespaces unwatched, a policy that is not Ready is
-// looked at again from 1 s, doubling up to the resync; once Ready, every resync, and a policy
-// that falls back starts again from 1 s. With watches nothing is polled.
+// looked at again from 1 s, doubling up to 15 s (or the resync); once Ready or Stalled, every
+// resync, and a policy that falls back starts again from 1 s. With watches nothing is polled.
 func TestPollingWithoutWatches(t *testing.T) {
 	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
 	r := &TelemetryPolicyReconciler{Clock: clocktesting.NewFakePassiveClock(start), Options: Options{TenantResync: 10 * time.Second}}
@@ -36,6 +36,18 @@ func TestPollingWithoutWatches(t *testing.T) {
 	next := func(pol *v1.TelemetryPolicy) time.Duration {
 		return r.result(&reconcileState{policy: pol}).RequeueAfter
 	}
+	r.Options.TenantResync = time.Hour
+	for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 15 * time.Second, 15 * time.Second} {
+		if got := next(p); got != want {
+			t.Fatalf("not Ready, resync 1h, look %d: requeue after %s, want %s", i+1, got, want)
+		}
+	}
+	apimeta.SetStatusCondition(&p.Status.Conditions, metav1.Condition{Type: v1.ConditionStalled, Status: metav1.ConditionTrue, Reason: "Test"})
+	if got := next(p); got != time.Hour {
+		t.Errorf("Stalled: requeue after %s, want the resync", got)
+	}
+	apimeta.RemoveStatusCondition(&p.Status.Conditions, v1.ConditionStalled)
+	r.Options.TenantResync = 10 * time.Second
 	for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second} {
 		if got := next(p); got != want {
 			t.Fatalf("not Ready, look %d: requeue after %s, want %s", i+1, got, want)

@@ -177,7 +177,8 @@ var _ = BeforeSuite(func() {
 })
 
 // tenantResync is the manager's --tenant-resync when TELEMETRY_TEST_TENANT_RESYNC sets it
-// (and watches nothing in the tenant namespaces); zero: it watches them, as by default.
+// (and watches nothing in the tenant namespaces, as by default); zero: it watches them
+// (--watch-tenant-namespaces).
 var tenantResync = func() time.Duration {
 	d, err := time.ParseDuration(os.Getenv("TELEMETRY_TEST_TENANT_RESYNC"))
 	if err != nil {
@@ -207,9 +208,9 @@ func startManager() {
 		ClusterName:          testCluster,
 		LedgerRetry:          200 * time.Millisecond,
 		// TELEMETRY_TEST_TENANT_RESYNC runs every spec with the manager watching nothing in the
-		// tenant namespaces (--watch-tenant-namespaces=false), resyncing each policy this often.
-		NoTenantWatches: tenantResync > 0,
-		TenantResync:    tenantResync,
+		// tenant namespaces (the default), resyncing each policy this often; unset, it watches.
+		WatchTenantNamespaces: tenantResync == 0,
+		TenantResync:          tenantResync,
 	}, operator.Deps{Clock: fakeClock, Metrics: metrics, Restartable: true, Tenants: func(s *tenants.Set) { tenantSet = s }})
 	Expect(err).NotTo(HaveOccurred())
 	mgrCancel = cancel

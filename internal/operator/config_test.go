@@ -61,34 +61,30 @@ func TestCollectorRBACResyncIsBounded(t *testing.T) {
 	}
 }
 
-// TestTenantResyncIsBounded: without watches in the tenant namespaces the resync is how soon an
-// edit by hand is put back; none, or days, is refused by name. With watches it is not used.
+// TestTenantResyncIsBounded: 0 takes the default; a resync that reads every policy's objects
+// many times a second, or leaves an edit by hand in place for days, is refused by name.
 func TestTenantResyncIsBounded(t *testing.T) {
-	for d, ok := range map[time.Duration]bool{time.Second: true, time.Minute: true, 24 * time.Hour: true,
-		0: false, -time.Second: false, time.Millisecond: false, 25 * time.Hour: false} {
-		c := Config{IssuerSecret: "ns/issuer", ReceiverURL: "https://receiver.example.com", CollectorImage: "telemetry-collector:dev", NoTenantWatches: true, TenantResync: d}
+	for d, ok := range map[time.Duration]bool{0: true, time.Second: true, time.Minute: true, 24 * time.Hour: true,
+		-time.Second: false, time.Millisecond: false, 25 * time.Hour: false} {
+		c := Config{IssuerSecret: "ns/issuer", ReceiverURL: "https://receiver.example.com", CollectorImage: "telemetry-collector:dev", TenantResync: d}
 		err := c.Validate()
 		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "--tenant-resync")) {
 			t.Errorf("--tenant-resync %s: %v, want accepted=%v", d, err, ok)
 		}
-		c.NoTenantWatches = false
-		if err := c.Validate(); err != nil {
-			t.Errorf("--tenant-resync %s with watches: %v, want accepted", d, err)
-		}
 	}
 }
 
-// TestWatchTenantNamespacesFlag: watching is the default; false turns it off.
+// TestWatchTenantNamespacesFlag: not watching is the default, resyncing every minute.
 func TestWatchTenantNamespacesFlag(t *testing.T) {
-	for args, want := range map[string]bool{"": false, "--watch-tenant-namespaces": false, "--watch-tenant-namespaces=true": false, "--watch-tenant-namespaces=false": true} {
+	for args, want := range map[string]bool{"": false, "--watch-tenant-namespaces": true, "--watch-tenant-namespaces=true": true, "--watch-tenant-namespaces=false": false} {
 		var c Config
 		fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 		c.BindFlags(fs)
 		if err := fs.Parse(strings.Fields(args)); err != nil {
 			t.Fatalf("%q: %v", args, err)
 		}
-		if c.NoTenantWatches != want || c.TenantResync != time.Minute {
-			t.Errorf("%q: NoTenantWatches %v, TenantResync %s; want %v, 1m0s", args, c.NoTenantWatches, c.TenantResync, want)
+		if c.WatchTenantNamespaces != want || c.TenantResync != time.Minute {
+			t.Errorf("%q: WatchTenantNamespaces %v, TenantResync %s; want %v, 1m0s", args, c.WatchTenantNamespaces, c.TenantResync, want)
 		}
 	}
 	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
