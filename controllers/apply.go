@@ -68,11 +68,35 @@ var (
 	}
 	deploymentKind = ownedKind[*appsv1.Deployment]{
 		newEmpty: func() *appsv1.Deployment { return &appsv1.Deployment{} },
-		// DeepDerivative ignores fields desired leaves unset, i.e. those the API server defaults.
-		inSync:   func(d, l *appsv1.Deployment) bool { return equality.Semantic.DeepDerivative(d.Spec, l.Spec) },
+		// DeepDerivative ignores fields desired leaves unset, i.e. those the API server defaults,
+		// but also what was appended to a list: an argument, a variable, a volume or a container
+		// added by hand (a second --config that wins) would pass. The API server's defaults never
+		// add list elements, so any list longer than desired's is not in sync.
+		inSync: func(d, l *appsv1.Deployment) bool {
+			return equality.Semantic.DeepDerivative(d.Spec, l.Spec) && !podSpecAdds(&d.Spec.Template.Spec, &l.Spec.Template.Spec)
+		},
 		copyInto: func(d, l *appsv1.Deployment) { l.Spec = d.Spec },
 	}
 )
+
+// podSpecAdds reports whether live holds list elements desired does not: containers, volumes,
+// or a container's arguments, command, variables or mounts.
+func podSpecAdds(desired, live *corev1.PodSpec) bool {
+	if len(live.Containers) != len(desired.Containers) || len(live.InitContainers) != len(desired.InitContainers) ||
+		len(live.EphemeralContainers) != 0 || len(live.Volumes) != len(desired.Volumes) {
+		return true
+	}
+	adds := func(d, l []corev1.Container) bool {
+		for i := range d {
+			if len(l[i].Args) != len(d[i].Args) || len(l[i].Command) != len(d[i].Command) || len(l[i].Env) != len(d[i].Env) ||
+				len(l[i].EnvFrom) != len(d[i].EnvFrom) || len(l[i].VolumeMounts) != len(d[i].VolumeMounts) {
+				return true
+			}
+		}
+		return false
+	}
+	return adds(desired.Containers, live.Containers) || adds(desired.InitContainers, live.InitContainers)
+}
 
 // ensureOwned creates desired, or updates the live object where it differs from desired, and
 // returns the live object. It writes nothing when the live object is already in sync.

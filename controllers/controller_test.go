@@ -390,6 +390,29 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		Eventually(func() error { return k8s.Get(ctx, cmKey, cm) }).Should(Succeed())
 		Expect(cm.Data).To(Equal(original.Data))
 
+		By("an argument, a variable and a volume added to the collector (a second --config wins): put back")
+		dep, err := deployment(ctx, ns, "drift")
+		Expect(err).NotTo(HaveOccurred())
+		want := dep.Spec.Template.Spec.DeepCopy()
+		c := &dep.Spec.Template.Spec.Containers[0]
+		c.Args = append(c.Args, "--config=/mine/config.json")
+		c.Env = append(c.Env, corev1.EnvVar{Name: "EXTRA", Value: "1"})
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "mine", MountPath: "/mine"})
+		dep.Spec.Template.Spec.Volumes = append(dep.Spec.Template.Spec.Volumes, corev1.Volume{Name: "mine",
+			VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "theirs"}}}})
+		Expect(k8s.Update(ctx, dep)).To(Succeed())
+		Eventually(func() []string { d, _ := deployment(ctx, ns, "drift"); return d.Spec.Template.Spec.Containers[0].Args }).Should(Equal(want.Containers[0].Args))
+		dep, err = deployment(ctx, ns, "drift")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(dep.Spec.Template.Spec.Volumes).To(HaveLen(len(want.Volumes)))
+		Expect(dep.Spec.Template.Spec.Containers[0].Env).To(HaveLen(len(want.Containers[0].Env)))
+
+		By("a container added beside the collector: put back")
+		dep.Spec.Template.Spec.Containers = append(dep.Spec.Template.Spec.Containers, corev1.Container{Name: "sidecar", Image: "theirs:1"})
+		Expect(k8s.Update(ctx, dep)).To(Succeed())
+		Eventually(func() int { d, _ := deployment(ctx, ns, "drift"); return len(d.Spec.Template.Spec.Containers) }).Should(Equal(len(want.Containers)))
+		rollOutUntilReady(ctx, ns, "drift") // each write of the Deployment is a new generation to roll out
+
 		// The collector's RBAC objects are not watched: they are checked at least every
 		// --collector-rbac-resync, at once when the collector is not fully available, and on
 		// every policy change or reconcile request.
@@ -459,7 +482,7 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		rollOutUntilReady(ctx, ns, "drift")
 
 		By("a Deployment with its hardening removed and a second replica")
-		dep, _ := deployment(ctx, ns, "drift")
+		dep, _ = deployment(ctx, ns, "drift")
 		dep.Spec.Replicas = ptr.To[int32](2)
 		dep.Spec.Template.Spec.Containers[0].SecurityContext = nil
 		dep.Spec.Template.Spec.Containers[0].Image = "evil:latest"

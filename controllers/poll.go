@@ -43,11 +43,22 @@ func (r *TelemetryPolicyReconciler) pollNext(st *reconcileState) time.Duration {
 		return resync
 	}
 	if r.pollBackoff == nil {
-		r.pollBackoff = map[client.ObjectKey]time.Duration{}
+		r.pollBackoff = map[client.ObjectKey]pollState{}
 	}
-	next := min(max(2*r.pollBackoff[key], firstPoll), lastPoll, resync)
-	r.pollBackoff[key] = next
+	last := r.pollBackoff[key]
+	if last.generation != st.policy.Generation {
+		last.after = 0 // a changed policy is followed closely again
+	}
+	next := min(max(2*last.after, firstPoll), lastPoll, resync)
+	r.pollBackoff[key] = pollState{generation: st.policy.Generation, after: next}
 	return next
+}
+
+// pollState is the last poll interval of a policy that is not Ready, and the generation it
+// was for.
+type pollState struct {
+	generation int64
+	after      time.Duration
 }
 
 // forgetPoll drops a deleted policy's backoff.

@@ -12,8 +12,10 @@ import (
 
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 )
@@ -56,6 +58,13 @@ func TestPollingWithoutWatches(t *testing.T) {
 	if got := next(other); got != time.Second {
 		t.Errorf("another policy shares the backoff: %s", got)
 	}
+	p.Generation++
+	if got := next(p); got != time.Second {
+		t.Errorf("a changed policy: requeue after %s, want 1s again", got)
+	}
+	if got := next(p); got != 2*time.Second {
+		t.Errorf("the changed policy's second look: requeue after %s, want 2s", got)
+	}
 	setReady(true)
 	if got := next(p); got != 10*time.Second {
 		t.Errorf("Ready: requeue after %s, want the resync", got)
@@ -80,5 +89,23 @@ func TestPollingWithoutWatches(t *testing.T) {
 	st.requeueIn(3*time.Second, start)
 	if got := r.result(st).RequeueAfter; got != 3*time.Second {
 		t.Errorf("a step's requeue in 3s: requeue after %s", got)
+	}
+}
+
+// TestRetriesBackOffToTheResyncWithoutWatches: a policy whose reconcile keeps failing is tried
+// again within the resync, as no watch would bring it back sooner.
+func TestRetriesBackOffToTheResyncWithoutWatches(t *testing.T) {
+	l := retryLimiter(time.Minute)
+	req := reconcile.Request{NamespacedName: types.NamespacedName{Namespace: "a", Name: "p"}}
+	var last time.Duration
+	for range 40 {
+		last = l.When(req)
+	}
+	if last != time.Minute {
+		t.Errorf("after 40 failures: next try in %s, want 1m", last)
+	}
+	l.Forget(req)
+	if d := l.When(req); d > time.Second {
+		t.Errorf("after a success: next try in %s", d)
 	}
 }

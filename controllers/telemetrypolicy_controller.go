@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -24,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -35,6 +37,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -133,7 +136,7 @@ type TelemetryPolicyReconciler struct {
 	verified   map[client.ObjectKey]verification
 
 	pollMu      sync.Mutex
-	pollBackoff map[client.ObjectKey]time.Duration
+	pollBackoff map[client.ObjectKey]pollState
 
 	rbacMu      sync.Mutex
 	rbacChecked map[client.ObjectKey]rbacCheck
@@ -654,7 +657,23 @@ func (r *TelemetryPolicyReconciler) SetupWithManager(mgr ctrl.Manager) (controll
 	if workers <= 0 {
 		workers = DefaultMaxConcurrentReconciles
 	}
-	return b.Named("telemetrypolicy").WithOptions(controller.Options{MaxConcurrentReconciles: workers}).Build(r)
+	opts := controller.Options{MaxConcurrentReconciles: workers}
+	if r.Options.TenantResync > 0 {
+		// No watch brings a failing policy back sooner: its retries back off to the resync, not
+		// to client-go's 16 minutes, so an edit by hand waits no longer than it would if the
+		// reconcile succeeded.
+		opts.RateLimiter = retryLimiter(r.Options.TenantResync)
+	}
+	return b.Named("telemetrypolicy").WithOptions(opts).Build(r)
+}
+
+// retryLimiter is controller-runtime's default rate limiter for failed reconciles (from 5 ms,
+// doubling; 10 a second overall, bursts of 100) with its longest wait cut to maxDelay.
+func retryLimiter(maxDelay time.Duration) workqueue.TypedRateLimiter[reconcile.Request] {
+	return workqueue.NewTypedMaxOfRateLimiter(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, maxDelay),
+		&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
+	)
 }
 
 // CachedKinds are the kinds of object a policy owns that are read and watched through each

@@ -148,6 +148,7 @@ var _ = Describe("Onboarded namespaces", func() {
 		Expect(names()).To(ConsistOf("ours", "ours-too"))
 		Expect(names(client.MatchingFields{"metadata.name": "ours"})).To(ConsistOf("ours"))
 		Expect(names(client.MatchingLabels{"unrelated": "x"})).To(BeEmpty())
+		Expect(names(client.MatchingLabelsSelector{Selector: labels.Nothing()})).To(BeEmpty(), "a selector of nothing is not a list of everything")
 		Expect(c.List(setCtx, &corev1.SecretList{})).To(MatchError(ContainSubstring("must name its namespace")), "never a cluster-wide read")
 
 		By("a namespace not onboarded is read from nowhere")

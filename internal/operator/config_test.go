@@ -62,10 +62,11 @@ func TestCollectorRBACResyncIsBounded(t *testing.T) {
 }
 
 // TestTenantResyncIsBounded: 0 takes the default; a resync that reads every policy's objects
-// many times a second, or leaves an edit by hand in place for days, is refused by name.
+// many times a second, or leaves an edit by hand (of a collector's configuration) in place for
+// longer than five minutes, is refused by name.
 func TestTenantResyncIsBounded(t *testing.T) {
-	for d, ok := range map[time.Duration]bool{0: true, time.Second: true, time.Minute: true, 24 * time.Hour: true,
-		-time.Second: false, time.Millisecond: false, 25 * time.Hour: false} {
+	for d, ok := range map[time.Duration]bool{0: true, time.Second: true, time.Minute: true, 5 * time.Minute: true,
+		-time.Second: false, time.Millisecond: false, 5*time.Minute + time.Second: false, 24 * time.Hour: false} {
 		c := Config{IssuerSecret: "ns/issuer", ReceiverURL: "https://receiver.example.com", CollectorImage: "telemetry-collector:dev", TenantResync: d}
 		err := c.Validate()
 		if (err == nil) != ok || (err != nil && !strings.Contains(err.Error(), "--tenant-resync")) {

@@ -120,6 +120,10 @@ type Config struct {
 // about 80 GETs a second).
 const DefaultTenantResync = time.Minute
 
+// MaxTenantResync bounds --tenant-resync: it is how long an edit by hand of a collector's
+// objects (its configuration too) may stay in place when they are not watched.
+const MaxTenantResync = 5 * time.Minute
+
 // BindFlags registers the manager's flags on fs.
 func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.MetricsAddr, "metrics-bind-address", ":8443", "Address of the Prometheus metrics endpoint; \"0\" disables it. Served over TLS to callers the API server authenticates and authorizes for GET /metrics (bind the metrics-reader ClusterRole).")
@@ -149,8 +153,8 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxConcurrentReconciles, "max-concurrent-reconciles", controllers.DefaultMaxConcurrentReconciles, "How many policies are reconciled at once (one policy is never reconciled twice at once).")
 	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "", "Loopback address (127.0.0.1:PORT) of Go's profiling endpoints (/debug/pprof/, plain HTTP, no authentication; other addresses are refused); empty or \"0\" disables them.")
 	fs.DurationVar(&c.LedgerResync, "ledger-resync", 10*time.Minute, "How often each policy's consent record is read back from the receiver and compared with the operator's copy.")
-	fs.BoolVar(&c.WatchTenantNamespaces, "watch-tenant-namespaces", false, "Watch the objects policies own (collector Deployments, ConfigMaps, Secrets) in every onboarded namespace, so an edit or a rollout is acted on at once, at about 0.6 MiB and 43 goroutines of the manager's memory per namespace (600-650 MiB for 1,000 namespaces). Off, nothing is watched there: they are read from the API server when a policy is reconciled, every --tenant-resync, and from 1s (backing off to 15s) while it is not Ready, which keeps the manager under 100 MiB at 1,000 policies whatever their namespaces; an edit by hand is put back at the next resync. Consent waits on neither: a policy change is always watched, and the receiver enforces the recorded consent.")
-	fs.DurationVar(&c.TenantResync, "tenant-resync", DefaultTenantResync, "With --watch-tenant-namespaces=false, how often each policy is reconciled: its objects read, put back if edited or deleted, and its collector's progress folded into status; 1s to 24h (each resync reads about five objects per policy).")
+	fs.BoolVar(&c.WatchTenantNamespaces, "watch-tenant-namespaces", false, "Watch the objects policies own (collector Deployments, ConfigMaps, Secrets) in every onboarded namespace, so an edit or a rollout is acted on at once, at about 0.6 MiB and 43 goroutines of the manager's memory per namespace (600-650 MiB for 1,000 namespaces). Off, nothing is watched there: they are read from the API server when a policy is reconciled, every --tenant-resync, and from 1s (backing off to 15s) while it is not Ready, which keeps the manager under 100 MiB at 1,000 policies whatever their namespaces; an edit by hand (of the collector's configuration too) is put back at the next resync, not at once. A policy change is always watched, so a withdrawal of consent is recorded and enforced at once either way, and the receiver refuses data above the recorded tier whatever the collector's configuration says.")
+	fs.DurationVar(&c.TenantResync, "tenant-resync", DefaultTenantResync, "With --watch-tenant-namespaces=false, how often each policy is reconciled: its objects read, put back if edited or deleted, and its collector's progress folded into status; 1s to 5m (each resync reads about five objects per policy; the longest an edit by hand stays in place).")
 	fs.DurationVar(&c.CollectorRBACResync, "collector-rbac-resync", controllers.DefaultCollectorRBACResync, "How often, at least, each collector's ServiceAccount, Role and RoleBinding are read back and put back if edited or deleted, 10s to 24h (they are not watched, to save a watch of each kind in every onboarded namespace; they are also checked whenever the collector is rolled out, when it is not fully available (at most every 30s then), on every spec change, and on kubectl telemetry reconcile).")
 }
 
@@ -177,8 +181,8 @@ func (c *Config) Validate() error {
 	if c.MaxConcurrentReconciles < 0 || c.MaxConcurrentReconciles > 64 {
 		errs = append(errs, fmt.Errorf("--max-concurrent-reconciles %d must be between 1 and 64 (0: the default, %d)", c.MaxConcurrentReconciles, controllers.DefaultMaxConcurrentReconciles))
 	}
-	if d := c.TenantResync; d != 0 && (d < time.Second || d > 24*time.Hour) {
-		errs = append(errs, fmt.Errorf("--tenant-resync %s must be between 1s and 24h", d))
+	if d := c.TenantResync; d != 0 && (d < time.Second || d > MaxTenantResync) {
+		errs = append(errs, fmt.Errorf("--tenant-resync %s must be between 1s and %s", d, MaxTenantResync))
 	}
 	if d := c.CollectorRBACResync; d != 0 && (d < 10*time.Second || d > 24*time.Hour) {
 		errs = append(errs, fmt.Errorf("--collector-rbac-resync %s must be between 10s and 24h", d))

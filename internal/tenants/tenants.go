@@ -32,6 +32,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -569,12 +570,26 @@ func (l liveReader) List(ctx context.Context, list client.ObjectList, opts ...cl
 	lo := &client.ListOptions{}
 	lo.ApplyOptions(opts)
 	if lo.LabelSelector != nil {
-		if reqs, selectable := lo.LabelSelector.Requirements(); selectable {
-			sel = sel.Add(reqs...)
-		} else {
-			sel = labels.Nothing()
+		reqs, selectable := lo.LabelSelector.Requirements()
+		if !selectable { // labels.Nothing(): as a query it would read as no selector at all
+			return meta.SetList(list, nil)
 		}
+		sel = sel.Add(reqs...)
 	}
 	lo.LabelSelector = sel
-	return l.live.List(ctx, list, lo)
+	if err := l.live.List(ctx, list, lo); err != nil {
+		return err
+	}
+	// Whatever the server made of the selector, hand back only what the cache would hold.
+	items, err := meta.ExtractList(list)
+	if err != nil {
+		return err
+	}
+	kept := items[:0]
+	for _, item := range items {
+		if o, ok := item.(client.Object); ok && sel.Matches(labels.Set(o.GetLabels())) {
+			kept = append(kept, item)
+		}
+	}
+	return meta.SetList(list, kept)
 }
