@@ -56,6 +56,7 @@ generate: controller-gen ## Generate deepcopy code from the API markers.
 manifests: controller-gen ## Generate the CRD and RBAC manifests from markers.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/..." paths="./controllers/..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) rbac:roleName=tenant-role paths="./internal/tenants/..." output:rbac:artifacts:config=config/rbac/tenant
+	$(CONTROLLER_GEN) rbac:roleName=tenant-watch-role paths="./internal/tenantwatch/..." output:rbac:artifacts:config=config/rbac/tenant-watch
 
 .PHONY: helm-chart
 helm-chart: manifests kustomize ## Generate charts/telemetry-operator from what kustomize renders (config/default, config/monitoring).

@@ -79,23 +79,48 @@ var (
 	}
 )
 
-// podSpecAdds reports whether live holds list elements desired does not: containers, volumes,
-// or a container's arguments, command, variables or mounts.
+// podSpecAdds reports whether live holds what desired does not and DeepDerivative lets pass:
+// list elements (containers, volumes, a container's arguments, command, variables or mounts),
+// or a field desired leaves empty that the API server never defaults for a Deployment but
+// that redirects or runs something in the collector's pod (host aliases, DNS settings,
+// lifecycle hooks, probes, scheduling, pull secrets, added capabilities).
 func podSpecAdds(desired, live *corev1.PodSpec) bool {
 	if len(live.Containers) != len(desired.Containers) || len(live.InitContainers) != len(desired.InitContainers) ||
 		len(live.EphemeralContainers) != 0 || len(live.Volumes) != len(desired.Volumes) {
 		return true
 	}
+	set := func(d, l bool) bool { return !d && l } // desired leaves it empty, live sets it
+	if set(len(desired.HostAliases) > 0, len(live.HostAliases) > 0) || set(desired.DNSConfig != nil, live.DNSConfig != nil) ||
+		set(desired.DNSPolicy != "", live.DNSPolicy != "" && live.DNSPolicy != corev1.DNSClusterFirst) ||
+		set(len(desired.NodeSelector) > 0, len(live.NodeSelector) > 0) || set(desired.Affinity != nil, live.Affinity != nil) ||
+		set(len(desired.Tolerations) > 0, len(live.Tolerations) > 0) || set(desired.NodeName != "", live.NodeName != "") ||
+		set(len(desired.ImagePullSecrets) > 0, len(live.ImagePullSecrets) > 0) || set(len(desired.SchedulingGates) > 0, len(live.SchedulingGates) > 0) ||
+		set(desired.ActiveDeadlineSeconds != nil, live.ActiveDeadlineSeconds != nil) || set(desired.Overhead != nil, live.Overhead != nil) ||
+		set(len(desired.ResourceClaims) > 0, len(live.ResourceClaims) > 0) {
+		return true
+	}
 	adds := func(d, l []corev1.Container) bool {
 		for i := range d {
 			if len(l[i].Args) != len(d[i].Args) || len(l[i].Command) != len(d[i].Command) || len(l[i].Env) != len(d[i].Env) ||
-				len(l[i].EnvFrom) != len(d[i].EnvFrom) || len(l[i].VolumeMounts) != len(d[i].VolumeMounts) {
+				len(l[i].EnvFrom) != len(d[i].EnvFrom) || len(l[i].VolumeMounts) != len(d[i].VolumeMounts) ||
+				len(l[i].VolumeDevices) != len(d[i].VolumeDevices) || len(l[i].Ports) != len(d[i].Ports) ||
+				set(d[i].Lifecycle != nil, l[i].Lifecycle != nil) || set(d[i].StartupProbe != nil, l[i].StartupProbe != nil) ||
+				set(d[i].LivenessProbe != nil, l[i].LivenessProbe != nil) || set(d[i].ReadinessProbe != nil, l[i].ReadinessProbe != nil) ||
+				len(capabilitiesAdded(l[i].SecurityContext)) != len(capabilitiesAdded(d[i].SecurityContext)) {
 				return true
 			}
 		}
 		return false
 	}
 	return adds(desired.Containers, live.Containers) || adds(desired.InitContainers, live.InitContainers)
+}
+
+// capabilitiesAdded are the capabilities a container's security context adds.
+func capabilitiesAdded(sc *corev1.SecurityContext) []corev1.Capability {
+	if sc == nil || sc.Capabilities == nil {
+		return nil
+	}
+	return sc.Capabilities.Add
 }
 
 // ensureOwned creates desired, or updates the live object where it differs from desired, and

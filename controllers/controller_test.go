@@ -407,6 +407,21 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		Expect(dep.Spec.Template.Spec.Volumes).To(HaveLen(len(want.Volumes)))
 		Expect(dep.Spec.Template.Spec.Containers[0].Env).To(HaveLen(len(want.Containers[0].Env)))
 
+		By("host aliases, a DNS configuration, a start hook and a pull secret added to the collector: put back")
+		dep.Spec.Template.Spec.HostAliases = []corev1.HostAlias{{IP: "127.0.0.2", Hostnames: []string{"receiver.example.com"}}}
+		dep.Spec.Template.Spec.DNSPolicy = corev1.DNSNone
+		dep.Spec.Template.Spec.DNSConfig = &corev1.PodDNSConfig{Nameservers: []string{"127.0.0.3"}}
+		dep.Spec.Template.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "theirs"}}
+		dep.Spec.Template.Spec.Containers[0].Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"cp", "/etc/collector", "/tmp"}}}}
+		Expect(k8s.Update(ctx, dep)).To(Succeed())
+		Eventually(func() bool {
+			d, _ := deployment(ctx, ns, "drift")
+			spec := d.Spec.Template.Spec
+			return spec.HostAliases == nil && spec.DNSConfig == nil && spec.DNSPolicy == corev1.DNSClusterFirst && spec.ImagePullSecrets == nil && spec.Containers[0].Lifecycle == nil
+		}).Should(BeTrue())
+		dep, err = deployment(ctx, ns, "drift")
+		Expect(err).NotTo(HaveOccurred())
+
 		By("a container added beside the collector: put back")
 		dep.Spec.Template.Spec.Containers = append(dep.Spec.Template.Spec.Containers, corev1.Container{Name: "sidecar", Image: "theirs:1"})
 		Expect(k8s.Update(ctx, dep)).To(Succeed())

@@ -26,8 +26,8 @@ const (
 
 // pollNext is when a policy is reconciled again because nothing would tell the manager that
 // its objects changed (no watch in its namespace): soon while it is not Ready (its collector
-// rolling out), every TenantResync once it is, or while it is Stalled (what ends a stall is a
-// change of the policy, which is watched, or comes with its own requeue). Zero when its
+// rolling out), every TenantResync once it is, or while it is Stalled or suspended (what ends
+// either is a change of the policy, which is watched, or comes with its own requeue). Zero when its
 // objects are watched.
 func (r *TelemetryPolicyReconciler) pollNext(st *reconcileState) time.Duration {
 	resync := r.Options.TenantResync
@@ -38,7 +38,7 @@ func (r *TelemetryPolicyReconciler) pollNext(st *reconcileState) time.Duration {
 	r.pollMu.Lock()
 	defer r.pollMu.Unlock()
 	conds := st.policy.Status.Conditions
-	if apimeta.IsStatusConditionTrue(conds, v1.ConditionReady) || apimeta.IsStatusConditionTrue(conds, v1.ConditionStalled) {
+	if apimeta.IsStatusConditionTrue(conds, v1.ConditionReady) || apimeta.IsStatusConditionTrue(conds, v1.ConditionStalled) || st.policy.Spec.Suspend {
 		delete(r.pollBackoff, key)
 		return resync
 	}

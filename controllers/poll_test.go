@@ -21,8 +21,9 @@ import (
 )
 
 // TestPollingWithoutWatches: with the tenant namespaces unwatched, a policy that is not Ready is
-// looked at again from 1 s, doubling up to 15 s (or the resync); once Ready or Stalled, every
-// resync, and a policy that falls back starts again from 1 s. With watches nothing is polled.
+// looked at again from 1 s, doubling up to 15 s (or the resync); once Ready, Stalled or
+// suspended, every resync, and a policy that falls back starts again from 1 s. With watches
+// nothing is polled.
 func TestPollingWithoutWatches(t *testing.T) {
 	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
 	r := &TelemetryPolicyReconciler{Clock: clocktesting.NewFakePassiveClock(start), Options: Options{TenantResync: 10 * time.Second}}
@@ -49,6 +50,11 @@ func TestPollingWithoutWatches(t *testing.T) {
 		t.Errorf("Stalled: requeue after %s, want the resync", got)
 	}
 	apimeta.RemoveStatusCondition(&p.Status.Conditions, v1.ConditionStalled)
+	p.Spec.Suspend = true
+	if got := next(p); got != time.Hour {
+		t.Errorf("suspended: requeue after %s, want the resync", got)
+	}
+	p.Spec.Suspend = false
 	r.Options.TenantResync = 10 * time.Second
 	for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second} {
 		if got := next(p); got != want {

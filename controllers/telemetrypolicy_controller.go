@@ -667,7 +667,7 @@ func (r *TelemetryPolicyReconciler) SetupWithManager(mgr ctrl.Manager) (controll
 	return b.Named("telemetrypolicy").WithOptions(opts).Build(r)
 }
 
-// retryLimiter is controller-runtime's default rate limiter for failed reconciles (from 5 ms,
+// retryLimiter is client-go's default controller rate limiter for failed reconciles (from 5 ms,
 // doubling; 10 a second overall, bursts of 100) with its longest wait cut to maxDelay.
 func retryLimiter(maxDelay time.Duration) workqueue.TypedRateLimiter[reconcile.Request] {
 	return workqueue.NewTypedMaxOfRateLimiter(

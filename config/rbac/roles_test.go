@@ -20,13 +20,14 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sourcegraph/telemetry-operator/internal/tenants"
+	"github.com/sourcegraph/telemetry-operator/internal/tenantwatch"
 )
 
 // clusterRoles returns every ClusterRole in this directory's manifests, by name.
 func clusterRoles(t *testing.T) map[string]rbacv1.ClusterRole {
 	t.Helper()
 	files, err := filepath.Glob("*.yaml")
-	tenant, _ := filepath.Glob("tenant/*.yaml")
+	tenant, _ := filepath.Glob("tenant*/*.yaml")
 	files = append(files, tenant...)
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no manifests: %v", err)
@@ -125,5 +126,24 @@ func TestTenantRoleIsWhatTheManagerChecks(t *testing.T) {
 	}
 	if !reflect.DeepEqual(tenant.AggregationRule, (*rbacv1.AggregationRule)(nil)) || len(tenant.Labels) > 0 {
 		t.Error("the tenant role must not be aggregated anywhere: it is bound only at onboarding")
+	}
+	for _, r := range tenant.Rules {
+		if slices.Contains(r.Verbs, "list") || slices.Contains(r.Verbs, "watch") || slices.Contains(r.Verbs, "*") {
+			t.Errorf("the tenant role lets the manager list or watch %v in a customer namespace: by default it reads by name only", r.Resources)
+		}
+	}
+
+	watch, ok := clusterRoles(t)["tenant-watch-role"]
+	if !ok {
+		t.Fatal("no tenant-watch-role ClusterRole")
+	}
+	if covers, missing := validation.Covers(watch.Rules, tenantwatch.Rules); !covers {
+		t.Errorf("the tenant watch role lacks what the manager checks for when it watches: %v", missing)
+	}
+	if covers, extra := validation.Covers(tenantwatch.Rules, watch.Rules); !covers {
+		t.Errorf("the tenant watch role grants more than watching needs: %v", extra)
+	}
+	if watch.AggregationRule != nil || len(watch.Labels) > 0 {
+		t.Error("the tenant watch role must not be aggregated anywhere")
 	}
 }

@@ -90,6 +90,8 @@ type Stack struct {
 	// managerKubeconfig authenticates as the manager's ServiceAccount; tenantRole is the
 	// ClusterRole bound in each onboarded namespace.
 	managerKubeconfig, managerSA, tenantRole string
+	// tenantWatchRole is bound beside tenantRole when ManagerArgs turn watching on.
+	tenantWatchRole string
 
 	receiver *exec.Cmd
 	// receiverAPI and receiverOpsAddr are kept so a restarted receiver listens where it did.

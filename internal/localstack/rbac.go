@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -62,6 +63,11 @@ func (s *Stack) applyRBAC(ctx context.Context) error {
 			s.managerSA = "system:serviceaccount:" + dep.Namespace + ":" + dep.Spec.Template.Spec.ServiceAccountName
 		case kind == "ClusterRole" && strings.HasSuffix(u.GetName(), "tenant-role"):
 			s.tenantRole = u.GetName()
+			fallthrough
+		case kind == "ClusterRole" && strings.HasSuffix(u.GetName(), "tenant-watch-role"):
+			if s.tenantRole != u.GetName() {
+				s.tenantWatchRole = u.GetName()
+			}
 			fallthrough
 		case rbacKinds[kind]:
 			if err := s.Client.Create(ctx, u); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -123,12 +129,27 @@ func (s *Stack) Label(ctx context.Context, ns string) error {
 	return s.Client.Patch(ctx, nsObj, patch)
 }
 
-// BindTenantRole grants the manager its tenant role in ns (the RoleBinding half of onboarding).
+// BindTenantRole grants the manager its tenant role in ns (the RoleBinding half of onboarding),
+// and its tenant watch role too when ManagerArgs turn watching on.
 func (s *Stack) BindTenantRole(ctx context.Context, ns string) error {
+	if err := s.bind(ctx, ns, "telemetry-operator", s.tenantRole); err != nil {
+		return err
+	}
+	if slices.ContainsFunc(s.Opts.ManagerArgs, func(a string) bool { return a == "--watch-tenant-namespaces" || a == "--watch-tenant-namespaces=true" }) {
+		if s.tenantWatchRole == "" {
+			return errors.New("the manager watches the tenant namespaces but the installer has no tenant watch ClusterRole")
+		}
+		return s.bind(ctx, ns, "telemetry-operator-watch", s.tenantWatchRole)
+	}
+	return nil
+}
+
+// bind binds ClusterRole role to the manager's ServiceAccount in ns.
+func (s *Stack) bind(ctx context.Context, ns, name, role string) error {
 	parts := strings.Split(s.managerSA, ":")
 	rb := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "telemetry-operator", Namespace: ns},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: s.tenantRole},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
 		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: parts[2], Name: parts[3]}},
 	}
 	if err := s.Client.Create(ctx, rb); err != nil && !apierrors.IsAlreadyExists(err) {

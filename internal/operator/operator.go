@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -59,6 +60,7 @@ import (
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 	"github.com/sourcegraph/telemetry-operator/internal/tenants"
+	"github.com/sourcegraph/telemetry-operator/internal/tenantwatch"
 )
 
 // Config holds the manager's settings, set from flags.
@@ -153,7 +155,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxConcurrentReconciles, "max-concurrent-reconciles", controllers.DefaultMaxConcurrentReconciles, "How many policies are reconciled at once (one policy is never reconciled twice at once).")
 	fs.StringVar(&c.PprofAddr, "pprof-bind-address", "", "Loopback address (127.0.0.1:PORT) of Go's profiling endpoints (/debug/pprof/, plain HTTP, no authentication; other addresses are refused); empty or \"0\" disables them.")
 	fs.DurationVar(&c.LedgerResync, "ledger-resync", 10*time.Minute, "How often each policy's consent record is read back from the receiver and compared with the operator's copy.")
-	fs.BoolVar(&c.WatchTenantNamespaces, "watch-tenant-namespaces", false, "Watch the objects policies own (collector Deployments, ConfigMaps, Secrets) in every onboarded namespace, so an edit or a rollout is acted on at once, at about 0.6 MiB and 43 goroutines of the manager's memory per namespace (600-650 MiB for 1,000 namespaces). Off, nothing is watched there: they are read from the API server when a policy is reconciled, every --tenant-resync, and from 1s (backing off to 15s) while it is not Ready, which keeps the manager under 100 MiB at 1,000 policies whatever their namespaces; an edit by hand (of the collector's configuration too) is put back at the next resync, not at once. A policy change is always watched, so a withdrawal of consent is recorded and enforced at once either way, and the receiver refuses data above the recorded tier whatever the collector's configuration says.")
+	fs.BoolVar(&c.WatchTenantNamespaces, "watch-tenant-namespaces", false, "Watch the objects policies own (collector Deployments, ConfigMaps, Secrets) in every onboarded namespace, so an edit or a rollout is acted on at once, at about 0.6 MiB and 43 goroutines of the manager's memory per namespace (600-650 MiB for 1,000 namespaces); it needs ClusterRole " + TenantWatchRole + " bound beside the tenant role in each. Off, nothing is watched there: they are read from the API server when a policy is reconciled, every --tenant-resync, and from 1s (backing off to 15s) while it is not Ready, which keeps the manager under 100 MiB at 1,000 policies whatever their namespaces; an edit by hand (of the collector's configuration too) is put back at the next resync, not at once. A policy change is always watched, so a withdrawal of consent is recorded and enforced at once either way, and the receiver refuses data above the recorded tier whatever the collector's configuration says.")
 	fs.DurationVar(&c.TenantResync, "tenant-resync", DefaultTenantResync, "With --watch-tenant-namespaces=false, how often each policy is reconciled: its objects read, put back if edited or deleted, and its collector's progress folded into status; 1s to 5m (each resync reads about five objects per policy; the longest an edit by hand stays in place).")
 	fs.DurationVar(&c.CollectorRBACResync, "collector-rbac-resync", controllers.DefaultCollectorRBACResync, "How often, at least, each collector's ServiceAccount, Role and RoleBinding are read back and put back if edited or deleted, 10s to 24h (they are not watched, to save a watch of each kind in every onboarded namespace; they are also checked whenever the collector is rolled out, when it is not fully available (at most every 30s then), on every spec change, and on kubectl telemetry reconcile).")
 }
@@ -252,6 +254,10 @@ func requiresALabel(sel labels.Selector) bool {
 
 // TenantRole is the shipped name of the ClusterRole an admin binds in each onboarded namespace.
 const TenantRole = "telemetry-operator-tenant-role"
+
+// TenantWatchRole is the ClusterRole bound beside TenantRole in each onboarded namespace when the
+// manager watches there (--watch-tenant-namespaces): list and watch on what it caches.
+const TenantWatchRole = "telemetry-operator-tenant-watch-role"
 
 // Images is the list of collector images policies may name.
 func (c *Config) Images() (allowed.Images, error) {
@@ -515,7 +521,10 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		Watch: func(c cache.Cache) error { return controllers.WatchOwned(ctl, c, scheme, mgr.GetRESTMapper()) },
 	}
 	var tenantResync time.Duration
-	if !cfg.WatchTenantNamespaces {
+	if cfg.WatchTenantNamespaces {
+		tenantOpts.Rules = append(slices.Clone(tenants.Rules), tenantwatch.Rules...)
+		tenantOpts.RoleName = TenantRole + " and ClusterRole " + TenantWatchRole
+	} else {
 		tenantOpts.Live, tenantOpts.Watch = mgr.GetAPIReader(), nil
 		tenantResync = cmp.Or(cfg.TenantResync, DefaultTenantResync)
 	}

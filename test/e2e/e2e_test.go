@@ -275,7 +275,9 @@ func TestDowngradeMidStreamStopsEventLevelDataOnceReported(t *testing.T) {
 	// The CriticalOnly collector runs and reports success, and publishes nothing: every closed day
 	// so far was EventLevel time, which the receiver holds event by event, and aggregates count
 	// only CriticalOnly periods (cells counting both could be differenced against the events).
-	eventually(t, 30*time.Second, "a successful round of the CriticalOnly collector", func() bool {
+	// Its progress reaches status when the policy is next reconciled: at the manager's
+	// --tenant-resync (1 minute) as it watches nothing in the tenant namespaces by default.
+	eventually(t, 90*time.Second, "a successful round of the CriticalOnly collector", func() bool {
 		p := policy(t, "downgrade")
 		return p.Status.Export != nil && p.Status.Export.LastSuccessTime != nil && p.Status.Export.LastSuccessTime.After(reportedAt)
 	})

@@ -96,7 +96,8 @@ func TestManagerHoldsLeastPrivilege(t *testing.T) {
 		{[]string{"delete", "telemetrypolicies.telemetry.sourcegraph.com", "-n", outside}, false},
 		{[]string{"list", "namespaces"}, true},
 		// Everything it needs in an onboarded namespace.
-		{[]string{"list", "secrets", "-n", inside}, true},
+		{[]string{"get", "secrets", "-n", inside}, true},
+		{[]string{"update", "configmaps", "-n", inside}, true},
 		{[]string{"create", "rolebindings", "-n", inside}, true},
 		{[]string{"create", "roles", "-n", inside}, true},
 		{[]string{"delete", "deployments.apps", "-n", inside}, true},
@@ -110,6 +111,12 @@ func TestManagerHoldsLeastPrivilege(t *testing.T) {
 		{[]string{"get", "serviceaccounts", "-n", inside}, true},
 		{[]string{"list", "serviceaccounts", "-n", inside}, false},
 		{[]string{"watch", "roles.rbac.authorization.k8s.io", "-n", inside}, false},
+		// By default nothing there is listed or watched: its Secrets, ConfigMaps and Deployments
+		// are read by name too (list and watch come with the tenant watch role, bound only for
+		// --watch-tenant-namespaces).
+		{[]string{"list", "secrets", "-n", inside}, false},
+		{[]string{"watch", "configmaps", "-n", inside}, false},
+		{[]string{"list", "deployments.apps", "-n", inside}, false},
 		{[]string{"list", "rolebindings.rbac.authorization.k8s.io", "-n", inside}, false},
 	} {
 		if got := canI(t, c.args...); got != c.want {
