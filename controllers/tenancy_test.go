@@ -129,6 +129,7 @@ var _ = Describe("Onboarded namespaces", func() {
 		secret := &corev1.Secret{}
 		err := c.Get(setCtx, client.ObjectKey{Namespace: ns, Name: "frontend-db"}, secret)
 		Expect(apierrors.IsNotFound(err)).To(BeTrue(), "got %v", err)
+		Expect(err).To(MatchError(`secrets "frontend-db" not found`))
 		Expect(secret.Data).To(BeEmpty())
 		Expect(secret.StringData).To(BeEmpty())
 		Expect(secret.Name).To(BeEmpty())

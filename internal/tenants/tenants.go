@@ -557,7 +557,8 @@ func (l liveReader) Get(ctx context.Context, key client.ObjectKey, obj client.Ob
 		// none of it (a customer's object of the same name).
 		v := reflect.ValueOf(obj).Elem()
 		v.Set(reflect.Zero(v.Type()))
-		return apierrors.NewNotFound(schema.GroupResource{Resource: strings.ToLower(strings.TrimPrefix(fmt.Sprintf("%T", obj), "*"))}, key.Name)
+		kind := fmt.Sprintf("%T", obj) // *v1.Secret: the resource is secrets
+		return apierrors.NewNotFound(schema.GroupResource{Resource: strings.ToLower(kind[strings.LastIndex(kind, ".")+1:]) + "s"}, key.Name)
 	}
 	return nil
 }
