@@ -112,38 +112,28 @@ func TestManagerHoldsNothingClusterWideOnCustomerObjects(t *testing.T) {
 }
 
 // TestTenantRoleIsWhatTheManagerChecks: the manager reviews its permissions in a namespace
-// against tenants.Rules before working there; the shipped tenant role must grant exactly that.
+// against tenants.Rules before working there (and tenantwatch.Rules too when it watches); the
+// shipped tenant roles must grant exactly that, and the tenant role lists and watches nothing.
 func TestTenantRoleIsWhatTheManagerChecks(t *testing.T) {
-	tenant, ok := clusterRoles(t)["tenant-role"]
-	if !ok {
-		t.Fatal("no tenant-role ClusterRole")
+	roles := clusterRoles(t)
+	for name, want := range map[string][]rbacv1.PolicyRule{"tenant-role": tenants.Rules, "tenant-watch-role": tenantwatch.Rules} {
+		role, ok := roles[name]
+		if !ok {
+			t.Fatalf("no %s ClusterRole", name)
+		}
+		if covers, missing := validation.Covers(role.Rules, want); !covers {
+			t.Errorf("%s lacks what the manager checks for: %v", name, missing)
+		}
+		if covers, extra := validation.Covers(want, role.Rules); !covers {
+			t.Errorf("%s grants more than the manager needs: %v", name, extra)
+		}
+		if !reflect.DeepEqual(role.AggregationRule, (*rbacv1.AggregationRule)(nil)) || len(role.Labels) > 0 {
+			t.Errorf("%s must not be aggregated anywhere: it is bound only at onboarding", name)
+		}
 	}
-	if covers, missing := validation.Covers(tenant.Rules, tenants.Rules); !covers {
-		t.Errorf("the tenant role lacks what the manager checks for: %v", missing)
-	}
-	if covers, extra := validation.Covers(tenants.Rules, tenant.Rules); !covers {
-		t.Errorf("the tenant role grants more than the manager needs: %v", extra)
-	}
-	if !reflect.DeepEqual(tenant.AggregationRule, (*rbacv1.AggregationRule)(nil)) || len(tenant.Labels) > 0 {
-		t.Error("the tenant role must not be aggregated anywhere: it is bound only at onboarding")
-	}
-	for _, r := range tenant.Rules {
+	for _, r := range roles["tenant-role"].Rules {
 		if slices.Contains(r.Verbs, "list") || slices.Contains(r.Verbs, "watch") || slices.Contains(r.Verbs, "*") {
 			t.Errorf("the tenant role lets the manager list or watch %v in a customer namespace: by default it reads by name only", r.Resources)
 		}
-	}
-
-	watch, ok := clusterRoles(t)["tenant-watch-role"]
-	if !ok {
-		t.Fatal("no tenant-watch-role ClusterRole")
-	}
-	if covers, missing := validation.Covers(watch.Rules, tenantwatch.Rules); !covers {
-		t.Errorf("the tenant watch role lacks what the manager checks for when it watches: %v", missing)
-	}
-	if covers, extra := validation.Covers(tenantwatch.Rules, watch.Rules); !covers {
-		t.Errorf("the tenant watch role grants more than watching needs: %v", extra)
-	}
-	if watch.AggregationRule != nil || len(watch.Labels) > 0 {
-		t.Error("the tenant watch role must not be aggregated anywhere")
 	}
 }
