@@ -73,7 +73,8 @@ var (
 		// added by hand (a second --config that wins) would pass. The API server's defaults never
 		// add list elements, so any list longer than desired's is not in sync.
 		inSync: func(d, l *appsv1.Deployment) bool {
-			return equality.Semantic.DeepDerivative(d.Spec, l.Spec) && !podSpecAdds(&d.Spec.Template.Spec, &l.Spec.Template.Spec)
+			return equality.Semantic.DeepDerivative(d.Spec, l.Spec) && !podSpecAdds(&d.Spec.Template.Spec, &l.Spec.Template.Spec) &&
+				!templateMetaAdds(&d.Spec.Template.ObjectMeta, &l.Spec.Template.ObjectMeta)
 		},
 		copyInto: func(d, l *appsv1.Deployment) { l.Spec = d.Spec },
 	}
@@ -96,7 +97,10 @@ func podSpecAdds(desired, live *corev1.PodSpec) bool {
 		set(len(desired.Tolerations) > 0, len(live.Tolerations) > 0) || set(desired.NodeName != "", live.NodeName != "") ||
 		set(len(desired.ImagePullSecrets) > 0, len(live.ImagePullSecrets) > 0) || set(len(desired.SchedulingGates) > 0, len(live.SchedulingGates) > 0) ||
 		set(desired.ActiveDeadlineSeconds != nil, live.ActiveDeadlineSeconds != nil) || set(desired.Overhead != nil, live.Overhead != nil) ||
-		set(len(desired.ResourceClaims) > 0, len(live.ResourceClaims) > 0) {
+		set(len(desired.ResourceClaims) > 0, len(live.ResourceClaims) > 0) ||
+		set(desired.RuntimeClassName != nil, live.RuntimeClassName != nil) || set(desired.ShareProcessNamespace != nil, live.ShareProcessNamespace != nil) ||
+		set(len(desired.TopologySpreadConstraints) > 0, len(live.TopologySpreadConstraints) > 0) ||
+		live.SecurityContext != nil && len(live.SecurityContext.Sysctls) > 0 && (desired.SecurityContext == nil || len(desired.SecurityContext.Sysctls) == 0) {
 		return true
 	}
 	adds := func(d, l []corev1.Container) bool {
@@ -109,10 +113,32 @@ func podSpecAdds(desired, live *corev1.PodSpec) bool {
 				len(capabilitiesAdded(l[i].SecurityContext)) != len(capabilitiesAdded(d[i].SecurityContext)) {
 				return true
 			}
+			for j := range d[i].VolumeMounts {
+				if l[i].VolumeMounts[j].SubPath != d[i].VolumeMounts[j].SubPath || l[i].VolumeMounts[j].SubPathExpr != d[i].VolumeMounts[j].SubPathExpr {
+					return true
+				}
+			}
 		}
 		return false
 	}
 	return adds(desired.Containers, live.Containers) || adds(desired.InitContainers, live.InitContainers)
+}
+
+// templateMetaAdds reports whether the pod template carries labels or annotations desired does
+// not: an annotation can have an admission webhook inject a container into every collector pod
+// (a service mesh, a secrets agent). kubectl rollout restart's annotation is left alone.
+func templateMetaAdds(desired, live *metav1.ObjectMeta) bool {
+	for k := range live.Labels {
+		if _, ok := desired.Labels[k]; !ok {
+			return true
+		}
+	}
+	for k := range live.Annotations {
+		if _, ok := desired.Annotations[k]; !ok && k != "kubectl.kubernetes.io/restartedAt" {
+			return true
+		}
+	}
+	return false
 }
 
 // capabilitiesAdded are the capabilities a container's security context adds.

@@ -132,11 +132,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 	It("finds and stops a collector whose labels were stripped when consent goes Off", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "stripped")
-		stopManager()
-		d, err := deployment(ctx, ns, "stripped")
-		Expect(err).NotTo(HaveOccurred())
-		d.Labels = nil
-		Expect(k8s.Update(ctx, d)).To(Succeed())
+		stopAndEditCollector(ctx, ns, "stripped", func(d *appsv1.Deployment) { d.Labels = nil })
 		updatePolicy(ctx, ns, "stripped", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
 		startManager()
 		Eventually(func() bool {
@@ -588,11 +584,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 	It("lowers a collector the cache cannot see while a later step stalls", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "hidden")
-		stopManager()
-		d, err := deployment(ctx, ns, "hidden")
-		Expect(err).NotTo(HaveOccurred())
-		d.Labels = nil
-		Expect(k8s.Update(ctx, d)).To(Succeed())
+		stopAndEditCollector(ctx, ns, "hidden", func(d *appsv1.Deployment) { d.Labels = nil })
 		keyRef := client.ObjectKey{Namespace: ns, Name: resources.NamesFor("hidden").PseudonymKey}
 		key := &corev1.Secret{}
 		Expect(k8s.Get(ctx, keyRef, key)).To(Succeed())
@@ -814,11 +806,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 	It("stops a collector whose owner reference was stripped when its configuration cannot be lowered", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "orphaned")
-		stopManager()
-		d, err := deployment(ctx, ns, "orphaned")
-		Expect(err).NotTo(HaveOccurred())
-		d.OwnerReferences = nil // labels kept: still made for this policy
-		Expect(k8s.Update(ctx, d)).To(Succeed())
+		stopAndEditCollector(ctx, ns, "orphaned", func(d *appsv1.Deployment) { d.OwnerReferences = nil }) // labels kept: still made for this policy
 		denyConfigMapUpdates(ctx, ns)
 		updatePolicy(ctx, ns, "orphaned", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
 		startManager()

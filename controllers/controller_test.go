@@ -422,6 +422,13 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		dep, err = deployment(ctx, ns, "drift")
 		Expect(err).NotTo(HaveOccurred())
 
+		By("an annotation on the pod template that has a webhook inject a container: put back")
+		dep.Spec.Template.Annotations["linkerd.io/inject"] = "enabled"
+		Expect(k8s.Update(ctx, dep)).To(Succeed())
+		Eventually(func() map[string]string { d, _ := deployment(ctx, ns, "drift"); return d.Spec.Template.Annotations }).ShouldNot(HaveKey("linkerd.io/inject"))
+		dep, err = deployment(ctx, ns, "drift")
+		Expect(err).NotTo(HaveOccurred())
+
 		By("a container added beside the collector: put back")
 		dep.Spec.Template.Spec.Containers = append(dep.Spec.Template.Spec.Containers, corev1.Container{Name: "sidecar", Image: "theirs:1"})
 		Expect(k8s.Update(ctx, dep)).To(Succeed())

@@ -279,3 +279,14 @@ func (c *countingRecorder) AnnotatedEventf(_, _ runtime.Object, _ map[string]str
 	c.n++
 	c.reasons = append(c.reasons, reason)
 }
+
+// stopAndEditCollector stops the manager and edits the policy's collector Deployment, as a
+// tenant could while no operator runs; the caller starts the manager again.
+func stopAndEditCollector(ctx context.Context, ns, policy string, edit func(*appsv1.Deployment)) {
+	GinkgoHelper()
+	stopManager()
+	d, err := deployment(ctx, ns, policy)
+	Expect(err).NotTo(HaveOccurred())
+	edit(d)
+	Expect(k8s.Update(ctx, d)).To(Succeed())
+}

@@ -27,8 +27,8 @@ const (
 // pollNext is when a policy is reconciled again because nothing would tell the manager that
 // its objects changed (no watch in its namespace): soon while it is not Ready (its collector
 // rolling out), every TenantResync once it is, or while it is Stalled or suspended (what ends
-// either is a change of the policy, which is watched, or comes with its own requeue). Zero when its
-// objects are watched.
+// either is a change of the policy, which is watched, or comes with its own requeue). Zero
+// when its objects are watched.
 func (r *TelemetryPolicyReconciler) pollNext(st *reconcileState) time.Duration {
 	resync := r.Options.TenantResync
 	if resync <= 0 {

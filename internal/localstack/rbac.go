@@ -14,7 +14,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
+	"strconv"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -135,7 +135,7 @@ func (s *Stack) BindTenantRole(ctx context.Context, ns string) error {
 	if err := s.bind(ctx, ns, "telemetry-operator", s.tenantRole); err != nil {
 		return err
 	}
-	if slices.ContainsFunc(s.Opts.ManagerArgs, func(a string) bool { return a == "--watch-tenant-namespaces" || a == "--watch-tenant-namespaces=true" }) {
+	if watchesTenants(s.Opts.ManagerArgs) {
 		if s.tenantWatchRole == "" {
 			return errors.New("the manager watches the tenant namespaces but the installer has no tenant watch ClusterRole")
 		}
@@ -156,4 +156,23 @@ func (s *Stack) bind(ctx context.Context, ns, name, role string) error {
 		return err
 	}
 	return nil
+}
+
+// watchesTenants reports whether the manager's arguments turn --watch-tenant-namespaces on (in
+// any form the flag package accepts).
+func watchesTenants(args []string) bool {
+	on := false
+	for _, a := range args {
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if name != "watch-tenant-namespaces" || !strings.HasPrefix(a, "-") {
+			continue
+		}
+		if !hasValue {
+			on = true
+			continue
+		}
+		v, err := strconv.ParseBool(value)
+		on = err == nil && v
+	}
+	return on
 }
