@@ -156,13 +156,17 @@ func (r *TelemetryPolicyReconciler) verifyDue(p *v1.TelemetryPolicy) bool {
 	return !ok || m.uid != p.UID || m.generation != p.Generation || !r.Clock.Now().Before(m.at.Add(r.ledgerResync()))
 }
 
-func (r *TelemetryPolicyReconciler) markVerified(p *v1.TelemetryPolicy) {
+// markVerified notes that the receiver's record matched the policy's copy as read at readAt.
+// It is dated when the record was read, not when the check ended: a change made at the
+// receiver after the read (a failover losing a transition) must be looked for a LedgerResync
+// after the read, even if this reconcile took long or the clock moved on meanwhile.
+func (r *TelemetryPolicyReconciler) markVerified(p *v1.TelemetryPolicy, readAt time.Time) {
 	r.verifiedMu.Lock()
 	defer r.verifiedMu.Unlock()
 	if r.verified == nil {
 		r.verified = map[client.ObjectKey]verification{}
 	}
-	r.verified[client.ObjectKeyFromObject(p)] = verification{uid: p.UID, generation: p.Generation, at: r.Clock.Now()}
+	r.verified[client.ObjectKeyFromObject(p)] = verification{uid: p.UID, generation: p.Generation, at: readAt}
 }
 
 func (r *TelemetryPolicyReconciler) forgetVerified(key client.ObjectKey) {
@@ -282,6 +286,7 @@ func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reco
 	p := st.policy
 	defer func() { p.Status.PendingConsentChanges = pendingOf(st.timeline, st.pending) }()
 	if r.verifyDue(p) {
+		readAt := r.Clock.Now()
 		state, err := r.Ledger.State(ctx, p.Spec.InstanceID)
 		if errors.Is(err, ledger.ErrUnknownInstance) {
 			err, state = nil, consentv1.State{InstanceID: p.Spec.InstanceID}
@@ -299,7 +304,7 @@ func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reco
 			lost, consistent := lostWithdrawals(p.Status.ConsentHistory, state.Timeline)
 			st.timeline = state.Timeline
 			if consistent {
-				r.markVerified(p)
+				r.markVerified(p, readAt)
 				if h := historyOf(state.Timeline); !equality.Semantic.DeepEqual(h, p.Status.ConsentHistory) {
 					p.Status.ConsentHistory = h
 				}
@@ -818,6 +823,7 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 			r.forgetVerified(client.ObjectKeyFromObject(p)) // read the record again next time
 		}
 	}()
+	writtenFrom := r.Clock.Now() // the record as the writes below return it is dated no later
 	for st.ledgerErr == nil && len(st.pending) > 0 {
 		state, err := r.Ledger.Record(ctx, r.recordRequest(st, st.pending[0]))
 		if err != nil {
@@ -831,7 +837,7 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 	}
 	if st.ledgerErr == nil && len(st.pending) == 0 && st.recordLost {
 		st.recordLost = false
-		r.markVerified(p)
+		r.markVerified(p, writtenFrom)
 	}
 	if st.ledgerErr == nil && st.want != nil {
 		state, err := r.Ledger.Record(ctx, r.recordRequest(st, *st.want))

@@ -1,0 +1,77 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+)
+
+// slowLedger answers State with a fixed record, and the clock moves on while it answers: a
+// read that takes long, or a reconcile that goes on while the test (or the world) moves time.
+type slowLedger struct {
+	ConsentLedger
+	clock *clocktesting.FakeClock
+	took  time.Duration
+	state consentv1.State
+}
+
+func (l *slowLedger) Cluster() string { return "" }
+
+func (l *slowLedger) State(context.Context, string) (consentv1.State, error) {
+	l.clock.Step(l.took)
+	return l.state, nil
+}
+
+// TestVerificationDatedAtTheRead: a record found consistent counts as verified from when it was
+// read, not from when the reconcile got to note it. A transition the receiver lost after the
+// read is looked for again a LedgerResync after the read (the race the controller suite's
+// "notices a receiver record that no longer matches" hit when the note was dated later).
+func TestVerificationDatedAtTheRead(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	clock := clocktesting.NewFakeClock(start)
+	granted := start.Add(-time.Hour)
+	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
+	led := &slowLedger{clock: clock, took: 11 * time.Minute, state: consentv1.State{InstanceID: "i", Timeline: timeline}}
+	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+	p := &v1.TelemetryPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1}}
+	p.Spec.InstanceID = "i"
+	p.Status.ConsentHistory = historyOf(timeline)
+	if !r.verifyDue(p) {
+		t.Fatal("a policy never verified by this process must be verified")
+	}
+	st := &reconcileState{policy: p, intent: v1.TierEventLevel}
+	if err := r.planTransition(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	if !st.ledgerKnown || st.recordLost {
+		t.Fatalf("the record matches the copy: known=%v lost=%v", st.ledgerKnown, st.recordLost)
+	}
+	if !r.verifyDue(p) {
+		t.Fatal("the record was read 11 minutes ago (resync 10): it is due again, though the check ended just now")
+	}
+	led.took = 0
+	st = &reconcileState{policy: p, intent: v1.TierEventLevel}
+	if err := r.planTransition(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	clock.Step(9 * time.Minute)
+	if r.verifyDue(p) {
+		t.Fatal("read 9 minutes ago (resync 10): not due yet")
+	}
+	clock.Step(time.Minute)
+	if !r.verifyDue(p) {
+		t.Fatal("read 10 minutes ago (resync 10): due")
+	}
+}
