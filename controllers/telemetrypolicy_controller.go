@@ -47,6 +47,7 @@ import (
 	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
 	"github.com/sourcegraph/telemetry-operator/internal/consent"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
+	"github.com/sourcegraph/telemetry-operator/internal/readonce"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 	"github.com/sourcegraph/telemetry-operator/internal/tenants"
 )
@@ -220,8 +221,10 @@ type step struct {
 // Reconcile runs the steps in order and patches status once at the end, only if it changed.
 // The consent steps come first: a downgrade is enforced before anything that could stall or
 // fail (the receiver, the pseudonym key, credentials), and an erasure request is carried out
-// whatever the collector's state.
+// whatever the collector's state. Each object is read from the API server at most once until
+// the reconcile writes it (readonce), with a Client and APIReader wrapped by readonce.
 func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	ctx = readonce.With(ctx)
 	p := &v1.TelemetryPolicy{}
 	if err := r.Get(ctx, req.NamespacedName, p); err != nil {
 		if apierrors.IsNotFound(err) {

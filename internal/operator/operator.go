@@ -58,6 +58,7 @@ import (
 	"github.com/sourcegraph/telemetry-operator/internal/allowed"
 	"github.com/sourcegraph/telemetry-operator/internal/ledger"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
+	"github.com/sourcegraph/telemetry-operator/internal/readonce"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 	"github.com/sourcegraph/telemetry-operator/internal/tenants"
 	"github.com/sourcegraph/telemetry-operator/internal/tenantwatch"
@@ -514,6 +515,9 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		return nil, err
 	}
 	var ctl controller.Controller
+	// A reconcile reads each object from the API server once until it writes it (readonce):
+	// without watches every read is a request.
+	apiReader := readonce.Reader(mgr.GetAPIReader())
 	tenantOpts := tenants.Options{
 		Config: restCfg, Cache: tenantCache, Kinds: controllers.CachedKinds(), Uncached: controllers.UncachedKinds(),
 		Namespaces: mgr.GetCache(), Selector: onboarded, Reviewer: direct, Rules: tenants.Rules,
@@ -525,7 +529,7 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		tenantOpts.Rules = append(slices.Clone(tenants.Rules), tenantwatch.Rules...)
 		tenantOpts.RoleName = TenantRole + " and ClusterRole " + TenantWatchRole
 	} else {
-		tenantOpts.Live, tenantOpts.Watch = mgr.GetAPIReader(), nil
+		tenantOpts.Live, tenantOpts.Watch = apiReader, nil
 		tenantResync = cmp.Or(cfg.TenantResync, DefaultTenantResync)
 	}
 	tenantSet := tenants.New(tenantOpts)
@@ -536,9 +540,9 @@ func New(ctx context.Context, restCfg *rest.Config, cfg Config, deps Deps) (ctrl
 		deps.Tenants(tenantSet)
 	}
 	r := &controllers.TelemetryPolicyReconciler{
-		Client:    tenantSet.Client(mgr.GetClient()),
+		Client:    readonce.Client(tenantSet.Client(mgr.GetClient())),
 		Tenants:   tenantSet,
-		APIReader: mgr.GetAPIReader(),
+		APIReader: apiReader,
 		Scheme:    scheme,
 		Recorder:  rec,
 		Clock:     deps.Clock,
