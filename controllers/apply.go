@@ -305,11 +305,15 @@ func deleteOwned(ctx context.Context, r *TelemetryPolicyReconciler, reader clien
 	if obj.GetDeletionTimestamp() != nil {
 		return true, nil
 	}
-	if err := r.Delete(ctx, obj, opts...); err != nil {
+	// The object judged above, not one that replaced it since (the read may be this reconcile's
+	// first of it, some steps ago: readonce): a replacement fails the delete with a conflict,
+	// and the retry reads again.
+	uid := obj.GetUID()
+	if err := r.Delete(ctx, obj, append(opts, client.Preconditions{UID: &uid})...); err != nil {
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}
-		return false, err
+		return false, fmt.Errorf("deleting %s: %w", obj.GetName(), err)
 	}
 	return true, nil
 }

@@ -156,6 +156,22 @@ func (r *TelemetryPolicyReconciler) verifyDue(p *v1.TelemetryPolicy) bool {
 	return !ok || m.uid != p.UID || m.generation != p.Generation || !r.Clock.Now().Before(m.at.Add(r.ledgerResync()))
 }
 
+// nextVerification is when the policy's record is next due to be read back: a LedgerResync
+// after it was last found consistent, so that a requeue for it finds verifyDue true (one
+// computed from the reconcile's start came a little early, and the record was then read a
+// resync later still). Without a mark, or one already due (the read failed: the ledger's
+// retry comes sooner), a LedgerResync from now.
+func (r *TelemetryPolicyReconciler) nextVerification(p *v1.TelemetryPolicy) time.Time {
+	now := r.Clock.Now()
+	r.verifiedMu.Lock()
+	defer r.verifiedMu.Unlock()
+	m, ok := r.verified[client.ObjectKeyFromObject(p)]
+	if due := m.at.Add(r.ledgerResync()); ok && m.uid == p.UID && m.generation == p.Generation && due.After(now) {
+		return due
+	}
+	return now.Add(r.ledgerResync())
+}
+
 // markVerified notes that the receiver's record matched the policy's copy as read at readAt.
 // It is dated when the record was read, not when the check ended: a change made at the
 // receiver after the read (a failover losing a transition) must be looked for a LedgerResync

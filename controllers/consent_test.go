@@ -143,6 +143,53 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "stripped").Status.EffectiveTier }).Should(Equal(v1.TierOff))
 	})
 
+	It("does not delete a Deployment that replaced the collector it judged when consent goes Off", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "replaced")
+		stopManager()
+		DeferCleanup(startManager)
+		updatePolicy(ctx, ns, "replaced", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+
+		// Between the reconcile's read of the collector and its delete, someone replaces it
+		// with a Deployment of their own under the same name.
+		name := resources.NamesFor("replaced").Deployment
+		var replacement types.UID
+		live := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				if err := c.Get(ctx, key, obj, opts...); err != nil {
+					return err
+				}
+				if _, ok := obj.(*appsv1.Deployment); ok && key.Name == name && replacement == "" {
+					Expect(k8s.Delete(ctx, obj.DeepCopyObject().(client.Object))).To(Succeed())
+					theirs := &appsv1.Deployment{
+						ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": "theirs"}},
+						Spec: appsv1.DeploymentSpec{
+							Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "theirs"}},
+							Template: corev1.PodTemplateSpec{
+								ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "theirs"}},
+								Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "theirs"}}},
+							},
+						},
+					}
+					Eventually(func() error { return k8s.Create(ctx, theirs) }).Should(Succeed()) // once the old one is gone
+					replacement = theirs.UID
+				}
+				return nil
+			},
+		})
+		r := &controllers.TelemetryPolicyReconciler{
+			Client: live, APIReader: live, Scheme: k8s.Scheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
+			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
+		}
+		_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "replaced"}})
+		Expect(replacement).NotTo(BeEmpty(), "the reconcile read the collector")
+		Expect(apierrors.IsConflict(err)).To(BeTrue(), "the delete names the object judged: %v", err)
+		d, err := deployment(ctx, ns, "replaced")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(d.UID).To(Equal(replacement))
+		Expect(d.DeletionTimestamp).To(BeNil(), "their Deployment is left alone")
+	})
+
 	It("lowers the collector at once when the receiver is unreachable, and reports it only once the receiver records it", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "offline")

@@ -258,7 +258,7 @@ func (r *TelemetryPolicyReconciler) issue(ctx context.Context, st *reconcileStat
 	}
 	if wrongType {
 		// The type of a Secret is immutable; replace a tampered one.
-		if err := r.Delete(ctx, secret); err != nil && !apierrors.IsNotFound(err) {
+		if err := r.Delete(ctx, secret, client.Preconditions{UID: ptr.To(secret.UID)}); err != nil && !apierrors.IsNotFound(err) {
 			return nil, err
 		}
 		exists = false

@@ -224,7 +224,8 @@ type step struct {
 // whatever the collector's state. Each object is read from the API server at most once until
 // the reconcile writes it (readonce), with a Client and APIReader wrapped by readonce.
 func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
-	ctx = readonce.With(ctx)
+	ctx, done := readonce.With(ctx)
+	defer done()
 	p := &v1.TelemetryPolicy{}
 	if err := r.Get(ctx, req.NamespacedName, p); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -344,7 +345,10 @@ func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *re
 	st.pending = timelineOf(p.Status.PendingConsentChanges)
 	st.ledgerKnown = len(st.timeline) > 0
 	st.intent = d.Effective
-	st.requeueIn(r.ledgerResync(), r.Clock.Now()) // the receiver's record is read back periodically
+	defer func() { // the receiver's record is read back periodically (planTransition, below)
+		next := r.nextVerification(p)
+		st.requeue(&next)
+	}()
 	if p.Spec.Suspend {
 		inForce := p.Status.EffectiveTier
 		if st.ledgerKnown && st.timeline.Current().Rank() > consentv1.Tier(inForce).Rank() {

@@ -8,6 +8,7 @@ package controllers
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -73,5 +74,56 @@ func TestVerificationDatedAtTheRead(t *testing.T) {
 	clock.Step(time.Minute)
 	if !r.verifyDue(p) {
 		t.Fatal("read 10 minutes ago (resync 10): due")
+	}
+}
+
+// TestVerificationRequeuedWhenDue: a reconcile asks to come back when the receiver's record is
+// next due to be read back (a LedgerResync after the last read), not a resync after itself: one
+// made between two verifications would otherwise push the next one out to almost twice the
+// resync, and a requeue a moment early found it not yet due.
+func TestVerificationRequeuedWhenDue(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	clock := clocktesting.NewFakeClock(start)
+	granted := start.Add(-time.Hour)
+	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
+	led := &slowLedger{clock: clock, state: consentv1.State{InstanceID: "i", Timeline: timeline}}
+	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+	accepted, expires := metav1.NewTime(start.Add(-24*time.Hour)), metav1.NewTime(start.Add(7*24*time.Hour))
+	p := &v1.TelemetryPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1},
+		Spec: v1.TelemetryPolicySpec{
+			InstanceID: "i",
+			Consent:    v1.ConsentSpec{Tier: v1.TierEventLevel},
+			Contract: &v1.ContractSpec{
+				Basis: v1.BasisSelfServeTrial, Reference: "0065e00000AbCdEf", CloudTermsVersion: "2024-06-01",
+				AcceptedAt: &accepted, ExpiresAt: &expires, UserLevelEventDataApproved: true,
+			},
+		},
+	}
+	p.Status.ConsentHistory = historyOf(timeline)
+	p.Status.EffectiveTier = v1.TierEventLevel
+	reconcile := func() time.Time {
+		t.Helper()
+		st := &reconcileState{policy: p}
+		if err := r.reconcileConsent(context.Background(), st); err != nil {
+			t.Fatal(err)
+		}
+		return slices.MinFunc(st.requeueAt, func(a, b time.Time) int { return a.Compare(b) })
+	}
+	if got, want := reconcile(), start.Add(10*time.Minute); !got.Equal(want) {
+		t.Fatalf("verified now: back at %s, want %s", got, want)
+	}
+	clock.Step(9 * time.Minute)
+	if got, want := reconcile(), start.Add(10*time.Minute); !got.Equal(want) {
+		t.Fatalf("a reconcile between verifications: back at %s, want %s (the next verification), not a resync after itself", got, want)
+	}
+	clock.Step(time.Minute)
+	if !r.verifyDue(p) {
+		t.Fatal("at the requeue the verification is due")
+	}
+	// A read that took longer than the resync is due at once; the requeue is not in the past.
+	led.took = 11 * time.Minute
+	if got, want := reconcile(), clock.Now().Add(10*time.Minute); !got.Equal(want) {
+		t.Fatalf("after a slow read: back at %s, want %s", got, want)
 	}
 }

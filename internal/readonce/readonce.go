@@ -13,15 +13,16 @@ Licensed under the Apache License, Version 2.0.
 // per new policy where 8 objects are created. A context started with With remembers what its
 // reads returned (an object, or that it was not found); a later read of the same object in the
 // same context is answered from it, as a copy. Any write of an object through Client (create,
-// update, patch, delete, of the object or a subresource, successful or not) forgets every
-// remembered read of that namespace and name, so a read after a write, or after a conflict
-// or AlreadyExists, goes to the API server again.
+// update, patch, delete, of the object or a subresource, successful or not) forgets the
+// remembered reads of that kind and name, so a read after a write, or after a conflict or
+// AlreadyExists, goes to the API server again.
 //
 // What a reconcile reads is thus the API server's state when it first read each object, as
 // it would be had every step read at that moment; a change made by someone else meanwhile is
 // seen by the next reconcile, and an update based on the older read fails on its
-// resourceVersion as it always did. Outside a context from With nothing is remembered. Lists
-// are never remembered.
+// resourceVersion as it always did (a delete judged on an older read should carry the read's UID
+// as a precondition). Outside a context from With, or once it is done, nothing is remembered.
+// Lists are never remembered.
 package readonce
 
 import (
@@ -30,14 +31,22 @@ import (
 	"sync"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
+// memoKey names one read: by the reader that made it (a memo never answers for another
+// reader, a cache say, what an API reader read), the Go type and the kind the caller set (every
+// kind read as unstructured or metadata-only has the same Go type), and the object's name.
 type memoKey struct {
-	typ  reflect.Type
-	name types.NamespacedName
+	reader *reader
+	typ    reflect.Type
+	gvk    schema.GroupVersionKind
+	name   types.NamespacedName
 }
 
 type memoEntry struct {
@@ -48,15 +57,23 @@ type memoEntry struct {
 // memo is what one unit of work has read.
 type memo struct {
 	mu    sync.Mutex
+	done  bool
 	reads map[memoKey]memoEntry
 }
 
 type ctxKey struct{}
 
 // With returns a context whose reads through Reader are remembered until a write through Client
-// forgets them.
-func With(ctx context.Context) context.Context {
-	return context.WithValue(ctx, ctxKey{}, &memo{reads: map[memoKey]memoEntry{}})
+// forgets them, and a function ending the unit of work: it drops what was remembered (objects
+// read may hold key material) and remembers nothing more, even through a context kept beyond
+// it by a goroutine the unit of work started.
+func With(ctx context.Context) (context.Context, func()) {
+	m := &memo{reads: map[memoKey]memoEntry{}}
+	return context.WithValue(ctx, ctxKey{}, m), func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.done, m.reads = true, nil
+	}
 }
 
 func memoOf(ctx context.Context) *memo {
@@ -74,20 +91,32 @@ func (m *memo) lookup(k memoKey) (memoEntry, bool) {
 func (m *memo) store(k memoKey, e memoEntry) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.reads[k] = e
+	if !m.done {
+		m.reads[k] = e
+	}
 }
 
-// forget drops every remembered read of name, of whatever kind: a write of one kind never
-// leaves a read of the same name behind under another type (a metadata-only read, say).
-func (m *memo) forget(name types.NamespacedName) {
+// forget drops the remembered reads of obj's name made with obj's Go type, and those made as
+// unstructured or metadata-only objects, whose kind a typed write does not tell apart. Other
+// kinds of the same name (a collector's Deployment and its ServiceAccount) are kept.
+func (m *memo) forget(obj client.Object) {
+	name, typ := client.ObjectKeyFromObject(obj), reflect.TypeOf(obj)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for k := range m.reads {
-		if k.name == name {
+		if k.name == name && (k.typ == typ || generic(k.typ)) {
 			delete(m.reads, k)
 		}
 	}
 }
+
+var (
+	unstructuredType = reflect.TypeFor[*unstructured.Unstructured]()
+	metadataType     = reflect.TypeFor[*metav1.PartialObjectMetadata]()
+)
+
+// generic reports whether objects of type t may be of any kind.
+func generic(t reflect.Type) bool { return t == unstructuredType || t == metadataType }
 
 func (m *memo) forgetAll() {
 	m.mu.Lock()
@@ -95,17 +124,18 @@ func (m *memo) forgetAll() {
 	clear(m.reads)
 }
 
-// Reader remembers the reads of r made in a context from With.
-func Reader(r client.Reader) client.Reader { return reader{Reader: r} }
+// Reader remembers the reads of r made in a context from With. Wrap a reader of the API server:
+// what a reader remembers answers only that reader's later reads.
+func Reader(r client.Reader) client.Reader { return &reader{Reader: r} }
 
 type reader struct{ client.Reader }
 
-func (r reader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+func (r *reader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
 	m := memoOf(ctx)
 	if m == nil || len(opts) > 0 {
 		return r.Reader.Get(ctx, key, obj, opts...)
 	}
-	k := memoKey{typ: reflect.TypeOf(obj), name: key}
+	k := memoKey{reader: r, typ: reflect.TypeOf(obj), gvk: obj.GetObjectKind().GroupVersionKind(), name: key}
 	if e, ok := m.lookup(k); ok {
 		if e.obj == nil {
 			return e.err
@@ -131,7 +161,7 @@ type writer struct{ client.Client }
 
 func forgetting(ctx context.Context, obj client.Object) {
 	if m := memoOf(ctx); m != nil {
-		m.forget(client.ObjectKeyFromObject(obj))
+		m.forget(obj)
 	}
 }
 

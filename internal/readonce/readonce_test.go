@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -67,7 +68,13 @@ func TestReadOnceAgainstTheAPIServer(t *testing.T) {
 		return cm.Data["v"]
 	}
 
-	ctx := readonce.With(bg)
+	// unit starts a unit of work ended when the test ends.
+	unit := func() context.Context {
+		ctx, done := readonce.With(bg)
+		t.Cleanup(done)
+		return ctx
+	}
+	ctx, done := readonce.With(bg)
 	first := &corev1.ConfigMap{}
 	if err := reader.Get(ctx, key, first); err != nil || first.Data["v"] != "1" {
 		t.Fatalf("first read: %v %v", err, first.Data)
@@ -80,7 +87,7 @@ func TestReadOnceAgainstTheAPIServer(t *testing.T) {
 	if got := read(bg); got != "2" {
 		t.Fatalf("outside a unit of work reads are live: %q", got)
 	}
-	if got := read(readonce.With(bg)); got != "2" {
+	if got := read(unit()); got != "2" {
 		t.Fatalf("a new unit of work reads again: %q", got)
 	}
 
@@ -101,7 +108,7 @@ func TestReadOnceAgainstTheAPIServer(t *testing.T) {
 		t.Fatalf("read again once, then remembered: %q", got)
 	}
 	fresh := &corev1.ConfigMap{}
-	if err := reader.Get(readonce.With(bg), key, fresh); err != nil {
+	if err := reader.Get(unit(), key, fresh); err != nil {
 		t.Fatal(err)
 	}
 	fresh.Data["v"] = "5"
@@ -131,9 +138,10 @@ func TestReadOnceAgainstTheAPIServer(t *testing.T) {
 		t.Fatalf("after a create that found the object, it is read again: %v", err)
 	}
 
-	// Delete forgets, and so does a write of another kind of the same name.
-	dep := &appsv1.Deployment{}
-	if err := reader.Get(ctx, client.ObjectKey{Namespace: "readonce", Name: "config"}, dep); !apierrors.IsNotFound(err) {
+	// Delete forgets that kind of that name; other kinds of the same name (a collector's
+	// Deployment and ServiceAccount share one) are kept.
+	depKey := client.ObjectKey{Namespace: "readonce", Name: "config"}
+	if err := reader.Get(ctx, depKey, &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("no Deployment of that name: %v", err)
 	}
 	if err := writer.Delete(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}); err != nil {
@@ -142,9 +150,7 @@ func TestReadOnceAgainstTheAPIServer(t *testing.T) {
 	if err := reader.Get(ctx, key, &corev1.ConfigMap{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("after a delete the object is read again: %v", err)
 	}
-
-	// A status write forgets too.
-	if err := direct.Create(bg, &appsv1.Deployment{
+	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "readonce", Name: "config"},
 		Spec: appsv1.DeploymentSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"a": "b"}},
@@ -153,13 +159,22 @@ func TestReadOnceAgainstTheAPIServer(t *testing.T) {
 				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "i"}}},
 			},
 		},
-	}); err != nil {
+	}
+	if err := direct.Create(bg, dep.DeepCopy()); err != nil {
 		t.Fatal(err)
 	}
-	dep = &appsv1.Deployment{}
-	if err := reader.Get(ctx, client.ObjectKey{Namespace: "readonce", Name: "config"}, dep); err != nil {
-		t.Fatalf("a delete forgets every read of that name, of any kind (the Deployment not found before): %v", err)
+	if err := reader.Get(ctx, depKey, &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("a ConfigMap's delete does not forget the Deployment's read: %v", err)
 	}
+	if err := writer.Create(ctx, dep.DeepCopy()); !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("want already exists: %v", err)
+	}
+	dep = &appsv1.Deployment{}
+	if err := reader.Get(ctx, depKey, dep); err != nil {
+		t.Fatalf("a Deployment's create forgets the Deployment's read: %v", err)
+	}
+
+	// A status write forgets too.
 	dep.Status.ObservedGeneration = 7
 	if err := writer.Status().Update(ctx, dep); err != nil {
 		t.Fatal(err)
@@ -167,5 +182,49 @@ func TestReadOnceAgainstTheAPIServer(t *testing.T) {
 	again := &appsv1.Deployment{}
 	if err := reader.Get(ctx, client.ObjectKeyFromObject(dep), again); err != nil || again.Status.ObservedGeneration != 7 {
 		t.Fatalf("after a status write the object is read again: %v %d", err, again.Status.ObservedGeneration)
+	}
+
+	// Metadata-only reads of different kinds of one name are told apart by the kind asked for.
+	meta := func(ctx context.Context, kind string) error {
+		m := &metav1.PartialObjectMetadata{}
+		m.SetGroupVersionKind(schema.GroupVersionKind{Version: "v1", Kind: kind})
+		if kind == "Deployment" {
+			m.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind(kind))
+		}
+		return reader.Get(ctx, depKey, m)
+	}
+	if err := meta(ctx, "Deployment"); err != nil {
+		t.Fatal(err)
+	}
+	if err := meta(ctx, "Secret"); !apierrors.IsNotFound(err) {
+		t.Fatalf("a Secret's metadata read was answered with the Deployment's: %v", err)
+	}
+
+	// Another reader's reads are its own: a memo never answers for a reader that did not read.
+	other := readonce.Reader(direct)
+	elsewhere2 := &corev1.Secret{}
+	if err := other.Get(ctx, gone, elsewhere2); err != nil {
+		t.Fatal(err)
+	}
+	if err := direct.Delete(bg, elsewhere2); err != nil {
+		t.Fatal(err)
+	}
+	if err := reader.Get(ctx, gone, &corev1.Secret{}); err != nil {
+		t.Fatalf("the first reader still remembers the Secret: %v", err)
+	}
+	if err := readonce.Reader(direct).Get(ctx, gone, &corev1.Secret{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("a new reader reads for itself: %v", err)
+	}
+
+	// Once the unit of work is done, nothing is remembered, even through its context.
+	done()
+	if err := reader.Get(ctx, gone, &corev1.Secret{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("after done every read is live: %v", err)
+	}
+	if err := direct.Create(bg, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: gone.Namespace, Name: gone.Name}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reader.Get(ctx, gone, &corev1.Secret{}); err != nil {
+		t.Fatalf("after done nothing is remembered: %v", err)
 	}
 }

@@ -319,9 +319,10 @@ func (s *Set) add(ctx context.Context, ns string, now time.Time) error {
 	s.mu.Lock()
 	cctx, cancel := context.WithCancel(s.ctx)
 	s.mu.Unlock()
+	logger := log.FromContext(ctx) // not ctx itself: the cache outlives the reconcile that asked for it
 	go func() {
 		if err := c.Start(cctx); err != nil {
-			log.FromContext(ctx).Error(err, "namespace cache stopped", "namespace", ns)
+			logger.Error(err, "namespace cache stopped", "namespace", ns)
 		}
 	}()
 	wctx, wcancel := context.WithTimeout(ctx, s.opts.SyncTimeout)
