@@ -23,6 +23,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -691,7 +692,6 @@ func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss i
 	}
 	stopWatching()
 	must(<-profiled)
-	requestsAfter := func() { printRequestsSince(st.RestConfig, requestsBefore, n) }
 	// Where the machine's time went while the operator converged: whether the API server (and
 	// etcd) were saturated, or the manager waited.
 	var cpuUse []string
@@ -704,9 +704,18 @@ func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss i
 		cpuUse = append(cpuUse, fmt.Sprintf("%s %.2f", name, (now()-cpuBefore[name]).Seconds()/elapsed))
 	}
 	time.Sleep(2 * time.Second)
+	idleStart, idleErr := apiserverRequests(st.RestConfig)
 	before := managerWrites(st.ManagerMetrics)
 	time.Sleep(idle)
 	after := managerWrites(st.ManagerMetrics)
+	idleRequests := func() {
+		idleEnd, err := apiserverRequests(st.RestConfig)
+		if err = errors.Join(idleErr, err); err != nil {
+			fmt.Printf("    (the API server's request counts: %v)\n", err)
+			return
+		}
+		printRequests(fmt.Sprintf("API server requests during the %s idle window, every client (verb resource code: count, per policy):", idle), idleStart, idleEnd, n)
+	}
 	pid := st.ManagerPID()
 	peak := vmHWM(pid)
 	anon, file := procStatus(pid, "RssAnon"), procStatus(pid, "RssFile")
@@ -738,7 +747,10 @@ func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss i
 		`controller_runtime_reconcile_time_seconds_sum{controller="telemetrypolicy"`, `controller_runtime_reconcile_time_seconds_count{controller="telemetrypolicy"`,
 		`workqueue_queue_duration_seconds_sum{controller="telemetrypolicy"`, `workqueue_work_duration_seconds_sum{controller="telemetrypolicy"`,
 		"telemetry_reconcile_step_duration_seconds_sum", "rest_client_request_duration_seconds_sum", "rest_client_request_duration_seconds_count")
-	requestsAfter()
+	if idleErr == nil {
+		printRequests("API server requests while the operator converged and 2 s after, every client (verb resource code: count, per policy):", requestsBefore, idleStart, n)
+	}
+	idleRequests()
 }
 
 // fetchAPIServerProfile writes a CPU profile of the API server over d to file.

@@ -206,14 +206,8 @@ func apiserverRequests(cfg *rest.Config) (map[string]float64, error) {
 	return counts, nil
 }
 
-// printRequestsSince prints what the API server answered since before, by verb, resource and
-// code, the most frequent first: what the operator (and the bench's stand-ins) asked of it.
-func printRequestsSince(cfg *rest.Config, before map[string]float64, per int) {
-	after, err := apiserverRequests(cfg)
-	if err != nil {
-		fmt.Printf("    (the API server's request counts: %v)\n", err)
-		return
-	}
+// printRequests prints the API server's requests between two snapshots, by count.
+func printRequests(title string, before, after map[string]float64, per int) {
 	type row struct {
 		key string
 		n   float64
@@ -225,7 +219,7 @@ func printRequestsSince(cfg *rest.Config, before map[string]float64, per int) {
 		}
 	}
 	slices.SortFunc(rows, func(a, b row) int { return int(b.n - a.n) })
-	fmt.Println("    API server requests meanwhile, every client (verb resource code: count, per policy):")
+	fmt.Println("    " + title)
 	for _, r := range rows {
 		fmt.Printf("      %-55s %7.0f %6.2f\n", r.key, r.n, r.n/float64(per))
 	}
