@@ -224,3 +224,23 @@ func printRequests(title string, before, after map[string]float64, per int) {
 		fmt.Printf("      %-55s %7.0f %6.2f\n", r.key, r.n, r.n/float64(per))
 	}
 }
+
+// storingWrites counts the requests between two snapshots that write an object: creates,
+// updates, patches and deletes, but not reviews (access, rules and token reviews are POSTs that
+// store nothing) and not leases (the API server renews its own identity's lease; the bench's
+// manager runs without leader election).
+func storingWrites(before, after map[string]float64) int {
+	n := 0.0
+	for k, v := range after {
+		f := strings.Fields(k) // verb resource code
+		if len(f) != 3 || !slices.Contains([]string{"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"}, f[0]) {
+			continue
+		}
+		res, _, _ := strings.Cut(f[1], "/")
+		if strings.HasSuffix(res, "reviews") || res == "leases" {
+			continue
+		}
+		n += v - before[k]
+	}
+	return int(n)
+}
