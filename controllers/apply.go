@@ -288,6 +288,12 @@ func hasOwnerRef(obj client.Object, ref metav1.OwnerReference) bool {
 	return false
 }
 
+// errReplaced: the object deleteOwned judged was replaced before it could be deleted. Something
+// of that name is there, to be judged afresh by a later look: callers look again soon rather
+// than fail the reconcile (a conflict error skips the status patch, and what it carries, such as
+// a withdrawal not yet recorded at the receiver).
+var errReplaced = errors.New("replaced while being deleted")
+
 // deleteOwned deletes the named object if it exists and is owner's (controlled by it, or made
 // for it and stripped of its owner reference: see mayTakeOver), reading it with
 // reader (the API server itself, where objects whose labels were stripped must be found too). It
@@ -306,12 +312,14 @@ func deleteOwned(ctx context.Context, r *TelemetryPolicyReconciler, reader clien
 		return true, nil
 	}
 	// The object judged above, not one that replaced it since (the read may be this reconcile's
-	// first of it, some steps ago: readonce): a replacement fails the delete with a conflict,
-	// and the retry reads again.
+	// first of it, some steps ago: readonce): a replacement fails the delete with a conflict.
 	uid := obj.GetUID()
 	if err := r.Delete(ctx, obj, append(opts, client.Preconditions{UID: &uid})...); err != nil {
-		if apierrors.IsNotFound(err) {
+		switch {
+		case apierrors.IsNotFound(err):
 			return false, nil
+		case apierrors.IsConflict(err):
+			return true, errReplaced
 		}
 		return false, fmt.Errorf("deleting %s: %w", obj.GetName(), err)
 	}

@@ -159,8 +159,8 @@ func (r *TelemetryPolicyReconciler) verifyDue(p *v1.TelemetryPolicy) bool {
 // nextVerification is when the policy's record is next due to be read back: a LedgerResync
 // after it was last found consistent, so that a requeue for it finds verifyDue true (one
 // computed from the reconcile's start came a little early, and the record was then read a
-// resync later still). Without a mark, or one already due (the read failed: the ledger's
-// retry comes sooner), a LedgerResync from now.
+// resync later still). Without a mark, or one already due (the read failed, and planTransition
+// asked for the ledger's retry, which comes sooner), a LedgerResync from now.
 func (r *TelemetryPolicyReconciler) nextVerification(p *v1.TelemetryPolicy) time.Time {
 	now := r.Clock.Now()
 	r.verifiedMu.Lock()
@@ -344,8 +344,10 @@ func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reco
 				st.ledgerErr = err
 				return nil
 			}
-			// Go on with the copy in status; the receiver is asked again on the next reconcile.
+			// Go on with the copy in status; the receiver is asked again at the ledger's retry,
+			// not a resync later (nothing may be pending, so nothing else brings it back).
 			st.ledgerKnown = true
+			st.requeueIn(r.ledgerRetry(), r.Clock.Now())
 		}
 	} else {
 		st.ledgerKnown = true
@@ -719,6 +721,9 @@ func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *recon
 	}
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.Deployment}}
 	present, err := deleteOwned(ctx, r, r.APIReader, p, dep, client.PropagationPolicy(metav1.DeletePropagationForeground))
+	if errors.Is(err, errReplaced) {
+		err = nil // present: looked at again below
+	}
 	if err != nil || configErr != nil {
 		return errors.Join(configErr, err)
 	}
@@ -739,7 +744,10 @@ func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *recon
 		&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.Role}},
 		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.ServiceAccount}},
 	} {
-		if _, err := deleteOwned(ctx, r, r.APIReader, p, obj); err != nil {
+		switch _, err := deleteOwned(ctx, r, r.APIReader, p, obj); {
+		case errors.Is(err, errReplaced):
+			st.requeueIn(2*time.Second, r.Clock.Now())
+		case err != nil:
 			return err
 		}
 	}

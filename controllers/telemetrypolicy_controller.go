@@ -546,8 +546,10 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 	if reconcileErr != nil {
 		s.errMsg = reconcileErr.Error()
 		if apierrors.IsConflict(reconcileErr) {
-			// A stale read; the retry will converge. Do not flap status for it.
-			return nil
+			// A stale read; the retry will converge. Do not flap status for it, but keep what
+			// the receiver holds and is owed: a withdrawal not yet recorded there lives only in
+			// status, and a raise before the retry must not erase it.
+			return r.patchLedgerCopy(ctx, orig, p)
 		}
 	}
 	if st.mutate {
@@ -583,6 +585,21 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 		f()
 	}
 	return nil
+}
+
+// patchLedgerCopy writes only status.consentHistory and status.pendingConsentChanges, as this
+// reconcile left them, onto the status it read.
+func (r *TelemetryPolicyReconciler) patchLedgerCopy(ctx context.Context, orig, p *v1.TelemetryPolicy) error {
+	keep := orig.DeepCopy()
+	keep.Status.ConsentHistory, keep.Status.PendingConsentChanges = p.Status.ConsentHistory, p.Status.PendingConsentChanges
+	if equality.Semantic.DeepEqual(orig.Status, keep.Status) {
+		return nil
+	}
+	err := r.Status().Patch(ctx, keep, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil // gone, or changed since: the retry starts from what is there
+	}
+	return err
 }
 
 // updateEffectiveTier moves status.effectiveTier once a change is enforced at both points, and

@@ -8,6 +8,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -26,13 +27,14 @@ type slowLedger struct {
 	clock *clocktesting.FakeClock
 	took  time.Duration
 	state consentv1.State
+	err   error // when set, State fails (an unreachable receiver)
 }
 
 func (l *slowLedger) Cluster() string { return "" }
 
 func (l *slowLedger) State(context.Context, string) (consentv1.State, error) {
 	l.clock.Step(l.took)
-	return l.state, nil
+	return l.state, l.err
 }
 
 // TestVerificationDatedAtTheRead: a record found consistent counts as verified from when it was
@@ -121,6 +123,13 @@ func TestVerificationRequeuedWhenDue(t *testing.T) {
 	if !r.verifyDue(p) {
 		t.Fatal("at the requeue the verification is due")
 	}
+	// An unreachable receiver at the verification: the copy in status stands for now, and the
+	// receiver is asked again at the ledger's retry, not a resync later.
+	led.err = errors.New("connection refused")
+	if got, want := reconcile(), clock.Now().Add(defaultLedgerRetry); !got.Equal(want) {
+		t.Fatalf("a failed read-back: back at %s, want %s (the ledger's retry)", got, want)
+	}
+	led.err = nil
 	// A read that took longer than the resync is due at once; the requeue is not in the past.
 	led.took = 11 * time.Minute
 	if got, want := reconcile(), clock.Now().Add(10*time.Minute); !got.Equal(want) {

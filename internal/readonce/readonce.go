@@ -97,14 +97,15 @@ func (m *memo) store(k memoKey, e memoEntry) {
 }
 
 // forget drops the remembered reads of obj's name made with obj's Go type, and those made as
-// unstructured or metadata-only objects, whose kind a typed write does not tell apart. Other
-// kinds of the same name (a collector's Deployment and its ServiceAccount) are kept.
+// unstructured or metadata-only objects, whose kind a typed write does not tell apart (a write
+// of such an object forgets every read of the name). Other kinds of the same name (a
+// collector's Deployment and its ServiceAccount) are kept.
 func (m *memo) forget(obj client.Object) {
 	name, typ := client.ObjectKeyFromObject(obj), reflect.TypeOf(obj)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for k := range m.reads {
-		if k.name == name && (k.typ == typ || generic(k.typ)) {
+		if k.name == name && (k.typ == typ || generic(k.typ) || generic(typ)) {
 			delete(m.reads, k)
 		}
 	}

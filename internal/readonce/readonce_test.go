@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -198,6 +199,22 @@ func TestReadOnceAgainstTheAPIServer(t *testing.T) {
 	}
 	if err := meta(ctx, "Secret"); !apierrors.IsNotFound(err) {
 		t.Fatalf("a Secret's metadata read was answered with the Deployment's: %v", err)
+	}
+
+	// A write of a metadata-only object forgets the typed reads of its name too.
+	if err := reader.Get(ctx, depKey, &appsv1.Deployment{}); err != nil {
+		t.Fatal(err)
+	}
+	patched := &metav1.PartialObjectMetadata{}
+	patched.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("Deployment"))
+	patched.SetNamespace(depKey.Namespace)
+	patched.SetName(depKey.Name)
+	if err := writer.Patch(ctx, patched, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"patched":"yes"}}}`))); err != nil {
+		t.Fatal(err)
+	}
+	typed := &appsv1.Deployment{}
+	if err := reader.Get(ctx, depKey, typed); err != nil || typed.Labels["patched"] != "yes" {
+		t.Fatalf("after a metadata-only write the typed object is read again: %v %v", err, typed.Labels)
 	}
 
 	// Another reader's reads are its own: a memo never answers for a reader that did not read.
