@@ -160,50 +160,50 @@ func Client(c client.Client) client.Client { return writer{Client: c} }
 
 type writer struct{ client.Client }
 
-func forgetting(ctx context.Context, obj client.Object) {
-	if m := memoOf(ctx); m != nil {
-		m.forget(obj)
+// around runs a write of obj, forgetting obj's reads before it (a read racing it is not kept)
+// and after it (obj may have been named by generateName, and what the write returned is not a
+// read).
+func around(ctx context.Context, obj client.Object, write func() error) error {
+	m := memoOf(ctx)
+	if m == nil {
+		return write()
 	}
+	m.forget(obj)
+	defer m.forget(obj)
+	return write()
 }
 
-// Each write forgets before (a read racing it is not kept) and after (obj may have been renamed
-// by generateName, and what it returned is not a read).
-func (w writer) Create(ctx context.Context, obj client.Object, opts ...client.CreateOption) error {
-	forgetting(ctx, obj)
-	defer forgetting(ctx, obj)
-	return w.Client.Create(ctx, obj, opts...)
-}
-
-func (w writer) Update(ctx context.Context, obj client.Object, opts ...client.UpdateOption) error {
-	forgetting(ctx, obj)
-	defer forgetting(ctx, obj)
-	return w.Client.Update(ctx, obj, opts...)
-}
-
-func (w writer) Patch(ctx context.Context, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
-	forgetting(ctx, obj)
-	defer forgetting(ctx, obj)
-	return w.Client.Patch(ctx, obj, patch, opts...)
-}
-
-func (w writer) Apply(ctx context.Context, obj runtime.ApplyConfiguration, opts ...client.ApplyOption) error {
-	if m := memoOf(ctx); m != nil {
-		m.forgetAll() // an apply configuration does not name its object in a form read here
-	}
-	return w.Client.Apply(ctx, obj, opts...)
-}
-
-func (w writer) Delete(ctx context.Context, obj client.Object, opts ...client.DeleteOption) error {
-	forgetting(ctx, obj)
-	defer forgetting(ctx, obj)
-	return w.Client.Delete(ctx, obj, opts...)
-}
-
-func (w writer) DeleteAllOf(ctx context.Context, obj client.Object, opts ...client.DeleteAllOfOption) error {
+// forgetAll runs a write whose object is not named in a form read here (an apply configuration,
+// a delete of a collection), forgetting everything remembered first.
+func forgetAll(ctx context.Context, write func() error) error {
 	if m := memoOf(ctx); m != nil {
 		m.forgetAll()
 	}
-	return w.Client.DeleteAllOf(ctx, obj, opts...)
+	return write()
+}
+
+func (w writer) Create(ctx context.Context, obj client.Object, opts ...client.CreateOption) error {
+	return around(ctx, obj, func() error { return w.Client.Create(ctx, obj, opts...) })
+}
+
+func (w writer) Update(ctx context.Context, obj client.Object, opts ...client.UpdateOption) error {
+	return around(ctx, obj, func() error { return w.Client.Update(ctx, obj, opts...) })
+}
+
+func (w writer) Patch(ctx context.Context, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+	return around(ctx, obj, func() error { return w.Client.Patch(ctx, obj, patch, opts...) })
+}
+
+func (w writer) Apply(ctx context.Context, obj runtime.ApplyConfiguration, opts ...client.ApplyOption) error {
+	return forgetAll(ctx, func() error { return w.Client.Apply(ctx, obj, opts...) })
+}
+
+func (w writer) Delete(ctx context.Context, obj client.Object, opts ...client.DeleteOption) error {
+	return around(ctx, obj, func() error { return w.Client.Delete(ctx, obj, opts...) })
+}
+
+func (w writer) DeleteAllOf(ctx context.Context, obj client.Object, opts ...client.DeleteAllOfOption) error {
+	return forgetAll(ctx, func() error { return w.Client.DeleteAllOf(ctx, obj, opts...) })
 }
 
 func (w writer) Status() client.SubResourceWriter { return subWriter{w.Client.Status()} }
@@ -215,28 +215,19 @@ func (w writer) SubResource(subResource string) client.SubResourceClient {
 type subWriter struct{ client.SubResourceWriter }
 
 func (s subWriter) Create(ctx context.Context, obj client.Object, sub client.Object, opts ...client.SubResourceCreateOption) error {
-	forgetting(ctx, obj)
-	defer forgetting(ctx, obj)
-	return s.SubResourceWriter.Create(ctx, obj, sub, opts...)
+	return around(ctx, obj, func() error { return s.SubResourceWriter.Create(ctx, obj, sub, opts...) })
 }
 
 func (s subWriter) Update(ctx context.Context, obj client.Object, opts ...client.SubResourceUpdateOption) error {
-	forgetting(ctx, obj)
-	defer forgetting(ctx, obj)
-	return s.SubResourceWriter.Update(ctx, obj, opts...)
+	return around(ctx, obj, func() error { return s.SubResourceWriter.Update(ctx, obj, opts...) })
 }
 
 func (s subWriter) Patch(ctx context.Context, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
-	forgetting(ctx, obj)
-	defer forgetting(ctx, obj)
-	return s.SubResourceWriter.Patch(ctx, obj, patch, opts...)
+	return around(ctx, obj, func() error { return s.SubResourceWriter.Patch(ctx, obj, patch, opts...) })
 }
 
 func (s subWriter) Apply(ctx context.Context, obj runtime.ApplyConfiguration, opts ...client.SubResourceApplyOption) error {
-	if m := memoOf(ctx); m != nil {
-		m.forgetAll()
-	}
-	return s.SubResourceWriter.Apply(ctx, obj, opts...)
+	return forgetAll(ctx, func() error { return s.SubResourceWriter.Apply(ctx, obj, opts...) })
 }
 
 type subClient struct{ client.SubResourceClient }
