@@ -722,7 +722,7 @@ func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *recon
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: names.Deployment}}
 	present, err := deleteOwned(ctx, r, r.APIReader, p, dep, client.PropagationPolicy(metav1.DeletePropagationForeground))
 	if errors.Is(err, errReplaced) {
-		err = nil // present: looked at again below
+		err, st.replaced = nil, true // present: looked at again below
 	}
 	if err != nil || configErr != nil {
 		return errors.Join(configErr, err)
@@ -746,12 +746,13 @@ func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *recon
 	} {
 		switch _, err := deleteOwned(ctx, r, r.APIReader, p, obj); {
 		case errors.Is(err, errReplaced):
+			st.replaced = true
 			st.requeueIn(2*time.Second, r.Clock.Now())
 		case err != nil:
 			return err
 		}
 	}
-	if p.DeletionTimestamp == nil {
+	if p.DeletionTimestamp == nil && !st.replaced {
 		p.Status.Credentials = nil
 		r.Metrics.forgetCredentials(p.Namespace, p.Name)
 		setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionTrue, ReasonCredentialsOff, "no collector runs: no transport credentials are needed and none exist")
@@ -987,6 +988,11 @@ func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.Telemetr
 	if outside == nil {
 		if err := r.stopCollector(ctx, st); err != nil {
 			return 0, err
+		}
+		if st.replaced {
+			// Something of ours was replaced while being deleted: judge it again before the
+			// policy goes (one without an owner reference would outlive it).
+			return 2 * time.Second, nil
 		}
 	}
 	if err := r.planTransition(ctx, st); err != nil {

@@ -193,6 +193,46 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(d.DeletionTimestamp).To(BeNil(), "their Deployment is left alone")
 	})
 
+	It("does not let a deleted policy go while a collector of its own that replaced the one it judged is there", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "going")
+		stopManager()
+		DeferCleanup(startManager)
+		Expect(k8s.Delete(ctx, getPolicy(ctx, ns, "going"))).To(Succeed())
+
+		// Between the finalizer's read of the collector and its delete, the collector is
+		// re-applied (GitOps): our labels, no owner reference, so no garbage collection.
+		name := resources.NamesFor("going").Deployment
+		replaced := false
+		live := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				if err := c.Get(ctx, key, obj, opts...); err != nil {
+					return err
+				}
+				if d, ok := obj.(*appsv1.Deployment); ok && key.Name == name && !replaced {
+					replaced = true
+					Expect(k8s.Delete(ctx, d.DeepCopy())).To(Succeed())
+					again := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: d.Labels}, Spec: d.Spec}
+					Eventually(func() error { return k8s.Create(ctx, again) }).Should(Succeed())
+				}
+				return nil
+			},
+		})
+		r := &controllers.TelemetryPolicyReconciler{
+			Client: live, APIReader: live, Scheme: k8s.Scheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
+			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
+		}
+		res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "going"}})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(replaced).To(BeTrue(), "the finalizer read the collector")
+		Expect(res.RequeueAfter).To(Equal(2*time.Second), "looked at again soon")
+		p := &v1.TelemetryPolicy{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "going"}, p)).To(Succeed(), "the policy is kept")
+		Expect(p.Finalizers).To(ContainElement(v1.FinalizerConsentLedger))
+		_, err = deployment(ctx, ns, "going")
+		Expect(err).NotTo(HaveOccurred(), "the re-applied collector is still there, to be judged by the next look")
+	})
+
 	It("keeps a withdrawal the receiver has not recorded when the reconcile ends in a conflict", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "conflicted")

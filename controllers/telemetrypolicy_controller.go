@@ -191,6 +191,9 @@ type reconcileState struct {
 	deployment *appsv1.Deployment
 	// deploymentObserved: deployment (nil or not) reflects a read made in this reconcile.
 	deploymentObserved bool
+	// replaced: an owned object stopCollector judged was replaced before it could be deleted;
+	// it is looked at again before anything is declared gone.
+	replaced bool
 	// synced: the Synced condition was computed in this reconcile, and is true.
 	synced    bool
 	requeueAt []time.Time
