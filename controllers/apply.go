@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -294,6 +295,19 @@ func hasOwnerRef(obj client.Object, ref metav1.OwnerReference) bool {
 // a withdrawal not yet recorded at the receiver).
 var errReplaced = errors.New("replaced while being deleted")
 
+// replacedSince reports whether the object of obj's name is no longer the one with uid: the API
+// server refuses a delete whose UID precondition names an object no longer there with a
+// conflict, as it may any other (an admission webhook). The read goes to the API server again:
+// the failed delete made readonce forget the earlier one.
+func replacedSince(ctx context.Context, reader client.Reader, obj client.Object, uid types.UID) bool {
+	now, ok := obj.DeepCopyObject().(client.Object)
+	if !ok {
+		return false
+	}
+	err := reader.Get(ctx, client.ObjectKeyFromObject(obj), now)
+	return apierrors.IsNotFound(err) || err == nil && now.GetUID() != uid
+}
+
 // deleteOwned deletes the named object if it exists and is owner's (controlled by it, or made
 // for it and stripped of its owner reference: see mayTakeOver), reading it with
 // reader (the API server itself, where objects whose labels were stripped must be found too). It
@@ -318,8 +332,13 @@ func deleteOwned(ctx context.Context, r *TelemetryPolicyReconciler, reader clien
 		switch {
 		case apierrors.IsNotFound(err):
 			return false, nil
-		case apierrors.IsConflict(err):
+		case apierrors.IsConflict(err) && replacedSince(ctx, reader, obj, uid):
 			return true, errReplaced
+		case apierrors.IsConflict(err):
+			// Not wrapped: a conflict error is a stale read to the reconcile, retried without
+			// a word in status; this one (an admission webhook answering 409, say) will not go
+			// away by reading again.
+			return true, fmt.Errorf("deleting %s: refused: %s", obj.GetName(), err.Error())
 		}
 		return false, fmt.Errorf("deleting %s: %w", obj.GetName(), err)
 	}

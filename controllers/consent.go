@@ -331,7 +331,7 @@ func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reco
 				st.pending = mergePending(lost, st.pending)
 				msg := fmt.Sprintf("the receiver's consent record lacks transitions it acknowledged before; recording %d withdrawal(s) again at their own times", len(lost))
 				log.FromContext(ctx).Info(msg)
-				st.afterPatch = append(st.afterPatch, func() { r.event(p, corev1.EventTypeWarning, "ConsentRecordLost", "VerifyConsent", "%s", msg) })
+				st.afterLedger = append(st.afterLedger, func() { r.event(p, corev1.EventTypeWarning, "ConsentRecordLost", "VerifyConsent", "%s", msg) })
 			}
 			st.pending = unrecorded(st.timeline, st.pending)
 			st.ledgerKnown = true
@@ -346,6 +346,8 @@ func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reco
 			}
 			// Go on with the copy in status; the receiver is asked again at the ledger's retry,
 			// not a resync later (nothing may be pending, so nothing else brings it back).
+			st.verifyErr = err
+			log.FromContext(ctx).Info("could not read the receiver's consent record back; going on with the copy in status", "error", err.Error())
 			st.ledgerKnown = true
 			st.requeueIn(r.ledgerRetry(), r.Clock.Now())
 		}
@@ -792,8 +794,11 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionUnknown, ReasonProgressing, "the receiver's consent ledger holds no record yet")
 	case err == nil:
 		last := st.timeline[len(st.timeline)-1]
-		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionTrue, ReasonRecorded,
-			fmt.Sprintf("the receiver's consent ledger records %s in force since %s", last.Tier, last.At.UTC().Format(time.RFC3339)))
+		msg := fmt.Sprintf("the receiver's consent ledger records %s in force since %s", last.Tier, last.At.UTC().Format(time.RFC3339))
+		if st.verifyErr != nil {
+			msg += fmt.Sprintf("; reading the record back to compare it with this copy failed (%v), retrying", st.verifyErr)
+		}
+		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionTrue, ReasonRecorded, msg)
 	case errors.Is(err, ledger.ErrOwnedElsewhere):
 		st.ownedElsewhere = true
 		st.recorded = v1.TierOff // nothing is recorded on this policy's behalf
@@ -901,7 +906,7 @@ func (r *TelemetryPolicyReconciler) adoptLedger(ctx context.Context, st *reconci
 	p.Status.ConsentHistory = historyOf(state.Timeline)
 	if state.EventsRemoved > 0 {
 		n := state.EventsRemoved
-		st.afterPatch = append(st.afterPatch, func() {
+		st.afterLedger = append(st.afterLedger, func() {
 			r.event(p, corev1.EventTypeNormal, "EventsRemoved", "RecordConsent",
 				"the receiver removed %d stored events recorded after consent was withdrawn", n)
 		})

@@ -39,6 +39,7 @@ import (
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/controllers"
 	"github.com/sourcegraph/telemetry-operator/internal/ledger"
+	"github.com/sourcegraph/telemetry-operator/internal/readonce"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
 
@@ -179,10 +180,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 				return nil
 			},
 		})
-		r := &controllers.TelemetryPolicyReconciler{
-			Client: live, APIReader: live, Scheme: k8s.Scheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
-			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
-		}
+		r := directReconciler(live)
 		res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "replaced"}})
 		Expect(replacement).NotTo(BeEmpty(), "the reconcile read the collector")
 		Expect(err).NotTo(HaveOccurred(), "a replaced object is looked at again, not a failed reconcile")
@@ -191,6 +189,29 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(d.UID).To(Equal(replacement))
 		Expect(d.DeletionTimestamp).To(BeNil(), "their Deployment is left alone")
+	})
+
+	It("surfaces a delete refused with a conflict that is not a replacement", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "refused")
+		stopManager()
+		DeferCleanup(startManager)
+		updatePolicy(ctx, ns, "refused", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+
+		// An admission webhook answering 409 to the collector's deletion.
+		refusing := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
+			Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+				if _, ok := obj.(*appsv1.Deployment); ok {
+					return apierrors.NewConflict(schema.GroupResource{Group: "apps", Resource: "deployments"}, obj.GetName(), errors.New("held by change freeze"))
+				}
+				return c.Delete(ctx, obj, opts...)
+			},
+		})
+		_, err := directReconciler(refusing).Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "refused"}})
+		Expect(err).To(MatchError(ContainSubstring("held by change freeze")), "not taken for a replacement and retried quietly")
+		Expect(apierrors.IsConflict(err)).To(BeFalse(), "a conflict error would be retried without a word in status")
+		Expect(conditionStatus(ctx, ns, "refused", v1.ConditionReady)()).To(HavePrefix("Ready=False"))
+		Expect(condition(getPolicy(ctx, ns, "refused"), v1.ConditionReady).Message).To(ContainSubstring("held by change freeze"))
 	})
 
 	It("does not let a deleted policy go while a collector of its own that replaced the one it judged is there", func() {
@@ -218,10 +239,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 				return nil
 			},
 		})
-		r := &controllers.TelemetryPolicyReconciler{
-			Client: live, APIReader: live, Scheme: k8s.Scheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
-			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
-		}
+		r := directReconciler(live)
 		res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "going"}})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(replaced).To(BeTrue(), "the finalizer read the collector")
@@ -251,16 +269,89 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 				return c.Update(ctx, obj, opts...)
 			},
 		})
-		r := &controllers.TelemetryPolicyReconciler{
-			Client: conflicting, APIReader: conflicting, Scheme: k8s.Scheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
-			Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
-		}
+		r := directReconciler(conflicting)
 		_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "conflicted"}})
 		Expect(apierrors.IsConflict(err)).To(BeTrue(), "%v", err)
 		p := getPolicy(ctx, ns, "conflicted")
 		Expect(p.Status.PendingConsentChanges).To(HaveLen(1), "the withdrawal the receiver could not record is kept in status")
 		Expect(p.Status.PendingConsentChanges[0].To).To(Equal(v1.TierOff))
 		Expect(p.Status.EffectiveTier).To(Equal(v1.TierEventLevel), "the rest of status is not touched on a conflict")
+	})
+
+	// The user withdraws consent; the reconcile lowers the collector and waits on a receiver that
+	// does not answer; meanwhile the user raises consent again, so the status patch (an
+	// optimistic lock on the policy as first read) conflicts. The withdrawal, enforced and not
+	// recorded, must survive: otherwise the next reconcile sees consent raised everywhere and the
+	// Off period is in no record and no filter.
+	raisedDuringReconcile := func(otherConflict bool) {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "raised")
+		instance := instanceOf(ns, "raised")
+		stopManager()
+		restarted := false
+		DeferCleanup(func() {
+			if !restarted {
+				startManager()
+			}
+		})
+		rcv.Stop()
+		DeferCleanup(func() { _ = rcv.Listen() })
+		updatePolicy(ctx, ns, "raised", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+
+		raised := false
+		c := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
+			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+				if _, ok := obj.(*corev1.ConfigMap); ok && otherConflict {
+					return apierrors.NewConflict(schema.GroupResource{Resource: "configmaps"}, obj.GetName(), errors.New("the object has been modified"))
+				}
+				return c.Update(ctx, obj, opts...)
+			},
+			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
+				if _, ok := obj.(*v1.TelemetryPolicy); ok && sub == "status" && !raised {
+					raised = true
+					fakeClock.Step(time.Minute)
+					updatePolicy(ctx, ns, "raised", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
+				}
+				return c.SubResource(sub).Patch(ctx, obj, patch, opts...)
+			},
+		})
+		// Wired as the operator wires it: the failed status patch must make the re-read live.
+		r := directReconciler(readonce.Client(c))
+		r.APIReader = readonce.Reader(c)
+		_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "raised"}})
+		if otherConflict {
+			Expect(apierrors.IsConflict(err)).To(BeTrue(), "%v", err)
+		} else {
+			Expect(err).NotTo(HaveOccurred())
+		}
+		Expect(raised).To(BeTrue(), "consent was raised while the reconcile ran")
+		p := getPolicy(ctx, ns, "raised")
+		Expect(p.Spec.Consent.Tier).To(Equal(v1.TierEventLevel))
+		Expect(p.Status.PendingConsentChanges).To(HaveLen(1), "the withdrawal the receiver could not record is kept in status")
+		Expect(p.Status.PendingConsentChanges[0].To).To(Equal(v1.TierOff))
+		withdrawn := p.Status.PendingConsentChanges[0].Time.Time
+
+		By("the receiver back: the withdrawal is recorded at its time, before the new grant")
+		Expect(rcv.Listen()).To(Succeed())
+		restarted = true
+		startManager()
+		collectGarbage(ctx, ns, "raised")
+		Eventually(func() error { _, err := deployment(ctx, ns, "raised"); return err }, 20*time.Second).Should(Succeed())
+		rollOutUntilReady(ctx, ns, "raised")
+		tl := ledgerOf(ctx, instance).Timeline
+		Expect(tl).To(HaveLen(3))
+		Expect(tl[1]).To(And(HaveField("Tier", consentv1.TierOff), HaveField("At", BeTemporally("==", withdrawn))))
+		Expect(tl.TierAt(withdrawn.Add(30*time.Second))).To(Equal(consentv1.TierOff), "the Off period stays Off at the receiver")
+		Expect(configOf(ctx, ns, "raised").Consent.TierAt(withdrawn.Add(30*time.Second))).To(Equal(consentv1.TierOff), "and in the collector's filter")
+		Expect(getPolicy(ctx, ns, "raised").Status.PendingConsentChanges).To(BeEmpty())
+	}
+
+	It("keeps a withdrawal when consent is raised again while the reconcile that enforced it waits on the receiver", func() {
+		raisedDuringReconcile(false)
+	})
+
+	It("keeps a withdrawal when consent is raised again while a reconcile that ended in a conflict keeps its ledger copy", func() {
+		raisedDuringReconcile(true)
 	})
 
 	It("lowers the collector at once when the receiver is unreachable, and reports it only once the receiver records it", func() {

@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/controllers"
 	"github.com/sourcegraph/telemetry-operator/internal/allowed"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
@@ -232,6 +233,15 @@ func annotate(ctx context.Context, ns, name, key, value string) {
 		p.Annotations[key] = value
 		return k8s.Update(ctx, p)
 	}).Should(Succeed())
+}
+
+// directReconciler is a reconciler outside the manager that reads and writes through c, with the
+// fake clock, the test ledger and resyncs long enough not to fire.
+func directReconciler(c client.Client) *controllers.TelemetryPolicyReconciler {
+	return &controllers.TelemetryPolicyReconciler{
+		Client: c, APIReader: c, Scheme: k8s.Scheme(), Clock: fakeClock, Issuer: mustIssuer(), Ledger: testLedger(),
+		Metrics: controllers.NewMetrics(nil), Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
+	}
 }
 
 func updatePolicy(ctx context.Context, ns, name string, mutate func(p *v1.TelemetryPolicy)) {

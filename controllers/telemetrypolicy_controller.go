@@ -166,6 +166,8 @@ type reconcileState struct {
 	want *consentv1.Transition
 	// ledgerErr is the last error talking to the ledger in this reconcile.
 	ledgerErr error
+	// verifyErr: reading the receiver's record back failed; the copy in status stood in.
+	verifyErr error
 	// pending are lowerings enforced on the collector that the receiver has not recorded yet.
 	pending consentv1.Timeline
 	// planned: the ledger's state was known and what to change was decided.
@@ -200,6 +202,11 @@ type reconcileState struct {
 	stalled   struct{ reason, message string }
 	// afterPatch runs once the status patch succeeded.
 	afterPatch []func()
+	// afterLedger announces what the receiver did to the instance's record (a lost record
+	// recorded again, events removed); it runs once this reconcile's copy of the ledger is in
+	// status, by the status patch or, after a conflict, by the ledger copy alone: the receiver
+	// will not report it again.
+	afterLedger []func()
 }
 
 func (st *reconcileState) requeueIn(d time.Duration, now time.Time) {
@@ -552,7 +559,7 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 			// A stale read; the retry will converge. Do not flap status for it, but keep what
 			// the receiver holds and is owed: a withdrawal not yet recorded there lives only in
 			// status, and a raise before the retry must not erase it.
-			return r.patchLedgerCopy(ctx, orig, p)
+			return r.keepLedgerCopy(ctx, orig, p, st)
 		}
 	}
 	if st.mutate {
@@ -571,6 +578,7 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 	setSummaryConditions(p, s)
 	r.Metrics.SetTier(client.ObjectKeyFromObject(p), p.Status.EffectiveTier)
 	if equality.Semantic.DeepEqual(orig.Status, p.Status) {
+		runAll(st.afterLedger)
 		return nil
 	}
 	// Optimistic lock: status computed from a stale copy (the cache lagging our own last patch)
@@ -580,29 +588,100 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 			return nil
 		}
 		if apierrors.IsConflict(err) {
+			// The policy was written since it was read (the user raising consent again, say):
+			// the rest of status is computed afresh by the retry, but the ledger copy cannot be.
+			if kerr := r.mergeLedgerCopy(ctx, orig, p, st); kerr != nil {
+				return kerr
+			}
 			return err
 		}
 		return fmt.Errorf("patching status: %w", err)
 	}
-	for _, f := range st.afterPatch {
-		f()
-	}
+	runAll(st.afterLedger)
+	runAll(st.afterPatch)
 	return nil
 }
 
-// patchLedgerCopy writes only status.consentHistory and status.pendingConsentChanges, as this
-// reconcile left them, onto the status it read.
-func (r *TelemetryPolicyReconciler) patchLedgerCopy(ctx context.Context, orig, p *v1.TelemetryPolicy) error {
+func runAll(fs []func()) {
+	for _, f := range fs {
+		f()
+	}
+}
+
+// ledgerCopyAttempts bounds how often the ledger copy is written again onto a policy that keeps
+// changing under it.
+const ledgerCopyAttempts = 5
+
+// keepLedgerCopy writes only status.consentHistory and status.pendingConsentChanges, as this
+// reconcile left them, onto the status it read; should the policy have changed since, onto the
+// policy as it is now (mergeLedgerCopy).
+func (r *TelemetryPolicyReconciler) keepLedgerCopy(ctx context.Context, orig, p *v1.TelemetryPolicy, st *reconcileState) error {
 	keep := orig.DeepCopy()
 	keep.Status.ConsentHistory, keep.Status.PendingConsentChanges = p.Status.ConsentHistory, p.Status.PendingConsentChanges
 	if equality.Semantic.DeepEqual(orig.Status, keep.Status) {
+		runAll(st.afterLedger)
 		return nil
 	}
 	err := r.Status().Patch(ctx, keep, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
-	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
-		return nil // gone, or changed since: the retry starts from what is there
+	switch {
+	case err == nil:
+		runAll(st.afterLedger)
+		return nil
+	case apierrors.IsNotFound(err):
+		return nil
+	case apierrors.IsConflict(err):
+		return r.mergeLedgerCopy(ctx, orig, p, st)
 	}
-	return err
+	return fmt.Errorf("patching status: %w", err)
+}
+
+// mergeLedgerCopy writes this reconcile's copy of the ledger onto the policy as the API server
+// holds it now, after a status patch lost the optimistic-lock race to another write. A
+// withdrawal enforced on the collector and not yet recorded at the receiver lives only in
+// status.pendingConsentChanges: dropping it with the rest of a stale status would let the next
+// reconcile, seeing consent raised again, configure the collector with no record that it was
+// ever withdrawn. The pending withdrawals are merged into those the policy holds now (each read
+// is the API server's: the failed write made readonce forget the policy); the history is this
+// reconcile's unless someone else moved it since. The read, merge and patch are tried a few
+// times; a policy that keeps changing fails the reconcile, loudly, rather than lose a
+// withdrawal quietly.
+func (r *TelemetryPolicyReconciler) mergeLedgerCopy(ctx context.Context, orig, p *v1.TelemetryPolicy, st *reconcileState) error {
+	ours := timelineOf(p.Status.PendingConsentChanges)
+	var err error
+	for range ledgerCopyAttempts {
+		live := &v1.TelemetryPolicy{}
+		if err = r.APIReader.Get(ctx, client.ObjectKeyFromObject(p), live); err != nil {
+			if apierrors.IsNotFound(err) {
+				return nil
+			}
+			return fmt.Errorf("reading the policy to keep its consent ledger copy: %w", err)
+		}
+		if live.UID != p.UID {
+			return nil // deleted and created again: not this policy's ledger
+		}
+		keep := live.DeepCopy()
+		if equality.Semantic.DeepEqual(live.Status.ConsentHistory, orig.Status.ConsentHistory) {
+			keep.Status.ConsentHistory = p.Status.ConsentHistory // nobody else moved it since our read
+		}
+		timeline := timelineOf(keep.Status.ConsentHistory)
+		keep.Status.PendingConsentChanges = pendingOf(timeline, unrecorded(timeline, mergePending(timelineOf(live.Status.PendingConsentChanges), ours)))
+		if equality.Semantic.DeepEqual(live.Status, keep.Status) {
+			runAll(st.afterLedger)
+			return nil
+		}
+		err = r.Status().Patch(ctx, keep, client.MergeFromWithOptions(live, client.MergeFromWithOptimisticLock{}))
+		switch {
+		case err == nil:
+			runAll(st.afterLedger)
+			return nil
+		case apierrors.IsNotFound(err):
+			return nil
+		case !apierrors.IsConflict(err):
+			return fmt.Errorf("keeping the consent ledger copy in status: %w", err)
+		}
+	}
+	// Not a conflict error: a conflict is retried quietly, this must be seen.
+	return fmt.Errorf("keeping the consent ledger copy in status: the policy changed %d times in a row while being written (%s)", ledgerCopyAttempts, err.Error())
 }
 
 // updateEffectiveTier moves status.effectiveTier once a change is enforced at both points, and

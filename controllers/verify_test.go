@@ -10,9 +10,11 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 
@@ -125,7 +127,7 @@ func TestVerificationRequeuedWhenDue(t *testing.T) {
 	}
 	// An unreachable receiver at the verification: the copy in status stands for now, and the
 	// receiver is asked again at the ledger's retry, not a resync later.
-	led.err = errors.New("connection refused")
+	led.err = errors.New("receiver answered 500 Internal Server Error")
 	if got, want := reconcile(), clock.Now().Add(defaultLedgerRetry); !got.Equal(want) {
 		t.Fatalf("a failed read-back: back at %s, want %s (the ledger's retry)", got, want)
 	}
@@ -134,5 +136,31 @@ func TestVerificationRequeuedWhenDue(t *testing.T) {
 	led.took = 11 * time.Minute
 	if got, want := reconcile(), clock.Now().Add(10*time.Minute); !got.Equal(want) {
 		t.Fatalf("after a slow read: back at %s, want %s", got, want)
+	}
+}
+
+// TestFailedReadBackIsReported: when the receiver's record cannot be read back (a receiver
+// answering 500, say), the copy in status stands in, and ConsentRecorded says it could not be
+// compared, rather than nothing.
+func TestFailedReadBackIsReported(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	clock := clocktesting.NewFakeClock(start)
+	granted := start.Add(-time.Hour)
+	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
+	led := &slowLedger{clock: clock, err: errors.New("receiver answered 500 Internal Server Error")}
+	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+	p := &v1.TelemetryPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1}}
+	p.Spec.InstanceID = "i"
+	p.Status.ConsentHistory = historyOf(timeline)
+	st := &reconcileState{policy: p, mutate: true, intent: v1.TierEventLevel, timeline: timeline}
+	if err := r.planTransition(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.syncLedger(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	c := meta.FindStatusCondition(p.Status.Conditions, v1.ConditionConsentRecorded)
+	if c == nil || !strings.Contains(c.Message, "500 Internal Server Error") {
+		t.Fatalf("a failed read-back is not in ConsentRecorded: %+v", c)
 	}
 }
