@@ -35,6 +35,10 @@ type ownedKind[T client.Object] struct {
 	newEmpty func() T
 	inSync   func(desired, live T) bool
 	copyInto func(desired, live T)
+	// edited, when set, reports an object changed by someone else since this process last
+	// wrote it, in a way inSync may not see; written notes each write's result for it.
+	edited  func(r *TelemetryPolicyReconciler, live T) bool
+	written func(r *TelemetryPolicyReconciler, stored T)
 }
 
 var (
@@ -77,9 +81,76 @@ var (
 			return equality.Semantic.DeepDerivative(d.Spec, l.Spec) && !podSpecAdds(&d.Spec.Template.Spec, &l.Spec.Template.Spec) &&
 				!templateMetaAdds(&d.Spec.Template.ObjectMeta, &l.Spec.Template.ObjectMeta)
 		},
-		copyInto: func(d, l *appsv1.Deployment) { l.Spec = d.Spec },
+		copyInto: func(d, l *appsv1.Deployment) {
+			restarted, ok := l.Spec.Template.Annotations[restartedAtAnnotation]
+			l.Spec = *d.Spec.DeepCopy()
+			if ok {
+				// kubectl rollout restart is not undone (undoing it would roll the pods again).
+				if l.Spec.Template.Annotations == nil {
+					l.Spec.Template.Annotations = map[string]string{}
+				}
+				l.Spec.Template.Annotations[restartedAtAnnotation] = restarted
+			}
+		},
+		edited:  (*TelemetryPolicyReconciler).deploymentEdited,
+		written: (*TelemetryPolicyReconciler).noteWritten,
 	}
 )
+
+// restartedAtAnnotation is what kubectl rollout restart sets on a Deployment's pod template.
+const restartedAtAnnotation = "kubectl.kubernetes.io/restartedAt"
+
+// writtenDeployment is a collector Deployment as the API server stored this process's last
+// write of it.
+type writtenDeployment struct {
+	uid        types.UID
+	generation int64
+}
+
+// deploymentEdited reports whether live's spec may have been changed by someone else since this
+// process last wrote it. inSync compares with desired only the fields desired sets and the list
+// lengths and fields it knows an edit could use; a change anywhere else in the spec (a probe's
+// host, an SELinux label, a volume's items, a field a later Kubernetes adds) would pass it. The
+// API server increments a Deployment's metadata.generation on every change of its spec, and
+// only it sets the field: a generation above the one our own write was stored with is an edit,
+// and the whole desired spec is written back. Without a record (a new process, or a new
+// leader) the spec is written once, which changes nothing when nothing was edited (the API
+// server stores no update that changes nothing). A generation below ours is a cache that has
+// not seen our write yet.
+func (r *TelemetryPolicyReconciler) deploymentEdited(live *appsv1.Deployment) bool {
+	key := policyOfDeployment(live)
+	r.writtenMu.Lock()
+	defer r.writtenMu.Unlock()
+	w, ok := r.written[key]
+	return !ok || w.uid != live.UID || live.Generation > w.generation
+}
+
+// noteWritten remembers the Deployment as the API server stored this process's write.
+func (r *TelemetryPolicyReconciler) noteWritten(stored *appsv1.Deployment) {
+	key := policyOfDeployment(stored)
+	r.writtenMu.Lock()
+	defer r.writtenMu.Unlock()
+	if r.written == nil {
+		r.written = map[client.ObjectKey]writtenDeployment{}
+	}
+	r.written[key] = writtenDeployment{uid: stored.UID, generation: stored.Generation}
+}
+
+// forgetWritten drops the record of a policy's collector Deployment.
+func (r *TelemetryPolicyReconciler) forgetWritten(key client.ObjectKey) {
+	r.writtenMu.Lock()
+	defer r.writtenMu.Unlock()
+	delete(r.written, key)
+}
+
+// policyOfDeployment names the policy whose collector dep is, by the controller reference this
+// operator gives every collector (the key of one without it matches no record).
+func policyOfDeployment(dep *appsv1.Deployment) client.ObjectKey {
+	if c := metav1.GetControllerOf(dep); c != nil {
+		return client.ObjectKey{Namespace: dep.Namespace, Name: c.Name}
+	}
+	return client.ObjectKey{Namespace: dep.Namespace}
+}
 
 // podSpecAdds reports whether live holds what desired does not and DeepDerivative lets pass:
 // list elements (containers, volumes, a container's arguments, command, variables or mounts),
@@ -174,6 +245,9 @@ func ensureOwnedFrom[T client.Object](ctx context.Context, r *TelemetryPolicyRec
 	if apierrors.IsNotFound(err) {
 		err = r.Create(ctx, desired)
 		if err == nil {
+			if kind.written != nil {
+				kind.written(r, desired)
+			}
 			return desired, nil
 		}
 		if !apierrors.IsAlreadyExists(err) {
@@ -201,13 +275,16 @@ func putInOrder[T client.Object](ctx context.Context, r *TelemetryPolicyReconcil
 		// The role a binding grants cannot change: adopting it would hand its role to the collector.
 		return zero, nameTaken(fmt.Sprintf("%s exists and binds %s %q, not the collector's Role; refusing to take it over: rename or delete it", key.Name, rb.RoleRef.Kind, rb.RoleRef.Name))
 	}
-	if metaInSync(desired, live) && kind.inSync(desired, live) {
+	if metaInSync(desired, live) && kind.inSync(desired, live) && (kind.edited == nil || !kind.edited(r, live)) {
 		return live, nil
 	}
 	mergeMeta(desired, live)
 	kind.copyInto(desired, live)
 	if err := r.Update(ctx, live); err != nil {
 		return zero, fmt.Errorf("updating %s: %w", key.Name, err)
+	}
+	if kind.written != nil {
+		kind.written(r, live)
 	}
 	return live, nil
 }
@@ -299,13 +376,18 @@ var errReplaced = errors.New("replaced while being deleted")
 // server refuses a delete whose UID precondition names an object no longer there with a
 // conflict, as it may any other (an admission webhook). The read goes to the API server again:
 // the failed delete made readonce forget the earlier one.
-func replacedSince(ctx context.Context, reader client.Reader, obj client.Object, uid types.UID) bool {
+func replacedSince(ctx context.Context, reader client.Reader, obj client.Object, uid types.UID) (bool, error) {
 	now, ok := obj.DeepCopyObject().(client.Object)
 	if !ok {
-		return false
+		return false, nil
 	}
-	err := reader.Get(ctx, client.ObjectKeyFromObject(obj), now)
-	return apierrors.IsNotFound(err) || err == nil && now.GetUID() != uid
+	switch err := reader.Get(ctx, client.ObjectKeyFromObject(obj), now); {
+	case apierrors.IsNotFound(err):
+		return true, nil
+	case err != nil:
+		return false, err
+	}
+	return now.GetUID() != uid, nil
 }
 
 // deleteOwned deletes the named object if it exists and is owner's (controlled by it, or made
@@ -332,9 +414,14 @@ func deleteOwned(ctx context.Context, r *TelemetryPolicyReconciler, reader clien
 		switch {
 		case apierrors.IsNotFound(err):
 			return false, nil
-		case apierrors.IsConflict(err) && replacedSince(ctx, reader, obj, uid):
-			return true, errReplaced
 		case apierrors.IsConflict(err):
+			replaced, rerr := replacedSince(ctx, reader, obj, uid)
+			switch {
+			case rerr != nil:
+				return true, fmt.Errorf("deleting %s: %s; reading it again: %w", obj.GetName(), err.Error(), rerr)
+			case replaced:
+				return true, errReplaced
+			}
 			// Not wrapped: a conflict error is a stale read to the reconcile, retried without
 			// a word in status; this one (an admission webhook answering 409, say) will not go
 			// away by reading again.

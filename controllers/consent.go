@@ -984,8 +984,8 @@ func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.Telemetr
 	}
 	st := &reconcileState{policy: p, mutate: true, intent: v1.TierOff, outside: outside}
 	st.timeline = timelineOf(p.Status.ConsentHistory)
-	st.pending = timelineOf(p.Status.PendingConsentChanges)
-	if outside != nil && !everRecorded(p) {
+	st.pending = r.pendingWithdrawals(p, st.timeline)
+	if outside != nil && !everRecorded(p) && len(st.pending) == 0 {
 		return 0, r.dropFinalizer(ctx, p) // nothing was ever recorded for it
 	}
 	// Outside the onboarded namespaces the collector cannot be stopped from here (its objects go

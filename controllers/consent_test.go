@@ -282,8 +282,13 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 	// does not answer; meanwhile the user raises consent again, so the status patch (an
 	// optimistic lock on the policy as first read) conflicts. The withdrawal, enforced and not
 	// recorded, must survive: otherwise the next reconcile sees consent raised everywhere and the
-	// Off period is in no record and no filter.
-	raisedDuringReconcile := func(otherConflict bool) {
+	// Off period is in no record and no filter. That next reconcile starts at once (the raise
+	// queued it), from a cache that shows the raise but not yet the status write that kept the
+	// withdrawal.
+	// mode: how the reconcile's own status write ends (conflict, a conflict after another
+	// conflicting write, or failed outright).
+	raisedDuringReconcile := func(mode string, raiseTo v1.ConsentTier) {
+		otherConflict := mode == "other-conflict"
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "raised")
 		instance := instanceOf(ns, "raised")
@@ -298,60 +303,102 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		DeferCleanup(func() { _ = rcv.Listen() })
 		updatePolicy(ctx, ns, "raised", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
 
-		raised := false
+		var stale *v1.TelemetryPolicy // the policy as a lagging cache shows it after the raise
 		c := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				if p, ok := obj.(*v1.TelemetryPolicy); ok && stale != nil {
+					stale.DeepCopyInto(p)
+					return nil
+				}
+				return c.Get(ctx, key, obj, opts...)
+			},
 			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
-				if _, ok := obj.(*corev1.ConfigMap); ok && otherConflict {
+				if _, ok := obj.(*corev1.ConfigMap); ok && otherConflict && stale == nil {
 					return apierrors.NewConflict(schema.GroupResource{Resource: "configmaps"}, obj.GetName(), errors.New("the object has been modified"))
 				}
 				return c.Update(ctx, obj, opts...)
 			},
 			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
-				if _, ok := obj.(*v1.TelemetryPolicy); ok && sub == "status" && !raised {
-					raised = true
+				if _, ok := obj.(*v1.TelemetryPolicy); ok && sub == "status" && stale == nil {
 					fakeClock.Step(time.Minute)
-					updatePolicy(ctx, ns, "raised", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
+					updatePolicy(ctx, ns, "raised", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = raiseTo })
+					stale = getPolicy(ctx, ns, "raised")
+					if mode == "failed" {
+						return apierrors.NewInternalError(errors.New("etcdserver: request timed out"))
+					}
 				}
 				return c.SubResource(sub).Patch(ctx, obj, patch, opts...)
 			},
 		})
-		// Wired as the operator wires it: the failed status patch must make the re-read live.
+		// Wired as the operator wires it (readonce), the policy read from the "cache" (c), the
+		// re-reads from the API server.
 		r := directReconciler(readonce.Client(c))
-		r.APIReader = readonce.Reader(c)
-		_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "raised"}})
-		if otherConflict {
+		r.APIReader = readonce.Reader(noWatch{k8s})
+		req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "raised"}}
+		stale = nil
+		_, err := r.Reconcile(ctx, req)
+		switch mode {
+		case "other-conflict":
 			Expect(apierrors.IsConflict(err)).To(BeTrue(), "%v", err)
-		} else {
+		case "failed":
+			Expect(err).To(MatchError(ContainSubstring("request timed out")))
+		default:
 			Expect(err).NotTo(HaveOccurred())
 		}
-		Expect(raised).To(BeTrue(), "consent was raised while the reconcile ran")
+		Expect(stale).NotTo(BeNil(), "consent was raised while the reconcile ran")
 		p := getPolicy(ctx, ns, "raised")
-		Expect(p.Spec.Consent.Tier).To(Equal(v1.TierEventLevel))
-		Expect(p.Status.PendingConsentChanges).To(HaveLen(1), "the withdrawal the receiver could not record is kept in status")
-		Expect(p.Status.PendingConsentChanges[0].To).To(Equal(v1.TierOff))
-		withdrawn := p.Status.PendingConsentChanges[0].Time.Time
+		Expect(p.Spec.Consent.Tier).To(Equal(raiseTo))
+		var withdrawn time.Time
+		if mode == "failed" {
+			// Nothing reached status; the collector's filter has the withdrawal.
+			Expect(p.Status.PendingConsentChanges).To(BeEmpty())
+			c := configOf(ctx, ns, "raised").Consent
+			Expect(c.Current()).To(Equal(consentv1.TierOff))
+			withdrawn = c[len(c)-1].At
+		} else {
+			Expect(p.Status.PendingConsentChanges).To(HaveLen(1), "the withdrawal the receiver could not record is kept in status")
+			Expect(p.Status.PendingConsentChanges[0].To).To(Equal(v1.TierOff))
+			withdrawn = p.Status.PendingConsentChanges[0].Time.Time
+		}
 
-		By("the receiver back: the withdrawal is recorded at its time, before the new grant")
+		By("the next reconcile, from the lagging cache, with the receiver back: the withdrawal first, at its time")
 		Expect(rcv.Listen()).To(Succeed())
+		_, err = r.Reconcile(ctx, req)
+		Expect(err).NotTo(HaveOccurred())
+		tl := ledgerOf(ctx, instance).Timeline
+		Expect(len(tl)).To(BeNumerically(">=", 2))
+		Expect(tl[1]).To(And(HaveField("Tier", consentv1.TierOff), HaveField("At", BeTemporally("==", withdrawn))))
+		Expect(configOf(ctx, ns, "raised").Consent.TierAt(withdrawn.Add(30*time.Second))).To(Equal(consentv1.TierOff), "the collector's filter keeps the Off period")
+
+		By("and once everything runs again")
 		restarted = true
 		startManager()
 		collectGarbage(ctx, ns, "raised")
 		Eventually(func() error { _, err := deployment(ctx, ns, "raised"); return err }, 20*time.Second).Should(Succeed())
 		rollOutUntilReady(ctx, ns, "raised")
-		tl := ledgerOf(ctx, instance).Timeline
+		tl = ledgerOf(ctx, instance).Timeline
 		Expect(tl).To(HaveLen(3))
 		Expect(tl[1]).To(And(HaveField("Tier", consentv1.TierOff), HaveField("At", BeTemporally("==", withdrawn))))
+		Expect(tl[2].Tier).To(Equal(consentv1.Tier(raiseTo)))
 		Expect(tl.TierAt(withdrawn.Add(30*time.Second))).To(Equal(consentv1.TierOff), "the Off period stays Off at the receiver")
 		Expect(configOf(ctx, ns, "raised").Consent.TierAt(withdrawn.Add(30*time.Second))).To(Equal(consentv1.TierOff), "and in the collector's filter")
 		Expect(getPolicy(ctx, ns, "raised").Status.PendingConsentChanges).To(BeEmpty())
 	}
 
 	It("keeps a withdrawal when consent is raised again while the reconcile that enforced it waits on the receiver", func() {
-		raisedDuringReconcile(false)
+		raisedDuringReconcile("conflict", v1.TierEventLevel)
+	})
+
+	It("keeps a withdrawal when consent is raised to a lower tier than before while the reconcile that enforced it waits on the receiver", func() {
+		raisedDuringReconcile("conflict", v1.TierCriticalOnly)
 	})
 
 	It("keeps a withdrawal when consent is raised again while a reconcile that ended in a conflict keeps its ledger copy", func() {
-		raisedDuringReconcile(true)
+		raisedDuringReconcile("other-conflict", v1.TierCriticalOnly)
+	})
+
+	It("keeps a withdrawal when consent is raised again and the status write that should keep it fails", func() {
+		raisedDuringReconcile("failed", v1.TierEventLevel)
 	})
 
 	It("lowers the collector at once when the receiver is unreachable, and reports it only once the receiver records it", func() {

@@ -361,6 +361,65 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		Eventually(conditionStatus(ctx, ns, "sly", v1.ConditionStalled)).Should(Equal("Stalled=True/ImageNotAllowed"))
 	})
 
+	It("puts back an edit anywhere in the collector's spec, keeps a rollout restart, and looks again after a restart of its own", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "anywhere")
+		dep, err := deployment(ctx, ns, "anywhere")
+		Expect(err).NotTo(HaveOccurred())
+		want := dep.Spec.DeepCopy()
+		// Fields no list of checks named: each passes a comparison of the fields the operator
+		// sets, and each changes what the collector's pod does or may do.
+		edit := func(d *appsv1.Deployment) {
+			c := &d.Spec.Template.Spec.Containers[0]
+			c.ReadinessProbe.HTTPGet.Host = "127.0.0.9"
+			c.SecurityContext.SELinuxOptions = &corev1.SELinuxOptions{Type: "spc_t"}
+			c.SecurityContext.AppArmorProfile = &corev1.AppArmorProfile{Type: corev1.AppArmorProfileTypeUnconfined}
+			for i := range d.Spec.Template.Spec.Volumes {
+				if cm := d.Spec.Template.Spec.Volumes[i].ConfigMap; cm != nil {
+					cm.Items = []corev1.KeyToPath{{Key: resources.ConfigKey, Path: "unused.json"}}
+				}
+			}
+		}
+		putBack := func() *corev1.PodSpec {
+			d, err := deployment(ctx, ns, "anywhere")
+			Expect(err).NotTo(HaveOccurred())
+			return &d.Spec.Template.Spec
+		}
+		edit(dep)
+		Expect(k8s.Update(ctx, dep)).To(Succeed())
+		Eventually(putBack).Should(HaveField("Containers", Equal(want.Template.Spec.Containers)))
+		Expect(putBack().Volumes).To(Equal(want.Template.Spec.Volumes))
+
+		By("kubectl rollout restart: kept")
+		dep, err = deployment(ctx, ns, "anywhere")
+		Expect(err).NotTo(HaveOccurred())
+		dep.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] = "2026-11-30T12:00:00Z"
+		Expect(k8s.Update(ctx, dep)).To(Succeed())
+		restarted := dep.Generation
+		requestReconcile(ctx, ns, "anywhere")
+		Consistently(func() map[string]string { d, _ := deployment(ctx, ns, "anywhere"); return d.Spec.Template.Annotations }, "2s").
+			Should(HaveKeyWithValue("kubectl.kubernetes.io/restartedAt", "2026-11-30T12:00:00Z"))
+		d, err := deployment(ctx, ns, "anywhere")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(d.Generation).To(Equal(restarted), "nothing written over it")
+
+		By("an edit made while the operator was down: put back by the next process")
+		stopManager()
+		restartedManager := false
+		DeferCleanup(func() {
+			if !restartedManager {
+				startManager()
+			}
+		})
+		edit(d)
+		Expect(k8s.Update(ctx, d)).To(Succeed())
+		restartedManager = true
+		startManager()
+		Eventually(putBack).Should(HaveField("Containers", Equal(want.Template.Spec.Containers)))
+		Expect(putBack().Volumes).To(Equal(want.Template.Spec.Volumes))
+		Expect(putBack().Containers[0].ReadinessProbe.HTTPGet.Host).To(BeEmpty())
+	})
+
 	It("puts back owned objects that are edited or deleted by hand", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "drift")

@@ -376,13 +376,25 @@ var _ = Describe("Operational guarantees", func() {
 			Options: controllers.Options{CollectorImage: "telemetry-collector:test", MinCloudTermsVersion: "2024-01-01", Endpoints: testEndpoints()},
 		}
 		req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "quiet"}}
-		for range 3 {
+		before, err := deployment(ctx, ns, "quiet")
+		Expect(err).NotTo(HaveOccurred())
+		for i := range 3 {
 			res, err := r.Reconcile(ctx, req)
 			Expect(err).NotTo(HaveOccurred())
 			Expect(res.RequeueAfter).To(BeNumerically(">", 0), "requeued for the trial expiry or renewal, not polled")
+			if i == 0 {
+				// A process that never wrote the collector writes its spec once (an edit made
+				// anywhere in it while no process watched is put back); unchanged, the API server
+				// stores nothing.
+				Expect(counted).To(Equal([]string{"update *v1.Deployment " + resources.NamesFor("quiet").Deployment}))
+				counted = nil
+			}
 		}
 		Expect(counted).To(BeEmpty())
 		Expect(events.n).To(BeZero())
+		after, err := deployment(ctx, ns, "quiet")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(after.ResourceVersion).To(Equal(before.ResourceVersion), "nothing stored")
 
 		By("and the running manager stays quiet too")
 		n := writes.total.Load()

@@ -142,6 +142,15 @@ type TelemetryPolicyReconciler struct {
 	rbacMu      sync.Mutex
 	rbacChecked map[client.ObjectKey]rbacCheck
 
+	// writes: each policy's last status write by this process (see statusWrite).
+	writesMu sync.Mutex
+	writes   map[client.ObjectKey]statusWrite
+
+	// written: the collector Deployments this process wrote, as the API server stored them
+	// (see deploymentEdited).
+	writtenMu sync.Mutex
+	written   map[client.ObjectKey]writtenDeployment
+
 	// guardLive: policies never enforced whose collector this process's downgrade guard has
 	// read live and found none, or found rolled out at the decided tier (see enforceDowngrade).
 	guardMu   sync.Mutex
@@ -242,11 +251,16 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			r.Metrics.Forget(req.NamespacedName)
 			r.forgetVerified(req.NamespacedName)
 			r.forgetCollectorRBAC(req.NamespacedName)
+			r.forgetWritten(req.NamespacedName)
 			r.forgetGuardSeen(req.NamespacedName)
 			r.forgetPoll(req.NamespacedName)
+			r.forgetWrites(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
+	}
+	if err := r.freshPolicy(ctx, p); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	logger := log.FromContext(ctx).WithValues("policy", p.Name, "namespace", p.Namespace, "instance", p.Spec.InstanceID)
 	ctx = log.IntoContext(ctx, logger)
@@ -352,7 +366,7 @@ func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *re
 	st.requeue(d.ReevaluateAt)
 	setConsentEligibleCondition(p, d)
 	st.timeline = timelineOf(p.Status.ConsentHistory)
-	st.pending = timelineOf(p.Status.PendingConsentChanges)
+	st.pending = r.pendingWithdrawals(p, st.timeline)
 	st.ledgerKnown = len(st.timeline) > 0
 	st.intent = d.Effective
 	defer func() { // the receiver's record is read back periodically (planTransition, below)
@@ -578,6 +592,7 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 	setSummaryConditions(p, s)
 	r.Metrics.SetTier(client.ObjectKeyFromObject(p), p.Status.EffectiveTier)
 	if equality.Semantic.DeepEqual(orig.Status, p.Status) {
+		r.noteStatusKept(p)
 		runAll(st.afterLedger)
 		return nil
 	}
@@ -595,8 +610,10 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 			}
 			return err
 		}
+		r.noteStatusUnwritten(p)
 		return fmt.Errorf("patching status: %w", err)
 	}
+	r.noteStatusWritten(p)
 	runAll(st.afterLedger)
 	runAll(st.afterPatch)
 	return nil
@@ -619,12 +636,14 @@ func (r *TelemetryPolicyReconciler) keepLedgerCopy(ctx context.Context, orig, p 
 	keep := orig.DeepCopy()
 	keep.Status.ConsentHistory, keep.Status.PendingConsentChanges = p.Status.ConsentHistory, p.Status.PendingConsentChanges
 	if equality.Semantic.DeepEqual(orig.Status, keep.Status) {
+		r.noteStatusKept(p)
 		runAll(st.afterLedger)
 		return nil
 	}
 	err := r.Status().Patch(ctx, keep, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
 	switch {
 	case err == nil:
+		r.noteStatusWritten(keep)
 		runAll(st.afterLedger)
 		return nil
 	case apierrors.IsNotFound(err):
@@ -632,6 +651,7 @@ func (r *TelemetryPolicyReconciler) keepLedgerCopy(ctx context.Context, orig, p 
 	case apierrors.IsConflict(err):
 		return r.mergeLedgerCopy(ctx, orig, p, st)
 	}
+	r.noteStatusUnwritten(p)
 	return fmt.Errorf("patching status: %w", err)
 }
 
@@ -646,6 +666,14 @@ func (r *TelemetryPolicyReconciler) keepLedgerCopy(ctx context.Context, orig, p 
 // times; a policy that keeps changing fails the reconcile, loudly, rather than lose a
 // withdrawal quietly.
 func (r *TelemetryPolicyReconciler) mergeLedgerCopy(ctx context.Context, orig, p *v1.TelemetryPolicy, st *reconcileState) error {
+	err := r.writeLedgerCopy(ctx, orig, p, st)
+	if err != nil {
+		r.noteStatusUnwritten(p) // kept for this process's next reconcile instead
+	}
+	return err
+}
+
+func (r *TelemetryPolicyReconciler) writeLedgerCopy(ctx context.Context, orig, p *v1.TelemetryPolicy, st *reconcileState) error {
 	ours := timelineOf(p.Status.PendingConsentChanges)
 	var err error
 	for range ledgerCopyAttempts {
@@ -664,14 +692,18 @@ func (r *TelemetryPolicyReconciler) mergeLedgerCopy(ctx context.Context, orig, p
 			keep.Status.ConsentHistory = p.Status.ConsentHistory // nobody else moved it since our read
 		}
 		timeline := timelineOf(keep.Status.ConsentHistory)
-		keep.Status.PendingConsentChanges = pendingOf(timeline, unrecorded(timeline, mergePending(timelineOf(live.Status.PendingConsentChanges), ours)))
+		pending := lowerings(timeline, unrecorded(timeline, mergePending(timelineOf(live.Status.PendingConsentChanges), ours)))
+		keep.Status.PendingConsentChanges = pendingOf(timeline, pending)
 		if equality.Semantic.DeepEqual(live.Status, keep.Status) {
+			r.noteRead(live)
+			r.noteStatusKept(live)
 			runAll(st.afterLedger)
 			return nil
 		}
 		err = r.Status().Patch(ctx, keep, client.MergeFromWithOptions(live, client.MergeFromWithOptimisticLock{}))
 		switch {
 		case err == nil:
+			r.noteStatusWritten(keep)
 			runAll(st.afterLedger)
 			return nil
 		case apierrors.IsNotFound(err):

@@ -164,3 +164,41 @@ func TestFailedReadBackIsReported(t *testing.T) {
 		t.Fatalf("a failed read-back is not in ConsentRecorded: %+v", c)
 	}
 }
+
+// TestLowerings: pending changes are withdrawals; merged copies may hold one that raises the
+// tier before it, which is dropped (the lower tier stays in force), never one that lowers.
+func TestLowerings(t *testing.T) {
+	at := func(m int) time.Time { return time.Date(2026, 11, 30, 0, m, 0, 0, time.UTC) }
+	el, co, off := consentv1.TierEventLevel, consentv1.TierCriticalOnly, consentv1.TierOff
+	tl := func(tiers ...consentv1.Tier) consentv1.Timeline {
+		var out consentv1.Timeline
+		for i, tier := range tiers {
+			out = append(out, consentv1.Transition{At: at(i + 1), Tier: tier})
+		}
+		return out
+	}
+	tiers := func(t consentv1.Timeline) []consentv1.Tier {
+		var out []consentv1.Tier
+		for _, tr := range t {
+			out = append(out, tr.Tier)
+		}
+		return out
+	}
+	history := consentv1.Timeline{{At: at(0), Tier: el}}
+	for _, c := range []struct {
+		name     string
+		history  consentv1.Timeline
+		pending  consentv1.Timeline
+		expected []consentv1.Tier
+	}{
+		{"each lowers", history, tl(co, off), []consentv1.Tier{co, off}},
+		{"a raise after Off is dropped", history, tl(off, co), []consentv1.Tier{off}},
+		{"Off twice keeps the first", history, tl(off, off), []consentv1.Tier{off}},
+		{"EventLevel over EventLevel is no withdrawal", history, tl(el, co), []consentv1.Tier{co}},
+		{"no history: the first stands", nil, tl(co, el, off), []consentv1.Tier{co, off}},
+	} {
+		if got := tiers(lowerings(c.history, c.pending)); !slices.Equal(got, c.expected) {
+			t.Errorf("%s: got %v, want %v", c.name, got, c.expected)
+		}
+	}
+}

@@ -1,0 +1,129 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package controllers
+
+import (
+	"context"
+
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+)
+
+// statusWrite is what this process knows of a policy's status beyond what its cache may show:
+// the resourceVersion its last status write was stored with (or the newest it has read since),
+// and the withdrawals enforced on the collector that a failed status write could not keep
+// there. A withdrawal not yet recorded at the receiver lives only in status; a reconcile that
+// starts from a copy without it (the cache not yet showing the write that kept it, or a write
+// that failed) and sees consent raised would configure the collector as if it had never been
+// withdrawn.
+type statusWrite struct {
+	uid             types.UID
+	resourceVersion string
+	unwritten       consentv1.Timeline
+}
+
+// freshPolicy makes p, read from the cache, at least as new as this process's last status write
+// of it: a copy with another resourceVersion may predate that write (the cache lags), and is
+// read again from the API server. Only policies written by someone else since (their spec
+// edited, say) cost the read.
+func (r *TelemetryPolicyReconciler) freshPolicy(ctx context.Context, p *v1.TelemetryPolicy) error {
+	key := client.ObjectKeyFromObject(p)
+	r.writesMu.Lock()
+	w, ok := r.writes[key]
+	r.writesMu.Unlock()
+	if !ok || w.uid != p.UID || w.resourceVersion == "" || w.resourceVersion == p.ResourceVersion {
+		return nil
+	}
+	if err := r.APIReader.Get(ctx, key, p); err != nil {
+		return err
+	}
+	r.noteRead(p)
+	return nil
+}
+
+// noteRead: p is the API server's copy, as new as any status this process wrote.
+func (r *TelemetryPolicyReconciler) noteRead(p *v1.TelemetryPolicy) {
+	r.updateWrite(p, func(w *statusWrite) { w.resourceVersion = p.ResourceVersion })
+}
+
+// noteStatusWritten: p, as the API server stored it, holds this reconcile's ledger copy.
+func (r *TelemetryPolicyReconciler) noteStatusWritten(p *v1.TelemetryPolicy) {
+	r.updateWrite(p, func(w *statusWrite) { w.resourceVersion, w.unwritten = p.ResourceVersion, nil })
+}
+
+// noteStatusKept: status already held this reconcile's ledger copy; nothing was written.
+func (r *TelemetryPolicyReconciler) noteStatusKept(p *v1.TelemetryPolicy) {
+	r.updateWrite(p, func(w *statusWrite) { w.unwritten = nil })
+}
+
+// noteStatusUnwritten: the status write failed; the withdrawals this reconcile leaves pending
+// (those it started with included) are kept here for the next reconcile.
+func (r *TelemetryPolicyReconciler) noteStatusUnwritten(p *v1.TelemetryPolicy) {
+	pending := timelineOf(p.Status.PendingConsentChanges)
+	r.updateWrite(p, func(w *statusWrite) { w.unwritten = pending })
+}
+
+func (r *TelemetryPolicyReconciler) updateWrite(p *v1.TelemetryPolicy, f func(*statusWrite)) {
+	key := client.ObjectKeyFromObject(p)
+	r.writesMu.Lock()
+	defer r.writesMu.Unlock()
+	if r.writes == nil {
+		r.writes = map[client.ObjectKey]statusWrite{}
+	}
+	w := r.writes[key]
+	if w.uid != p.UID {
+		w = statusWrite{uid: p.UID}
+	}
+	f(&w)
+	r.writes[key] = w
+}
+
+// unwrittenPending is what a failed status write of p could not keep.
+func (r *TelemetryPolicyReconciler) unwrittenPending(p *v1.TelemetryPolicy) consentv1.Timeline {
+	r.writesMu.Lock()
+	defer r.writesMu.Unlock()
+	if w, ok := r.writes[client.ObjectKeyFromObject(p)]; ok && w.uid == p.UID {
+		return w.unwritten
+	}
+	return nil
+}
+
+// forgetWrites drops what is known of a policy gone.
+func (r *TelemetryPolicyReconciler) forgetWrites(key client.ObjectKey) {
+	r.writesMu.Lock()
+	defer r.writesMu.Unlock()
+	delete(r.writes, key)
+}
+
+// pendingWithdrawals is the withdrawals a reconcile of p starts with: those in its status and
+// those a failed status write could not keep there, less what timeline records, each a lowering
+// of the tier before it.
+func (r *TelemetryPolicyReconciler) pendingWithdrawals(p *v1.TelemetryPolicy, timeline consentv1.Timeline) consentv1.Timeline {
+	return lowerings(timeline, unrecorded(timeline, mergePending(timelineOf(p.Status.PendingConsentChanges), r.unwrittenPending(p))))
+}
+
+// lowerings keeps the pending changes that lower the tier before them (from the timeline's
+// current tier on). Pending changes are withdrawals; one that would raise the tier, which two
+// copies merged could put there, is dropped: the tier before it stays in force, and the raise
+// is planned again, waiting for the receiver as every raise does.
+func lowerings(timeline, pending consentv1.Timeline) consentv1.Timeline {
+	var out consentv1.Timeline
+	cur := timeline.Current()
+	for _, tr := range pending {
+		if len(timeline) > 0 || len(out) > 0 {
+			if tr.Tier.Rank() >= cur.Rank() {
+				continue
+			}
+		}
+		out = append(out, tr)
+		cur = tr.Tier
+	}
+	return out
+}
