@@ -37,8 +37,8 @@ type ownedKind[T client.Object] struct {
 	copyInto func(desired, live T)
 	// edited, when set, reports an object changed by someone else since this process last
 	// wrote it, in a way inSync may not see; written notes each write's result for it.
-	edited  func(r *TelemetryPolicyReconciler, live T) bool
-	written func(r *TelemetryPolicyReconciler, stored T)
+	edited  func(r *TelemetryPolicyReconciler, owner *telemetryv1alpha1.TelemetryPolicy, live T) bool
+	written func(r *TelemetryPolicyReconciler, owner *telemetryv1alpha1.TelemetryPolicy, stored T)
 }
 
 var (
@@ -117,17 +117,18 @@ type writtenDeployment struct {
 // leader) the spec is written once, which changes nothing when nothing was edited (the API
 // server stores no update that changes nothing). A generation below ours is a cache that has
 // not seen our write yet.
-func (r *TelemetryPolicyReconciler) deploymentEdited(live *appsv1.Deployment) bool {
-	key := policyOfDeployment(live)
+func (r *TelemetryPolicyReconciler) deploymentEdited(owner *telemetryv1alpha1.TelemetryPolicy, live *appsv1.Deployment) bool {
+	key := client.ObjectKeyFromObject(owner)
 	r.writtenMu.Lock()
 	defer r.writtenMu.Unlock()
 	w, ok := r.written[key]
 	return !ok || w.uid != live.UID || live.Generation > w.generation
 }
 
-// noteWritten remembers the Deployment as the API server stored this process's write.
-func (r *TelemetryPolicyReconciler) noteWritten(stored *appsv1.Deployment) {
-	key := policyOfDeployment(stored)
+// noteWritten remembers owner's collector Deployment as the API server stored this process's
+// write (keyed by the policy reconciled, not by anything in the object, which an edit could change).
+func (r *TelemetryPolicyReconciler) noteWritten(owner *telemetryv1alpha1.TelemetryPolicy, stored *appsv1.Deployment) {
+	key := client.ObjectKeyFromObject(owner)
 	r.writtenMu.Lock()
 	defer r.writtenMu.Unlock()
 	if r.written == nil {
@@ -141,15 +142,6 @@ func (r *TelemetryPolicyReconciler) forgetWritten(key client.ObjectKey) {
 	r.writtenMu.Lock()
 	defer r.writtenMu.Unlock()
 	delete(r.written, key)
-}
-
-// policyOfDeployment names the policy whose collector dep is, by the controller reference this
-// operator gives every collector (the key of one without it matches no record).
-func policyOfDeployment(dep *appsv1.Deployment) client.ObjectKey {
-	if c := metav1.GetControllerOf(dep); c != nil {
-		return client.ObjectKey{Namespace: dep.Namespace, Name: c.Name}
-	}
-	return client.ObjectKey{Namespace: dep.Namespace}
 }
 
 // podSpecAdds reports whether live holds what desired does not and DeepDerivative lets pass:
@@ -246,7 +238,7 @@ func ensureOwnedFrom[T client.Object](ctx context.Context, r *TelemetryPolicyRec
 		err = r.Create(ctx, desired)
 		if err == nil {
 			if kind.written != nil {
-				kind.written(r, desired)
+				kind.written(r, owner, desired)
 			}
 			return desired, nil
 		}
@@ -275,7 +267,7 @@ func putInOrder[T client.Object](ctx context.Context, r *TelemetryPolicyReconcil
 		// The role a binding grants cannot change: adopting it would hand its role to the collector.
 		return zero, nameTaken(fmt.Sprintf("%s exists and binds %s %q, not the collector's Role; refusing to take it over: rename or delete it", key.Name, rb.RoleRef.Kind, rb.RoleRef.Name))
 	}
-	if metaInSync(desired, live) && kind.inSync(desired, live) && (kind.edited == nil || !kind.edited(r, live)) {
+	if metaInSync(desired, live) && kind.inSync(desired, live) && (kind.edited == nil || !kind.edited(r, owner, live)) {
 		return live, nil
 	}
 	mergeMeta(desired, live)
@@ -284,7 +276,7 @@ func putInOrder[T client.Object](ctx context.Context, r *TelemetryPolicyReconcil
 		return zero, fmt.Errorf("updating %s: %w", key.Name, err)
 	}
 	if kind.written != nil {
-		kind.written(r, live)
+		kind.written(r, owner, live)
 	}
 	return live, nil
 }

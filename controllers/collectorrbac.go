@@ -86,7 +86,7 @@ func (r *TelemetryPolicyReconciler) collectorRBACDue(p *v1.TelemetryPolicy, desi
 		(dep.Spec.Replicas == nil || s.UpdatedReplicas >= *dep.Spec.Replicas)
 	// Any update, of its metadata too, writes the whole desired spec back over fields an edit
 	// added (which inSync ignores) and may roll the collector out.
-	if due || !deploymentKind.inSync(desired, dep) || !metaInSync(desired, dep) || r.deploymentEdited(dep) {
+	if due || !deploymentKind.inSync(desired, dep) || !metaInSync(desired, dep) || r.deploymentEdited(p, dep) {
 		return rbacDueCheck, time.Time{}
 	}
 	if !running {

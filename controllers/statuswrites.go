@@ -8,12 +8,18 @@ package controllers
 
 import (
 	"context"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
 
 // statusWrite is what this process knows of a policy's status beyond what its cache may show:
@@ -102,11 +108,58 @@ func (r *TelemetryPolicyReconciler) forgetWrites(key client.ObjectKey) {
 	delete(r.writes, key)
 }
 
-// pendingWithdrawals is the withdrawals a reconcile of p starts with: those in its status and
-// those a failed status write could not keep there, less what timeline records, each a lowering
-// of the tier before it.
-func (r *TelemetryPolicyReconciler) pendingWithdrawals(p *v1.TelemetryPolicy, timeline consentv1.Timeline) consentv1.Timeline {
-	return lowerings(timeline, unrecorded(timeline, mergePending(timelineOf(p.Status.PendingConsentChanges), r.unwrittenPending(p))))
+// pendingWithdrawals is the withdrawals a reconcile starts with: those in the policy's status,
+// those a failed status write of this process could not keep there, and those the collector's
+// configuration holds beyond status (configuredWithdrawals), less what the timeline records,
+// each a lowering of the tier before it.
+func (r *TelemetryPolicyReconciler) pendingWithdrawals(ctx context.Context, st *reconcileState) consentv1.Timeline {
+	p := st.policy
+	pending := mergePending(timelineOf(p.Status.PendingConsentChanges), r.unwrittenPending(p))
+	pending = mergePending(pending, r.configuredWithdrawals(ctx, st))
+	return lowerings(st.timeline, unrecorded(st.timeline, pending))
+}
+
+// ReasonRecoveredFromConfig is the reason recorded for a withdrawal found only in the
+// collector's configuration (see configuredWithdrawals).
+const ReasonRecoveredFromConfig = "EnforcedNotRecorded"
+
+// configuredWithdrawals are the withdrawals the collector's configuration holds from the last
+// transition of the policy's status copy on (those it records are dropped by the caller). The configuration is lowered at once and status
+// written at the end of the reconcile; a status write that failed in a process since gone (a
+// restart, a new leader) leaves a withdrawal only there, and a raise before the next reconcile
+// would otherwise configure the collector as if consent had never been withdrawn. Only
+// lowerings are taken, not dated in the future, from a configuration made for this policy (its
+// audit fields are not in it: they are recorded with ReasonRecoveredFromConfig and the policy's
+// basis). An edit of the configuration can thus at worst withdraw consent that was not, which
+// fails closed.
+func (r *TelemetryPolicyReconciler) configuredWithdrawals(ctx context.Context, st *reconcileState) consentv1.Timeline {
+	p := st.policy
+	if st.outside != nil {
+		return nil // its objects are not the operator's to read there
+	}
+	cm := &corev1.ConfigMap{}
+	if err := r.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}, cm); err != nil || mayTakeOver(cm, p) != nil {
+		return nil
+	}
+	c, err := collectorconfig.Parse(strings.NewReader(cm.Data[resources.ConfigKey]))
+	if err != nil {
+		return nil
+	}
+	var head time.Time
+	if n := len(st.timeline); n > 0 {
+		head = st.timeline[n-1].At
+	}
+	now := r.Clock.Now()
+	var out consentv1.Timeline
+	prev := consentv1.TierOff
+	for _, tr := range c.Consent {
+		lowers := tr.Tier.Rank() < prev.Rank()
+		prev = tr.Tier
+		if lowers && !tr.At.Before(head) && !tr.At.After(now) {
+			out = append(out, consentv1.Transition{At: tr.At.UTC(), Tier: tr.Tier, Reason: ReasonRecoveredFromConfig, Basis: string(contractBasis(p))})
+		}
+	}
+	return out
 }
 
 // lowerings keeps the pending changes that lower the tier before them (from the timeline's

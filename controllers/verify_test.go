@@ -14,9 +14,12 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
@@ -34,6 +37,14 @@ type slowLedger struct {
 
 func (l *slowLedger) Cluster() string { return "" }
 
+// nothingThere is an API server that holds nothing these tests read (the collector's
+// configuration, where a withdrawal status lost could be found).
+type nothingThere struct{ client.Client }
+
+func (nothingThere) Get(_ context.Context, key client.ObjectKey, _ client.Object, _ ...client.GetOption) error {
+	return apierrors.NewNotFound(schema.GroupResource{Resource: "configmaps"}, key.Name)
+}
+
 func (l *slowLedger) State(context.Context, string) (consentv1.State, error) {
 	l.clock.Step(l.took)
 	return l.state, l.err
@@ -49,7 +60,7 @@ func TestVerificationDatedAtTheRead(t *testing.T) {
 	granted := start.Add(-time.Hour)
 	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
 	led := &slowLedger{clock: clock, took: 11 * time.Minute, state: consentv1.State{InstanceID: "i", Timeline: timeline}}
-	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+	r := &TelemetryPolicyReconciler{Client: nothingThere{}, Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
 	p := &v1.TelemetryPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1}}
 	p.Spec.InstanceID = "i"
 	p.Status.ConsentHistory = historyOf(timeline)
@@ -91,7 +102,7 @@ func TestVerificationRequeuedWhenDue(t *testing.T) {
 	granted := start.Add(-time.Hour)
 	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
 	led := &slowLedger{clock: clock, state: consentv1.State{InstanceID: "i", Timeline: timeline}}
-	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+	r := &TelemetryPolicyReconciler{Client: nothingThere{}, Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
 	accepted, expires := metav1.NewTime(start.Add(-24*time.Hour)), metav1.NewTime(start.Add(7*24*time.Hour))
 	p := &v1.TelemetryPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1},
@@ -148,7 +159,7 @@ func TestFailedReadBackIsReported(t *testing.T) {
 	granted := start.Add(-time.Hour)
 	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
 	led := &slowLedger{clock: clock, err: errors.New("receiver answered 500 Internal Server Error")}
-	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+	r := &TelemetryPolicyReconciler{Client: nothingThere{}, Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
 	p := &v1.TelemetryPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1}}
 	p.Spec.InstanceID = "i"
 	p.Status.ConsentHistory = historyOf(timeline)
