@@ -8,18 +8,13 @@ package controllers
 
 import (
 	"context"
-	"strings"
-	"time"
-
-	corev1 "k8s.io/api/core/v1"
+	"slices"
 
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
-	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
-	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
 
 // statusWrite is what this process knows of a policy's status beyond what its cache may show:
@@ -61,12 +56,28 @@ func (r *TelemetryPolicyReconciler) noteRead(p *v1.TelemetryPolicy) {
 
 // noteStatusWritten: p, as the API server stored it, holds this reconcile's ledger copy.
 func (r *TelemetryPolicyReconciler) noteStatusWritten(p *v1.TelemetryPolicy) {
-	r.updateWrite(p, func(w *statusWrite) { w.resourceVersion, w.unwritten = p.ResourceVersion, nil })
+	r.updateWrite(p, func(w *statusWrite) {
+		w.resourceVersion, w.unwritten = p.ResourceVersion, stillUnwritten(w.unwritten, p)
+	})
 }
 
 // noteStatusKept: status already held this reconcile's ledger copy; nothing was written.
 func (r *TelemetryPolicyReconciler) noteStatusKept(p *v1.TelemetryPolicy) {
-	r.updateWrite(p, func(w *statusWrite) { w.unwritten = nil })
+	r.updateWrite(p, func(w *statusWrite) { w.unwritten = stillUnwritten(w.unwritten, p) })
+}
+
+// stillUnwritten is what of unwritten p's status neither holds pending nor records: a reconcile
+// that stopped before it loaded the remembered withdrawals (a stall) writes a status without
+// them, which must not make them forgotten.
+func stillUnwritten(unwritten consentv1.Timeline, p *v1.TelemetryPolicy) consentv1.Timeline {
+	held := timelineOf(p.Status.PendingConsentChanges)
+	var out consentv1.Timeline
+	for _, u := range unwritten {
+		if !slices.ContainsFunc(held, func(h consentv1.Transition) bool { return h.At.Equal(u.At) && h.Tier == u.Tier }) {
+			out = append(out, u)
+		}
+	}
+	return unrecorded(timelineOf(p.Status.ConsentHistory), out)
 }
 
 // noteStatusUnwritten: the status write failed; the withdrawals this reconcile leaves pending
@@ -108,58 +119,16 @@ func (r *TelemetryPolicyReconciler) forgetWrites(key client.ObjectKey) {
 	delete(r.writes, key)
 }
 
-// pendingWithdrawals is the withdrawals a reconcile starts with: those in the policy's status,
-// those a failed status write of this process could not keep there, and those the collector's
-// configuration holds beyond status (configuredWithdrawals), less what the timeline records,
-// each a lowering of the tier before it.
-func (r *TelemetryPolicyReconciler) pendingWithdrawals(ctx context.Context, st *reconcileState) consentv1.Timeline {
+// pendingWithdrawals is the withdrawals a reconcile starts with: those in the policy's status
+// and those a failed status write of this process could not keep there, less what the timeline
+// records, each a lowering of the tier before it. (A process that never saw a failed write, a
+// restart or a new leader, cannot know of it: the only other trace of the withdrawal is the
+// collector's configuration, which whoever may edit the namespace's ConfigMaps could forge, and a
+// forged withdrawal, backdated, would have the receiver delete stored events.)
+func (r *TelemetryPolicyReconciler) pendingWithdrawals(st *reconcileState) consentv1.Timeline {
 	p := st.policy
 	pending := mergePending(timelineOf(p.Status.PendingConsentChanges), r.unwrittenPending(p))
-	pending = mergePending(pending, r.configuredWithdrawals(ctx, st))
 	return lowerings(st.timeline, unrecorded(st.timeline, pending))
-}
-
-// ReasonRecoveredFromConfig is the reason recorded for a withdrawal found only in the
-// collector's configuration (see configuredWithdrawals).
-const ReasonRecoveredFromConfig = "EnforcedNotRecorded"
-
-// configuredWithdrawals are the withdrawals the collector's configuration holds from the last
-// transition of the policy's status copy on (those it records are dropped by the caller). The configuration is lowered at once and status
-// written at the end of the reconcile; a status write that failed in a process since gone (a
-// restart, a new leader) leaves a withdrawal only there, and a raise before the next reconcile
-// would otherwise configure the collector as if consent had never been withdrawn. Only
-// lowerings are taken, not dated in the future, from a configuration made for this policy (its
-// audit fields are not in it: they are recorded with ReasonRecoveredFromConfig and the policy's
-// basis). An edit of the configuration can thus at worst withdraw consent that was not, which
-// fails closed.
-func (r *TelemetryPolicyReconciler) configuredWithdrawals(ctx context.Context, st *reconcileState) consentv1.Timeline {
-	p := st.policy
-	if st.outside != nil {
-		return nil // its objects are not the operator's to read there
-	}
-	cm := &corev1.ConfigMap{}
-	if err := r.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}, cm); err != nil || mayTakeOver(cm, p) != nil {
-		return nil
-	}
-	c, err := collectorconfig.Parse(strings.NewReader(cm.Data[resources.ConfigKey]))
-	if err != nil {
-		return nil
-	}
-	var head time.Time
-	if n := len(st.timeline); n > 0 {
-		head = st.timeline[n-1].At
-	}
-	now := r.Clock.Now()
-	var out consentv1.Timeline
-	prev := consentv1.TierOff
-	for _, tr := range c.Consent {
-		lowers := tr.Tier.Rank() < prev.Rank()
-		prev = tr.Tier
-		if lowers && !tr.At.Before(head) && !tr.At.After(now) {
-			out = append(out, consentv1.Transition{At: tr.At.UTC(), Tier: tr.Tier, Reason: ReasonRecoveredFromConfig, Basis: string(contractBasis(p))})
-		}
-	}
-	return out
 }
 
 // lowerings keeps the pending changes that lower the tier before them (from the timeline's

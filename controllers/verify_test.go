@@ -14,12 +14,9 @@ import (
 	"testing"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	clocktesting "k8s.io/utils/clock/testing"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
@@ -37,14 +34,6 @@ type slowLedger struct {
 
 func (l *slowLedger) Cluster() string { return "" }
 
-// nothingThere is an API server that holds nothing these tests read (the collector's
-// configuration, where a withdrawal status lost could be found).
-type nothingThere struct{ client.Client }
-
-func (nothingThere) Get(_ context.Context, key client.ObjectKey, _ client.Object, _ ...client.GetOption) error {
-	return apierrors.NewNotFound(schema.GroupResource{Resource: "configmaps"}, key.Name)
-}
-
 func (l *slowLedger) State(context.Context, string) (consentv1.State, error) {
 	l.clock.Step(l.took)
 	return l.state, l.err
@@ -60,7 +49,7 @@ func TestVerificationDatedAtTheRead(t *testing.T) {
 	granted := start.Add(-time.Hour)
 	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
 	led := &slowLedger{clock: clock, took: 11 * time.Minute, state: consentv1.State{InstanceID: "i", Timeline: timeline}}
-	r := &TelemetryPolicyReconciler{Client: nothingThere{}, Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
 	p := &v1.TelemetryPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1}}
 	p.Spec.InstanceID = "i"
 	p.Status.ConsentHistory = historyOf(timeline)
@@ -102,7 +91,7 @@ func TestVerificationRequeuedWhenDue(t *testing.T) {
 	granted := start.Add(-time.Hour)
 	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
 	led := &slowLedger{clock: clock, state: consentv1.State{InstanceID: "i", Timeline: timeline}}
-	r := &TelemetryPolicyReconciler{Client: nothingThere{}, Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
 	accepted, expires := metav1.NewTime(start.Add(-24*time.Hour)), metav1.NewTime(start.Add(7*24*time.Hour))
 	p := &v1.TelemetryPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1},
@@ -159,7 +148,7 @@ func TestFailedReadBackIsReported(t *testing.T) {
 	granted := start.Add(-time.Hour)
 	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
 	led := &slowLedger{clock: clock, err: errors.New("receiver answered 500 Internal Server Error")}
-	r := &TelemetryPolicyReconciler{Client: nothingThere{}, Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
 	p := &v1.TelemetryPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1}}
 	p.Spec.InstanceID = "i"
 	p.Status.ConsentHistory = historyOf(timeline)
@@ -211,5 +200,30 @@ func TestLowerings(t *testing.T) {
 		if got := tiers(lowerings(c.history, c.pending)); !slices.Equal(got, c.expected) {
 			t.Errorf("%s: got %v, want %v", c.name, got, c.expected)
 		}
+	}
+}
+
+// TestStillUnwritten: a withdrawal a failed status write left in memory is forgotten only once
+// status holds it, pending or recorded; a status written without it (by a reconcile that
+// stalled before loading it) does not make it forgotten.
+func TestStillUnwritten(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	t1 := t0.Add(time.Minute)
+	unwritten := consentv1.Timeline{{At: t1, Tier: consentv1.TierOff}}
+	granted := consentv1.Timeline{{At: t0, Tier: consentv1.TierEventLevel}}
+	withdrawn := append(granted, unwritten...)
+	p := &v1.TelemetryPolicy{}
+	p.Status.ConsentHistory = historyOf(granted)
+	if got := stillUnwritten(unwritten, p); len(got) != 1 {
+		t.Fatalf("status without it: %v, want it kept", got)
+	}
+	p.Status.PendingConsentChanges = pendingOf(granted, unwritten)
+	if got := stillUnwritten(unwritten, p); len(got) != 0 {
+		t.Fatalf("status holding it pending: %v, want it forgotten", got)
+	}
+	p.Status.PendingConsentChanges = nil
+	p.Status.ConsentHistory = historyOf(withdrawn)
+	if got := stillUnwritten(unwritten, p); len(got) != 0 {
+		t.Fatalf("status recording it: %v, want it forgotten", got)
 	}
 }
