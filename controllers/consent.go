@@ -983,8 +983,7 @@ func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.Telemetr
 		return 0, err
 	}
 	st := &reconcileState{policy: p, mutate: true, intent: v1.TierOff, outside: outside}
-	st.timeline = timelineOf(p.Status.ConsentHistory)
-	st.pending = r.pendingWithdrawals(st)
+	r.startLedger(st)
 	if outside != nil && !everRecorded(p) && len(st.pending) == 0 {
 		return 0, r.dropFinalizer(ctx, p) // nothing was ever recorded for it
 	}

@@ -286,9 +286,12 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 	// queued it), from a cache that shows the raise but not yet the status write that kept the
 	// withdrawal.
 	// mode: how the reconcile's own status write ends (conflict, a conflict after another
-	// conflicting write, or failed outright).
+	// conflicting write, or failed outright; recorded-failed: the receiver recorded the
+	// withdrawal, then the status write failed, and the next reconcile cannot read the record
+	// back).
 	raisedDuringReconcile := func(mode string, raiseTo v1.ConsentTier) {
 		otherConflict := mode == "other-conflict"
+		failed := mode == "failed" || mode == "recorded-failed"
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "raised")
 		instance := instanceOf(ns, "raised")
@@ -299,7 +302,9 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 				startManager()
 			}
 		})
-		rcv.Stop()
+		if mode != "recorded-failed" {
+			rcv.Stop()
+		}
 		DeferCleanup(func() { _ = rcv.Listen() })
 		updatePolicy(ctx, ns, "raised", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
 
@@ -323,7 +328,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 					fakeClock.Step(time.Minute)
 					updatePolicy(ctx, ns, "raised", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = raiseTo })
 					stale = getPolicy(ctx, ns, "raised")
-					if mode == "failed" {
+					if failed {
 						return apierrors.NewInternalError(errors.New("etcdserver: request timed out"))
 					}
 				}
@@ -340,7 +345,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		switch mode {
 		case "other-conflict":
 			Expect(apierrors.IsConflict(err)).To(BeTrue(), "%v", err)
-		case "failed":
+		case "failed", "recorded-failed":
 			Expect(err).To(MatchError(ContainSubstring("request timed out")))
 		default:
 			Expect(err).NotTo(HaveOccurred())
@@ -349,7 +354,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		p := getPolicy(ctx, ns, "raised")
 		Expect(p.Spec.Consent.Tier).To(Equal(raiseTo))
 		var withdrawn time.Time
-		if mode == "failed" {
+		if failed {
 			// Nothing reached status; the collector's filter has the withdrawal.
 			Expect(p.Status.PendingConsentChanges).To(BeEmpty())
 			c := configOf(ctx, ns, "raised").Consent
@@ -361,14 +366,23 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			withdrawn = p.Status.PendingConsentChanges[0].Time.Time
 		}
 
-		By("the next reconcile, from the lagging cache, with the receiver back: the withdrawal first, at its time")
-		Expect(rcv.Listen()).To(Succeed())
+		By("the next reconcile, from the lagging cache: the withdrawal first, at its time")
+		if mode == "recorded-failed" {
+			rcv.Stop() // the record it holds cannot be read back
+		} else {
+			Expect(rcv.Listen()).To(Succeed())
+		}
 		_, err = r.Reconcile(ctx, req)
 		Expect(err).NotTo(HaveOccurred())
+		Expect(configOf(ctx, ns, "raised").Consent.TierAt(withdrawn.Add(30*time.Second))).To(Equal(consentv1.TierOff), "the collector's filter keeps the Off period")
+		if mode == "recorded-failed" {
+			d, err := deployment(ctx, ns, "raised")
+			Expect(apierrors.IsNotFound(err) || err == nil && d.DeletionTimestamp != nil).To(BeTrue(), "the raise waits for the receiver: nothing runs")
+			Expect(rcv.Listen()).To(Succeed())
+		}
 		tl := ledgerOf(ctx, instance).Timeline
 		Expect(len(tl)).To(BeNumerically(">=", 2))
 		Expect(tl[1]).To(And(HaveField("Tier", consentv1.TierOff), HaveField("At", BeTemporally("==", withdrawn))))
-		Expect(configOf(ctx, ns, "raised").Consent.TierAt(withdrawn.Add(30*time.Second))).To(Equal(consentv1.TierOff), "the collector's filter keeps the Off period")
 
 		By("and once everything runs again")
 		restarted = true
@@ -399,6 +413,10 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 
 	It("keeps a withdrawal when consent is raised again and the status write that should keep it fails", func() {
 		raisedDuringReconcile("failed", v1.TierEventLevel)
+	})
+
+	It("keeps a withdrawal the receiver recorded when the status write that should keep it fails and the record cannot be read back", func() {
+		raisedDuringReconcile("recorded-failed", v1.TierEventLevel)
 	})
 
 	It("lowers the collector at once when the receiver is unreachable, and reports it only once the receiver records it", func() {

@@ -28,6 +28,9 @@ type statusWrite struct {
 	uid             types.UID
 	resourceVersion string
 	unwritten       consentv1.Timeline
+	// history: the ledger copy (status.consentHistory) a failed status write could not keep: the
+	// reconcile may have recorded at the receiver, or read its record back, before it failed.
+	history []v1.ConsentChange
 }
 
 // freshPolicy makes p, read from the cache, at least as new as this process's last status write
@@ -57,13 +60,13 @@ func (r *TelemetryPolicyReconciler) noteRead(p *v1.TelemetryPolicy) {
 // noteStatusWritten: p, as the API server stored it, holds this reconcile's ledger copy.
 func (r *TelemetryPolicyReconciler) noteStatusWritten(p *v1.TelemetryPolicy) {
 	r.updateWrite(p, func(w *statusWrite) {
-		w.resourceVersion, w.unwritten = p.ResourceVersion, stillUnwritten(w.unwritten, p)
+		w.resourceVersion, w.unwritten, w.history = p.ResourceVersion, stillUnwritten(w.unwritten, p), unkept(w.history, p)
 	})
 }
 
 // noteStatusKept: status already held this reconcile's ledger copy; nothing was written.
 func (r *TelemetryPolicyReconciler) noteStatusKept(p *v1.TelemetryPolicy) {
-	r.updateWrite(p, func(w *statusWrite) { w.unwritten = stillUnwritten(w.unwritten, p) })
+	r.updateWrite(p, func(w *statusWrite) { w.unwritten, w.history = stillUnwritten(w.unwritten, p), unkept(w.history, p) })
 }
 
 // stillUnwritten is what of unwritten p's status neither holds pending nor records: a reconcile
@@ -84,7 +87,14 @@ func stillUnwritten(unwritten consentv1.Timeline, p *v1.TelemetryPolicy) consent
 // (those it started with included) are kept here for the next reconcile.
 func (r *TelemetryPolicyReconciler) noteStatusUnwritten(p *v1.TelemetryPolicy) {
 	pending := timelineOf(p.Status.PendingConsentChanges)
-	r.updateWrite(p, func(w *statusWrite) { w.unwritten = pending })
+	history := slices.Clone(p.Status.ConsentHistory)
+	r.updateWrite(p, func(w *statusWrite) {
+		// Merged: a reconcile that stalled before loading what was remembered did not carry it.
+		w.unwritten = unrecorded(timelineOf(history), mergePending(w.unwritten, pending))
+		if len(history) > 0 {
+			w.history = history
+		}
+	})
 }
 
 func (r *TelemetryPolicyReconciler) updateWrite(p *v1.TelemetryPolicy, f func(*statusWrite)) {
@@ -102,14 +112,25 @@ func (r *TelemetryPolicyReconciler) updateWrite(p *v1.TelemetryPolicy, f func(*s
 	r.writes[key] = w
 }
 
-// unwrittenPending is what a failed status write of p could not keep.
-func (r *TelemetryPolicyReconciler) unwrittenPending(p *v1.TelemetryPolicy) consentv1.Timeline {
+// unkept is the remembered ledger copy, unless p's status holds it, or something newer.
+func unkept(history []v1.ConsentChange, p *v1.TelemetryPolicy) []v1.ConsentChange {
+	if len(history) == 0 {
+		return nil
+	}
+	if _, holds := lostWithdrawals(history, timelineOf(p.Status.ConsentHistory)); holds {
+		return nil
+	}
+	return history
+}
+
+// unwrittenOf is what a failed status write of p could not keep.
+func (r *TelemetryPolicyReconciler) unwrittenOf(p *v1.TelemetryPolicy) (consentv1.Timeline, []v1.ConsentChange) {
 	r.writesMu.Lock()
 	defer r.writesMu.Unlock()
 	if w, ok := r.writes[client.ObjectKeyFromObject(p)]; ok && w.uid == p.UID {
-		return w.unwritten
+		return w.unwritten, w.history
 	}
-	return nil
+	return nil, nil
 }
 
 // forgetWrites drops what is known of a policy gone.
@@ -127,8 +148,25 @@ func (r *TelemetryPolicyReconciler) forgetWrites(key client.ObjectKey) {
 // forged withdrawal, backdated, would have the receiver delete stored events.)
 func (r *TelemetryPolicyReconciler) pendingWithdrawals(st *reconcileState) consentv1.Timeline {
 	p := st.policy
-	pending := mergePending(timelineOf(p.Status.PendingConsentChanges), r.unwrittenPending(p))
+	unwritten, _ := r.unwrittenOf(p)
+	pending := mergePending(timelineOf(p.Status.PendingConsentChanges), unwritten)
 	return lowerings(st.timeline, unrecorded(st.timeline, pending))
+}
+
+// startLedger sets the ledger copy and the pending withdrawals a reconcile starts with: the
+// copy in status, or the one a failed status write of this process could not keep when it holds
+// status's (the receiver recorded, or was read back, since): otherwise the next reconcile would
+// work from a copy without a withdrawal the receiver already holds, and configure the collector
+// without it.
+func (r *TelemetryPolicyReconciler) startLedger(st *reconcileState) {
+	p := st.policy
+	if _, history := r.unwrittenOf(p); len(history) > 0 {
+		if _, holds := lostWithdrawals(p.Status.ConsentHistory, timelineOf(history)); holds {
+			p.Status.ConsentHistory = slices.Clone(history)
+		}
+	}
+	st.timeline = timelineOf(p.Status.ConsentHistory)
+	st.pending = r.pendingWithdrawals(st)
 }
 
 // lowerings keeps the pending changes that lower the tier before them (from the timeline's

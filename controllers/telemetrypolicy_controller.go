@@ -365,8 +365,7 @@ func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *re
 	st.decision = d
 	st.requeue(d.ReevaluateAt)
 	setConsentEligibleCondition(p, d)
-	st.timeline = timelineOf(p.Status.ConsentHistory)
-	st.pending = r.pendingWithdrawals(st)
+	r.startLedger(st)
 	st.ledgerKnown = len(st.timeline) > 0
 	st.intent = d.Effective
 	defer func() { // the receiver's record is read back periodically (planTransition, below)

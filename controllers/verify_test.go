@@ -227,3 +227,49 @@ func TestStillUnwritten(t *testing.T) {
 		t.Fatalf("status recording it: %v, want it forgotten", got)
 	}
 }
+
+// TestRememberedAcrossWrites: what a failed status write could not keep (a withdrawal pending,
+// a ledger copy the receiver had moved on to) starts the next reconcile, survives a status write
+// that lacks it, and goes once status holds it.
+func TestRememberedAcrossWrites(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	granted := consentv1.Timeline{{At: t0, Tier: consentv1.TierEventLevel, Reason: "Declared"}}
+	off := consentv1.Timeline{{At: t0.Add(time.Minute), Tier: consentv1.TierOff, Reason: "Declared"}}
+	policy := func() *v1.TelemetryPolicy {
+		p := &v1.TelemetryPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u"}}
+		p.Status.ConsentHistory = historyOf(granted)
+		return p
+	}
+	r := &TelemetryPolicyReconciler{}
+	start := func() *reconcileState {
+		st := &reconcileState{policy: policy()}
+		r.startLedger(st)
+		return st
+	}
+
+	failed := policy()
+	failed.Status.PendingConsentChanges = pendingOf(granted, off)
+	r.noteStatusUnwritten(failed)
+	if st := start(); len(st.pending) != 1 || st.pending[0].Tier != consentv1.TierOff {
+		t.Fatalf("pending withdrawal not carried to the next reconcile: %v", st.pending)
+	}
+	r.noteStatusWritten(policy()) // a reconcile that stalled before loading it
+	if st := start(); len(st.pending) != 1 {
+		t.Fatalf("forgotten by a status write without it: %v", st.pending)
+	}
+	r.noteStatusWritten(failed)
+	if st := start(); len(st.pending) != 0 {
+		t.Fatalf("status holds it: %v, want it forgotten", st.pending)
+	}
+
+	recorded := policy()
+	recorded.Status.ConsentHistory = historyOf(append(granted, off...))
+	r.noteStatusUnwritten(recorded)
+	if st := start(); st.timeline.Current() != consentv1.TierOff {
+		t.Fatalf("the receiver's record as last read is not the next reconcile's copy: %v", st.timeline)
+	}
+	r.noteStatusWritten(recorded)
+	if st := start(); st.timeline.Current() != consentv1.TierEventLevel {
+		t.Fatalf("a copy status holds is not remembered any longer: %v", st.timeline)
+	}
+}
