@@ -604,7 +604,7 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 		if apierrors.IsConflict(err) {
 			// The policy was written since it was read (the user raising consent again, say):
 			// the rest of status is computed afresh by the retry, but the ledger copy cannot be.
-			if kerr := r.mergeLedgerCopy(ctx, orig, p, st); kerr != nil {
+			if kerr := r.mergeLedgerCopy(ctx, orig, p, st, nil); kerr != nil {
 				return kerr
 			}
 			return err
@@ -630,61 +630,47 @@ const ledgerCopyAttempts = 5
 
 // keepLedgerCopy writes only status.consentHistory and status.pendingConsentChanges, as this
 // reconcile left them, onto the status it read; should the policy have changed since, onto the
-// policy as it is now (mergeLedgerCopy).
+// policy as it is now.
 func (r *TelemetryPolicyReconciler) keepLedgerCopy(ctx context.Context, orig, p *v1.TelemetryPolicy, st *reconcileState) error {
-	keep := orig.DeepCopy()
-	keep.Status.ConsentHistory, keep.Status.PendingConsentChanges = p.Status.ConsentHistory, p.Status.PendingConsentChanges
-	if equality.Semantic.DeepEqual(orig.Status, keep.Status) {
-		r.noteStatusKept(p)
-		runAll(st.afterLedger)
-		return nil
-	}
-	err := r.Status().Patch(ctx, keep, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
-	switch {
-	case err == nil:
-		r.noteStatusWritten(keep)
-		runAll(st.afterLedger)
-		return nil
-	case apierrors.IsNotFound(err):
-		return nil
-	case apierrors.IsConflict(err):
-		return r.mergeLedgerCopy(ctx, orig, p, st)
-	}
-	r.noteStatusUnwritten(p)
-	return fmt.Errorf("patching status: %w", err)
+	return r.mergeLedgerCopy(ctx, orig, p, st, orig)
 }
 
 // mergeLedgerCopy writes this reconcile's copy of the ledger onto the policy as the API server
-// holds it now, after a status patch lost the optimistic-lock race to another write. A
-// withdrawal enforced on the collector and not yet recorded at the receiver lives only in
-// status.pendingConsentChanges: dropping it with the rest of a stale status would let the next
-// reconcile, seeing consent raised again, configure the collector with no record that it was
-// ever withdrawn. The pending withdrawals are merged into those the policy holds now (each read
-// is the API server's: the failed write made readonce forget the policy); the history is this
-// reconcile's unless someone else moved it since. The read, merge and patch are tried a few
-// times; a policy that keeps changing fails the reconcile, loudly, rather than lose a
-// withdrawal quietly.
-func (r *TelemetryPolicyReconciler) mergeLedgerCopy(ctx context.Context, orig, p *v1.TelemetryPolicy, st *reconcileState) error {
-	err := r.writeLedgerCopy(ctx, orig, p, st)
+// holds it now (onto first, if given, before reading it), after a status patch lost the
+// optimistic-lock race to another write. A withdrawal enforced on the collector and not yet
+// recorded at the receiver lives only in status.pendingConsentChanges: dropping it with the rest
+// of a stale status would let the next reconcile, seeing consent raised again, configure the
+// collector with no record that it was ever withdrawn. The pending withdrawals are merged into
+// those the policy holds now (each read is the API server's: the failed write made readonce
+// forget the policy); the history is this reconcile's unless someone else moved it since. The
+// read, merge and patch are tried a few times; a policy that keeps changing fails the reconcile,
+// loudly, rather than lose a withdrawal quietly, and what could not be written is kept for this
+// process's next reconcile.
+func (r *TelemetryPolicyReconciler) mergeLedgerCopy(ctx context.Context, orig, p *v1.TelemetryPolicy, st *reconcileState, first *v1.TelemetryPolicy) error {
+	err := r.writeLedgerCopy(ctx, orig, p, st, first)
 	if err != nil {
-		r.noteStatusUnwritten(p) // kept for this process's next reconcile instead
+		r.noteStatusUnwritten(p)
 	}
 	return err
 }
 
-func (r *TelemetryPolicyReconciler) writeLedgerCopy(ctx context.Context, orig, p *v1.TelemetryPolicy, st *reconcileState) error {
+func (r *TelemetryPolicyReconciler) writeLedgerCopy(ctx context.Context, orig, p *v1.TelemetryPolicy, st *reconcileState, first *v1.TelemetryPolicy) error {
 	ours := timelineOf(p.Status.PendingConsentChanges)
 	var err error
 	for range ledgerCopyAttempts {
-		live := &v1.TelemetryPolicy{}
-		if err = r.APIReader.Get(ctx, client.ObjectKeyFromObject(p), live); err != nil {
-			if apierrors.IsNotFound(err) {
-				return nil
+		live := first
+		if first = nil; live == nil {
+			live = &v1.TelemetryPolicy{}
+			if err = r.APIReader.Get(ctx, client.ObjectKeyFromObject(p), live); err != nil {
+				if apierrors.IsNotFound(err) {
+					return nil
+				}
+				return fmt.Errorf("reading the policy to keep its consent ledger copy: %w", err)
 			}
-			return fmt.Errorf("reading the policy to keep its consent ledger copy: %w", err)
-		}
-		if live.UID != p.UID {
-			return nil // deleted and created again: not this policy's ledger
+			if live.UID != p.UID {
+				return nil // deleted and created again: not this policy's ledger
+			}
+			r.noteRead(live)
 		}
 		keep := live.DeepCopy()
 		if equality.Semantic.DeepEqual(live.Status.ConsentHistory, orig.Status.ConsentHistory) {
@@ -694,7 +680,6 @@ func (r *TelemetryPolicyReconciler) writeLedgerCopy(ctx context.Context, orig, p
 		pending := lowerings(timeline, unrecorded(timeline, mergePending(timelineOf(live.Status.PendingConsentChanges), ours)))
 		keep.Status.PendingConsentChanges = pendingOf(timeline, pending)
 		if equality.Semantic.DeepEqual(live.Status, keep.Status) {
-			r.noteRead(live)
 			r.noteStatusKept(live)
 			runAll(st.afterLedger)
 			return nil
