@@ -673,10 +673,16 @@ func (r *TelemetryPolicyReconciler) writeLedgerCopy(ctx context.Context, orig, p
 			r.noteRead(live)
 		}
 		keep := live.DeepCopy()
+		timeline := timelineOf(keep.Status.ConsentHistory)
 		if equality.Semantic.DeepEqual(live.Status.ConsentHistory, orig.Status.ConsentHistory) {
 			keep.Status.ConsentHistory = p.Status.ConsentHistory // nobody else moved it since our read
+			timeline = timelineOf(p.Status.ConsentHistory)
+			if len(st.timeline) > 0 {
+				// The pending withdrawals follow the record this reconcile worked from, which
+				// differs from the copy kept when the receiver had lost transitions.
+				timeline = st.timeline
+			}
 		}
-		timeline := timelineOf(keep.Status.ConsentHistory)
 		pending := lowerings(timeline, unrecorded(timeline, mergePending(timelineOf(live.Status.PendingConsentChanges), ours)))
 		keep.Status.PendingConsentChanges = pendingOf(timeline, pending)
 		if equality.Semantic.DeepEqual(live.Status, keep.Status) {
