@@ -742,7 +742,7 @@ func operatorScale(ctx context.Context, bin, kubectl, installer string, n, nss i
 	record(fmt.Sprintf("API requests other than reads by the manager during %s idle (no leader election)", idle), strconv.Itoa(after-before), "", nil)
 	if idleErr == nil {
 		stored := storingWrites(idleStart, idleEnd)
-		record(fmt.Sprintf("  of which writes storing an object (the API server's counts, every client but its own leases) during %s idle", idle), strconv.Itoa(stored), "0", b(stored == 0))
+		record(fmt.Sprintf("  of which write requests (create, update, patch, delete; a no-op update counts too; the API server's counts, every client but leases and reviews) during %s idle", idle), strconv.Itoa(stored), "0", b(stored == 0))
 	}
 	record("manager peak RSS", fmt.Sprintf("%.1f MiB", float64(peak)/(1<<20)), "< 100 MiB", b(peak < 100<<20))
 	record("  manager RSS at the end: anonymous / file-backed (its binary)", fmt.Sprintf("%.1f / %.1f MiB", float64(anon)/(1<<20), float64(file)/(1<<20)), "", nil)

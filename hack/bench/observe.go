@@ -225,8 +225,9 @@ func printRequests(title string, before, after map[string]float64, per int) {
 	}
 }
 
-// storingWrites counts the requests between two snapshots that write an object: creates,
-// updates, patches and deletes, but not reviews (access, rules and token reviews are POSTs that
+// storingWrites counts the write requests between two snapshots: creates, updates, patches
+// and deletes (an update that changes nothing stores nothing but is counted all the same), but
+// not reviews (access, rules and token reviews are POSTs that
 // store nothing) and not leases (the API server renews its own identity's lease; the bench's
 // manager runs without leader election).
 func storingWrites(before, after map[string]float64) int {
