@@ -302,63 +302,129 @@ func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reco
 	p := st.policy
 	defer func() { p.Status.PendingConsentChanges = pendingOf(st.timeline, st.pending) }()
 	if r.verifyDue(p) {
-		readAt := r.Clock.Now()
-		state, err := r.Ledger.State(ctx, p.Spec.InstanceID)
-		if errors.Is(err, ledger.ErrUnknownInstance) {
-			err, state = nil, consentv1.State{InstanceID: p.Spec.InstanceID}
-		}
-		switch {
-		case err == nil && state.Owner.Cluster != "" && !r.ownedByUs(p, state.Owner):
-			st.ledgerErr = ledger.ErrOwnedElsewhere
+		if !r.readBack(ctx, st) {
 			return nil
-		case err == nil && state.Timeline.Validate() != nil:
-			st.ledgerErr = fmt.Errorf("%w: the receiver's consent record is unusable", ledger.ErrRejected)
-			return nil
-		case err == nil:
-			// A record nobody owns (released, lost, or a policy deleted) is claimed by recording.
-			st.claim = state.Owner.Cluster == ""
-			lost, consistent := lostWithdrawals(p.Status.ConsentHistory, state.Timeline)
-			st.timeline = state.Timeline
-			if consistent {
-				r.markVerified(p, readAt)
-				if h := historyOf(state.Timeline); !equality.Semantic.DeepEqual(h, p.Status.ConsentHistory) {
-					p.Status.ConsentHistory = h
-				}
-			} else {
-				// Fail closed: what the receiver lost is recorded again, withdrawals at their own
-				// times; the copy in status stays until the receiver holds it again.
-				st.recordLost = true
-				st.pending = mergePending(lost, st.pending)
-				msg := fmt.Sprintf("the receiver's consent record lacks transitions it acknowledged before; recording %d withdrawal(s) again at their own times", len(lost))
-				log.FromContext(ctx).Info(msg)
-				st.afterLedger = append(st.afterLedger, func() { r.event(p, corev1.EventTypeWarning, "ConsentRecordLost", "VerifyConsent", "%s", msg) })
-			}
-			st.pending = unrecorded(st.timeline, st.pending)
-			st.ledgerKnown = true
-		case errors.Is(err, ledger.ErrOwnedElsewhere):
-			st.ledgerErr = err
-			return nil
-		default:
-			if len(st.timeline) == 0 && len(st.pending) == 0 {
-				// Nothing known of the instance's consent: nothing can be planned.
-				st.ledgerErr = err
-				return nil
-			}
-			// Go on with the copy in status; the receiver is asked again at the ledger's retry,
-			// not a resync later (nothing may be pending, so nothing else brings it back).
-			st.verifyErr = err
-			log.FromContext(ctx).Info("could not read the receiver's consent record back; going on with the copy in status", "error", err.Error())
-			st.ledgerKnown = true
-			st.requeueIn(r.ledgerRetry(), r.Clock.Now())
 		}
 	} else {
 		st.ledgerKnown = true
 	}
+	r.plan(st)
+	return nil
+}
+
+// planLocally plans from the operator's copy alone when the receiver's record is due to be
+// read back: that read waits for the receiver, and a lowering is enforced before (see
+// Reconcile). The plan is made again from the record once it is read (replan, in the ledger
+// step); until then it serves only to lower the collector.
+func (r *TelemetryPolicyReconciler) planLocally(ctx context.Context, st *reconcileState) error {
+	if !r.verifyDue(st.policy) {
+		return r.planTransition(ctx, st)
+	}
+	st.readBackDue, st.beforeReadBack = true, slices.Clone(st.pending)
+	r.plan(st)
+	return nil
+}
+
+// replan reads the receiver's record back and plans again from it, when planLocally (or a
+// suspended policy) left that to the ledger step.
+func (r *TelemetryPolicyReconciler) replan(ctx context.Context, st *reconcileState) error {
+	if !st.readBackDue {
+		return nil
+	}
+	st.readBackDue = false
+	tentative := st.pending
+	st.pending, st.want, st.planned = st.beforeReadBack, nil, false
+	defer func() {
+		next := r.nextVerification(st.policy)
+		st.requeue(&next)
+	}()
+	if !st.mutate {
+		// Suspended: nothing is planned; what the receiver lost joins the pending withdrawals.
+		// A record nobody owns is claimed only by recording, which a suspended policy does not
+		// do: nothing of it is adopted.
+		before, history := *st, st.policy.Status.ConsentHistory
+		if r.readBack(ctx, st); st.claim {
+			*st, st.policy.Status.ConsentHistory = before, history
+		}
+		return nil
+	}
+	err := r.planTransition(ctx, st)
+	if !st.planned && !errors.Is(st.ledgerErr, ledger.ErrOwnedElsewhere) {
+		// The record could not be used (unusable, or unknown and unreadable): a lowering the
+		// collector was given from the copy is kept pending, not forgotten; it is recorded
+		// once the receiver's record can be used again.
+		st.pending = tentative
+		st.policy.Status.PendingConsentChanges = pendingOf(st.timeline, st.pending)
+	}
+	return err
+}
+
+// readBack reads the receiver's record and takes it as the ledger's state (fail closed: what
+// the receiver lost of the copy in status is recorded again). It reports false when nothing
+// can be planned (the record is another policy's, unusable, or unknown and unreadable).
+func (r *TelemetryPolicyReconciler) readBack(ctx context.Context, st *reconcileState) bool {
+	p := st.policy
+	readAt := r.Clock.Now()
+	state, err := r.Ledger.State(ctx, p.Spec.InstanceID)
+	if errors.Is(err, ledger.ErrUnknownInstance) {
+		err, state = nil, consentv1.State{InstanceID: p.Spec.InstanceID}
+	}
+	switch {
+	case err == nil && state.Owner.Cluster != "" && !r.ownedByUs(p, state.Owner):
+		st.ledgerErr = ledger.ErrOwnedElsewhere
+		return false
+	case err == nil && state.Timeline.Validate() != nil:
+		st.ledgerErr = fmt.Errorf("%w: the receiver's consent record is unusable", ledger.ErrRejected)
+		return false
+	case err == nil:
+		// A record nobody owns (released, lost, or a policy deleted) is claimed by recording.
+		st.claim = state.Owner.Cluster == ""
+		lost, consistent := lostWithdrawals(p.Status.ConsentHistory, state.Timeline)
+		st.timeline = state.Timeline
+		if consistent {
+			r.markVerified(p, readAt)
+			if h := historyOf(state.Timeline); !equality.Semantic.DeepEqual(h, p.Status.ConsentHistory) {
+				p.Status.ConsentHistory = h
+			}
+		} else {
+			// Fail closed: what the receiver lost is recorded again, withdrawals at their own
+			// times; the copy in status stays until the receiver holds it again.
+			st.recordLost = true
+			st.pending = mergePending(lost, st.pending)
+			msg := fmt.Sprintf("the receiver's consent record lacks transitions it acknowledged before; recording %d withdrawal(s) again at their own times", len(lost))
+			log.FromContext(ctx).Info(msg)
+			st.afterLedger = append(st.afterLedger, func() { r.event(p, corev1.EventTypeWarning, "ConsentRecordLost", "VerifyConsent", "%s", msg) })
+		}
+		st.pending = lowerings(st.timeline, unrecorded(st.timeline, st.pending))
+		st.ledgerKnown = true
+	case errors.Is(err, ledger.ErrOwnedElsewhere):
+		st.ledgerErr = err
+		return false
+	default:
+		if len(st.timeline) == 0 && len(st.pending) == 0 {
+			// Nothing known of the instance's consent: nothing can be planned.
+			st.ledgerErr = err
+			return false
+		}
+		// Go on with the copy in status; the receiver is asked again at the ledger's retry,
+		// not a resync later (nothing may be pending, so nothing else brings it back).
+		st.verifyErr = err
+		log.FromContext(ctx).Info("could not read the receiver's consent record back; going on with the copy in status", "error", err.Error())
+		st.ledgerKnown = true
+		st.requeueIn(r.ledgerRetry(), r.Clock.Now())
+	}
+	return true
+}
+
+// plan decides the transition to make from the ledger's state as known: a lowering joins the
+// pending ones (enforced at once), a raise or first record is wanted from the receiver.
+func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
+	p := st.policy
 	st.planned = true
 	local := st.localTimeline()
 	from := local.Current()
 	if len(local) > 0 && from == consentv1.Tier(st.intent) && !st.claim {
-		return nil
+		return
 	}
 	var lastAt time.Time
 	if n := len(local); n > 0 {
@@ -391,10 +457,9 @@ func (r *TelemetryPolicyReconciler) planTransition(ctx context.Context, st *reco
 		if next, add, err := consentv1.Next(local, tr, now); err == nil && add {
 			st.pending = append(st.pending, next)
 		}
-		return nil
+		return
 	}
 	st.want = &tr
-	return nil
 }
 
 // unrecorded keeps the pending lowerings the receiver's timeline does not hold yet. Only this
@@ -454,6 +519,9 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 	if !st.mutate {
 		r.forgetGuardSeen(client.ObjectKeyFromObject(p)) // suspended: nobody looks meanwhile
 		return nil
+	}
+	if st.outside != nil {
+		return nil // not onboarded: the collector is not the operator's to touch (holdOutside)
 	}
 	if st.intent == v1.TierOff {
 		r.forgetGuardSeen(client.ObjectKeyFromObject(p))
@@ -517,6 +585,9 @@ func (r *TelemetryPolicyReconciler) enforceDowngrade(ctx context.Context, st *re
 	}
 	if err != nil {
 		return err
+	}
+	if lowered && st.readBackDue {
+		st.loweredBeforeReadBack = &foundLive
 	}
 	if !lowered {
 		log.FromContext(ctx).Info("no lowered configuration can be written; stopping the collector instead", "tier", st.intent, "reason", fmt.Sprint(why))
@@ -638,22 +709,43 @@ func (r *TelemetryPolicyReconciler) configuredTier(ctx context.Context, p *v1.Te
 // neither works.
 func (r *TelemetryPolicyReconciler) lowerConfig(ctx context.Context, st *reconcileState, tier v1.ConsentTier, live bool) (bool, error) {
 	p := st.policy
-	rendered, err := collectorconfig.Render(resources.CollectorConfig(p, tier, st.configTimeline()))
+	key := client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}
+	// A collector runs: judge its configuration as the API server holds it, not as a cache
+	// that may lag a raise shows it (a new policy, with no collector yet, creates it first).
+	cm := &corev1.ConfigMap{}
+	var readErr error
+	if live {
+		if readErr = r.APIReader.Get(ctx, key, cm); readErr != nil && !apierrors.IsNotFound(readErr) {
+			return false, readErr
+		}
+	}
+	timeline := st.configTimeline()
+	if live && readErr == nil && st.readBackDue {
+		// Planned from the copy in status alone, which may lag the receiver's record (a status
+		// write lost): the running collector keeps every restriction its configuration holds
+		// until the record is read back.
+		if running, err := collectorconfig.Parse(strings.NewReader(cm.Data[resources.ConfigKey])); err == nil {
+			timeline = lowest(timeline, running.Consent)
+		}
+	}
+	rendered, err := collectorconfig.Render(resources.CollectorConfig(p, tier, timeline))
 	if err == nil && !r.endpointAllowed(p) {
 		// A downgrade is enforced before the allow-lists are judged: it must never put a
 		// receiver the manager does not allow into the running configuration.
 		err = errors.New("the policy's export endpoint is not allowed")
 	}
 	if err != nil {
-		cm := &corev1.ConfigMap{}
-		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}, cm); err != nil {
-			return false, client.IgnoreNotFound(err)
+		if !live {
+			readErr = r.APIReader.Get(ctx, key, cm)
+		}
+		if readErr != nil {
+			return false, client.IgnoreNotFound(readErr)
 		}
 		running, err := collectorconfig.Parse(strings.NewReader(cm.Data[resources.ConfigKey]))
 		if err != nil {
 			return false, nil
 		}
-		lowered := resources.CollectorConfig(p, tier, st.configTimeline())
+		lowered := resources.CollectorConfig(p, tier, timeline)
 		running.Tier, running.Consent = tier, lowered.Consent
 		if rendered, err = collectorconfig.Render(*running); err != nil {
 			return false, nil
@@ -665,17 +757,39 @@ func (r *TelemetryPolicyReconciler) lowerConfig(ctx context.Context, st *reconci
 		_, err := ensureOwned(ctx, r, p, desired, configMapKind)
 		return err == nil, err
 	}
-	// A collector runs: judge its configuration as the API server holds it, not as a cache
-	// that may lag a raise shows it (a new policy, with no collector yet, creates it first).
-	cm := &corev1.ConfigMap{}
-	readErr := r.APIReader.Get(ctx, client.ObjectKeyFromObject(desired), cm)
-	if readErr != nil && !apierrors.IsNotFound(readErr) {
-		return false, readErr
-	}
 	if _, err := ensureOwnedFrom(ctx, r, p, desired, configMapKind, cm, readErr); err != nil {
 		return false, err
 	}
 	return true, nil
+}
+
+// lowest is the timeline whose tier at every moment is the lower of a's and b's (only times
+// and tiers: what a collector's configuration holds). When that is a's everywhere, it is a
+// itself: the configuration, and its hash, do not change for nothing.
+func lowest(a, b consentv1.Timeline) consentv1.Timeline {
+	var at []time.Time
+	for _, tr := range slices.Concat(a, b) {
+		at = append(at, tr.At)
+	}
+	slices.SortFunc(at, func(x, y time.Time) int { return x.Compare(y) })
+	at = slices.CompactFunc(at, func(x, y time.Time) bool { return x.Equal(y) })
+	var out consentv1.Timeline
+	for _, t := range at {
+		tier := a.TierAt(t)
+		if tb := b.TierAt(t); tb.Rank() < tier.Rank() {
+			tier = tb
+		}
+		if len(out) == 0 && tier == consentv1.TierOff || len(out) > 0 && out[len(out)-1].Tier == tier {
+			continue // Off before the first transition anyway; no change
+		}
+		out = append(out, consentv1.Transition{At: t, Tier: tier})
+	}
+	for _, t := range at {
+		if out.TierAt(t) != a.TierAt(t) {
+			return out
+		}
+	}
+	return a
 }
 
 // templateTier is the tier a Deployment's pods are configured for; a template without the
@@ -768,6 +882,9 @@ func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *recon
 // lowering never does (it was enforced in enforceDowngrade).
 func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcileState) error {
 	p := st.policy
+	if err := r.replan(ctx, st); err != nil {
+		return err
+	}
 	defer func() { p.Status.PendingConsentChanges = pendingOf(st.timeline, st.pending) }()
 	if !st.mutate {
 		// Suspended: nothing is raised or changed, but a withdrawal is always recorded.
@@ -829,6 +946,14 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		msg := fmt.Sprintf("the receiver refused to record the consent change: %v", err)
 		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonLedgerRefused, msg)
 		st.stall(ReasonLedgerRefused, msg)
+	}
+	if live := st.loweredBeforeReadBack; live != nil && st.planned && st.verifyErr == nil && !st.ownedElsewhere {
+		// The collector was lowered from the copy in status, which may lag the record; now
+		// that the record is read, its configuration is written from it, so that a later
+		// stall does not leave the copy's timeline in force (unchanged, nothing is written).
+		if _, err := r.lowerConfig(ctx, st, st.runnableTier(), *live); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -419,6 +419,163 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		raisedDuringReconcile("recorded-failed", v1.TierEventLevel)
 	})
 
+	// A receiver that accepts connections and never answers holds each ledger call for the
+	// client's timeout; one that refuses the withdrawal's record stalls the ledger step. Neither
+	// may keep the collector at the tier consent no longer allows: it is lowered before the
+	// receiver is asked anything, and whatever the receiver answers.
+	lowersBeforeAsking := func(to v1.ConsentTier, receiver string) {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "first")
+		instance := instanceOf(ns, "first")
+		stopManager()
+		restarted := false
+		DeferCleanup(func() {
+			if !restarted {
+				startManager()
+			}
+		})
+		fakeClock.Step(time.Minute)
+		updatePolicy(ctx, ns, "first", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = to })
+
+		lowered := func() error {
+			if c := configOf(ctx, ns, "first"); c.Tier != to || c.Consent.Current() != consentv1.Tier(to) {
+				return fmt.Errorf("the collector's configuration is at %s, its timeline %v", c.Tier, c.Consent)
+			}
+			d, err := deployment(ctx, ns, "first")
+			switch {
+			case apierrors.IsNotFound(err):
+				return nil
+			case err != nil:
+				return err
+			case to == v1.TierOff && d.DeletionTimestamp == nil:
+				return errors.New("the collector's Deployment is not being deleted")
+			case to != v1.TierOff && d.Spec.Template.Annotations[resources.AnnotationTier] != string(to):
+				return fmt.Errorf("the collector's pods are configured for %q", d.Spec.Template.Annotations[resources.AnnotationTier])
+			}
+			return nil
+		}
+		l := &askingLedger{ConsentLedger: testLedger(), receiver: receiver, lowered: lowered}
+		r := directReconciler(noWatch{k8s})
+		r.Ledger = l
+		_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "first"}})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(l.calls).NotTo(BeEmpty(), "the receiver was asked")
+		Expect(l.early).To(BeEmpty(), "asked before the collector was lowered")
+		Expect(lowered()).To(Succeed())
+		p := getPolicy(ctx, ns, "first")
+		Expect(p.Status.PendingConsentChanges).To(HaveLen(1), "the withdrawal is kept until the receiver records it")
+		withdrawn := p.Status.PendingConsentChanges[0].Time.Time
+		Expect(configOf(ctx, ns, "first").Consent.TierAt(withdrawn)).To(Equal(consentv1.Tier(to)), "the collector's filter holds it from then")
+		Expect(configOf(ctx, ns, "first").Consent.TierAt(withdrawn.Add(-time.Second))).To(Equal(consentv1.TierEventLevel))
+		want := map[string]string{"silent": "ConsentRecorded=False/ReceiverUnavailable", "refusing": "ConsentRecorded=False/LedgerRefused", "garbled": "ConsentRecorded=False/LedgerRefused"}[receiver]
+		Expect(conditionStatus(ctx, ns, "first", v1.ConditionConsentRecorded)()).To(Equal(want))
+
+		By("the receiver answering again records the withdrawal at its time")
+		restarted = true
+		startManager()
+		Eventually(func() consentv1.Timeline { return ledgerOf(ctx, instance).Timeline }).Should(HaveLen(2))
+		tl := ledgerOf(ctx, instance).Timeline
+		Expect(tl[1]).To(And(HaveField("Tier", consentv1.Tier(to)), HaveField("At", BeTemporally("==", withdrawn))))
+	}
+
+	It("lowers the collector to CriticalOnly before asking a receiver that never answers", func() {
+		lowersBeforeAsking(v1.TierCriticalOnly, "silent")
+	})
+
+	It("stops the collector before asking a receiver that never answers", func() {
+		lowersBeforeAsking(v1.TierOff, "silent")
+	})
+
+	It("lowers the collector to CriticalOnly when the receiver refuses to record the withdrawal", func() {
+		lowersBeforeAsking(v1.TierCriticalOnly, "refusing")
+	})
+
+	It("stops the collector when the receiver refuses to record the withdrawal", func() {
+		lowersBeforeAsking(v1.TierOff, "refusing")
+	})
+
+	It("keeps a withdrawal it enforced when the receiver's record cannot be used", func() {
+		lowersBeforeAsking(v1.TierCriticalOnly, "garbled")
+	})
+
+	// The copy in status lags the receiver's record (status writes lost: a withdrawal and the
+	// raise after it, or only the raise, are in the record and in the running collector's
+	// configuration, not in status). Consent is then lowered to CriticalOnly, and the receiver
+	// refuses to record it, so the reconcile ends at the ledger step. The collector is lowered
+	// before the record is read back and must keep the withdrawal meanwhile; once the record is
+	// read, the configuration follows it (the raise included: a granted period counted as
+	// CriticalOnly would have its events both sent and aggregated).
+	copyLagsRecord := func(withdrawTo v1.ConsentTier, keep int) {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "lagging")
+		instance := instanceOf(ns, "lagging")
+		fakeClock.Step(time.Minute)
+		updatePolicy(ctx, ns, "lagging", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = withdrawTo })
+		Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }).Should(Equal(consentv1.Tier(withdrawTo)))
+		if withdrawTo == v1.TierOff {
+			collectGarbage(ctx, ns, "lagging")
+		} else {
+			rollOut(ctx, ns, "lagging")
+		}
+		Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "lagging").Status.EffectiveTier }).Should(Equal(withdrawTo))
+		fakeClock.Step(time.Minute)
+		updatePolicy(ctx, ns, "lagging", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
+		Eventually(func() v1.ConsentTier { return configOf(ctx, ns, "lagging").Tier }, 20*time.Second).Should(Equal(v1.TierEventLevel))
+		rollOutUntilReady(ctx, ns, "lagging")
+		tl := ledgerOf(ctx, instance).Timeline
+		Expect(tl).To(HaveLen(3))
+		withdrawal, raise := tl[1], tl[2]
+		Expect(configOf(ctx, ns, "lagging").Consent.TierAt(withdrawal.At.Add(time.Second))).To(Equal(consentv1.Tier(withdrawTo)))
+
+		stopManager()
+		restarted := false
+		DeferCleanup(func() {
+			if !restarted {
+				startManager()
+			}
+		})
+		p := getPolicy(ctx, ns, "lagging")
+		p.Status.ConsentHistory = p.Status.ConsentHistory[:keep]
+		Expect(k8s.Status().Update(ctx, p)).To(Succeed())
+		fakeClock.Step(time.Minute)
+		updatePolicy(ctx, ns, "lagging", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+
+		keepsWithdrawal := func() error {
+			if c := configOf(ctx, ns, "lagging"); c.Consent.TierAt(withdrawal.At.Add(time.Second)) != consentv1.Tier(withdrawTo) {
+				return fmt.Errorf("the withdrawal is gone from the collector's filter: %v", c.Consent)
+			}
+			return nil
+		}
+		l := &askingLedger{ConsentLedger: testLedger(), receiver: "refusing", lowered: keepsWithdrawal}
+		r := directReconciler(noWatch{k8s})
+		r.Ledger = l
+		_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "lagging"}})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(l.calls).NotTo(BeEmpty())
+		Expect(l.early).To(BeEmpty())
+		Expect(conditionStatus(ctx, ns, "lagging", v1.ConditionStalled)()).To(Equal("Stalled=True/LedgerRefused"))
+		c := configOf(ctx, ns, "lagging")
+		Expect(c.Tier).To(Equal(v1.TierCriticalOnly), "the collector is lowered")
+		Expect(keepsWithdrawal()).To(Succeed())
+		Expect(c.Consent.TierAt(raise.At.Add(time.Second))).To(Equal(consentv1.TierEventLevel), "the record's raise, not the copy's lag: %v", c.Consent)
+		Expect(c.Consent.Current()).To(Equal(consentv1.TierCriticalOnly))
+
+		restarted = true
+		startManager()
+		Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }).Should(Equal(consentv1.TierCriticalOnly))
+		Eventually(func() consentv1.Tier { return configOf(ctx, ns, "lagging").Consent.Current() }).Should(Equal(consentv1.TierCriticalOnly))
+		Expect(keepsWithdrawal()).To(Succeed())
+		Expect(configOf(ctx, ns, "lagging").Consent.TierAt(raise.At.Add(time.Second))).To(Equal(consentv1.TierEventLevel))
+	}
+
+	It("keeps the running collector's restrictions when lowering it from a copy that lags the record", func() {
+		copyLagsRecord(v1.TierOff, 1)
+	})
+
+	It("writes the lowered collector's configuration from the record once read, when the copy lacks a raise", func() {
+		copyLagsRecord(v1.TierCriticalOnly, 2)
+	})
+
 	It("lowers the collector at once when the receiver is unreachable, and reports it only once the receiver records it", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "offline")
@@ -998,6 +1155,61 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Expect(tl[len(tl)-1].At).To(BeTemporally("==", off.At), "dated when consent was withdrawn, not when the loss was noticed")
 		})
 
+		It("records a lost withdrawal again while the policy is suspended", func() {
+			ns := newNamespace(ctx)
+			readyPolicy(ctx, ns, "paused")
+			instance := instanceOf(ns, "paused")
+			updatePolicy(ctx, ns, "paused", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+			Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }).Should(Equal(consentv1.TierCriticalOnly))
+			rollOut(ctx, ns, "paused")
+			Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "paused").Status.EffectiveTier }).Should(Equal(v1.TierCriticalOnly))
+			withdrawn := ledgerOf(ctx, instance).Timeline[1]
+			updatePolicy(ctx, ns, "paused", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true })
+			Eventually(conditionStatus(ctx, ns, "paused", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
+
+			dropLastTransitions(instance, 1)
+			fakeClock.Step(11 * time.Minute)
+			requestReconcile(ctx, ns, "paused")
+			Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }).Should(Equal(consentv1.TierCriticalOnly))
+			tl := ledgerOf(ctx, instance).Timeline
+			Expect(tl).To(HaveLen(2))
+			Expect(tl[1].At).To(BeTemporally("==", withdrawn.At), "dated when consent was withdrawn, not when the loss was noticed")
+			Expect(getPolicy(ctx, ns, "paused").Spec.Suspend).To(BeTrue())
+		})
+
+		It("adopts nothing of a record nobody owns while the policy is suspended, and claims nothing", func() {
+			ns := newNamespace(ctx)
+			readyPolicy(ctx, ns, "held")
+			instance := instanceOf(ns, "held")
+			fakeClock.Step(time.Minute)
+			updatePolicy(ctx, ns, "held", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+			Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }).Should(Equal(consentv1.TierCriticalOnly))
+			Eventually(func() string { return templateTierOf(ctx, ns, "held") }).Should(Equal(string(v1.TierCriticalOnly)))
+			rollOut(ctx, ns, "held")
+			Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "held").Status.EffectiveTier }).Should(Equal(v1.TierCriticalOnly))
+			updatePolicy(ctx, ns, "held", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true })
+			Eventually(conditionStatus(ctx, ns, "held", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
+			history := getPolicy(ctx, ns, "held").Status.ConsentHistory
+
+			By("the instance handed over at the receiver: released, recorded by another policy, released again")
+			stopManager()
+			ours := ledgerOf(ctx, instance).Owner
+			Expect(rcv.Store.Release(ctx, testCluster, consentv1.ReleaseRequest{InstanceID: instance, Owner: ours})).To(Succeed())
+			theirs := consentv1.Owner{Namespace: "elsewhere", Name: "next"}
+			fakeClock.Step(time.Minute)
+			_, err := rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance, Owner: theirs,
+				Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierEventLevel, Reason: "Declared"}})
+			Expect(err).NotTo(HaveOccurred())
+			Expect(rcv.Store.Release(ctx, testCluster, consentv1.ReleaseRequest{InstanceID: instance, Owner: theirs})).To(Succeed())
+			before := ledgerOf(ctx, instance)
+
+			fakeClock.Step(11 * time.Minute)
+			startManager()
+			requestReconcile(ctx, ns, "held")
+			Consistently(func() consentv1.State { return ledgerOf(ctx, instance) }, "3s").Should(Equal(before), "nothing recorded, nothing claimed")
+			Expect(getPolicy(ctx, ns, "held").Status.ConsentHistory).To(Equal(history), "the other policy's history is not this policy's")
+		})
+
 		It("keeps an Off period Off when the receiver loses it while a raise waits", func() {
 			ns := newNamespace(ctx)
 			readyPolicy(ctx, ns, "regrant")
@@ -1282,4 +1494,46 @@ func (l *failingRelease) Record(ctx context.Context, req consentv1.RecordRequest
 
 func (l *failingRelease) Release(context.Context, consentv1.ReleaseRequest) error {
 	return ledger.ErrUnavailable
+}
+
+// askingLedger stands for a receiver that never answers ("silent": every call ends as the
+// client's timeout does), refuses to record ("refusing": it answers reads) or also answers
+// reads with a record the operator cannot use ("garbled"), noting each call made before the
+// collector was lowered.
+type askingLedger struct {
+	controllers.ConsentLedger
+	receiver string
+	lowered  func() error
+	calls    []string
+	early    []string
+}
+
+func (l *askingLedger) asked(call string) {
+	l.calls = append(l.calls, call)
+	if err := l.lowered(); err != nil {
+		l.early = append(l.early, fmt.Sprintf("%s: %v", call, err))
+	}
+}
+
+func (l *askingLedger) State(ctx context.Context, instance string) (consentv1.State, error) {
+	l.asked("State")
+	switch l.receiver {
+	case "silent":
+		return consentv1.State{}, fmt.Errorf("%w: context deadline exceeded (Client.Timeout exceeded while awaiting headers)", ledger.ErrUnavailable)
+	case "garbled":
+		s, err := l.ConsentLedger.State(ctx, instance)
+		if err == nil && len(s.Timeline) > 0 {
+			s.Timeline[0].Tier = "Everything" // a record the operator cannot use
+		}
+		return s, err
+	}
+	return l.ConsentLedger.State(ctx, instance)
+}
+
+func (l *askingLedger) Record(_ context.Context, req consentv1.RecordRequest) (consentv1.State, error) {
+	l.asked("Record " + string(req.Transition.Tier))
+	if l.receiver == "silent" {
+		return consentv1.State{}, fmt.Errorf("%w: context deadline exceeded (Client.Timeout exceeded while awaiting headers)", ledger.ErrUnavailable)
+	}
+	return consentv1.State{}, fmt.Errorf("%w: 422 the transition is not allowed", ledger.ErrRejected)
 }

@@ -181,6 +181,14 @@ type reconcileState struct {
 	pending consentv1.Timeline
 	// planned: the ledger's state was known and what to change was decided.
 	planned bool
+	// readBackDue: the plan was made from the operator's copy alone, to lower the collector
+	// before the receiver is asked; the ledger step reads the record back and plans again,
+	// from beforeReadBack (the pending lowerings as they were before that plan).
+	readBackDue    bool
+	beforeReadBack consentv1.Timeline
+	// loweredBeforeReadBack: the collector's configuration was lowered from that plan (with a
+	// collector running, or not); once the record is read it is written from the record.
+	loweredBeforeReadBack *bool
 	// claim: the receiver's record has no owner; recording the tier in force claims it.
 	claim bool
 	// recordLost: the receiver's record lacks transitions it acknowledged before; they are
@@ -235,6 +243,9 @@ func (st *reconcileState) requeue(t *time.Time) {
 type step struct {
 	name string
 	run  func(context.Context, *reconcileState) error
+	// thenLedger: should this step fail or stall, the consent-ledger step still runs before the
+	// reconcile ends (a withdrawal reaches the receiver even if lowering the collector fails).
+	thenLedger bool
 }
 
 // Reconcile runs the steps in order and patches status once at the end, only if it changed.
@@ -309,22 +320,25 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 	}()
 
-	// The ledger is written before the collector is lowered, and neither waits on the other:
-	// a withdrawal reaches the receiver even if lowering the collector fails, and the collector
-	// is lowered even if the receiver is unreachable.
+	// The collector is lowered before the receiver is asked anything, and the receiver is
+	// asked even if lowering fails: neither waits on the other. A withdrawal reaches the
+	// receiver even if lowering the collector fails, and the collector is lowered even if the
+	// receiver is unreachable, never answers (each call waits for the client's timeout), or
+	// refuses the record.
 	steps := []step{
-		{"namespace", r.checkNamespace},
-		{"consent", r.reconcileConsent},
-		{"consent-ledger", r.syncLedger},
-		{"namespace-hold", r.holdOutside},
-		{"enforce-downgrade", r.enforceDowngrade},
-		{"allowed", r.checkAllowed},
-		{"pseudonym-key", r.reconcilePseudonymKey},
-		{"config", r.reconcileConfig},
-		{"workload", r.reconcileWorkload},
-		{"observe", r.observe},
+		{name: "namespace", run: r.checkNamespace},
+		{name: "consent", run: r.reconcileConsent},
+		{name: "enforce-downgrade", run: r.enforceDowngrade, thenLedger: true},
+		{name: "consent-ledger", run: r.syncLedger},
+		{name: "namespace-hold", run: r.holdOutside},
+		{name: "allowed", run: r.checkAllowed},
+		{name: "pseudonym-key", run: r.reconcilePseudonymKey},
+		{name: "config", run: r.reconcileConfig},
+		{name: "workload", run: r.reconcileWorkload},
+		{name: "observe", run: r.observe},
 	}
 	var stepErr error
+	ending := false // a thenLedger step failed or stalled: the next step is the last
 	for _, s := range steps {
 		began := r.Clock.Now()
 		err := s.run(ctx, st)
@@ -337,11 +351,18 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		if err != nil {
 			r.Metrics.ReconcileErrors.WithLabelValues(s.name).Inc()
 			r.event(p, corev1.EventTypeWarning, "ReconcileFailed", s.name, "step %s failed: %v", s.name, err)
-			stepErr = fmt.Errorf("step %s: %w", s.name, err)
+			if stepErr == nil {
+				stepErr = fmt.Errorf("step %s: %w", s.name, err)
+			}
+		}
+		if ending {
 			break
 		}
-		if st.stalled.reason != "" {
-			break
+		if err != nil || st.stalled.reason != "" {
+			if !s.thenLedger {
+				break
+			}
+			ending = true
 		}
 	}
 	// An erasure does not depend on the collector: a stalled or failed collector step, or
@@ -368,9 +389,11 @@ func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *re
 	r.startLedger(st)
 	st.ledgerKnown = len(st.timeline) > 0
 	st.intent = d.Effective
-	defer func() { // the receiver's record is read back periodically (planTransition, below)
-		next := r.nextVerification(p)
-		st.requeue(&next)
+	defer func() { // the receiver's record is read back periodically (planTransition)
+		if !st.readBackDue { // else once it is read (replan)
+			next := r.nextVerification(p)
+			st.requeue(&next)
+		}
 	}()
 	if p.Spec.Suspend {
 		inForce := p.Status.EffectiveTier
@@ -379,13 +402,16 @@ func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *re
 		}
 		if inForce != "" && d.Effective.Rank() < inForce.Rank() {
 			log.FromContext(ctx).Info("suspended, but enforcing a consent downgrade", "tier", d.Effective, "from", inForce)
-			return r.planTransition(ctx, st)
+			return r.planLocally(ctx, st)
 		}
 		st.mutate = false
 		st.intent = p.Status.EffectiveTier
+		// Nothing is planned, but the record is still read back when due (in the ledger
+		// step): withdrawals the receiver lost are recorded again while suspended too.
+		st.readBackDue, st.beforeReadBack = r.verifyDue(p), slices.Clone(st.pending)
 		return nil
 	}
-	return r.planTransition(ctx, st)
+	return r.planLocally(ctx, st)
 }
 
 func contractBasis(p *v1.TelemetryPolicy) v1.ContractBasis {

@@ -112,6 +112,9 @@ func TestVerificationRequeuedWhenDue(t *testing.T) {
 		if err := r.reconcileConsent(context.Background(), st); err != nil {
 			t.Fatal(err)
 		}
+		if err := r.replan(context.Background(), st); err != nil { // the ledger step's read-back
+			t.Fatal(err)
+		}
 		return slices.MinFunc(st.requeueAt, func(a, b time.Time) int { return a.Compare(b) })
 	}
 	if got, want := reconcile(), start.Add(10*time.Minute); !got.Equal(want) {
@@ -271,5 +274,99 @@ func TestRememberedAcrossWrites(t *testing.T) {
 	r.noteStatusWritten(recorded)
 	if st := start(); st.timeline.Current() != consentv1.TierEventLevel {
 		t.Fatalf("a copy status holds is not remembered any longer: %v", st.timeline)
+	}
+}
+
+// TestLowest: the lower of two timelines at every moment, checked against TierAt of both at
+// every instant that matters (each change, just before and after it, long after).
+func TestLowest(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	at := func(m int) time.Time { return t0.Add(time.Duration(m) * time.Minute) }
+	tl := func(pairs ...any) consentv1.Timeline {
+		var out consentv1.Timeline
+		for i := 0; i < len(pairs); i += 2 {
+			out = append(out, consentv1.Transition{At: at(pairs[i].(int)), Tier: pairs[i+1].(consentv1.Tier)})
+		}
+		return out
+	}
+	el, co, off := consentv1.TierEventLevel, consentv1.TierCriticalOnly, consentv1.TierOff
+	cases := []struct {
+		name string
+		a, b consentv1.Timeline
+	}{
+		{"an Off window only the running configuration holds", tl(0, el, 30, co), tl(0, el, 10, off, 20, el)},
+		{"the copy lowers, the running one lowered earlier", tl(0, el, 30, co), tl(0, el, 10, co)},
+		{"granted later in one", tl(5, el), tl(0, el)},
+		{"one empty", tl(0, el, 10, co), nil},
+		{"both empty", nil, nil},
+		{"same instant, different tiers", tl(0, el, 10, off), tl(0, co, 10, el)},
+		{"equal", tl(0, el, 10, off, 20, co), tl(0, el, 10, off, 20, co)},
+	}
+	for _, c := range cases {
+		got := lowest(c.a, c.b)
+		if err := got.Validate(); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		for i := 1; i < len(got); i++ {
+			if got[i].Tier == got[i-1].Tier {
+				t.Fatalf("%s: %v repeats a tier", c.name, got)
+			}
+		}
+		var probes []time.Time
+		for _, tr := range slices.Concat(c.a, c.b) {
+			probes = append(probes, tr.At.Add(-time.Second), tr.At, tr.At.Add(time.Second))
+		}
+		probes = append(probes, at(-60), at(600))
+		for _, ts := range probes {
+			want := c.a.TierAt(ts)
+			if tb := c.b.TierAt(ts); tb.Rank() < want.Rank() {
+				want = tb
+			}
+			if g := got.TierAt(ts); g != want {
+				t.Fatalf("%s: at %s got %s, want %s (a %v, b %v, lowest %v)", c.name, ts.Format(time.TimeOnly), g, want, c.a, c.b, got)
+			}
+		}
+	}
+	if got := lowest(tl(0, el, 30, co), tl(0, el, 10, off, 20, el)); got.TierAt(at(15)) != off || got.TierAt(at(25)) != el || got.Current() != co {
+		t.Fatalf("the Off window is kept and the copy's lowering after it: %v", got)
+	}
+	// Lowered in the instant consent was granted: the same consent as the running
+	// configuration's, written differently. The copy stands as it is (a configuration rewritten
+	// each reconcile would roll the collector each time).
+	tied := tl(0, el, 0, co)
+	if got := lowest(tied, tl(0, co)); !slices.Equal(got, tied) {
+		t.Fatalf("nothing lower in b: got %v, want a itself %v", got, tied)
+	}
+}
+
+// TestReadBackDropsWithdrawalsInForce: a pending withdrawal to a tier the receiver's record
+// already has in force since earlier (the copy in status lagged it) is no withdrawal: it is not
+// shown as pending nor recorded again; one that lowers further is kept.
+func TestReadBackDropsWithdrawalsInForce(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	at := func(m int) time.Time { return start.Add(time.Duration(m) * time.Minute) }
+	clock := clocktesting.NewFakeClock(at(60))
+	copyOf := consentv1.Timeline{{At: at(0), Tier: consentv1.TierEventLevel}}
+	record := consentv1.Timeline{{At: at(0), Tier: consentv1.TierEventLevel}, {At: at(10), Tier: consentv1.TierCriticalOnly}}
+	for _, c := range []struct {
+		pending consentv1.Timeline
+		want    int
+	}{
+		{consentv1.Timeline{{At: at(20), Tier: consentv1.TierCriticalOnly}}, 0},
+		{consentv1.Timeline{{At: at(20), Tier: consentv1.TierOff}}, 1},
+		{consentv1.Timeline{{At: at(20), Tier: consentv1.TierCriticalOnly}, {At: at(30), Tier: consentv1.TierOff}}, 1},
+	} {
+		led := &slowLedger{clock: clock, state: consentv1.State{InstanceID: "i", Timeline: record}}
+		r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+		p := &v1.TelemetryPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1}}
+		p.Spec.InstanceID = "i"
+		p.Status.ConsentHistory = historyOf(copyOf)
+		st := &reconcileState{policy: p, mutate: true, intent: v1.TierOff, timeline: copyOf, pending: c.pending}
+		if !r.readBack(context.Background(), st) {
+			t.Fatal("the record is usable")
+		}
+		if len(st.pending) != c.want || c.want > 0 && st.pending[len(st.pending)-1].Tier != consentv1.TierOff {
+			t.Fatalf("pending %v against the record %v: got %v, want %d ending Off", c.pending, record, st.pending, c.want)
+		}
 	}
 }
