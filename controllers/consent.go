@@ -322,6 +322,10 @@ func (r *TelemetryPolicyReconciler) planLocally(ctx context.Context, st *reconci
 	}
 	st.readBackDue, st.beforeReadBack = true, slices.Clone(st.pending)
 	r.plan(st)
+	if n := len(st.pending); n > len(st.beforeReadBack) {
+		l := st.pending[n-1]
+		st.lowering = &l
+	}
 	return nil
 }
 
@@ -454,6 +458,11 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	}
 	tr := consentv1.Transition{At: at.UTC(), Tier: consentv1.Tier(st.intent), Reason: reason, Basis: string(contractBasis(p))}
 	if len(local) > 0 && tr.Tier.Rank() < from.Rank() {
+		if l := st.lowering; l != nil && l.Tier == tr.Tier && l.At.Before(tr.At) && !l.At.Before(lastAt) {
+			// Planned again once the record was read back: dated as when the collector was
+			// lowered (a withdrawal dated "now" would otherwise move by the read's duration).
+			tr.At, tr.Reason = l.At, l.Reason
+		}
 		if next, add, err := consentv1.Next(local, tr, now); err == nil && add {
 			st.pending = append(st.pending, next)
 		}
@@ -506,7 +515,13 @@ func pendingOf(timeline, pending consentv1.Timeline) []v1.ConsentChange {
 // configTimeline is the timeline the collector filters by: the ledger's, plus the lowerings
 // enforced locally that the receiver has not recorded yet (never a raise: that waits for the
 // receiver).
-func (st *reconcileState) configTimeline() consentv1.Timeline { return st.localTimeline() }
+func (st *reconcileState) configTimeline() consentv1.Timeline {
+	// No more of the ledger than the copy in status keeps (before it, Off): written from the
+	// record after a read-back or from the copy, the configuration is the same, and the
+	// collector is not rolled for nothing.
+	t := st.timeline.Tail(MaxConsentHistory)
+	return append(t[:len(t):len(t)], st.pending...)
+}
 
 // enforceDowngrade runs before every step that could stall (the receiver, the pseudonym key,
 // credentials): when the decided tier is below what a collector may be running, the collector
@@ -821,6 +836,7 @@ func (r *TelemetryPolicyReconciler) writeConfig(ctx context.Context, st *reconci
 // foreground, found by a live read; once it is gone, its credentials and RBAC are removed.
 func (r *TelemetryPolicyReconciler) stopCollector(ctx context.Context, st *reconcileState) error {
 	p := st.policy
+	st.loweredBeforeReadBack = nil // stopped: the Off configuration stands
 	names := resources.NamesFor(p.Name)
 	cm := &corev1.ConfigMap{}
 	var configErr error

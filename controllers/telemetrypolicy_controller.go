@@ -189,6 +189,9 @@ type reconcileState struct {
 	// loweredBeforeReadBack: the collector's configuration was lowered from that plan (with a
 	// collector running, or not); once the record is read it is written from the record.
 	loweredBeforeReadBack *bool
+	// lowering: the withdrawal that plan added (dated), which the plan after the read-back
+	// keeps the date of.
+	lowering *consentv1.Transition
 	// claim: the receiver's record has no owner; recording the tier in force claims it.
 	claim bool
 	// recordLost: the receiver's record lacks transitions it acknowledged before; they are

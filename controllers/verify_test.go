@@ -370,3 +370,85 @@ func TestReadBackDropsWithdrawalsInForce(t *testing.T) {
 		}
 	}
 }
+
+// ownLedger is a slowLedger speaking for cluster "c", whose record this policy owns.
+type ownLedger struct{ slowLedger }
+
+func (l *ownLedger) Cluster() string { return "c" }
+
+// TestWithdrawalKeepsItsDateAcrossTheReadBack: a withdrawal with no write to date it (dated
+// now) is given to the collector before the record is read back; planned again after a read
+// that took 30 s, it keeps the date the collector was lowered at, not the read's end.
+func TestWithdrawalKeepsItsDateAcrossTheReadBack(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	clock := clocktesting.NewFakeClock(start)
+	granted := start.Add(-time.Hour)
+	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
+	led := &ownLedger{slowLedger{clock: clock, state: consentv1.State{InstanceID: "i", Timeline: timeline,
+		Owner: consentv1.Owner{Cluster: "c", Namespace: "a", Name: "p", UID: "u"}}}}
+	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+	accepted, expires := metav1.NewTime(start.Add(-24*time.Hour)), metav1.NewTime(start.Add(7*24*time.Hour))
+	p := &v1.TelemetryPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 2},
+		Spec: v1.TelemetryPolicySpec{
+			InstanceID: "i",
+			Consent:    v1.ConsentSpec{Tier: v1.TierCriticalOnly},
+			Contract: &v1.ContractSpec{
+				Basis: v1.BasisSelfServeTrial, Reference: "0065e00000AbCdEf", CloudTermsVersion: "2024-06-01",
+				AcceptedAt: &accepted, ExpiresAt: &expires, UserLevelEventDataApproved: true,
+			},
+		},
+	}
+	p.Status.ConsentHistory = historyOf(timeline)
+	p.Status.EffectiveTier = v1.TierEventLevel
+	st := &reconcileState{policy: p, mutate: true}
+	if err := r.reconcileConsent(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	if !st.readBackDue || len(st.pending) != 1 || !st.pending[0].At.Equal(start) {
+		t.Fatalf("planned from the copy before the read-back: due=%v pending %v, want CriticalOnly at %s", st.readBackDue, st.pending, start)
+	}
+	led.took = 30 * time.Second
+	if err := r.replan(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.pending) != 1 || st.pending[0].Tier != consentv1.TierCriticalOnly || !st.pending[0].At.Equal(start) {
+		t.Fatalf("after a 30 s read-back: pending %v, want CriticalOnly at %s (when the collector was lowered)", st.pending, start)
+	}
+}
+
+// TestConfigTimelineSameFromRecordAndCopy: the collector's configuration written from the
+// receiver's record (after a read-back) and from the copy in status (which keeps the newest
+// MaxConsentHistory transitions) is the same, so the collector is not rolled at every read-back
+// of an instance with a long history.
+func TestConfigTimelineSameFromRecordAndCopy(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	var record consentv1.Timeline
+	for i := range MaxConsentHistory + 5 {
+		tier := consentv1.TierEventLevel
+		if i%2 == 1 {
+			tier = consentv1.TierCriticalOnly
+		}
+		record = append(record, consentv1.Transition{At: start.Add(time.Duration(i) * time.Minute), Tier: tier, Reason: "Declared"})
+	}
+	pending := consentv1.Timeline{{At: start.Add(time.Hour), Tier: consentv1.TierOff}}
+	type point struct {
+		at   time.Time
+		tier consentv1.Tier
+	}
+	points := func(tl consentv1.Timeline) []point {
+		var out []point
+		for _, tr := range tl {
+			out = append(out, point{tr.At.UTC(), tr.Tier})
+		}
+		return out
+	}
+	fromRecord := (&reconcileState{timeline: record, pending: pending}).configTimeline()
+	fromCopy := (&reconcileState{timeline: timelineOf(historyOf(record)), pending: pending}).configTimeline()
+	if !slices.Equal(points(fromRecord), points(fromCopy)) {
+		t.Fatalf("from the record %v\nfrom the copy %v", points(fromRecord), points(fromCopy))
+	}
+	if fromRecord.Current() != consentv1.TierOff || len(fromRecord) != MaxConsentHistory+1 {
+		t.Fatalf("the newest %d transitions and the pending withdrawal: %v", MaxConsentHistory, points(fromRecord))
+	}
+}
