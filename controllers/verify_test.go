@@ -92,20 +92,7 @@ func TestVerificationRequeuedWhenDue(t *testing.T) {
 	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
 	led := &slowLedger{clock: clock, state: consentv1.State{InstanceID: "i", Timeline: timeline}}
 	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
-	accepted, expires := metav1.NewTime(start.Add(-24*time.Hour)), metav1.NewTime(start.Add(7*24*time.Hour))
-	p := &v1.TelemetryPolicy{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1},
-		Spec: v1.TelemetryPolicySpec{
-			InstanceID: "i",
-			Consent:    v1.ConsentSpec{Tier: v1.TierEventLevel},
-			Contract: &v1.ContractSpec{
-				Basis: v1.BasisSelfServeTrial, Reference: "0065e00000AbCdEf", CloudTermsVersion: "2024-06-01",
-				AcceptedAt: &accepted, ExpiresAt: &expires, UserLevelEventDataApproved: true,
-			},
-		},
-	}
-	p.Status.ConsentHistory = historyOf(timeline)
-	p.Status.EffectiveTier = v1.TierEventLevel
+	p := trialPolicy(start, v1.TierEventLevel, timeline)
 	reconcile := func() time.Time {
 		t.Helper()
 		st := &reconcileState{policy: p}
@@ -387,20 +374,7 @@ func TestWithdrawalKeepsItsDateAcrossTheReadBack(t *testing.T) {
 	led := &ownLedger{slowLedger{clock: clock, state: consentv1.State{InstanceID: "i", Timeline: timeline,
 		Owner: consentv1.Owner{Cluster: "c", Namespace: "a", Name: "p", UID: "u"}}}}
 	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
-	accepted, expires := metav1.NewTime(start.Add(-24*time.Hour)), metav1.NewTime(start.Add(7*24*time.Hour))
-	p := &v1.TelemetryPolicy{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 2},
-		Spec: v1.TelemetryPolicySpec{
-			InstanceID: "i",
-			Consent:    v1.ConsentSpec{Tier: v1.TierCriticalOnly},
-			Contract: &v1.ContractSpec{
-				Basis: v1.BasisSelfServeTrial, Reference: "0065e00000AbCdEf", CloudTermsVersion: "2024-06-01",
-				AcceptedAt: &accepted, ExpiresAt: &expires, UserLevelEventDataApproved: true,
-			},
-		},
-	}
-	p.Status.ConsentHistory = historyOf(timeline)
-	p.Status.EffectiveTier = v1.TierEventLevel
+	p := trialPolicy(start, v1.TierCriticalOnly, timeline)
 	st := &reconcileState{policy: p, mutate: true}
 	if err := r.reconcileConsent(context.Background(), st); err != nil {
 		t.Fatal(err)
@@ -451,4 +425,24 @@ func TestConfigTimelineSameFromRecordAndCopy(t *testing.T) {
 	if fromRecord.Current() != consentv1.TierOff || len(fromRecord) != MaxConsentHistory+1 {
 		t.Fatalf("the newest %d transitions and the pending withdrawal: %v", MaxConsentHistory, points(fromRecord))
 	}
+}
+
+// trialPolicy is policy a/p of instance i on a self-serve trial accepted a day before start,
+// declaring tier, whose copy in status is timeline (EventLevel in force).
+func trialPolicy(start time.Time, tier v1.ConsentTier, timeline consentv1.Timeline) *v1.TelemetryPolicy {
+	accepted, expires := metav1.NewTime(start.Add(-24*time.Hour)), metav1.NewTime(start.Add(7*24*time.Hour))
+	p := &v1.TelemetryPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1},
+		Spec: v1.TelemetryPolicySpec{
+			InstanceID: "i",
+			Consent:    v1.ConsentSpec{Tier: tier},
+			Contract: &v1.ContractSpec{
+				Basis: v1.BasisSelfServeTrial, Reference: "0065e00000AbCdEf", CloudTermsVersion: "2024-06-01",
+				AcceptedAt: &accepted, ExpiresAt: &expires, UserLevelEventDataApproved: true,
+			},
+		},
+	}
+	p.Status.ConsentHistory = historyOf(timeline)
+	p.Status.EffectiveTier = v1.TierEventLevel
+	return p
 }
