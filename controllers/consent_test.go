@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -39,6 +40,7 @@ import (
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/controllers"
 	"github.com/sourcegraph/telemetry-operator/internal/ledger"
+	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/readonce"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
@@ -492,6 +494,65 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 
 	It("stops the collector when the receiver refuses to record the withdrawal", func() {
 		lowersBeforeAsking(v1.TierOff, "refusing")
+	})
+
+	It("lowers the collector within seconds when the receiver accepts connections and never answers (the real client)", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "blackholed")
+		stopManager()
+		DeferCleanup(startManager)
+		fakeClock.Step(time.Minute)
+		updatePolicy(ctx, ns, "blackholed", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierCriticalOnly })
+
+		// A receiver address that accepts TCP connections and never says a word: the TLS
+		// handshake, and so each ledger call, waits for the client's 30 s timeout.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		Expect(err).NotTo(HaveOccurred())
+		var mu sync.Mutex
+		var held []net.Conn
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				held = append(held, c)
+				mu.Unlock()
+			}
+		}()
+		DeferCleanup(func() {
+			_ = ln.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			for _, c := range held {
+				_ = c.Close()
+			}
+		})
+		silent, err := ledger.New("https://"+ln.Addr().String(), testCluster, pki.NewHolder(mustIssuer()), nil)
+		Expect(err).NotTo(HaveOccurred())
+		r := directReconciler(noWatch{k8s})
+		r.Ledger = silent
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer GinkgoRecover()
+			defer close(done)
+			_, _ = r.Reconcile(rctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "blackholed"}})
+		}()
+		Eventually(func() error {
+			if c := configOf(ctx, ns, "blackholed"); c.Tier != v1.TierCriticalOnly {
+				return fmt.Errorf("configuration at %s", c.Tier)
+			}
+			if t := templateTierOf(ctx, ns, "blackholed"); t != string(v1.TierCriticalOnly) {
+				return fmt.Errorf("pods configured for %q", t)
+			}
+			return nil
+		}, 10*time.Second, 50*time.Millisecond).Should(Succeed(), "lowered while the first ledger call still waits")
+		Eventually(func() int { mu.Lock(); defer mu.Unlock(); return len(held) }).Should(BeNumerically(">=", 1), "the receiver was asked (and holds the call)")
+		Consistently(done, "500ms").ShouldNot(BeClosed(), "the reconcile is still waiting on the receiver")
+		cancel()
+		Eventually(done, 10*time.Second).Should(BeClosed())
 	})
 
 	It("keeps a withdrawal it enforced when the receiver's record cannot be used", func() {
