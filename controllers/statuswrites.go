@@ -117,7 +117,7 @@ func unkept(history []v1.ConsentChange, p *v1.TelemetryPolicy) []v1.ConsentChang
 	if len(history) == 0 {
 		return nil
 	}
-	if _, holds := lostWithdrawals(history, timelineOf(p.Status.ConsentHistory)); holds {
+	if holdsCopy(p.Status.ConsentHistory, history) {
 		return nil
 	}
 	return history
@@ -161,7 +161,7 @@ func (r *TelemetryPolicyReconciler) pendingWithdrawals(st *reconcileState) conse
 func (r *TelemetryPolicyReconciler) startLedger(st *reconcileState) {
 	p := st.policy
 	if _, history := r.unwrittenOf(p); len(history) > 0 {
-		if _, holds := lostWithdrawals(p.Status.ConsentHistory, timelineOf(history)); holds {
+		if holdsCopy(history, p.Status.ConsentHistory) {
 			p.Status.ConsentHistory = slices.Clone(history)
 		}
 	}
@@ -186,4 +186,21 @@ func lowerings(timeline, pending consentv1.Timeline) consentv1.Timeline {
 		cur = tr.Tier
 	}
 	return out
+}
+
+// holdsCopy reports whether the ledger copy newer holds the copy older (possibly followed by
+// later transitions). Each keeps only the newest MaxConsentHistory transitions: entries of older
+// dated before newer's first, when newer is full, fell out of its window; they are not lost.
+func holdsCopy(newer, older []v1.ConsentChange) bool {
+	if len(newer) == 0 {
+		return len(older) == 0
+	}
+	if len(newer) >= MaxConsentHistory {
+		first := newer[0].Time
+		for len(older) > 0 && older[0].Time.Before(&first) {
+			older = older[1:]
+		}
+	}
+	_, holds := lostWithdrawals(older, timelineOf(newer))
+	return holds
 }

@@ -446,3 +446,39 @@ func trialPolicy(start time.Time, tier v1.ConsentTier, timeline consentv1.Timeli
 	p.Status.EffectiveTier = v1.TierEventLevel
 	return p
 }
+
+// TestRememberedCopyOfAFullHistory: status keeps the newest MaxConsentHistory transitions. A
+// failed status write after the receiver recorded one more leaves a remembered copy that no
+// longer holds status's oldest entry (it fell out of the window): it still holds status's copy,
+// and the next reconcile starts from it, the withdrawal the receiver recorded included.
+func TestRememberedCopyOfAFullHistory(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	var record consentv1.Timeline
+	for i := range MaxConsentHistory + 1 {
+		tier := consentv1.TierEventLevel
+		if i%2 == 1 {
+			tier = consentv1.TierCriticalOnly
+		}
+		record = append(record, consentv1.Transition{At: start.Add(time.Duration(i) * time.Minute), Tier: tier, Reason: "Declared"})
+	}
+	withdrawal := record[len(record)-1] // CriticalOnly, recorded; status never got it
+	r := &TelemetryPolicyReconciler{}
+	p := &v1.TelemetryPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u"}}
+	p.Status.ConsentHistory = historyOf(record[:len(record)-1])
+	failed := p.DeepCopy()
+	failed.Status.ConsentHistory = historyOf(record)
+	r.noteStatusUnwritten(failed)
+
+	st := &reconcileState{policy: p}
+	r.startLedger(st)
+	if got := st.localTimeline(); got.Current() != withdrawal.Tier || !got[len(got)-1].At.Equal(withdrawal.At) {
+		t.Fatalf("the reconcile starts without the recorded withdrawal: %v", got)
+	}
+	if _, history := r.unwrittenOf(p); len(history) == 0 {
+		t.Fatal("the remembered copy is dropped before status holds it")
+	}
+	r.noteStatusWritten(failed)
+	if _, history := r.unwrittenOf(p); len(history) != 0 {
+		t.Fatal("status holds the remembered copy: it is forgotten")
+	}
+}
