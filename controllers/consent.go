@@ -903,10 +903,15 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 	}
 	defer func() { p.Status.PendingConsentChanges = pendingOf(st.timeline, st.pending) }()
 	if !st.mutate {
-		// Suspended: nothing is raised or changed, but a withdrawal is always recorded.
+		// Suspended: nothing is raised or changed, but a withdrawal is always recorded, and a
+		// record another policy claimed meanwhile stops the collector as it would unsuspended.
 		st.want = nil
 		r.flushLedger(ctx, st)
 		st.tier = p.Status.EffectiveTier
+		if errors.Is(st.ledgerErr, ledger.ErrOwnedElsewhere) {
+			st.tier = v1.TierOff
+			return r.holdOwnedElsewhere(ctx, st)
+		}
 		return nil
 	}
 	defer func() { st.tier = st.runnableTier() }()
@@ -933,17 +938,9 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		}
 		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionTrue, ReasonRecorded, msg)
 	case errors.Is(err, ledger.ErrOwnedElsewhere):
-		st.ownedElsewhere = true
-		st.recorded = v1.TierOff // nothing is recorded on this policy's behalf
-		msg := fmt.Sprintf("instance %q is claimed by another TelemetryPolicy at the receiver (%v). Nothing is collected for this policy; "+
-			"check spec.instanceID, or have the receiver's operators run `receiver consent show|release --instance %s`", p.Spec.InstanceID, err, p.Spec.InstanceID)
-		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonOwnedElsewhere, msg)
-		if st.outside == nil {
-			if err := r.stopCollector(ctx, st); err != nil {
-				return err
-			}
+		if err := r.holdOwnedElsewhere(ctx, st); err != nil {
+			return err
 		}
-		st.stall(ReasonOwnedElsewhere, msg)
 	case errors.Is(err, ledger.ErrStale):
 		// This reconcile worked from an outdated copy (the cache lagging the operator's own
 		// last update): nothing was applied; read the record again and start over.
@@ -971,6 +968,24 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 			return err
 		}
 	}
+	return nil
+}
+
+// holdOwnedElsewhere stops the collector of a policy whose instance record another policy
+// owns at the receiver (its data would be taken under that policy's consent) and says so.
+func (r *TelemetryPolicyReconciler) holdOwnedElsewhere(ctx context.Context, st *reconcileState) error {
+	p := st.policy
+	st.ownedElsewhere = true
+	st.recorded = v1.TierOff // nothing is recorded on this policy's behalf
+	msg := fmt.Sprintf("instance %q is claimed by another TelemetryPolicy at the receiver (%v). Nothing is collected for this policy; "+
+		"check spec.instanceID, or have the receiver's operators run `receiver consent show|release --instance %s`", p.Spec.InstanceID, st.ledgerErr, p.Spec.InstanceID)
+	setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonOwnedElsewhere, msg)
+	if st.outside == nil {
+		if err := r.stopCollector(ctx, st); err != nil {
+			return err
+		}
+	}
+	st.stall(ReasonOwnedElsewhere, msg)
 	return nil
 }
 

@@ -1271,6 +1271,34 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Expect(getPolicy(ctx, ns, "held").Status.ConsentHistory).To(Equal(history), "the other policy's history is not this policy's")
 		})
 
+		It("stops the collector of a suspended policy whose record another policy claimed meanwhile", func() {
+			ns := newNamespace(ctx)
+			readyPolicy(ctx, ns, "ceded")
+			instance := instanceOf(ns, "ceded")
+			updatePolicy(ctx, ns, "ceded", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true })
+			Eventually(conditionStatus(ctx, ns, "ceded", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
+
+			By("the instance released at the receiver and recorded by another policy")
+			Expect(rcv.Store.Release(ctx, testCluster, consentv1.ReleaseRequest{InstanceID: instance, Owner: ledgerOf(ctx, instance).Owner})).To(Succeed())
+			fakeClock.Step(time.Minute)
+			_, err := rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance, Owner: consentv1.Owner{Namespace: "elsewhere", Name: "next"},
+				Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierEventLevel, Reason: "Declared"}})
+			Expect(err).NotTo(HaveOccurred())
+			before := ledgerOf(ctx, instance)
+
+			By("the record read back while suspended")
+			fakeClock.Step(11 * time.Minute)
+			requestReconcile(ctx, ns, "ceded")
+			Eventually(conditionStatus(ctx, ns, "ceded", v1.ConditionStalled)).Should(Equal("Stalled=True/InstanceOwnedElsewhere"))
+			Expect(conditionStatus(ctx, ns, "ceded", v1.ConditionConsentRecorded)()).To(Equal("ConsentRecorded=False/InstanceOwnedElsewhere"))
+			collectGarbage(ctx, ns, "ceded")
+			Eventually(func() bool { _, err := deployment(ctx, ns, "ceded"); return apierrors.IsNotFound(err) }).Should(BeTrue(),
+				"its data would be taken under the other policy's consent")
+			Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "ceded").Status.EffectiveTier }).Should(Equal(v1.TierOff))
+			Expect(ledgerOf(ctx, instance)).To(Equal(before), "nothing recorded on the other policy's record")
+			Expect(getPolicy(ctx, ns, "ceded").Spec.Suspend).To(BeTrue())
+		})
+
 		It("keeps an Off period Off when the receiver loses it while a raise waits", func() {
 			ns := newNamespace(ctx)
 			readyPolicy(ctx, ns, "regrant")

@@ -319,6 +319,7 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		Eventually(conditionStatus(ctx, ns, "tenant", v1.ConditionStalled)).Should(Equal("Stalled=True/ImageNotAllowed"))
 		Expect(condition(getPolicy(ctx, ns, "tenant"), v1.ConditionStalled).Message).To(ContainSubstring("evil.example/telemetry-collector:latest"))
 		nothingMade("an image that is not allowed")
+		requestReconcile(ctx, ns, "tenant") // echoed for a stalled policy too (kubectl telemetry reconcile --wait)
 
 		By("a receiver elsewhere, with an allowed image")
 		updatePolicy(ctx, ns, "tenant", func(p *v1.TelemetryPolicy) {

@@ -554,9 +554,6 @@ func (r *TelemetryPolicyReconciler) observe(ctx context.Context, st *reconcileSt
 	p.Status.Export = progress
 	interval := p.Spec.Export.IntervalOrDefault()
 	st.requeue(setExportingCondition(p, exportObservation{tier: st.tier, progress: progress, interval: interval, now: r.Clock.Now()}))
-	if v := p.Annotations[v1.AnnotationReconcileRequestedAt]; v != "" {
-		p.Status.LastHandledReconcileAt = v
-	}
 	return nil
 }
 
@@ -604,7 +601,12 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 			return r.keepLedgerCopy(ctx, orig, p, st)
 		}
 	}
-	if st.mutate {
+	if v := p.Annotations[v1.AnnotationReconcileRequestedAt]; v != "" {
+		// Handled, whatever its outcome (a stalled or failing reconcile too): whoever asked
+		// reads the outcome in the conditions next to it.
+		p.Status.LastHandledReconcileAt = v
+	}
+	if st.mutate || st.ownedElsewhere { // a suspended policy's collector stopped for another's record too
 		r.updateEffectiveTier(ctx, st)
 		if st.planned {
 			// Everything written so far is acted on (a withdrawal is kept, dated, in

@@ -548,7 +548,8 @@ type TelemetryPolicyStatus struct {
 	Erasure *ErasureStatus `json:"erasure,omitempty"`
 
 	// lastHandledReconcileAt echoes the last value of the
-	// reconcile.telemetry.sourcegraph.com/requestedAt annotation the operator handled.
+	// reconcile.telemetry.sourcegraph.com/requestedAt annotation the operator handled, whatever
+	// the outcome (a stalled or failing reconcile too: the conditions say how it went).
 	// +optional
 	LastHandledReconcileAt string `json:"lastHandledReconcileAt,omitempty"`
 }
