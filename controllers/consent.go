@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -425,6 +426,7 @@ func (r *TelemetryPolicyReconciler) readBack(ctx context.Context, st *reconcileS
 func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	p := st.policy
 	st.planned = true
+	r.injectSeenLowerings(st)
 	local := st.localTimeline()
 	from := local.Current()
 	if len(local) > 0 && from == consentv1.Tier(st.intent) && !st.claim {
@@ -1131,6 +1133,7 @@ func noOldPods(d *appsv1.Deployment) bool {
 // removing it by hand skips the ledger and leaves the record as it was.
 func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.TelemetryPolicy, outside *tenants.Status) (time.Duration, error) {
 	defer r.forgetVerified(client.ObjectKeyFromObject(p))
+	defer r.forgetSeenLowerings(client.ObjectKeyFromObject(p), p.UID, math.MaxInt64)
 	// The cache can still hold a policy whose finalizer this process dropped a moment ago.
 	// Finalizing that copy again would record its deletion once more, and the record claims the
 	// instance for it: a release that then fails leaves the instance owned by a policy that no

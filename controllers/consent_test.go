@@ -1161,6 +1161,60 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(getPolicy(ctx, ns, "stale-copy").Status.ConsentHistory).To(HaveLen(3))
 	})
 
+	DescribeTable("records a withdrawal granted again before the policy was reconciled", func(suspended bool) {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "flip")
+		instance := instanceOf(ns, "flip")
+		Expect(ledgerOf(ctx, instance).Timeline).To(HaveLen(1))
+		if suspended {
+			updatePolicy(ctx, ns, "flip", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true })
+			Eventually(conditionStatus(ctx, ns, "flip", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
+		}
+
+		By("a reconcile held at its status write while consent is withdrawn and granted again")
+		h := writes.holdStatus(ns, "flip")
+		DeferCleanup(func() { writes.hold.Store(nil); h.Release() })
+		fakeClock.Step(time.Minute)
+		annotate(ctx, ns, "flip", v1.AnnotationReconcileRequestedAt, "held")
+		Eventually(h.reached).Should(BeClosed())
+		updatePolicy(ctx, ns, "flip", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierOff })
+		withdrawn := fakeClock.Now().Truncate(time.Second)
+		// The manager's watch sees the withdrawal (its cache, then its handlers, a moment later)
+		// before this clock moves on: in a cluster the two clocks are one.
+		off := getPolicy(ctx, ns, "flip").Generation
+		Eventually(func() int64 {
+			p := &v1.TelemetryPolicy{}
+			_ = mgr.GetCache().Get(ctx, client.ObjectKey{Namespace: ns, Name: "flip"}, p)
+			return p.Generation
+		}).Should(Equal(off))
+		time.Sleep(200 * time.Millisecond)
+		fakeClock.Step(time.Minute)
+		updatePolicy(ctx, ns, "flip", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
+		writes.hold.Store(nil)
+		h.Release()
+
+		if suspended {
+			By("suspended: the withdrawal is recorded, the grant waits for resume")
+			Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }).Should(Equal(consentv1.TierOff))
+			tl := ledgerOf(ctx, instance).Timeline
+			Expect(tl).To(HaveLen(2))
+			Expect(tl[1].At).To(BeTemporally("==", withdrawn), "dated when consent was withdrawn")
+			Consistently(func() consentv1.Timeline { return ledgerOf(ctx, instance).Timeline }, "1s").Should(HaveLen(2))
+			updatePolicy(ctx, ns, "flip", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = false })
+		}
+
+		By("the receiver records the Off period, and the collector skips it")
+		Eventually(func() consentv1.Timeline { return ledgerOf(ctx, instance).Timeline }).Should(HaveLen(3))
+		tl := ledgerOf(ctx, instance).Timeline
+		Expect(tl[1]).To(And(HaveField("Tier", consentv1.TierOff), HaveField("At", BeTemporally("==", withdrawn))), "dated when consent was withdrawn")
+		Expect(tl[2]).To(And(HaveField("Tier", consentv1.TierEventLevel), HaveField("At", BeTemporally(">", withdrawn))), "granted again from then on, never reaching back")
+		Eventually(func() consentv1.Tier { return configOf(ctx, ns, "flip").Consent.TierAt(withdrawn) }).Should(Equal(consentv1.TierOff))
+		Expect(configOf(ctx, ns, "flip").Consent.TierAt(tl[2].At)).To(Equal(consentv1.TierEventLevel))
+	},
+		Entry("while the operator reconciles it", false),
+		Entry("while the policy is suspended", true),
+	)
+
 	It("refuses a transition computed from an outdated copy of the record", func() {
 		ns := newNamespace(ctx)
 		p := readyPolicy(ctx, ns, "cas")

@@ -9,6 +9,7 @@ package controllers_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -33,6 +34,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/controllers"
 	"github.com/sourcegraph/telemetry-operator/internal/operator"
 	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
@@ -77,10 +79,36 @@ type writeCounter struct {
 	mu    sync.Mutex
 	total atomic.Int64
 	log   []string
+	hold  atomic.Pointer[writeHold]
+}
+
+// writeHold holds the manager's status writes of one policy until released.
+type writeHold struct {
+	path     string
+	reached  chan struct{}
+	once     sync.Once
+	released chan struct{}
+	release  sync.Once
+}
+
+// Release lets the held write, and every later one, through.
+func (h *writeHold) Release() { h.release.Do(func() { close(h.released) }) }
+
+// holdStatus holds the manager's next status writes of the policy (a reconcile under way at
+// its last step) until the hold is released.
+func (w *writeCounter) holdStatus(ns, name string) *writeHold {
+	h := &writeHold{path: fmt.Sprintf("/apis/%s/namespaces/%s/telemetrypolicies/%s/status", v1.GroupVersion.String(), ns, name),
+		reached: make(chan struct{}), released: make(chan struct{})}
+	w.hold.Store(h)
+	return h
 }
 
 func (w *writeCounter) wrap(rt http.RoundTripper) http.RoundTripper {
 	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if h := w.hold.Load(); h != nil && req.Method == http.MethodPatch && req.URL.Path == h.path {
+			h.once.Do(func() { close(h.reached) })
+			<-h.released
+		}
 		if req.Method != http.MethodGet && req.Method != http.MethodHead {
 			entry := req.Method + " " + req.URL.Path
 			if ns := reviewedNamespace(req); ns != "" {

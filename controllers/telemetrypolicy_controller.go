@@ -135,6 +135,10 @@ type TelemetryPolicyReconciler struct {
 
 	verifiedMu sync.Mutex
 	verified   map[client.ObjectKey]verification
+	// seen: lowerings of the decided tier the policy watch saw, until a reconcile plans from
+	// them (seenlowerings.go).
+	seenMu sync.Mutex
+	seen   map[client.ObjectKey][]seenLowering
 
 	pollMu      sync.Mutex
 	pollBackoff map[client.ObjectKey]pollState
@@ -199,6 +203,8 @@ type reconcileState struct {
 	recordLost bool
 	// ownedElsewhere: another policy owns the instance's record; nothing may run.
 	ownedElsewhere bool
+	// seenConsidered: the lowerings the watch saw up to this generation were planned from.
+	seenConsidered bool
 	// outside: the policy's namespace is not onboarded (why, for its status).
 	outside *tenants.Status
 	// recordedBefore: the policy's consent was recorded or sent to the receiver before this
@@ -409,6 +415,9 @@ func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *re
 		}
 		st.mutate = false
 		st.intent = p.Status.EffectiveTier
+		// A withdrawal the watch saw, granted again since: recorded, never the grant (that
+		// waits for resume; the receiver refuses what was recorded since the withdrawal).
+		r.injectSeenLowerings(st)
 		// Nothing is planned, but the record is still read back when due (in the ledger
 		// step): withdrawals the receiver lost are recorded again while suspended too.
 		st.readBackDue, st.beforeReadBack = r.verifyDue(p), slices.Clone(st.pending)
@@ -591,6 +600,11 @@ func truncate(s string, n int) string {
 // status if anything changed.
 func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig *v1.TelemetryPolicy, st *reconcileState, reconcileErr error) error {
 	p := st.policy
+	if st.seenConsidered {
+		// Planned from: kept by this status write, by the copy merged after a lost race, or
+		// by this process's memory of a write that failed.
+		defer r.forgetSeenLowerings(client.ObjectKeyFromObject(p), p.UID, p.Generation)
+	}
 	s := summary{suspended: !st.mutate, stalledReason: st.stalled.reason, stalledMsg: st.stalled.message}
 	if reconcileErr != nil {
 		s.errMsg = reconcileErr.Error()
@@ -807,7 +821,7 @@ func (r *TelemetryPolicyReconciler) event(p *v1.TelemetryPolicy, eventType, reas
 // policies own are watched namespace by namespace as namespaces are onboarded (WatchOwned).
 func (r *TelemetryPolicyReconciler) SetupWithManager(mgr ctrl.Manager) (controller.Controller, error) {
 	b := ctrl.NewControllerManagedBy(mgr).
-		For(&v1.TelemetryPolicy{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		For(&v1.TelemetryPolicy{}, builder.WithPredicates(r.seeLowerings(), predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.policiesIn), builder.WithPredicates(predicate.LabelChangedPredicate{}))
 	if r.IssuerChanged != nil {
 		b = b.WatchesRawSource(source.Channel(r.IssuerChanged, &handler.EnqueueRequestForObject{}))

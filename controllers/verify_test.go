@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
@@ -480,5 +481,62 @@ func TestRememberedCopyOfAFullHistory(t *testing.T) {
 	r.noteStatusWritten(failed)
 	if _, history := r.unwrittenOf(p); len(history) != 0 {
 		t.Fatal("status holds the remembered copy: it is forgotten")
+	}
+}
+
+// TestSeenLoweringsPlannedOnce: lowerings the watch saw between two reconciles (EventLevel ->
+// CriticalOnly -> Off -> EventLevel, the reconcile reading only the last) are planned in order at
+// their own times, then the grant; once recorded (or superseded), they are not planned again.
+func TestSeenLoweringsPlannedOnce(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	clock := clocktesting.NewFakeClock(start)
+	granted := start.Add(-time.Hour)
+	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
+	r := &TelemetryPolicyReconciler{Clock: clock, Options: Options{LedgerResync: 10 * time.Minute}}
+	versions := []v1.ConsentTier{v1.TierEventLevel, v1.TierCriticalOnly, v1.TierOff, v1.TierEventLevel}
+	var policies []*v1.TelemetryPolicy
+	for i, tier := range versions {
+		p := trialPolicy(start, tier, timeline)
+		p.Generation = int64(i + 1)
+		policies = append(policies, p)
+	}
+	for i := 1; i < len(policies); i++ {
+		clock.Step(time.Minute)
+		r.noteLowering(policies[i-1], policies[i])
+	}
+	if n := len(r.seenLowerings(policies[1])); n != 1 {
+		t.Fatalf("a reconcile of generation 2 plans from %d lowerings, want 1 (later ones are of versions it has not read)", n)
+	}
+	st := &reconcileState{policy: policies[3], mutate: true, timeline: timeline, ledgerKnown: true, intent: v1.TierEventLevel}
+	r.plan(st)
+	want := []consentv1.Transition{{At: start.Add(time.Minute), Tier: consentv1.TierCriticalOnly}, {At: start.Add(2 * time.Minute), Tier: consentv1.TierOff}}
+	if len(st.pending) != 2 || st.pending[0].Tier != want[0].Tier || !st.pending[0].At.Equal(want[0].At) ||
+		st.pending[1].Tier != want[1].Tier || !st.pending[1].At.Equal(want[1].At) {
+		t.Fatalf("pending %v, want %v", st.pending, want)
+	}
+	if st.want == nil || st.want.Tier != consentv1.TierEventLevel || !st.want.At.Equal(clock.Now()) {
+		t.Fatalf("then granted again now, never reaching back: want %v", st.want)
+	}
+
+	// Recorded: the record holds them and the grant; nothing is planned from the notes again,
+	// even before they are forgotten.
+	recorded := append(slices.Clone(timeline), st.pending...)
+	recorded = append(recorded, *st.want)
+	again := &reconcileState{policy: policies[3], mutate: true, timeline: recorded, ledgerKnown: true, intent: v1.TierEventLevel}
+	r.plan(again)
+	if len(again.pending) != 0 || again.want != nil {
+		t.Fatalf("planned again from recorded lowerings: pending %v, want %v", again.pending, again.want)
+	}
+	r.forgetSeenLowerings(client.ObjectKeyFromObject(policies[3]), policies[3].UID, policies[3].Generation)
+	if n := len(r.seenLowerings(policies[3])); n != 0 {
+		t.Fatalf("%d lowerings kept after the reconcile that planned from them", n)
+	}
+
+	// Another policy of the same name: nothing noted for the old one applies.
+	r.noteLowering(policies[0], policies[2])
+	other := trialPolicy(start, v1.TierEventLevel, timeline)
+	other.UID, other.Generation = "v", 9
+	if n := len(r.seenLowerings(other)); n != 0 {
+		t.Fatalf("%d lowerings of another policy's versions apply", n)
 	}
 }
