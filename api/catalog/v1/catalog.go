@@ -27,6 +27,7 @@ import (
 	"math"
 	"regexp"
 	"slices"
+	"strconv"
 )
 
 // CurrentVersion is the catalog this code writes with. Version 1, the allow-list that let
@@ -77,11 +78,16 @@ func (p Property) Accept(v any) (any, bool) {
 
 // Admits reports whether v is a value as it leaves an instance: one of the listed strings, or a
 // number in range that is already coarse (what Accept returns). The receiver checks with it, so a
-// collector that does not coarsen cannot pass finer numbers.
+// collector that does not coarsen cannot pass finer numbers. A number as sent (json.Number, which
+// the receiver stores as written) must be the coarse integer's own decimal text: "1200.0000000000000415"
+// parses to 1200 as a float64, but its digits would be kept, and carry whatever they spell.
 func (p Property) Admits(v any) bool {
 	out, ok := p.Accept(v)
 	if !ok || len(p.Values) > 0 {
 		return ok
+	}
+	if n, isText := v.(json.Number); isText {
+		return string(n) == strconv.FormatInt(out.(int64), 10)
 	}
 	f, _ := number(v)
 	return float64(out.(int64)) == f
@@ -279,11 +285,21 @@ var versionPattern = regexp.MustCompile(`^(0|[1-9][0-9]?)\.(0|[1-9][0-9]?)\.(0|[
 // ProductVersion reports whether v is a product release version that may leave:
 // MAJOR.MINOR.PATCH (major and minor at most two digits, patch at most five, as Sourcegraph's
 // releases are numbered: 5.3.9104), optionally followed by -<label>.<n> with a listed
-// pre-release label and n below 100. Nothing else: no suffix can carry a word, and a number
-// longer than nine digits (a phone or card number) does not fit.
+// pre-release label and n below 100, and at most nine digits in all. Nothing else: no suffix
+// can carry a word, and a number longer than nine digits (a phone or card number) does not fit,
+// split across the parts or not (41.55.55267-rc.1 is refused).
 func (c *Catalog) ProductVersion(v string) bool {
 	m := versionPattern.FindStringSubmatch(v)
-	return m != nil && (m[4] == "" || slices.Contains(c.PreReleases, m[4]))
+	if m == nil || m[4] != "" && !slices.Contains(c.PreReleases, m[4]) {
+		return false
+	}
+	digits := 0
+	for i := range len(v) {
+		if v[i] >= '0' && v[i] <= '9' {
+			digits++
+		}
+	}
+	return digits <= 9
 }
 
 // Reasons a value is not in the catalog (the receiver's answers, and the collector's drop

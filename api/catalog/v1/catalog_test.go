@@ -57,7 +57,7 @@ func TestClosedChannelsRefuseWordsThatPassShapes(t *testing.T) {
 		"5.3.0-rc.100": false, "5.3.0-rc.01": false, "5.3.0 ": false, "v5.3.0": false, "12345.0.0": false, "5.3.0-rc.1-alice": false,
 		"0.0.281234_2024-05-06_5.3-5a7e0a1c12f3": false, "": false,
 		// Sourcegraph's patch numbers run long; numbers that carry personal data do not fit.
-		"5.3.9104": true, "5.11.12303": true, "99.99.99999-rc.99": true,
+		"5.3.9104": true, "5.11.12303": true, "5.11.12303-rc.1": true, "99.99.99999-rc.99": false, "41.55.55267-rc.1": false, "99.99.99999": true,
 		"555.867.5309": false, "1987.6.14": false, "4111.1111.1111": false, "212.555.1234-rc.42": false, "5.3.123456": false,
 	}
 	for v, want := range versions {
@@ -94,6 +94,14 @@ func TestPropertyShapes(t *testing.T) {
 	for v, want := range map[any]bool{int64(140): true, 140.0: true, int64(135): false, 12.5: false, 5558675.309: false, int64(5600000): true, "literal": false} {
 		if got := wide.Admits(v); got != want {
 			t.Errorf("Admits(%v) = %v, want %v", v, got, want)
+		}
+	}
+	// As the receiver reads them (json.Number, stored as written): only the coarse integer's own
+	// text. Digits a float64 cannot tell apart from it would be stored, and carry a phone number.
+	for v, want := range map[json.Number]bool{"1200": true, "0": true, "5600000": true,
+		"1200.000000000000041555526719999": false, "1200.0": false, "1.2e3": false, "01200": false, "-0": false, "1200 ": false} {
+		if got := wide.Admits(v); got != want {
+			t.Errorf("Admits(json.Number %q) = %v, want %v", string(v), got, want)
 		}
 	}
 	if !enum.Admits("literal") || enum.Admits("alice") {
