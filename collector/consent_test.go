@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
@@ -172,8 +174,9 @@ func TestAggregatesNeverCountOffPeriods(t *testing.T) {
 
 // TestAggregatesNeverCountEventLevelPeriods: after a downgrade from EventLevel, the receiver
 // holds the EventLevel part of the day event by event; a cell that also counted it would give the
-// CriticalOnly part away by difference. Only the CriticalOnly part is counted, and a day wholly
-// under EventLevel has no cells.
+// CriticalOnly part away by difference. A day during part of which EventLevel was in force has no
+// cells at all (the receiver cannot tell what they counted), and the days after it count only the
+// CriticalOnly period, in their rolling windows too.
 func TestAggregatesNeverCountEventLevelPeriods(t *testing.T) {
 	today := time.Now().UTC().Truncate(24 * time.Hour)
 	day := func(n int) time.Time { return today.AddDate(0, 0, n) }
@@ -190,21 +193,27 @@ func TestAggregatesNeverCountEventLevelPeriods(t *testing.T) {
 	add(1, 9, day(-4).Add(10*time.Hour))    // EventLevel all day
 	add(1, 8, downgrade.Add(-2*time.Hour))  // EventLevel part of the downgrade day
 	add(11, 16, downgrade.Add(2*time.Hour)) // CriticalOnly part: 6 users
+	add(11, 16, day(-2).Add(10*time.Hour))  // CriticalOnly all day: the same 6 users
 	p := in.pipeline()
 	if _, err := p.RunOnce(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	cells := publishedCells(t, in)
 	for k, v := range cells {
-		if k.day < day(-3).Format(time.DateOnly) {
-			t.Errorf("a day wholly under EventLevel has a cell: %v = %v", k, v)
+		if k.day <= day(-3).Format(time.DateOnly) {
+			t.Errorf("a day under EventLevel, wholly or in part, has a cell: %v = %v", k, v)
 		}
 	}
-	d := day(-3).Format(time.DateOnly)
+	d := day(-2).Format(time.DateOnly)
 	for _, k := range []aggregateKey{{d, "event_count", "hover"}, {d, "active_users_1d", ""}, {d, "active_users_28d", ""}} {
 		if got := cells[k]; got[1] != 6 {
-			t.Errorf("%v = %v, want the 6 users of the CriticalOnly part only", k, got)
+			t.Errorf("%v = %v, want the 6 users of the CriticalOnly period only (15 counting the EventLevel days)", k, got)
 		}
+	}
+	// Withheld: the cells suppressed, and those the receiver refused (none, when the collector
+	// sends no day the receiver refuses).
+	if refused := float64(p.Progress().EventsDropped) - testutil.ToFloat64(p.Metrics.EventsDropped.WithLabelValues("suppressed")); refused != 0 {
+		t.Errorf("%.0f cells refused: the collector sent cells of a day the receiver refuses", refused)
 	}
 }
 

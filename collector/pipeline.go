@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -595,6 +596,12 @@ func (p *Pipeline) pendingAggregates(ctx context.Context) (pendingAggregateDays,
 	if err != nil {
 		return pendingAggregateDays{}, err
 	}
+	// A day that was EventLevel in part is not published (the receiver refuses it too).
+	days := p.cfg.Consent.AggregateDays()
+	cells = slices.DeleteFunc(cells, func(c batchv1.Aggregate) bool {
+		d, err := time.Parse(time.DateOnly, c.Day)
+		return err != nil || !days.Allow(d)
+	})
 	kept, suppressed := aggregate.Suppress(cells)
 	return pendingAggregateDays{batches: p.aggregateBatches(kept), withheld: suppressed, last: last}, nil
 }

@@ -18,6 +18,7 @@ import (
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 )
 
 // storedCells returns instance's stored cells as "day metric/dimension=value/users".
@@ -54,7 +55,9 @@ func cell(day, metric, dim string, value, users int64) batchv1.Aggregate {
 // a different publication of the same day and a partial day change nothing, so no two values of
 // a cell can be differenced.
 func TestADayIsPublishedOnce(t *testing.T) {
-	grant(t, "once")
+	if err := rcv.Grant(context.Background(), "once", consentv1.TierCriticalOnly, consentSince); err != nil {
+		t.Fatal(err)
+	}
 	first := cellBatch("once", "once-a-1",
 		cell("2026-11-20", batchv1.MetricEventCount, "ViewBlob", 30, 6),
 		cell("2026-11-20", batchv1.MetricFeatureUsers, "code_navigation", 6, 6),
@@ -139,7 +142,12 @@ func TestAnInstanceListsWhatItExported(t *testing.T) {
 	if _, r := send(t, ev); r.status != http.StatusOK { // a resend stores nothing: no delivery
 		t.Fatalf("%d %s", r.status, r.body)
 	}
-	agg := cellBatch("lister", "lister-a", cell("2026-11-20", batchv1.MetricEventCount, "ViewBlob", 30, 6))
+	// Downgraded to CriticalOnly after the events: aggregates of the days wholly under it.
+	downgraded := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
+	if err := rcv.Grant(context.Background(), "lister", consentv1.TierCriticalOnly, downgraded); err != nil {
+		t.Fatal(err)
+	}
+	agg := cellBatch("lister", "lister-a", cell(downgraded.Format(time.DateOnly), batchv1.MetricEventCount, "ViewBlob", 30, 6))
 	if _, r := send(t, agg); r.status != http.StatusOK {
 		t.Fatalf("%d %s", r.status, r.body)
 	}

@@ -23,8 +23,8 @@ import (
 type policy struct {
 	instance string
 	timeline consentv1.Timeline
-	// aggregateWindows are the periods aggregates may cover (at least CriticalOnly).
-	aggregateWindows []consentv1.Window
+	// aggregateDays are the days whose aggregate cells may be stored.
+	aggregateDays consentv1.AggregateDays
 	// eventTombstones are every erased range (both scopes cover events); aggregateTombstones
 	// those of scope All.
 	eventTombstones, aggregateTombstones []consentv1.Window
@@ -62,8 +62,9 @@ func (p *policy) keepEvent(ts time.Time) bool {
 	return true
 }
 
-// keepAggregate reports whether a cell for UTC day may be stored: the day overlaps a period of
-// at least CriticalOnly and no range erased with scope All.
+// keepAggregate reports whether a cell for UTC day may be stored: a day the ledger lets publish
+// (CriticalOnly in force during part of it, EventLevel during none: consentv1.AggregateDays) and
+// no range erased with scope All overlaps.
 func (p *policy) keepAggregate(day string) bool {
 	d, err := time.Parse(time.DateOnly, day)
 	if err != nil {
@@ -75,12 +76,7 @@ func (p *policy) keepAggregate(day string) bool {
 			return false
 		}
 	}
-	for _, w := range p.aggregateWindows {
-		if w.Overlaps(d, end) {
-			return true
-		}
-	}
-	return false
+	return p.aggregateDays.Allow(d)
 }
 
 // loadPolicy locks the instance's record FOR SHARE for the rest of tx and returns its policy.
@@ -115,7 +111,7 @@ func (s *Store) loadPolicy(ctx context.Context, tx pgx.Tx, instance string) (*po
 	if err != nil {
 		return nil, err
 	}
-	p := &policy{instance: instance, timeline: tl, aggregateWindows: tl.Windows(consentv1.TierCriticalOnly)}
+	p := &policy{instance: instance, timeline: tl, aggregateDays: tl.AggregateDays()}
 	rows, err := tx.Query(ctx, `SELECT scope, range_from, range_to FROM erasures WHERE instance_id = $1`, instance)
 	if err != nil {
 		return nil, err

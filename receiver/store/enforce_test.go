@@ -36,7 +36,7 @@ func testPolicy() *policy {
 		{At: at(8, 0), Tier: consentv1.TierEventLevel},
 	}
 	all, events := window(at(9, 0), at(10, 0)), window(at(11, 0), at(12, 0))
-	return &policy{instance: "x", timeline: tl, aggregateWindows: tl.Windows(consentv1.TierCriticalOnly),
+	return &policy{instance: "x", timeline: tl, aggregateDays: tl.AggregateDays(),
 		eventTombstones: []consentv1.Window{all, events}, aggregateTombstones: []consentv1.Window{all}}
 }
 
@@ -67,23 +67,33 @@ func TestKeepEvent(t *testing.T) {
 }
 
 func TestKeepAggregate(t *testing.T) {
-	p := testPolicy()
+	// EventLevel from 11-01, CriticalOnly from 11-03 12:00, Off from 11-05 06:00, CriticalOnly
+	// from 11-07, EventLevel from 11-13; everything erased on 11-10, events only on 11-12.
+	tl := consentv1.Timeline{
+		{At: at(0, 0), Tier: consentv1.TierEventLevel},
+		{At: at(2, 12), Tier: consentv1.TierCriticalOnly},
+		{At: at(4, 6), Tier: consentv1.TierOff},
+		{At: at(6, 0), Tier: consentv1.TierCriticalOnly},
+		{At: at(12, 0), Tier: consentv1.TierEventLevel},
+	}
+	p := &policy{instance: "x", timeline: tl, aggregateDays: tl.AggregateDays(),
+		eventTombstones: []consentv1.Window{window(at(9, 0), at(10, 0)), window(at(11, 0), at(12, 0))}, aggregateTombstones: []consentv1.Window{window(at(9, 0), at(10, 0))}}
 	for _, c := range []struct {
 		day  string
 		want bool
 	}{
 		{"2026-10-31", false}, // before consent
-		{"2026-11-01", true},
+		{"2026-11-01", false}, // EventLevel: its events are stored one by one
+		{"2026-11-03", false}, // EventLevel until noon, then CriticalOnly: cells could be differenced against the morning's events
 		{"2026-11-04", true},  // CriticalOnly
-		{"2026-11-05", true},  // Off from 06:00: the day was partly consented
+		{"2026-11-05", true},  // Off from 06:00: the day was partly consented, and none of it EventLevel
 		{"2026-11-06", false}, // Off all day
-		{"2026-11-07", false},
-		{"2026-11-08", true},
-		{"2026-11-09", true},
+		{"2026-11-07", true},
 		{"2026-11-10", false}, // erased with scope All
 		{"2026-11-11", true},  // the erased range ends at midnight
 		{"2026-11-12", true},  // only events were erased that day
-		{"2027-06-01", true},
+		{"2026-11-13", false}, // EventLevel again
+		{"2027-06-01", false},
 		{"2026-02-30", false}, // not a date: fail closed
 	} {
 		if got := p.keepAggregate(c.day); got != c.want {

@@ -145,6 +145,36 @@ func (t Timeline) AggregateWindows() []Window {
 	return t.windows(func(tier Tier) bool { return tier == TierCriticalOnly })
 }
 
+// AggregateDays says which UTC days' aggregate cells may leave an instance and be stored: a
+// day during part of which CriticalOnly was in force, and EventLevel during none of it. Cells of
+// a day that mixed the two, even counting only its CriticalOnly part, are not published: the
+// receiver cannot tell what a cell counted, and cells that counted the EventLevel part too (a
+// stale or hostile collector) could be differenced against the events stored one by one.
+type AggregateDays struct {
+	criticalOnly, eventLevel []Window
+}
+
+// AggregateDays returns the rule for the timeline.
+func (t Timeline) AggregateDays() AggregateDays {
+	return AggregateDays{criticalOnly: t.AggregateWindows(), eventLevel: t.Windows(TierEventLevel)}
+}
+
+// Allow reports whether cells of the UTC day that begins at day may be published.
+func (a AggregateDays) Allow(day time.Time) bool {
+	end := day.AddDate(0, 0, 1)
+	for _, w := range a.eventLevel {
+		if w.Overlaps(day, end) {
+			return false
+		}
+	}
+	for _, w := range a.criticalOnly {
+		if w.Overlaps(day, end) {
+			return true
+		}
+	}
+	return false
+}
+
 // windows returns the maximal intervals in which in(tier in force) holds.
 func (t Timeline) windows(inside func(Tier) bool) []Window {
 	var out []Window

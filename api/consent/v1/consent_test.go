@@ -54,6 +54,31 @@ func TestTierAtAndWindows(t *testing.T) {
 	}
 }
 
+// TestAggregateDays: a day's cells may leave when CriticalOnly was in force during part of it
+// and EventLevel during none of it (an instant's EventLevel, at midnight, counts).
+func TestAggregateDays(t *testing.T) {
+	day := func(n int) time.Time { return t0.AddDate(0, 0, n) }
+	tl := Timeline{
+		{At: h(12), Tier: TierCriticalOnly},       // 11-01 noon: CriticalOnly from the first record
+		{At: h(24 + 6), Tier: TierOff},            // 11-02 06:00: Off
+		{At: h(3 * 24), Tier: TierCriticalOnly},   // 11-04
+		{At: h(5*24 + 12), Tier: TierEventLevel},  // 11-06 noon
+		{At: h(7 * 24), Tier: TierCriticalOnly},   // 11-08 at midnight
+		{At: h(9 * 24), Tier: TierEventLevel},     // 11-10 at midnight...
+		{At: h(9 * 24), Tier: TierCriticalOnly},   // ...and CriticalOnly the same instant: the later wins
+		{At: h(10*24 + 23), Tier: TierEventLevel}, // 11-11 23:00
+	}
+	days := tl.AggregateDays()
+	for n, want := range map[int]bool{-1: false, 0: true, 1: true, 2: false, 3: true, 4: true, 5: false, 6: false, 7: true, 8: true, 9: true, 10: false, 11: false} {
+		if got := days.Allow(day(n)); got != want {
+			t.Errorf("Allow(%s) = %v, want %v", day(n).Format(time.DateOnly), got, want)
+		}
+	}
+	if (Timeline{}).AggregateDays().Allow(day(0)) {
+		t.Error("a day with no record is allowed")
+	}
+}
+
 // TestWindowsAgreeWithTierAt holds the two views of a timeline equal on random timelines.
 func TestWindowsAgreeWithTierAt(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2)) //nolint:gosec // test data
