@@ -188,6 +188,14 @@ func TransitionTime(c Change) (time.Time, string) {
 	if reason == telemetryv1alpha1.ReasonTrialExpired && c.Spec.Contract != nil && c.Spec.Contract.ExpiresAt != nil {
 		return c.Spec.Contract.ExpiresAt.Time, reason
 	}
+	var expired *time.Time
+	if c.From == telemetryv1alpha1.TierEventLevel && c.Spec.Contract != nil && c.Spec.Contract.ExpiresAt != nil {
+		// EventLevel ended when the basis expired, whatever else ended it since (terms found
+		// outdated, approval withdrawn, a lower tier declared): the decision names only one reason.
+		if e := c.Spec.Contract.ExpiresAt.Time; !e.After(c.Now) && !e.Before(c.LastAt) {
+			expired = &e
+		}
+	}
 	at := c.Now
 	for _, w := range c.SpecWrites {
 		switch {
@@ -208,6 +216,9 @@ func TransitionTime(c Change) (time.Time, string) {
 		if down.Before(at) {
 			at = down
 		}
+	}
+	if expired != nil && expired.Before(at) {
+		return *expired, telemetryv1alpha1.ReasonTrialExpired
 	}
 	return at, reason
 }
