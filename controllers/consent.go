@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"strings"
 	"time"
@@ -426,7 +425,7 @@ func (r *TelemetryPolicyReconciler) readBack(ctx context.Context, st *reconcileS
 func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	p := st.policy
 	st.planned = true
-	r.injectSeenLowerings(st)
+	noted := r.injectSeenLowerings(st)
 	local := st.localTimeline()
 	from := local.Current()
 	if len(local) > 0 && from == consentv1.Tier(st.intent) && !st.claim {
@@ -449,7 +448,8 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	runningSince, downSince := r.watchGap()
 	// Only a policy the operator never recorded anything for may date its first grant in the
 	// past (startFrom Beginning); one whose record the receiver lost never does.
-	first := len(local) == 0 && len(p.Status.ConsentHistory) == 0
+	// Nor one the watch saw lowered before it was first recorded: its first grant starts now.
+	first := len(local) == 0 && len(p.Status.ConsentHistory) == 0 && !noted
 	at, reason := consent.TransitionTime(consent.Change{
 		From: v1.ConsentTier(from), First: first, LastAt: lastAt, To: st.intent, Decision: st.decision,
 		Spec: p.Spec, DeletedAt: deletedAt, SpecWrites: consentWriteTimes(p), SeenWritesUpTo: seen,
@@ -799,7 +799,13 @@ func lowest(a, b consentv1.Timeline) consentv1.Timeline {
 		if len(out) == 0 && tier == consentv1.TierOff || len(out) > 0 && out[len(out)-1].Tier == tier {
 			continue // Off before the first transition anyway; no change
 		}
-		out = append(out, consentv1.Transition{At: t, Tier: tier})
+		tr := consentv1.Transition{At: t, Tier: tier}
+		if i := slices.IndexFunc(a, func(x consentv1.Transition) bool { return x.At.Equal(t) && x.Tier == tier }); i >= 0 {
+			// What the receiver recorded stays marked so: the collector holds back aggregates
+			// of days only an unrecorded lowering lets publish (the receiver would refuse them).
+			tr.RecordedAt = a[i].RecordedAt
+		}
+		out = append(out, tr)
 	}
 	for _, t := range at {
 		if out.TierAt(t) != a.TierAt(t) {
@@ -1021,6 +1027,7 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 		if !r.adoptLedger(ctx, st, state) {
 			return
 		}
+		r.noteRecorded(p, st.timeline[len(st.timeline)-1].At)
 		st.pending = st.pending[1:]
 	}
 	if st.ledgerErr == nil && len(st.pending) == 0 && st.recordLost {
@@ -1032,6 +1039,7 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 		if err != nil {
 			st.ledgerErr = err
 		} else if r.adoptLedger(ctx, st, state) {
+			r.noteRecorded(p, st.timeline[len(st.timeline)-1].At)
 			st.want = nil
 		}
 	}
@@ -1133,7 +1141,6 @@ func noOldPods(d *appsv1.Deployment) bool {
 // removing it by hand skips the ledger and leaves the record as it was.
 func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.TelemetryPolicy, outside *tenants.Status) (time.Duration, error) {
 	defer r.forgetVerified(client.ObjectKeyFromObject(p))
-	defer r.forgetSeenLowerings(client.ObjectKeyFromObject(p), p.UID, math.MaxInt64)
 	// The cache can still hold a policy whose finalizer this process dropped a moment ago.
 	// Finalizing that copy again would record its deletion once more, and the record claims the
 	// instance for it: a release that then fails leaves the instance owned by a policy that no

@@ -7,6 +7,7 @@ Licensed under the Apache License, Version 2.0.
 package controllers
 
 import (
+	"slices"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -29,9 +30,19 @@ const maxSeenLowerings = 32
 // made in quick succession) would otherwise never reach the receiver, and the collector would
 // send what was recorded while it was withdrawn.
 type seenLowering struct {
+	seq        uint64 // the order the watch saw it in: a reconcile forgets only what it planned from
 	uid        types.UID
 	generation int64
 	tr         consentv1.Transition
+}
+
+// recordedFrom is the generation of the policy a transition this process recorded at the
+// receiver was planned from, and that transition's time: a withdrawal the watch saw in a later
+// version than a grant recorded after it was planned from an older one.
+type recordedFrom struct {
+	uid        types.UID
+	generation int64
+	at         time.Time
 }
 
 // seeLowerings is the policy watch's first predicate: it notes every lowering of the decided
@@ -80,13 +91,15 @@ func (r *TelemetryPolicyReconciler) noteLowering(oldObj, newObj client.Object) {
 	if r.seen == nil {
 		r.seen = map[client.ObjectKey][]seenLowering{}
 	}
+	r.seenSeq++
+	l.seq = r.seenSeq
 	kept := r.seen[key]
 	if len(kept) > 0 && kept[0].uid != n.UID {
 		kept = nil // another policy of that name
 	}
 	if len(kept) >= maxSeenLowerings {
 		last := &kept[len(kept)-1]
-		last.generation = l.generation
+		last.generation, last.seq = l.generation, l.seq
 		if l.tr.Tier.Rank() < last.tr.Tier.Rank() {
 			last.tr.Tier, last.tr.Reason = l.tr.Tier, l.tr.Reason
 		}
@@ -110,17 +123,13 @@ func (r *TelemetryPolicyReconciler) seenLowerings(p *v1.TelemetryPolicy) []seenL
 	return out
 }
 
-// forgetSeenLowerings drops the lowerings noted for p up to generation: a reconcile planned
-// from them, and its status write (or this process's memory of a failed one) keeps them.
-func (r *TelemetryPolicyReconciler) forgetSeenLowerings(key client.ObjectKey, uid types.UID, generation int64) {
+// forgetSeenLowerings drops the lowerings a reconcile planned from (by their seq): its status
+// write, the copy merged after a lost race, or this process's memory of a failed write keeps
+// them. One noted while it ran stays for the next.
+func (r *TelemetryPolicyReconciler) forgetSeenLowerings(key client.ObjectKey, seqs []uint64) {
 	r.seenMu.Lock()
 	defer r.seenMu.Unlock()
-	var kept []seenLowering
-	for _, l := range r.seen[key] {
-		if l.uid == uid && l.generation > generation {
-			kept = append(kept, l)
-		}
-	}
+	kept := slices.DeleteFunc(r.seen[key], func(l seenLowering) bool { return slices.Contains(seqs, l.seq) })
 	if len(kept) == 0 {
 		delete(r.seen, key)
 		return
@@ -128,20 +137,59 @@ func (r *TelemetryPolicyReconciler) forgetSeenLowerings(key client.ObjectKey, ui
 	r.seen[key] = kept
 }
 
+// forgetPolicyLowerings drops everything noted for a policy that is gone.
+func (r *TelemetryPolicyReconciler) forgetPolicyLowerings(key client.ObjectKey) {
+	r.seenMu.Lock()
+	defer r.seenMu.Unlock()
+	delete(r.seen, key)
+	delete(r.recorded, key)
+}
+
+// noteRecorded remembers that the transition at at, recorded at the receiver, was planned from
+// the policy's generation.
+func (r *TelemetryPolicyReconciler) noteRecorded(p *v1.TelemetryPolicy, at time.Time) {
+	r.seenMu.Lock()
+	defer r.seenMu.Unlock()
+	if r.recorded == nil {
+		r.recorded = map[client.ObjectKey]recordedFrom{}
+	}
+	r.recorded[client.ObjectKeyFromObject(p)] = recordedFrom{uid: p.UID, generation: p.Generation, at: at}
+}
+
+// plannedBefore reports whether the transition at at was recorded by this process from a
+// version of p older than generation.
+func (r *TelemetryPolicyReconciler) plannedBefore(p *v1.TelemetryPolicy, at time.Time, generation int64) bool {
+	r.seenMu.Lock()
+	defer r.seenMu.Unlock()
+	m, ok := r.recorded[client.ObjectKeyFromObject(p)]
+	return ok && m.uid == p.UID && m.at.Equal(at) && m.generation < generation
+}
+
 // injectSeenLowerings adds to the pending lowerings those the watch saw that the local timeline
-// does not hold yet: a lowering dated after its last transition, below the tier it ends in. One
-// dated at or before that transition was recorded or superseded already. Nothing is added to an
-// instance with no record (its first transition is recorded as decided).
-func (r *TelemetryPolicyReconciler) injectSeenLowerings(st *reconcileState) {
-	st.seenConsidered = true
+// does not hold: a lowering to X at W is held when the tier in force at W is X or lower, or a
+// transition to X or lower is dated from W on (the same withdrawal, dated when it was seen). One
+// that is not held is added at W; if the timeline has moved on since W, only when its last
+// transition was planned from an older version of the policy than the lowering (a grant planned
+// before consent was withdrawn, recorded after): then from that transition on. A later plan
+// (from the version with the lowering or a newer one) superseded it. It reports whether any
+// lowering was noted for the policy at all.
+func (r *TelemetryPolicyReconciler) injectSeenLowerings(st *reconcileState) bool {
+	notes := r.seenLowerings(st.policy)
+	for _, l := range notes {
+		if !slices.Contains(st.seenConsidered, l.seq) {
+			st.seenConsidered = append(st.seenConsidered, l.seq)
+		}
+	}
 	local := st.localTimeline()
 	if len(local) == 0 {
-		return
+		return len(notes) > 0
 	}
 	now := r.Clock.Now()
-	for _, l := range r.seenLowerings(st.policy) {
-		last := local[len(local)-1]
-		if !l.tr.At.After(last.At) || l.tr.Tier.Rank() >= last.Tier.Rank() {
+	for _, l := range notes {
+		if held(local, l.tr) {
+			continue
+		}
+		if last := local[len(local)-1]; last.At.After(l.tr.At) && !r.plannedBefore(st.policy, last.At, l.generation) {
 			continue
 		}
 		if next, add, err := consentv1.Next(local, l.tr, now); err == nil && add {
@@ -149,4 +197,19 @@ func (r *TelemetryPolicyReconciler) injectSeenLowerings(st *reconcileState) {
 			local = st.localTimeline()
 		}
 	}
+	return len(notes) > 0
+}
+
+// held reports whether the timeline holds the lowering tr: the tier in force at its time is no
+// higher, or a transition no higher is dated from its time on.
+func held(tl consentv1.Timeline, tr consentv1.Transition) bool {
+	if tl.TierAt(tr.At).Rank() <= tr.Tier.Rank() {
+		return true
+	}
+	for _, t := range tl {
+		if !t.At.Before(tr.At) && t.Tier.Rank() <= tr.Tier.Rank() {
+			return true
+		}
+	}
+	return false
 }

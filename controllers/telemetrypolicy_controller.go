@@ -137,8 +137,10 @@ type TelemetryPolicyReconciler struct {
 	verified   map[client.ObjectKey]verification
 	// seen: lowerings of the decided tier the policy watch saw, until a reconcile plans from
 	// them (seenlowerings.go).
-	seenMu sync.Mutex
-	seen   map[client.ObjectKey][]seenLowering
+	seenMu   sync.Mutex
+	seen     map[client.ObjectKey][]seenLowering
+	seenSeq  uint64
+	recorded map[client.ObjectKey]recordedFrom
 
 	pollMu      sync.Mutex
 	pollBackoff map[client.ObjectKey]pollState
@@ -203,8 +205,8 @@ type reconcileState struct {
 	recordLost bool
 	// ownedElsewhere: another policy owns the instance's record; nothing may run.
 	ownedElsewhere bool
-	// seenConsidered: the lowerings the watch saw up to this generation were planned from.
-	seenConsidered bool
+	// seenConsidered: the lowerings the watch saw (their seq) that this reconcile planned from.
+	seenConsidered []uint64
 	// outside: the policy's namespace is not onboarded (why, for its status).
 	outside *tenants.Status
 	// recordedBefore: the policy's consent was recorded or sent to the receiver before this
@@ -275,6 +277,7 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			r.forgetGuardSeen(req.NamespacedName)
 			r.forgetPoll(req.NamespacedName)
 			r.forgetWrites(req.NamespacedName)
+			r.forgetPolicyLowerings(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -600,10 +603,10 @@ func truncate(s string, n int) string {
 // status if anything changed.
 func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig *v1.TelemetryPolicy, st *reconcileState, reconcileErr error) error {
 	p := st.policy
-	if st.seenConsidered {
+	if len(st.seenConsidered) > 0 {
 		// Planned from: kept by this status write, by the copy merged after a lost race, or
 		// by this process's memory of a write that failed.
-		defer r.forgetSeenLowerings(client.ObjectKeyFromObject(p), p.UID, p.Generation)
+		defer r.forgetSeenLowerings(client.ObjectKeyFromObject(p), st.seenConsidered)
 	}
 	s := summary{suspended: !st.mutate, stalledReason: st.stalled.reason, stalledMsg: st.stalled.message}
 	if reconcileErr != nil {

@@ -527,7 +527,7 @@ func TestSeenLoweringsPlannedOnce(t *testing.T) {
 	if len(again.pending) != 0 || again.want != nil {
 		t.Fatalf("planned again from recorded lowerings: pending %v, want %v", again.pending, again.want)
 	}
-	r.forgetSeenLowerings(client.ObjectKeyFromObject(policies[3]), policies[3].UID, policies[3].Generation)
+	r.forgetSeenLowerings(client.ObjectKeyFromObject(policies[3]), again.seenConsidered)
 	if n := len(r.seenLowerings(policies[3])); n != 0 {
 		t.Fatalf("%d lowerings kept after the reconcile that planned from them", n)
 	}
@@ -539,4 +539,94 @@ func TestSeenLoweringsPlannedOnce(t *testing.T) {
 	if n := len(r.seenLowerings(other)); n != 0 {
 		t.Fatalf("%d lowerings of another policy's versions apply", n)
 	}
+}
+
+// TestSeenLoweringNotedDuringAReconcileIsKept: a reconcile that read generation 3 (from the API
+// server, ahead of the watch) before the watch noted generation 2's withdrawal forgets only what
+// it planned from; the next reconcile records the withdrawal.
+func TestSeenLoweringNotedDuringAReconcileIsKept(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	clock := clocktesting.NewFakeClock(start)
+	granted := start.Add(-time.Hour)
+	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
+	r := &TelemetryPolicyReconciler{Clock: clock, Options: Options{LedgerResync: 10 * time.Minute}}
+	ps := policyVersions(start, timeline, v1.TierEventLevel, v1.TierOff, v1.TierEventLevel)
+	st := &reconcileState{policy: ps[2], mutate: true, timeline: timeline, ledgerKnown: true, intent: v1.TierEventLevel}
+	r.plan(st)
+	clock.Step(time.Second)
+	r.noteLowering(ps[0], ps[1])
+	r.forgetSeenLowerings(client.ObjectKeyFromObject(ps[2]), st.seenConsidered)
+	next := &reconcileState{policy: ps[2], mutate: true, timeline: timeline, ledgerKnown: true, intent: v1.TierEventLevel}
+	r.plan(next)
+	if len(next.pending) != 1 || next.pending[0].Tier != consentv1.TierOff || !next.pending[0].At.Equal(start.Add(time.Second)) || next.want == nil {
+		t.Fatalf("pending %v, want %v: the withdrawal noted while a reconcile ran, then the grant", next.pending, next.want)
+	}
+}
+
+// TestSeenLoweringBeforeAFirstRecord: a new policy withdrawn and granted again before anything
+// was recorded for it does not date its first grant back to acceptedAt (startFrom Beginning):
+// it starts now, after the withdrawal.
+func TestSeenLoweringBeforeAFirstRecord(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	clock := clocktesting.NewFakeClock(start)
+	r := &TelemetryPolicyReconciler{Clock: clock, Options: Options{LedgerResync: 10 * time.Minute}}
+	ps := policyVersions(start, nil, v1.TierEventLevel, v1.TierOff, v1.TierEventLevel)
+	for _, p := range ps {
+		p.Status.EffectiveTier = ""
+		p.Spec.Export = &v1.ExportSpec{StartFrom: v1.StartFromBeginning}
+	}
+	clock.Step(time.Minute)
+	r.noteLowering(ps[0], ps[1])
+	clock.Step(time.Minute)
+	st := &reconcileState{policy: ps[2], mutate: true, ledgerKnown: true, intent: v1.TierEventLevel}
+	r.plan(st)
+	if st.want == nil || !st.want.At.Equal(clock.Now()) {
+		t.Fatalf("first grant %v, want it dated now (%s), after the withdrawal noted at %s", st.want, clock.Now(), start.Add(time.Minute))
+	}
+	without := &reconcileState{policy: ps[2].DeepCopy(), mutate: true, ledgerKnown: true, intent: v1.TierEventLevel}
+	without.policy.UID = "other"
+	r.plan(without)
+	if without.want == nil || !without.want.At.Before(start) {
+		t.Fatalf("first grant of a policy never withdrawn %v, want it from acceptedAt", without.want)
+	}
+}
+
+// TestSeenLoweringAfterAStaleGrant: a grant planned from generation 1 and recorded after
+// generation 2 withdrew consent (the write landed while the reconcile read the record back) does
+// not swallow the withdrawal: it is recorded from the grant on. A grant planned from the version
+// with the withdrawal or a newer one (generation 3, granting again) superseded it: nothing is added.
+func TestSeenLoweringAfterAStaleGrant(t *testing.T) {
+	for _, plannedFrom := range []int64{1, 3} {
+		start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+		clock := clocktesting.NewFakeClock(start)
+		t0 := start.Add(-time.Hour)
+		r := &TelemetryPolicyReconciler{Clock: clock, Options: Options{LedgerResync: 10 * time.Minute}}
+		co := consentv1.Timeline{{At: t0, Tier: consentv1.TierCriticalOnly, Reason: "Declared", RecordedAt: &t0}}
+		ps := policyVersions(start, co, v1.TierEventLevel, v1.TierOff, v1.TierEventLevel)
+		clock.Step(time.Minute)
+		r.noteLowering(ps[0], ps[1]) // Off written at start+1m
+		clock.Step(time.Minute)
+		g := start.Add(90 * time.Second)
+		r.noteRecorded(ps[plannedFrom-1], g)
+		recorded := append(co[:1:1], consentv1.Transition{At: g, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &g})
+		st := &reconcileState{policy: ps[2], mutate: true, timeline: recorded, ledgerKnown: true, intent: v1.TierEventLevel}
+		r.plan(st)
+		switch {
+		case plannedFrom == 1 && (len(st.pending) != 1 || st.pending[0].Tier != consentv1.TierOff || !st.pending[0].At.Equal(g) || st.want == nil):
+			t.Fatalf("grant planned from generation 1: pending %v, want %v; want Off from the grant (%s), then EventLevel now", st.pending, st.want, g)
+		case plannedFrom == 3 && (len(st.pending) != 0 || st.want != nil):
+			t.Fatalf("grant planned from generation 3: pending %v, want %v; want nothing (the grant superseded the withdrawal)", st.pending, st.want)
+		}
+	}
+}
+
+// policyVersions is trialPolicy at each tier in turn, generations 1, 2, ...
+func policyVersions(start time.Time, timeline consentv1.Timeline, tiers ...v1.ConsentTier) []*v1.TelemetryPolicy {
+	var out []*v1.TelemetryPolicy
+	for i, tier := range tiers {
+		p := trialPolicy(start, tier, timeline)
+		p.Generation = int64(i + 1)
+		out = append(out, p)
+	}
+	return out
 }
