@@ -217,6 +217,49 @@ func TestAggregatesNeverCountEventLevelPeriods(t *testing.T) {
 	}
 }
 
+// TestAggregatesWaitForTheDowngradeToBeRecorded: the operator enforces a lowering from
+// EventLevel on the collector before the receiver records it. Until it does, the receiver's record
+// still says EventLevel and would refuse the days after the lowering; they wait, and are
+// published once it is recorded.
+func TestAggregatesWaitForTheDowngradeToBeRecorded(t *testing.T) {
+	today := time.Now().UTC().Truncate(24 * time.Hour)
+	day := func(n int) time.Time { return today.AddDate(0, 0, n) }
+	since := consentSince
+	in := newInstanceConsent(t, v1.TierEventLevel, 100, consentv1.Timeline{{At: since, Tier: consentv1.TierEventLevel, RecordedAt: &since}})
+	cfg, err := collector.LoadConfig(in.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	downgrade := day(-3)
+	cfg.Tier = v1.TierCriticalOnly
+	cfg.Consent = append(cfg.Consent, consentv1.Transition{At: downgrade, Tier: consentv1.TierCriticalOnly}) // pending: not recorded yet
+	in.writeConfig(*cfg)
+	for u := 11; u <= 16; u++ {
+		in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, day(-2).Add(10*time.Hour))
+	}
+	p := in.pipeline()
+	if _, err := p.RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(publishedCells(t, in)); n != 0 {
+		t.Fatalf("%d cells sent before the receiver recorded the downgrade", n)
+	}
+	if through := p.Progress().AggregatesThrough; through >= downgrade.Format(time.DateOnly) {
+		t.Fatalf("aggregates marked published through %s, past the day of the unrecorded downgrade", through)
+	}
+
+	recorded := downgrade
+	grant(t, in.id, consentv1.Timeline{{At: downgrade, Tier: consentv1.TierCriticalOnly}})
+	cfg.Consent[len(cfg.Consent)-1].RecordedAt = &recorded
+	in.writeConfig(*cfg)
+	if _, err := p.RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := publishedCells(t, in)[aggregateKey{day(-2).Format(time.DateOnly), "event_count", "hover"}]; got[1] != 6 {
+		t.Fatalf("hover on %s = %v once the downgrade is recorded, want 6 users", day(-2).Format(time.DateOnly), got)
+	}
+}
+
 // TestAWindowClosedWhileABatchWaitsIsObeyed: a batch read under a configuration whose window
 // has since been closed (the tier is still EventLevel: consent was withdrawn and granted again)
 // is not sent; the next round reads under the new windows. The receiver here would take it.

@@ -589,6 +589,16 @@ func (p *Pipeline) pendingAggregates(ctx context.Context) (pendingAggregateDays,
 			from = first
 		}
 	}
+	// A day this configuration lets publish that the receiver's record (what it has recorded
+	// of the timeline) does not yet: a lowering from EventLevel enforced here first. Its cells
+	// would be refused, and the day never sent again; it waits until the lowering is recorded.
+	days, recorded := p.cfg.Consent.AggregateDays(), p.cfg.Consent.Recorded().AggregateDays()
+	for d := from; !d.After(last); d = d.AddDate(0, 0, 1) {
+		if days.Allow(d) && !recorded.Allow(d) {
+			last = d.AddDate(0, 0, -1)
+			break
+		}
+	}
 	if len(periods) == 0 || from.After(last) {
 		return pendingAggregateDays{}, nil
 	}
@@ -597,7 +607,6 @@ func (p *Pipeline) pendingAggregates(ctx context.Context) (pendingAggregateDays,
 		return pendingAggregateDays{}, err
 	}
 	// A day that was EventLevel in part is not published (the receiver refuses it too).
-	days := p.cfg.Consent.AggregateDays()
 	cells = slices.DeleteFunc(cells, func(c batchv1.Aggregate) bool {
 		d, err := time.Parse(time.DateOnly, c.Day)
 		return err != nil || !days.Allow(d)

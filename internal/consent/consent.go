@@ -165,7 +165,18 @@ func TransitionTime(c Change) (time.Time, string) {
 	if !c.Decision.Eligible && c.Decision.Reason != "" {
 		reason = c.Decision.Reason
 	}
+	var expired *time.Time
+	if c.From == telemetryv1alpha1.TierEventLevel && c.Spec.Contract != nil && c.Spec.Contract.ExpiresAt != nil {
+		// EventLevel ended when the basis expired, whatever else ended it since (terms found
+		// outdated, approval withdrawn, a lower tier declared, the policy deleted): the decision names only one reason.
+		if e := c.Spec.Contract.ExpiresAt.Time; !e.After(c.Now) && !e.Before(c.LastAt) {
+			expired = &e
+		}
+	}
 	if c.DeletedAt != nil {
+		if expired != nil && expired.Before(*c.DeletedAt) {
+			return *expired, telemetryv1alpha1.ReasonTrialExpired
+		}
 		return *c.DeletedAt, telemetryv1alpha1.ReasonPolicyDeleted
 	}
 	var accepted *time.Time
@@ -187,14 +198,6 @@ func TransitionTime(c Change) (time.Time, string) {
 	// Lowering.
 	if reason == telemetryv1alpha1.ReasonTrialExpired && c.Spec.Contract != nil && c.Spec.Contract.ExpiresAt != nil {
 		return c.Spec.Contract.ExpiresAt.Time, reason
-	}
-	var expired *time.Time
-	if c.From == telemetryv1alpha1.TierEventLevel && c.Spec.Contract != nil && c.Spec.Contract.ExpiresAt != nil {
-		// EventLevel ended when the basis expired, whatever else ended it since (terms found
-		// outdated, approval withdrawn, a lower tier declared): the decision names only one reason.
-		if e := c.Spec.Contract.ExpiresAt.Time; !e.After(c.Now) && !e.Before(c.LastAt) {
-			expired = &e
-		}
 	}
 	at := c.Now
 	for _, w := range c.SpecWrites {

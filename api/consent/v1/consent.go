@@ -154,6 +154,19 @@ type AggregateDays struct {
 	criticalOnly, eventLevel []Window
 }
 
+// Recorded is the part of the timeline the receiver has recorded: up to its last transition that
+// carries RecordedAt (a collector's configuration also holds the lowerings the operator enforced
+// and has yet to record, which carry none). A timeline none of whose transitions carries one is
+// taken as recorded whole.
+func (t Timeline) Recorded() Timeline {
+	for i := len(t) - 1; i >= 0; i-- {
+		if t[i].RecordedAt != nil {
+			return t[: i+1 : i+1]
+		}
+	}
+	return t
+}
+
 // AggregateDays returns the rule for the timeline.
 func (t Timeline) AggregateDays() AggregateDays {
 	return AggregateDays{criticalOnly: t.AggregateWindows(), eventLevel: t.Windows(TierEventLevel)}

@@ -79,6 +79,19 @@ func TestAggregateDays(t *testing.T) {
 	}
 }
 
+// TestRecorded: the part of a timeline the receiver recorded ends with its last transition
+// that carries RecordedAt; a timeline without any is taken whole.
+func TestRecorded(t *testing.T) {
+	at := h(1)
+	tl := Timeline{{At: h(0), Tier: TierEventLevel, RecordedAt: &at}, {At: h(2), Tier: TierCriticalOnly, RecordedAt: &at}, {At: h(3), Tier: TierOff}}
+	if got := tl.Recorded(); len(got) != 2 || got.Current() != TierCriticalOnly {
+		t.Fatalf("Recorded() = %+v, want the first two", got)
+	}
+	if got := tl[2:].Recorded(); len(got) != 1 {
+		t.Fatalf("a timeline with no RecordedAt: %+v, want it whole", got)
+	}
+}
+
 // TestWindowsAgreeWithTierAt holds the two views of a timeline equal on random timelines.
 func TestWindowsAgreeWithTierAt(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2)) //nolint:gosec // test data
