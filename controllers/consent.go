@@ -768,7 +768,7 @@ func (r *TelemetryPolicyReconciler) lowerConfig(ctx context.Context, st *reconci
 			return false, nil
 		}
 	}
-	st.configHash = resources.Hash(rendered)
+	st.configHash = resources.ConfigHash(rendered)
 	desired := resources.ConfigMap(p, rendered)
 	if !live {
 		_, err := ensureOwned(ctx, r, p, desired, configMapKind)
@@ -834,7 +834,7 @@ func (r *TelemetryPolicyReconciler) writeConfig(ctx context.Context, st *reconci
 		st.stall(ReasonInvalidSpec, err.Error())
 		return nil
 	}
-	st.configHash = resources.Hash(rendered)
+	st.configHash = resources.ConfigHash(rendered)
 	_, err = ensureOwned(ctx, r, p, resources.ConfigMap(p, rendered), configMapKind)
 	return err
 }
@@ -1018,6 +1018,9 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 		}
 	}()
 	writtenFrom := r.Clock.Now() // the record as the writes below return it is dated no later
+	if len(st.pending) > 0 || st.want != nil {
+		r.notePlanRecorded(p, writtenFrom)
+	}
 	for st.ledgerErr == nil && len(st.pending) > 0 {
 		state, err := r.Ledger.Record(ctx, r.recordRequest(st, st.pending[0]))
 		if err != nil {
@@ -1027,7 +1030,6 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 		if !r.adoptLedger(ctx, st, state) {
 			return
 		}
-		r.noteRecorded(p, st.timeline[len(st.timeline)-1].At)
 		st.pending = st.pending[1:]
 	}
 	if st.ledgerErr == nil && len(st.pending) == 0 && st.recordLost {
@@ -1039,7 +1041,6 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 		if err != nil {
 			st.ledgerErr = err
 		} else if r.adoptLedger(ctx, st, state) {
-			r.noteRecorded(p, st.timeline[len(st.timeline)-1].At)
 			st.want = nil
 		}
 	}

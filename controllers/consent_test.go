@@ -936,7 +936,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Eventually(func() string {
 			d, _ := deployment(ctx, ns, "broken")
 			return d.Spec.Template.Annotations[resources.AnnotationConfigHash]
-		}).Should(Equal(resources.Hash([]byte(cm.Data[resources.ConfigKey]))), "the Deployment runs the lowered configuration")
+		}).Should(Equal(resources.ConfigHash([]byte(cm.Data[resources.ConfigKey]))), "the Deployment runs the lowered configuration")
 		Expect(templateTierOf(ctx, ns, "broken")).To(Equal(string(v1.TierCriticalOnly)))
 		rollOut(ctx, ns, "broken")
 		Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "broken").Status.EffectiveTier }).Should(Equal(v1.TierCriticalOnly))

@@ -101,7 +101,7 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		By("hardening the collector Deployment")
 		Expect(*dep.Spec.Replicas).To(Equal(int32(1)))
 		Expect(dep.Spec.Strategy.Type).To(Equal(appsv1.RecreateDeploymentStrategyType))
-		Expect(dep.Spec.Template.Annotations).To(HaveKeyWithValue(resources.AnnotationConfigHash, resources.Hash([]byte(cm.Data[resources.ConfigKey]))))
+		Expect(dep.Spec.Template.Annotations).To(HaveKeyWithValue(resources.AnnotationConfigHash, resources.ConfigHash([]byte(cm.Data[resources.ConfigKey]))))
 		pod := dep.Spec.Template.Spec
 		Expect(pod.ServiceAccountName).To(Equal(names.ServiceAccount))
 		Expect(*pod.SecurityContext.RunAsNonRoot).To(BeTrue())

@@ -126,7 +126,7 @@ func rollOut(ctx context.Context, ns, policy string) {
 		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: resources.NamesFor(policy).Config}, cm); err != nil {
 			return err
 		}
-		if want := resources.Hash([]byte(cm.Data[resources.ConfigKey])); d.Spec.Template.Annotations[resources.AnnotationConfigHash] != want {
+		if want := resources.ConfigHash([]byte(cm.Data[resources.ConfigKey])); d.Spec.Template.Annotations[resources.AnnotationConfigHash] != want {
 			return fmt.Errorf("deployment does not carry the current configuration yet")
 		}
 		d.Status = appsv1.DeploymentStatus{
@@ -152,7 +152,7 @@ func rollOutUntilReady(ctx context.Context, ns, policy string) {
 			return err.Error()
 		}
 		done := appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 1, ReadyReplicas: 1, AvailableReplicas: 1}
-		if want := resources.Hash([]byte(cm.Data[resources.ConfigKey])); d.Spec.Template.Annotations[resources.AnnotationConfigHash] == want &&
+		if want := resources.ConfigHash([]byte(cm.Data[resources.ConfigKey])); d.Spec.Template.Annotations[resources.AnnotationConfigHash] == want &&
 			!equality.Semantic.DeepEqual(d.Status, done) {
 			d.Status = done
 			if err := k8s.Status().Update(ctx, d); err != nil {

@@ -36,13 +36,15 @@ type seenLowering struct {
 	tr         consentv1.Transition
 }
 
-// recordedFrom is the generation of the policy a transition this process recorded at the
-// receiver was planned from, and that transition's time: a withdrawal the watch saw in a later
-// version than a grant recorded after it was planned from an older one.
+// recordedFrom is the generation of the policy the transitions this process last asked the
+// receiver to record were planned from, and when it began asking: what the receiver recorded
+// from then on (its reply may have been lost) came from that plan. A withdrawal the watch saw in
+// a later version than a grant recorded after it was planned from an older one is not
+// superseded by that grant.
 type recordedFrom struct {
 	uid        types.UID
 	generation int64
-	at         time.Time
+	since      time.Time
 }
 
 // seeLowerings is the policy watch's first predicate: it notes every lowering of the decided
@@ -145,52 +147,57 @@ func (r *TelemetryPolicyReconciler) forgetPolicyLowerings(key client.ObjectKey) 
 	delete(r.recorded, key)
 }
 
-// noteRecorded remembers that the transition at at, recorded at the receiver, was planned from
-// the policy's generation.
-func (r *TelemetryPolicyReconciler) noteRecorded(p *v1.TelemetryPolicy, at time.Time) {
+// notePlanRecorded remembers, before the first request to record a transition planned from the
+// policy's generation, when this process began asking.
+func (r *TelemetryPolicyReconciler) notePlanRecorded(p *v1.TelemetryPolicy, since time.Time) {
 	r.seenMu.Lock()
 	defer r.seenMu.Unlock()
 	if r.recorded == nil {
 		r.recorded = map[client.ObjectKey]recordedFrom{}
 	}
-	r.recorded[client.ObjectKeyFromObject(p)] = recordedFrom{uid: p.UID, generation: p.Generation, at: at}
+	r.recorded[client.ObjectKeyFromObject(p)] = recordedFrom{uid: p.UID, generation: p.Generation, since: since}
 }
 
-// plannedBefore reports whether the transition at at was recorded by this process from a
-// version of p older than generation.
+// plannedBefore reports whether the transition at at came from this process's last plan, made
+// from a version of p older than generation. The receiver's clock may lag this one's by up to
+// consentv1.MaxClockSkew.
 func (r *TelemetryPolicyReconciler) plannedBefore(p *v1.TelemetryPolicy, at time.Time, generation int64) bool {
 	r.seenMu.Lock()
 	defer r.seenMu.Unlock()
 	m, ok := r.recorded[client.ObjectKeyFromObject(p)]
-	return ok && m.uid == p.UID && m.at.Equal(at) && m.generation < generation
+	return ok && m.uid == p.UID && !at.Before(m.since.Add(-consentv1.MaxClockSkew)) && m.generation < generation
 }
 
 // injectSeenLowerings adds to the pending lowerings those the watch saw that the local timeline
-// does not hold: a lowering to X at W is held when the tier in force at W is X or lower, or a
-// transition to X or lower is dated from W on (the same withdrawal, dated when it was seen). One
-// that is not held is added at W; if the timeline has moved on since W, only when its last
-// transition was planned from an older version of the policy than the lowering (a grant planned
-// before consent was withdrawn, recorded after): then from that transition on. A later plan
-// (from the version with the lowering or a newer one) superseded it. It reports whether any
-// lowering was noted for the policy at all.
+// does not hold. A lowering to X at W is added at W when the timeline has not moved on since W
+// and the tier in force at W is higher than X. When the timeline has moved on since W, it was
+// recorded with that (dated a moment later), or superseded by a later plan, unless the last
+// transition came from a plan of an older version of the policy than the lowering (a grant
+// planned before consent was withdrawn, recorded after): then it is added from that transition
+// on. Nothing is added to an instance with no record, and nothing noted is forgotten until it
+// has one (its first grant starts now, after what was noted: see plan). It reports whether any
+// lowering was noted for the policy.
 func (r *TelemetryPolicyReconciler) injectSeenLowerings(st *reconcileState) bool {
 	notes := r.seenLowerings(st.policy)
+	local := st.localTimeline()
+	if len(local) == 0 {
+		return len(notes) > 0
+	}
 	for _, l := range notes {
 		if !slices.Contains(st.seenConsidered, l.seq) {
 			st.seenConsidered = append(st.seenConsidered, l.seq)
 		}
 	}
-	local := st.localTimeline()
-	if len(local) == 0 {
-		return len(notes) > 0
-	}
 	now := r.Clock.Now()
 	for _, l := range notes {
-		if held(local, l.tr) {
-			continue
-		}
-		if last := local[len(local)-1]; last.At.After(l.tr.At) && !r.plannedBefore(st.policy, last.At, l.generation) {
-			continue
+		last := local[len(local)-1]
+		switch {
+		case last.At.After(l.tr.At):
+			if last.Tier.Rank() <= l.tr.Tier.Rank() || !r.plannedBefore(st.policy, last.At, l.generation) {
+				continue
+			}
+		case local.TierAt(l.tr.At).Rank() <= l.tr.Tier.Rank():
+			continue // in force already
 		}
 		if next, add, err := consentv1.Next(local, l.tr, now); err == nil && add {
 			st.pending = append(st.pending, next)
@@ -198,18 +205,4 @@ func (r *TelemetryPolicyReconciler) injectSeenLowerings(st *reconcileState) bool
 		}
 	}
 	return len(notes) > 0
-}
-
-// held reports whether the timeline holds the lowering tr: the tier in force at its time is no
-// higher, or a transition no higher is dated from its time on.
-func held(tl consentv1.Timeline, tr consentv1.Transition) bool {
-	if tl.TierAt(tr.At).Rank() <= tr.Tier.Rank() {
-		return true
-	}
-	for _, t := range tl {
-		if !t.At.Before(tr.At) && t.Tier.Rank() <= tr.Tier.Rank() {
-			return true
-		}
-	}
-	return false
 }

@@ -7,6 +7,7 @@ Licensed under the Apache License, Version 2.0.
 package controllers
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"slices"
@@ -21,6 +22,8 @@ import (
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
+	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
+	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
 
 // slowLedger answers State with a fixed record, and the clock moves on while it answers: a
@@ -592,31 +595,59 @@ func TestSeenLoweringBeforeAFirstRecord(t *testing.T) {
 }
 
 // TestSeenLoweringAfterAStaleGrant: a grant planned from generation 1 and recorded after
-// generation 2 withdrew consent (the write landed while the reconcile read the record back) does
-// not swallow the withdrawal: it is recorded from the grant on. A grant planned from the version
-// with the withdrawal or a newer one (generation 3, granting again) superseded it: nothing is added.
+// generation 2 withdrew consent (the write landed while the reconcile read the record back; its
+// reply may even have been lost) does not swallow the withdrawal, whether below the tier in force
+// before the grant or back to it: it is recorded from the grant on. A grant planned from a
+// version as new as the withdrawal (generation 3, granting again) superseded it: nothing is added.
 func TestSeenLoweringAfterAStaleGrant(t *testing.T) {
-	for _, plannedFrom := range []int64{1, 3} {
-		start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
-		clock := clocktesting.NewFakeClock(start)
-		t0 := start.Add(-time.Hour)
-		r := &TelemetryPolicyReconciler{Clock: clock, Options: Options{LedgerResync: 10 * time.Minute}}
-		co := consentv1.Timeline{{At: t0, Tier: consentv1.TierCriticalOnly, Reason: "Declared", RecordedAt: &t0}}
-		ps := policyVersions(start, co, v1.TierEventLevel, v1.TierOff, v1.TierEventLevel)
-		clock.Step(time.Minute)
-		r.noteLowering(ps[0], ps[1]) // Off written at start+1m
-		clock.Step(time.Minute)
-		g := start.Add(90 * time.Second)
-		r.noteRecorded(ps[plannedFrom-1], g)
-		recorded := append(co[:1:1], consentv1.Transition{At: g, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &g})
-		st := &reconcileState{policy: ps[2], mutate: true, timeline: recorded, ledgerKnown: true, intent: v1.TierEventLevel}
-		r.plan(st)
-		switch {
-		case plannedFrom == 1 && (len(st.pending) != 1 || st.pending[0].Tier != consentv1.TierOff || !st.pending[0].At.Equal(g) || st.want == nil):
-			t.Fatalf("grant planned from generation 1: pending %v, want %v; want Off from the grant (%s), then EventLevel now", st.pending, st.want, g)
-		case plannedFrom == 3 && (len(st.pending) != 0 || st.want != nil):
-			t.Fatalf("grant planned from generation 3: pending %v, want %v; want nothing (the grant superseded the withdrawal)", st.pending, st.want)
+	for _, withdrawn := range []v1.ConsentTier{v1.TierOff, v1.TierCriticalOnly} {
+		for _, plannedFrom := range []int64{1, 3} {
+			start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+			clock := clocktesting.NewFakeClock(start)
+			t0 := start.Add(-time.Hour)
+			r := &TelemetryPolicyReconciler{Clock: clock, Options: Options{LedgerResync: 10 * time.Minute}}
+			co := consentv1.Timeline{{At: t0, Tier: consentv1.TierCriticalOnly, Reason: "Declared", RecordedAt: &t0}}
+			ps := policyVersions(start, co, v1.TierEventLevel, withdrawn, v1.TierEventLevel)
+			r.notePlanRecorded(ps[plannedFrom-1], start.Add(30*time.Second)) // asking from then on
+			clock.Step(time.Minute)
+			r.noteLowering(ps[0], ps[1]) // withdrawn at start+1m
+			clock.Step(time.Minute)
+			g := start.Add(90 * time.Second) // the receiver's time for the grant
+			recorded := append(co[:1:1], consentv1.Transition{At: g, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &g})
+			st := &reconcileState{policy: ps[2], mutate: true, timeline: recorded, ledgerKnown: true, intent: v1.TierEventLevel}
+			r.plan(st)
+			switch {
+			case plannedFrom == 1 && (len(st.pending) != 1 || st.pending[0].Tier != consentv1.Tier(withdrawn) || !st.pending[0].At.Equal(g) || st.want == nil):
+				t.Fatalf("%s, grant planned from generation 1: pending %v, want %v; want %s from the grant (%s), then EventLevel now", withdrawn, st.pending, st.want, withdrawn, g)
+			case plannedFrom == 3 && (len(st.pending) != 0 || st.want != nil):
+				t.Fatalf("%s, grant planned from generation 3: pending %v, want %v; want nothing (the grant superseded the withdrawal)", withdrawn, st.pending, st.want)
+			}
 		}
+	}
+}
+
+// TestSeenLoweringOutlivesAFailedFirstRecord: the first grant of a policy withdrawn and granted
+// again before anything was recorded starts now; should recording it fail, the retry still
+// starts it now (what was noted is kept until the instance has a record).
+func TestSeenLoweringOutlivesAFailedFirstRecord(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	clock := clocktesting.NewFakeClock(start)
+	r := &TelemetryPolicyReconciler{Clock: clock, Options: Options{LedgerResync: 10 * time.Minute}}
+	ps := policyVersions(start, nil, v1.TierEventLevel, v1.TierOff, v1.TierEventLevel)
+	for _, p := range ps {
+		p.Status.EffectiveTier = ""
+		p.Spec.Export = &v1.ExportSpec{StartFrom: v1.StartFromBeginning}
+	}
+	clock.Step(time.Minute)
+	r.noteLowering(ps[0], ps[1])
+	for attempt := range 2 {
+		clock.Step(time.Minute)
+		st := &reconcileState{policy: ps[2], mutate: true, ledgerKnown: true, intent: v1.TierEventLevel}
+		r.plan(st)
+		if st.want == nil || !st.want.At.Equal(clock.Now()) {
+			t.Fatalf("attempt %d: first grant %v, want it dated now (%s)", attempt+1, st.want, clock.Now())
+		}
+		r.forgetSeenLowerings(client.ObjectKeyFromObject(ps[2]), st.seenConsidered) // the record failed
 	}
 }
 
@@ -629,4 +660,45 @@ func policyVersions(start time.Time, timeline consentv1.Timeline, tiers ...v1.Co
 		out = append(out, p)
 	}
 	return out
+}
+
+// TestCollectorTimelineMarksWhatIsRecorded: the collector's configuration tells the transitions
+// the receiver recorded from the lowerings it has yet to record (the collector holds back
+// aggregates of days only those let publish), and is the same whether written from the
+// receiver's record (recorded in microseconds) or the copy in status (in seconds): the collector
+// is not rolled at every read-back.
+func TestCollectorTimelineMarksWhatIsRecorded(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	recordedAt := start.Add(-time.Hour + 1234567*time.Nanosecond)
+	record := consentv1.Timeline{{At: start.Add(-time.Hour), Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &recordedAt}}
+	pending := consentv1.Transition{At: start, Tier: consentv1.TierCriticalOnly, Reason: "Declared"}
+	p := trialPolicy(start, v1.TierCriticalOnly, record)
+	p.Spec.Source = &v1.SourceSpec{DatabaseSecretRef: v1.SecretKeyRef{Name: "db", Key: "dsn"}}
+	p.Spec.Export = &v1.ExportSpec{Endpoint: "https://receiver.example.com:8443"}
+	render := func(tl consentv1.Timeline) []byte {
+		out, err := collectorconfig.Render(resources.CollectorConfig(p, v1.TierCriticalOnly, append(tl[:len(tl):len(tl)], pending)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	fromRecord, fromCopy := render(record), render(timelineOf(historyOf(record)))
+	if !bytes.Equal(fromRecord, fromCopy) {
+		t.Fatalf("from the record:\n%s\nfrom the copy:\n%s", fromRecord, fromCopy)
+	}
+	cfg, err := collectorconfig.Parse(bytes.NewReader(fromRecord))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Consent.Recorded(); len(got) != 1 || got.Current() != consentv1.TierEventLevel {
+		t.Fatalf("recorded part %+v, want the grant only (the lowering is pending)", got)
+	}
+	// Once the receiver records the lowering the configuration marks it, and its pods stay.
+	now := start.Add(time.Second)
+	pending.RecordedAt = &now
+	afterRecord := render(record)
+	if bytes.Equal(afterRecord, fromRecord) || resources.ConfigHash(afterRecord) != resources.ConfigHash(fromRecord) {
+		t.Fatalf("recording the lowering: configuration changed %v, pods' hash changed %v; want the first, not the second",
+			!bytes.Equal(afterRecord, fromRecord), resources.ConfigHash(afterRecord) != resources.ConfigHash(fromRecord))
+	}
 }

@@ -9,6 +9,7 @@ Licensed under the Apache License, Version 2.0.
 package resources
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 
@@ -137,13 +138,19 @@ func CollectorConfig(p *telemetryv1alpha1.TelemetryPolicy, tier telemetryv1alpha
 }
 
 // collectorTimeline keeps what the collector filters by (when, which tier) of the newest
-// transitions: the audit fields would only change the configuration's hash, and so restart the
-// collector, without changing what it may send.
+// transitions, and whether the receiver has recorded each (the collector holds back aggregates
+// of days only an unrecorded lowering lets publish): the audit fields would only change the
+// configuration's hash, and so restart the collector, without changing what it may send. A
+// recorded transition is marked with its own time, the same whether it was written from the
+// receiver's record or from the copy in status (which keeps when it was recorded in seconds).
 func collectorTimeline(t consentv1.Timeline) consentv1.Timeline {
 	t = t.Tail(collectorconfig.MaxConsentTransitions)
 	out := make(consentv1.Timeline, len(t))
 	for i, tr := range t {
 		out[i] = consentv1.Transition{At: tr.At.UTC(), Tier: tr.Tier}
+		if tr.RecordedAt != nil {
+			out[i].RecordedAt = &out[i].At
+		}
 	}
 	return out
 }
@@ -168,6 +175,26 @@ func StateConfigMap(p *telemetryv1alpha1.TelemetryPolicy) *corev1.ConfigMap {
 func Hash(data []byte) string {
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:])
+}
+
+// ConfigHash is the hash of a rendered collector configuration that its pods carry
+// (AnnotationConfigHash): of everything but the marks of which transitions the receiver has
+// recorded. Those change when a lowering already enforced is recorded, and need no new pod: the
+// collector re-reads the file before every batch, and a mark it has yet to see only holds its
+// aggregates back a little longer. Data that does not parse is hashed whole.
+func ConfigHash(data []byte) string {
+	c, err := collectorconfig.Parse(bytes.NewReader(data))
+	if err != nil {
+		return Hash(data)
+	}
+	for i := range c.Consent {
+		c.Consent[i].RecordedAt = nil
+	}
+	out, err := collectorconfig.Render(*c)
+	if err != nil {
+		return Hash(data)
+	}
+	return Hash(out)
 }
 
 // ServiceAccount returns the collector's ServiceAccount.

@@ -127,7 +127,7 @@ func collectorPod(ctx context.Context, c client.Client, p *v1.TelemetryPolicy) (
 	if err := c.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}, cfg); err != nil {
 		return nil, nil, fmt.Errorf("reading the collector configuration: %w", err)
 	}
-	current := resources.Hash([]byte(cfg.Data[resources.ConfigKey]))
+	current := resources.ConfigHash([]byte(cfg.Data[resources.ConfigKey]))
 	var found []string
 	for i := range work.Pods {
 		pod := &work.Pods[i]

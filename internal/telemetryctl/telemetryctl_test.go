@@ -277,9 +277,9 @@ func owned(t *testing.T, p *v1.TelemetryPolicy, podConfigHash, state string) *co
 		Data: map[string][]byte{"tls.key": []byte(secretValue), "tls.crt": []byte("cert")}}
 	key := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: n.PseudonymKey}, Data: map[string][]byte{"key": []byte(secretValue)}}
 	if podConfigHash == "current" {
-		podConfigHash = resources.Hash([]byte(cfg.Data[resources.ConfigKey]))
+		podConfigHash = resources.ConfigHash([]byte(cfg.Data[resources.ConfigKey]))
 	}
-	dep := resources.Deployment(p, "collector:dev", resources.Hash([]byte(cfg.Data[resources.ConfigKey])), v1.TierCriticalOnly)
+	dep := resources.Deployment(p, "collector:dev", resources.ConfigHash([]byte(cfg.Data[resources.ConfigKey])), v1.TierCriticalOnly)
 	// A literal value in the pod template (a DSN set inline, say) must not reach a bundle.
 	dep.Spec.Template.Spec.Containers[0].Env = append(dep.Spec.Template.Spec.Containers[0].Env, corev1.EnvVar{Name: "PGPASSWORD", Value: secretValue})
 	for _, o := range []client.Object{cfg, st, tlsSecret, key, resources.ServiceAccount(p), resources.Role(p), resources.RoleBinding(p), dep} {

@@ -120,7 +120,7 @@ func Describe(ctx context.Context, c client.Client, p *v1.TelemetryPolicy, now t
 	var configHash string
 	cfg := &corev1.ConfigMap{}
 	node, err := get("ConfigMap", n.Config, cfg, func() string {
-		configHash = resources.Hash([]byte(cfg.Data[resources.ConfigKey]))
+		configHash = resources.ConfigHash([]byte(cfg.Data[resources.ConfigKey]))
 		return "collector configuration " + short(configHash)
 	})
 	if err != nil {

@@ -156,7 +156,8 @@ type AggregateDays struct {
 
 // Recorded is the part of the timeline the receiver has recorded: up to its last transition that
 // carries RecordedAt (a collector's configuration also holds the lowerings the operator enforced
-// and has yet to record, which carry none). A timeline none of whose transitions carries one is
+// and has yet to record, which carry none; there it marks a recorded transition with its own
+// time, not when it was recorded). A timeline none of whose transitions carries one is
 // taken as recorded whole.
 func (t Timeline) Recorded() Timeline {
 	for i := len(t) - 1; i >= 0; i-- {
