@@ -347,8 +347,12 @@ func (r *TelemetryPolicyReconciler) replan(ctx context.Context, st *reconcileSta
 		// A record nobody owns is claimed only by recording, which a suspended policy does not
 		// do: nothing of it is adopted.
 		before, history := *st, st.policy.Status.ConsentHistory
-		if r.readBack(ctx, st); st.claim {
+		if ok := r.readBack(ctx, st); st.claim {
 			*st, st.policy.Status.ConsentHistory = before, history
+		} else if ok {
+			// What the watch saw is judged again against the record as read (a withdrawal
+			// planned from the copy may predate a grant the copy lacks).
+			r.injectSeenLowerings(st)
 		}
 		return nil
 	}

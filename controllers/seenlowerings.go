@@ -174,19 +174,17 @@ func (r *TelemetryPolicyReconciler) plannedBefore(p *v1.TelemetryPolicy, at time
 // recorded with that (dated a moment later), or superseded by a later plan, unless the last
 // transition came from a plan of an older version of the policy than the lowering (a grant
 // planned before consent was withdrawn, recorded after): then it is added from that transition
-// on. Nothing is added to an instance with no record, and nothing noted is forgotten until it
-// has one (its first grant starts now, after what was noted: see plan). It reports whether any
+// on. Nothing is added to an instance with no record (its first grant starts now, after what
+// was noted: see plan). A lowering is forgotten only once a reconcile's last look found it held
+// or superseded, not when it was added: a pending lowering may yet be dropped by a read-back
+// that finds a later transition, and must then be judged again. It reports whether any
 // lowering was noted for the policy.
 func (r *TelemetryPolicyReconciler) injectSeenLowerings(st *reconcileState) bool {
 	notes := r.seenLowerings(st.policy)
+	st.seenConsidered = st.seenConsidered[:0]
 	local := st.localTimeline()
 	if len(local) == 0 {
 		return len(notes) > 0
-	}
-	for _, l := range notes {
-		if !slices.Contains(st.seenConsidered, l.seq) {
-			st.seenConsidered = append(st.seenConsidered, l.seq)
-		}
 	}
 	now := r.Clock.Now()
 	for _, l := range notes {
@@ -194,10 +192,12 @@ func (r *TelemetryPolicyReconciler) injectSeenLowerings(st *reconcileState) bool
 		switch {
 		case last.At.After(l.tr.At):
 			if last.Tier.Rank() <= l.tr.Tier.Rank() || !r.plannedBefore(st.policy, last.At, l.generation) {
+				st.seenConsidered = append(st.seenConsidered, l.seq) // held, or superseded
 				continue
 			}
 		case local.TierAt(l.tr.At).Rank() <= l.tr.Tier.Rank():
-			continue // in force already
+			st.seenConsidered = append(st.seenConsidered, l.seq) // in force already
+			continue
 		}
 		if next, add, err := consentv1.Next(local, l.tr, now); err == nil && add {
 			st.pending = append(st.pending, next)
