@@ -924,6 +924,14 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 			st.tier = v1.TierOff
 			return r.holdOwnedElsewhere(ctx, st)
 		}
+		if st.seenInjected && st.tier != "" && st.tier != v1.TierOff && st.outside == nil {
+			// A withdrawal the watch saw, granted again since: the collector's filter closes
+			// that period too (its configuration only: the Deployment waits for resume; the
+			// collector re-reads the file before every batch).
+			if _, err := r.lowerConfig(ctx, st, st.tier, true); err != nil {
+				return err
+			}
+		}
 		return nil
 	}
 	defer func() { st.tier = st.runnableTier() }()

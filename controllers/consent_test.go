@@ -1199,6 +1199,8 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			tl := ledgerOf(ctx, instance).Timeline
 			Expect(tl).To(HaveLen(2))
 			Expect(tl[1].At).To(BeTemporally("==", withdrawn), "dated when consent was withdrawn")
+			Eventually(func() consentv1.Tier { return configOf(ctx, ns, "flip").Consent.TierAt(withdrawn) }).Should(Equal(consentv1.TierOff),
+				"the collector's filter closes the period while suspended too")
 			Consistently(func() consentv1.Timeline { return ledgerOf(ctx, instance).Timeline }, "1s").Should(HaveLen(2))
 			updatePolicy(ctx, ns, "flip", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = false })
 		}

@@ -207,6 +207,8 @@ type reconcileState struct {
 	ownedElsewhere bool
 	// seenConsidered: the lowerings the watch saw (their seq) that this reconcile planned from.
 	seenConsidered []uint64
+	// seenInjected: a lowering the watch saw was added to the pending ones.
+	seenInjected bool
 	// outside: the policy's namespace is not onboarded (why, for its status).
 	outside *tenants.Status
 	// recordedBefore: the policy's consent was recorded or sent to the receiver before this
