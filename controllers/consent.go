@@ -924,13 +924,8 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 			st.tier = v1.TierOff
 			return r.holdOwnedElsewhere(ctx, st)
 		}
-		if st.seenInjected && st.tier != "" && st.tier != v1.TierOff && st.outside == nil {
-			// A withdrawal the watch saw, granted again since: the collector's filter closes
-			// that period too (its configuration only: the Deployment waits for resume; the
-			// collector re-reads the file before every batch).
-			if _, err := r.lowerConfig(ctx, st, st.tier, true); err != nil {
-				return err
-			}
+		if st.outside == nil {
+			return r.narrowSuspendedConsent(ctx, st)
 		}
 		return nil
 	}
@@ -1007,6 +1002,44 @@ func (r *TelemetryPolicyReconciler) holdOwnedElsewhere(ctx context.Context, st *
 	}
 	st.stall(ReasonOwnedElsewhere, msg)
 	return nil
+}
+
+// narrowSuspendedConsent closes, in a suspended policy's running collector configuration, the
+// periods the ledger and the withdrawals pending for it close (a withdrawal the watch saw,
+// granted again since, is recorded while suspended): its consent windows only, never opened
+// wider, and nothing else of it changed while suspended (the Deployment waits for resume; the
+// collector re-reads the file before every batch). Judged at every suspended reconcile, so a
+// write that failed is tried again.
+func (r *TelemetryPolicyReconciler) narrowSuspendedConsent(ctx context.Context, st *reconcileState) error {
+	p := st.policy
+	if !st.ledgerKnown {
+		return nil
+	}
+	cm := &corev1.ConfigMap{}
+	switch err := r.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}, cm); {
+	case apierrors.IsNotFound(err):
+		return nil // nothing runs from it
+	case err != nil:
+		return err
+	}
+	if !metav1.IsControlledBy(cm, p) {
+		return nil
+	}
+	running, err := collectorconfig.Parse(strings.NewReader(cm.Data[resources.ConfigKey]))
+	if err != nil || running.Tier == v1.TierOff {
+		return nil
+	}
+	narrowed := lowest(running.Consent, st.configTimeline())
+	if slices.EqualFunc(narrowed, running.Consent, func(a, b consentv1.Transition) bool { return a.At.Equal(b.At) && a.Tier == b.Tier }) {
+		return nil
+	}
+	running.Consent = narrowed
+	rendered, err := collectorconfig.Render(*running)
+	if err != nil {
+		return nil
+	}
+	_, err = ensureOwnedFrom(ctx, r, p, resources.ConfigMap(p, rendered), configMapKind, cm, nil)
+	return err
 }
 
 // recordRequest asks for tr on top of the ledger as this reconcile knows it: if the receiver's

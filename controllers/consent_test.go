@@ -1166,8 +1166,13 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		readyPolicy(ctx, ns, "flip")
 		instance := instanceOf(ns, "flip")
 		Expect(ledgerOf(ctx, instance).Timeline).To(HaveLen(1))
+		var interval string
 		if suspended {
-			updatePolicy(ctx, ns, "flip", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true })
+			interval = configOf(ctx, ns, "flip").Interval
+			updatePolicy(ctx, ns, "flip", func(p *v1.TelemetryPolicy) {
+				p.Spec.Suspend = true
+				p.Spec.Export.Interval = &metav1.Duration{Duration: 7 * time.Minute} // waits for resume
+			})
 			Eventually(conditionStatus(ctx, ns, "flip", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
 		}
 
@@ -1201,6 +1206,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Expect(tl[1].At).To(BeTemporally("==", withdrawn), "dated when consent was withdrawn")
 			Eventually(func() consentv1.Tier { return configOf(ctx, ns, "flip").Consent.TierAt(withdrawn) }).Should(Equal(consentv1.TierOff),
 				"the collector's filter closes the period while suspended too")
+			Expect(configOf(ctx, ns, "flip").Interval).To(Equal(interval), "and nothing else of the configuration changes while suspended")
 			Consistently(func() consentv1.Timeline { return ledgerOf(ctx, instance).Timeline }, "1s").Should(HaveLen(2))
 			updatePolicy(ctx, ns, "flip", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = false })
 		}

@@ -201,7 +201,6 @@ func (r *TelemetryPolicyReconciler) injectSeenLowerings(st *reconcileState) bool
 		}
 		if next, add, err := consentv1.Next(local, l.tr, now); err == nil && add {
 			st.pending = append(st.pending, next)
-			st.seenInjected = true
 			local = st.localTimeline()
 		}
 	}

@@ -207,8 +207,6 @@ type reconcileState struct {
 	ownedElsewhere bool
 	// seenConsidered: the lowerings the watch saw (their seq) that this reconcile planned from.
 	seenConsidered []uint64
-	// seenInjected: a lowering the watch saw was added to the pending ones.
-	seenInjected bool
 	// outside: the policy's namespace is not onboarded (why, for its status).
 	outside *tenants.Status
 	// recordedBefore: the policy's consent was recorded or sent to the receiver before this
@@ -420,12 +418,14 @@ func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *re
 		}
 		st.mutate = false
 		st.intent = p.Status.EffectiveTier
+		// Nothing is planned, but the record is still read back when due (in the ledger
+		// step): withdrawals the receiver lost are recorded again while suspended too. Its
+		// starting point is taken before what the watch saw is added: that is judged again
+		// against the record as read.
+		st.readBackDue, st.beforeReadBack = r.verifyDue(p), slices.Clone(st.pending)
 		// A withdrawal the watch saw, granted again since: recorded, never the grant (that
 		// waits for resume; the receiver refuses what was recorded since the withdrawal).
 		r.injectSeenLowerings(st)
-		// Nothing is planned, but the record is still read back when due (in the ledger
-		// step): withdrawals the receiver lost are recorded again while suspended too.
-		st.readBackDue, st.beforeReadBack = r.verifyDue(p), slices.Clone(st.pending)
 		return nil
 	}
 	return r.planLocally(ctx, st)

@@ -742,48 +742,52 @@ func TestSeenLoweringAfterALostGrantReply(t *testing.T) {
 
 // TestSeenLoweringAfterAFailedReadBack: the same, but the read-back fails once: the withdrawal
 // planned from the copy is kept pending in status, then dropped by the next read-back (dated
-// before the record's head); what the watch saw is still there to be judged again.
+// before the record's head); what the watch saw is still there to be judged again, suspended
+// or not.
 func TestSeenLoweringAfterAFailedReadBack(t *testing.T) {
-	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
-	clock := clocktesting.NewFakeClock(start)
-	t0 := start.Add(-time.Hour)
-	co := consentv1.Timeline{{At: t0, Tier: consentv1.TierCriticalOnly, Reason: "Declared", RecordedAt: &t0}}
-	ps := policyVersions(start, co, v1.TierEventLevel, v1.TierOff, v1.TierEventLevel)
-	for _, p := range ps {
-		p.Status.EffectiveTier = v1.TierCriticalOnly
-	}
-	g := start.Add(90 * time.Second)
-	led := &ownLedger{slowLedger{clock: clock, state: consentv1.State{InstanceID: "i",
-		Timeline: append(co[:1:1], consentv1.Transition{At: g, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &g}),
-		Owner:    consentv1.Owner{Cluster: "c", Namespace: "a", Name: "p", UID: "u"}}}}
-	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
-	r.notePlanRecorded(ps[0], start.Add(30*time.Second))
-	clock.Step(time.Minute)
-	r.noteLowering(ps[0], ps[1])
-	clock.Step(time.Minute)
-	// Reconcile of gen3: the read-back fails; planned from the copy (lacks the grant).
-	led.err = context.DeadlineExceeded
-	st := &reconcileState{policy: ps[2], mutate: true}
-	if err := r.reconcileConsent(context.Background(), st); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.replan(context.Background(), st); err != nil {
-		t.Fatal(err)
-	}
-	// flushLedger would fail (stale head or unreachable); status keeps the pending; notes are forgotten.
-	r.forgetSeenLowerings(client.ObjectKeyFromObject(ps[2]), st.seenConsidered)
-	p := ps[2].DeepCopy()
-	p.Status.PendingConsentChanges = pendingOf(st.timeline, st.pending)
-	led.err = nil
-	clock.Step(time.Minute)
-	st2 := &reconcileState{policy: p, mutate: true}
-	if err := r.reconcileConsent(context.Background(), st2); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.replan(context.Background(), st2); err != nil {
-		t.Fatal(err)
-	}
-	if len(st2.pending) != 1 || st2.pending[0].Tier != consentv1.TierOff || !st2.pending[0].At.Equal(g) {
-		t.Errorf("next reconcile: pending %v, want Off from the grant its copy lacked (%s)", st2.pending, g)
+	for _, suspend := range []bool{false, true} {
+		start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+		clock := clocktesting.NewFakeClock(start)
+		t0 := start.Add(-time.Hour)
+		co := consentv1.Timeline{{At: t0, Tier: consentv1.TierCriticalOnly, Reason: "Declared", RecordedAt: &t0}}
+		ps := policyVersions(start, co, v1.TierEventLevel, v1.TierOff, v1.TierEventLevel)
+		for _, p := range ps {
+			p.Status.EffectiveTier = v1.TierCriticalOnly
+		}
+		ps[2].Spec.Suspend = suspend
+		g := start.Add(90 * time.Second)
+		led := &ownLedger{slowLedger{clock: clock, state: consentv1.State{InstanceID: "i",
+			Timeline: append(co[:1:1], consentv1.Transition{At: g, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &g}),
+			Owner:    consentv1.Owner{Cluster: "c", Namespace: "a", Name: "p", UID: "u"}}}}
+		r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+		r.notePlanRecorded(ps[0], start.Add(30*time.Second))
+		clock.Step(time.Minute)
+		r.noteLowering(ps[0], ps[1])
+		clock.Step(time.Minute)
+		// Reconcile of gen3: the read-back fails; planned from the copy (lacks the grant).
+		led.err = context.DeadlineExceeded
+		st := &reconcileState{policy: ps[2], mutate: true}
+		if err := r.reconcileConsent(context.Background(), st); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.replan(context.Background(), st); err != nil {
+			t.Fatal(err)
+		}
+		// flushLedger would fail (stale head or unreachable); status keeps the pending; notes are forgotten.
+		r.forgetSeenLowerings(client.ObjectKeyFromObject(ps[2]), st.seenConsidered)
+		p := ps[2].DeepCopy()
+		p.Status.PendingConsentChanges = pendingOf(st.timeline, st.pending)
+		led.err = nil
+		clock.Step(time.Minute)
+		st2 := &reconcileState{policy: p, mutate: true}
+		if err := r.reconcileConsent(context.Background(), st2); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.replan(context.Background(), st2); err != nil {
+			t.Fatal(err)
+		}
+		if len(st2.pending) != 1 || st2.pending[0].Tier != consentv1.TierOff || !st2.pending[0].At.Equal(g) {
+			t.Errorf("suspend=%v, next reconcile: pending %v, want Off from the grant its copy lacked (%s)", suspend, st2.pending, g)
+		}
 	}
 }
