@@ -703,37 +703,53 @@ func TestCollectorTimelineMarksWhatIsRecorded(t *testing.T) {
 	}
 }
 
-// TestSeenLoweringAfterALostGrantReply: a grant recorded at the receiver whose reply was lost
-// (the copy in status lacks it) after consent was withdrawn: the withdrawal, planned from the copy,
-// is judged again against the record once read back, suspended or not, and recorded from the
-// grant on.
+// lostGrantReply is a policy whose copy in status says CriticalOnly since t0, a grant of
+// EventLevel the receiver recorded at g from generation 1 (its reply lost: the copy lacks it),
+// and consent withdrawn (Off) in generation 2, noted by the watch, before the grant; generation 3
+// grants again (suspended or not). It returns the reconciler, the three versions, the ledger
+// and g; the clock stands after all of it.
+func lostGrantReply(suspend bool) (*TelemetryPolicyReconciler, []*v1.TelemetryPolicy, *ownLedger, *clocktesting.FakeClock, time.Time) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	clock := clocktesting.NewFakeClock(start)
+	t0 := start.Add(-time.Hour)
+	co := consentv1.Timeline{{At: t0, Tier: consentv1.TierCriticalOnly, Reason: "Declared", RecordedAt: &t0}}
+	ps := policyVersions(start, co, v1.TierEventLevel, v1.TierOff, v1.TierEventLevel)
+	for _, p := range ps {
+		p.Status.EffectiveTier = v1.TierCriticalOnly
+	}
+	ps[2].Spec.Suspend = suspend
+	g := start.Add(90 * time.Second)
+	led := &ownLedger{slowLedger{clock: clock, state: consentv1.State{InstanceID: "i",
+		Timeline: append(co[:1:1], consentv1.Transition{At: g, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &g}),
+		Owner:    consentv1.Owner{Cluster: "c", Namespace: "a", Name: "p", UID: "u"}}}}
+	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+	r.notePlanRecorded(ps[0], start.Add(30*time.Second)) // generation 1's grant
+	clock.Step(time.Minute)
+	r.noteLowering(ps[0], ps[1])
+	clock.Step(time.Minute)
+	return r, ps, led, clock, g
+}
+
+// reconcileLedgerState runs the consent step and the read-back of one reconcile of p.
+func reconcileLedgerState(t *testing.T, r *TelemetryPolicyReconciler, p *v1.TelemetryPolicy) *reconcileState {
+	t.Helper()
+	st := &reconcileState{policy: p, mutate: true}
+	if err := r.reconcileConsent(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.replan(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// TestSeenLoweringAfterALostGrantReply: the withdrawal, planned from the copy that lacks the
+// grant, is judged again against the record once read back, suspended or not, and recorded
+// from the grant on.
 func TestSeenLoweringAfterALostGrantReply(t *testing.T) {
 	for _, suspend := range []bool{false, true} {
-		start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
-		clock := clocktesting.NewFakeClock(start)
-		t0 := start.Add(-time.Hour)
-		co := consentv1.Timeline{{At: t0, Tier: consentv1.TierCriticalOnly, Reason: "Declared", RecordedAt: &t0}}
-		ps := policyVersions(start, co, v1.TierEventLevel, v1.TierOff, v1.TierEventLevel)
-		for _, p := range ps {
-			p.Status.EffectiveTier = v1.TierCriticalOnly
-		}
-		ps[2].Spec.Suspend = suspend
-		g := start.Add(90 * time.Second)
-		led := &ownLedger{slowLedger{clock: clock, state: consentv1.State{InstanceID: "i",
-			Timeline: append(co[:1:1], consentv1.Transition{At: g, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &g}),
-			Owner:    consentv1.Owner{Cluster: "c", Namespace: "a", Name: "p", UID: "u"}}}}
-		r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
-		r.notePlanRecorded(ps[0], start.Add(30*time.Second)) // gen1's grant: reply lost, copy lacks it
-		clock.Step(time.Minute)
-		r.noteLowering(ps[0], ps[1])
-		clock.Step(time.Minute)
-		st := &reconcileState{policy: ps[2], mutate: true}
-		if err := r.reconcileConsent(context.Background(), st); err != nil {
-			t.Fatal(err)
-		}
-		if err := r.replan(context.Background(), st); err != nil {
-			t.Fatal(err)
-		}
+		r, ps, _, _, g := lostGrantReply(suspend)
+		st := reconcileLedgerState(t, r, ps[2])
 		if len(st.pending) != 1 || st.pending[0].Tier != consentv1.TierOff || !st.pending[0].At.Equal(g) {
 			t.Errorf("suspend=%v: pending %v, want Off from the grant the copy lacked (%s)", suspend, st.pending, g)
 		}
@@ -746,46 +762,17 @@ func TestSeenLoweringAfterALostGrantReply(t *testing.T) {
 // or not.
 func TestSeenLoweringAfterAFailedReadBack(t *testing.T) {
 	for _, suspend := range []bool{false, true} {
-		start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
-		clock := clocktesting.NewFakeClock(start)
-		t0 := start.Add(-time.Hour)
-		co := consentv1.Timeline{{At: t0, Tier: consentv1.TierCriticalOnly, Reason: "Declared", RecordedAt: &t0}}
-		ps := policyVersions(start, co, v1.TierEventLevel, v1.TierOff, v1.TierEventLevel)
-		for _, p := range ps {
-			p.Status.EffectiveTier = v1.TierCriticalOnly
-		}
-		ps[2].Spec.Suspend = suspend
-		g := start.Add(90 * time.Second)
-		led := &ownLedger{slowLedger{clock: clock, state: consentv1.State{InstanceID: "i",
-			Timeline: append(co[:1:1], consentv1.Transition{At: g, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &g}),
-			Owner:    consentv1.Owner{Cluster: "c", Namespace: "a", Name: "p", UID: "u"}}}}
-		r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
-		r.notePlanRecorded(ps[0], start.Add(30*time.Second))
-		clock.Step(time.Minute)
-		r.noteLowering(ps[0], ps[1])
-		clock.Step(time.Minute)
-		// Reconcile of gen3: the read-back fails; planned from the copy (lacks the grant).
+		r, ps, led, clock, g := lostGrantReply(suspend)
 		led.err = context.DeadlineExceeded
-		st := &reconcileState{policy: ps[2], mutate: true}
-		if err := r.reconcileConsent(context.Background(), st); err != nil {
-			t.Fatal(err)
-		}
-		if err := r.replan(context.Background(), st); err != nil {
-			t.Fatal(err)
-		}
-		// flushLedger would fail (stale head or unreachable); status keeps the pending; notes are forgotten.
+		st := reconcileLedgerState(t, r, ps[2])
+		// The record fails too (stale head or unreachable): status keeps the pending
+		// withdrawal, and the reconcile forgets what it found held.
 		r.forgetSeenLowerings(client.ObjectKeyFromObject(ps[2]), st.seenConsidered)
 		p := ps[2].DeepCopy()
 		p.Status.PendingConsentChanges = pendingOf(st.timeline, st.pending)
 		led.err = nil
 		clock.Step(time.Minute)
-		st2 := &reconcileState{policy: p, mutate: true}
-		if err := r.reconcileConsent(context.Background(), st2); err != nil {
-			t.Fatal(err)
-		}
-		if err := r.replan(context.Background(), st2); err != nil {
-			t.Fatal(err)
-		}
+		st2 := reconcileLedgerState(t, r, p)
 		if len(st2.pending) != 1 || st2.pending[0].Tier != consentv1.TierOff || !st2.pending[0].At.Equal(g) {
 			t.Errorf("suspend=%v, next reconcile: pending %v, want Off from the grant its copy lacked (%s)", suspend, st2.pending, g)
 		}
