@@ -347,12 +347,17 @@ func (r *TelemetryPolicyReconciler) replan(ctx context.Context, st *reconcileSta
 		// A record nobody owns is claimed only by recording, which a suspended policy does not
 		// do: nothing of it is adopted.
 		before, history := *st, st.policy.Status.ConsentHistory
-		if ok := r.readBack(ctx, st); st.claim {
+		ok := r.readBack(ctx, st)
+		switch {
+		case st.claim:
 			*st, st.policy.Status.ConsentHistory = before, history
-		} else if ok {
+			st.pending = tentative // what the watch saw, judged against the copy, stays
+		case ok:
 			// What the watch saw is judged again against the record as read (a withdrawal
 			// planned from the copy may predate a grant the copy lacks).
 			r.injectSeenLowerings(st)
+		case !errors.Is(st.ledgerErr, ledger.ErrOwnedElsewhere):
+			st.pending = tentative // the record could not be used: kept, as unsuspended
 		}
 		return nil
 	}
@@ -1015,15 +1020,14 @@ func (r *TelemetryPolicyReconciler) narrowSuspendedConsent(ctx context.Context, 
 	if !st.ledgerKnown {
 		return nil
 	}
+	// Read from the API server, not the label-filtered cache: a configuration whose labels
+	// were stripped is still what the collector runs from.
 	cm := &corev1.ConfigMap{}
-	switch err := r.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}, cm); {
+	switch err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Config}, cm); {
 	case apierrors.IsNotFound(err):
 		return nil // nothing runs from it
 	case err != nil:
 		return err
-	}
-	if !metav1.IsControlledBy(cm, p) {
-		return nil
 	}
 	running, err := collectorconfig.Parse(strings.NewReader(cm.Data[resources.ConfigKey]))
 	if err != nil || running.Tier == v1.TierOff {
@@ -1038,7 +1042,11 @@ func (r *TelemetryPolicyReconciler) narrowSuspendedConsent(ctx context.Context, 
 	if err != nil {
 		return nil
 	}
-	_, err = ensureOwnedFrom(ctx, r, p, resources.ConfigMap(p, rendered), configMapKind, cm, nil)
+	// Taken over as the other steps would (its owner reference or labels put back), unless it
+	// is another's object of that name: that configures no collector of this policy.
+	if _, err = ensureOwnedFrom(ctx, r, p, resources.ConfigMap(p, rendered), configMapKind, cm, nil); isNameTaken(err) {
+		return nil
+	}
 	return err
 }
 

@@ -778,3 +778,15 @@ func TestSeenLoweringAfterAFailedReadBack(t *testing.T) {
 		}
 	}
 }
+
+// TestSeenLoweringKeptWhenTheRecordIsUnusable: suspended, and the receiver answers the read-back
+// with a record the operator cannot use: the withdrawal the watch saw stays pending (to be
+// recorded, and narrow the collector's windows), as it does unsuspended.
+func TestSeenLoweringKeptWhenTheRecordIsUnusable(t *testing.T) {
+	r, ps, led, _, _ := lostGrantReply(true)
+	led.state.Timeline[0].Tier = "Everything"
+	st := reconcileLedgerState(t, r, ps[2])
+	if len(st.pending) != 1 || st.pending[0].Tier != consentv1.TierOff {
+		t.Fatalf("pending %v, want the withdrawal the watch saw", st.pending)
+	}
+}
