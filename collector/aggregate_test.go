@@ -309,3 +309,57 @@ func TestVersionCellsAreBoundedInTheDatabase(t *testing.T) {
 		t.Fatalf("%d version cells, want %d", versions, aggregate.MaxVersionCells)
 	}
 }
+
+// TestAggregatesCountPeopleNotIDs: someone who browses before signing in leaves rows under an
+// anonymous id and rows under a user id that also carry it. Counted as two users, three people
+// would fill a cell of five and be published. A link is taken only from rows the aggregates
+// count: one recorded while consent was Off decides nothing.
+func TestAggregatesCountPeopleNotIDs(t *testing.T) {
+	today := time.Now().UTC().Truncate(24 * time.Hour)
+	d3, d2 := today.AddDate(0, 0, -3), today.AddDate(0, 0, -2)
+	off, back := d2.Add(time.Hour), d2.Add(4*time.Hour)
+	in := newInstanceConsent(t, v1.TierCriticalOnly, 100, consentv1.Timeline{
+		{At: consentSince, Tier: consentv1.TierCriticalOnly}, {At: off, Tier: consentv1.TierOff}, {At: back, Tier: consentv1.TierCriticalOnly}})
+	hover := func(user int, anonymous string, at time.Time) {
+		in.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', $1, $2, 'WEB', '5.3.0', $3)`,
+			user, anonymous, at)
+	}
+	person := func(user int, day time.Time) {
+		anonymous := fmt.Sprintf("browser-%d", user)
+		hover(0, anonymous, day.Add(9*time.Hour))     // before signing in
+		hover(user, anonymous, day.Add(10*time.Hour)) // signed in, same browser
+	}
+	for u := 1; u <= 3; u++ { // d3: three people, six ids
+		person(u, d3)
+	}
+	for u := 11; u <= 15; u++ { // d2: five people
+		person(u, d2)
+	}
+	// A browser linked to user 11 only by a row recorded while consent was Off: its anonymous
+	// row counts as someone else.
+	hover(11, "browser-off", off.Add(time.Hour))
+	hover(0, "browser-off", d2.Add(11*time.Hour))
+
+	if _, err := in.pipeline().RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := publishedCells(t, in)
+	for k, v := range got {
+		if k.day == d3.Format(time.DateOnly) {
+			t.Errorf("three people published as %v = %v", k, v)
+		}
+	}
+	d := d2.Format(time.DateOnly)
+	want := map[aggregateKey][2]int64{
+		{d, "event_count", "hover"}:             {11, 6},
+		{d, "active_users_1d", ""}:              {6, 6},
+		{d, "active_users_7d", ""}:              {9, 9},
+		{d, "active_users_28d", ""}:             {9, 9},
+		{d, "feature_users", "code_navigation"}: {6, 6},
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%v = %v, want %v", k, got[k], w)
+		}
+	}
+}

@@ -21,8 +21,13 @@ import (
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 )
 
-// userExpr identifies a user inside the database only; no identifier ever leaves it.
-const userExpr = `CASE WHEN user_id <> 0 THEN 'u:' || user_id::text ELSE 'a:' || anonymous_user_id END`
+// personExpr identifies a person inside the database only; no identifier ever leaves it. A
+// signed-in row names its user; an anonymous row names the user some counted row links its
+// anonymous id to (a person who browsed before signing in is one person, not two: counted as two,
+// three people could fill a cell of five), else the anonymous id itself. Two users sharing an
+// anonymous id make its anonymous rows count as the lower-numbered one: fewer people, never more.
+const personExpr = `CASE WHEN r.user_id <> 0 THEN 'u:' || r.user_id::text
+  WHEN l.user_id IS NOT NULL THEN 'u:' || l.user_id::text ELSE 'a:' || r.anonymous_user_id END`
 
 // MaxVersionCells bounds the instance_version cells of a day.
 const MaxVersionCells = 100
@@ -43,7 +48,8 @@ const MaxVersionCells = 100
 //   - active_users_1d/7d/28d: distinct users with any event that day or in the 7 or 28 days
 //     ending with it.
 //
-// Every cell is final: only closed days are computed.
+// A user is a person as personExpr tells them apart, from the counted rows only. Every cell is
+// final: only closed days are computed.
 func Compute(ctx context.Context, db *pgxpool.Pool, from, to time.Time, periods []consentv1.Window) ([]batchv1.Aggregate, error) {
 	names := catalogv1.Current().Names()
 	sort.Strings(names)
@@ -68,12 +74,20 @@ func Compute(ctx context.Context, db *pgxpool.Pool, from, to time.Time, periods 
 	periodArgs := fmt.Sprintf("$%d::timestamptz[], $%d::timestamptz[]", len(args)-1, len(args))
 
 	query := `
-WITH ev AS (
-  SELECT (timestamp AT TIME ZONE 'UTC')::date AS day, name, ` + userExpr + ` AS u,
+WITH counted AS (
+  SELECT (timestamp AT TIME ZONE 'UTC')::date AS day, name, user_id, anonymous_user_id,
          public_argument->>'patternType' AS pt, left(version, 64) AS version
   FROM event_logs
   WHERE timestamp >= (($1::date - 27)::timestamp AT TIME ZONE 'UTC') AND timestamp < (($2::date + 1)::timestamp AT TIME ZONE 'UTC')
     AND EXISTS (SELECT 1 FROM unnest(` + periodArgs + `) AS w(s, e) WHERE timestamp >= w.s AND timestamp < w.e)
+),
+links AS (
+  SELECT anonymous_user_id, min(user_id) AS user_id FROM counted
+  WHERE user_id <> 0 AND anonymous_user_id <> '' GROUP BY anonymous_user_id
+),
+ev AS (
+  SELECT r.day, r.name, ` + personExpr + ` AS u, r.pt, r.version
+  FROM counted r LEFT JOIN links l ON r.user_id = 0 AND l.anonymous_user_id = r.anonymous_user_id
 ),
 days AS (SELECT d::date AS day FROM generate_series($1::date, $2::date, '1 day') d),
 ud AS (SELECT DISTINCT day, u FROM ev)
