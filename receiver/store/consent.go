@@ -408,7 +408,8 @@ type eraseRange struct {
 }
 
 // Erase carries out an erasure on behalf of the owning policy req.Owner of cluster: it deletes
-// the instance's events recorded in [From, To) (To defaults to now) and, for scope All, the
+// the instance's events recorded in [From, To) (To defaults to now, or just after the latest
+// event stored if one is dated later) and, for scope All, the
 // aggregate cells whose day overlaps the range; writes the audit record; then re-queries and
 // stamps the record verified only when nothing in scope is left (else ErrUnverified: retry).
 // The range stays a tombstone: ingestion refuses data in it from then on. A request id is
@@ -469,6 +470,19 @@ func (s *Store) Erase(ctx context.Context, cluster string, req consentv1.Erasure
 			rng = eraseRange{from: prior.From, to: prior.To}
 		} else {
 			rng = eraseRange{from: from, to: to}
+			if defaulted {
+				// Everything stored when it is carried out, also events dated ahead of this clock
+				// (an instance whose clock runs fast; ingestion, which holds the instance's lock
+				// shared, adds none meanwhile): the range ends after the latest of them, so none
+				// is left behind and none re-sent comes back.
+				var latest *time.Time
+				if err := tx.QueryRow(ctx, `SELECT max(ts) FROM events WHERE instance_id = $1 AND ts >= $2`, instance, to).Scan(&latest); err != nil {
+					return err
+				}
+				if latest != nil {
+					rng.to = latest.Add(time.Microsecond)
+				}
+			}
 		}
 		if events, aggDel, err = deleteInScope(ctx, tx, instance, req.Scope, rng); err != nil {
 			return err

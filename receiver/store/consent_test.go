@@ -9,6 +9,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -128,8 +129,9 @@ BEGIN IF OLD.event_id = 5 THEN RETURN NULL; END IF; RETURN OLD; END $$;
 CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION keep_one();`); err != nil {
 		t.Fatal(err)
 	}
-	req := consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-1", Scope: consentv1.ScopeEvents, RequestedBy: "ticket-7"}
-	clk.SetTime(T.Add(-3 * time.Hour)) // to defaults to now: the 3 most recent events stay
+	until := T.Add(-3 * time.Hour) // the 3 most recent events stay
+	req := consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-1", Scope: consentv1.ScopeEvents, To: &until, RequestedBy: "ticket-7"}
+	clk.SetTime(until)
 	_, err := r.Store.Erase(ctx, "c1", req)
 	if !errors.Is(err, store.ErrUnverified) {
 		t.Fatalf("an erasure that left a row behind: %v, want ErrUnverified", err)
@@ -206,4 +208,44 @@ CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION ke
 			t.Fatalf("release of an unknown instance: %v", err)
 		}
 	})
+}
+
+// TestEraseWithoutToTakesEventsDatedAhead: an instance whose clock runs fast has events stored
+// dated after the receiver's clock. An erasure without to covers everything stored when it is
+// carried out: those too, and re-sent they are refused; later ones are stored again.
+func TestEraseWithoutToTakesEventsDatedAhead(t *testing.T) {
+	ctx := context.Background()
+	r, _ := startWithClock(t)
+	if _, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "acme", Owner: owner,
+		Transition: consentv1.Transition{At: T.Add(-48 * time.Hour), Tier: consentv1.TierEventLevel}}); err != nil {
+		t.Fatal(err)
+	}
+	batch := func(id string, offsets ...time.Duration) *batchv1.Batch {
+		b := &batchv1.Batch{InstanceID: "acme", BatchID: id, Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(len(offsets))}
+		for i, o := range offsets {
+			b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(i + 1), Name: "SearchSubmitted", Timestamp: T.Add(o), UserID: "0123456789abcdef0123456789abcdef"})
+		}
+		return b
+	}
+	stored := batch("b1", -time.Hour, 90*time.Minute, 3*time.Hour)
+	if res, err := r.Store.InsertEvents(ctx, "acme", stored); err != nil || res.Accepted != 3 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	res, err := r.Store.Erase(ctx, "c1", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "all", Scope: consentv1.ScopeEvents, RequestedBy: "ticket-9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.EventsDeleted != 3 || res.VerifiedAt == nil || !res.To.After(T.Add(3*time.Hour)) {
+		t.Fatalf("erasure without to: %+v, want the 3 events (one and three hours ahead too) deleted and verified", res)
+	}
+	var left int
+	if err := r.DB.QueryRow(ctx, `SELECT count(*) FROM events WHERE instance_id = 'acme'`).Scan(&left); err != nil || left != 0 {
+		t.Fatalf("%d events left (%v), want none", left, err)
+	}
+	if res, err := r.Store.InsertEvents(ctx, "acme", stored); err != nil || res.Refused != 3 || res.Accepted != 0 {
+		t.Fatalf("re-send after the erasure: %+v %v", res, err)
+	}
+	if res, err := r.Store.InsertEvents(ctx, "acme", batch("b2", 4*time.Hour)); err != nil || res.Accepted != 1 {
+		t.Fatalf("an event dated after the erased range: %+v %v", res, err)
+	}
 }

@@ -362,9 +362,10 @@ const (
 )
 
 // ErasureRequest asks the receiver to delete an instance's stored data in scope. From and To
-// restrict it to data recorded in [From, To); without To it covers everything recorded up to
-// the moment the receiver carries it out. Data in scope that arrives later is refused, so
-// nothing re-sent brings it back.
+// restrict it to data recorded in [From, To); without To it covers everything stored when the
+// receiver carries it out: up to that moment, or just after the latest event stored if an
+// instance whose clock runs fast dated one later. Data in scope that arrives later is refused,
+// so nothing re-sent brings it back.
 type ErasureRequest struct {
 	InstanceID string     `json:"instanceID"`
 	Owner      Owner      `json:"owner"`
