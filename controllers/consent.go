@@ -1030,16 +1030,11 @@ func (r *TelemetryPolicyReconciler) narrowSuspendedConsent(ctx context.Context, 
 		return err
 	}
 	running, err := collectorconfig.Parse(strings.NewReader(cm.Data[resources.ConfigKey]))
-	if err != nil || running.Tier == v1.TierOff {
-		return nil
-	}
-	narrowed := lowest(running.Consent, st.configTimeline())
-	if slices.EqualFunc(narrowed, running.Consent, func(a, b consentv1.Transition) bool { return a.At.Equal(b.At) && a.Tier == b.Tier }) {
-		return nil
-	}
-	running.Consent = narrowed
-	rendered, err := collectorconfig.Render(*running)
 	if err != nil {
+		return nil // the collector sends nothing under a file it cannot read
+	}
+	rendered, changed := narrowConfig(*running, st.configTimeline())
+	if !changed {
 		return nil
 	}
 	// Taken over as the other steps would (its owner reference or labels put back), unless it
@@ -1048,6 +1043,27 @@ func (r *TelemetryPolicyReconciler) narrowSuspendedConsent(ctx context.Context, 
 		return nil
 	}
 	return err
+}
+
+// narrowConfig returns running with its consent windows narrowed to timeline's, and whether
+// that changes them. Only the newest collectorconfig.MaxConsentTransitions are kept (older ones
+// left out count as Off); should the result still not render, the collector is configured Off
+// rather than left sending under the wider windows.
+func narrowConfig(running collectorconfig.Config, timeline consentv1.Timeline) ([]byte, bool) {
+	if running.Tier == v1.TierOff {
+		return nil, false
+	}
+	narrowed := lowest(running.Consent, timeline).Tail(collectorconfig.MaxConsentTransitions)
+	if slices.EqualFunc(narrowed, running.Consent, func(a, b consentv1.Transition) bool { return a.At.Equal(b.At) && a.Tier == b.Tier }) {
+		return nil, false
+	}
+	running.Consent = narrowed
+	if rendered, err := collectorconfig.Render(running); err == nil {
+		return rendered, true
+	}
+	running.Tier, running.Consent = v1.TierOff, nil
+	rendered, err := collectorconfig.Render(running)
+	return rendered, err == nil
 }
 
 // recordRequest asks for tr on top of the ledger as this reconcile knows it: if the receiver's

@@ -790,3 +790,53 @@ func TestSeenLoweringKeptWhenTheRecordIsUnusable(t *testing.T) {
 		t.Fatalf("pending %v, want the withdrawal the watch saw", st.pending)
 	}
 }
+
+// TestNarrowConfigKeepsTheNewestWindows: a suspended collector's configuration holding as many
+// transitions as a file may, narrowed by a withdrawal, keeps the newest ones (older ones count as
+// Off) instead of being left running under its wider windows because the result would not fit.
+func TestNarrowConfigKeepsTheNewestWindows(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	var running consentv1.Timeline
+	for i := range collectorconfig.MaxConsentTransitions {
+		tier := consentv1.TierEventLevel
+		if i%2 == 1 {
+			tier = consentv1.TierCriticalOnly
+		}
+		running = append(running, consentv1.Transition{At: start.Add(time.Duration(i-100) * time.Hour), Tier: tier})
+	}
+	p := trialPolicy(start, v1.TierEventLevel, nil)
+	p.Spec.Source = &v1.SourceSpec{DatabaseSecretRef: v1.SecretKeyRef{Name: "db", Key: "dsn"}}
+	p.Spec.Export = &v1.ExportSpec{Endpoint: "https://receiver.example.com:8443"}
+	cfg := resources.CollectorConfig(p, v1.TierEventLevel, running)
+	if len(cfg.Consent) != collectorconfig.MaxConsentTransitions || cfg.Consent.Current() != consentv1.TierCriticalOnly {
+		t.Fatalf("fixture: %d transitions, now %s", len(cfg.Consent), cfg.Consent.Current())
+	}
+	cfg.Consent = append(cfg.Consent, consentv1.Transition{At: start.Add(-10 * time.Hour), Tier: consentv1.TierEventLevel})[1:]
+	if _, err := collectorconfig.Render(cfg); err != nil {
+		t.Fatal(err)
+	}
+	// Withdrawn for an hour, granted again: two more transitions than the file holds.
+	withdrawn := slices.Concat(cfg.Consent, consentv1.Timeline{
+		{At: start.Add(-5 * time.Hour), Tier: consentv1.TierOff}, {At: start.Add(-4 * time.Hour), Tier: consentv1.TierEventLevel}})
+	rendered, changed := narrowConfig(cfg, withdrawn)
+	if !changed {
+		t.Fatal("the withdrawal did not reach the running configuration")
+	}
+	got, err := collectorconfig.Parse(bytes.NewReader(rendered))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Tier != v1.TierEventLevel || got.Consent.TierAt(start.Add(-270*time.Minute)) != consentv1.TierOff ||
+		got.Consent.Current() != consentv1.TierEventLevel {
+		t.Fatalf("narrowed: tier %s, %v", got.Tier, got.Consent)
+	}
+	for h := -120; h < 0; h++ { // never wider than what ran
+		at := start.Add(time.Duration(h)*time.Hour + time.Minute)
+		if got.Consent.TierAt(at).Rank() > cfg.Consent.TierAt(at).Rank() {
+			t.Fatalf("at %s the narrowed configuration allows %s where %s ran", at, got.Consent.TierAt(at), cfg.Consent.TierAt(at))
+		}
+	}
+	if _, changed := narrowConfig(*got, withdrawn); changed {
+		t.Fatal("narrowed again for nothing")
+	}
+}
