@@ -176,8 +176,8 @@ type ErasureSpec struct {
 	From *metav1.Time `json:"from,omitempty"`
 
 	// to, when set, limits the erasure to data recorded before this time (RFC 3339); without it
-	// the erasure covers everything stored when the receiver carries it out, including events an
-	// instance whose clock runs fast dated later (the range then ends just after the latest).
+	// the erasure covers everything stored when the receiver carries it out: data recorded up to
+	// that moment, and the events an instance whose clock runs fast dated later.
 	// +optional
 	To *metav1.Time `json:"to,omitempty"`
 
@@ -457,7 +457,7 @@ type ErasureStatus struct {
 	// +optional
 	From *metav1.Time `json:"from,omitempty"`
 	// to is the end of the erased range: as requested, or the moment the receiver carried the
-	// request out (just after the latest event stored, if one was dated later).
+	// request out.
 	// +optional
 	To *metav1.Time `json:"to,omitempty"`
 	// eventsDeleted is how many stored events the erasure deleted.

@@ -401,15 +401,20 @@ WHERE instance_id = $1`, instance); err != nil {
 	return bumpVersion(ctx, tx, instance)
 }
 
-// eraseRange is the range an erasure covers, [from, to); a nil from is unbounded.
+// eraseRange is the range an erasure covers, [from, to); a nil from is unbounded. An erasure
+// carried out without an end also covers the events stored then that an instance whose clock
+// runs fast dated at or after to: those dated before aheadTo with ids up to aheadMaxID (the
+// instance's later events, with higher ids, are not in it).
 type eraseRange struct {
-	from *time.Time
-	to   time.Time
+	from       *time.Time
+	to         time.Time
+	aheadTo    *time.Time
+	aheadMaxID *int64
 }
 
 // Erase carries out an erasure on behalf of the owning policy req.Owner of cluster: it deletes
-// the instance's events recorded in [From, To) (To defaults to now, or just after the latest
-// event stored if one is dated later) and, for scope All, the
+// the instance's events recorded in [From, To) (To defaults to now, and then the events stored
+// that are dated later are deleted too) and, for scope All, the
 // aggregate cells whose day overlaps the range; writes the audit record; then re-queries and
 // stamps the record verified only when nothing in scope is left (else ErrUnverified: retry).
 // The range stays a tombstone: ingestion refuses data in it from then on. A request id is
@@ -468,19 +473,25 @@ func (s *Store) Erase(ctx context.Context, cluster string, req consentv1.Erasure
 				return nil
 			}
 			rng = eraseRange{from: prior.From, to: prior.To}
+			if err := tx.QueryRow(ctx, `SELECT ahead_to, ahead_max_id FROM erasures WHERE instance_id = $1 AND request_id = $2`,
+				instance, req.RequestID).Scan(&rng.aheadTo, &rng.aheadMaxID); err != nil {
+				return err
+			}
 		} else {
 			rng = eraseRange{from: from, to: to}
 			if defaulted {
-				// Everything stored when it is carried out, also events dated ahead of this clock
-				// (an instance whose clock runs fast; ingestion, which holds the instance's lock
-				// shared, adds none meanwhile): the range ends after the latest of them, so none
-				// is left behind and none re-sent comes back.
+				// Everything stored when it is carried out, also events an instance whose clock
+				// runs fast dated later (ingestion, which holds the instance's lock shared, adds
+				// none meanwhile). Those are named by their ids, not by a range of time reaching
+				// ahead, which would refuse the events the instance records next.
 				var latest *time.Time
-				if err := tx.QueryRow(ctx, `SELECT max(ts) FROM events WHERE instance_id = $1 AND ts >= $2`, instance, to).Scan(&latest); err != nil {
+				if err := tx.QueryRow(ctx, `SELECT max(ts), max(event_id) FROM events WHERE instance_id = $1 AND ts >= $2`,
+					instance, to).Scan(&latest, &rng.aheadMaxID); err != nil {
 					return err
 				}
 				if latest != nil {
-					rng.to = latest.Add(time.Microsecond)
+					end := latest.Add(time.Microsecond)
+					rng.aheadTo = &end
 				}
 			}
 		}
@@ -494,10 +505,11 @@ WHERE instance_id = $1 AND request_id = $2`, instance, req.RequestID, events, ag
 		} else {
 			_, err = tx.Exec(ctx, `
 INSERT INTO erasures (instance_id, request_id, scope, range_from, range_to, range_to_defaulted, requested_by,
-                      owner_cluster, owner_namespace, owner_name, requested_at, events_deleted, aggregates_deleted)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+                      owner_cluster, owner_namespace, owner_name, requested_at, events_deleted, aggregates_deleted,
+                      ahead_to, ahead_max_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
 				instance, req.RequestID, req.Scope, rng.from, rng.to, defaulted, req.RequestedBy,
-				owner.Cluster, owner.Namespace, owner.Name, now, events, aggDel)
+				owner.Cluster, owner.Namespace, owner.Name, now, events, aggDel, rng.aheadTo, rng.aheadMaxID)
 		}
 		if err != nil {
 			return err
@@ -540,18 +552,24 @@ func sameTime(a, b *time.Time) bool {
 // An event is in range when its timestamp is; a cell when its UTC day [d, d+1) overlaps the range
 // (day + 1 is date arithmetic, independent of the session's time zone).
 const (
-	eventsInScope     = `instance_id = $1 AND ($2::timestamptz IS NULL OR ts >= $2) AND ts < $3`
+	eventsInScope = `instance_id = $1 AND (($2::timestamptz IS NULL OR ts >= $2) AND ts < $3
+  OR $4::timestamptz IS NOT NULL AND ts >= $3 AND ts < $4 AND event_id <= $5::bigint)`
 	aggregatesInScope = `instance_id = $1 AND ($2::timestamptz IS NULL OR ((day + 1)::timestamp AT TIME ZONE 'UTC') > $2) AND (day::timestamp AT TIME ZONE 'UTC') < $3`
 )
 
 func deleteInScope(ctx context.Context, tx pgx.Tx, instance, scope string, r eraseRange) (events, aggregates int64, err error) {
-	tag, err := tx.Exec(ctx, `DELETE FROM events WHERE `+eventsInScope, instance, r.from, r.to)
+	tag, err := tx.Exec(ctx, `DELETE FROM events WHERE `+eventsInScope, instance, r.from, r.to, r.aheadTo, r.aheadMaxID)
 	if err != nil {
 		return 0, 0, err
 	}
 	events = tag.RowsAffected()
 	if _, err := tx.Exec(ctx, `SELECT forget_report_rollups($1, $2, $3)`, instance, r.from, r.to); err != nil {
 		return 0, 0, err
+	}
+	if r.aheadTo != nil {
+		if _, err := tx.Exec(ctx, `SELECT forget_report_rollups($1, $2, $3)`, instance, r.to, *r.aheadTo); err != nil {
+			return 0, 0, err
+		}
 	}
 	if scope == consentv1.ScopeAll {
 		tag, err := tx.Exec(ctx, `DELETE FROM aggregates WHERE `+aggregatesInScope, instance, r.from, r.to)
@@ -575,7 +593,7 @@ func countInScope(ctx context.Context, q rowQuerier, instance, scope string, r e
 		sql += ` + (SELECT count(*) FROM aggregates WHERE ` + aggregatesInScope + `)`
 	}
 	var n int64
-	err := q.QueryRow(ctx, sql, instance, r.from, r.to).Scan(&n)
+	err := q.QueryRow(ctx, sql, instance, r.from, r.to, r.aheadTo, r.aheadMaxID).Scan(&n)
 	return n, err
 }
 

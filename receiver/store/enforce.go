@@ -9,6 +9,7 @@ package store
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"time"
 
@@ -28,6 +29,15 @@ type policy struct {
 	// eventTombstones are every erased range (both scopes cover events); aggregateTombstones
 	// those of scope All.
 	eventTombstones, aggregateTombstones []consentv1.Window
+	// aheadTombstones are the events dated ahead of the receiver's clock that erasures without
+	// an end deleted: by time and the highest id deleted.
+	aheadTombstones []aheadTombstone
+}
+
+// aheadTombstone refuses events dated in window with ids up to maxID.
+type aheadTombstone struct {
+	window consentv1.Window
+	maxID  int64
 }
 
 // refusal returns the error refusing a whole batch of kind, or nil when the batch is judged item
@@ -49,13 +59,21 @@ func (p *policy) refusal(kind string) error {
 }
 
 // keepEvent reports whether an event may be stored: recorded while EventLevel was in force and
-// in no erased range.
-func (p *policy) keepEvent(ts time.Time) bool {
+// in no erased range (an id that is not a number is never kept where an id decides).
+func (p *policy) keepEvent(ts time.Time, id string) bool {
 	if p.timeline.TierAt(ts) != consentv1.TierEventLevel {
 		return false
 	}
 	for _, w := range p.eventTombstones {
 		if w.Contains(ts) {
+			return false
+		}
+	}
+	for _, a := range p.aheadTombstones {
+		if !a.window.Contains(ts) {
+			continue
+		}
+		if n, err := strconv.ParseInt(id, 10, 64); err != nil || n <= a.maxID {
 			return false
 		}
 	}
@@ -112,17 +130,21 @@ func (s *Store) loadPolicy(ctx context.Context, tx pgx.Tx, instance string) (*po
 		return nil, err
 	}
 	p := &policy{instance: instance, timeline: tl, aggregateDays: tl.AggregateDays()}
-	rows, err := tx.Query(ctx, `SELECT scope, range_from, range_to FROM erasures WHERE instance_id = $1`, instance)
+	rows, err := tx.Query(ctx, `SELECT scope, range_from, range_to, ahead_to, ahead_max_id FROM erasures WHERE instance_id = $1`, instance)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var scope string
-		var from *time.Time
+		var from, aheadTo *time.Time
 		var to time.Time
-		if err := rows.Scan(&scope, &from, &to); err != nil {
+		var aheadMaxID *int64
+		if err := rows.Scan(&scope, &from, &to, &aheadTo, &aheadMaxID); err != nil {
 			return nil, err
+		}
+		if aheadTo != nil && aheadMaxID != nil {
+			p.aheadTombstones = append(p.aheadTombstones, aheadTombstone{window: consentv1.Window{Start: to, End: aheadTo}, maxID: *aheadMaxID})
 		}
 		w := consentv1.Window{End: &to}
 		if from != nil {

@@ -60,7 +60,7 @@ func TestKeepEvent(t *testing.T) {
 		{at(12, 0), true},
 		{at(400, 0), true}, // EventLevel stays in force
 	} {
-		if got := p.keepEvent(c.ts); got != c.want {
+		if got := p.keepEvent(c.ts, "1"); got != c.want {
 			t.Errorf("keepEvent(%s) = %v, want %v", c.ts.Format(time.RFC3339Nano), got, c.want)
 		}
 	}

@@ -152,7 +152,7 @@ func (s *Store) ensurePartitions(ctx context.Context, instance, kind string, eve
 	}
 	for _, day := range missing {
 		kept := slices.ContainsFunc(events, func(e batchv1.Event) bool {
-			return utcDay(e.Timestamp) == day && p.keepEvent(e.Timestamp)
+			return utcDay(e.Timestamp) == day && p.keepEvent(e.Timestamp, e.ID)
 		})
 		if !kept {
 			continue

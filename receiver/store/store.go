@@ -270,7 +270,9 @@ func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Ba
 		if err := p.refusal(b.Kind); err != nil {
 			return err
 		}
-		keep := func(e *batchv1.Event) bool { return s.inRetention(e.Timestamp, receivedAt) && p.keepEvent(e.Timestamp) }
+		keep := func(e *batchv1.Event) bool {
+			return s.inRetention(e.Timestamp, receivedAt) && p.keepEvent(e.Timestamp, e.ID)
+		}
 		kept := b.Events
 		if slices.ContainsFunc(b.Events, func(e batchv1.Event) bool { return !keep(&e) }) {
 			// The COPY stream is rebuilt from the kept events only: a refused event never

@@ -363,9 +363,9 @@ const (
 
 // ErasureRequest asks the receiver to delete an instance's stored data in scope. From and To
 // restrict it to data recorded in [From, To); without To it covers everything stored when the
-// receiver carries it out: up to that moment, or just after the latest event stored if an
-// instance whose clock runs fast dated one later. Data in scope that arrives later is refused,
-// so nothing re-sent brings it back.
+// receiver carries it out: data recorded up to that moment, and the events an instance whose
+// clock runs fast dated later (named by their ids: the instance's next events are not in it).
+// Data in scope that arrives later is refused, so nothing re-sent brings it back.
 type ErasureRequest struct {
 	InstanceID string     `json:"instanceID"`
 	Owner      Owner      `json:"owner"`
