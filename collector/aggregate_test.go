@@ -362,4 +362,27 @@ func TestAggregatesCountPeopleNotIDs(t *testing.T) {
 			t.Errorf("%v = %v, want %v", k, got[k], w)
 		}
 	}
+
+	// A day's cells are what its own rows say, whichever days are computed with it: browsers
+	// anonymous on one day that a user signs in from the next do not make the first day's five
+	// people one (its cells would then depend on when it was computed, and the next day's 7-day
+	// count could fall below the first day's 1-day count).
+	later := newInstance(t, v1.TierCriticalOnly, 100)
+	for b := 1; b <= 5; b++ {
+		later.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 0, $1, 'WEB', '5.3.0', $2)`,
+			fmt.Sprintf("browser-%d", b), d3.Add(9*time.Hour))
+		later.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 50, $1, 'WEB', '5.3.0', $2)`,
+			fmt.Sprintf("browser-%d", b), d2.Add(9*time.Hour))
+		later.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, 60+b, d2.Add(10*time.Hour))
+	}
+	if _, err := later.pipeline().RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cells := publishedCells(t, later)
+	if got := cells[aggregateKey{d3.Format(time.DateOnly), "active_users_1d", ""}]; got != [2]int64{5, 5} {
+		t.Errorf("active_users_1d on %s = %v, want the day's own 5", d3.Format(time.DateOnly), got)
+	}
+	if got := cells[aggregateKey{d, "active_users_7d", ""}]; got != [2]int64{11, 11} {
+		t.Errorf("active_users_7d on %s = %v, want 11 (5 browsers the day before, user 50 and 5 others)", d, got)
+	}
 }

@@ -22,10 +22,12 @@ import (
 )
 
 // personExpr identifies a person inside the database only; no identifier ever leaves it. A
-// signed-in row names its user; an anonymous row names the user some counted row links its
-// anonymous id to (a person who browsed before signing in is one person, not two: counted as two,
-// three people could fill a cell of five), else the anonymous id itself. Two users sharing an
-// anonymous id make its anonymous rows count as the lower-numbered one: fewer people, never more.
+// signed-in row names its user; an anonymous row names the user a counted row of the same day
+// links its anonymous id to (a person who browsed before signing in is one person, not two:
+// counted as two, three people could fill a cell of five), else the anonymous id itself. Two
+// users sharing an anonymous id make its anonymous rows count as the lower-numbered one: fewer
+// people, never more. Links are the day's own, so a row is the same person in every cell that
+// counts it, whichever days are computed together: the 1-, 7- and 28-day counts stay ordered.
 const personExpr = `CASE WHEN r.user_id <> 0 THEN 'u:' || r.user_id::text
   WHEN l.user_id IS NOT NULL THEN 'u:' || l.user_id::text ELSE 'a:' || r.anonymous_user_id END`
 
@@ -82,12 +84,12 @@ WITH counted AS (
     AND EXISTS (SELECT 1 FROM unnest(` + periodArgs + `) AS w(s, e) WHERE timestamp >= w.s AND timestamp < w.e)
 ),
 links AS (
-  SELECT anonymous_user_id, min(user_id) AS user_id FROM counted
-  WHERE user_id <> 0 AND anonymous_user_id <> '' GROUP BY anonymous_user_id
+  SELECT day, anonymous_user_id, min(user_id) AS user_id FROM counted
+  WHERE user_id <> 0 AND anonymous_user_id <> '' GROUP BY day, anonymous_user_id
 ),
 ev AS (
   SELECT r.day, r.name, ` + personExpr + ` AS u, r.pt, r.version
-  FROM counted r LEFT JOIN links l ON r.user_id = 0 AND l.anonymous_user_id = r.anonymous_user_id
+  FROM counted r LEFT JOIN links l ON r.user_id = 0 AND l.day = r.day AND l.anonymous_user_id = r.anonymous_user_id
 ),
 days AS (SELECT d::date AS day FROM generate_series($1::date, $2::date, '1 day') d),
 ud AS (SELECT DISTINCT day, u FROM ev)
