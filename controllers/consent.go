@@ -809,10 +809,14 @@ func lowest(a, b consentv1.Timeline) consentv1.Timeline {
 			continue // Off before the first transition anyway; no change
 		}
 		tr := consentv1.Transition{At: t, Tier: tier}
-		if i := slices.IndexFunc(a, func(x consentv1.Transition) bool { return x.At.Equal(t) && x.Tier == tier }); i >= 0 {
-			// What the receiver recorded stays marked so: the collector holds back aggregates
-			// of days only an unrecorded lowering lets publish (the receiver would refuse them).
-			tr.RecordedAt = a[i].RecordedAt
+		// What the receiver recorded stays marked so, whichever timeline knows it (the record is
+		// append-only, so a mark never turns false): the collector holds back aggregates of days
+		// only an unrecorded lowering lets publish (the receiver would refuse them), and a
+		// timeline left without any mark would be taken as recorded whole.
+		for _, from := range []consentv1.Timeline{a, b} {
+			if i := slices.IndexFunc(from, func(x consentv1.Transition) bool { return x.At.Equal(t) && x.Tier == tier }); i >= 0 && tr.RecordedAt == nil {
+				tr.RecordedAt = from[i].RecordedAt
+			}
 		}
 		out = append(out, tr)
 	}

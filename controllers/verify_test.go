@@ -840,3 +840,19 @@ func TestNarrowConfigKeepsTheNewestWindows(t *testing.T) {
 		t.Fatal("narrowed again for nothing")
 	}
 }
+
+// TestLowestKeepsEveryRecordedMark: a transition the receiver recorded stays marked whichever
+// timeline knows it. Narrowing a running configuration whose own marks were left out must not
+// produce a timeline without marks, which the collector takes as recorded whole (and would then
+// publish aggregates of a day only the pending lowering lets publish, which the receiver refuses).
+func TestLowestKeepsEveryRecordedMark(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	recorded := t0.Add(time.Second)
+	running := consentv1.Timeline{{At: t0, Tier: consentv1.TierEventLevel}}
+	ledger := consentv1.Timeline{{At: t0, Tier: consentv1.TierEventLevel, RecordedAt: &recorded}, {At: t0.Add(time.Hour), Tier: consentv1.TierCriticalOnly}}
+	for name, got := range map[string]consentv1.Timeline{"running first": lowest(running, ledger), "ledger first": lowest(ledger, running)} {
+		if len(got) != 2 || len(got.Recorded()) != 1 || got.Recorded().Current() != consentv1.TierEventLevel {
+			t.Errorf("%s: %+v, recorded part %+v; want the grant recorded and the lowering pending", name, got, got.Recorded())
+		}
+	}
+}
