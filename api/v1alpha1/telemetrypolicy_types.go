@@ -131,7 +131,9 @@ type TelemetryPolicySpec struct {
 	Collector CollectorSpec `json:"collector,omitempty"`
 
 	// suspend pauses reconciliation of this policy: no new configuration, no rotation.
-	// Consent downgrades (a lower tier, an expired trial) are still enforced while suspended.
+	// Consent downgrades (a lower tier, an expired trial) are still enforced while suspended,
+	// by a reconcile of the policy as it then stands: other changes made while suspended take
+	// effect with the downgrade.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
 
