@@ -31,6 +31,39 @@ func dep(hash string, gen, observed int64, replicas, updated, available int32, c
 	return d
 }
 
+// terminating sets the pods being deleted the Deployment controller reports.
+func terminating(d *appsv1.Deployment, n int32) *appsv1.Deployment {
+	d.Status.TerminatingReplicas = &n
+	return d
+}
+
+// TestEnforcedTierWaitsForTerminatingPods: after a downgrade whose later steps stalled, the lower
+// tier is reported once no pod of the older, higher-tier template is left. A pod being deleted is
+// not in status.replicas, and runs (and may send) until it exits.
+func TestEnforcedTierWaitsForTerminatingPods(t *testing.T) {
+	lowered := func(d *appsv1.Deployment) *appsv1.Deployment {
+		d.Spec.Template.Annotations[resources.AnnotationTier] = string(v1.TierCriticalOnly)
+		return d
+	}
+	cases := []struct {
+		name string
+		d    *appsv1.Deployment
+		want v1.ConsentTier
+	}{
+		{"the old pod shutting down, none counted", terminating(lowered(dep("h", 3, 3, 0, 0, 0)), 1), v1.TierEventLevel},
+		{"the old pod gone, the new one not up yet", terminating(lowered(dep("h", 3, 3, 0, 0, 0)), 0), v1.TierCriticalOnly},
+		{"terminating pods not reported, nothing up", lowered(dep("h", 3, 3, 0, 0, 0)), v1.TierEventLevel},
+		{"terminating pods not reported, the new pod available", lowered(dep("h", 3, 3, 1, 1, 1)), v1.TierCriticalOnly},
+		{"an old pod counted", terminating(lowered(dep("h", 3, 3, 1, 0, 1)), 0), v1.TierEventLevel},
+	}
+	for _, c := range cases {
+		got := enforcedTier(v1.TierEventLevel, v1.TierCriticalOnly, v1.TierCriticalOnly, workloadObservation{v1.TierCriticalOnly, c.d, "other"}, false, true)
+		if got != c.want {
+			t.Errorf("%s: %s, want %s", c.name, got, c.want)
+		}
+	}
+}
+
 func TestSetSyncedCondition(t *testing.T) {
 	deadline := appsv1.DeploymentCondition{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionFalse, Reason: "ProgressDeadlineExceeded", Message: "image pull backoff"}
 	cases := []struct {
@@ -48,6 +81,7 @@ func TestSetSyncedCondition(t *testing.T) {
 		{"new pod not available", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 1, 0), "h"}, metav1.ConditionFalse, ReasonCollectorStarting, false},
 		{"no pods at all", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 0, 0, 0), "h"}, metav1.ConditionFalse, ReasonCollectorStarting, false},
 		{"rollout stuck", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 1, 0, deadline), "h"}, metav1.ConditionFalse, ReasonProgressDeadline, true},
+		{"an old pod still shutting down", workloadObservation{v1.TierCriticalOnly, terminating(dep("h", 3, 3, 1, 1, 1), 1), "h"}, metav1.ConditionFalse, ReasonOldCollectorRunning, false},
 		{"synced", workloadObservation{v1.TierCriticalOnly, dep("h", 3, 3, 1, 1, 1), "h"}, metav1.ConditionTrue, ReasonSynced, false},
 		{"off with deployment left", workloadObservation{v1.TierOff, dep("h", 3, 3, 1, 1, 1), ""}, metav1.ConditionFalse, ReasonCollectorStopping, false},
 		{"off and gone", workloadObservation{tier: v1.TierOff}, metav1.ConditionTrue, ReasonCollectorStopped, false},

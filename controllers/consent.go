@@ -1195,16 +1195,23 @@ func enforcedTier(prev, tier, recorded v1.ConsentTier, o workloadObservation, sy
 	case prev != "" && tier.Rank() < prev.Rank() && d == nil:
 		// Nothing runs at all (a downgrade that could not be configured stopped the collector).
 		return tier
-	case prev != "" && tier.Rank() < prev.Rank() && noOldPods(d) && templateTier(d).Rank() <= tier.Rank():
+	case prev != "" && tier.Rank() < prev.Rank() && noOldPods(d) && templateTier(d).Rank() <= tier.Rank() &&
+		(d.Status.TerminatingReplicas != nil || d.Status.AvailableReplicas >= 1):
+		// Where the API server does not count terminating pods (before Kubernetes 1.33, or
+		// with the feature off), an available pod of the current template says the old one is
+		// gone: the collector's Recreate strategy starts it only then.
 		return tier
 	}
 	return prev
 }
 
 // noOldPods reports whether the Deployment controller has observed the current template and no
-// pod of an older one is left.
+// pod of an older one is left: none counted, and none terminating (status.replicas leaves out a
+// pod being deleted, which runs, and may send, until it exits).
 func noOldPods(d *appsv1.Deployment) bool {
-	return d.Status.ObservedGeneration >= d.Generation && d.Status.Replicas == d.Status.UpdatedReplicas
+	s := d.Status
+	return s.ObservedGeneration >= d.Generation && s.Replicas == s.UpdatedReplicas &&
+		(s.TerminatingReplicas == nil || *s.TerminatingReplicas == 0)
 }
 
 // finalize runs for a policy being deleted: the collector is stopped, the instance's consent
