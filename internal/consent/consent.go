@@ -157,8 +157,7 @@ type Change struct {
 // be a later, unrelated edit): the withdrawal is then dated when the previous operator was last
 // seen alive, so consent ends early rather than late. managedFields keep seconds: a write in the
 // same second as one already acted on cannot be told apart, and such a withdrawal is dated when
-// the operator sees it (milliseconds later when it watches), or, made before this process
-// watched, with that second. Consent granted starts now, never before contract.acceptedAt; only
+// the operator sees it (milliseconds later when it watches). Consent granted starts now, never before contract.acceptedAt; only
 // an instance with no record at all, whose policy says startFrom Beginning, starts at
 // contract.acceptedAt.
 func TransitionTime(c Change) (time.Time, string) {
@@ -210,14 +209,6 @@ func TransitionTime(c Change) (time.Time, string) {
 		case w.Before(at):
 			at = w
 		}
-	}
-	if at.Equal(c.Now) && reason == telemetryv1alpha1.ReasonDeclared && !c.SeenWritesUpTo.IsZero() && !c.RunningSince.IsZero() &&
-		c.SeenWritesUpTo.Before(c.RunningSince.Truncate(time.Second)) {
-		// A lower tier declared, and no write after the last one acted on: it was written in
-		// that write's second (managedFields keep seconds), before this process watched. Dated
-		// with that second rather than at this restart (the ledger keeps it after the last
-		// transition), and no later than the downtime below allows.
-		at = c.SeenWritesUpTo
 	}
 	if at.Before(c.Now) && !c.RunningSince.IsZero() && !at.After(c.RunningSince) && c.DownSince != nil {
 		// Written while no operator watched.
