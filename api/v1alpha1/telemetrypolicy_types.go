@@ -178,8 +178,8 @@ type ErasureSpec struct {
 	From *metav1.Time `json:"from,omitempty"`
 
 	// to, when set, limits the erasure to data recorded before this time (RFC 3339); without it
-	// the erasure covers everything stored when the receiver carries it out: data recorded up to
-	// that moment, and the events an instance whose clock runs fast dated later.
+	// the erasure covers everything recorded up to the moment the receiver carries it out,
+	// including events an instance whose clock runs fast dated later.
 	// +optional
 	To *metav1.Time `json:"to,omitempty"`
 

@@ -444,8 +444,8 @@ func TestErasure(t *testing.T) {
 		rows.Close()
 		want := []string{"instance_id", "request_id", "scope", "range_from", "range_to", "range_to_defaulted", "requested_by",
 			"owner_cluster", "owner_namespace", "owner_name", "requested_at", "events_deleted", "aggregates_deleted", "verified_at",
-			// The extent of the events dated ahead that an erasure without an end took: a time
-			// and the instance's highest event id among them, never what they held.
+			// What an erasure without an end takes of the events dated ahead: a day past the
+			// range's end, up to the highest event id the receiver had seen of the instance.
 			"ahead_to", "ahead_max_id"}
 		if !reflect.DeepEqual(columns, want) {
 			t.Fatalf("erasures columns %v, want only %v", columns, want)

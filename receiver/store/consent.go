@@ -402,9 +402,10 @@ WHERE instance_id = $1`, instance); err != nil {
 }
 
 // eraseRange is the range an erasure covers, [from, to); a nil from is unbounded. An erasure
-// carried out without an end also covers the events stored then that an instance whose clock
-// runs fast dated at or after to: those dated before aheadTo with ids up to aheadMaxID (the
-// instance's later events, with higher ids, are not in it).
+// carried out without an end also covers the events an instance whose clock runs fast recorded
+// before it but dated after to: those dated in [to, aheadTo) (as far ahead as ingestion
+// accepts) with ids up to aheadMaxID, the highest id the receiver had seen of the instance (its
+// later events, with higher ids, are not in it).
 type eraseRange struct {
 	from       *time.Time
 	to         time.Time
@@ -480,17 +481,17 @@ func (s *Store) Erase(ctx context.Context, cluster string, req consentv1.Erasure
 		} else {
 			rng = eraseRange{from: from, to: to}
 			if defaulted {
-				// Everything stored when it is carried out, also events an instance whose clock
-				// runs fast dated later (ingestion, which holds the instance's lock shared, adds
-				// none meanwhile). Those are named by their ids, not by a range of time reaching
-				// ahead, which would refuse the events the instance records next.
-				var latest *time.Time
-				if err := tx.QueryRow(ctx, `SELECT max(ts), max(event_id) FROM events WHERE instance_id = $1 AND ts >= $2`,
-					instance, to).Scan(&latest, &rng.aheadMaxID); err != nil {
+				// Everything recorded before it is carried out, also events an instance whose
+				// clock runs fast dated later (ingestion, which holds the instance's lock shared,
+				// adds none meanwhile). Those are told by their ids (assigned before: at most the
+				// highest the receiver has seen, stored or acknowledged as read), not by a range of
+				// time reaching ahead, which would refuse the events the instance records next.
+				if err := tx.QueryRow(ctx, `SELECT GREATEST((SELECT max(event_id) FROM events WHERE instance_id = $1),
+  (SELECT cursor FROM cursors WHERE instance_id = $1))`, instance).Scan(&rng.aheadMaxID); err != nil {
 					return err
 				}
-				if latest != nil {
-					end := latest.Add(time.Microsecond)
+				if rng.aheadMaxID != nil {
+					end := to.Add(MaxFutureSkew)
 					rng.aheadTo = &end
 				}
 			}

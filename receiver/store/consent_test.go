@@ -211,9 +211,10 @@ CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION ke
 }
 
 // TestEraseWithoutToTakesEventsDatedAhead: an instance whose clock runs fast has events stored
-// dated after the receiver's clock. An erasure without to covers everything stored when it is
-// carried out: those too (verified, and kept by a retry), and re-sent they are refused. The
-// instance's next events, dated in the same hours but with higher ids, are stored.
+// dated after the receiver's clock. An erasure without to covers everything recorded before it
+// is carried out: those too (verified, and kept by a retry); re-sent, or committed late with an
+// id assigned before the erasure, they are refused. The instance's next events, dated in the same
+// hours but with higher ids, are stored.
 func TestEraseWithoutToTakesEventsDatedAhead(t *testing.T) {
 	ctx := context.Background()
 	r, clk := startWithClock(t)
@@ -221,21 +222,26 @@ func TestEraseWithoutToTakesEventsDatedAhead(t *testing.T) {
 		Transition: consentv1.Transition{At: T.Add(-48 * time.Hour), Tier: consentv1.TierEventLevel}}); err != nil {
 		t.Fatal(err)
 	}
-	batch := func(id string, first int, offsets ...time.Duration) *batchv1.Batch {
-		b := &batchv1.Batch{InstanceID: "acme", BatchID: id, Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(first + len(offsets))}
-		for i, o := range offsets {
-			b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(first + i), Name: "SearchSubmitted", Timestamp: T.Add(o), UserID: "0123456789abcdef0123456789abcdef"})
+	type ev struct {
+		id int
+		at time.Duration
+	}
+	batch := func(name string, events ...ev) *batchv1.Batch {
+		b := &batchv1.Batch{InstanceID: "acme", BatchID: name, Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(events[len(events)-1].id)}
+		for _, e := range events {
+			b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(e.id), Name: "SearchSubmitted", Timestamp: T.Add(e.at), UserID: "0123456789abcdef0123456789abcdef"})
 		}
 		return b
 	}
-	stored := batch("b1", 1, -time.Hour, 90*time.Minute, 3*time.Hour)
+	stored := batch("b1", ev{1, -time.Hour}, ev{5, 90 * time.Minute}, ev{10, 3 * time.Hour})
+	stored.Cursor = 15 // the collector read past rows it did not send
 	if res, err := r.Store.InsertEvents(ctx, "acme", stored); err != nil || res.Accepted != 3 {
 		t.Fatalf("%+v %v", res, err)
 	}
 	// The first attempt leaves the event three hours ahead behind: it must not be verified.
 	if _, err := r.DB.Exec(ctx, `
 CREATE FUNCTION keep_ahead() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN IF OLD.event_id = 3 THEN RETURN NULL; END IF; RETURN OLD; END $$;
+BEGIN IF OLD.event_id = 10 THEN RETURN NULL; END IF; RETURN OLD; END $$;
 CREATE TRIGGER keep_ahead BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION keep_ahead();`); err != nil {
 		t.Fatal(err)
 	}
@@ -261,8 +267,13 @@ CREATE TRIGGER keep_ahead BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION 
 	if res, err := r.Store.InsertEvents(ctx, "acme", stored); err != nil || res.Refused != 3 || res.Accepted != 0 {
 		t.Fatalf("re-send after the erasure: %+v %v", res, err)
 	}
+	// Recorded before the erasure (ids the receiver had seen up to), committed late, dated
+	// ahead, later than any it erased: in it too.
+	if res, err := r.Store.InsertEvents(ctx, "acme", batch("b2", ev{7, 5 * time.Hour}, ev{14, 6 * time.Hour})); err != nil || res.Refused != 2 {
+		t.Fatalf("an event recorded before the erasure and delivered after it: %+v %v", res, err)
+	}
 	// Recorded after the erasure: dated among the erased ones, but with the instance's next ids.
-	if res, err := r.Store.InsertEvents(ctx, "acme", batch("b2", 4, time.Hour, 3*time.Hour, 4*time.Hour)); err != nil || res.Accepted != 3 {
+	if res, err := r.Store.InsertEvents(ctx, "acme", batch("b3", ev{16, time.Hour}, ev{17, 3 * time.Hour}, ev{18, 4 * time.Hour})); err != nil || res.Accepted != 3 {
 		t.Fatalf("events recorded after the erasure: %+v %v", res, err)
 	}
 	if res, err := r.Store.InsertEvents(ctx, "acme", stored); err != nil || res.Refused != 3 {

@@ -364,7 +364,8 @@ const (
 // ErasureRequest asks the receiver to delete an instance's stored data in scope. From and To
 // restrict it to data recorded in [From, To); without To it covers everything stored when the
 // receiver carries it out: data recorded up to that moment, and the events an instance whose
-// clock runs fast dated later (named by their ids: the instance's next events are not in it).
+// clock runs fast recorded before it but dated later (told by their ids: the instance's next
+// events are not in it).
 // Data in scope that arrives later is refused, so nothing re-sent brings it back.
 type ErasureRequest struct {
 	InstanceID string     `json:"instanceID"`
