@@ -1314,13 +1314,13 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Eventually(conditionStatus(ctx, ns, "held", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
 			history := getPolicy(ctx, ns, "held").Status.ConsentHistory
 
-			By("the instance handed over at the receiver: released, recorded by another policy, released again")
+			By("the instance handed over at the receiver: released by its operators, recorded by another policy, released again")
 			stopManager()
-			ours := ledgerOf(ctx, instance).Owner
-			Expect(rcv.Store.Release(ctx, testCluster, consentv1.ReleaseRequest{InstanceID: instance, Owner: ours})).To(Succeed())
+			_, err := rcv.Store.ForceRelease(ctx, instance)
+			Expect(err).NotTo(HaveOccurred())
 			theirs := consentv1.Owner{Namespace: "elsewhere", Name: "next"}
 			fakeClock.Step(time.Minute)
-			_, err := rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance, Owner: theirs,
+			_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance, Owner: theirs,
 				Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierEventLevel, Reason: "Declared"}})
 			Expect(err).NotTo(HaveOccurred())
 			Expect(rcv.Store.Release(ctx, testCluster, consentv1.ReleaseRequest{InstanceID: instance, Owner: theirs})).To(Succeed())
@@ -1340,10 +1340,11 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			updatePolicy(ctx, ns, "ceded", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true })
 			Eventually(conditionStatus(ctx, ns, "ceded", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
 
-			By("the instance released at the receiver and recorded by another policy")
-			Expect(rcv.Store.Release(ctx, testCluster, consentv1.ReleaseRequest{InstanceID: instance, Owner: ledgerOf(ctx, instance).Owner})).To(Succeed())
+			By("the instance handed over by the receiver's operators and recorded by another policy")
+			_, err := rcv.Store.ForceRelease(ctx, instance)
+			Expect(err).NotTo(HaveOccurred())
 			fakeClock.Step(time.Minute)
-			_, err := rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance, Owner: consentv1.Owner{Namespace: "elsewhere", Name: "next"},
+			_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance, Owner: consentv1.Owner{Namespace: "elsewhere", Name: "next"},
 				Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierEventLevel, Reason: "Declared"}})
 			Expect(err).NotTo(HaveOccurred())
 			before := ledgerOf(ctx, instance)

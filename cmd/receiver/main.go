@@ -268,6 +268,11 @@ func consent(ctx context.Context, args []string) error {
 			fmt.Printf("instance %s: the consent record had no owner; nothing changed\n", *instance)
 			return nil
 		}
+		if previous.Name == "" {
+			fmt.Printf("instance %s: handed over: the consent record was released by its policy in namespace %s of cluster %s, "+
+				"and the next policy to record a transition, from any namespace, claims it\n", *instance, previous.Namespace, previous.Cluster)
+			return nil
+		}
 		fmt.Printf("instance %s: released the consent record from policy %s/%s in cluster %s; the next policy to record a transition claims it\n",
 			*instance, previous.Namespace, previous.Name, previous.Cluster)
 		return nil

@@ -181,7 +181,7 @@ func TestOwnershipOfTheConsentRecord(t *testing.T) {
 		}
 	})
 
-	t.Run("release, then another cluster claims", func(t *testing.T) {
+	t.Run("release, then another cluster claims once the receiver's operators hand it over", func(t *testing.T) {
 		wantStatus(t, adminPost(t, east, consentv1.PathRelease, consentv1.ReleaseRequest{InstanceID: "own", Owner: consentv1.Owner{Namespace: "ns1", Name: "p1", UID: "uid-p1"}}), http.StatusOK, "")
 		released, _ := state(t, "own")
 		if released.Owner != (consentv1.Owner{}) || !reflect.DeepEqual(released.Timeline, before.Timeline) {
@@ -189,6 +189,11 @@ func TestOwnershipOfTheConsentRecord(t *testing.T) {
 		}
 		// A retried release succeeds and changes nothing.
 		wantStatus(t, adminPost(t, east, consentv1.PathRelease, consentv1.ReleaseRequest{InstanceID: "own", Owner: consentv1.Owner{Namespace: "ns1", Name: "p1"}}), http.StatusOK, "")
+		// Released by a policy of east's ns1: nobody elsewhere may claim it on their own.
+		wantStatus(t, record(t, west, "own", "ns9", "p9", "", consentv1.TierOff, time.Now()), http.StatusConflict, consentv1.ReasonOwnedElsewhere)
+		if _, err := rcv.Store.ForceRelease(context.Background(), "own"); err != nil {
+			t.Fatal(err)
+		}
 		st := mustRecord(t, west, "own", "ns9", "p9", consentv1.TierOff, time.Now())
 		if st.Owner.Cluster != "west" || st.Owner.Namespace != "ns9" || st.Timeline.Current() != consentv1.TierOff {
 			t.Fatalf("after the claim: %+v", st)

@@ -73,10 +73,17 @@ type OwnedElsewhereError struct {
 	Instance string
 	// Owner is empty when the record was released and nobody owns it.
 	Owner consentv1.Owner
+	// Released is set when nobody owns the record but the policy that released it lived in
+	// another namespace or cluster: it is not this policy's to claim.
+	Released bool
 }
 
 // Error is what the server returns to the operator: that the record is someone else's, not whose.
 func (e *OwnedElsewhereError) Error() string {
+	if e.Released {
+		return fmt.Sprintf("the consent record of instance %q was released by a policy of another namespace or cluster: only a policy "+
+			"there may claim it again, until the receiver's operators hand it over (receiver consent release --instance %s)", e.Instance, e.Instance)
+	}
 	if e.Owner.Cluster == "" {
 		return fmt.Sprintf("the consent record of instance %q has no owner: record a transition to claim it first", e.Instance)
 	}
@@ -166,8 +173,11 @@ func checkOwner(instance string, o consentv1.Owner) error {
 
 // instanceRow is consent_instances' row, locked.
 type instanceRow struct {
-	owner   *consentv1.Owner
-	version int64
+	owner *consentv1.Owner
+	// released is where the policy that last released the record lived (Cluster and Namespace
+	// only), nil when nobody did or the receiver's operators handed it over since.
+	released *consentv1.Owner
+	version  int64
 }
 
 // advisoryClass is the first key of the per-instance advisory locks (the second is a hash of
@@ -189,11 +199,11 @@ func lockInstance(ctx context.Context, tx pgx.Tx, instance string) (instanceRow,
 	if err := lockExclusive(ctx, tx, instance); err != nil {
 		return instanceRow{}, err
 	}
-	var cluster, namespace, name, uid *string
+	var cluster, namespace, name, uid, relCluster, relNamespace *string
 	var row instanceRow
 	err := tx.QueryRow(ctx, `
-SELECT owner_cluster, owner_namespace, owner_name, owner_uid, version
-FROM consent_instances WHERE instance_id = $1 FOR UPDATE`, instance).Scan(&cluster, &namespace, &name, &uid, &row.version)
+SELECT owner_cluster, owner_namespace, owner_name, owner_uid, version, released_cluster, released_namespace
+FROM consent_instances WHERE instance_id = $1 FOR UPDATE`, instance).Scan(&cluster, &namespace, &name, &uid, &row.version, &relCluster, &relNamespace)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return row, fmt.Errorf("%w: %q", ErrUnknownInstance, instance)
 	}
@@ -202,6 +212,9 @@ FROM consent_instances WHERE instance_id = $1 FOR UPDATE`, instance).Scan(&clust
 	}
 	if cluster != nil {
 		row.owner = &consentv1.Owner{Cluster: *cluster, Namespace: deref(namespace), Name: deref(name), UID: deref(uid)}
+	}
+	if relCluster != nil {
+		row.released = &consentv1.Owner{Cluster: *relCluster, Namespace: deref(relNamespace)}
 	}
 	return row, nil
 }
@@ -251,9 +264,12 @@ func (s *Store) RecordTransition(ctx context.Context, cluster string, req consen
 			return err
 		}
 		switch {
+		case row.owner == nil && row.released != nil && (row.released.Cluster != owner.Cluster || row.released.Namespace != owner.Namespace):
+			return &OwnedElsewhereError{Instance: instance, Released: true}
 		case row.owner == nil:
 			if _, err := tx.Exec(ctx, `
-UPDATE consent_instances SET owner_cluster = $2, owner_namespace = $3, owner_name = $4, owner_uid = $5, claimed_at = $6
+UPDATE consent_instances SET owner_cluster = $2, owner_namespace = $3, owner_name = $4, owner_uid = $5, claimed_at = $6,
+  released_cluster = NULL, released_namespace = NULL
 WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, owner.UID, now); err != nil {
 				return err
 			}
@@ -366,6 +382,10 @@ func (s *Store) Release(ctx context.Context, cluster string, req consentv1.Relea
 			return &OwnedElsewhereError{Instance: req.InstanceID, Owner: *row.owner}
 		}
 		released = row.owner
+		if _, err := tx.Exec(ctx, `UPDATE consent_instances SET released_cluster = $2, released_namespace = $3 WHERE instance_id = $1`,
+			req.InstanceID, row.owner.Cluster, row.owner.Namespace); err != nil {
+			return err
+		}
 		return clearOwner(ctx, tx, req.InstanceID)
 	})
 	if err == nil && released != nil {
@@ -374,19 +394,33 @@ func (s *Store) Release(ctx context.Context, cluster string, req consentv1.Relea
 	return err
 }
 
-// ForceRelease clears the record's owner whoever it is: the administrator's way out when the
-// owning cluster is gone. It returns the previous owner (empty when there was none).
+// ForceRelease clears the record's owner whoever it is, and where a released record's policy
+// lived: the administrator's way out when the owning cluster is gone, and the handover of an
+// instance to a policy of another namespace or cluster, which may then claim it. It returns the
+// previous owner (empty when there was none; without a name when the record was released and
+// only where its policy lived is cleared).
 func (s *Store) ForceRelease(ctx context.Context, instance string) (consentv1.Owner, error) {
 	var previous consentv1.Owner
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		row, err := lockInstance(ctx, tx, instance)
-		if err != nil || row.owner == nil {
+		if err != nil {
 			return err
+		}
+		if row.released != nil {
+			if _, err := tx.Exec(ctx, `UPDATE consent_instances SET released_cluster = NULL, released_namespace = NULL WHERE instance_id = $1`, instance); err != nil {
+				return err
+			}
+		}
+		if row.owner == nil {
+			if row.released != nil {
+				previous = *row.released // where the policy that released it lived (no name)
+			}
+			return nil
 		}
 		previous = *row.owner
 		return clearOwner(ctx, tx, instance)
 	})
-	if err == nil && previous.Cluster != "" {
+	if err == nil && previous.Name != "" {
 		s.observe().Released(instance, previous)
 	}
 	return previous, err

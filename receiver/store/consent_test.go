@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -278,5 +279,62 @@ CREATE TRIGGER keep_ahead BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION 
 	}
 	if res, err := r.Store.InsertEvents(ctx, "acme", stored); err != nil || res.Refused != 3 {
 		t.Fatalf("re-send after newer events: %+v %v", res, err)
+	}
+}
+
+// TestAReleasedRecordIsClaimedOnlyWhereItWasReleased: a policy deleted releases its instance's
+// record. A policy of another namespace naming the instance must not take it over (and with it
+// the instance's certificates, what it stored, and its erasures): only the same namespace may
+// claim it again, until the receiver's operators hand it over.
+func TestAReleasedRecordIsClaimedOnlyWhereItWasReleased(t *testing.T) {
+	ctx := context.Background()
+	r, clk := startWithClock(t)
+	record := func(cluster string, o consentv1.Owner, tier consentv1.Tier) error {
+		clk.SetTime(clk.Now().Add(time.Minute))
+		_, err := r.Store.RecordTransition(ctx, cluster, consentv1.RecordRequest{InstanceID: "acme", Owner: o,
+			Transition: consentv1.Transition{At: clk.Now(), Tier: tier}})
+		return err
+	}
+	first := consentv1.Owner{Namespace: "acme", Name: "policy", UID: "u1"}
+	if err := record("c1", first, consentv1.TierEventLevel); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Store.Release(ctx, "c1", consentv1.ReleaseRequest{InstanceID: "acme", Owner: first}); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]struct {
+		cluster string
+		owner   consentv1.Owner
+	}{
+		"another namespace":             {"c1", consentv1.Owner{Namespace: "mallory", Name: "policy", UID: "u2"}},
+		"the same namespace, elsewhere": {"c2", consentv1.Owner{Namespace: "acme", Name: "policy", UID: "u3"}},
+	} {
+		err := record(c.cluster, c.owner, consentv1.TierEventLevel)
+		var e *store.OwnedElsewhereError
+		if !errors.As(err, &e) || !e.Released || !strings.Contains(err.Error(), "receiver consent release --instance acme") {
+			t.Errorf("%s claimed a released record: %v", name, err)
+		}
+	}
+	if st, err := r.Store.ConsentState(ctx, "acme"); err != nil || st.Owner != (consentv1.Owner{}) {
+		t.Fatalf("after the refused claims: %+v %v", st.Owner, err)
+	}
+	// The policy re-created in its namespace, under another name even, claims it again.
+	again := consentv1.Owner{Namespace: "acme", Name: "renamed", UID: "u4"}
+	if err := record("c1", again, consentv1.TierCriticalOnly); err != nil {
+		t.Fatalf("the same namespace claiming its record again: %v", err)
+	}
+	if err := r.Store.Release(ctx, "c1", consentv1.ReleaseRequest{InstanceID: "acme", Owner: again}); err != nil {
+		t.Fatal(err)
+	}
+	// Handed over by the receiver's operators: another namespace may claim it.
+	if _, err := r.Store.ForceRelease(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	next := consentv1.Owner{Namespace: "initech", Name: "policy", UID: "u5"}
+	if err := record("c2", next, consentv1.TierCriticalOnly); err != nil {
+		t.Fatalf("a claim after the handover: %v", err)
+	}
+	if st, err := r.Store.ConsentState(ctx, "acme"); err != nil || !st.Owner.Same(consentv1.Owner{Cluster: "c2", Namespace: "initech", Name: "policy", UID: "u5"}) {
+		t.Fatalf("owner after the handover: %+v %v", st.Owner, err)
 	}
 }
