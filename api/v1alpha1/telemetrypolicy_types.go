@@ -355,8 +355,9 @@ type CollectorSpec struct {
 	// +kubebuilder:validation:MaxLength=512
 	Image string `json:"image,omitempty"`
 
-	// resources overrides the collector container's resource requests and limits
-	// (default: 50m CPU and 64Mi memory requested, 128Mi memory limit).
+	// resources overrides the collector container's resource requests and limits one by one
+	// (default: 50m CPU and 64Mi memory requested, 128Mi memory limit); what it leaves out keeps
+	// its default, so the memory limit stays (a memory request above 128Mi raises it too).
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 }

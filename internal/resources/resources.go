@@ -233,6 +233,31 @@ func DefaultResources() corev1.ResourceRequirements {
 	}
 }
 
+// CollectorResources returns the collector container's resources: the defaults, with each
+// request and limit the policy names in place of the default one. What it leaves out keeps its
+// default, so the memory limit cannot be dropped (an empty override used to remove every limit);
+// a request above a default limit it did not name raises that limit to the request.
+func CollectorResources(override *corev1.ResourceRequirements) corev1.ResourceRequirements {
+	res := DefaultResources()
+	if override == nil {
+		return res
+	}
+	for name, q := range override.Requests {
+		res.Requests[name] = q.DeepCopy()
+	}
+	for name, q := range override.Limits {
+		res.Limits[name] = q.DeepCopy()
+	}
+	for name, q := range res.Requests {
+		if l, limited := res.Limits[name]; limited && q.Cmp(l) > 0 {
+			if _, named := override.Limits[name]; !named {
+				res.Limits[name] = q.DeepCopy()
+			}
+		}
+	}
+	return res
+}
+
 // Deployment returns the collector Deployment: one replica, Recreate, hardened, with configHash on
 // the pod template so any configuration change replaces the pod. image is the default collector
 // image, used unless the policy names one.
@@ -241,10 +266,7 @@ func Deployment(p *telemetryv1alpha1.TelemetryPolicy, image, configHash string, 
 	if p.Spec.Collector.Image != "" {
 		image = p.Spec.Collector.Image
 	}
-	res := DefaultResources()
-	if p.Spec.Collector.Resources != nil {
-		res = *p.Spec.Collector.Resources.DeepCopy()
-	}
+	res := CollectorResources(p.Spec.Collector.Resources)
 	selector := map[string]string{LabelName: NameValue, LabelInstance: p.Spec.InstanceID, LabelPolicy: p.Name}
 	podLabels := Labels(p, "collector")
 
