@@ -109,10 +109,6 @@ func setSyncedCondition(p *v1.TelemetryPolicy, o workloadObservation) (stalled b
 		set(metav1.ConditionFalse, ReasonOldCollectorRunning, "%d collector pod(s) still run an older configuration", old)
 		return false
 	}
-	if t := d.Status.TerminatingReplicas; t != nil && *t > 0 {
-		set(metav1.ConditionFalse, ReasonOldCollectorRunning, "%d collector pod(s) of an older configuration are still shutting down", *t)
-		return false
-	}
 	if d.Status.UpdatedReplicas < 1 || d.Status.AvailableReplicas < 1 {
 		set(metav1.ConditionFalse, ReasonCollectorStarting, "the collector pod with the current configuration is not available yet")
 		return false

@@ -54,6 +54,7 @@ func TestEnforcedTierWaitsForTerminatingPods(t *testing.T) {
 		{"the old pod gone, the new one not up yet", terminating(lowered(dep("h", 3, 3, 0, 0, 0)), 0), v1.TierCriticalOnly},
 		{"terminating pods not reported, nothing up", lowered(dep("h", 3, 3, 0, 0, 0)), v1.TierEventLevel},
 		{"terminating pods not reported, the new pod available", lowered(dep("h", 3, 3, 1, 1, 1)), v1.TierCriticalOnly},
+		{"terminating pods not reported, the new pod created but never available", lowered(dep("h", 3, 3, 1, 1, 0)), v1.TierCriticalOnly},
 		{"an old pod counted", terminating(lowered(dep("h", 3, 3, 1, 0, 1)), 0), v1.TierEventLevel},
 	}
 	for _, c := range cases {
@@ -81,7 +82,10 @@ func TestSetSyncedCondition(t *testing.T) {
 		{"new pod not available", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 1, 0), "h"}, metav1.ConditionFalse, ReasonCollectorStarting, false},
 		{"no pods at all", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 0, 0, 0), "h"}, metav1.ConditionFalse, ReasonCollectorStarting, false},
 		{"rollout stuck", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 1, 0, deadline), "h"}, metav1.ConditionFalse, ReasonProgressDeadline, true},
-		{"an old pod still shutting down", workloadObservation{v1.TierCriticalOnly, terminating(dep("h", 3, 3, 1, 1, 1), 1), "h"}, metav1.ConditionFalse, ReasonOldCollectorRunning, false},
+		// Recreate starts the current template's pod only once the old ones are gone: a pod
+		// still terminating beside an available current one is the current template's (its
+		// node lost), and must not keep Synced false.
+		{"synced beside a terminating pod of its own template", workloadObservation{v1.TierCriticalOnly, terminating(dep("h", 3, 3, 1, 1, 1), 1), "h"}, metav1.ConditionTrue, ReasonSynced, false},
 		{"synced", workloadObservation{v1.TierCriticalOnly, dep("h", 3, 3, 1, 1, 1), "h"}, metav1.ConditionTrue, ReasonSynced, false},
 		{"off with deployment left", workloadObservation{v1.TierOff, dep("h", 3, 3, 1, 1, 1), ""}, metav1.ConditionFalse, ReasonCollectorStopping, false},
 		{"off and gone", workloadObservation{tier: v1.TierOff}, metav1.ConditionTrue, ReasonCollectorStopped, false},

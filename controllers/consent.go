@@ -1196,10 +1196,11 @@ func enforcedTier(prev, tier, recorded v1.ConsentTier, o workloadObservation, sy
 		// Nothing runs at all (a downgrade that could not be configured stopped the collector).
 		return tier
 	case prev != "" && tier.Rank() < prev.Rank() && noOldPods(d) && templateTier(d).Rank() <= tier.Rank() &&
-		(d.Status.TerminatingReplicas != nil || d.Status.AvailableReplicas >= 1):
+		(d.Status.TerminatingReplicas != nil || d.Status.UpdatedReplicas >= 1):
 		// Where the API server does not count terminating pods (before Kubernetes 1.33, or
-		// with the feature off), an available pod of the current template says the old one is
-		// gone: the collector's Recreate strategy starts it only then.
+		// with the feature off), a pod of the current template says the old one is gone: the
+		// collector's Recreate strategy creates it only then, running or not. (Synced needs no
+		// such check: it waits for that pod to be available.)
 		return tier
 	}
 	return prev
