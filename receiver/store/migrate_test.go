@@ -8,10 +8,16 @@ package store
 
 import (
 	"context"
+	"errors"
+	"io/fs"
+	"maps"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/pgtest"
 )
 
@@ -101,5 +107,87 @@ VALUES ('acme', 1, '2026-01-01', 'EventLevel', 'c', 'n', 'p')`); err != nil {
 		ID: "7", Name: "SearchSubmitted", Timestamp: time.Date(2026, 10, 31, 5, 0, 0, 0, time.UTC), UserID: "00000000000000000000000000000007"}}}
 	if res, err := s.InsertEvents(ctx, "acme", b); err != nil || res.Duplicates != 1 || res.Accepted != 0 {
 		t.Errorf("re-send of a migrated event: %+v %v, want one duplicate", res, err)
+	}
+}
+
+// TestMigrationTiesRecordsReleasedBeforeIt: a record released before the receiver remembered
+// where (migration 0009) is tied to the namespace of the policy that last recorded it, so a
+// policy of another namespace cannot claim it after the upgrade either; an owned record and one
+// never recorded are left as they are.
+func TestMigrationTiesRecordsReleasedBeforeIt(t *testing.T) {
+	ctx := context.Background()
+	pg, err := pgtest.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	if err := pg.CreateDatabase(ctx, "receiver"); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, pg.DSN("receiver"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, `CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		t.Fatal(err)
+	}
+	for v, name := range names {
+		if strings.HasPrefix(filepath.Base(name), "0009") {
+			break
+		}
+		sql, err := migrations.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.pool.Exec(ctx, string(sql)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := s.pool.Exec(ctx, `INSERT INTO schema_migrations (version) VALUES ($1)`, v+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.pool.Exec(ctx, `
+INSERT INTO consent_instances (instance_id) VALUES ('released'), ('owned'), ('fresh');
+UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'owner', owner_name = 'p' WHERE instance_id = 'owned';
+INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owner_namespace, owner_name) VALUES
+  ('released', 1, '2026-01-01', 'EventLevel', 'c1', 'first', 'p'),
+  ('released', 2, '2026-02-01', 'Off', 'c1', 'acme', 'p'),
+  ('owned', 1, '2026-01-01', 'EventLevel', 'c1', 'owner', 'p')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT instance_id, coalesce(released_cluster, ''), coalesce(released_namespace, '') FROM consent_instances ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for rows.Next() {
+		var id, c, n string
+		if err := rows.Scan(&id, &c, &n); err != nil {
+			t.Fatal(err)
+		}
+		got[id] = c + "/" + n
+	}
+	rows.Close()
+	if want := map[string]string{"released": "c1/acme", "owned": "/", "fresh": "/"}; !maps.Equal(got, want) {
+		t.Fatalf("released where: %v, want %v", got, want)
+	}
+	claim := func(ns string) error {
+		_, err := s.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "released", Owner: consentv1.Owner{Namespace: ns, Name: "p", UID: "u-" + ns},
+			Transition: consentv1.Transition{At: time.Now(), Tier: consentv1.TierCriticalOnly}})
+		return err
+	}
+	if err := claim("mallory"); !errors.Is(err, ErrOwnedElsewhere) {
+		t.Fatalf("another namespace claiming a record released before the upgrade: %v", err)
+	}
+	if err := claim("acme"); err != nil {
+		t.Fatalf("its own namespace claiming it again: %v", err)
 	}
 }
