@@ -40,7 +40,7 @@ type ConsentLedger interface {
 	// Cluster is the cluster name the operator identifies as.
 	Cluster() string
 	Record(ctx context.Context, req consentv1.RecordRequest) (consentv1.State, error)
-	State(ctx context.Context, instanceID string) (consentv1.State, error)
+	State(ctx context.Context, instanceID, namespace string) (consentv1.State, error)
 	Release(ctx context.Context, req consentv1.ReleaseRequest) error
 	Erase(ctx context.Context, req consentv1.ErasureRequest) (consentv1.ErasureResult, error)
 }
@@ -378,7 +378,7 @@ func (r *TelemetryPolicyReconciler) replan(ctx context.Context, st *reconcileSta
 func (r *TelemetryPolicyReconciler) readBack(ctx context.Context, st *reconcileState) bool {
 	p := st.policy
 	readAt := r.Clock.Now()
-	state, err := r.Ledger.State(ctx, p.Spec.InstanceID)
+	state, err := r.Ledger.State(ctx, p.Spec.InstanceID, p.Namespace)
 	if errors.Is(err, ledger.ErrUnknownInstance) {
 		err, state = nil, consentv1.State{InstanceID: p.Spec.InstanceID}
 	}

@@ -674,6 +674,34 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		rollOutUntilReady(ctx, ns, "unrecorded")
 	})
 
+	It("never hands an instance its policy released to a policy of another namespace, nor shows it its history", func() {
+		nsA, nsB := newNamespace(ctx), newNamespace(ctx)
+		readyPolicy(ctx, nsA, "leaving")
+		instance := instanceOf(nsA, "leaving")
+		Expect(k8s.Delete(ctx, getPolicy(ctx, nsA, "leaving"))).To(Succeed())
+		Eventually(func() bool {
+			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: nsA, Name: "leaving"}, &v1.TelemetryPolicy{}))
+		}).Should(BeTrue())
+		released := ledgerOf(ctx, instance)
+		Expect(released.Owner.Name).To(BeEmpty(), "released")
+
+		By("a policy in another namespace naming the released instance")
+		squat := eventLevelPolicy(nsB, "squatter")
+		squat.Spec.InstanceID = instance
+		Expect(k8s.Create(ctx, squat)).To(Succeed())
+		Eventually(conditionStatus(ctx, nsB, "squatter", v1.ConditionStalled)).Should(Equal("Stalled=True/InstanceOwnedElsewhere"))
+		Consistently(func() consentv1.State { return ledgerOf(ctx, instance) }, "1s").Should(Equal(released), "not claimed, nothing recorded")
+		Expect(getPolicy(ctx, nsB, "squatter").Status.ConsentHistory).To(BeEmpty(), "the other namespace's consent history is not shown")
+		Expect(apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: nsB, Name: resources.NamesFor("squatter").Credentials}, &corev1.Secret{}))).To(BeTrue(),
+			"no certificate for the instance is minted")
+
+		By("the receiver's operators hand it over")
+		_, err := rcv.Store.ForceRelease(ctx, instance)
+		Expect(err).NotTo(HaveOccurred())
+		requestReconcile(ctx, nsB, "squatter")
+		Eventually(func() string { return ledgerOf(ctx, instance).Owner.Namespace }).Should(Equal(nsB))
+	})
+
 	It("lets one policy own an instance's consent: a second policy or another cluster cannot claim it", func() {
 		nsA, nsB := newNamespace(ctx), newNamespace(ctx)
 		readyPolicy(ctx, nsA, "owner")
@@ -1667,19 +1695,19 @@ func (l *askingLedger) asked(call string) {
 	}
 }
 
-func (l *askingLedger) State(ctx context.Context, instance string) (consentv1.State, error) {
+func (l *askingLedger) State(ctx context.Context, instance, namespace string) (consentv1.State, error) {
 	l.asked("State")
 	switch l.receiver {
 	case "silent":
 		return consentv1.State{}, fmt.Errorf("%w: context deadline exceeded (Client.Timeout exceeded while awaiting headers)", ledger.ErrUnavailable)
 	case "garbled":
-		s, err := l.ConsentLedger.State(ctx, instance)
+		s, err := l.ConsentLedger.State(ctx, instance, namespace)
 		if err == nil && len(s.Timeline) > 0 {
 			s.Timeline[0].Tier = "Everything" // a record the operator cannot use
 		}
 		return s, err
 	}
-	return l.ConsentLedger.State(ctx, instance)
+	return l.ConsentLedger.State(ctx, instance, namespace)
 }
 
 func (l *askingLedger) Record(_ context.Context, req consentv1.RecordRequest) (consentv1.State, error) {

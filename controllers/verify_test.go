@@ -38,7 +38,7 @@ type slowLedger struct {
 
 func (l *slowLedger) Cluster() string { return "" }
 
-func (l *slowLedger) State(context.Context, string) (consentv1.State, error) {
+func (l *slowLedger) State(context.Context, string, string) (consentv1.State, error) {
 	l.clock.Step(l.took)
 	return l.state, l.err
 }

@@ -291,6 +291,10 @@ func consent(ctx context.Context, args []string) error {
 
 func writeState(out io.Writer, s consentv1.State) error {
 	owner := "(none: released)"
+	if r := s.ReleasedBy; r != nil {
+		owner = fmt.Sprintf("(none: released by a policy of namespace %s in cluster %s; only a policy there may claim it, "+
+			"until `receiver consent release` hands it over)", r.Namespace, r.Cluster)
+	}
 	if s.Owner.Cluster != "" {
 		owner = fmt.Sprintf("policy %s/%s in cluster %s", s.Owner.Namespace, s.Owner.Name, s.Owner.Cluster)
 		if s.Owner.UID != "" {

@@ -157,10 +157,13 @@ func (c *Client) Record(ctx context.Context, req consentv1.RecordRequest) (conse
 	return out, err
 }
 
-// State reads an instance's record (ErrUnknownInstance when there is none).
-func (c *Client) State(ctx context.Context, instanceID string) (consentv1.State, error) {
+// State reads an instance's record (ErrUnknownInstance when there is none) for a policy of
+// namespace: a record released by a policy of another namespace is not its to read
+// (ErrOwnedElsewhere).
+func (c *Client) State(ctx context.Context, instanceID, namespace string) (consentv1.State, error) {
 	var out consentv1.State
-	err := c.do(ctx, http.MethodGet, consentv1.PathConsent+"?instance="+url.QueryEscape(instanceID), nil, &out)
+	q := url.Values{"instance": {instanceID}, "namespace": {namespace}}
+	err := c.do(ctx, http.MethodGet, consentv1.PathConsent+"?"+q.Encode(), nil, &out)
 	return out, err
 }
 

@@ -69,8 +69,10 @@ func (s *Server) getConsent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil || len(q) != 1 || len(q["instance"]) != 1 || !pki.ValidInstanceID(q.Get("instance")) {
-		s.reject(w, http.StatusBadRequest, consentv1.ReasonInvalid, "the query must be exactly instance=<instance id>", -1)
+	_, named := q["namespace"]
+	if err != nil || len(q) != 1+btoi(named) || len(q["instance"]) != 1 || !pki.ValidInstanceID(q.Get("instance")) ||
+		named && (len(q["namespace"]) != 1 || q.Get("namespace") == "") {
+		s.reject(w, http.StatusBadRequest, consentv1.ReasonInvalid, "the query must be instance=<instance id>, and optionally namespace=<the asking policy's namespace>", -1)
 		return
 	}
 	st, err := s.store.ConsentState(r.Context(), q.Get("instance"))
@@ -82,6 +84,12 @@ func (s *Server) getConsent(w http.ResponseWriter, r *http.Request) {
 		// Another cluster's record: its timeline, owner and erasure audit are not this
 		// operator's to read.
 		s.adminError(w, &store.OwnedElsewhereError{Instance: st.InstanceID, Owner: st.Owner}, "consent state", q.Get("instance"))
+		return
+	}
+	if rel := st.ReleasedBy; st.Owner.Cluster == "" && rel != nil && (rel.Cluster != cluster || named && rel.Namespace != q.Get("namespace")) {
+		// Released by a policy elsewhere: not the asker's to claim, nor to read (its
+		// timeline would land in another namespace's policy status).
+		s.adminError(w, &store.OwnedElsewhereError{Instance: st.InstanceID, Released: true}, "consent state", q.Get("instance"))
 		return
 	}
 	if st.Owner.Cluster == "" {
@@ -360,4 +368,12 @@ func (o ledgerObserver) Erased(instance string, owner consentv1.Owner, requestID
 
 func (o ledgerObserver) Released(instance string, owner consentv1.Owner) {
 	o.s.log.Info("consent record released", "instance", instance, "owner", owner.String())
+}
+
+// btoi is 1 for true.
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -189,8 +189,24 @@ func TestOwnershipOfTheConsentRecord(t *testing.T) {
 		}
 		// A retried release succeeds and changes nothing.
 		wantStatus(t, adminPost(t, east, consentv1.PathRelease, consentv1.ReleaseRequest{InstanceID: "own", Owner: consentv1.Owner{Namespace: "ns1", Name: "p1"}}), http.StatusOK, "")
-		// Released by a policy of east's ns1: nobody elsewhere may claim it on their own.
+		// Released by a policy of east's ns1: nobody elsewhere may claim it on their own, nor
+		// read it (its timeline would land in another namespace's policy status).
 		wantStatus(t, record(t, west, "own", "ns9", "p9", "", consentv1.TierOff, time.Now()), http.StatusConflict, consentv1.ReasonOwnedElsewhere)
+		for asker, c := range map[string]struct {
+			client *http.Client
+			query  string
+			want   int
+		}{
+			"another cluster":                   {west, "?instance=own&namespace=ns1", http.StatusConflict},
+			"another namespace":                 {east, "?instance=own&namespace=ns9", http.StatusConflict},
+			"its namespace":                     {east, "?instance=own&namespace=ns1", http.StatusOK},
+			"its cluster, no namespace (older)": {east, "?instance=own", http.StatusOK},
+			"another cluster, no namespace":     {west, "?instance=own", http.StatusConflict},
+		} {
+			if resp := adminDo(t, c.client, http.MethodGet, consentv1.PathConsent+c.query, nil, ""); resp.status != c.want {
+				t.Errorf("%s reading the released record: %d, want %d (%s)", asker, resp.status, c.want, resp.body)
+			}
+		}
 		if _, err := rcv.Store.ForceRelease(context.Background(), "own"); err != nil {
 			t.Fatal(err)
 		}

@@ -725,9 +725,9 @@ func loadTimelineRemoved(ctx context.Context, q rowQuerier, instance string) (co
 // loadState reads an instance's whole record.
 func loadState(ctx context.Context, q rowQuerier, instance string) (consentv1.State, error) {
 	st := consentv1.State{InstanceID: instance}
-	var cluster, namespace, name, uid *string
-	err := q.QueryRow(ctx, `SELECT owner_cluster, owner_namespace, owner_name, owner_uid FROM consent_instances WHERE instance_id = $1`, instance).
-		Scan(&cluster, &namespace, &name, &uid)
+	var cluster, namespace, name, uid, relCluster, relNamespace *string
+	err := q.QueryRow(ctx, `SELECT owner_cluster, owner_namespace, owner_name, owner_uid, released_cluster, released_namespace
+FROM consent_instances WHERE instance_id = $1`, instance).Scan(&cluster, &namespace, &name, &uid, &relCluster, &relNamespace)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return st, fmt.Errorf("%w: %q", ErrUnknownInstance, instance)
 	}
@@ -735,6 +735,9 @@ func loadState(ctx context.Context, q rowQuerier, instance string) (consentv1.St
 		return st, err
 	}
 	st.Owner = consentv1.Owner{Cluster: deref(cluster), Namespace: deref(namespace), Name: deref(name), UID: deref(uid)}
+	if relCluster != nil {
+		st.ReleasedBy = &consentv1.Owner{Cluster: *relCluster, Namespace: deref(relNamespace)}
+	}
 	if st.Timeline, st.EventsRemoved, err = loadTimelineRemoved(ctx, q, instance); err != nil {
 		return st, err
 	}

@@ -344,6 +344,9 @@ type State struct {
 	InstanceID string `json:"instanceID"`
 	// Owner is who may write the record; empty when released.
 	Owner Owner `json:"owner"`
+	// ReleasedBy is where the policy that released the record lived (cluster and namespace
+	// only): only a policy there may claim it again, until the receiver's operators hand it over.
+	ReleasedBy *Owner `json:"releasedBy,omitempty"`
 	// Timeline is every transition, oldest first.
 	Timeline Timeline `json:"timeline"`
 	// EventsRemoved is how many stored events the last transition removed because they were
