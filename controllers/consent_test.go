@@ -696,7 +696,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			"no certificate for the instance is minted")
 
 		By("the receiver's operators hand it over")
-		_, err := rcv.Store.ForceRelease(ctx, instance)
+		_, err := rcv.Store.ForceRelease(ctx, instance, nil)
 		Expect(err).NotTo(HaveOccurred())
 		requestReconcile(ctx, nsB, "squatter")
 		Eventually(func() string { return ledgerOf(ctx, instance).Owner.Namespace }).Should(Equal(nsB))
@@ -1344,7 +1344,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 
 			By("the instance handed over at the receiver: released by its operators, recorded by another policy, released again")
 			stopManager()
-			_, err := rcv.Store.ForceRelease(ctx, instance)
+			_, err := rcv.Store.ForceRelease(ctx, instance, nil)
 			Expect(err).NotTo(HaveOccurred())
 			theirs := consentv1.Owner{Namespace: "elsewhere", Name: "next"}
 			fakeClock.Step(time.Minute)
@@ -1369,7 +1369,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Eventually(conditionStatus(ctx, ns, "ceded", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
 
 			By("the instance handed over by the receiver's operators and recorded by another policy")
-			_, err := rcv.Store.ForceRelease(ctx, instance)
+			_, err := rcv.Store.ForceRelease(ctx, instance, nil)
 			Expect(err).NotTo(HaveOccurred())
 			fakeClock.Step(time.Minute)
 			_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance, Owner: consentv1.Owner{Namespace: "elsewhere", Name: "next"},

@@ -244,6 +244,8 @@ func consent(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("consent "+args[0], flag.ExitOnError)
 	instance := fs.String("instance", "", "The instance (required).")
 	format := fs.String("format", "table", "Output format of show: table or json.")
+	to := fs.String("to", "", "release only: CLUSTER/NAMESPACE of the policy that may claim the record next (default: the next policy anywhere, "+
+		"which another namespace naming the instance may race).")
 	dsnFile := dsnFlag(fs)
 	_ = fs.Parse(args[1:])
 	if *instance == "" {
@@ -259,22 +261,32 @@ func consent(ctx context.Context, args []string) error {
 	defer st.Close()
 	if args[0] == "release" {
 		// The administrator's override for an owner that can no longer release the record
-		// itself (its cluster is gone). The timeline and the erasure audit stay.
-		previous, err := st.ForceRelease(ctx, *instance)
+		// itself (its cluster is gone), and the handover to another namespace or cluster. The
+		// timeline and the erasure audit stay.
+		var target *consentv1.Owner
+		next := "the next policy to record a transition, from any namespace or cluster,"
+		if *to != "" {
+			cluster, namespace, ok := strings.Cut(*to, "/")
+			if !ok || cluster == "" || namespace == "" || strings.Contains(namespace, "/") {
+				return fmt.Errorf("--to must be CLUSTER/NAMESPACE, not %q", *to)
+			}
+			target = &consentv1.Owner{Cluster: cluster, Namespace: namespace}
+			next = fmt.Sprintf("only a policy of namespace %s in cluster %s", namespace, cluster)
+		}
+		previous, err := st.ForceRelease(ctx, *instance, target)
 		if err != nil {
 			return err
 		}
-		if previous.Cluster == "" {
-			fmt.Printf("instance %s: the consent record had no owner; nothing changed\n", *instance)
-			return nil
+		switch {
+		case previous.Cluster == "":
+			fmt.Printf("instance %s: the consent record had no owner; %s claims it\n", *instance, next)
+		case previous.Name == "":
+			fmt.Printf("instance %s: handed over: the consent record was released by a policy of namespace %s in cluster %s; %s claims it\n",
+				*instance, previous.Namespace, previous.Cluster, next)
+		default:
+			fmt.Printf("instance %s: released the consent record from policy %s/%s in cluster %s; %s claims it\n",
+				*instance, previous.Namespace, previous.Name, previous.Cluster, next)
 		}
-		if previous.Name == "" {
-			fmt.Printf("instance %s: handed over: the consent record was released by its policy in namespace %s of cluster %s, "+
-				"and the next policy to record a transition, from any namespace, claims it\n", *instance, previous.Namespace, previous.Cluster)
-			return nil
-		}
-		fmt.Printf("instance %s: released the consent record from policy %s/%s in cluster %s; the next policy to record a transition claims it\n",
-			*instance, previous.Namespace, previous.Name, previous.Cluster)
 		return nil
 	}
 	state, err := st.ConsentState(ctx, *instance)

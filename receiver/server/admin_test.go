@@ -207,7 +207,7 @@ func TestOwnershipOfTheConsentRecord(t *testing.T) {
 				t.Errorf("%s reading the released record: %d, want %d (%s)", asker, resp.status, c.want, resp.body)
 			}
 		}
-		if _, err := rcv.Store.ForceRelease(context.Background(), "own"); err != nil {
+		if _, err := rcv.Store.ForceRelease(context.Background(), "own", nil); err != nil {
 			t.Fatal(err)
 		}
 		st := mustRecord(t, west, "own", "ns9", "p9", consentv1.TierOff, time.Now())

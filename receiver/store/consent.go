@@ -394,22 +394,29 @@ func (s *Store) Release(ctx context.Context, cluster string, req consentv1.Relea
 	return err
 }
 
-// ForceRelease clears the record's owner whoever it is, and where a released record's policy
-// lived: the administrator's way out when the owning cluster is gone, and the handover of an
-// instance to a policy of another namespace or cluster, which may then claim it. It returns the
-// previous owner (empty when there was none; without a name when the record was released and
-// only where its policy lived is cleared).
-func (s *Store) ForceRelease(ctx context.Context, instance string) (consentv1.Owner, error) {
+// ForceRelease clears the record's owner whoever it is: the administrator's way out when the
+// owning cluster is gone, and the handover of an instance to a policy of another namespace or
+// cluster. to, when set (Cluster and Namespace), is the only place a policy may claim it from
+// next, so nobody else races the intended claimant; nil opens it to the next policy anywhere.
+// It returns the previous owner (empty when there was none; without a name when the record
+// was released already and only where it may be claimed from changed).
+func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1.Owner) (consentv1.Owner, error) {
 	var previous consentv1.Owner
+	if to != nil && (to.Cluster == "" || to.Namespace == "") {
+		return previous, invalid("a handover names the cluster and the namespace of the policy that may claim the record")
+	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		row, err := lockInstance(ctx, tx, instance)
 		if err != nil {
 			return err
 		}
-		if row.released != nil {
-			if _, err := tx.Exec(ctx, `UPDATE consent_instances SET released_cluster = NULL, released_namespace = NULL WHERE instance_id = $1`, instance); err != nil {
-				return err
-			}
+		var cluster, namespace *string
+		if to != nil {
+			cluster, namespace = &to.Cluster, &to.Namespace
+		}
+		if _, err := tx.Exec(ctx, `UPDATE consent_instances SET released_cluster = $2, released_namespace = $3 WHERE instance_id = $1`,
+			instance, cluster, namespace); err != nil {
+			return err
 		}
 		if row.owner == nil {
 			if row.released != nil {

@@ -190,7 +190,7 @@ CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION ke
 	})
 
 	t.Run("an administrator releases a stuck owner", func(t *testing.T) {
-		previous, err := r.Store.ForceRelease(ctx, "acme")
+		previous, err := r.Store.ForceRelease(ctx, "acme", nil)
 		if err != nil || previous.Cluster != "c1" || previous.Name != "policy" {
 			t.Fatalf("%+v %v", previous, err)
 		}
@@ -202,10 +202,10 @@ CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION ke
 		if err != nil || len(list) != 1 || list[0].InstanceID != "acme" || list[0].RequestID != "req-1" || list[0].VerifiedAt == nil {
 			t.Fatalf("audit trail %+v %v", list, err)
 		}
-		if previous, err := r.Store.ForceRelease(ctx, "acme"); err != nil || previous != (consentv1.Owner{}) {
+		if previous, err := r.Store.ForceRelease(ctx, "acme", nil); err != nil || previous != (consentv1.Owner{}) {
 			t.Fatalf("second release: %+v %v", previous, err)
 		}
-		if _, err := r.Store.ForceRelease(ctx, "nobody"); !errors.Is(err, store.ErrUnknownInstance) {
+		if _, err := r.Store.ForceRelease(ctx, "nobody", nil); !errors.Is(err, store.ErrUnknownInstance) {
 			t.Fatalf("release of an unknown instance: %v", err)
 		}
 	})
@@ -326,9 +326,15 @@ func TestAReleasedRecordIsClaimedOnlyWhereItWasReleased(t *testing.T) {
 	if err := r.Store.Release(ctx, "c1", consentv1.ReleaseRequest{InstanceID: "acme", Owner: again}); err != nil {
 		t.Fatal(err)
 	}
-	// Handed over by the receiver's operators: another namespace may claim it.
-	if _, err := r.Store.ForceRelease(ctx, "acme"); err != nil {
+	// Handed over by the receiver's operators to one namespace: only it may claim it.
+	if _, err := r.Store.ForceRelease(ctx, "acme", &consentv1.Owner{Cluster: "c2", Namespace: "initech"}); err != nil {
 		t.Fatal(err)
+	}
+	if err := record("c1", consentv1.Owner{Namespace: "mallory", Name: "policy", UID: "u6"}, consentv1.TierCriticalOnly); !errors.Is(err, store.ErrOwnedElsewhere) {
+		t.Fatalf("a namespace racing the handover: %v", err)
+	}
+	if _, err := r.Store.ForceRelease(ctx, "acme", &consentv1.Owner{Cluster: "c2"}); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("a handover naming no namespace: %v", err)
 	}
 	next := consentv1.Owner{Namespace: "initech", Name: "policy", UID: "u5"}
 	if err := record("c2", next, consentv1.TierCriticalOnly); err != nil {
