@@ -394,12 +394,17 @@ func (r *TelemetryPolicyReconciler) readBack(ctx context.Context, st *reconcileS
 		st.claim = state.Owner.Cluster == ""
 		lost, consistent := lostWithdrawals(p.Status.ConsentHistory, state.Timeline)
 		st.timeline = state.Timeline
-		if consistent {
+		switch {
+		case consistent && st.claim:
+			// Not this policy's until the claim is recorded (the record's answer then becomes
+			// the copy): a claim refused must leave neither another policy's history in status
+			// nor a verified copy a later reconcile would run a collector from.
+		case consistent:
 			r.markVerified(p, readAt)
 			if h := historyOf(state.Timeline); !equality.Semantic.DeepEqual(h, p.Status.ConsentHistory) {
 				p.Status.ConsentHistory = h
 			}
-		} else {
+		default:
 			// Fail closed: what the receiver lost is recorded again, withdrawals at their own
 			// times; the copy in status stays until the receiver holds it again.
 			st.recordLost = true
@@ -999,6 +1004,7 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 // owns at the receiver (its data would be taken under that policy's consent) and says so.
 func (r *TelemetryPolicyReconciler) holdOwnedElsewhere(ctx context.Context, st *reconcileState) error {
 	p := st.policy
+	r.forgetVerified(client.ObjectKeyFromObject(p)) // read the record again before trusting any copy
 	st.ownedElsewhere = true
 	st.recorded = v1.TierOff // nothing is recorded on this policy's behalf
 	msg := fmt.Sprintf("instance %q is claimed by another TelemetryPolicy at the receiver (%v). Nothing is collected for this policy; "+

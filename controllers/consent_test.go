@@ -702,6 +702,43 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Eventually(func() string { return ledgerOf(ctx, instance).Owner.Namespace }).Should(Equal(nsB))
 	})
 
+	It("runs nothing from a record another policy claimed between its read and its claim", func() {
+		nsA, nsB := newNamespace(ctx), newNamespace(ctx)
+		readyPolicy(ctx, nsA, "owner")
+		instance := instanceOf(nsA, "owner")
+		stopManager()
+		DeferCleanup(startManager)
+		_, err := rcv.Store.ForceRelease(ctx, instance, nil) // opened to the next policy anywhere
+		Expect(err).NotTo(HaveOccurred())
+		racer := eventLevelPolicy(nsB, "racer")
+		racer.Spec.InstanceID = instance
+		Expect(k8s.Create(ctx, racer)).To(Succeed())
+
+		By("the owner claiming it again just after the racer read it")
+		r := directReconciler(noWatch{k8s})
+		owner := ledgerOf(ctx, instance).Timeline
+		r.Ledger = &racingLedger{ConsentLedger: testLedger(), race: func() {
+			fakeClock.Step(time.Second)
+			_, err := rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance,
+				Owner:      consentv1.Owner{Namespace: nsA, Name: "owner", UID: string(getPolicy(ctx, nsA, "owner").UID)},
+				Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierCriticalOnly, Reason: "Declared"}})
+			Expect(err).NotTo(HaveOccurred())
+		}}
+		key := types.NamespacedName{Namespace: nsB, Name: "racer"}
+		for range 3 {
+			_, _ = r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
+			fakeClock.Step(time.Second)
+		}
+		Expect(ledgerOf(ctx, instance).Owner.Namespace).To(Equal(nsA))
+		p := getPolicy(ctx, nsB, "racer")
+		Expect(conditionStatus(ctx, nsB, "racer", v1.ConditionStalled)()).To(Equal("Stalled=True/InstanceOwnedElsewhere"))
+		Expect(p.Status.ConsentHistory).To(BeEmpty(), "the other policy's history (%v) is not shown", owner)
+		Expect(apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: nsB, Name: resources.NamesFor("racer").Credentials}, &corev1.Secret{}))).To(BeTrue(),
+			"no certificate for the instance, at any later reconcile")
+		_, err = deployment(ctx, nsB, "racer")
+		Expect(apierrors.IsNotFound(err)).To(BeTrue(), "no collector")
+	})
+
 	It("lets one policy own an instance's consent: a second policy or another cluster cannot claim it", func() {
 		nsA, nsB := newNamespace(ctx), newNamespace(ctx)
 		readyPolicy(ctx, nsA, "owner")
@@ -1716,4 +1753,20 @@ func (l *askingLedger) Record(_ context.Context, req consentv1.RecordRequest) (c
 		return consentv1.State{}, fmt.Errorf("%w: context deadline exceeded (Client.Timeout exceeded while awaiting headers)", ledger.ErrUnavailable)
 	}
 	return consentv1.State{}, fmt.Errorf("%w: 422 the transition is not allowed", ledger.ErrRejected)
+}
+
+// racingLedger runs race once, after its first read of a record: another policy acting between
+// a reconcile's read and its write.
+type racingLedger struct {
+	controllers.ConsentLedger
+	race func()
+}
+
+func (l *racingLedger) State(ctx context.Context, instance, namespace string) (consentv1.State, error) {
+	st, err := l.ConsentLedger.State(ctx, instance, namespace)
+	if l.race != nil {
+		l.race()
+		l.race = nil
+	}
+	return st, err
 }

@@ -52,7 +52,8 @@ func TestVerificationDatedAtTheRead(t *testing.T) {
 	clock := clocktesting.NewFakeClock(start)
 	granted := start.Add(-time.Hour)
 	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
-	led := &slowLedger{clock: clock, took: 11 * time.Minute, state: consentv1.State{InstanceID: "i", Timeline: timeline}}
+	led := &ownLedger{slowLedger{clock: clock, took: 11 * time.Minute, state: consentv1.State{InstanceID: "i", Timeline: timeline,
+		Owner: consentv1.Owner{Cluster: "c", Namespace: "a", Name: "p", UID: "u"}}}}
 	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
 	p := &v1.TelemetryPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p", UID: "u", Generation: 1}}
 	p.Spec.InstanceID = "i"
@@ -94,7 +95,8 @@ func TestVerificationRequeuedWhenDue(t *testing.T) {
 	clock := clocktesting.NewFakeClock(start)
 	granted := start.Add(-time.Hour)
 	timeline := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
-	led := &slowLedger{clock: clock, state: consentv1.State{InstanceID: "i", Timeline: timeline}}
+	led := &ownLedger{slowLedger{clock: clock, state: consentv1.State{InstanceID: "i", Timeline: timeline,
+		Owner: consentv1.Owner{Cluster: "c", Namespace: "a", Name: "p", UID: "u"}}}}
 	r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
 	p := trialPolicy(start, v1.TierEventLevel, timeline)
 	reconcile := func() time.Time {

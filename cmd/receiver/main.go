@@ -244,8 +244,8 @@ func consent(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("consent "+args[0], flag.ExitOnError)
 	instance := fs.String("instance", "", "The instance (required).")
 	format := fs.String("format", "table", "Output format of show: table or json.")
-	to := fs.String("to", "", "release only: CLUSTER/NAMESPACE of the policy that may claim the record next (default: the next policy anywhere, "+
-		"which another namespace naming the instance may race).")
+	to := fs.String("to", "", "release only: CLUSTER/NAMESPACE of the policy that may claim the record next (required, or --to-anyone).")
+	toAnyone := fs.Bool("to-anyone", false, "release only: let the next policy anywhere claim the record (another namespace naming the instance may race the intended one).")
 	dsnFile := dsnFlag(fs)
 	_ = fs.Parse(args[1:])
 	if *instance == "" {
@@ -253,6 +253,9 @@ func consent(ctx context.Context, args []string) error {
 	}
 	if *format != "table" && *format != "json" {
 		return fmt.Errorf("--format must be table or json, not %q", *format)
+	}
+	if args[0] == "release" && (*to == "") == !*toAnyone {
+		return errors.New("release needs --to CLUSTER/NAMESPACE (where the policy that takes the record over lives) or --to-anyone, not both")
 	}
 	st, err := openStore(ctx, *dsnFile)
 	if err != nil {

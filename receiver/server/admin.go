@@ -80,15 +80,16 @@ func (s *Server) getConsent(w http.ResponseWriter, r *http.Request) {
 		s.adminError(w, err, "consent state", q.Get("instance"))
 		return
 	}
-	if st.Owner.Cluster != "" && st.Owner.Cluster != cluster {
-		// Another cluster's record: its timeline, owner and erasure audit are not this
-		// operator's to read.
+	if st.Owner.Cluster != "" && (st.Owner.Cluster != cluster || named && st.Owner.Namespace != q.Get("namespace")) {
+		// Another cluster's record, or another namespace's: its timeline, owner and erasure
+		// audit are not this policy's to read.
 		s.adminError(w, &store.OwnedElsewhereError{Instance: st.InstanceID, Owner: st.Owner}, "consent state", q.Get("instance"))
 		return
 	}
-	if rel := st.ReleasedBy; st.Owner.Cluster == "" && rel != nil && (rel.Cluster != cluster || named && rel.Namespace != q.Get("namespace")) {
+	if rel := st.ReleasedBy; st.Owner.Cluster == "" && rel != nil && (rel.Cluster != cluster || !named || rel.Namespace != q.Get("namespace")) {
 		// Released by a policy elsewhere: not the asker's to claim, nor to read (its
-		// timeline would land in another namespace's policy status).
+		// timeline would land in another namespace's policy status). An asker that names no
+		// namespace (an older operator) cannot be told apart: refused too.
 		s.adminError(w, &store.OwnedElsewhereError{Instance: st.InstanceID, Released: true}, "consent state", q.Get("instance"))
 		return
 	}

@@ -200,7 +200,7 @@ func TestOwnershipOfTheConsentRecord(t *testing.T) {
 			"another cluster":                   {west, "?instance=own&namespace=ns1", http.StatusConflict},
 			"another namespace":                 {east, "?instance=own&namespace=ns9", http.StatusConflict},
 			"its namespace":                     {east, "?instance=own&namespace=ns1", http.StatusOK},
-			"its cluster, no namespace (older)": {east, "?instance=own", http.StatusOK},
+			"its cluster, no namespace (older)": {east, "?instance=own", http.StatusConflict},
 			"another cluster, no namespace":     {west, "?instance=own", http.StatusConflict},
 		} {
 			if resp := adminDo(t, c.client, http.MethodGet, consentv1.PathConsent+c.query, nil, ""); resp.status != c.want {

@@ -82,7 +82,7 @@ type OwnedElsewhereError struct {
 func (e *OwnedElsewhereError) Error() string {
 	if e.Released {
 		return fmt.Sprintf("the consent record of instance %q was released by a policy of another namespace or cluster: only a policy "+
-			"there may claim it again, until the receiver's operators hand it over (receiver consent release --instance %s)", e.Instance, e.Instance)
+			"there may claim it again, until the receiver's operators hand it over (receiver consent release --instance %s --to CLUSTER/NAMESPACE)", e.Instance, e.Instance)
 	}
 	if e.Owner.Cluster == "" {
 		return fmt.Sprintf("the consent record of instance %q has no owner: record a transition to claim it first", e.Instance)
