@@ -20,6 +20,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -419,6 +420,13 @@ func (r *TelemetryPolicyReconciler) readBack(ctx context.Context, st *reconcileS
 		st.ledgerErr = err
 		return false
 	default:
+		if heldOwnedElsewhere(p) {
+			// Last found another policy's: the copy in status is no longer this policy's to
+			// run from, and the hold stays until the record can be read again.
+			st.ledgerErr = fmt.Errorf("%w (as last read; reading it again failed: %w)", ledger.ErrOwnedElsewhere, err)
+			st.ledgerKnown = false
+			return false
+		}
 		if len(st.timeline) == 0 && len(st.pending) == 0 {
 			// Nothing known of the instance's consent: nothing can be planned.
 			st.ledgerErr = err
@@ -1000,6 +1008,13 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 	return nil
 }
 
+// heldOwnedElsewhere reports whether the policy's last reconcile found its instance's record
+// another policy's.
+func heldOwnedElsewhere(p *v1.TelemetryPolicy) bool {
+	c := meta.FindStatusCondition(p.Status.Conditions, v1.ConditionConsentRecorded)
+	return c != nil && c.Reason == ReasonOwnedElsewhere
+}
+
 // holdOwnedElsewhere stops the collector of a policy whose instance record another policy
 // owns at the receiver (its data would be taken under that policy's consent) and says so.
 func (r *TelemetryPolicyReconciler) holdOwnedElsewhere(ctx context.Context, st *reconcileState) error {
@@ -1111,7 +1126,8 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 		}
 		st.pending = st.pending[1:]
 	}
-	if st.ledgerErr == nil && len(st.pending) == 0 && st.recordLost {
+	if st.ledgerErr == nil && len(st.pending) == 0 && st.recordLost && !st.claim {
+		// (A record the receiver lost whole is verified only once the claim is recorded.)
 		st.recordLost = false
 		r.markVerified(p, writtenFrom)
 	}
@@ -1130,7 +1146,9 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 // knows nothing or another policy owns it).
 func (st *reconcileState) runnableTier() v1.ConsentTier {
 	local := st.localTimeline()
-	if st.ownedElsewhere || !st.ledgerKnown || len(local) == 0 {
+	// A record nobody owned when read is not this policy's until a write of this reconcile
+	// claimed it (adoptLedger): a claim that failed, even as unavailable, runs nothing.
+	if st.ownedElsewhere || st.claim || !st.ledgerKnown || len(local) == 0 {
 		return v1.TierOff
 	}
 	return consent.Lower(st.intent, v1.ConsentTier(local.Current()))
@@ -1149,6 +1167,7 @@ func (r *TelemetryPolicyReconciler) adoptLedger(ctx context.Context, st *reconci
 	}
 	st.timeline = state.Timeline
 	st.ledgerKnown = true
+	st.claim = false // written: the record is this policy's
 	p.Status.ConsentHistory = historyOf(state.Timeline)
 	if state.EventsRemoved > 0 {
 		n := state.EventsRemoved

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
+	"github.com/sourcegraph/telemetry-operator/internal/ledger"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
 )
 
@@ -857,4 +859,76 @@ func TestLowestKeepsEveryRecordedMark(t *testing.T) {
 			t.Errorf("%s: %+v, recorded part %+v; want the grant recorded and the lowering pending", name, got, got.Recorded())
 		}
 	}
+}
+
+// claimLedger answers reads with state (or err) and fails every write with recErr.
+type claimLedger struct {
+	ownLedger
+	recErr  error
+	records int
+}
+
+func (l *claimLedger) Record(context.Context, consentv1.RecordRequest) (consentv1.State, error) {
+	l.records++
+	return consentv1.State{}, l.recErr
+}
+
+// TestAClaimNotRecordedRunsNothing: a record nobody owns is this policy's only once a write of
+// this reconcile claimed it. A claim whose write fails (even as unavailable) runs no collector;
+// a record the receiver lost whole is not marked verified before its claim is recorded (a later
+// reconcile would otherwise plan from the copy without reading, after another policy claimed
+// it); and a policy last found to be owned elsewhere does not go back to its copy when the
+// receiver cannot be read.
+func TestAClaimNotRecordedRunsNothing(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	granted := start.Add(-time.Hour)
+	tl := consentv1.Timeline{{At: granted, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &granted}}
+	unavailable := fmt.Errorf("%w: timeout", ledger.ErrUnavailable)
+	run := func(r *TelemetryPolicyReconciler, p *v1.TelemetryPolicy) *reconcileState {
+		st := &reconcileState{policy: p, mutate: true, intent: v1.TierEventLevel, timeline: timelineOf(p.Status.ConsentHistory)}
+		st.ledgerKnown = len(st.timeline) > 0
+		_ = r.planTransition(context.Background(), st)
+		r.flushLedger(context.Background(), st)
+		return st
+	}
+	setup := func(state consentv1.State, readErr error, history consentv1.Timeline) (*clocktesting.FakeClock, *claimLedger, *TelemetryPolicyReconciler, *v1.TelemetryPolicy) {
+		clock := clocktesting.NewFakeClock(start)
+		led := &claimLedger{ownLedger: ownLedger{slowLedger{clock: clock, state: state, err: readErr}}, recErr: unavailable}
+		r := &TelemetryPolicyReconciler{Clock: clock, Ledger: led, Options: Options{LedgerResync: 10 * time.Minute}}
+		p := trialPolicy(start, v1.TierEventLevel, history)
+		return clock, led, r, p
+	}
+	other := consentv1.Owner{Cluster: "c", Namespace: "other", Name: "q", UID: "q"}
+
+	t.Run("a released record whose claim is not recorded", func(t *testing.T) {
+		_, led, r, p := setup(consentv1.State{InstanceID: "i", Timeline: tl}, nil, nil)
+		if st := run(r, p); led.records == 0 || st.runnableTier() != v1.TierOff {
+			t.Fatalf("claim tried %d times, runnable %s; want a claim and nothing running", led.records, st.runnableTier())
+		}
+	})
+	t.Run("a record the receiver lost, its claim not recorded, then another's", func(t *testing.T) {
+		clock, led, r, p := setup(consentv1.State{}, ledger.ErrUnknownInstance, tl)
+		if st := run(r, p); st.runnableTier() != v1.TierEventLevel && led.records == 0 {
+			t.Fatalf("the lost record was not claimed again: %d writes", led.records)
+		}
+		if !r.verifyDue(p) {
+			t.Fatal("the lost record counts as verified before its claim was recorded")
+		}
+		clock.Step(15 * time.Second)
+		led.err, led.state = nil, consentv1.State{InstanceID: "i", Timeline: tl, Owner: other}
+		if st := run(r, p); !errors.Is(st.ledgerErr, ledger.ErrOwnedElsewhere) {
+			t.Fatalf("after another policy claimed it: %v (planned from the copy without reading the record)", st.ledgerErr)
+		}
+	})
+	t.Run("owned elsewhere, then the receiver unreachable", func(t *testing.T) {
+		_, led, r, p := setup(consentv1.State{InstanceID: "i", Timeline: tl, Owner: other}, nil, tl)
+		if st := run(r, p); !errors.Is(st.ledgerErr, ledger.ErrOwnedElsewhere) {
+			t.Fatalf("another's record: %v", st.ledgerErr)
+		}
+		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonOwnedElsewhere, "held") // as holdOwnedElsewhere leaves it
+		led.err = unavailable
+		if st := run(r, p); st.runnableTier() != v1.TierOff || !errors.Is(st.ledgerErr, ledger.ErrOwnedElsewhere) {
+			t.Fatalf("owned elsewhere, the receiver unreachable: runnable %s from the copy (%v)", st.runnableTier(), st.ledgerErr)
+		}
+	})
 }
