@@ -311,14 +311,15 @@ type ExportSpec struct {
 
 // CredentialsSpec controls the collector's mutual-TLS client certificate.
 type CredentialsSpec struct {
-	// rotationPeriod is how often the client certificate is reissued (a Go duration, at least 1h).
-	// The certificate is valid for 1.5× this period, so it is always renewed with a third of its
-	// lifetime left.
+	// rotationPeriod is how often the client certificate is reissued (a Go duration, 1h to 2160h,
+	// 90 days). The certificate is valid for 1.5× this period, so it is always renewed with a
+	// third of its lifetime left; the bound keeps a certificate a policy no longer needs (its
+	// instance handed over, the policy deleted) from staying valid for longer than 135 days.
 	// +kubebuilder:default="720h"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="credentials.rotationPeriod must be at least 1h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h') && duration(self) <= duration('2160h')",message="credentials.rotationPeriod must be between 1h and 2160h (90 days)"
 	// +optional
 	RotationPeriod *metav1.Duration `json:"rotationPeriod,omitempty"`
 }
