@@ -12,7 +12,6 @@ import (
 	"io/fs"
 	"maps"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -26,35 +25,7 @@ import (
 // report view reads them, and a re-send of one is still absorbed.
 func TestMigrationMovesStoredEventsIntoPartitions(t *testing.T) {
 	ctx := context.Background()
-	pg, err := pgtest.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pg.Close()
-	if err := pg.CreateDatabase(ctx, "receiver"); err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open(ctx, pg.DSN("receiver"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	// The previous release's schema: migrations 1 to 5.
-	if _, err := s.pool.Exec(ctx, `CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		t.Fatal(err)
-	}
-	for v, name := range []string{"0001_init.sql", "0002_faster_ingest.sql", "0003_consent.sql", "0004_published_once.sql", "0005_roles.sql"} {
-		sql, err := migrations.ReadFile("migrations/" + name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.pool.Exec(ctx, string(sql)); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		if _, err := s.pool.Exec(ctx, `INSERT INTO schema_migrations (version) VALUES ($1)`, v+1); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s := storeMigratedBefore(t, "0006") // the previous release's schema: migrations 1 to 5
 	if _, err := s.pool.Exec(ctx, `
 INSERT INTO events (instance_id, event_id, name, ts, user_id, properties, delivery)
 SELECT 'acme', i, 'SearchSubmitted', timestamptz '2026-10-30 22:00:00+00' + i * interval '1 hour',
@@ -116,41 +87,7 @@ VALUES ('acme', 1, '2026-01-01', 'EventLevel', 'c', 'n', 'p')`); err != nil {
 // never recorded are left as they are.
 func TestMigrationTiesRecordsReleasedBeforeIt(t *testing.T) {
 	ctx := context.Background()
-	pg, err := pgtest.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pg.Close()
-	if err := pg.CreateDatabase(ctx, "receiver"); err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open(ctx, pg.DSN("receiver"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	names, err := fs.Glob(migrations, "migrations/*.sql")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.pool.Exec(ctx, `CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		t.Fatal(err)
-	}
-	for v, name := range names {
-		if strings.HasPrefix(filepath.Base(name), "0009") {
-			break
-		}
-		sql, err := migrations.ReadFile(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.pool.Exec(ctx, string(sql)); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		if _, err := s.pool.Exec(ctx, `INSERT INTO schema_migrations (version) VALUES ($1)`, v+1); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s := storeMigratedBefore(t, "0009")
 	if _, err := s.pool.Exec(ctx, `
 INSERT INTO consent_instances (instance_id) VALUES ('released'), ('owned'), ('fresh');
 UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'owner', owner_name = 'p' WHERE instance_id = 'owned';
@@ -190,4 +127,47 @@ INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owne
 	if err := claim("acme"); err != nil {
 		t.Fatalf("its own namespace claiming it again: %v", err)
 	}
+}
+
+// storeMigratedBefore opens a store on a new database of a PostgreSQL server of its own, with
+// the migrations before the one named by the prefix applied (an earlier release's schema).
+func storeMigratedBefore(t *testing.T, prefix string) *Store {
+	t.Helper()
+	ctx := context.Background()
+	pg, err := pgtest.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg.Close)
+	if err := pg.CreateDatabase(ctx, "receiver"); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, pg.DSN("receiver"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, `CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		t.Fatal(err)
+	}
+	for v, name := range names {
+		if filepath.Base(name) >= prefix {
+			break
+		}
+		sql, err := migrations.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.pool.Exec(ctx, string(sql)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := s.pool.Exec(ctx, `INSERT INTO schema_migrations (version) VALUES ($1)`, v+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
 }
