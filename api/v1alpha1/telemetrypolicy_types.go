@@ -330,12 +330,17 @@ const DefaultRotationPeriod = 720 * time.Hour
 // DefaultExportInterval applies when spec.export.interval is unset.
 const DefaultExportInterval = 5 * time.Minute
 
-// RotationPeriodOrDefault returns the rotation period, defaulted.
+// MaxRotationPeriod bounds spec.credentials.rotationPeriod (the CRD refuses more).
+const MaxRotationPeriod = 2160 * time.Hour
+
+// RotationPeriodOrDefault returns the rotation period, defaulted, and never above
+// MaxRotationPeriod: a policy stored before the bound (or by an API server that did not
+// check it) gets no longer-lived certificate.
 func (c CredentialsSpec) RotationPeriodOrDefault() time.Duration {
 	if c.RotationPeriod == nil || c.RotationPeriod.Duration <= 0 {
 		return DefaultRotationPeriod
 	}
-	return c.RotationPeriod.Duration
+	return min(c.RotationPeriod.Duration, MaxRotationPeriod)
 }
 
 // IntervalOrDefault returns the export interval, defaulted; e may be nil.
