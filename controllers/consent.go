@@ -51,8 +51,12 @@ const (
 	ReasonRecorded            = "Recorded"
 	ReasonReceiverUnavailable = "ReceiverUnavailable"
 	ReasonOwnedElsewhere      = "InstanceOwnedElsewhere"
+	ReasonReleased            = "InstanceReleased"
 	ReasonLedgerRefused       = "LedgerRefused"
 )
+
+// errAsLastRead marks a hold kept from the last read of the record, which could not be read again.
+var errAsLastRead = errors.New("as last read")
 
 // defaultLedgerRetry is how soon a policy waiting on an unreachable receiver is tried again.
 const defaultLedgerRetry = 15 * time.Second
@@ -345,13 +349,15 @@ func (r *TelemetryPolicyReconciler) replan(ctx context.Context, st *reconcileSta
 	}()
 	if !st.mutate {
 		// Suspended: nothing is planned; what the receiver lost joins the pending withdrawals.
-		// A record nobody owns is claimed only by recording, which a suspended policy does not
-		// do: nothing of it is adopted.
+		// A record nobody owns is claimed only by recording, which a suspended policy does
+		// only for a withdrawal: nothing of it is adopted, and unless a withdrawal recorded in
+		// the ledger step claims it, the collector stops (syncLedger).
 		before, history := *st, st.policy.Status.ConsentHistory
 		ok := r.readBack(ctx, st)
 		switch {
 		case st.claim:
 			*st, st.policy.Status.ConsentHistory = before, history
+			st.claim = true
 			st.pending = tentative // what the watch saw, judged against the copy, stays
 		case ok:
 			// What the watch saw is judged again against the record as read (a withdrawal
@@ -423,7 +429,7 @@ func (r *TelemetryPolicyReconciler) readBack(ctx context.Context, st *reconcileS
 		if heldOwnedElsewhere(p) {
 			// Last found another policy's: the copy in status is no longer this policy's to
 			// run from, and the hold stays until the record can be read again.
-			st.ledgerErr = fmt.Errorf("%w (as last read; reading it again failed: %w)", ledger.ErrOwnedElsewhere, err)
+			st.ledgerErr = fmt.Errorf("%w (%w; reading it again failed: %w)", ledger.ErrOwnedElsewhere, errAsLastRead, err)
 			st.ledgerKnown = false
 			return false
 		}
@@ -946,6 +952,12 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 			st.tier = v1.TierOff
 			return r.holdOwnedElsewhere(ctx, st)
 		}
+		if st.claim {
+			// Released while suspended, and no write of this reconcile claimed it back: what
+			// the collector runs under is no longer this policy's record.
+			st.tier = v1.TierOff
+			return r.holdReleased(ctx, st)
+		}
 		if st.outside == nil {
 			return r.narrowSuspendedConsent(ctx, st)
 		}
@@ -1009,16 +1021,21 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 }
 
 // heldOwnedElsewhere reports whether the policy's last reconcile found its instance's record
-// another policy's.
+// another policy's, or (suspended) nobody's: either way not this policy's to run from until it
+// is read again.
 func heldOwnedElsewhere(p *v1.TelemetryPolicy) bool {
 	c := meta.FindStatusCondition(p.Status.Conditions, v1.ConditionConsentRecorded)
-	return c != nil && c.Reason == ReasonOwnedElsewhere
+	return c != nil && (c.Reason == ReasonOwnedElsewhere || c.Reason == ReasonReleased)
 }
 
 // holdOwnedElsewhere stops the collector of a policy whose instance record another policy
 // owns at the receiver (its data would be taken under that policy's consent) and says so.
 func (r *TelemetryPolicyReconciler) holdOwnedElsewhere(ctx context.Context, st *reconcileState) error {
 	p := st.policy
+	if c := meta.FindStatusCondition(p.Status.Conditions, v1.ConditionConsentRecorded); errors.Is(st.ledgerErr, errAsLastRead) && c != nil && c.Reason == ReasonReleased {
+		st.requeueIn(r.ledgerRetry(), r.Clock.Now()) // read again soon: resumed, it claims the record
+		return r.holdReleased(ctx, st)
+	}
 	r.forgetVerified(client.ObjectKeyFromObject(p)) // read the record again before trusting any copy
 	st.ownedElsewhere = true
 	st.recorded = v1.TierOff // nothing is recorded on this policy's behalf
@@ -1032,6 +1049,27 @@ func (r *TelemetryPolicyReconciler) holdOwnedElsewhere(ctx context.Context, st *
 	}
 	st.stall(ReasonOwnedElsewhere, msg)
 	return nil
+}
+
+// holdReleased stops the collector of a suspended policy whose instance record nobody owns
+// (its operators released it, or handed it back to this namespace, while the policy was
+// suspended). A suspended policy claims nothing but a withdrawal, so it sends nothing until it
+// resumes and claims the record, or another policy's claim holds it as owned elsewhere.
+func (r *TelemetryPolicyReconciler) holdReleased(ctx context.Context, st *reconcileState) error {
+	p := st.policy
+	r.forgetVerified(client.ObjectKeyFromObject(p)) // read the record again at every reconcile
+	st.ownedElsewhere = true                        // not this policy's: nothing runs, nothing is erased
+	st.recorded = v1.TierOff
+	msg := fmt.Sprintf("instance %q's consent record at the receiver is owned by no TelemetryPolicy: it was released while this policy was suspended, "+
+		"and a suspended policy does not claim it. Nothing is collected; set spec.suspend to false to claim it (if it was released to this namespace)", p.Spec.InstanceID)
+	if errors.Is(st.ledgerErr, errAsLastRead) {
+		msg += fmt.Sprintf(" (%v)", st.ledgerErr)
+	}
+	setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonReleased, msg)
+	if st.outside != nil {
+		return nil
+	}
+	return r.stopCollector(ctx, st)
 }
 
 // narrowSuspendedConsent closes, in a suspended policy's running collector configuration, the

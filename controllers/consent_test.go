@@ -63,7 +63,8 @@ func templateTierOf(ctx context.Context, ns, policy string) string {
 }
 
 // sendEvents posts a batch of n events dated at ts to the receiver with a certificate for the
-// instance from the fleet issuer, as the instance's collector would, and returns the answer.
+// instance and the policy owning its record from the fleet issuer, as the instance's collector
+// would, and returns the answer.
 func sendEvents(instance string, first, n int, ts time.Time) (int, batchv1.Response) {
 	GinkgoHelper()
 	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: fmt.Sprintf("%s-e-%d-%d", instance, first, n), Kind: batchv1.KindEvents,
@@ -1425,6 +1426,52 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "ceded").Status.EffectiveTier }).Should(Equal(v1.TierOff))
 			Expect(ledgerOf(ctx, instance)).To(Equal(before), "nothing recorded on the other policy's record")
 			Expect(getPolicy(ctx, ns, "ceded").Spec.Suspend).To(BeTrue())
+		})
+
+		It("stops the collector of a suspended policy whose record was released meanwhile, and claims it at resume", func() {
+			ns := newNamespace(ctx)
+			readyPolicy(ctx, ns, "freed")
+			instance := instanceOf(ns, "freed")
+			updatePolicy(ctx, ns, "freed", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true })
+			Eventually(conditionStatus(ctx, ns, "freed", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
+
+			By("the receiver's operators releasing the record, handed back to the policy's own namespace")
+			_, err := rcv.Store.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: testCluster, Namespace: ns})
+			Expect(err).NotTo(HaveOccurred())
+			before := ledgerOf(ctx, instance)
+			Expect(before.Owner.Cluster).To(BeEmpty())
+
+			By("the record read back while suspended")
+			fakeClock.Step(11 * time.Minute)
+			requestReconcile(ctx, ns, "freed")
+			Eventually(conditionStatus(ctx, ns, "freed", v1.ConditionConsentRecorded)).Should(Equal("ConsentRecorded=False/InstanceReleased"))
+			collectGarbage(ctx, ns, "freed")
+			Eventually(func() bool { _, err := deployment(ctx, ns, "freed"); return apierrors.IsNotFound(err) }).Should(BeTrue(),
+				"nothing is sent under a record that is no longer the policy's")
+			Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "freed").Status.EffectiveTier }).Should(Equal(v1.TierOff))
+			Expect(ledgerOf(ctx, instance)).To(Equal(before), "a suspended policy claims nothing")
+
+			By("a later reconcile, not due to read the record, starting nothing while suspended")
+			requestReconcile(ctx, ns, "freed")
+			Consistently(func() bool { _, err := deployment(ctx, ns, "freed"); return apierrors.IsNotFound(err) }, "2s").Should(BeTrue())
+			Expect(ledgerOf(ctx, instance).Owner.Cluster).To(BeEmpty())
+
+			By("resuming while the receiver is unreachable: nothing runs from the copy in status")
+			rcv.Stop()
+			DeferCleanup(func() { _ = rcv.Listen() })
+			updatePolicy(ctx, ns, "freed", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = false })
+			Eventually(func() int64 { return getPolicy(ctx, ns, "freed").Status.ObservedGeneration }).Should(Equal(getPolicy(ctx, ns, "freed").Generation))
+			Consistently(func() bool { _, err := deployment(ctx, ns, "freed"); return apierrors.IsNotFound(err) }, "3s").Should(BeTrue(),
+				"the record was last read released: not this policy's until its claim is recorded")
+			Expect(conditionStatus(ctx, ns, "freed", v1.ConditionConsentRecorded)()).To(Equal("ConsentRecorded=False/InstanceReleased"))
+			Expect(getPolicy(ctx, ns, "freed").Status.EffectiveTier).To(Equal(v1.TierOff))
+
+			By("the receiver back: the record is claimed and the collector runs again")
+			Expect(rcv.Listen()).To(Succeed())
+			Eventually(func() string { return ledgerOf(ctx, instance).Owner.Namespace }, 30*time.Second).Should(Equal(ns))
+			Eventually(func() error { _, err := deployment(ctx, ns, "freed"); return err }, 20*time.Second).Should(Succeed())
+			rollOutUntilReady(ctx, ns, "freed")
+			Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "freed").Status.EffectiveTier }, 20*time.Second).Should(Equal(v1.TierEventLevel))
 		})
 
 		It("keeps an Off period Off when the receiver loses it while a raise waits", func() {

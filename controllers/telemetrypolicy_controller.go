@@ -203,7 +203,8 @@ type reconcileState struct {
 	// recordLost: the receiver's record lacks transitions it acknowledged before; they are
 	// being recorded again.
 	recordLost bool
-	// ownedElsewhere: another policy owns the instance's record; nothing may run.
+	// ownedElsewhere: another policy owns the instance's record (or, while suspended, nobody
+	// does); nothing may run.
 	ownedElsewhere bool
 	// seenConsidered: the lowerings the watch saw (their seq) that this reconcile planned from.
 	seenConsidered []uint64
