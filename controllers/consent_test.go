@@ -9,6 +9,7 @@ package controllers_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -1472,6 +1473,45 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Eventually(func() error { _, err := deployment(ctx, ns, "freed"); return err }, 20*time.Second).Should(Succeed())
 			rollOutUntilReady(ctx, ns, "freed")
 			Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "freed").Status.EffectiveTier }, 20*time.Second).Should(Equal(v1.TierEventLevel))
+		})
+
+		It("has the receiver refuse the collector's certificate once the instance is handed over", func() {
+			ns := newNamespace(ctx)
+			readyPolicy(ctx, ns, "minted")
+			instance := instanceOf(ns, "minted")
+			minted, err := pki.ParseCertificatePEM(credentials(ctx, ns, "minted").Data[pki.KeyCert])
+			Expect(err).NotTo(HaveOccurred())
+			named, err := pki.PolicyOf(minted)
+			Expect(err).NotTo(HaveOccurred())
+			Expect(named).To(Equal(policyRefOf(ctx, ns, "minted")), "the certificate names the policy, as the receiver's record names its owner")
+			// The same identity, valid by the real clock the receiver's TLS checks (the suite's
+			// clock runs ahead of it).
+			cc, err := rcv.Issuer.IssueClient(instance, named, 16*time.Hour, time.Now(), nil)
+			Expect(err).NotTo(HaveOccurred())
+			pair, err := tls.X509KeyPair(cc.CertPEM, cc.KeyPEM)
+			Expect(err).NotTo(HaveOccurred())
+			collector := rcv.HTTPClient(&pair)
+			cursor := func() string {
+				resp, err := collector.Get(rcv.URL + batchv1.PathCursor)
+				Expect(err).NotTo(HaveOccurred())
+				defer func() { _ = resp.Body.Close() }()
+				var e batchv1.ErrorResponse
+				_ = json.NewDecoder(resp.Body).Decode(&e)
+				return fmt.Sprintf("%d%s", resp.StatusCode, e.Reason)
+			}
+			Expect(cursor()).To(Equal("200"), "the certificate the operator issued names the policy that owns the record")
+
+			By("the receiver's operators handing the instance over to a policy of another namespace")
+			stopManager()
+			DeferCleanup(startManager)
+			_, err = rcv.Store.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: testCluster, Namespace: "elsewhere"})
+			Expect(err).NotTo(HaveOccurred())
+			Expect(cursor()).To(Equal("403"+batchv1.ReasonNotOwner), "released: the certificate no longer works")
+			fakeClock.Step(time.Minute)
+			_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance, Owner: consentv1.Owner{Namespace: "elsewhere", Name: "next", UID: "next-uid"},
+				Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierEventLevel, Reason: "Declared"}})
+			Expect(err).NotTo(HaveOccurred())
+			Expect(cursor()).To(Equal("403"+batchv1.ReasonNotOwner), "nor once another policy owns the record, for all the time it has left")
 		})
 
 		It("keeps an Off period Off when the receiver loses it while a raise waits", func() {

@@ -82,7 +82,7 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 		if exists {
 			data = secret.Data
 		}
-		cert, problem := iss.CheckClient(data, p.Spec.InstanceID, now)
+		cert, problem := iss.CheckClient(data, p.Spec.InstanceID, r.policyRef(p), now)
 		if staleBundle = problem == pki.IssueStaleBundle; staleBundle {
 			problem = "" // the certificate stays; its CA bundle is replaced below
 		}
@@ -184,7 +184,7 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 		return nil, err
 	}
 
-	cert, problem := iss.CheckClient(secret.Data, p.Spec.InstanceID, now)
+	cert, problem := iss.CheckClient(secret.Data, p.Spec.InstanceID, r.policyRef(p), now)
 	if problem != "" {
 		setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionFalse, ReasonIssueFailed, "the stored certificate is not usable: "+problem)
 		return nil, fmt.Errorf("stored certificate is not usable after issuing: %s", problem)
@@ -210,6 +210,37 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 	return &renewal, nil
 }
 
+// policyRef names p in its collector's certificate as the receiver's record names its owner: the
+// receiver accepts the certificate only while p owns the instance's record.
+func (r *TelemetryPolicyReconciler) policyRef(p *v1.TelemetryPolicy) pki.PolicyRef {
+	return pki.PolicyRef{Cluster: r.Ledger.Cluster(), Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)}
+}
+
+// repairIdentity re-issues the certificate of a policy that is suspended or stalled (which leave
+// its credentials alone otherwise) when it names another policy, or none (issued before
+// certificates named their policy): the receiver refuses such a certificate, so a collector still
+// running would deliver nothing until the policy resumed. Nothing else of the credentials changes.
+func (r *TelemetryPolicyReconciler) repairIdentity(ctx context.Context, st *reconcileState) error {
+	p := st.policy
+	iss := r.issuer()
+	if iss == nil || st.ownedElsewhere || st.outside != nil || p.DeletionTimestamp != nil {
+		return nil
+	}
+	secret := &corev1.Secret{}
+	if err := r.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: resources.NamesFor(p.Name).Credentials}, secret); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	now := r.Clock.Now()
+	if _, problem := iss.CheckClient(secret.Data, p.Spec.InstanceID, r.policyRef(p), now); problem != pki.IssueWrongIdentity {
+		return nil
+	}
+	_, err := r.issue(ctx, st, iss, secret, true, rotationDecision{reason: pki.IssueWrongIdentity}, p.Spec.Credentials.RotationPeriodOrDefault(), now)
+	if isNameTaken(err) {
+		return nil // not this policy's Secret: it configures no collector of this policy
+	}
+	return err
+}
+
 // issue creates a new key pair and certificate and stores it, replacing what was there.
 func (r *TelemetryPolicyReconciler) issue(ctx context.Context, st *reconcileState, iss *pki.Issuer, secret *corev1.Secret, exists bool, dec rotationDecision, period time.Duration, now time.Time) (*corev1.Secret, error) {
 	p := st.policy
@@ -218,7 +249,7 @@ func (r *TelemetryPolicyReconciler) issue(ctx context.Context, st *reconcileStat
 			return nil, err // a Secret of that name the operator did not make is not overwritten
 		}
 	}
-	cc, err := iss.IssueClient(p.Spec.InstanceID, period, now, r.Random)
+	cc, err := iss.IssueClient(p.Spec.InstanceID, r.policyRef(p), period, now, r.Random)
 	if err != nil {
 		return nil, err
 	}

@@ -132,20 +132,28 @@ var _ = Describe("Collector credentials", func() {
 			}).Should(Equal(wantReason))
 			after := credentials(ctx, ns, "tamper")
 			Expect(serialOf(after)).NotTo(Equal(before))
-			_, problem := mustIssuer().CheckClient(after.Data, instanceOf(ns, "tamper"), fakeClock.Now())
+			_, problem := mustIssuer().CheckClient(after.Data, instanceOf(ns, "tamper"), policyRefOf(ctx, ns, "tamper"), fakeClock.Now())
 			Expect(problem).To(BeEmpty())
 		},
 		Entry("Secret deleted", func(ctx context.Context, s *corev1.Secret) {
 			Expect(k8s.Delete(ctx, s)).To(Succeed())
 		}, pki.IssueSecretMissing),
 		Entry("key of another certificate", func(ctx context.Context, s *corev1.Secret) {
-			other, err := mustIssuer().IssueClient(instanceOf(s.Namespace, "tamper"), time.Hour, fakeClock.Now(), nil)
+			other, err := mustIssuer().IssueClient(instanceOf(s.Namespace, "tamper"), policyRefOf(ctx, s.Namespace, "tamper"), time.Hour, fakeClock.Now(), nil)
 			Expect(err).NotTo(HaveOccurred())
 			s.Data["tls.key"] = other.KeyPEM
 			Expect(k8s.Update(ctx, s)).To(Succeed())
 		}, pki.IssueKeyMismatch),
 		Entry("certificate naming another instance", func(ctx context.Context, s *corev1.Secret) {
-			other, err := mustIssuer().IssueClient("someone-else", time.Hour, fakeClock.Now(), nil)
+			other, err := mustIssuer().IssueClient("someone-else", policyRefOf(ctx, s.Namespace, "tamper"), time.Hour, fakeClock.Now(), nil)
+			Expect(err).NotTo(HaveOccurred())
+			s.Data["tls.crt"], s.Data["tls.key"] = other.CertPEM, other.KeyPEM
+			Expect(k8s.Update(ctx, s)).To(Succeed())
+		}, pki.IssueWrongIdentity),
+		Entry("certificate naming another policy of the instance (one deleted and created again)", func(ctx context.Context, s *corev1.Secret) {
+			ref := policyRefOf(ctx, s.Namespace, "tamper")
+			ref.UID = "00000000-0000-0000-0000-000000000002"
+			other, err := mustIssuer().IssueClient(instanceOf(s.Namespace, "tamper"), ref, time.Hour, fakeClock.Now(), nil)
 			Expect(err).NotTo(HaveOccurred())
 			s.Data["tls.crt"], s.Data["tls.key"] = other.CertPEM, other.KeyPEM
 			Expect(k8s.Update(ctx, s)).To(Succeed())
@@ -155,13 +163,13 @@ var _ = Describe("Collector credentials", func() {
 			Expect(err).NotTo(HaveOccurred())
 			rogue, err := pki.LoadIssuer(ca.Secret(), fakeClock.Now())
 			Expect(err).NotTo(HaveOccurred())
-			other, err := rogue.IssueClient(instanceOf(s.Namespace, "tamper"), time.Hour, fakeClock.Now(), nil)
+			other, err := rogue.IssueClient(instanceOf(s.Namespace, "tamper"), policyRefOf(ctx, s.Namespace, "tamper"), time.Hour, fakeClock.Now(), nil)
 			Expect(err).NotTo(HaveOccurred())
 			s.Data["tls.crt"], s.Data["tls.key"] = other.CertPEM, other.KeyPEM
 			Expect(k8s.Update(ctx, s)).To(Succeed())
 		}, pki.IssueWrongIssuer),
 		Entry("expired certificate", func(ctx context.Context, s *corev1.Secret) {
-			old, err := mustIssuer().IssueClient(instanceOf(s.Namespace, "tamper"), time.Hour, fakeClock.Now().Add(-48*time.Hour), nil)
+			old, err := mustIssuer().IssueClient(instanceOf(s.Namespace, "tamper"), policyRefOf(ctx, s.Namespace, "tamper"), time.Hour, fakeClock.Now().Add(-48*time.Hour), nil)
 			Expect(err).NotTo(HaveOccurred())
 			s.Data["tls.crt"], s.Data["tls.key"] = old.CertPEM, old.KeyPEM
 			Expect(k8s.Update(ctx, s)).To(Succeed())
@@ -252,7 +260,7 @@ var _ = Describe("Collector credentials", func() {
 		names := resources.NamesFor(p.Name)
 		// What a deleted policy of the same name leaves until the garbage collector comes: its
 		// labels, its owner reference, a good certificate, and the bundle of an older issuer.
-		cc, err := mustIssuer().IssueClient(instanceOf(ns, p.Name), time.Hour, fakeClock.Now(), nil)
+		cc, err := mustIssuer().IssueClient(instanceOf(ns, p.Name), pki.PolicyRef{Cluster: testCluster, Namespace: ns, Name: p.Name, UID: "00000000-0000-0000-0000-000000000001"}, time.Hour, fakeClock.Now(), nil)
 		Expect(err).NotTo(HaveOccurred())
 		old := map[string][]byte{pki.KeyCert: cc.CertPEM, pki.KeyKey: cc.KeyPEM, pki.KeyCA: []byte("an older bundle")}
 		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: names.Credentials, Namespace: ns, Labels: resources.Labels(p, "credentials"),
@@ -265,6 +273,32 @@ var _ = Describe("Collector credentials", func() {
 		live := &corev1.Secret{}
 		Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: names.Credentials}, live)).To(Succeed())
 		Expect(live.Data).To(Equal(old))
+	})
+
+	It("re-issues, while suspended, a certificate an earlier operator issued naming no policy, and changes nothing else", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "upgraded")
+		dep, err := deployment(ctx, ns, "upgraded")
+		Expect(err).NotTo(HaveOccurred())
+		updatePolicy(ctx, ns, "upgraded", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true })
+		Eventually(conditionStatus(ctx, ns, "upgraded", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
+
+		By("the certificate an earlier operator issued: the instance only, which the receiver refuses")
+		legacy, err := fleetCA.ClientCertWithURIs(instanceOf(ns, "upgraded"), pki.IdentityURI(instanceOf(ns, "upgraded")))
+		Expect(err).NotTo(HaveOccurred())
+		s := credentials(ctx, ns, "upgraded")
+		s.Data[pki.KeyCert], s.Data[pki.KeyKey] = legacy.CertPEM, legacy.KeyPEM
+		Expect(k8s.Update(ctx, s)).To(Succeed())
+		requestReconcile(ctx, ns, "upgraded")
+		Eventually(func() string {
+			return credentials(ctx, ns, "upgraded").Annotations[resources.AnnotationIssueReason]
+		}).Should(Equal(pki.IssueWrongIdentity))
+		_, problem := mustIssuer().CheckClient(credentials(ctx, ns, "upgraded").Data, instanceOf(ns, "upgraded"), policyRefOf(ctx, ns, "upgraded"), fakeClock.Now())
+		Expect(problem).To(BeEmpty(), "the running collector's certificate names its policy again")
+		after, err := deployment(ctx, ns, "upgraded")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(after.Spec.Template).To(Equal(dep.Spec.Template), "nothing else changes while suspended")
+		Expect(getPolicy(ctx, ns, "upgraded").Spec.Suspend).To(BeTrue())
 	})
 
 	It("replaces its credentials Secret when it comes back with another type", func() {
@@ -290,10 +324,15 @@ var _ = Describe("Collector credentials", func() {
 		}).Should(Succeed())
 		Eventually(func() corev1.SecretType { s := &corev1.Secret{}; _ = k8s.Get(ctx, ref, s); return s.Type }).Should(Equal(corev1.SecretTypeTLS))
 		s := credentials(ctx, ns, "retyped")
-		_, problem := mustIssuer().CheckClient(s.Data, instanceOf(ns, "retyped"), fakeClock.Now())
+		_, problem := mustIssuer().CheckClient(s.Data, instanceOf(ns, "retyped"), policyRefOf(ctx, ns, "retyped"), fakeClock.Now())
 		Expect(problem).To(BeEmpty())
 	})
 })
+
+// policyRefOf is how the operator names the policy in its collector's certificate.
+func policyRefOf(ctx context.Context, ns, name string) pki.PolicyRef {
+	return pki.PolicyRef{Cluster: testCluster, Namespace: ns, Name: name, UID: string(getPolicy(ctx, ns, name).UID)}
+}
 
 // noWatch lets the manager's cached client be intercepted; the reconciler never watches.
 type noWatch struct{ client.Client }

@@ -378,6 +378,12 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			ending = true
 		}
 	}
+	if (!st.mutate || st.stalled.reason != "") && stepErr == nil {
+		if err := r.repairIdentity(ctx, st); err != nil {
+			r.Metrics.ReconcileErrors.WithLabelValues("credentials").Inc()
+			stepErr = fmt.Errorf("step credentials: %w", err)
+		}
+	}
 	// An erasure does not depend on the collector: a stalled or failed collector step, or
 	// suspend, never holds it up. It needs the instance's record to be this policy's.
 	if !st.ownedElsewhere && (st.outside == nil || st.recordedBefore && !st.claim) {

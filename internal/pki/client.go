@@ -52,12 +52,16 @@ type ClientCert struct {
 }
 
 // IssueClient creates a fresh ECDSA P-256 key and a client-auth-only certificate naming
-// instanceID, valid from now for Lifetime(period) (capped at the issuer's own expiry).
-func (i *Issuer) IssueClient(instanceID string, period time.Duration, now time.Time, random io.Reader) (*ClientCert, error) {
+// instanceID and the policy it is issued for, valid from now for Lifetime(period) (capped at
+// the issuer's own expiry).
+func (i *Issuer) IssueClient(instanceID string, policy PolicyRef, period time.Duration, now time.Time, random io.Reader) (*ClientCert, error) {
 	if !ValidInstanceID(instanceID) {
 		return nil, fmt.Errorf("invalid instance id %q", instanceID)
 	}
-	return i.issue(pkix.Name{CommonName: instanceID, Organization: []string{"telemetry-collector"}}, IdentityURI(instanceID), Lifetime(period), now, random)
+	if err := policy.Validate(); err != nil {
+		return nil, err
+	}
+	return i.issue(pkix.Name{CommonName: instanceID, Organization: []string{"telemetry-collector"}}, []*url.URL{IdentityURI(instanceID), PolicyURI(policy)}, Lifetime(period), now, random)
 }
 
 // IssueOperator creates the operator's own client certificate: client-auth only, naming the
@@ -68,10 +72,10 @@ func (i *Issuer) IssueOperator(cluster string, lifetime time.Duration, now time.
 	if !ValidClusterName(cluster) {
 		return nil, fmt.Errorf("invalid cluster name %q", cluster)
 	}
-	return i.issue(pkix.Name{CommonName: "operator." + cluster, Organization: []string{"telemetry-operator"}}, OperatorURI(cluster), lifetime, now, random)
+	return i.issue(pkix.Name{CommonName: "operator." + cluster, Organization: []string{"telemetry-operator"}}, []*url.URL{OperatorURI(cluster)}, lifetime, now, random)
 }
 
-func (i *Issuer) issue(subject pkix.Name, identity *url.URL, lifetime time.Duration, now time.Time, random io.Reader) (*ClientCert, error) {
+func (i *Issuer) issue(subject pkix.Name, identity []*url.URL, lifetime time.Duration, now time.Time, random io.Reader) (*ClientCert, error) {
 	if random == nil {
 		random = rand.Reader
 	}
@@ -98,7 +102,7 @@ func (i *Issuer) issue(subject pkix.Name, identity *url.URL, lifetime time.Durat
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  false,
-		URIs:                  []*url.URL{identity},
+		URIs:                  identity,
 	}
 	der, err := x509.CreateCertificate(random, tmpl, i.Cert, key.Public(), i.Key)
 	if err != nil {
@@ -120,8 +124,9 @@ func (i *Issuer) issue(subject pkix.Name, identity *url.URL, lifetime time.Durat
 }
 
 // CheckClient inspects a stored client certificate and key. It returns the parsed certificate and
-// an empty reason when they are usable for instanceID at now, or the Issue* reason to reissue.
-func (i *Issuer) CheckClient(data map[string][]byte, instanceID string, now time.Time) (*x509.Certificate, string) {
+// an empty reason when they are usable for instanceID and policy at now, or the Issue* reason to
+// reissue (a certificate naming another policy, or none, is of the wrong identity).
+func (i *Issuer) CheckClient(data map[string][]byte, instanceID string, policy PolicyRef, now time.Time) (*x509.Certificate, string) {
 	if data == nil {
 		return nil, IssueSecretMissing
 	}
@@ -137,6 +142,9 @@ func (i *Issuer) CheckClient(data map[string][]byte, instanceID string, now time
 		return cert, IssueKeyMismatch
 	}
 	if id, err := InstanceID(cert); err != nil || id != instanceID {
+		return cert, IssueWrongIdentity
+	}
+	if ref, err := PolicyOf(cert); err != nil || ref != policy {
 		return cert, IssueWrongIdentity
 	}
 	if !i.trusts(cert) {

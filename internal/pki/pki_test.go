@@ -8,6 +8,7 @@ package pki
 
 import (
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"net/url"
 	"os"
 	"os/exec"
@@ -78,7 +79,7 @@ func TestLoadIssuerRejectsUnusableIssuers(t *testing.T) {
 func TestIssuedCertificateVerifies(t *testing.T) {
 	iss, ca := newIssuer(t)
 	period := 720 * time.Hour
-	cc, err := iss.IssueClient("acme", period, now, nil)
+	cc, err := iss.IssueClient("acme", testPolicy, period, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +100,7 @@ func TestIssuedCertificateVerifies(t *testing.T) {
 	if cc.Cert.IsCA {
 		t.Fatal("client certificate is a CA")
 	}
-	cc2, _ := iss.IssueClient("acme", period, now, nil)
+	cc2, _ := iss.IssueClient("acme", testPolicy, period, now, nil)
 	if cc2.Cert.SerialNumber.Cmp(cc.Cert.SerialNumber) == 0 {
 		t.Fatal("serial numbers repeat")
 	}
@@ -144,10 +145,14 @@ func TestCheckClientFindsEveryTampering(t *testing.T) {
 	iss, _ := newIssuer(t)
 	other, _ := newIssuer(t)
 	period := 24 * time.Hour
-	good, _ := iss.IssueClient("acme", period, now, nil)
-	another, _ := iss.IssueClient("acme", period, now, nil)
-	wrongID, _ := iss.IssueClient("globex", period, now, nil)
-	foreign, _ := other.IssueClient("acme", period, now, nil)
+	good, _ := iss.IssueClient("acme", testPolicy, period, now, nil)
+	another, _ := iss.IssueClient("acme", testPolicy, period, now, nil)
+	wrongID, _ := iss.IssueClient("globex", testPolicy, period, now, nil)
+	recreated := testPolicy
+	recreated.UID = "acme-uid-2"
+	wrongPolicy, _ := iss.IssueClient("acme", recreated, period, now, nil)
+	noPolicy, _ := iss.issue(pkix.Name{CommonName: "acme"}, []*url.URL{IdentityURI("acme")}, Lifetime(period), now, nil)
+	foreign, _ := other.IssueClient("acme", testPolicy, period, now, nil)
 	secret := func(c *ClientCert, key []byte) map[string][]byte {
 		if key == nil {
 			key = c.KeyPEM
@@ -165,13 +170,15 @@ func TestCheckClientFindsEveryTampering(t *testing.T) {
 		{"garbage", map[string][]byte{KeyCert: []byte("x"), KeyKey: []byte("y")}, now, IssueMalformed},
 		{"key of another certificate", secret(good, another.KeyPEM), now, IssueKeyMismatch},
 		{"certificate for another instance", secret(wrongID, nil), now, IssueWrongIdentity},
+		{"certificate for another policy of the instance", secret(wrongPolicy, nil), now, IssueWrongIdentity},
+		{"certificate naming no policy (an older operator's)", secret(noPolicy, nil), now, IssueWrongIdentity},
 		{"signed by another issuer", secret(foreign, nil), now, IssueWrongIssuer},
 		{"stale CA bundle", map[string][]byte{KeyCert: good.CertPEM, KeyKey: good.KeyPEM, KeyCA: other.BundlePEM}, now, IssueStaleBundle},
 		{"expired", secret(good, nil), good.Cert.NotAfter, IssueExpired},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, got := iss.CheckClient(tc.data, "acme", tc.at); got != tc.want {
+			if _, got := iss.CheckClient(tc.data, "acme", testPolicy, tc.at); got != tc.want {
 				t.Fatalf("CheckClient = %q, want %q", got, tc.want)
 			}
 		})
@@ -211,13 +218,47 @@ func TestInstanceIDRejectsAmbiguousCertificates(t *testing.T) {
 	}
 }
 
+func TestPolicyOfRefusesMalformedOrAmbiguousCertificates(t *testing.T) {
+	iss, _ := newIssuer(t)
+	cc, err := iss.IssueClient("acme", testPolicy, time.Hour, now, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := PolicyOf(cc.Cert); err != nil || got != testPolicy {
+		t.Fatalf("PolicyOf(issued) = %+v, %v; want %+v", got, err, testPolicy)
+	}
+	policyURI := func(path string) *url.URL {
+		return &url.URL{Scheme: IdentityScheme, Host: IdentityHost, Path: policyPrefix + path}
+	}
+	for name, uris := range map[string][]*url.URL{
+		"none":               {IdentityURI("acme")},
+		"two":                {PolicyURI(testPolicy), PolicyURI(PolicyRef{Cluster: "test", Namespace: "b", Name: "b", UID: "b"})},
+		"three parts":        {policyURI("test/acme/acme")},
+		"five parts":         {policyURI("test/acme/acme/uid/more")},
+		"empty uid":          {policyURI("test/acme/acme/")},
+		"traversal":          {policyURI("test/../acme/uid")},
+		"upper-case cluster": {policyURI("Test/acme/acme/uid")},
+		"long name":          {policyURI("test/acme/" + strings.Repeat("a", 254) + "/uid")},
+		"other host":         {{Scheme: IdentityScheme, Host: "example.com", Path: policyPrefix + "test/acme/acme/uid"}},
+	} {
+		if got, err := PolicyOf(&x509.Certificate{URIs: uris}); err == nil {
+			t.Errorf("%s: PolicyOf = %+v, want an error", name, got)
+		}
+	}
+	for _, bad := range []PolicyRef{{}, {Cluster: "c", Namespace: "n", Name: "p"}, {Cluster: "c", Namespace: "n/x", Name: "p", UID: "u"}} {
+		if _, err := iss.IssueClient("acme", bad, time.Hour, now, nil); err == nil {
+			t.Errorf("IssueClient(%+v) issued a certificate", bad)
+		}
+	}
+}
+
 func TestIssuerCapsLifetime(t *testing.T) {
 	ca, _ := pkitest.NewCA("short", pkitest.Options{NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour)})
 	iss, err := LoadIssuer(ca.Secret(), now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc, err := iss.IssueClient("acme", 720*time.Hour, now, nil)
+	cc, err := iss.IssueClient("acme", testPolicy, 720*time.Hour, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +277,7 @@ func TestIssuerCapsLifetime(t *testing.T) {
 func TestRotationKeepsCertificatesOfARootStillInTheBundle(t *testing.T) {
 	oldIss, oldCA := newIssuer(t)
 	_, newCA := newIssuer(t)
-	issued, err := oldIss.IssueClient("acme", 24*time.Hour, now, nil)
+	issued, err := oldIss.IssueClient("acme", testPolicy, 24*time.Hour, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,11 +288,11 @@ func TestRotationKeepsCertificatesOfARootStillInTheBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := map[string][]byte{KeyCert: issued.CertPEM, KeyKey: issued.KeyPEM, KeyCA: oldIss.BundlePEM}
-	if _, got := during.CheckClient(data, "acme", now); got != IssueStaleBundle {
+	if _, got := during.CheckClient(data, "acme", testPolicy, now); got != IssueStaleBundle {
 		t.Fatalf("during the overlap, a certificate of the previous root = %q, want %q (keep it, refresh the bundle)", got, IssueStaleBundle)
 	}
 	data[KeyCA] = during.BundlePEM
-	if _, got := during.CheckClient(data, "acme", now); got != "" {
+	if _, got := during.CheckClient(data, "acme", testPolicy, now); got != "" {
 		t.Fatalf("with the bundle refreshed = %q, want usable", got)
 	}
 	after, err := LoadIssuer(newCA.Secret(), now)
@@ -259,17 +300,20 @@ func TestRotationKeepsCertificatesOfARootStillInTheBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	data[KeyCA] = after.BundlePEM
-	if _, got := after.CheckClient(data, "acme", now); got != IssueWrongIssuer {
+	if _, got := after.CheckClient(data, "acme", testPolicy, now); got != IssueWrongIssuer {
 		t.Fatalf("after the old root left the bundle = %q, want %q", got, IssueWrongIssuer)
 	}
-	fresh, err := during.IssueClient("acme", 24*time.Hour, now, nil)
+	fresh, err := during.IssueClient("acme", testPolicy, 24*time.Hour, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, got := after.CheckClient(map[string][]byte{KeyCert: fresh.CertPEM, KeyKey: fresh.KeyPEM, KeyCA: after.BundlePEM}, "acme", now); got != "" {
+	if _, got := after.CheckClient(map[string][]byte{KeyCert: fresh.CertPEM, KeyKey: fresh.KeyPEM, KeyCA: after.BundlePEM}, "acme", testPolicy, now); got != "" {
 		t.Fatalf("a certificate signed during the overlap, after it = %q, want usable", got)
 	}
 	if !during.Same(during) || during.Same(after) || during.Same(nil) {
 		t.Error("Same does not tell issuers apart")
 	}
 }
+
+// testPolicy is the policy the test certificates name.
+var testPolicy = PolicyRef{Cluster: "test", Namespace: "acme", Name: "acme", UID: "acme-uid"}

@@ -97,7 +97,7 @@ func TestClientPicksUpRotatedCertificateWithoutRestart(t *testing.T) {
 	defer srv.Close()
 
 	vol := newSecretVolume(t)
-	first, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+	first, _ := issuer.IssueClient("acme", acmePolicy, time.Hour, time.Now(), nil)
 	vol.write(map[string][]byte{"tls.crt": first.CertPEM, "tls.key": first.KeyPEM, "ca.crt": ca.CertPEM})
 
 	c, err := NewClient(vol.path("tls.crt"), vol.path("tls.key"), vol.path("ca.crt"))
@@ -126,7 +126,7 @@ func TestClientPicksUpRotatedCertificateWithoutRestart(t *testing.T) {
 	}
 
 	// Rotate: the operator writes a new key pair into the Secret; the kubelet swaps the files.
-	second, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+	second, _ := issuer.IssueClient("acme", acmePolicy, time.Hour, time.Now(), nil)
 	vol.write(map[string][]byte{"tls.crt": second.CertPEM, "tls.key": second.KeyPEM, "ca.crt": ca.CertPEM})
 	// An open keep-alive connection may keep the old certificate; the next connection must not.
 	transport.CloseIdleConnections()
@@ -157,7 +157,7 @@ func TestClientRejectsAnUntrustedReceiver(t *testing.T) {
 	defer srv.Close()
 
 	vol := newSecretVolume(t)
-	cc, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+	cc, _ := issuer.IssueClient("acme", acmePolicy, time.Hour, time.Now(), nil)
 	vol.write(map[string][]byte{"tls.crt": cc.CertPEM, "tls.key": cc.KeyPEM, "ca.crt": ca.CertPEM})
 	c, err := NewClient(vol.path("tls.crt"), vol.path("tls.key"), vol.path("ca.crt"))
 	if err != nil {
@@ -243,7 +243,7 @@ func TestServerFollowsARotatedIssuerAndCertificateWithoutRestart(t *testing.T) {
 	roots.AddCert(oldCA.Cert)
 	connect := func(issuer *pki.Issuer) (string, *x509.Certificate, error) {
 		t.Helper()
-		cc, err := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+		cc, err := issuer.IssueClient("acme", acmePolicy, time.Hour, time.Now(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -308,7 +308,7 @@ func newFleetClient(t *testing.T) (*pkitest.CA, *Client, *pki.Issuer, *secretVol
 	ca, _ := pkitest.NewCA("fleet", pkitest.Options{})
 	issuer, _ := pki.LoadIssuer(ca.Secret(), time.Now())
 	vol := newSecretVolume(t)
-	cc, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+	cc, _ := issuer.IssueClient("acme", acmePolicy, time.Hour, time.Now(), nil)
 	vol.write(map[string][]byte{"tls.crt": cc.CertPEM, "tls.key": cc.KeyPEM, "ca.crt": ca.CertPEM})
 	c, err := NewClient(vol.path("tls.crt"), vol.path("tls.key"), vol.path("ca.crt"))
 	if err != nil {
@@ -346,7 +346,7 @@ func TestClientChecksAReceiverAddressedByIP(t *testing.T) {
 func TestNeedsHandshakeUntilOneLoadsTheNewFiles(t *testing.T) {
 	ca, c, issuer, vol := newFleetClient(t)
 	other, _ := pkitest.NewCA("next", pkitest.Options{})
-	cc, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+	cc, _ := issuer.IssueClient("acme", acmePolicy, time.Hour, time.Now(), nil)
 	if c.NeedsHandshake() {
 		t.Fatal("nothing changed since the files were loaded")
 	}
@@ -362,9 +362,12 @@ func TestNeedsHandshakeUntilOneLoadsTheNewFiles(t *testing.T) {
 	if c.NeedsHandshake() {
 		t.Fatal("the handshake loaded the new files")
 	}
-	renewed, _ := issuer.IssueClient("acme", time.Hour, time.Now(), nil)
+	renewed, _ := issuer.IssueClient("acme", acmePolicy, time.Hour, time.Now(), nil)
 	vol.write(map[string][]byte{"tls.crt": renewed.CertPEM, "tls.key": renewed.KeyPEM, "ca.crt": ca.CertPEM})
 	if !c.NeedsHandshake() {
 		t.Fatal("a renewed key pair needs a handshake")
 	}
 }
+
+// acmePolicy is the policy the test certificates name.
+var acmePolicy = pki.PolicyRef{Cluster: "test", Namespace: "acme", Name: "acme", UID: "acme-uid"}

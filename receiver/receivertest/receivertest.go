@@ -242,10 +242,34 @@ const TestCluster = "test"
 func (r *Receiver) Grant(ctx context.Context, instance string, tier consentv1.Tier, at time.Time) error {
 	_, err := r.Store.RecordTransition(ctx, TestCluster, consentv1.RecordRequest{
 		InstanceID: instance,
-		Owner:      consentv1.Owner{Namespace: instance, Name: instance},
+		Owner:      consentv1.Owner{Namespace: instance, Name: instance, UID: TestPolicyUID},
 		Transition: consentv1.Transition{At: at, Tier: tier, Reason: "Declared"},
 	})
 	return err
+}
+
+// TestPolicyUID is the UID of the policy Grant records as owner and the test certificates name.
+const TestPolicyUID = "receivertest-policy"
+
+// TestPolicy is the policy Grant records as owner of instance, as ClientFiles and ClientCert name
+// it: their certificates are accepted while Grant's owner owns the record.
+func TestPolicy(instance string) pki.PolicyRef {
+	return pki.PolicyRef{Cluster: TestCluster, Namespace: instance, Name: instance, UID: TestPolicyUID}
+}
+
+// ownerPolicy names the policy that owns instance's record now, as the certificate its operator
+// issued would (TestPolicy when the record has no owner, or no UID stands in for the UID).
+func (r *Receiver) ownerPolicy(instance string) pki.PolicyRef {
+	ref := TestPolicy(instance)
+	st, err := r.Store.ConsentState(context.Background(), instance)
+	if err != nil || st.Owner.Cluster == "" {
+		return ref
+	}
+	ref.Cluster, ref.Namespace, ref.Name = st.Owner.Cluster, st.Owner.Namespace, st.Owner.Name
+	if st.Owner.UID != "" {
+		ref.UID = st.Owner.UID
+	}
+	return ref
 }
 
 // OperatorCert issues an in-memory client certificate for the operator of cluster.
@@ -381,10 +405,11 @@ func (r *Receiver) Close() {
 	_ = os.RemoveAll(r.Dir)
 }
 
-// ClientFiles issues a client certificate for instance and writes tls.crt, tls.key and ca.crt to
+// ClientFiles issues a client certificate for instance, naming the policy that owns its record
+// now (TestPolicy when none does), and writes tls.crt, tls.key and ca.crt to
 // a new directory, as the operator's Secret would be mounted. It returns the directory.
 func (r *Receiver) ClientFiles(instance string, lifetime time.Duration) (string, error) {
-	cc, err := r.Issuer.IssueClient(instance, lifetime*2/3, time.Now(), nil)
+	cc, err := r.Issuer.IssueClient(instance, r.ownerPolicy(instance), lifetime*2/3, time.Now(), nil)
 	if err != nil {
 		return "", err
 	}
@@ -411,9 +436,10 @@ func (r *Receiver) HTTPClient(cert *tls.Certificate) *http.Client {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 30 * time.Second}
 }
 
-// ClientCert issues an in-memory client certificate for instance, valid from notBefore for lifetime.
+// ClientCert issues an in-memory client certificate for instance, naming the policy that owns
+// its record now (TestPolicy when none does), valid from notBefore for lifetime.
 func (r *Receiver) ClientCert(instance string, notBefore time.Time, lifetime time.Duration) (tls.Certificate, error) {
-	cc, err := r.Issuer.IssueClient(instance, lifetime*2/3, notBefore.Add(5*time.Minute), nil)
+	cc, err := r.Issuer.IssueClient(instance, r.ownerPolicy(instance), lifetime*2/3, notBefore.Add(5*time.Minute), nil)
 	if err != nil {
 		return tls.Certificate{}, err
 	}

@@ -232,18 +232,35 @@ func (s *Server) timed(endpoint string, h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// instance returns the instance named by the verified client certificate.
-func (s *Server) instance(w http.ResponseWriter, r *http.Request) (string, bool) {
+// instance returns the instance named by the verified client certificate, and the request's
+// context carrying the policy the certificate was issued for (store.WithSender): the store
+// serves the instance only while that policy owns its consent record.
+func (s *Server) instance(w http.ResponseWriter, r *http.Request) (string, context.Context, bool) {
 	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
 		s.reject(w, http.StatusUnauthorized, batchv1.ReasonUnauthorized, "a client certificate from the fleet issuer is required", -1)
-		return "", false
+		return "", nil, false
 	}
-	id, err := pki.InstanceID(r.TLS.VerifiedChains[0][0])
+	cert := r.TLS.VerifiedChains[0][0]
+	id, err := pki.InstanceID(cert)
 	if err != nil {
 		s.reject(w, http.StatusForbidden, batchv1.ReasonUnauthorized, "the client certificate names no instance", -1)
-		return "", false
+		return "", nil, false
 	}
-	return id, true
+	policy, err := pki.PolicyOf(cert)
+	if err != nil {
+		s.reject(w, http.StatusForbidden, batchv1.ReasonUnauthorized,
+			"the client certificate names no TelemetryPolicy (issued by an operator older than this receiver); its operator issues a new one once upgraded", -1)
+		return "", nil, false
+	}
+	ctx := store.WithSender(r.Context(), consentv1.Owner{Cluster: policy.Cluster, Namespace: policy.Namespace, Name: policy.Name, UID: policy.UID})
+	return id, ctx, true
+}
+
+// notOwner answers a request whose certificate's policy no longer owns the instance's record.
+func (s *Server) notOwner(w http.ResponseWriter, instance string) {
+	s.log.Info("certificate of a policy that does not own the instance's consent record", "instance", instance)
+	s.reject(w, http.StatusForbidden, batchv1.ReasonNotOwner,
+		fmt.Sprintf("the client certificate was issued for a TelemetryPolicy that does not own instance %q's consent record (handed over or released): nothing is accepted from it; its operator issues a new certificate or stops the collector", instance), -1)
 }
 
 func (s *Server) handleCursor(w http.ResponseWriter, r *http.Request) {
@@ -251,7 +268,7 @@ func (s *Server) handleCursor(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, http.StatusMethodNotAllowed, batchv1.ReasonMethodNotAllow, "use GET", -1)
 		return
 	}
-	instance, ok := s.instance(w, r)
+	instance, ctx, ok := s.instance(w, r)
 	if !ok {
 		return
 	}
@@ -259,7 +276,11 @@ func (s *Server) handleCursor(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.leave(instance)
-	c, known, err := s.store.Cursor(r.Context(), instance)
+	c, known, err := s.store.Cursor(ctx, instance)
+	if errors.Is(err, store.ErrNotOwner) {
+		s.notOwner(w, instance)
+		return
+	}
 	if err != nil {
 		s.storageError(w, err, "cursor")
 		return
@@ -276,7 +297,7 @@ func (s *Server) handleExported(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, http.StatusMethodNotAllowed, batchv1.ReasonMethodNotAllow, "use GET", -1)
 		return
 	}
-	instance, ok := s.instance(w, r)
+	instance, ctx, ok := s.instance(w, r)
 	if !ok {
 		return
 	}
@@ -298,7 +319,11 @@ func (s *Server) handleExported(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("the only parameter is limit, a number of deliveries from 1 to %d", batchv1.MaxExportedDeliveries), -1)
 		return
 	}
-	list, err := s.store.Exported(r.Context(), instance, limit, batchv1.MaxExportedItems)
+	list, err := s.store.Exported(ctx, instance, limit, batchv1.MaxExportedItems)
+	if errors.Is(err, store.ErrNotOwner) {
+		s.notOwner(w, instance)
+		return
+	}
 	if err != nil {
 		s.storageError(w, err, "exported")
 		return
@@ -314,7 +339,7 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, http.StatusMethodNotAllowed, batchv1.ReasonMethodNotAllow, "use POST", -1)
 		return
 	}
-	instance, ok := s.instance(w, r)
+	instance, ctx, ok := s.instance(w, r)
 	if !ok {
 		return
 	}
@@ -393,9 +418,14 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	var res store.Result
 	if b.Kind == batchv1.KindEvents {
-		res, err = s.store.InsertEvents(r.Context(), instance, b)
+		res, err = s.store.InsertEvents(ctx, instance, b)
 	} else {
-		res, err = s.store.PublishAggregates(r.Context(), instance, b)
+		res, err = s.store.PublishAggregates(ctx, instance, b)
+	}
+	if errors.Is(err, store.ErrNotOwner) {
+		s.metrics.batches.WithLabelValues(b.Kind, "refused").Inc()
+		s.notOwner(w, instance)
+		return
 	}
 	var refused *store.RefusedError
 	if errors.As(err, &refused) {

@@ -96,7 +96,7 @@ func (e *OwnedElsewhereError) Is(target error) bool { return target == ErrOwnedE
 // domain reports whether err is an answer of the ledger rather than a storage failure, so inTx
 // passes it on instead of marking it unavailable.
 func domain(err error) bool {
-	for _, e := range []error{ErrConsentRefused, ErrOwnedElsewhere, ErrUnknownInstance, ErrInvalid, ErrRequestConflict, ErrStale} {
+	for _, e := range []error{ErrConsentRefused, ErrOwnedElsewhere, ErrUnknownInstance, ErrInvalid, ErrRequestConflict, ErrStale, ErrNotOwner} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -210,9 +210,7 @@ FROM consent_instances WHERE instance_id = $1 FOR UPDATE`, instance).Scan(&clust
 	if err != nil {
 		return row, err
 	}
-	if cluster != nil {
-		row.owner = &consentv1.Owner{Cluster: *cluster, Namespace: deref(namespace), Name: deref(name), UID: deref(uid)}
-	}
+	row.owner = ownerOf(cluster, namespace, name, uid)
 	if relCluster != nil {
 		row.released = &consentv1.Owner{Cluster: *relCluster, Namespace: deref(relNamespace)}
 	}

@@ -101,7 +101,8 @@ func (p *policy) keepAggregate(day string) bool {
 // The lock is what makes enforcement hold under concurrency: a transition or an erasure takes
 // the row FOR UPDATE, so it waits for batches judged by the old state to commit (and then
 // deletes what they stored), and batches wait for it and are judged by the new state. A batch
-// for an instance with no record is refused: fail closed.
+// for an instance with no record is refused: fail closed. So is one whose certificate's policy
+// (WithSender) does not own the record, judged under the same lock.
 //
 // A row lock alone would let a steady stream of batches starve the writer: PostgreSQL grants
 // FOR SHARE at once while other share lockers hold the row, whoever waits FOR UPDATE. So every
@@ -109,16 +110,21 @@ func (p *policy) keepAggregate(day string) bool {
 // mode (lockExclusive): the lock manager queues new shared requests behind a waiting writer.
 func (s *Store) loadPolicy(ctx context.Context, tx pgx.Tx, instance string) (*policy, error) {
 	var version int64
+	var cluster, namespace, name, uid *string
 	batch := &pgx.Batch{}
 	batch.Queue(`SELECT pg_advisory_xact_lock_shared($1, hashtext($2))`, advisoryClass, instance)
-	batch.Queue(`SELECT version FROM consent_instances WHERE instance_id = $1 FOR SHARE`, instance).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&version)
+	batch.Queue(`SELECT version, owner_cluster, owner_namespace, owner_name, owner_uid FROM consent_instances WHERE instance_id = $1 FOR SHARE`,
+		instance).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&version, &cluster, &namespace, &name, &uid)
 	})
 	err := tx.SendBatch(ctx, batch).Close()
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, &RefusedError{Instance: instance}
 	}
 	if err != nil {
+		return nil, err
+	}
+	if err := checkSender(ctx, ownerOf(cluster, namespace, name, uid)); err != nil {
 		return nil, err
 	}
 	if p := s.policies.get(instance, version); p != nil {

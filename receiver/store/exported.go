@@ -21,6 +21,9 @@ import (
 // stored that are still stored, at most maxItems items in all (a delivery cut short is marked
 // Truncated, and later ones are listed without items). It reads one snapshot.
 func (s *Store) Exported(ctx context.Context, instance string, limit, maxItems int) ([]batchv1.Delivery, error) {
+	if err := s.checkSenderNow(ctx, instance); err != nil {
+		return nil, err
+	}
 	var out []batchv1.Delivery
 	err := s.rawReadTx(ctx, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `

@@ -466,6 +466,9 @@ ON CONFLICT (instance_id, day, metric, dimension) DO NOTHING`,
 
 // Cursor returns the instance's acknowledged cursor, and whether one is known.
 func (s *Store) Cursor(ctx context.Context, instance string) (int64, bool, error) {
+	if err := s.checkSenderNow(ctx, instance); err != nil {
+		return 0, false, err
+	}
 	var c int64
 	err := s.pool.QueryRow(ctx, "SELECT cursor FROM cursors WHERE instance_id = $1", instance).Scan(&c)
 	if errors.Is(err, pgx.ErrNoRows) {

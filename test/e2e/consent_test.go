@@ -308,7 +308,7 @@ func TestReceiverRestartKeepsConsent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc, err := issuer.IssueClient("nobody-knows-me", time.Hour, time.Now(), nil)
+	cc, err := issuer.IssueClient("nobody-knows-me", pki.PolicyRef{Cluster: "nowhere", Namespace: "nobody", Name: "nobody", UID: "nobody"}, time.Hour, time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -250,6 +250,9 @@ const (
 	ReasonInternal       = "Internal"
 	ReasonNotFound       = "NotFound"
 	ReasonMethodNotAllow = "MethodNotAllowed"
+	// ReasonNotOwner: the client certificate was issued for a policy that does not own the
+	// instance's consent record (it was handed over or released); retried, never dropped.
+	ReasonNotOwner = "PolicyNotOwner"
 	// ReasonNotInCatalog: an event, a property, a value or an aggregate dimension is not in the
 	// event catalog version the batch declares (eventIndex names the item).
 	ReasonNotInCatalog = "NotInCatalog"
