@@ -11,11 +11,14 @@ package main
 import (
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 
+	"github.com/go-logr/logr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/sourcegraph/telemetry-operator/internal/memorylimit"
 	"github.com/sourcegraph/telemetry-operator/internal/operator"
 )
 
@@ -27,6 +30,7 @@ func main() {
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("setup")
+	memorylimit.Apply(slog.New(logr.ToSlogHandler(log)))
 
 	ctx := ctrl.SetupSignalHandler()
 	restCfg, err := ctrl.GetConfig()

@@ -26,6 +26,7 @@ import (
 
 	"github.com/sourcegraph/telemetry-operator/collector"
 	"github.com/sourcegraph/telemetry-operator/collector/app"
+	"github.com/sourcegraph/telemetry-operator/internal/memorylimit"
 )
 
 func main() {
@@ -41,6 +42,7 @@ func main() {
 	stateFlags(flag.CommandLine, &o)
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	memorylimit.Apply(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := app.Run(ctx, o, log); err != nil {

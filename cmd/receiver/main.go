@@ -10,7 +10,7 @@ Licensed under the Apache License, Version 2.0.
 //	receiver report  [--instance ID] [--format table|json]   (the product answers)
 //	receiver migrate                                         (apply schema migrations)
 //	receiver consent show --instance ID [--format table|json] (an instance's consent ledger)
-//	receiver consent release --instance ID                   (clear a stuck owner: admin override)
+//	receiver consent release --instance ID --to CLUSTER/NAMESPACE|--to-anyone (hand a record over: admin override)
 //	receiver erasures [--instance ID] [--format table|json]  (the erasure audit trail)
 //	receiver exported --instance ID [--limit N] [--format table|json] (what an instance exported)
 //
@@ -38,6 +38,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
+	"github.com/sourcegraph/telemetry-operator/internal/memorylimit"
 	"github.com/sourcegraph/telemetry-operator/internal/tlsreload"
 	"github.com/sourcegraph/telemetry-operator/receiver/report"
 	"github.com/sourcegraph/telemetry-operator/receiver/retention"
@@ -129,6 +130,7 @@ func serve(ctx context.Context, args []string) error {
 	dsnFile := dsnFlag(fs)
 	_ = fs.Parse(args)
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	memorylimit.Apply(log)
 
 	// The server certificate and the client CA bundle are re-read for every handshake: a renewed
 	// certificate, or an issuer rotated into the bundle (old and new roots side by side while
