@@ -1452,9 +1452,14 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "freed").Status.EffectiveTier }).Should(Equal(v1.TierOff))
 			Expect(ledgerOf(ctx, instance)).To(Equal(before), "a suspended policy claims nothing")
 
-			By("a later reconcile, not due to read the record, starting nothing while suspended")
-			requestReconcile(ctx, ns, "freed")
-			Consistently(func() bool { _, err := deployment(ctx, ns, "freed"); return apierrors.IsNotFound(err) }, "2s").Should(BeTrue())
+			By("an erasure requested meanwhile: pending, saying why, until the policy owns the record")
+			updatePolicy(ctx, ns, "freed", func(p *v1.TelemetryPolicy) {
+				p.Spec.Erasure = &v1.ErasureSpec{RequestID: "DSR-freed", RequestedBy: "privacy team"}
+			})
+			Eventually(conditionStatus(ctx, ns, "freed", v1.ConditionErasureCompleted)).Should(Equal("ErasureCompleted=False/Pending"))
+			Expect(condition(getPolicy(ctx, ns, "freed"), v1.ConditionErasureCompleted).Message).To(ContainSubstring("own the instance's record"))
+			Consistently(func() bool { _, err := deployment(ctx, ns, "freed"); return apierrors.IsNotFound(err) }, "2s").Should(BeTrue(),
+				"and nothing starts while suspended")
 			Expect(ledgerOf(ctx, instance).Owner.Cluster).To(BeEmpty())
 
 			By("resuming while the receiver is unreachable: nothing runs from the copy in status")
@@ -1473,6 +1478,8 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Eventually(func() error { _, err := deployment(ctx, ns, "freed"); return err }, 20*time.Second).Should(Succeed())
 			rollOutUntilReady(ctx, ns, "freed")
 			Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "freed").Status.EffectiveTier }, 20*time.Second).Should(Equal(v1.TierEventLevel))
+			Eventually(conditionStatus(ctx, ns, "freed", v1.ConditionErasureCompleted), 20*time.Second).Should(Equal("ErasureCompleted=True/Verified"),
+				"the erasure is carried out once the record is the policy's")
 		})
 
 		It("has the receiver refuse the collector's certificate once the instance is handed over", func() {

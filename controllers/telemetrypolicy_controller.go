@@ -391,6 +391,9 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			r.Metrics.ReconcileErrors.WithLabelValues("erasure").Inc()
 			stepErr = fmt.Errorf("step erasure: %w", err)
 		}
+	} else if e := p.Spec.Erasure; st.ownedElsewhere && e != nil && (p.Status.Erasure == nil || p.Status.Erasure.RequestID != e.RequestID || p.Status.Erasure.Phase == v1.ErasurePending) {
+		// Not carried out, and nobody would say why: the receiver erases only for the owner.
+		r.setErasurePending(st, e, "waiting for this policy to own the instance's record at the receiver (see the ConsentRecorded condition)")
 	}
 	r.noteForbidden(p.Namespace, stepErr)
 	return ctrl.Result{}, stepErr
