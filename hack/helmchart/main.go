@@ -361,7 +361,7 @@ func valuesFor(manager Object) ([]byte, error) {
 				"args": c["args"], "resources": c["resources"]}}},
 		{"\n# The TelemetryPolicy CRD, under templates/crd so upgrades apply it; keep: helm uninstall leaves it\n# (and every policy) in place.\n",
 			map[string]any{"crd": map[string]any{"enable": true, "keep": true}}},
-		{"\n# The manager's ServiceAccount, roles and bindings, and the roles for consent admins, viewers,\n# metrics readers and onboarded namespaces. Disable only where RBAC is managed elsewhere.\n",
+		{"\n# The manager's ServiceAccount, roles and bindings, and the roles for consent admins, viewers,\n# metrics readers and onboarded namespaces. Disable only where RBAC is managed elsewhere: the\n# Deployment still runs as the ServiceAccount telemetry-operator-controller-manager, create it first.\n",
 			map[string]any{"rbac": map[string]any{"enable": true}}},
 		{"\n# Prometheus Operator objects (ServiceMonitor, PodMonitors, PrometheusRule with the alerts) and the\n# Grafana dashboard ConfigMap, as config/prometheus; needs the monitoring.coreos.com CRDs. labels are\n# added to the monitors and the rule, for your Prometheus's selectors (kube-prometheus-stack: release).\n",
 			map[string]any{"monitoring": map[string]any{"enable": false, "labels": map[string]any{}}}},
