@@ -980,8 +980,7 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 	case err == nil && len(st.timeline) == 0:
 		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionUnknown, ReasonProgressing, "the receiver's consent ledger holds no record yet")
 	case err == nil:
-		last := st.timeline[len(st.timeline)-1]
-		msg := fmt.Sprintf("the receiver's consent ledger records %s in force since %s", last.Tier, last.At.UTC().Format(time.RFC3339))
+		msg := recordedMessage(st.timeline)
 		if st.verifyErr != nil {
 			msg += fmt.Sprintf("; reading the record back to compare it with this copy failed (%v), retrying", st.verifyErr)
 		}
@@ -990,6 +989,14 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		if err := r.holdOwnedElsewhere(ctx, st); err != nil {
 			return err
 		}
+	case errors.Is(err, ledger.ErrUnavailable) && st.claim && len(st.timeline) > 0:
+		// The record has no owner and this policy's claim did not reach the receiver: held as
+		// released, so that a reconcile reading nothing (the receiver gone) runs nothing from
+		// the copy in status; the claim is tried again at the ledger's interval.
+		if err := r.holdReleased(ctx, st); err != nil {
+			return err
+		}
+		st.requeueIn(r.ledgerRetry(), r.Clock.Now())
 	case errors.Is(err, ledger.ErrStale):
 		// This reconcile worked from an outdated copy (the cache lagging the operator's own
 		// last update): nothing was applied; read the record again and start over.
@@ -1018,6 +1025,12 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		}
 	}
 	return nil
+}
+
+// recordedMessage says what the receiver's record holds in force (timeline is not empty).
+func recordedMessage(timeline consentv1.Timeline) string {
+	last := timeline[len(timeline)-1]
+	return fmt.Sprintf("the receiver's consent ledger records %s in force since %s", last.Tier, last.At.UTC().Format(time.RFC3339))
 }
 
 // heldOwnedElsewhere reports whether the policy's last reconcile found its instance's record
@@ -1051,18 +1064,21 @@ func (r *TelemetryPolicyReconciler) holdOwnedElsewhere(ctx context.Context, st *
 	return nil
 }
 
-// holdReleased stops the collector of a suspended policy whose instance record nobody owns
-// (its operators released it, or handed it back to this namespace, while the policy was
-// suspended). A suspended policy claims nothing but a withdrawal, so it sends nothing until it
-// resumes and claims the record, or another policy's claim holds it as owned elsewhere.
+// holdReleased stops the collector of a policy whose instance record nobody owns (its operators
+// released it, or handed it back to this namespace) and whose claim is not recorded: a suspended
+// policy claims nothing but a withdrawal, and a claim can fail to reach the receiver. It sends
+// nothing until its claim is recorded, or another policy's claim holds it as owned elsewhere.
 func (r *TelemetryPolicyReconciler) holdReleased(ctx context.Context, st *reconcileState) error {
 	p := st.policy
 	r.forgetVerified(client.ObjectKeyFromObject(p)) // read the record again at every reconcile
 	st.ownedElsewhere = true                        // not this policy's: nothing runs, nothing is erased
 	st.recorded = v1.TierOff
-	msg := fmt.Sprintf("instance %q's consent record at the receiver is owned by no TelemetryPolicy: it was released while this policy was suspended, "+
-		"and a suspended policy does not claim it. Nothing is collected; set spec.suspend to false to claim it (if it was released to this namespace)", p.Spec.InstanceID)
-	if errors.Is(st.ledgerErr, errAsLastRead) {
+	msg := fmt.Sprintf("instance %q's consent record at the receiver is owned by no TelemetryPolicy (released by the receiver's operators, or by a deleted policy) "+
+		"and this policy's claim is not recorded: nothing is collected until it is", p.Spec.InstanceID)
+	if p.Spec.Suspend {
+		msg += "; a suspended policy claims nothing: set spec.suspend to false to claim it (if it was released to this namespace)"
+	}
+	if st.ledgerErr != nil {
 		msg += fmt.Sprintf(" (%v)", st.ledgerErr)
 	}
 	setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonReleased, msg)
@@ -1207,6 +1223,11 @@ func (r *TelemetryPolicyReconciler) adoptLedger(ctx context.Context, st *reconci
 	st.ledgerKnown = true
 	st.claim = false // written: the record is this policy's
 	p.Status.ConsentHistory = historyOf(state.Timeline)
+	if heldOwnedElsewhere(p) {
+		// The hold of an earlier read no longer stands (a suspended policy's withdrawal claimed
+		// the record): left in place, it would keep the policy from its own record later.
+		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionTrue, ReasonRecorded, recordedMessage(state.Timeline))
+	}
 	if state.EventsRemoved > 0 {
 		n := state.EventsRemoved
 		st.afterLedger = append(st.afterLedger, func() {
@@ -1322,6 +1343,12 @@ func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.Telemetr
 		err = r.Ledger.Release(ctx, consentv1.ReleaseRequest{InstanceID: p.Spec.InstanceID, Owner: r.owner(p)})
 	}
 	switch {
+	case errors.Is(err, errAsLastRead):
+		// Held as another's (or nobody's) as last read, and the record cannot be read now: it
+		// may be this policy's again, so it waits to be closed like any other.
+		r.event(p, corev1.EventTypeWarning, "ConsentCloseFailed", "DeletePolicy",
+			"waiting to read the receiver's consent record before letting the policy go: %v", err)
+		return r.ledgerRetry(), nil
 	case err == nil, errors.Is(err, ledger.ErrOwnedElsewhere), errors.Is(err, ledger.ErrUnknownInstance):
 		// Closed and released, or not ours to close.
 	case errors.Is(err, ledger.ErrUnavailable) && len(p.Status.ConsentHistory) == 0 && len(p.Status.PendingConsentChanges) == 0 && !r.credentialsExist(ctx, p):

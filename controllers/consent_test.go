@@ -1482,6 +1482,75 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 				"the erasure is carried out once the record is the policy's")
 		})
 
+		It("runs nothing while its claim of a record released to it has not reached the receiver, nor once the receiver is gone", func() {
+			ns := newNamespace(ctx)
+			readyPolicy(ctx, ns, "unclaimed")
+			instance := instanceOf(ns, "unclaimed")
+
+			By("the record handed back to the policy's namespace, and the receiver refusing writes for a while")
+			rcv.SetIntercept(func(w http.ResponseWriter, r *http.Request, _ []byte) bool {
+				if r.Method != http.MethodPost || r.URL.Path != consentv1.PathConsent {
+					return false
+				}
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return true
+			})
+			DeferCleanup(func() { rcv.SetIntercept(nil) })
+			_, err := rcv.Store.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: testCluster, Namespace: ns})
+			Expect(err).NotTo(HaveOccurred())
+			fakeClock.Step(11 * time.Minute)
+			requestReconcile(ctx, ns, "unclaimed")
+			Eventually(conditionStatus(ctx, ns, "unclaimed", v1.ConditionConsentRecorded), 20*time.Second).Should(Equal("ConsentRecorded=False/InstanceReleased"))
+			collectGarbage(ctx, ns, "unclaimed")
+			Eventually(func() bool { _, err := deployment(ctx, ns, "unclaimed"); return apierrors.IsNotFound(err) }).Should(BeTrue(),
+				"the record is nobody's until the claim is recorded")
+
+			By("the receiver gone: nothing runs from the copy in status")
+			rcv.Stop()
+			DeferCleanup(func() { _ = rcv.Listen() })
+			requestReconcile(ctx, ns, "unclaimed")
+			Consistently(func() bool { _, err := deployment(ctx, ns, "unclaimed"); return apierrors.IsNotFound(err) }, "3s").Should(BeTrue())
+			Expect(conditionStatus(ctx, ns, "unclaimed", v1.ConditionConsentRecorded)()).To(Equal("ConsentRecorded=False/InstanceReleased"))
+
+			By("the receiver back: the claim is recorded and the collector runs again")
+			rcv.SetIntercept(nil)
+			Expect(rcv.Listen()).To(Succeed())
+			Eventually(func() string { return ledgerOf(ctx, instance).Owner.Namespace }, 30*time.Second).Should(Equal(ns))
+			Eventually(func() error { _, err := deployment(ctx, ns, "unclaimed"); return err }, 20*time.Second).Should(Succeed())
+			rollOutUntilReady(ctx, ns, "unclaimed")
+			Eventually(conditionStatus(ctx, ns, "unclaimed", v1.ConditionConsentRecorded)).Should(Equal("ConsentRecorded=True/Recorded"))
+		})
+
+		It("keeps a policy held as another's while the receiver is gone from being let go unrecorded", func() {
+			ns := newNamespace(ctx)
+			readyPolicy(ctx, ns, "leaving")
+			instance := instanceOf(ns, "leaving")
+			updatePolicy(ctx, ns, "leaving", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true })
+			Eventually(conditionStatus(ctx, ns, "leaving", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
+			_, err := rcv.Store.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: testCluster, Namespace: ns})
+			Expect(err).NotTo(HaveOccurred())
+			fakeClock.Step(11 * time.Minute)
+			requestReconcile(ctx, ns, "leaving")
+			Eventually(conditionStatus(ctx, ns, "leaving", v1.ConditionConsentRecorded)).Should(Equal("ConsentRecorded=False/InstanceReleased"))
+
+			By("deleted while the receiver is gone: the deletion waits to be recorded")
+			rcv.Stop()
+			DeferCleanup(func() { _ = rcv.Listen() })
+			Expect(k8s.Delete(ctx, getPolicy(ctx, ns, "leaving"))).To(Succeed())
+			Consistently(func() error {
+				return k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "leaving"}, &v1.TelemetryPolicy{})
+			}, "3s").Should(Succeed())
+
+			By("the receiver back: Off recorded, the record released to the namespace, the policy gone")
+			Expect(rcv.Listen()).To(Succeed())
+			Eventually(func() bool {
+				return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "leaving"}, &v1.TelemetryPolicy{}))
+			}, 40*time.Second).Should(BeTrue())
+			st := ledgerOf(ctx, instance)
+			Expect(st.Timeline.Current()).To(Equal(consentv1.TierOff))
+			Expect(st.Owner.Cluster).To(BeEmpty())
+		})
+
 		It("has the receiver refuse the collector's certificate once the instance is handed over", func() {
 			ns := newNamespace(ctx)
 			readyPolicy(ctx, ns, "minted")

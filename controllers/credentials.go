@@ -9,6 +9,7 @@ package controllers
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"fmt"
 	"strconv"
 	"time"
@@ -124,10 +125,7 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 		}
 		return r.ensureSecretMeta(ctx, p, secret, "credentials")
 	}
-	floor := r.Options.IssuerMinRemaining
-	if floor <= 0 {
-		floor = DefaultIssuerMinRemaining
-	}
+	floor := r.issuerFloor()
 	dec, _ := decide()
 	// A policy never given a certificate creates one first: a create cannot replace a Secret
 	// the cache has not seen, and a new policy's reconcile is spared a read that answers 404.
@@ -189,6 +187,12 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 		setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionFalse, ReasonIssueFailed, "the stored certificate is not usable: "+problem)
 		return nil, fmt.Errorf("stored certificate is not usable after issuing: %s", problem)
 	}
+	return r.reportCredentials(p, secret, cert, period), nil
+}
+
+// reportCredentials puts the stored certificate in status, the CredentialsReady condition and
+// the certificate metrics, and returns its renewal time.
+func (r *TelemetryPolicyReconciler) reportCredentials(p *v1.TelemetryPolicy, secret *corev1.Secret, cert *x509.Certificate, period time.Duration) *time.Time {
 	renewal := pki.RenewalTime(cert.NotBefore, cert.NotAfter, period)
 	revision, _ := strconv.ParseInt(secret.Annotations[resources.AnnotationRevision], 10, 64)
 	p.Status.Credentials = &v1.CredentialsStatus{
@@ -207,7 +211,15 @@ func (r *TelemetryPolicyReconciler) reconcileCredentials(ctx context.Context, st
 	setCondition(p, v1.ConditionCredentialsReady, metav1.ConditionTrue, ReasonCredentialsValid,
 		fmt.Sprintf("certificate %s (revision %d) is valid until %s; next rotation at %s",
 			shortHash(pki.SerialHex(cert)), revision, cert.NotAfter.UTC().Format(time.RFC3339), renewal.UTC().Format(time.RFC3339)))
-	return &renewal, nil
+	return &renewal
+}
+
+// issuerFloor is how long the issuer must still be valid for a certificate to be issued from it.
+func (r *TelemetryPolicyReconciler) issuerFloor() time.Duration {
+	if r.Options.IssuerMinRemaining > 0 {
+		return r.Options.IssuerMinRemaining
+	}
+	return DefaultIssuerMinRemaining
 }
 
 // policyRef names p in its collector's certificate as the receiver's record names its owner: the
@@ -231,14 +243,26 @@ func (r *TelemetryPolicyReconciler) repairIdentity(ctx context.Context, st *reco
 		return client.IgnoreNotFound(err)
 	}
 	now := r.Clock.Now()
-	if _, problem := iss.CheckClient(secret.Data, p.Spec.InstanceID, r.policyRef(p), now); problem != pki.IssueWrongIdentity {
-		return nil
+	period := p.Spec.Credentials.RotationPeriodOrDefault()
+	cert, problem := iss.CheckClient(secret.Data, p.Spec.InstanceID, r.policyRef(p), now)
+	// (An expiring issuer issues nothing: IssuerExpiring says so.)
+	if problem == pki.IssueWrongIdentity && !iss.ExpiresWithin(now, r.issuerFloor()) {
+		issued, err := r.issue(ctx, st, iss, secret, true, rotationDecision{reason: pki.IssueWrongIdentity}, period, now)
+		if isNameTaken(err) {
+			return nil // not this policy's Secret: it configures no collector of this policy
+		}
+		if err != nil {
+			return err
+		}
+		secret = issued
+		cert, problem = iss.CheckClient(secret.Data, p.Spec.InstanceID, r.policyRef(p), now)
 	}
-	_, err := r.issue(ctx, st, iss, secret, true, rotationDecision{reason: pki.IssueWrongIdentity}, p.Spec.Credentials.RotationPeriodOrDefault(), now)
-	if isNameTaken(err) {
-		return nil // not this policy's Secret: it configures no collector of this policy
+	// Status describes the certificate in use, also when the write of the reconcile that
+	// re-issued it lost a race.
+	if problem == "" && (p.Status.Credentials == nil || p.Status.Credentials.SerialNumber != pki.SerialHex(cert)) {
+		r.reportCredentials(p, secret, cert, period)
 	}
-	return err
+	return nil
 }
 
 // issue creates a new key pair and certificate and stores it, replacing what was there.

@@ -295,6 +295,8 @@ var _ = Describe("Collector credentials", func() {
 		}).Should(Equal(pki.IssueWrongIdentity))
 		_, problem := mustIssuer().CheckClient(credentials(ctx, ns, "upgraded").Data, instanceOf(ns, "upgraded"), policyRefOf(ctx, ns, "upgraded"), fakeClock.Now())
 		Expect(problem).To(BeEmpty(), "the running collector's certificate names its policy again")
+		Eventually(func() string { return getPolicy(ctx, ns, "upgraded").Status.Credentials.LastIssueReason }).Should(Equal(pki.IssueWrongIdentity),
+			"and status describes the certificate in use")
 		after, err := deployment(ctx, ns, "upgraded")
 		Expect(err).NotTo(HaveOccurred())
 		Expect(after.Spec.Template).To(Equal(dep.Spec.Template), "nothing else changes while suspended")

@@ -26,7 +26,13 @@ func certFor(t *testing.T, instance string, policy pki.PolicyRef) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pair, err := tls.X509KeyPair(cc.CertPEM, cc.KeyPEM)
+	return presenting(t, cc.CertPEM, cc.KeyPEM)
+}
+
+// presenting returns a client presenting the certificate and key given.
+func presenting(t *testing.T, certPEM, keyPEM []byte) *http.Client {
+	t.Helper()
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,9 +127,5 @@ func legacyCert(t *testing.T, instance string) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pair, err := tls.X509KeyPair(cc.CertPEM, cc.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rcv.HTTPClient(&pair)
+	return presenting(t, cc.CertPEM, cc.KeyPEM)
 }
