@@ -192,10 +192,15 @@ spec:
           JSONPatch{op: "add", path: "/spec/containers/0/ports/0/hostPort", value: int(params.data.port)},
           JSONPatch{op: "add", path: "/spec/containers/0/args/-", value: "--metrics-addr=127.0.0.1:" + params.data.port},
           JSONPatch{op: "add", path: "/spec/containers/0/livenessProbe/httpGet/host", value: "127.0.0.1"},
-          JSONPatch{op: "add", path: "/spec/containers/0/readinessProbe/httpGet/host", value: "127.0.0.1"},
+          JSONPatch{op: "add", path: "/spec/containers/0/readinessProbe/httpGet/host", value: "127.0.0.1"}
+        ] + (has(object.spec.containers[0].env) ? [
           JSONPatch{op: "add", path: "/spec/containers/0/env/-", value: Object.spec.containers.env{name: "KUBERNETES_SERVICE_HOST", value: params.data.host}},
           JSONPatch{op: "add", path: "/spec/containers/0/env/-", value: Object.spec.containers.env{name: "KUBERNETES_SERVICE_PORT", value: params.data.apiPort}}
-        ]
+        ] : [
+          JSONPatch{op: "add", path: "/spec/containers/0/env", value: [
+            Object.spec.containers.env{name: "KUBERNETES_SERVICE_HOST", value: params.data.host},
+            Object.spec.containers.env{name: "KUBERNETES_SERVICE_PORT", value: params.data.apiPort}]}
+        ])
 ---
 apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingAdmissionPolicyBinding
