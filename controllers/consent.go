@@ -989,14 +989,19 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		if err := r.holdOwnedElsewhere(ctx, st); err != nil {
 			return err
 		}
-	case errors.Is(err, ledger.ErrUnavailable) && st.claim && len(st.timeline) > 0:
-		// The record has no owner and this policy's claim did not reach the receiver: held as
-		// released, so that a reconcile reading nothing (the receiver gone) runs nothing from
-		// the copy in status; the claim is tried again at the ledger's interval.
+	case err != nil && st.claim && len(st.timeline) > 0:
+		// The record has no owner and this policy's claim was not recorded (unreachable,
+		// refused, or computed from a stale copy): held as released, so that a reconcile
+		// reading nothing (the receiver gone) runs nothing from the copy in status; the claim
+		// is tried again (at once after a stale copy, else at the ledger's interval).
 		if err := r.holdReleased(ctx, st); err != nil {
 			return err
 		}
-		st.requeueIn(r.ledgerRetry(), r.Clock.Now())
+		if errors.Is(err, ledger.ErrStale) {
+			st.requeueIn(100*time.Millisecond, r.Clock.Now())
+		} else {
+			st.requeueIn(r.ledgerRetry(), r.Clock.Now())
+		}
 	case errors.Is(err, ledger.ErrStale):
 		// This reconcile worked from an outdated copy (the cache lagging the operator's own
 		// last update): nothing was applied; read the record again and start over.
@@ -1343,6 +1348,8 @@ func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.Telemetr
 		err = r.Ledger.Release(ctx, consentv1.ReleaseRequest{InstanceID: p.Spec.InstanceID, Owner: r.owner(p)})
 	}
 	switch {
+	case errors.Is(err, ledger.ErrUnavailable) && len(p.Status.ConsentHistory) == 0 && len(p.Status.PendingConsentChanges) == 0 && !r.credentialsExist(ctx, p):
+		// Never recorded and never given credentials: nothing can have been sent.
 	case errors.Is(err, errAsLastRead):
 		// Held as another's (or nobody's) as last read, and the record cannot be read now: it
 		// may be this policy's again, so it waits to be closed like any other.
@@ -1351,8 +1358,6 @@ func (r *TelemetryPolicyReconciler) finalize(ctx context.Context, p *v1.Telemetr
 		return r.ledgerRetry(), nil
 	case err == nil, errors.Is(err, ledger.ErrOwnedElsewhere), errors.Is(err, ledger.ErrUnknownInstance):
 		// Closed and released, or not ours to close.
-	case errors.Is(err, ledger.ErrUnavailable) && len(p.Status.ConsentHistory) == 0 && len(p.Status.PendingConsentChanges) == 0 && !r.credentialsExist(ctx, p):
-		// Never recorded and never given credentials: nothing can have been sent.
 	default:
 		r.event(p, corev1.EventTypeWarning, "ConsentCloseFailed", "DeletePolicy",
 			"waiting to record the deletion in the receiver's consent ledger before letting the policy go: %v", err)

@@ -1482,7 +1482,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 				"the erasure is carried out once the record is the policy's")
 		})
 
-		It("runs nothing while its claim of a record released to it has not reached the receiver, nor once the receiver is gone", func() {
+		DescribeTable("runs nothing while its claim of a record released to it is not recorded, nor once the receiver is gone", func(answer int) {
 			ns := newNamespace(ctx)
 			readyPolicy(ctx, ns, "unclaimed")
 			instance := instanceOf(ns, "unclaimed")
@@ -1492,7 +1492,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 				if r.Method != http.MethodPost || r.URL.Path != consentv1.PathConsent {
 					return false
 				}
-				w.WriteHeader(http.StatusServiceUnavailable)
+				w.WriteHeader(answer)
 				return true
 			})
 			DeferCleanup(func() { rcv.SetIntercept(nil) })
@@ -1519,7 +1519,10 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Eventually(func() error { _, err := deployment(ctx, ns, "unclaimed"); return err }, 20*time.Second).Should(Succeed())
 			rollOutUntilReady(ctx, ns, "unclaimed")
 			Eventually(conditionStatus(ctx, ns, "unclaimed", v1.ConditionConsentRecorded)).Should(Equal("ConsentRecorded=True/Recorded"))
-		})
+		},
+			Entry("the receiver unreachable for the claim", http.StatusServiceUnavailable),
+			Entry("the claim refused", http.StatusBadRequest),
+		)
 
 		It("keeps a policy held as another's while the receiver is gone from being let go unrecorded", func() {
 			ns := newNamespace(ctx)
