@@ -408,6 +408,9 @@ func (r *TelemetryPolicyReconciler) readBack(ctx context.Context, st *reconcileS
 			// nor a verified copy a later reconcile would run a collector from.
 		case consistent:
 			r.markVerified(p, readAt)
+			// Until the record carries this policy's UID, the receiver matches certificates
+			// by name: one of a deleted policy of the same name would keep working.
+			st.addUID = state.Owner.UID == "" && p.UID != ""
 			if h := historyOf(state.Timeline); !equality.Semantic.DeepEqual(h, p.Status.ConsentHistory) {
 				p.Status.ConsentHistory = h
 			}
@@ -457,6 +460,10 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	local := st.localTimeline()
 	from := local.Current()
 	if len(local) > 0 && from == consentv1.Tier(st.intent) && !st.claim {
+		if st.addUID {
+			// The tier in force, recorded again: the receiver appends nothing and adds the UID.
+			st.want = &consentv1.Transition{At: local[len(local)-1].At, Tier: from, Reason: local[len(local)-1].Reason, Basis: string(contractBasis(p))}
+		}
 		return
 	}
 	var lastAt time.Time

@@ -772,6 +772,32 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(conditionStatus(ctx, nsA, "owner", v1.ConditionReady)()).To(Equal("Ready=True/Enforced"))
 	})
 
+	It("adds its UID to a record an earlier operator claimed without one, recording nothing else", func() {
+		ns := newNamespace(ctx)
+		p := readyPolicy(ctx, ns, "older")
+		instance := instanceOf(ns, "older")
+		before := ledgerOf(ctx, instance)
+		Expect(before.Owner.UID).To(Equal(string(p.UID)))
+
+		By("the record claimed again by name only, as an operator that sent no UIDs did")
+		stopManager()
+		_, err := rcv.Store.ForceRelease(ctx, instance, nil)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance,
+			Owner:      consentv1.Owner{Namespace: ns, Name: "older"},
+			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: before.Timeline.Current(), Reason: "Declared"}})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(ledgerOf(ctx, instance).Owner.UID).To(BeEmpty())
+
+		By("the operator reading its record back")
+		startManager()
+		requestReconcile(ctx, ns, "older")
+		Eventually(func() string { return ledgerOf(ctx, instance).Owner.UID }).Should(Equal(string(p.UID)),
+			"until then a certificate of a deleted policy of the same name would be served")
+		Expect(ledgerOf(ctx, instance).Timeline).To(Equal(before.Timeline), "no transition is recorded for it")
+		Expect(conditionStatus(ctx, ns, "older", v1.ConditionReady)()).To(Equal("Ready=True/Enforced"))
+	})
+
 	It("closes consent at the receiver when a policy is deleted, and a re-created policy never reaches back", func() {
 		ns := newNamespace(ctx)
 		// The API server dates the deletion by the wall clock (the fake clock may run ahead).

@@ -200,6 +200,9 @@ type reconcileState struct {
 	lowering *consentv1.Transition
 	// claim: the receiver's record has no owner; recording the tier in force claims it.
 	claim bool
+	// addUID: the receiver's record names this policy without its UID (claimed by an operator
+	// that did not send UIDs); recording the tier in force adds it.
+	addUID bool
 	// recordLost: the receiver's record lacks transitions it acknowledged before; they are
 	// being recorded again.
 	recordLost bool

@@ -135,6 +135,9 @@ func (s *Server) recordConsent(w http.ResponseWriter, r *http.Request) {
 		s.adminError(w, err, "record transition", req.InstanceID)
 		return
 	}
+	// Recorded by its owner (a claim too, which may append nothing): certificates refused for
+	// the instance before are judged by the store again.
+	s.refused.forgetInstance(req.InstanceID)
 	writeJSON(w, http.StatusOK, st)
 }
 

@@ -7,16 +7,22 @@ Licensed under the Apache License, Version 2.0.
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
+	"github.com/sourcegraph/telemetry-operator/receiver/server"
 )
 
 // certFor returns a client presenting a certificate for instance issued for policy.
@@ -128,4 +134,129 @@ func legacyCert(t *testing.T, instance string) *http.Client {
 		t.Fatal(err)
 	}
 	return presenting(t, cc.CertPEM, cc.KeyPEM)
+}
+
+// answer sends a request with c and returns its status and, when refused, its reason.
+func answer(t *testing.T, c *http.Client, method, url string, body []byte) string {
+	t.Helper()
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", batchv1.ContentType)
+	if method == http.MethodPost && !strings.HasSuffix(url, batchv1.PathBatches) {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode == http.StatusOK {
+		return "OK"
+	}
+	var e batchv1.ErrorResponse
+	_ = json.NewDecoder(resp.Body).Decode(&e)
+	return http.StatusText(resp.StatusCode) + "/" + e.Reason
+}
+
+// A former owner's certificate, refused once, is refused again before it takes any of the
+// instance's slots: however often its collector retries, the owner's batches are served. A
+// claim recorded through this receiver lets the certificate's policy in at once; one recorded
+// elsewhere (another replica) after refusedFor.
+func TestARefusedCertificateTakesNoneOfTheOwnersSlots(t *testing.T) {
+	ctx := context.Background()
+	limits := server.DefaultLimits()
+	limits.InstanceRate, limits.InstanceBurst = 0.001, 4 // four requests per instance, no refill within the test
+	clk := clocktesting.NewFakePassiveClock(time.Now())
+	r, err := receivertest.StartWith(ctx, receivertest.Options{Limits: limits, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	former := func(instance string) (*http.Client, consentv1.Owner) {
+		t.Helper()
+		if err := r.Grant(ctx, instance, consentv1.TierEventLevel, consentSince); err != nil {
+			t.Fatal(err)
+		}
+		ref := receivertest.TestPolicy(instance)
+		ref.UID = "deleted-uid"
+		cc, err := r.Issuer.IssueClient(instance, ref, 24*time.Hour, time.Now(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pair, err := tls.X509KeyPair(cc.CertPEM, cc.KeyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.HTTPClient(&pair), consentv1.Owner{Namespace: ref.Namespace, Name: ref.Name, UID: ref.UID}
+	}
+	batch := func(instance string, n int) []byte { return mustEncode(t, events(instance, n*10, 2)) }
+	notOwner := "Forbidden/" + batchv1.ReasonNotOwner
+
+	t.Run("retries of a refused certificate leave the owner its slots", func(t *testing.T) {
+		const instance = "retried"
+		c, _ := former(instance)
+		if got := answer(t, c, http.MethodPost, r.URL+batchv1.PathBatches, batch(instance, 1)); got != notOwner {
+			t.Fatalf("the former owner's batch answered %s, want %s", got, notOwner)
+		}
+		for i := range 10 {
+			for _, req := range []struct{ method, path string }{{http.MethodPost, batchv1.PathBatches}, {http.MethodGet, batchv1.PathCursor}, {http.MethodGet, batchv1.PathExported}} {
+				if got := answer(t, c, req.method, r.URL+req.path, batch(instance, 2+i)); got != notOwner {
+					t.Fatalf("retry %d of %s %s answered %s, want %s", i, req.method, req.path, got, notOwner)
+				}
+			}
+		}
+		owner, err := r.ClientCert(instance, time.Now().Add(-time.Hour), 24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		oc := r.HTTPClient(&owner)
+		for i := range 3 {
+			if got := answer(t, oc, http.MethodPost, r.URL+batchv1.PathBatches, batch(instance, 20+i)); got != "OK" {
+				t.Fatalf("the owner's batch %d answered %s: the former owner's retries took its slots", i, got)
+			}
+		}
+	})
+
+	t.Run("a claim through this receiver lets the policy in at once", func(t *testing.T) {
+		const instance = "reclaimed-here"
+		c, policy := former(instance)
+		if got := answer(t, c, http.MethodPost, r.URL+batchv1.PathBatches, batch(instance, 1)); got != notOwner {
+			t.Fatalf("answered %s, want %s", got, notOwner)
+		}
+		if _, err := r.Store.ForceRelease(ctx, instance, nil); err != nil {
+			t.Fatal(err)
+		}
+		body, _ := json.Marshal(consentv1.RecordRequest{InstanceID: instance, Owner: policy,
+			Transition: consentv1.Transition{At: clk.Now(), Tier: consentv1.TierEventLevel, Reason: "Declared"}})
+		if got := answer(t, r.OperatorClient(receivertest.TestCluster), http.MethodPost, r.URL+consentv1.PathConsent, body); got != "OK" {
+			t.Fatalf("the claim answered %s", got)
+		}
+		if got := answer(t, c, http.MethodPost, r.URL+batchv1.PathBatches, batch(instance, 2)); got != "OK" {
+			t.Fatalf("the new owner's certificate answered %s right after its claim, want OK", got)
+		}
+	})
+
+	t.Run("a claim recorded elsewhere lets the policy in after refusedFor", func(t *testing.T) {
+		const instance = "reclaimed-elsewhere"
+		c, policy := former(instance)
+		if got := answer(t, c, http.MethodPost, r.URL+batchv1.PathBatches, batch(instance, 1)); got != notOwner {
+			t.Fatalf("answered %s, want %s", got, notOwner)
+		}
+		if _, err := r.Store.ForceRelease(ctx, instance, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Store.RecordTransition(ctx, receivertest.TestCluster, consentv1.RecordRequest{InstanceID: instance, Owner: policy,
+			Transition: consentv1.Transition{At: clk.Now(), Tier: consentv1.TierEventLevel, Reason: "Declared"}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := answer(t, c, http.MethodPost, r.URL+batchv1.PathBatches, batch(instance, 2)); got != notOwner {
+			t.Fatalf("answered %s within refusedFor of the refusal, want %s (remembered)", got, notOwner)
+		}
+		clk.SetTime(clk.Now().Add(time.Minute))
+		if got := answer(t, c, http.MethodPost, r.URL+batchv1.PathBatches, batch(instance, 3)); got != "OK" {
+			t.Fatalf("answered %s a minute after the refusal, want OK", got)
+		}
+	})
 }

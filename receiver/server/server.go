@@ -104,6 +104,9 @@ type Server struct {
 	limiters                 sync.Map // instance -> *rate.Limiter
 	openMu                   sync.Mutex
 	open                     map[string]int // open batch requests per instance
+	// refused: certificates' policies the store refused as not owning the instance's record,
+	// answered 403 again before they take any of the instance's slots.
+	refused refusedSenders
 }
 
 type metrics struct {
@@ -252,13 +255,25 @@ func (s *Server) instance(w http.ResponseWriter, r *http.Request) (string, conte
 			"the client certificate names no TelemetryPolicy (issued by an operator older than this receiver); its operator issues a new one once upgraded", -1)
 		return "", nil, false
 	}
-	ctx := store.WithSender(r.Context(), consentv1.Owner{Cluster: policy.Cluster, Namespace: policy.Namespace, Name: policy.Name, UID: policy.UID})
-	return id, ctx, true
+	sender := consentv1.Owner{Cluster: policy.Cluster, Namespace: policy.Namespace, Name: policy.Name, UID: policy.UID}
+	if s.refused.refused(id, sender, s.clock.Now()) {
+		s.rejectNotOwner(w, id)
+		return "", nil, false
+	}
+	return id, store.WithSender(r.Context(), sender), true
 }
 
-// notOwner answers a request whose certificate's policy no longer owns the instance's record.
-func (s *Server) notOwner(w http.ResponseWriter, instance string) {
+// notOwner answers a request whose certificate's policy the store found not to own the
+// instance's record, and remembers the pair (see refusedFor).
+func (s *Server) notOwner(ctx context.Context, w http.ResponseWriter, instance string) {
+	if sender, ok := store.SenderOf(ctx); ok {
+		s.refused.remember(instance, sender, s.clock.Now())
+	}
 	s.log.Info("certificate of a policy that does not own the instance's consent record", "instance", instance)
+	s.rejectNotOwner(w, instance)
+}
+
+func (s *Server) rejectNotOwner(w http.ResponseWriter, instance string) {
 	s.reject(w, http.StatusForbidden, batchv1.ReasonNotOwner,
 		fmt.Sprintf("the client certificate was issued for a TelemetryPolicy that does not own instance %q's consent record (handed over or released): nothing is accepted from it; its operator issues a new certificate or stops the collector", instance), -1)
 }
@@ -278,7 +293,7 @@ func (s *Server) handleCursor(w http.ResponseWriter, r *http.Request) {
 	defer s.leave(instance)
 	c, known, err := s.store.Cursor(ctx, instance)
 	if errors.Is(err, store.ErrNotOwner) {
-		s.notOwner(w, instance)
+		s.notOwner(ctx, w, instance)
 		return
 	}
 	if err != nil {
@@ -321,7 +336,7 @@ func (s *Server) handleExported(w http.ResponseWriter, r *http.Request) {
 	}
 	list, err := s.store.Exported(ctx, instance, limit, batchv1.MaxExportedItems)
 	if errors.Is(err, store.ErrNotOwner) {
-		s.notOwner(w, instance)
+		s.notOwner(ctx, w, instance)
 		return
 	}
 	if err != nil {
@@ -424,7 +439,7 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	if errors.Is(err, store.ErrNotOwner) {
 		s.metrics.batches.WithLabelValues(b.Kind, "refused").Inc()
-		s.notOwner(w, instance)
+		s.notOwner(ctx, w, instance)
 		return
 	}
 	var refused *store.RefusedError

@@ -32,10 +32,16 @@ func WithSender(ctx context.Context, policy consentv1.Owner) context.Context {
 	return context.WithValue(ctx, senderKey{}, policy)
 }
 
+// SenderOf returns the policy WithSender put in ctx.
+func SenderOf(ctx context.Context) (consentv1.Owner, bool) {
+	sender, ok := ctx.Value(senderKey{}).(consentv1.Owner)
+	return sender, ok
+}
+
 // checkSender reports ErrNotOwner when ctx carries a sender and the record's owner (nil:
 // released) is not that policy.
 func checkSender(ctx context.Context, owner *consentv1.Owner) error {
-	sender, ok := ctx.Value(senderKey{}).(consentv1.Owner)
+	sender, ok := SenderOf(ctx)
 	if !ok {
 		return nil
 	}
@@ -59,7 +65,7 @@ func ownerOf(cluster, namespace, name, uid *string) *consentv1.Owner {
 // Used by reads, which take no lock: a listing racing a handover shows what the old owner
 // could read a moment before.
 func (s *Store) checkSenderNow(ctx context.Context, instance string) error {
-	if _, ok := ctx.Value(senderKey{}).(consentv1.Owner); !ok {
+	if _, ok := SenderOf(ctx); !ok {
 		return nil
 	}
 	var cluster, namespace, name, uid *string
