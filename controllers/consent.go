@@ -460,10 +460,6 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	local := st.localTimeline()
 	from := local.Current()
 	if len(local) > 0 && from == consentv1.Tier(st.intent) && !st.claim {
-		if st.addUID {
-			// The tier in force, recorded again: the receiver appends nothing and adds the UID.
-			st.want = &consentv1.Transition{At: local[len(local)-1].At, Tier: from, Reason: local[len(local)-1].Reason, Basis: string(contractBasis(p))}
-		}
 		return
 	}
 	var lastAt time.Time
@@ -974,7 +970,7 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 	if st.outside != nil {
 		// Outside the onboarded namespaces only withdrawals are recorded: they travel as pending
 		// lowerings; a planned transition there is a raise, a first record or a claim.
-		st.want = nil
+		st.want, st.addUID = nil, false
 		if st.claim {
 			return nil // the record is no longer this policy's: nothing is recorded for it from here
 		}
@@ -1180,6 +1176,8 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 	writtenFrom := r.Clock.Now() // the record as the writes below return it is dated no later
 	if len(st.pending) > 0 || st.want != nil {
 		r.notePlanRecorded(p, writtenFrom)
+	} else if st.addUID && st.ledgerErr == nil {
+		defer r.addUID(ctx, st) // (any write below adds it too)
 	}
 	for st.ledgerErr == nil && len(st.pending) > 0 {
 		state, err := r.Ledger.Record(ctx, r.recordRequest(st, st.pending[0]))
@@ -1205,6 +1203,35 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 			st.want = nil
 		}
 	}
+}
+
+// addUID records the tier in force again, which the receiver appends nothing for, so that it
+// adds this policy's UID to a record an earlier operator claimed without one: until then it
+// matches certificates by name, and one of a deleted policy of the same name would be served.
+// Best effort: a failure changes nothing in this reconcile (the record stands, and so does the
+// copy) and the record is read back, and the write tried, at the policy's next reconcile.
+func (r *TelemetryPolicyReconciler) addUID(ctx context.Context, st *reconcileState) {
+	p := st.policy
+	st.addUID = false
+	if st.ledgerErr != nil || len(st.timeline) == 0 {
+		return
+	}
+	last := st.timeline[len(st.timeline)-1]
+	tr := consentv1.Transition{At: last.At, Tier: last.Tier, Reason: last.Reason, Basis: last.Basis}
+	state, err := r.Ledger.Record(ctx, r.recordRequest(st, tr))
+	if err != nil {
+		log.FromContext(ctx).Info("could not add this policy's UID to its consent record; retrying at its next reconcile", "error", err.Error())
+		r.forgetVerified(client.ObjectKeyFromObject(p))
+		return
+	}
+	if state.Owner.UID != string(p.UID) {
+		return // a receiver that keeps no UIDs: asked again at the next read-back
+	}
+	log.FromContext(ctx).Info("added this policy's UID to its consent record, which an earlier operator claimed without it")
+	st.afterLedger = append(st.afterLedger, func() {
+		r.event(p, corev1.EventTypeNormal, "ConsentRecordUIDAdded", "VerifyConsent",
+			"the receiver's consent record named this policy without its UID (claimed by an earlier operator, or by a deleted policy of the same name); its UID was added, and certificates of any other policy of this name are refused from now on")
+	})
 }
 
 // runnableTier is the most the collector may run with: the decided tier, but no more than the

@@ -796,6 +796,41 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			"until then a certificate of a deleted policy of the same name would be served")
 		Expect(ledgerOf(ctx, instance).Timeline).To(Equal(before.Timeline), "no transition is recorded for it")
 		Expect(conditionStatus(ctx, ns, "older", v1.ConditionReady)()).To(Equal("Ready=True/Enforced"))
+		Eventually(func() []string { return eventReasons(ctx, ns, "older") }).Should(ContainElement("ConsentRecordUIDAdded"), "the adoption leaves a trace")
+	})
+
+	It("keeps its conditions when adding its UID to its record fails, and adds it at a later reconcile", func() {
+		ns := newNamespace(ctx)
+		p := readyPolicy(ctx, ns, "flaky")
+		instance := instanceOf(ns, "flaky")
+		before := ledgerOf(ctx, instance)
+		stopManager()
+		DeferCleanup(startManager)
+		_, err := rcv.Store.ForceRelease(ctx, instance, nil)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance,
+			Owner:      consentv1.Owner{Namespace: ns, Name: "flaky"},
+			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: before.Timeline.Current(), Reason: "Declared"}})
+		Expect(err).NotTo(HaveOccurred())
+
+		By("the write refused as unavailable")
+		r := directReconciler(k8s)
+		r.Ledger = &failingRecords{ConsentLedger: testLedger(), err: ledger.ErrUnavailable}
+		key := types.NamespacedName{Namespace: ns, Name: "flaky"}
+		_, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(ledgerOf(ctx, instance).Owner.UID).To(BeEmpty())
+		got := getPolicy(ctx, ns, "flaky")
+		Expect(conditionStatus(ctx, ns, "flaky", v1.ConditionReady)()).To(Equal("Ready=True/Enforced"))
+		Expect(conditionStatus(ctx, ns, "flaky", v1.ConditionConsentRecorded)()).To(Equal("ConsentRecorded=True/Recorded"))
+		Expect(got.Status.EffectiveTier).To(Equal(p.Status.EffectiveTier))
+
+		By("the next reconcile, the receiver answering")
+		r.Ledger = testLedger()
+		_, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(ledgerOf(ctx, instance).Owner.UID).To(Equal(string(p.UID)))
+		Expect(ledgerOf(ctx, instance).Timeline).To(Equal(before.Timeline))
 	})
 
 	It("closes consent at the receiver when a policy is deleted, and a re-created policy never reaches back", func() {
@@ -1945,6 +1980,16 @@ func (l *askingLedger) Record(_ context.Context, req consentv1.RecordRequest) (c
 		return consentv1.State{}, fmt.Errorf("%w: context deadline exceeded (Client.Timeout exceeded while awaiting headers)", ledger.ErrUnavailable)
 	}
 	return consentv1.State{}, fmt.Errorf("%w: 422 the transition is not allowed", ledger.ErrRejected)
+}
+
+// failingRecords is a consent ledger that answers reads and fails every write with err.
+type failingRecords struct {
+	controllers.ConsentLedger
+	err error
+}
+
+func (l *failingRecords) Record(context.Context, consentv1.RecordRequest) (consentv1.State, error) {
+	return consentv1.State{}, l.err
 }
 
 // racingLedger runs race once, after its first read of a record: another policy acting between

@@ -160,10 +160,11 @@ func answer(t *testing.T, c *http.Client, method, url string, body []byte) strin
 	return http.StatusText(resp.StatusCode) + "/" + e.Reason
 }
 
-// A former owner's certificate, refused once, is refused again before it takes any of the
-// instance's slots: however often its collector retries, the owner's batches are served. A
-// claim recorded through this receiver lets the certificate's policy in at once; one recorded
-// elsewhere (another replica) after refusedFor.
+// A former owner's certificate takes none of the owner's slots: however often its collector
+// retries, and whatever it sends (batches the store refuses, or ones refused before it is
+// asked), the owner's batches are served. Refused by the store once, it is refused again
+// without asking it; a claim recorded through this receiver lets the certificate's policy in
+// at once, one recorded elsewhere (another replica) after refusedFor.
 func TestARefusedCertificateTakesNoneOfTheOwnersSlots(t *testing.T) {
 	ctx := context.Background()
 	limits := server.DefaultLimits()
@@ -174,13 +175,10 @@ func TestARefusedCertificateTakesNoneOfTheOwnersSlots(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	former := func(instance string) (*http.Client, consentv1.Owner) {
+	certOf := func(instance, uid string) (*http.Client, consentv1.Owner) {
 		t.Helper()
-		if err := r.Grant(ctx, instance, consentv1.TierEventLevel, consentSince); err != nil {
-			t.Fatal(err)
-		}
 		ref := receivertest.TestPolicy(instance)
-		ref.UID = "deleted-uid"
+		ref.UID = uid
 		cc, err := r.Issuer.IssueClient(instance, ref, 24*time.Hour, time.Now(), nil)
 		if err != nil {
 			t.Fatal(err)
@@ -190,6 +188,13 @@ func TestARefusedCertificateTakesNoneOfTheOwnersSlots(t *testing.T) {
 			t.Fatal(err)
 		}
 		return r.HTTPClient(&pair), consentv1.Owner{Namespace: ref.Namespace, Name: ref.Name, UID: ref.UID}
+	}
+	former := func(instance string) (*http.Client, consentv1.Owner) {
+		t.Helper()
+		if err := r.Grant(ctx, instance, consentv1.TierEventLevel, consentSince); err != nil {
+			t.Fatal(err)
+		}
+		return certOf(instance, "deleted-uid")
 	}
 	batch := func(instance string, n int) []byte { return mustEncode(t, events(instance, n*10, 2)) }
 	notOwner := "Forbidden/" + batchv1.ReasonNotOwner
@@ -205,6 +210,12 @@ func TestARefusedCertificateTakesNoneOfTheOwnersSlots(t *testing.T) {
 				if got := answer(t, c, req.method, r.URL+req.path, batch(instance, 2+i)); got != notOwner {
 					t.Fatalf("retry %d of %s %s answered %s, want %s", i, req.method, req.path, got, notOwner)
 				}
+			}
+		}
+		earlier, _ := certOf(instance, "deleted-before-uid") // an earlier owner's, refused before the store is asked: never remembered
+		for i := range 10 {
+			if got := answer(t, earlier, http.MethodPost, r.URL+batchv1.PathBatches, batch("another-instance", 40+i)); got != "Forbidden/"+batchv1.ReasonWrongInstance && got != "Too Many Requests/"+batchv1.ReasonRateLimited {
+				t.Fatalf("a batch naming another instance answered %s", got)
 			}
 		}
 		owner, err := r.ClientCert(instance, time.Now().Add(-time.Hour), 24*time.Hour)

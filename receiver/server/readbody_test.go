@@ -20,6 +20,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 )
 
 // TestReadBodyHonoursContentLength covers what a real client cannot easily send through
@@ -128,18 +129,21 @@ func TestReadBodyHonoursContentLength(t *testing.T) {
 func TestOneInstanceHoldsAtMostFourRequests(t *testing.T) {
 	s := New(nil, DefaultLimits(), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	for i := range maxInstanceRequests {
-		if !s.enter("slowpoke") {
+		if !s.enter(caller{instance: "slowpoke"}) {
 			t.Fatalf("request %d refused", i+1)
 		}
 	}
-	if s.enter("slowpoke") {
+	if s.enter(caller{instance: "slowpoke"}) {
 		t.Fatal("a fifth open request was admitted")
 	}
-	if !s.enter("bystander") {
+	if !s.enter(caller{instance: "bystander"}) {
 		t.Fatal("another instance was refused")
 	}
-	s.leave("slowpoke")
-	if !s.enter("slowpoke") {
+	if !s.enter(caller{instance: "slowpoke", policy: consentv1.Owner{Cluster: "c", Namespace: "ns", Name: "next", UID: "u2"}}) {
+		t.Fatal("the instance's certificate for another policy (its new owner's) was refused")
+	}
+	s.leave(caller{instance: "slowpoke"})
+	if !s.enter(caller{instance: "slowpoke"}) {
 		t.Fatal("a request after one finished was refused")
 	}
 }
@@ -150,19 +154,19 @@ func TestARequestRefusedForOpenRequestsSpendsNoRate(t *testing.T) {
 	limits := DefaultLimits()
 	limits.InstanceRate, limits.InstanceBurst = 0.001, 2
 	s := New(nil, limits, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if !s.hold(httptest.NewRecorder(), "acme") { // token 1
+	if !s.hold(httptest.NewRecorder(), caller{instance: "acme"}) { // token 1
 		t.Fatal("the first request was refused")
 	}
 	for range maxInstanceRequests - 1 {
-		s.enter("acme")
+		s.enter(caller{instance: "acme"})
 	}
-	if w := httptest.NewRecorder(); s.hold(w, "acme") || w.Code != http.StatusTooManyRequests {
+	if w := httptest.NewRecorder(); s.hold(w, caller{instance: "acme"}) || w.Code != http.StatusTooManyRequests {
 		t.Fatalf("a fifth open request: %d", w.Code)
 	}
 	for range maxInstanceRequests {
-		s.leave("acme")
+		s.leave(caller{instance: "acme"})
 	}
-	if !s.hold(httptest.NewRecorder(), "acme") { // token 2, still there
+	if !s.hold(httptest.NewRecorder(), caller{instance: "acme"}) { // token 2, still there
 		t.Fatal("the retry was refused: the refused request had spent the rate")
 	}
 }

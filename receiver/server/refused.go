@@ -9,93 +9,112 @@ package server
 import (
 	"sync"
 	"time"
-
-	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 )
 
-// refusedFor is how long a certificate's policy refused as not owning an instance's record is
-// refused again before its request takes any of the instance's slots (rate, open requests,
-// in-flight bytes) or reaches the database: a former owner's collector, still running with
-// the time its certificate has left, cannot slow the new owner's. A consent write this
-// process records for the instance forgets it at once; one recorded by another replica, within
-// refusedFor (the collector's next rounds are refused meanwhile, nothing is dropped).
+// refusedFor is how long a caller the store refused as not owning its instance's record is
+// refused again without asking the store. Its requests never took the owner's slots (rate and
+// open requests are counted per caller); this spares the database a former owner's retries for
+// the time its certificate has left. A consent write this process records for the instance
+// forgets its callers at once; one recorded by another replica, within refusedFor (the
+// collector's next rounds are refused meanwhile, nothing is dropped).
 const refusedFor = time.Minute
 
-// maxRefused bounds the remembered pairs (certificates are the fleet issuer's, so the pairs
-// are too, but a bound costs nothing): beyond it, new pairs are not remembered and go to the
+// maxRefused bounds the remembered callers (certificates are the fleet issuer's, so callers
+// are too, but a bound costs nothing): beyond it, new ones are not remembered and go to the
 // store as before.
 const maxRefused = 10000
 
-// refusedSenders remembers (instance, policy) pairs the store refused as not owning the
-// instance's record, until a deadline.
+// refusedSenders remembers callers the store refused as not owning the instance's record,
+// until a deadline.
 type refusedSenders struct {
-	mu    sync.Mutex
-	until map[string]map[consentv1.Owner]time.Time // instance -> policy -> refused until
-	n     int
+	mu        sync.Mutex
+	until     map[string]map[caller]time.Time // instance -> caller -> refused until
+	n         int
+	forgot    uint64 // consent writes that forgot an instance's callers
+	lastSweep time.Time
 }
 
-// refused reports whether policy was refused for instance less than refusedFor before now.
-func (r *refusedSenders) refused(instance string, policy consentv1.Owner, now time.Time) bool {
+// refused reports whether c was refused less than refusedFor before now.
+func (r *refusedSenders) refused(c caller, now time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	until, ok := r.until[instance][policy]
+	until, ok := r.until[c.instance][c]
 	if ok && !now.Before(until) {
-		r.forgetLocked(instance, policy)
+		r.forgetLocked(c)
 		return false
 	}
 	return ok
 }
 
-// remember notes that policy was refused for instance at now.
-func (r *refusedSenders) remember(instance string, policy consentv1.Owner, now time.Time) {
+// forgets returns the count of forgetInstance calls so far, to pass to remember.
+func (r *refusedSenders) forgets() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.until == nil {
-		r.until = map[string]map[consentv1.Owner]time.Time{}
+	return r.forgot
+}
+
+// remember notes that c was refused at now by a store read made after forgets returned seen;
+// if an instance's callers were forgotten since, the read may predate a write that made c the
+// owner, and nothing is remembered.
+func (r *refusedSenders) remember(c caller, seen uint64, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.forgot != seen {
+		return
 	}
-	if _, ok := r.until[instance][policy]; !ok && r.n >= maxRefused {
+	if r.until == nil {
+		r.until = map[string]map[caller]time.Time{}
+	}
+	if _, ok := r.until[c.instance][c]; !ok && r.n >= maxRefused {
+		// Full: sweep at most once a second, so that a full table does not cost every refusal
+		// a pass over it under the lock.
+		if now.Sub(r.lastSweep) < time.Second {
+			return
+		}
+		r.lastSweep = now
 		r.sweepLocked(now)
 		if r.n >= maxRefused {
 			return
 		}
 	}
-	byPolicy := r.until[instance]
-	if byPolicy == nil {
-		byPolicy = map[consentv1.Owner]time.Time{}
-		r.until[instance] = byPolicy
+	byCaller := r.until[c.instance]
+	if byCaller == nil {
+		byCaller = map[caller]time.Time{}
+		r.until[c.instance] = byCaller
 	}
-	if _, ok := byPolicy[policy]; !ok {
+	if _, ok := byCaller[c]; !ok {
 		r.n++
 	}
-	byPolicy[policy] = now.Add(refusedFor)
+	byCaller[c] = now.Add(refusedFor)
 }
 
-// forgetInstance drops every pair of instance: its record changed.
+// forgetInstance drops every caller of instance: its record changed.
 func (r *refusedSenders) forgetInstance(instance string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.forgot++
 	r.n -= len(r.until[instance])
 	delete(r.until, instance)
 }
 
-func (r *refusedSenders) forgetLocked(instance string, policy consentv1.Owner) {
-	byPolicy := r.until[instance]
-	if _, ok := byPolicy[policy]; !ok {
+func (r *refusedSenders) forgetLocked(c caller) {
+	byCaller := r.until[c.instance]
+	if _, ok := byCaller[c]; !ok {
 		return
 	}
-	delete(byPolicy, policy)
+	delete(byCaller, c)
 	r.n--
-	if len(byPolicy) == 0 {
-		delete(r.until, instance)
+	if len(byCaller) == 0 {
+		delete(r.until, c.instance)
 	}
 }
 
-// sweepLocked drops the pairs whose time is up.
+// sweepLocked drops the callers whose time is up.
 func (r *refusedSenders) sweepLocked(now time.Time) {
-	for instance, byPolicy := range r.until {
-		for policy, until := range byPolicy {
+	for _, byCaller := range r.until {
+		for c, until := range byCaller {
 			if !now.Before(until) {
-				r.forgetLocked(instance, policy)
+				r.forgetLocked(c)
 			}
 		}
 	}

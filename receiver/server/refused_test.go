@@ -14,41 +14,50 @@ import (
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 )
 
-// The remembered refusals expire, are forgotten per instance, and stay within maxRefused:
-// beyond it a new pair is not remembered until expired ones make room.
+// The remembered refusals expire, are forgotten per instance, are not remembered from a read
+// that a forget may have overtaken, and stay within maxRefused: beyond it a new caller is not
+// remembered until expired ones make room.
 func TestRefusedSendersExpireAndStayBounded(t *testing.T) {
 	var r refusedSenders
 	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-	p := func(i int) consentv1.Owner { return consentv1.Owner{Cluster: "c", Namespace: "ns", Name: "p", UID: fmt.Sprint(i)} }
+	c := func(instance string, i int) caller {
+		return caller{instance: instance, policy: consentv1.Owner{Cluster: "c", Namespace: "ns", Name: "p", UID: fmt.Sprint(i)}}
+	}
 
-	r.remember("a", p(0), now)
-	if !r.refused("a", p(0), now.Add(refusedFor-time.Nanosecond)) {
+	r.remember(c("a", 0), r.forgets(), now)
+	if !r.refused(c("a", 0), now.Add(refusedFor-time.Nanosecond)) {
 		t.Fatal("not remembered within refusedFor")
 	}
-	if r.refused("a", p(1), now) || r.refused("b", p(0), now) {
-		t.Fatal("another policy, or another instance, is refused by a pair it is not")
+	if r.refused(c("a", 1), now) || r.refused(c("b", 0), now) {
+		t.Fatal("another policy, or another instance, is refused by a caller it is not")
 	}
-	if r.refused("a", p(0), now.Add(refusedFor)) || r.n != 0 {
+	if r.refused(c("a", 0), now.Add(refusedFor)) || r.n != 0 {
 		t.Fatalf("still refused after refusedFor (%d remembered)", r.n)
 	}
 
-	r.remember("a", p(0), now)
-	r.remember("a", p(1), now)
-	r.remember("a", p(1), now) // again: counted once
+	seen := r.forgets()
+	r.remember(c("a", 0), seen, now)
+	r.remember(c("a", 1), seen, now)
+	r.remember(c("a", 1), seen, now) // again: counted once
 	r.forgetInstance("a")
-	if r.refused("a", p(1), now) || r.n != 0 {
+	if r.refused(c("a", 1), now) || r.n != 0 {
 		t.Fatalf("forgotten instance still refused (%d remembered)", r.n)
 	}
-
-	for i := range maxRefused {
-		r.remember(fmt.Sprint(i), p(i), now)
+	r.remember(c("a", 1), seen, now) // read before the forget, answered after it
+	if r.refused(c("a", 1), now) {
+		t.Fatal("a refusal read before a consent write that forgot refusals was remembered after it")
 	}
-	r.remember("over", p(0), now.Add(time.Second))
-	if r.refused("over", p(0), now.Add(time.Second)) || r.n != maxRefused {
+
+	seen = r.forgets()
+	for i := range maxRefused {
+		r.remember(c(fmt.Sprint(i), i), seen, now)
+	}
+	r.remember(c("over", 0), seen, now.Add(time.Second))
+	if r.refused(c("over", 0), now.Add(time.Second)) || r.n != maxRefused {
 		t.Fatalf("remembered beyond maxRefused (%d)", r.n)
 	}
-	r.remember("over", p(0), now.Add(refusedFor))
-	if !r.refused("over", p(0), now.Add(refusedFor)) || r.n != 1 {
-		t.Fatalf("expired pairs made no room: %d remembered", r.n)
+	r.remember(c("over", 0), seen, now.Add(refusedFor))
+	if !r.refused(c("over", 0), now.Add(refusedFor)) || r.n != 1 {
+		t.Fatalf("expired callers made no room: %d remembered", r.n)
 	}
 }

@@ -53,8 +53,9 @@ type Limits struct {
 	MaxInFlightBytes int64
 	// InFlightWait is how long a request waits for room in MaxInFlightBytes.
 	InFlightWait time.Duration
-	// InstanceRate and InstanceBurst bound each instance's batch requests (per second, and
-	// at once); beyond them the instance is answered 429 with Retry-After, others are not slowed.
+	// InstanceRate and InstanceBurst bound each instance's requests (per second, and at once),
+	// counted per policy its certificates name; beyond them the instance is answered 429 with
+	// Retry-After, others are not slowed (nor the instance's new owner by a former one's).
 	// Zero InstanceRate disables the limit.
 	InstanceRate  float64
 	InstanceBurst int
@@ -101,9 +102,9 @@ type Server struct {
 	// inFlight and inFlightSmall are the large and small lanes of MaxInFlightBytes.
 	inFlight, inFlightSmall  *semaphore.Weighted
 	largeBudget, smallBudget int64
-	limiters                 sync.Map // instance -> *rate.Limiter
+	limiters                 sync.Map // caller -> *rate.Limiter
 	openMu                   sync.Mutex
-	open                     map[string]int // open batch requests per instance
+	open                     map[caller]int // open requests per caller
 	// refused: certificates' policies the store refused as not owning the instance's record,
 	// answered 403 again before they take any of the instance's slots.
 	refused refusedSenders
@@ -235,42 +236,57 @@ func (s *Server) timed(endpoint string, h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// instance returns the instance named by the verified client certificate, and the request's
+// caller is who sends a request: the instance and the policy its certificate was issued for.
+// An instance's rate and open requests are counted per caller, so a former owner's certificate,
+// still valid, spends only its own, never the owner's.
+type caller struct {
+	instance string
+	policy   consentv1.Owner
+}
+
+// callerOf returns the caller named by the verified client certificate, and the request's
 // context carrying the policy the certificate was issued for (store.WithSender): the store
 // serves the instance only while that policy owns its consent record.
-func (s *Server) instance(w http.ResponseWriter, r *http.Request) (string, context.Context, bool) {
+func (s *Server) callerOf(w http.ResponseWriter, r *http.Request) (caller, context.Context, bool) {
 	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
 		s.reject(w, http.StatusUnauthorized, batchv1.ReasonUnauthorized, "a client certificate from the fleet issuer is required", -1)
-		return "", nil, false
+		return caller{}, nil, false
 	}
 	cert := r.TLS.VerifiedChains[0][0]
 	id, err := pki.InstanceID(cert)
 	if err != nil {
 		s.reject(w, http.StatusForbidden, batchv1.ReasonUnauthorized, "the client certificate names no instance", -1)
-		return "", nil, false
+		return caller{}, nil, false
 	}
 	policy, err := pki.PolicyOf(cert)
 	if err != nil {
 		s.reject(w, http.StatusForbidden, batchv1.ReasonUnauthorized,
 			"the client certificate names no TelemetryPolicy (issued by an operator older than this receiver); its operator issues a new one once upgraded", -1)
-		return "", nil, false
+		return caller{}, nil, false
 	}
-	sender := consentv1.Owner{Cluster: policy.Cluster, Namespace: policy.Namespace, Name: policy.Name, UID: policy.UID}
-	if s.refused.refused(id, sender, s.clock.Now()) {
+	c := caller{instance: id, policy: consentv1.Owner{Cluster: policy.Cluster, Namespace: policy.Namespace, Name: policy.Name, UID: policy.UID}}
+	if s.refused.refused(c, s.clock.Now()) {
 		s.rejectNotOwner(w, id)
-		return "", nil, false
+		return caller{}, nil, false
 	}
-	return id, store.WithSender(r.Context(), sender), true
+	ctx := context.WithValue(store.WithSender(r.Context(), c.policy), forgetsSeenKey{}, s.refused.forgets())
+	return c, ctx, true
 }
+
+// forgetsSeenKey holds, in a request's context, the refused senders' forget count when the
+// request began: a refusal the store returned is remembered only if no consent write forgot
+// refusals meanwhile (the write may have made the caller's policy the owner after the store
+// read the record).
+type forgetsSeenKey struct{}
 
 // notOwner answers a request whose certificate's policy the store found not to own the
 // instance's record, and remembers the pair (see refusedFor).
-func (s *Server) notOwner(ctx context.Context, w http.ResponseWriter, instance string) {
-	if sender, ok := store.SenderOf(ctx); ok {
-		s.refused.remember(instance, sender, s.clock.Now())
+func (s *Server) notOwner(ctx context.Context, w http.ResponseWriter, c caller) {
+	if seen, ok := ctx.Value(forgetsSeenKey{}).(uint64); ok {
+		s.refused.remember(c, seen, s.clock.Now())
 	}
-	s.log.Info("certificate of a policy that does not own the instance's consent record", "instance", instance)
-	s.rejectNotOwner(w, instance)
+	s.log.Info("certificate of a policy that does not own the instance's consent record", "instance", c.instance)
+	s.rejectNotOwner(w, c.instance)
 }
 
 func (s *Server) rejectNotOwner(w http.ResponseWriter, instance string) {
@@ -283,24 +299,25 @@ func (s *Server) handleCursor(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, http.StatusMethodNotAllowed, batchv1.ReasonMethodNotAllow, "use GET", -1)
 		return
 	}
-	instance, ctx, ok := s.instance(w, r)
+	c, ctx, ok := s.callerOf(w, r)
 	if !ok {
 		return
 	}
-	if !s.hold(w, instance) {
+	instance := c.instance
+	if !s.hold(w, c) {
 		return
 	}
-	defer s.leave(instance)
-	c, known, err := s.store.Cursor(ctx, instance)
+	defer s.leave(c)
+	cursor, known, err := s.store.Cursor(ctx, instance)
 	if errors.Is(err, store.ErrNotOwner) {
-		s.notOwner(ctx, w, instance)
+		s.notOwner(ctx, w, c)
 		return
 	}
 	if err != nil {
 		s.storageError(w, err, "cursor")
 		return
 	}
-	writeJSON(w, http.StatusOK, batchv1.CursorResponse{InstanceID: instance, Known: known, Cursor: c})
+	writeJSON(w, http.StatusOK, batchv1.CursorResponse{InstanceID: instance, Known: known, Cursor: cursor})
 }
 
 // handleExported lists what the receiver stored from the caller's instance recently. Only the
@@ -312,16 +329,17 @@ func (s *Server) handleExported(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, http.StatusMethodNotAllowed, batchv1.ReasonMethodNotAllow, "use GET", -1)
 		return
 	}
-	instance, ctx, ok := s.instance(w, r)
+	c, ctx, ok := s.callerOf(w, r)
 	if !ok {
 		return
 	}
+	instance := c.instance
 	// A listing costs the database more than a batch: it counts against the same rate and the
 	// same open requests as the instance's batches.
-	if !s.hold(w, instance) {
+	if !s.hold(w, c) {
 		return
 	}
-	defer s.leave(instance)
+	defer s.leave(c)
 	limit := batchv1.DefaultExportedDeliveries
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err == nil && len(q) == 1 && len(q["limit"]) == 1 {
@@ -336,7 +354,7 @@ func (s *Server) handleExported(w http.ResponseWriter, r *http.Request) {
 	}
 	list, err := s.store.Exported(ctx, instance, limit, batchv1.MaxExportedItems)
 	if errors.Is(err, store.ErrNotOwner) {
-		s.notOwner(ctx, w, instance)
+		s.notOwner(ctx, w, c)
 		return
 	}
 	if err != nil {
@@ -354,19 +372,20 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, http.StatusMethodNotAllowed, batchv1.ReasonMethodNotAllow, "use POST", -1)
 		return
 	}
-	instance, ctx, ok := s.instance(w, r)
+	c, ctx, ok := s.callerOf(w, r)
 	if !ok {
 		return
 	}
+	instance := c.instance
 	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || (mediaType != batchv1.ContentType && mediaType != "application/json") {
 		s.reject(w, http.StatusUnsupportedMediaType, batchv1.ReasonUnsupported, "Content-Type must be "+batchv1.ContentType, -1)
 		return
 	}
-	if !s.hold(w, instance) {
+	if !s.hold(w, c) {
 		return
 	}
-	defer s.leave(instance)
+	defer s.leave(c)
 	held := &reservation{s: s}
 	defer held.release()
 	data, status, reason, msg := s.readBody(r, held)
@@ -439,7 +458,7 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	if errors.Is(err, store.ErrNotOwner) {
 		s.metrics.batches.WithLabelValues(b.Kind, "refused").Inc()
-		s.notOwner(ctx, w, instance)
+		s.notOwner(ctx, w, c)
 		return
 	}
 	var refused *store.RefusedError
@@ -569,22 +588,22 @@ func (s *Server) readBody(r *http.Request, held *reservation) ([]byte, int, stri
 // 8x its in-flight budget with a factor of 1.
 const workingSet = 8
 
-// maxInstanceRequests bounds the batch requests one instance may have open at once: a collector
-// has at most two in flight, and slow or stalled bodies from one certificate cannot hold the
-// receiver's in-flight budget.
+// maxInstanceRequests bounds the requests one instance's certificate (one caller) may have open
+// at once: a collector has at most two in flight, and slow or stalled bodies from one
+// certificate cannot hold the receiver's in-flight budget.
 const maxInstanceRequests = 4
 
-// hold admits a request of instance under its rate and its open-request bound, or answers 429
-// with Retry-After. The caller leaves when it has answered.
-func (s *Server) hold(w http.ResponseWriter, instance string) bool {
+// hold admits a request of c under its rate and its open-request bound, or answers 429 with
+// Retry-After. The caller leaves when it has answered.
+func (s *Server) hold(w http.ResponseWriter, c caller) bool {
 	// Open requests first: a request refused for those does not spend a token of the rate.
-	if !s.enter(instance) {
+	if !s.enter(c) {
 		w.Header().Set("Retry-After", "1")
 		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many requests from this instance at once; retry later", -1)
 		return false
 	}
-	if wait, ok := s.admit(instance); !ok {
-		s.leave(instance)
+	if wait, ok := s.admit(c); !ok {
+		s.leave(c)
 		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, wait.Round(time.Second)/time.Second))))
 		s.reject(w, http.StatusTooManyRequests, batchv1.ReasonRateLimited, "too many requests from this instance; retry later", -1)
 		return false
@@ -592,36 +611,36 @@ func (s *Server) hold(w http.ResponseWriter, instance string) bool {
 	return true
 }
 
-// enter counts an open batch request of instance, refusing one beyond maxInstanceRequests.
-func (s *Server) enter(instance string) bool {
+// enter counts an open request of c, refusing one beyond maxInstanceRequests.
+func (s *Server) enter(c caller) bool {
 	s.openMu.Lock()
 	defer s.openMu.Unlock()
 	if s.open == nil {
-		s.open = map[string]int{}
+		s.open = map[caller]int{}
 	}
-	if s.open[instance] >= maxInstanceRequests {
+	if s.open[c] >= maxInstanceRequests {
 		return false
 	}
-	s.open[instance]++
+	s.open[c]++
 	return true
 }
 
-func (s *Server) leave(instance string) {
+func (s *Server) leave(c caller) {
 	s.openMu.Lock()
 	defer s.openMu.Unlock()
-	if s.open[instance]--; s.open[instance] <= 0 {
-		delete(s.open, instance)
+	if s.open[c]--; s.open[c] <= 0 {
+		delete(s.open, c)
 	}
 }
 
-// admit reports whether instance may send a batch now, and otherwise how long to wait.
-func (s *Server) admit(instance string) (time.Duration, bool) {
+// admit reports whether c may send a request now, and otherwise how long to wait.
+func (s *Server) admit(c caller) (time.Duration, bool) {
 	if s.limits.InstanceRate <= 0 {
 		return 0, true
 	}
-	l, ok := s.limiters.Load(instance)
+	l, ok := s.limiters.Load(c)
 	if !ok {
-		l, _ = s.limiters.LoadOrStore(instance, rate.NewLimiter(rate.Limit(s.limits.InstanceRate), max(1, s.limits.InstanceBurst)))
+		l, _ = s.limiters.LoadOrStore(c, rate.NewLimiter(rate.Limit(s.limits.InstanceRate), max(1, s.limits.InstanceBurst)))
 	}
 	limiter := l.(*rate.Limiter)
 	now := time.Now() // load is wall-clock time, whatever clock dates consent
