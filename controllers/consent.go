@@ -410,7 +410,9 @@ func (r *TelemetryPolicyReconciler) readBack(ctx context.Context, st *reconcileS
 			r.markVerified(p, readAt)
 			// Until the record carries this policy's UID, the receiver matches certificates
 			// by name: one of a deleted policy of the same name would keep working.
-			st.addUID = state.Owner.UID == "" && p.UID != ""
+			// (Only where the policy may claim a record anyway: a release landing between this
+			// read and that write would let the write claim it.)
+			st.addUID = state.Owner.UID == "" && p.UID != "" && st.mutate && st.outside == nil
 			if h := historyOf(state.Timeline); !equality.Semantic.DeepEqual(h, p.Status.ConsentHistory) {
 				p.Status.ConsentHistory = h
 			}
@@ -970,7 +972,7 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 	if st.outside != nil {
 		// Outside the onboarded namespaces only withdrawals are recorded: they travel as pending
 		// lowerings; a planned transition there is a raise, a first record or a claim.
-		st.want, st.addUID = nil, false
+		st.want = nil
 		if st.claim {
 			return nil // the record is no longer this policy's: nothing is recorded for it from here
 		}
@@ -1209,7 +1211,8 @@ func (r *TelemetryPolicyReconciler) flushLedger(ctx context.Context, st *reconci
 // adds this policy's UID to a record an earlier operator claimed without one: until then it
 // matches certificates by name, and one of a deleted policy of the same name would be served.
 // Best effort: a failure changes nothing in this reconcile (the record stands, and so does the
-// copy) and the record is read back, and the write tried, at the policy's next reconcile.
+// copy); the record is read back, and the write tried again, at the ledger's retry interval.
+// Only an unsuspended policy in an onboarded namespace asks (see readBack).
 func (r *TelemetryPolicyReconciler) addUID(ctx context.Context, st *reconcileState) {
 	p := st.policy
 	st.addUID = false
@@ -1220,8 +1223,9 @@ func (r *TelemetryPolicyReconciler) addUID(ctx context.Context, st *reconcileSta
 	tr := consentv1.Transition{At: last.At, Tier: last.Tier, Reason: last.Reason, Basis: last.Basis}
 	state, err := r.Ledger.Record(ctx, r.recordRequest(st, tr))
 	if err != nil {
-		log.FromContext(ctx).Info("could not add this policy's UID to its consent record; retrying at its next reconcile", "error", err.Error())
+		log.FromContext(ctx).Info("could not add this policy's UID to its consent record; reading it back again", "error", err.Error())
 		r.forgetVerified(client.ObjectKeyFromObject(p))
+		st.requeueIn(r.ledgerRetry(), r.Clock.Now())
 		return
 	}
 	if state.Owner.UID != string(p.UID) {

@@ -799,6 +799,32 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Eventually(func() []string { return eventReasons(ctx, ns, "older") }).Should(ContainElement("ConsentRecordUIDAdded"), "the adoption leaves a trace")
 	})
 
+	It("adds its UID to a record claimed without one only once it is no longer suspended", func() {
+		ns := newNamespace(ctx)
+		p := readyPolicy(ctx, ns, "paused")
+		instance := instanceOf(ns, "paused")
+		stopManager()
+		DeferCleanup(startManager)
+		updatePolicy(ctx, ns, "paused", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true })
+		_, err := rcv.Store.ForceRelease(ctx, instance, nil)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance,
+			Owner:      consentv1.Owner{Namespace: ns, Name: "paused"},
+			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierEventLevel, Reason: "Declared"}})
+		Expect(err).NotTo(HaveOccurred())
+
+		r := directReconciler(k8s)
+		key := types.NamespacedName{Namespace: ns, Name: "paused"}
+		_, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(ledgerOf(ctx, instance).Owner.UID).To(BeEmpty(), "a suspended policy writes nothing but withdrawals (a write could claim a record released meanwhile)")
+
+		updatePolicy(ctx, ns, "paused", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = false })
+		_, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(ledgerOf(ctx, instance).Owner.UID).To(Equal(string(p.UID)))
+	})
+
 	It("keeps its conditions when adding its UID to its record fails, and adds it at a later reconcile", func() {
 		ns := newNamespace(ctx)
 		p := readyPolicy(ctx, ns, "flaky")

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -168,5 +169,31 @@ func TestARequestRefusedForOpenRequestsSpendsNoRate(t *testing.T) {
 	}
 	if !s.hold(httptest.NewRecorder(), caller{instance: "acme"}) { // token 2, still there
 		t.Fatal("the retry was refused: the refused request had spent the rate")
+	}
+}
+
+// TestIdleLimitersAreDropped: every caller an instance ever had (each policy its certificates
+// named) gets a limiter; those with a full bucket are dropped as new ones are made, so the map
+// does not grow with every handover.
+func TestIdleLimitersAreDropped(t *testing.T) {
+	limits := DefaultLimits()
+	limits.InstanceRate, limits.InstanceBurst = 1000, 1
+	s := New(nil, limits, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	callerN := func(i int) caller {
+		return caller{instance: "acme", policy: consentv1.Owner{Cluster: "c", Namespace: "ns", Name: "p", UID: strconv.Itoa(i)}}
+	}
+	for i := range limiterSweepEvery - 1 {
+		if _, ok := s.admit(callerN(i)); !ok {
+			t.Fatalf("caller %d refused", i)
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // every bucket refills (1 token a millisecond)
+	if _, ok := s.admit(callerN(limiterSweepEvery)); !ok {
+		t.Fatal("the last caller was refused")
+	}
+	n := 0
+	s.limiters.Range(func(any, any) bool { n++; return true })
+	if n > 1 {
+		t.Fatalf("%d limiters kept after a sweep, want at most the one just used", n)
 	}
 }

@@ -7,6 +7,7 @@ Licensed under the Apache License, Version 2.0.
 package server
 
 import (
+	"hash/maphash"
 	"sync"
 	"time"
 )
@@ -30,9 +31,17 @@ type refusedSenders struct {
 	mu        sync.Mutex
 	until     map[string]map[caller]time.Time // instance -> caller -> refused until
 	n         int
-	forgot    uint64 // consent writes that forgot an instance's callers
+	forgot    [forgetShards]uint64 // consent writes that forgot callers, by shard of instance
 	lastSweep time.Time
 }
+
+// forgetShards spreads the forget counts over instances, so that consent writes for other
+// instances seldom keep a refusal from being remembered.
+const forgetShards = 256
+
+var shardSeed = maphash.MakeSeed()
+
+func shardOf(instance string) int { return int(maphash.String(shardSeed, instance) % forgetShards) }
 
 // refused reports whether c was refused less than refusedFor before now.
 func (r *refusedSenders) refused(c caller, now time.Time) bool {
@@ -46,20 +55,21 @@ func (r *refusedSenders) refused(c caller, now time.Time) bool {
 	return ok
 }
 
-// forgets returns the count of forgetInstance calls so far, to pass to remember.
-func (r *refusedSenders) forgets() uint64 {
+// forgets returns the count of forgetInstance calls so far that may have concerned instance,
+// to pass to remember.
+func (r *refusedSenders) forgets(instance string) uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.forgot
+	return r.forgot[shardOf(instance)]
 }
 
 // remember notes that c was refused at now by a store read made after forgets returned seen;
-// if an instance's callers were forgotten since, the read may predate a write that made c the
-// owner, and nothing is remembered.
+// if c's instance's callers may have been forgotten since, the read may predate a write that
+// made c the owner, and nothing is remembered.
 func (r *refusedSenders) remember(c caller, seen uint64, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.forgot != seen {
+	if r.forgot[shardOf(c.instance)] != seen {
 		return
 	}
 	if r.until == nil {
@@ -92,7 +102,7 @@ func (r *refusedSenders) remember(c caller, seen uint64, now time.Time) {
 func (r *refusedSenders) forgetInstance(instance string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.forgot++
+	r.forgot[shardOf(instance)]++
 	r.n -= len(r.until[instance])
 	delete(r.until, instance)
 }

@@ -24,7 +24,7 @@ func TestRefusedSendersExpireAndStayBounded(t *testing.T) {
 		return caller{instance: instance, policy: consentv1.Owner{Cluster: "c", Namespace: "ns", Name: "p", UID: fmt.Sprint(i)}}
 	}
 
-	r.remember(c("a", 0), r.forgets(), now)
+	r.remember(c("a", 0), r.forgets("a"), now)
 	if !r.refused(c("a", 0), now.Add(refusedFor-time.Nanosecond)) {
 		t.Fatal("not remembered within refusedFor")
 	}
@@ -35,7 +35,7 @@ func TestRefusedSendersExpireAndStayBounded(t *testing.T) {
 		t.Fatalf("still refused after refusedFor (%d remembered)", r.n)
 	}
 
-	seen := r.forgets()
+	seen := r.forgets("a")
 	r.remember(c("a", 0), seen, now)
 	r.remember(c("a", 1), seen, now)
 	r.remember(c("a", 1), seen, now) // again: counted once
@@ -48,10 +48,18 @@ func TestRefusedSendersExpireAndStayBounded(t *testing.T) {
 		t.Fatal("a refusal read before a consent write that forgot refusals was remembered after it")
 	}
 
-	seen = r.forgets()
-	for i := range maxRefused {
-		r.remember(c(fmt.Sprint(i), i), seen, now)
+	seenB := r.forgets("b")
+	r.forgetInstance("a")
+	r.remember(c("b", 1), seenB, now)
+	if shardOf("a") != shardOf("b") && !r.refused(c("b", 1), now) {
+		t.Fatal("a forget of another instance kept a refusal from being remembered")
 	}
+	r.forgetInstance("b")
+
+	for i := range maxRefused {
+		r.remember(c(fmt.Sprint(i), i), r.forgets(fmt.Sprint(i)), now)
+	}
+	seen = r.forgets("over")
 	r.remember(c("over", 0), seen, now.Add(time.Second))
 	if r.refused(c("over", 0), now.Add(time.Second)) || r.n != maxRefused {
 		t.Fatalf("remembered beyond maxRefused (%d)", r.n)

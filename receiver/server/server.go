@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -103,6 +104,7 @@ type Server struct {
 	inFlight, inFlightSmall  *semaphore.Weighted
 	largeBudget, smallBudget int64
 	limiters                 sync.Map // caller -> *rate.Limiter
+	newLimiters              atomic.Uint64
 	openMu                   sync.Mutex
 	open                     map[caller]int // open requests per caller
 	// refused: certificates' policies the store refused as not owning the instance's record,
@@ -269,7 +271,7 @@ func (s *Server) callerOf(w http.ResponseWriter, r *http.Request) (caller, conte
 		s.rejectNotOwner(w, id)
 		return caller{}, nil, false
 	}
-	ctx := context.WithValue(store.WithSender(r.Context(), c.policy), forgetsSeenKey{}, s.refused.forgets())
+	ctx := context.WithValue(store.WithSender(r.Context(), c.policy), forgetsSeenKey{}, s.refused.forgets(c.instance))
 	return c, ctx, true
 }
 
@@ -638,18 +640,37 @@ func (s *Server) admit(c caller) (time.Duration, bool) {
 	if s.limits.InstanceRate <= 0 {
 		return 0, true
 	}
+	now := time.Now() // load is wall-clock time, whatever clock dates consent
 	l, ok := s.limiters.Load(c)
 	if !ok {
+		if s.newLimiters.Add(1)%limiterSweepEvery == 0 {
+			s.sweepLimiters(now)
+		}
 		l, _ = s.limiters.LoadOrStore(c, rate.NewLimiter(rate.Limit(s.limits.InstanceRate), max(1, s.limits.InstanceBurst)))
 	}
 	limiter := l.(*rate.Limiter)
-	now := time.Now() // load is wall-clock time, whatever clock dates consent
 	res := limiter.ReserveN(now, 1)
 	if d := res.DelayFrom(now); d > 0 {
 		res.CancelAt(now)
 		return d, false
 	}
 	return 0, true
+}
+
+// limiterSweepEvery is how many new callers' limiters are made between sweeps of the idle ones:
+// every certificate policy an instance ever had gets one (re-created policies, handovers), and a
+// limiter whose bucket is full is no different from a new one.
+const limiterSweepEvery = 1024
+
+// sweepLimiters drops the limiters whose bucket is full.
+func (s *Server) sweepLimiters(now time.Time) {
+	burst := float64(max(1, s.limits.InstanceBurst))
+	s.limiters.Range(func(k, v any) bool {
+		if v.(*rate.Limiter).TokensAt(now) >= burst {
+			s.limiters.Delete(k)
+		}
+		return true
+	})
 }
 
 // smallRequest is the most a request may hold in the small lane: a quarter of the in-flight
