@@ -1062,7 +1062,7 @@ func (r *TelemetryPolicyReconciler) holdOwnedElsewhere(ctx context.Context, st *
 	r.forgetVerified(client.ObjectKeyFromObject(p)) // read the record again before trusting any copy
 	st.ownedElsewhere = true
 	st.recorded = v1.TierOff // nothing is recorded on this policy's behalf
-	msg := fmt.Sprintf("instance %q is claimed by another TelemetryPolicy at the receiver (%v). Nothing is collected for this policy; "+
+	msg := fmt.Sprintf("instance %q is claimed by another TelemetryPolicy, or not open to this one, at the receiver (%v). Nothing is collected for this policy; "+
 		"check spec.instanceID, or have the receiver's operators run `receiver consent show|release --instance %s`", p.Spec.InstanceID, st.ledgerErr, p.Spec.InstanceID)
 	setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonOwnedElsewhere, msg)
 	if st.outside == nil {

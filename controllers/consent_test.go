@@ -772,6 +772,26 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(conditionStatus(ctx, nsA, "owner", v1.ConditionReady)()).To(Equal("Ready=True/Enforced"))
 	})
 
+	It("claims an instance reserved for its namespace, and a policy of another namespace cannot", func() {
+		nsA, nsB := newNamespace(ctx), newNamespace(ctx)
+		instance := instanceOf(nsA, "reserved")
+		Expect(rcv.Store.Reserve(ctx, instance, consentv1.Owner{Cluster: testCluster, Namespace: nsA})).To(Succeed())
+
+		By("a policy of another namespace naming it first")
+		squatter := eventLevelPolicy(nsB, "squatter")
+		squatter.Spec.InstanceID = instance
+		Expect(k8s.Create(ctx, squatter)).To(Succeed())
+		Eventually(conditionStatus(ctx, nsB, "squatter", v1.ConditionStalled)).Should(Equal("Stalled=True/InstanceOwnedElsewhere"))
+		Expect(apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: nsB, Name: resources.NamesFor("squatter").Credentials}, &corev1.Secret{}))).To(BeTrue(),
+			"no certificate for an instance reserved for another namespace")
+
+		By("the namespace it was reserved for")
+		p := readyPolicy(ctx, nsA, "reserved")
+		s := ledgerOf(ctx, instance)
+		Expect(s.Owner).To(And(HaveField("Namespace", nsA), HaveField("Name", "reserved"), HaveField("UID", string(p.UID))))
+		Expect(s.Timeline.Current()).To(Equal(consentv1.TierEventLevel))
+	})
+
 	It("adds its UID to a record an earlier operator claimed without one, recording nothing else", func() {
 		ns := newNamespace(ctx)
 		p := readyPolicy(ctx, ns, "older")

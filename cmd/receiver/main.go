@@ -11,6 +11,7 @@ Licensed under the Apache License, Version 2.0.
 //	receiver migrate                                         (apply schema migrations)
 //	receiver consent show --instance ID [--format table|json] (an instance's consent ledger)
 //	receiver consent release --instance ID --to CLUSTER/NAMESPACE|--to-anyone (hand a record over: admin override)
+//	receiver consent reserve --instance ID --to CLUSTER/NAMESPACE (assign a new instance to its namespace)
 //	receiver erasures [--instance ID] [--format table|json]  (the erasure audit trail)
 //	receiver exported --instance ID [--limit N] [--format table|json] (what an instance exported)
 //
@@ -126,6 +127,7 @@ func serve(ctx context.Context, args []string) error {
 	instanceBurst := fs.Int("instance-burst", server.DefaultLimits().InstanceBurst, "Batch requests one instance may send at once above its rate.")
 	maxStreams := fs.Uint("max-streams", 16, "Concurrent HTTP/2 streams per connection.")
 	statementTimeout := fs.Duration("statement-timeout", time.Minute, "Longest database statement; a longer one is cancelled and the request answered 503 (0: no limit).")
+	requireReservations := fs.Bool("require-reservations", false, "Let a policy claim an instance that has no consent record only once it was reserved for the policy's namespace (receiver consent reserve): no namespace can take an instance first by naming it. Give every replica the same value.")
 	retentionDays := fs.Int("retention-days", DefaultRetentionDays, "Whole UTC days before today that stored events are kept (at most 3650); older days are dropped hourly and events dated before them refused (0: drop nothing; events over 3650 days old are still refused). Give every replica the same value.")
 	dsnFile := dsnFlag(fs)
 	_ = fs.Parse(args)
@@ -143,7 +145,11 @@ func serve(ctx context.Context, args []string) error {
 	if *retentionDays < 0 || *retentionDays > store.MaxRetentionDays {
 		return fmt.Errorf("--retention-days %d: must be between 1 and %d, or 0 to drop nothing", *retentionDays, store.MaxRetentionDays)
 	}
-	st, err := openStore(ctx, *dsnFile, store.WithStatementTimeout(*statementTimeout), store.WithRetention(*retentionDays))
+	storeOpts := []store.Option{store.WithStatementTimeout(*statementTimeout), store.WithRetention(*retentionDays)}
+	if *requireReservations {
+		storeOpts = append(storeOpts, store.WithReservations())
+	}
+	st, err := openStore(ctx, *dsnFile, storeOpts...)
 	if err != nil {
 		return err
 	}
@@ -240,13 +246,13 @@ func migrate(ctx context.Context, args []string) error {
 }
 
 func consent(ctx context.Context, args []string) error {
-	if len(args) < 1 || (args[0] != "show" && args[0] != "release") {
-		return errors.New("usage: receiver consent show|release --instance ID")
+	if len(args) < 1 || (args[0] != "show" && args[0] != "release" && args[0] != "reserve") {
+		return errors.New("usage: receiver consent show|release|reserve --instance ID")
 	}
 	fs := flag.NewFlagSet("consent "+args[0], flag.ExitOnError)
 	instance := fs.String("instance", "", "The instance (required).")
 	format := fs.String("format", "table", "Output format of show: table or json.")
-	to := fs.String("to", "", "release only: CLUSTER/NAMESPACE of the policy that may claim the record next (required, or --to-anyone).")
+	to := fs.String("to", "", "release and reserve: CLUSTER/NAMESPACE of the policy that may claim the record next (release: required, or --to-anyone; reserve: required).")
 	toAnyone := fs.Bool("to-anyone", false, "release only: let the next policy anywhere claim the record (another namespace naming the instance may race the intended one).")
 	dsnFile := dsnFlag(fs)
 	_ = fs.Parse(args[1:])
@@ -259,24 +265,36 @@ func consent(ctx context.Context, args []string) error {
 	if args[0] == "release" && (*to == "") == !*toAnyone {
 		return errors.New("release needs --to CLUSTER/NAMESPACE (where the policy that takes the record over lives) or --to-anyone, not both")
 	}
+	if args[0] == "reserve" && (*to == "" || *toAnyone) {
+		return errors.New("reserve needs --to CLUSTER/NAMESPACE (where the policy that may claim the instance lives)")
+	}
+	var target *consentv1.Owner
+	if *to != "" {
+		cluster, namespace, ok := strings.Cut(*to, "/")
+		if !ok || cluster == "" || namespace == "" || strings.Contains(namespace, "/") {
+			return fmt.Errorf("--to must be CLUSTER/NAMESPACE, not %q", *to)
+		}
+		target = &consentv1.Owner{Cluster: cluster, Namespace: namespace}
+	}
 	st, err := openStore(ctx, *dsnFile)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	if args[0] == "reserve" {
+		if err := st.Reserve(ctx, *instance, *target); err != nil {
+			return err
+		}
+		fmt.Printf("instance %s: reserved: only a policy of namespace %s in cluster %s may claim it\n", *instance, target.Namespace, target.Cluster)
+		return nil
+	}
 	if args[0] == "release" {
 		// The administrator's override for an owner that can no longer release the record
 		// itself (its cluster is gone), and the handover to another namespace or cluster. The
 		// timeline and the erasure audit stay.
-		var target *consentv1.Owner
 		next := "the next policy to record a transition, from any namespace or cluster,"
-		if *to != "" {
-			cluster, namespace, ok := strings.Cut(*to, "/")
-			if !ok || cluster == "" || namespace == "" || strings.Contains(namespace, "/") {
-				return fmt.Errorf("--to must be CLUSTER/NAMESPACE, not %q", *to)
-			}
-			target = &consentv1.Owner{Cluster: cluster, Namespace: namespace}
-			next = fmt.Sprintf("only a policy of namespace %s in cluster %s", namespace, cluster)
+		if target != nil {
+			next = fmt.Sprintf("only a policy of namespace %s in cluster %s", target.Namespace, target.Cluster)
 		}
 		previous, err := st.ForceRelease(ctx, *instance, target)
 		if err != nil {

@@ -74,15 +74,23 @@ type OwnedElsewhereError struct {
 	// Owner is empty when the record was released and nobody owns it.
 	Owner consentv1.Owner
 	// Released is set when nobody owns the record but the policy that released it lived in
-	// another namespace or cluster: it is not this policy's to claim.
+	// another namespace or cluster (or the receiver's operators reserved it for one): it is not
+	// this policy's to claim.
 	Released bool
+	// Unreserved is set when the instance has no record and the receiver requires each instance
+	// to be reserved for a namespace before its first claim (WithReservations).
+	Unreserved bool
 }
 
 // Error is what the server returns to the operator: that the record is someone else's, not whose.
 func (e *OwnedElsewhereError) Error() string {
+	if e.Unreserved {
+		return fmt.Sprintf("instance %q has no consent record, and this receiver lets a policy claim an instance only once its operators "+
+			"reserved it for the policy's namespace (receiver consent reserve --instance %s --to CLUSTER/NAMESPACE)", e.Instance, e.Instance)
+	}
 	if e.Released {
 		return fmt.Sprintf("the consent record of instance %q was released by a policy of another namespace or cluster: only a policy "+
-			"there may claim it again, until the receiver's operators hand it over (receiver consent release --instance %s --to CLUSTER/NAMESPACE)", e.Instance, e.Instance)
+			"there may claim it (again), until the receiver's operators hand it over (receiver consent release --instance %s --to CLUSTER/NAMESPACE)", e.Instance, e.Instance)
 	}
 	if e.Owner.Cluster == "" {
 		return fmt.Sprintf("the consent record of instance %q has no owner: record a transition to claim it first", e.Instance)
@@ -254,8 +262,12 @@ func (s *Store) RecordTransition(ctx context.Context, cluster string, req consen
 		if err := lockExclusive(ctx, tx, instance); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO consent_instances (instance_id, created_at) VALUES ($1, $2) ON CONFLICT (instance_id) DO NOTHING`, instance, now); err != nil {
+		tag, err := tx.Exec(ctx, `INSERT INTO consent_instances (instance_id, created_at) VALUES ($1, $2) ON CONFLICT (instance_id) DO NOTHING`, instance, now)
+		if err != nil {
 			return err
+		}
+		if tag.RowsAffected() == 1 && s.reservations {
+			return &OwnedElsewhereError{Instance: instance, Unreserved: true} // (the insert rolls back)
 		}
 		row, err := lockInstance(ctx, tx, instance)
 		if err != nil {
@@ -429,6 +441,35 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 		s.observe().Released(instance, previous)
 	}
 	return previous, err
+}
+
+// Reserve creates the record of an instance that has none, claimable only by a policy of
+// to's cluster and namespace: the receiver's operators assign an instance to its customer's
+// namespace before any policy names it, so that no other namespace can claim it first (with
+// WithReservations, no instance can be claimed without). An instance that has a record is
+// refused (ErrInvalid): hand it over with ForceRelease.
+func (s *Store) Reserve(ctx context.Context, instance string, to consentv1.Owner) error {
+	if to.Cluster == "" || to.Namespace == "" {
+		return invalid("a reservation names the cluster and the namespace of the policy that may claim the record")
+	}
+	if err := checkOwner(instance, consentv1.Owner{Cluster: to.Cluster, Namespace: to.Namespace, Name: "reservation"}); err != nil {
+		return err
+	}
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		if err := lockExclusive(ctx, tx, instance); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `
+INSERT INTO consent_instances (instance_id, created_at, released_cluster, released_namespace) VALUES ($1, $2, $3, $4)
+ON CONFLICT (instance_id) DO NOTHING`, instance, s.now(), to.Cluster, to.Namespace)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return invalid("instance %q has a consent record already: hand it over with receiver consent release --instance %s --to CLUSTER/NAMESPACE", instance, instance)
+		}
+		return nil
+	})
 }
 
 func clearOwner(ctx context.Context, tx pgx.Tx, instance string) error {

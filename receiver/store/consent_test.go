@@ -344,3 +344,74 @@ func TestAReleasedRecordIsClaimedOnlyWhereItWasReleased(t *testing.T) {
 		t.Fatalf("owner after the handover: %+v %v", st.Owner, err)
 	}
 }
+
+// TestAnInstanceMayRequireAReservation: with reservations required, an instance nobody has
+// recorded is claimed by no namespace until the receiver's operators reserve it for one; then
+// only a policy there claims it. Without them (the default) the first policy to name it does.
+func TestAnInstanceMayRequireAReservation(t *testing.T) {
+	ctx := context.Background()
+	r, clk := startWithClock(t)
+	reserving, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithClock(clk), store.WithReservations())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reserving.Close()
+	record := func(s *store.Store, instance, cluster string, o consentv1.Owner) error {
+		clk.SetTime(clk.Now().Add(time.Minute))
+		_, err := s.RecordTransition(ctx, cluster, consentv1.RecordRequest{InstanceID: instance, Owner: o,
+			Transition: consentv1.Transition{At: clk.Now(), Tier: consentv1.TierEventLevel}})
+		return err
+	}
+	acme := consentv1.Owner{Namespace: "acme", Name: "policy", UID: "u1"}
+	mallory := consentv1.Owner{Namespace: "mallory", Name: "policy", UID: "u2"}
+
+	err = record(reserving, "fresh", "c1", mallory)
+	var e *store.OwnedElsewhereError
+	if !errors.As(err, &e) || !e.Unreserved || !strings.Contains(err.Error(), "receiver consent reserve --instance fresh") {
+		t.Fatalf("a claim of an unreserved instance: %v", err)
+	}
+	if _, err := reserving.ConsentState(ctx, "fresh"); !errors.Is(err, store.ErrUnknownInstance) {
+		t.Fatalf("the refused claim left a record: %v", err)
+	}
+
+	if err := reserving.Reserve(ctx, "fresh", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := record(reserving, "fresh", "c1", mallory); !errors.As(err, &e) || !e.Released {
+		t.Fatalf("another namespace claiming a reserved instance: %v", err)
+	}
+	if err := record(reserving, "fresh", "c2", acme); !errors.As(err, &e) || !e.Released {
+		t.Fatalf("the namespace of another cluster claiming a reserved instance: %v", err)
+	}
+	if err := record(reserving, "fresh", "c1", acme); err != nil {
+		t.Fatalf("the namespace it was reserved for: %v", err)
+	}
+	if st, err := reserving.ConsentState(ctx, "fresh"); err != nil || !st.Owner.Same(consentv1.Owner{Cluster: "c1", Namespace: "acme", Name: "policy", UID: "u1"}) || st.ReleasedBy != nil {
+		t.Fatalf("after the claim: %+v %v", st, err)
+	}
+	if err := record(reserving, "fresh", "c1", acme); err != nil {
+		t.Fatalf("its owner recording again: %v", err)
+	}
+
+	for name, c := range map[string]struct {
+		instance string
+		to       consentv1.Owner
+	}{
+		"an instance with a record": {"fresh", consentv1.Owner{Cluster: "c1", Namespace: "mallory"}},
+		"no namespace":              {"other", consentv1.Owner{Cluster: "c1"}},
+		"no cluster":                {"other", consentv1.Owner{Namespace: "acme"}},
+		"a malformed instance":      {"Not_A_Label", consentv1.Owner{Cluster: "c1", Namespace: "acme"}},
+		"a malformed namespace":     {"other", consentv1.Owner{Cluster: "c1", Namespace: "a/b"}},
+	} {
+		if err := reserving.Reserve(ctx, c.instance, c.to); !errors.Is(err, store.ErrInvalid) {
+			t.Errorf("reserving %s: %v, want ErrInvalid", name, err)
+		}
+	}
+	if st, err := reserving.ConsentState(ctx, "fresh"); err != nil || st.Owner.Namespace != "acme" {
+		t.Fatalf("a refused reservation changed the record: %+v %v", st.Owner, err)
+	}
+
+	if err := record(r.Store, "open", "c1", mallory); err != nil {
+		t.Fatalf("without reservations required, the first policy claims an instance: %v", err)
+	}
+}
