@@ -1064,6 +1064,12 @@ func (r *TelemetryPolicyReconciler) holdOwnedElsewhere(ctx context.Context, st *
 	st.recorded = v1.TierOff // nothing is recorded on this policy's behalf
 	msg := fmt.Sprintf("instance %q is claimed by another TelemetryPolicy, or not open to this one, at the receiver (%v). Nothing is collected for this policy; "+
 		"check spec.instanceID, or have the receiver's operators run `receiver consent show|release --instance %s`", p.Spec.InstanceID, st.ledgerErr, p.Spec.InstanceID)
+	if errors.Is(st.ledgerErr, ledger.ErrNotReserved) {
+		msg = fmt.Sprintf("instance %q is not reserved for this namespace, and the receiver requires it. Nothing is collected for this policy; "+
+			"have the receiver's operators run `receiver consent reserve --instance %s --to %s/%s` (asked again every --ledger-retry)",
+			p.Spec.InstanceID, p.Spec.InstanceID, r.Ledger.Cluster(), p.Namespace)
+		st.requeueIn(r.ledgerRetry(), r.Clock.Now())
+	}
 	setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonOwnedElsewhere, msg)
 	if st.outside == nil {
 		if err := r.stopCollector(ctx, st); err != nil {

@@ -44,6 +44,7 @@ import (
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/internal/readonce"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
+	"github.com/sourcegraph/telemetry-operator/receiver/store"
 )
 
 // ledgerOf reads the receiver's record of the instance.
@@ -790,6 +791,25 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		s := ledgerOf(ctx, instance)
 		Expect(s.Owner).To(And(HaveField("Namespace", nsA), HaveField("Name", "reserved"), HaveField("UID", string(p.UID))))
 		Expect(s.Timeline.Current()).To(Equal(consentv1.TierEventLevel))
+	})
+
+	It("waits for a reservation where the receiver requires one, and claims the instance once it is made", func() {
+		Expect(rcv.Store.SetReservationsRequired(ctx, true)).To(Succeed())
+		DeferCleanup(func() { Expect(rcv.Store.SetReservationsRequired(context.Background(), false)).To(Succeed()) })
+		ns := newNamespace(ctx)
+		instance := instanceOf(ns, "early")
+		Expect(k8s.Create(ctx, eventLevelPolicy(ns, "early"))).To(Succeed())
+		Eventually(conditionStatus(ctx, ns, "early", v1.ConditionStalled)).Should(Equal("Stalled=True/InstanceOwnedElsewhere"))
+		Expect(condition(getPolicy(ctx, ns, "early"), v1.ConditionConsentRecorded).Message).To(
+			ContainSubstring("receiver consent reserve --instance %s --to %s/%s", instance, testCluster, ns))
+		Expect(apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: resources.NamesFor("early").Credentials}, &corev1.Secret{}))).To(BeTrue())
+		_, err := rcv.Store.ConsentState(ctx, instance)
+		Expect(err).To(MatchError(store.ErrUnknownInstance), "the refused claim recorded nothing")
+
+		By("the receiver's operators reserving it for the namespace")
+		Expect(rcv.Store.Reserve(ctx, instance, consentv1.Owner{Cluster: testCluster, Namespace: ns})).To(Succeed())
+		Eventually(func() string { return ledgerOf(ctx, instance).Owner.Namespace }).Should(Equal(ns))
+		rollOutUntilReady(ctx, ns, "early")
 	})
 
 	It("adds its UID to a record an earlier operator claimed without one, recording nothing else", func() {

@@ -12,6 +12,7 @@ Licensed under the Apache License, Version 2.0.
 //	receiver consent show --instance ID [--format table|json] (an instance's consent ledger)
 //	receiver consent release --instance ID --to CLUSTER/NAMESPACE|--to-anyone (hand a record over: admin override)
 //	receiver consent reserve --instance ID --to CLUSTER/NAMESPACE (assign a new instance to its namespace)
+//	receiver consent reservations [--required=true|false]    (whether every new instance needs one)
 //	receiver erasures [--instance ID] [--format table|json]  (the erasure audit trail)
 //	receiver exported --instance ID [--limit N] [--format table|json] (what an instance exported)
 //
@@ -30,6 +31,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -127,7 +130,7 @@ func serve(ctx context.Context, args []string) error {
 	instanceBurst := fs.Int("instance-burst", server.DefaultLimits().InstanceBurst, "Batch requests one instance may send at once above its rate.")
 	maxStreams := fs.Uint("max-streams", 16, "Concurrent HTTP/2 streams per connection.")
 	statementTimeout := fs.Duration("statement-timeout", time.Minute, "Longest database statement; a longer one is cancelled and the request answered 503 (0: no limit).")
-	requireReservations := fs.Bool("require-reservations", false, "Let a policy claim an instance that has no consent record only once it was reserved for the policy's namespace (receiver consent reserve): no namespace can take an instance first by naming it. Give every replica the same value.")
+	requireReservations := fs.Bool("require-reservations", false, "At start, set the receiver-wide setting (kept in the database, so every replica enforces it) that lets a policy claim an instance with no consent record only once it was reserved for the policy's namespace (receiver consent reserve). Without the flag the setting is left as it is; receiver consent reservations --required=false turns it off.")
 	retentionDays := fs.Int("retention-days", DefaultRetentionDays, "Whole UTC days before today that stored events are kept (at most 3650); older days are dropped hourly and events dated before them refused (0: drop nothing; events over 3650 days old are still refused). Give every replica the same value.")
 	dsnFile := dsnFlag(fs)
 	_ = fs.Parse(args)
@@ -145,11 +148,7 @@ func serve(ctx context.Context, args []string) error {
 	if *retentionDays < 0 || *retentionDays > store.MaxRetentionDays {
 		return fmt.Errorf("--retention-days %d: must be between 1 and %d, or 0 to drop nothing", *retentionDays, store.MaxRetentionDays)
 	}
-	storeOpts := []store.Option{store.WithStatementTimeout(*statementTimeout), store.WithRetention(*retentionDays)}
-	if *requireReservations {
-		storeOpts = append(storeOpts, store.WithReservations())
-	}
-	st, err := openStore(ctx, *dsnFile, storeOpts...)
+	st, err := openStore(ctx, *dsnFile, store.WithStatementTimeout(*statementTimeout), store.WithRetention(*retentionDays))
 	if err != nil {
 		return err
 	}
@@ -163,6 +162,14 @@ func serve(ctx context.Context, args []string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("migrating: %w", err)
+	}
+	if *requireReservations {
+		if err := st.SetReservationsRequired(ctx, true); err != nil {
+			return fmt.Errorf("requiring reservations: %w", err)
+		}
+	}
+	if required, err := st.ReservationsRequired(ctx); err == nil {
+		log.Info("consent ledger", "reservationsRequired", required)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -246,16 +253,35 @@ func migrate(ctx context.Context, args []string) error {
 }
 
 func consent(ctx context.Context, args []string) error {
-	if len(args) < 1 || (args[0] != "show" && args[0] != "release" && args[0] != "reserve") {
-		return errors.New("usage: receiver consent show|release|reserve --instance ID")
+	verbs := map[string][]string{ // the flags each verb takes
+		"show":         {"instance", "format", "database-dsn-file"},
+		"release":      {"instance", "to", "to-anyone", "database-dsn-file"},
+		"reserve":      {"instance", "to", "database-dsn-file"},
+		"reservations": {"required", "database-dsn-file"},
+	}
+	if len(args) < 1 || verbs[args[0]] == nil {
+		return errors.New("usage: receiver consent show|release|reserve --instance ID, or receiver consent reservations [--required=true|false]")
 	}
 	fs := flag.NewFlagSet("consent "+args[0], flag.ExitOnError)
 	instance := fs.String("instance", "", "The instance (required).")
 	format := fs.String("format", "table", "Output format of show: table or json.")
 	to := fs.String("to", "", "release and reserve: CLUSTER/NAMESPACE of the policy that may claim the record next (release: required, or --to-anyone; reserve: required).")
 	toAnyone := fs.Bool("to-anyone", false, "release only: let the next policy anywhere claim the record (another namespace naming the instance may race the intended one).")
+	required := fs.String("required", "", "reservations only: true or false, for every receiver on the database (default: show the setting).")
 	dsnFile := dsnFlag(fs)
 	_ = fs.Parse(args[1:])
+	var misplaced []string
+	fs.Visit(func(f *flag.Flag) {
+		if !slices.Contains(verbs[args[0]], f.Name) {
+			misplaced = append(misplaced, "--"+f.Name)
+		}
+	})
+	if len(misplaced) > 0 || fs.NArg() > 0 {
+		return fmt.Errorf("consent %s does not take %s", args[0], strings.Join(append(misplaced, fs.Args()...), " "))
+	}
+	if args[0] == "reservations" {
+		return reservations(ctx, *dsnFile, *required)
+	}
 	if *instance == "" {
 		return errors.New("--instance is required")
 	}
@@ -324,10 +350,39 @@ func consent(ctx context.Context, args []string) error {
 	return writeState(os.Stdout, state)
 }
 
+// reservations shows or sets whether a policy may claim an instance nobody has recorded only
+// once it was reserved for the policy's namespace.
+func reservations(ctx context.Context, dsnFile, required string) error {
+	st, err := openStore(ctx, dsnFile)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if required != "" {
+		on, err := strconv.ParseBool(required)
+		if err != nil {
+			return fmt.Errorf("--required must be true or false, not %q", required)
+		}
+		if err := st.SetReservationsRequired(ctx, on); err != nil {
+			return err
+		}
+	}
+	on, err := st.ReservationsRequired(ctx)
+	if err != nil {
+		return err
+	}
+	if on {
+		fmt.Println("reservations required: a policy claims an instance nobody has recorded only once it was reserved for its namespace (receiver consent reserve)")
+	} else {
+		fmt.Println("reservations not required: the first policy to name an instance nobody has recorded claims it (reserve instances to keep other namespaces from it)")
+	}
+	return nil
+}
+
 func writeState(out io.Writer, s consentv1.State) error {
 	owner := "(none: released)"
 	if r := s.ReleasedBy; r != nil {
-		owner = fmt.Sprintf("(none: released by a policy of namespace %s in cluster %s; only a policy there may claim it, "+
+		owner = fmt.Sprintf("(none: released by a policy of namespace %s in cluster %s, or reserved for it; only a policy there may claim it, "+
 			"until `receiver consent release` hands it over)", r.Namespace, r.Cluster)
 	}
 	if s.Owner.Cluster != "" {

@@ -43,6 +43,10 @@ const maxResponse = 4 << 20
 var (
 	// ErrOwnedElsewhere: another policy or cluster owns the instance's record.
 	ErrOwnedElsewhere = errors.New("the instance's consent record is owned by another policy")
+	// ErrNotReserved: the instance has no record and the receiver requires it to be reserved
+	// for the policy's namespace first. It is also an ErrOwnedElsewhere (not this policy's to
+	// claim): errors.Is matches both.
+	ErrNotReserved = fmt.Errorf("%w: the instance is not reserved for this namespace", ErrOwnedElsewhere)
 	// ErrUnknownInstance: the receiver has no record of the instance.
 	ErrUnknownInstance = errors.New("the receiver has no consent record of the instance")
 	// ErrUnavailable: the receiver could not be reached or answered with a transient failure;
@@ -227,6 +231,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	switch {
 	case resp.StatusCode == http.StatusConflict && er.Reason == consentv1.ReasonOwnedElsewhere:
 		return fmt.Errorf("%w (%s)", ErrOwnedElsewhere, truncate(er.Error, 300))
+	case resp.StatusCode == http.StatusConflict && er.Reason == consentv1.ReasonNotReserved:
+		return fmt.Errorf("%w (%s)", ErrNotReserved, truncate(er.Error, 300))
 	case resp.StatusCode == http.StatusConflict && er.Reason == consentv1.ReasonStale:
 		return ErrStale
 	case resp.StatusCode == http.StatusNotFound && er.Reason == consentv1.ReasonUnknownInstance:

@@ -131,6 +131,14 @@ func (s *Server) recordConsent(w http.ResponseWriter, r *http.Request) {
 	}
 	req.Owner.Cluster = cluster // the certificate names the cluster; the body cannot
 	st, err := s.store.RecordTransition(r.Context(), cluster, req)
+	var elsewhere *store.OwnedElsewhereError
+	if errors.As(err, &elsewhere) && elsewhere.Unreserved {
+		// Who asked, for the receiver's operators to reserve the instance if it is theirs (the
+		// answer names nobody else).
+		s.log.Info("claim of an instance not reserved refused", "instance", req.InstanceID, "cluster", cluster, "namespace", req.Owner.Namespace)
+		s.reject(w, http.StatusConflict, consentv1.ReasonNotReserved, err.Error(), -1)
+		return
+	}
 	if err != nil {
 		s.adminError(w, err, "record transition", req.InstanceID)
 		return

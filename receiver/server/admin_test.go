@@ -346,3 +346,30 @@ func TestHostileAdminBodiesChangeNothing(t *testing.T) {
 		t.Fatalf("the valid request did not apply: %+v", after)
 	}
 }
+
+// TestAClaimOfAnInstanceNotReservedIsRefused: with reservations required, an operator's first
+// record of an instance nobody reserved is answered 409 NotReserved (naming nobody) and leaves
+// no record; reserved for the operator's namespace, it is claimed.
+func TestAClaimOfAnInstanceNotReservedIsRefused(t *testing.T) {
+	ctx := context.Background()
+	if err := rcv.Store.SetReservationsRequired(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rcv.Store.SetReservationsRequired(context.Background(), false) })
+	op := rcv.OperatorClient("c1")
+	claim := consentv1.RecordRequest{InstanceID: "unreserved", Owner: consentv1.Owner{Namespace: "acme", Name: "p", UID: "u1"},
+		Transition: consentv1.Transition{At: time.Now(), Tier: consentv1.TierCriticalOnly, Reason: "Declared"}}
+	got := adminPost(t, op, consentv1.PathConsent, claim)
+	if got.status != http.StatusConflict || got.errorResponse(t).Reason != consentv1.ReasonNotReserved || !strings.Contains(got.errorResponse(t).Error, "receiver consent reserve") {
+		t.Fatalf("claim of an instance not reserved: %d %s", got.status, got.body)
+	}
+	if _, err := rcv.Store.ConsentState(ctx, "unreserved"); !errors.Is(err, store.ErrUnknownInstance) {
+		t.Fatalf("the refused claim left a record: %v", err)
+	}
+	if err := rcv.Store.Reserve(ctx, "unreserved", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := adminPost(t, op, consentv1.PathConsent, claim); got.status != http.StatusOK {
+		t.Fatalf("claim once reserved: %d %s", got.status, got.body)
+	}
+}

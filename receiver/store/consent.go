@@ -78,18 +78,18 @@ type OwnedElsewhereError struct {
 	// this policy's to claim.
 	Released bool
 	// Unreserved is set when the instance has no record and the receiver requires each instance
-	// to be reserved for a namespace before its first claim (WithReservations).
+	// to be reserved for a namespace before its first claim (SetReservationsRequired).
 	Unreserved bool
 }
 
 // Error is what the server returns to the operator: that the record is someone else's, not whose.
 func (e *OwnedElsewhereError) Error() string {
 	if e.Unreserved {
-		return fmt.Sprintf("instance %q has no consent record, and this receiver lets a policy claim an instance only once its operators "+
-			"reserved it for the policy's namespace (receiver consent reserve --instance %s --to CLUSTER/NAMESPACE)", e.Instance, e.Instance)
+		return fmt.Sprintf("instance %q is not reserved for this namespace: the receiver's operators reserve it "+
+			"(receiver consent reserve --instance ID --to CLUSTER/NAMESPACE)", e.Instance)
 	}
 	if e.Released {
-		return fmt.Sprintf("the consent record of instance %q was released by a policy of another namespace or cluster: only a policy "+
+		return fmt.Sprintf("the consent record of instance %q was released by, or reserved for, a policy of another namespace or cluster: only a policy "+
 			"there may claim it (again), until the receiver's operators hand it over (receiver consent release --instance %s --to CLUSTER/NAMESPACE)", e.Instance, e.Instance)
 	}
 	if e.Owner.Cluster == "" {
@@ -266,8 +266,14 @@ func (s *Store) RecordTransition(ctx context.Context, cluster string, req consen
 		if err != nil {
 			return err
 		}
-		if tag.RowsAffected() == 1 && s.reservations {
-			return &OwnedElsewhereError{Instance: instance, Unreserved: true} // (the insert rolls back)
+		if tag.RowsAffected() == 1 {
+			required, err := reservationsRequired(ctx, tx)
+			if err != nil {
+				return err
+			}
+			if required {
+				return &OwnedElsewhereError{Instance: instance, Unreserved: true} // (the insert rolls back)
+			}
 		}
 		row, err := lockInstance(ctx, tx, instance)
 		if err != nil {
@@ -420,6 +426,15 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 		if err != nil {
 			return err
 		}
+		if to == nil {
+			required, err := reservationsRequired(ctx, tx)
+			if err != nil {
+				return err
+			}
+			if required {
+				return invalid("reservations are required on this receiver: a record is handed over to one namespace (--to CLUSTER/NAMESPACE), never to the next policy anywhere")
+			}
+		}
 		var cluster, namespace *string
 		if to != nil {
 			cluster, namespace = &to.Cluster, &to.Namespace
@@ -446,7 +461,7 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 // Reserve creates the record of an instance that has none, claimable only by a policy of
 // to's cluster and namespace: the receiver's operators assign an instance to its customer's
 // namespace before any policy names it, so that no other namespace can claim it first (with
-// WithReservations, no instance can be claimed without). An instance that has a record is
+// reservations required, no instance can be claimed without). An instance that has a record is
 // refused (ErrInvalid): hand it over with ForceRelease.
 func (s *Store) Reserve(ctx context.Context, instance string, to consentv1.Owner) error {
 	if to.Cluster == "" || to.Namespace == "" {
@@ -470,6 +485,40 @@ ON CONFLICT (instance_id) DO NOTHING`, instance, s.now(), to.Cluster, to.Namespa
 		}
 		return nil
 	})
+}
+
+// settingReservations is receiver_settings' row for reservations.
+const settingReservations = "reservations_required"
+
+// SetReservationsRequired sets, for every receiver on this database, whether a policy may claim
+// an instance nobody has recorded only once it was reserved for the policy's namespace.
+func (s *Store) SetReservationsRequired(ctx context.Context, required bool) error {
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `
+INSERT INTO receiver_settings (name, value, updated_at) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at`, settingReservations, required, s.now())
+		return err
+	})
+}
+
+// ReservationsRequired reports the setting SetReservationsRequired sets (false until set).
+func (s *Store) ReservationsRequired(ctx context.Context) (bool, error) {
+	var required bool
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		required, err = reservationsRequired(ctx, tx)
+		return err
+	})
+	return required, err
+}
+
+func reservationsRequired(ctx context.Context, tx pgx.Tx) (bool, error) {
+	var required bool
+	err := tx.QueryRow(ctx, `SELECT value FROM receiver_settings WHERE name = $1`, settingReservations).Scan(&required)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	return required, err
 }
 
 func clearOwner(ctx context.Context, tx pgx.Tx, instance string) error {

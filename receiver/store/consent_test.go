@@ -345,52 +345,82 @@ func TestAReleasedRecordIsClaimedOnlyWhereItWasReleased(t *testing.T) {
 	}
 }
 
-// TestAnInstanceMayRequireAReservation: with reservations required, an instance nobody has
-// recorded is claimed by no namespace until the receiver's operators reserve it for one; then
-// only a policy there claims it. Without them (the default) the first policy to name it does.
+// TestAnInstanceMayRequireAReservation: with reservations required (a receiver-wide setting in
+// the database), an instance nobody has recorded is claimed by no namespace until the
+// receiver's operators reserve it for one; then only a policy there claims it, and no record is
+// opened to the next policy anywhere. Without them (the default) the first policy to name it does.
 func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	ctx := context.Background()
 	r, clk := startWithClock(t)
-	reserving, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithClock(clk), store.WithReservations())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reserving.Close()
-	record := func(s *store.Store, instance, cluster string, o consentv1.Owner) error {
+	record := func(instance, cluster string, o consentv1.Owner) error {
 		clk.SetTime(clk.Now().Add(time.Minute))
-		_, err := s.RecordTransition(ctx, cluster, consentv1.RecordRequest{InstanceID: instance, Owner: o,
+		_, err := r.Store.RecordTransition(ctx, cluster, consentv1.RecordRequest{InstanceID: instance, Owner: o,
 			Transition: consentv1.Transition{At: clk.Now(), Tier: consentv1.TierEventLevel}})
 		return err
 	}
 	acme := consentv1.Owner{Namespace: "acme", Name: "policy", UID: "u1"}
 	mallory := consentv1.Owner{Namespace: "mallory", Name: "policy", UID: "u2"}
 
-	err = record(reserving, "fresh", "c1", mallory)
-	var e *store.OwnedElsewhereError
-	if !errors.As(err, &e) || !e.Unreserved || !strings.Contains(err.Error(), "receiver consent reserve --instance fresh") {
-		t.Fatalf("a claim of an unreserved instance: %v", err)
+	if on, err := r.Store.ReservationsRequired(ctx); err != nil || on {
+		t.Fatalf("reservations required by default: %v %v", on, err)
 	}
-	if _, err := reserving.ConsentState(ctx, "fresh"); !errors.Is(err, store.ErrUnknownInstance) {
-		t.Fatalf("the refused claim left a record: %v", err)
+	if err := record("open", "c1", mallory); err != nil {
+		t.Fatalf("without reservations required, the first policy claims an instance: %v", err)
 	}
-
-	if err := reserving.Reserve(ctx, "fresh", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+	if err := r.Store.SetReservationsRequired(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := record(reserving, "fresh", "c1", mallory); !errors.As(err, &e) || !e.Released {
+	if on, err := r.Store.ReservationsRequired(ctx); err != nil || !on {
+		t.Fatalf("reservations required once set: %v %v", on, err)
+	}
+
+	err := record("fresh", "c1", mallory)
+	var e *store.OwnedElsewhereError
+	if !errors.As(err, &e) || !e.Unreserved || !strings.Contains(err.Error(), "receiver consent reserve --instance ID") {
+		t.Fatalf("a claim of an unreserved instance: %v", err)
+	}
+	if _, err := r.Store.ConsentState(ctx, "fresh"); !errors.Is(err, store.ErrUnknownInstance) {
+		t.Fatalf("the refused claim left a record: %v", err)
+	}
+	for name, err := range map[string]error{
+		"a release": r.Store.Release(ctx, "c1", consentv1.ReleaseRequest{InstanceID: "fresh", Owner: mallory}),
+		"a handover": func() error {
+			_, err := r.Store.ForceRelease(ctx, "fresh", &consentv1.Owner{Cluster: "c1", Namespace: "mallory"})
+			return err
+		}(),
+		"an erasure of an instance": func() error {
+			_, err := r.Store.Erase(ctx, "c1", consentv1.ErasureRequest{InstanceID: "fresh", Owner: mallory, RequestID: "r1", Scope: consentv1.ScopeEvents})
+			return err
+		}(),
+	} {
+		if _, err2 := r.Store.ConsentState(ctx, "fresh"); !errors.Is(err2, store.ErrUnknownInstance) {
+			t.Errorf("%s of an instance nobody recorded made a record (%v)", name, err)
+		}
+	}
+
+	if err := r.Store.Reserve(ctx, "fresh", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := record("fresh", "c1", mallory); !errors.As(err, &e) || !e.Released {
 		t.Fatalf("another namespace claiming a reserved instance: %v", err)
 	}
-	if err := record(reserving, "fresh", "c2", acme); !errors.As(err, &e) || !e.Released {
+	if err := record("fresh", "c2", acme); !errors.As(err, &e) || !e.Released {
 		t.Fatalf("the namespace of another cluster claiming a reserved instance: %v", err)
 	}
-	if err := record(reserving, "fresh", "c1", acme); err != nil {
+	if err := record("fresh", "c1", acme); err != nil {
 		t.Fatalf("the namespace it was reserved for: %v", err)
 	}
-	if st, err := reserving.ConsentState(ctx, "fresh"); err != nil || !st.Owner.Same(consentv1.Owner{Cluster: "c1", Namespace: "acme", Name: "policy", UID: "u1"}) || st.ReleasedBy != nil {
+	if st, err := r.Store.ConsentState(ctx, "fresh"); err != nil || !st.Owner.Same(consentv1.Owner{Cluster: "c1", Namespace: "acme", Name: "policy", UID: "u1"}) || st.ReleasedBy != nil {
 		t.Fatalf("after the claim: %+v %v", st, err)
 	}
-	if err := record(reserving, "fresh", "c1", acme); err != nil {
+	if err := record("fresh", "c1", acme); err != nil {
 		t.Fatalf("its owner recording again: %v", err)
+	}
+	if _, err := r.Store.ForceRelease(ctx, "fresh", nil); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("a release to the next policy anywhere while reservations are required: %v", err)
+	}
+	if st, err := r.Store.ConsentState(ctx, "fresh"); err != nil || st.Owner.Namespace != "acme" {
+		t.Fatalf("the refused release changed the record: %+v %v", st.Owner, err)
 	}
 
 	for name, c := range map[string]struct {
@@ -403,15 +433,18 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 		"a malformed instance":      {"Not_A_Label", consentv1.Owner{Cluster: "c1", Namespace: "acme"}},
 		"a malformed namespace":     {"other", consentv1.Owner{Cluster: "c1", Namespace: "a/b"}},
 	} {
-		if err := reserving.Reserve(ctx, c.instance, c.to); !errors.Is(err, store.ErrInvalid) {
+		if err := r.Store.Reserve(ctx, c.instance, c.to); !errors.Is(err, store.ErrInvalid) {
 			t.Errorf("reserving %s: %v, want ErrInvalid", name, err)
 		}
 	}
-	if st, err := reserving.ConsentState(ctx, "fresh"); err != nil || st.Owner.Namespace != "acme" {
+	if st, err := r.Store.ConsentState(ctx, "fresh"); err != nil || st.Owner.Namespace != "acme" {
 		t.Fatalf("a refused reservation changed the record: %+v %v", st.Owner, err)
 	}
 
-	if err := record(r.Store, "open", "c1", mallory); err != nil {
-		t.Fatalf("without reservations required, the first policy claims an instance: %v", err)
+	if err := r.Store.SetReservationsRequired(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := record("later", "c1", mallory); err != nil {
+		t.Fatalf("reservations no longer required: %v", err)
 	}
 }

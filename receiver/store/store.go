@@ -61,8 +61,6 @@ type Store struct {
 	// partitions are the days known to have an events partition.
 	partitions partitionSet
 	observer   atomic.Pointer[observerBox]
-	// reservations: an instance without a record cannot be claimed (Reserve first).
-	reservations bool
 }
 
 // Option configures a Store.
@@ -99,14 +97,6 @@ func WithRoles(ingest, rawReader string) Option {
 // than d (0: no limit): a slow query answers 503 and is retried, it does not pile up.
 func WithStatementTimeout(d time.Duration) Option {
 	return func(s *Store) { s.statementTimeout = d }
-}
-
-// WithReservations makes a policy's first claim of an instance that has no record fail
-// (OwnedElsewhereError.Unreserved) until the receiver's operators reserve the instance for the
-// policy's namespace (Reserve): in a fleet where namespaces are not all trusted alike, an
-// instance ID alone then never lets the first namespace to name it take it.
-func WithReservations() Option {
-	return func(s *Store) { s.reservations = true }
 }
 
 // Open connects to dsn. It does not fail when the database is down: Ping and writes report it.

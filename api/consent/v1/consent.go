@@ -400,6 +400,9 @@ type ErasureResult struct {
 const (
 	// ReasonOwnedElsewhere: the instance's record belongs to another policy or cluster (409).
 	ReasonOwnedElsewhere = "OwnedElsewhere"
+	// ReasonNotReserved: the instance has no record, and the receiver requires it to be
+	// reserved for the policy's namespace before a policy claims it (409).
+	ReasonNotReserved = "NotReserved"
 	// ReasonConsentRefused: the instance's consent does not allow what was sent (403).
 	ReasonConsentRefused = "ConsentRefused"
 	// ReasonUnknownInstance: the receiver has no record of the instance (404 on the admin API).
