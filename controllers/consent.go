@@ -1066,9 +1066,17 @@ func (r *TelemetryPolicyReconciler) holdOwnedElsewhere(ctx context.Context, st *
 		"check spec.instanceID, or have the receiver's operators run `receiver consent show|release --instance %s`", p.Spec.InstanceID, st.ledgerErr, p.Spec.InstanceID)
 	if errors.Is(st.ledgerErr, ledger.ErrNotReserved) {
 		msg = fmt.Sprintf("instance %q is not reserved for this namespace, and the receiver requires it. Nothing is collected for this policy; "+
-			"have the receiver's operators run `receiver consent reserve --instance %s --to %s/%s` (asked again every --ledger-retry)",
-			p.Spec.InstanceID, p.Spec.InstanceID, r.Ledger.Cluster(), p.Namespace)
-		st.requeueIn(r.ledgerRetry(), r.Clock.Now())
+			"have the receiver's operators run `receiver consent reserve --instance %s --to %s/%s` (asked again every --ledger-retry at first, "+
+			"less often the longer it waits)", p.Spec.InstanceID, p.Spec.InstanceID, r.Ledger.Cluster(), p.Namespace)
+		// A reservation is usually made soon after the policy; one forgotten must not have
+		// every such policy of a fleet ask every few seconds.
+		// (The condition's lastTransitionTime is stamped by apimachinery from the wall clock, so
+		// it is measured against the wall clock.)
+		wait := r.ledgerRetry()
+		if c := meta.FindStatusCondition(p.Status.Conditions, v1.ConditionConsentRecorded); c != nil && c.Reason == ReasonOwnedElsewhere {
+			wait = min(max(wait, time.Since(c.LastTransitionTime.Time)/4), r.ledgerResync())
+		}
+		st.requeueIn(wait, r.Clock.Now())
 	}
 	setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonOwnedElsewhere, msg)
 	if st.outside == nil {

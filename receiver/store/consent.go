@@ -262,22 +262,23 @@ func (s *Store) RecordTransition(ctx context.Context, cluster string, req consen
 		if err := lockExclusive(ctx, tx, instance); err != nil {
 			return err
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO consent_instances (instance_id, created_at) VALUES ($1, $2) ON CONFLICT (instance_id) DO NOTHING`, instance, now)
+		if _, err := tx.Exec(ctx, `INSERT INTO consent_instances (instance_id, created_at) VALUES ($1, $2) ON CONFLICT (instance_id) DO NOTHING`, instance, now); err != nil {
+			return err
+		}
+		row, err := lockInstance(ctx, tx, instance)
 		if err != nil {
 			return err
 		}
-		if tag.RowsAffected() == 1 {
+		if row.owner == nil && row.released == nil {
+			// Open to the next policy anywhere: new, or released so before reservations were
+			// required (the database refuses such a claim too, migration 0010).
 			required, err := reservationsRequired(ctx, tx)
 			if err != nil {
 				return err
 			}
 			if required {
-				return &OwnedElsewhereError{Instance: instance, Unreserved: true} // (the insert rolls back)
+				return &OwnedElsewhereError{Instance: instance, Unreserved: true} // (a new row rolls back)
 			}
-		}
-		row, err := lockInstance(ctx, tx, instance)
-		if err != nil {
-			return err
 		}
 		switch {
 		case row.owner == nil && row.released != nil && (row.released.Cluster != owner.Cluster || row.released.Namespace != owner.Namespace):
@@ -458,11 +459,13 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 	return previous, err
 }
 
-// Reserve creates the record of an instance that has none, claimable only by a policy of
-// to's cluster and namespace: the receiver's operators assign an instance to its customer's
-// namespace before any policy names it, so that no other namespace can claim it first (with
-// reservations required, no instance can be claimed without). An instance that has a record is
-// refused (ErrInvalid): hand it over with ForceRelease.
+// Reserve makes an instance claimable only by a policy of to's cluster and namespace: it creates
+// the record of an instance that has none, or reserves one nobody owns that is open to the next
+// policy anywhere (released so before reservations were required). The receiver's operators
+// assign an instance to its customer's namespace before any policy names it, so that no other
+// namespace can claim it first (with reservations required, no instance can be claimed
+// without). An instance that has an owner, or is released or reserved for a namespace already,
+// is refused (ErrInvalid): hand it over with ForceRelease.
 func (s *Store) Reserve(ctx context.Context, instance string, to consentv1.Owner) error {
 	if to.Cluster == "" || to.Namespace == "" {
 		return invalid("a reservation names the cluster and the namespace of the policy that may claim the record")
@@ -476,15 +479,26 @@ func (s *Store) Reserve(ctx context.Context, instance string, to consentv1.Owner
 		}
 		tag, err := tx.Exec(ctx, `
 INSERT INTO consent_instances (instance_id, created_at, released_cluster, released_namespace) VALUES ($1, $2, $3, $4)
-ON CONFLICT (instance_id) DO NOTHING`, instance, s.now(), to.Cluster, to.Namespace)
+ON CONFLICT (instance_id) DO UPDATE SET released_cluster = EXCLUDED.released_cluster, released_namespace = EXCLUDED.released_namespace
+WHERE consent_instances.owner_cluster IS NULL AND consent_instances.released_cluster IS NULL`, instance, s.now(), to.Cluster, to.Namespace)
 		if err != nil {
 			return err
 		}
 		if tag.RowsAffected() == 0 {
-			return invalid("instance %q has a consent record already: hand it over with receiver consent release --instance %s --to CLUSTER/NAMESPACE", instance, instance)
+			return invalid("instance %q has an owner, or is released or reserved for a namespace, already: hand it over with receiver consent release --instance %s --to CLUSTER/NAMESPACE", instance, instance)
 		}
-		return nil
+		return bumpVersion(ctx, tx, instance)
 	})
+}
+
+// OpenRecords counts the records nobody owns that the next policy anywhere may claim (released
+// so before reservations were required): with reservations required, each needs Reserve.
+func (s *Store) OpenRecords(ctx context.Context) (int, error) {
+	var n int
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT count(*) FROM consent_instances WHERE owner_cluster IS NULL AND released_cluster IS NULL`).Scan(&n)
+	})
+	return n, err
 }
 
 // settingReservations is receiver_settings' row for reservations.

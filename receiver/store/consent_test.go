@@ -367,8 +367,19 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	if err := record("open", "c1", mallory); err != nil {
 		t.Fatalf("without reservations required, the first policy claims an instance: %v", err)
 	}
+	for _, instance := range []string{"was-open", "legacy-open"} { // released to anyone before
+		if err := record(instance, "c1", acme); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Store.ForceRelease(ctx, instance, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := r.Store.SetReservationsRequired(ctx, true); err != nil {
 		t.Fatal(err)
+	}
+	if n, err := r.Store.OpenRecords(ctx); err != nil || n != 2 {
+		t.Fatalf("open records: %d %v, want 2", n, err)
 	}
 	if on, err := r.Store.ReservationsRequired(ctx); err != nil || !on {
 		t.Fatalf("reservations required once set: %v %v", on, err)
@@ -395,6 +406,34 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	} {
 		if _, err2 := r.Store.ConsentState(ctx, "fresh"); !errors.Is(err2, store.ErrUnknownInstance) {
 			t.Errorf("%s of an instance nobody recorded made a record (%v)", name, err)
+		}
+	}
+
+	if err := record("was-open", "c1", mallory); !errors.As(err, &e) || !e.Unreserved {
+		t.Fatalf("a claim of a record released to anyone before reservations were required: %v", err)
+	}
+	if err := r.Store.Reserve(ctx, "was-open", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+		t.Fatalf("reserving a record open to anyone: %v", err)
+	}
+	if err := record("was-open", "c1", acme); err != nil {
+		t.Fatalf("its namespace claiming it once reserved: %v", err)
+	}
+
+	// A receiver of an earlier release (or one that read the setting before it was turned on)
+	// writes what it decided: the database refuses it.
+	for _, c := range []struct{ name, sql string }{
+		{"claim an open record", `UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', owner_name = 'p' WHERE instance_id = 'legacy-open'`},
+		{"insert an owned record", `INSERT INTO consent_instances (instance_id, created_at, owner_cluster, owner_namespace, owner_name) VALUES ('sneaky', now(), 'c1', 'mallory', 'p')`},
+		{"open a record to anyone", `UPDATE consent_instances SET owner_cluster = NULL, owner_namespace = NULL, owner_name = NULL, owner_uid = NULL WHERE instance_id = 'was-open'`},
+		{"open a reservation", `UPDATE consent_instances SET released_cluster = NULL, released_namespace = NULL WHERE instance_id = 'legacy-open'`},
+	} {
+		if c.name == "open a reservation" {
+			if err := r.Store.Reserve(ctx, "legacy-open", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := r.DB.Exec(ctx, c.sql); err == nil {
+			t.Errorf("the database let a writer %s while reservations are required", c.name)
 		}
 	}
 

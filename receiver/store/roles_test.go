@@ -73,6 +73,10 @@ func TestRolesSeeOnlyWhatTheirJobNeeds(t *testing.T) {
 		ok   bool
 	}{
 		{"ingest", r.Store.Pool(), "SELECT current_user", true},
+		{"ingest", r.Store.Pool(), "SELECT value FROM receiver_settings", true},
+		{"reporting", reporting, "SELECT value FROM receiver_settings", false},
+		{"reporting", reporting, "INSERT INTO receiver_settings (name, value) VALUES ('reservations_required', false)", false},
+		{"raw reader", raw, "INSERT INTO receiver_settings (name, value) VALUES ('reservations_required', false)", false},
 		{"ingest", r.Store.Pool(), "SELECT instance_id, event_id, ts, delivery FROM events", true},
 		{"ingest", r.Store.Pool(), "SELECT user_id FROM events", false},
 		{"ingest", r.Store.Pool(), "SELECT name FROM events", false},
