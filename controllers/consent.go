@@ -1074,7 +1074,7 @@ func (r *TelemetryPolicyReconciler) holdOwnedElsewhere(ctx context.Context, st *
 		// it is measured against the wall clock.)
 		wait := r.ledgerRetry()
 		if c := meta.FindStatusCondition(p.Status.Conditions, v1.ConditionConsentRecorded); c != nil && c.Reason == ReasonOwnedElsewhere {
-			wait = min(max(wait, time.Since(c.LastTransitionTime.Time)/4), r.ledgerResync())
+			wait = min(max(wait, time.Since(c.LastTransitionTime.Time)/4), max(wait, r.ledgerResync()))
 		}
 		st.requeueIn(wait, r.Clock.Now())
 	}

@@ -821,12 +821,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 
 		By("the record claimed again by name only, as an operator that sent no UIDs did")
 		stopManager()
-		_, err := rcv.Store.ForceRelease(ctx, instance, nil)
-		Expect(err).NotTo(HaveOccurred())
-		_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance,
-			Owner:      consentv1.Owner{Namespace: ns, Name: "older"},
-			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: before.Timeline.Current(), Reason: "Declared"}})
-		Expect(err).NotTo(HaveOccurred())
+		claimWithoutUID(ctx, ns, "older", before.Timeline.Current())
 		Expect(ledgerOf(ctx, instance).Owner.UID).To(BeEmpty())
 
 		By("the operator reading its record back")
@@ -846,16 +841,11 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		stopManager()
 		DeferCleanup(startManager)
 		updatePolicy(ctx, ns, "paused", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true })
-		_, err := rcv.Store.ForceRelease(ctx, instance, nil)
-		Expect(err).NotTo(HaveOccurred())
-		_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance,
-			Owner:      consentv1.Owner{Namespace: ns, Name: "paused"},
-			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierEventLevel, Reason: "Declared"}})
-		Expect(err).NotTo(HaveOccurred())
+		claimWithoutUID(ctx, ns, "paused", consentv1.TierEventLevel)
 
 		r := directReconciler(k8s)
 		key := types.NamespacedName{Namespace: ns, Name: "paused"}
-		_, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
+		_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(ledgerOf(ctx, instance).Owner.UID).To(BeEmpty(), "a suspended policy writes nothing but withdrawals (a write could claim a record released meanwhile)")
 
@@ -872,18 +862,13 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		before := ledgerOf(ctx, instance)
 		stopManager()
 		DeferCleanup(startManager)
-		_, err := rcv.Store.ForceRelease(ctx, instance, nil)
-		Expect(err).NotTo(HaveOccurred())
-		_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance,
-			Owner:      consentv1.Owner{Namespace: ns, Name: "flaky"},
-			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: before.Timeline.Current(), Reason: "Declared"}})
-		Expect(err).NotTo(HaveOccurred())
+		claimWithoutUID(ctx, ns, "flaky", before.Timeline.Current())
 
 		By("the write refused as unavailable")
 		r := directReconciler(k8s)
 		r.Ledger = &failingRecords{ConsentLedger: testLedger(), err: ledger.ErrUnavailable}
 		key := types.NamespacedName{Namespace: ns, Name: "flaky"}
-		_, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
+		_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
 		Expect(err).NotTo(HaveOccurred())
 		Expect(ledgerOf(ctx, instance).Owner.UID).To(BeEmpty())
 		got := getPolicy(ctx, ns, "flaky")
@@ -2046,6 +2031,19 @@ func (l *askingLedger) Record(_ context.Context, req consentv1.RecordRequest) (c
 		return consentv1.State{}, fmt.Errorf("%w: context deadline exceeded (Client.Timeout exceeded while awaiting headers)", ledger.ErrUnavailable)
 	}
 	return consentv1.State{}, fmt.Errorf("%w: 422 the transition is not allowed", ledger.ErrRejected)
+}
+
+// claimWithoutUID releases the policy's instance record and claims it again for the policy by
+// name only, at tier, as an operator that sent no UIDs did.
+func claimWithoutUID(ctx context.Context, ns, name string, tier consentv1.Tier) {
+	GinkgoHelper()
+	instance := instanceOf(ns, name)
+	_, err := rcv.Store.ForceRelease(ctx, instance, nil)
+	Expect(err).NotTo(HaveOccurred())
+	_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance,
+		Owner:      consentv1.Owner{Namespace: ns, Name: name},
+		Transition: consentv1.Transition{At: fakeClock.Now(), Tier: tier, Reason: "Declared"}})
+	Expect(err).NotTo(HaveOccurred())
 }
 
 // failingRecords is a consent ledger that answers reads and fails every write with err.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
@@ -288,6 +289,9 @@ func (s *Store) RecordTransition(ctx context.Context, cluster string, req consen
 UPDATE consent_instances SET owner_cluster = $2, owner_namespace = $3, owner_name = $4, owner_uid = $5, claimed_at = $6,
   released_cluster = NULL, released_namespace = NULL
 WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, owner.UID, now); err != nil {
+				if reservationRefused(err) { // the setting was turned on since it was read above
+					return &OwnedElsewhereError{Instance: instance, Unreserved: true}
+				}
 				return err
 			}
 		case row.owner.Same(owner):
@@ -442,6 +446,9 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 		}
 		if _, err := tx.Exec(ctx, `UPDATE consent_instances SET released_cluster = $2, released_namespace = $3 WHERE instance_id = $1`,
 			instance, cluster, namespace); err != nil {
+			if reservationRefused(err) { // turned on since it was read above
+				return invalid("reservations are required on this receiver: a record is handed over to one namespace (--to CLUSTER/NAMESPACE)")
+			}
 			return err
 		}
 		if row.owner == nil {
@@ -451,7 +458,12 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 			return nil
 		}
 		previous = *row.owner
-		return clearOwner(ctx, tx, instance)
+		if err := clearOwner(ctx, tx, instance); reservationRefused(err) {
+			return invalid("reservations are required on this receiver: a record is handed over to one namespace (--to CLUSTER/NAMESPACE)")
+		} else if err != nil {
+			return err
+		}
+		return nil
 	})
 	if err == nil && previous.Name != "" {
 		s.observe().Released(instance, previous)
@@ -508,6 +520,11 @@ const settingReservations = "reservations_required"
 // an instance nobody has recorded only once it was reserved for the policy's namespace.
 func (s *Store) SetReservationsRequired(ctx context.Context, required bool) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
+		// Claims in flight finish first (they read the setting before they wrote): none that
+		// read it off can commit after it is on.
+		if _, err := tx.Exec(ctx, `LOCK TABLE consent_instances IN SHARE MODE`); err != nil {
+			return err
+		}
 		_, err := tx.Exec(ctx, `
 INSERT INTO receiver_settings (name, value, updated_at) VALUES ($1, $2, $3)
 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at`, settingReservations, required, s.now())
@@ -524,6 +541,13 @@ func (s *Store) ReservationsRequired(ctx context.Context) (bool, error) {
 		return err
 	})
 	return required, err
+}
+
+// reservationRefused reports whether err is the database's refusal of a write reservations
+// forbid (migration 0011).
+func reservationRefused(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "TL001"
 }
 
 func reservationsRequired(ctx context.Context, tx pgx.Tx) (bool, error) {

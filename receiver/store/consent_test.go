@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
@@ -432,8 +433,9 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := r.DB.Exec(ctx, c.sql); err == nil {
-			t.Errorf("the database let a writer %s while reservations are required", c.name)
+		var pgErr *pgconn.PgError
+		if _, err := r.DB.Exec(ctx, c.sql); !errors.As(err, &pgErr) || pgErr.Code != "TL001" {
+			t.Errorf("the database let a writer %s while reservations are required (%v)", c.name, err)
 		}
 	}
 
