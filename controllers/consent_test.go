@@ -27,6 +27,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
@@ -771,6 +772,37 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(s.Owner).To(And(HaveField("Cluster", testCluster), HaveField("Namespace", nsA), HaveField("Name", "owner")))
 		Expect(s.Timeline.Current()).To(Equal(consentv1.TierEventLevel))
 		Expect(conditionStatus(ctx, nsA, "owner", v1.ConditionReady)()).To(Equal("Ready=True/Enforced"))
+	})
+
+	It("asks for a reservation less often the longer it has waited", func() {
+		Expect(rcv.Store.SetReservationsRequired(ctx, true)).To(Succeed())
+		DeferCleanup(func() { Expect(rcv.Store.SetReservationsRequired(context.Background(), false)).To(Succeed()) })
+		ns := newNamespace(ctx)
+		stopManager()
+		DeferCleanup(startManager)
+		Expect(k8s.Create(ctx, eventLevelPolicy(ns, "waiting"))).To(Succeed())
+		key := types.NamespacedName{Namespace: ns, Name: "waiting"}
+		r := directReconciler(k8s)
+		r.Options.LedgerRetry, r.Options.LedgerResync = time.Second, time.Hour
+		waitFor := func() time.Duration {
+			GinkgoHelper()
+			var res ctrl.Result
+			Eventually(func() string {
+				var err error
+				res, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
+				Expect(err).NotTo(HaveOccurred())
+				return conditionStatus(ctx, ns, "waiting", v1.ConditionStalled)()
+			}).Should(Equal("Stalled=True/InstanceOwnedElsewhere"))
+			return res.RequeueAfter
+		}
+		Expect(waitFor()).To(BeNumerically("<=", 2*time.Second), "at first, every --ledger-retry")
+
+		By("the stall 40 minutes old")
+		p := getPolicy(ctx, ns, "waiting")
+		c := meta.FindStatusCondition(p.Status.Conditions, v1.ConditionConsentRecorded)
+		c.LastTransitionTime = metav1.NewTime(time.Now().Add(-40 * time.Minute))
+		Expect(k8s.Status().Update(ctx, p)).To(Succeed())
+		Expect(waitFor()).To(BeNumerically("~", 10*time.Minute, time.Minute), "a quarter of the time it has waited")
 	})
 
 	It("claims an instance reserved for its namespace, and a policy of another namespace cannot", func() {
