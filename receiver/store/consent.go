@@ -272,13 +272,22 @@ func (s *Store) RecordTransition(ctx context.Context, cluster string, req consen
 		}
 		if row.owner == nil && row.released == nil {
 			// Open to the next policy anywhere: new, or released so before reservations were
-			// required (the database refuses such a claim too, migration 0010).
+			// required. With reservations required, a record with history stays the namespace's
+			// that last recorded it (as migration 0009 tied records released before it), so
+			// that namespace's policy can still record a withdrawal or close it at deletion;
+			// anyone else needs a reservation. The database refuses the same (migration 0012).
 			required, err := reservationsRequired(ctx, tx)
 			if err != nil {
 				return err
 			}
 			if required {
-				return &OwnedElsewhereError{Instance: instance, Unreserved: true} // (a new row rolls back)
+				last, err := lastRecorder(ctx, tx, instance)
+				if err != nil {
+					return err
+				}
+				if last == nil || last.Cluster != owner.Cluster || last.Namespace != owner.Namespace {
+					return &OwnedElsewhereError{Instance: instance, Unreserved: true} // (a new row rolls back)
+				}
 			}
 		}
 		switch {
@@ -503,8 +512,9 @@ WHERE consent_instances.owner_cluster IS NULL AND consent_instances.released_clu
 	})
 }
 
-// OpenRecords counts the records nobody owns that the next policy anywhere may claim (released
-// so before reservations were required): with reservations required, each needs Reserve.
+// OpenRecords counts the records nobody owns that are released to no namespace (released so
+// before reservations were required): with reservations required, only the namespace that
+// last recorded each may claim it, any other after Reserve.
 func (s *Store) OpenRecords(ctx context.Context) (int, error) {
 	var n int
 	err := s.readTx(ctx, func(tx pgx.Tx) error {
@@ -541,6 +551,21 @@ func (s *Store) ReservationsRequired(ctx context.Context) (bool, error) {
 		return err
 	})
 	return required, err
+}
+
+// lastRecorder returns the cluster and namespace of the policy that recorded the instance's
+// last transition (nil: none).
+func lastRecorder(ctx context.Context, tx pgx.Tx, instance string) (*consentv1.Owner, error) {
+	var o consentv1.Owner
+	err := tx.QueryRow(ctx, `SELECT owner_cluster, owner_namespace FROM consent_transitions WHERE instance_id = $1 ORDER BY seq DESC LIMIT 1`,
+		instance).Scan(&o.Cluster, &o.Namespace)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &o, nil
 }
 
 // reservationRefused reports whether err is the database's refusal of a write reservations

@@ -368,7 +368,7 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	if err := record("open", "c1", mallory); err != nil {
 		t.Fatalf("without reservations required, the first policy claims an instance: %v", err)
 	}
-	for _, instance := range []string{"was-open", "legacy-open"} { // released to anyone before
+	for _, instance := range []string{"was-open", "legacy-open", "closing-open"} { // released to anyone before
 		if err := record(instance, "c1", acme); err != nil {
 			t.Fatal(err)
 		}
@@ -379,8 +379,8 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	if err := r.Store.SetReservationsRequired(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := r.Store.OpenRecords(ctx); err != nil || n != 2 {
-		t.Fatalf("open records: %d %v, want 2", n, err)
+	if n, err := r.Store.OpenRecords(ctx); err != nil || n != 3 {
+		t.Fatalf("open records: %d %v, want 3", n, err)
 	}
 	if on, err := r.Store.ReservationsRequired(ctx); err != nil || !on {
 		t.Fatalf("reservations required once set: %v %v", on, err)
@@ -413,6 +413,20 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	if err := record("was-open", "c1", mallory); !errors.As(err, &e) || !e.Unreserved {
 		t.Fatalf("a claim of a record released to anyone before reservations were required: %v", err)
 	}
+	// Its last recorder's namespace may still write it: a withdrawal, or the close at deletion,
+	// is never refused for want of a reservation.
+	closing := func(instance string) error {
+		clk.SetTime(clk.Now().Add(time.Minute))
+		_, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: instance, Owner: consentv1.Owner{Namespace: "acme", Name: "renamed", UID: "u9"},
+			Transition: consentv1.Transition{At: clk.Now(), Tier: consentv1.TierOff}})
+		return err
+	}
+	if err := closing("closing-open"); err != nil {
+		t.Fatalf("the last recorder's namespace withdrawing on a record released to anyone: %v", err)
+	}
+	if st, err := r.Store.ConsentState(ctx, "closing-open"); err != nil || st.Timeline.Current() != consentv1.TierOff || st.Owner.Namespace != "acme" {
+		t.Fatalf("after the withdrawal: %+v %v", st, err)
+	}
 	if err := r.Store.Reserve(ctx, "was-open", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
 		t.Fatalf("reserving a record open to anyone: %v", err)
 	}
@@ -437,6 +451,12 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 		if _, err := r.DB.Exec(ctx, c.sql); !errors.As(err, &pgErr) || pgErr.Code != "TL001" {
 			t.Errorf("the database let a writer %s while reservations are required (%v)", c.name, err)
 		}
+	}
+
+	var config []string
+	if err := r.DB.QueryRow(ctx, `SELECT proconfig FROM pg_proc WHERE proname = 'consent_instances_reservations'`).Scan(&config); err != nil ||
+		len(config) != 1 || !strings.HasPrefix(config[0], "search_path=") || !strings.HasSuffix(config[0], "pg_temp") {
+		t.Errorf("the trigger's function resolves names through %v (%v), want its schema, then pg_temp", config, err)
 	}
 
 	if err := r.Store.Reserve(ctx, "fresh", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
