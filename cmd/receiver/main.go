@@ -377,7 +377,7 @@ func reservations(ctx context.Context, dsnFile, required string) error {
 	if on {
 		fmt.Println("reservations required: a policy claims an instance nobody has recorded only once it was reserved for its namespace (receiver consent reserve)")
 		if n, err := st.OpenRecords(ctx); err == nil && n > 0 {
-			fmt.Printf("%d records nobody owns were released to any namespace before: only a policy of the namespace that last recorded each may claim it; any other needs receiver consent reserve\n", n)
+			fmt.Printf("%d records nobody owns were released to any namespace before: only a policy of the namespace that last owned each may claim it; any other needs receiver consent reserve\n", n)
 		}
 	} else {
 		fmt.Println("reservations not required: the first policy to name an instance nobody has recorded claims it (reserve instances to keep other namespaces from it)")

@@ -78,8 +78,9 @@ type OwnedElsewhereError struct {
 	// another namespace or cluster (or the receiver's operators reserved it for one): it is not
 	// this policy's to claim.
 	Released bool
-	// Unreserved is set when the instance has no record and the receiver requires each instance
-	// to be reserved for a namespace before its first claim (SetReservationsRequired).
+	// Unreserved is set when the receiver requires each instance to be reserved for a namespace
+	// before a claim (SetReservationsRequired) and the instance has no record, or one nobody owns
+	// that is open to any namespace and was last owned by another namespace.
 	Unreserved bool
 }
 
@@ -186,7 +187,10 @@ type instanceRow struct {
 	// released is where the policy that last released the record lived (Cluster and Namespace
 	// only), nil when nobody did or the receiver's operators handed it over since.
 	released *consentv1.Owner
-	version  int64
+	// lastOwner is where the policy that last claimed the record lived (Cluster and Namespace
+	// only), nil when nobody has (migration 0013).
+	lastOwner *consentv1.Owner
+	version   int64
 }
 
 // advisoryClass is the first key of the per-instance advisory locks (the second is a hash of
@@ -208,11 +212,12 @@ func lockInstance(ctx context.Context, tx pgx.Tx, instance string) (instanceRow,
 	if err := lockExclusive(ctx, tx, instance); err != nil {
 		return instanceRow{}, err
 	}
-	var cluster, namespace, name, uid, relCluster, relNamespace *string
+	var cluster, namespace, name, uid, relCluster, relNamespace, lastCluster, lastNamespace *string
 	var row instanceRow
 	err := tx.QueryRow(ctx, `
-SELECT owner_cluster, owner_namespace, owner_name, owner_uid, version, released_cluster, released_namespace
-FROM consent_instances WHERE instance_id = $1 FOR UPDATE`, instance).Scan(&cluster, &namespace, &name, &uid, &row.version, &relCluster, &relNamespace)
+SELECT owner_cluster, owner_namespace, owner_name, owner_uid, version, released_cluster, released_namespace, last_owner_cluster, last_owner_namespace
+FROM consent_instances WHERE instance_id = $1 FOR UPDATE`, instance).Scan(&cluster, &namespace, &name, &uid, &row.version, &relCluster, &relNamespace,
+		&lastCluster, &lastNamespace)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return row, fmt.Errorf("%w: %q", ErrUnknownInstance, instance)
 	}
@@ -222,6 +227,9 @@ FROM consent_instances WHERE instance_id = $1 FOR UPDATE`, instance).Scan(&clust
 	row.owner = ownerOf(cluster, namespace, name, uid)
 	if relCluster != nil {
 		row.released = &consentv1.Owner{Cluster: *relCluster, Namespace: deref(relNamespace)}
+	}
+	if lastCluster != nil {
+		row.lastOwner = &consentv1.Owner{Cluster: *lastCluster, Namespace: deref(lastNamespace)}
 	}
 	return row, nil
 }
@@ -273,21 +281,15 @@ func (s *Store) RecordTransition(ctx context.Context, cluster string, req consen
 		if row.owner == nil && row.released == nil {
 			// Open to the next policy anywhere: new, or released so before reservations were
 			// required. With reservations required, a record with history stays the namespace's
-			// that last recorded it (as migration 0009 tied records released before it), so
-			// that namespace's policy can still record a withdrawal or close it at deletion;
-			// anyone else needs a reservation. The database refuses the same (migration 0012).
+			// that last owned it, as a record its policy released does (0009): that namespace's
+			// policy may claim it again (to record a withdrawal, to close it at deletion, or any
+			// tier); anyone else needs a reservation. The database refuses the same (0013).
 			required, err := reservationsRequired(ctx, tx)
 			if err != nil {
 				return err
 			}
-			if required {
-				last, err := lastRecorder(ctx, tx, instance)
-				if err != nil {
-					return err
-				}
-				if last == nil || last.Cluster != owner.Cluster || last.Namespace != owner.Namespace {
-					return &OwnedElsewhereError{Instance: instance, Unreserved: true} // (a new row rolls back)
-				}
+			if last := row.lastOwner; required && (last == nil || last.Cluster != owner.Cluster || last.Namespace != owner.Namespace) {
+				return &OwnedElsewhereError{Instance: instance, Unreserved: true} // (a new row rolls back)
 			}
 		}
 		switch {
@@ -296,7 +298,7 @@ func (s *Store) RecordTransition(ctx context.Context, cluster string, req consen
 		case row.owner == nil:
 			if _, err := tx.Exec(ctx, `
 UPDATE consent_instances SET owner_cluster = $2, owner_namespace = $3, owner_name = $4, owner_uid = $5, claimed_at = $6,
-  released_cluster = NULL, released_namespace = NULL
+  released_cluster = NULL, released_namespace = NULL, last_owner_cluster = $2, last_owner_namespace = $3
 WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, owner.UID, now); err != nil {
 				if reservationRefused(err) { // the setting was turned on since it was read above
 					return &OwnedElsewhereError{Instance: instance, Unreserved: true}
@@ -514,7 +516,7 @@ WHERE consent_instances.owner_cluster IS NULL AND consent_instances.released_clu
 
 // OpenRecords counts the records nobody owns that are released to no namespace (released so
 // before reservations were required): with reservations required, only the namespace that
-// last recorded each may claim it, any other after Reserve.
+// last owned each may claim it, any other after Reserve.
 func (s *Store) OpenRecords(ctx context.Context) (int, error) {
 	var n int
 	err := s.readTx(ctx, func(tx pgx.Tx) error {
@@ -551,21 +553,6 @@ func (s *Store) ReservationsRequired(ctx context.Context) (bool, error) {
 		return err
 	})
 	return required, err
-}
-
-// lastRecorder returns the cluster and namespace of the policy that recorded the instance's
-// last transition (nil: none).
-func lastRecorder(ctx context.Context, tx pgx.Tx, instance string) (*consentv1.Owner, error) {
-	var o consentv1.Owner
-	err := tx.QueryRow(ctx, `SELECT owner_cluster, owner_namespace FROM consent_transitions WHERE instance_id = $1 ORDER BY seq DESC LIMIT 1`,
-		instance).Scan(&o.Cluster, &o.Namespace)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &o, nil
 }
 
 // reservationRefused reports whether err is the database's refusal of a write reservations

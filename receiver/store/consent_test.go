@@ -368,7 +368,7 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	if err := record("open", "c1", mallory); err != nil {
 		t.Fatalf("without reservations required, the first policy claims an instance: %v", err)
 	}
-	for _, instance := range []string{"was-open", "legacy-open", "closing-open"} { // released to anyone before
+	for _, instance := range []string{"was-open", "legacy-open", "closing-open", "unguarded", "handed-twice"} { // released to anyone before
 		if err := record(instance, "c1", acme); err != nil {
 			t.Fatal(err)
 		}
@@ -376,11 +376,23 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Another namespace claims one at the tier in force (no transition appended), and it is
+	// opened to anyone again: its last owner is that namespace, not the one of its last transition.
+	beta := consentv1.Owner{Namespace: "beta", Name: "policy", UID: "u3"}
+	if err := record("handed-twice", "c1", beta); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := r.Store.ConsentState(ctx, "handed-twice"); err != nil || len(st.Timeline) != 1 {
+		t.Fatalf("the claim at the tier in force appended a transition: %+v %v", st.Timeline, err)
+	}
+	if _, err := r.Store.ForceRelease(ctx, "handed-twice", nil); err != nil {
+		t.Fatal(err)
+	}
 	if err := r.Store.SetReservationsRequired(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := r.Store.OpenRecords(ctx); err != nil || n != 3 {
-		t.Fatalf("open records: %d %v, want 3", n, err)
+	if n, err := r.Store.OpenRecords(ctx); err != nil || n != 5 {
+		t.Fatalf("open records: %d %v, want 5", n, err)
 	}
 	if on, err := r.Store.ReservationsRequired(ctx); err != nil || !on {
 		t.Fatalf("reservations required once set: %v %v", on, err)
@@ -413,6 +425,42 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	if err := record("was-open", "c1", mallory); !errors.As(err, &e) || !e.Unreserved {
 		t.Fatalf("a claim of a record released to anyone before reservations were required: %v", err)
 	}
+	if err := record("was-open", "c2", acme); !errors.As(err, &e) || !e.Unreserved {
+		t.Fatalf("the last owner's namespace name in another cluster claiming a record released to anyone: %v", err)
+	}
+	if err := record("handed-twice", "c1", acme); !errors.As(err, &e) || !e.Unreserved {
+		t.Fatalf("the namespace of its last transition, not its last owner, claiming a record released to anyone: %v", err)
+	}
+	// The store decides so itself, not only the database's trigger (a receiver's check must not
+	// rest on a trigger an operator of the database may have disabled or not yet migrated).
+	if _, err := r.DB.Exec(ctx, `ALTER TABLE consent_instances DISABLE TRIGGER consent_instances_reservations`); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]struct {
+		cluster string
+		owner   consentv1.Owner
+	}{
+		"another namespace":          {"c1", mallory},
+		"the same name, elsewhere":   {"c2", acme},
+		"its last transition's only": {"c1", consentv1.Owner{Namespace: "acme", Name: "other", UID: "u8"}},
+	} {
+		instance := "unguarded"
+		if name == "its last transition's only" {
+			instance = "handed-twice"
+		}
+		if err := record(instance, c.cluster, c.owner); !errors.As(err, &e) || !e.Unreserved {
+			t.Errorf("without the trigger, %s claimed a record released to anyone: %v", name, err)
+		}
+	}
+	if _, err := r.DB.Exec(ctx, `ALTER TABLE consent_instances ENABLE TRIGGER consent_instances_reservations`); err != nil {
+		t.Fatal(err)
+	}
+	if err := record("handed-twice", "c1", consentv1.Owner{Namespace: "beta", Name: "recreated", UID: "u7"}); err != nil {
+		t.Fatalf("its last owner's namespace claiming a record released to anyone: %v", err)
+	}
+	if st, err := r.Store.ConsentState(ctx, "handed-twice"); err != nil || st.Owner.Namespace != "beta" {
+		t.Fatalf("after its last owner's claim: %+v %v", st.Owner, err)
+	}
 	// Its last recorder's namespace may still write it: a withdrawal, or the close at deletion,
 	// is never refused for want of a reservation.
 	closing := func(instance string) error {
@@ -441,7 +489,30 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 		{"insert an owned record", `INSERT INTO consent_instances (instance_id, created_at, owner_cluster, owner_namespace, owner_name) VALUES ('sneaky', now(), 'c1', 'mallory', 'p')`},
 		{"open a record to anyone", `UPDATE consent_instances SET owner_cluster = NULL, owner_namespace = NULL, owner_name = NULL, owner_uid = NULL WHERE instance_id = 'was-open'`},
 		{"open a reservation", `UPDATE consent_instances SET released_cluster = NULL, released_namespace = NULL WHERE instance_id = 'legacy-open'`},
+		{"name itself last owner", `UPDATE consent_instances SET last_owner_cluster = 'c1', last_owner_namespace = 'mallory' WHERE instance_id = 'unguarded';
+UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', owner_name = 'p' WHERE instance_id = 'unguarded'`},
+		{"claim as its last transition's namespace", `UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'acme', owner_name = 'p' WHERE instance_id = 'unguarded-2'`},
 	} {
+		if c.name == "claim as its last transition's namespace" { // the last owner beta released it before the setting
+			if err := r.Store.SetReservationsRequired(ctx, false); err != nil {
+				t.Fatal(err)
+			}
+			if err := record("unguarded-2", "c1", acme); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.Store.ForceRelease(ctx, "unguarded-2", nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := record("unguarded-2", "c1", beta); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.Store.ForceRelease(ctx, "unguarded-2", nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Store.SetReservationsRequired(ctx, true); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if c.name == "open a reservation" {
 			if err := r.Store.Reserve(ctx, "legacy-open", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
 				t.Fatal(err)

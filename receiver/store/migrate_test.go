@@ -129,6 +129,62 @@ INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owne
 	}
 }
 
+// TestMigrationRemembersEachRecordsLastOwner: migration 0013 takes an owned record's owner as
+// its last owner, and for a record nobody owns the namespace that recorded its last transition
+// (earlier releases kept nothing closer); with reservations required, only that namespace claims
+// a record open to anyone again.
+func TestMigrationRemembersEachRecordsLastOwner(t *testing.T) {
+	ctx := context.Background()
+	s := storeMigratedBefore(t, "0013")
+	if _, err := s.pool.Exec(ctx, `
+INSERT INTO consent_instances (instance_id) VALUES ('owned'), ('open'), ('released'), ('fresh');
+UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'owner', owner_name = 'p' WHERE instance_id = 'owned';
+UPDATE consent_instances SET released_cluster = 'c1', released_namespace = 'next' WHERE instance_id = 'released';
+INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owner_namespace, owner_name) VALUES
+  ('owned', 1, '2026-01-01', 'EventLevel', 'c1', 'first', 'p'),
+  ('open', 1, '2026-01-01', 'EventLevel', 'c1', 'first', 'p'),
+  ('open', 2, '2026-02-01', 'CriticalOnly', 'c2', 'acme', 'p'),
+  ('released', 1, '2026-01-01', 'EventLevel', 'c1', 'acme', 'p')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT instance_id, coalesce(last_owner_cluster, ''), coalesce(last_owner_namespace, '') FROM consent_instances`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for rows.Next() {
+		var id, c, n string
+		if err := rows.Scan(&id, &c, &n); err != nil {
+			t.Fatal(err)
+		}
+		got[id] = c + "/" + n
+	}
+	rows.Close()
+	if want := map[string]string{"owned": "c1/owner", "open": "c2/acme", "released": "c1/acme", "fresh": "/"}; !maps.Equal(got, want) {
+		t.Fatalf("last owners: %v, want %v", got, want)
+	}
+	if err := s.SetReservationsRequired(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	claim := func(cluster, ns string) error {
+		_, err := s.RecordTransition(ctx, cluster, consentv1.RecordRequest{InstanceID: "open", Owner: consentv1.Owner{Namespace: ns, Name: "p", UID: "u-" + ns},
+			Transition: consentv1.Transition{At: time.Now(), Tier: consentv1.TierOff}})
+		return err
+	}
+	for _, who := range [][2]string{{"c1", "first"}, {"c1", "acme"}} {
+		var e *OwnedElsewhereError
+		if err := claim(who[0], who[1]); !errors.As(err, &e) || !e.Unreserved {
+			t.Errorf("%s/%s claiming a record open to anyone it does not own last: %v", who[0], who[1], err)
+		}
+	}
+	if err := claim("c2", "acme"); err != nil {
+		t.Fatalf("its last owner's namespace claiming it again: %v", err)
+	}
+}
+
 // storeMigratedBefore opens a store on a new database of a PostgreSQL server of its own, with
 // the migrations before the one named by the prefix applied (an earlier release's schema).
 func storeMigratedBefore(t *testing.T, prefix string) *Store {
