@@ -981,6 +981,9 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 	if st.ledgerKnown && len(st.timeline) > 0 {
 		st.recorded = v1.ConsentTier(st.timeline.Current())
 	}
+	if st.ledgerErr == nil {
+		r.forgetNotReserved(client.ObjectKeyFromObject(p)) // claimed, or recorded: no longer waiting
+	}
 	switch err := st.ledgerErr; {
 	case err == nil && len(st.timeline) == 0:
 		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionUnknown, ReasonProgressing, "the receiver's consent ledger holds no record yet")
@@ -1064,19 +1067,18 @@ func (r *TelemetryPolicyReconciler) holdOwnedElsewhere(ctx context.Context, st *
 	st.recorded = v1.TierOff // nothing is recorded on this policy's behalf
 	msg := fmt.Sprintf("instance %q is claimed by another TelemetryPolicy, or not open to this one, at the receiver (%v). Nothing is collected for this policy; "+
 		"check spec.instanceID, or have the receiver's operators run `receiver consent show|release --instance %s`", p.Spec.InstanceID, st.ledgerErr, p.Spec.InstanceID)
-	if errors.Is(st.ledgerErr, ledger.ErrNotReserved) {
+	key, now := client.ObjectKeyFromObject(p), r.Clock.Now()
+	switch notReserved := errors.Is(st.ledgerErr, ledger.ErrNotReserved); {
+	case notReserved || errors.Is(st.ledgerErr, errAsLastRead) && r.waitingForReservation(key, p.UID):
 		msg = fmt.Sprintf("instance %q is not reserved for this namespace, and the receiver requires it. Nothing is collected for this policy; "+
 			"have the receiver's operators run `receiver consent reserve --instance %s --to %s/%s` (asked again every --ledger-retry at first, "+
 			"less often the longer it waits)", p.Spec.InstanceID, p.Spec.InstanceID, r.Ledger.Cluster(), p.Namespace)
-		// A reservation is usually made soon after the policy; one forgotten must not have
-		// every such policy of a fleet ask every few seconds.
-		// (The condition's lastTransitionTime is stamped by apimachinery from the wall clock, so
-		// it is measured against the wall clock.)
-		wait := r.ledgerRetry()
-		if c := meta.FindStatusCondition(p.Status.Conditions, v1.ConditionConsentRecorded); c != nil && c.Reason == ReasonOwnedElsewhere {
-			wait = min(max(wait, time.Since(c.LastTransitionTime.Time)/4), max(wait, r.ledgerResync()))
+		if !notReserved {
+			msg += fmt.Sprintf("; the receiver's answer cannot be read again now (%v)", st.ledgerErr)
 		}
-		st.requeueIn(wait, r.Clock.Now())
+		st.requeueIn(r.reservationBackoff(r.notReservedSince(key, p.UID, now), now), now)
+	case !errors.Is(st.ledgerErr, errAsLastRead):
+		r.forgetNotReserved(key) // answered otherwise: a later NotReserved starts a new wait
 	}
 	setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonOwnedElsewhere, msg)
 	if st.outside == nil {

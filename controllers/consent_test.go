@@ -27,7 +27,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
@@ -774,7 +773,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(conditionStatus(ctx, nsA, "owner", v1.ConditionReady)()).To(Equal("Ready=True/Enforced"))
 	})
 
-	It("asks for a reservation less often the longer it has waited", func() {
+	It("asks for a reservation less often the longer it has waited, counting from the receiver's first such answer", func() {
 		Expect(rcv.Store.SetReservationsRequired(ctx, true)).To(Succeed())
 		DeferCleanup(func() { Expect(rcv.Store.SetReservationsRequired(context.Background(), false)).To(Succeed()) })
 		ns := newNamespace(ctx)
@@ -784,25 +783,68 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		key := types.NamespacedName{Namespace: ns, Name: "waiting"}
 		r := directReconciler(k8s)
 		r.Options.LedgerRetry, r.Options.LedgerResync = time.Second, time.Hour
-		waitFor := func() time.Duration {
+		reconcile := func() time.Duration {
 			GinkgoHelper()
-			var res ctrl.Result
-			Eventually(func() string {
-				var err error
-				res, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
-				Expect(err).NotTo(HaveOccurred())
-				return conditionStatus(ctx, ns, "waiting", v1.ConditionStalled)()
-			}).Should(Equal("Stalled=True/InstanceOwnedElsewhere"))
+			res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: key})
+			Expect(err).NotTo(HaveOccurred())
 			return res.RequeueAfter
 		}
-		Expect(waitFor()).To(BeNumerically("<=", 2*time.Second), "at first, every --ledger-retry")
+		waitFor := func() time.Duration {
+			GinkgoHelper()
+			var wait time.Duration
+			Eventually(func() string {
+				wait = reconcile()
+				return conditionStatus(ctx, ns, "waiting", v1.ConditionStalled)()
+			}).Should(Equal("Stalled=True/InstanceOwnedElsewhere"))
+			return wait
+		}
 
-		By("the stall 40 minutes old")
-		p := getPolicy(ctx, ns, "waiting")
-		c := meta.FindStatusCondition(p.Status.Conditions, v1.ConditionConsentRecorded)
-		c.LastTransitionTime = metav1.NewTime(time.Now().Add(-40 * time.Minute))
-		Expect(k8s.Status().Update(ctx, p)).To(Succeed())
-		Expect(waitFor()).To(BeNumerically("~", 10*time.Minute, time.Minute), "a quarter of the time it has waited")
+		By("an earlier stall of another kind, long ago")
+		Eventually(func() error {
+			p := getPolicy(ctx, ns, "waiting")
+			p.Status.Conditions = []metav1.Condition{{Type: v1.ConditionConsentRecorded, Status: metav1.ConditionFalse, Reason: controllers.ReasonReceiverUnavailable,
+				Message: "unreachable", ObservedGeneration: p.Generation, LastTransitionTime: metav1.NewTime(time.Now().Add(-40 * time.Minute))}}
+			return k8s.Status().Update(ctx, p)
+		}).Should(Succeed())
+		Expect(waitFor()).To(BeNumerically("<=", 2*time.Second), "at first, every --ledger-retry")
+		Expect(reconcile()).To(BeNumerically("<=", 2*time.Second), "still at first: the earlier stall's time does not count")
+
+		By("waiting 40 minutes")
+		fakeClock.Step(40 * time.Minute)
+		Expect(reconcile()).To(BeNumerically("~", 10*time.Minute, time.Minute), "a quarter of the time it has waited")
+
+		By("the receiver unreachable")
+		r.Ledger = unreachableLedger()
+		Expect(reconcile()).To(BeNumerically("~", 10*time.Minute, time.Minute))
+		Expect(condition(getPolicy(ctx, ns, "waiting"), v1.ConditionConsentRecorded).Message).To(
+			ContainSubstring("receiver consent reserve --instance %s --to %s/%s", instanceOf(ns, "waiting"), testCluster, ns), "the advice kept while the receiver cannot answer")
+		Expect(conditionStatus(ctx, ns, "waiting", v1.ConditionStalled)()).To(Equal("Stalled=True/InstanceOwnedElsewhere"))
+
+		By("reserved, and claimed")
+		r.Ledger = testLedger()
+		instance := instanceOf(ns, "waiting")
+		Expect(rcv.Store.Reserve(ctx, instance, consentv1.Owner{Cluster: testCluster, Namespace: ns})).To(Succeed())
+		Eventually(func() string {
+			reconcile()
+			return ledgerOf(ctx, instance).Owner.Namespace
+		}).Should(Equal(ns))
+
+		By("another namespace's since, opened to anyone before reservations were required again: a new wait")
+		Expect(rcv.Store.SetReservationsRequired(ctx, false)).To(Succeed())
+		_, err := rcv.Store.ForceRelease(ctx, instance, nil)
+		Expect(err).NotTo(HaveOccurred())
+		_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance,
+			Owner:      consentv1.Owner{Namespace: "elsewhere", Name: "other", UID: "u-other"},
+			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: ledgerOf(ctx, instance).Timeline.Current(), Reason: "Declared"}})
+		Expect(err).NotTo(HaveOccurred())
+		_, err = rcv.Store.ForceRelease(ctx, instance, nil)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(rcv.Store.SetReservationsRequired(ctx, true)).To(Succeed())
+		waitFor()
+		collectGarbage(ctx, ns, "waiting") // the collector it stopped is gone: nothing else asks sooner
+		Expect(reconcile()).To(BeNumerically("<=", 2*time.Second), "the wait that ended with the claim does not count")
+		Expect(reconcile()).To(BeNumerically("<=", 2*time.Second))
+		Expect(condition(getPolicy(ctx, ns, "waiting"), v1.ConditionConsentRecorded).Message).To(ContainSubstring("receiver consent reserve"))
 	})
 
 	It("claims an instance reserved for its namespace, and a policy of another namespace cannot", func() {
@@ -2076,6 +2118,13 @@ func claimWithoutUID(ctx context.Context, ns, name string, tier consentv1.Tier) 
 		Owner:      consentv1.Owner{Namespace: ns, Name: name},
 		Transition: consentv1.Transition{At: fakeClock.Now(), Tier: tier, Reason: "Declared"}})
 	Expect(err).NotTo(HaveOccurred())
+}
+
+// unreachableLedger is a consent ledger whose receiver does not answer (a closed loopback port).
+func unreachableLedger() *ledger.Client {
+	l, err := ledger.New("https://127.0.0.1:1", testCluster, pki.NewHolder(mustIssuer()), nil)
+	Expect(err).NotTo(HaveOccurred())
+	return l
 }
 
 // failingRecords is a consent ledger that answers reads and fails every write with err.

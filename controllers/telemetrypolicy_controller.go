@@ -145,6 +145,10 @@ type TelemetryPolicyReconciler struct {
 	pollMu      sync.Mutex
 	pollBackoff map[client.ObjectKey]pollState
 
+	// notReserved: policies waiting for a reservation of their instance (notreserved.go).
+	notReservedMu sync.Mutex
+	notReserved   map[client.ObjectKey]notReservedHold
+
 	rbacMu      sync.Mutex
 	rbacChecked map[client.ObjectKey]rbacCheck
 
@@ -280,6 +284,7 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			r.forgetWritten(req.NamespacedName)
 			r.forgetGuardSeen(req.NamespacedName)
 			r.forgetPoll(req.NamespacedName)
+			r.forgetNotReserved(req.NamespacedName)
 			r.forgetWrites(req.NamespacedName)
 			r.forgetPolicyLowerings(req.NamespacedName)
 			return ctrl.Result{}, nil
