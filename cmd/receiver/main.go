@@ -376,8 +376,20 @@ func reservations(ctx context.Context, dsnFile, required string) error {
 	}
 	if on {
 		fmt.Println("reservations required: a policy claims an instance nobody has recorded only once it was reserved for its namespace (receiver consent reserve)")
-		if n, err := st.OpenRecords(ctx); err == nil && n > 0 {
-			fmt.Printf("%d records nobody owns were released to any namespace before: only a policy of the namespace that last owned each may claim it; any other needs receiver consent reserve\n", n)
+		open, err := st.OpenRecords(ctx)
+		if err != nil {
+			return err
+		}
+		if len(open) > 0 {
+			fmt.Printf("%d records nobody owns were released to any namespace before: only a policy of the namespace that last owned each may claim it "+
+				"(records released before this release count the owner of their last transition or erasure); reserve one for another namespace with receiver consent reserve\n", len(open))
+			for _, r := range open {
+				if r.LastOwner == nil {
+					fmt.Printf("  %s: never owned, claimable only once reserved\n", r.Instance)
+					continue
+				}
+				fmt.Printf("  %s: last owned from %s/%s\n", r.Instance, r.LastOwner.Cluster, r.LastOwner.Namespace)
+			}
 		}
 	} else {
 		fmt.Println("reservations not required: the first policy to name an instance nobody has recorded claims it (reserve instances to keep other namespaces from it)")

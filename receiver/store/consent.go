@@ -303,6 +303,9 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 				if reservationRefused(err) { // the setting was turned on since it was read above
 					return &OwnedElsewhereError{Instance: instance, Unreserved: true}
 				}
+				if releasedElsewhere(err) { // (checked above, under the row lock: never expected)
+					return &OwnedElsewhereError{Instance: instance, Released: true}
+				}
 				return err
 			}
 		case row.owner.Same(owner):
@@ -514,15 +517,41 @@ WHERE consent_instances.owner_cluster IS NULL AND consent_instances.released_clu
 	})
 }
 
-// OpenRecords counts the records nobody owns that are released to no namespace (released so
-// before reservations were required): with reservations required, only the namespace that
-// last owned each may claim it, any other after Reserve.
-func (s *Store) OpenRecords(ctx context.Context) (int, error) {
-	var n int
+// OpenRecord is a record nobody owns that is released to no namespace (released so before
+// reservations were required).
+type OpenRecord struct {
+	Instance string
+	// LastOwner is where the policy that last owned it lived (Cluster and Namespace only; nil:
+	// nobody has). With reservations required, only a policy there may claim it, any other
+	// after Reserve.
+	LastOwner *consentv1.Owner
+}
+
+// OpenRecords lists the records nobody owns that are released to no namespace, by instance.
+func (s *Store) OpenRecords(ctx context.Context) ([]OpenRecord, error) {
+	var open []OpenRecord
 	err := s.readTx(ctx, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, `SELECT count(*) FROM consent_instances WHERE owner_cluster IS NULL AND released_cluster IS NULL`).Scan(&n)
+		open = nil
+		rows, err := tx.Query(ctx, `SELECT instance_id, last_owner_cluster, last_owner_namespace FROM consent_instances
+WHERE owner_cluster IS NULL AND released_cluster IS NULL ORDER BY instance_id`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var r OpenRecord
+			var cluster, namespace *string
+			if err := rows.Scan(&r.Instance, &cluster, &namespace); err != nil {
+				return err
+			}
+			if cluster != nil {
+				r.LastOwner = &consentv1.Owner{Cluster: *cluster, Namespace: deref(namespace)}
+			}
+			open = append(open, r)
+		}
+		return rows.Err()
 	})
-	return n, err
+	return open, err
 }
 
 // settingReservations is receiver_settings' row for reservations.
@@ -560,6 +589,13 @@ func (s *Store) ReservationsRequired(ctx context.Context) (bool, error) {
 func reservationRefused(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "TL001"
+}
+
+// releasedElsewhere reports whether err is the database's refusal of a claim of a record
+// released or reserved for another namespace (migration 0013).
+func releasedElsewhere(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "TL002"
 }
 
 func reservationsRequired(ctx context.Context, tx pgx.Tx) (bool, error) {

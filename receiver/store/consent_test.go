@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -391,14 +392,25 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	if err := r.Store.SetReservationsRequired(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := r.Store.OpenRecords(ctx); err != nil || n != 5 {
-		t.Fatalf("open records: %d %v, want 5", n, err)
+	open, err := r.Store.OpenRecords(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lastOwners := map[string]string{}
+	for _, o := range open {
+		lastOwners[o.Instance] = "none"
+		if o.LastOwner != nil {
+			lastOwners[o.Instance] = o.LastOwner.Cluster + "/" + o.LastOwner.Namespace
+		}
+	}
+	if want := map[string]string{"was-open": "c1/acme", "legacy-open": "c1/acme", "closing-open": "c1/acme", "unguarded": "c1/acme", "handed-twice": "c1/beta"}; !maps.Equal(lastOwners, want) {
+		t.Fatalf("open records and their last owners: %v, want %v", lastOwners, want)
 	}
 	if on, err := r.Store.ReservationsRequired(ctx); err != nil || !on {
 		t.Fatalf("reservations required once set: %v %v", on, err)
 	}
 
-	err := record("fresh", "c1", mallory)
+	err = record("fresh", "c1", mallory)
 	var e *store.OwnedElsewhereError
 	if !errors.As(err, &e) || !e.Unreserved || !strings.Contains(err.Error(), "receiver consent reserve --instance ID") {
 		t.Fatalf("a claim of an unreserved instance: %v", err)
@@ -492,6 +504,9 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 		{"name itself last owner", `UPDATE consent_instances SET last_owner_cluster = 'c1', last_owner_namespace = 'mallory' WHERE instance_id = 'unguarded';
 UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', owner_name = 'p' WHERE instance_id = 'unguarded'`},
 		{"claim as its last transition's namespace", `UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'acme', owner_name = 'p' WHERE instance_id = 'unguarded-2'`},
+		{"claim as its last owner's namespace name in another cluster", `UPDATE consent_instances SET owner_cluster = 'c2', owner_namespace = 'acme', owner_name = 'p' WHERE instance_id = 'unguarded'`},
+		{"insert a record naming its last owner", `INSERT INTO consent_instances (instance_id, created_at, last_owner_cluster, last_owner_namespace) VALUES ('planted', now(), 'c1', 'mallory');
+UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', owner_name = 'p' WHERE instance_id = 'planted'`},
 	} {
 		if c.name == "claim as its last transition's namespace" { // the last owner beta released it before the setting
 			if err := r.Store.SetReservationsRequired(ctx, false); err != nil {
@@ -531,6 +546,20 @@ UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', 
 	}
 
 	if err := r.Store.Reserve(ctx, "fresh", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	// The database refuses a claim of a reserved (or released) record from another namespace,
+	// whatever the setting, as the store does (a receiver of a release before 0009 did not).
+	for _, required := range []bool{true, false} {
+		if err := r.Store.SetReservationsRequired(ctx, required); err != nil {
+			t.Fatal(err)
+		}
+		var pgErr *pgconn.PgError
+		if _, err := r.DB.Exec(ctx, `UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', owner_name = 'p' WHERE instance_id = 'fresh'`); !errors.As(err, &pgErr) || pgErr.Code != "TL002" {
+			t.Errorf("the database let another namespace claim a reserved record (reservations required: %v): %v", required, err)
+		}
+	}
+	if err := r.Store.SetReservationsRequired(ctx, true); err != nil {
 		t.Fatal(err)
 	}
 	if err := record("fresh", "c1", mallory); !errors.As(err, &e) || !e.Released {
@@ -578,5 +607,22 @@ UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', 
 	}
 	if err := record("later", "c1", mallory); err != nil {
 		t.Fatalf("reservations no longer required: %v", err)
+	}
+
+	// A receiver of an earlier release claims and opens records knowing nothing of the last
+	// owner: the database records it all the same.
+	if _, err := r.DB.Exec(ctx, `INSERT INTO consent_instances (instance_id, created_at) VALUES ('by-sql', now());
+UPDATE consent_instances SET owner_cluster = 'c3', owner_namespace = 'gamma', owner_name = 'p' WHERE instance_id = 'by-sql';
+UPDATE consent_instances SET owner_cluster = NULL, owner_namespace = NULL, owner_name = NULL WHERE instance_id = 'by-sql'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Store.SetReservationsRequired(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := record("by-sql", "c1", acme); !errors.As(err, &e) || !e.Unreserved {
+		t.Fatalf("another namespace claiming a record an earlier receiver claimed and opened: %v", err)
+	}
+	if err := record("by-sql", "c3", consentv1.Owner{Namespace: "gamma", Name: "p", UID: "u10"}); err != nil {
+		t.Fatalf("its last owner's namespace, claimed through an earlier receiver: %v", err)
 	}
 }

@@ -130,21 +130,26 @@ INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owne
 }
 
 // TestMigrationRemembersEachRecordsLastOwner: migration 0013 takes an owned record's owner as
-// its last owner, and for a record nobody owns the namespace that recorded its last transition
-// (earlier releases kept nothing closer); with reservations required, only that namespace claims
-// a record open to anyone again.
+// its last owner, a released one's namespace it was released to, and for a record open to
+// anyone the owner named by its latest transition or erasure request (earlier releases kept
+// nothing closer); with reservations required, only that namespace claims it again.
 func TestMigrationRemembersEachRecordsLastOwner(t *testing.T) {
 	ctx := context.Background()
 	s := storeMigratedBefore(t, "0013")
 	if _, err := s.pool.Exec(ctx, `
-INSERT INTO consent_instances (instance_id) VALUES ('owned'), ('open'), ('released'), ('fresh');
+INSERT INTO consent_instances (instance_id) VALUES ('owned'), ('open'), ('released'), ('fresh'), ('erased');
 UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'owner', owner_name = 'p' WHERE instance_id = 'owned';
 UPDATE consent_instances SET released_cluster = 'c1', released_namespace = 'next' WHERE instance_id = 'released';
-INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owner_namespace, owner_name) VALUES
-  ('owned', 1, '2026-01-01', 'EventLevel', 'c1', 'first', 'p'),
-  ('open', 1, '2026-01-01', 'EventLevel', 'c1', 'first', 'p'),
-  ('open', 2, '2026-02-01', 'CriticalOnly', 'c2', 'acme', 'p'),
-  ('released', 1, '2026-01-01', 'EventLevel', 'c1', 'acme', 'p')`); err != nil {
+INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owner_namespace, owner_name, recorded_at) VALUES
+  ('owned', 1, '2026-01-01', 'EventLevel', 'c1', 'first', 'p', '2026-01-01'),
+  ('open', 1, '2026-01-01', 'EventLevel', 'c1', 'first', 'p', '2026-01-01'),
+  ('open', 2, '2026-02-01', 'CriticalOnly', 'c2', 'acme', 'p', '2026-02-01'),
+  ('released', 1, '2026-01-01', 'EventLevel', 'c1', 'acme', 'p', '2026-01-01'),
+  ('erased', 1, '2026-01-01', 'EventLevel', 'c1', 'first', 'p', '2026-01-01');
+-- Claimed at the tier in force by another namespace (no transition), which then asked for an erasure.
+INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by, owner_cluster, owner_namespace, owner_name, requested_at) VALUES
+  ('erased', 'r1', 'Events', '2026-03-01', 'dsr', 'c1', 'beta', 'p', '2026-03-01'),
+  ('open', 'r0', 'Events', '2026-01-15', 'dsr', 'c1', 'first', 'p', '2026-01-15')`); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Migrate(ctx); err != nil {
@@ -163,7 +168,7 @@ INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owne
 		got[id] = c + "/" + n
 	}
 	rows.Close()
-	if want := map[string]string{"owned": "c1/owner", "open": "c2/acme", "released": "c1/acme", "fresh": "/"}; !maps.Equal(got, want) {
+	if want := map[string]string{"owned": "c1/owner", "open": "c2/acme", "released": "c1/next", "fresh": "/", "erased": "c1/beta"}; !maps.Equal(got, want) {
 		t.Fatalf("last owners: %v, want %v", got, want)
 	}
 	if err := s.SetReservationsRequired(ctx, true); err != nil {
