@@ -31,6 +31,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"os/user"
 	"slices"
 	"strconv"
 	"strings"
@@ -80,7 +81,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: receiver serve|report|migrate|consent show|consent release|erasures|exported [flags]   (receiver <command> -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: receiver serve|report|migrate|consent show|release|reserve|reservations|erasures|exported [flags]   (receiver <command> -h for flags)")
 	os.Exit(2)
 }
 
@@ -148,7 +149,8 @@ func serve(ctx context.Context, args []string) error {
 	if *retentionDays < 0 || *retentionDays > store.MaxRetentionDays {
 		return fmt.Errorf("--retention-days %d: must be between 1 and %d, or 0 to drop nothing", *retentionDays, store.MaxRetentionDays)
 	}
-	st, err := openStore(ctx, *dsnFile, store.WithStatementTimeout(*statementTimeout), store.WithRetention(*retentionDays))
+	st, err := openStore(ctx, *dsnFile, store.WithStatementTimeout(*statementTimeout), store.WithRetention(*retentionDays),
+		store.WithApplicationName("receiver serve"))
 	if err != nil {
 		return err
 	}
@@ -305,7 +307,7 @@ func consent(ctx context.Context, args []string) error {
 		}
 		target = &consentv1.Owner{Cluster: cluster, Namespace: namespace}
 	}
-	st, err := openStore(ctx, *dsnFile)
+	st, err := openStore(ctx, *dsnFile, store.WithApplicationName(toolName("consent "+args[0])))
 	if err != nil {
 		return err
 	}
@@ -345,18 +347,63 @@ func consent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	changes, err := st.OwnershipChanges(ctx, *instance)
+	if err != nil {
+		return err
+	}
 	if *format == "json" {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(state)
+		return enc.Encode(struct {
+			consentv1.State
+			OwnershipChanges []store.OwnershipChange `json:"ownershipChanges"`
+		}{state, changes})
 	}
-	return writeState(os.Stdout, state)
+	if err := writeState(os.Stdout, state); err != nil {
+		return err
+	}
+	return writeOwnershipChanges(os.Stdout, changes)
+}
+
+// toolName is the application_name of a receiver tool's connections: its command and who ran
+// it, which the database records with each ownership change the command makes.
+func toolName(command string) string {
+	who := os.Getenv("USER")
+	if u, err := user.Current(); err == nil {
+		who = u.Username
+	}
+	return fmt.Sprintf("receiver %s (user %s)", command, who)
+}
+
+// writeOwnershipChanges prints an instance's ownership changes, oldest first.
+func writeOwnershipChanges(out io.Writer, changes []store.OwnershipChange) error {
+	fmt.Fprintln(out, "\n== ownership changes (oldest first) ==")
+	if len(changes) == 0 {
+		fmt.Fprintln(out, "(none recorded: the record's changes before this release are not kept)")
+		return nil
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "AT\tCHANGE\tPOLICY\tNEXT CLAIM FROM\tBY")
+	for _, c := range changes {
+		policy, next := "-", "-"
+		if o := c.Owner; o != nil {
+			policy = fmt.Sprintf("%s/%s/%s", o.Cluster, o.Namespace, o.Name)
+		}
+		switch {
+		case c.To != nil:
+			next = c.To.Cluster + "/" + c.To.Namespace
+		case c.Change != "claim":
+			next = "anywhere"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", rfc3339(c.At), c.Change, policy, next, dash(strings.TrimSpace(c.Application+" as "+c.DBUser)))
+	}
+	return tw.Flush()
 }
 
 // reservations shows or sets whether a policy may claim an instance nobody has recorded only
 // once it was reserved for the policy's namespace.
 func reservations(ctx context.Context, dsnFile, required string) error {
-	st, err := openStore(ctx, dsnFile)
+	st, err := openStore(ctx, dsnFile, store.WithApplicationName(toolName("consent reservations")))
 	if err != nil {
 		return err
 	}

@@ -554,6 +554,52 @@ WHERE owner_cluster IS NULL AND released_cluster IS NULL ORDER BY instance_id`)
 	return open, err
 }
 
+// OwnershipChange is one change of who owns an instance's record, or of where it may be
+// claimed from next (consent_ownership_changes, written by the database at each change).
+type OwnershipChange struct {
+	At time.Time `json:"at"`
+	// Change is claim (Owner claimed it), release (Owner's ownership ended; To is where it may
+	// be claimed from next, nil: anywhere) or reserve (nobody owned it before or after; To is
+	// where it may be claimed from next, nil: anywhere).
+	Change string           `json:"change"`
+	Owner  *consentv1.Owner `json:"owner,omitempty"`
+	To     *consentv1.Owner `json:"to,omitempty"`
+	// DBUser and Application are who wrote it: the database login, and the client's
+	// application_name (the receiver's tools name their command and operating-system user).
+	DBUser      string `json:"dbUser"`
+	Application string `json:"application"`
+}
+
+// OwnershipChanges returns the instance's ownership changes, oldest first (none for an
+// instance whose record predates them, or that has none).
+func (s *Store) OwnershipChanges(ctx context.Context, instance string) ([]OwnershipChange, error) {
+	var changes []OwnershipChange
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		changes = nil
+		rows, err := tx.Query(ctx, `
+SELECT at, change, owner_cluster, owner_namespace, owner_name, owner_uid, to_cluster, to_namespace, db_user, application
+FROM consent_ownership_changes WHERE instance_id = $1 ORDER BY seq`, instance)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var c OwnershipChange
+			var cluster, namespace, name, uid, toCluster, toNamespace *string
+			if err := rows.Scan(&c.At, &c.Change, &cluster, &namespace, &name, &uid, &toCluster, &toNamespace, &c.DBUser, &c.Application); err != nil {
+				return err
+			}
+			c.Owner = ownerOf(cluster, namespace, name, uid)
+			if toCluster != nil {
+				c.To = &consentv1.Owner{Cluster: *toCluster, Namespace: deref(toNamespace)}
+			}
+			changes = append(changes, c)
+		}
+		return rows.Err()
+	})
+	return changes, err
+}
+
 // settingReservations is receiver_settings' row for reservations.
 const settingReservations = "reservations_required"
 

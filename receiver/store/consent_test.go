@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -624,5 +625,91 @@ UPDATE consent_instances SET owner_cluster = NULL, owner_namespace = NULL, owner
 	}
 	if err := record("by-sql", "c3", consentv1.Owner{Namespace: "gamma", Name: "p", UID: "u10"}); err != nil {
 		t.Fatalf("its last owner's namespace, claimed through an earlier receiver: %v", err)
+	}
+}
+
+// TestEveryOwnershipChangeIsRecorded: the database records each change of who owns a record, or
+// of where it may be claimed from next, with who made it, whatever wrote the row: a policy's
+// claim and release through the store, the receiver's operators' handover, reservation and
+// opening to anyone, and an earlier receiver's claim that knows nothing of the record. A
+// transition recorded by its owner, which changes neither, records nothing.
+func TestEveryOwnershipChangeIsRecorded(t *testing.T) {
+	ctx := context.Background()
+	r, clk := startWithClock(t)
+	record := func(cluster string, o consentv1.Owner, tier consentv1.Tier) {
+		t.Helper()
+		clk.SetTime(clk.Now().Add(time.Minute))
+		if _, err := r.Store.RecordTransition(ctx, cluster, consentv1.RecordRequest{InstanceID: "acme", Owner: o,
+			Transition: consentv1.Transition{At: clk.Now(), Tier: tier}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := consentv1.Owner{Namespace: "acme", Name: "policy", UID: "u1"}
+	record("c1", first, consentv1.TierEventLevel)
+	record("c1", first, consentv1.TierCriticalOnly) // the owner's own transition: no change
+	if err := r.Store.Release(ctx, "c1", consentv1.ReleaseRequest{InstanceID: "acme", Owner: first}); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithApplicationName("receiver consent release (user alice)"),
+		store.WithRoles(store.RoleIngest, store.RoleRawReader))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.ForceRelease(ctx, "acme", &consentv1.Owner{Cluster: "c2", Namespace: "initech"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.ForceRelease(ctx, "acme", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Reserve(ctx, "acme", consentv1.Owner{Cluster: "c2", Namespace: "initech"}); err != nil {
+		t.Fatal(err)
+	}
+	record("c2", consentv1.Owner{Namespace: "initech", Name: "p", UID: "u2"}, consentv1.TierCriticalOnly) // claim at the tier in force
+	if _, err := admin.ForceRelease(ctx, "acme", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.DB.Exec(ctx, `UPDATE consent_instances SET owner_cluster = 'c3', owner_namespace = 'old', owner_name = 'p' WHERE instance_id = 'acme'`); err != nil {
+		t.Fatal(err)
+	}
+
+	changes, err := r.Store.OwnershipChanges(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range changes {
+		line := c.Change
+		if c.Owner != nil {
+			line += " " + c.Owner.Cluster + "/" + c.Owner.Namespace + "/" + c.Owner.Name + "/" + c.Owner.UID
+		}
+		if c.To != nil {
+			line += " to " + c.To.Cluster + "/" + c.To.Namespace
+		} else if c.Change != "claim" {
+			line += " to anywhere"
+		}
+		if strings.Contains(c.Application, "alice") {
+			line += " by alice"
+		}
+		if c.At.IsZero() || c.DBUser == "" {
+			t.Errorf("change %q without its time or database user: %+v", line, c)
+		}
+		got = append(got, line)
+	}
+	want := []string{
+		"claim c1/acme/policy/u1",
+		"release c1/acme/policy/u1 to c1/acme",
+		"reserve to c2/initech by alice",
+		"reserve to anywhere by alice",
+		"reserve to c2/initech by alice",
+		"claim c2/initech/p/u2",
+		"release c2/initech/p/u2 to anywhere by alice",
+		"claim c3/old/p/",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ownership changes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if changes, err := r.Store.OwnershipChanges(ctx, "nobody"); err != nil || len(changes) != 0 {
+		t.Fatalf("changes of an unknown instance: %v %v", changes, err)
 	}
 }

@@ -95,6 +95,11 @@ func TestRolesSeeOnlyWhatTheirJobNeeds(t *testing.T) {
 		{"raw reader", raw, "SELECT * FROM events", true},
 		{"raw reader", raw, "DELETE FROM events", false},
 		{"raw reader", raw, "SELECT * FROM consent_transitions", false},
+		{"ingest", r.Store.Pool(), "SELECT * FROM consent_ownership_changes", true},
+		{"ingest", r.Store.Pool(), "UPDATE consent_ownership_changes SET change = 'claim'", false},
+		{"ingest", r.Store.Pool(), "DELETE FROM consent_ownership_changes", false},
+		{"reporting", reporting, "SELECT * FROM consent_ownership_changes", false},
+		{"raw reader", raw, "SELECT * FROM consent_ownership_changes", false},
 	} {
 		err := as(c.pool, c.sql)
 		switch {

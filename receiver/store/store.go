@@ -58,6 +58,8 @@ type Store struct {
 	policies policyCache
 	// retentionDays is how many whole UTC days before today events are kept (0: forever).
 	retentionDays int
+	// applicationName names the connections (WithApplicationName).
+	applicationName string
 	// partitions are the days known to have an events partition.
 	partitions partitionSet
 	observer   atomic.Pointer[observerBox]
@@ -99,6 +101,13 @@ func WithStatementTimeout(d time.Duration) Option {
 	return func(s *Store) { s.statementTimeout = d }
 }
 
+// WithApplicationName names the store's connections to PostgreSQL (application_name): the
+// database records it with each ownership change (consent_ownership_changes), so the receiver's
+// tools say which command and which operating-system user made one.
+func WithApplicationName(name string) Option {
+	return func(s *Store) { s.applicationName = name }
+}
+
 // Open connects to dsn. It does not fail when the database is down: Ping and writes report it.
 func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
@@ -110,6 +119,9 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	s := &Store{clock: clock.RealClock{}, connConfig: cfg.ConnConfig.Copy()}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.applicationName != "" {
+		cfg.ConnConfig.RuntimeParams["application_name"] = s.applicationName
 	}
 	if s.statementTimeout > 0 {
 		cfg.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(s.statementTimeout.Milliseconds(), 10)
