@@ -9,6 +9,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"maps"
 	"path/filepath"
@@ -100,19 +101,7 @@ INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owne
 	if err := s.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT instance_id, coalesce(released_cluster, ''), coalesce(released_namespace, '') FROM consent_instances ORDER BY 1`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]string{}
-	for rows.Next() {
-		var id, c, n string
-		if err := rows.Scan(&id, &c, &n); err != nil {
-			t.Fatal(err)
-		}
-		got[id] = c + "/" + n
-	}
-	rows.Close()
+	got := placeOf(t, s, "released")
 	if want := map[string]string{"released": "c1/acme", "owned": "/", "fresh": "/"}; !maps.Equal(got, want) {
 		t.Fatalf("released where: %v, want %v", got, want)
 	}
@@ -155,19 +144,7 @@ INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by, ow
 	if err := s.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT instance_id, coalesce(last_owner_cluster, ''), coalesce(last_owner_namespace, '') FROM consent_instances`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]string{}
-	for rows.Next() {
-		var id, c, n string
-		if err := rows.Scan(&id, &c, &n); err != nil {
-			t.Fatal(err)
-		}
-		got[id] = c + "/" + n
-	}
-	rows.Close()
+	got := placeOf(t, s, "last_owner")
 	if want := map[string]string{"owned": "c1/owner", "open": "c2/acme", "released": "c1/next", "fresh": "/", "erased": "c1/beta"}; !maps.Equal(got, want) {
 		t.Fatalf("last owners: %v, want %v", got, want)
 	}
@@ -188,6 +165,29 @@ INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by, ow
 	if err := claim("c2", "acme"); err != nil {
 		t.Fatalf("its last owner's namespace claiming it again: %v", err)
 	}
+}
+
+// placeOf returns, by instance, the CLUSTER/NAMESPACE pair of columns prefix_cluster and
+// prefix_namespace of consent_instances ("/" when unset).
+func placeOf(t *testing.T, s *Store, prefix string) map[string]string {
+	t.Helper()
+	rows, err := s.pool.Query(context.Background(), fmt.Sprintf(`SELECT instance_id, coalesce(%[1]s_cluster, ''), coalesce(%[1]s_namespace, '') FROM consent_instances`, prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got := map[string]string{}
+	for rows.Next() {
+		var id, c, n string
+		if err := rows.Scan(&id, &c, &n); err != nil {
+			t.Fatal(err)
+		}
+		got[id] = c + "/" + n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return got
 }
 
 // storeMigratedBefore opens a store on a new database of a PostgreSQL server of its own, with
