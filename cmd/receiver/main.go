@@ -38,6 +38,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -372,7 +373,18 @@ func toolName(command string) string {
 	if u, err := user.Current(); err == nil {
 		who = u.Username
 	}
-	return fmt.Sprintf("receiver %s (user %s)", command, who)
+	return fmt.Sprintf("%s via receiver %s", who, command) // the user first: PostgreSQL keeps 63 bytes
+}
+
+// printable replaces control characters, which a value written by SQL may hold, so that
+// nothing printed can drive the terminal.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, s)
 }
 
 // writeOwnershipChanges prints an instance's ownership changes, oldest first.
@@ -392,10 +404,11 @@ func writeOwnershipChanges(out io.Writer, changes []store.OwnershipChange) error
 		switch {
 		case c.To != nil:
 			next = c.To.Cluster + "/" + c.To.Namespace
-		case c.Change != "claim":
+		case c.Change == "release" || c.Change == "reserve":
 			next = "anywhere"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", rfc3339(c.At), c.Change, policy, next, dash(strings.TrimSpace(c.Application+" as "+c.DBUser)))
+		by := printable(strings.TrimSpace(c.Application + " as " + c.DBUser)) // (what a client called itself)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", rfc3339(c.At), c.Change, printable(policy), printable(next), by)
 	}
 	return tw.Flush()
 }

@@ -559,8 +559,8 @@ WHERE owner_cluster IS NULL AND released_cluster IS NULL ORDER BY instance_id`)
 type OwnershipChange struct {
 	At time.Time `json:"at"`
 	// Change is claim (Owner claimed it), release (Owner's ownership ended; To is where it may
-	// be claimed from next, nil: anywhere) or reserve (nobody owned it before or after; To is
-	// where it may be claimed from next, nil: anywhere).
+	// be claimed from next, nil: anywhere), reserve (nobody owned it before or after; To is
+	// where it may be claimed from next, nil: anywhere) or delete (the record was deleted).
 	Change string           `json:"change"`
 	Owner  *consentv1.Owner `json:"owner,omitempty"`
 	To     *consentv1.Owner `json:"to,omitempty"`
@@ -575,7 +575,7 @@ type OwnershipChange struct {
 func (s *Store) OwnershipChanges(ctx context.Context, instance string) ([]OwnershipChange, error) {
 	var changes []OwnershipChange
 	err := s.readTx(ctx, func(tx pgx.Tx) error {
-		changes = nil
+		changes = []OwnershipChange{} // (json: [], not null)
 		rows, err := tx.Query(ctx, `
 SELECT at, change, owner_cluster, owner_namespace, owner_name, owner_uid, to_cluster, to_namespace, db_user, application
 FROM consent_ownership_changes WHERE instance_id = $1 ORDER BY seq`, instance)

@@ -650,7 +650,7 @@ func TestEveryOwnershipChangeIsRecorded(t *testing.T) {
 	if err := r.Store.Release(ctx, "c1", consentv1.ReleaseRequest{InstanceID: "acme", Owner: first}); err != nil {
 		t.Fatal(err)
 	}
-	admin, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithApplicationName("receiver consent release (user alice)"),
+	admin, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithApplicationName("alice via receiver consent release"),
 		store.WithRoles(store.RoleIngest, store.RoleRawReader))
 	if err != nil {
 		t.Fatal(err)
@@ -669,8 +669,17 @@ func TestEveryOwnershipChangeIsRecorded(t *testing.T) {
 	if _, err := admin.ForceRelease(ctx, "acme", nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.DB.Exec(ctx, `UPDATE consent_instances SET owner_cluster = 'c3', owner_namespace = 'old', owner_name = 'p' WHERE instance_id = 'acme'`); err != nil {
-		t.Fatal(err)
+	// Written by SQL: an earlier receiver's claim, then a UID added, an owner replaced in one
+	// write, the record deleted.
+	for _, sql := range []string{
+		`UPDATE consent_instances SET owner_cluster = 'c3', owner_namespace = 'old', owner_name = 'p' WHERE instance_id = 'acme'`,
+		`UPDATE consent_instances SET owner_uid = 'u3' WHERE instance_id = 'acme'`,
+		`UPDATE consent_instances SET owner_cluster = 'c4', owner_namespace = 'new', owner_name = 'q', owner_uid = NULL WHERE instance_id = 'acme'`,
+		`DELETE FROM consent_transitions WHERE instance_id = 'acme'; DELETE FROM consent_instances WHERE instance_id = 'acme'`,
+	} {
+		if _, err := r.DB.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	changes, err := r.Store.OwnershipChanges(ctx, "acme")
@@ -685,10 +694,10 @@ func TestEveryOwnershipChangeIsRecorded(t *testing.T) {
 		}
 		if c.To != nil {
 			line += " to " + c.To.Cluster + "/" + c.To.Namespace
-		} else if c.Change != "claim" {
+		} else if c.Change == "release" || c.Change == "reserve" {
 			line += " to anywhere"
 		}
-		if strings.Contains(c.Application, "alice") {
+		if c.Application == "alice via receiver consent release" {
 			line += " by alice"
 		}
 		if c.At.IsZero() || c.DBUser == "" {
@@ -705,11 +714,15 @@ func TestEveryOwnershipChangeIsRecorded(t *testing.T) {
 		"claim c2/initech/p/u2",
 		"release c2/initech/p/u2 to anywhere by alice",
 		"claim c3/old/p/",
+		"claim c3/old/p/u3",
+		"release c3/old/p/u3 to c4/new",
+		"claim c4/new/q/",
+		"delete c4/new/q/",
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("ownership changes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if changes, err := r.Store.OwnershipChanges(ctx, "nobody"); err != nil || len(changes) != 0 {
+	if changes, err := r.Store.OwnershipChanges(ctx, "nobody"); err != nil || changes == nil || len(changes) != 0 {
 		t.Fatalf("changes of an unknown instance: %v %v", changes, err)
 	}
 }
