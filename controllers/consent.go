@@ -952,6 +952,9 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		// record another policy claimed meanwhile stops the collector as it would unsuspended.
 		st.want = nil
 		r.flushLedger(ctx, st)
+		if st.ledgerErr == nil {
+			r.forgetNotReserved(client.ObjectKeyFromObject(p)) // its own record: no longer waiting
+		}
 		st.tier = p.Status.EffectiveTier
 		if errors.Is(st.ledgerErr, ledger.ErrOwnedElsewhere) {
 			st.tier = v1.TierOff

@@ -540,6 +540,22 @@ UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', 
 		}
 	}
 
+	// A record passes to another namespace only through a release, whoever writes it (here the
+	// receiver's own role): taking an owned record over in one write, or in two through its
+	// last owner's namespace, skips no check.
+	for _, sql := range []string{
+		`UPDATE consent_instances SET owner_namespace = 'mallory' WHERE instance_id = 'was-open'`,
+		`UPDATE consent_instances SET owner_cluster = 'c2' WHERE instance_id = 'was-open'`,
+	} {
+		var pgErr *pgconn.PgError
+		if _, err := r.Store.Pool().Exec(ctx, sql); !errors.As(err, &pgErr) || pgErr.Code != "TL002" {
+			t.Errorf("the database let a writer take an owned record over (%s): %v", sql, err)
+		}
+	}
+	if st, err := r.Store.ConsentState(ctx, "was-open"); err != nil || st.Owner.Cluster != "c1" || st.Owner.Namespace != "acme" {
+		t.Fatalf("after the refused take-overs: %+v %v", st.Owner, err)
+	}
+
 	var config []string
 	if err := r.DB.QueryRow(ctx, `SELECT proconfig FROM pg_proc WHERE proname = 'consent_instances_reservations'`).Scan(&config); err != nil ||
 		len(config) != 1 || !strings.HasPrefix(config[0], "search_path=") || !strings.HasSuffix(config[0], "pg_temp") {
@@ -670,11 +686,11 @@ func TestEveryOwnershipChangeIsRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Written by SQL: an earlier receiver's claim, then a UID added, an owner replaced in one
-	// write, the record deleted.
+	// write (another policy of its namespace), the record deleted.
 	for _, sql := range []string{
 		`UPDATE consent_instances SET owner_cluster = 'c3', owner_namespace = 'old', owner_name = 'p' WHERE instance_id = 'acme'`,
 		`UPDATE consent_instances SET owner_uid = 'u3' WHERE instance_id = 'acme'`,
-		`UPDATE consent_instances SET owner_cluster = 'c4', owner_namespace = 'new', owner_name = 'q', owner_uid = NULL WHERE instance_id = 'acme'`,
+		`UPDATE consent_instances SET owner_name = 'q', owner_uid = NULL WHERE instance_id = 'acme'`,
 		`DELETE FROM consent_transitions WHERE instance_id = 'acme'; DELETE FROM consent_instances WHERE instance_id = 'acme'`,
 	} {
 		if _, err := r.DB.Exec(ctx, sql); err != nil {
@@ -715,9 +731,9 @@ func TestEveryOwnershipChangeIsRecorded(t *testing.T) {
 		"release c2/initech/p/u2 to anywhere by alice",
 		"claim c3/old/p/",
 		"claim c3/old/p/u3",
-		"release c3/old/p/u3 to c4/new",
-		"claim c4/new/q/",
-		"delete c4/new/q/",
+		"release c3/old/p/u3 to c3/old",
+		"claim c3/old/q/",
+		"delete c3/old/q/",
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("ownership changes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
