@@ -344,11 +344,16 @@ func consent(ctx context.Context, args []string) error {
 		}
 		return nil
 	}
-	state, err := st.ConsentState(ctx, *instance)
+	changes, err := st.OwnershipChanges(ctx, *instance)
 	if err != nil {
 		return err
 	}
-	changes, err := st.OwnershipChanges(ctx, *instance)
+	state, err := st.ConsentState(ctx, *instance)
+	if errors.Is(err, store.ErrUnknownInstance) && len(changes) > 0 && *format == "table" {
+		// Deleted (an administrator's SQL, a restore): its trail outlives it.
+		fmt.Printf("instance:  %s\nno record (deleted)\n", *instance)
+		return writeOwnershipChanges(os.Stdout, changes)
+	}
 	if err != nil {
 		return err
 	}
@@ -437,8 +442,9 @@ func reservations(ctx context.Context, dsnFile, required string) error {
 	if on {
 		fmt.Println("reservations required: a policy claims an instance nobody has recorded only once it was reserved for its namespace (receiver consent reserve)")
 		open, err := st.OpenRecords(ctx)
-		if err != nil {
-			return err
+		if err != nil { // (the setting is what it says above)
+			fmt.Printf("the records open to any namespace could not be listed: %v\n", err)
+			return nil
 		}
 		if len(open) > 0 {
 			fmt.Printf("%d records nobody owns were released to any namespace before: only a policy of the namespace that last owned each may claim it "+

@@ -555,6 +555,14 @@ UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', 
 	if st, err := r.Store.ConsentState(ctx, "was-open"); err != nil || st.Owner.Cluster != "c1" || st.Owner.Namespace != "acme" {
 		t.Fatalf("after the refused take-overs: %+v %v", st.Owner, err)
 	}
+	// Nor does a reservation move to another instance (it has no transition to hold it).
+	if err := r.Store.Reserve(ctx, "reserved-only", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	var renameErr *pgconn.PgError
+	if _, err := r.Store.Pool().Exec(ctx, `UPDATE consent_instances SET instance_id = 'globex' WHERE instance_id = 'reserved-only'`); !errors.As(err, &renameErr) || renameErr.Code != "TL002" {
+		t.Errorf("the database let a writer move a reservation to another instance: %v", err)
+	}
 
 	var config []string
 	if err := r.DB.QueryRow(ctx, `SELECT proconfig FROM pg_proc WHERE proname = 'consent_instances_reservations'`).Scan(&config); err != nil ||
