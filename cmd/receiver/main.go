@@ -349,21 +349,29 @@ func consent(ctx context.Context, args []string) error {
 		return err
 	}
 	state, err := st.ConsentState(ctx, *instance)
-	if errors.Is(err, store.ErrUnknownInstance) && len(changes) > 0 && *format == "table" {
-		// Deleted (an administrator's SQL, a restore): its trail outlives it.
-		fmt.Printf("instance:  %s\nno record (deleted)\n", *instance)
-		return writeOwnershipChanges(os.Stdout, changes)
-	}
-	if err != nil {
+	// Deleted (an administrator's SQL, a restore): its trail outlives it.
+	deleted := errors.Is(err, store.ErrUnknownInstance) && len(changes) > 0
+	if err != nil && !deleted {
 		return err
 	}
 	if *format == "json" {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
+		if deleted {
+			return enc.Encode(struct {
+				InstanceID       string                  `json:"instanceID"`
+				Deleted          bool                    `json:"deleted"`
+				OwnershipChanges []store.OwnershipChange `json:"ownershipChanges"`
+			}{*instance, true, changes})
+		}
 		return enc.Encode(struct {
 			consentv1.State
 			OwnershipChanges []store.OwnershipChange `json:"ownershipChanges"`
 		}{state, changes})
+	}
+	if deleted {
+		fmt.Printf("instance:  %s\nno record (deleted)\n", *instance)
+		return writeOwnershipChanges(os.Stdout, changes)
 	}
 	if err := writeState(os.Stdout, state); err != nil {
 		return err
@@ -426,25 +434,26 @@ func reservations(ctx context.Context, dsnFile, required string) error {
 		return err
 	}
 	defer st.Close()
+	var on bool
 	if required != "" {
-		on, err := strconv.ParseBool(required)
-		if err != nil {
+		if on, err = strconv.ParseBool(required); err != nil {
 			return fmt.Errorf("--required must be true or false, not %q", required)
 		}
 		if err := st.SetReservationsRequired(ctx, on); err != nil {
 			return err
 		}
-	}
-	on, err := st.ReservationsRequired(ctx)
-	if err != nil {
+	} else if on, err = st.ReservationsRequired(ctx); err != nil {
 		return err
 	}
 	if on {
 		fmt.Println("reservations required: a policy claims an instance nobody has recorded only once it was reserved for its namespace (receiver consent reserve)")
 		open, err := st.OpenRecords(ctx)
-		if err != nil { // (the setting is what it says above)
-			fmt.Printf("the records open to any namespace could not be listed: %v\n", err)
+		if err != nil && required != "" { // the setting was applied: say so, and what failed after
+			fmt.Fprintf(os.Stderr, "the records open to any namespace could not be listed: %v\n", err)
 			return nil
+		}
+		if err != nil {
+			return err
 		}
 		if len(open) > 0 {
 			fmt.Printf("%d records nobody owns were released to any namespace before: only a policy of the namespace that last owned each may claim it "+
