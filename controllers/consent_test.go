@@ -699,7 +699,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			"no certificate for the instance is minted")
 
 		By("the receiver's operators hand it over")
-		_, err := rcv.Store.ForceRelease(ctx, instance, nil)
+		_, err := rcv.Admin.ForceRelease(ctx, instance, nil)
 		Expect(err).NotTo(HaveOccurred())
 		requestReconcile(ctx, nsB, "squatter")
 		Eventually(func() string { return ledgerOf(ctx, instance).Owner.Namespace }).Should(Equal(nsB))
@@ -711,7 +711,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		instance := instanceOf(nsA, "owner")
 		stopManager()
 		DeferCleanup(startManager)
-		_, err := rcv.Store.ForceRelease(ctx, instance, nil) // opened to the next policy anywhere
+		_, err := rcv.Admin.ForceRelease(ctx, instance, nil) // opened to the next policy anywhere
 		Expect(err).NotTo(HaveOccurred())
 		racer := eventLevelPolicy(nsB, "racer")
 		racer.Spec.InstanceID = instance
@@ -774,8 +774,8 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 	})
 
 	It("asks for a reservation less often the longer it has waited, counting from the receiver's first such answer", func() {
-		Expect(rcv.Store.SetReservationsRequired(ctx, true)).To(Succeed())
-		DeferCleanup(func() { Expect(rcv.Store.SetReservationsRequired(context.Background(), false)).To(Succeed()) })
+		Expect(rcv.Admin.SetReservationsRequired(ctx, true)).To(Succeed())
+		DeferCleanup(func() { Expect(rcv.Admin.SetReservationsRequired(context.Background(), false)).To(Succeed()) })
 		ns := newNamespace(ctx)
 		stopManager()
 		DeferCleanup(startManager)
@@ -823,23 +823,23 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		By("reserved, and claimed")
 		r.Ledger = testLedger()
 		instance := instanceOf(ns, "waiting")
-		Expect(rcv.Store.Reserve(ctx, instance, consentv1.Owner{Cluster: testCluster, Namespace: ns})).To(Succeed())
+		Expect(rcv.Admin.Reserve(ctx, instance, consentv1.Owner{Cluster: testCluster, Namespace: ns})).To(Succeed())
 		Eventually(func() string {
 			reconcile()
 			return ledgerOf(ctx, instance).Owner.Namespace
 		}).Should(Equal(ns))
 
 		By("another namespace's since, opened to anyone before reservations were required again: a new wait")
-		Expect(rcv.Store.SetReservationsRequired(ctx, false)).To(Succeed())
-		_, err := rcv.Store.ForceRelease(ctx, instance, nil)
+		Expect(rcv.Admin.SetReservationsRequired(ctx, false)).To(Succeed())
+		_, err := rcv.Admin.ForceRelease(ctx, instance, nil)
 		Expect(err).NotTo(HaveOccurred())
 		_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance,
 			Owner:      consentv1.Owner{Namespace: "elsewhere", Name: "other", UID: "u-other"},
 			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: ledgerOf(ctx, instance).Timeline.Current(), Reason: "Declared"}})
 		Expect(err).NotTo(HaveOccurred())
-		_, err = rcv.Store.ForceRelease(ctx, instance, nil)
+		_, err = rcv.Admin.ForceRelease(ctx, instance, nil)
 		Expect(err).NotTo(HaveOccurred())
-		Expect(rcv.Store.SetReservationsRequired(ctx, true)).To(Succeed())
+		Expect(rcv.Admin.SetReservationsRequired(ctx, true)).To(Succeed())
 		waitFor()
 		collectGarbage(ctx, ns, "waiting") // the collector it stopped is gone: nothing else asks sooner
 		Expect(reconcile()).To(BeNumerically("<=", 2*time.Second), "the wait that ended with the claim does not count")
@@ -850,7 +850,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 	It("claims an instance reserved for its namespace, and a policy of another namespace cannot", func() {
 		nsA, nsB := newNamespace(ctx), newNamespace(ctx)
 		instance := instanceOf(nsA, "reserved")
-		Expect(rcv.Store.Reserve(ctx, instance, consentv1.Owner{Cluster: testCluster, Namespace: nsA})).To(Succeed())
+		Expect(rcv.Admin.Reserve(ctx, instance, consentv1.Owner{Cluster: testCluster, Namespace: nsA})).To(Succeed())
 
 		By("a policy of another namespace naming it first")
 		squatter := eventLevelPolicy(nsB, "squatter")
@@ -868,8 +868,8 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 	})
 
 	It("waits for a reservation where the receiver requires one, and claims the instance once it is made", func() {
-		Expect(rcv.Store.SetReservationsRequired(ctx, true)).To(Succeed())
-		DeferCleanup(func() { Expect(rcv.Store.SetReservationsRequired(context.Background(), false)).To(Succeed()) })
+		Expect(rcv.Admin.SetReservationsRequired(ctx, true)).To(Succeed())
+		DeferCleanup(func() { Expect(rcv.Admin.SetReservationsRequired(context.Background(), false)).To(Succeed()) })
 		ns := newNamespace(ctx)
 		instance := instanceOf(ns, "early")
 		Expect(k8s.Create(ctx, eventLevelPolicy(ns, "early"))).To(Succeed())
@@ -881,7 +881,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(err).To(MatchError(store.ErrUnknownInstance), "the refused claim recorded nothing")
 
 		By("the receiver's operators reserving it for the namespace")
-		Expect(rcv.Store.Reserve(ctx, instance, consentv1.Owner{Cluster: testCluster, Namespace: ns})).To(Succeed())
+		Expect(rcv.Admin.Reserve(ctx, instance, consentv1.Owner{Cluster: testCluster, Namespace: ns})).To(Succeed())
 		Eventually(func() string { return ledgerOf(ctx, instance).Owner.Namespace }).Should(Equal(ns))
 		rollOutUntilReady(ctx, ns, "early")
 	})
@@ -1569,7 +1569,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 
 			By("the instance handed over at the receiver: released by its operators, recorded by another policy, released again")
 			stopManager()
-			_, err := rcv.Store.ForceRelease(ctx, instance, nil)
+			_, err := rcv.Admin.ForceRelease(ctx, instance, nil)
 			Expect(err).NotTo(HaveOccurred())
 			theirs := consentv1.Owner{Namespace: "elsewhere", Name: "next"}
 			fakeClock.Step(time.Minute)
@@ -1594,7 +1594,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Eventually(conditionStatus(ctx, ns, "ceded", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
 
 			By("the instance handed over by the receiver's operators and recorded by another policy")
-			_, err := rcv.Store.ForceRelease(ctx, instance, nil)
+			_, err := rcv.Admin.ForceRelease(ctx, instance, nil)
 			Expect(err).NotTo(HaveOccurred())
 			fakeClock.Step(time.Minute)
 			_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance, Owner: consentv1.Owner{Namespace: "elsewhere", Name: "next"},
@@ -1623,7 +1623,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			Eventually(conditionStatus(ctx, ns, "freed", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
 
 			By("the receiver's operators releasing the record, handed back to the policy's own namespace")
-			_, err := rcv.Store.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: testCluster, Namespace: ns})
+			_, err := rcv.Admin.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: testCluster, Namespace: ns})
 			Expect(err).NotTo(HaveOccurred())
 			before := ledgerOf(ctx, instance)
 			Expect(before.Owner.Cluster).To(BeEmpty())
@@ -1682,7 +1682,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 				return true
 			})
 			DeferCleanup(func() { rcv.SetIntercept(nil) })
-			_, err := rcv.Store.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: testCluster, Namespace: ns})
+			_, err := rcv.Admin.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: testCluster, Namespace: ns})
 			Expect(err).NotTo(HaveOccurred())
 			fakeClock.Step(11 * time.Minute)
 			requestReconcile(ctx, ns, "unclaimed")
@@ -1716,7 +1716,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			instance := instanceOf(ns, "leaving")
 			updatePolicy(ctx, ns, "leaving", func(p *v1.TelemetryPolicy) { p.Spec.Suspend = true })
 			Eventually(conditionStatus(ctx, ns, "leaving", v1.ConditionReady)).Should(HaveSuffix("/Suspended"))
-			_, err := rcv.Store.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: testCluster, Namespace: ns})
+			_, err := rcv.Admin.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: testCluster, Namespace: ns})
 			Expect(err).NotTo(HaveOccurred())
 			fakeClock.Step(11 * time.Minute)
 			requestReconcile(ctx, ns, "leaving")
@@ -1769,7 +1769,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			By("the receiver's operators handing the instance over to a policy of another namespace")
 			stopManager()
 			DeferCleanup(startManager)
-			_, err = rcv.Store.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: testCluster, Namespace: "elsewhere"})
+			_, err = rcv.Admin.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: testCluster, Namespace: "elsewhere"})
 			Expect(err).NotTo(HaveOccurred())
 			Expect(cursor()).To(Equal("403"+batchv1.ReasonNotOwner), "released: the certificate no longer works")
 			fakeClock.Step(time.Minute)
@@ -2112,7 +2112,7 @@ func (l *askingLedger) Record(_ context.Context, req consentv1.RecordRequest) (c
 func claimWithoutUID(ctx context.Context, ns, name string, tier consentv1.Tier) {
 	GinkgoHelper()
 	instance := instanceOf(ns, name)
-	_, err := rcv.Store.ForceRelease(ctx, instance, nil)
+	_, err := rcv.Admin.ForceRelease(ctx, instance, nil)
 	Expect(err).NotTo(HaveOccurred())
 	_, err = rcv.Store.RecordTransition(ctx, testCluster, consentv1.RecordRequest{InstanceID: instance,
 		Owner:      consentv1.Owner{Namespace: ns, Name: name},

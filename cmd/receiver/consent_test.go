@@ -11,12 +11,15 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
 	"github.com/sourcegraph/telemetry-operator/receiver/server"
+	"github.com/sourcegraph/telemetry-operator/receiver/store"
 )
 
 // TestConsentCommandsShowTheOwnershipTrail runs the administrator's consent commands against a
@@ -76,6 +79,91 @@ UPDATE consent_instances SET owner_cluster = NULL, owner_namespace = NULL, owner
 	}
 	if out := run("reservations", "--required=true"); !strings.Contains(out, "reservations required") || !strings.Contains(out, "open: last owned from c2/beta") {
 		t.Fatalf("reservations listing:\n%s", out)
+	}
+}
+
+// TestAReceiversOwnLoginServesButNeverHandsOver: a login that is a member of the receiver's
+// roles only starts a receiver (serve --migrate=false checks the schema an owner migrated), and
+// reads the ledger, but may neither reserve, hand over nor open a record, nor require
+// reservations; the same commands with the owner's DSN (a member of the administrators' role)
+// may.
+func TestAReceiversOwnLoginServesButNeverHandsOver(t *testing.T) {
+	ctx := context.Background()
+	r, err := receivertest.Start(ctx, server.DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.DB.Exec(ctx, `CREATE ROLE receiver_login LOGIN IN ROLE telemetry_ingest, telemetry_raw_reader`); err != nil {
+		t.Fatal(err)
+	}
+	ownerDSN := r.PG.DSN("receiver")
+	loginDSN := strings.Replace(ownerDSN, "postgres@", "receiver_login@", 1)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dsnFile := func(dsn string) string {
+		f := filepath.Join(t.TempDir(), "dsn")
+		if err := os.WriteFile(f, []byte(dsn), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	loginFile, ownerFile := dsnFile(loginDSN), dsnFile(ownerDSN)
+
+	st, err := openStore(ctx, loginFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := schemaCurrent(ctx, st, false, log); err != nil {
+		t.Fatalf("serve --migrate=false with the receiver's own login on a migrated schema: %v", err)
+	}
+	if _, err := r.DB.Exec(ctx, `DELETE FROM schema_migrations WHERE version = 16`); err != nil {
+		t.Fatal(err)
+	}
+	if err := schemaCurrent(ctx, st, false, log); err == nil || !strings.Contains(err.Error(), "lacks migrations [16]") {
+		t.Fatalf("serve --migrate=false started on a schema that lacks a migration: %v", err)
+	}
+	if _, err := r.DB.Exec(ctx, `INSERT INTO schema_migrations (version) VALUES (16)`); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Setenv("RECEIVER_DATABASE_DSN", loginDSN)
+	for _, args := range [][]string{
+		{"reserve", "--instance", "acme", "--to", "c1/mallory"},
+		{"release", "--instance", "acme", "--to", "c1/mallory"},
+		{"release", "--instance", "acme", "--to-anyone"},
+		{"reservations", "--required=false"},
+	} {
+		if out, err := captured(func() error { return consent(ctx, args) }); err == nil || !strings.Contains(err.Error(), store.RoleConsentAdmin) {
+			t.Errorf("consent %v with the receiver's own login: %v (%s)", args, err, out)
+		}
+	}
+	if err := requireReservationsAtStart(ctx, st, loginFile); err == nil || !strings.Contains(err.Error(), "may not turn them on") {
+		t.Errorf("serve --require-reservations with the receiver's own login: %v", err)
+	}
+	if out, err := captured(func() error { return consent(ctx, []string{"reservations"}) }); err != nil || !strings.Contains(out, "not required") {
+		t.Errorf("the receiver's own login reads the setting: %v (%s)", err, out)
+	}
+	if _, err := captured(func() error { return consent(ctx, []string{"show", "--instance", "acme"}) }); err == nil || strings.Contains(err.Error(), store.RoleConsentAdmin) {
+		t.Errorf("show of a record the refused reserve would have made: %v", err)
+	}
+
+	// The owner's DSN: a member of the administrators' role.
+	if err := requireReservationsAtStart(ctx, st, ownerFile); err != nil {
+		t.Fatalf("serve --require-reservations with the owner's DSN: %v", err)
+	}
+	if err := requireReservationsAtStart(ctx, st, loginFile); err != nil {
+		t.Errorf("serve --require-reservations with the receiver's own login, reservations on already: %v", err)
+	}
+	t.Setenv("RECEIVER_DATABASE_DSN", ownerDSN)
+	for _, args := range [][]string{
+		{"reserve", "--instance", "acme", "--to", "c1/acme"},
+		{"release", "--instance", "acme", "--to", "c1/beta"},
+		{"reservations", "--required=false"},
+	} {
+		if out, err := captured(func() error { return consent(ctx, args) }); err != nil {
+			t.Errorf("consent %v with the owner's DSN: %v (%s)", args, err, out)
+		}
 	}
 }
 

@@ -91,11 +91,17 @@ func dsnFlag(fs *flag.FlagSet) *string {
 }
 
 func openStore(ctx context.Context, dsnFile string, opts ...store.Option) (*store.Store, error) {
+	return openStoreAs(ctx, dsnFile, store.RoleIngest, opts...)
+}
+
+// openStoreAs opens the store writing as role (the receiver's: RoleIngest; its administrators'
+// tools: RoleConsentAdmin), reading stored data as the raw reader.
+func openStoreAs(ctx context.Context, dsnFile, role string, opts ...store.Option) (*store.Store, error) {
 	dsn, err := readDSN(dsnFile)
 	if err != nil {
 		return nil, err
 	}
-	return store.Open(ctx, dsn, append(opts, store.WithRoles(store.RoleIngest, store.RoleRawReader))...)
+	return store.Open(ctx, dsn, append(opts, store.WithRoles(role, store.RoleRawReader))...)
 }
 
 // readDSN reads the DSN from dsnFile, else from $RECEIVER_DATABASE_DSN.
@@ -134,6 +140,7 @@ func serve(ctx context.Context, args []string) error {
 	statementTimeout := fs.Duration("statement-timeout", time.Minute, "Longest database statement; a longer one is cancelled and the request answered 503 (0: no limit).")
 	requireReservations := fs.Bool("require-reservations", false, "At start, set the receiver-wide setting (kept in the database, so every replica enforces it) that lets a policy claim an instance with no consent record only once it was reserved for the policy's namespace (receiver consent reserve). Without the flag the setting is left as it is; receiver consent reservations --required=false turns it off.")
 	retentionDays := fs.Int("retention-days", DefaultRetentionDays, "Whole UTC days before today that stored events are kept (at most 3650); older days are dropped hourly and events dated before them refused (0: drop nothing; events over 3650 days old are still refused). Give every replica the same value.")
+	migrateFirst := fs.Bool("migrate", true, "Apply the schema's migrations at start (the login must own the schema and may create roles). With false, the receiver only checks that they were applied (receiver migrate, with the owner's DSN) and refuses to start otherwise: for a login that is a member of telemetry_ingest and telemetry_raw_reader only, which can neither migrate nor hand consent records over.")
 	dsnFile := dsnFlag(fs)
 	_ = fs.Parse(args)
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -156,22 +163,12 @@ func serve(ctx context.Context, args []string) error {
 		return err
 	}
 	defer st.Close()
-	for attempt := 0; ; attempt++ {
-		if err = st.Migrate(ctx); err == nil || attempt >= 30 || ctx.Err() != nil {
-			break
-		}
-		log.Warn("database not ready; retrying migrations", "err", err)
-		time.Sleep(2 * time.Second)
-	}
-	if err != nil {
-		return fmt.Errorf("migrating: %w", err)
+	if err := schemaCurrent(ctx, st, *migrateFirst, log); err != nil {
+		return err
 	}
 	if *requireReservations {
-		// Set only when off: setting it waits for the claims in flight (a table lock).
-		if on, err := st.ReservationsRequired(ctx); err != nil || !on {
-			if err := st.SetReservationsRequired(ctx, true); err != nil {
-				return fmt.Errorf("requiring reservations: %w", err)
-			}
+		if err := requireReservationsAtStart(ctx, st, *dsnFile); err != nil {
+			return err
 		}
 	}
 	if required, err := st.ReservationsRequired(ctx); err == nil {
@@ -246,6 +243,55 @@ func runReport(ctx context.Context, args []string) error {
 	}
 }
 
+// schemaCurrent applies the migrations (migrate) or checks that they were applied, retrying
+// while the database is not ready.
+func schemaCurrent(ctx context.Context, st *store.Store, migrate bool, log *slog.Logger) error {
+	var err error
+	for attempt := 0; ; attempt++ {
+		if migrate {
+			err = st.Migrate(ctx)
+		} else {
+			var pending []int
+			if pending, err = st.PendingMigrations(ctx); err == nil && len(pending) > 0 {
+				return fmt.Errorf("the database lacks migrations %v: run receiver migrate with the schema owner's DSN first (serve --migrate=false only checks)", pending)
+			}
+		}
+		// A migration may fail for a moment (a deadlock with a starting replica): retry it; a
+		// check fails for good unless the database is not ready.
+		if err == nil || (!migrate && !errors.Is(err, store.ErrUnavailable)) || attempt >= 30 || ctx.Err() != nil {
+			break
+		}
+		log.Warn("database not ready; retrying", "err", err)
+		time.Sleep(2 * time.Second)
+	}
+	if err != nil && migrate {
+		return fmt.Errorf("migrating: %w", err)
+	}
+	if err != nil {
+		return fmt.Errorf("checking the schema's migrations (receiver migrate, with the schema owner's DSN, applies them): %w", err)
+	}
+	return nil
+}
+
+// requireReservationsAtStart turns the receiver-wide setting on unless it is on already. That is
+// an administrator's change: it is made as store.RoleConsentAdmin, which a login of the
+// receiver's roles only may not take.
+func requireReservationsAtStart(ctx context.Context, st *store.Store, dsnFile string) error {
+	if on, err := st.ReservationsRequired(ctx); err == nil && on {
+		return nil // set only when off: setting it waits for the claims in flight (a table lock)
+	}
+	admin, err := openStoreAs(ctx, dsnFile, store.RoleConsentAdmin, store.WithApplicationName("receiver serve --require-reservations"))
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	if err := admin.SetReservationsRequired(ctx, true); err != nil {
+		return fmt.Errorf("--require-reservations: reservations are off and this login may not turn them on (only the receiver's administrators, database role %s: receiver consent reservations --required=true with their DSN): %w",
+			store.RoleConsentAdmin, err)
+	}
+	return nil
+}
+
 func migrate(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("migrate", flag.ExitOnError)
 	dsnFile := dsnFlag(fs)
@@ -308,7 +354,11 @@ func consent(ctx context.Context, args []string) error {
 		}
 		target = &consentv1.Owner{Cluster: cluster, Namespace: namespace}
 	}
-	st, err := openStore(ctx, *dsnFile, store.WithApplicationName(toolName("consent "+args[0])))
+	role := store.RoleIngest // show reads only
+	if args[0] != "show" {
+		role = store.RoleConsentAdmin
+	}
+	st, err := openStoreAs(ctx, *dsnFile, role, store.WithApplicationName(toolName("consent "+args[0])))
 	if err != nil {
 		return err
 	}
@@ -429,7 +479,11 @@ func writeOwnershipChanges(out io.Writer, changes []store.OwnershipChange) error
 // reservations shows or sets whether a policy may claim an instance nobody has recorded only
 // once it was reserved for the policy's namespace.
 func reservations(ctx context.Context, dsnFile, required string) error {
-	st, err := openStore(ctx, dsnFile, store.WithApplicationName(toolName("consent reservations")))
+	role := store.RoleIngest // showing the setting reads only
+	if required != "" {
+		role = store.RoleConsentAdmin
+	}
+	st, err := openStoreAs(ctx, dsnFile, role, store.WithApplicationName(toolName("consent reservations")))
 	if err != nil {
 		return err
 	}

@@ -43,6 +43,9 @@ import (
 type Receiver struct {
 	PG    *pgtest.Server
 	Store *store.Store
+	// Admin is the store as the receiver's administrators' tools open it (receiver consent
+	// release, reserve, reservations --required): working as store.RoleConsentAdmin.
+	Admin *store.Store
 	// DB is the receiver's database as its owner (no role): for tests that read or rearrange
 	// what was stored.
 	DB       *pgxpool.Pool
@@ -153,6 +156,11 @@ func StartWith(ctx context.Context, o Options) (*Receiver, error) {
 		pg.Close()
 		return nil, err
 	}
+	admin, err := store.Open(ctx, pg.DSN("receiver"), store.WithClock(o.Clock), store.WithRoles(store.RoleConsentAdmin, store.RoleRawReader))
+	if err != nil {
+		pg.Close()
+		return nil, err
+	}
 	ca := o.CA
 	if ca == nil {
 		if ca, err = pkitest.NewCA("test fleet issuer", pkitest.Options{NotBefore: time.Now().Add(-365 * 24 * time.Hour)}); err != nil {
@@ -181,7 +189,7 @@ func StartWith(ctx context.Context, o Options) (*Receiver, error) {
 	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
 		return nil, err
 	}
-	r := &Receiver{PG: pg, Store: st, DB: db, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir, Clock: o.Clock, limits: o.Limits, unrecorded: o.Unrecorded,
+	r := &Receiver{PG: pg, Store: st, Admin: admin, DB: db, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir, Clock: o.Clock, limits: o.Limits, unrecorded: o.Unrecorded,
 		tlsConfig: server.TLSConfig(pair, pool)}
 	r.clientCAs.Store(pool)
 	base := r.tlsConfig
@@ -380,7 +388,7 @@ func (r *Receiver) Replica(ctx context.Context) (*Receiver, error) {
 		st.Close()
 		return nil, err
 	}
-	rep := &Receiver{PG: r.PG, Store: st, DB: r.DB, CA: r.CA, Issuer: r.Issuer, CAFile: r.CAFile, Dir: r.Dir, Clock: r.Clock,
+	rep := &Receiver{PG: r.PG, Store: st, Admin: r.Admin, DB: r.DB, CA: r.CA, Issuer: r.Issuer, CAFile: r.CAFile, Dir: r.Dir, Clock: r.Clock,
 		limits: r.limits, unrecorded: r.unrecorded, tlsConfig: r.tlsConfig, replicaOf: r}
 	rep.clientCAs.Store(r.clientCAs.Load())
 	rep.newServer()
@@ -400,6 +408,7 @@ func (r *Receiver) Close() {
 	}
 	r.Stop()
 	r.Store.Close()
+	r.Admin.Close()
 	r.DB.Close()
 	r.PG.Close()
 	_ = os.RemoveAll(r.Dir)

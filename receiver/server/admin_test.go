@@ -207,7 +207,7 @@ func TestOwnershipOfTheConsentRecord(t *testing.T) {
 				t.Errorf("%s reading the released record: %d, want %d (%s)", asker, resp.status, c.want, resp.body)
 			}
 		}
-		if _, err := rcv.Store.ForceRelease(context.Background(), "own", nil); err != nil {
+		if _, err := rcv.Admin.ForceRelease(context.Background(), "own", nil); err != nil {
 			t.Fatal(err)
 		}
 		st := mustRecord(t, west, "own", "ns9", "p9", consentv1.TierOff, time.Now())
@@ -352,10 +352,10 @@ func TestHostileAdminBodiesChangeNothing(t *testing.T) {
 // no record; reserved for the operator's namespace, it is claimed.
 func TestAClaimOfAnInstanceNotReservedIsRefused(t *testing.T) {
 	ctx := context.Background()
-	if err := rcv.Store.SetReservationsRequired(ctx, true); err != nil {
+	if err := rcv.Admin.SetReservationsRequired(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = rcv.Store.SetReservationsRequired(context.Background(), false) })
+	t.Cleanup(func() { _ = rcv.Admin.SetReservationsRequired(context.Background(), false) })
 	op := rcv.OperatorClient("c1")
 	claim := consentv1.RecordRequest{InstanceID: "unreserved", Owner: consentv1.Owner{Namespace: "acme", Name: "p", UID: "u1"},
 		Transition: consentv1.Transition{At: time.Now(), Tier: consentv1.TierCriticalOnly, Reason: "Declared"}}
@@ -366,7 +366,7 @@ func TestAClaimOfAnInstanceNotReservedIsRefused(t *testing.T) {
 	if _, err := rcv.Store.ConsentState(ctx, "unreserved"); !errors.Is(err, store.ErrUnknownInstance) {
 		t.Fatalf("the refused claim left a record: %v", err)
 	}
-	if err := rcv.Store.Reserve(ctx, "unreserved", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+	if err := rcv.Admin.Reserve(ctx, "unreserved", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := adminPost(t, op, consentv1.PathConsent, claim); got.status != http.StatusOK {

@@ -98,7 +98,7 @@ func TestACertificateStopsWorkingAtAHandover(t *testing.T) {
 	elsewhere.Namespace = "elsewhere"
 	expect("a policy of another namespace", certFor(t, instance, elsewhere), 3, notOwner)
 
-	if _, err := rcv.Store.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: receivertest.TestCluster, Namespace: "elsewhere"}); err != nil {
+	if _, err := rcv.Admin.ForceRelease(ctx, instance, &consentv1.Owner{Cluster: receivertest.TestCluster, Namespace: "elsewhere"}); err != nil {
 		t.Fatal(err)
 	}
 	expect("released", theirs, 4, notOwner)
@@ -236,7 +236,7 @@ func TestARefusedCertificateTakesNoneOfTheOwnersSlots(t *testing.T) {
 		if got := answer(t, c, http.MethodPost, r.URL+batchv1.PathBatches, batch(instance, 1)); got != notOwner {
 			t.Fatalf("answered %s, want %s", got, notOwner)
 		}
-		if _, err := r.Store.ForceRelease(ctx, instance, nil); err != nil {
+		if _, err := r.Admin.ForceRelease(ctx, instance, nil); err != nil {
 			t.Fatal(err)
 		}
 		body, _ := json.Marshal(consentv1.RecordRequest{InstanceID: instance, Owner: policy,
@@ -255,7 +255,7 @@ func TestARefusedCertificateTakesNoneOfTheOwnersSlots(t *testing.T) {
 		if got := answer(t, c, http.MethodPost, r.URL+batchv1.PathBatches, batch(instance, 1)); got != notOwner {
 			t.Fatalf("answered %s, want %s", got, notOwner)
 		}
-		if _, err := r.Store.ForceRelease(ctx, instance, nil); err != nil {
+		if _, err := r.Admin.ForceRelease(ctx, instance, nil); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := r.Store.RecordTransition(ctx, receivertest.TestCluster, consentv1.RecordRequest{InstanceID: instance, Owner: policy,

@@ -37,7 +37,21 @@ var (
 	// ErrUnverified: an erasure was carried out but a re-query still found data in scope; the
 	// caller retries, and the retry deletes and verifies again (503).
 	ErrUnverified = errors.New("erasure not verified")
+	// ErrAdministratorsOnly: reserving, handing over or opening a record, or changing a
+	// receiver-wide setting, asked of a store that does not work as RoleConsentAdmin (the
+	// database refused it).
+	ErrAdministratorsOnly = errors.New("only the receiver's administrators (database role " + RoleConsentAdmin + ") reserve and hand over consent records and change the receiver's settings")
 )
+
+// administratorsOnly marks the database's refusal of an administrator's change (insufficient
+// privilege: the role's grants or migration 0016's trigger) as ErrAdministratorsOnly.
+func administratorsOnly(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+		return fmt.Errorf("%w: %s", ErrAdministratorsOnly, pgErr.Message)
+	}
+	return err
+}
 
 // RefusedError says why the ledger refused a batch. It names the instance's consent state and
 // never anything the batch carried.
@@ -434,7 +448,9 @@ func (s *Store) Release(ctx context.Context, cluster string, req consentv1.Relea
 // cluster. to, when set (Cluster and Namespace), is the only place a policy may claim it from
 // next, so nobody else races the intended claimant; nil opens it to the next policy anywhere.
 // It returns the previous owner (empty when there was none; without a name when the record
-// was released already and only where it may be claimed from changed).
+// was released already and only where it may be claimed from changed). Only a store working as
+// RoleConsentAdmin may (else ErrAdministratorsOnly), save a release of an owned record to its
+// owner's own namespace, which the owner's Release makes too.
 func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1.Owner) (consentv1.Owner, error) {
 	var previous consentv1.Owner
 	if to != nil && (to.Cluster == "" || to.Namespace == "") {
@@ -482,7 +498,7 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 	if err == nil && previous.Name != "" {
 		s.observe().Released(instance, previous)
 	}
-	return previous, err
+	return previous, administratorsOnly(err)
 }
 
 // Reserve makes an instance claimable only by a policy of to's cluster and namespace: it creates
@@ -491,7 +507,8 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 // assign an instance to its customer's namespace before any policy names it, so that no other
 // namespace can claim it first (with reservations required, no instance can be claimed
 // without). An instance that has an owner, or is released or reserved for a namespace already,
-// is refused (ErrInvalid): hand it over with ForceRelease.
+// is refused (ErrInvalid): hand it over with ForceRelease. Only a store working as
+// RoleConsentAdmin may (else ErrAdministratorsOnly).
 func (s *Store) Reserve(ctx context.Context, instance string, to consentv1.Owner) error {
 	if to.Cluster == "" || to.Namespace == "" {
 		return invalid("a reservation names the cluster and the namespace of the policy that may claim the record")
@@ -499,7 +516,7 @@ func (s *Store) Reserve(ctx context.Context, instance string, to consentv1.Owner
 	if err := checkOwner(instance, consentv1.Owner{Cluster: to.Cluster, Namespace: to.Namespace, Name: "reservation"}); err != nil {
 		return err
 	}
-	return s.inTx(ctx, func(tx pgx.Tx) error {
+	return administratorsOnly(s.inTx(ctx, func(tx pgx.Tx) error {
 		if err := lockExclusive(ctx, tx, instance); err != nil {
 			return err
 		}
@@ -514,7 +531,7 @@ WHERE consent_instances.owner_cluster IS NULL AND consent_instances.released_clu
 			return invalid("instance %q has an owner, or is released or reserved for a namespace, already: hand it over with receiver consent release --instance %s --to CLUSTER/NAMESPACE", instance, instance)
 		}
 		return bumpVersion(ctx, tx, instance)
-	})
+	}))
 }
 
 // OpenRecord is a record nobody owns that is released to no namespace (released so before
@@ -604,9 +621,10 @@ FROM consent_ownership_changes WHERE instance_id = $1 ORDER BY seq`, instance)
 const settingReservations = "reservations_required"
 
 // SetReservationsRequired sets, for every receiver on this database, whether a policy may claim
-// an instance nobody has recorded only once it was reserved for the policy's namespace.
+// an instance nobody has recorded only once it was reserved for the policy's namespace. Only a
+// store working as RoleConsentAdmin may (else ErrAdministratorsOnly).
 func (s *Store) SetReservationsRequired(ctx context.Context, required bool) error {
-	return s.inTx(ctx, func(tx pgx.Tx) error {
+	return administratorsOnly(s.inTx(ctx, func(tx pgx.Tx) error {
 		// Claims in flight finish first (they read the setting before they wrote): none that
 		// read it off can commit after it is on.
 		if _, err := tx.Exec(ctx, `LOCK TABLE consent_instances IN SHARE MODE`); err != nil {
@@ -616,7 +634,7 @@ func (s *Store) SetReservationsRequired(ctx context.Context, required bool) erro
 INSERT INTO receiver_settings (name, value, updated_at) VALUES ($1, $2, $3)
 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at`, settingReservations, required, s.now())
 		return err
-	})
+	}))
 }
 
 // ReservationsRequired reports the setting SetReservationsRequired sets (false until set).

@@ -193,7 +193,7 @@ CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION ke
 	})
 
 	t.Run("an administrator releases a stuck owner", func(t *testing.T) {
-		previous, err := r.Store.ForceRelease(ctx, "acme", nil)
+		previous, err := r.Admin.ForceRelease(ctx, "acme", nil)
 		if err != nil || previous.Cluster != "c1" || previous.Name != "policy" {
 			t.Fatalf("%+v %v", previous, err)
 		}
@@ -205,10 +205,10 @@ CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION ke
 		if err != nil || len(list) != 1 || list[0].InstanceID != "acme" || list[0].RequestID != "req-1" || list[0].VerifiedAt == nil {
 			t.Fatalf("audit trail %+v %v", list, err)
 		}
-		if previous, err := r.Store.ForceRelease(ctx, "acme", nil); err != nil || previous != (consentv1.Owner{}) {
+		if previous, err := r.Admin.ForceRelease(ctx, "acme", nil); err != nil || previous != (consentv1.Owner{}) {
 			t.Fatalf("second release: %+v %v", previous, err)
 		}
-		if _, err := r.Store.ForceRelease(ctx, "nobody", nil); !errors.Is(err, store.ErrUnknownInstance) {
+		if _, err := r.Admin.ForceRelease(ctx, "nobody", nil); !errors.Is(err, store.ErrUnknownInstance) {
 			t.Fatalf("release of an unknown instance: %v", err)
 		}
 	})
@@ -330,13 +330,13 @@ func TestAReleasedRecordIsClaimedOnlyWhereItWasReleased(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Handed over by the receiver's operators to one namespace: only it may claim it.
-	if _, err := r.Store.ForceRelease(ctx, "acme", &consentv1.Owner{Cluster: "c2", Namespace: "initech"}); err != nil {
+	if _, err := r.Admin.ForceRelease(ctx, "acme", &consentv1.Owner{Cluster: "c2", Namespace: "initech"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := record("c1", consentv1.Owner{Namespace: "mallory", Name: "policy", UID: "u6"}, consentv1.TierCriticalOnly); !errors.Is(err, store.ErrOwnedElsewhere) {
 		t.Fatalf("a namespace racing the handover: %v", err)
 	}
-	if _, err := r.Store.ForceRelease(ctx, "acme", &consentv1.Owner{Cluster: "c2"}); !errors.Is(err, store.ErrInvalid) {
+	if _, err := r.Admin.ForceRelease(ctx, "acme", &consentv1.Owner{Cluster: "c2"}); !errors.Is(err, store.ErrInvalid) {
 		t.Fatalf("a handover naming no namespace: %v", err)
 	}
 	next := consentv1.Owner{Namespace: "initech", Name: "policy", UID: "u5"}
@@ -374,7 +374,7 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 		if err := record(instance, "c1", acme); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := r.Store.ForceRelease(ctx, instance, nil); err != nil {
+		if _, err := r.Admin.ForceRelease(ctx, instance, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -387,10 +387,10 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	if st, err := r.Store.ConsentState(ctx, "handed-twice"); err != nil || len(st.Timeline) != 1 {
 		t.Fatalf("the claim at the tier in force appended a transition: %+v %v", st.Timeline, err)
 	}
-	if _, err := r.Store.ForceRelease(ctx, "handed-twice", nil); err != nil {
+	if _, err := r.Admin.ForceRelease(ctx, "handed-twice", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Store.SetReservationsRequired(ctx, true); err != nil {
+	if err := r.Admin.SetReservationsRequired(ctx, true); err != nil {
 		t.Fatal(err)
 	}
 	open, err := r.Store.OpenRecords(ctx)
@@ -422,7 +422,7 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	for name, err := range map[string]error{
 		"a release": r.Store.Release(ctx, "c1", consentv1.ReleaseRequest{InstanceID: "fresh", Owner: mallory}),
 		"a handover": func() error {
-			_, err := r.Store.ForceRelease(ctx, "fresh", &consentv1.Owner{Cluster: "c1", Namespace: "mallory"})
+			_, err := r.Admin.ForceRelease(ctx, "fresh", &consentv1.Owner{Cluster: "c1", Namespace: "mallory"})
 			return err
 		}(),
 		"an erasure of an instance": func() error {
@@ -488,7 +488,7 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	if st, err := r.Store.ConsentState(ctx, "closing-open"); err != nil || st.Timeline.Current() != consentv1.TierOff || st.Owner.Namespace != "acme" {
 		t.Fatalf("after the withdrawal: %+v %v", st, err)
 	}
-	if err := r.Store.Reserve(ctx, "was-open", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+	if err := r.Admin.Reserve(ctx, "was-open", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
 		t.Fatalf("reserving a record open to anyone: %v", err)
 	}
 	if err := record("was-open", "c1", acme); err != nil {
@@ -510,27 +510,27 @@ UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', 
 UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', owner_name = 'p' WHERE instance_id = 'planted'`},
 	} {
 		if c.name == "claim as its last transition's namespace" { // the last owner beta released it before the setting
-			if err := r.Store.SetReservationsRequired(ctx, false); err != nil {
+			if err := r.Admin.SetReservationsRequired(ctx, false); err != nil {
 				t.Fatal(err)
 			}
 			if err := record("unguarded-2", "c1", acme); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := r.Store.ForceRelease(ctx, "unguarded-2", nil); err != nil {
+			if _, err := r.Admin.ForceRelease(ctx, "unguarded-2", nil); err != nil {
 				t.Fatal(err)
 			}
 			if err := record("unguarded-2", "c1", beta); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := r.Store.ForceRelease(ctx, "unguarded-2", nil); err != nil {
+			if _, err := r.Admin.ForceRelease(ctx, "unguarded-2", nil); err != nil {
 				t.Fatal(err)
 			}
-			if err := r.Store.SetReservationsRequired(ctx, true); err != nil {
+			if err := r.Admin.SetReservationsRequired(ctx, true); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if c.name == "open a reservation" {
-			if err := r.Store.Reserve(ctx, "legacy-open", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+			if err := r.Admin.Reserve(ctx, "legacy-open", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -556,7 +556,7 @@ UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', 
 		t.Fatalf("after the refused take-overs: %+v %v", st.Owner, err)
 	}
 	// Nor does a reservation move to another instance (it has no transition to hold it).
-	if err := r.Store.Reserve(ctx, "reserved-only", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+	if err := r.Admin.Reserve(ctx, "reserved-only", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
 		t.Fatal(err)
 	}
 	var renameErr *pgconn.PgError
@@ -570,13 +570,13 @@ UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', 
 		t.Errorf("the trigger's function resolves names through %v (%v), want its schema, then pg_temp", config, err)
 	}
 
-	if err := r.Store.Reserve(ctx, "fresh", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+	if err := r.Admin.Reserve(ctx, "fresh", consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
 		t.Fatal(err)
 	}
 	// The database refuses a claim of a reserved (or released) record from another namespace,
 	// whatever the setting, as the store does (a receiver of a release before 0009 did not).
 	for _, required := range []bool{true, false} {
-		if err := r.Store.SetReservationsRequired(ctx, required); err != nil {
+		if err := r.Admin.SetReservationsRequired(ctx, required); err != nil {
 			t.Fatal(err)
 		}
 		var pgErr *pgconn.PgError
@@ -584,7 +584,7 @@ UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', 
 			t.Errorf("the database let another namespace claim a reserved record (reservations required: %v): %v", required, err)
 		}
 	}
-	if err := r.Store.SetReservationsRequired(ctx, true); err != nil {
+	if err := r.Admin.SetReservationsRequired(ctx, true); err != nil {
 		t.Fatal(err)
 	}
 	if err := record("fresh", "c1", mallory); !errors.As(err, &e) || !e.Released {
@@ -602,7 +602,7 @@ UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', 
 	if err := record("fresh", "c1", acme); err != nil {
 		t.Fatalf("its owner recording again: %v", err)
 	}
-	if _, err := r.Store.ForceRelease(ctx, "fresh", nil); !errors.Is(err, store.ErrInvalid) {
+	if _, err := r.Admin.ForceRelease(ctx, "fresh", nil); !errors.Is(err, store.ErrInvalid) {
 		t.Fatalf("a release to the next policy anywhere while reservations are required: %v", err)
 	}
 	if st, err := r.Store.ConsentState(ctx, "fresh"); err != nil || st.Owner.Namespace != "acme" {
@@ -619,7 +619,7 @@ UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', 
 		"a malformed instance":      {"Not_A_Label", consentv1.Owner{Cluster: "c1", Namespace: "acme"}},
 		"a malformed namespace":     {"other", consentv1.Owner{Cluster: "c1", Namespace: "a/b"}},
 	} {
-		if err := r.Store.Reserve(ctx, c.instance, c.to); !errors.Is(err, store.ErrInvalid) {
+		if err := r.Admin.Reserve(ctx, c.instance, c.to); !errors.Is(err, store.ErrInvalid) {
 			t.Errorf("reserving %s: %v, want ErrInvalid", name, err)
 		}
 	}
@@ -627,7 +627,7 @@ UPDATE consent_instances SET owner_cluster = 'c1', owner_namespace = 'mallory', 
 		t.Fatalf("a refused reservation changed the record: %+v %v", st.Owner, err)
 	}
 
-	if err := r.Store.SetReservationsRequired(ctx, false); err != nil {
+	if err := r.Admin.SetReservationsRequired(ctx, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := record("later", "c1", mallory); err != nil {
@@ -641,7 +641,7 @@ UPDATE consent_instances SET owner_cluster = 'c3', owner_namespace = 'gamma', ow
 UPDATE consent_instances SET owner_cluster = NULL, owner_namespace = NULL, owner_name = NULL WHERE instance_id = 'by-sql'`); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Store.SetReservationsRequired(ctx, true); err != nil {
+	if err := r.Admin.SetReservationsRequired(ctx, true); err != nil {
 		t.Fatal(err)
 	}
 	if err := record("by-sql", "c1", acme); !errors.As(err, &e) || !e.Unreserved {
@@ -675,7 +675,7 @@ func TestEveryOwnershipChangeIsRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	admin, err := store.Open(ctx, r.PG.DSN("receiver"), store.WithApplicationName("alice via receiver consent release"),
-		store.WithRoles(store.RoleIngest, store.RoleRawReader))
+		store.WithRoles(store.RoleConsentAdmin, store.RoleRawReader))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,6 +86,10 @@ const (
 	RoleRawReader = "telemetry_raw_reader"
 	// RoleReporting reads only the aggregated and normalized report views.
 	RoleReporting = "telemetry_reporting"
+	// RoleConsentAdmin is the receiver's administrators': RoleIngest's rights, and reserving,
+	// handing over and opening consent records and the receiver-wide settings, which
+	// RoleIngest may not (migrations/0016_consent_administrators.sql).
+	RoleConsentAdmin = "telemetry_consent_admin"
 )
 
 // WithRoles makes the store write as ingest and read stored data (Exported) as rawReader: each
@@ -157,7 +161,7 @@ func poolAs(ctx context.Context, cfg *pgxpool.Config, role string) (*pgxpool.Poo
 		set := "SET ROLE " + pgx.Identifier{role}.Sanitize()
 		cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
 			if _, err := c.Exec(ctx, set); err != nil {
-				return fmt.Errorf("switching to database role %s (run the receiver's migrations as a user with CREATEROLE): %w", role, err)
+				return fmt.Errorf("switching to database role %s (the login must be a member of it; the migrations, run as a user with CREATEROLE, make the migrating login a member of every role): %w", role, err)
 			}
 			return nil
 		}
@@ -215,9 +219,9 @@ func (s *Store) Migrate(ctx context.Context) error {
 	}
 	for _, name := range names {
 		base := strings.TrimPrefix(name, "migrations/")
-		version, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
+		version, err := migrationVersion(name)
 		if err != nil {
-			return fmt.Errorf("migration %s: name must start with a number", base)
+			return err
 		}
 		var applied bool
 		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)", version).Scan(&applied); err != nil {
@@ -238,6 +242,47 @@ func (s *Store) Migrate(ctx context.Context) error {
 		}
 	}
 	return tx.Commit(ctx)
+}
+
+// migrationVersion is the number a migration's file name starts with.
+func migrationVersion(name string) (int, error) {
+	base := strings.TrimPrefix(name, "migrations/")
+	version, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
+	if err != nil {
+		return 0, fmt.Errorf("migration %s: name must start with a number", base)
+	}
+	return version, nil
+}
+
+// PendingMigrations lists the versions of the embedded migrations the database has not applied,
+// read as the store's role (no schema rights needed): a receiver whose login may not migrate
+// (`receiver serve --migrate=false`) checks with it that someone did. A database that has not
+// applied migration 0016, or has none, answers an error.
+func (s *Store) PendingMigrations(ctx context.Context) ([]int, error) {
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, "SELECT version FROM schema_migrations")
+	if err != nil {
+		return nil, fmt.Errorf("reading the schema's applied migrations: %w", unavailable(err))
+	}
+	applied, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return nil, fmt.Errorf("reading the schema's applied migrations: %w", unavailable(err))
+	}
+	var pending []int
+	for _, name := range names {
+		version, err := migrationVersion(name)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(applied, int32(version)) {
+			pending = append(pending, version)
+		}
+	}
+	sort.Ints(pending)
+	return pending, nil
 }
 
 // Result counts what a write stored.
