@@ -94,7 +94,10 @@ func TestAReceiversOwnLoginServesButNeverHandsOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	if _, err := r.DB.Exec(ctx, `CREATE ROLE receiver_login LOGIN IN ROLE telemetry_ingest, telemetry_raw_reader`); err != nil {
+	// A plain login, as a database administrator creates it; receiver migrate grants it the
+	// receiver's roles (as the shipped Deployment's init container does), and refuses a
+	// superuser's.
+	if _, err := r.DB.Exec(ctx, `CREATE ROLE receiver_login LOGIN`); err != nil {
 		t.Fatal(err)
 	}
 	ownerDSN := r.PG.DSN("receiver")
@@ -108,6 +111,46 @@ func TestAReceiversOwnLoginServesButNeverHandsOver(t *testing.T) {
 		return f
 	}
 	loginFile, ownerFile := dsnFile(loginDSN), dsnFile(ownerDSN)
+	// Logins that could hand records over or rewrite the ledger whatever roles they are given:
+	// refused, and granted nothing.
+	for login, create := range map[string]string{
+		"root_login":      `CREATE ROLE root_login LOGIN SUPERUSER`,
+		"creator_login":   `CREATE ROLE creator_login LOGIN CREATEROLE`,
+		"sneaky_login":    `CREATE ROLE sneaky_login LOGIN NOINHERIT IN ROLE telemetry_consent_admin`,
+		"writer_login":    `CREATE ROLE writer_login LOGIN IN ROLE pg_write_all_data`,
+		"owners_login":    `CREATE ROLE owners_login LOGIN IN ROLE postgres`,
+		"old_owner_login": `CREATE ROLE old_owner_login LOGIN; CREATE TABLE leftover (); ALTER TABLE leftover OWNER TO old_owner_login`,
+	} {
+		if _, err := r.DB.Exec(ctx, create); err != nil {
+			t.Fatal(err)
+		}
+		err := migrate(ctx, []string{"--database-dsn-file", ownerFile, "--serve-dsn-file", dsnFile(strings.Replace(ownerDSN, "postgres@", login+"@", 1))})
+		if err == nil || !strings.Contains(err.Error(), "could hand consent records over") {
+			t.Errorf("migrate granted the receiver's roles to %s: %v", login, err)
+		}
+		var granted bool
+		if err := r.DB.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+WHERE u.rolname = $1 AND r.rolname = 'telemetry_raw_reader')`, login).Scan(&granted); err != nil || granted {
+			t.Errorf("the refused %s was granted telemetry_raw_reader: %v %v", login, granted, err)
+		}
+	}
+	if err := migrate(ctx, []string{"--database-dsn-file", ownerFile, "--serve-dsn-file", dsnFile(strings.Replace(ownerDSN, "postgres@", "nobody@", 1))}); err == nil ||
+		!strings.Contains(err.Error(), "create the receiver's login first") {
+		t.Errorf("migrate for a login that does not exist: %v", err)
+	}
+	for range 2 { // idempotent
+		if err := migrate(ctx, []string{"--database-dsn-file", ownerFile, "--serve-dsn-file", loginFile}); err != nil {
+			t.Fatalf("migrate --serve-dsn-file: %v", err)
+		}
+	}
+	if err := migrate(ctx, []string{"--database-dsn-file", ownerFile, "--serve-dsn-file", ownerFile}); err != nil {
+		t.Fatalf("migrate with one login for both: %v", err)
+	}
+	var ingest, admin bool
+	if err := r.DB.QueryRow(ctx, `SELECT pg_has_role('receiver_login', 'telemetry_ingest', 'USAGE'), pg_has_role('receiver_login', 'telemetry_consent_admin', 'MEMBER')`).Scan(&ingest, &admin); err != nil ||
+		!ingest || admin {
+		t.Fatalf("after migrate the receiver's login is in ingest %v, in the administrators' role %v (%v)", ingest, admin, err)
+	}
 
 	st, err := openStore(ctx, loginFile)
 	if err != nil {

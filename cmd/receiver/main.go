@@ -8,7 +8,7 @@ Licensed under the Apache License, Version 2.0.
 //
 //	receiver serve   --tls-cert F --tls-key F --client-ca F   (mutual-TLS ingestion API)
 //	receiver report  [--instance ID] [--format table|json]   (the product answers)
-//	receiver migrate                                         (apply schema migrations)
+//	receiver migrate [--serve-dsn-file F]                    (apply schema migrations; grant serve's login its roles)
 //	receiver consent show --instance ID [--format table|json] (an instance's consent ledger)
 //	receiver consent release --instance ID --to CLUSTER/NAMESPACE|--to-anyone (hand a record over: admin override)
 //	receiver consent reserve --instance ID --to CLUSTER/NAMESPACE (assign a new instance to its namespace)
@@ -40,6 +40,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -110,7 +111,7 @@ func readDSN(dsnFile string) (string, error) {
 	if dsnFile != "" {
 		raw, err := os.ReadFile(dsnFile) //nolint:gosec // operator-provided path
 		if err != nil {
-			return "", fmt.Errorf("reading --database-dsn-file: %w", err)
+			return "", fmt.Errorf("reading the DSN file: %w", err)
 		}
 		dsn = strings.TrimSpace(string(raw))
 	}
@@ -295,13 +296,37 @@ func requireReservationsAtStart(ctx context.Context, st *store.Store, dsnFile st
 func migrate(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("migrate", flag.ExitOnError)
 	dsnFile := dsnFlag(fs)
+	serveDSNFile := fs.String("serve-dsn-file", "", "File holding the DSN `receiver serve` uses (its own login, apart from the schema owner's that migrates): after migrating, its user is made a member of telemetry_ingest and telemetry_raw_reader, and refused if it is one of telemetry_consent_admin. Only the user name is read from it.")
 	_ = fs.Parse(args)
 	st, err := openStore(ctx, *dsnFile)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	return st.Migrate(ctx)
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	for attempt := 0; ; attempt++ { // an init container may start before the database answers
+		if err = st.Migrate(ctx); err == nil || !errors.Is(err, store.ErrUnavailable) || attempt >= 30 || ctx.Err() != nil {
+			break
+		}
+		log.Warn("database not ready; retrying migrations", "err", err)
+		time.Sleep(2 * time.Second)
+	}
+	if err != nil || *serveDSNFile == "" {
+		return err
+	}
+	serveDSN, err := readDSN(*serveDSNFile)
+	if err != nil {
+		return err
+	}
+	cfg, err := pgx.ParseConfig(serveDSN)
+	if err != nil {
+		return errors.New("--serve-dsn-file: invalid database DSN") // never echo the DSN
+	}
+	isOwner, err := st.GrantReceiverRoles(ctx, cfg.User)
+	if isOwner {
+		log.Warn("the receiver serves with the schema owner's login: its roles bound its queries, not its credentials, which could hand consent records over; give it a plain login of its own (README, The receiver)")
+	}
+	return err
 }
 
 func consent(ctx context.Context, args []string) error {

@@ -244,6 +244,66 @@ func (s *Store) Migrate(ctx context.Context) error {
 	return tx.Commit(ctx)
 }
 
+// GrantReceiverRoles makes login a member of the roles `receiver serve` works as (RoleIngest and
+// RoleRawReader): for a login of the receiver's own, apart from the schema owner that migrates,
+// so that what the receiver can do is what its roles may, not what the owner's credentials
+// could. It runs as the store's login (the schema owner, with CREATEROLE), under the migrations'
+// lock (replicas starting together), and is idempotent. It refuses, granting nothing, a login
+// that could hand consent records over or rewrite the ledger whatever its roles: a superuser, one
+// with CREATEROLE, a member (even without inheriting) of RoleConsentAdmin, of the schema owner or
+// of pg_write_all_data, or the owner of the database, the schema or any of its tables. login the
+// store's own login is accepted as it is (one login for everything; isOwner reports it).
+func (s *Store) GrantReceiverRoles(ctx context.Context, login string) (isOwner bool, err error) {
+	if login == "" {
+		return false, errors.New("the receiver's login has no user name")
+	}
+	conn, err := pgx.ConnectConfig(ctx, s.connConfig.Copy())
+	if err != nil {
+		return false, unavailable(err)
+	}
+	defer func() { _ = conn.Close(context.Background()) }()
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return false, unavailable(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
+		return false, unavailable(err)
+	}
+	var exists bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1), current_user = $1`, login).Scan(&exists, &isOwner); err != nil {
+		return false, err
+	}
+	switch {
+	case isOwner:
+		return true, nil
+	case !exists:
+		return false, fmt.Errorf("no database role %s: create the receiver's login first (CREATE ROLE %s LOGIN PASSWORD ...)", pgx.Identifier{login}.Sanitize(), pgx.Identifier{login}.Sanitize())
+	}
+	var why string
+	if err := tx.QueryRow(ctx, `
+SELECT concat_ws(', ',
+  CASE WHEN r.rolsuper THEN 'a superuser' END,
+  CASE WHEN r.rolcreaterole THEN 'may create roles' END,
+  CASE WHEN pg_has_role($1, $2, 'MEMBER') THEN 'a member of ' || $2 END,
+  CASE WHEN pg_has_role($1, 'pg_write_all_data', 'MEMBER') THEN 'a member of pg_write_all_data' END,
+  CASE WHEN pg_has_role($1, current_user, 'MEMBER') THEN 'a member of the schema owner ' || current_user END,
+  CASE WHEN pg_has_role($1, (SELECT datdba FROM pg_database WHERE datname = current_database()), 'MEMBER') THEN 'owns the database' END,
+  CASE WHEN pg_has_role($1, (SELECT nspowner FROM pg_namespace WHERE nspname = current_schema()), 'MEMBER') THEN 'owns the schema' END,
+  CASE WHEN EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace AND pg_has_role($1, c.relowner, 'MEMBER'))
+       THEN 'owns tables of the schema' END)
+FROM pg_roles r WHERE r.rolname = $1`, login, RoleConsentAdmin).Scan(&why); err != nil {
+		return false, err
+	}
+	if why != "" {
+		return false, fmt.Errorf("the receiver's login %s is %s: it could hand consent records over or rewrite the ledger; give the receiver a plain login of its own", pgx.Identifier{login}.Sanitize(), why)
+	}
+	if _, err := tx.Exec(ctx, "GRANT "+RoleIngest+", "+RoleRawReader+" TO "+pgx.Identifier{login}.Sanitize()); err != nil {
+		return false, fmt.Errorf("granting the receiver's roles to its login: %w", err)
+	}
+	return false, tx.Commit(ctx)
+}
+
 // migrationVersion is the number a migration's file name starts with.
 func migrationVersion(name string) (int, error) {
 	base := strings.TrimPrefix(name, "migrations/")

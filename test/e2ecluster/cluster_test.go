@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -96,6 +97,12 @@ func TestShippedManifestsOnARealCluster(t *testing.T) {
 	if err := receiverPG.CreateDatabase(ctx, "receiver"); err != nil {
 		t.Fatal(err)
 	}
+	// The receiver's own login, plain, as the README has a database administrator create it.
+	receiverOwnerDSN := receiverPG.DSN("receiver") // a superuser here: the schema's owner
+	receiverLoginDSN := strings.Replace(receiverOwnerDSN, "postgres@", "telemetry_receiver@", 1)
+	if err := execSQL(ctx, receiverOwnerDSN, `CREATE ROLE telemetry_receiver LOGIN`); err != nil {
+		t.Fatal(err)
+	}
 
 	f.c, err = cluster.Start(ctx, cluster.Options{
 		Bin:          os.Getenv("KUBEBUILDER_ASSETS"),
@@ -153,13 +160,14 @@ func TestShippedManifestsOnARealCluster(t *testing.T) {
 		f.restrictedDryRun(t, "dist/install.yaml", "dist/receiver.yaml")
 	})
 
-	// The receiver, from dist/receiver.yaml, and the three Secrets its README section names.
+	// The receiver, from dist/receiver.yaml, and the four Secrets its README section names.
 	f.applyManifest(filepath.Join(root, "dist", "receiver.yaml"), overlay)
 	server, err := ca.ServerCert("telemetry-receiver", []string{"telemetry-receiver.telemetry.svc", "localhost", "127.0.0.1"}, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.createSecret(receiverNS, "telemetry-receiver-db", corev1.SecretTypeOpaque, map[string][]byte{"dsn": []byte(receiverPG.DSN("receiver"))})
+	f.createSecret(receiverNS, "telemetry-receiver-db-owner", corev1.SecretTypeOpaque, map[string][]byte{"dsn": []byte(receiverOwnerDSN)})
+	f.createSecret(receiverNS, "telemetry-receiver-db", corev1.SecretTypeOpaque, map[string][]byte{"dsn": []byte(receiverLoginDSN)})
 	f.createSecret(receiverNS, "telemetry-receiver-tls", corev1.SecretTypeTLS, map[string][]byte{"tls.crt": server.CertPEM, "tls.key": server.KeyPEM})
 	f.createSecret(receiverNS, "telemetry-receiver-client-ca", corev1.SecretTypeOpaque, map[string][]byte{"ca.crt": ca.CertPEM})
 	f.must("rollout", "status", "-n", receiverNS, "deployment/"+receiverName, "--timeout=180s")
@@ -211,6 +219,24 @@ func TestShippedManifestsOnARealCluster(t *testing.T) {
 	})
 	f.run1(t, "what the demo checks", f.demoChecks)
 	f.run1(t, "the receiver's Service and PodDisruptionBudget track its pod", f.receiverObjects)
+	f.run1(t, "the receiver serves with its own login, which may not hand consent records over", func(t *testing.T) {
+		var logins []string
+		if err := rdb.QueryRow(ctx, `SELECT coalesce(array_agg(DISTINCT usename::text), '{}') FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = 'receiver serve'`).Scan(&logins); err != nil {
+			t.Fatal(err)
+		}
+		if len(logins) != 1 || logins[0] != "telemetry_receiver" {
+			t.Errorf("the receiver's connections log in as %v, want its own login only", logins)
+		}
+		var ingest, admin bool
+		if err := rdb.QueryRow(ctx, `SELECT pg_has_role('telemetry_receiver', 'telemetry_ingest', 'USAGE'),
+  pg_has_role('telemetry_receiver', 'telemetry_consent_admin', 'MEMBER')`).Scan(&ingest, &admin); err != nil {
+			t.Fatal(err)
+		}
+		if !ingest || admin {
+			t.Errorf("the receiver's login is in telemetry_ingest %v, in telemetry_consent_admin %v: want in the first only", ingest, admin)
+		}
+	})
 	f.run1(t, "manager works under its shipped RBAC as its ServiceAccount", f.managerChecks)
 	f.run1(t, "collector template passes Pod Security restricted", f.collectorRestricted)
 	f.run1(t, "every container runs its image's entrypoint as user 65532", f.containerUsers)
@@ -1039,4 +1065,15 @@ func (r *watcher) seen() []string {
 
 func fromUnstructured(u *unstructured.Unstructured, into any) error {
 	return runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, into, true)
+}
+
+// execSQL runs sql once on dsn.
+func execSQL(ctx context.Context, dsn, sql string) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close(ctx) }()
+	_, err = conn.Exec(ctx, sql)
+	return err
 }
