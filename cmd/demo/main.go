@@ -196,6 +196,11 @@ func walkthrough(ctx context.Context, s *localstack.Stack, pluginPath string) bo
 	unlisted := db.Unlisted(ctx)
 	c.check(unlisted == 0, "no event the catalog does not list was exported")
 
+	if problem := db.ServesConfined(ctx, localstack.ReceiverLogin); problem != "" {
+		c.check(false, "the receiver serves with a login of its own that may not hand consent records over: %s", problem)
+	} else {
+		c.check(true, "the receiver serves with a login of its own that may not hand consent records over")
+	}
 	consentWalk(ctx, s, db, c, instances["acme"])
 	erasureWalk(ctx, s, db, c)
 	return !c.failed

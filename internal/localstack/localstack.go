@@ -176,6 +176,11 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	if err := s.ReceiverPG.CreateDatabase(ctx, "receiver"); err != nil {
 		return nil, err
 	}
+	// The receiver's own plain login, as a database administrator creates it for the shipped
+	// Deployment: receiver migrate grants it the receiver's roles and nothing more.
+	if err := s.ReceiverPG.Exec(ctx, "receiver", `CREATE ROLE `+ReceiverLogin+` LOGIN`); err != nil {
+		return nil, err
+	}
 
 	s.logf("==> creating a development fleet issuer and the receiver's certificate")
 	if err := s.pki(ctx); err != nil {
@@ -235,18 +240,29 @@ func (s *Stack) startReceiver(ctx context.Context) error {
 		}
 	}
 	api, ops := s.receiverAPI, s.receiverOpsAddr
-	dsnFile := filepath.Join(s.Dir, "receiver-dsn")
-	if err := os.WriteFile(dsnFile, []byte(s.ReceiverPG.DSN("receiver")), 0o600); err != nil {
-		return err
+	// As the shipped Deployment: migrate as the schema owner (whose DSN the receiver's
+	// administrators' commands use too), then serve with the receiver's own login.
+	ownerDSN := s.ReceiverPG.DSN("receiver")
+	serveDSN := strings.Replace(ownerDSN, "postgres@", ReceiverLogin+"@", 1)
+	ownerFile, serveFile := filepath.Join(s.Dir, "receiver-dsn"), filepath.Join(s.Dir, "receiver-serve-dsn")
+	for file, dsn := range map[string]string{ownerFile: ownerDSN, serveFile: serveDSN} {
+		if err := os.WriteFile(file, []byte(dsn), 0o600); err != nil {
+			return err
+		}
 	}
 	log, err := os.OpenFile(filepath.Join(s.Dir, "receiver.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = log.Close() }()                                                       // the process has its own descriptor
-	cmd := exec.Command(s.Opts.Bins.Receiver, "serve", "--listen", api, "--ops-listen", ops, //nolint:gosec // our binary
+	defer func() { _ = log.Close() }()                                                                                                    // the process has its own descriptor
+	migrate := exec.CommandContext(ctx, s.Opts.Bins.Receiver, "migrate", "--database-dsn-file", ownerFile, "--serve-dsn-file", serveFile) //nolint:gosec // our binary
+	migrate.Stdout, migrate.Stderr = log, log
+	if err := migrate.Run(); err != nil {
+		return fmt.Errorf("receiver migrate (see %s): %w", filepath.Join(s.Dir, "receiver.log"), err)
+	}
+	cmd := exec.Command(s.Opts.Bins.Receiver, "serve", "--migrate=false", "--listen", api, "--ops-listen", ops, //nolint:gosec // our binary
 		"--tls-cert", filepath.Join(s.Dir, "receiver.crt"), "--tls-key", filepath.Join(s.Dir, "receiver.key"),
-		"--client-ca", filepath.Join(s.Dir, "issuer.crt"), "--database-dsn-file", dsnFile)
+		"--client-ca", filepath.Join(s.Dir, "issuer.crt"), "--database-dsn-file", serveFile)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		return err
@@ -422,7 +438,12 @@ func (s *Stack) Report(ctx context.Context, args ...string) (string, error) {
 	return s.Receiver(ctx, append([]string{"report"}, args...)...)
 }
 
-// Receiver runs a receiver command (report, consent, erasures) against the stack's database.
+// ReceiverLogin is the receiver's own database login: `receiver serve` works with it, and it
+// can neither migrate nor hand consent records over.
+const ReceiverLogin = "telemetry_receiver"
+
+// Receiver runs a receiver command (report, consent, erasures) against the stack's database, as
+// the receiver's operators do: with the schema owner's DSN (a member of every role).
 func (s *Stack) Receiver(ctx context.Context, args ...string) (string, error) {
 	if len(args) == 0 {
 		return "", fmt.Errorf("no receiver command")

@@ -12,6 +12,7 @@ package fleetcheck
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -110,6 +111,27 @@ func (r Receiver) PersonalData(ctx context.Context) string {
 		if strings.Contains(dump, pii) {
 			return ": found " + pii
 		}
+	}
+	return ""
+}
+
+// ServesConfined returns "" if every connection of `receiver serve` logs in as login, a member of
+// telemetry_ingest and not of telemetry_consent_admin (so it may not hand consent records over),
+// else what is wrong.
+func (r Receiver) ServesConfined(ctx context.Context, login string) string {
+	var logins []string
+	var ingest, admin bool
+	if err := r.Pool.QueryRow(ctx, `
+SELECT (SELECT coalesce(array_agg(DISTINCT usename::text), '{}') FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name = 'receiver serve'),
+       pg_has_role($1, 'telemetry_ingest', 'USAGE'), pg_has_role($1, 'telemetry_consent_admin', 'MEMBER')`, login).Scan(&logins, &ingest, &admin); err != nil {
+		return "the receiver's database could not be read: " + err.Error()
+	}
+	switch {
+	case len(logins) != 1 || logins[0] != login:
+		return fmt.Sprintf("the receiver's connections log in as %v, want %s only", logins, login)
+	case !ingest || admin:
+		return fmt.Sprintf("%s is in telemetry_ingest %v, in telemetry_consent_admin %v: want in the first only", login, ingest, admin)
 	}
 	return ""
 }
