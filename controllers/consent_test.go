@@ -1201,6 +1201,11 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		p.Spec.Consent.Tier = v1.TierCriticalOnly
 		Expect(k8s.Create(ctx, p)).To(Succeed())
 		Eventually(func() error { _, err := deployment(ctx, ns, "fresh"); return err }).Should(Succeed())
+		// The suite's manager issues the credentials after creating the Deployment, and writes
+		// them into its template: the status below must be of its last generation.
+		Eventually(func() *v1.CredentialsStatus { return getPolicy(ctx, ns, "fresh").Status.Credentials }).ShouldNot(BeNil())
+		generation := func() int64 { d, _ := deployment(ctx, ns, "fresh"); return d.Generation }
+		Eventually(func() bool { g := generation(); time.Sleep(time.Second); return g == generation() }).Should(BeTrue())
 		// Rolled out, never available (no Deployment controller runs here): never Synced, so
 		// its tier is never enforced (status.effectiveTier stays empty).
 		setDeploymentStatus(ctx, ns, "fresh", func(d *appsv1.Deployment) {

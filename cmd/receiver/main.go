@@ -296,7 +296,7 @@ func requireReservationsAtStart(ctx context.Context, st *store.Store, dsnFile st
 func migrate(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("migrate", flag.ExitOnError)
 	dsnFile := dsnFlag(fs)
-	serveDSNFile := fs.String("serve-dsn-file", "", "File holding the DSN `receiver serve` uses (its own login, apart from the schema owner's that migrates): after migrating, its user is made a member of telemetry_ingest and telemetry_raw_reader, and refused if it is one of telemetry_consent_admin. Only the user name is read from it.")
+	serveDSNFile := fs.String("serve-dsn-file", "", "File holding the DSN `receiver serve` uses (its own login, apart from the schema owner's that migrates): after migrating, its user is made a member of telemetry_ingest and telemetry_raw_reader; a login that could hand consent records over or rewrite the ledger whatever its roles (a superuser, CREATEROLE, a member of telemetry_consent_admin, of the schema owner or of pg_write_all_data, an owner of the database, the schema or its tables) is refused and granted nothing. Only the user name is read from it.")
 	_ = fs.Parse(args)
 	st, err := openStore(ctx, *dsnFile)
 	if err != nil {
