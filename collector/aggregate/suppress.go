@@ -8,7 +8,8 @@ Licensed under the Apache License, Version 2.0.
 // decides which may be published. A cell with fewer than 5 distinct users is never published
 // (primary suppression), and more cells are withheld until no suppressed cell can be narrowed
 // below 5 users from everything published for the instance and day together (secondary
-// suppression, judged by the disclosure audit in disclosure.go). Only closed days are
+// suppression, judged by the disclosure audit, internal/disclosure, which the receiver runs
+// too). Only closed days are
 // published, each once: no two publications of a day can be differenced.
 package aggregate
 
@@ -18,6 +19,7 @@ import (
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
+	"github.com/sourcegraph/telemetry-operator/internal/disclosure"
 )
 
 // Suppress returns the cells that may be published and how many were withheld. Per day: cells
@@ -49,10 +51,10 @@ func Suppress(cells []batchv1.Aggregate) ([]batchv1.Aggregate, int) {
 
 // suppressDay decides one day's cells.
 func suppressDay(cat *catalogv1.Catalog, cells []batchv1.Aggregate) ([]batchv1.Aggregate, int) {
-	published := map[cellKey]batchv1.Aggregate{}
-	var sensitive []cellKey // suppressed cells with users behind them
+	published := map[disclosure.Cell]batchv1.Aggregate{}
+	var sensitive []disclosure.Cell // suppressed cells with users behind them
 	for _, c := range cells {
-		k := cellKey{c.Metric, c.Dimension}
+		k := disclosure.Cell{Metric: c.Metric, Dimension: c.Dimension}
 		switch {
 		case c.Users >= batchv1.MinCellUsers:
 			published[k] = c
@@ -61,39 +63,49 @@ func suppressDay(cat *catalogv1.Catalog, cells []batchv1.Aggregate) ([]batchv1.A
 		}
 	}
 	for len(published) > 0 {
-		m := buildModel(cat, cells, published)
-		var exposed *cellKey
-		checked := map[cellKey]bool{}
+		m := disclosure.NewModel(cat, cells, published)
+		var exposed *disclosure.Cell
+		checked := map[disclosure.Cell]bool{}
 		for _, k := range sensitive {
-			k = m.standIn(k) // one audit for the cells one stands for
+			k = m.StandIn(k) // one audit for the cells one stands for
 			if checked[k] {
 				continue
 			}
 			checked[k] = true
-			if !protected(m, k) {
+			if !m.Protected(k) {
 				exposed = &k
 				break
 			}
 		}
 		if exposed == nil {
-			break
+			// The receiver judges from the published cells alone, where a cell nobody is behind
+			// looks like a suppressed one: a day it would refuse is not sent.
+			k, _, narrowed, err := m.Narrowed()
+			if err != nil {
+				published = map[disclosure.Cell]batchv1.Aggregate{}
+				break
+			}
+			if !narrowed {
+				break
+			}
+			exposed = &k
 		}
-		levels := m.related(*exposed)
+		levels := m.Related(*exposed)
 		if len(levels) == 0 {
 			// Exposed by nothing it shares a relation with (the audit failed): withhold all.
-			published = map[cellKey]batchv1.Aggregate{}
+			published = map[disclosure.Cell]batchv1.Aggregate{}
 			break
 		}
 		candidates := levels[0]
-		slices.SortFunc(candidates, func(a, b cellKey) int {
-			return cmp.Or(cmp.Compare(published[a].Users, published[b].Users), cmp.Compare(a.metric, b.metric), cmp.Compare(a.dim, b.dim))
+		slices.SortFunc(candidates, func(a, b disclosure.Cell) int {
+			return cmp.Or(cmp.Compare(published[a].Users, published[b].Users), cmp.Compare(a.Metric, b.Metric), cmp.Compare(a.Dimension, b.Dimension))
 		})
 		// A complementary cell has at least MinCellUsers users: its own bound is at least that.
 		delete(published, candidates[0])
 	}
 	out := make([]batchv1.Aggregate, 0, len(published))
 	for _, c := range cells {
-		if _, ok := published[cellKey{c.Metric, c.Dimension}]; ok {
+		if _, ok := published[disclosure.Cell{Metric: c.Metric, Dimension: c.Dimension}]; ok {
 			out = append(out, c)
 		}
 	}

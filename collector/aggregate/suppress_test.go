@@ -15,6 +15,7 @@ import (
 	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	"github.com/sourcegraph/telemetry-operator/collector/aggregate"
 	"github.com/sourcegraph/telemetry-operator/collector/aggregate/aggregatetest"
+	"github.com/sourcegraph/telemetry-operator/internal/disclosure"
 )
 
 const day = "2026-11-20"
@@ -179,5 +180,80 @@ func TestDaysAreJudgedApart(t *testing.T) {
 	}
 	if !published(kept, batchv1.MetricSearchesByType, "literal") {
 		t.Fatal("day 1's literal cell (12 users, no small cell that day) must be published")
+	}
+}
+
+// TestManyVersionsAreWithheld: a day with thousands of small versions (a hostile or odd instance
+// database) is audited as quickly as a day with a few, and none of them is published.
+func TestManyVersionsAreWithheld(t *testing.T) {
+	cells := []batchv1.Aggregate{
+		{Day: day, Metric: batchv1.MetricEventCount, Dimension: "hover", Value: 40, Users: 6},
+		{Day: day, Metric: batchv1.MetricFeatureUsers, Dimension: catalogv1.FeatureCodeNavigation, Value: 6, Users: 6},
+		{Day: day, Metric: batchv1.MetricActiveUsers1d, Value: 6, Users: 6},
+		{Day: day, Metric: batchv1.MetricInstanceVersion, Dimension: "5.3.0", Value: 5, Users: 5},
+	}
+	for i := range 5000 {
+		cells = append(cells, batchv1.Aggregate{Day: day, Metric: batchv1.MetricInstanceVersion, Dimension: fmt.Sprintf("6.%d.%d", i/1000, i%1000), Value: 1, Users: 1})
+	}
+	kept, withheld := aggregate.Suppress(cells)
+	for _, c := range kept {
+		if c.Users < batchv1.MinCellUsers {
+			t.Fatalf("published %+v", c)
+		}
+	}
+	if withheld < 5000 {
+		t.Fatalf("withheld %d cells, want at least the 5000 small versions", withheld)
+	}
+}
+
+// TestTheReceiversAuditAgreesWithTheAttacker holds the receiver's audit (disclosure.Audit, which
+// sees only what a collector publishes) to the independent attacker over randomized days: it
+// refuses every day suppression one cell at a time leaves narrowable, and accepts every day
+// Suppress publishes (a collector that does its part is never refused).
+func TestTheReceiversAuditAgreesWithTheAttacker(t *testing.T) {
+	days := 300
+	if testing.Short() {
+		days = 60
+	}
+	rng := rand.New(rand.NewPCG(17, 2026))
+	refused := 0
+	for i := range days {
+		truth := aggregatetest.Cells(aggregatetest.Random(rng, fmt.Sprintf("2026-%02d-%02d", 1+i%12, 1+i%28)))
+		kept, _ := aggregate.Suppress(truth)
+		if err := disclosure.Audit(catalogv1.Current(), kept); err != nil {
+			t.Fatalf("day %d: the receiver refuses what Suppress published: %v\n%v", i, err, kept)
+		}
+		naive := primaryOnly(truth)
+		isolated, err := aggregatetest.Isolated(truth, naive)
+		if err != nil {
+			t.Fatalf("day %d: %v", i, err)
+		}
+		err = disclosure.Audit(catalogv1.Current(), naive)
+		if len(isolated) > 0 && err == nil {
+			t.Fatalf("day %d: the attacker narrows %v, the receiver's audit accepts %v", i, isolated, naive)
+		}
+		if err != nil {
+			refused++
+		}
+	}
+	t.Logf("%d days: the receiver's audit refused %d published with primary suppression alone", days, refused)
+	if refused == 0 {
+		t.Fatal("the audit refused nothing: it is toothless on this data")
+	}
+}
+
+// BenchmarkAudit is the receiver's cost of auditing one published day (a random instance-day).
+func BenchmarkAudit(b *testing.B) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	var days [][]batchv1.Aggregate
+	for range 50 {
+		kept, _ := aggregate.Suppress(aggregatetest.Cells(aggregatetest.Random(rng, day)))
+		days = append(days, kept)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if err := disclosure.Audit(catalogv1.Current(), days[i%len(days)]); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

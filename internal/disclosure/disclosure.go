@@ -4,22 +4,26 @@ Copyright 2026 The telemetry-operator Authors.
 Licensed under the Apache License, Version 2.0.
 */
 
-package aggregate
+// Package disclosure is the disclosure audit of the CriticalOnly tier's aggregate cells: what
+// someone who reads every cell published for an instance and day, and knows how the cells are
+// defined, can infer about the cells that were not published. The collector withholds cells
+// until a day passes it (collector/aggregate); the receiver, which trusts no collector to have
+// done so, refuses a day that does not (Audit).
+package disclosure
 
 import (
+	"cmp"
 	"errors"
+	"fmt"
 	"math"
 	"slices"
-
-	"gonum.org/v1/gonum/mat"
-	"gonum.org/v1/gonum/optimize/convex/lp"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 )
 
-// The disclosure audit: what someone who reads every cell published for an instance and day,
-// and knows how the cells are defined, can infer about a suppressed cell. The definitions imply
+// What someone who reads every cell published for an instance and day, and knows how the cells
+// are defined, can infer about a suppressed cell. The definitions imply
 // linear relations among the cells' values (events) and users (distinct users):
 //
 //   - a cell's users never exceed its events;
@@ -35,7 +39,7 @@ import (
 // Published cells are fixed; every other cell of a dimension the catalog lists (suppressed, or
 // absent because nobody did it: a reader cannot tell) is an unknown, non-negative quantity. The
 // largest number of users a suppressed cell can have under these relations is found by linear
-// programming (gonum's simplex). A cell is protected when that bound is at least MinCellUsers:
+// programming (simplex.go). A cell is protected when that bound is at least MinCellUsers:
 // nobody can conclude that fewer than five users are behind it. Integer reasoning cannot do
 // better than this bound once it is an integer, and it is rounded down before the comparison.
 
@@ -43,22 +47,29 @@ import (
 // publishes it, but every feature and version cell is bounded by it.
 const listedUsers = "(listed users)"
 
-// cellKey names a cell within one day.
-type cellKey struct{ metric, dim string }
+// Cell names a cell within one day.
+type Cell struct{ Metric, Dimension string }
 
-// model is the linear system over one day's cells.
-type model struct {
+// Model is the linear system over one day's cells.
+type Model struct {
 	// vars indexes the unknowns: a cell's users ("u") and, for event metrics, its events ("v").
 	vars  map[varKey]int
 	names []varKey
 	// le rows are sum(coef*var) <= rhs; eq rows are sum(coef*var) == rhs.
 	le, eq []row
 	// unknownVersion is the unpublished version cell that stands for every unpublished one.
-	unknownVersion *cellKey
+	unknownVersion *Cell
+	// tooLarge is set when a published count exceeds maxAudited.
+	tooLarge bool
 }
 
+// maxAudited is the largest count the audit judges. The programs are solved in floating
+// point, exact for integers far beyond any instance-day's counts; a count near 2^53 would
+// lose the units a differencing reader needs, and a verdict on it could be wrong.
+const maxAudited = 1 << 32
+
 type varKey struct {
-	cell   cellKey
+	cell   Cell
 	events bool
 }
 
@@ -66,10 +77,10 @@ type row struct {
 	coef map[int]float64
 	rhs  float64
 	// published are the published cells whose values were moved to the right-hand side.
-	published []cellKey
+	published []Cell
 }
 
-func (m *model) v(k varKey) int {
+func (m *Model) v(k varKey) int {
 	if i, ok := m.vars[k]; ok {
 		return i
 	}
@@ -85,13 +96,16 @@ type term struct {
 }
 
 // add records sum(terms) <= rhs (or == when eq), moving published cells' values to the right.
-func (m *model) add(published map[cellKey]batchv1.Aggregate, eq bool, rhs float64, terms ...term) {
+func (m *Model) add(published map[Cell]batchv1.Aggregate, eq bool, rhs float64, terms ...term) {
 	r := row{coef: map[int]float64{}, rhs: rhs}
 	for _, t := range terms {
 		if a, ok := published[t.key.cell]; ok {
 			val := float64(a.Users)
 			if t.key.events {
 				val = float64(a.Value)
+			}
+			if val > maxAudited {
+				m.tooLarge = true
 			}
 			r.rhs -= t.coef * val
 			r.published = append(r.published, t.key.cell)
@@ -109,12 +123,12 @@ func (m *model) add(published map[cellKey]batchv1.Aggregate, eq bool, rhs float6
 	}
 }
 
-// buildModel writes the relations among the cells of one day. cells are every cell computed
+// NewModel writes the relations among the cells of one day. cells are every cell computed
 // for the day (published or not); published are those that will be published.
-func buildModel(cat *catalogv1.Catalog, cells []batchv1.Aggregate, published map[cellKey]batchv1.Aggregate) *model {
-	m := &model{vars: map[varKey]int{}}
-	u := func(metric, dim string) varKey { return varKey{cellKey{metric, dim}, false} }
-	e := func(metric, dim string) varKey { return varKey{cellKey{metric, dim}, true} }
+func NewModel(cat *catalogv1.Catalog, cells []batchv1.Aggregate, published map[Cell]batchv1.Aggregate) *Model {
+	m := &Model{vars: map[varKey]int{}}
+	u := func(metric, dim string) varKey { return varKey{Cell{metric, dim}, false} }
+	e := func(metric, dim string) varKey { return varKey{Cell{metric, dim}, true} }
 	pts := append(slices.Clone(catalogv1.PatternTypes), catalogv1.OtherPatternType)
 	names := cat.Names()
 	// Users never exceed events.
@@ -162,7 +176,7 @@ func buildModel(cat *catalogv1.Catalog, cells []batchv1.Aggregate, published map
 		if c.Metric != batchv1.MetricInstanceVersion {
 			continue
 		}
-		k := cellKey{c.Metric, c.Dimension}
+		k := Cell{c.Metric, c.Dimension}
 		if _, ok := published[k]; !ok {
 			if m.unknownVersion != nil {
 				continue
@@ -176,13 +190,20 @@ func buildModel(cat *catalogv1.Catalog, cells []batchv1.Aggregate, published map
 	return m
 }
 
-// errUndecided is returned when the linear program could not be solved; callers fail closed.
+// errUndecided is returned when the linear program could not be solved (the published cells
+// contradict one another); callers fail closed.
 var errUndecided = errors.New("the disclosure audit could not be solved")
+
+// errTooLarge is returned for a day with a count above maxAudited; callers fail closed.
+var errTooLarge = fmt.Errorf("a count above %d cannot be audited exactly", maxAudited)
 
 // maxUsers is the largest number of users the cell k can have under the model (+Inf when
 // nothing bounds it). Only the relations connected to k through unknowns matter, so the program
 // is solved over that part of the model alone, in standard form (one slack per inequality).
-func (m *model) maxUsers(k cellKey) (float64, error) {
+func (m *Model) maxUsers(k Cell) (float64, error) {
+	if m.tooLarge {
+		return 0, errTooLarge
+	}
 	target, ok := m.vars[varKey{k, false}]
 	if !ok {
 		return math.Inf(1), nil // in no relation with anything published
@@ -192,32 +213,30 @@ func (m *model) maxUsers(k cellKey) (float64, error) {
 	for j, v := range vars {
 		col[v] = j
 	}
-	n := len(vars) + len(le)
-	a := mat.NewDense(len(le)+len(eq), n, nil)
-	b := make([]float64, len(le)+len(eq))
-	for i, r := range append(le, eq...) {
-		for v, coef := range r.coef {
-			a.Set(i, col[v], coef)
+	renumber := func(rs []row) []row {
+		out := make([]row, len(rs))
+		for i, r := range rs {
+			out[i] = row{coef: make(map[int]float64, len(r.coef)), rhs: r.rhs}
+			for v, coef := range r.coef {
+				out[i].coef[col[v]] = coef
+			}
 		}
-		if i < len(le) {
-			a.Set(i, len(vars)+i, 1) // slack
-		}
-		b[i] = r.rhs
+		return out
 	}
-	c := make([]float64, n)
-	c[col[target]] = -1 // maximize
-	opt, _, err := lp.Simplex(c, a, b, 1e-10, nil)
+	c := make([]float64, len(vars))
+	c[col[target]] = 1
+	opt, err := maximize(len(vars), c, renumber(le), renumber(eq))
 	switch {
-	case errors.Is(err, lp.ErrUnbounded):
+	case errors.Is(err, errUnbounded):
 		return math.Inf(1), nil
 	case err != nil:
 		return 0, errUndecided
 	}
-	return -opt, nil
+	return opt, nil
 }
 
 // component returns the unknowns connected to v through relations, and those relations.
-func (m *model) component(v int) (vars []int, le, eq []row) {
+func (m *Model) component(v int) (vars []int, le, eq []row) {
 	seen := map[int]bool{v: true}
 	vars = []int{v}
 	usedLE, usedEQ := make([]bool, len(m.le)), make([]bool, len(m.eq))
@@ -254,31 +273,31 @@ func (m *model) component(v int) (vars []int, le, eq []row) {
 	return vars, le, eq
 }
 
-// protected reports whether nobody can conclude from published that fewer than MinCellUsers
+// Protected reports whether nobody can conclude from published that fewer than MinCellUsers
 // users are behind cell k.
-func protected(m *model, k cellKey) bool {
-	hi, err := m.maxUsers(m.standIn(k))
+func (m *Model) Protected(k Cell) bool {
+	hi, err := m.maxUsers(m.StandIn(k))
 	if err != nil {
 		return false
 	}
 	return math.Floor(hi+1e-6) >= batchv1.MinCellUsers
 }
 
-// standIn is the cell of the model that stands for k: an unpublished version's is the one
+// StandIn is the cell of the model that stands for k: an unpublished version's is the one
 // version standing for all.
-func (m *model) standIn(k cellKey) cellKey {
-	if k.metric == batchv1.MetricInstanceVersion && m.unknownVersion != nil {
+func (m *Model) StandIn(k Cell) Cell {
+	if k.Metric == batchv1.MetricInstanceVersion && m.unknownVersion != nil {
 		return *m.unknownVersion
 	}
 	return k
 }
 
-// related returns the published cells in a relation with cell k, directly or through unknowns,
+// Related returns the published cells in a relation with cell k, directly or through unknowns,
 // by distance: level 0 holds the cells in a relation with k itself, level 1 those in a relation
 // with an unknown that is in one with k, and so on.
-func (m *model) related(k cellKey) [][]cellKey {
-	var levels [][]cellKey
-	seenCell := map[cellKey]bool{}
+func (m *Model) Related(k Cell) [][]Cell {
+	var levels [][]Cell
+	seenCell := map[Cell]bool{}
 	seenVar := map[int]bool{}
 	var frontier []int
 	for _, key := range []varKey{{k, false}, {k, true}} {
@@ -290,7 +309,7 @@ func (m *model) related(k cellKey) [][]cellKey {
 	seenRow := map[*row]bool{}
 	for len(frontier) > 0 {
 		var next []int
-		var level []cellKey
+		var level []Cell
 		for _, rows := range [][]row{m.le, m.eq} {
 			for ri := range rows {
 				r := &rows[ri]
@@ -318,4 +337,90 @@ func (m *model) related(k cellKey) [][]cellKey {
 		frontier = next
 	}
 	return levels
+}
+
+// unpublishedVersion stands, in a model built from published cells alone, for every version
+// that has no published cell: a reader cannot tell which versions were suppressed.
+const unpublishedVersion = "(unpublished version)"
+
+// Narrowed returns the first unpublished cell of the model (in the order the model names them)
+// that a reader can narrow to between 1 and MinCellUsers-1 users, with that bound; ok is false
+// when there is none. A reader cannot tell a suppressed cell from one nobody is behind, so
+// every unpublished cell counts, not only those known to be suppressed; a bound of zero says
+// that nobody is behind a cell, which discloses nobody. An error means the audit could not be
+// solved: callers fail closed.
+func (m *Model) Narrowed() (cell Cell, bound int, ok bool, err error) {
+	seen := map[Cell]bool{}
+	for _, k := range m.names {
+		if k.events || k.cell.Metric == listedUsers || seen[k.cell] {
+			continue
+		}
+		seen[k.cell] = true
+		hi, err := m.maxUsers(k.cell)
+		if err != nil {
+			return Cell{}, 0, false, err
+		}
+		if n := math.Floor(hi + 1e-6); n >= 1 && n < batchv1.MinCellUsers {
+			return k.cell, int(n), true, nil
+		}
+	}
+	return Cell{}, 0, false, nil
+}
+
+// NarrowedError is Audit's refusal: the cells published for Day let a reader conclude that
+// between 1 and Bound users are behind Cell.
+type NarrowedError struct {
+	Day   string
+	Cell  Cell
+	Bound int
+}
+
+func (e *NarrowedError) Error() string {
+	name := e.Cell.Metric
+	if e.Cell.Dimension != "" {
+		name += "/" + e.Cell.Dimension
+	}
+	return fmt.Sprintf("the cells of %s narrow %s to at most %d users (minimum %d): more cells must be withheld",
+		e.Day, name, e.Bound, batchv1.MinCellUsers)
+}
+
+// Audit judges what a reader of cells learns, day by day, knowing nothing else: it refuses
+// (with a *NarrowedError) a day whose cells narrow an unpublished cell below MinCellUsers
+// users, and fails closed with an error when the audit cannot be solved. A day is published
+// once and whole, so its cells are judged together; the first of two cells with the same
+// metric and dimension counts, as it is the one stored.
+func Audit(cat *catalogv1.Catalog, cells []batchv1.Aggregate) error {
+	byDay := map[string]map[Cell]batchv1.Aggregate{}
+	var days []string
+	for _, c := range cells {
+		day, ok := byDay[c.Day]
+		if !ok {
+			day = map[Cell]batchv1.Aggregate{}
+			byDay[c.Day] = day
+			days = append(days, c.Day)
+		}
+		if _, dup := day[Cell{c.Metric, c.Dimension}]; !dup {
+			day[Cell{c.Metric, c.Dimension}] = c
+		}
+	}
+	slices.Sort(days)
+	for _, d := range days {
+		published := byDay[d]
+		all := make([]batchv1.Aggregate, 0, len(published)+1)
+		for _, c := range published {
+			all = append(all, c)
+		}
+		slices.SortFunc(all, func(a, b batchv1.Aggregate) int {
+			return cmp.Or(cmp.Compare(a.Metric, b.Metric), cmp.Compare(a.Dimension, b.Dimension))
+		})
+		all = append(all, batchv1.Aggregate{Day: d, Metric: batchv1.MetricInstanceVersion, Dimension: unpublishedVersion})
+		cell, bound, ok, err := NewModel(cat, all, published).Narrowed()
+		if err != nil {
+			return fmt.Errorf("the cells of %s: %w", d, err)
+		}
+		if ok {
+			return &NarrowedError{Day: d, Cell: cell, Bound: bound}
+		}
+	}
+	return nil
 }

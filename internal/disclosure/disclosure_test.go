@@ -1,0 +1,80 @@
+/*
+Copyright 2026 The telemetry-operator Authors.
+
+Licensed under the Apache License, Version 2.0.
+*/
+
+package disclosure
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
+	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
+)
+
+// TestManyVersionsKeepTheAuditSmall: an instance database can hold any number of distinct
+// versions; the audit's program must not grow with them (every unknown version has the same
+// single relation), or a hostile database could stall publication (the collector withholds
+// them all: collector/aggregate's TestManyVersionsAreWithheld).
+func TestManyVersionsKeepTheAuditSmall(t *testing.T) {
+	day := func(versions int) []batchv1.Aggregate {
+		cells := []batchv1.Aggregate{
+			{Day: "2026-10-14", Metric: batchv1.MetricEventCount, Dimension: "hover", Value: 40, Users: 6},
+			{Day: "2026-10-14", Metric: batchv1.MetricFeatureUsers, Dimension: catalogv1.FeatureCodeNavigation, Value: 6, Users: 6},
+			{Day: "2026-10-14", Metric: batchv1.MetricActiveUsers1d, Value: 6, Users: 6},
+			{Day: "2026-10-14", Metric: batchv1.MetricInstanceVersion, Dimension: "5.3.0", Value: 5, Users: 5},
+		}
+		for i := range versions {
+			cells = append(cells, batchv1.Aggregate{Day: "2026-10-14", Metric: batchv1.MetricInstanceVersion, Dimension: fmt.Sprintf("6.%d.%d", i/1000, i%1000), Value: 1, Users: 1})
+		}
+		return cells
+	}
+	size := func(cells []batchv1.Aggregate) int {
+		published := map[Cell]batchv1.Aggregate{}
+		for _, c := range cells {
+			if c.Users >= batchv1.MinCellUsers {
+				published[Cell{c.Metric, c.Dimension}] = c
+			}
+		}
+		m := NewModel(catalogv1.Current(), cells, published)
+		return len(m.names)
+	}
+	if few, many := size(day(3)), size(day(5000)); few != many {
+		t.Fatalf("the program has %d unknowns with 3 small versions and %d with 5000", few, many)
+	}
+}
+
+// TestAuditRefusesADifferencedDay: what a reader subtracts is what the audit finds. Two
+// published pattern types leave 2 of the day's 20 searches to the other types, so each of them
+// has at most 2 users; withholding one of the two leaves 10, and nothing can be narrowed.
+func TestAuditRefusesADifferencedDay(t *testing.T) {
+	cell := func(metric, dim string, value, users int64) batchv1.Aggregate {
+		return batchv1.Aggregate{Day: "2026-11-27", Metric: metric, Dimension: dim, Value: value, Users: users, Final: true}
+	}
+	day := []batchv1.Aggregate{
+		cell(batchv1.MetricEventCount, catalogv1.SearchEvent, 20, 10),
+		cell(batchv1.MetricSearchesByType, "literal", 10, 5),
+		cell(batchv1.MetricSearchesByType, "standard", 8, 5),
+	}
+	var narrowed *NarrowedError
+	if err := Audit(catalogv1.Current(), day); !errors.As(err, &narrowed) {
+		t.Fatalf("Audit = %v, want a NarrowedError", err)
+	}
+	if narrowed.Cell.Metric != batchv1.MetricSearchesByType || narrowed.Bound != 2 || narrowed.Day != "2026-11-27" {
+		t.Fatalf("narrowed %+v, want a pattern type narrowed to 2 users on 2026-11-27", narrowed)
+	}
+	if err := Audit(catalogv1.Current(), day[:2]); err != nil {
+		t.Fatalf("with one pattern type withheld: %v", err)
+	}
+	// The first of two cells for the same metric and dimension is the one stored and judged.
+	if err := Audit(catalogv1.Current(), append(day[:2:2], cell(batchv1.MetricSearchesByType, "literal", 19, 5))); err != nil {
+		t.Fatalf("a later duplicate was judged: %v", err)
+	}
+	huge := []batchv1.Aggregate{cell(batchv1.MetricEventCount, catalogv1.SearchEvent, maxAudited+1, 10)}
+	if err := Audit(catalogv1.Current(), huge); !errors.Is(err, errTooLarge) {
+		t.Fatalf("a count beyond exact arithmetic: Audit = %v, want %v", err, errTooLarge)
+	}
+}
