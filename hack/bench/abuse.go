@@ -107,7 +107,7 @@ func receiverUnderAbuse(ctx context.Context, r *receivertest.Receiver, bin strin
 		b.Events = make([]batchv1.Event, n)
 		for i := range b.Events {
 			b.Events[i] = batchv1.Event{ID: strconv.Itoa(first + i), Name: "SearchResultClicked", Timestamp: time.Date(2026, 11, 2, 10, 0, i%60, 0, time.UTC),
-				Source: "WEB", ProductVersion: "5.3.9104", Client: "VSCODE_CODY_EXTENSION", UserID: fmt.Sprintf("%032x", i%97),
+				Source: "WEB", ProductVersion: "5.3.9104", Client: "VSCODE_CODY_EXTENSION", UserID: fmt.Sprintf("f%031x", i%97),
 				FeatureFlags: map[string]bool{"cody": true, "search-ranking": false}, Properties: map[string]any{"patternType": "structural", "resultType": "content"}}
 		}
 		data, err := batchv1.Encode(b)

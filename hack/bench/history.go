@@ -107,7 +107,7 @@ func historyBatch(instance string, from int, base time.Time) *batchv1.Batch {
 	patterns := []string{"literal", "regexp", "structural"}
 	for i := from; i < from+5000; i++ {
 		bt.Events = append(bt.Events, batchv1.Event{ID: fmt.Sprint(i), Name: "SearchSubmitted", Timestamp: base.Add(time.Duration(i) * 10 * time.Millisecond).UTC(),
-			Source: "WEB", ProductVersion: "5.3.0", UserID: fmt.Sprintf("%032x", i%2000), Properties: map[string]any{"patternType": patterns[i%3]}})
+			Source: "WEB", ProductVersion: "5.3.0", UserID: fmt.Sprintf("f%031x", i%2000), Properties: map[string]any{"patternType": patterns[i%3]}})
 	}
 	return bt
 }

@@ -447,7 +447,7 @@ func ingestBatch(instance string, from int) *batchv1.Batch {
 		AllowListVersion: catalogv1.CurrentVersion}
 	for i := from; i < from+5000; i++ {
 		bt.Events = append(bt.Events, batchv1.Event{ID: fmt.Sprint(i), Name: "SearchSubmitted", Timestamp: time.Unix(1_790_000_000+int64(i), 0),
-			Source: "WEB", ProductVersion: "5.3.0", UserID: fmt.Sprintf("%032x", i%500), Properties: map[string]any{"patternType": "literal"}})
+			Source: "WEB", ProductVersion: "5.3.0", UserID: fmt.Sprintf("f%031x", i%500), Properties: map[string]any{"patternType": "literal"}})
 	}
 	return bt
 }

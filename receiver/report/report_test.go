@@ -66,7 +66,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func user(name string) string { return fmt.Sprintf("%032x", []byte(name)) }
+func user(name string) string { return fmt.Sprintf("f%031x", []byte(name)) }
 
 type seeder struct {
 	t  *testing.T

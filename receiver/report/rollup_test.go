@@ -35,7 +35,7 @@ func randomFleet(t *testing.T, rng *rand.Rand, instances []string, end time.Time
 	for _, inst := range instances {
 		var events []batchv1.Event
 		for range 60 {
-			u := fmt.Sprintf("%032x", rng.IntN(12))
+			u := fmt.Sprintf("f%031x", rng.IntN(12))
 			start := end.Add(-time.Duration(rng.Int64N(int64(70 * 24 * time.Hour))))
 			if rng.IntN(3) == 0 { // close to midnight, so runs cross it
 				start = start.Truncate(24 * time.Hour).Add(-time.Duration(rng.IntN(40)) * time.Minute)
@@ -332,7 +332,7 @@ func TestSessionsJoinAcrossMidnights(t *testing.T) {
 	put := func(u string, ts time.Time, name string) {
 		id++
 		b := &batchv1.Batch{InstanceID: inst, BatchID: fmt.Sprintf("z%d", id), Kind: batchv1.KindEvents, Tier: "EventLevel",
-			Events: []batchv1.Event{{ID: fmt.Sprint(id), Name: name, Timestamp: ts, UserID: fmt.Sprintf("%032x", u)}}}
+			Events: []batchv1.Event{{ID: fmt.Sprint(id), Name: name, Timestamp: ts, UserID: fmt.Sprintf("f%031x", u)}}}
 		if _, err := rcv.Store.InsertEvents(ctx, inst, b); err != nil {
 			t.Fatal(err)
 		}

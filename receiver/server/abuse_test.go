@@ -30,7 +30,7 @@ func bigBatch(instance string, first, n int) []byte {
 		Tier: "EventLevel", AllowListVersion: catalogv1.CurrentVersion}
 	for i := first; i < first+n; i++ {
 		b.Events = append(b.Events, batchv1.Event{ID: strconv.Itoa(i), Name: "SearchSubmitted", Timestamp: time.Date(2026, 11, 2, 10, 0, i%60, 0, time.UTC),
-			Source: "WEB", UserID: fmt.Sprintf("%032x", i%7), Properties: map[string]any{"patternType": "literal"}})
+			Source: "WEB", UserID: fmt.Sprintf("f%031x", i%7), Properties: map[string]any{"patternType": "literal"}})
 	}
 	data, _ := batchv1.Encode(b)
 	return data

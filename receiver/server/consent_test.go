@@ -35,7 +35,7 @@ func timedEvents(instance, batchID string, firstID int, ts ...time.Time) *batchv
 		AllowListVersion: catalogv1.CurrentVersion, Cursor: int64(firstID + len(ts) - 1)}
 	for i, t := range ts {
 		b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(firstID + i), Name: "SearchSubmitted", Timestamp: t,
-			UserID: fmt.Sprintf("%032x", i%3), Properties: map[string]any{"patternType": "literal"}})
+			UserID: fmt.Sprintf("f%031x", i%3), Properties: map[string]any{"patternType": "literal"}})
 	}
 	return b
 }

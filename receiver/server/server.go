@@ -37,6 +37,7 @@ import (
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
+	"github.com/sourcegraph/telemetry-operator/internal/disclosure"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
 	"github.com/sourcegraph/telemetry-operator/receiver/store"
 )
@@ -451,6 +452,18 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 				fmt.Sprintf("day %s has not ended by the receiver's clock (UTC); only closed days are published", b.Aggregates[i].Day), -1)
 			return
 		}
+	}
+	// A day's cells must not let a reader narrow a withheld one below the minimum: the
+	// collector withholds until they do not, and the receiver, trusting no collector, checks.
+	var narrowed *disclosure.NarrowedError
+	switch err := disclosure.Audit(cat, b.Aggregates); {
+	case errors.As(err, &narrowed):
+		s.reject(w, http.StatusBadRequest, batchv1.ReasonTierViolation, narrowed.Error(), -1)
+		return
+	case err != nil:
+		s.reject(w, http.StatusBadRequest, batchv1.ReasonTierViolation,
+			err.Error()+": the cells are inconsistent with one another or cannot be judged", -1)
+		return
 	}
 	var res store.Result
 	if b.Kind == batchv1.KindEvents {

@@ -68,7 +68,7 @@ func events(instance string, from, n int) *batchv1.Batch {
 	for i := from; i < from+n; i++ {
 		b.Events = append(b.Events, batchv1.Event{
 			ID: strconv.Itoa(i), Name: "SearchSubmitted", Timestamp: time.Date(2026, 11, 27, 10, 0, i%60, 0, time.UTC),
-			Source: "WEB", UserID: fmt.Sprintf("%032x", i%7), Properties: map[string]any{"patternType": "literal"},
+			Source: "WEB", UserID: fmt.Sprintf("f%031x", i%7), Properties: map[string]any{"patternType": "literal"},
 		})
 	}
 	return b

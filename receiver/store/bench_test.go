@@ -33,7 +33,7 @@ func BenchmarkInsertEvents(b *testing.B) {
 		bt := &batchv1.Batch{InstanceID: "bench", BatchID: fmt.Sprint(from), Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(from + 5000)}
 		for i := from; i < from+5000; i++ {
 			bt.Events = append(bt.Events, batchv1.Event{ID: fmt.Sprint(i), Name: "SearchSubmitted", Timestamp: time.Unix(1_790_000_000+int64(i), 0),
-				Source: "WEB", ProductVersion: "5.3.0", UserID: fmt.Sprintf("%032x", i%500), Properties: map[string]any{"patternType": "literal"},
+				Source: "WEB", ProductVersion: "5.3.0", UserID: fmt.Sprintf("f%031x", i%500), Properties: map[string]any{"patternType": "literal"},
 				FeatureFlags: map[string]bool{"search-ranking": true}})
 		}
 		return bt

@@ -76,7 +76,7 @@ VALUES ('acme', 1, '2026-01-01', 'EventLevel', 'c', 'n', 'p')`); err != nil {
 		t.Fatal(err)
 	}
 	b := &batchv1.Batch{InstanceID: "acme", BatchID: "resend", Kind: batchv1.KindEvents, Cursor: 7, Events: []batchv1.Event{{
-		ID: "7", Name: "SearchSubmitted", Timestamp: time.Date(2026, 10, 31, 5, 0, 0, 0, time.UTC), UserID: "00000000000000000000000000000007"}}}
+		ID: "7", Name: "SearchSubmitted", Timestamp: time.Date(2026, 10, 31, 5, 0, 0, 0, time.UTC), UserID: "f0000000000000000000000000000007"}}}
 	if res, err := s.InsertEvents(ctx, "acme", b); err != nil || res.Duplicates != 1 || res.Accepted != 0 {
 		t.Errorf("re-send of a migrated event: %+v %v, want one duplicate", res, err)
 	}

@@ -33,7 +33,7 @@ func batchAt(id string, times map[int]time.Time) *batchv1.Batch {
 			continue
 		}
 		b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(i), Name: "SearchSubmitted", Timestamp: ts,
-			UserID: fmt.Sprintf("%032x", i), Properties: map[string]any{"patternType": "literal"}})
+			UserID: fmt.Sprintf("f%031x", i), Properties: map[string]any{"patternType": "literal"}})
 		b.Cursor = int64(i)
 	}
 	return b

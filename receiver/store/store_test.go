@@ -23,7 +23,7 @@ func eventsBatch(id string, from, to int) *batchv1.Batch {
 	b := &batchv1.Batch{InstanceID: "acme", BatchID: id, Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(to)}
 	for i := from; i <= to; i++ {
 		b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(i), Name: "SearchSubmitted", Timestamp: time.Unix(1_790_000_000+int64(i), 0).UTC(),
-			UserID: fmt.Sprintf("%032x", i%7), Properties: map[string]any{"patternType": "literal"}, FeatureFlags: map[string]bool{"f": true}})
+			UserID: fmt.Sprintf("f%031x", i%7), Properties: map[string]any{"patternType": "literal"}, FeatureFlags: map[string]bool{"f": true}})
 	}
 	return b
 }
@@ -81,7 +81,7 @@ func TestInsertEventsExactlyOnce(t *testing.T) {
 		Scan(&stored.props, &stored.flags, &stored.ts, &stored.user); err != nil {
 		t.Fatal(err)
 	}
-	if stored.props != `{"patternType": "literal"}` || stored.flags != `{"f": true}` || !stored.ts.Equal(time.Unix(1_790_000_120, 0)) || stored.user != fmt.Sprintf("%032x", 120%7) {
+	if stored.props != `{"patternType": "literal"}` || stored.flags != `{"f": true}` || !stored.ts.Equal(time.Unix(1_790_000_120, 0)) || stored.user != fmt.Sprintf("f%031x", 120%7) {
 		t.Errorf("stored event 120 = %+v", stored)
 	}
 

@@ -381,8 +381,12 @@ func isDecimalID(s string) bool {
 	return err == nil
 }
 
+// isPseudonym checks the shape of a collector's pseudonym: 128 bits of a keyed hash, in lower
+// case hex. A raw numeric id written as hex and zero-padded has that shape too, so the high 64
+// bits must not all be zero (a hash leaves them so once in 2^64). A shape check refuses the
+// obvious leak, not every one: the key that makes pseudonyms is the collector's.
 func isPseudonym(s string) bool {
-	if len(s) != 32 {
+	if len(s) != 32 || strings.Count(s[:16], "0") == 16 {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -427,7 +431,9 @@ func validateAggregate(a *Aggregate, i int) error {
 	if a.Value < 0 || a.Users < 0 {
 		return fail(ReasonMalformed, i, "counts must not be negative")
 	}
-	if a.Value > 0 && a.Users < MinCellUsers {
+	if a.Users < MinCellUsers {
+		// A cell nobody is behind is not published either: published zeros would tell a
+		// reader which withheld cells are empty, and narrow the others.
 		return fail(ReasonTierViolation, i, "a cell with %d distinct users must be suppressed (minimum %d)", a.Users, MinCellUsers)
 	}
 	if CountsEvents(a.Metric) && a.Users > a.Value {
