@@ -255,9 +255,14 @@ func deref(s *string) string {
 	return *s
 }
 
-// bumpVersion invalidates every cached copy of the instance's timeline and tombstones.
+// bumpVersion invalidates every cached copy of the instance's timeline and tombstones. The new
+// version is the database's clock in microseconds, or the old version plus one if that is
+// ahead: a database restored to an earlier point (a failover to a replica that lagged, a
+// point-in-time recovery) rewinds the version with the timeline, and a plain counter would hand
+// a running receiver a version it has cached for what the restore undid.
 func bumpVersion(ctx context.Context, tx pgx.Tx, instance string) error {
-	_, err := tx.Exec(ctx, `UPDATE consent_instances SET version = version + 1 WHERE instance_id = $1`, instance)
+	_, err := tx.Exec(ctx, `UPDATE consent_instances
+SET version = greatest(version + 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) WHERE instance_id = $1`, instance)
 	return err
 }
 

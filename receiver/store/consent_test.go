@@ -750,3 +750,71 @@ func TestEveryOwnershipChangeIsRecorded(t *testing.T) {
 		t.Fatalf("changes of an unknown instance: %v %v", changes, err)
 	}
 }
+
+// TestARestoredLedgerIsNotReadThroughAStaleCache: restoring the database to an earlier point (a
+// failover to a replica that lagged, a point-in-time recovery) rewinds the record's version
+// along with its timeline. A receiver that kept running holds the record's policy cached under
+// the version it last read; the ledger's next write must not produce that same version for
+// different content, or a withdrawal recorded after the restore is read through the old grant.
+// Checked as a user would: by the timestamps of the events the database holds.
+func TestARestoredLedgerIsNotReadThroughAStaleCache(t *testing.T) {
+	ctx := context.Background()
+	r, clk := startWithClock(t)
+	record := func(tier consentv1.Tier, at time.Time) {
+		t.Helper()
+		if _, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "acme", Owner: owner,
+			Transition: consentv1.Transition{At: at, Tier: tier, Reason: "Declared"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version := func() int64 {
+		t.Helper()
+		var v int64
+		if err := r.DB.QueryRow(ctx, `SELECT version FROM consent_instances WHERE instance_id = 'acme'`).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	batch := func(id string, first int, at time.Time) *batchv1.Batch {
+		b := &batchv1.Batch{InstanceID: "acme", BatchID: id, Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(first + 9)}
+		for i := first; i < first+10; i++ {
+			b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(i), Name: "SearchSubmitted", Timestamp: at.Add(time.Duration(i) * time.Second),
+				UserID: fmt.Sprintf("f%031x", 1<<40+i%3), Properties: map[string]any{"patternType": "literal"}})
+		}
+		return b
+	}
+	record(consentv1.TierEventLevel, T.Add(-48*time.Hour))
+	restorePoint := version()
+	clk.SetTime(T.Add(time.Minute))
+	record(consentv1.TierCriticalOnly, T.Add(-10*time.Hour))
+	clk.SetTime(T.Add(2 * time.Minute))
+	record(consentv1.TierEventLevel, T.Add(2*time.Minute))
+	// Ingesting caches the record's policy: EventLevel until T-10h, CriticalOnly until now.
+	if res, err := r.Store.InsertEvents(ctx, "acme", batch("before", 1, T.Add(-20*time.Hour))); err != nil || res.Accepted != 10 {
+		t.Fatalf("events under EventLevel: %+v, %v", res, err)
+	}
+	// The database is restored to the first grant; the receiver keeps running.
+	if _, err := r.DB.Exec(ctx, `DELETE FROM consent_transitions WHERE instance_id = 'acme'
+  AND seq > (SELECT min(seq) FROM consent_transitions WHERE instance_id = 'acme')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.DB.Exec(ctx, `UPDATE consent_instances SET version = $1 WHERE instance_id = 'acme'`, restorePoint); err != nil {
+		t.Fatal(err)
+	}
+	// The operator, reconciling against the restored ledger, records what its policy says: a
+	// withdrawal dated T-15h, then a new grant. As many writes as before the restore.
+	clk.SetTime(T.Add(3 * time.Minute))
+	record(consentv1.TierOff, T.Add(-15*time.Hour))
+	clk.SetTime(T.Add(4 * time.Minute))
+	record(consentv1.TierEventLevel, T.Add(4*time.Minute))
+	if _, err := r.Store.InsertEvents(ctx, "acme", batch("after", 100, T.Add(-13*time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	var leaked int
+	if err := r.DB.QueryRow(ctx, `SELECT count(*) FROM events WHERE instance_id = 'acme' AND ts >= $1`, T.Add(-15*time.Hour)).Scan(&leaked); err != nil {
+		t.Fatal(err)
+	}
+	if leaked != 0 {
+		t.Fatalf("%d events dated after the withdrawal were stored: the restored ledger was read through a stale cache", leaked)
+	}
+}
