@@ -211,9 +211,9 @@ func TestManyVersionsAreWithheld(t *testing.T) {
 // refuses every day suppression one cell at a time leaves narrowable, and accepts every day
 // Suppress publishes (a collector that does its part is never refused).
 func TestTheReceiversAuditAgreesWithTheAttacker(t *testing.T) {
-	days := 300
+	days := 150
 	if testing.Short() {
-		days = 60
+		days = 40
 	}
 	rng := rand.New(rand.NewPCG(17, 2026))
 	refused := 0

@@ -131,10 +131,14 @@ func (c *Client) send(ctx context.Context, b *batchv1.Batch, guard func(*batchv1
 	if !errors.As(err, &rejection) {
 		return err
 	}
-	items := len(b.Events) + len(b.Aggregates)
+	items := len(b.Events)
+	days := aggregateDays(b.Aggregates)
+	if len(b.Events) == 0 {
+		items = len(days) // a day is published once and whole: the smallest part to isolate
+	}
 	if items <= 1 {
 		if items == 1 {
-			id := "aggregate"
+			id := "aggregates of " + days[0]
 			if len(b.Events) == 1 {
 				id = b.Events[0].ID
 			}
@@ -160,12 +164,38 @@ func split(b *batchv1.Batch) (*batchv1.Batch, *batchv1.Batch) {
 	if n := len(b.Events); n > 0 {
 		l.Events, r.Events = b.Events[:n/2], b.Events[n/2:]
 	} else {
-		n := len(b.Aggregates)
-		l.Aggregates, r.Aggregates = b.Aggregates[:n/2], b.Aggregates[n/2:]
+		// Never through a day: the receiver keeps the first publication of a day, so the
+		// cells of a day sent in two halves would be cut to the first.
+		days := aggregateDays(b.Aggregates)
+		left := make(map[string]bool, len(days)/2)
+		for _, d := range days[:len(days)/2] {
+			left[d] = true
+		}
+		l.Aggregates, r.Aggregates = nil, nil
+		for _, a := range b.Aggregates {
+			if left[a.Day] {
+				l.Aggregates = append(l.Aggregates, a)
+			} else {
+				r.Aggregates = append(r.Aggregates, a)
+			}
+		}
 	}
 	l.BatchID = truncateID(b.BatchID + ".l")
 	r.BatchID = truncateID(b.BatchID + ".r")
 	return &l, &r
+}
+
+// aggregateDays returns the distinct days of cells, in the order they first appear.
+func aggregateDays(cells []batchv1.Aggregate) []string {
+	var days []string
+	seen := map[string]bool{}
+	for _, a := range cells {
+		if !seen[a.Day] {
+			seen[a.Day] = true
+			days = append(days, a.Day)
+		}
+	}
+	return days
 }
 
 func truncateID(id string) string {

@@ -384,9 +384,33 @@ func (e *NarrowedError) Error() string {
 		e.Day, name, e.Bound, batchv1.MinCellUsers)
 }
 
+// UndecidedError is Audit's refusal of a day it could not judge: its cells contradict one
+// another, or a count is beyond what the audit judges exactly.
+type UndecidedError struct {
+	Day string
+	Err error
+}
+
+func (e *UndecidedError) Error() string { return fmt.Sprintf("the cells of %s: %v", e.Day, e.Err) }
+
+func (e *UndecidedError) Unwrap() error { return e.Err }
+
+// RefusedDay returns the day an error of Audit refuses, if it refuses one.
+func RefusedDay(err error) (string, bool) {
+	var narrowed *NarrowedError
+	var undecided *UndecidedError
+	switch {
+	case errors.As(err, &narrowed):
+		return narrowed.Day, true
+	case errors.As(err, &undecided):
+		return undecided.Day, true
+	}
+	return "", false
+}
+
 // Audit judges what a reader of cells learns, day by day, knowing nothing else: it refuses
 // (with a *NarrowedError) a day whose cells narrow an unpublished cell below MinCellUsers
-// users, and fails closed with an error when the audit cannot be solved. A day is published
+// users, and fails closed (with an *UndecidedError) when the audit cannot be solved. A day is published
 // once and whole, so its cells are judged together; the first of two cells with the same
 // metric and dimension counts, as it is the one stored.
 func Audit(cat *catalogv1.Catalog, cells []batchv1.Aggregate) error {
@@ -416,7 +440,7 @@ func Audit(cat *catalogv1.Catalog, cells []batchv1.Aggregate) error {
 		all = append(all, batchv1.Aggregate{Day: d, Metric: batchv1.MetricInstanceVersion, Dimension: unpublishedVersion})
 		cell, bound, ok, err := NewModel(cat, all, published).Narrowed()
 		if err != nil {
-			return fmt.Errorf("the cells of %s: %w", d, err)
+			return &UndecidedError{Day: d, Err: err}
 		}
 		if ok {
 			return &NarrowedError{Day: d, Cell: cell, Bound: bound}

@@ -205,3 +205,32 @@ func TestAnInstanceListsWhatItExported(t *testing.T) {
 		t.Errorf("an operator certificate names no instance: %d %s", r.status, r.body)
 	}
 }
+
+// TestADifferencedDayIsRefusedWhole: a batch whose cells for one day let a reader subtract a
+// withheld pattern type down to 2 searches is refused whole, naming the day's first cell (so a
+// collector isolates that day and delivers the rest), and nothing of it is stored; the same
+// batch without that day is stored.
+func TestADifferencedDayIsRefusedWhole(t *testing.T) {
+	if err := rcv.Grant(context.Background(), "differenced", consentv1.TierCriticalOnly, consentSince); err != nil {
+		t.Fatal(err)
+	}
+	good := []batchv1.Aggregate{cell("2026-11-20", batchv1.MetricEventCount, "ViewBlob", 30, 6)}
+	bad := []batchv1.Aggregate{
+		cell("2026-11-21", batchv1.MetricEventCount, catalogv1.SearchEvent, 20, 10),
+		cell("2026-11-21", batchv1.MetricSearchesByType, "literal", 10, 5),
+		cell("2026-11-21", batchv1.MetricSearchesByType, "standard", 8, 5),
+	}
+	_, r := send(t, cellBatch("differenced", "differenced-a-1", append(slices.Clone(good), bad...)...))
+	e := r.errorResponse(t)
+	if r.status != http.StatusBadRequest || e.Reason != batchv1.ReasonTierViolation || e.EventIndex == nil || *e.EventIndex != len(good) ||
+		!strings.Contains(e.Error, "2026-11-21") {
+		t.Fatalf("a differenced day: %d %s", r.status, r.body)
+	}
+	if got := storedCells(t, "differenced"); len(got) != 0 {
+		t.Fatalf("stored %v from a refused batch", got)
+	}
+	resp, r := send(t, cellBatch("differenced", "differenced-a-2", append(slices.Clone(good), bad[:2]...)...))
+	if r.status != http.StatusOK || resp.Accepted != 3 {
+		t.Fatalf("the day with one pattern type withheld: %d %s", r.status, r.body)
+	}
+}

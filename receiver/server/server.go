@@ -22,6 +22,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -455,14 +456,16 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	// A day's cells must not let a reader narrow a withheld one below the minimum: the
 	// collector withholds until they do not, and the receiver, trusting no collector, checks.
-	var narrowed *disclosure.NarrowedError
-	switch err := disclosure.Audit(cat, b.Aggregates); {
-	case errors.As(err, &narrowed):
-		s.reject(w, http.StatusBadRequest, batchv1.ReasonTierViolation, narrowed.Error(), -1)
-		return
-	case err != nil:
-		s.reject(w, http.StatusBadRequest, batchv1.ReasonTierViolation,
-			err.Error()+": the cells are inconsistent with one another or cannot be judged", -1)
+	if err := disclosure.Audit(cat, b.Aggregates); err != nil {
+		msg := err.Error()
+		var narrowed *disclosure.NarrowedError
+		if !errors.As(err, &narrowed) {
+			msg += ": the cells contradict one another or cannot be judged"
+		}
+		// The first cell of the day names it: a collector isolates the day and delivers the rest.
+		day, _ := disclosure.RefusedDay(err)
+		s.reject(w, http.StatusBadRequest, batchv1.ReasonTierViolation, msg,
+			slices.IndexFunc(b.Aggregates, func(a batchv1.Aggregate) bool { return a.Day == day }))
 		return
 	}
 	var res store.Result
