@@ -623,16 +623,16 @@ const AggregateGrace = 2 * time.Hour
 func (p *Pipeline) aggregateBatches(cells []batchv1.Aggregate) []*batchv1.Batch {
 	var out []*batchv1.Batch
 	for start := 0; start < len(cells); {
-		end := start
+		end, days := start, 0
 		for end < len(cells) {
 			dayEnd := end
 			for dayEnd < len(cells) && cells[dayEnd].Day == cells[end].Day {
 				dayEnd++
 			}
-			if dayEnd-start > batchv1.MaxAggregatesPerBatch && end > start {
+			if (dayEnd-start > batchv1.MaxAggregatesPerBatch || days == batchv1.MaxAggregateDaysPerBatch) && end > start {
 				break
 			}
-			end = dayEnd
+			end, days = dayEnd, days+1
 		}
 		first, lastDay := cells[start].Day, cells[end-1].Day
 		out = append(out, &batchv1.Batch{InstanceID: p.cfg.InstanceID, Kind: batchv1.KindAggregates, Tier: string(v1.TierCriticalOnly),

@@ -31,8 +31,8 @@ import (
 const personExpr = `CASE WHEN r.user_id <> 0 THEN 'u:' || r.user_id::text
   WHEN l.user_id IS NOT NULL THEN 'u:' || l.user_id::text ELSE 'a:' || r.anonymous_user_id END`
 
-// MaxVersionCells bounds the instance_version cells of a day.
-const MaxVersionCells = 100
+// MaxVersionCells bounds the instance_version cells of a day (the receiver refuses more).
+const MaxVersionCells = batchv1.MaxVersionCellsPerDay
 
 // Compute returns the cells of every closed UTC day in [from, to], unsuppressed, counting only
 // events recorded inside periods (the windows in which the tier in force allowed aggregates).

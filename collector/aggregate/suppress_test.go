@@ -7,6 +7,7 @@ Licensed under the Apache License, Version 2.0.
 package aggregate_test
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -220,7 +221,7 @@ func TestTheReceiversAuditAgreesWithTheAttacker(t *testing.T) {
 	for i := range days {
 		truth := aggregatetest.Cells(aggregatetest.Random(rng, fmt.Sprintf("2026-%02d-%02d", 1+i%12, 1+i%28)))
 		kept, _ := aggregate.Suppress(truth)
-		if err := disclosure.Audit(catalogv1.Current(), kept); err != nil {
+		if err := disclosure.Audit(context.Background(), catalogv1.Current(), kept); err != nil {
 			t.Fatalf("day %d: the receiver refuses what Suppress published: %v\n%v", i, err, kept)
 		}
 		naive := primaryOnly(truth)
@@ -228,7 +229,7 @@ func TestTheReceiversAuditAgreesWithTheAttacker(t *testing.T) {
 		if err != nil {
 			t.Fatalf("day %d: %v", i, err)
 		}
-		err = disclosure.Audit(catalogv1.Current(), naive)
+		err = disclosure.Audit(context.Background(), catalogv1.Current(), naive)
 		if len(isolated) > 0 && err == nil {
 			t.Fatalf("day %d: the attacker narrows %v, the receiver's audit accepts %v", i, isolated, naive)
 		}
@@ -252,7 +253,7 @@ func BenchmarkAudit(b *testing.B) {
 	}
 	b.ResetTimer()
 	for i := range b.N {
-		if err := disclosure.Audit(catalogv1.Current(), days[i%len(days)]); err != nil {
+		if err := disclosure.Audit(context.Background(), catalogv1.Current(), days[i%len(days)]); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -138,9 +138,11 @@ func (c *Client) send(ctx context.Context, b *batchv1.Batch, guard func(*batchv1
 	}
 	if items <= 1 {
 		if items == 1 {
-			id := "aggregates of " + days[0]
+			var id string
 			if len(b.Events) == 1 {
 				id = b.Events[0].ID
+			} else {
+				id = "aggregates of " + days[0]
 			}
 			// Log the id and the reason, never the content.
 			c.log.Warn("receiver refused an item; quarantined", "event", id, "status", rejection.status, "reason", rejection.reason)

@@ -13,6 +13,7 @@ package disclosure
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -61,6 +62,8 @@ type Model struct {
 	unknownVersion *Cell
 	// tooLarge is set when a published count exceeds maxAudited.
 	tooLarge bool
+	// contradiction is set when published cells break a relation among themselves.
+	contradiction bool
 }
 
 // maxAudited is the largest count the audit judges. The programs are solved in floating
@@ -114,7 +117,12 @@ func (m *Model) add(published map[Cell]batchv1.Aggregate, eq bool, rhs float64, 
 		r.coef[m.v(t.key)] += t.coef
 	}
 	if len(r.coef) == 0 {
-		return // only published cells: nothing to learn
+		// Only published cells: nothing to learn, but the relation must hold. Cells that
+		// break one were not computed by their definitions, and nothing can be judged of them.
+		if r.rhs < -1e-6 || eq && r.rhs > 1e-6 {
+			m.contradiction = true
+		}
+		return
 	}
 	if eq {
 		m.eq = append(m.eq, r)
@@ -172,18 +180,29 @@ func NewModel(cat *catalogv1.Catalog, cells []batchv1.Aggregate, published map[C
 	// has no cell, nor has one with few users.) That is an unknown version's only relation, so
 	// every unknown version has the same bound, and one of them stands for all: the program stays
 	// small however many versions a day has.
+	// Of the published versions only the one with the most users bounds L (from below): the
+	// others' relations follow from it, and leaving them out keeps the program's size
+	// independent of how many versions a day publishes.
+	var top *Cell
 	for _, c := range cells {
 		if c.Metric != batchv1.MetricInstanceVersion {
 			continue
 		}
 		k := Cell{c.Metric, c.Dimension}
-		if _, ok := published[k]; !ok {
-			if m.unknownVersion != nil {
-				continue
+		if a, ok := published[k]; ok {
+			if top == nil || a.Users > published[*top].Users {
+				top = &k
 			}
-			m.unknownVersion = &k
+			continue
 		}
+		if m.unknownVersion != nil {
+			continue
+		}
+		m.unknownVersion = &k
 		m.add(published, false, 0, term{1, u(c.Metric, c.Dimension)}, term{-1, listed})
+	}
+	if top != nil {
+		m.add(published, false, 0, term{1, u(top.Metric, top.Dimension)}, term{-1, listed})
 	}
 	m.add(published, false, 0, term{1, u(batchv1.MetricActiveUsers1d, "")}, term{-1, u(batchv1.MetricActiveUsers7d, "")})
 	m.add(published, false, 0, term{1, u(batchv1.MetricActiveUsers7d, "")}, term{-1, u(batchv1.MetricActiveUsers28d, "")})
@@ -194,6 +213,10 @@ func NewModel(cat *catalogv1.Catalog, cells []batchv1.Aggregate, published map[C
 // contradict one another); callers fail closed.
 var errUndecided = errors.New("the disclosure audit could not be solved")
 
+// errContradiction is returned for a day whose published cells break a relation among
+// themselves; callers fail closed.
+var errContradiction = errors.New("the published cells contradict their definitions")
+
 // errTooLarge is returned for a day with a count above maxAudited; callers fail closed.
 var errTooLarge = fmt.Errorf("a count above %d cannot be audited exactly", maxAudited)
 
@@ -201,8 +224,11 @@ var errTooLarge = fmt.Errorf("a count above %d cannot be audited exactly", maxAu
 // nothing bounds it). Only the relations connected to k through unknowns matter, so the program
 // is solved over that part of the model alone, in standard form (one slack per inequality).
 func (m *Model) maxUsers(k Cell) (float64, error) {
-	if m.tooLarge {
+	switch {
+	case m.tooLarge:
 		return 0, errTooLarge
+	case m.contradiction:
+		return 0, errContradiction
 	}
 	target, ok := m.vars[varKey{k, false}]
 	if !ok {
@@ -413,7 +439,7 @@ func RefusedDay(err error) (string, bool) {
 // users, and fails closed (with an *UndecidedError) when the audit cannot be solved. A day is published
 // once and whole, so its cells are judged together; the first of two cells with the same
 // metric and dimension counts, as it is the one stored.
-func Audit(cat *catalogv1.Catalog, cells []batchv1.Aggregate) error {
+func Audit(ctx context.Context, cat *catalogv1.Catalog, cells []batchv1.Aggregate) error {
 	byDay := map[string]map[Cell]batchv1.Aggregate{}
 	var days []string
 	for _, c := range cells {
@@ -429,6 +455,9 @@ func Audit(cat *catalogv1.Catalog, cells []batchv1.Aggregate) error {
 	}
 	slices.Sort(days)
 	for _, d := range days {
+		if err := ctx.Err(); err != nil {
+			return err // the client went away: judging the rest is wasted work
+		}
 		published := byDay[d]
 		all := make([]batchv1.Aggregate, 0, len(published)+1)
 		for _, c := range published {

@@ -7,8 +7,10 @@ Licensed under the Apache License, Version 2.0.
 package disclosure
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
@@ -45,6 +47,51 @@ func TestManyVersionsKeepTheAuditSmall(t *testing.T) {
 	if few, many := size(day(3)), size(day(5000)); few != many {
 		t.Fatalf("the program has %d unknowns with 3 small versions and %d with 5000", few, many)
 	}
+	// Published versions neither: each adds no relation beyond the largest one's.
+	rows := func(published int) int {
+		cells := day(0)
+		for i := range published {
+			cells = append(cells, batchv1.Aggregate{Day: "2026-10-14", Metric: batchv1.MetricInstanceVersion, Dimension: fmt.Sprintf("7.%d.%d", i/1000, i%1000), Value: 5, Users: 5 + int64(i%3)})
+		}
+		pub := map[Cell]batchv1.Aggregate{}
+		for _, c := range cells {
+			pub[Cell{c.Metric, c.Dimension}] = c
+		}
+		m := NewModel(catalogv1.Current(), cells, pub)
+		return len(m.le) + len(m.eq)
+	}
+	if few, many := rows(3), rows(5000); few != many {
+		t.Fatalf("the program has %d relations with 3 published versions and %d with 5000", few, many)
+	}
+}
+
+// TestAuditRefusesContradictions: cells that break their definitions among themselves were
+// not computed as defined, and nothing can be judged of them; the day is refused.
+func TestAuditRefusesContradictions(t *testing.T) {
+	cell := func(metric, dim string, value, users int64) batchv1.Aggregate {
+		return batchv1.Aggregate{Day: "2026-11-27", Metric: metric, Dimension: dim, Value: value, Users: users, Final: true}
+	}
+	cat := catalogv1.Current()
+	var allTypes []batchv1.Aggregate
+	for _, pt := range append(slices.Clone(catalogv1.PatternTypes), catalogv1.OtherPatternType) {
+		allTypes = append(allTypes, cell(batchv1.MetricSearchesByType, pt, 10, 5))
+	}
+	feature := cat.FeatureOf(catalogv1.SearchEvent)
+	for name, day := range map[string][]batchv1.Aggregate{
+		"fewer 28-day than 1-day users":             {cell(batchv1.MetricActiveUsers1d, "", 50, 50), cell(batchv1.MetricActiveUsers7d, "", 10, 10), cell(batchv1.MetricActiveUsers28d, "", 5, 5)},
+		"pattern types that do not add up":          append([]batchv1.Aggregate{cell(batchv1.MetricEventCount, catalogv1.SearchEvent, 20, 10)}, allTypes...),
+		"an event with more users than its feature": {cell(batchv1.MetricEventCount, catalogv1.SearchEvent, 100, 100), cell(batchv1.MetricFeatureUsers, feature, 5, 5)},
+	} {
+		var undecided *UndecidedError
+		if err := Audit(context.Background(), cat, day); !errors.As(err, &undecided) || !errors.Is(err, errContradiction) {
+			t.Errorf("%s: Audit = %v, want a contradiction", name, err)
+		}
+	}
+	// The same shapes, consistent, pass.
+	consistent := append([]batchv1.Aggregate{cell(batchv1.MetricEventCount, catalogv1.SearchEvent, 70, 10)}, allTypes...)
+	if err := Audit(context.Background(), cat, consistent); err != nil {
+		t.Fatalf("consistent pattern types: %v", err)
+	}
 }
 
 // TestAuditRefusesADifferencedDay: what a reader subtracts is what the audit finds. Two
@@ -60,21 +107,21 @@ func TestAuditRefusesADifferencedDay(t *testing.T) {
 		cell(batchv1.MetricSearchesByType, "standard", 8, 5),
 	}
 	var narrowed *NarrowedError
-	if err := Audit(catalogv1.Current(), day); !errors.As(err, &narrowed) {
+	if err := Audit(context.Background(), catalogv1.Current(), day); !errors.As(err, &narrowed) {
 		t.Fatalf("Audit = %v, want a NarrowedError", err)
 	}
 	if narrowed.Cell.Metric != batchv1.MetricSearchesByType || narrowed.Bound != 2 || narrowed.Day != "2026-11-27" {
 		t.Fatalf("narrowed %+v, want a pattern type narrowed to 2 users on 2026-11-27", narrowed)
 	}
-	if err := Audit(catalogv1.Current(), day[:2]); err != nil {
+	if err := Audit(context.Background(), catalogv1.Current(), day[:2]); err != nil {
 		t.Fatalf("with one pattern type withheld: %v", err)
 	}
 	// The first of two cells for the same metric and dimension is the one stored and judged.
-	if err := Audit(catalogv1.Current(), append(day[:2:2], cell(batchv1.MetricSearchesByType, "literal", 19, 5))); err != nil {
+	if err := Audit(context.Background(), catalogv1.Current(), append(day[:2:2], cell(batchv1.MetricSearchesByType, "literal", 19, 5))); err != nil {
 		t.Fatalf("a later duplicate was judged: %v", err)
 	}
 	huge := []batchv1.Aggregate{cell(batchv1.MetricEventCount, catalogv1.SearchEvent, maxAudited+1, 10)}
-	if err := Audit(catalogv1.Current(), huge); !errors.Is(err, errTooLarge) {
+	if err := Audit(context.Background(), catalogv1.Current(), huge); !errors.Is(err, errTooLarge) {
 		t.Fatalf("a count beyond exact arithmetic: Audit = %v, want %v", err, errTooLarge)
 	}
 }

@@ -21,6 +21,7 @@ import (
 var (
 	errInfeasible = errors.New("infeasible")
 	errUnbounded  = errors.New("unbounded")
+	errUnsolved   = errors.New("no optimum within the pivot bound")
 )
 
 // eps is the tolerance below which a tableau entry counts as zero.
@@ -134,7 +135,11 @@ func solve(t [][]float64, basis []int, obj []float64, limit int) (float64, error
 			}
 		}
 	}
-	for {
+	// Bland's rule cannot cycle; the bound guards against a numerical pathology all the same.
+	for pivots := 0; ; pivots++ {
+		if pivots > 50*(len(t)+len(obj)) {
+			return 0, errUnsolved
+		}
 		enter := -1
 		for j := range limit { // Bland: the lowest improving column
 			if red[j] > eps {

@@ -35,12 +35,7 @@ func TestItemsNotInTheDeclaredCatalogAreRefused(t *testing.T) {
 	for field, mutate := range cases {
 		t.Run(field, func(t *testing.T) {
 			b := events("cat", 1, 5)
-			b.BatchID = "cat-" + strings.Map(func(r rune) rune {
-				if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' {
-					return r
-				}
-				return '-'
-			}, field)
+			b.BatchID = collectorID("cat", field)
 			mutate(&b.Events[3])
 			_, r := send(t, b)
 			wantStatus(t, r, http.StatusBadRequest, batchv1.ReasonNotInCatalog)
@@ -71,7 +66,7 @@ func TestItemsNotInTheDeclaredCatalogAreRefused(t *testing.T) {
 	})
 	t.Run("a catalog version the receiver does not know", func(t *testing.T) {
 		b := events("cat", 1, 2)
-		b.BatchID, b.AllowListVersion = "cat-v1", 1
+		b.BatchID, b.AllowListVersion = "cat-c-1", 1
 		_, r := send(t, b)
 		wantStatus(t, r, http.StatusBadRequest, batchv1.ReasonUnsupportedCatalog)
 		if r.errorResponse(t).EventIndex != nil {
@@ -79,7 +74,7 @@ func TestItemsNotInTheDeclaredCatalogAreRefused(t *testing.T) {
 		}
 	})
 	b := events("cat", 1, 5)
-	b.BatchID = "cat-valid"
+	b.BatchID = "cat-c-2"
 	if resp, r := send(t, b); r.status != http.StatusOK || resp.Accepted != 5 {
 		t.Fatalf("the valid batch: %d %s", r.status, r.body)
 	}

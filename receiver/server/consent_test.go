@@ -31,7 +31,7 @@ import (
 // timedEvents is an events batch whose events (ids from firstID on) carry the given timestamps.
 // It always declares tier EventLevel: the receiver must not care.
 func timedEvents(instance, batchID string, firstID int, ts ...time.Time) *batchv1.Batch {
-	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: batchID, Kind: batchv1.KindEvents, Tier: "EventLevel",
+	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: collectorID(instance, batchID), Kind: batchv1.KindEvents, Tier: "EventLevel",
 		AllowListVersion: catalogv1.CurrentVersion, Cursor: int64(firstID + len(ts) - 1)}
 	for i, t := range ts {
 		b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(firstID + i), Name: "SearchSubmitted", Timestamp: t,
@@ -41,7 +41,7 @@ func timedEvents(instance, batchID string, firstID int, ts ...time.Time) *batchv
 }
 
 func cells(instance, batchID string, days ...time.Time) *batchv1.Batch {
-	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: batchID, Kind: batchv1.KindAggregates, Tier: "CriticalOnly", AllowListVersion: catalogv1.CurrentVersion}
+	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: collectorID(instance, batchID), Kind: batchv1.KindAggregates, Tier: "CriticalOnly", AllowListVersion: catalogv1.CurrentVersion}
 	for _, d := range days {
 		b.Aggregates = append(b.Aggregates, batchv1.Aggregate{Day: d.UTC().Format(time.DateOnly), Metric: batchv1.MetricEventCount,
 			Dimension: "ViewBlob", Value: 10, Users: 6, Final: true})
@@ -180,7 +180,7 @@ func TestConsentIsJudgedByEventTimestamps(t *testing.T) {
 		t.Fatalf("re-send: %d %s", r.status, r.body)
 	}
 	var refused int
-	if err := rcv.DB.QueryRow(context.Background(), `SELECT refused FROM batches WHERE instance_id = 'periods' AND batch_id = 'p1'`).Scan(&refused); err != nil || refused != 8 {
+	if err := rcv.DB.QueryRow(context.Background(), `SELECT refused FROM batches WHERE instance_id = 'periods' AND batch_id = $1`, b.BatchID).Scan(&refused); err != nil || refused != 8 {
 		t.Errorf("batches.refused = %d (%v), want 8 over two deliveries", refused, err)
 	}
 }
@@ -191,7 +191,7 @@ func TestBatchesAreRefusedUnlessTheLedgerAllowsThem(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Second)
 	mustRecord(t, op, "crit", "ns", "crit", consentv1.TierCriticalOnly, now.Add(-48*time.Hour))
 	mustRecord(t, op, "off", "ns", "off", consentv1.TierOff, now.Add(-time.Hour))
-	cursorOnly := &batchv1.Batch{Version: 1, InstanceID: "off", BatchID: "cursor-only", Kind: batchv1.KindEvents, Tier: "EventLevel", AllowListVersion: catalogv1.CurrentVersion, Cursor: 100}
+	cursorOnly := &batchv1.Batch{Version: 1, InstanceID: "off", BatchID: "off-c-100", Kind: batchv1.KindEvents, Tier: "EventLevel", AllowListVersion: catalogv1.CurrentVersion, Cursor: 100}
 	cases := []struct {
 		name  string
 		batch *batchv1.Batch

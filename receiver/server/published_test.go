@@ -43,7 +43,7 @@ func storedCells(t *testing.T, instance string) []string {
 }
 
 func cellBatch(instance, batchID string, cells ...batchv1.Aggregate) *batchv1.Batch {
-	return &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: batchID, Kind: batchv1.KindAggregates, Tier: "CriticalOnly",
+	return &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: collectorID(instance, batchID), Kind: batchv1.KindAggregates, Tier: "CriticalOnly",
 		AllowListVersion: catalogv1.CurrentVersion, Aggregates: cells}
 }
 
@@ -163,7 +163,7 @@ func TestAnInstanceListsWhatItExported(t *testing.T) {
 		t.Fatalf("listing %s", r.body)
 	}
 	a, e := list.Deliveries[0], list.Deliveries[1]
-	if a.BatchID != "lister-a" || a.Kind != batchv1.KindAggregates || a.Accepted != 1 || len(a.Aggregates) != 1 || a.Aggregates[0] != agg.Aggregates[0] {
+	if a.BatchID != collectorID("lister", "lister-a") || a.Kind != batchv1.KindAggregates || a.Accepted != 1 || len(a.Aggregates) != 1 || a.Aggregates[0] != agg.Aggregates[0] {
 		t.Errorf("newest delivery %+v", a)
 	}
 	if e.BatchID != ev.BatchID || e.Accepted != 3 || len(e.Events) != 3 || a.ReceivedAt.Before(e.ReceivedAt) || e.Truncated {
@@ -184,12 +184,12 @@ func TestAnInstanceListsWhatItExported(t *testing.T) {
 	if err != nil || len(cut) != 2 || cut[0].Truncated || !cut[1].Truncated || len(cut[1].Events) != 1 || cut[1].Events[0].ID != "1" {
 		t.Errorf("listing bounded to 2 items: %+v, %v", cut, err)
 	}
-	if one, _ := exported(t, client(t, "lister"), "?limit=1"); len(one.Deliveries) != 1 || one.Deliveries[0].BatchID != "lister-a" {
+	if one, _ := exported(t, client(t, "lister"), "?limit=1"); len(one.Deliveries) != 1 || one.Deliveries[0].BatchID != collectorID("lister", "lister-a") {
 		t.Errorf("limit=1: %+v", one)
 	}
 	nosy, _ := exported(t, client(t, "nosy"), "")
 	for _, d := range nosy.Deliveries {
-		if d.BatchID != "nosy-1-2" {
+		if d.BatchID != "nosy-e-1-2" {
 			t.Errorf("another instance's certificate lists %q", d.BatchID)
 		}
 	}

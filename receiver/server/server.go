@@ -456,7 +456,7 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	// A day's cells must not let a reader narrow a withheld one below the minimum: the
 	// collector withholds until they do not, and the receiver, trusting no collector, checks.
-	if err := disclosure.Audit(cat, b.Aggregates); err != nil {
+	if err := disclosure.Audit(ctx, cat, b.Aggregates); err != nil {
 		msg := err.Error()
 		var narrowed *disclosure.NarrowedError
 		if !errors.As(err, &narrowed) {

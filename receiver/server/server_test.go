@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net/http"
 	"os"
@@ -63,7 +64,7 @@ func grant(t *testing.T, instance string) {
 }
 
 func events(instance string, from, n int) *batchv1.Batch {
-	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: fmt.Sprintf("%s-%d-%d", instance, from, n), Kind: batchv1.KindEvents,
+	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: fmt.Sprintf("%s-e-%d-%d", instance, from, n), Kind: batchv1.KindEvents,
 		Tier: "EventLevel", AllowListVersion: catalogv1.CurrentVersion, Cursor: int64(from + n - 1)}
 	for i := from; i < from+n; i++ {
 		b.Events = append(b.Events, batchv1.Event{
@@ -72,6 +73,14 @@ func events(instance string, from, n int) *batchv1.Batch {
 		})
 	}
 	return b
+}
+
+// collectorID is a batch id of the shape a collector makes (the receiver refuses any other),
+// one per label.
+func collectorID(instance, label string) string {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(label))
+	return fmt.Sprintf("%s-c-%d", instance, h.Sum64()>>1)
 }
 
 type reply struct {
@@ -178,7 +187,7 @@ func TestHostileBodiesGetTheRightStatusAndStoreNothing(t *testing.T) {
 	bomb := func() []byte {
 		var buf bytes.Buffer
 		enc, _ := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedBestCompression))
-		prefix := `{"version":1,"instanceID":"hostile","batchID":"b","kind":"events","tier":"EventLevel","events":[],"pad":"`
+		prefix := `{"version":1,"instanceID":"hostile","batchID":"hostile-c-1","kind":"events","tier":"EventLevel","events":[],"pad":"`
 		_, _ = enc.Write([]byte(prefix))
 		zeros := make([]byte, 1<<20)
 		for range 64 { // 64 MiB of padding, a few KiB compressed
@@ -207,11 +216,11 @@ func TestHostileBodiesGetTheRightStatusAndStoreNothing(t *testing.T) {
 		{"wrong content type", mustEncode(t, events("hostile", 1, 1)), map[string]string{"Content-Type": "text/plain"}, 415, batchv1.ReasonUnsupported},
 		{"unknown encoding", mustEncode(t, events("hostile", 1, 1)), map[string]string{"Content-Encoding": "br"}, 415, batchv1.ReasonUnsupported},
 		{"broken zstd", badZstd, map[string]string{"Content-Encoding": "zstd"}, 400, batchv1.ReasonMalformed},
-		{"url in an event", []byte(`{"version":1,"instanceID":"hostile","batchID":"b","kind":"events","tier":"EventLevel","events":[{"id":"1","name":"ViewBlob","timestamp":"2026-11-27T10:00:00Z","userID":"0123456789abcdef0123456789abcdef","url":"https://x/secret"}]}`),
+		{"url in an event", []byte(`{"version":1,"instanceID":"hostile","batchID":"hostile-c-1","kind":"events","tier":"EventLevel","events":[{"id":"1","name":"ViewBlob","timestamp":"2026-11-27T10:00:00Z","userID":"0123456789abcdef0123456789abcdef","url":"https://x/secret"}]}`),
 			nil, 400, batchv1.ReasonTierViolation},
-		{"user ids in an aggregate batch", []byte(`{"version":1,"instanceID":"hostile","batchID":"b","kind":"aggregates","tier":"CriticalOnly","events":[{"id":"1"}]}`),
+		{"user ids in an aggregate batch", []byte(`{"version":1,"instanceID":"hostile","batchID":"hostile-c-1","kind":"aggregates","tier":"CriticalOnly","events":[{"id":"1"}]}`),
 			nil, 400, batchv1.ReasonTierViolation},
-		{"unsuppressed small cell", []byte(`{"version":1,"instanceID":"hostile","batchID":"b","kind":"aggregates","tier":"CriticalOnly","aggregates":[{"day":"2026-11-27","metric":"event_count","dimension":"ViewBlob","value":3,"users":2,"final":true}]}`),
+		{"unsuppressed small cell", []byte(`{"version":1,"instanceID":"hostile","batchID":"hostile-c-1","kind":"aggregates","tier":"CriticalOnly","aggregates":[{"day":"2026-11-27","metric":"event_count","dimension":"ViewBlob","value":3,"users":2,"final":true}]}`),
 			nil, 400, batchv1.ReasonTierViolation},
 		{"mismatched idempotency key", mustEncode(t, events("hostile", 1, 1)), map[string]string{batchv1.HeaderIdempotencyKey: "other"}, 400, batchv1.ReasonMalformed},
 		{"NUL bytes", []byte("{\"version\":1,\"instanceID\":\"hostile\x00\"}"), nil, 400, batchv1.ReasonMalformed},

@@ -255,14 +255,17 @@ func deref(s *string) string {
 	return *s
 }
 
-// bumpVersion invalidates every cached copy of the instance's timeline and tombstones. The new
-// version is the database's clock in microseconds, or the old version plus one if that is
-// ahead: a database restored to an earlier point (a failover to a replica that lagged, a
-// point-in-time recovery) rewinds the version with the timeline, and a plain counter would hand
-// a running receiver a version it has cached for what the restore undid.
+// bumpVersion invalidates every cached copy of the instance's timeline and tombstones. A
+// database restored to an earlier point (a failover to a replica that lagged, a point-in-time
+// recovery) rewinds the version with the timeline, and a plain counter would then hand a
+// running receiver a version it has cached for what the restore undid. So the new version is
+// the database clock in microseconds (or the old version plus one, if that is ahead: a clock
+// that ran fast or was stepped back) plus a random 40-bit step, which no clock skew repeats.
+// It still only grows, so a cache keeps the newest version it has seen.
 func bumpVersion(ctx context.Context, tx pgx.Tx, instance string) error {
 	_, err := tx.Exec(ctx, `UPDATE consent_instances
-SET version = greatest(version + 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) WHERE instance_id = $1`, instance)
+SET version = greatest(version + 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) + floor(random() * 1099511627776)::bigint
+WHERE instance_id = $1`, instance)
 	return err
 }
 

@@ -757,7 +757,17 @@ func TestEveryOwnershipChangeIsRecorded(t *testing.T) {
 // the version it last read; the ledger's next write must not produce that same version for
 // different content, or a withdrawal recorded after the restore is read through the old grant.
 // Checked as a user would: by the timestamps of the events the database holds.
+//
+// Twice: with the database clock as it is, and with the record's version ahead of it (a
+// primary whose clock ran fast), where a version taken from the clock alone would count up by
+// one as before.
 func TestARestoredLedgerIsNotReadThroughAStaleCache(t *testing.T) {
+	for _, ahead := range []bool{false, true} {
+		t.Run(fmt.Sprintf("version ahead of the clock: %v", ahead), func(t *testing.T) { restoredLedger(t, ahead) })
+	}
+}
+
+func restoredLedger(t *testing.T, versionAhead bool) {
 	ctx := context.Background()
 	r, clk := startWithClock(t)
 	record := func(tier consentv1.Tier, at time.Time) {
@@ -784,6 +794,12 @@ func TestARestoredLedgerIsNotReadThroughAStaleCache(t *testing.T) {
 		return b
 	}
 	record(consentv1.TierEventLevel, T.Add(-48*time.Hour))
+	if versionAhead {
+		if _, err := r.DB.Exec(ctx, `UPDATE consent_instances
+SET version = (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + 3600000000 WHERE instance_id = 'acme'`); err != nil {
+			t.Fatal(err)
+		}
+	}
 	restorePoint := version()
 	clk.SetTime(T.Add(time.Minute))
 	record(consentv1.TierCriticalOnly, T.Add(-10*time.Hour))

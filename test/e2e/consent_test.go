@@ -172,7 +172,7 @@ func instanceCert(t *testing.T, name string) (tls.Certificate, *x509.CertPool) {
 // body.
 func postEvents(t *testing.T, cert tls.Certificate, roots *x509.CertPool, instance, tier string, firstID, n int, ts time.Time) (int, string) {
 	t.Helper()
-	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: fmt.Sprintf("%s-manual-%d-%d", instance, firstID, n), Kind: batchv1.KindEvents,
+	b := &batchv1.Batch{Version: 1, InstanceID: instance, BatchID: fmt.Sprintf("%s-e-%d-%d", instance, firstID, n), Kind: batchv1.KindEvents,
 		Tier: tier, AllowListVersion: catalogv1.CurrentVersion, Cursor: int64(firstID + n)}
 	for i := range n {
 		b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprint(firstID + i), Name: "hover", Timestamp: ts.Add(time.Duration(i) * time.Millisecond).UTC(),

@@ -71,6 +71,12 @@ const (
 const (
 	MaxEventsPerBatch     = 10000
 	MaxAggregatesPerBatch = 10000
+	// MaxAggregateDaysPerBatch bounds the distinct days of an aggregates batch: every day is
+	// audited for disclosure (internal/disclosure) before anything is stored, so the days a
+	// batch may carry bound its cost. A collector publishes at most this many days at once.
+	MaxAggregateDaysPerBatch = 35
+	// MaxVersionCellsPerDay bounds a day's instance_version cells (the most used versions).
+	MaxVersionCellsPerDay = 100
 	MaxEventBytes         = 16 << 10
 	MaxProperties         = 16
 	MaxFeatureFlags       = 64
@@ -295,12 +301,38 @@ var ForbiddenFields = []string{
 }
 
 var (
-	namePattern      = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.:-]{0,127}$`)
-	batchIDPattern   = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+	namePattern = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.:-]{0,127}$`)
+	// batchIDStem is what follows "<instance>-" in a collector's batch id: e (events: first
+	// id, last id, count), c (a cursor) or a (aggregates: first and last day as yyyymmdd),
+	// then one mark per split (.l or .r). Nothing in it can spell a word.
+	batchIDStem      = regexp.MustCompile(`^[eca](-[0-9]{1,19}){1,3}(\.[lr])*$`)
 	dayPattern       = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}$`)
 	dimensionPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$`)
 	instancePattern  = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 )
+
+// MaxBatchIDLen bounds a batch id; a collector keeps the last MaxBatchIDLen characters of a
+// longer one (split marks accumulate at its end).
+const MaxBatchIDLen = 128
+
+// ValidBatchID reports whether id has the shape of the ids a collector of instance makes:
+// "<instance>-" then the stem (batchIDStem), possibly cut at the front to MaxBatchIDLen. A
+// batch id is stored and shown with the batch: a free-form one would be a channel for words.
+func ValidBatchID(instance, id string) bool {
+	if len(id) == 0 || len(id) > MaxBatchIDLen {
+		return false
+	}
+	prefix := instance + "-"
+	for cut := 0; cut <= len(prefix); cut++ {
+		if cut > 0 && len(id) != MaxBatchIDLen {
+			return false // only an id at the bound was cut
+		}
+		if strings.HasPrefix(id, prefix[cut:]) && batchIDStem.MatchString(id[len(prefix)-cut:]) {
+			return true
+		}
+	}
+	return false
+}
 
 func validateEvent(e *Event, i int) error {
 	switch {

@@ -9,6 +9,7 @@ package v1
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -19,7 +20,7 @@ import (
 
 func validEventsBatch() map[string]any {
 	return map[string]any{
-		"version": 1, "instanceID": "acme", "batchID": "acme-100-200", "kind": "events", "tier": "EventLevel",
+		"version": 1, "instanceID": "acme", "batchID": "acme-e-101-101-1", "kind": "events", "tier": "EventLevel",
 		"allowListVersion": 1, "cursor": 200,
 		"events": []any{map[string]any{
 			"id": "101", "name": "SearchSubmitted", "timestamp": "2026-11-27T10:00:00Z", "source": "WEB",
@@ -31,7 +32,7 @@ func validEventsBatch() map[string]any {
 
 func validAggregatesBatch() map[string]any {
 	return map[string]any{
-		"version": 1, "instanceID": "acme", "batchID": "acme-agg-2026-11-27", "kind": "aggregates", "tier": "CriticalOnly",
+		"version": 1, "instanceID": "acme", "batchID": "acme-a-20261127-20261127", "kind": "aggregates", "tier": "CriticalOnly",
 		"aggregates": []any{map[string]any{"day": "2026-11-27", "metric": "event_count", "dimension": "SearchSubmitted", "value": 40, "users": 6, "final": true}},
 	}
 }
@@ -55,6 +56,15 @@ func TestDecodeAcceptsValidBatches(t *testing.T) {
 	if _, err := Decode(mustJSON(validAggregatesBatch())); err != nil {
 		t.Fatal(err)
 	}
+	// Every id a collector makes, including one cut at the front to the bound.
+	for _, id := range []string{"acme-c-0", "acme-c-200", "acme-a-20261101-20261127", "acme-e-1-9-9.l.r",
+		("acme-e-101-101-1" + strings.Repeat(".l", 57))[16+114-MaxBatchIDLen:]} {
+		m := validEventsBatch()
+		m["batchID"] = id
+		if _, err := Decode(mustJSON(m)); err != nil {
+			t.Errorf("batch id %q (%d characters): %v", id, len(id), err)
+		}
+	}
 }
 
 func TestDecodeRejectsHostileInput(t *testing.T) {
@@ -76,12 +86,39 @@ func TestDecodeRejectsHostileInput(t *testing.T) {
 		}
 		m["events"] = evs
 	})
+	// An aggregates batch's disclosure audit runs per day: the days and the version cells of a
+	// day a batch may carry are bounded (each cell here valid on its own).
+	manyDays := mutate(validAggregatesBatch, func(m map[string]any) {
+		var cells []any
+		for d := range MaxAggregateDaysPerBatch + 1 {
+			cells = append(cells, map[string]any{"day": time.Date(2026, 9, 1+d, 0, 0, 0, 0, time.UTC).Format(time.DateOnly),
+				"metric": "active_users_28d", "value": 5, "users": 5, "final": true})
+		}
+		m["aggregates"] = cells
+	})
+	manyVersions := mutate(validAggregatesBatch, func(m map[string]any) {
+		var cells []any
+		for i := range MaxVersionCellsPerDay + 1 {
+			cells = append(cells, map[string]any{"day": "2026-11-27", "metric": "instance_version", "dimension": fmt.Sprintf("5.%d.%d", i/10, i%10),
+				"value": 5, "users": 5, "final": true})
+		}
+		m["aggregates"] = cells
+	})
 	cases := []struct {
 		name   string
 		data   []byte
 		reason string
 		index  int
 	}{
+		{"aggregates of too many days", manyDays, ReasonTooManyEvents, -1},
+		{"a word in the batch id", mutate(validEventsBatch, func(m map[string]any) { m["batchID"] = "acme-e-101-101-1.secret" }), ReasonMalformed, -1},
+		{"a batch id of words", mutate(validEventsBatch, func(m map[string]any) { m["batchID"] = "acme-hello-world" }), ReasonMalformed, -1},
+		{"another instance's batch id", mutate(validEventsBatch, func(m map[string]any) { m["batchID"] = "acm-e-101-101-1" }), ReasonMalformed, -1},
+		{"a short batch id cut at the front", mutate(validEventsBatch, func(m map[string]any) { m["batchID"] = "me-e-101-101-1" }), ReasonMalformed, -1},
+		{"a batch id over the bound", mutate(validEventsBatch, func(m map[string]any) {
+			m["batchID"] = "acme-e-101-101-1" + strings.Repeat(".l", 60)
+		}), ReasonMalformed, -1},
+		{"too many versions in a day", manyVersions, ReasonTooManyEvents, MaxVersionCellsPerDay},
 		{"empty", nil, ReasonMalformed, -1},
 		{"not JSON", []byte("hello"), ReasonMalformed, -1},
 		{"array", []byte("[]"), ReasonMalformed, -1},

@@ -38,6 +38,10 @@ func Decode(data []byte) (*Batch, error) {
 	return b, nil
 }
 
+// batchIDRule is the refusal of a batch id that is not a collector's.
+const batchIDRule = "batchID must be the collector's: <instanceID>-e-<first id>-<last id>-<count>, <instanceID>-c-<cursor> or " +
+	"<instanceID>-a-<yyyymmdd>-<yyyymmdd>, with .l/.r marks, at most 128 characters"
+
 // validateBatch applies the format's rules to a syntactically valid batch, top-level fields
 // first, then each item.
 func validateBatch(b *Batch) error {
@@ -47,8 +51,8 @@ func validateBatch(b *Batch) error {
 	if !instancePattern.MatchString(b.InstanceID) {
 		return fail(ReasonMalformed, -1, "instanceID is not a DNS label")
 	}
-	if !batchIDPattern.MatchString(b.BatchID) {
-		return fail(ReasonMalformed, -1, "batchID must be 1-128 characters of [A-Za-z0-9._:-]")
+	if !ValidBatchID(b.InstanceID, b.BatchID) {
+		return fail(ReasonMalformed, -1, batchIDRule)
 	}
 	if b.Cursor < 0 {
 		return fail(ReasonMalformed, -1, "cursor must not be negative")
@@ -80,9 +84,19 @@ func validateBatch(b *Batch) error {
 			return fail(ReasonTierViolation, -1, "an aggregates batch must not carry per-user events")
 		}
 		b.Events = nil
+		days, versions := map[string]bool{}, map[string]int{}
 		for i := range b.Aggregates {
-			if err := validateAggregate(&b.Aggregates[i], i); err != nil {
+			a := &b.Aggregates[i]
+			if err := validateAggregate(a, i); err != nil {
 				return err
+			}
+			if days[a.Day] = true; len(days) > MaxAggregateDaysPerBatch {
+				return fail(ReasonTooManyEvents, -1, "cells of more than %d days in one batch", MaxAggregateDaysPerBatch)
+			}
+			if a.Metric == MetricInstanceVersion {
+				if versions[a.Day]++; versions[a.Day] > MaxVersionCellsPerDay {
+					return fail(ReasonTooManyEvents, i, "more than %d %s cells for day %s", MaxVersionCellsPerDay, MetricInstanceVersion, a.Day)
+				}
 			}
 		}
 	default:

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"regexp"
 	"strings"
 	"unicode/utf8"
 )
@@ -47,8 +48,8 @@ func referenceDecode(data []byte) (*Batch, error) {
 	if !instancePattern.MatchString(b.InstanceID) {
 		return nil, fail(ReasonMalformed, -1, "instanceID is not a DNS label")
 	}
-	if !batchIDPattern.MatchString(b.BatchID) {
-		return nil, fail(ReasonMalformed, -1, "batchID must be 1-128 characters of [A-Za-z0-9._:-]")
+	if !referenceBatchID(b.InstanceID, b.BatchID) {
+		return nil, fail(ReasonMalformed, -1, batchIDRule)
 	}
 	if b.Cursor < 0 {
 		return nil, fail(ReasonMalformed, -1, "cursor must not be negative")
@@ -182,4 +183,27 @@ func classify(err error, index int) error {
 		return fail(ReasonMalformed, index, "unknown field %q", truncate(field, 64))
 	}
 	return fail(ReasonMalformed, index, "malformed JSON: %s", truncate(msg, 200))
+}
+
+// referenceBatchID is ValidBatchID written as one pattern: the whole id, or (at the length
+// bound) any tail of it that keeps the stem whole.
+func referenceBatchID(instance, id string) bool {
+	stem := `[eca](-[0-9]{1,19}){1,3}(\.[lr])*`
+	whole := regexp.MustCompile(`^` + regexp.QuoteMeta(instance+"-") + stem + `$`)
+	if len(id) > MaxBatchIDLen {
+		return false
+	}
+	if whole.MatchString(id) {
+		return true
+	}
+	if len(id) != MaxBatchIDLen {
+		return false
+	}
+	full := instance + "-"
+	for i := 1; i <= len(full); i++ {
+		if regexp.MustCompile(`^` + regexp.QuoteMeta(full[i:]) + stem + `$`).MatchString(id) {
+			return true
+		}
+	}
+	return false
 }

@@ -20,7 +20,7 @@ import (
 // randomBatch builds a valid batch with the variety the wire allows: escapes, non-ASCII text,
 // every number form, empty and absent maps.
 func randomBatch(rng *rand.Rand, n int) *Batch {
-	b := &Batch{Version: 1, InstanceID: "acme-1", BatchID: fmt.Sprintf("acme-%d", rng.Int64()), Kind: KindEvents, Tier: "EventLevel",
+	b := &Batch{Version: 1, InstanceID: "acme-1", BatchID: fmt.Sprintf("acme-1-c-%d", rng.Int64()), Kind: KindEvents, Tier: "EventLevel",
 		AllowListVersion: rng.IntN(5), Cursor: rng.Int64N(1 << 62)}
 	texts := []string{"literal", "Go", "é ü 中文", "a\"b\\c/d", "tab\there\nnewline", "<script>&amp;", "emoji 😀", "\u2028\u2029", "", strings.Repeat("z", MaxStringLen)}
 	numbers := []string{"0", "-0", "12", "-3.25", "1e9", "6.02E+23", "1.5e-7", "123456789012345678901234567890"}
