@@ -234,24 +234,7 @@ func (m *Model) maxUsers(k Cell) (float64, error) {
 	if !ok {
 		return math.Inf(1), nil // in no relation with anything published
 	}
-	vars, le, eq := m.component(target)
-	col := make(map[int]int, len(vars))
-	for j, v := range vars {
-		col[v] = j
-	}
-	renumber := func(rs []row) []row {
-		out := make([]row, len(rs))
-		for i, r := range rs {
-			out[i] = row{coef: make(map[int]float64, len(r.coef)), rhs: r.rhs}
-			for v, coef := range r.coef {
-				out[i].coef[col[v]] = coef
-			}
-		}
-		return out
-	}
-	c := make([]float64, len(vars))
-	c[col[target]] = 1
-	opt, err := maximize(len(vars), c, renumber(le), renumber(eq))
+	opt, err := maximize(m.program(target))
 	switch {
 	case errors.Is(err, errUnbounded):
 		return math.Inf(1), nil
@@ -259,6 +242,29 @@ func (m *Model) maxUsers(k Cell) (float64, error) {
 		return 0, errUndecided
 	}
 	return opt, nil
+}
+
+// program is the linear program maximizing unknown v over the relations connected to it,
+// with that component's unknowns numbered from 0: maximize's arguments.
+func (m *Model) program(v int) (n int, c []float64, le, eq []row) {
+	vars, le, eq := m.component(v)
+	col := make(map[int]int, len(vars))
+	for j, w := range vars {
+		col[w] = j
+	}
+	renumber := func(rs []row) []row {
+		out := make([]row, len(rs))
+		for i, r := range rs {
+			out[i] = row{coef: make(map[int]float64, len(r.coef)), rhs: r.rhs}
+			for w, coef := range r.coef {
+				out[i].coef[col[w]] = coef
+			}
+		}
+		return out
+	}
+	c = make([]float64, len(vars))
+	c[col[v]] = 1
+	return len(vars), c, renumber(le), renumber(eq)
 }
 
 // component returns the unknowns connected to v through relations, and those relations.

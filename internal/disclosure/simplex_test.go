@@ -82,6 +82,16 @@ func TestSimplexAgreesWithGonum(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 2026))
 	cat := catalogv1.Current()
 	var bounded, unbounded, infeasible int
+	tally := func(u, inf bool) {
+		switch {
+		case u:
+			unbounded++
+		case inf:
+			infeasible++
+		default:
+			bounded++
+		}
+	}
 	for i := range 20 {
 		truth := aggregatetest.Cells(aggregatetest.Random(rng, "2026-10-14"))
 		published := map[Cell]batchv1.Aggregate{}
@@ -95,32 +105,8 @@ func TestSimplexAgreesWithGonum(t *testing.T) {
 		}
 		m := NewModel(cat, truth, published)
 		for v := range m.names {
-			vars, le, eq := m.component(v)
-			col := map[int]int{}
-			for j, w := range vars {
-				col[w] = j
-			}
-			renumber := func(rs []row) []row {
-				out := make([]row, len(rs))
-				for i, r := range rs {
-					out[i] = row{coef: map[int]float64{}, rhs: r.rhs}
-					for w, coef := range r.coef {
-						out[i].coef[col[w]] = coef
-					}
-				}
-				return out
-			}
-			c := make([]float64, len(vars))
-			c[col[v]] = 1
-			u, inf := agree(t, fmt.Sprintf("day %d, %v", i, m.names[v]), len(vars), c, renumber(le), renumber(eq))
-			switch {
-			case u:
-				unbounded++
-			case inf:
-				infeasible++
-			default:
-				bounded++
-			}
+			n, c, le, eq := m.program(v)
+			tally(agree(t, fmt.Sprintf("day %d, %v", i, m.names[v]), n, c, le, eq))
 		}
 	}
 	if bounded == 0 || unbounded == 0 {
@@ -144,15 +130,7 @@ func TestSimplexAgreesWithGonum(t *testing.T) {
 		for j := range c {
 			c[j] = float64(rng.IntN(5) - 1)
 		}
-		u, inf := agree(t, fmt.Sprintf("random program %d", i), n, c, rows(1+rng.IntN(5)), rows(rng.IntN(2)))
-		switch {
-		case u:
-			unbounded++
-		case inf:
-			infeasible++
-		default:
-			bounded++
-		}
+		tally(agree(t, fmt.Sprintf("random program %d", i), n, c, rows(1+rng.IntN(5)), rows(rng.IntN(2))))
 	}
 	t.Logf("bounded %d, unbounded %d, infeasible %d", bounded, unbounded, infeasible)
 	if bounded == 0 || unbounded == 0 || infeasible == 0 {
