@@ -125,3 +125,23 @@ func TestAuditRefusesADifferencedDay(t *testing.T) {
 		t.Fatalf("a count beyond exact arithmetic: Audit = %v, want %v", err, errTooLarge)
 	}
 }
+
+// BenchmarkAuditOfTheLargestBatch is the receiver's cost of the costliest aggregates batch it
+// takes: the most days, each with one published count (every other cell an unknown) and the
+// most version cells.
+func BenchmarkAuditOfTheLargestBatch(b *testing.B) {
+	var cells []batchv1.Aggregate
+	for d := range batchv1.MaxAggregateDaysPerBatch {
+		day := fmt.Sprintf("2026-10-%02d", 1+d)
+		cells = append(cells, batchv1.Aggregate{Day: day, Metric: batchv1.MetricActiveUsers28d, Value: 1000, Users: 1000, Final: true})
+		for v := range batchv1.MaxVersionCellsPerDay {
+			cells = append(cells, batchv1.Aggregate{Day: day, Metric: batchv1.MetricInstanceVersion, Dimension: fmt.Sprintf("5.%d.%d", v/10, v%10),
+				Value: 5 + int64(v), Users: 5 + int64(v), Final: true})
+		}
+	}
+	for b.Loop() {
+		if err := Audit(context.Background(), catalogv1.Current(), cells); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -137,3 +137,49 @@ func TestSimplexAgreesWithGonum(t *testing.T) {
 		t.Fatal("a verdict was never reached: the comparison does not cover it")
 	}
 }
+
+// TestClearingTogetherChangesNoVerdict: Narrowed clears most cells with one program; its
+// verdict must be the one a program per cell gives, on the audit's own random days (published
+// cells chosen at random, so that some days narrow a cell and some do not).
+func TestClearingTogetherChangesNoVerdict(t *testing.T) {
+	rng := rand.New(rand.NewPCG(23, 2026))
+	cat := catalogv1.Current()
+	narrowed := 0
+	for i := range 300 {
+		truth := aggregatetest.Cells(aggregatetest.Random(rng, "2026-10-14"))
+		published := map[Cell]batchv1.Aggregate{}
+		for _, c := range truth {
+			if c.Users >= batchv1.MinCellUsers && rng.IntN(10) < 7 {
+				published[Cell{c.Metric, c.Dimension}] = c
+			}
+		}
+		m := NewModel(cat, truth, published)
+		cell, bound, ok, err := m.Narrowed()
+		var want Cell
+		var wantBound int
+		var wantOK bool
+		for _, k := range m.names {
+			if k.events || k.cell.Metric == listedUsers {
+				continue
+			}
+			hi, err := m.maxUsers(k.cell)
+			if err != nil {
+				t.Fatalf("day %d: %v", i, err)
+			}
+			if n := math.Floor(hi + 1e-6); n >= 1 && n < batchv1.MinCellUsers {
+				want, wantBound, wantOK = k.cell, int(n), true
+				break
+			}
+		}
+		if err != nil || ok != wantOK || cell != want || bound != wantBound {
+			t.Fatalf("day %d: Narrowed = %v %d %v %v, one program per cell: %v %d %v", i, cell, bound, ok, err, want, wantBound, wantOK)
+		}
+		if ok {
+			narrowed++
+		}
+	}
+	t.Logf("300 days, %d narrowed", narrowed)
+	if narrowed == 0 {
+		t.Fatal("no day narrowed a cell: the comparison says nothing about refusals")
+	}
+}
