@@ -298,6 +298,23 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		Eventually(func() v1.ConsentTier { return configOf(ctx, ns, "trial").Tier }).Should(Equal(v1.TierCriticalOnly))
 		Eventually(func() []string { return eventReasons(ctx, ns, "trial") }).Should(ContainElement("TierDowngraded"))
 		Expect(metricValue(metrics.Downgrades.WithLabelValues(v1.ReasonTrialExpired))).To(BeNumerically(">=", 1))
+
+		By("not raising it again from a replica whose clock is behind the recorded expiry")
+		ledger, err := rcv.Store.ConsentState(ctx, instanceOf(ns, "trial"))
+		Expect(err).NotTo(HaveOccurred())
+		recorded := len(ledger.Timeline)
+		Expect(ledger.Timeline.Current()).To(BeEquivalentTo(v1.TierCriticalOnly))
+		fakeClock.SetTime(expires.Add(-10 * time.Minute))
+		requestReconcile(ctx, ns, "trial")
+		requestReconcile(ctx, ns, "trial")
+		p = getPolicy(ctx, ns, "trial")
+		Expect(p.Status.EffectiveTier).To(Equal(v1.TierCriticalOnly))
+		Expect(condition(p, v1.ConditionConsentEligible).Reason).To(Equal(v1.ReasonTrialExpired))
+		Expect(configOf(ctx, ns, "trial").Tier).To(Equal(v1.TierCriticalOnly))
+		ledger, err = rcv.Store.ConsentState(ctx, instanceOf(ns, "trial"))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(ledger.Timeline).To(HaveLen(recorded), "nothing recorded at the receiver: no grant re-opened the expired trial")
+		fakeClock.SetTime(expires.Add(90 * time.Second))
 	})
 
 	It("runs only collector images and exports only to receivers the manager allows, creating nothing otherwise", func() {

@@ -412,12 +412,21 @@ func (r *TelemetryPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 // summarizeAndPatch), not here.
 func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *reconcileState) error {
 	p := st.policy
-	d := consent.Decide(p.Spec, r.Options.MinCloudTermsVersion, r.Clock.Now())
-	st.decision = d
+	now := r.Clock.Now()
+	d := consent.Decide(p.Spec, r.Options.MinCloudTermsVersion, now)
 	st.requeue(d.ReevaluateAt)
-	setConsentEligibleCondition(p, d)
 	r.startLedger(st)
 	st.ledgerKnown = len(st.timeline) > 0
+	// A replica whose clock is behind a change already recorded (by a replica whose clock was
+	// ahead, or before the clock was stepped back) must not undo it: a trial recorded as
+	// expired is judged expired. Only a lower tier is taken from the later time.
+	if known := latestKnownChange(p, st.localTimeline()); known.After(now) {
+		if later := consent.Decide(p.Spec, r.Options.MinCloudTermsVersion, known); later.Effective.Rank() < d.Effective.Rank() {
+			d = later
+		}
+	}
+	st.decision = d
+	setConsentEligibleCondition(p, d)
 	st.intent = d.Effective
 	defer func() { // the receiver's record is read back periodically (planTransition)
 		if !st.readBackDue { // else once it is read (replan)
@@ -915,4 +924,18 @@ func (r *TelemetryPolicyReconciler) policiesIn(ctx context.Context, ns client.Ob
 		reqs = append(reqs, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(&p)})
 	}
 	return reqs
+}
+
+// latestKnownChange is the latest time a consent change of the policy is known to have taken
+// effect: in the receiver's record (as the operator last read it, with its pending lowerings)
+// or in the operator's copy in status.
+func latestKnownChange(p *v1.TelemetryPolicy, timeline consentv1.Timeline) time.Time {
+	var latest time.Time
+	if n := len(timeline); n > 0 {
+		latest = timeline[n-1].At
+	}
+	if n := len(p.Status.ConsentHistory); n > 0 && p.Status.ConsentHistory[n-1].Time.After(latest) {
+		latest = p.Status.ConsentHistory[n-1].Time.Time
+	}
+	return latest
 }
