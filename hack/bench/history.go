@@ -102,7 +102,7 @@ func reportAtScale(ctx context.Context, r *receivertest.Receiver, st *store.Stor
 // historyBatch is a 5,000-event batch of instance from event id from, one event every 10 ms
 // after base, with 2,000 users and the three pattern types.
 func historyBatch(instance string, from int, base time.Time) *batchv1.Batch {
-	bt := &batchv1.Batch{InstanceID: instance, BatchID: fmt.Sprint(from), Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(from + 5000),
+	bt := &batchv1.Batch{InstanceID: instance, BatchID: fmt.Sprintf("%s-e-%d-%d-%d", instance, from, from+4999, 5000), Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(from + 5000),
 		AllowListVersion: catalogv1.CurrentVersion}
 	patterns := []string{"literal", "regexp", "structural"}
 	for i := from; i < from+5000; i++ {

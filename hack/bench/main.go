@@ -443,7 +443,7 @@ func collectorRun(ctx context.Context, r *receivertest.Receiver, dsn, id string,
 
 // ingestBatch is a 5,000-event batch of instance starting at event id from.
 func ingestBatch(instance string, from int) *batchv1.Batch {
-	bt := &batchv1.Batch{InstanceID: instance, BatchID: fmt.Sprint(from), Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(from + 5000),
+	bt := &batchv1.Batch{InstanceID: instance, BatchID: fmt.Sprintf("%s-e-%d-%d-%d", instance, from, from+4999, 5000), Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(from + 5000),
 		AllowListVersion: catalogv1.CurrentVersion}
 	for i := from; i < from+5000; i++ {
 		bt.Events = append(bt.Events, batchv1.Event{ID: fmt.Sprint(i), Name: "SearchSubmitted", Timestamp: time.Unix(1_790_000_000+int64(i), 0),

@@ -259,12 +259,15 @@ func deref(s *string) string {
 // database restored to an earlier point (a failover to a replica that lagged, a point-in-time
 // recovery) rewinds the version with the timeline, and a plain counter would then hand a
 // running receiver a version it has cached for what the restore undid. So the new version is
-// the database clock in microseconds (or the old version plus one, if that is ahead: a clock
-// that ran fast or was stepped back) plus a random 40-bit step, which no clock skew repeats.
-// It still only grows, so a cache keeps the newest version it has seen.
+// the database clock in microseconds plus a random step of up to 2^40, or, when the version is
+// ahead of that (a clock that ran fast or was stepped back), the version plus a random step of
+// up to 2^24: no clock skew repeats a version but by chance, and the version still only grows
+// (a cache keeps the newest it has seen), by at most 2^24 a write while it runs ahead of the
+// clock, so bigint holds it for 10^11 writes and more.
 func bumpVersion(ctx context.Context, tx pgx.Tx, instance string) error {
 	_, err := tx.Exec(ctx, `UPDATE consent_instances
-SET version = greatest(version + 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) + floor(random() * 1099511627776)::bigint
+SET version = greatest(version + 1 + floor(random() * 16777216)::bigint,
+                       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + floor(random() * 1099511627776)::bigint)
 WHERE instance_id = $1`, instance)
 	return err
 }

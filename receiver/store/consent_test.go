@@ -834,3 +834,32 @@ SET version = (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + 360000
 		t.Fatalf("%d events dated after the withdrawal were stored: the restored ledger was read through a stale cache", leaked)
 	}
 }
+
+// TestAVersionFarAheadOfTheClockStillChanges: a version that runs ahead of the database clock
+// grows by a bounded step a write, so a record whose version is near the largest bigint (a
+// clock that ran years fast, many writes) still takes transitions: a withdrawal is never
+// refused for a number.
+func TestAVersionFarAheadOfTheClockStillChanges(t *testing.T) {
+	ctx := context.Background()
+	r, clk := startWithClock(t)
+	record := func(i int, tier consentv1.Tier) {
+		t.Helper()
+		clk.SetTime(T.Add(time.Duration(i) * time.Minute))
+		if _, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "ahead", Owner: owner,
+			Transition: consentv1.Transition{At: T.Add(time.Duration(i) * time.Minute), Tier: tier, Reason: "Declared"}}); err != nil {
+			t.Fatalf("transition %d to %s: %v", i, tier, err)
+		}
+	}
+	record(0, consentv1.TierEventLevel)
+	if _, err := r.DB.Exec(ctx, `UPDATE consent_instances SET version = 9223372036854775807 - 8589934592 WHERE instance_id = 'ahead'`); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 40; i++ {
+		record(i, []consentv1.Tier{consentv1.TierEventLevel, consentv1.TierCriticalOnly}[i%2])
+	}
+	record(41, consentv1.TierOff)
+	st, err := r.Store.ConsentState(ctx, "ahead")
+	if err != nil || st.Timeline.Current() != consentv1.TierOff || len(st.Timeline) != 42 {
+		t.Fatalf("the record after 42 writes: %d transitions, in force %s, %v", len(st.Timeline), st.Timeline.Current(), err)
+	}
+}

@@ -304,7 +304,8 @@ var (
 	namePattern = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.:-]{0,127}$`)
 	// batchIDStem is what follows "<instance>-" in a collector's batch id: e (events: first
 	// id, last id, count), c (a cursor) or a (aggregates: first and last day as yyyymmdd),
-	// then one mark per split (.l or .r). Nothing in it can spell a word.
+	// then one mark per split (.l or .r). No letters: a tampered collector can still choose
+	// the digits (they are not checked against the batch's items), as it chooses its counts.
 	batchIDStem      = regexp.MustCompile(`^[eca](-[0-9]{1,19}){1,3}(\.[lr])*$`)
 	dayPattern       = regexp.MustCompile(`^[0-9]{4}-[0-9]{2}-[0-9]{2}$`)
 	dimensionPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$`)
