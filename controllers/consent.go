@@ -459,6 +459,7 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	p := st.policy
 	st.planned = true
 	noted := r.injectSeenLowerings(st)
+	r.judgeAtLatestKnown(st, r.Clock.Now()) // the record may have been read back since
 	local := st.localTimeline()
 	from := local.Current()
 	if len(local) > 0 && from == consentv1.Tier(st.intent) && !st.claim {

@@ -30,6 +30,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -1049,6 +1050,41 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(calls.records).To(BeZero())
 		Expect(ledgerOf(ctx, instance).Owner).To(Equal(owner))
 		Expect(deployment(ctx, ns, "stale")).NotTo(BeNil(), "the new policy's collector is left running")
+	})
+
+	It("does not raise an expired trial again from a new leader whose clock is behind, when only the receiver's record holds the expiry", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "lagging")
+		instance := instanceOf(ns, "lagging")
+		expires := getPolicy(ctx, ns, "lagging").Spec.Contract.ExpiresAt.Time
+		fakeClock.SetTime(expires.Add(90 * time.Second))
+		requestReconcile(ctx, ns, "lagging")
+		rollOut(ctx, ns, "lagging")
+		Eventually(func() v1.ConsentTier { return getPolicy(ctx, ns, "lagging").Status.EffectiveTier }).Should(Equal(v1.TierCriticalOnly))
+		recorded := ledgerOf(ctx, instance).Timeline
+		Expect(recorded.Current()).To(Equal(consentv1.TierCriticalOnly))
+
+		By("reconciling as a new leader ten minutes behind the expiry, reading a status written before the expiry was recorded")
+		stale := getPolicy(ctx, ns, "lagging").DeepCopy()
+		stale.Status.ConsentHistory = stale.Status.ConsentHistory[:len(stale.Status.ConsentHistory)-1]
+		stale.Status.EffectiveTier = v1.TierEventLevel
+		cached := interceptor.NewClient(noWatch{k8s}, interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+				if pol, ok := obj.(*v1.TelemetryPolicy); ok && key.Namespace == ns && key.Name == "lagging" {
+					stale.DeepCopyInto(pol)
+					return nil
+				}
+				return c.Get(ctx, key, obj, opts...)
+			},
+		})
+		r := &controllers.TelemetryPolicyReconciler{
+			Client: cached, APIReader: k8s, Scheme: mgr.GetScheme(), Clock: clocktesting.NewFakeClock(expires.Add(-10 * time.Minute)),
+			Issuer: mustIssuer(), Ledger: testLedger(), Metrics: controllers.NewMetrics(nil),
+			Options: controllers.Options{CollectorImage: "telemetry-collector:test", LedgerResync: 24 * time.Hour, CollectorRBACResync: 24 * time.Hour, Endpoints: testEndpoints()},
+		}
+		_, _ = r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "lagging"}})
+		Expect(ledgerOf(ctx, instance).Timeline).To(Equal(recorded), "no grant recorded at the receiver after the expiry")
+		Expect(configOf(ctx, ns, "lagging").Tier).To(Equal(v1.TierCriticalOnly))
 	})
 
 	It("erases an instance's data on request, verified, audited, with status, an Event and a metric", func() {

@@ -417,17 +417,10 @@ func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *re
 	st.requeue(d.ReevaluateAt)
 	r.startLedger(st)
 	st.ledgerKnown = len(st.timeline) > 0
-	// A replica whose clock is behind a change already recorded (by a replica whose clock was
-	// ahead, or before the clock was stepped back) must not undo it: a trial recorded as
-	// expired is judged expired. Only a lower tier is taken from the later time.
-	if known := latestKnownChange(p, st.localTimeline()); known.After(now) {
-		if later := consent.Decide(p.Spec, r.Options.MinCloudTermsVersion, known); later.Effective.Rank() < d.Effective.Rank() {
-			d = later
-		}
-	}
 	st.decision = d
 	setConsentEligibleCondition(p, d)
 	st.intent = d.Effective
+	r.judgeAtLatestKnown(st, now)
 	defer func() { // the receiver's record is read back periodically (planTransition)
 		if !st.readBackDue { // else once it is read (replan)
 			next := r.nextVerification(p)
@@ -924,6 +917,29 @@ func (r *TelemetryPolicyReconciler) policiesIn(ctx context.Context, ns client.Ob
 		reqs = append(reqs, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(&p)})
 	}
 	return reqs
+}
+
+// judgeAtLatestKnown keeps a replica whose clock is behind a change already recorded (by a
+// replica whose clock was ahead, or before the clock was stepped back) from undoing it: a
+// trial recorded as expired is judged expired. The tier is judged again at the latest change
+// known (the receiver's record as read, with pending lowerings, and the copy in status), and
+// only a lower tier is taken from that later time. It runs when the consent step decides and
+// again when a transition is planned, after the receiver's record may have been read back.
+func (r *TelemetryPolicyReconciler) judgeAtLatestKnown(st *reconcileState, now time.Time) {
+	p := st.policy
+	known := latestKnownChange(p, st.localTimeline())
+	if !known.After(now) {
+		return
+	}
+	later := consent.Decide(p.Spec, r.Options.MinCloudTermsVersion, known)
+	if later.Effective.Rank() >= st.decision.Effective.Rank() {
+		return
+	}
+	st.decision = later
+	setConsentEligibleCondition(p, later)
+	if st.intent.Rank() > later.Effective.Rank() {
+		st.intent = later.Effective
+	}
 }
 
 // latestKnownChange is the latest time a consent change of the policy is known to have taken
