@@ -66,6 +66,14 @@ func timelineOf(history []v1.ConsentChange) consentv1.Timeline {
 	t := make(consentv1.Timeline, 0, len(history))
 	for _, c := range history {
 		tr := consentv1.Transition{At: c.Time.UTC(), Tier: consentv1.Tier(c.To), Reason: c.Reason, Basis: string(c.Basis)}
+		// Status is writable apart from the spec: what is recorded from it again names a
+		// reason and basis of the closed sets the receiver takes, never text written there.
+		if !consentv1.KnownReason(tr.Reason) {
+			tr.Reason = v1.ReasonDeclared
+		}
+		if !consentv1.KnownBasis(tr.Basis) {
+			tr.Basis = ""
+		}
 		if c.RecordedAt != nil {
 			at := c.RecordedAt.UTC()
 			tr.RecordedAt = &at

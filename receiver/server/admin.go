@@ -15,7 +15,6 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -29,10 +28,6 @@ import (
 // MaxAdminBodyBytes bounds a consent ledger request body: the largest legitimate one is a few
 // hundred bytes.
 const MaxAdminBodyBytes = 64 << 10
-
-// reasonPattern is the shape of a transition's reason and basis: a CamelCase word (Declared,
-// TrialExpired, SelfServeTrial, ...), never free text.
-var reasonPattern = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9]*)?$`)
 
 // operator returns the cluster whose operator the verified client certificate names. The
 // listener already refuses connections without a valid certificate; the 401 here guards the
@@ -121,9 +116,11 @@ func (s *Server) recordConsent(w http.ResponseWriter, r *http.Request) {
 		problem = "transition.tier must be one of EventLevel, CriticalOnly, Off"
 	case tr.At.IsZero():
 		problem = "transition.at is required"
-	case len(tr.Reason) > consentv1.MaxReasonLen || len(tr.Basis) > consentv1.MaxReasonLen ||
-		!reasonPattern.MatchString(tr.Reason) || !reasonPattern.MatchString(tr.Basis):
-		problem = fmt.Sprintf("transition.reason and transition.basis must be CamelCase words of at most %d characters", consentv1.MaxReasonLen)
+	case !consentv1.KnownReason(tr.Reason):
+		// A closed set, never free text: the ledger is kept for years and read centrally.
+		problem = "transition.reason must be one of the consent reasons (Declared, TrialExpired, TermsOutdated, ApprovalMissing, BasisNotEligible, NotYetAccepted, PolicyDeleted), or empty"
+	case !consentv1.KnownBasis(tr.Basis):
+		problem = "transition.basis must be one of the contract bases (SelfServeTrial, ZeroDollarOrderForm, NewContract, Renewal, CELedTrial, LegacyTerms), or empty"
 	}
 	if problem != "" {
 		s.reject(w, http.StatusBadRequest, consentv1.ReasonInvalid, problem, -1)

@@ -184,8 +184,10 @@ func TestOwnershipOfTheConsentRecord(t *testing.T) {
 	t.Run("release, then another cluster claims once the receiver's operators hand it over", func(t *testing.T) {
 		wantStatus(t, adminPost(t, east, consentv1.PathRelease, consentv1.ReleaseRequest{InstanceID: "own", Owner: consentv1.Owner{Namespace: "ns1", Name: "p1", UID: "uid-p1"}}), http.StatusOK, "")
 		released, _ := state(t, "own")
-		if released.Owner != (consentv1.Owner{}) || !reflect.DeepEqual(released.Timeline, before.Timeline) {
-			t.Fatalf("after release: %+v (the timeline must stay)", released)
+		n := len(before.Timeline)
+		if released.Owner != (consentv1.Owner{}) || len(released.Timeline) != n+1 || !reflect.DeepEqual(released.Timeline[:n], before.Timeline) ||
+			released.Timeline[n].Tier != consentv1.TierOff || released.Timeline[n].Reason != consentv1.ReasonRecordReleased {
+			t.Fatalf("after release: %+v (the timeline must stay, closed: consent was its owner's)", released)
 		}
 		// A retried release succeeds and changes nothing.
 		wantStatus(t, adminPost(t, east, consentv1.PathRelease, consentv1.ReleaseRequest{InstanceID: "own", Owner: consentv1.Owner{Namespace: "ns1", Name: "p1"}}), http.StatusOK, "")
@@ -291,6 +293,10 @@ func TestHostileAdminBodiesChangeNothing(t *testing.T) {
 		{"escaped NUL in the instance", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `"adm"`, `"adm\u0000"`, 1)), 400, consentv1.ReasonInvalid},
 		{"escaped NUL in the reason", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `"tier"`, `"reason":"Declared\u0000","tier"`, 1)), 400, consentv1.ReasonInvalid},
 		{"free text as reason", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `"tier"`, `"reason":"customer said so","tier"`, 1)), 400, consentv1.ReasonInvalid},
+		// Words that pass a CamelCase shape check: only the closed sets are taken.
+		{"a CamelCase word that is no reason", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `"tier"`, `"reason":"ProjectFalconMovesToGitLab","tier"`, 1)), 400, consentv1.ReasonInvalid},
+		{"a CamelCase word that is no basis", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `"tier"`, `"basis":"AcmeCorpJaneDoe","tier"`, 1)), 400, consentv1.ReasonInvalid},
+		{"a reason in another case", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `"tier"`, `"reason":"declared","tier"`, 1)), 400, consentv1.ReasonInvalid},
 		{"invalid owner name", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `"name":"adm"`, `"name":"Adm_1"`, 1)), 400, consentv1.ReasonInvalid},
 		{"invalid UTF-8", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `"ns"`, "\"n\xffs\"", 1)), 400, consentv1.ReasonInvalid},
 		{"wrong content type", "POST", consentv1.PathConsent, "text/plain", []byte(valid), 415, batchv1.ReasonUnsupported},

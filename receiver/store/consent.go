@@ -351,46 +351,12 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 				return ErrStale
 			}
 		}
-		previous := timeline.Current()
 		tr, ok, err := consentv1.Next(timeline, req.Transition, now)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 		if ok {
-			if tr.Tier.Rank() > previous.Rank() {
-				tr.At = ceilMicro(tr.At)
-			} else {
-				tr.At = floorMicro(tr.At)
-			}
-			if tr.Tier != consentv1.TierEventLevel && previous == consentv1.TierEventLevel {
-				// Events recorded after consent was withdrawn may have been stored before the
-				// operator recorded the withdrawal: they must go.
-				tag, err := tx.Exec(ctx, `DELETE FROM events WHERE instance_id = $1 AND ts >= $2`, instance, tr.At)
-				if err != nil {
-					return err
-				}
-				eventsRemoved = tag.RowsAffected()
-				if _, err := tx.Exec(ctx, `SELECT forget_report_rollups($1, $2, NULL)`, instance, tr.At); err != nil {
-					return err
-				}
-			}
-			if tr.Tier == consentv1.TierOff {
-				// The days after the withdrawal were not consented; the day of it was only partly,
-				// and its cell may have been sent after the withdrawal (covering the rest of the
-				// day): it goes too, failing closed, as nothing can tell what a cell counted.
-				tag, err := tx.Exec(ctx, `DELETE FROM aggregates WHERE instance_id = $1 AND day >= $2::date`, instance, tr.At.Format(time.DateOnly))
-				if err != nil {
-					return err
-				}
-				aggDel = tag.RowsAffected()
-			}
-			if _, err := tx.Exec(ctx, `
-INSERT INTO consent_transitions (instance_id, seq, at, tier, reason, basis, owner_cluster, owner_namespace, owner_name, recorded_at, events_removed)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
-				instance, len(timeline)+1, tr.At, string(tr.Tier), tr.Reason, tr.Basis, owner.Cluster, owner.Namespace, owner.Name, now, eventsRemoved); err != nil {
-				return err
-			}
-			if err := bumpVersion(ctx, tx, instance); err != nil {
+			if tr, eventsRemoved, aggDel, err = appendTransition(ctx, tx, instance, timeline, tr, owner, now); err != nil {
 				return err
 			}
 			appended = &tr
@@ -407,6 +373,76 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
 		s.observe().TransitionRecorded(instance, owner, *appended, eventsRemoved, aggDel)
 	}
 	return state, nil
+}
+
+// appendTransition appends tr (as consentv1.Next returned it) to the instance's timeline in
+// owner's name, under the instance's lock, and deletes what the lower tier no longer allows:
+// withdrawing EventLevel deletes the events stored with timestamps from the transition on (they
+// may have been stored before the withdrawal was recorded), and moving to Off the aggregate cells
+// of its day and the days after. It returns tr as stored and what it deleted.
+func appendTransition(ctx context.Context, tx pgx.Tx, instance string, timeline consentv1.Timeline, tr consentv1.Transition,
+	owner consentv1.Owner, now time.Time) (consentv1.Transition, int64, int64, error) {
+	previous := timeline.Current()
+	if tr.Tier.Rank() > previous.Rank() {
+		tr.At = ceilMicro(tr.At)
+	} else {
+		tr.At = floorMicro(tr.At)
+	}
+	var eventsRemoved, aggDel int64
+	if tr.Tier != consentv1.TierEventLevel && previous == consentv1.TierEventLevel {
+		tag, err := tx.Exec(ctx, `DELETE FROM events WHERE instance_id = $1 AND ts >= $2`, instance, tr.At)
+		if err != nil {
+			return tr, 0, 0, err
+		}
+		eventsRemoved = tag.RowsAffected()
+		if _, err := tx.Exec(ctx, `SELECT forget_report_rollups($1, $2, NULL)`, instance, tr.At); err != nil {
+			return tr, 0, 0, err
+		}
+	}
+	if tr.Tier == consentv1.TierOff {
+		// The days after the withdrawal were not consented; the day of it was only partly,
+		// and its cell may have been sent after the withdrawal (covering the rest of the
+		// day): it goes too, failing closed, as nothing can tell what a cell counted.
+		tag, err := tx.Exec(ctx, `DELETE FROM aggregates WHERE instance_id = $1 AND day >= $2::date`, instance, tr.At.Format(time.DateOnly))
+		if err != nil {
+			return tr, 0, 0, err
+		}
+		aggDel = tag.RowsAffected()
+	}
+	if _, err := tx.Exec(ctx, `
+INSERT INTO consent_transitions (instance_id, seq, at, tier, reason, basis, owner_cluster, owner_namespace, owner_name, recorded_at, events_removed)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+		instance, len(timeline)+1, tr.At, string(tr.Tier), tr.Reason, tr.Basis, owner.Cluster, owner.Namespace, owner.Name, now, eventsRemoved); err != nil {
+		return tr, 0, 0, err
+	}
+	return tr, eventsRemoved, aggDel, bumpVersion(ctx, tx, instance)
+}
+
+// closeOnRelease ends the consent in force when a record is released or handed over: the
+// consent was its owner's, and until another policy claims the record and records its own, no
+// one's holds (else the next owner would inherit a window its own basis never granted, and its
+// collector would send what was recorded in between). Off is appended at now in by's name (the
+// record's owner, or where it was released from), with what a withdrawal deletes. It returns
+// the transition appended, if any.
+func closeOnRelease(ctx context.Context, tx pgx.Tx, instance string, by consentv1.Owner, now time.Time) (*closed, error) {
+	timeline, err := loadTimeline(ctx, tx, instance)
+	if err != nil || timeline.Current() == consentv1.TierOff {
+		return nil, err
+	}
+	tr, ok, err := consentv1.Next(timeline, consentv1.Transition{At: now, Tier: consentv1.TierOff, Reason: consentv1.ReasonRecordReleased}, now)
+	if err != nil || !ok {
+		return nil, err
+	}
+	c := &closed{owner: by}
+	c.tr, c.eventsRemoved, c.aggregatesRemoved, err = appendTransition(ctx, tx, instance, timeline, tr, by, now)
+	return c, err
+}
+
+// closed is a transition closeOnRelease appended, for the observer once committed.
+type closed struct {
+	owner                            consentv1.Owner
+	tr                               consentv1.Transition
+	eventsRemoved, aggregatesRemoved int64
 }
 
 // ConsentState returns an instance's record, or ErrUnknownInstance.
@@ -429,7 +465,10 @@ func (s *Store) Release(ctx context.Context, cluster string, req consentv1.Relea
 	if err := checkOwner(req.InstanceID, owner); err != nil {
 		return err
 	}
-	var released *consentv1.Owner
+	var (
+		released *consentv1.Owner
+		closedBy *closed
+	)
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		row, err := lockInstance(ctx, tx, req.InstanceID)
 		if err != nil {
@@ -442,6 +481,9 @@ func (s *Store) Release(ctx context.Context, cluster string, req consentv1.Relea
 			return &OwnedElsewhereError{Instance: req.InstanceID, Owner: *row.owner}
 		}
 		released = row.owner
+		if closedBy, err = closeOnRelease(ctx, tx, req.InstanceID, *row.owner, s.now()); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `UPDATE consent_instances SET released_cluster = $2, released_namespace = $3 WHERE instance_id = $1`,
 			req.InstanceID, row.owner.Cluster, row.owner.Namespace); err != nil {
 			return err
@@ -449,9 +491,17 @@ func (s *Store) Release(ctx context.Context, cluster string, req consentv1.Relea
 		return clearOwner(ctx, tx, req.InstanceID)
 	})
 	if err == nil && released != nil {
+		s.observeClosed(req.InstanceID, closedBy)
 		s.observe().Released(req.InstanceID, *released)
 	}
 	return err
+}
+
+// observeClosed tells the observer of a transition closeOnRelease appended (once committed).
+func (s *Store) observeClosed(instance string, c *closed) {
+	if c != nil {
+		s.observe().TransitionRecorded(instance, c.owner, c.tr, c.eventsRemoved, c.aggregatesRemoved)
+	}
 }
 
 // ForceRelease clears the record's owner whoever it is: the administrator's way out when the
@@ -463,7 +513,10 @@ func (s *Store) Release(ctx context.Context, cluster string, req consentv1.Relea
 // RoleConsentAdmin may (else ErrAdministratorsOnly), save a release of an owned record to its
 // owner's own namespace, which the owner's Release makes too.
 func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1.Owner) (consentv1.Owner, error) {
-	var previous consentv1.Owner
+	var (
+		previous consentv1.Owner
+		closedBy *closed
+	)
 	if to != nil && (to.Cluster == "" || to.Namespace == "") {
 		return previous, invalid("a handover names the cluster and the namespace of the policy that may claim the record")
 	}
@@ -480,6 +533,20 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 			if required {
 				return invalid("reservations are required on this receiver: a record is handed over to one namespace (--to CLUSTER/NAMESPACE), never to the next policy anywhere")
 			}
+		}
+		// Whoever claims the record next records its own consent: none holds until then.
+		by := row.owner
+		switch {
+		case by != nil:
+		case row.released != nil:
+			by = &consentv1.Owner{Cluster: row.released.Cluster, Namespace: row.released.Namespace}
+		case row.lastOwner != nil:
+			by = &consentv1.Owner{Cluster: row.lastOwner.Cluster, Namespace: row.lastOwner.Namespace}
+		default:
+			by = &consentv1.Owner{}
+		}
+		if closedBy, err = closeOnRelease(ctx, tx, instance, *by, s.now()); err != nil {
+			return err
 		}
 		var cluster, namespace *string
 		if to != nil {
@@ -506,6 +573,9 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 		}
 		return nil
 	})
+	if err == nil {
+		s.observeClosed(instance, closedBy)
+	}
 	if err == nil && previous.Name != "" {
 		s.observe().Released(instance, previous)
 	}

@@ -380,11 +380,14 @@ func TestAnInstanceMayRequireAReservation(t *testing.T) {
 	}
 	// Another namespace claims one at the tier in force (no transition appended), and it is
 	// opened to anyone again: its last owner is that namespace, not the one of its last transition.
+	// (The release closed the record: Off is the tier in force.)
 	beta := consentv1.Owner{Namespace: "beta", Name: "policy", UID: "u3"}
-	if err := record("handed-twice", "c1", beta); err != nil {
+	clk.SetTime(clk.Now().Add(time.Minute))
+	if _, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "handed-twice", Owner: beta,
+		Transition: consentv1.Transition{At: clk.Now(), Tier: consentv1.TierOff}}); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := r.Store.ConsentState(ctx, "handed-twice"); err != nil || len(st.Timeline) != 1 {
+	if st, err := r.Store.ConsentState(ctx, "handed-twice"); err != nil || len(st.Timeline) != 2 || st.Timeline[1].Reason != consentv1.ReasonRecordReleased {
 		t.Fatalf("the claim at the tier in force appended a transition: %+v %v", st.Timeline, err)
 	}
 	if _, err := r.Admin.ForceRelease(ctx, "handed-twice", nil); err != nil {
@@ -861,5 +864,95 @@ func TestAVersionFarAheadOfTheClockStillChanges(t *testing.T) {
 	st, err := r.Store.ConsentState(ctx, "ahead")
 	if err != nil || st.Timeline.Current() != consentv1.TierOff || len(st.Timeline) != 42 {
 		t.Fatalf("the record after 42 writes: %d transitions, in force %s, %v", len(st.Timeline), st.Timeline.Current(), err)
+	}
+}
+
+// TestAHandoverEndsTheConsentInForce: the consent in force when a record is released or handed
+// over was its owner's. Until the next owner records its own, none holds: events recorded in
+// between are refused, by their timestamps, even when the next owner claims the same tier, and
+// what the previous owner's collector stored dated after the release goes.
+func TestAHandoverEndsTheConsentInForce(t *testing.T) {
+	ctx := context.Background()
+	for name, release := range map[string]func(r *receivertest.Receiver, o consentv1.Owner) error{
+		"handed over by the receiver's operators": func(r *receivertest.Receiver, _ consentv1.Owner) error {
+			_, err := r.Admin.ForceRelease(ctx, "acme", &consentv1.Owner{Cluster: "c2", Namespace: "initech"})
+			return err
+		},
+		"released by its owner, then handed over": func(r *receivertest.Receiver, o consentv1.Owner) error {
+			if err := r.Store.Release(ctx, "c1", consentv1.ReleaseRequest{InstanceID: "acme", Owner: o}); err != nil {
+				return err
+			}
+			_, err := r.Admin.ForceRelease(ctx, "acme", &consentv1.Owner{Cluster: "c2", Namespace: "initech"})
+			return err
+		},
+		"opened to anyone after its cluster is gone": func(r *receivertest.Receiver, _ consentv1.Owner) error {
+			_, err := r.Admin.ForceRelease(ctx, "acme", nil)
+			return err
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r, clk := startWithClock(t)
+			first := consentv1.Owner{Namespace: "acme", Name: "policy", UID: "u1"}
+			if _, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "acme", Owner: first,
+				Transition: consentv1.Transition{At: T.Add(-time.Hour), Tier: consentv1.TierEventLevel}}); err != nil {
+				t.Fatal(err)
+			}
+			batch := func(id string, at ...time.Duration) *batchv1.Batch {
+				b := &batchv1.Batch{InstanceID: "acme", BatchID: "acme-e-" + id, Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(len(at))}
+				for i, d := range at {
+					b.Events = append(b.Events, batchv1.Event{ID: id + fmt.Sprint(i), Name: "SearchSubmitted", Timestamp: T.Add(d), UserID: "0123456789abcdef0123456789abcdef"})
+				}
+				return b
+			}
+			// Stored while the first owner's consent held, one dated ahead of the release.
+			if res, err := r.Store.InsertEvents(ctx, "acme", batch("1", -30*time.Minute, 3*time.Hour)); err != nil || res.Accepted != 2 {
+				t.Fatalf("%+v %v", res, err)
+			}
+			clk.SetTime(T.Add(time.Hour))
+			if err := release(r, first); err != nil {
+				t.Fatal(err)
+			}
+			st, err := r.Store.ConsentState(ctx, "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Timeline.Current() != consentv1.TierOff || !st.Timeline[len(st.Timeline)-1].At.Equal(T.Add(time.Hour)) ||
+				st.Timeline[len(st.Timeline)-1].Reason != consentv1.ReasonRecordReleased {
+				t.Fatalf("timeline after the release: %+v, want Off from the release", st.Timeline)
+			}
+			// The next owner claims EventLevel days later, as its own contract allows.
+			clk.SetTime(T.Add(72 * time.Hour))
+			next := consentv1.Owner{Namespace: "initech", Name: "policy", UID: "u2"}
+			cluster := "c2"
+			if _, err := r.Store.RecordTransition(ctx, cluster, consentv1.RecordRequest{InstanceID: "acme", Owner: next,
+				Transition: consentv1.Transition{At: clk.Now(), Tier: consentv1.TierEventLevel}}); err != nil {
+				t.Fatal(err)
+			}
+			// Its collector resumes from the instance's cursor: what was recorded between the
+			// release and its claim must not be stored.
+			res, err := r.Store.InsertEvents(ctx, "acme", batch("2", 2*time.Hour, 30*time.Hour, 71*time.Hour, 73*time.Hour))
+			if err != nil || res.Accepted != 1 || res.Refused != 3 {
+				t.Fatalf("events recorded between the release and the next claim: %+v %v, want 3 refused and 1 stored", res, err)
+			}
+			var ts []time.Time
+			rows, err := r.DB.Query(ctx, `SELECT ts FROM events WHERE instance_id = 'acme' ORDER BY ts`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for rows.Next() {
+				var at time.Time
+				if err := rows.Scan(&at); err != nil {
+					t.Fatal(err)
+				}
+				ts = append(ts, at.UTC())
+			}
+			if err := rows.Err(); err != nil {
+				t.Fatal(err)
+			}
+			want := []time.Time{T.Add(-30 * time.Minute), T.Add(73 * time.Hour)}
+			if !slices.EqualFunc(ts, want, time.Time.Equal) {
+				t.Fatalf("stored timestamps %v, want %v: only what either owner's consent covered", ts, want)
+			}
+		})
 	}
 }

@@ -396,6 +396,26 @@ type ErasureResult struct {
 	VerifiedAt        *time.Time `json:"verifiedAt,omitempty"`
 }
 
+// transitionReasons are the reasons a transition may carry: the operator's (the TelemetryPolicy
+// API's consent reasons) and the receiver's own. A closed set, as the bases are: the ledger is
+// kept for years and read centrally, and a reason is never free text.
+var transitionReasons = []string{"", "Declared", "TrialExpired", "TermsOutdated", "ApprovalMissing", "BasisNotEligible",
+	"NotYetAccepted", "PolicyDeleted", ReasonRecordReleased}
+
+// contractBases are the contract bases a transition may name (the TelemetryPolicy API's), or none.
+var contractBases = []string{"", "SelfServeTrial", "ZeroDollarOrderForm", "NewContract", "Renewal", "CELedTrial", "LegacyTerms"}
+
+// KnownReason reports whether r is a reason a transition may carry.
+func KnownReason(r string) bool { return slices.Contains(transitionReasons, r) }
+
+// KnownBasis reports whether b is a contract basis a transition may name (or none).
+func KnownBasis(b string) bool { return slices.Contains(contractBases, b) }
+
+// ReasonRecordReleased is the reason of the Off transition the receiver appends itself when a
+// record is released or handed over while consent is in force: consent was its owner's, and no
+// one's holds until the next owner records its own.
+const ReasonRecordReleased = "RecordReleased"
+
 // Reasons in error responses (the body has the batch API's ErrorResponse shape).
 const (
 	// ReasonOwnedElsewhere: the instance's record belongs to another policy or cluster (409).

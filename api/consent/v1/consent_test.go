@@ -11,6 +11,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	v1alpha1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 )
 
 var t0 = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
@@ -239,5 +241,27 @@ func TestValidateRequests(t *testing.T) {
 	}
 	if (Owner{Cluster: "a", Namespace: "n", Name: "p"}).Same(Owner{Cluster: "b", Namespace: "n", Name: "p"}) {
 		t.Fatal("another cluster is not the same owner")
+	}
+}
+
+// TestTheClosedSetsHoldWhatTheOperatorRecords: every reason and basis the operator may record
+// is taken, and nothing else is.
+func TestTheClosedSetsHoldWhatTheOperatorRecords(t *testing.T) {
+	for _, r := range []string{v1alpha1.ReasonDeclared, v1alpha1.ReasonTrialExpired, v1alpha1.ReasonTermsOutdated, v1alpha1.ReasonApprovalMissing,
+		v1alpha1.ReasonBasisNotEligible, v1alpha1.ReasonNotYetAccepted, v1alpha1.ReasonPolicyDeleted, ReasonRecordReleased, ""} {
+		if !KnownReason(r) {
+			t.Errorf("reason %q is refused", r)
+		}
+	}
+	for _, b := range []v1alpha1.ContractBasis{v1alpha1.BasisSelfServeTrial, v1alpha1.BasisZeroDollarOrderForm, v1alpha1.BasisNewContract,
+		v1alpha1.BasisRenewal, v1alpha1.BasisCELedTrial, v1alpha1.BasisLegacyTerms, ""} {
+		if !KnownBasis(string(b)) {
+			t.Errorf("basis %q is refused", b)
+		}
+	}
+	for _, w := range []string{"ProjectFalcon", "declared", "Declared ", "NewContractAcme", "Eligible"} {
+		if KnownReason(w) || KnownBasis(w) {
+			t.Errorf("%q is taken", w)
+		}
 	}
 }
