@@ -468,6 +468,9 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	st.planned = true
 	noted := r.injectSeenLowerings(st)
 	r.judgeAtLatestKnown(st, r.Clock.Now()) // the record may have been read back since
+	if tr, ok := lapsedExpiry(p, st.localTimeline(), r.Clock.Now()); ok {
+		st.pending = append(st.pending, tr)
+	}
 	local := st.localTimeline()
 	from := local.Current()
 	if len(local) > 0 && from == consentv1.Tier(st.intent) && !st.claim {
@@ -491,7 +494,10 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	// Only a policy the operator never recorded anything for may date its first grant in the
 	// past (startFrom Beginning); one whose record the receiver lost never does.
 	// Nor one the watch saw lowered before it was first recorded: its first grant starts now.
-	first := len(local) == 0 && len(p.Status.ConsentHistory) == 0 && !noted
+	// Nor one whose spec changed since it was created (generation 1): it may have declared a
+	// lower tier, or been ineligible, for a while nobody recorded (the receiver unreachable, a
+	// reservation pending, an operator restarted since), and its first grant starts now too.
+	first := len(local) == 0 && len(p.Status.ConsentHistory) == 0 && !noted && p.Generation <= 1
 	at, reason := consent.TransitionTime(consent.Change{
 		From: v1.ConsentTier(from), First: first, LastAt: lastAt, To: st.intent, Decision: st.decision,
 		Spec: p.Spec, DeletedAt: deletedAt, SpecWrites: consentWriteTimes(p), SeenWritesUpTo: seen,
@@ -513,6 +519,34 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 		return
 	}
 	st.want = &tr
+}
+
+// lapsedExpiry is the trial expiry no reconcile recorded in time: EventLevel is in force by the
+// record, the basis it was recorded under expired (status.eventLevelExpiresAt) after it took
+// effect, and the spec no longer says so (extended or replaced since, while no operator acted
+// on it: down, failing, or behind). Consent lapsed at the expiry all the same; the renewal is a
+// new grant, from when it is recorded. An expiry the spec still holds is dated by
+// consent.TransitionTime.
+func lapsedExpiry(p *v1.TelemetryPolicy, local consentv1.Timeline, now time.Time) (consentv1.Transition, bool) {
+	e, n := p.Status.EventLevelExpiresAt, len(local)
+	if e == nil || n == 0 || local.Current() != consentv1.TierEventLevel || e.After(now) || e.Time.Before(local[n-1].At) {
+		return consentv1.Transition{}, false
+	}
+	if c := p.Spec.Contract; c != nil && c.ExpiresAt != nil && c.ExpiresAt.Equal(e) {
+		return consentv1.Transition{}, false
+	}
+	return consentv1.Transition{At: e.UTC(), Tier: consentv1.TierCriticalOnly, Reason: v1.ReasonTrialExpired, Basis: local[n-1].Basis}, true
+}
+
+// eventLevelExpiry is status.eventLevelExpiresAt once this reconcile's transitions are known:
+// the spec's expiry while EventLevel is in force by the record (with the lowerings not yet
+// recorded), else none.
+func eventLevelExpiry(p *v1.TelemetryPolicy, st *reconcileState) *metav1.Time {
+	if st.localTimeline().Current() != consentv1.TierEventLevel || p.Spec.Contract == nil || p.Spec.Contract.ExpiresAt == nil {
+		return nil
+	}
+	e := p.Spec.Contract.ExpiresAt.DeepCopy()
+	return e
 }
 
 // unrecorded keeps the pending lowerings the receiver's timeline does not hold yet. Only this

@@ -1004,6 +1004,36 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(cfg.Consent.TierAt(fakeClock.Now().Add(-30 * time.Minute))).To(Equal(consentv1.TierOff))
 	})
 
+	It("never dates a first grant back to acceptedAt over a lower tier declared while nothing could be recorded", func() {
+		ns := newNamespace(ctx)
+		rcv.Stop()
+		DeferCleanup(func() { _ = rcv.Listen() })
+		accepted := metav1.NewTime(fakeClock.Now().Add(-24 * time.Hour).Truncate(time.Second))
+		p := eventLevelPolicy(ns, "declared-off")
+		p.Spec.Consent.Tier = v1.TierOff
+		p.Spec.Contract.AcceptedAt = &accepted
+		p.Spec.Export.StartFrom = v1.StartFromBeginning
+		Expect(k8s.Create(ctx, p)).To(Succeed())
+		Eventually(conditionStatus(ctx, ns, "declared-off", v1.ConditionConsentRecorded)).Should(HavePrefix("ConsentRecorded=False"))
+
+		By("raising it to EventLevel an hour later, the receiver still unreachable")
+		fakeClock.Step(time.Hour)
+		raisedAt := fakeClock.Now()
+		updatePolicy(ctx, ns, "declared-off", func(p *v1.TelemetryPolicy) { p.Spec.Consent.Tier = v1.TierEventLevel })
+		Eventually(func() int64 { return getPolicy(ctx, ns, "declared-off").Status.ObservedGeneration }).Should(Equal(getPolicy(ctx, ns, "declared-off").Generation))
+
+		By("the receiver back: the first record")
+		Expect(rcv.Listen()).To(Succeed())
+		instance := instanceOf(ns, "declared-off")
+		Eventually(func() (consentv1.Tier, error) {
+			st, err := rcv.Store.ConsentState(ctx, instance)
+			return st.Timeline.Current(), err
+		}, 30*time.Second).Should(Equal(consentv1.TierEventLevel))
+		tl := ledgerOf(ctx, instance).Timeline
+		Expect(tl[0].At).To(BeTemporally(">=", raisedAt.Truncate(time.Second)), "consent starts when EventLevel was declared, not at acceptedAt")
+		Expect(tl.TierAt(accepted.Add(time.Hour))).To(Equal(consentv1.TierOff), "the hours declared Off stay closed")
+	})
+
 	It("does not finalize a deleted policy again from a stale copy, so the instance stays released", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "stale")
@@ -1085,6 +1115,61 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		_, _ = r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "lagging"}})
 		Expect(ledgerOf(ctx, instance).Timeline).To(Equal(recorded), "no grant recorded at the receiver after the expiry")
 		Expect(configOf(ctx, ns, "lagging").Tier).To(Equal(v1.TierCriticalOnly))
+	})
+
+	It("records a trial's expiry that a renewal made only after it passed, while no operator ran, would hide", func() {
+		ns := newNamespace(ctx)
+		readyPolicy(ctx, ns, "renewed")
+		instance := instanceOf(ns, "renewed")
+		expires := getPolicy(ctx, ns, "renewed").Spec.Contract.ExpiresAt.Time
+		Eventually(func() *metav1.Time { return getPolicy(ctx, ns, "renewed").Status.EventLevelExpiresAt }).ShouldNot(BeNil())
+		Expect(getPolicy(ctx, ns, "renewed").Status.EventLevelExpiresAt.Time).To(BeTemporally("==", expires))
+
+		By("the operator down across the expiry, the collector still sending, and the trial extended before it is back")
+		stopManager()
+		started := false
+		DeferCleanup(func() {
+			if !started {
+				startManager()
+			}
+		})
+		fakeClock.SetTime(expires.Add(2 * time.Hour))
+		lapsed := &batchv1.Batch{InstanceID: instance, BatchID: instance + "-e-1", Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: 2, Events: []batchv1.Event{
+			{ID: "1", Name: "SearchSubmitted", Timestamp: expires.Add(-time.Hour), UserID: "0123456789abcdef0123456789abcdef"},
+			{ID: "2", Name: "SearchSubmitted", Timestamp: expires.Add(time.Hour), UserID: "0123456789abcdef0123456789abcdef"},
+		}}
+		res, err := rcv.Store.InsertEvents(ctx, instance, lapsed)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(res.Accepted).To(Equal(2), "the record still says EventLevel: nobody recorded the expiry")
+		updatePolicy(ctx, ns, "renewed", func(p *v1.TelemetryPolicy) {
+			renewed := metav1.NewTime(fakeClock.Now().Add(30 * 24 * time.Hour))
+			p.Spec.Contract.ExpiresAt = &renewed
+		})
+		startManager()
+		started = true
+
+		By("the operator back: the lapse is recorded at the expiry, the renewal from now")
+		Eventually(func() consentv1.Tier {
+			return ledgerOf(ctx, instance).Timeline.TierAt(expires.Add(time.Hour))
+		}, 30*time.Second).Should(Equal(consentv1.TierCriticalOnly))
+		rollOutUntilReady(ctx, ns, "renewed")
+		Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }, 30*time.Second).Should(Equal(consentv1.TierEventLevel))
+		tl := ledgerOf(ctx, instance).Timeline
+		Expect(tl.TierAt(expires.Add(-time.Minute))).To(Equal(consentv1.TierEventLevel))
+		Expect(tl.TierAt(fakeClock.Now().Add(-time.Minute))).To(Equal(consentv1.TierCriticalOnly), "the renewal grants from when it is recorded")
+		var stamps []time.Time
+		rows, err := rcv.DB.Query(ctx, `SELECT ts FROM events WHERE instance_id = $1 ORDER BY ts`, instance)
+		Expect(err).NotTo(HaveOccurred())
+		for rows.Next() {
+			var ts time.Time
+			Expect(rows.Scan(&ts)).To(Succeed())
+			stamps = append(stamps, ts.UTC())
+		}
+		Expect(rows.Err()).NotTo(HaveOccurred())
+		Expect(stamps).To(ConsistOf(BeTemporally("==", expires.Add(-time.Hour))), "what was recorded after the expiry is gone from the receiver")
+		res, err = rcv.Store.InsertEvents(ctx, instance, lapsed)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(res.Refused).To(Equal(1), "and is refused when sent again")
 	})
 
 	It("erases an instance's data on request, verified, audited, with status, an Event and a metric", func() {

@@ -654,6 +654,9 @@ func (r *TelemetryPolicyReconciler) summarizeAndPatch(ctx context.Context, orig 
 			if w := newestConsentWrite(p); w != nil && (p.Status.ObservedConsentWriteTime == nil || w.After(p.Status.ObservedConsentWriteTime.Time)) {
 				p.Status.ObservedConsentWriteTime = w
 			}
+			if st.ledgerKnown {
+				p.Status.EventLevelExpiresAt = eventLevelExpiry(p, st)
+			}
 		}
 	}
 	s.pending = st.mutate && (st.intent != p.Status.EffectiveTier || st.want != nil || len(st.pending) > 0)

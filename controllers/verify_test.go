@@ -592,9 +592,18 @@ func TestSeenLoweringBeforeAFirstRecord(t *testing.T) {
 	}
 	without := &reconcileState{policy: ps[2].DeepCopy(), mutate: true, ledgerKnown: true, intent: v1.TierEventLevel}
 	without.policy.UID = "other"
+	without.policy.Generation = 1
 	r.plan(without)
 	if without.want == nil || !without.want.At.Before(start) {
 		t.Fatalf("first grant of a policy never withdrawn %v, want it from acceptedAt", without.want)
+	}
+	// The same policy with its spec changed since it was created, and no memory of why (this
+	// process restarted since, say): it may have declared a lower tier meanwhile.
+	edited := &reconcileState{policy: ps[2].DeepCopy(), mutate: true, ledgerKnown: true, intent: v1.TierEventLevel}
+	edited.policy.UID = "restarted"
+	r.plan(edited)
+	if edited.want == nil || !edited.want.At.Equal(clock.Now()) {
+		t.Fatalf("first grant of a policy edited since it was created %v, want it dated now (%s)", edited.want, clock.Now())
 	}
 }
 

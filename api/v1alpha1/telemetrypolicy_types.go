@@ -553,6 +553,13 @@ type TelemetryPolicyStatus struct {
 	// +optional
 	ObservedConsentWriteTime *metav1.Time `json:"observedConsentWriteTime,omitempty"`
 
+	// eventLevelExpiresAt is when the contract basis under which EventLevel is recorded as in
+	// force expires (spec.contract.expiresAt as the operator last acted on it). A basis extended
+	// or replaced only after it had expired still ends consent here: the lapse is recorded, and
+	// the renewal grants EventLevel again from when it is recorded, never back over the lapse.
+	// +optional
+	EventLevelExpiresAt *metav1.Time `json:"eventLevelExpiresAt,omitempty"`
+
 	// erasure is the outcome of the last erasure request (spec.erasure) the operator handled.
 	// +optional
 	Erasure *ErasureStatus `json:"erasure,omitempty"`

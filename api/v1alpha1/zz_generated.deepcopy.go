@@ -405,6 +405,10 @@ func (in *TelemetryPolicyStatus) DeepCopyInto(out *TelemetryPolicyStatus) {
 		in, out := &in.ObservedConsentWriteTime, &out.ObservedConsentWriteTime
 		*out = (*in).DeepCopy()
 	}
+	if in.EventLevelExpiresAt != nil {
+		in, out := &in.EventLevelExpiresAt, &out.EventLevelExpiresAt
+		*out = (*in).DeepCopy()
+	}
 	if in.Erasure != nil {
 		in, out := &in.Erasure, &out.Erasure
 		*out = new(ErasureStatus)
