@@ -363,10 +363,10 @@ func TestAggregatesCountPeopleNotIDs(t *testing.T) {
 		}
 	}
 
-	// A day's cells are what its own rows say, whichever days are computed with it: browsers
+	// A day's cells are what its own 28 days say, whichever days are computed with it: browsers
 	// anonymous on one day that a user signs in from the next do not make the first day's five
-	// people one (its cells would then depend on when it was computed, and the next day's 7-day
-	// count could fall below the first day's 1-day count).
+	// ids one person (its cells would then depend on when it was computed), but in the next
+	// day's cells they are that user: its 7-day count is six people, not eleven ids.
 	later := newInstance(t, v1.TierCriticalOnly, 100)
 	for b := 1; b <= 5; b++ {
 		later.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 0, $1, 'WEB', '5.3.0', $2)`,
@@ -382,7 +382,27 @@ func TestAggregatesCountPeopleNotIDs(t *testing.T) {
 	if got := cells[aggregateKey{d3.Format(time.DateOnly), "active_users_1d", ""}]; got != [2]int64{5, 5} {
 		t.Errorf("active_users_1d on %s = %v, want the day's own 5", d3.Format(time.DateOnly), got)
 	}
-	if got := cells[aggregateKey{d, "active_users_7d", ""}]; got != [2]int64{11, 11} {
-		t.Errorf("active_users_7d on %s = %v, want 11 (5 browsers the day before, user 50 and 5 others)", d, got)
+	if got := cells[aggregateKey{d, "active_users_7d", ""}]; got != [2]int64{6, 6} {
+		t.Errorf("active_users_7d on %s = %v, want 6 (user 50, whose 5 browsers the day before are his, and 5 others)", d, got)
+	}
+
+	// Someone whose browsers were linked to them on an earlier day is one person on a later
+	// day too: four browsers of user 70 signed in on d3, anonymous on d2 next to user 70
+	// himself and user 71. Counted by ids, d2 would have six users and its cells would be
+	// published; it has two people.
+	linked := newInstance(t, v1.TierCriticalOnly, 100)
+	for b := 1; b <= 4; b++ {
+		browser := fmt.Sprintf("browser-7%d", b)
+		linked.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 70, $1, 'WEB', '5.3.0', $2)`, browser, d3.Add(9*time.Hour))
+		linked.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 0, $1, 'WEB', '5.3.0', $2)`, browser, d2.Add(9*time.Hour))
+	}
+	linked.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', 70, 'WEB', '5.3.0', $1), ('hover', 71, 'WEB', '5.3.0', $1)`, d2.Add(10*time.Hour))
+	if _, err := linked.pipeline().RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range publishedCells(t, linked) {
+		if k.day == d || k.day == d3.Format(time.DateOnly) {
+			t.Errorf("two people published as %v = %v", k, v)
+		}
 	}
 }

@@ -22,12 +22,16 @@ import (
 )
 
 // personExpr identifies a person inside the database only; no identifier ever leaves it. A
-// signed-in row names its user; an anonymous row names the user a counted row of the same day
-// links its anonymous id to (a person who browsed before signing in is one person, not two:
-// counted as two, three people could fill a cell of five), else the anonymous id itself. Two
-// users sharing an anonymous id make its anonymous rows count as the lower-numbered one: fewer
-// people, never more. Links are the day's own, so a row is the same person in every cell that
-// counts it, whichever days are computed together: the 1-, 7- and 28-day counts stay ordered.
+// signed-in row names its user; an anonymous row names the user a counted row links its
+// anonymous id to (a person who browsed before signing in is one person, not two: counted as
+// two, three people could fill a cell of five), else the anonymous id itself. Two users sharing
+// an anonymous id make its anonymous rows count as the lower-numbered one: fewer people, never
+// more. Every cell of a day D takes its links from the counted rows of the 28 days ending with
+// D, the widest window any of its cells counts: a browser signed in from on one day is that
+// person in the day's own cells and in the 7- and 28-day cells of the days after, and each
+// day's cells depend on its own 28 days only (never on which days were computed with it), so
+// the 1-, 7- and 28-day counts of a day stay ordered. (A link that appears only after D cannot
+// be known when D closes: the anonymous rows count as their ids there.)
 const personExpr = `CASE WHEN r.user_id <> 0 THEN 'u:' || r.user_id::text
   WHEN l.user_id IS NOT NULL THEN 'u:' || l.user_id::text ELSE 'a:' || r.anonymous_user_id END`
 
@@ -83,16 +87,23 @@ WITH counted AS (
   WHERE timestamp >= (($1::date - 27)::timestamp AT TIME ZONE 'UTC') AND timestamp < (($2::date + 1)::timestamp AT TIME ZONE 'UTC')
     AND EXISTS (SELECT 1 FROM unnest(` + periodArgs + `) AS w(s, e) WHERE timestamp >= w.s AND timestamp < w.e)
 ),
+ids AS (SELECT DISTINCT day, user_id, anonymous_user_id FROM counted),
+days AS (SELECT d::date AS day FROM generate_series($1::date, $2::date, '1 day') d),
 links AS (
-  SELECT day, anonymous_user_id, min(user_id) AS user_id FROM counted
-  WHERE user_id <> 0 AND anonymous_user_id <> '' GROUP BY day, anonymous_user_id
+  SELECT d.day, i.anonymous_user_id, min(i.user_id) AS user_id
+  FROM days d JOIN ids i ON i.day > d.day - 28 AND i.day <= d.day
+  WHERE i.user_id <> 0 AND i.anonymous_user_id <> '' GROUP BY d.day, i.anonymous_user_id
 ),
 ev AS (
   SELECT r.day, r.name, ` + personExpr + ` AS u, r.pt, r.version
   FROM counted r LEFT JOIN links l ON r.user_id = 0 AND l.day = r.day AND l.anonymous_user_id = r.anonymous_user_id
+  WHERE r.day >= $1::date
 ),
-days AS (SELECT d::date AS day FROM generate_series($1::date, $2::date, '1 day') d),
-ud AS (SELECT DISTINCT day, u FROM ev)
+ud AS (
+  SELECT DISTINCT d.day AS d, r.day, ` + personExpr + ` AS u
+  FROM days d JOIN ids r ON r.day > d.day - 28 AND r.day <= d.day
+  LEFT JOIN links l ON r.user_id = 0 AND l.day = d.day AND l.anonymous_user_id = r.anonymous_user_id
+)
 SELECT day::text, metric, dim, value, users FROM (
   SELECT day, 'event_count' AS metric, name AS dim, count(*) AS value, count(DISTINCT u) AS users
     FROM ev WHERE day >= $1::date AND name = ANY($3) GROUP BY day, name
@@ -110,13 +121,13 @@ SELECT day::text, metric, dim, value, users FROM (
     FROM ev WHERE day >= $1::date AND name = ANY($3) GROUP BY day, 2, 3
   UNION ALL
   SELECT days.day, 'active_users_1d', '', count(DISTINCT ud.u) FILTER (WHERE ud.day = days.day), count(DISTINCT ud.u) FILTER (WHERE ud.day = days.day)
-    FROM days LEFT JOIN ud ON ud.day > days.day - 28 AND ud.day <= days.day GROUP BY days.day
+    FROM days LEFT JOIN ud ON ud.d = days.day GROUP BY days.day
   UNION ALL
   SELECT days.day, 'active_users_7d', '', count(DISTINCT ud.u) FILTER (WHERE ud.day > days.day - 7), count(DISTINCT ud.u) FILTER (WHERE ud.day > days.day - 7)
-    FROM days LEFT JOIN ud ON ud.day > days.day - 28 AND ud.day <= days.day GROUP BY days.day
+    FROM days LEFT JOIN ud ON ud.d = days.day GROUP BY days.day
   UNION ALL
   SELECT days.day, 'active_users_28d', '', count(DISTINCT ud.u), count(DISTINCT ud.u)
-    FROM days LEFT JOIN ud ON ud.day > days.day - 28 AND ud.day <= days.day GROUP BY days.day
+    FROM days LEFT JOIN ud ON ud.d = days.day GROUP BY days.day
 ) cells ORDER BY 1, 3, 4`
 	rows, err := db.Query(ctx, query, args...)
 	if err != nil {
