@@ -405,4 +405,24 @@ func TestAggregatesCountPeopleNotIDs(t *testing.T) {
 			t.Errorf("two people published as %v = %v", k, v)
 		}
 	}
+
+	// An id many users sign in from (Sourcegraph's constant "backend") links to the user of its
+	// latest sign-in, who is active then, not to an older one: four people on d2, one of them
+	// signing in there, and a system row under the id, are four, though the admin (user 1)
+	// signed in under it twelve days before.
+	shared := newInstance(t, v1.TierCriticalOnly, 100)
+	for u := 21; u <= 24; u++ {
+		shared.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, d2.Add(9*time.Hour))
+	}
+	shared.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 22, 'backend', 'BACKEND', '5.3.0', $1)`, d2.Add(10*time.Hour))
+	shared.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 0, 'backend', 'BACKEND', '5.3.0', $1)`, d2.Add(11*time.Hour))
+	shared.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 1, 'backend', 'BACKEND', '5.3.0', $1)`, d2.AddDate(0, 0, -12))
+	if _, err := shared.pipeline().RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range publishedCells(t, shared) {
+		if k.day == d && k.metric != "active_users_28d" {
+			t.Errorf("four people published as %v = %v", k, v)
+		}
+	}
 }

@@ -468,8 +468,18 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	st.planned = true
 	noted := r.injectSeenLowerings(st)
 	r.judgeAtLatestKnown(st, r.Clock.Now()) // the record may have been read back since
-	if tr, ok := lapsedExpiry(p, st.localTimeline(), r.Clock.Now()); ok {
-		st.pending = append(st.pending, tr)
+	lapse, lapsed := lapsedExpiry(p, st.timeline, r.Clock.Now())
+	if lapsed {
+		if st.intent == v1.TierEventLevel {
+			// Renewed: the lapse is recorded first (before any later lowering the watch saw),
+			// and the grant from now.
+			st.pending = lowerings(st.timeline, mergePending(st.pending, consentv1.Timeline{lapse}))
+		} else {
+			// Lowered too: the lowering planned below is dated no later than the lapse
+			// (consent.Change.Lapsed), and the lapse joins the pending lowerings only where
+			// it ends EventLevel earlier than they do.
+			defer func() { st.pending = lowerings(st.timeline, mergePending(st.pending, consentv1.Timeline{lapse})) }()
+		}
 	}
 	local := st.localTimeline()
 	from := local.Current()
@@ -500,7 +510,7 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	first := len(local) == 0 && len(p.Status.ConsentHistory) == 0 && !noted && p.Generation <= 1
 	at, reason := consent.TransitionTime(consent.Change{
 		From: v1.ConsentTier(from), First: first, LastAt: lastAt, To: st.intent, Decision: st.decision,
-		Spec: p.Spec, DeletedAt: deletedAt, SpecWrites: consentWriteTimes(p), SeenWritesUpTo: seen,
+		Spec: p.Spec, DeletedAt: deletedAt, SpecWrites: consentWriteTimes(p), SeenWritesUpTo: seen, Lapsed: lapsedAt(lapse, lapsed),
 		RunningSince: runningSince, DownSince: downSince, Now: now,
 	})
 	if !first && len(local) == 0 && at.Before(now) {
@@ -522,20 +532,28 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 }
 
 // lapsedExpiry is the trial expiry no reconcile recorded in time: EventLevel is in force by the
-// record, the basis it was recorded under expired (status.eventLevelExpiresAt) after it took
-// effect, and the spec no longer says so (extended or replaced since, while no operator acted
-// on it: down, failing, or behind). Consent lapsed at the expiry all the same; the renewal is a
-// new grant, from when it is recorded. An expiry the spec still holds is dated by
-// consent.TransitionTime.
-func lapsedExpiry(p *v1.TelemetryPolicy, local consentv1.Timeline, now time.Time) (consentv1.Transition, bool) {
-	e, n := p.Status.EventLevelExpiresAt, len(local)
-	if e == nil || n == 0 || local.Current() != consentv1.TierEventLevel || e.After(now) || e.Time.Before(local[n-1].At) {
+// receiver's record, and the basis it was recorded under expired (status.eventLevelExpiresAt)
+// since its last transition, whatever the spec says now (extended or replaced since, while no
+// operator acted on it: down, failing, or behind). Consent lapsed at the expiry all the same; a
+// renewal is a new grant, from when it is recorded.
+func lapsedExpiry(p *v1.TelemetryPolicy, recorded consentv1.Timeline, now time.Time) (consentv1.Transition, bool) {
+	e, n := p.Status.EventLevelExpiresAt, len(recorded)
+	if e == nil || n == 0 || recorded.Current() != consentv1.TierEventLevel || e.After(now) || e.Time.Before(recorded[n-1].At) {
 		return consentv1.Transition{}, false
 	}
-	if c := p.Spec.Contract; c != nil && c.ExpiresAt != nil && c.ExpiresAt.Equal(e) {
-		return consentv1.Transition{}, false
+	basis := recorded[n-1].Basis
+	if !consentv1.KnownBasis(basis) {
+		basis = ""
 	}
-	return consentv1.Transition{At: e.UTC(), Tier: consentv1.TierCriticalOnly, Reason: v1.ReasonTrialExpired, Basis: local[n-1].Basis}, true
+	return consentv1.Transition{At: e.UTC(), Tier: consentv1.TierCriticalOnly, Reason: v1.ReasonTrialExpired, Basis: basis}, true
+}
+
+// lapsedAt is the lapse's time for consent.Change, or nil.
+func lapsedAt(tr consentv1.Transition, lapsed bool) *time.Time {
+	if !lapsed {
+		return nil
+	}
+	return &tr.At
 }
 
 // eventLevelExpiry is status.eventLevelExpiresAt once this reconcile's transitions are known:

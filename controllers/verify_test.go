@@ -941,3 +941,55 @@ func TestAClaimNotRecordedRunsNothing(t *testing.T) {
 		}
 	})
 }
+
+// TestALapsedExpiryNeverDelaysAWithdrawal: EventLevel recorded at g under a trial that expired
+// at e while no reconcile ran; the trial was renewed since. The lapse is recorded at e and the
+// renewal from now, and a withdrawal written before e (the operator down since d) stays dated
+// by it: the lapse only ends EventLevel earlier, never later. A withdrawal the watch saw after
+// e keeps the lapse before it.
+func TestALapsedExpiryNeverDelaysAWithdrawal(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	g, e := start.Add(-48*time.Hour), start.Add(-2*time.Hour)
+	recorded := consentv1.Timeline{{At: g, Tier: consentv1.TierEventLevel, Reason: "Declared", Basis: "SelfServeTrial", RecordedAt: &g}}
+	policy := func(tier v1.ConsentTier) *v1.TelemetryPolicy {
+		p := trialPolicy(start, tier, recorded)
+		p.Generation = 2
+		at := metav1.NewTime(e)
+		p.Status.EventLevelExpiresAt = &at // the spec's expiry is a week ahead: renewed
+		return p
+	}
+	clock := clocktesting.NewFakeClock(start)
+	r := &TelemetryPolicyReconciler{Clock: clock, Options: Options{LedgerResync: 10 * time.Minute}}
+
+	renewed := &reconcileState{policy: policy(v1.TierEventLevel), mutate: true, timeline: recorded, ledgerKnown: true, intent: v1.TierEventLevel}
+	r.plan(renewed)
+	if len(renewed.pending) != 1 || !renewed.pending[0].At.Equal(e) || renewed.pending[0].Tier != consentv1.TierCriticalOnly ||
+		renewed.pending[0].Reason != v1.ReasonTrialExpired {
+		t.Fatalf("renewed after the lapse: pending %+v, want CriticalOnly at the expiry %s", renewed.pending, e)
+	}
+	if renewed.want == nil || renewed.want.Tier != consentv1.TierEventLevel || !renewed.want.At.Equal(start) {
+		t.Fatalf("renewed after the lapse: grant %+v, want EventLevel from now", renewed.want)
+	}
+
+	withdrawn := policy(v1.TierOff)
+	w := start.Add(-5 * time.Hour) // before the expiry
+	withdrawn.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationApply,
+		Time: &metav1.Time{Time: w}, FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:consent":{"f:tier":{}}}}`)}}}
+	st := &reconcileState{policy: withdrawn, mutate: true, timeline: recorded, ledgerKnown: true, intent: v1.TierOff}
+	r.plan(st)
+	if len(st.pending) != 1 || !st.pending[0].At.Equal(w) || st.pending[0].Tier != consentv1.TierOff {
+		t.Fatalf("withdrawn before the lapse: pending %+v, want Off at the write %s, nothing at the expiry", st.pending, w)
+	}
+
+	late := policy(v1.TierOff)
+	y := start.Add(-time.Hour) // after the expiry
+	late.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationApply,
+		Time: &metav1.Time{Time: y}, FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:consent":{"f:tier":{}}}}`)}}}
+	st = &reconcileState{policy: late, mutate: true, timeline: recorded, ledgerKnown: true, intent: v1.TierOff,
+		pending: consentv1.Timeline{{At: y, Tier: consentv1.TierOff, Reason: "Declared"}}} // seen by the watch
+	r.plan(st)
+	if len(st.pending) != 2 || !st.pending[0].At.Equal(e) || st.pending[0].Tier != consentv1.TierCriticalOnly ||
+		!st.pending[1].At.Equal(y) || st.pending[1].Tier != consentv1.TierOff {
+		t.Fatalf("withdrawn after the lapse: pending %+v, want CriticalOnly at the expiry, then Off at %s", st.pending, y)
+	}
+}

@@ -24,14 +24,19 @@ import (
 // personExpr identifies a person inside the database only; no identifier ever leaves it. A
 // signed-in row names its user; an anonymous row names the user a counted row links its
 // anonymous id to (a person who browsed before signing in is one person, not two: counted as
-// two, three people could fill a cell of five), else the anonymous id itself. Two users sharing
-// an anonymous id make its anonymous rows count as the lower-numbered one: fewer people, never
-// more. Every cell of a day D takes its links from the counted rows of the 28 days ending with
-// D, the widest window any of its cells counts: a browser signed in from on one day is that
-// person in the day's own cells and in the 7- and 28-day cells of the days after, and each
-// day's cells depend on its own 28 days only (never on which days were computed with it), so
-// the 1-, 7- and 28-day counts of a day stay ordered. (A link that appears only after D cannot
-// be known when D closes: the anonymous rows count as their ids there.)
+// two, three people could fill a cell of five), else the anonymous id itself. Every cell of a
+// day D takes its links from the counted rows of the 28 days ending with D, the widest window
+// any of its cells counts: a browser signed in from on one day is that person in the day's own
+// cells and in the 7- and 28-day cells of the days after, and each day's cells depend on its
+// own 28 days only (never on which days were computed with it), so the 1-, 7- and 28-day counts
+// of a day stay ordered. An anonymous id signed in from by several users (a shared browser,
+// Sourcegraph's constant "backend" id) links to the one of its latest day of sign-in (the
+// lowest-numbered on that day). All of the id's rows in a cell then become one user, whom the
+// cell counts anyway or who takes the id's place, so a link never makes a count larger; and as
+// that user signed in on the latest day, inside every window that also holds an earlier link,
+// no cell counts more people than with links taken from each row's own day. (A link that
+// appears only after D cannot be known when D closes: the anonymous rows count as their ids
+// there.)
 const personExpr = `CASE WHEN r.user_id <> 0 THEN 'u:' || r.user_id::text
   WHEN l.user_id IS NOT NULL THEN 'u:' || l.user_id::text ELSE 'a:' || r.anonymous_user_id END`
 
@@ -90,9 +95,10 @@ WITH counted AS (
 ids AS (SELECT DISTINCT day, user_id, anonymous_user_id FROM counted),
 days AS (SELECT d::date AS day FROM generate_series($1::date, $2::date, '1 day') d),
 links AS (
-  SELECT d.day, i.anonymous_user_id, min(i.user_id) AS user_id
+  SELECT DISTINCT ON (d.day, i.anonymous_user_id) d.day, i.anonymous_user_id, i.user_id
   FROM days d JOIN ids i ON i.day > d.day - 28 AND i.day <= d.day
-  WHERE i.user_id <> 0 AND i.anonymous_user_id <> '' GROUP BY d.day, i.anonymous_user_id
+  WHERE i.user_id <> 0 AND i.anonymous_user_id <> ''
+  ORDER BY d.day, i.anonymous_user_id, i.day DESC, i.user_id
 ),
 ev AS (
   SELECT r.day, r.name, ` + personExpr + ` AS u, r.pt, r.version

@@ -144,6 +144,10 @@ type Change struct {
 	// renewal): writes in between were made while no operator watched.
 	RunningSince time.Time
 	DownSince    *time.Time
+	// Lapsed, when set, is the expiry of the basis EventLevel was recorded under (kept in the
+	// policy's status), passed since LastAt: EventLevel ended there at the latest, whatever the
+	// spec says now.
+	Lapsed *time.Time
 	// Now is the operator's current time.
 	Now time.Time
 }
@@ -172,6 +176,10 @@ func TransitionTime(c Change) (time.Time, string) {
 		if e := c.Spec.Contract.ExpiresAt.Time; !e.After(c.Now) && !e.Before(c.LastAt) {
 			expired = &e
 		}
+	}
+	if l := c.Lapsed; c.From == telemetryv1alpha1.TierEventLevel && l != nil && !l.After(c.Now) && !l.Before(c.LastAt) && (expired == nil || l.Before(*expired)) {
+		e := *l
+		expired = &e
 	}
 	if c.DeletedAt != nil {
 		if expired != nil && expired.Before(*c.DeletedAt) {
