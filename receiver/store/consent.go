@@ -418,12 +418,14 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
 	return tr, eventsRemoved, aggDel, bumpVersion(ctx, tx, instance)
 }
 
-// closeOnRelease ends the consent in force when a record is released or handed over: the
-// consent was its owner's, and until another policy claims the record and records its own, no
-// one's holds (else the next owner would inherit a window its own basis never granted, and its
-// collector would send what was recorded in between). Off is appended at now in by's name (the
-// record's owner, or where it was released from), with what a withdrawal deletes. It returns
-// the transition appended, if any.
+// closeOnRelease ends the consent in force when a record is handed over to another namespace
+// or opened to anyone: the consent was its owner's, and until a policy there claims the record
+// and records its own, no one's holds (else the next owner would inherit a window its own basis
+// never granted, and its collector would send what was recorded in between). Off is appended
+// at now in by's name (the record's owner, or where it was released from), with what a
+// withdrawal deletes. A record released back to its own namespace stays as it is: the policy
+// there claims it again and records what it withdrew meanwhile at its own time. It returns the
+// transition appended, if any.
 func closeOnRelease(ctx context.Context, tx pgx.Tx, instance string, by consentv1.Owner, now time.Time) (*closed, error) {
 	timeline, err := loadTimeline(ctx, tx, instance)
 	if err != nil || timeline.Current() == consentv1.TierOff {
@@ -465,10 +467,7 @@ func (s *Store) Release(ctx context.Context, cluster string, req consentv1.Relea
 	if err := checkOwner(req.InstanceID, owner); err != nil {
 		return err
 	}
-	var (
-		released *consentv1.Owner
-		closedBy *closed
-	)
+	var released *consentv1.Owner
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		row, err := lockInstance(ctx, tx, req.InstanceID)
 		if err != nil {
@@ -481,9 +480,6 @@ func (s *Store) Release(ctx context.Context, cluster string, req consentv1.Relea
 			return &OwnedElsewhereError{Instance: req.InstanceID, Owner: *row.owner}
 		}
 		released = row.owner
-		if closedBy, err = closeOnRelease(ctx, tx, req.InstanceID, *row.owner, s.now()); err != nil {
-			return err
-		}
 		if _, err := tx.Exec(ctx, `UPDATE consent_instances SET released_cluster = $2, released_namespace = $3 WHERE instance_id = $1`,
 			req.InstanceID, row.owner.Cluster, row.owner.Namespace); err != nil {
 			return err
@@ -491,7 +487,6 @@ func (s *Store) Release(ctx context.Context, cluster string, req consentv1.Relea
 		return clearOwner(ctx, tx, req.InstanceID)
 	})
 	if err == nil && released != nil {
-		s.observeClosed(req.InstanceID, closedBy)
 		s.observe().Released(req.InstanceID, *released)
 	}
 	return err
@@ -534,7 +529,8 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 				return invalid("reservations are required on this receiver: a record is handed over to one namespace (--to CLUSTER/NAMESPACE), never to the next policy anywhere")
 			}
 		}
-		// Whoever claims the record next records its own consent: none holds until then.
+		// A policy elsewhere that claims the record next records its own consent: none holds
+		// until then.
 		by := row.owner
 		switch {
 		case by != nil:
@@ -542,11 +538,14 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 			by = &consentv1.Owner{Cluster: row.released.Cluster, Namespace: row.released.Namespace}
 		case row.lastOwner != nil:
 			by = &consentv1.Owner{Cluster: row.lastOwner.Cluster, Namespace: row.lastOwner.Namespace}
-		default:
-			by = &consentv1.Owner{}
 		}
-		if closedBy, err = closeOnRelease(ctx, tx, instance, *by, s.now()); err != nil {
-			return err
+		if by == nil || to == nil || by.Cluster != to.Cluster || by.Namespace != to.Namespace || row.owner == nil && row.released == nil {
+			if by == nil {
+				by = &consentv1.Owner{}
+			}
+			if closedBy, err = closeOnRelease(ctx, tx, instance, *by, s.now()); err != nil {
+				return err
+			}
 		}
 		var cluster, namespace *string
 		if to != nil {

@@ -956,3 +956,44 @@ func TestAHandoverEndsTheConsentInForce(t *testing.T) {
 		})
 	}
 }
+
+// TestARecordReleasedToItsOwnNamespaceKeepsItsWindow: the receiver's operators release a stuck
+// owner's record back to its own namespace (its operator could not reach the receiver). The
+// policy there claims it again and records the withdrawal it made meanwhile at its own time:
+// what was stored dated after it goes.
+func TestARecordReleasedToItsOwnNamespaceKeepsItsWindow(t *testing.T) {
+	ctx := context.Background()
+	r, clk := startWithClock(t)
+	o := consentv1.Owner{Namespace: "acme", Name: "policy", UID: "u1"}
+	if _, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "acme", Owner: o,
+		Transition: consentv1.Transition{At: T.Add(-time.Hour), Tier: consentv1.TierEventLevel}}); err != nil {
+		t.Fatal(err)
+	}
+	b := &batchv1.Batch{InstanceID: "acme", BatchID: "acme-e-1", Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: 2, Events: []batchv1.Event{
+		{ID: "1", Name: "SearchSubmitted", Timestamp: T.Add(-30 * time.Minute), UserID: "0123456789abcdef0123456789abcdef"},
+		{ID: "2", Name: "SearchSubmitted", Timestamp: T.Add(30 * time.Minute), UserID: "0123456789abcdef0123456789abcdef"},
+	}}
+	clk.SetTime(T.Add(time.Hour))
+	if res, err := r.Store.InsertEvents(ctx, "acme", b); err != nil || res.Accepted != 2 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	clk.SetTime(T.Add(2 * time.Hour))
+	if _, err := r.Admin.ForceRelease(ctx, "acme", &consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := r.Store.ConsentState(ctx, "acme")
+	if err != nil || len(st.Timeline) != 1 {
+		t.Fatalf("released to its own namespace: %+v %v, want the timeline as it was", st.Timeline, err)
+	}
+	// The withdrawal its operator made at T, recorded once the receiver is reachable again.
+	clk.SetTime(T.Add(3 * time.Hour))
+	st, err = r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "acme", Owner: o,
+		Transition: consentv1.Transition{At: T, Tier: consentv1.TierCriticalOnly, Reason: "Declared"}})
+	if err != nil || st.Timeline.Current() != consentv1.TierCriticalOnly || !st.Timeline[len(st.Timeline)-1].At.Equal(T) {
+		t.Fatalf("the withdrawal recorded after the release: %+v %v, want CriticalOnly from T", st.Timeline, err)
+	}
+	var left int
+	if err := r.DB.QueryRow(ctx, `SELECT count(*) FROM events WHERE instance_id = 'acme' AND ts >= $1`, T).Scan(&left); err != nil || left != 0 {
+		t.Fatalf("%d events dated after the withdrawal left (%v)", left, err)
+	}
+}
