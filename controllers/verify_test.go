@@ -974,7 +974,7 @@ func TestALapsedExpiryNeverDelaysAWithdrawal(t *testing.T) {
 	withdrawn := policy(v1.TierOff)
 	w := start.Add(-5 * time.Hour) // before the expiry
 	withdrawn.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationApply,
-		Time: &metav1.Time{Time: w}, FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:consent":{"f:tier":{}}}}`)}}}
+		Time: &metav1.Time{Time: w}, FieldsV1: metav1.NewFieldsV1(`{"f:spec":{"f:consent":{"f:tier":{}}}}`)}}
 	st := &reconcileState{policy: withdrawn, mutate: true, timeline: recorded, ledgerKnown: true, intent: v1.TierOff}
 	r.plan(st)
 	if len(st.pending) != 1 || !st.pending[0].At.Equal(w) || st.pending[0].Tier != consentv1.TierOff {
@@ -984,7 +984,7 @@ func TestALapsedExpiryNeverDelaysAWithdrawal(t *testing.T) {
 	late := policy(v1.TierOff)
 	y := start.Add(-time.Hour) // after the expiry
 	late.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationApply,
-		Time: &metav1.Time{Time: y}, FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:consent":{"f:tier":{}}}}`)}}}
+		Time: &metav1.Time{Time: y}, FieldsV1: metav1.NewFieldsV1(`{"f:spec":{"f:consent":{"f:tier":{}}}}`)}}
 	st = &reconcileState{policy: late, mutate: true, timeline: recorded, ledgerKnown: true, intent: v1.TierOff,
 		pending: consentv1.Timeline{{At: y, Tier: consentv1.TierOff, Reason: "Declared"}}} // seen by the watch
 	r.plan(st)
