@@ -425,4 +425,21 @@ func TestAggregatesCountPeopleNotIDs(t *testing.T) {
 			t.Errorf("four people published as %v = %v", k, v)
 		}
 	}
+
+	// Server-side rows (no user, the "backend" id) are no person, though the admin
+	// signed in under "backend" twelve days before and nobody did on the day.
+	system := newInstance(t, v1.TierCriticalOnly, 100)
+	for u := 31; u <= 34; u++ {
+		system.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, d2.Add(9*time.Hour))
+	}
+	system.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 0, 'backend', 'BACKEND', '5.3.0', $1)`, d2.Add(11*time.Hour))
+	system.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 1, 'backend', 'BACKEND', '5.3.0', $1)`, d2.AddDate(0, 0, -12))
+	if _, err := system.pipeline().RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range publishedCells(t, system) {
+		if k.day == d && k.metric != "active_users_28d" {
+			t.Errorf("four people and server-side rows published as %v = %v", k, v)
+		}
+	}
 }

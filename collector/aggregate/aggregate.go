@@ -38,7 +38,14 @@ import (
 // appears only after D cannot be known when D closes: the anonymous rows count as their ids
 // there.)
 const personExpr = `CASE WHEN r.user_id <> 0 THEN 'u:' || r.user_id::text
+  WHEN r.anonymous_user_id IN ('', '` + systemAnonymousID + `') THEN NULL
   WHEN l.user_id IS NOT NULL THEN 'u:' || l.user_id::text ELSE 'a:' || r.anonymous_user_id END`
+
+// systemAnonymousID is the anonymous id Sourcegraph records its own (server-side) events under.
+// A row with it and no user, or with neither id, is no person: it is counted in a cell's events
+// and never among its users (counted as one, four people and a cron job would fill a cell of
+// five; linked to whoever last signed in under the id, someone not there would).
+const systemAnonymousID = "backend"
 
 // MaxVersionCells bounds the instance_version cells of a day (the receiver refuses more).
 const MaxVersionCells = batchv1.MaxVersionCellsPerDay
