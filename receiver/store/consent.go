@@ -317,10 +317,14 @@ func (s *Store) RecordTransition(ctx context.Context, cluster string, req consen
 				return &OwnedElsewhereError{Instance: instance, Unreserved: true} // (a new row rolls back)
 			}
 		}
+		var claimedFrom *releasedBy
 		switch {
 		case row.owner == nil && row.released != nil && (row.released.Cluster != owner.Cluster || row.released.Namespace != owner.Namespace):
 			return &OwnedElsewhereError{Instance: instance, Released: true}
 		case row.owner == nil:
+			if claimedFrom, err = lastRelease(ctx, tx, instance); err != nil {
+				return err
+			}
 			if _, err := tx.Exec(ctx, `
 UPDATE consent_instances SET owner_cluster = $2, owner_namespace = $3, owner_name = $4, owner_uid = $5, claimed_at = $6,
   released_cluster = NULL, released_namespace = NULL, last_owner_cluster = $2, last_owner_namespace = $3
@@ -351,14 +355,32 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 				return ErrStale
 			}
 		}
+		if c := claimedFrom; c != nil && !c.owner.Same(owner) && timeline.Current() != consentv1.TierOff {
+			// Released back to its namespace and claimed there by another policy (its owner
+			// deleted without closing its record, say): the consent in force was the released
+			// owner's and ended with the release.
+			tr, ok, err := consentv1.Next(timeline, consentv1.Transition{At: c.at, Tier: consentv1.TierOff, Reason: consentv1.ReasonRecordReleased}, now)
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrInvalid, err)
+			}
+			if ok {
+				var closedAt consentv1.Transition
+				if closedAt, eventsRemoved, aggDel, err = appendTransition(ctx, tx, instance, timeline, tr, owner, now); err != nil {
+					return err
+				}
+				timeline = append(timeline, closedAt)
+			}
+		}
 		tr, ok, err := consentv1.Next(timeline, req.Transition, now)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 		if ok {
-			if tr, eventsRemoved, aggDel, err = appendTransition(ctx, tx, instance, timeline, tr, owner, now); err != nil {
+			var removed, aggs int64
+			if tr, removed, aggs, err = appendTransition(ctx, tx, instance, timeline, tr, owner, now); err != nil {
 				return err
 			}
+			eventsRemoved, aggDel = eventsRemoved+removed, aggDel+aggs
 			appended = &tr
 		}
 		state, err = loadState(ctx, tx, instance)
@@ -438,6 +460,29 @@ func closeOnRelease(ctx context.Context, tx pgx.Tx, instance string, by consentv
 	c := &closed{owner: by}
 	c.tr, c.eventsRemoved, c.aggregatesRemoved, err = appendTransition(ctx, tx, instance, timeline, tr, by, now)
 	return c, err
+}
+
+// releasedBy is a record's last release as the ownership trail keeps it (0014).
+type releasedBy struct {
+	owner consentv1.Owner
+	at    time.Time
+}
+
+// lastRelease is the record's last release, nil when it was never released.
+func lastRelease(ctx context.Context, tx pgx.Tx, instance string) (*releasedBy, error) {
+	var r releasedBy
+	var cluster, namespace, name, uid *string
+	err := tx.QueryRow(ctx, `SELECT owner_cluster, owner_namespace, owner_name, owner_uid, at FROM consent_ownership_changes
+WHERE instance_id = $1 AND change = 'release' ORDER BY seq DESC LIMIT 1`, instance).Scan(&cluster, &namespace, &name, &uid, &r.at)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	r.owner = consentv1.Owner{Cluster: deref(cluster), Namespace: deref(namespace), Name: deref(name), UID: deref(uid)}
+	r.at = r.at.UTC()
+	return &r, nil
 }
 
 // closed is a transition closeOnRelease appended, for the observer once committed.

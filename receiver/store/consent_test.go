@@ -997,3 +997,45 @@ func TestARecordReleasedToItsOwnNamespaceKeepsItsWindow(t *testing.T) {
 		t.Fatalf("%d events dated after the withdrawal left (%v)", left, err)
 	}
 }
+
+// TestAnotherPolicyClaimingARecordReleasedToItsNamespaceStartsFromTheRelease: released back to
+// its namespace, a record is claimed there by another policy (its owner was deleted without
+// closing it, say). The consent in force was the released owner's: nothing recorded between the
+// release and the new policy's own grant is stored.
+func TestAnotherPolicyClaimingARecordReleasedToItsNamespaceStartsFromTheRelease(t *testing.T) {
+	ctx := context.Background()
+	// The release is dated by the database's clock (the ownership trail): start near it.
+	start := time.Now().UTC().Truncate(time.Second)
+	clk := clocktesting.NewFakePassiveClock(start)
+	r, err := receivertest.StartWith(ctx, receivertest.Options{Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	first := consentv1.Owner{Namespace: "acme", Name: "policy", UID: "u1"}
+	if _, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "acme", Owner: first,
+		Transition: consentv1.Transition{At: start.Add(-time.Hour), Tier: consentv1.TierEventLevel}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Admin.ForceRelease(ctx, "acme", &consentv1.Owner{Cluster: "c1", Namespace: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	clk.SetTime(start.Add(3 * time.Hour))
+	next := consentv1.Owner{Namespace: "acme", Name: "policy", UID: "u2"} // re-created: another object
+	st, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "acme", Owner: next,
+		Transition: consentv1.Transition{At: clk.Now(), Tier: consentv1.TierEventLevel}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tl := st.Timeline; len(tl) != 3 || tl[1].Tier != consentv1.TierOff || tl[1].Reason != consentv1.ReasonRecordReleased ||
+		tl[1].At.After(start.Add(time.Minute)) || !tl[2].At.Equal(start.Add(3*time.Hour)) {
+		t.Fatalf("timeline after another policy's claim: %+v, want Off from the release, EventLevel from the claim", tl)
+	}
+	b := &batchv1.Batch{InstanceID: "acme", BatchID: "acme-e-1", Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: 2, Events: []batchv1.Event{
+		{ID: "1", Name: "SearchSubmitted", Timestamp: start.Add(time.Hour), UserID: "0123456789abcdef0123456789abcdef"},
+		{ID: "2", Name: "SearchSubmitted", Timestamp: start.Add(3*time.Hour + time.Minute), UserID: "0123456789abcdef0123456789abcdef"},
+	}}
+	if res, err := r.Store.InsertEvents(ctx, "acme", b); err != nil || res.Accepted != 1 || res.Refused != 1 {
+		t.Fatalf("%+v %v: want the event recorded between the release and the claim refused", res, err)
+	}
+}
