@@ -290,9 +290,11 @@ func (s *Store) RecordTransition(ctx context.Context, cluster string, req consen
 	var (
 		state                 consentv1.State
 		appended              *consentv1.Transition
+		closedBy              *closed
 		eventsRemoved, aggDel int64
 	)
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		closedBy = nil // (a retried transaction starts afresh)
 		if err := lockExclusive(ctx, tx, instance); err != nil {
 			return err
 		}
@@ -364,23 +366,27 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 				return fmt.Errorf("%w: %w", ErrInvalid, err)
 			}
 			if ok {
-				var closedAt consentv1.Transition
-				if closedAt, eventsRemoved, aggDel, err = appendTransition(ctx, tx, instance, timeline, tr, owner, now); err != nil {
+				closedBy = &closed{owner: c.owner}
+				if closedBy.tr, closedBy.eventsRemoved, closedBy.aggregatesRemoved, err = appendTransition(ctx, tx, instance, timeline, tr, owner, now); err != nil {
 					return err
 				}
-				timeline = append(timeline, closedAt)
+				timeline = append(timeline, closedBy.tr)
 			}
 		}
 		tr, ok, err := consentv1.Next(timeline, req.Transition, now)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
+		eventsRemoved, aggDel = 0, 0
+		if closedBy != nil {
+			eventsRemoved = closedBy.eventsRemoved
+		}
 		if ok {
-			var removed, aggs int64
-			if tr, removed, aggs, err = appendTransition(ctx, tx, instance, timeline, tr, owner, now); err != nil {
+			var removed int64
+			if tr, removed, aggDel, err = appendTransition(ctx, tx, instance, timeline, tr, owner, now); err != nil {
 				return err
 			}
-			eventsRemoved, aggDel = eventsRemoved+removed, aggDel+aggs
+			eventsRemoved += removed
 			appended = &tr
 		}
 		state, err = loadState(ctx, tx, instance)
@@ -391,10 +397,19 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 	if err != nil {
 		return consentv1.State{}, err
 	}
+	s.observeClosed(instance, closedBy)
 	if appended != nil {
-		s.observe().TransitionRecorded(instance, owner, *appended, eventsRemoved, aggDel)
+		s.observe().TransitionRecorded(instance, owner, *appended, eventsRemoved-closedEvents(closedBy), aggDel)
 	}
 	return state, nil
+}
+
+// closedEvents is what a close deleted (0 without one).
+func closedEvents(c *closed) int64 {
+	if c == nil {
+		return 0
+	}
+	return c.eventsRemoved
 }
 
 // appendTransition appends tr (as consentv1.Next returned it) to the instance's timeline in
