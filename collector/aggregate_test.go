@@ -406,40 +406,37 @@ func TestAggregatesCountPeopleNotIDs(t *testing.T) {
 		}
 	}
 
-	// An id many users sign in from (Sourcegraph's constant "backend") links to the user of its
-	// latest sign-in, who is active then, not to an older one: four people on d2, one of them
-	// signing in there, and a system row under the id, are four, though the admin (user 1)
-	// signed in under it twelve days before.
-	shared := newInstance(t, v1.TierCriticalOnly, 100)
-	for u := 21; u <= 24; u++ {
-		shared.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, d2.Add(9*time.Hour))
-	}
-	shared.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 22, 'backend', 'BACKEND', '5.3.0', $1)`, d2.Add(10*time.Hour))
-	shared.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 0, 'backend', 'BACKEND', '5.3.0', $1)`, d2.Add(11*time.Hour))
-	shared.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 1, 'backend', 'BACKEND', '5.3.0', $1)`, d2.AddDate(0, 0, -12))
-	if _, err := shared.pipeline().RunOnce(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range publishedCells(t, shared) {
-		if k.day == d && k.metric != "active_users_28d" {
-			t.Errorf("four people published as %v = %v", k, v)
+	// Four people on d2 (users 21-24) and rows under the id Sourcegraph records its own
+	// server-side events with ("backend"), which the admin (user 1) signed in under twelve days
+	// before: only the 28-day count, which holds the admin too, has five people.
+	fourPeople := func(what string, rows ...string) {
+		t.Helper()
+		in := newInstance(t, v1.TierCriticalOnly, 100)
+		for u := 21; u <= 24; u++ {
+			in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, d2.Add(9*time.Hour))
+		}
+		in.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 1, 'backend', 'BACKEND', '5.3.0', $1)`, d2.AddDate(0, 0, -12))
+		for _, q := range rows {
+			in.exec(q, d2.Add(10*time.Hour))
+		}
+		if _, err := in.pipeline().RunOnce(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		cells := publishedCells(t, in)
+		for k, v := range cells {
+			if k.day == d && k.metric != "active_users_28d" {
+				t.Errorf("%s: four people published as %v = %v", what, k, v)
+			}
+		}
+		if got := cells[aggregateKey{d, "active_users_28d", ""}]; got != [2]int64{5, 5} {
+			t.Errorf("%s: active_users_28d on %s = %v, want the four and the admin", what, d, got)
 		}
 	}
-
-	// Server-side rows (no user, the "backend" id) are no person, though the admin
-	// signed in under "backend" twelve days before and nobody did on the day.
-	system := newInstance(t, v1.TierCriticalOnly, 100)
-	for u := 31; u <= 34; u++ {
-		system.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, d2.Add(9*time.Hour))
-	}
-	system.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 0, 'backend', 'BACKEND', '5.3.0', $1)`, d2.Add(11*time.Hour))
-	system.exec(`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 1, 'backend', 'BACKEND', '5.3.0', $1)`, d2.AddDate(0, 0, -12))
-	if _, err := system.pipeline().RunOnce(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range publishedCells(t, system) {
-		if k.day == d && k.metric != "active_users_28d" {
-			t.Errorf("four people and server-side rows published as %v = %v", k, v)
-		}
-	}
+	// A shared id links to the user of its latest sign-in, active then, not to an older one.
+	fourPeople("a server-side row on a day one of them signs in under the id",
+		`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 22, 'backend', 'BACKEND', '5.3.0', $1)`,
+		`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 0, 'backend', 'BACKEND', '5.3.0', $1)`)
+	// Server-side rows are no person, nor the admin who last signed in under their id.
+	fourPeople("a server-side row on a day nobody signs in under the id",
+		`INSERT INTO event_logs (name, user_id, anonymous_user_id, source, version, timestamp) VALUES ('hover', 0, 'backend', 'BACKEND', '5.3.0', $1)`)
 }

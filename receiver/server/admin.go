@@ -118,7 +118,7 @@ func (s *Server) recordConsent(w http.ResponseWriter, r *http.Request) {
 		problem = "transition.at is required"
 	case !consentv1.KnownReason(tr.Reason):
 		// A closed set, never free text: the ledger is kept for years and read centrally.
-		problem = "transition.reason must be one of the consent reasons (Declared, TrialExpired, TermsOutdated, ApprovalMissing, BasisNotEligible, NotYetAccepted, PolicyDeleted), or empty"
+		problem = "transition.reason must be one of the consent reasons (Declared, TrialExpired, TermsOutdated, ApprovalMissing, BasisNotEligible, NotYetAccepted, PolicyDeleted, RecordReleased), or empty"
 	case !consentv1.KnownBasis(tr.Basis):
 		problem = "transition.basis must be one of the contract bases (SelfServeTrial, ZeroDollarOrderForm, NewContract, Renewal, CELedTrial, LegacyTerms), or empty"
 	}

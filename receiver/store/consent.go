@@ -357,19 +357,15 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 				return ErrStale
 			}
 		}
-		if c := claimedFrom; c != nil && !c.owner.Same(owner) && timeline.Current() != consentv1.TierOff {
+		if c := claimedFrom; c != nil && !c.owner.Same(owner) {
 			// Released back to its namespace and claimed there by another policy (its owner
 			// deleted without closing its record, say): the consent in force was the released
-			// owner's and ended with the release.
-			tr, ok, err := consentv1.Next(timeline, consentv1.Transition{At: c.at, Tier: consentv1.TierOff, Reason: consentv1.ReasonRecordReleased}, now)
-			if err != nil {
-				return fmt.Errorf("%w: %w", ErrInvalid, err)
+			// owner's and ended with the release. (Written in the claimant's name: only the
+			// record's owner appends to it.)
+			if closedBy, err = closeRecord(ctx, tx, instance, timeline, c.at, now, owner, c.owner); err != nil {
+				return err
 			}
-			if ok {
-				closedBy = &closed{owner: c.owner}
-				if closedBy.tr, closedBy.eventsRemoved, closedBy.aggregatesRemoved, err = appendTransition(ctx, tx, instance, timeline, tr, owner, now); err != nil {
-					return err
-				}
+			if closedBy != nil {
 				timeline = append(timeline, closedBy.tr)
 			}
 		}
@@ -465,15 +461,26 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
 // transition appended, if any.
 func closeOnRelease(ctx context.Context, tx pgx.Tx, instance string, by consentv1.Owner, now time.Time) (*closed, error) {
 	timeline, err := loadTimeline(ctx, tx, instance)
-	if err != nil || timeline.Current() == consentv1.TierOff {
+	if err != nil {
 		return nil, err
 	}
-	tr, ok, err := consentv1.Next(timeline, consentv1.Transition{At: now, Tier: consentv1.TierOff, Reason: consentv1.ReasonRecordReleased}, now)
+	return closeRecord(ctx, tx, instance, timeline, now, now, by, by)
+}
+
+// closeRecord appends Off from at (as consentv1.Next dates it: never before the last
+// transition, never after now) to timeline, written in writer's name, unless Off is in force:
+// the consent of the released owner (of) ended. It returns the close, nil when nothing was appended.
+func closeRecord(ctx context.Context, tx pgx.Tx, instance string, timeline consentv1.Timeline, at, now time.Time,
+	writer, of consentv1.Owner) (*closed, error) {
+	if timeline.Current() == consentv1.TierOff {
+		return nil, nil
+	}
+	tr, ok, err := consentv1.Next(timeline, consentv1.Transition{At: at, Tier: consentv1.TierOff, Reason: consentv1.ReasonRecordReleased}, now)
 	if err != nil || !ok {
 		return nil, err
 	}
-	c := &closed{owner: by}
-	c.tr, c.eventsRemoved, c.aggregatesRemoved, err = appendTransition(ctx, tx, instance, timeline, tr, by, now)
+	c := &closed{owner: of}
+	c.tr, c.eventsRemoved, c.aggregatesRemoved, err = appendTransition(ctx, tx, instance, timeline, tr, writer, now)
 	return c, err
 }
 
@@ -589,21 +596,26 @@ func (s *Store) ForceRelease(ctx context.Context, instance string, to *consentv1
 				return invalid("reservations are required on this receiver: a record is handed over to one namespace (--to CLUSTER/NAMESPACE), never to the next policy anywhere")
 			}
 		}
-		// A policy elsewhere that claims the record next records its own consent: none holds
-		// until then.
-		by := row.owner
+		// Where the record is now: its owner's namespace, or the one it was released to.
+		var from *consentv1.Owner
 		switch {
-		case by != nil:
+		case row.owner != nil:
+			from = row.owner
 		case row.released != nil:
-			by = &consentv1.Owner{Cluster: row.released.Cluster, Namespace: row.released.Namespace}
-		case row.lastOwner != nil:
-			by = &consentv1.Owner{Cluster: row.lastOwner.Cluster, Namespace: row.lastOwner.Namespace}
+			from = &consentv1.Owner{Cluster: row.released.Cluster, Namespace: row.released.Namespace}
 		}
-		if by == nil || to == nil || by.Cluster != to.Cluster || by.Namespace != to.Namespace || row.owner == nil && row.released == nil {
-			if by == nil {
-				by = &consentv1.Owner{}
+		closedBy = nil // (a retried transaction starts afresh)
+		if backHome := from != nil && to != nil && from.Cluster == to.Cluster && from.Namespace == to.Namespace; !backHome {
+			// A policy elsewhere that claims the record next records its own consent: none
+			// holds until then.
+			by := consentv1.Owner{}
+			switch {
+			case from != nil:
+				by = *from
+			case row.lastOwner != nil:
+				by = consentv1.Owner{Cluster: row.lastOwner.Cluster, Namespace: row.lastOwner.Namespace}
 			}
-			if closedBy, err = closeOnRelease(ctx, tx, instance, *by, s.now()); err != nil {
+			if closedBy, err = closeOnRelease(ctx, tx, instance, by, s.now()); err != nil {
 				return err
 			}
 		}
