@@ -89,15 +89,46 @@ func TestEventsLeaveOnlyFromEventLevelWindows(t *testing.T) {
 	base := time.Now().UTC().Add(-10 * time.Hour).Truncate(time.Second)
 	truth := consentTimeline(base)
 	everything := consentv1.Timeline{{At: consentSince, Tier: consentv1.TierEventLevel}}
+	// Trials that end at their expiry with nobody recording it, one renewed after it lapsed.
+	until := func(d time.Duration) *time.Time { u := base.Add(d); return &u }
+	trials := consentv1.Timeline{
+		{At: consentSince, Tier: consentv1.TierEventLevel},
+		{At: base.Add(-time.Hour), Tier: consentv1.TierOff},
+		{At: base, Tier: consentv1.TierEventLevel, Until: until(90 * time.Minute)},
+		{At: base.Add(4 * time.Hour), Tier: consentv1.TierOff},
+		{At: base.Add(5 * time.Hour), Tier: consentv1.TierEventLevel, Until: until(6 * time.Hour)},
+		{At: base.Add(7 * time.Hour), Tier: consentv1.TierEventLevel},
+	}
+	// What they mean, written out by hand (the judge of what was stored: no Until in it).
+	trialsTruth := consentv1.Timeline{
+		{At: consentSince, Tier: consentv1.TierEventLevel},
+		{At: base.Add(-time.Hour), Tier: consentv1.TierOff},
+		{At: base, Tier: consentv1.TierEventLevel},
+		{At: base.Add(90 * time.Minute), Tier: consentv1.TierCriticalOnly},
+		{At: base.Add(4 * time.Hour), Tier: consentv1.TierOff},
+		{At: base.Add(5 * time.Hour), Tier: consentv1.TierEventLevel},
+		{At: base.Add(6 * time.Hour), Tier: consentv1.TierCriticalOnly},
+		{At: base.Add(7 * time.Hour), Tier: consentv1.TierEventLevel},
+	}
+	forgotten := make(consentv1.Timeline, len(trials)) // a stale configuration without the expiries
+	for i, tr := range trials {
+		tr.Until = nil
+		forgotten[i] = tr
+	}
 	cases := []struct {
-		name           string
-		ledger, config consentv1.Timeline
+		name                  string
+		truth, ledger, config consentv1.Timeline
 	}{
-		{"collector and receiver agree", truth, truth},
-		{"a collector that ignores consent: the receiver refuses", truth, everything},
-		{"a receiver that would take anything: the collector filters", everything, truth},
+		{"collector and receiver agree", truth, truth, truth},
+		{"a collector that ignores consent: the receiver refuses", truth, truth, everything},
+		{"a receiver that would take anything: the collector filters", truth, everything, truth},
+		{"trials: collector and receiver agree", trialsTruth, trials, trials},
+		{"trials: a collector configured before the expiries were known: the receiver refuses", trialsTruth, trials, forgotten},
+		{"trials: a receiver that would take anything: the collector filters", trialsTruth, everything, trials},
+		{"trials: the operator's configuration, without Until", trialsTruth, everything, trials.Effective()},
 	}
 	for _, tc := range cases {
+		truth := tc.truth
 		t.Run(tc.name, func(t *testing.T) {
 			in := newInstanceConsent(t, v1.TierEventLevel, 100, tc.ledger)
 			cfg, err := collector.LoadConfig(in.config)
@@ -112,6 +143,9 @@ func TestEventsLeaveOnlyFromEventLevelWindows(t *testing.T) {
 			p := in.pipeline()
 			drain(t, p)
 			in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', 1, 'WEB', '5.3.0', $1)`, base.Add(5*time.Hour))
+			if truth.TierAt(base.Add(5*time.Hour)) == consentv1.TierEventLevel {
+				want++
+			}
 			drain(t, in.pipeline())
 			outside, total := storedOutside(t, in.id, truth)
 			if outside != 0 {

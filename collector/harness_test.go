@@ -97,7 +97,10 @@ func grant(t testing.TB, id string, timeline consentv1.Timeline) {
 	defer rcvClock.SetTime(time.Now())
 	for _, tr := range timeline {
 		rcvClock.SetTime(tr.At)
-		if err := rcv.Grant(context.Background(), id, tr.Tier, tr.At); err != nil {
+		if tr.Reason == "" {
+			tr.Reason = "Declared"
+		}
+		if err := rcv.Record(context.Background(), id, tr); err != nil {
 			t.Fatal(err)
 		}
 	}

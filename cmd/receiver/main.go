@@ -563,15 +563,19 @@ func writeState(out io.Writer, s consentv1.State) error {
 			owner += " (uid " + s.Owner.UID + ")"
 		}
 	}
-	fmt.Fprintf(out, "instance:  %s\nowner:     %s\ncurrent:   %s\n\n== timeline (oldest first) ==\n", s.InstanceID, owner, s.Timeline.Current())
+	// (The tier in force now: a trial whose until has passed is CriticalOnly, recorded or not.)
+	fmt.Fprintf(out, "instance:  %s\nowner:     %s\ncurrent:   %s\n\n== timeline (oldest first) ==\n", s.InstanceID, owner, s.Timeline.CurrentAt(time.Now()))
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "AT\tTIER\tREASON\tBASIS\tRECORDED AT")
+	fmt.Fprintln(tw, "AT\tTIER\tUNTIL\tREASON\tBASIS\tRECORDED AT")
 	for _, tr := range s.Timeline {
-		recorded := ""
+		recorded, until := "", "-"
 		if tr.RecordedAt != nil {
 			recorded = rfc3339(*tr.RecordedAt)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", rfc3339(tr.At), tr.Tier, dash(tr.Reason), dash(tr.Basis), recorded)
+		if tr.Until != nil {
+			until = rfc3339(*tr.Until)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", rfc3339(tr.At), tr.Tier, until, dash(tr.Reason), dash(tr.Basis), recorded)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

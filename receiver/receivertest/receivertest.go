@@ -248,10 +248,15 @@ const TestCluster = "test"
 // instance to have consent. The ledger's rules apply: at is clamped to the last transition, and
 // a raise may not be dated in the future.
 func (r *Receiver) Grant(ctx context.Context, instance string, tier consentv1.Tier, at time.Time) error {
+	return r.Record(ctx, instance, consentv1.Transition{At: at, Tier: tier, Reason: "Declared"})
+}
+
+// Record records tr for instance as Grant does, with all it carries (a trial's Until).
+func (r *Receiver) Record(ctx context.Context, instance string, tr consentv1.Transition) error {
 	_, err := r.Store.RecordTransition(ctx, TestCluster, consentv1.RecordRequest{
 		InstanceID: instance,
 		Owner:      consentv1.Owner{Namespace: instance, Name: instance, UID: TestPolicyUID},
-		Transition: consentv1.Transition{At: at, Tier: tier, Reason: "Declared"},
+		Transition: tr,
 	})
 	return err
 }

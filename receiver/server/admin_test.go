@@ -281,7 +281,12 @@ func TestHostileAdminBodiesChangeNothing(t *testing.T) {
 		{"oversized", "POST", consentv1.PathConsent, "application/json",
 			[]byte(strings.Replace(valid, `"tier"`, `"reason":"`+strings.Repeat("A", 70<<10)+`","tier"`, 1)), 413, batchv1.ReasonTooLarge},
 		{"unknown field", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `{"instanceID"`, `{"force":true,"instanceID"`, 1)), 400, consentv1.ReasonInvalid},
-		{"unknown nested field", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `"tier":`, `"until":"2030-01-01T00:00:00Z","tier":`, 1)), 400, consentv1.ReasonInvalid},
+		{"unknown nested field", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `"tier":`, `"forever":true,"tier":`, 1)), 400, consentv1.ReasonInvalid},
+		// A trial's expiry that is none: not a time, not after the grant, on a lower tier.
+		{"until not a time", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `"tier":`, `"until":"never","tier":`, 1)), 400, consentv1.ReasonInvalid},
+		{"until before the grant", "POST", consentv1.PathConsent, "application/json", []byte(strings.Replace(valid, `"tier":`, `"until":"2001-01-01T00:00:00Z","tier":`, 1)), 400, consentv1.ReasonInvalid},
+		{"until on a lowering", "POST", consentv1.PathConsent, "application/json",
+			[]byte(strings.Replace(withTier(`"Off"`), `"tier":`, `"until":"2030-01-01T00:00:00Z","tier":`, 1)), 400, consentv1.ReasonInvalid},
 		{"invalid tier", "POST", consentv1.PathConsent, "application/json", []byte(withTier(`"Everything"`)), 400, consentv1.ReasonInvalid},
 		{"tier in another case", "POST", consentv1.PathConsent, "application/json", []byte(withTier(`"eventlevel"`)), 400, consentv1.ReasonInvalid},
 		{"tier not a string", "POST", consentv1.PathConsent, "application/json", []byte(withTier(`2`)), 400, consentv1.ReasonInvalid},

@@ -112,6 +112,14 @@ func TestOnlyTheReceiversAdministratorsHandOverRecords(t *testing.T) {
 		   VALUES ('acme', 2, now(), 'EventLevel', 'c1', 'acme', 'policy')`,
 		`INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owner_namespace, owner_name)
 		   VALUES ('acme', 2, 'infinity', 'CriticalOnly', 'c1', 'acme', 'policy')`,
+		// An until that is no trial's expiry: on a lower tier, at or before the transition, never.
+		`INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owner_namespace, owner_name, until)
+		   VALUES ('acme', 2, now(), 'Off', 'c1', 'acme', 'policy', now() + interval '1 day')`,
+		`INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owner_namespace, owner_name, until)
+		   VALUES ('acme', 2, now(), 'EventLevel', 'c1', 'acme', 'policy', now())`,
+		`INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owner_namespace, owner_name, until)
+		   VALUES ('acme', 2, now(), 'EventLevel', 'c1', 'acme', 'policy', 'infinity')`,
+		`UPDATE consent_transitions SET until = now()`,
 		// Rename the owner, so that its policy no longer owns the record.
 		`UPDATE consent_instances SET owner_name = 'other' WHERE instance_id = 'acme'`,
 		`UPDATE consent_instances SET owner_uid = 'other' WHERE instance_id = 'acme'`,

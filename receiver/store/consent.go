@@ -353,7 +353,10 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 			return err
 		}
 		if h := req.ExpectedHead; h != nil {
-			if n := len(timeline); n == 0 || !timeline[n-1].At.Equal(h.At) || timeline[n-1].Tier != h.Tier {
+			// (An Until is compared when the requester sends one: a requester older than
+			// Until knows nothing of it.)
+			if n := len(timeline); n == 0 || !timeline[n-1].At.Equal(h.At) || timeline[n-1].Tier != h.Tier ||
+				h.Until != nil && !consentv1.SameUntil(timeline[n-1], *h) {
 				return ErrStale
 			}
 		}
@@ -411,8 +414,9 @@ func closedEvents(c *closed) int64 {
 // appendTransition appends tr (as consentv1.Next returned it) to the instance's timeline in
 // owner's name, under the instance's lock, and deletes what the lower tier no longer allows:
 // withdrawing EventLevel deletes the events stored with timestamps from the transition on (they
-// may have been stored before the withdrawal was recorded), and moving to Off the aggregate cells
-// of its day and the days after. It returns tr as stored and what it deleted.
+// may have been stored before the withdrawal was recorded), an EventLevel transition's Until
+// those from the Until on (a trial shortened), and moving to Off the aggregate cells of its day
+// and the days after. It returns tr as stored and what it deleted.
 func appendTransition(ctx context.Context, tx pgx.Tx, instance string, timeline consentv1.Timeline, tr consentv1.Transition,
 	owner consentv1.Owner, now time.Time) (consentv1.Transition, int64, int64, error) {
 	previous := timeline.Current()
@@ -422,13 +426,22 @@ func appendTransition(ctx context.Context, tx pgx.Tx, instance string, timeline 
 		tr.At = floorMicro(tr.At)
 	}
 	var eventsRemoved, aggDel int64
-	if tr.Tier != consentv1.TierEventLevel && previous == consentv1.TierEventLevel {
-		tag, err := tx.Exec(ctx, `DELETE FROM events WHERE instance_id = $1 AND ts >= $2`, instance, tr.At)
+	// (previous is the last transition's tier, lapsed or not: a withdrawal dated before the
+	// Until of the EventLevel it ends deletes from its own time.)
+	var cut *time.Time
+	switch {
+	case tr.Tier != consentv1.TierEventLevel && previous == consentv1.TierEventLevel:
+		cut = &tr.At
+	case tr.Tier == consentv1.TierEventLevel && tr.Until != nil:
+		cut = tr.Until
+	}
+	if cut != nil {
+		tag, err := tx.Exec(ctx, `DELETE FROM events WHERE instance_id = $1 AND ts >= $2`, instance, *cut)
 		if err != nil {
 			return tr, 0, 0, err
 		}
 		eventsRemoved = tag.RowsAffected()
-		if _, err := tx.Exec(ctx, `SELECT forget_report_rollups($1, $2, NULL)`, instance, tr.At); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT forget_report_rollups($1, $2, NULL)`, instance, *cut); err != nil {
 			return tr, 0, 0, err
 		}
 	}
@@ -443,9 +456,9 @@ func appendTransition(ctx context.Context, tx pgx.Tx, instance string, timeline 
 		aggDel = tag.RowsAffected()
 	}
 	if _, err := tx.Exec(ctx, `
-INSERT INTO consent_transitions (instance_id, seq, at, tier, reason, basis, owner_cluster, owner_namespace, owner_name, recorded_at, events_removed)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
-		instance, len(timeline)+1, tr.At, string(tr.Tier), tr.Reason, tr.Basis, owner.Cluster, owner.Namespace, owner.Name, now, eventsRemoved); err != nil {
+INSERT INTO consent_transitions (instance_id, seq, at, tier, reason, basis, owner_cluster, owner_namespace, owner_name, recorded_at, events_removed, until)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+		instance, len(timeline)+1, tr.At, string(tr.Tier), tr.Reason, tr.Basis, owner.Cluster, owner.Namespace, owner.Name, now, eventsRemoved, tr.Until); err != nil {
 		return tr, 0, 0, err
 	}
 	return tr, eventsRemoved, aggDel, bumpVersion(ctx, tx, instance)
@@ -1097,7 +1110,7 @@ func loadTimeline(ctx context.Context, q rowQuerier, instance string) (consentv1
 
 // loadTimelineRemoved also returns the events the last transition removed.
 func loadTimelineRemoved(ctx context.Context, q rowQuerier, instance string) (consentv1.Timeline, int64, error) {
-	rows, err := q.Query(ctx, `SELECT at, tier, reason, basis, recorded_at, events_removed FROM consent_transitions WHERE instance_id = $1 ORDER BY seq`, instance)
+	rows, err := q.Query(ctx, `SELECT at, tier, reason, basis, recorded_at, events_removed, until FROM consent_transitions WHERE instance_id = $1 ORDER BY seq`, instance)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -1108,10 +1121,14 @@ func loadTimelineRemoved(ctx context.Context, q rowQuerier, instance string) (co
 		var tr consentv1.Transition
 		var tier string
 		var recorded time.Time
-		if err := rows.Scan(&tr.At, &tier, &tr.Reason, &tr.Basis, &recorded, &removed); err != nil {
+		if err := rows.Scan(&tr.At, &tier, &tr.Reason, &tr.Basis, &recorded, &removed, &tr.Until); err != nil {
 			return nil, 0, err
 		}
 		tr.At, tr.Tier = tr.At.UTC(), consentv1.Tier(tier)
+		if tr.Until != nil {
+			u := tr.Until.UTC()
+			tr.Until = &u
+		}
 		recorded = recorded.UTC()
 		tr.RecordedAt = &recorded
 		tl = append(tl, tr)

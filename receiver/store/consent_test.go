@@ -1039,3 +1039,98 @@ func TestAnotherPolicyClaimingARecordReleasedToItsNamespaceStartsFromTheRelease(
 		t.Fatalf("%+v %v: want the event recorded between the release and the claim refused", res, err)
 	}
 }
+
+// storedTimestamps are the timestamps of the instance's stored events, oldest first.
+func storedTimestamps(t *testing.T, r *receivertest.Receiver, instance string) []time.Time {
+	t.Helper()
+	rows, err := r.DB.Query(context.Background(), `SELECT ts FROM events WHERE instance_id = $1 ORDER BY ts`, instance)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var ts []time.Time
+	for rows.Next() {
+		var at time.Time
+		if err := rows.Scan(&at); err != nil {
+			t.Fatal(err)
+		}
+		ts = append(ts, at.UTC())
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}
+
+// TestATrialEndsAtItsUntilWithNoOneRecordingIt: a grant recorded with its trial's expiry ends
+// at the receiver by itself; nobody records the expiry (the operator is down). Judged by the
+// timestamps of the events stored.
+func TestATrialEndsAtItsUntilWithNoOneRecordingIt(t *testing.T) {
+	ctx := context.Background()
+	r, clk := startWithClock(t)
+	hr := func(n float64) time.Time { return T.Add(time.Duration(n * float64(time.Hour))) }
+	until := hr(2)
+	record := func(tr consentv1.Transition, head *consentv1.Transition) (consentv1.State, error) {
+		return r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "trial", Owner: owner, Transition: tr, ExpectedHead: head})
+	}
+	if _, err := record(consentv1.Transition{At: hr(-1), Tier: consentv1.TierEventLevel, Basis: "SelfServeTrial", Until: &until}, nil); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	send := func(at ...float64) (store.Result, error) {
+		n++
+		b := &batchv1.Batch{InstanceID: "trial", BatchID: fmt.Sprintf("trial-e-%d", n), Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: int64(n)}
+		for i, a := range at {
+			b.Events = append(b.Events, batchv1.Event{ID: fmt.Sprintf("%d%03d", n, i), Name: "SearchSubmitted", Timestamp: hr(a), UserID: "0123456789abcdef0123456789abcdef"})
+		}
+		return r.Store.InsertEvents(ctx, "trial", b)
+	}
+	// Before the expiry: what is dated from it on is refused, even from a collector that
+	// sends it early (a clock ahead, or a stale configuration without the expiry).
+	clk.SetTime(hr(1.9))
+	if res, err := send(-0.5, 1.5, 2, 4); err != nil || res.Accepted != 2 || res.Refused != 2 {
+		t.Fatalf("before the expiry: %+v %v, want the 2 events dated before it stored", res, err)
+	}
+	// After it, with nothing recorded since the grant: no event batch is taken at all.
+	clk.SetTime(hr(5))
+	if _, err := send(1.8, 3); !errors.Is(err, store.ErrConsentRefused) {
+		t.Fatalf("after the expiry: %v, want the batch refused", err)
+	}
+	st, err := r.Store.ConsentState(ctx, "trial")
+	if err != nil || len(st.Timeline) != 1 || st.Timeline.CurrentAt(clk.Now()) != consentv1.TierCriticalOnly {
+		t.Fatalf("record after the expiry: %+v %v, want the grant alone, CriticalOnly in force", st.Timeline, err)
+	}
+	// CriticalOnly is in force already: recording the expiry appends nothing.
+	if st, err := record(consentv1.Transition{At: until, Tier: consentv1.TierCriticalOnly, Reason: consentv1.ReasonTrialExpired}, nil); err != nil || len(st.Timeline) != 1 {
+		t.Fatalf("recording the expiry: %+v %v", st.Timeline, err)
+	}
+	// A head with another expiry is stale.
+	other := hr(3)
+	if _, err := record(consentv1.Transition{At: clk.Now(), Tier: consentv1.TierOff},
+		&consentv1.Transition{At: hr(-1), Tier: consentv1.TierEventLevel, Until: &other}); !errors.Is(err, store.ErrStale) {
+		t.Fatalf("a head with another until: %v, want stale", err)
+	}
+	// An until is for EventLevel only.
+	if _, err := record(consentv1.Transition{At: clk.Now(), Tier: consentv1.TierOff, Until: &other}, nil); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("until on Off: %v, want invalid", err)
+	}
+	// Renewed later: a new grant from now, never reopening the lapsed period.
+	renewed := hr(30)
+	if _, err := record(consentv1.Transition{At: hr(-1), Tier: consentv1.TierEventLevel, Until: &renewed}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := send(4, 6, 12); err != nil || res.Accepted != 2 || res.Refused != 1 {
+		t.Fatalf("after the renewal: %+v %v, want the 2 events dated after it stored", res, err)
+	}
+	// Shortened: what was stored dated from the new expiry on goes.
+	clk.SetTime(hr(6))
+	shortened := hr(10)
+	st, err = record(consentv1.Transition{At: hr(6), Tier: consentv1.TierEventLevel, Until: &shortened}, nil)
+	if err != nil || st.EventsRemoved != 1 {
+		t.Fatalf("shortening: %+v %v, want the event dated after the new expiry removed", st, err)
+	}
+	want := []time.Time{hr(-0.5), hr(1.5), hr(6)}
+	if got := storedTimestamps(t, r, "trial"); !slices.EqualFunc(got, want, time.Time.Equal) {
+		t.Fatalf("stored timestamps %v, want %v: only what a trial in force covered", got, want)
+	}
+}

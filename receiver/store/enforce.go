@@ -42,12 +42,16 @@ type aheadTombstone struct {
 
 // refusal returns the error refusing a whole batch of kind, or nil when the batch is judged item
 // by item: nothing is accepted while the tier in force is Off, and events only while it is
-// EventLevel. The batch's own "tier" field plays no part.
-func (p *policy) refusal(kind string) error {
-	current := p.timeline.Current()
+// EventLevel. The tier in force is judged at now: a trial whose Until has come is CriticalOnly.
+// The batch's own "tier" field plays no part.
+func (p *policy) refusal(kind string, now time.Time) error {
+	current := p.timeline.CurrentAt(now)
 	e := &RefusedError{Instance: p.instance, Known: true, Tier: current, Kind: kind}
-	if len(p.timeline) > 0 {
-		e.Since = p.timeline[len(p.timeline)-1].At
+	if n := len(p.timeline); n > 0 {
+		e.Since = p.timeline[n-1].At
+		if last := p.timeline[n-1]; last.Tier != current {
+			e.Since = *last.Until
+		}
 	}
 	switch {
 	case current == consentv1.TierOff:

@@ -111,25 +111,34 @@ func TestRefusal(t *testing.T) {
 		}
 		return tl
 	}
+	trial := func(until time.Time) consentv1.Timeline {
+		return consentv1.Timeline{{At: since.Add(-time.Hour), Tier: consentv1.TierEventLevel, Until: &until}}
+	}
+	now := since.Add(2 * time.Hour)
 	for _, c := range []struct {
 		name                 string
 		timeline             consentv1.Timeline
 		events, aggregatesOK bool
+		tier                 consentv1.Tier
+		since                time.Time
 	}{
-		{"empty timeline", nil, false, false},
-		{"Off", timeline(consentv1.TierEventLevel, consentv1.TierOff), false, false},
-		{"CriticalOnly", timeline(consentv1.TierEventLevel, consentv1.TierCriticalOnly), false, true},
-		{"EventLevel", timeline(consentv1.TierOff, consentv1.TierEventLevel), true, true},
+		{"empty timeline", nil, false, false, consentv1.TierOff, time.Time{}},
+		{"Off", timeline(consentv1.TierEventLevel, consentv1.TierOff), false, false, consentv1.TierOff, since},
+		{"CriticalOnly", timeline(consentv1.TierEventLevel, consentv1.TierCriticalOnly), false, true, consentv1.TierCriticalOnly, since},
+		{"EventLevel", timeline(consentv1.TierOff, consentv1.TierEventLevel), true, true, consentv1.TierEventLevel, since},
+		{"a trial before its Until", trial(now.Add(time.Second)), true, true, consentv1.TierEventLevel, since.Add(-time.Hour)},
+		{"a trial at its Until, with nothing recorded since", trial(now), false, true, consentv1.TierCriticalOnly, now},
+		{"a trial after its Until", trial(since), false, true, consentv1.TierCriticalOnly, since},
 	} {
 		p := &policy{instance: "x", timeline: c.timeline}
 		for kind, want := range map[string]bool{batchv1.KindEvents: c.events, batchv1.KindAggregates: c.aggregatesOK} {
-			err := p.refusal(kind)
+			err := p.refusal(kind, now)
 			if (err == nil) != want {
 				t.Errorf("%s, %s batch: refusal %v, want allowed=%v", c.name, kind, err, want)
 			}
 			var re *RefusedError
-			if err != nil && (!errors.Is(err, ErrConsentRefused) || !errors.As(err, &re) || re.Tier != c.timeline.Current() ||
-				(len(c.timeline) > 0 && !re.Since.Equal(since))) {
+			if err != nil && (!errors.Is(err, ErrConsentRefused) || !errors.As(err, &re) || re.Tier != c.tier ||
+				(len(c.timeline) > 0 && !re.Since.Equal(c.since))) {
 				t.Errorf("%s, %s batch: %#v does not describe the state", c.name, kind, err)
 			}
 		}

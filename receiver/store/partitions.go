@@ -147,7 +147,7 @@ func (s *Store) ensurePartitions(ctx context.Context, instance, kind string, eve
 		var err error
 		p, err = s.loadPolicy(ctx, tx, instance)
 		return err
-	}); err != nil || p.refusal(kind) != nil {
+	}); err != nil || p.refusal(kind, now) != nil {
 		return nil // refused whole: the batch's own transaction says so
 	}
 	for _, day := range missing {

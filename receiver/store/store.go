@@ -384,7 +384,7 @@ func (s *Store) InsertEvents(ctx context.Context, instance string, b *batchv1.Ba
 		if err != nil {
 			return err
 		}
-		if err := p.refusal(b.Kind); err != nil {
+		if err := p.refusal(b.Kind, receivedAt); err != nil {
 			return err
 		}
 		keep := func(e *batchv1.Event) bool {
@@ -540,7 +540,7 @@ func (s *Store) PublishAggregates(ctx context.Context, instance string, b *batch
 		if err != nil {
 			return err
 		}
-		if err := p.refusal(b.Kind); err != nil {
+		if err := p.refusal(b.Kind, receivedAt); err != nil {
 			return err
 		}
 		n := len(b.Aggregates)

@@ -83,20 +83,81 @@ type Transition struct {
 	Reason string `json:"reason,omitempty"`
 	// Basis is the contract basis at the time of the change.
 	Basis string `json:"basis,omitempty"`
+	// Until, on an EventLevel transition only, is when that consent ends by itself: a trial's or
+	// a contract's expiry. From Until on, CriticalOnly is in force (reason TrialExpired) unless a
+	// later transition came first, whether or not anyone records the expiry: the receiver ends
+	// the window itself, with the operator down and its memory of the expiry lost.
+	Until *time.Time `json:"until,omitempty"`
 	// RecordedAt is when the receiver recorded the transition (set by the receiver).
 	RecordedAt *time.Time `json:"recordedAt,omitempty"`
+}
+
+// ReasonTrialExpired is the reason of the CriticalOnly period that follows an EventLevel
+// transition's Until.
+const ReasonTrialExpired = "TrialExpired"
+
+// lapsedBy reports whether tr is EventLevel ending at its Until at or before ts.
+func (tr Transition) lapsedBy(ts time.Time) bool {
+	return tr.Until != nil && tr.Tier == TierEventLevel && !ts.Before(*tr.Until)
+}
+
+// Expired is the CriticalOnly period that follows the EventLevel transition tr at its Until.
+func (tr Transition) Expired() Transition {
+	return Transition{At: tr.Until.UTC(), Tier: TierCriticalOnly, Reason: ReasonTrialExpired, Basis: tr.Basis, RecordedAt: tr.RecordedAt}
 }
 
 // Timeline is an instance's transitions in order of At (ties keep the order recorded: the later
 // one wins from that instant).
 type Timeline []Transition
 
-// Current is the tier in force after the last transition (Off for an empty timeline).
+// Current is the tier of the last transition (Off for an empty timeline), not minding its Until:
+// what was last recorded. The tier in force at a moment is CurrentAt's.
 func (t Timeline) Current() Tier {
 	if len(t) == 0 {
 		return TierOff
 	}
 	return t[len(t)-1].Tier
+}
+
+// CurrentAt is the tier in force at now after the last transition: CriticalOnly once an
+// EventLevel transition's Until has come.
+func (t Timeline) CurrentAt(now time.Time) Tier {
+	if len(t) == 0 {
+		return TierOff
+	}
+	if last := t[len(t)-1]; last.lapsedBy(now) {
+		return TierCriticalOnly
+	}
+	return t[len(t)-1].Tier
+}
+
+// Effective is the timeline with every Until carried out: each EventLevel transition whose
+// Until comes before the next transition is followed by its CriticalOnly period, and no
+// transition carries an Until. Every tier it gives is the one the timeline gives, at every
+// moment; a reader that knows nothing of Until (an older collector) reads it right too.
+func (t Timeline) Effective() Timeline {
+	if !t.hasUntil() {
+		return t
+	}
+	out := make(Timeline, 0, len(t)+1)
+	for i, tr := range t {
+		plain := tr
+		plain.Until = nil
+		out = append(out, plain)
+		if tr.Until != nil && tr.Tier == TierEventLevel && (i+1 == len(t) || t[i+1].At.After(*tr.Until)) {
+			out = append(out, tr.Expired())
+		}
+	}
+	return out
+}
+
+func (t Timeline) hasUntil() bool {
+	for _, tr := range t {
+		if tr.Until != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // TierAt is the tier in force at ts: that of the last transition at or before ts, Off before the
@@ -111,6 +172,9 @@ func (t Timeline) TierAt(ts time.Time) Tier {
 	})
 	if i == 0 {
 		return TierOff
+	}
+	if t[i-1].lapsedBy(ts) {
+		return TierCriticalOnly
 	}
 	return t[i-1].Tier
 }
@@ -193,7 +257,7 @@ func (a AggregateDays) Allow(day time.Time) bool {
 func (t Timeline) windows(inside func(Tier) bool) []Window {
 	var out []Window
 	var open *Window
-	for _, tr := range t {
+	for _, tr := range t.Effective() {
 		in := inside(tr.Tier)
 		switch {
 		case in && open == nil:
@@ -229,6 +293,22 @@ func (t Timeline) Validate() error {
 		if len(tr.Reason) > MaxReasonLen || len(tr.Basis) > MaxReasonLen {
 			return fmt.Errorf("transition %d: reason and basis are at most %d characters", i, MaxReasonLen)
 		}
+		if err := validUntil(tr); err != nil {
+			return fmt.Errorf("transition %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// validUntil checks that an Until is on EventLevel and after the transition's own time.
+func validUntil(tr Transition) error {
+	switch {
+	case tr.Until == nil:
+		return nil
+	case tr.Tier != TierEventLevel:
+		return errors.New("until is for EventLevel only")
+	case !tr.Until.After(tr.At):
+		return errors.New("until must be after at")
 	}
 	return nil
 }
@@ -256,7 +336,14 @@ var ErrFuture = errors.New("a transition that raises consent may not be dated in
 //     dating it earlier, and lowering is never dated after now (withdrawal takes effect at once
 //     at the latest);
 //   - raising is refused when dated more than MaxClockSkew ahead of now;
-//   - times are whole seconds: a withdrawal rounded down, a grant rounded up.
+//   - times are whole seconds: a withdrawal rounded down, a grant rounded up, an Until down.
+//
+// The tier in force is judged at now: an EventLevel transition whose Until has come is
+// CriticalOnly in force, so EventLevel again is a new grant, dated now, and CriticalOnly is in
+// force already unless dated before the Until (a withdrawal recorded late: it ends EventLevel
+// earlier). EventLevel while
+// EventLevel is in force with another Until (a trial extended, shortened, or made a contract
+// without expiry) is appended as a renewal, dated as a grant.
 func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 	if !tr.Tier.Valid() {
 		return Transition{}, false, fmt.Errorf("tier %q is not one of EventLevel, CriticalOnly, Off", tr.Tier)
@@ -267,10 +354,32 @@ func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 	if len(tr.Reason) > MaxReasonLen || len(tr.Basis) > MaxReasonLen {
 		return Transition{}, false, fmt.Errorf("reason and basis are at most %d characters", MaxReasonLen)
 	}
-	if len(t) > 0 && t.Current() == tr.Tier {
-		return Transition{}, false, nil
+	if tr.Until != nil && tr.Tier != TierEventLevel {
+		return Transition{}, false, errors.New("until is for EventLevel only")
 	}
-	raising := tr.Tier.Rank() > t.Current().Rank()
+	if tr.Until != nil {
+		u := tr.Until.Truncate(time.Second).UTC()
+		tr.Until = &u
+	}
+	current := t.CurrentAt(now)
+	renewal := false
+	if len(t) > 0 && current == tr.Tier {
+		last := t[len(t)-1]
+		switch {
+		case tr.Tier == TierEventLevel:
+			if sameTime(last.Until, tr.Until) {
+				return Transition{}, false, nil
+			}
+			renewal = true
+		case last.Tier == TierEventLevel && last.Until != nil && tr.At.Before(*last.Until) && tr.At.Before(now):
+			// CriticalOnly since an Until that passed, but withdrawn before it: recorded,
+			// ending EventLevel at the withdrawal.
+			current = TierEventLevel
+		default:
+			return Transition{}, false, nil
+		}
+	}
+	raising := renewal || tr.Tier.Rank() > current.Rank()
 	if raising && tr.At.After(now.Add(MaxClockSkew)) {
 		return Transition{}, false, ErrFuture
 	}
@@ -296,8 +405,22 @@ func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 	}
 	tr.At = tr.At.UTC()
 	tr.RecordedAt = nil
+	if tr.Until != nil && !tr.Until.After(tr.At) {
+		return Transition{}, false, fmt.Errorf("until %s is not after the transition's time %s", tr.Until.Format(time.RFC3339), tr.At.Format(time.RFC3339))
+	}
 	return tr, true, nil
 }
+
+// sameTime reports whether a and b are both absent or the same instant.
+func sameTime(a, b *time.Time) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(*b)
+}
+
+// SameUntil reports whether two transitions end at the same Until (or both never).
+func SameUntil(a, b Transition) bool { return sameTime(a.Until, b.Until) }
 
 // Owner identifies who may write an instance's record: one policy of one cluster's operator.
 // The cluster comes from the operator's client certificate, never from a request body.

@@ -191,12 +191,20 @@ func TestNextNeverWidensThePast(t *testing.T) {
 		for range 12 {
 			now = now.Add(time.Duration(r.IntN(5)) * time.Hour)
 			req := Transition{At: now.Add(time.Duration(r.IntN(200)-150) * time.Hour), Tier: tiers[r.IntN(3)]}
+			if req.Tier == TierEventLevel && r.IntN(2) == 0 {
+				// A trial's expiry, before or after now: renewals, lapses and shortenings.
+				u := now.Add(time.Duration(r.IntN(60)-20) * time.Hour)
+				req.Until = &u
+			}
 			before := append(Timeline(nil), tl...)
 			tr, add, err := Next(tl, req, now)
 			if err != nil || !add {
 				continue
 			}
 			tl = append(tl, tr)
+			if err := tl.Validate(); err != nil {
+				t.Fatalf("request %+v at %s: appended %+v breaks the timeline: %v", req, now, tr, err)
+			}
 			for probe := -200; probe <= 100; probe++ {
 				ts := h(probe)
 				if !ts.Before(now) || len(before) == 0 {
@@ -262,6 +270,174 @@ func TestTheClosedSetsHoldWhatTheOperatorRecords(t *testing.T) {
 	for _, w := range []string{"ProjectFalcon", "declared", "Declared ", "NewContractAcme", "Eligible"} {
 		if KnownReason(w) || KnownBasis(w) {
 			t.Errorf("%q is taken", w)
+		}
+	}
+}
+
+func ptr(t time.Time) *time.Time { return &t }
+
+// TestUntilEndsEventLevel: an EventLevel transition's Until ends the window by itself, with no
+// transition recorded at it.
+func TestUntilEndsEventLevel(t *testing.T) {
+	tl := Timeline{
+		{At: h(0), Tier: TierEventLevel, Until: ptr(h(3)), Basis: "SelfServeTrial"},
+		{At: h(5), Tier: TierEventLevel, Until: ptr(h(9))},  // renewed after it lapsed
+		{At: h(7), Tier: TierEventLevel, Until: ptr(h(20))}, // extended before it lapsed
+		{At: h(8), Tier: TierOff},
+		{At: h(10), Tier: TierEventLevel, Until: ptr(h(12))},
+	}
+	if err := tl.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		at   int
+		want Tier
+	}{{-1, TierOff}, {0, TierEventLevel}, {2, TierEventLevel}, {3, TierCriticalOnly}, {4, TierCriticalOnly}, {5, TierEventLevel},
+		{7, TierEventLevel}, {8, TierOff}, {9, TierOff}, {10, TierEventLevel}, {11, TierEventLevel}, {12, TierCriticalOnly}, {500, TierCriticalOnly}} {
+		if got := tl.TierAt(h(c.at)); got != c.want {
+			t.Errorf("TierAt(h%d) = %s, want %s", c.at, got, c.want)
+		}
+		if got := tl.Effective().TierAt(h(c.at)); got != c.want {
+			t.Errorf("Effective().TierAt(h%d) = %s, want %s", c.at, got, c.want)
+		}
+	}
+	if got := tl.CurrentAt(h(11)); got != TierEventLevel {
+		t.Errorf("CurrentAt before the Until = %s", got)
+	}
+	if got := tl.CurrentAt(h(12)); got != TierCriticalOnly {
+		t.Errorf("CurrentAt at the Until = %s", got)
+	}
+	ev := tl.Windows(TierEventLevel)
+	if len(ev) != 3 || !ev[0].End.Equal(h(3)) || !ev[1].Start.Equal(h(5)) || !ev[1].End.Equal(h(8)) || !ev[2].End.Equal(h(12)) {
+		t.Fatalf("EventLevel windows = %+v", ev)
+	}
+	eff := tl.Effective()
+	if len(eff) != 7 || eff[1].Tier != TierCriticalOnly || !eff[1].At.Equal(h(3)) || eff[1].Reason != ReasonTrialExpired || eff[1].Basis != "SelfServeTrial" {
+		t.Fatalf("Effective() = %+v", eff)
+	}
+	for _, tr := range eff {
+		if tr.Until != nil {
+			t.Fatalf("Effective() keeps an Until: %+v", eff)
+		}
+	}
+	days := Timeline{{At: t0, Tier: TierEventLevel, Until: ptr(t0.Add(36 * time.Hour))}}.AggregateDays()
+	if days.Allow(t0) || days.Allow(t0.AddDate(0, 0, 1)) || !days.Allow(t0.AddDate(0, 0, 2)) {
+		t.Fatal("aggregate days do not follow the Until: the day it lapsed mixed EventLevel, the next is CriticalOnly")
+	}
+}
+
+// TestUntilAgreesWithItsDefinition: on random timelines with Untils, TierAt, Effective and the
+// windows agree with the definition: the tier of the last transition at or before ts, and
+// CriticalOnly if it is EventLevel whose Until is at or before ts.
+func TestUntilAgreesWithItsDefinition(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6)) //nolint:gosec // test data
+	tiers := []Tier{TierOff, TierCriticalOnly, TierEventLevel}
+	for range 500 {
+		var tl Timeline
+		at := 0
+		for range r.IntN(8) {
+			at += r.IntN(3)
+			tr := Transition{At: h(at), Tier: tiers[r.IntN(3)]}
+			if tr.Tier == TierEventLevel && r.IntN(2) == 0 {
+				tr.Until = ptr(h(at + 1 + r.IntN(4)))
+			}
+			tl = append(tl, tr)
+		}
+		eff := tl.Effective()
+		for probe := -1; probe <= at+6; probe++ {
+			ts := h(probe).Add(30 * time.Minute * time.Duration(r.IntN(2)))
+			want := TierOff
+			for _, tr := range tl {
+				if tr.At.After(ts) {
+					break
+				}
+				want = tr.Tier
+				if tr.Until != nil && !ts.Before(*tr.Until) {
+					want = TierCriticalOnly
+				}
+			}
+			if got := tl.TierAt(ts); got != want {
+				t.Fatalf("timeline %+v: TierAt(%s) = %s, want %s", tl, ts, got, want)
+			}
+			if got := eff.TierAt(ts); got != want {
+				t.Fatalf("timeline %+v: Effective().TierAt(%s) = %s, want %s", tl, ts, got, want)
+			}
+			in := false
+			for _, w := range tl.Windows(TierEventLevel) {
+				in = in || w.Contains(ts)
+			}
+			if in != (want == TierEventLevel) {
+				t.Fatalf("timeline %+v at %s: in an EventLevel window %v, want %s", tl, ts, in, want)
+			}
+		}
+	}
+}
+
+func TestNextWithUntil(t *testing.T) {
+	now := h(100)
+	trial := Timeline{{At: h(10), Tier: TierEventLevel, Until: ptr(h(200))}}
+	lapsed := Timeline{{At: h(10), Tier: TierEventLevel, Until: ptr(h(50))}}
+	cases := []struct {
+		name      string
+		t         Timeline
+		tr        Transition
+		wantAt    time.Time
+		wantUntil *time.Time
+		wantAdd   bool
+		wantErr   bool
+	}{
+		{name: "the same trial again: nothing to add", t: trial, tr: Transition{At: h(10), Tier: TierEventLevel, Until: ptr(h(200))}},
+		{name: "a trial extended is a renewal, dated now", t: trial,
+			tr: Transition{At: h(10), Tier: TierEventLevel, Until: ptr(h(300))}, wantAt: now, wantUntil: ptr(h(300)), wantAdd: true},
+		{name: "a trial shortened is a renewal, dated now", t: trial,
+			tr: Transition{At: h(10), Tier: TierEventLevel, Until: ptr(h(150))}, wantAt: now, wantUntil: ptr(h(150)), wantAdd: true},
+		{name: "a trial made a contract without expiry", t: trial,
+			tr: Transition{At: h(10), Tier: TierEventLevel}, wantAt: now, wantAdd: true},
+		{name: "a trial renewed after its Until is a new grant from now", t: lapsed,
+			tr: Transition{At: h(10), Tier: TierEventLevel, Until: ptr(h(300))}, wantAt: now, wantUntil: ptr(h(300)), wantAdd: true},
+		{name: "CriticalOnly after the Until is in force already", t: lapsed, tr: Transition{At: h(50), Tier: TierCriticalOnly}},
+		{name: "CriticalOnly dated before the Until, recorded after it, ends EventLevel earlier", t: lapsed,
+			tr: Transition{At: h(40), Tier: TierCriticalOnly}, wantAt: h(40), wantAdd: true},
+		{name: "Off after the Until keeps its time, even before the Until", t: lapsed,
+			tr: Transition{At: h(30), Tier: TierOff}, wantAt: h(30), wantAdd: true},
+		{name: "a withdrawal before the Until", t: trial, tr: Transition{At: h(60), Tier: TierCriticalOnly}, wantAt: h(60), wantAdd: true},
+		{name: "an Until is rounded down", t: lapsed,
+			tr: Transition{At: now, Tier: TierEventLevel, Until: ptr(h(300).Add(700 * time.Millisecond))}, wantAt: now, wantUntil: ptr(h(300)), wantAdd: true},
+		{name: "an Until at or before the grant is refused", t: lapsed,
+			tr: Transition{At: now, Tier: TierEventLevel, Until: ptr(now.Add(500 * time.Millisecond))}, wantErr: true},
+		{name: "an Until in the past on a first grant dated further back", tr: Transition{At: h(-50), Tier: TierEventLevel, Until: ptr(h(-10))},
+			wantAt: h(-50), wantUntil: ptr(h(-10)), wantAdd: true},
+		{name: "an Until on CriticalOnly is refused", t: trial, tr: Transition{At: now, Tier: TierCriticalOnly, Until: ptr(h(300))}, wantErr: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, add, err := Next(tc.t, tc.tr, now)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("want an error, got %+v", got)
+				}
+				return
+			}
+			if err != nil || add != tc.wantAdd || (add && (!got.At.Equal(tc.wantAt) || !sameTime(got.Until, tc.wantUntil))) {
+				t.Fatalf("Next = %+v, %v, %v; want at %s until %v, add %v", got, add, err, tc.wantAt, tc.wantUntil, tc.wantAdd)
+			}
+			if add {
+				if err := append(tc.t, got).Validate(); err != nil {
+					t.Fatalf("appending the result breaks the timeline: %v", err)
+				}
+			}
+		})
+	}
+}
+
+func TestValidateUntil(t *testing.T) {
+	for _, tl := range []Timeline{
+		{{At: h(0), Tier: TierCriticalOnly, Until: ptr(h(1))}},
+		{{At: h(1), Tier: TierEventLevel, Until: ptr(h(1))}},
+		{{At: h(1), Tier: TierEventLevel, Until: ptr(h(0))}},
+	} {
+		if err := tl.Validate(); err == nil {
+			t.Errorf("Validate(%+v) = nil, want an error", tl)
 		}
 	}
 }
