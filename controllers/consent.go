@@ -78,6 +78,11 @@ func timelineOf(history []v1.ConsentChange) consentv1.Timeline {
 			at := c.RecordedAt.UTC()
 			tr.RecordedAt = &at
 		}
+		if c.Until != nil && tr.Tier == consentv1.TierEventLevel && c.Until.After(tr.At) {
+			// (An until anywhere else is none the receiver keeps: written there by hand.)
+			u := c.Until.UTC()
+			tr.Until = &u
+		}
 		t = append(t, tr)
 	}
 	return t
@@ -100,6 +105,10 @@ func historyOf(t consentv1.Timeline) []v1.ConsentChange {
 			// Status keeps seconds: keep the copy equal to what a re-read returns.
 			at := metav1.NewTime(tr.RecordedAt.UTC().Truncate(time.Second))
 			c.RecordedAt = &at
+		}
+		if tr.Until != nil {
+			u := metav1.NewTime(tr.Until.UTC())
+			c.Until = &u
 		}
 		out = append(out, c)
 	}
@@ -482,9 +491,20 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 		}
 	}
 	local := st.localTimeline()
+	now := r.Clock.Now()
+	// (The last recorded tier, not minding its until: a trial past its until is recorded as
+	// expired all the same, for the record's readers, and the receiver takes EventLevel
+	// again as a new grant.)
 	from := local.Current()
+	until := untilOf(p, st.intent)
+	renewal := false
 	if len(local) > 0 && from == consentv1.Tier(st.intent) && !st.claim {
-		return
+		if from != consentv1.TierEventLevel || sameUntil(local[len(local)-1].Until, until) {
+			return
+		}
+		// EventLevel in force with another expiry than the spec's (a trial extended,
+		// shortened or made a contract): recorded again with the spec's, from now.
+		renewal = true
 	}
 	var lastAt time.Time
 	if n := len(local); n > 0 {
@@ -499,7 +519,6 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	if p.Status.ObservedConsentWriteTime != nil {
 		seen = p.Status.ObservedConsentWriteTime.UTC()
 	}
-	now := r.Clock.Now()
 	runningSince, downSince := r.watchGap()
 	// Only a policy the operator never recorded anything for may date its first grant in the
 	// past (startFrom Beginning); one whose record the receiver lost never does.
@@ -516,7 +535,10 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	if !first && len(local) == 0 && at.Before(now) {
 		at = now
 	}
-	tr := consentv1.Transition{At: at.UTC(), Tier: consentv1.Tier(st.intent), Reason: reason, Basis: string(contractBasis(p))}
+	if renewal {
+		at, reason = now, v1.ReasonDeclared
+	}
+	tr := consentv1.Transition{At: at.UTC(), Tier: consentv1.Tier(st.intent), Reason: reason, Basis: string(contractBasis(p)), Until: until}
 	if len(local) > 0 && tr.Tier.Rank() < from.Rank() {
 		if l := st.lowering; l != nil && l.Tier == tr.Tier && l.At.Before(tr.At) && !l.At.Before(lastAt) {
 			// Planned again once the record was read back: dated as when the collector was
@@ -541,6 +563,11 @@ func lapsedExpiry(p *v1.TelemetryPolicy, recorded consentv1.Timeline, now time.T
 	if e == nil || n == 0 || recorded.Current() != consentv1.TierEventLevel || e.After(now) || e.Time.Before(recorded[n-1].At) {
 		return consentv1.Transition{}, false
 	}
+	if recorded[n-1].Until != nil {
+		// Recorded with its expiry (an operator that sends until, a receiver that keeps it):
+		// the receiver ended EventLevel there itself.
+		return consentv1.Transition{}, false
+	}
 	basis := recorded[n-1].Basis
 	if !consentv1.KnownBasis(basis) {
 		basis = ""
@@ -554,6 +581,21 @@ func lapsedAt(tr consentv1.Transition, lapsed bool) *time.Time {
 		return nil
 	}
 	return &tr.At
+}
+
+// untilOf is the until a grant of tier records: the basis's expiry (whole seconds, rounded
+// down), for EventLevel only.
+func untilOf(p *v1.TelemetryPolicy, tier v1.ConsentTier) *time.Time {
+	if tier != v1.TierEventLevel || p.Spec.Contract == nil || p.Spec.Contract.ExpiresAt == nil {
+		return nil
+	}
+	u := p.Spec.Contract.ExpiresAt.UTC().Truncate(time.Second)
+	return &u
+}
+
+// sameUntil reports whether two untils are both absent or the same instant.
+func sameUntil(a, b *time.Time) bool {
+	return consentv1.SameUntil(consentv1.Transition{Until: a}, consentv1.Transition{Until: b})
 }
 
 // eventLevelExpiry is status.eventLevelExpiresAt once this reconcile's transitions are known:
@@ -878,6 +920,9 @@ func (r *TelemetryPolicyReconciler) lowerConfig(ctx context.Context, st *reconci
 // and tiers: what a collector's configuration holds). When that is a's everywhere, it is a
 // itself: the configuration, and its hash, do not change for nothing.
 func lowest(a, b consentv1.Timeline) consentv1.Timeline {
+	// (Untils carried out first: the tiers change at each, and the result holds none.)
+	orig := a
+	a, b = a.Effective(), b.Effective()
 	var at []time.Time
 	for _, tr := range slices.Concat(a, b) {
 		at = append(at, tr.At)
@@ -910,7 +955,7 @@ func lowest(a, b consentv1.Timeline) consentv1.Timeline {
 			return out
 		}
 	}
-	return a
+	return orig
 }
 
 // templateTier is the tier a Deployment's pods are configured for; a template without the
@@ -1032,7 +1077,7 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		}
 		return nil
 	}
-	defer func() { st.tier = st.runnableTier() }()
+	defer func() { st.tier = st.runnableTier(r.Clock.Now()) }()
 	if st.outside != nil {
 		// Outside the onboarded namespaces only withdrawals are recorded: they travel as pending
 		// lowerings; a planned transition there is a raise, a first record or a claim.
@@ -1043,7 +1088,7 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 	}
 	r.flushLedger(ctx, st)
 	if st.ledgerKnown && len(st.timeline) > 0 {
-		st.recorded = v1.ConsentTier(st.timeline.Current())
+		st.recorded = v1.ConsentTier(st.timeline.CurrentAt(r.Clock.Now()))
 	}
 	if st.ledgerErr == nil {
 		r.forgetNotReserved(client.ObjectKeyFromObject(p)) // claimed, or recorded: no longer waiting
@@ -1097,7 +1142,7 @@ func (r *TelemetryPolicyReconciler) syncLedger(ctx context.Context, st *reconcil
 		// The collector was lowered from the copy in status, which may lag the record; now
 		// that the record is read, its configuration is written from it, so that a later
 		// stall does not leave the copy's timeline in force (unchanged, nothing is written).
-		if _, err := r.lowerConfig(ctx, st, st.runnableTier(), *live); err != nil {
+		if _, err := r.lowerConfig(ctx, st, st.runnableTier(r.Clock.Now()), *live); err != nil {
 			return err
 		}
 	}
@@ -1241,7 +1286,8 @@ func (r *TelemetryPolicyReconciler) recordRequest(st *reconcileState, tr consent
 	p := st.policy
 	req := consentv1.RecordRequest{InstanceID: p.Spec.InstanceID, Owner: r.owner(p), Transition: tr}
 	if n := len(st.timeline); n > 0 {
-		req.ExpectedHead = &consentv1.Transition{At: st.timeline[n-1].At, Tier: st.timeline[n-1].Tier}
+		head := st.timeline[n-1]
+		req.ExpectedHead = &consentv1.Transition{At: head.At, Tier: head.Tier, Until: head.Until}
 	}
 	return req
 }
@@ -1300,7 +1346,11 @@ func (r *TelemetryPolicyReconciler) addUID(ctx context.Context, st *reconcileSta
 		return
 	}
 	last := st.timeline[len(st.timeline)-1]
-	tr := consentv1.Transition{At: last.At, Tier: last.Tier, Reason: last.Reason, Basis: last.Basis}
+	tr := consentv1.Transition{At: last.At, Tier: last.Tier, Reason: last.Reason, Basis: last.Basis, Until: last.Until}
+	if st.timeline.CurrentAt(r.Clock.Now()) != last.Tier {
+		// A trial past its until: CriticalOnly is in force, which appends nothing either.
+		tr = consentv1.Transition{At: *last.Until, Tier: consentv1.TierCriticalOnly, Reason: v1.ReasonTrialExpired, Basis: last.Basis}
+	}
 	state, err := r.Ledger.Record(ctx, r.recordRequest(st, tr))
 	if err != nil {
 		log.FromContext(ctx).Info("could not add this policy's UID to its consent record; reading it back again", "error", err.Error())
@@ -1321,14 +1371,14 @@ func (r *TelemetryPolicyReconciler) addUID(ctx context.Context, st *reconcileSta
 // runnableTier is the most the collector may run with: the decided tier, but no more than the
 // ledger records, nor than a lowering it has yet to record (nothing at all while the ledger
 // knows nothing or another policy owns it).
-func (st *reconcileState) runnableTier() v1.ConsentTier {
+func (st *reconcileState) runnableTier(now time.Time) v1.ConsentTier {
 	local := st.localTimeline()
 	// A record nobody owned when read is not this policy's until a write of this reconcile
 	// claimed it (adoptLedger): a claim that failed, even as unavailable, runs nothing.
 	if st.ownedElsewhere || st.claim || !st.ledgerKnown || len(local) == 0 {
 		return v1.TierOff
 	}
-	return consent.Lower(st.intent, v1.ConsentTier(local.Current()))
+	return consent.Lower(st.intent, v1.ConsentTier(local.CurrentAt(now)))
 }
 
 // adoptLedger takes the receiver's record as the operator's copy; false when it is unusable.

@@ -1117,15 +1117,18 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		Expect(configOf(ctx, ns, "lagging").Tier).To(Equal(v1.TierCriticalOnly))
 	})
 
-	It("records a trial's expiry that a renewal made only after it passed, while no operator ran, would hide", func() {
+	It("ends a trial at its expiry at the receiver itself, with the operator down and its memory of the expiry lost", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "renewed")
 		instance := instanceOf(ns, "renewed")
 		expires := getPolicy(ctx, ns, "renewed").Spec.Contract.ExpiresAt.Time
-		Eventually(func() *metav1.Time { return getPolicy(ctx, ns, "renewed").Status.EventLevelExpiresAt }).ShouldNot(BeNil())
-		Expect(getPolicy(ctx, ns, "renewed").Status.EventLevelExpiresAt.Time).To(BeTemporally("==", expires))
+		Eventually(func() *time.Time {
+			tl := ledgerOf(ctx, instance).Timeline
+			return tl[len(tl)-1].Until
+		}).Should(HaveValue(BeTemporally("==", expires.Truncate(time.Second))), "the grant is recorded with its trial's expiry")
+		Expect(configOf(ctx, ns, "renewed").Consent.TierAt(expires)).To(Equal(consentv1.TierCriticalOnly), "the collector ends its window there too")
 
-		By("the operator down across the expiry, the collector still sending, and the trial extended before it is back")
+		By("the operator down across the expiry, its status copy of the expiry wiped, the collector still sending")
 		stopManager()
 		started := false
 		DeferCleanup(func() {
@@ -1133,14 +1136,25 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 				startManager()
 			}
 		})
-		fakeClock.SetTime(expires.Add(2 * time.Hour))
-		lapsed := &batchv1.Batch{InstanceID: instance, BatchID: instance + "-e-1", Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: 2, Events: []batchv1.Event{
-			{ID: "1", Name: "SearchSubmitted", Timestamp: expires.Add(-time.Hour), UserID: "0123456789abcdef0123456789abcdef"},
-			{ID: "2", Name: "SearchSubmitted", Timestamp: expires.Add(time.Hour), UserID: "0123456789abcdef0123456789abcdef"},
-		}}
-		res, err := rcv.Store.InsertEvents(ctx, instance, lapsed)
+		p := getPolicy(ctx, ns, "renewed")
+		p.Status.EventLevelExpiresAt = nil
+		for i := range p.Status.ConsentHistory {
+			p.Status.ConsentHistory[i].Until = nil
+		}
+		Expect(k8s.Status().Update(ctx, p)).To(Succeed())
+		event := func(id string, ts time.Time) batchv1.Event {
+			return batchv1.Event{ID: id, Name: "SearchSubmitted", Timestamp: ts, UserID: "0123456789abcdef0123456789abcdef"}
+		}
+		fakeClock.SetTime(expires.Add(-30 * time.Minute))
+		res, err := rcv.Store.InsertEvents(ctx, instance, &batchv1.Batch{InstanceID: instance, BatchID: instance + "-e-1", Kind: batchv1.KindEvents,
+			Tier: "EventLevel", Cursor: 2, Events: []batchv1.Event{event("1", expires.Add(-time.Hour)), event("2", expires.Add(time.Hour))}})
 		Expect(err).NotTo(HaveOccurred())
-		Expect(res.Accepted).To(Equal(2), "the record still says EventLevel: nobody recorded the expiry")
+		Expect(res.Accepted).To(Equal(1), "before the expiry, what is dated after it is refused already")
+		fakeClock.SetTime(expires.Add(2 * time.Hour))
+		late := &batchv1.Batch{InstanceID: instance, BatchID: instance + "-e-2", Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: 3,
+			Events: []batchv1.Event{event("3", expires.Add(time.Hour))}}
+		_, err = rcv.Store.InsertEvents(ctx, instance, late)
+		Expect(err).To(MatchError(store.ErrConsentRefused), "after the expiry, with nobody recording it, events are refused")
 		updatePolicy(ctx, ns, "renewed", func(p *v1.TelemetryPolicy) {
 			renewed := metav1.NewTime(fakeClock.Now().Add(30 * 24 * time.Hour))
 			p.Spec.Contract.ExpiresAt = &renewed
@@ -1148,15 +1162,17 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		startManager()
 		started = true
 
-		By("the operator back: the lapse is recorded at the expiry, the renewal from now")
-		Eventually(func() consentv1.Tier {
-			return ledgerOf(ctx, instance).Timeline.TierAt(expires.Add(time.Hour))
-		}, 30*time.Second).Should(Equal(consentv1.TierCriticalOnly))
+		By("the operator back: the renewal grants from now, never back over the lapse")
 		rollOutUntilReady(ctx, ns, "renewed")
-		Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.Current() }, 30*time.Second).Should(Equal(consentv1.TierEventLevel))
+		Eventually(func() consentv1.Tier { return ledgerOf(ctx, instance).Timeline.CurrentAt(fakeClock.Now()) }, 30*time.Second).Should(Equal(consentv1.TierEventLevel))
 		tl := ledgerOf(ctx, instance).Timeline
 		Expect(tl.TierAt(expires.Add(-time.Minute))).To(Equal(consentv1.TierEventLevel))
+		Expect(tl.TierAt(expires.Add(time.Hour))).To(Equal(consentv1.TierCriticalOnly))
 		Expect(tl.TierAt(fakeClock.Now().Add(-time.Minute))).To(Equal(consentv1.TierCriticalOnly), "the renewal grants from when it is recorded")
+		Expect(tl[len(tl)-1].Until).To(HaveValue(BeTemporally("==", getPolicy(ctx, ns, "renewed").Spec.Contract.ExpiresAt.Time)))
+		res, err = rcv.Store.InsertEvents(ctx, instance, late)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(res.Refused).To(Equal(1), "what was recorded in the lapse is refused when sent again")
 		var stamps []time.Time
 		rows, err := rcv.DB.Query(ctx, `SELECT ts FROM events WHERE instance_id = $1 ORDER BY ts`, instance)
 		Expect(err).NotTo(HaveOccurred())
@@ -1166,10 +1182,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 			stamps = append(stamps, ts.UTC())
 		}
 		Expect(rows.Err()).NotTo(HaveOccurred())
-		Expect(stamps).To(ConsistOf(BeTemporally("==", expires.Add(-time.Hour))), "what was recorded after the expiry is gone from the receiver")
-		res, err = rcv.Store.InsertEvents(ctx, instance, lapsed)
-		Expect(err).NotTo(HaveOccurred())
-		Expect(res.Refused).To(Equal(1), "and is refused when sent again")
+		Expect(stamps).To(ConsistOf(BeTemporally("==", expires.Add(-time.Hour))), "only what the trial covered is stored")
 	})
 
 	It("erases an instance's data on request, verified, audited, with status, an Event and a metric", func() {
@@ -1524,7 +1537,9 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		_, err := l.Record(ctx, consentv1.RecordRequest{InstanceID: instance, Owner: owner, Transition: consentv1.Transition{At: withdrawn, Tier: consentv1.TierOff, Reason: "Declared"}})
 		Expect(err).NotTo(HaveOccurred())
 		fakeClock.Step(time.Minute)
-		_, err = l.Record(ctx, consentv1.RecordRequest{InstanceID: instance, Owner: owner, Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierEventLevel, Reason: "Declared"}})
+		until := p.Spec.Contract.ExpiresAt.UTC() // as the operator records a grant
+		_, err = l.Record(ctx, consentv1.RecordRequest{InstanceID: instance, Owner: owner,
+			Transition: consentv1.Transition{At: fakeClock.Now(), Tier: consentv1.TierEventLevel, Reason: "Declared", Until: &until}})
 		Expect(err).NotTo(HaveOccurred())
 		want := ledgerOf(ctx, instance).Timeline
 		Expect(want).To(HaveLen(3))

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/controllers"
 	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
@@ -190,7 +191,11 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(recorded.Owner).To(And(HaveField("Cluster", testCluster), HaveField("Namespace", ns), HaveField("Name", "acme")))
 		Expect(recorded.Timeline.Current()).To(BeEquivalentTo(v1.TierEventLevel))
-		Expect(c.Consent).To(HaveLen(1), "the collector filters by the ledger's timeline")
+		expires := p.Spec.Contract.ExpiresAt.Time
+		Expect(recorded.Timeline[len(recorded.Timeline)-1].Until).To(HaveValue(BeTemporally("==", expires)), "recorded with the trial's expiry")
+		Expect(c.Consent).To(HaveLen(2), "the collector filters by the ledger's timeline, its expiry written out")
+		Expect(c.Consent.TierAt(expires.Add(-time.Second))).To(Equal(consentv1.TierEventLevel))
+		Expect(c.Consent.TierAt(expires)).To(Equal(consentv1.TierCriticalOnly))
 	})
 
 	It("walks EventLevel -> CriticalOnly -> Off -> EventLevel, flipping Synced only on observed pod state", func() {

@@ -429,8 +429,8 @@ func (r *TelemetryPolicyReconciler) reconcileConsent(ctx context.Context, st *re
 	}()
 	if p.Spec.Suspend {
 		inForce := p.Status.EffectiveTier
-		if st.ledgerKnown && st.timeline.Current().Rank() > consentv1.Tier(inForce).Rank() {
-			inForce = v1.ConsentTier(st.timeline.Current())
+		if cur := st.timeline.CurrentAt(r.Clock.Now()); st.ledgerKnown && cur.Rank() > consentv1.Tier(inForce).Rank() {
+			inForce = v1.ConsentTier(cur)
 		}
 		if inForce != "" && d.Effective.Rank() < inForce.Rank() {
 			log.FromContext(ctx).Info("suspended, but enforcing a consent downgrade", "tier", d.Effective, "from", inForce)

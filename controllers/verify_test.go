@@ -625,8 +625,9 @@ func TestSeenLoweringAfterAStaleGrant(t *testing.T) {
 			clock.Step(time.Minute)
 			r.noteLowering(ps[0], ps[1]) // withdrawn at start+1m
 			clock.Step(time.Minute)
-			g := start.Add(90 * time.Second) // the receiver's time for the grant
-			recorded := append(co[:1:1], consentv1.Transition{At: g, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &g})
+			g := start.Add(90 * time.Second)             // the receiver's time for the grant
+			until := ps[2].Spec.Contract.ExpiresAt.UTC() // recorded with the trial's expiry, as the operator asks
+			recorded := append(co[:1:1], consentv1.Transition{At: g, Tier: consentv1.TierEventLevel, Reason: "Declared", RecordedAt: &g, Until: &until})
 			st := &reconcileState{policy: ps[2], mutate: true, timeline: recorded, ledgerKnown: true, intent: v1.TierEventLevel}
 			r.plan(st)
 			switch {
@@ -911,13 +912,13 @@ func TestAClaimNotRecordedRunsNothing(t *testing.T) {
 
 	t.Run("a released record whose claim is not recorded", func(t *testing.T) {
 		_, led, r, p := setup(consentv1.State{InstanceID: "i", Timeline: tl}, nil, nil)
-		if st := run(r, p); led.records == 0 || st.runnableTier() != v1.TierOff {
-			t.Fatalf("claim tried %d times, runnable %s; want a claim and nothing running", led.records, st.runnableTier())
+		if st := run(r, p); led.records == 0 || st.runnableTier(r.Clock.Now()) != v1.TierOff {
+			t.Fatalf("claim tried %d times, runnable %s; want a claim and nothing running", led.records, st.runnableTier(r.Clock.Now()))
 		}
 	})
 	t.Run("a record the receiver lost, its claim not recorded, then another's", func(t *testing.T) {
 		clock, led, r, p := setup(consentv1.State{}, ledger.ErrUnknownInstance, tl)
-		if st := run(r, p); st.runnableTier() != v1.TierEventLevel && led.records == 0 {
+		if st := run(r, p); st.runnableTier(r.Clock.Now()) != v1.TierEventLevel && led.records == 0 {
 			t.Fatalf("the lost record was not claimed again: %d writes", led.records)
 		}
 		if !r.verifyDue(p) {
@@ -936,8 +937,8 @@ func TestAClaimNotRecordedRunsNothing(t *testing.T) {
 		}
 		setCondition(p, v1.ConditionConsentRecorded, metav1.ConditionFalse, ReasonOwnedElsewhere, "held") // as holdOwnedElsewhere leaves it
 		led.err = unavailable
-		if st := run(r, p); st.runnableTier() != v1.TierOff || !errors.Is(st.ledgerErr, ledger.ErrOwnedElsewhere) {
-			t.Fatalf("owned elsewhere, the receiver unreachable: runnable %s from the copy (%v)", st.runnableTier(), st.ledgerErr)
+		if st := run(r, p); st.runnableTier(r.Clock.Now()) != v1.TierOff || !errors.Is(st.ledgerErr, ledger.ErrOwnedElsewhere) {
+			t.Fatalf("owned elsewhere, the receiver unreachable: runnable %s from the copy (%v)", st.runnableTier(r.Clock.Now()), st.ledgerErr)
 		}
 	})
 }
@@ -991,5 +992,51 @@ func TestALapsedExpiryNeverDelaysAWithdrawal(t *testing.T) {
 	if len(st.pending) != 2 || !st.pending[0].At.Equal(e) || st.pending[0].Tier != consentv1.TierCriticalOnly ||
 		!st.pending[1].At.Equal(y) || st.pending[1].Tier != consentv1.TierOff {
 		t.Fatalf("withdrawn after the lapse: pending %+v, want CriticalOnly at the expiry, then Off at %s", st.pending, y)
+	}
+}
+
+// TestPlanFollowsTheRecordedUntil: a grant is asked for with the spec's expiry as its until; a
+// record whose until differs is renewed from now; a record past its until is CriticalOnly in
+// force (EventLevel again is a new grant, the collector runs no more than CriticalOnly, and the
+// expiry is recorded at the until).
+func TestPlanFollowsTheRecordedUntil(t *testing.T) {
+	start := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+	g := start.Add(-48 * time.Hour)
+	clock := clocktesting.NewFakeClock(start)
+	r := &TelemetryPolicyReconciler{Clock: clock, Options: Options{LedgerResync: 10 * time.Minute}}
+	grant := func(until time.Time) consentv1.Timeline {
+		return consentv1.Timeline{{At: g, Tier: consentv1.TierEventLevel, Reason: "Declared", Basis: "SelfServeTrial", RecordedAt: &g, Until: &until}}
+	}
+	plan := func(intent v1.ConsentTier, recorded consentv1.Timeline, pending consentv1.Timeline) *reconcileState {
+		p := trialPolicy(start, intent, recorded)
+		p.Generation = 2
+		st := &reconcileState{policy: p, mutate: true, timeline: recorded, ledgerKnown: true, intent: intent, pending: pending}
+		r.plan(st)
+		return st
+	}
+	expires := trialPolicy(start, v1.TierEventLevel, nil).Spec.Contract.ExpiresAt.UTC()
+
+	if st := plan(v1.TierEventLevel, grant(expires), nil); st.want != nil || len(st.pending) != 0 {
+		t.Fatalf("recorded with the spec's expiry: want %+v, pending %+v; want nothing", st.want, st.pending)
+	}
+	if st := plan(v1.TierEventLevel, grant(expires.Add(-24*time.Hour)), nil); st.want == nil || st.want.Tier != consentv1.TierEventLevel ||
+		!st.want.At.Equal(start) || st.want.Until == nil || !st.want.Until.Equal(expires) {
+		t.Fatalf("recorded with another expiry: want %+v; want EventLevel from now until the spec's expiry %s", st.want, expires)
+	}
+	lapsed := grant(start.Add(-time.Hour))
+	if st := plan(v1.TierEventLevel, lapsed, nil); st.want == nil || !st.want.At.Equal(start) || st.want.Until == nil || len(st.pending) != 0 {
+		t.Fatalf("past its until, renewed: want %+v, pending %+v; want a grant from now, and no lapse to record", st.want, st.pending)
+	}
+	if st := plan(v1.TierCriticalOnly, lapsed, nil); st.want != nil || len(st.pending) != 1 || !st.pending[0].At.Equal(*lapsed[0].Until) {
+		t.Fatalf("past its until, expired: want %+v, pending %+v; want the expiry recorded at the until", st.want, st.pending)
+	}
+	if runnable := (&reconcileState{policy: trialPolicy(start, v1.TierEventLevel, lapsed), timeline: lapsed, ledgerKnown: true,
+		intent: v1.TierEventLevel}).runnableTier(start); runnable != v1.TierCriticalOnly {
+		t.Fatalf("past its until, nothing recorded: the collector may run %s, want CriticalOnly", runnable)
+	}
+	// The collector's configuration is narrowed at the until too.
+	running := consentv1.Timeline{{At: g, Tier: consentv1.TierEventLevel}}
+	if got := lowest(running, lapsed); got.TierAt(start) != consentv1.TierCriticalOnly || got.TierAt(g) != consentv1.TierEventLevel {
+		t.Fatalf("lowest with a record past its until: %+v", got)
 	}
 }

@@ -436,6 +436,11 @@ type ConsentChange struct {
 	// reason is a CamelCase reason for the change (e.g. Declared, TrialExpired, TermsOutdated).
 	// +kubebuilder:validation:MaxLength=64
 	Reason string `json:"reason"`
+	// until, on a change to EventLevel, is when that consent ends by itself: the basis's
+	// expiresAt as recorded with the grant. From then on the receiver holds the instance at
+	// CriticalOnly, with no change recorded at that moment and whether or not the operator runs.
+	// +optional
+	Until *metav1.Time `json:"until,omitempty"`
 	// recordedAt is when the receiver recorded the change in its consent ledger.
 	// +optional
 	RecordedAt *metav1.Time `json:"recordedAt,omitempty"`
@@ -557,6 +562,8 @@ type TelemetryPolicyStatus struct {
 	// force expires (spec.contract.expiresAt as the operator last acted on it). A basis extended
 	// or replaced only after it had expired still ends consent here: the lapse is recorded, and
 	// the renewal grants EventLevel again from when it is recorded, never back over the lapse.
+	// The receiver keeps the same expiry with the grant (consentHistory's until) and ends
+	// EventLevel there itself; this copy matters for records written without one.
 	// +optional
 	EventLevelExpiresAt *metav1.Time `json:"eventLevelExpiresAt,omitempty"`
 

@@ -40,6 +40,10 @@ func (in *CollectorSpec) DeepCopy() *CollectorSpec {
 func (in *ConsentChange) DeepCopyInto(out *ConsentChange) {
 	*out = *in
 	in.Time.DeepCopyInto(&out.Time)
+	if in.Until != nil {
+		in, out := &in.Until, &out.Until
+		*out = (*in).DeepCopy()
+	}
 	if in.RecordedAt != nil {
 		in, out := &in.RecordedAt, &out.RecordedAt
 		*out = (*in).DeepCopy()

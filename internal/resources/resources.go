@@ -143,8 +143,11 @@ func CollectorConfig(p *telemetryv1alpha1.TelemetryPolicy, tier telemetryv1alpha
 // configuration's hash, and so restart the collector, without changing what it may send. A
 // recorded transition is marked with its own time, the same whether it was written from the
 // receiver's record or from the copy in status (which keeps when it was recorded in seconds).
+// A trial's until is written out as the CriticalOnly transition it means (Effective): the
+// collector ends the window there with no one recording the expiry, and one that knows nothing
+// of until reads it right too.
 func collectorTimeline(t consentv1.Timeline) consentv1.Timeline {
-	t = t.Tail(collectorconfig.MaxConsentTransitions)
+	t = t.Effective().Tail(collectorconfig.MaxConsentTransitions)
 	out := make(consentv1.Timeline, len(t))
 	for i, tr := range t {
 		out[i] = consentv1.Transition{At: tr.At.UTC(), Tier: tr.Tier}

@@ -1100,10 +1100,6 @@ func TestATrialEndsAtItsUntilWithNoOneRecordingIt(t *testing.T) {
 	if err != nil || len(st.Timeline) != 1 || st.Timeline.CurrentAt(clk.Now()) != consentv1.TierCriticalOnly {
 		t.Fatalf("record after the expiry: %+v %v, want the grant alone, CriticalOnly in force", st.Timeline, err)
 	}
-	// CriticalOnly is in force already: recording the expiry appends nothing.
-	if st, err := record(consentv1.Transition{At: until, Tier: consentv1.TierCriticalOnly, Reason: consentv1.ReasonTrialExpired}, nil); err != nil || len(st.Timeline) != 1 {
-		t.Fatalf("recording the expiry: %+v %v", st.Timeline, err)
-	}
 	// A head with another expiry is stale.
 	other := hr(3)
 	if _, err := record(consentv1.Transition{At: clk.Now(), Tier: consentv1.TierOff},
@@ -1113,6 +1109,13 @@ func TestATrialEndsAtItsUntilWithNoOneRecordingIt(t *testing.T) {
 	// An until is for EventLevel only.
 	if _, err := record(consentv1.Transition{At: clk.Now(), Tier: consentv1.TierOff, Until: &other}, nil); !errors.Is(err, store.ErrInvalid) {
 		t.Fatalf("until on Off: %v, want invalid", err)
+	}
+	// An operator that notices the expiry late records it, at the expiry, once.
+	for range 2 {
+		st, err := record(consentv1.Transition{At: clk.Now(), Tier: consentv1.TierCriticalOnly, Reason: "Declared"}, nil)
+		if last := st.Timeline[len(st.Timeline)-1]; err != nil || len(st.Timeline) != 2 || !last.At.Equal(until) || last.Reason != consentv1.ReasonTrialExpired {
+			t.Fatalf("recording the expiry: %+v %v, want CriticalOnly at the expiry", st.Timeline, err)
+		}
 	}
 	// Renewed later: a new grant from now, never reopening the lapsed period.
 	renewed := hr(30)

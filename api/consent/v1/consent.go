@@ -280,6 +280,7 @@ func (t Timeline) windows(inside func(Tier) bool) []Window {
 // Validate checks a timeline read from outside (a configuration file, a response): known tiers,
 // times in order, bounded reasons.
 func (t Timeline) Validate() error {
+	var prev time.Time
 	for i, tr := range t {
 		if !tr.Tier.Valid() {
 			return fmt.Errorf("transition %d: tier %q is not one of EventLevel, CriticalOnly, Off", i, tr.Tier)
@@ -287,9 +288,10 @@ func (t Timeline) Validate() error {
 		if tr.At.IsZero() {
 			return fmt.Errorf("transition %d: at is required", i)
 		}
-		if i > 0 && tr.At.Before(t[i-1].At) {
+		if i > 0 && tr.At.Before(prev) {
 			return fmt.Errorf("transition %d: at %s is before the previous transition", i, tr.At.UTC().Format(time.RFC3339Nano))
 		}
+		prev = tr.At
 		if len(tr.Reason) > MaxReasonLen || len(tr.Basis) > MaxReasonLen {
 			return fmt.Errorf("transition %d: reason and basis are at most %d characters", i, MaxReasonLen)
 		}
@@ -339,9 +341,9 @@ var ErrFuture = errors.New("a transition that raises consent may not be dated in
 //   - times are whole seconds: a withdrawal rounded down, a grant rounded up, an Until down.
 //
 // The tier in force is judged at now: an EventLevel transition whose Until has come is
-// CriticalOnly in force, so EventLevel again is a new grant, dated now, and CriticalOnly is in
-// force already unless dated before the Until (a withdrawal recorded late: it ends EventLevel
-// earlier). EventLevel while
+// CriticalOnly in force, so EventLevel again is a new grant, dated now. CriticalOnly then is
+// recorded at the Until (reason TrialExpired), or earlier when dated before it (a withdrawal
+// recorded late): the record shows the expiry, though it never depended on anyone recording it. EventLevel while
 // EventLevel is in force with another Until (a trial extended, shortened, or made a contract
 // without expiry) is appended as a renewal, dated as a grant.
 func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
@@ -371,9 +373,12 @@ func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 				return Transition{}, false, nil
 			}
 			renewal = true
-		case last.Tier == TierEventLevel && last.Until != nil && tr.At.Before(*last.Until) && tr.At.Before(now):
-			// CriticalOnly since an Until that passed, but withdrawn before it: recorded,
-			// ending EventLevel at the withdrawal.
+		case tr.Tier == TierCriticalOnly && last.Tier == TierEventLevel && last.Until != nil:
+			// CriticalOnly since an Until that passed: recorded all the same, at the Until
+			// (the expiry, for the record's readers) or earlier when withdrawn before it.
+			if tr.At.After(*last.Until) {
+				tr.At, tr.Reason = *last.Until, ReasonTrialExpired
+			}
 			current = TierEventLevel
 		default:
 			return Transition{}, false, nil
