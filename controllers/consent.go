@@ -563,9 +563,9 @@ func lapsedExpiry(p *v1.TelemetryPolicy, recorded consentv1.Timeline, now time.T
 	if e == nil || n == 0 || recorded.Current() != consentv1.TierEventLevel || e.After(now) || e.Time.Before(recorded[n-1].At) {
 		return consentv1.Transition{}, false
 	}
-	if recorded[n-1].Until != nil {
-		// Recorded with its expiry (an operator that sends until, a receiver that keeps it):
-		// the receiver ended EventLevel there itself.
+	if u := recorded[n-1].Until; u != nil && !u.After(e.Time) {
+		// Recorded with this expiry or an earlier one: the receiver ended EventLevel there
+		// itself. (A later one is a shortening the receiver never recorded: the lapse is.)
 		return consentv1.Transition{}, false
 	}
 	basis := recorded[n-1].Basis
@@ -1348,7 +1348,8 @@ func (r *TelemetryPolicyReconciler) addUID(ctx context.Context, st *reconcileSta
 	last := st.timeline[len(st.timeline)-1]
 	tr := consentv1.Transition{At: last.At, Tier: last.Tier, Reason: last.Reason, Basis: last.Basis, Until: last.Until}
 	if st.timeline.CurrentAt(r.Clock.Now()) != last.Tier {
-		// A trial past its until: CriticalOnly is in force, which appends nothing either.
+		// A trial past its until: CriticalOnly is in force, and asking for it records the
+		// expiry at the until (which the plan would have asked for anyway).
 		tr = consentv1.Transition{At: *last.Until, Tier: consentv1.TierCriticalOnly, Reason: v1.ReasonTrialExpired, Basis: last.Basis}
 	}
 	state, err := r.Ledger.Record(ctx, r.recordRequest(st, tr))

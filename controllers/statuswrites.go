@@ -177,6 +177,11 @@ func lowerings(timeline, pending consentv1.Timeline) consentv1.Timeline {
 	var out consentv1.Timeline
 	cur := timeline.Current()
 	for _, tr := range pending {
+		if tr.Tier == consentv1.TierEventLevel {
+			// Never a withdrawal: written into status.pendingConsentChanges by hand, it would
+			// be recorded as an instance's first grant, dated in the past.
+			continue
+		}
 		if len(timeline) > 0 || len(out) > 0 {
 			if tr.Tier.Rank() >= cur.Rank() {
 				continue

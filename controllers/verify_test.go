@@ -1034,9 +1034,38 @@ func TestPlanFollowsTheRecordedUntil(t *testing.T) {
 		intent: v1.TierEventLevel}).runnableTier(start); runnable != v1.TierCriticalOnly {
 		t.Fatalf("past its until, nothing recorded: the collector may run %s, want CriticalOnly", runnable)
 	}
+	// A shortening the receiver never recorded (its until is later than the expiry the
+	// operator acted on), the operator down across that expiry, the trial extended since: the
+	// lapse is recorded from the operator's own memory.
+	e := start.Add(-2 * time.Hour)
+	later := grant(start.Add(5 * 24 * time.Hour))
+	p := trialPolicy(start, v1.TierEventLevel, later)
+	p.Generation = 2
+	mem := metav1.NewTime(e)
+	p.Status.EventLevelExpiresAt = &mem
+	st := &reconcileState{policy: p, mutate: true, timeline: later, ledgerKnown: true, intent: v1.TierEventLevel}
+	r.plan(st)
+	if len(st.pending) != 1 || !st.pending[0].At.Equal(e) || st.pending[0].Tier != consentv1.TierCriticalOnly || st.want == nil {
+		t.Fatalf("an unrecorded shortening that lapsed: pending %+v, want %+v; want CriticalOnly at %s, then the renewal", st.pending, st.want, e)
+	}
 	// The collector's configuration is narrowed at the until too.
 	running := consentv1.Timeline{{At: g, Tier: consentv1.TierEventLevel}}
 	if got := lowest(running, lapsed); got.TierAt(start) != consentv1.TierCriticalOnly || got.TierAt(g) != consentv1.TierEventLevel {
 		t.Fatalf("lowest with a record past its until: %+v", got)
+	}
+}
+
+// TestAPendingGrantIsNeverRecorded: status.pendingConsentChanges holds withdrawals; an
+// EventLevel entry written there by a status writer, for an instance with no record yet, would
+// be recorded as its first grant, dated in the past.
+func TestAPendingGrantIsNeverRecorded(t *testing.T) {
+	past := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+	hostile := consentv1.Timeline{{At: past, Tier: consentv1.TierEventLevel, Reason: "Declared"}}
+	if kept := lowerings(nil, hostile); len(kept) != 0 {
+		t.Fatalf("a pending EventLevel on an empty record was kept: %+v", kept)
+	}
+	withdrawal := consentv1.Timeline{{At: past, Tier: consentv1.TierOff, Reason: "Declared"}}
+	if kept := lowerings(nil, append(hostile, withdrawal...)); len(kept) != 1 || kept[0].Tier != consentv1.TierOff {
+		t.Fatalf("the withdrawal after it: %+v, want it alone", kept)
 	}
 }

@@ -372,7 +372,7 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 				timeline = append(timeline, closedBy.tr)
 			}
 		}
-		tr, ok, err := consentv1.Next(timeline, req.Transition, now)
+		tr, ok, err := consentv1.Next(timeline, keepUntil(timeline, req, now), now)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
@@ -443,6 +443,20 @@ func appendTransition(ctx context.Context, tx pgx.Tx, instance string, timeline 
 		eventsRemoved = tag.RowsAffected()
 		if _, err := tx.Exec(ctx, `SELECT forget_report_rollups($1, $2, NULL)`, instance, *cut); err != nil {
 			return tr, 0, 0, err
+		}
+	}
+	if n := len(timeline); n > 0 {
+		// The lapse of a trial before tr: nothing dated in it was consented (a receiver older
+		// than until, serving the same database, may have stored some).
+		if last := timeline[n-1]; last.Tier == consentv1.TierEventLevel && last.Until != nil && last.Until.Before(tr.At) {
+			tag, err := tx.Exec(ctx, `DELETE FROM events WHERE instance_id = $1 AND ts >= $2 AND ts < $3`, instance, *last.Until, tr.At)
+			if err != nil {
+				return tr, 0, 0, err
+			}
+			eventsRemoved += tag.RowsAffected()
+			if _, err := tx.Exec(ctx, `SELECT forget_report_rollups($1, $2, $3)`, instance, *last.Until, tr.At); err != nil {
+				return tr, 0, 0, err
+			}
 		}
 	}
 	if tr.Tier == consentv1.TierOff {
@@ -1100,6 +1114,21 @@ WHERE $1 = '' OR instance_id = $1 ORDER BY requested_at, instance_id, request_id
 		out = append(out, r)
 	}
 	return out, rows.Err()
+}
+
+// keepUntil is req's transition, with the record's until when req asks for EventLevel in force
+// without one and does not show it knows the record's (its expected head carries none): a
+// requester older than until (an operator rolled back, a script) renews nothing and never
+// removes a trial's expiry. One that knows it removes it by naming it in the expected head.
+func keepUntil(timeline consentv1.Timeline, req consentv1.RecordRequest, now time.Time) consentv1.Transition {
+	tr := req.Transition
+	n := len(timeline)
+	if n == 0 || tr.Tier != consentv1.TierEventLevel || tr.Until != nil || timeline[n-1].Until == nil ||
+		timeline.CurrentAt(now) != consentv1.TierEventLevel || req.ExpectedHead != nil && req.ExpectedHead.Until != nil {
+		return tr
+	}
+	tr.Until = timeline[n-1].Until
+	return tr
 }
 
 // loadTimeline returns the instance's transitions, oldest first, with when each was recorded.

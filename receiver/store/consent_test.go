@@ -1137,3 +1137,50 @@ func TestATrialEndsAtItsUntilWithNoOneRecordingIt(t *testing.T) {
 		t.Fatalf("stored timestamps %v, want %v: only what a trial in force covered", got, want)
 	}
 }
+
+// TestALapseAndAnUntilHoldAgainstOlderPeers: a requester that knows nothing of until (an
+// operator rolled back) never removes a trial's expiry by asking for EventLevel again, and a
+// grant after a lapse deletes what a receiver older than until stored in it.
+func TestALapseAndAnUntilHoldAgainstOlderPeers(t *testing.T) {
+	ctx := context.Background()
+	r, clk := startWithClock(t)
+	hr := func(n float64) time.Time { return T.Add(time.Duration(n * float64(time.Hour))) }
+	record := func(instance string, tr consentv1.Transition, head *consentv1.Transition) consentv1.State {
+		t.Helper()
+		st, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: instance, Owner: owner, Transition: tr, ExpectedHead: head})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	until := hr(10)
+	grant := record("older", consentv1.Transition{At: hr(-1), Tier: consentv1.TierEventLevel, Until: &until}, nil).Timeline[0]
+	for _, head := range []*consentv1.Transition{nil, {At: grant.At, Tier: grant.Tier}} {
+		if st := record("older", consentv1.Transition{At: clk.Now(), Tier: consentv1.TierEventLevel}, head); len(st.Timeline) != 1 || st.Timeline.TierAt(until) != consentv1.TierCriticalOnly {
+			t.Fatalf("EventLevel without until from a requester that does not name the record's (head %+v): %+v, want nothing changed", head, st.Timeline)
+		}
+	}
+	st := record("older", consentv1.Transition{At: clk.Now(), Tier: consentv1.TierEventLevel}, &consentv1.Transition{At: grant.At, Tier: grant.Tier, Until: &until})
+	if len(st.Timeline) != 2 || st.Timeline[1].Until != nil || st.Timeline.TierAt(hr(100)) != consentv1.TierEventLevel {
+		t.Fatalf("the trial made a contract by a requester that names its until: %+v, want a renewal without expiry", st.Timeline)
+	}
+
+	short := hr(2)
+	record("lapsed", consentv1.Transition{At: hr(-1), Tier: consentv1.TierEventLevel, Until: &short}, nil)
+	if _, err := r.Store.InsertEvents(ctx, "lapsed", &batchv1.Batch{InstanceID: "lapsed", BatchID: "lapsed-e-1", Kind: batchv1.KindEvents, Tier: "EventLevel", Cursor: 1,
+		Events: []batchv1.Event{{ID: "1", Name: "SearchSubmitted", Timestamp: hr(0), UserID: "0123456789abcdef0123456789abcdef"}}}); err != nil {
+		t.Fatal(err)
+	}
+	clk.SetTime(hr(5))
+	// Stored in the lapse by a receiver that reads no until.
+	if _, err := r.DB.Exec(ctx, `INSERT INTO events (instance_id, event_id, name, ts, user_id) VALUES ('lapsed', 2, 'SearchSubmitted', $1, 'x')`, hr(3)); err != nil {
+		t.Fatal(err)
+	}
+	renewed := hr(40)
+	if st := record("lapsed", consentv1.Transition{At: clk.Now(), Tier: consentv1.TierEventLevel, Until: &renewed}, nil); st.EventsRemoved != 1 {
+		t.Fatalf("a grant after the lapse removed %d events, want the one stored in it", st.EventsRemoved)
+	}
+	if got, want := storedTimestamps(t, r, "lapsed"), []time.Time{hr(0)}; !slices.EqualFunc(got, want, time.Time.Equal) {
+		t.Fatalf("stored timestamps %v, want %v", got, want)
+	}
+}

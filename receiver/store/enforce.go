@@ -86,13 +86,19 @@ func (p *policy) keepEvent(ts time.Time, id string) bool {
 
 // keepAggregate reports whether a cell for UTC day may be stored: a day the ledger lets publish
 // (CriticalOnly in force during part of it, EventLevel during none: consentv1.AggregateDays) and
-// no range erased with scope All overlaps.
-func (p *policy) keepAggregate(day string) bool {
+// no range erased with scope All overlaps, and one that has ended by now, as the server checks
+// before (DayNotClosed): a cell of a day to come counts what no ledger has judged yet (a renewal
+// may yet make it EventLevel, and its cells could be differenced against the events stored one
+// by one), so the store refuses it too, whoever calls it.
+func (p *policy) keepAggregate(day string, now time.Time) bool {
 	d, err := time.Parse(time.DateOnly, day)
 	if err != nil {
 		return false // the decoder admits only dates; fail closed all the same
 	}
 	end := d.AddDate(0, 0, 1)
+	if end.After(now) {
+		return false
+	}
 	for _, w := range p.aggregateTombstones {
 		if w.Overlaps(d, end) {
 			return false

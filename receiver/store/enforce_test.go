@@ -96,9 +96,20 @@ func TestKeepAggregate(t *testing.T) {
 		{"2027-06-01", false},
 		{"2026-02-30", false}, // not a date: fail closed
 	} {
-		if got := p.keepAggregate(c.day); got != c.want {
+		if got := p.keepAggregate(c.day, at(400, 0)); got != c.want {
 			t.Errorf("keepAggregate(%s) = %v, want %v", c.day, got, c.want)
 		}
+	}
+	// A day that has not ended is refused, however the ledger stands: CriticalOnly now, a
+	// renewal may yet make it EventLevel.
+	now := at(7, 12)
+	for day, want := range map[string]bool{"2026-11-07": true, "2026-11-08": false, "2026-11-09": false} {
+		if got := p.keepAggregate(day, now); got != want {
+			t.Errorf("at %s, keepAggregate(%s) = %v, want %v", now, day, got, want)
+		}
+	}
+	if !p.keepAggregate("2026-11-08", at(8, 0).Add(time.Minute)) || p.keepAggregate("2026-11-08", at(8, 0).Add(-time.Minute)) {
+		t.Error("a day is kept from its end on, not before")
 	}
 }
 

@@ -547,7 +547,7 @@ func (s *Store) PublishAggregates(ctx context.Context, instance string, b *batch
 		days, metrics, dims := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
 		values, users := make([]int64, 0, n), make([]int64, 0, n)
 		for _, a := range b.Aggregates {
-			if !p.keepAggregate(a.Day) {
+			if !p.keepAggregate(a.Day, receivedAt) {
 				res.Refused++
 				continue
 			}

@@ -343,9 +343,10 @@ var ErrFuture = errors.New("a transition that raises consent may not be dated in
 // The tier in force is judged at now: an EventLevel transition whose Until has come is
 // CriticalOnly in force, so EventLevel again is a new grant, dated now. CriticalOnly then is
 // recorded at the Until (reason TrialExpired), or earlier when dated before it (a withdrawal
-// recorded late): the record shows the expiry, though it never depended on anyone recording it. EventLevel while
-// EventLevel is in force with another Until (a trial extended, shortened, or made a contract
-// without expiry) is appended as a renewal, dated as a grant.
+// recorded late): the record shows the expiry, though it never depended on anyone recording
+// it. EventLevel while EventLevel is in force with another Until (a trial extended, shortened,
+// or made a contract without expiry) is appended as a renewal, dated at the request or now,
+// whichever is earlier, rounded down (EventLevel is in force on both sides of it).
 func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 	if !tr.Tier.Valid() {
 		return Transition{}, false, fmt.Errorf("tier %q is not one of EventLevel, CriticalOnly, Off", tr.Tier)
@@ -384,7 +385,25 @@ func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 			return Transition{}, false, nil
 		}
 	}
-	raising := renewal || tr.Tier.Rank() > current.Rank()
+	if renewal {
+		// EventLevel is in force on both sides of a renewal: it is dated at the request or
+		// now, whichever is earlier, rounded down, never before the last transition. (A
+		// renewal dated ahead would push a withdrawal that follows it to its time, keeping
+		// the window open until then.)
+		if tr.At.After(now) {
+			tr.At = now
+		}
+		if last := t[len(t)-1].At; tr.At.Before(last) {
+			tr.At = last
+		}
+		tr.At = tr.At.Truncate(time.Second).UTC()
+		tr.RecordedAt = nil
+		if tr.Until != nil && !tr.Until.After(tr.At) {
+			return Transition{}, false, fmt.Errorf("until %s is not after the transition's time %s", tr.Until.Format(time.RFC3339), tr.At.Format(time.RFC3339))
+		}
+		return tr, true, nil
+	}
+	raising := tr.Tier.Rank() > current.Rank()
 	if raising && tr.At.After(now.Add(MaxClockSkew)) {
 		return Transition{}, false, ErrFuture
 	}
