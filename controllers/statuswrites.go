@@ -177,9 +177,12 @@ func lowerings(timeline, pending consentv1.Timeline) consentv1.Timeline {
 	var out consentv1.Timeline
 	cur := timeline.Current()
 	for _, tr := range pending {
-		if tr.Tier == consentv1.TierEventLevel {
-			// Never a withdrawal: written into status.pendingConsentChanges by hand, it would
-			// be recorded as an instance's first grant, dated in the past.
+		if tr.Tier == consentv1.TierEventLevel || len(timeline) == 0 && len(out) == 0 && tr.Tier != consentv1.TierOff {
+			// Never a withdrawal: EventLevel, or a first record above Off, from status (written
+			// there by hand, or a copy of a record the receiver lost whole) would be recorded as
+			// the instance's first grant, dated in the past. The plan records the declared tier
+			// by the first-grant rules instead; failing closed, a lost record's CriticalOnly past
+			// stays Off.
 			continue
 		}
 		if len(timeline) > 0 || len(out) > 0 {

@@ -193,7 +193,7 @@ func TestLowerings(t *testing.T) {
 		{"a raise after Off is dropped", history, tl(off, co), []consentv1.Tier{off}},
 		{"Off twice keeps the first", history, tl(off, off), []consentv1.Tier{off}},
 		{"EventLevel over EventLevel is no withdrawal", history, tl(el, co), []consentv1.Tier{co}},
-		{"no history: the first stands", nil, tl(co, el, off), []consentv1.Tier{co, off}},
+		{"no history: only Off stands first (a first record above Off is a grant)", nil, tl(co, el, off), []consentv1.Tier{off}},
 	} {
 		if got := tiers(lowerings(c.history, c.pending)); !slices.Equal(got, c.expected) {
 			t.Errorf("%s: got %v, want %v", c.name, got, c.expected)
@@ -1064,8 +1064,15 @@ func TestAPendingGrantIsNeverRecorded(t *testing.T) {
 	if kept := lowerings(nil, hostile); len(kept) != 0 {
 		t.Fatalf("a pending EventLevel on an empty record was kept: %+v", kept)
 	}
+	if kept := lowerings(nil, consentv1.Timeline{{At: past, Tier: consentv1.TierCriticalOnly, Reason: "Declared"}}); len(kept) != 0 {
+		t.Fatalf("a pending CriticalOnly on an empty record was kept: %+v (recorded first, it would open the past to aggregates)", kept)
+	}
 	withdrawal := consentv1.Timeline{{At: past, Tier: consentv1.TierOff, Reason: "Declared"}}
 	if kept := lowerings(nil, append(hostile, withdrawal...)); len(kept) != 1 || kept[0].Tier != consentv1.TierOff {
 		t.Fatalf("the withdrawal after it: %+v, want it alone", kept)
+	}
+	recorded := consentv1.Timeline{{At: past, Tier: consentv1.TierEventLevel, RecordedAt: &past}}
+	if kept := lowerings(recorded, consentv1.Timeline{{At: past.Add(time.Hour), Tier: consentv1.TierCriticalOnly}}); len(kept) != 1 {
+		t.Fatalf("a withdrawal to CriticalOnly on a record: %+v, want it kept", kept)
 	}
 }

@@ -372,7 +372,7 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 				timeline = append(timeline, closedBy.tr)
 			}
 		}
-		tr, ok, err := consentv1.Next(timeline, keepUntil(timeline, req, now), now)
+		tr, ok, err := consentv1.Next(timeline, keepUntil(timeline, req), now)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
@@ -1116,15 +1116,17 @@ WHERE $1 = '' OR instance_id = $1 ORDER BY requested_at, instance_id, request_id
 	return out, rows.Err()
 }
 
-// keepUntil is req's transition, with the record's until when req asks for EventLevel in force
-// without one and does not show it knows the record's (its expected head carries none): a
-// requester older than until (an operator rolled back, a script) renews nothing and never
-// removes a trial's expiry. One that knows it removes it by naming it in the expected head.
-func keepUntil(timeline consentv1.Timeline, req consentv1.RecordRequest, now time.Time) consentv1.Transition {
+// keepUntil is req's transition, with the record's until when req asks for EventLevel without
+// one over an EventLevel that has one, and does not show it knows it (its expected head carries
+// none): a requester older than until (an operator rolled back, a script) renews nothing and
+// never removes a trial's expiry; after the expiry its grant is refused (the until has passed),
+// never taken as one without expiry. One that knows it removes it by naming it in the expected
+// head.
+func keepUntil(timeline consentv1.Timeline, req consentv1.RecordRequest) consentv1.Transition {
 	tr := req.Transition
 	n := len(timeline)
-	if n == 0 || tr.Tier != consentv1.TierEventLevel || tr.Until != nil || timeline[n-1].Until == nil ||
-		timeline.CurrentAt(now) != consentv1.TierEventLevel || req.ExpectedHead != nil && req.ExpectedHead.Until != nil {
+	if n == 0 || tr.Tier != consentv1.TierEventLevel || tr.Until != nil || timeline[n-1].Tier != consentv1.TierEventLevel ||
+		timeline[n-1].Until == nil || req.ExpectedHead != nil && req.ExpectedHead.Until != nil {
 		return tr
 	}
 	tr.Until = timeline[n-1].Until

@@ -1176,6 +1176,12 @@ func TestALapseAndAnUntilHoldAgainstOlderPeers(t *testing.T) {
 	if _, err := r.DB.Exec(ctx, `INSERT INTO events (instance_id, event_id, name, ts, user_id) VALUES ('lapsed', 2, 'SearchSubmitted', $1, 'x')`, hr(3)); err != nil {
 		t.Fatal(err)
 	}
+	// A requester that knows nothing of until asks for EventLevel after the lapse: refused (its
+	// grant would carry the passed until), never taken as a grant without expiry.
+	if _, err := r.Store.RecordTransition(ctx, "c1", consentv1.RecordRequest{InstanceID: "lapsed", Owner: owner,
+		Transition: consentv1.Transition{At: clk.Now(), Tier: consentv1.TierEventLevel}}); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("EventLevel without until after the lapse, from a requester that does not name it: %v, want invalid", err)
+	}
 	renewed := hr(40)
 	if st := record("lapsed", consentv1.Transition{At: clk.Now(), Tier: consentv1.TierEventLevel, Until: &renewed}, nil); st.EventsRemoved != 1 {
 		t.Fatalf("a grant after the lapse removed %d events, want the one stored in it", st.EventsRemoved)

@@ -345,8 +345,8 @@ var ErrFuture = errors.New("a transition that raises consent may not be dated in
 // recorded at the Until (reason TrialExpired), or earlier when dated before it (a withdrawal
 // recorded late): the record shows the expiry, though it never depended on anyone recording
 // it. EventLevel while EventLevel is in force with another Until (a trial extended, shortened,
-// or made a contract without expiry) is appended as a renewal, dated at the request or now,
-// whichever is earlier, rounded down (EventLevel is in force on both sides of it).
+// or made a contract without expiry) is appended as a renewal, dated at the transition it
+// renews (EventLevel was in force from then to now either way).
 func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 	if !tr.Tier.Valid() {
 		return Transition{}, false, fmt.Errorf("tier %q is not one of EventLevel, CriticalOnly, Off", tr.Tier)
@@ -386,17 +386,12 @@ func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 		}
 	}
 	if renewal {
-		// EventLevel is in force on both sides of a renewal: it is dated at the request or
-		// now, whichever is earlier, rounded down, never before the last transition. (A
-		// renewal dated ahead would push a withdrawal that follows it to its time, keeping
-		// the window open until then.)
-		if tr.At.After(now) {
-			tr.At = now
-		}
-		if last := t[len(t)-1].At; tr.At.Before(last) {
-			tr.At = last
-		}
-		tr.At = tr.At.Truncate(time.Second).UTC()
+		// Dated at the transition it renews: EventLevel is in force from then to now either
+		// way (its until has not come), so an extension widens only what is to come and a
+		// shortening only narrows. Dated any later, it would push a withdrawal written
+		// before it was recorded (by a reconcile that planned it from an older spec) to its
+		// time, keeping the window open until then. (The later of two at one instant wins.)
+		tr.At = t[len(t)-1].At.UTC()
 		tr.RecordedAt = nil
 		if tr.Until != nil && !tr.Until.After(tr.At) {
 			return Transition{}, false, fmt.Errorf("until %s is not after the transition's time %s", tr.Until.Format(time.RFC3339), tr.At.Format(time.RFC3339))

@@ -387,18 +387,14 @@ func TestNextWithUntil(t *testing.T) {
 		wantErr   bool
 	}{
 		{name: "the same trial again: nothing to add", t: trial, tr: Transition{At: h(10), Tier: TierEventLevel, Until: ptr(h(200))}},
-		{name: "a trial extended is a renewal, dated at the request (EventLevel on both sides)", t: trial,
-			tr: Transition{At: h(60), Tier: TierEventLevel, Until: ptr(h(300))}, wantAt: h(60), wantUntil: ptr(h(300)), wantAdd: true},
-		{name: "a renewal dated before the last transition is dated at it", t: trial,
-			tr: Transition{At: h(1), Tier: TierEventLevel, Until: ptr(h(300))}, wantAt: h(10), wantUntil: ptr(h(300)), wantAdd: true},
-		{name: "a renewal dated ahead (clock skew) is dated now, never later", t: trial,
-			tr: Transition{At: now.Add(4 * time.Minute), Tier: TierEventLevel, Until: ptr(h(300))}, wantAt: now, wantUntil: ptr(h(300)), wantAdd: true},
-		{name: "a renewal's fraction of a second is rounded down", t: trial,
-			tr: Transition{At: h(60).Add(300 * time.Millisecond), Tier: TierEventLevel, Until: ptr(h(300))}, wantAt: h(60), wantUntil: ptr(h(300)), wantAdd: true},
+		{name: "a trial extended is a renewal, dated at the transition it renews", t: trial,
+			tr: Transition{At: h(60), Tier: TierEventLevel, Until: ptr(h(300))}, wantAt: h(10), wantUntil: ptr(h(300)), wantAdd: true},
+		{name: "a renewal dated ahead (clock skew) is dated at the transition it renews too", t: trial,
+			tr: Transition{At: now.Add(4 * time.Minute), Tier: TierEventLevel, Until: ptr(h(300))}, wantAt: h(10), wantUntil: ptr(h(300)), wantAdd: true},
 		{name: "a trial shortened is a renewal", t: trial,
-			tr: Transition{At: now, Tier: TierEventLevel, Until: ptr(h(150))}, wantAt: now, wantUntil: ptr(h(150)), wantAdd: true},
+			tr: Transition{At: now, Tier: TierEventLevel, Until: ptr(h(150))}, wantAt: h(10), wantUntil: ptr(h(150)), wantAdd: true},
 		{name: "a trial made a contract without expiry", t: trial,
-			tr: Transition{At: now, Tier: TierEventLevel}, wantAt: now, wantAdd: true},
+			tr: Transition{At: now, Tier: TierEventLevel}, wantAt: h(10), wantAdd: true},
 		{name: "a trial renewed after its Until is a new grant from now", t: lapsed,
 			tr: Transition{At: h(10), Tier: TierEventLevel, Until: ptr(h(300))}, wantAt: now, wantUntil: ptr(h(300)), wantAdd: true},
 		{name: "CriticalOnly after the Until is recorded at the Until", t: lapsed, tr: Transition{At: h(70), Tier: TierCriticalOnly}, wantAt: h(50), wantAdd: true},
@@ -447,5 +443,28 @@ func TestValidateUntil(t *testing.T) {
 		if err := tl.Validate(); err == nil {
 			t.Errorf("Validate(%+v) = nil, want an error", tl)
 		}
+	}
+}
+
+// TestARenewalNeverHoldsAWithdrawalBack: a renewal recorded after a withdrawal was written (a
+// reconcile planned it from the spec before the withdrawal) leaves the withdrawal its own time.
+func TestARenewalNeverHoldsAWithdrawalBack(t *testing.T) {
+	trial := Timeline{{At: h(10), Tier: TierEventLevel, Until: ptr(h(200))}}
+	renewal, add, err := Next(trial, Transition{At: h(100).Add(30 * time.Second), Tier: TierEventLevel, Until: ptr(h(300))}, h(100).Add(31*time.Second))
+	if err != nil || !add {
+		t.Fatalf("renewal: %v %v", add, err)
+	}
+	tl := append(trial, renewal)
+	w := h(100) // the withdrawal, written before the renewal was recorded
+	withdrawal, add, err := Next(tl, Transition{At: w, Tier: TierCriticalOnly}, h(100).Add(time.Minute))
+	if err != nil || !add || !withdrawal.At.Equal(w) {
+		t.Fatalf("withdrawal after the renewal: %+v %v %v, want it at %s", withdrawal, add, err, w)
+	}
+	tl = append(tl, withdrawal)
+	if got := tl.TierAt(w.Add(10 * time.Second)); got != TierCriticalOnly {
+		t.Fatalf("tier just after the withdrawal: %s", got)
+	}
+	if err := tl.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }
