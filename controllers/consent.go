@@ -499,7 +499,7 @@ func (r *TelemetryPolicyReconciler) plan(st *reconcileState) {
 	until := untilOf(p, st.intent)
 	renewal := false
 	if len(local) > 0 && from == consentv1.Tier(st.intent) && !st.claim {
-		if from != consentv1.TierEventLevel || sameUntil(local[len(local)-1].Until, until) {
+		if from != consentv1.TierEventLevel || consentv1.SameTime(local[len(local)-1].Until, until) {
 			return
 		}
 		// EventLevel in force with another expiry than the spec's (a trial extended,
@@ -591,11 +591,6 @@ func untilOf(p *v1.TelemetryPolicy, tier v1.ConsentTier) *time.Time {
 	}
 	u := p.Spec.Contract.ExpiresAt.UTC().Truncate(time.Second)
 	return &u
-}
-
-// sameUntil reports whether two untils are both absent or the same instant.
-func sameUntil(a, b *time.Time) bool {
-	return consentv1.SameUntil(consentv1.Transition{Until: a}, consentv1.Transition{Until: b})
 }
 
 // eventLevelExpiry is status.eventLevelExpiresAt once this reconcile's transitions are known:

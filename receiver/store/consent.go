@@ -356,7 +356,7 @@ WHERE instance_id = $1`, instance, owner.Cluster, owner.Namespace, owner.Name, o
 			// (An Until is compared when the requester sends one: a requester older than
 			// Until knows nothing of it.)
 			if n := len(timeline); n == 0 || !timeline[n-1].At.Equal(h.At) || timeline[n-1].Tier != h.Tier ||
-				h.Until != nil && !consentv1.SameUntil(timeline[n-1], *h) {
+				h.Until != nil && !consentv1.SameTime(timeline[n-1].Until, h.Until) {
 				return ErrStale
 			}
 		}
@@ -924,7 +924,7 @@ func (s *Store) Erase(ctx context.Context, cluster string, req consentv1.Erasure
 			return err
 		}
 		if found {
-			if prior.Scope != req.Scope || !sameTime(prior.From, from) || toDefaulted != defaulted || (!defaulted && !prior.To.Equal(to)) {
+			if prior.Scope != req.Scope || !consentv1.SameTime(prior.From, from) || toDefaulted != defaulted || (!defaulted && !prior.To.Equal(to)) {
 				return fmt.Errorf("%w: request %q was for scope %s over another range", ErrRequestConflict, req.RequestID, prior.Scope)
 			}
 			if prior.VerifiedAt != nil {
@@ -998,13 +998,6 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
 		return consentv1.ErasureResult{}, unavailable(err)
 	}
 	return res, nil
-}
-
-func sameTime(a, b *time.Time) bool {
-	if a == nil || b == nil {
-		return a == nil && b == nil
-	}
-	return a.Equal(*b)
 }
 
 // The scope predicates, shared by the deletion and the verification so they cannot drift apart.

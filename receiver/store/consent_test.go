@@ -934,21 +934,7 @@ func TestAHandoverEndsTheConsentInForce(t *testing.T) {
 			if err != nil || res.Accepted != 1 || res.Refused != 3 {
 				t.Fatalf("events recorded between the release and the next claim: %+v %v, want 3 refused and 1 stored", res, err)
 			}
-			var ts []time.Time
-			rows, err := r.DB.Query(ctx, `SELECT ts FROM events WHERE instance_id = 'acme' ORDER BY ts`)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for rows.Next() {
-				var at time.Time
-				if err := rows.Scan(&at); err != nil {
-					t.Fatal(err)
-				}
-				ts = append(ts, at.UTC())
-			}
-			if err := rows.Err(); err != nil {
-				t.Fatal(err)
-			}
+			ts := storedTimestamps(t, r, "acme")
 			want := []time.Time{T.Add(-30 * time.Minute), T.Add(73 * time.Hour)}
 			if !slices.EqualFunc(ts, want, time.Time.Equal) {
 				t.Fatalf("stored timestamps %v, want %v: only what either owner's consent covered", ts, want)

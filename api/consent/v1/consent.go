@@ -370,7 +370,7 @@ func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 		last := t[len(t)-1]
 		switch {
 		case tr.Tier == TierEventLevel:
-			if sameTime(last.Until, tr.Until) {
+			if SameTime(last.Until, tr.Until) {
 				return Transition{}, false, nil
 			}
 			renewal = true
@@ -430,16 +430,14 @@ func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 	return tr, true, nil
 }
 
-// sameTime reports whether a and b are both absent or the same instant.
-func sameTime(a, b *time.Time) bool {
+// SameTime reports whether a and b are both absent or the same instant (an Until, an erasure's
+// range).
+func SameTime(a, b *time.Time) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
 	return a.Equal(*b)
 }
-
-// SameUntil reports whether two transitions end at the same Until (or both never).
-func SameUntil(a, b Transition) bool { return sameTime(a.Until, b.Until) }
 
 // Owner identifies who may write an instance's record: one policy of one cluster's operator.
 // The cluster comes from the operator's client certificate, never from a request body.

@@ -99,12 +99,7 @@ func TestWindowsAgreeWithTierAt(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2)) //nolint:gosec // test data
 	tiers := []Tier{TierOff, TierCriticalOnly, TierEventLevel}
 	for range 500 {
-		var tl Timeline
-		at := 0
-		for range r.IntN(8) {
-			at += r.IntN(3)
-			tl = append(tl, Transition{At: h(at), Tier: tiers[r.IntN(3)]})
-		}
+		tl, at := randomTimeline(r, false)
 		for _, minTier := range tiers[1:] {
 			ws := tl.Windows(minTier)
 			for probe := -1; probe <= at+2; probe++ {
@@ -276,6 +271,23 @@ func TestTheClosedSetsHoldWhatTheOperatorRecords(t *testing.T) {
 
 func ptr(t time.Time) *time.Time { return &t }
 
+// randomTimeline is up to 7 transitions a whole number of hours apart (ties included), with an
+// Until on half the EventLevel ones when untils is set; it returns the last transition's hour.
+func randomTimeline(r *rand.Rand, untils bool) (Timeline, int) {
+	tiers := []Tier{TierOff, TierCriticalOnly, TierEventLevel}
+	var tl Timeline
+	at := 0
+	for range r.IntN(8) {
+		at += r.IntN(3)
+		tr := Transition{At: h(at), Tier: tiers[r.IntN(3)]}
+		if untils && tr.Tier == TierEventLevel && r.IntN(2) == 0 {
+			tr.Until = ptr(h(at + 1 + r.IntN(4)))
+		}
+		tl = append(tl, tr)
+	}
+	return tl, at
+}
+
 // TestUntilEndsEventLevel: an EventLevel transition's Until ends the window by itself, with no
 // transition recorded at it.
 func TestUntilEndsEventLevel(t *testing.T) {
@@ -331,18 +343,8 @@ func TestUntilEndsEventLevel(t *testing.T) {
 // CriticalOnly if it is EventLevel whose Until is at or before ts.
 func TestUntilAgreesWithItsDefinition(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6)) //nolint:gosec // test data
-	tiers := []Tier{TierOff, TierCriticalOnly, TierEventLevel}
 	for range 500 {
-		var tl Timeline
-		at := 0
-		for range r.IntN(8) {
-			at += r.IntN(3)
-			tr := Transition{At: h(at), Tier: tiers[r.IntN(3)]}
-			if tr.Tier == TierEventLevel && r.IntN(2) == 0 {
-				tr.Until = ptr(h(at + 1 + r.IntN(4)))
-			}
-			tl = append(tl, tr)
-		}
+		tl, at := randomTimeline(r, true)
 		eff := tl.Effective()
 		for probe := -1; probe <= at+6; probe++ {
 			ts := h(probe).Add(30 * time.Minute * time.Duration(r.IntN(2)))
@@ -422,7 +424,7 @@ func TestNextWithUntil(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || add != tc.wantAdd || (add && (!got.At.Equal(tc.wantAt) || !sameTime(got.Until, tc.wantUntil))) {
+			if err != nil || add != tc.wantAdd || (add && (!got.At.Equal(tc.wantAt) || !SameTime(got.Until, tc.wantUntil))) {
 				t.Fatalf("Next = %+v, %v, %v; want at %s until %v, add %v", got, add, err, tc.wantAt, tc.wantUntil, tc.wantAdd)
 			}
 			if add {
