@@ -393,10 +393,12 @@ func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 		// time, keeping the window open until then. (The later of two at one instant wins.)
 		tr.At = t[len(t)-1].At.UTC()
 		tr.RecordedAt = nil
-		if tr.Until != nil && !tr.Until.After(tr.At) {
-			return Transition{}, false, fmt.Errorf("until %s is not after the transition's time %s", tr.Until.Format(time.RFC3339), tr.At.Format(time.RFC3339))
+		// (A shortening to a time already past would rewrite the past: refused; the expiry is
+		// recorded as such.)
+		if tr.Until != nil && !tr.Until.After(now) {
+			return Transition{}, false, fmt.Errorf("until %s has passed: a renewal never ends the window in the past", tr.Until.Format(time.RFC3339))
 		}
-		return tr, true, nil
+		return tr, true, nil // (after now, the until is after the renewal's time too)
 	}
 	raising := tr.Tier.Rank() > current.Rank()
 	if raising && tr.At.After(now.Add(MaxClockSkew)) {

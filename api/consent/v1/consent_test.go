@@ -395,6 +395,8 @@ func TestNextWithUntil(t *testing.T) {
 			tr: Transition{At: now.Add(4 * time.Minute), Tier: TierEventLevel, Until: ptr(h(300))}, wantAt: h(10), wantUntil: ptr(h(300)), wantAdd: true},
 		{name: "a trial shortened is a renewal", t: trial,
 			tr: Transition{At: now, Tier: TierEventLevel, Until: ptr(h(150))}, wantAt: h(10), wantUntil: ptr(h(150)), wantAdd: true},
+		{name: "a trial shortened to a time already past is refused (never rewriting the past)", t: trial,
+			tr: Transition{At: now, Tier: TierEventLevel, Until: ptr(h(50))}, wantErr: true},
 		{name: "a trial made a contract without expiry", t: trial,
 			tr: Transition{At: now, Tier: TierEventLevel}, wantAt: h(10), wantAdd: true},
 		{name: "a trial renewed after its Until is a new grant from now", t: lapsed,
