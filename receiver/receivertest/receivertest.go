@@ -15,6 +15,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"io"
@@ -251,13 +252,25 @@ func (r *Receiver) Grant(ctx context.Context, instance string, tier consentv1.Ti
 	return r.Record(ctx, instance, consentv1.Transition{At: at, Tier: tier, Reason: "Declared"})
 }
 
-// Record records tr for instance as Grant does, with all it carries (a trial's Until).
+// Record records tr for instance as Grant does, with all it carries (a trial's Until), as an
+// operator that has read the record back asks: naming the head it read, so that EventLevel
+// without Until over a trial is a contract that ends the trial's expiry (a requester that names
+// no head is taken to know nothing of Until, and keeps it).
 func (r *Receiver) Record(ctx context.Context, instance string, tr consentv1.Transition) error {
-	_, err := r.Store.RecordTransition(ctx, TestCluster, consentv1.RecordRequest{
+	req := consentv1.RecordRequest{
 		InstanceID: instance,
 		Owner:      consentv1.Owner{Namespace: instance, Name: instance, UID: TestPolicyUID},
 		Transition: tr,
-	})
+	}
+	st, err := r.Store.ConsentState(ctx, instance)
+	if err != nil && !errors.Is(err, store.ErrUnknownInstance) {
+		return err
+	}
+	if n := len(st.Timeline); n > 0 {
+		head := st.Timeline[n-1]
+		req.ExpectedHead = &head
+	}
+	_, err = r.Store.RecordTransition(ctx, TestCluster, req)
 	return err
 }
 
