@@ -468,9 +468,12 @@ type RecordRequest struct {
 	InstanceID string     `json:"instanceID"`
 	Owner      Owner      `json:"owner"`
 	Transition Transition `json:"transition"`
-	// ExpectedHead, when set, is the last transition the requester knows of (its at and tier):
-	// the receiver refuses the request (409 Stale) when its record has moved on, so a request
-	// computed from an outdated copy is never applied.
+	// ExpectedHead, when set, is the last transition the requester knows of (its at and tier,
+	// and its until when it has one): the receiver refuses the request (409 Stale) when its
+	// record has moved on, so a request computed from an outdated copy is never applied. An
+	// EventLevel transition without until over a trial ends the trial's expiry only when the
+	// expected head names that until; otherwise the receiver keeps the expiry, and refuses the
+	// request once the expiry has passed.
 	ExpectedHead *Transition `json:"expectedHead,omitempty"`
 }
 
