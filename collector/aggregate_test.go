@@ -317,7 +317,7 @@ func TestVersionCellsAreBoundedInTheDatabase(t *testing.T) {
 func TestAggregatesCountPeopleNotIDs(t *testing.T) {
 	today := time.Now().UTC().Truncate(24 * time.Hour)
 	d3, d2 := today.AddDate(0, 0, -3), today.AddDate(0, 0, -2)
-	off, back := d2.Add(time.Hour), d2.Add(4*time.Hour)
+	off, back := d3.Add(4*time.Hour), d3.Add(8*time.Hour) // (d3 is published by no one: partly Off)
 	in := newInstanceConsent(t, v1.TierCriticalOnly, 100, consentv1.Timeline{
 		{At: consentSince, Tier: consentv1.TierCriticalOnly}, {At: off, Tier: consentv1.TierOff}, {At: back, Tier: consentv1.TierCriticalOnly}})
 	hover := func(user int, anonymous string, at time.Time) {

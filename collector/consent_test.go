@@ -206,6 +206,52 @@ func TestAggregatesNeverCountOffPeriods(t *testing.T) {
 	}
 }
 
+// TestADayPartlyOffIsNeverPublished: the day of a withdrawal to Off, and the day consent came
+// back in the middle of, are published by no collector: an honest one leaves them out, and the
+// receiver refuses them from one whose configuration still says CriticalOnly throughout (its
+// cells count the Off hours: the receiver cannot tell), even after the later grant.
+func TestADayPartlyOffIsNeverPublished(t *testing.T) {
+	today := time.Now().UTC().Truncate(24 * time.Hour)
+	day := func(n int) time.Time { return today.AddDate(0, 0, n) }
+	tl := consentv1.Timeline{
+		{At: consentSince, Tier: consentv1.TierCriticalOnly},
+		{At: day(-5).Add(6 * time.Hour), Tier: consentv1.TierOff},
+		{At: day(-3).Add(18 * time.Hour), Tier: consentv1.TierCriticalOnly},
+	}
+	stale := consentv1.Timeline{{At: consentSince, Tier: consentv1.TierCriticalOnly}}
+	for _, tc := range []struct {
+		name   string
+		config consentv1.Timeline
+	}{{"an honest collector", tl}, {"a collector still configured CriticalOnly throughout", stale}} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := newInstanceConsent(t, v1.TierCriticalOnly, 100, tl)
+			cfg, err := collector.LoadConfig(in.config)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Consent = tc.config
+			in.writeConfig(*cfg)
+			for _, d := range []time.Time{day(-6), day(-5), day(-4), day(-3), day(-2)} {
+				for u := 1; u <= 6; u++ { // at noon: inside the Off hours of both partial days
+					in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, d.Add(12*time.Hour))
+				}
+			}
+			if _, err := in.pipeline().RunOnce(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			published := map[string]bool{}
+			for k := range publishedCells(t, in) {
+				published[k.day] = true
+			}
+			for n, want := range map[int]bool{-6: true, -5: false, -4: false, -3: false, -2: true} {
+				if d := day(n).Format(time.DateOnly); published[d] != want {
+					t.Errorf("cells of %s published: %v, want %v (%v)", d, published[d], want, published)
+				}
+			}
+		})
+	}
+}
+
 // TestAggregatesNeverCountEventLevelPeriods: after a downgrade from EventLevel, the receiver
 // holds the EventLevel part of the day event by event; a cell that also counted it would give the
 // CriticalOnly part away by difference. A day during part of which EventLevel was in force has no

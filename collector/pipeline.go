@@ -606,7 +606,7 @@ func (p *Pipeline) pendingAggregates(ctx context.Context) (pendingAggregateDays,
 	if err != nil {
 		return pendingAggregateDays{}, err
 	}
-	// A day that was EventLevel in part is not published (the receiver refuses it too).
+	// A day that was CriticalOnly only in part is not published (the receiver refuses it too).
 	cells = slices.DeleteFunc(cells, func(c batchv1.Aggregate) bool {
 		d, err := time.Parse(time.DateOnly, c.Day)
 		return err != nil || !days.Allow(d)

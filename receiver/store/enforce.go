@@ -85,7 +85,7 @@ func (p *policy) keepEvent(ts time.Time, id string) bool {
 }
 
 // keepAggregate reports whether a cell for UTC day may be stored: a day the ledger lets publish
-// (CriticalOnly in force during part of it, EventLevel during none: consentv1.AggregateDays) and
+// (CriticalOnly in force during all of it: consentv1.AggregateDays) and
 // no range erased with scope All overlaps, and one that has ended by now, as the server checks
 // before (DayNotClosed): a cell of a day to come counts what no ledger has judged yet (a renewal
 // may yet make it EventLevel, and its cells could be differenced against the events stored one

@@ -86,7 +86,7 @@ func TestKeepAggregate(t *testing.T) {
 		{"2026-11-01", false}, // EventLevel: its events are stored one by one
 		{"2026-11-03", false}, // EventLevel until noon, then CriticalOnly: cells could be differenced against the morning's events
 		{"2026-11-04", true},  // CriticalOnly
-		{"2026-11-05", true},  // Off from 06:00: the day was partly consented, and none of it EventLevel
+		{"2026-11-05", false}, // Off from 06:00: a cell may count the hours after the withdrawal, and it was deleted when it was recorded
 		{"2026-11-06", false}, // Off all day
 		{"2026-11-07", true},
 		{"2026-11-10", false}, // erased with scope All

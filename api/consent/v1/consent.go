@@ -195,6 +195,11 @@ func (w Window) Overlaps(from, to time.Time) bool {
 	return w.Start.Before(to) && (w.End == nil || w.End.After(from))
 }
 
+// Covers reports whether the window holds all of [from, to).
+func (w Window) Covers(from, to time.Time) bool {
+	return !w.Start.After(from) && (w.End == nil || !w.End.Before(to))
+}
+
 // Windows returns the maximal intervals in which the tier in force ranks at least min:
 // Windows(TierEventLevel) are the periods whose events may leave one by one.
 func (t Timeline) Windows(minTier Tier) []Window {
@@ -210,12 +215,15 @@ func (t Timeline) AggregateWindows() []Window {
 }
 
 // AggregateDays says which UTC days' aggregate cells may leave an instance and be stored: a
-// day during part of which CriticalOnly was in force, and EventLevel during none of it. Cells of
-// a day that mixed the two, even counting only its CriticalOnly part, are not published: the
-// receiver cannot tell what a cell counted, and cells that counted the EventLevel part too (a
-// stale or hostile collector) could be differenced against the events stored one by one.
+// day during all of which CriticalOnly was in force. Cells of a day that mixed it with another
+// tier, even counting only its CriticalOnly part, are not published, because the receiver cannot
+// tell what a cell counted: cells that counted an EventLevel part too (a stale or hostile
+// collector) could be differenced against the events stored one by one, and cells that counted
+// an Off part, or the hours before consent was first recorded, would publish what was never
+// consented (the day of a withdrawal to Off, whose cells the receiver deletes when it records
+// it, stays unpublishable after a later grant).
 type AggregateDays struct {
-	criticalOnly, eventLevel []Window
+	criticalOnly []Window
 }
 
 // Recorded is the part of the timeline the receiver has recorded: up to its last transition that
@@ -234,19 +242,15 @@ func (t Timeline) Recorded() Timeline {
 
 // AggregateDays returns the rule for the timeline.
 func (t Timeline) AggregateDays() AggregateDays {
-	return AggregateDays{criticalOnly: t.AggregateWindows(), eventLevel: t.Windows(TierEventLevel)}
+	return AggregateDays{criticalOnly: t.AggregateWindows()}
 }
 
-// Allow reports whether cells of the UTC day that begins at day may be published.
+// Allow reports whether cells of the UTC day that begins at day may be published: one
+// CriticalOnly window (they are maximal) covers the whole day.
 func (a AggregateDays) Allow(day time.Time) bool {
 	end := day.AddDate(0, 0, 1)
-	for _, w := range a.eventLevel {
-		if w.Overlaps(day, end) {
-			return false
-		}
-	}
 	for _, w := range a.criticalOnly {
-		if w.Overlaps(day, end) {
+		if w.Covers(day, end) {
 			return true
 		}
 	}
@@ -262,6 +266,11 @@ func (t Timeline) windows(inside func(Tier) bool) []Window {
 		switch {
 		case in && open == nil:
 			open = &Window{Start: tr.At}
+			if n := len(out); n > 0 && out[n-1].End.Equal(tr.At) {
+				// Left and entered again at the same instant: one window.
+				open = &Window{Start: out[n-1].Start}
+				out = out[:n-1]
+			}
 		case !in && open != nil:
 			end := tr.At
 			if end.After(open.Start) {

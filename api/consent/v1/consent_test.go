@@ -56,8 +56,8 @@ func TestTierAtAndWindows(t *testing.T) {
 	}
 }
 
-// TestAggregateDays: a day's cells may leave when CriticalOnly was in force during part of it
-// and EventLevel during none of it (an instant's EventLevel, at midnight, counts).
+// TestAggregateDays: a day's cells may leave only when CriticalOnly was in force during all of
+// it: not a day partly before the first record, partly Off or partly EventLevel.
 func TestAggregateDays(t *testing.T) {
 	day := func(n int) time.Time { return t0.AddDate(0, 0, n) }
 	tl := Timeline{
@@ -71,7 +71,7 @@ func TestAggregateDays(t *testing.T) {
 		{At: h(10*24 + 23), Tier: TierEventLevel}, // 11-11 23:00
 	}
 	days := tl.AggregateDays()
-	for n, want := range map[int]bool{-1: false, 0: true, 1: true, 2: false, 3: true, 4: true, 5: false, 6: false, 7: true, 8: true, 9: true, 10: false, 11: false} {
+	for n, want := range map[int]bool{-1: false, 0: false, 1: false, 2: false, 3: true, 4: true, 5: false, 6: false, 7: true, 8: true, 9: true, 10: false, 11: false} {
 		if got := days.Allow(day(n)); got != want {
 			t.Errorf("Allow(%s) = %v, want %v", day(n).Format(time.DateOnly), got, want)
 		}
@@ -470,5 +470,42 @@ func TestARenewalNeverHoldsAWithdrawalBack(t *testing.T) {
 	}
 	if err := tl.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestAggregateDaysAgreeWithTierAt holds Allow to its definition on random timelines: a day's
+// cells may leave exactly when TierAt is CriticalOnly at its start and at every instant in it
+// where the tier in force could change (a transition, or an Until).
+func TestAggregateDaysAgreeWithTierAt(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 11))
+	tiers := []Tier{TierOff, TierCriticalOnly, TierEventLevel}
+	quarter := func(n int) time.Time { return t0.Add(time.Duration(n) * 6 * time.Hour) }
+	for range 500 {
+		var tl Timeline
+		at := 0
+		for range r.IntN(8) {
+			at += r.IntN(7)
+			tr := Transition{At: quarter(at), Tier: tiers[r.IntN(3)]}
+			if tr.Tier == TierEventLevel && r.IntN(2) == 0 {
+				tr.Until = ptr(quarter(at + 1 + r.IntN(8)))
+			}
+			tl = append(tl, tr)
+		}
+		days := tl.AggregateDays()
+		for n := -1; n <= 16; n++ {
+			day := t0.AddDate(0, 0, n)
+			end := day.AddDate(0, 0, 1)
+			want := tl.TierAt(day) == TierCriticalOnly
+			for _, tr := range tl {
+				for _, c := range []*time.Time{&tr.At, tr.Until} {
+					if c != nil && c.After(day) && c.Before(end) && tl.TierAt(*c) != TierCriticalOnly {
+						want = false
+					}
+				}
+			}
+			if got := days.Allow(day); got != want {
+				t.Fatalf("Allow(%s) = %v, want %v on %+v", day.Format(time.DateOnly), got, want, tl)
+			}
+		}
 	}
 }
