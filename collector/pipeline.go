@@ -535,9 +535,10 @@ func (p *Pipeline) send(ctx context.Context, b *batchv1.Batch) (deliver.Outcome,
 // aggregateRound publishes the aggregates of each closed UTC day once: a day is sent when it
 // ended at least AggregateGrace ago (so rows committed late still count), whole in one batch, and
 // never again once acknowledged (two publications of a day could be differenced). Only events
-// recorded while the tier in force was exactly CriticalOnly are counted: an Off period never
-// is, and no day before the first such period is sent. A collector without saved progress starts
-// AggregateWindowDays back; the receiver keeps the first publication of a day and absorbs the rest.
+// recorded while the tier in force was exactly CriticalOnly are counted (an Off period never
+// is), and only days during all of which it was are sent (consentv1.AggregateDays). A collector
+// without saved progress starts AggregateWindowDays back; the receiver keeps the first
+// publication of a day and absorbs the rest.
 func (p *Pipeline) aggregateRound(ctx context.Context) error {
 	pending, err := p.pendingAggregates(ctx)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"math/rand/v2"
 	"path/filepath"
 	"testing"
 	"time"
@@ -231,4 +232,81 @@ func storeMigratedBefore(t *testing.T, prefix string) *Store {
 		}
 	}
 	return s
+}
+
+// TestMigrationDropsCellsOfDaysNotWhollyCriticalOnly: migration 0018 deletes exactly the stored
+// cells of days AggregateDays no longer allows (checked against it on random ledgers, with
+// ties, expiries and moves at midnight), and keeps their days claimed so they are never
+// published again.
+func TestMigrationDropsCellsOfDaysNotWhollyCriticalOnly(t *testing.T) {
+	ctx := context.Background()
+	s := storeMigratedBefore(t, "0018")
+	r := rand.New(rand.NewPCG(3, 5))
+	start := time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC)
+	quarter := func(n int) time.Time { return start.Add(time.Duration(n) * 6 * time.Hour) }
+	tiers := []consentv1.Tier{consentv1.TierOff, consentv1.TierCriticalOnly, consentv1.TierEventLevel}
+	ledgers := map[string]consentv1.Timeline{}
+	for i := range 60 {
+		instance := fmt.Sprintf("i%d", i)
+		var tl consentv1.Timeline
+		at := 0
+		for range r.IntN(7) {
+			at += r.IntN(6)
+			tr := consentv1.Transition{At: quarter(at), Tier: tiers[r.IntN(3)]}
+			if tr.Tier == consentv1.TierEventLevel && r.IntN(2) == 0 {
+				u := quarter(at + 1 + r.IntN(8))
+				tr.Until = &u
+			}
+			tl = append(tl, tr)
+		}
+		ledgers[instance] = tl
+		if _, err := s.pool.Exec(ctx, `INSERT INTO consent_instances (instance_id) VALUES ($1)`, instance); err != nil {
+			t.Fatal(err)
+		}
+		for seq, tr := range tl {
+			if _, err := s.pool.Exec(ctx, `INSERT INTO consent_transitions (instance_id, seq, at, tier, until, owner_cluster, owner_namespace, owner_name)
+VALUES ($1, $2, $3, $4, $5, 'c1', 'ns', 'p')`, instance, seq+1, tr.At, string(tr.Tier), tr.Until); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, sql := range []string{
+			`INSERT INTO aggregates (instance_id, day, metric, dimension, value, users, final, delivery)
+SELECT $1, d::date, 'event_count', 'hover', 7, 5, true, 1 FROM generate_series($2::date - 1, $2::date + 12, interval '1 day') d`,
+			`INSERT INTO aggregate_days (instance_id, day, delivery, published_at)
+SELECT $1, d::date, 1, now() FROM generate_series($2::date - 1, $2::date + 12, interval '1 day') d`,
+		} {
+			if _, err := s.pool.Exec(ctx, sql, instance, start); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kept, claimed := 0, 0
+	for instance, tl := range ledgers {
+		days := tl.AggregateDays()
+		for n := -1; n <= 12; n++ {
+			day := start.AddDate(0, 0, n)
+			var stored, claim bool
+			if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM aggregates WHERE instance_id = $1 AND day = $2::date),
+  EXISTS (SELECT 1 FROM aggregate_days WHERE instance_id = $1 AND day = $2::date)`, instance, day).Scan(&stored, &claim); err != nil {
+				t.Fatal(err)
+			}
+			if want := days.Allow(day); stored != want {
+				t.Errorf("%s %s: cell kept %v, want %v (ledger %+v)", instance, day.Format(time.DateOnly), stored, want, tl)
+			}
+			if !claim {
+				t.Errorf("%s %s: the day is no longer claimed", instance, day.Format(time.DateOnly))
+			}
+			if stored {
+				kept++
+			} else {
+				claimed++
+			}
+		}
+	}
+	if kept == 0 || claimed == 0 {
+		t.Fatalf("the ledgers tried nothing: %d cells kept, %d deleted", kept, claimed)
+	}
 }

@@ -349,8 +349,8 @@ func (s *Store) PendingMigrations(ctx context.Context) ([]int, error) {
 type Result struct {
 	// Accepted items were stored now; Duplicates were stored before (or, for aggregates, their
 	// day was published before); Refused items fall outside the instance's consent (a period that was not
-	// EventLevel, or at least CriticalOnly for aggregates), inside an erased range, or (events)
-	// outside the retention, and are not stored.
+	// EventLevel, or for aggregates a day not wholly under CriticalOnly), inside an erased range,
+	// or (events) outside the retention, and are not stored.
 	Accepted, Duplicates, Refused int
 	Cursor                        int64
 }
@@ -526,8 +526,9 @@ func copyIn(ctx context.Context, tx pgx.Tx, table string, stream []byte) (int64,
 // day): the cells of a day already published are absorbed whole (counted as duplicates), so no
 // two publications of a day can be differenced, nor a day republished after an erasure. The
 // instance's consent ledger decides first: the whole batch is refused (ErrConsentRefused) while
-// Off is in force or without a record, and then a cell is stored only if its UTC day overlaps a
-// period of at least CriticalOnly and no range erased with scope All.
+// Off is in force or without a record, and then a cell is stored only if CriticalOnly was in
+// force during all of its UTC day (consentv1.AggregateDays) and no range erased with scope All
+// overlaps it.
 func (s *Store) PublishAggregates(ctx context.Context, instance string, b *batchv1.Batch) (Result, error) {
 	receivedAt := s.clock.Now()
 	delivery, err := s.nextDelivery(ctx)
