@@ -236,8 +236,8 @@ func storeMigratedBefore(t *testing.T, prefix string) *Store {
 
 // TestMigrationDropsCellsOfDaysNotWhollyCriticalOnly: migration 0018 deletes exactly the stored
 // cells of days AggregateDays no longer allows (checked against it on random ledgers, with
-// ties, expiries and moves at midnight), and keeps their days claimed so they are never
-// published again.
+// ties, expiries, moves at midnight and a transition dated a fraction of a second before the
+// one it follows), and keeps their days claimed so they are never published again.
 func TestMigrationDropsCellsOfDaysNotWhollyCriticalOnly(t *testing.T) {
 	ctx := context.Background()
 	s := storeMigratedBefore(t, "0018")
@@ -246,13 +246,19 @@ func TestMigrationDropsCellsOfDaysNotWhollyCriticalOnly(t *testing.T) {
 	quarter := func(n int) time.Time { return start.Add(time.Duration(n) * 6 * time.Hour) }
 	tiers := []consentv1.Tier{consentv1.TierOff, consentv1.TierCriticalOnly, consentv1.TierEventLevel}
 	ledgers := map[string]consentv1.Timeline{}
-	for i := range 60 {
+	for i := range 200 {
 		instance := fmt.Sprintf("i%d", i)
 		var tl consentv1.Timeline
 		at := 0
 		for range r.IntN(7) {
 			at += r.IntN(6)
 			tr := consentv1.Transition{At: quarter(at), Tier: tiers[r.IntN(3)]}
+			switch n := len(tl); {
+			case r.IntN(4) == 0:
+				tr.At = tr.At.Add(500 * time.Millisecond) // a fraction of a second...
+			case n > 0 && r.IntN(4) == 0:
+				tr.At = tl[n-1].At.Truncate(time.Second) // ...and the next dated at its second, before it (the trigger allows it)
+			}
 			if tr.Tier == consentv1.TierEventLevel && r.IntN(2) == 0 {
 				u := quarter(at + 1 + r.IntN(8))
 				tr.Until = &u
