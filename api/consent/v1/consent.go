@@ -407,7 +407,11 @@ func Next(t Timeline, tr Transition, now time.Time) (Transition, bool, error) {
 		if tr.Until != nil && !tr.Until.After(now) {
 			return Transition{}, false, fmt.Errorf("until %s has passed: a renewal never ends the window in the past", tr.Until.Format(time.RFC3339))
 		}
-		return tr, true, nil // (after now, the until is after the renewal's time too)
+		// (A grant may be dated a little ahead of now, and its renewal with it.)
+		if tr.Until != nil && !tr.Until.After(tr.At) {
+			return Transition{}, false, fmt.Errorf("until %s is not after the grant it renews, dated %s", tr.Until.Format(time.RFC3339), tr.At.Format(time.RFC3339Nano))
+		}
+		return tr, true, nil
 	}
 	raising := tr.Tier.Rank() > current.Rank()
 	if raising && tr.At.After(now.Add(MaxClockSkew)) {

@@ -274,18 +274,24 @@ func ptr(t time.Time) *time.Time { return &t }
 // randomTimeline is up to 7 transitions a whole number of hours apart (ties included), with an
 // Until on half the EventLevel ones when untils is set; it returns the last transition's hour.
 func randomTimeline(r *rand.Rand, untils bool) (Timeline, int) {
+	return randomTimelineOn(r, untils, h, 3, 4)
+}
+
+// randomTimelineOn is randomTimeline on the grid at: transitions 0 to maxGap-1 steps apart,
+// Untils 1 to maxUntil steps after their transition.
+func randomTimelineOn(r *rand.Rand, untils bool, at func(int) time.Time, maxGap, maxUntil int) (Timeline, int) {
 	tiers := []Tier{TierOff, TierCriticalOnly, TierEventLevel}
 	var tl Timeline
-	at := 0
+	n := 0
 	for range r.IntN(8) {
-		at += r.IntN(3)
-		tr := Transition{At: h(at), Tier: tiers[r.IntN(3)]}
+		n += r.IntN(maxGap)
+		tr := Transition{At: at(n), Tier: tiers[r.IntN(3)]}
 		if untils && tr.Tier == TierEventLevel && r.IntN(2) == 0 {
-			tr.Until = ptr(h(at + 1 + r.IntN(4)))
+			tr.Until = ptr(at(n + 1 + r.IntN(maxUntil)))
 		}
 		tl = append(tl, tr)
 	}
-	return tl, at
+	return tl, n
 }
 
 // TestUntilEndsEventLevel: an EventLevel transition's Until ends the window by itself, with no
@@ -397,6 +403,9 @@ func TestNextWithUntil(t *testing.T) {
 			tr: Transition{At: now, Tier: TierEventLevel, Until: ptr(h(150))}, wantAt: h(10), wantUntil: ptr(h(150)), wantAdd: true},
 		{name: "a trial shortened to a time already past is refused (never rewriting the past)", t: trial,
 			tr: Transition{At: now, Tier: TierEventLevel, Until: ptr(h(50))}, wantErr: true},
+		{name: "a trial dated a little ahead, shortened to before its grant: refused, not left to the database",
+			t:  Timeline{{At: now.Add(3 * time.Minute), Tier: TierEventLevel, Until: ptr(h(200))}},
+			tr: Transition{At: now, Tier: TierEventLevel, Until: ptr(now.Add(time.Minute))}, wantErr: true},
 		{name: "a trial made a contract without expiry", t: trial,
 			tr: Transition{At: now, Tier: TierEventLevel}, wantAt: h(10), wantAdd: true},
 		{name: "a trial renewed after its Until is a new grant from now", t: lapsed,
@@ -477,20 +486,10 @@ func TestARenewalNeverHoldsAWithdrawalBack(t *testing.T) {
 // cells may leave exactly when TierAt is CriticalOnly at its start and at every instant in it
 // where the tier in force could change (a transition, or an Until).
 func TestAggregateDaysAgreeWithTierAt(t *testing.T) {
-	r := rand.New(rand.NewPCG(7, 11))
-	tiers := []Tier{TierOff, TierCriticalOnly, TierEventLevel}
+	r := rand.New(rand.NewPCG(7, 11)) //nolint:gosec // test data
 	quarter := func(n int) time.Time { return t0.Add(time.Duration(n) * 6 * time.Hour) }
 	for range 500 {
-		var tl Timeline
-		at := 0
-		for range r.IntN(8) {
-			at += r.IntN(7)
-			tr := Transition{At: quarter(at), Tier: tiers[r.IntN(3)]}
-			if tr.Tier == TierEventLevel && r.IntN(2) == 0 {
-				tr.Until = ptr(quarter(at + 1 + r.IntN(8)))
-			}
-			tl = append(tl, tr)
-		}
+		tl, _ := randomTimelineOn(r, true, quarter, 7, 8)
 		days := tl.AggregateDays()
 		for n := -1; n <= 16; n++ {
 			day := t0.AddDate(0, 0, n)
