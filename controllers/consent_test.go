@@ -1203,7 +1203,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 
 		By("requesting the erasure declaratively")
 		updatePolicy(ctx, ns, "erase", func(p *v1.TelemetryPolicy) {
-			p.Spec.Erasure = &v1.ErasureSpec{RequestID: "DSR-2026-0042", RequestedBy: "privacy team, ticket 42"}
+			p.Spec.Erasure = &v1.ErasureSpec{RequestID: "DSR-2026-0042", RequestedBy: v1.ErasureRequesterDataSubject}
 		})
 		Eventually(conditionStatus(ctx, ns, "erase", v1.ConditionErasureCompleted)).Should(Equal("ErasureCompleted=True/Verified"))
 		st := getPolicy(ctx, ns, "erase").Status.Erasure
@@ -1215,7 +1215,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		audit, err := rcv.Store.Erasures(ctx, instance)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(audit).To(HaveLen(1))
-		Expect(audit[0]).To(And(HaveField("RequestedBy", "privacy team, ticket 42"), HaveField("EventsDeleted", int64(40))))
+		Expect(audit[0]).To(And(HaveField("RequestedBy", consentv1.RequesterDataSubject), HaveField("EventsDeleted", int64(40))))
 		Expect(audit[0].VerifiedAt).NotTo(BeNil())
 		Eventually(func() []string { return eventReasons(ctx, ns, "erase") }).Should(ContainElement("ErasureVerified"))
 		Expect(metricValue(metrics.Erasures.WithLabelValues("verified"))).To(Equal(before + 1))
@@ -1241,7 +1241,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		ns := newNamespace(ctx)
 		readyPolicy(ctx, ns, "refused")
 		updatePolicy(ctx, ns, "refused", func(p *v1.TelemetryPolicy) {
-			p.Spec.Erasure = &v1.ErasureSpec{RequestID: "r-1", RequestedBy: "ops", Scope: v1.ErasureScopeEvents}
+			p.Spec.Erasure = &v1.ErasureSpec{RequestID: "r-1", RequestedBy: v1.ErasureRequesterSupport, Scope: v1.ErasureScopeEvents}
 		})
 		Eventually(conditionStatus(ctx, ns, "refused", v1.ConditionErasureCompleted)).Should(Equal("ErasureCompleted=True/Verified"))
 		By("reusing the request id for a different scope")
@@ -1489,7 +1489,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 		readyPolicy(ctx, ns, "paused-erase")
 		updatePolicy(ctx, ns, "paused-erase", func(p *v1.TelemetryPolicy) {
 			p.Spec.Suspend = true
-			p.Spec.Erasure = &v1.ErasureSpec{RequestID: "while-suspended", RequestedBy: "ops"}
+			p.Spec.Erasure = &v1.ErasureSpec{RequestID: "while-suspended", RequestedBy: v1.ErasureRequesterCustomerAdmin}
 		})
 		Eventually(conditionStatus(ctx, ns, "paused-erase", v1.ConditionErasureCompleted)).Should(Equal("ErasureCompleted=True/Verified"))
 		audit, err := rcv.Store.Erasures(ctx, instanceOf(ns, "paused-erase"))
@@ -1781,7 +1781,7 @@ var _ = Describe("Consent end to end, from the operator's side", func() {
 
 			By("an erasure requested meanwhile: pending, saying why, until the policy owns the record")
 			updatePolicy(ctx, ns, "freed", func(p *v1.TelemetryPolicy) {
-				p.Spec.Erasure = &v1.ErasureSpec{RequestID: "DSR-freed", RequestedBy: "privacy team"}
+				p.Spec.Erasure = &v1.ErasureSpec{RequestID: "DSR-freed", RequestedBy: v1.ErasureRequesterLegal}
 			})
 			Eventually(conditionStatus(ctx, ns, "freed", v1.ConditionErasureCompleted)).Should(Equal("ErasureCompleted=False/Pending"))
 			Expect(condition(getPolicy(ctx, ns, "freed"), v1.ConditionErasureCompleted).Message).To(ContainSubstring("own the instance's record"))

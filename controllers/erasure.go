@@ -60,7 +60,8 @@ func (r *TelemetryPolicyReconciler) reconcileErasure(ctx context.Context, st *re
 		return nil
 	}
 	req := consentv1.ErasureRequest{
-		InstanceID: p.Spec.InstanceID, Owner: r.owner(p), RequestID: e.RequestID, Scope: string(scope), RequestedBy: e.RequestedBy,
+		InstanceID: p.Spec.InstanceID, Owner: r.owner(p), RequestID: e.RequestID, Scope: string(scope),
+		RequestedBy: requester(e.RequestedBy),
 	}
 	if e.From != nil {
 		t := e.From.UTC()
@@ -144,4 +145,14 @@ func erasureMessage(s *v1.ErasureStatus) string {
 func timePtr(t time.Time) *metav1.Time {
 	m := metav1.NewTime(t.UTC().Truncate(time.Second))
 	return &m
+}
+
+// requester is the role sent for the audit record. A policy written before requesters were a
+// closed set may still hold free text (the API server keeps a value it no longer admits while
+// nobody changes it): that text never leaves the cluster, the request names no role instead.
+func requester(r v1.ErasureRequester) string {
+	if s := string(r); s != consentv1.RequesterUnspecified && consentv1.ValidRequester(s) {
+		return s
+	}
+	return consentv1.RequesterUnspecified
 }

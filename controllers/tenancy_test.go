@@ -304,7 +304,7 @@ var _ = Describe("Onboarded namespaces", func() {
 		ns := newNamespaceLabelled(ctx, nil)
 		p := eventLevelPolicy(ns, "squatter")
 		p.Spec.InstanceID = instance
-		p.Spec.Erasure = &v1.ErasureSpec{RequestID: "wipe-1", Scope: v1.ErasureScopeAll, RequestedBy: "mallory"}
+		p.Spec.Erasure = &v1.ErasureSpec{RequestID: "wipe-1", Scope: v1.ErasureScopeAll, RequestedBy: v1.ErasureRequesterCustomerAdmin}
 		Expect(k8s.Create(ctx, p)).To(Succeed())
 		Eventually(conditionStatus(ctx, ns, "squatter", v1.ConditionStalled)).Should(Equal("Stalled=True/NamespaceNotOnboarded"))
 		Consistently(func() consentv1.State { return ledgerOf(ctx, instance) }, "2s").Should(Equal(before), "not claimed, nothing recorded, nothing erased")

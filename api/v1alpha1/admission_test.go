@@ -130,6 +130,15 @@ var _ = Describe("TelemetryPolicy CRD", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred())
 	})
 
+	It("accepts an erasure requested by each role", func() {
+		for _, who := range []string{"CustomerAdmin", "DataSubject", "Support", "Legal", "ContractEnd"} {
+			p := validPolicy(name())
+			set(p, "spec.erasure", map[string]any{"requestID": "DSR-2026-0042", "requestedBy": who})
+			_, err := create(ctx, p)
+			Expect(err).NotTo(HaveOccurred(), who)
+		}
+	})
+
 	DescribeTable("rejects an invalid policy with a message that names the problem",
 		func(mutate func(map[string]any), wantMessage string) {
 			p := validPolicy(name())
@@ -235,6 +244,17 @@ var _ = Describe("TelemetryPolicy CRD", Ordered, func() {
 		Entry("policy name too long to prefix owned objects",
 			func(p map[string]any) { set(p, "metadata.name", strings.Repeat("n", 41)) },
 			"metadata.name must be at most 40 characters"),
+		// The audit record of an erasure is kept centrally for years: a role, never a person.
+		Entry("erasure naming a person as the requester",
+			func(p map[string]any) {
+				set(p, "spec.erasure", map[string]any{"requestID": "DSR-1", "requestedBy": "Jane Doe <jane.doe@acme.example>"})
+			},
+			`spec.erasure.requestedBy: Unsupported value: "Jane Doe <jane.doe@acme.example>"`),
+		Entry("erasure with free text as the requester",
+			func(p map[string]any) {
+				set(p, "spec.erasure", map[string]any{"requestID": "DSR-1", "requestedBy": "acme admin, support ticket 4711"})
+			},
+			"spec.erasure.requestedBy: Unsupported value"),
 		Entry("database secret name with a path",
 			func(p map[string]any) { set(p, "spec.source.databaseSecretRef.name", "../etc/passwd") },
 			"spec.source.databaseSecretRef.name"),

@@ -183,13 +183,32 @@ type ErasureSpec struct {
 	// +optional
 	To *metav1.Time `json:"to,omitempty"`
 
-	// requestedBy says who asked (a ticket, a role or a person), for the audit record.
+	// requestedBy says who asked, by role, for the audit record: CustomerAdmin (the customer's
+	// administrator), DataSubject (a user of the instance, about their own data), Support (support
+	// staff, on the customer's behalf), Legal (a regulator, a court, counsel) or ContractEnd (the
+	// contract ended). The record is kept centrally for years, so it names a role, never a person;
+	// put the ticket reference in requestID.
 	// +required
-	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=253
-	// +kubebuilder:validation:Pattern=`^[^\x00-\x1f\x7f]+$`
-	RequestedBy string `json:"requestedBy"`
+	RequestedBy ErasureRequester `json:"requestedBy"`
 }
+
+// ErasureRequester is who asked for an erasure, by role.
+// +kubebuilder:validation:Enum=CustomerAdmin;DataSubject;Support;Legal;ContractEnd
+type ErasureRequester string
+
+// Erasure requesters.
+const (
+	// ErasureRequesterCustomerAdmin is the customer's administrator.
+	ErasureRequesterCustomerAdmin ErasureRequester = "CustomerAdmin"
+	// ErasureRequesterDataSubject is a user of the instance, asking about their own data.
+	ErasureRequesterDataSubject ErasureRequester = "DataSubject"
+	// ErasureRequesterSupport is support staff, acting on the customer's behalf.
+	ErasureRequesterSupport ErasureRequester = "Support"
+	// ErasureRequesterLegal is a legal obligation: a regulator, a court, counsel.
+	ErasureRequesterLegal ErasureRequester = "Legal"
+	// ErasureRequesterContractEnd is the end of the contract.
+	ErasureRequesterContractEnd ErasureRequester = "ContractEnd"
+)
 
 // ConsentSpec is the consent declared by the instance's admin.
 type ConsentSpec struct {

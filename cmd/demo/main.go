@@ -244,7 +244,7 @@ func consentWalk(ctx context.Context, s *localstack.Stack, db fleetcheck.Receive
 func erasureWalk(ctx context.Context, s *localstack.Stack, db fleetcheck.Receiver, c *checker) {
 	from, to := acmeAccepted, acmeAccepted.Add(7*24*time.Hour)
 	inRange := db.StoredBetween(ctx, "acme", from, to)
-	patch := fmt.Sprintf(`{"spec":{"erasure":{"requestID":"DSR-2026-0001","scope":"Events","from":%q,"to":%q,"requestedBy":"acme admin, support ticket 4711"}}}`,
+	patch := fmt.Sprintf(`{"spec":{"erasure":{"requestID":"DSR-2026-0001","scope":"Events","from":%q,"to":%q,"requestedBy":"CustomerAdmin"}}}`,
 		from.Format(time.RFC3339), to.Format(time.RFC3339))
 	fmt.Printf("==> kubectl patch tp -n acme acme --type=merge -p '%s'\n", patch)
 	_, err := s.Kubectl(ctx, "patch", "tp", "-n", "acme", "acme", "--type=merge", "-p", patch)

@@ -172,7 +172,7 @@ func TestRollupAnswersEqualRawAnswers(t *testing.T) {
 	}
 	if _, err := rcv.Store.Erase(ctx, receivertest.TestCluster, consentv1.ErasureRequest{InstanceID: "diff-c",
 		Owner: consentv1.Owner{Namespace: "diff-c", Name: "diff-c"}, RequestID: "e1", Scope: consentv1.ScopeEvents,
-		From: &from, To: &to, RequestedBy: "test"}); err != nil {
+		From: &from, To: &to, RequestedBy: consentv1.RequesterSupport}); err != nil {
 		t.Fatal(err)
 	}
 	// Until the next refresh, nothing summarizes those days: not the days, runs, months or weeks.
@@ -278,7 +278,7 @@ func TestErasureWaitsForARefreshInProgress(t *testing.T) {
 		from, to := day, day.Add(24*time.Hour)
 		_, err := rcv.Store.Erase(ctx, receivertest.TestCluster, consentv1.ErasureRequest{InstanceID: "midway",
 			Owner: consentv1.Owner{Namespace: "midway", Name: "midway"}, RequestID: "m1", Scope: consentv1.ScopeEvents,
-			From: &from, To: &to, RequestedBy: "test"})
+			From: &from, To: &to, RequestedBy: consentv1.RequesterSupport})
 		done <- err
 	}()
 	select {
@@ -401,7 +401,7 @@ func TestSessionsJoinAcrossMidnights(t *testing.T) {
 	f1, t1 := day(7).Add(3*time.Hour), day(7).Add(4*time.Hour)
 	if _, err := rcv.Store.Erase(ctx, receivertest.TestCluster, consentv1.ErasureRequest{InstanceID: inst,
 		Owner: consentv1.Owner{Namespace: inst, Name: inst}, RequestID: "z1", Scope: consentv1.ScopeEvents,
-		From: &f1, To: &t1, RequestedBy: "test"}); err != nil {
+		From: &f1, To: &t1, RequestedBy: consentv1.RequesterSupport}); err != nil {
 		t.Fatal(err)
 	}
 	compare("after erase")

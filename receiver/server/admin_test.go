@@ -224,7 +224,7 @@ func TestOwnershipOfTheConsentRecord(t *testing.T) {
 		wantStatus(t, adminPost(t, collector, consentv1.PathRelease, consentv1.ReleaseRequest{InstanceID: "own", Owner: consentv1.Owner{Namespace: "ns9", Name: "p9"}}),
 			http.StatusForbidden, consentv1.ReasonNotOperator)
 		wantStatus(t, adminPost(t, collector, consentv1.PathErasures, consentv1.ErasureRequest{InstanceID: "own", Owner: consentv1.Owner{Namespace: "ns9", Name: "p9"},
-			RequestID: "r1", Scope: consentv1.ScopeAll, RequestedBy: "ticket-1"}), http.StatusForbidden, consentv1.ReasonNotOperator)
+			RequestID: "r1", Scope: consentv1.ScopeAll, RequestedBy: consentv1.RequesterSupport}), http.StatusForbidden, consentv1.ReasonNotOperator)
 		if st, _ := state(t, "own"); st.Owner.Cluster != "west" || st.Timeline.Current() != consentv1.TierOff || len(st.Erasures) != 0 {
 			t.Fatalf("a collector changed the record: %+v", st)
 		}
@@ -325,17 +325,21 @@ func TestHostileAdminBodiesChangeNothing(t *testing.T) {
 		{"release of an unknown instance", "POST", consentv1.PathRelease, "application/json",
 			[]byte(`{"instanceID":"never-seen","owner":{"namespace":"ns","name":"adm"}}`), 404, consentv1.ReasonUnknownInstance},
 		{"erasure with an invalid scope", "POST", consentv1.PathErasures, "application/json",
-			[]byte(`{"instanceID":"adm","owner":{"namespace":"ns","name":"adm"},"requestID":"r1","scope":"Everything","requestedBy":"t"}`), 400, consentv1.ReasonInvalid},
+			[]byte(`{"instanceID":"adm","owner":{"namespace":"ns","name":"adm"},"requestID":"r1","scope":"Everything","requestedBy":"Support"}`), 400, consentv1.ReasonInvalid},
 		{"erasure with to before from", "POST", consentv1.PathErasures, "application/json",
-			[]byte(`{"instanceID":"adm","owner":{"namespace":"ns","name":"adm"},"requestID":"r1","scope":"All","requestedBy":"t","from":"2026-02-01T00:00:00Z","to":"2026-01-01T00:00:00Z"}`), 400, consentv1.ReasonInvalid},
+			[]byte(`{"instanceID":"adm","owner":{"namespace":"ns","name":"adm"},"requestID":"r1","scope":"All","requestedBy":"Support","from":"2026-02-01T00:00:00Z","to":"2026-01-01T00:00:00Z"}`), 400, consentv1.ReasonInvalid},
 		{"erasure without requester", "POST", consentv1.PathErasures, "application/json",
 			[]byte(`{"instanceID":"adm","owner":{"namespace":"ns","name":"adm"},"requestID":"r1","scope":"All"}`), 400, consentv1.ReasonInvalid},
 		{"erasure with a control character in the requester", "POST", consentv1.PathErasures, "application/json",
 			[]byte(`{"instanceID":"adm","owner":{"namespace":"ns","name":"adm"},"requestID":"r1","scope":"All","requestedBy":"a\nb"}`), 400, consentv1.ReasonInvalid},
+		{"erasure naming a person as the requester", "POST", consentv1.PathErasures, "application/json",
+			[]byte(`{"instanceID":"adm","owner":{"namespace":"ns","name":"adm"},"requestID":"r1","scope":"All","requestedBy":"Jane Doe <jane.doe@acme.example>"}`), 400, consentv1.ReasonInvalid},
+		{"erasure with a requester that is no role", "POST", consentv1.PathErasures, "application/json",
+			[]byte(`{"instanceID":"adm","owner":{"namespace":"ns","name":"adm"},"requestID":"r1","scope":"All","requestedBy":"support"}`), 400, consentv1.ReasonInvalid},
 		{"erasure with an invalid request id", "POST", consentv1.PathErasures, "application/json",
-			[]byte(`{"instanceID":"adm","owner":{"namespace":"ns","name":"adm"},"requestID":"../r1","scope":"All","requestedBy":"t"}`), 400, consentv1.ReasonInvalid},
+			[]byte(`{"instanceID":"adm","owner":{"namespace":"ns","name":"adm"},"requestID":"../r1","scope":"All","requestedBy":"Support"}`), 400, consentv1.ReasonInvalid},
 		{"erasure of an unknown instance", "POST", consentv1.PathErasures, "application/json",
-			[]byte(`{"instanceID":"never-seen","owner":{"namespace":"ns","name":"adm"},"requestID":"r1","scope":"All","requestedBy":"t"}`), 404, consentv1.ReasonUnknownInstance},
+			[]byte(`{"instanceID":"never-seen","owner":{"namespace":"ns","name":"adm"},"requestID":"r1","scope":"All","requestedBy":"Support"}`), 404, consentv1.ReasonUnknownInstance},
 		{"unknown admin path", "POST", "/v1/admin/consent/all", "application/json", []byte(valid), 404, batchv1.ReasonNotFound},
 	}
 	for _, tc := range cases {

@@ -414,13 +414,13 @@ func TestErasure(t *testing.T) {
 
 	from, to := today.AddDate(0, 0, -7), today.AddDate(0, 0, -3)
 	req := consentv1.ErasureRequest{InstanceID: "era", Owner: owner, RequestID: "gdpr-1", Scope: consentv1.ScopeEvents,
-		From: &from, To: &to, RequestedBy: "ticket-42"}
+		From: &from, To: &to, RequestedBy: consentv1.RequesterDataSubject}
 	res, r := erase(t, east, req)
 	if r.status != http.StatusOK {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
 	if res.EventsDeleted != 8 || res.AggregatesDeleted != 0 || res.VerifiedAt == nil || !res.From.Equal(from) || !res.To.Equal(to) ||
-		res.RequestedBy != "ticket-42" || res.Owner.Cluster != "east" || res.Scope != consentv1.ScopeEvents {
+		res.RequestedBy != consentv1.RequesterDataSubject || res.Owner.Cluster != "east" || res.Scope != consentv1.ScopeEvents {
 		t.Fatalf("result %s", r.body)
 	}
 	if n := storedBetween(t, "era", from, to); n != 0 {
@@ -454,7 +454,7 @@ func TestErasure(t *testing.T) {
 		var deleted int64
 		var verified *time.Time
 		if err := rcv.DB.QueryRow(ctx, `SELECT requested_by, events_deleted, verified_at FROM erasures WHERE instance_id = 'era' AND request_id = 'gdpr-1'`).
-			Scan(&by, &deleted, &verified); err != nil || by != "ticket-42" || deleted != 8 || verified == nil {
+			Scan(&by, &deleted, &verified); err != nil || by != consentv1.RequesterDataSubject || deleted != 8 || verified == nil {
 			t.Fatalf("audit row: %q %d %v %v", by, deleted, verified, err)
 		}
 	})
@@ -507,7 +507,7 @@ func TestErasure(t *testing.T) {
 			"another policy":            {east, consentv1.Owner{Namespace: "ns", Name: "other"}},
 			"a body naming the cluster": {rcv.OperatorClient("west"), consentv1.Owner{Cluster: "east", Namespace: "ns", Name: "era"}},
 		} {
-			other := consentv1.ErasureRequest{InstanceID: "era", Owner: c.owner, RequestID: "gdpr-x", Scope: consentv1.ScopeAll, RequestedBy: "intruder"}
+			other := consentv1.ErasureRequest{InstanceID: "era", Owner: c.owner, RequestID: "gdpr-x", Scope: consentv1.ScopeAll, RequestedBy: consentv1.RequesterLegal}
 			_, r := erase(t, c.client, other)
 			if r.status != http.StatusConflict || r.errorResponse(t).Reason != consentv1.ReasonOwnedElsewhere {
 				t.Fatalf("%s: %d %s", name, r.status, r.body)
@@ -520,7 +520,7 @@ func TestErasure(t *testing.T) {
 
 	t.Run("scope All erases aggregates too, up to now", func(t *testing.T) {
 		before := counter(t, "receiver_erased_rows_total", map[string]string{"table": "aggregates"})
-		all, r := erase(t, east, consentv1.ErasureRequest{InstanceID: "era", Owner: owner, RequestID: "gdpr-2", Scope: consentv1.ScopeAll, RequestedBy: "ticket-43"})
+		all, r := erase(t, east, consentv1.ErasureRequest{InstanceID: "era", Owner: owner, RequestID: "gdpr-2", Scope: consentv1.ScopeAll, RequestedBy: consentv1.RequesterCustomerAdmin})
 		if r.status != http.StatusOK || all.EventsDeleted != 14 || all.AggregatesDeleted != 10 || all.VerifiedAt == nil || all.From != nil {
 			t.Fatalf("%d %s", r.status, r.body)
 		}

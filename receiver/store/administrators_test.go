@@ -47,7 +47,7 @@ func TestOnlyTheReceiversAdministratorsHandOverRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := r.Store.Erase(ctx, "c1", consentv1.ErasureRequest{InstanceID: "acme", RequestID: "dsr-1", Scope: consentv1.ScopeEvents,
-		RequestedBy: "dsr", Owner: owner}); err != nil {
+		RequestedBy: consentv1.RequesterDataSubject, Owner: owner}); err != nil {
 		t.Fatalf("the receiver carries out its owner's erasure: %v", err)
 	}
 
@@ -130,12 +130,12 @@ func TestOnlyTheReceiversAdministratorsHandOverRecords(t *testing.T) {
 		`UPDATE erasures SET verified_at = NULL`,
 		`UPDATE erasures SET verified_at = '2000-01-01'`,
 		`INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by, owner_cluster, owner_namespace, owner_name, requested_at)
-		   VALUES ('acme', 'dsr-1', 'Events', now(), 'dsr', 'c1', 'acme', 'policy', now())
+		   VALUES ('acme', 'dsr-1', 'Events', now(), 'DataSubject', 'c1', 'acme', 'policy', now())
 		   ON CONFLICT (instance_id, request_id) DO UPDATE SET verified_at = '2000-01-01'`,
 		`INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by, owner_cluster, owner_namespace, owner_name, requested_at)
-		   VALUES ('acme', 'forged', 'Events', now(), 'dsr', 'c1', 'mallory', 'p', now())`,
+		   VALUES ('acme', 'forged', 'Events', now(), 'DataSubject', 'c1', 'mallory', 'p', now())`,
 		`INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by, owner_cluster, owner_namespace, owner_name, requested_at, verified_at)
-		   VALUES ('acme', 'dsr-2', 'All', now(), 'dsr', 'c1', 'acme', 'policy', now(), now())`,
+		   VALUES ('acme', 'dsr-2', 'All', now(), 'DataSubject', 'c1', 'acme', 'policy', now(), now())`,
 	}
 	for _, sql := range hostile {
 		for who, exec := range map[string]func(string) error{
@@ -170,7 +170,7 @@ func TestOnlyTheReceiversAdministratorsHandOverRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	if state.Owner.Namespace != "acme" || len(state.Timeline) != 1 || len(state.Erasures) != 1 ||
-		state.Erasures[0].RequestedBy != "dsr" || state.Erasures[0].VerifiedAt == nil {
+		state.Erasures[0].RequestedBy != consentv1.RequesterDataSubject || state.Erasures[0].VerifiedAt == nil {
 		t.Fatalf("after the refusals the record is %+v", state)
 	}
 	if _, err := r.Store.ConsentState(ctx, "initech"); !errors.Is(err, store.ErrUnknownInstance) {
@@ -187,7 +187,7 @@ func TestOnlyTheReceiversAdministratorsHandOverRecords(t *testing.T) {
 		t.Fatalf("the owner's withdrawal is not the timeline's head: %+v %v", state.Timeline, err)
 	}
 	if _, err := r.Store.Erase(ctx, "c1", consentv1.ErasureRequest{InstanceID: "acme", RequestID: "dsr-2", Scope: consentv1.ScopeAll,
-		RequestedBy: "dsr", Owner: owner}); err != nil {
+		RequestedBy: consentv1.RequesterDataSubject, Owner: owner}); err != nil {
 		t.Fatalf("the receiver carries out its owner's second erasure: %v", err)
 	}
 	if err := r.Store.Release(ctx, "c1", consentv1.ReleaseRequest{InstanceID: "acme", Owner: owner}); err != nil {

@@ -134,7 +134,7 @@ CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION ke
 		t.Fatal(err)
 	}
 	until := T.Add(-3 * time.Hour) // the 3 most recent events stay
-	req := consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-1", Scope: consentv1.ScopeEvents, To: &until, RequestedBy: "ticket-7"}
+	req := consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-1", Scope: consentv1.ScopeEvents, To: &until, RequestedBy: consentv1.RequesterLegal}
 	clk.SetTime(until)
 	_, err := r.Store.Erase(ctx, "c1", req)
 	if !errors.Is(err, store.ErrUnverified) {
@@ -159,7 +159,7 @@ CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION ke
 		t.Fatal(err)
 	}
 	if !res.To.Equal(T.Add(-3*time.Hour)) || res.From != nil || res.EventsDeleted != 7 || res.VerifiedAt == nil || !res.VerifiedAt.Equal(T) ||
-		!res.RequestedAt.Equal(T.Add(-3*time.Hour)) || res.RequestedBy != "ticket-7" {
+		!res.RequestedAt.Equal(T.Add(-3*time.Hour)) || res.RequestedBy != consentv1.RequesterLegal {
 		t.Fatalf("result after the retry: %+v", res)
 	}
 	var left int
@@ -181,10 +181,10 @@ CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION ke
 			req     consentv1.ErasureRequest
 			want    error
 		}{
-			"from after now without to":  {"c1", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-2", Scope: consentv1.ScopeAll, From: &future, RequestedBy: "x"}, store.ErrInvalid},
-			"the same id, another range": {"c1", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-1", Scope: consentv1.ScopeEvents, To: &future, RequestedBy: "x"}, store.ErrRequestConflict},
-			"another cluster":            {"c2", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-3", Scope: consentv1.ScopeAll, RequestedBy: "x"}, store.ErrOwnedElsewhere},
-			"no record":                  {"c1", consentv1.ErasureRequest{InstanceID: "nobody", Owner: owner, RequestID: "req-3", Scope: consentv1.ScopeAll, RequestedBy: "x"}, store.ErrUnknownInstance},
+			"from after now without to":  {"c1", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-2", Scope: consentv1.ScopeAll, From: &future, RequestedBy: consentv1.RequesterSupport}, store.ErrInvalid},
+			"the same id, another range": {"c1", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-1", Scope: consentv1.ScopeEvents, To: &future, RequestedBy: consentv1.RequesterSupport}, store.ErrRequestConflict},
+			"another cluster":            {"c2", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-3", Scope: consentv1.ScopeAll, RequestedBy: consentv1.RequesterSupport}, store.ErrOwnedElsewhere},
+			"no record":                  {"c1", consentv1.ErasureRequest{InstanceID: "nobody", Owner: owner, RequestID: "req-3", Scope: consentv1.ScopeAll, RequestedBy: consentv1.RequesterSupport}, store.ErrUnknownInstance},
 		} {
 			if _, err := r.Store.Erase(ctx, c.cluster, c.req); !errors.Is(err, c.want) {
 				t.Errorf("%s: %v, want %v", name, err, c.want)
@@ -198,7 +198,7 @@ CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION ke
 			t.Fatalf("%+v %v", previous, err)
 		}
 		// A released record has no owner to erase for it; the audit trail stays.
-		if _, err := r.Store.Erase(ctx, "c1", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-4", Scope: consentv1.ScopeAll, RequestedBy: "x"}); !errors.Is(err, store.ErrOwnedElsewhere) {
+		if _, err := r.Store.Erase(ctx, "c1", consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "req-4", Scope: consentv1.ScopeAll, RequestedBy: consentv1.RequesterSupport}); !errors.Is(err, store.ErrOwnedElsewhere) {
 			t.Fatalf("erasure of a released record: %v", err)
 		}
 		list, err := r.Store.Erasures(ctx, "")
@@ -249,7 +249,7 @@ BEGIN IF OLD.event_id = 10 THEN RETURN NULL; END IF; RETURN OLD; END $$;
 CREATE TRIGGER keep_ahead BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION keep_ahead();`); err != nil {
 		t.Fatal(err)
 	}
-	req := consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "all", Scope: consentv1.ScopeEvents, RequestedBy: "ticket-9"}
+	req := consentv1.ErasureRequest{InstanceID: "acme", Owner: owner, RequestID: "all", Scope: consentv1.ScopeEvents, RequestedBy: consentv1.RequesterContractEnd}
 	if _, err := r.Store.Erase(ctx, "c1", req); !errors.Is(err, store.ErrUnverified) {
 		t.Fatalf("an erasure that left an event dated ahead behind: %v, want ErrUnverified", err)
 	}

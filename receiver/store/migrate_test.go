@@ -316,3 +316,59 @@ SELECT $1, d::date, 1, now() FROM generate_series($2::date - 1, $2::date + 12, i
 		t.Fatalf("the ledgers tried nothing: %d cells kept, %d deleted", kept, claimed)
 	}
 }
+
+// TestMigrationReplacesFreeTextRequesters: migration 0019 leaves no free text in an erasure's
+// audit record (a requester that is not a role becomes Unspecified, a role is kept, nothing else
+// in the record changes), and from then on the database refuses free text there, whoever writes
+// it.
+func TestMigrationReplacesFreeTextRequesters(t *testing.T) {
+	ctx := context.Background()
+	s := storeMigratedBefore(t, "0019")
+	if _, err := s.pool.Exec(ctx, `INSERT INTO consent_instances (instance_id) VALUES ('acme');
+INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owner_namespace, owner_name)
+VALUES ('acme', 1, '2026-01-01', 'EventLevel', 'c', 'n', 'p')`); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]string{
+		"r1": "acme admin, support ticket 4711",
+		"r2": "Jane Doe <jane.doe@acme.example>",
+		"r3": consentv1.RequesterLegal,
+		"r4": "support", // a role in another case is not a role
+	}
+	for id, who := range before {
+		if _, err := s.pool.Exec(ctx, `INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by,
+  owner_cluster, owner_namespace, owner_name, requested_at, events_deleted, verified_at)
+VALUES ('acme', $1, 'Events', '2026-02-01', $2, 'c', 'n', 'p', '2026-02-01', 40, '2026-02-01')`, id, who); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"r1": consentv1.RequesterUnspecified, "r2": consentv1.RequesterUnspecified,
+		"r3": consentv1.RequesterLegal, "r4": consentv1.RequesterUnspecified}
+	rows, err := s.pool.Query(ctx, `SELECT request_id, requested_by, events_deleted, verified_at IS NOT NULL FROM erasures`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id, who string
+		var deleted int64
+		var verified bool
+		if err := rows.Scan(&id, &who, &deleted, &verified); err != nil {
+			t.Fatal(err)
+		}
+		if who != want[id] || deleted != 40 || !verified {
+			t.Errorf("%s after the migration: requested by %q, %d deleted, verified %v; want %q, 40, true", id, who, deleted, verified, want[id])
+		}
+		delete(want, id)
+	}
+	if err := rows.Err(); err != nil || len(want) != 0 {
+		t.Fatalf("records missing after the migration: %v (%v)", want, err)
+	}
+	if _, err := s.pool.Exec(ctx, `INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by,
+  owner_cluster, owner_namespace, owner_name, requested_at)
+VALUES ('acme', 'r5', 'Events', '2026-02-01', 'jane.doe', 'c', 'n', 'p', '2026-02-01')`); err == nil {
+		t.Fatal("the database stored free text as an erasure's requester")
+	}
+}

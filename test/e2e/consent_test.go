@@ -334,7 +334,7 @@ func TestErasureOnRequest(t *testing.T) {
 	if stored == 0 {
 		t.Fatal("nothing stored to erase")
 	}
-	patch(t, "erased", `{"spec":{"erasure":{"requestID":"DSR-7","requestedBy":"support ticket 7","scope":"Events"}}}`)
+	patch(t, "erased", `{"spec":{"erasure":{"requestID":"DSR-7","requestedBy":"Support","scope":"Events"}}}`)
 	kubectl(t, "wait", "--for=condition=ErasureCompleted", "tp/erased", "-n", "erased", "--timeout=60s")
 	p := policy(t, "erased")
 	e := p.Status.Erasure
@@ -349,7 +349,7 @@ func TestErasureOnRequest(t *testing.T) {
 	if err := receiver.QueryRow(context.Background(), "SELECT requested_by, events_deleted FROM erasures WHERE instance_id = 'erased' AND request_id = 'DSR-7' AND verified_at IS NOT NULL").Scan(&requestedBy, &deleted); err != nil {
 		t.Fatalf("no verified audit record: %v", err)
 	}
-	if requestedBy != "support ticket 7" || deleted != int64(stored) {
+	if requestedBy != "Support" || deleted != int64(stored) {
 		t.Fatalf("audit record: %q, %d", requestedBy, deleted)
 	}
 	if events := kubectl(t, "get", "events", "-n", "erased", "--field-selector", "reason=ErasureVerified", "-o", "name"); strings.TrimSpace(events) == "" {

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -522,6 +523,33 @@ const (
 	ScopeAll = "All"
 )
 
+// Requesters: who asked for an erasure, by role. The audit record is kept centrally for years
+// and outlives the data it describes, so it names a role from this closed set, never a person
+// (a ticket reference goes in the request's id).
+const (
+	// RequesterCustomerAdmin: the customer's administrator.
+	RequesterCustomerAdmin = "CustomerAdmin"
+	// RequesterDataSubject: a user of the instance, about their own data.
+	RequesterDataSubject = "DataSubject"
+	// RequesterSupport: support staff, on the customer's behalf.
+	RequesterSupport = "Support"
+	// RequesterLegal: a legal obligation (a regulator, a court, counsel).
+	RequesterLegal = "Legal"
+	// RequesterContractEnd: the contract ended and its data must go.
+	RequesterContractEnd = "ContractEnd"
+	// RequesterUnspecified: the request named no role from this set. Records made before
+	// requesters were a closed set carry it, and an operator sends it for a policy that still
+	// holds free text there (kept by the API server from before the change).
+	RequesterUnspecified = "Unspecified"
+)
+
+// Requesters lists the values RequestedBy may take.
+var Requesters = []string{RequesterCustomerAdmin, RequesterDataSubject, RequesterSupport, RequesterLegal,
+	RequesterContractEnd, RequesterUnspecified}
+
+// ValidRequester reports whether s may be an erasure's RequestedBy.
+func ValidRequester(s string) bool { return slices.Contains(Requesters, s) }
+
 // ErasureRequest asks the receiver to delete an instance's stored data in scope. From and To
 // restrict it to data recorded in [From, To); without To it covers everything stored when the
 // receiver carries it out: data recorded up to that moment, and the events an instance whose
@@ -535,7 +563,7 @@ type ErasureRequest struct {
 	Scope      string     `json:"scope"`
 	From       *time.Time `json:"from,omitempty"`
 	To         *time.Time `json:"to,omitempty"`
-	// RequestedBy says who asked (a ticket, a role or a person), for the audit record.
+	// RequestedBy says who asked, by role (one of Requesters), for the audit record.
 	RequestedBy string `json:"requestedBy"`
 }
 
@@ -623,8 +651,8 @@ func (r ErasureRequest) Validate() error {
 		return errors.New("requestID must be 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit")
 	case r.Scope != ScopeEvents && r.Scope != ScopeAll:
 		return fmt.Errorf("scope must be %s or %s", ScopeEvents, ScopeAll)
-	case r.RequestedBy == "" || len(r.RequestedBy) > MaxNameLen || !printable.MatchString(r.RequestedBy):
-		return fmt.Errorf("requestedBy is required: at most %d printable characters", MaxNameLen)
+	case !ValidRequester(r.RequestedBy):
+		return fmt.Errorf("requestedBy must be one of %s: a role, never a name (the audit record is kept centrally)", strings.Join(Requesters, ", "))
 	case r.From != nil && r.To != nil && !r.To.After(*r.From):
 		return errors.New("to must be after from")
 	}

@@ -215,9 +215,16 @@ func TestNextNeverWidensThePast(t *testing.T) {
 
 func TestValidateRequests(t *testing.T) {
 	from, to := h(1), h(2)
-	good := ErasureRequest{InstanceID: "acme", RequestID: "GDPR-2026.0042", Scope: ScopeEvents, RequestedBy: "privacy@ticket 42", From: &from, To: &to}
+	good := ErasureRequest{InstanceID: "acme", RequestID: "GDPR-2026.0042", Scope: ScopeEvents, RequestedBy: RequesterDataSubject, From: &from, To: &to}
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
+	}
+	for _, who := range Requesters {
+		r := good
+		r.RequestedBy = who
+		if err := r.Validate(); err != nil {
+			t.Errorf("requester %s: %v", who, err)
+		}
 	}
 	for name, mut := range map[string]func(*ErasureRequest){
 		"empty id":     func(r *ErasureRequest) { r.RequestID = "" },
@@ -225,7 +232,15 @@ func TestValidateRequests(t *testing.T) {
 		"bad scope":    func(r *ErasureRequest) { r.Scope = "Everything" },
 		"no requester": func(r *ErasureRequest) { r.RequestedBy = "" },
 		"NUL":          func(r *ErasureRequest) { r.RequestedBy = "a\x00b" },
-		"reversed":     func(r *ErasureRequest) { r.From, r.To = &to, &from },
+		// Words that any printable-text check lets through: the audit record is kept centrally
+		// for years, so a requester is a role from a closed set, never a name.
+		"a person":        func(r *ErasureRequest) { r.RequestedBy = "Jane Doe <jane.doe@acme.example>" },
+		"a repository":    func(r *ErasureRequest) { r.RequestedBy = "acme-secret-repo" },
+		"a ticket":        func(r *ErasureRequest) { r.RequestedBy = "support ticket 4711" },
+		"another case":    func(r *ErasureRequest) { r.RequestedBy = "support" },
+		"padded":          func(r *ErasureRequest) { r.RequestedBy = RequesterSupport + " " },
+		"a role and more": func(r *ErasureRequest) { r.RequestedBy = RequesterLegal + ":jane" },
+		"reversed":        func(r *ErasureRequest) { r.From, r.To = &to, &from },
 	} {
 		r := good
 		mut(&r)
