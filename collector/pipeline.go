@@ -123,6 +123,10 @@ func (p *Pipeline) Cursor() int64 {
 	return p.tracker.Cursor()
 }
 
+// maxSavedSuccessAhead is how far ahead of the collector's clock a saved last success may be
+// dated (a clock stepped back since it was saved) before it is ignored.
+const maxSavedSuccessAhead = 5 * time.Minute
+
 // Init loads the configuration and the starting point: saved progress, else the receiver's
 // acknowledged cursor, else the start of event_logs. The start point only saves reading: what
 // may leave is decided by the consent timeline in the configuration, whatever the cursor says.
@@ -151,8 +155,14 @@ func (p *Pipeline) Init(ctx context.Context) error {
 		p.Log.Info("resuming from saved progress", "cursor", cursor)
 		// A restarted collector reports its last success as it was, not as never: an alert on
 		// the time since must not fire sooner because the process restarted.
-		if saved.LastSuccessTime != nil {
-			p.Metrics.LastSuccess.Set(float64(saved.LastSuccessTime.Unix()))
+		// A success dated ahead of this clock was not this collector's (the state lives where a
+		// namespace editor may write it): believed, it would keep the alert quiet for as long.
+		if t := saved.LastSuccessTime; t != nil && t.After(p.Clock.Now().Add(maxSavedSuccessAhead)) {
+			p.Log.Warn("ignoring a saved last success dated ahead of this clock", "lastSuccess", t.UTC().Format(time.RFC3339))
+			p.progress.LastSuccessTime = nil
+		}
+		if t := p.progress.LastSuccessTime; t != nil {
+			p.Metrics.LastSuccess.Set(float64(t.Unix()))
 		}
 		p.Metrics.Lag.Set(float64(saved.LagSeconds))
 	default:

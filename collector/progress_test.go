@@ -8,7 +8,9 @@ package collector_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -236,6 +238,23 @@ func TestARestartedCollectorReportsItsLastSuccessAndInterval(t *testing.T) {
 	}
 	if got := gauge("collector_last_success_timestamp_seconds"); got != float64(saved.Unix()) {
 		t.Errorf("after a restart the last success reads %v, want the saved %v", got, saved.Unix())
+	}
+
+	// A success dated ahead, written into the state by hand (it lives in the tenant's
+	// namespace): not believed, so the alert on the time since the last success can fire.
+	forged := in.progress()
+	ahead := time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)
+	forged.LastSuccessTime = &ahead
+	raw, err := json.Marshal(forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(in.stateFile, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in.pipeline()
+	if got := gauge("collector_last_success_timestamp_seconds"); got != 0 {
+		t.Errorf("after a restart on a state dated 2099 the last success reads %v, want none (0)", got)
 	}
 	cfg, err := collector.LoadConfig(in.config)
 	if err != nil {
