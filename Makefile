@@ -181,8 +181,8 @@ e2e-cluster: envtest cluster-tools test-deps images build-installer ## Deploy th
 	TELEMETRY_E2E_CLUSTER=1 KUBEBUILDER_ASSETS="$(ENVTEST_DIR)" TELEMETRY_TEST_KUBECTL="$(TEST_KUBECTL)" go test -count=1 -timeout 30m -v $(TEST_FLAGS) ./test/e2ecluster/
 
 .PHONY: undeploy
-undeploy: kustomize ## Remove the manager from the cluster of the current kubeconfig.
-	$(KUSTOMIZE) build config/default | $(KUBECTL) delete --ignore-not-found -f -
+undeploy: kustomize ## Remove the manager from the cluster of the current kubeconfig (keeps the CRD, so every policy, and the namespace with the issuer's CA).
+	$(KUSTOMIZE) build config/undeploy | $(KUBECTL) delete --ignore-not-found -f -
 
 ##@ Tools (built from the Go module proxy into bin/)
 
