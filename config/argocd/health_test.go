@@ -84,6 +84,9 @@ func TestHealthCheck(t *testing.T) {
 		{"rolling out", "metadata: {generation: 2}\nstatus: {observedGeneration: 2, conditions: [{type: Reconciling, status: 'True'}, {type: Ready, status: 'False', reason: RollingOut}]}", "Progressing"},
 		{"stalled", "metadata: {generation: 2}\nstatus: {observedGeneration: 2, conditions: [{type: Stalled, status: 'True', reason: IssuerUnavailable, message: x}, {type: Ready, status: 'False'}]}", "Degraded"},
 		{"suspended", "metadata: {generation: 2}\nspec: {suspend: true}\nstatus: {observedGeneration: 2, conditions: []}", "Suspended"},
+		{"suspended and stalled", "metadata: {generation: 2}\nspec: {suspend: true}\nstatus: {observedGeneration: 2, conditions: [{type: Stalled, status: 'True', reason: InstanceOwnedElsewhere, message: x}, {type: Ready, status: 'False'}]}", "Degraded"},
+		{"suspended, stalled at an older generation", "metadata: {generation: 3}\nspec: {suspend: true}\nstatus: {observedGeneration: 2, conditions: [{type: Stalled, status: 'True', reason: InstanceOwnedElsewhere}]}", "Suspended"},
+		{"stalled at an older generation", "metadata: {generation: 3}\nstatus: {observedGeneration: 2, conditions: [{type: Stalled, status: 'True', reason: InstanceOwnedElsewhere}]}", "Progressing"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

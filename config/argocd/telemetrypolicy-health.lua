@@ -1,7 +1,19 @@
 -- Argo CD health check for telemetry.sourcegraph.com/TelemetryPolicy.
--- Healthy: Ready=True for the current generation. Degraded: Stalled=True.
+-- Healthy: Ready=True for the current generation. Degraded: Stalled=True (also while suspended:
+-- the operator reports Stalled before Suspended, e.g. an instance another policy owns).
 -- Suspended: spec.suspend. Progressing: anything else (rolling out, first reconcile).
 local hs = {}
+local current = obj.status ~= nil and obj.status.observedGeneration ~= nil and obj.metadata.generation ~= nil
+  and obj.status.observedGeneration >= obj.metadata.generation
+if current and obj.status.conditions ~= nil then
+  for _, c in ipairs(obj.status.conditions) do
+    if c.type == "Stalled" and c.status == "True" then
+      hs.status = "Degraded"
+      hs.message = (c.reason or "") .. ": " .. (c.message or "")
+      return hs
+    end
+  end
+end
 if obj.spec ~= nil and obj.spec.suspend == true then
   hs.status = "Suspended"
   hs.message = "spec.suspend is set; consent downgrades are still enforced"
@@ -16,13 +28,6 @@ if obj.status.observedGeneration == nil or obj.metadata.generation == nil or obj
   hs.status = "Progressing"
   hs.message = "Waiting for the operator to observe the latest change"
   return hs
-end
-for _, c in ipairs(obj.status.conditions) do
-  if c.type == "Stalled" and c.status == "True" then
-    hs.status = "Degraded"
-    hs.message = (c.reason or "") .. ": " .. (c.message or "")
-    return hs
-  end
 end
 for _, c in ipairs(obj.status.conditions) do
   if c.type == "Ready" then
