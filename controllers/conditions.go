@@ -30,20 +30,23 @@ const (
 	ReasonCollectorStopping   = "CollectorStopping"
 	ReasonCollectorStopped    = "CollectorStopped"
 	ReasonProgressDeadline    = "ProgressDeadlineExceeded"
-	ReasonCredentialsValid    = "Valid"
-	ReasonCredentialsOff      = "NotNeeded"
-	ReasonIssuerUnavailable   = "IssuerUnavailable"
-	ReasonIssuerExpiring      = "IssuerExpiring"
-	ReasonIssueFailed         = "IssueFailed"
-	ReasonExportFlowing       = "Flowing"
-	ReasonExportStale         = "NoRecentSuccess"
-	ReasonExportNoProgress    = "NoProgressYet"
-	ReasonExportDisabled      = "ExportDisabled"
-	ReasonEnforced            = "Enforced"
-	ReasonProgressing         = "Progressing"
-	ReasonSuspended           = "Suspended"
-	ReasonInvalidSpec         = "InvalidSpec"
-	ReasonImageNotAllowed     = "ImageNotAllowed"
+	// ReasonCollectorPodsRefused: the Deployment controller cannot create the collector's pod
+	// (a quota, a LimitRange, Pod Security admission, resources that contradict each other).
+	ReasonCollectorPodsRefused = "CollectorPodsRefused"
+	ReasonCredentialsValid     = "Valid"
+	ReasonCredentialsOff       = "NotNeeded"
+	ReasonIssuerUnavailable    = "IssuerUnavailable"
+	ReasonIssuerExpiring       = "IssuerExpiring"
+	ReasonIssueFailed          = "IssueFailed"
+	ReasonExportFlowing        = "Flowing"
+	ReasonExportStale          = "NoRecentSuccess"
+	ReasonExportNoProgress     = "NoProgressYet"
+	ReasonExportDisabled       = "ExportDisabled"
+	ReasonEnforced             = "Enforced"
+	ReasonProgressing          = "Progressing"
+	ReasonSuspended            = "Suspended"
+	ReasonInvalidSpec          = "InvalidSpec"
+	ReasonImageNotAllowed      = "ImageNotAllowed"
 	// ReasonNameTaken: an object the policy needs has a name taken by an object that is not its.
 	ReasonNameTaken          = "NameTaken"
 	ReasonEndpointNotAllowed = "EndpointNotAllowed"
@@ -102,6 +105,13 @@ func setSyncedCondition(p *v1.TelemetryPolicy, o workloadObservation) (stalled b
 	for _, c := range d.Status.Conditions {
 		if c.Type == appsv1.DeploymentProgressing && c.Status == corev1.ConditionFalse && c.Reason == "ProgressDeadlineExceeded" {
 			set(metav1.ConditionFalse, ReasonProgressDeadline, "the collector rollout exceeded its progress deadline: %s", c.Message)
+			return true
+		}
+	}
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentReplicaFailure && c.Status == corev1.ConditionTrue {
+			// Nothing starts until someone acts: said at once, not after the progress deadline.
+			set(metav1.ConditionFalse, ReasonCollectorPodsRefused, "the collector's pod cannot be created (%s): %s", c.Reason, c.Message)
 			return true
 		}
 	}

@@ -67,6 +67,10 @@ func TestEnforcedTierWaitsForTerminatingPods(t *testing.T) {
 
 func TestSetSyncedCondition(t *testing.T) {
 	deadline := appsv1.DeploymentCondition{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionFalse, Reason: "ProgressDeadlineExceeded", Message: "image pull backoff"}
+	refused := appsv1.DeploymentCondition{Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate",
+		Message: `pods "x" is forbidden: exceeded quota: compute`}
+	refusedOnce := refused
+	refusedOnce.Status = corev1.ConditionFalse
 	cases := []struct {
 		name        string
 		obs         workloadObservation
@@ -82,6 +86,8 @@ func TestSetSyncedCondition(t *testing.T) {
 		{"new pod not available", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 1, 0), "h"}, metav1.ConditionFalse, ReasonCollectorStarting, false},
 		{"no pods at all", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 0, 0, 0), "h"}, metav1.ConditionFalse, ReasonCollectorStarting, false},
 		{"rollout stuck", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 1, 0, deadline), "h"}, metav1.ConditionFalse, ReasonProgressDeadline, true},
+		{"pods refused", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 0, 0, 0, refused), "h"}, metav1.ConditionFalse, ReasonCollectorPodsRefused, true},
+		{"pods refused once, created since", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 1, 1, refusedOnce), "h"}, metav1.ConditionTrue, ReasonSynced, false},
 		// Recreate starts the current template's pod only once the old ones are gone: a pod
 		// still terminating beside an available current one is the current template's (its
 		// node lost), and must not keep Synced false.

@@ -232,6 +232,9 @@ var _ = Describe("TelemetryPolicy CRD", Ordered, func() {
 		Entry("terms version that is not a date",
 			func(p map[string]any) { set(p, "spec.contract.cloudTermsVersion", "latest") },
 			"spec.contract.cloudTermsVersion"),
+		Entry("terms version with no such month or day (it would pass any minimum)",
+			func(p map[string]any) { set(p, "spec.contract.cloudTermsVersion", "9999-99-99") },
+			"spec.contract.cloudTermsVersion"),
 		Entry("acceptance time that is not RFC 3339",
 			func(p map[string]any) { set(p, "spec.contract.acceptedAt", "yesterday") },
 			"acceptedAt"),
@@ -255,6 +258,11 @@ var _ = Describe("TelemetryPolicy CRD", Ordered, func() {
 				set(p, "spec.erasure", map[string]any{"requestID": "DSR-1", "requestedBy": "acme admin, support ticket 4711"})
 			},
 			"spec.erasure.requestedBy: Unsupported value"),
+		Entry("collector resources with claims (ignored otherwise)",
+			func(p map[string]any) {
+				set(p, "spec.collector", map[string]any{"resources": map[string]any{"claims": []any{map[string]any{"name": "gpu"}}}})
+			},
+			"collector.resources.claims is not supported"),
 		Entry("database secret name with a path",
 			func(p map[string]any) { set(p, "spec.source.databaseSecretRef.name", "../etc/passwd") },
 			"spec.source.databaseSecretRef.name"),

@@ -240,7 +240,7 @@ type ContractSpec struct {
 	// date that version took effect (YYYY-MM-DD). EventLevel runs only when it is not older than the
 	// operator's configured minimum (manager flag --min-cloud-terms-version).
 	// +optional
-	// +kubebuilder:validation:Pattern=`^[0-9]{4}-[0-9]{2}-[0-9]{2}$`
+	// +kubebuilder:validation:Pattern=`^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$`
 	CloudTermsVersion string `json:"cloudTermsVersion,omitempty"`
 
 	// acceptedAt is when the customer accepted the terms (RFC 3339).
@@ -382,8 +382,10 @@ type CollectorSpec struct {
 
 	// resources overrides the collector container's resource requests and limits one by one
 	// (default: 50m CPU and 64Mi memory requested, 128Mi memory limit); what it leaves out keeps
-	// its default, so the memory limit stays (a memory request above 128Mi raises it too).
+	// its default, so the memory limit stays (a memory request above 128Mi raises it too, and a
+	// limit below a default request lowers that request). Resource claims are not supported.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="!has(self.claims)",message="collector.resources.claims is not supported"
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 }
 

@@ -239,7 +239,10 @@ func DefaultResources() corev1.ResourceRequirements {
 // CollectorResources returns the collector container's resources: the defaults, with each
 // request and limit the policy names in place of the default one. What it leaves out keeps its
 // default, so the memory limit cannot be dropped (an empty override used to remove every limit);
-// a request above a default limit it did not name raises that limit to the request.
+// a request above a default limit it did not name raises that limit to the request, and a limit
+// below a default request it did not name lowers that request to the limit (as the API server
+// does for a limit named without a request), so no override leaves a request above its limit,
+// which the API server would refuse for every pod.
 func CollectorResources(override *corev1.ResourceRequirements) corev1.ResourceRequirements {
 	res := DefaultResources()
 	if override == nil {
@@ -252,10 +255,17 @@ func CollectorResources(override *corev1.ResourceRequirements) corev1.ResourceRe
 		res.Limits[name] = q.DeepCopy()
 	}
 	for name, q := range res.Requests {
-		if l, limited := res.Limits[name]; limited && q.Cmp(l) > 0 {
-			if _, named := override.Limits[name]; !named {
-				res.Limits[name] = q.DeepCopy()
-			}
+		l, limited := res.Limits[name]
+		if !limited || q.Cmp(l) <= 0 {
+			continue
+		}
+		_, limitNamed := override.Limits[name]
+		_, requestNamed := override.Requests[name]
+		switch {
+		case !limitNamed:
+			res.Limits[name] = q.DeepCopy()
+		case !requestNamed:
+			res.Requests[name] = l.DeepCopy()
 		}
 	}
 	return res

@@ -28,6 +28,12 @@ func TestCollectorResourcesOverrideOneByOne(t *testing.T) {
 		{"a CPU request", &corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: q("200m")}}, "200m", "64Mi", "128Mi"},
 		{"a larger memory request", &corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceMemory: q("256Mi")}}, "50m", "256Mi", "256Mi"},
 		{"a memory limit", &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: q("1Gi")}}, "50m", "64Mi", "1Gi"},
+		// A limit below a default request lowers the request, or no pod could be created.
+		{"a memory limit below the default request", &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: q("32Mi")}}, "50m", "32Mi", "32Mi"},
+		{"a CPU limit below the default request", &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceCPU: q("20m")}}, "20m", "64Mi", "128Mi"},
+		// Both named and contradictory: kept as written (the API server's refusal is reported).
+		{"a request above a limit, both named", &corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceMemory: q("256Mi")},
+			Limits: corev1.ResourceList{corev1.ResourceMemory: q("128Mi")}}, "50m", "256Mi", "128Mi"},
 	}
 	for _, c := range cases {
 		got := CollectorResources(c.override)
