@@ -27,6 +27,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/localstack"
 	"github.com/sourcegraph/telemetry-operator/internal/seed"
 	"github.com/sourcegraph/telemetry-operator/test/fleetcheck"
@@ -254,9 +255,11 @@ func erasureWalk(ctx context.Context, s *localstack.Stack, db fleetcheck.Receive
 	out, _ := s.Kubectl(ctx, "get", "tp", "-n", "acme", "acme", "-o", "jsonpath={.status.erasure}")
 	fmt.Println("==> kubectl get tp -n acme acme -o jsonpath='{.status.erasure}'")
 	fmt.Print(indent(out + "\n"))
-	out, _ = s.Receiver(ctx, "erasures", "--instance", "acme")
-	fmt.Println("==> receiver erasures --instance acme   (the audit trail: who, when, scope, counts; never the data)")
+	out, _ = s.Receiver(ctx, "erasures", "--instance", "acme", "--request", "DSR-2026-0001")
+	fmt.Println("==> receiver erasures --instance acme --request DSR-2026-0001   (the audit trail: who, when, scope, counts; never the data, nor the ticket's words: REQUEST is a key computed from it)")
 	fmt.Print(indent(out))
+	c.check(strings.Contains(out, consentv1.RequestKey("acme", "DSR-2026-0001")) && !strings.Contains(out, "DSR-2026-0001"),
+		"the receiver's audit record is found by the ticket and keeps only its key")
 	c.check(inRange > 0 && db.StoredBetween(ctx, "acme", from, to) == 0, "acme's first week is erased at the receiver (%d events before, 0 after)", inRange)
 	c.check(db.StoredBetween(ctx, "acme", to, time.Now().Add(time.Hour)) > 0, "the rest of acme's data is kept")
 }

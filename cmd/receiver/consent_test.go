@@ -16,7 +16,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
 	"github.com/sourcegraph/telemetry-operator/receiver/server"
 	"github.com/sourcegraph/telemetry-operator/receiver/store"
@@ -228,4 +230,41 @@ func captured(fn func() error) (string, error) {
 	os.Stdout = stdout
 	_ = w.Close()
 	return string(<-done), err
+}
+
+// TestErasuresFindsARequestByItsID: the receiver keeps a key computed from an erasure's request
+// id, never the id; `receiver erasures --instance --request ID` finds the record from the id the
+// customer's ticket names, and shows only the key.
+func TestErasuresFindsARequestByItsID(t *testing.T) {
+	ctx := context.Background()
+	r, err := receivertest.Start(ctx, server.DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	t.Setenv("RECEIVER_DATABASE_DSN", r.PG.DSN("receiver"))
+	if err := r.Grant(ctx, "acme", consentv1.TierEventLevel, time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	owner := consentv1.Owner{Namespace: "acme", Name: "acme", UID: receivertest.TestPolicyUID}
+	for _, id := range []string{"DSR-2026-0001", "DSR-2026-0002"} {
+		if _, err := r.Store.Erase(ctx, receivertest.TestCluster, consentv1.ErasureRequest{InstanceID: "acme", Owner: owner,
+			RequestID: id, Scope: consentv1.ScopeEvents, RequestedBy: consentv1.RequesterSupport}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(args ...string) (string, error) {
+		return captured(func() error { return erasures(ctx, args) })
+	}
+	out, err := run("--instance", "acme", "--request", "DSR-2026-0001")
+	if err != nil || !strings.Contains(out, consentv1.RequestKey("acme", "DSR-2026-0001")) ||
+		strings.Contains(out, consentv1.RequestKey("acme", "DSR-2026-0002")) || strings.Contains(out, "DSR-2026") {
+		t.Fatalf("erasures --request DSR-2026-0001: %v\n%s", err, out)
+	}
+	if out, err := run("--instance", "acme", "--request", "DSR-2026-0003"); err != nil || !strings.Contains(out, "(none)") {
+		t.Fatalf("erasures --request of a request never made: %v\n%s", err, out)
+	}
+	if _, err := run("--request", "DSR-2026-0001"); err == nil {
+		t.Fatal("--request without --instance was accepted")
+	}
 }

@@ -13,7 +13,7 @@ Licensed under the Apache License, Version 2.0.
 //	receiver consent release --instance ID --to CLUSTER/NAMESPACE|--to-anyone (hand a record over: admin override)
 //	receiver consent reserve --instance ID --to CLUSTER/NAMESPACE (assign a new instance to its namespace)
 //	receiver consent reservations [--required=true|false]    (whether every new instance needs one)
-//	receiver erasures [--instance ID] [--format table|json]  (the erasure audit trail)
+//	receiver erasures [--instance ID [--request TICKET]] [--format table|json]  (the erasure audit trail)
 //	receiver exported --instance ID [--limit N] [--format table|json] (what an instance exported)
 //
 // The database DSN comes from $RECEIVER_DATABASE_DSN or --database-dsn-file, never a flag
@@ -594,11 +594,15 @@ func writeState(out io.Writer, s consentv1.State) error {
 func erasures(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("erasures", flag.ExitOnError)
 	instance := fs.String("instance", "", "One instance's erasures (default: every instance's).")
+	request := fs.String("request", "", "With --instance: only the erasure requested with this id (spec.erasure.requestID). The receiver keeps a key computed from the id, never the id: REQUEST shows the key.")
 	format := fs.String("format", "table", "Output format: table or json.")
 	dsnFile := dsnFlag(fs)
 	_ = fs.Parse(args)
 	if *format != "table" && *format != "json" {
 		return fmt.Errorf("--format must be table or json, not %q", *format)
+	}
+	if *request != "" && *instance == "" {
+		return errors.New("--request needs --instance: a request's key is computed from both")
 	}
 	st, err := openStore(ctx, *dsnFile)
 	if err != nil {
@@ -608,6 +612,10 @@ func erasures(ctx context.Context, args []string) error {
 	list, err := st.Erasures(ctx, *instance)
 	if err != nil {
 		return err
+	}
+	if *request != "" {
+		key := consentv1.RequestKey(*instance, *request)
+		list = slices.DeleteFunc(list, func(e store.ErasureRecord) bool { return e.RequestID != key })
 	}
 	if *format == "json" {
 		enc := json.NewEncoder(os.Stdout)

@@ -214,7 +214,7 @@ func (s *Server) handleErasures(w http.ResponseWriter, r *http.Request) {
 		s.adminError(w, err, "erase", req.InstanceID)
 		return
 	}
-	s.log.Info("erasure verified", "instance", req.InstanceID, "request", req.RequestID, "scope", res.Scope,
+	s.log.Info("erasure verified", "instance", req.InstanceID, "request", res.RequestID, "scope", res.Scope,
 		"eventsDeleted", res.EventsDeleted, "aggregatesDeleted", res.AggregatesDeleted)
 	writeJSON(w, http.StatusOK, res)
 }

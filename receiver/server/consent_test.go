@@ -453,7 +453,7 @@ func TestErasure(t *testing.T) {
 		var by string
 		var deleted int64
 		var verified *time.Time
-		if err := rcv.DB.QueryRow(ctx, `SELECT requested_by, events_deleted, verified_at FROM erasures WHERE instance_id = 'era' AND request_id = 'gdpr-1'`).
+		if err := rcv.DB.QueryRow(ctx, `SELECT requested_by, events_deleted, verified_at FROM erasures WHERE instance_id = 'era' AND request_id = $1`, consentv1.RequestKey("era", "gdpr-1")).
 			Scan(&by, &deleted, &verified); err != nil || by != consentv1.RequesterDataSubject || deleted != 8 || verified == nil {
 			t.Fatalf("audit row: %q %d %v %v", by, deleted, verified, err)
 		}
@@ -537,8 +537,28 @@ func TestErasure(t *testing.T) {
 			t.Fatalf("re-sent cells: %d %s", r.status, r.body)
 		}
 		st, _ := state(t, "era")
-		if len(st.Erasures) != 2 || st.Erasures[0].RequestID != "gdpr-1" || st.Erasures[1].RequestID != "gdpr-2" {
+		if len(st.Erasures) != 2 || st.Erasures[0].RequestID != consentv1.RequestKey("era", "gdpr-1") || st.Erasures[1].RequestID != consentv1.RequestKey("era", "gdpr-2") {
 			t.Fatalf("erasures in the record: %+v", st.Erasures)
+		}
+	})
+	t.Run("the audit record keeps no words of the request's id", func(t *testing.T) {
+		// An id the format admits (letters, digits, ._:-) that carries a name and a
+		// repository: the receiver answers and keeps its key, never the words.
+		const wordy = "Jane.Doe_jane.doe-acme.example:acme-secret-repo"
+		at := today.AddDate(0, 0, -20)
+		res, r := erase(t, east, consentv1.ErasureRequest{InstanceID: "era", Owner: owner, RequestID: wordy, Scope: consentv1.ScopeEvents,
+			To: &at, RequestedBy: consentv1.RequesterDataSubject})
+		if r.status != http.StatusOK || res.RequestID != consentv1.RequestKey("era", wordy) {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		for _, word := range []string{"Jane", "jane", "acme-secret-repo", "example"} {
+			if strings.Contains(string(r.body), word) {
+				t.Errorf("the answer holds %q: %s", word, r.body)
+			}
+			var n int
+			if err := rcv.DB.QueryRow(ctx, `SELECT count(*) FROM erasures e WHERE strpos(to_jsonb(e)::text, $1) > 0`, word).Scan(&n); err != nil || n != 0 {
+				t.Errorf("%d audit records hold %q (%v)", n, word, err)
+			}
 		}
 	})
 }

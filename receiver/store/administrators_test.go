@@ -130,12 +130,12 @@ func TestOnlyTheReceiversAdministratorsHandOverRecords(t *testing.T) {
 		`UPDATE erasures SET verified_at = NULL`,
 		`UPDATE erasures SET verified_at = '2000-01-01'`,
 		`INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by, owner_cluster, owner_namespace, owner_name, requested_at)
-		   VALUES ('acme', 'dsr-1', 'Events', now(), 'DataSubject', 'c1', 'acme', 'policy', now())
+		   VALUES ('acme', 'd79a50f46cdc5e19963be5de8d4f7c36', 'Events', now(), 'DataSubject', 'c1', 'acme', 'policy', now())
 		   ON CONFLICT (instance_id, request_id) DO UPDATE SET verified_at = '2000-01-01'`,
 		`INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by, owner_cluster, owner_namespace, owner_name, requested_at)
-		   VALUES ('acme', 'forged', 'Events', now(), 'DataSubject', 'c1', 'mallory', 'p', now())`,
+		   VALUES ('acme', 'bfdf3f332693a52b0ea851dbd0b1c9c6', 'Events', now(), 'DataSubject', 'c1', 'mallory', 'p', now())`,
 		`INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by, owner_cluster, owner_namespace, owner_name, requested_at, verified_at)
-		   VALUES ('acme', 'dsr-2', 'All', now(), 'DataSubject', 'c1', 'acme', 'policy', now(), now())`,
+		   VALUES ('acme', '936cf9a60cd6627d61027999438aa4c7', 'All', now(), 'DataSubject', 'c1', 'acme', 'policy', now(), now())`,
 	}
 	for _, sql := range hostile {
 		for who, exec := range map[string]func(string) error{

@@ -878,7 +878,8 @@ type eraseRange struct {
 // stamps the record verified only when nothing in scope is left (else ErrUnverified: retry).
 // The range stays a tombstone: ingestion refuses data in it from then on. A request id is
 // idempotent: a verified request returns its stored result and deletes nothing; an unverified
-// one is carried out again; the same id with another scope or range is ErrRequestConflict.
+// one is carried out again; the same id with another scope or range is ErrRequestConflict. The
+// record keeps the id's key (consentv1.RequestKey), never the id.
 func (s *Store) Erase(ctx context.Context, cluster string, req consentv1.ErasureRequest) (consentv1.ErasureResult, error) {
 	owner := req.Owner
 	owner.Cluster = cluster
@@ -889,6 +890,9 @@ func (s *Store) Erase(ctx context.Context, cluster string, req consentv1.Erasure
 	if err := req.Validate(); err != nil {
 		return consentv1.ErasureResult{}, invalid("%v", err)
 	}
+	// The id is the customer's ticket reference and may hold words: only its key is stored,
+	// logged or answered.
+	key := consentv1.RequestKey(instance, req.RequestID)
 	now := s.now()
 	var from *time.Time
 	if req.From != nil {
@@ -919,13 +923,13 @@ func (s *Store) Erase(ctx context.Context, cluster string, req consentv1.Erasure
 			}
 			return e
 		}
-		prior, toDefaulted, found, err := loadErasure(ctx, tx, instance, req.RequestID)
+		prior, toDefaulted, found, err := loadErasure(ctx, tx, instance, key)
 		if err != nil {
 			return err
 		}
 		if found {
 			if prior.Scope != req.Scope || !consentv1.SameTime(prior.From, from) || toDefaulted != defaulted || (!defaulted && !prior.To.Equal(to)) {
-				return fmt.Errorf("%w: request %q was for scope %s over another range", ErrRequestConflict, req.RequestID, prior.Scope)
+				return fmt.Errorf("%w: request %q was for scope %s over another range", ErrRequestConflict, key, prior.Scope)
 			}
 			if prior.VerifiedAt != nil {
 				res, replay = prior, true
@@ -933,7 +937,7 @@ func (s *Store) Erase(ctx context.Context, cluster string, req consentv1.Erasure
 			}
 			rng = eraseRange{from: prior.From, to: prior.To}
 			if err := tx.QueryRow(ctx, `SELECT ahead_to, ahead_max_id FROM erasures WHERE instance_id = $1 AND request_id = $2`,
-				instance, req.RequestID).Scan(&rng.aheadTo, &rng.aheadMaxID); err != nil {
+				instance, key).Scan(&rng.aheadTo, &rng.aheadMaxID); err != nil {
 				return err
 			}
 		} else {
@@ -960,14 +964,14 @@ func (s *Store) Erase(ctx context.Context, cluster string, req consentv1.Erasure
 		if found {
 			_, err = tx.Exec(ctx, `
 UPDATE erasures SET events_deleted = events_deleted + $3, aggregates_deleted = aggregates_deleted + $4
-WHERE instance_id = $1 AND request_id = $2`, instance, req.RequestID, events, aggDel)
+WHERE instance_id = $1 AND request_id = $2`, instance, key, events, aggDel)
 		} else {
 			_, err = tx.Exec(ctx, `
 INSERT INTO erasures (instance_id, request_id, scope, range_from, range_to, range_to_defaulted, requested_by,
                       owner_cluster, owner_namespace, owner_name, requested_at, events_deleted, aggregates_deleted,
                       ahead_to, ahead_max_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
-				instance, req.RequestID, req.Scope, rng.from, rng.to, defaulted, req.RequestedBy,
+				instance, key, req.Scope, rng.from, rng.to, defaulted, req.RequestedBy,
 				owner.Cluster, owner.Namespace, owner.Name, now, events, aggDel, rng.aheadTo, rng.aheadMaxID)
 		}
 		if err != nil {
@@ -979,7 +983,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
 	if err != nil || replay {
 		return res, err
 	}
-	s.observe().Erased(instance, owner, req.RequestID, req.Scope, events, aggDel)
+	s.observe().Erased(instance, owner, key, req.Scope, events, aggDel)
 
 	// Verify in a new statement, after the commit: what a re-query finds is what is stored.
 	left, err := countInScope(ctx, s.pool, instance, req.Scope, rng)
@@ -987,13 +991,13 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
 		return consentv1.ErasureResult{}, unavailable(err)
 	}
 	if left > 0 {
-		return consentv1.ErasureResult{}, fmt.Errorf("%w: %d rows of instance %q are still in scope of request %q", ErrUnverified, left, instance, req.RequestID)
+		return consentv1.ErasureResult{}, fmt.Errorf("%w: %d rows of instance %q are still in scope of request %q", ErrUnverified, left, instance, key)
 	}
 	if _, err := s.pool.Exec(ctx, `UPDATE erasures SET verified_at = $3 WHERE instance_id = $1 AND request_id = $2 AND verified_at IS NULL`,
-		instance, req.RequestID, s.now()); err != nil {
+		instance, key, s.now()); err != nil {
 		return consentv1.ErasureResult{}, unavailable(err)
 	}
-	res, _, _, err = loadErasure(ctx, s.pool, instance, req.RequestID)
+	res, _, _, err = loadErasure(ctx, s.pool, instance, key)
 	if err != nil {
 		return consentv1.ErasureResult{}, unavailable(err)
 	}

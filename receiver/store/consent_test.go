@@ -142,7 +142,7 @@ CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION ke
 	}
 	var verified *time.Time
 	var deleted int64
-	if err := pool.QueryRow(ctx, `SELECT verified_at, events_deleted FROM erasures WHERE request_id = 'req-1'`).Scan(&verified, &deleted); err != nil || verified != nil || deleted != 6 {
+	if err := pool.QueryRow(ctx, `SELECT verified_at, events_deleted FROM erasures WHERE request_id = $1`, consentv1.RequestKey("acme", "req-1")).Scan(&verified, &deleted); err != nil || verified != nil || deleted != 6 {
 		t.Fatalf("audit row before verification: %v %d %v", verified, deleted, err)
 	}
 	// The range is a tombstone at once: the remaining row could not be re-sent either.
@@ -202,7 +202,7 @@ CREATE TRIGGER keep_one BEFORE DELETE ON events FOR EACH ROW EXECUTE FUNCTION ke
 			t.Fatalf("erasure of a released record: %v", err)
 		}
 		list, err := r.Store.Erasures(ctx, "")
-		if err != nil || len(list) != 1 || list[0].InstanceID != "acme" || list[0].RequestID != "req-1" || list[0].VerifiedAt == nil {
+		if err != nil || len(list) != 1 || list[0].InstanceID != "acme" || list[0].RequestID != consentv1.RequestKey("acme", "req-1") || list[0].VerifiedAt == nil {
 			t.Fatalf("audit trail %+v %v", list, err)
 		}
 		if previous, err := r.Admin.ForceRelease(ctx, "acme", nil); err != nil || previous != (consentv1.Owner{}) {

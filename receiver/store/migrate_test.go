@@ -317,21 +317,22 @@ SELECT $1, d::date, 1, now() FROM generate_series($2::date - 1, $2::date + 12, i
 	}
 }
 
-// TestMigrationReplacesFreeTextRequesters: migration 0019 leaves no free text in an erasure's
-// audit record (a requester that is not a role becomes Unspecified, a role is kept, nothing else
-// in the record changes), and from then on the database refuses free text there, whoever writes
-// it.
+// TestMigrationReplacesFreeTextRequesters: migration 0019 leaves no customer words in an
+// erasure's audit record (a requester that is not a role becomes Unspecified, a role is kept; a
+// request id becomes the key the receiver computes for it, so a retry finds its record; nothing
+// else in the record changes), and from then on the database refuses words there, whoever
+// writes them.
 func TestMigrationReplacesFreeTextRequesters(t *testing.T) {
 	ctx := context.Background()
 	s := storeMigratedBefore(t, "0019")
-	if _, err := s.pool.Exec(ctx, `INSERT INTO consent_instances (instance_id) VALUES ('acme');
+	if _, err := s.pool.Exec(ctx, `INSERT INTO consent_instances (instance_id, owner_cluster, owner_namespace, owner_name) VALUES ('acme', 'c', 'n', 'p');
 INSERT INTO consent_transitions (instance_id, seq, at, tier, owner_cluster, owner_namespace, owner_name)
 VALUES ('acme', 1, '2026-01-01', 'EventLevel', 'c', 'n', 'p')`); err != nil {
 		t.Fatal(err)
 	}
 	before := map[string]string{
 		"r1": "acme admin, support ticket 4711",
-		"r2": "Jane Doe <jane.doe@acme.example>",
+		"Jane.Doe_jane.doe-acme.example:project-falcon": "Jane Doe <jane.doe@acme.example>",
 		"r3": consentv1.RequesterLegal,
 		"r4": "support", // a role in another case is not a role
 	}
@@ -345,8 +346,9 @@ VALUES ('acme', $1, 'Events', '2026-02-01', $2, 'c', 'n', 'p', '2026-02-01', 40,
 	if err := s.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"r1": consentv1.RequesterUnspecified, "r2": consentv1.RequesterUnspecified,
-		"r3": consentv1.RequesterLegal, "r4": consentv1.RequesterUnspecified}
+	key := func(id string) string { return consentv1.RequestKey("acme", id) }
+	want := map[string]string{key("r1"): consentv1.RequesterUnspecified, key("Jane.Doe_jane.doe-acme.example:project-falcon"): consentv1.RequesterUnspecified,
+		key("r3"): consentv1.RequesterLegal, key("r4"): consentv1.RequesterUnspecified}
 	rows, err := s.pool.Query(ctx, `SELECT request_id, requested_by, events_deleted, verified_at IS NOT NULL FROM erasures`)
 	if err != nil {
 		t.Fatal(err)
@@ -358,6 +360,10 @@ VALUES ('acme', $1, 'Events', '2026-02-01', $2, 'c', 'n', 'p', '2026-02-01', 40,
 		if err := rows.Scan(&id, &who, &deleted, &verified); err != nil {
 			t.Fatal(err)
 		}
+		if _, known := want[id]; !known {
+			t.Errorf("a record's id after the migration is %q, not the key the receiver computes", id)
+			continue
+		}
 		if who != want[id] || deleted != 40 || !verified {
 			t.Errorf("%s after the migration: requested by %q, %d deleted, verified %v; want %q, 40, true", id, who, deleted, verified, want[id])
 		}
@@ -368,7 +374,20 @@ VALUES ('acme', $1, 'Events', '2026-02-01', $2, 'c', 'n', 'p', '2026-02-01', 40,
 	}
 	if _, err := s.pool.Exec(ctx, `INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by,
   owner_cluster, owner_namespace, owner_name, requested_at)
-VALUES ('acme', 'r5', 'Events', '2026-02-01', 'jane.doe', 'c', 'n', 'p', '2026-02-01')`); err == nil {
+VALUES ('acme', $1, 'Events', '2026-02-01', 'jane.doe', 'c', 'n', 'p', '2026-02-01')`, key("r5")); err == nil {
 		t.Fatal("the database stored free text as an erasure's requester")
+	}
+	if _, err := s.pool.Exec(ctx, `INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by,
+  owner_cluster, owner_namespace, owner_name, requested_at)
+VALUES ('acme', 'jane.doe-1', 'Events', '2026-02-01', 'Legal', 'c', 'n', 'p', '2026-02-01')`); err == nil {
+		t.Fatal("the database stored a request id rather than its key")
+	}
+	// A retry of a request recorded before the migration finds its record: replayed, not
+	// carried out again.
+	res, err := s.Erase(ctx, "c", consentv1.ErasureRequest{InstanceID: "acme", Owner: consentv1.Owner{Namespace: "n", Name: "p"},
+		RequestID: "r3", Scope: consentv1.ScopeEvents, To: &[]time.Time{time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)}[0],
+		RequestedBy: consentv1.RequesterLegal})
+	if err != nil || res.RequestID != key("r3") || res.EventsDeleted != 40 {
+		t.Fatalf("a retry after the migration: %+v %v", res, err)
 	}
 }

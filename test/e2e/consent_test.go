@@ -27,6 +27,7 @@ import (
 
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	catalogv1 "github.com/sourcegraph/telemetry-operator/api/catalog/v1"
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/localstack"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
@@ -346,7 +347,8 @@ func TestErasureOnRequest(t *testing.T) {
 	}
 	var requestedBy string
 	var deleted int64
-	if err := receiver.QueryRow(context.Background(), "SELECT requested_by, events_deleted FROM erasures WHERE instance_id = 'erased' AND request_id = 'DSR-7' AND verified_at IS NOT NULL").Scan(&requestedBy, &deleted); err != nil {
+	if err := receiver.QueryRow(context.Background(), "SELECT requested_by, events_deleted FROM erasures WHERE instance_id = 'erased' AND request_id = $1 AND verified_at IS NOT NULL",
+		consentv1.RequestKey("erased", "DSR-7")).Scan(&requestedBy, &deleted); err != nil {
 		t.Fatalf("no verified audit record: %v", err)
 	}
 	if requestedBy != "Support" || deleted != int64(stored) {

@@ -16,6 +16,8 @@ Licensed under the Apache License, Version 2.0.
 package v1
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
@@ -570,6 +572,7 @@ type ErasureRequest struct {
 // ErasureResult is the audit record of an erasure: who asked, when, the scope, how many rows were
 // deleted and when a re-query found nothing left. It never holds any of the data.
 type ErasureResult struct {
+	// RequestID is the request's key (RequestKey), not the id it was asked with.
 	RequestID         string     `json:"requestID"`
 	Scope             string     `json:"scope"`
 	From              *time.Time `json:"from,omitempty"`
@@ -629,6 +632,15 @@ var (
 
 // ValidName reports whether s is a Kubernetes object or namespace name (a DNS subdomain).
 func ValidName(s string) bool { return len(s) <= MaxNameLen && namePattern.MatchString(s) }
+
+// RequestKey is how the receiver keeps an erasure request's id: the first 32 hex digits of the
+// SHA-256 of the instance and the id, never the id itself. The id is a ticket reference the
+// customer chose and may hold words; the audit record is kept centrally for years. The same
+// request finds its record again, and whoever knows the ticket can compute its key.
+func RequestKey(instanceID, requestID string) string {
+	sum := sha256.Sum256([]byte(instanceID + "/" + requestID))
+	return hex.EncodeToString(sum[:16])
+}
 
 // ValidRequestID reports whether s may identify an erasure request.
 func ValidRequestID(s string) bool { return requestIDPattern.MatchString(s) }

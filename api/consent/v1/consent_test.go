@@ -9,6 +9,8 @@ package v1
 import (
 	"errors"
 	"math/rand/v2"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -521,5 +523,22 @@ func TestAggregateDaysAgreeWithTierAt(t *testing.T) {
 				t.Fatalf("Allow(%s) = %v, want %v on %+v", day.Format(time.DateOnly), got, want, tl)
 			}
 		}
+	}
+}
+
+// TestRequestKeyKeepsNoWords: the key the receiver keeps for a request id is 32 hex digits, one
+// per instance and id, and carries none of the id's text.
+func TestRequestKeyKeepsNoWords(t *testing.T) {
+	const wordy = "Jane.Doe_jane.doe-acme.example:acme-secret-repo"
+	k := RequestKey("acme", wordy)
+	if !regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(k) || strings.Contains(k, "acme") {
+		t.Fatalf("key %q", k)
+	}
+	if k != RequestKey("acme", wordy) || k == RequestKey("globex", wordy) || k == RequestKey("acme", wordy+"x") {
+		t.Fatal("a key is not one per instance and id")
+	}
+	// The separator keeps instance and id apart because neither may hold it.
+	if ValidRequestID("b/c") || ValidName("a/b") {
+		t.Fatal("an instance or request id may hold the key's separator")
 	}
 }
