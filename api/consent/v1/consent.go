@@ -627,7 +627,9 @@ const (
 var (
 	namePattern      = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
 	requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
-	printable        = regexp.MustCompile(`^[^\x00-\x1f\x7f]*$`)
+	// uidPattern is a Kubernetes UID as certificates carry it (internal/pki), or none: the
+	// record keeps it for years, so no text of anyone's choosing.
+	uidPattern = regexp.MustCompile(`^([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)?$`)
 )
 
 // ValidName reports whether s is a Kubernetes object or namespace name (a DNS subdomain).
@@ -650,8 +652,8 @@ func (o Owner) Validate() error {
 	if !ValidName(o.Namespace) || !ValidName(o.Name) {
 		return errors.New("owner.namespace and owner.name must be Kubernetes names")
 	}
-	if len(o.UID) > 64 || !printable.MatchString(o.UID) {
-		return errors.New("owner.uid is at most 64 printable characters")
+	if len(o.UID) > 64 || !uidPattern.MatchString(o.UID) {
+		return errors.New("owner.uid is at most 64 letters, digits and inner '-' (a Kubernetes UID)")
 	}
 	return nil
 }

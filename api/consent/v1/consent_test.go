@@ -253,6 +253,15 @@ func TestValidateRequests(t *testing.T) {
 	if (Owner{Namespace: "acme", Name: "acme"}).Validate() != nil || (Owner{Namespace: "Acme", Name: "x"}).Validate() == nil {
 		t.Fatal("owner validation")
 	}
+	// A UID is kept in the record for years: a Kubernetes UID, never text of anyone's choosing.
+	for uid, ok := range map[string]bool{
+		"": true, "3f2a9c1e-5b7d-4e8a-9c0f-1a2b3c4d5e6f": true, "receivertest-policy": true,
+		"Jane Doe <jane.doe@acme.example>": false, "jane.doe": false, "a b": false, "-x": false, "x\u260e": false,
+	} {
+		if err := (Owner{Namespace: "acme", Name: "acme", UID: uid}).Validate(); (err == nil) != ok {
+			t.Errorf("owner uid %q: %v, want accepted %v", uid, err, ok)
+		}
+	}
 	if (Owner{Cluster: "a", Namespace: "n", Name: "p", UID: "1"}).Same(Owner{Cluster: "a", Namespace: "n", Name: "p", UID: "2"}) {
 		t.Fatal("a policy created again under the same name (new UID) is not the owner until the record is released")
 	}
