@@ -160,8 +160,10 @@ const (
 // ErasureSpec is a request to delete an instance's stored data at the receiver.
 // +kubebuilder:validation:XValidation:rule="!has(self.from) || !has(self.to) || self.to > self.from",message="erasure.to must be after erasure.from"
 type ErasureSpec struct {
-	// requestID identifies the request, e.g. a ticket number; a new value makes a new request.
-	// 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit.
+	// requestID identifies the request, e.g. your ticket's id; a new value makes a new request.
+	// 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit. The receiver
+	// keeps only a key computed from it (receiver erasures --request finds it), never the id;
+	// still, write no names in it.
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=128

@@ -261,8 +261,11 @@ func TestErasuresFindsARequestByItsID(t *testing.T) {
 		strings.Contains(out, consentv1.RequestKey("acme", "DSR-2026-0002")) || strings.Contains(out, "DSR-2026") {
 		t.Fatalf("erasures --request DSR-2026-0001: %v\n%s", err, out)
 	}
-	if out, err := run("--instance", "acme", "--request", "DSR-2026-0003"); err != nil || !strings.Contains(out, "(none)") {
-		t.Fatalf("erasures --request of a request never made: %v\n%s", err, out)
+	if out, err := run("--instance", "acme", "--request", "DSR-2026-0003"); err == nil {
+		t.Fatalf("erasures --request of a request never made succeeded:\n%s", out)
+	}
+	if out, err := run("--instance", "acme", "--request", "DSR 2026/1"); err == nil {
+		t.Fatalf("erasures --request of an id the format refuses succeeded:\n%s", out)
 	}
 	if _, err := run("--request", "DSR-2026-0001"); err == nil {
 		t.Fatal("--request without --instance was accepted")

@@ -604,6 +604,9 @@ func erasures(ctx context.Context, args []string) error {
 	if *request != "" && *instance == "" {
 		return errors.New("--request needs --instance: a request's key is computed from both")
 	}
+	if *request != "" && !consentv1.ValidRequestID(*request) {
+		return fmt.Errorf("--request %q is not a request id (1-128 letters, digits, '.', '_', ':' or '-')", *request)
+	}
 	st, err := openStore(ctx, *dsnFile)
 	if err != nil {
 		return err
@@ -616,6 +619,9 @@ func erasures(ctx context.Context, args []string) error {
 	if *request != "" {
 		key := consentv1.RequestKey(*instance, *request)
 		list = slices.DeleteFunc(list, func(e store.ErasureRecord) bool { return e.RequestID != key })
+		if len(list) == 0 {
+			return fmt.Errorf("instance %s has no erasure requested with id %q (key %s)", *instance, *request, key)
+		}
 	}
 	if *format == "json" {
 		enc := json.NewEncoder(os.Stdout)
