@@ -24,18 +24,25 @@ import (
 	"github.com/sourcegraph/telemetry-operator/receiver/store"
 )
 
+// receiverForCommands starts a receiver on a real database and points the commands at it.
+func receiverForCommands(t *testing.T) *receivertest.Receiver {
+	t.Helper()
+	r, err := receivertest.Start(context.Background(), server.DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	t.Setenv("RECEIVER_DATABASE_DSN", r.PG.DSN("receiver"))
+	return r
+}
+
 // TestConsentCommandsShowTheOwnershipTrail runs the administrator's consent commands against a
 // real database: a reservation made through them shows in the record's trail with the user who
 // ran it (its command), a deleted record's trail is still shown (table and json), and the reservations
 // listing names each open record's last owner.
 func TestConsentCommandsShowTheOwnershipTrail(t *testing.T) {
 	ctx := context.Background()
-	r, err := receivertest.Start(ctx, server.DefaultLimits())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	t.Setenv("RECEIVER_DATABASE_DSN", r.PG.DSN("receiver"))
+	r := receiverForCommands(t)
 	run := func(args ...string) string {
 		t.Helper()
 		out, err := captured(func() error { return consent(ctx, args) })
@@ -237,12 +244,7 @@ func captured(fn func() error) (string, error) {
 // customer's ticket names, and shows only the key.
 func TestErasuresFindsARequestByItsID(t *testing.T) {
 	ctx := context.Background()
-	r, err := receivertest.Start(ctx, server.DefaultLimits())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	t.Setenv("RECEIVER_DATABASE_DSN", r.PG.DSN("receiver"))
+	r := receiverForCommands(t)
 	if err := r.Grant(ctx, "acme", consentv1.TierEventLevel, time.Now().Add(-time.Hour)); err != nil {
 		t.Fatal(err)
 	}
