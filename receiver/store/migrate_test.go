@@ -395,3 +395,24 @@ VALUES ('acme', 'jane.doe-1', 'Events', '2026-02-01', 'Legal', 'c', 'n', 'p', '2
 		t.Fatalf("a retry after the migration: %+v %v", res, err)
 	}
 }
+
+// TestMigration0020LeavesKeysItFindsAlone: a database a development build migrated already holds
+// keys and their check; 0020 leaves them as they are (hashing a key again would lose the record).
+func TestMigration0020LeavesKeysItFindsAlone(t *testing.T) {
+	ctx := context.Background()
+	s := storeMigratedBefore(t, "0020")
+	k := consentv1.RequestKey("acme", "DSR-1")
+	if _, err := s.pool.Exec(ctx, `INSERT INTO consent_instances (instance_id) VALUES ('acme');
+ALTER TABLE erasures ADD CONSTRAINT erasures_request_key CHECK (request_id ~ '^[0-9a-f]{32}$');
+INSERT INTO erasures (instance_id, request_id, scope, range_to, requested_by, owner_cluster, owner_namespace, owner_name, requested_at)
+VALUES ('acme', '`+k+`', 'Events', '2026-02-01', 'Legal', 'c', 'n', 'p', '2026-02-01')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	if err := s.pool.QueryRow(ctx, `SELECT request_id FROM erasures`).Scan(&id); err != nil || id != k {
+		t.Fatalf("request id after 0020 on a migrated database: %q (%v), want %q", id, err, k)
+	}
+}
