@@ -30,8 +30,9 @@ const (
 	ReasonCollectorStopping   = "CollectorStopping"
 	ReasonCollectorStopped    = "CollectorStopped"
 	ReasonProgressDeadline    = "ProgressDeadlineExceeded"
-	// ReasonCollectorPodsRefused: the Deployment controller cannot create the collector's pod
-	// (a quota, a LimitRange, Pod Security admission, resources that contradict each other).
+	// ReasonCollectorPodsRefused: the ReplicaSet controller cannot create the collector's pod
+	// (a quota, a LimitRange, Pod Security admission, resources that contradict each other); it
+	// keeps trying, and the rollout stalls at its progress deadline.
 	ReasonCollectorPodsRefused = "CollectorPodsRefused"
 	ReasonCredentialsValid     = "Valid"
 	ReasonCredentialsOff       = "NotNeeded"
@@ -102,21 +103,25 @@ func setSyncedCondition(p *v1.TelemetryPolicy, o workloadObservation) (stalled b
 		set(metav1.ConditionFalse, ReasonRollingOut, "waiting for the Deployment controller to observe generation %d", d.Generation)
 		return false
 	}
+	refused := podsRefused(d)
 	for _, c := range d.Status.Conditions {
 		if c.Type == appsv1.DeploymentProgressing && c.Status == corev1.ConditionFalse && c.Reason == "ProgressDeadlineExceeded" {
-			set(metav1.ConditionFalse, ReasonProgressDeadline, "the collector rollout exceeded its progress deadline: %s", c.Message)
-			return true
-		}
-	}
-	for _, c := range d.Status.Conditions {
-		if c.Type == appsv1.DeploymentReplicaFailure && c.Status == corev1.ConditionTrue {
-			// Nothing starts until someone acts: said at once, not after the progress deadline.
-			set(metav1.ConditionFalse, ReasonCollectorPodsRefused, "the collector's pod cannot be created (%s): %s", c.Reason, c.Message)
+			msg := c.Message
+			if refused != nil {
+				msg += "; the collector's pod cannot be created: " + refused.Message
+			}
+			set(metav1.ConditionFalse, ReasonProgressDeadline, "the collector rollout exceeded its progress deadline: %s", msg)
 			return true
 		}
 	}
 	if old := d.Status.Replicas - d.Status.UpdatedReplicas; old > 0 {
 		set(metav1.ConditionFalse, ReasonOldCollectorRunning, "%d collector pod(s) still run an older configuration", old)
+		return false
+	}
+	if refused != nil && d.Status.UpdatedReplicas < 1 {
+		// Said at once, not only at the progress deadline; not a stall before it: the
+		// ReplicaSet controller keeps trying, and a quota freed or a webhook back lets it.
+		set(metav1.ConditionFalse, ReasonCollectorPodsRefused, "the collector's pod cannot be created: %s", refused.Message)
 		return false
 	}
 	if d.Status.UpdatedReplicas < 1 || d.Status.AvailableReplicas < 1 {
@@ -125,6 +130,18 @@ func setSyncedCondition(p *v1.TelemetryPolicy, o workloadObservation) (stalled b
 	}
 	set(metav1.ConditionTrue, ReasonSynced, "the collector runs the current configuration (tier %s, config %s)", o.tier, shortHash(o.configHash))
 	return false
+}
+
+// podsRefused is the Deployment's ReplicaFailure condition while the ReplicaSet controller
+// cannot create a pod (a quota, a LimitRange, Pod Security admission), else nil. A failure to
+// delete one is not this: the old pod it concerns is reported as still running.
+func podsRefused(d *appsv1.Deployment) *appsv1.DeploymentCondition {
+	for i, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentReplicaFailure && c.Status == corev1.ConditionTrue && c.Reason == "FailedCreate" {
+			return &d.Status.Conditions[i]
+		}
+	}
+	return nil
 }
 
 // exportObservation is the collector's reported progress.

@@ -69,6 +69,8 @@ func TestSetSyncedCondition(t *testing.T) {
 	deadline := appsv1.DeploymentCondition{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionFalse, Reason: "ProgressDeadlineExceeded", Message: "image pull backoff"}
 	refused := appsv1.DeploymentCondition{Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate",
 		Message: `pods "x" is forbidden: exceeded quota: compute`}
+	refusedDelete := refused
+	refusedDelete.Reason = "FailedDelete"
 	refusedOnce := refused
 	refusedOnce.Status = corev1.ConditionFalse
 	cases := []struct {
@@ -86,7 +88,10 @@ func TestSetSyncedCondition(t *testing.T) {
 		{"new pod not available", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 1, 0), "h"}, metav1.ConditionFalse, ReasonCollectorStarting, false},
 		{"no pods at all", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 0, 0, 0), "h"}, metav1.ConditionFalse, ReasonCollectorStarting, false},
 		{"rollout stuck", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 1, 0, deadline), "h"}, metav1.ConditionFalse, ReasonProgressDeadline, true},
-		{"pods refused", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 0, 0, 0, refused), "h"}, metav1.ConditionFalse, ReasonCollectorPodsRefused, true},
+		{"pods refused", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 0, 0, 0, refused), "h"}, metav1.ConditionFalse, ReasonCollectorPodsRefused, false},
+		{"pods refused past the deadline", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 0, 0, 0, refused, deadline), "h"}, metav1.ConditionFalse, ReasonProgressDeadline, true},
+		// A pod that cannot be deleted is an old one still running (a downgrade not in effect).
+		{"old pod not deleted", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 0, 0, refusedDelete), "h"}, metav1.ConditionFalse, ReasonOldCollectorRunning, false},
 		{"pods refused once, created since", workloadObservation{v1.TierEventLevel, dep("h", 3, 3, 1, 1, 1, refusedOnce), "h"}, metav1.ConditionTrue, ReasonSynced, false},
 		// Recreate starts the current template's pod only once the old ones are gone: a pod
 		// still terminating beside an available current one is the current template's (its

@@ -32,7 +32,7 @@ var adviceByReason = map[string]Advice{
 	"CollectorStarting":        {"the collector pod is starting", "wait; check the collector pod's events and logs"},
 	"CollectorMissing":         {"no collector pod runs the current configuration", "check the collector Deployment's events (kubectl telemetry status NAME)"},
 	"CollectorStopping":        {"consent is Off: waiting for the collector pods to be gone", "wait; check for stuck pods or finalizers"},
-	"CollectorPodsRefused":     {"the collector's pod cannot be created (quota, LimitRange, Pod Security admission, contradictory resources)", "kubectl describe deploy -n NS NAME-collector; fix spec.collector.resources or the namespace's quota"},
+	"CollectorPodsRefused":     {"the collector's pod cannot be created (quota, LimitRange, Pod Security admission, contradictory resources); the rollout stalls at its progress deadline", "kubectl describe deploy -n NS NAME-collector; fix spec.collector.resources or the namespace's quota"},
 	"ProgressDeadlineExceeded": {"the collector rollout is stuck (image, crash loop)", "kubectl describe deploy -n NS NAME-collector; the collector's logs"},
 	"IssuerUnavailable":        {"the manager has no usable fleet issuer", "fix the issuer Secret (kubectl telemetry check); a refused change shows as an IssuerRefused Event on the Secret"},
 	"IssuerExpiring":           {"the fleet issuer has less than --issuer-min-remaining left; no certificate is issued from it, the collector keeps the one it has", "rotate the issuer Secret (no restart needed)"},
