@@ -654,6 +654,12 @@ var _ = Describe("Reconciling a TelemetryPolicy", func() {
 		Eventually(func() string { return getPolicy(ctx, ns, "progress").Status.Export.LastError }).Should(ContainSubstring("not valid JSON"))
 		writeState(`{"lastError":"` + strings.Repeat("x", 20000) + `"}`)
 		Eventually(func() string { return getPolicy(ctx, ns, "progress").Status.Export.LastError }).Should(ContainSubstring("larger than"))
+
+		By("not believing a success dated ahead (the state is in the tenant's namespace)")
+		writeState(`{"cursor": 1, "lastSuccessTime": "2099-01-01T00:00:00Z", "tier": "EventLevel"}`)
+		Eventually(func() string { return getPolicy(ctx, ns, "progress").Status.Export.LastError }).Should(ContainSubstring("dated ahead of now"))
+		Expect(getPolicy(ctx, ns, "progress").Status.Export.LastSuccessTime).To(BeNil())
+		Expect(conditionStatus(ctx, ns, "progress", v1.ConditionExporting)()).To(Equal("Exporting=False/NoProgressYet"))
 	})
 
 	It("pauses on spec.suspend but still enforces downgrades", func() {

@@ -582,12 +582,20 @@ func (r *TelemetryPolicyReconciler) observe(ctx context.Context, st *reconcileSt
 		return err
 	}
 	var progress *v1.ExportStatus
+	now := r.Clock.Now()
 	if raw := cm.Data[resources.StateKey]; raw != "" && raw != "{}" {
 		progress = parseCollectorState(raw)
 	}
+	if progress != nil && progress.LastSuccessTime != nil && progress.LastSuccessTime.After(now.Add(maxCollectorClockAhead)) {
+		// Written by hand (the state is in the tenant's namespace): not shown as a success.
+		progress.LastSuccessTime = nil
+		if progress.LastError == "" {
+			progress.LastError = "the collector's state reports a success dated ahead of now; not believed"
+		}
+	}
 	p.Status.Export = progress
 	interval := p.Spec.Export.IntervalOrDefault()
-	st.requeue(setExportingCondition(p, exportObservation{tier: st.tier, progress: progress, interval: interval, now: r.Clock.Now()}))
+	st.requeue(setExportingCondition(p, exportObservation{tier: st.tier, progress: progress, interval: interval, now: now}))
 	return nil
 }
 
