@@ -65,6 +65,11 @@ func Decide(spec telemetryv1alpha1.TelemetryPolicySpec, minTermsVersion string, 
 	case c.Reference == "":
 		return d.downgrade(telemetryv1alpha1.ReasonApprovalMissing,
 			"no CRM account or opportunity reference evidences the approval (contract.reference)")
+	case c.CloudTermsVersion > now.UTC().AddDate(0, 0, 1).Format(time.DateOnly):
+		// No version dated after today has taken effect (a day's slack for time zones): a
+		// version such as 9999-12-31 would pass any minimum, compared as text.
+		return d.downgrade(telemetryv1alpha1.ReasonTermsOutdated,
+			fmt.Sprintf("Cloud Terms of Service version %s is dated after today: no such version has taken effect", c.CloudTermsVersion))
 	case minTermsVersion != "" && (c.CloudTermsVersion == "" || c.CloudTermsVersion < minTermsVersion):
 		// Versions are dates (YYYY-MM-DD), so string order is chronological order.
 		have := c.CloudTermsVersion
