@@ -124,8 +124,9 @@ func (p *Pipeline) Cursor() int64 {
 }
 
 // maxSavedSuccessAhead is how far ahead of the collector's clock a saved last success may be
-// dated (a clock stepped back since it was saved) before it is ignored.
-const maxSavedSuccessAhead = 5 * time.Minute
+// dated (a clock stepped back since it was saved: the skew the ledger allows) before it is
+// ignored.
+const maxSavedSuccessAhead = consentv1.MaxClockSkew
 
 // Init loads the configuration and the starting point: saved progress, else the receiver's
 // acknowledged cursor, else the start of event_logs. The start point only saves reading: what

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/consent"
 	"github.com/sourcegraph/telemetry-operator/internal/resources"
@@ -157,8 +158,11 @@ type exportObservation struct {
 func exportStaleAfter(interval time.Duration) time.Duration { return 3*interval + time.Minute }
 
 // maxCollectorClockAhead is how far ahead of the manager's clock a collector's reported success
-// may be dated (the two run on different nodes) before it is not believed.
-const maxCollectorClockAhead = 5 * time.Minute
+// may be dated (the two run on different nodes: the clock skew the ledger allows) before observe
+// drops it from status: the state ConfigMap lives in the tenant's namespace, where an editor may
+// write it, and a success dated ahead would keep Exporting=True (and the export-stopped alert
+// quiet) however long nothing is delivered.
+const maxCollectorClockAhead = consentv1.MaxClockSkew
 
 // setExportingCondition is true when the receiver acknowledged a batch recently relative to the
 // export interval. It returns when the condition would turn stale, for requeueing.
@@ -173,15 +177,6 @@ func setExportingCondition(p *v1.TelemetryPolicy, o exportObservation) *time.Tim
 			msg += ": " + o.progress.LastError
 		}
 		setCondition(p, v1.ConditionExporting, metav1.ConditionFalse, ReasonExportNoProgress, msg)
-		return nil
-	}
-	if o.progress.LastSuccessTime.After(o.now.Add(maxCollectorClockAhead)) {
-		// The collector's state ConfigMap lives in the tenant's namespace, where an editor may
-		// write it: a success dated ahead would keep Exporting=True (and the export-stopped alert
-		// quiet) however long nothing is delivered.
-		setCondition(p, v1.ConditionExporting, metav1.ConditionFalse, ReasonExportStale,
-			fmt.Sprintf("the collector's state reports a batch acknowledged at %s, later than now: not believed",
-				o.progress.LastSuccessTime.UTC().Format(time.RFC3339)))
 		return nil
 	}
 	staleAt := o.progress.LastSuccessTime.Add(exportStaleAfter(o.interval))

@@ -587,7 +587,7 @@ func (r *TelemetryPolicyReconciler) observe(ctx context.Context, st *reconcileSt
 		progress = parseCollectorState(raw)
 	}
 	if progress != nil && progress.LastSuccessTime != nil && progress.LastSuccessTime.After(now.Add(maxCollectorClockAhead)) {
-		// Written by hand (the state is in the tenant's namespace): not shown as a success.
+		// Written by hand (see maxCollectorClockAhead): not shown as a success.
 		progress.LastSuccessTime = nil
 		if progress.LastError == "" {
 			progress.LastError = "the collector's state reports a success dated ahead of now; not believed"
