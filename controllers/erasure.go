@@ -89,7 +89,8 @@ func (r *TelemetryPolicyReconciler) reconcileErasure(ctx context.Context, st *re
 			r.Metrics.ErasedRows.WithLabelValues("events").Add(float64(res.EventsDeleted))
 			r.Metrics.ErasedRows.WithLabelValues("aggregates").Add(float64(res.AggregatesDeleted))
 			r.event(p, corev1.EventTypeNormal, "ErasureVerified", "Erase", "%s", erasureMessage(s))
-			log.FromContext(ctx).Info("erasure verified", "request", e.RequestID, "events", res.EventsDeleted, "aggregates", res.AggregatesDeleted)
+			// The receiver's key of the id, never the id (a ticket reference that may hold words).
+			log.FromContext(ctx).Info("erasure verified", "request", res.RequestID, "events", res.EventsDeleted, "aggregates", res.AggregatesDeleted)
 		})
 		return nil
 	case err == nil, errors.Is(err, ledger.ErrUnavailable):
