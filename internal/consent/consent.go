@@ -65,11 +65,21 @@ func Decide(spec telemetryv1alpha1.TelemetryPolicySpec, minTermsVersion string, 
 	case c.Reference == "":
 		return d.downgrade(telemetryv1alpha1.ReasonApprovalMissing,
 			"no CRM account or opportunity reference evidences the approval (contract.reference)")
+	case c.CloudTermsVersion != "" && !realDate(c.CloudTermsVersion):
+		// (The CRD's pattern admits 2026-02-31, and a value stored before it was tightened
+		// stays while nobody changes it.) Compared as text it could pass any minimum.
+		return d.downgrade(telemetryv1alpha1.ReasonTermsOutdated,
+			fmt.Sprintf("Cloud Terms of Service version %q is not a date (YYYY-MM-DD)", c.CloudTermsVersion))
 	case c.CloudTermsVersion > now.UTC().AddDate(0, 0, 1).Format(time.DateOnly):
 		// No version dated after today has taken effect (a day's slack for time zones): a
-		// version such as 9999-12-31 would pass any minimum, compared as text.
-		return d.downgrade(telemetryv1alpha1.ReasonTermsOutdated,
+		// version such as 9999-12-31 would pass any minimum, compared as text. Decided again
+		// when it takes effect.
+		d = d.downgrade(telemetryv1alpha1.ReasonTermsOutdated,
 			fmt.Sprintf("Cloud Terms of Service version %s is dated after today: no such version has taken effect", c.CloudTermsVersion))
+		at, _ := time.Parse(time.DateOnly, c.CloudTermsVersion)
+		at = at.AddDate(0, 0, -1) // the moment it passes the slack above
+		d.ReevaluateAt = &at
+		return d
 	case minTermsVersion != "" && (c.CloudTermsVersion == "" || c.CloudTermsVersion < minTermsVersion):
 		// Versions are dates (YYYY-MM-DD), so string order is chronological order.
 		have := c.CloudTermsVersion
@@ -111,6 +121,12 @@ func (d Decision) downgrade(reason, msg string) Decision {
 	d.Reason = reason
 	d.Message = msg + "; running as CriticalOnly"
 	return d
+}
+
+// realDate reports whether s is a calendar date written YYYY-MM-DD.
+func realDate(s string) bool {
+	t, err := time.Parse(time.DateOnly, s)
+	return err == nil && t.Format(time.DateOnly) == s
 }
 
 // Lower returns the lower of two tiers.
