@@ -232,8 +232,13 @@ func TestADayPartlyOffIsNeverPublished(t *testing.T) {
 			cfg.Consent = tc.config
 			in.writeConfig(*cfg)
 			for _, d := range []time.Time{day(-6), day(-5), day(-4), day(-3), day(-2)} {
-				for u := 1; u <= 6; u++ { // at noon: inside the Off hours of both partial days
-					in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, d.Add(12*time.Hour))
+				// At 03:00 and 21:00, inside the CriticalOnly hours of the partial days (enough
+				// users for cells by themselves, so the honest collector has cells to withhold),
+				// and at noon, inside their Off hours.
+				for _, h := range []time.Duration{3 * time.Hour, 12 * time.Hour, 21 * time.Hour} {
+					for u := 1; u <= 6; u++ {
+						in.exec(`INSERT INTO event_logs (name, user_id, source, version, timestamp) VALUES ('hover', $1, 'WEB', '5.3.0', $2)`, u, d.Add(h))
+					}
 				}
 			}
 			if _, err := in.pipeline().RunOnce(context.Background()); err != nil {
