@@ -167,7 +167,7 @@ func (p *Pipeline) Init(ctx context.Context) error {
 		}
 		p.Metrics.Lag.Set(float64(saved.LagSeconds))
 	default:
-		c, known, err := p.Client.Cursor(ctx)
+		c, known, err := p.Client.Cursor(ctx, cfg.InstanceID)
 		if err != nil {
 			return fmt.Errorf("asking the receiver for the acknowledged cursor: %w", err)
 		}
@@ -400,6 +400,9 @@ func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 	round := f.round
 	newCursor := p.tracker.Plan(round.Snapshot, round.NewHigh, round.Complete)
 	if len(f.events) == 0 && newCursor == p.tracker.Cursor() && p.sentCursor >= newCursor {
+		if err := p.confirmReceiver(ctx); err != nil {
+			return false, err
+		}
 		p.acknowledge(f, nil, deliver.Outcome{})
 		return f.full(), nil
 	}
@@ -557,6 +560,11 @@ func (p *Pipeline) aggregateRound(ctx context.Context) error {
 		return err
 	}
 	p.setReady(true)
+	if len(pending.batches) == 0 {
+		if err := p.confirmReceiver(ctx); err != nil {
+			return err
+		}
+	}
 	if pending.last.IsZero() {
 		p.aggregatesSent(0, 0, "")
 		return nil
@@ -678,9 +686,10 @@ func (p *Pipeline) recordSuccess(exported, dropped int64, round *source.Round, s
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.Clock.Now().UTC()
-	if sent || p.progress.LastSuccessTime == nil || len(round.Rows) == 0 {
-		// An empty round is a success too: the instance is fully delivered.
+	if sent {
+		// A round that sends nothing is a success once the receiver answers (confirmReceiver).
 		p.progress.LastSuccessTime = &now
+		p.Metrics.LastSuccess.Set(float64(now.Unix()))
 	}
 	p.progress.Cursor = p.tracker.Cursor()
 	p.progress.EventsExported += exported
@@ -709,7 +718,25 @@ func (p *Pipeline) recordSuccess(exported, dropped int64, round *source.Round, s
 	p.Metrics.EventsExported.Add(float64(exported))
 	p.Metrics.Cursor.Set(float64(p.progress.Cursor))
 	p.Metrics.Lag.Set(float64(p.progress.LagSeconds))
+}
+
+// confirmReceiver makes a round that sends nothing a success, but only once the receiver
+// answers for this instance: it is reachable, accepts the client certificate and finds the
+// instance's record. Counted a success without asking, an idle instance (and a CriticalOnly one
+// between two days' publications) reported success through a receiver outage, or with
+// credentials the receiver refuses: Exporting=True and a fresh last-success gauge, which is
+// what the export-stopped alert reads. The instance's cursor is the cheapest such answer (one
+// indexed row); the request is retried like a batch, its errors shown as lastError.
+func (p *Pipeline) confirmReceiver(ctx context.Context) error {
+	if _, _, err := p.Client.Cursor(ctx, p.cfg.InstanceID); err != nil {
+		return fmt.Errorf("confirming that the receiver answers for this instance: %w", err)
+	}
+	p.mu.Lock()
+	now := p.Clock.Now().UTC()
+	p.progress.LastSuccessTime = &now
+	p.mu.Unlock()
 	p.Metrics.LastSuccess.Set(float64(now.Unix()))
+	return nil
 }
 
 // retrying records a retried delivery attempt while it happens: the metric, and the error in

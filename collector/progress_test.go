@@ -10,7 +10,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,8 +22,10 @@ import (
 
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/collector"
+	"github.com/sourcegraph/telemetry-operator/collector/deliver"
 	"github.com/sourcegraph/telemetry-operator/collector/state"
 	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
+	"github.com/sourcegraph/telemetry-operator/internal/tlsreload"
 )
 
 // countingStore counts progress writes: each is an API write by the collector and a status
@@ -263,4 +267,106 @@ func TestARestartedCollectorReportsItsLastSuccessAndInterval(t *testing.T) {
 	if got := gauge("collector_export_interval_seconds"); got != cfg.IntervalDuration().Seconds() || got == 0 {
 		t.Errorf("collector_export_interval_seconds = %v, want %v", got, cfg.IntervalDuration().Seconds())
 	}
+}
+
+// TestARoundThatSendsNothingIsASuccessOnlyWhenTheReceiverAnswers: an idle instance, and a
+// CriticalOnly one between two days' publications, report success (the last-success time behind
+// Exporting, and the gauge the export-stopped alert reads) only while the receiver answers for
+// the instance: not through an outage, and not with credentials issued for another instance.
+func TestARoundThatSendsNothingIsASuccessOnlyWhenTheReceiverAnswers(t *testing.T) {
+	for _, tier := range []v1.ConsentTier{v1.TierEventLevel, v1.TierCriticalOnly} {
+		t.Run(string(tier), func(t *testing.T) {
+			in := newInstance(t, tier, 100)
+			in.insert("SearchSubmitted", 5, 2, `{}`)
+			other := newInstance(t, tier, 100)
+			p := in.pipeline()
+			drain(t, p)
+			fc := clocktesting.NewFakeClock(time.Now())
+			p.Clock = fc
+			healthy := p.Client
+			gauge := func() float64 {
+				t.Helper()
+				families, err := in.metrics.Gather()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range families {
+					if f.GetName() == "collector_last_success_timestamp_seconds" {
+						return f.GetMetric()[0].GetGauge().GetValue()
+					}
+				}
+				t.Fatal("collector_last_success_timestamp_seconds not registered")
+				return 0
+			}
+			round := func(client *deliver.Client) error {
+				t.Helper()
+				p.Client = client
+				fc.Step(time.Minute)
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				_, err := p.RunOnce(ctx)
+				return err
+			}
+			succeeded := func(what string, want bool) {
+				t.Helper()
+				last := p.Progress().LastSuccessTime
+				fresh := last != nil && last.Equal(fc.Now().UTC())
+				if fresh != want {
+					t.Errorf("%s: last success %v at %v: fresh = %v, want %v", what, last, fc.Now().UTC(), fresh, want)
+				}
+				if g := gauge(); (g == float64(fc.Now().Unix())) != want {
+					t.Errorf("%s: collector_last_success_timestamp_seconds = %v at %v, want fresh = %v", what, g, fc.Now().Unix(), want)
+				}
+			}
+
+			if err := round(healthy); err != nil {
+				t.Fatal(err)
+			}
+			succeeded("an idle round, receiver up", true)
+
+			// Nothing listens on port 1 of the loopback address: the receiver is down.
+			down := in.client(t, "https://localhost:1", in.config)
+			down.OnRetry = healthy.OnRetry
+			if err := round(down); err == nil {
+				t.Error("an idle round succeeded with the receiver down")
+			}
+			succeeded("an idle round, receiver down", false)
+			if p.Progress().LastError == "" {
+				t.Error("an idle round with the receiver down left no lastError")
+			}
+
+			// The certificate of another instance: the receiver answers, but for that one.
+			stolen := in.client(t, rcv.URL, other.config)
+			err := round(stolen)
+			if err == nil || !strings.Contains(err.Error(), "another instance") {
+				t.Errorf("an idle round with another instance's certificate: err = %v, want it named", err)
+			}
+			succeeded("an idle round, another instance's certificate", false)
+
+			if err := round(healthy); err != nil {
+				t.Fatal(err)
+			}
+			succeeded("an idle round, receiver back", true)
+			if e := p.Progress().LastError; e != "" {
+				t.Errorf("lastError %q left after the receiver answered again", e)
+			}
+		})
+	}
+}
+
+// client builds a delivery client for endpoint with the TLS files of the configuration at
+// config (fast retries).
+func (in *instance) client(t *testing.T, endpoint, config string) *deliver.Client {
+	t.Helper()
+	cfg, err := collector.LoadConfig(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := tlsreload.NewClient(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := deliver.New(endpoint, newTransport(tc), slog.New(slog.NewJSONHandler(&in.logs, nil)))
+	c.BaseBackoff, c.MaxBackoff = 5*time.Millisecond, 50*time.Millisecond
+	return c
 }

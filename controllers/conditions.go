@@ -164,8 +164,9 @@ func exportStaleAfter(interval time.Duration) time.Duration { return 3*interval 
 // quiet) however long nothing is delivered.
 const maxCollectorClockAhead = consentv1.MaxClockSkew
 
-// setExportingCondition is true when the receiver acknowledged a batch recently relative to the
-// export interval. It returns when the condition would turn stale, for requeueing.
+// setExportingCondition is true when the receiver acknowledged a batch (or answered a collector
+// with nothing to send) recently relative to the export interval. It returns when the condition
+// would turn stale, for requeueing.
 func setExportingCondition(p *v1.TelemetryPolicy, o exportObservation) *time.Time {
 	if o.tier == v1.TierOff {
 		setCondition(p, v1.ConditionExporting, metav1.ConditionFalse, ReasonExportDisabled, "consent tier Off: nothing is exported")
@@ -181,7 +182,7 @@ func setExportingCondition(p *v1.TelemetryPolicy, o exportObservation) *time.Tim
 	}
 	staleAt := o.progress.LastSuccessTime.Add(exportStaleAfter(o.interval))
 	if !o.now.Before(staleAt) {
-		msg := fmt.Sprintf("no batch acknowledged since %s", o.progress.LastSuccessTime.UTC().Format(time.RFC3339))
+		msg := fmt.Sprintf("the receiver has not acknowledged a batch or answered the collector since %s", o.progress.LastSuccessTime.UTC().Format(time.RFC3339))
 		if o.progress.LastError != "" {
 			msg += "; last error: " + o.progress.LastError
 		}
@@ -189,7 +190,7 @@ func setExportingCondition(p *v1.TelemetryPolicy, o exportObservation) *time.Tim
 		return nil
 	}
 	setCondition(p, v1.ConditionExporting, metav1.ConditionTrue, ReasonExportFlowing,
-		fmt.Sprintf("last batch acknowledged at %s; %d exported", o.progress.LastSuccessTime.UTC().Format(time.RFC3339), o.progress.EventsExported))
+		fmt.Sprintf("receiver last acknowledged a batch or answered the collector at %s; %d exported", o.progress.LastSuccessTime.UTC().Format(time.RFC3339), o.progress.EventsExported))
 	return &staleAt
 }
 

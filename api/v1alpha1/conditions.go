@@ -23,7 +23,8 @@ const (
 	ConditionSynced = "Synced"
 	// ConditionCredentialsReady says whether the collector's client certificate is valid and current.
 	ConditionCredentialsReady = "CredentialsReady"
-	// ConditionExporting says whether data is flowing: the receiver acknowledged a batch recently.
+	// ConditionExporting says whether data is flowing: the receiver acknowledged a batch, or
+	// answered a collector with nothing new to send, recently.
 	ConditionExporting = "Exporting"
 	// ConditionConsentRecorded says whether the receiver's consent ledger records the decided
 	// tier, so that the receiver enforces it on its own. False while the receiver is unreachable

@@ -417,7 +417,8 @@ type CredentialsStatus struct {
 // ExportStatus is the collector's reported progress (see TelemetryPolicyStatus.Export for how
 // fresh it is).
 type ExportStatus struct {
-	// lastSuccessTime is when the receiver last acknowledged a batch.
+	// lastSuccessTime is when the receiver last acknowledged a batch or, in a round with nothing
+	// to send, last answered the collector for this instance (reachable, credentials accepted).
 	// +optional
 	LastSuccessTime *metav1.Time `json:"lastSuccessTime,omitempty"`
 	// cursor is the collector's acknowledged position in event_logs (an event id).

@@ -85,8 +85,10 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// Cursor asks the receiver for the instance's acknowledged cursor (retrying transient failures).
-func (c *Client) Cursor(ctx context.Context) (int64, bool, error) {
+// Cursor asks the receiver for instance's acknowledged cursor (retrying transient failures).
+// The receiver answers for the instance its client certificate names; an answer for another
+// instance (credentials issued for another) is an error, never a cursor to start from.
+func (c *Client) Cursor(ctx context.Context, instance string) (int64, bool, error) {
 	var out batchv1.CursorResponse
 	err := c.retry(ctx, nil, func() (int, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+batchv1.PathCursor, nil)
@@ -99,10 +101,17 @@ func (c *Client) Cursor(ctx context.Context) (int64, bool, error) {
 		}
 		defer func() { _ = resp.Body.Close() }()
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if resp.StatusCode == http.StatusOK {
-			return resp.StatusCode, json.Unmarshal(body, &out)
+		if resp.StatusCode != http.StatusOK {
+			return resp.StatusCode, statusError(resp, body)
 		}
-		return resp.StatusCode, statusError(resp, body)
+		if err := json.Unmarshal(body, &out); err != nil {
+			return resp.StatusCode, err // a body cut short: retried
+		}
+		if out.InstanceID != instance {
+			return resp.StatusCode, &permanentError{fmt.Sprintf("receiver answered for instance %q, not %q: the client certificate was issued for another instance",
+				truncate(out.InstanceID, 64), instance)}
+		}
+		return resp.StatusCode, nil
 	}, new(int))
 	return out.Cursor, out.Known, err
 }

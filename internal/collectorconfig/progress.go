@@ -20,7 +20,8 @@ const ProgressKey = "state.json"
 type Progress struct {
 	// Cursor: every event_logs id at or below it is delivered.
 	Cursor int64 `json:"cursor"`
-	// LastSuccessTime is when the receiver last acknowledged a batch.
+	// LastSuccessTime is when the receiver last acknowledged a batch or, in a round with nothing
+	// to send, last answered for this instance.
 	LastSuccessTime *time.Time `json:"lastSuccessTime,omitempty"`
 	// EventsExported counts acknowledged events or aggregate cells.
 	EventsExported int64 `json:"eventsExported"`
