@@ -39,7 +39,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Retries:         prometheus.NewCounter(prometheus.CounterOpts{Name: "collector_retries_total", Help: "Retried delivery attempts."}),
 		ConsentRefusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "collector_consent_refusals_total", Help: "Batches refused by the consent guard because the configured tier was lowered."}),
 		Lag:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "collector_lag_seconds", Help: "How far delivery trails the newest event."}),
-		LastSuccess:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "collector_last_success_timestamp_seconds", Help: "When the receiver last acknowledged a batch."}),
+		LastSuccess:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "collector_last_success_timestamp_seconds", Help: "When the receiver last acknowledged a batch or, in a round with nothing to send, answered for this instance."}),
 		Cursor:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "collector_cursor", Help: "The acknowledged event_logs id."}),
 		Interval:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "collector_export_interval_seconds", Help: "The configured export interval: a round starts at least this often."}),
 		StageSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "collector_stage_duration_seconds", Help: "Time per pipeline stage (read, filter, encode: encoding and compressing a body, send: delivering a batch including its encoding).",

@@ -400,8 +400,12 @@ func (p *Pipeline) eventRound(ctx context.Context) (bool, error) {
 	round := f.round
 	newCursor := p.tracker.Plan(round.Snapshot, round.NewHigh, round.Complete)
 	if len(f.events) == 0 && newCursor == p.tracker.Cursor() && p.sentCursor >= newCursor {
-		if err := p.confirmReceiver(ctx); err != nil {
-			return false, err
+		// A full round of rows passed over, its cursor held back (a transaction in flight): the
+		// next round follows at once, and is no success yet. Otherwise the instance is idle.
+		if !f.full() {
+			if err := p.confirmReceiver(ctx); err != nil {
+				return false, err
+			}
 		}
 		p.acknowledge(f, nil, deliver.Outcome{})
 		return f.full(), nil

@@ -67,6 +67,8 @@ type Receiver struct {
 	limits server.Limits
 	// unrecorded: serve without the recording wrapper (Options.Unrecorded).
 	unrecorded bool
+	// certClock judges certificates' expiry (Options.CertificateClock).
+	certClock clock.PassiveClock
 
 	// Bodies records every request body the receiver got (decompressed), for leak checks.
 	bodiesMu sync.Mutex
@@ -112,8 +114,11 @@ type Options struct {
 	// operator and collector certificates so that the receiver trusts them.
 	CA *pkitest.CA
 	// Clock is the receiver's clock (nil: the real clock). It dates transitions and erasures;
-	// certificates are still checked against the real time.
+	// certificates are still checked against CertificateClock.
 	Clock clock.PassiveClock
+	// CertificateClock judges client certificates' expiry on each request (nil: the real
+	// clock; the TLS handshake always uses the real one).
+	CertificateClock clock.PassiveClock
 	// Unrecorded serves the API as it is, without keeping every request body for Bodies and
 	// Intercept (which decompress and hold each body): benchmarks measure the receiver, not
 	// the test double around it.
@@ -190,7 +195,7 @@ func StartWith(ctx context.Context, o Options) (*Receiver, error) {
 	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
 		return nil, err
 	}
-	r := &Receiver{PG: pg, Store: st, Admin: admin, DB: db, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir, Clock: o.Clock, limits: o.Limits, unrecorded: o.Unrecorded,
+	r := &Receiver{PG: pg, Store: st, Admin: admin, DB: db, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir, Clock: o.Clock, certClock: o.CertificateClock, limits: o.Limits, unrecorded: o.Unrecorded,
 		tlsConfig: server.TLSConfig(pair, pool)}
 	r.clientCAs.Store(pool)
 	base := r.tlsConfig
@@ -209,7 +214,7 @@ func StartWith(ctx context.Context, o Options) (*Receiver, error) {
 
 func (r *Receiver) newServer() {
 	r.Registry = prometheus.NewRegistry()
-	r.Server = server.New(r.Store, r.limits, slog.New(slog.NewJSONHandler(&r.Logs, nil)), r.Registry, server.WithClock(r.Clock))
+	r.Server = server.New(r.Store, r.limits, slog.New(slog.NewJSONHandler(&r.Logs, nil)), r.Registry, server.WithClock(r.Clock), server.WithCertificateClock(r.certClock))
 	r.Server.RetryAfter = time.Second
 }
 
@@ -407,7 +412,7 @@ func (r *Receiver) Replica(ctx context.Context) (*Receiver, error) {
 		return nil, err
 	}
 	rep := &Receiver{PG: r.PG, Store: st, Admin: r.Admin, DB: r.DB, CA: r.CA, Issuer: r.Issuer, CAFile: r.CAFile, Dir: r.Dir, Clock: r.Clock,
-		limits: r.limits, unrecorded: r.unrecorded, tlsConfig: r.tlsConfig, replicaOf: r}
+		certClock: r.certClock, limits: r.limits, unrecorded: r.unrecorded, tlsConfig: r.tlsConfig, replicaOf: r}
 	rep.clientCAs.Store(r.clientCAs.Load())
 	rep.newServer()
 	if err := rep.Listen(); err != nil {

@@ -11,7 +11,9 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"testing"
 	"time"
@@ -270,4 +272,84 @@ func TestARefusedCertificateTakesNoneOfTheOwnersSlots(t *testing.T) {
 			t.Fatalf("answered %s a minute after the refusal, want OK", got)
 		}
 	})
+}
+
+// A collector's certificate is refused once it has expired, also over a connection opened while
+// it was valid (a kept-alive connection outlives the handshake that checked it): a collector
+// whose renewal failed neither sends nor confirms that the receiver answers.
+func TestAnExpiredCertificateIsRefusedOnAConnectionOpenedBefore(t *testing.T) {
+	ctx := context.Background()
+	certClock := clocktesting.NewFakePassiveClock(time.Now())
+	r, err := receivertest.StartWith(ctx, receivertest.Options{Limits: server.DefaultLimits(), CertificateClock: certClock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	const instance = "expiring"
+	if err := r.Grant(ctx, instance, consentv1.TierEventLevel, consentSince); err != nil {
+		t.Fatal(err)
+	}
+	cc, err := r.Issuer.IssueClient(instance, receivertest.TestPolicy(instance), time.Hour, time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(cc.CertPEM, cc.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := r.HTTPClient(&pair)
+	var reused []bool
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = append(reused, i.Reused) }}
+	send := func(method, path string, body []byte) string {
+		t.Helper()
+		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), method, r.URL+path, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", batchv1.ContentType)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		if resp.StatusCode == http.StatusOK {
+			_, _ = io.Copy(io.Discard, resp.Body) // the connection is reused once the body is read
+			return "OK"
+		}
+		var e batchv1.ErrorResponse
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		return http.StatusText(resp.StatusCode) + "/" + e.Reason
+	}
+	requests := []struct{ method, path string }{{http.MethodPost, batchv1.PathBatches}, {http.MethodGet, batchv1.PathCursor}, {http.MethodGet, batchv1.PathExported}}
+	for i, req := range requests {
+		if got := send(req.method, req.path, mustEncode(t, events(instance, 10*i, 2))); got != "OK" {
+			t.Fatalf("%s %s with a valid certificate answered %s", req.method, req.path, got)
+		}
+	}
+	if stored := counted(t, r, instance); stored != 2 {
+		t.Fatalf("%d events stored, want 2", stored)
+	}
+	certClock.SetTime(cc.Cert.NotAfter.Add(time.Second))
+	reused = nil
+	for i, req := range requests {
+		if got, want := send(req.method, req.path, mustEncode(t, events(instance, 100+10*i, 2))), "Unauthorized/"+batchv1.ReasonUnauthorized; got != want {
+			t.Errorf("%s %s after the certificate expired answered %s, want %s", req.method, req.path, got, want)
+		}
+	}
+	if len(reused) == 0 || !reused[0] {
+		t.Errorf("the first request after the certificate expired did not reuse the connection opened before (%v): the test shows nothing about kept-alive connections", reused)
+	}
+	if stored := counted(t, r, instance); stored != 2 {
+		t.Errorf("%d events stored after the certificate expired, want the 2 from before", stored)
+	}
+}
+
+// counted is how many events r stored for instance.
+func counted(t *testing.T, r *receivertest.Receiver, instance string) int {
+	t.Helper()
+	n, err := r.Count(context.Background(), "events", instance)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

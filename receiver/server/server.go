@@ -96,6 +96,9 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	clock   clock.PassiveClock
+	// certClock judges certificates' expiry: the real clock, as the TLS handshake does; the
+	// injected clock dates the ledger and may run elsewhere in tests.
+	certClock clock.PassiveClock
 	// RetryAfter is sent with 503 answers.
 	RetryAfter time.Duration
 
@@ -127,6 +130,16 @@ type metrics struct {
 
 // Option configures a Server.
 type Option func(*Server)
+
+// WithCertificateClock makes the server judge client certificates' expiry on each request by c
+// (default: the real clock, the one the TLS handshake judges them by; tests move it).
+func WithCertificateClock(c clock.PassiveClock) Option {
+	return func(s *Server) {
+		if c != nil {
+			s.certClock = c
+		}
+	}
+}
 
 // WithClock makes the server read time from c (default: the real clock). The ledger's own
 // timestamps come from the store's clock; give both the same one.
@@ -171,7 +184,7 @@ func New(st Storage, limits Limits, log *slog.Logger, reg prometheus.Registerer,
 	if reg != nil {
 		reg.MustRegister(m.batches, m.events, m.rejections, m.latency, m.transitions, m.removed, m.erasures, m.erasedRows)
 	}
-	s := &Server{store: st, limits: limits, log: log, metrics: m, clock: clock.RealClock{}, RetryAfter: 5 * time.Second}
+	s := &Server{store: st, limits: limits, log: log, metrics: m, clock: clock.RealClock{}, certClock: clock.RealClock{}, RetryAfter: 5 * time.Second}
 	if limits.MaxInFlightBytes > 0 {
 		s.smallBudget = max(1, min(limits.MaxInFlightBytes/4, 4*smallRequest))
 		s.largeBudget = max(1, limits.MaxInFlightBytes-s.smallBudget)
@@ -257,6 +270,9 @@ func (s *Server) callerOf(w http.ResponseWriter, r *http.Request) (caller, conte
 		return caller{}, nil, false
 	}
 	cert := r.TLS.VerifiedChains[0][0]
+	if !s.unexpired(w, cert) {
+		return caller{}, nil, false
+	}
 	id, err := pki.InstanceID(cert)
 	if err != nil {
 		s.reject(w, http.StatusForbidden, batchv1.ReasonUnauthorized, "the client certificate names no instance", -1)
@@ -275,6 +291,21 @@ func (s *Server) callerOf(w http.ResponseWriter, r *http.Request) (caller, conte
 	}
 	ctx := context.WithValue(store.WithSender(r.Context(), c.policy), forgetsSeenKey{}, s.refused.forgets(c.instance))
 	return c, ctx, true
+}
+
+// unexpired refuses a request whose collector certificate has expired. The handshake checked
+// its dates, but a kept-alive connection outlives them: a collector whose renewal failed would
+// go on sending (and, idle, confirming that the receiver answers) over a connection opened
+// while the certificate was valid. A renewed certificate is used at once: the collector closes
+// its connection when its key pair changes. (The operator's ledger client keeps a busy
+// connection, and its certificate, for as long as it is busy: not checked here.)
+func (s *Server) unexpired(w http.ResponseWriter, cert *x509.Certificate) bool {
+	if s.certClock.Now().After(cert.NotAfter) {
+		s.reject(w, http.StatusUnauthorized, batchv1.ReasonUnauthorized,
+			fmt.Sprintf("the client certificate expired at %s; a new one must be issued", cert.NotAfter.UTC().Format(time.RFC3339)), -1)
+		return false
+	}
+	return true
 }
 
 // forgetsSeenKey holds, in a request's context, the refused senders' forget count when the
