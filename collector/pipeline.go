@@ -691,14 +691,15 @@ func (p *Pipeline) recordSuccess(exported, dropped int64, round *source.Round, s
 	defer p.mu.Unlock()
 	now := p.Clock.Now().UTC()
 	if sent {
-		// A round that sends nothing is a success once the receiver answers (confirmReceiver).
+		// A round that sends nothing is a success once the receiver answers (confirmReceiver);
+		// one that has not heard from the receiver leaves its last error standing.
 		p.progress.LastSuccessTime = &now
+		p.progress.LastError = ""
 		p.Metrics.LastSuccess.Set(float64(now.Unix()))
 	}
 	p.progress.Cursor = p.tracker.Cursor()
 	p.progress.EventsExported += exported
 	p.progress.EventsDropped += dropped
-	p.progress.LastError = ""
 	lag := int64(0)
 	more := round.MaxID > p.tracker.High()
 	switch {
@@ -738,6 +739,7 @@ func (p *Pipeline) confirmReceiver(ctx context.Context) error {
 	p.mu.Lock()
 	now := p.Clock.Now().UTC()
 	p.progress.LastSuccessTime = &now
+	p.progress.LastError = ""
 	p.mu.Unlock()
 	p.Metrics.LastSuccess.Set(float64(now.Unix()))
 	return nil
