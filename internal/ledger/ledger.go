@@ -63,12 +63,16 @@ type Client struct {
 	base    string
 	cluster string
 	issuers *pki.Holder
-	http    *http.Client
+	// newHTTP builds an HTTP client with a transport of its own: replacing it replaces every
+	// connection, busy or idle (see httpClient).
+	newHTTP func() *http.Client
 	// Now is the time used for the operator's certificate (the TLS peers judge validity by the
 	// wall clock, whatever clock the reconciler runs on).
 	Now func() time.Time
 
-	mu   sync.Mutex
+	mu sync.Mutex
+	// http is the client for new requests (see httpClient).
+	http *http.Client
 	cert *tls.Certificate
 	// certIssuer signed cert: a rotated issuer makes the operator sign a new one at once.
 	certIssuer *pki.Issuer
@@ -103,29 +107,73 @@ func New(base, cluster string, issuers *pki.Holder, roots *x509.CertPool) (*Clie
 		return nil, err
 	}
 	c := &Client{base: strings.TrimRight(base, "/"), cluster: cluster, issuers: issuers, Now: time.Now}
-	c.http = &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{
-				MinVersion:           tls.VersionTLS13,
-				GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return c.certificate() },
-				// Verified in VerifyConnection against the current roots: a static RootCAs could
-				// not follow an issuer rotation.
-				InsecureSkipVerify: true, //nolint:gosec // verified in VerifyConnection
-				VerifyConnection: func(cs tls.ConnectionState) error {
-					pool, err := currentRoots()
-					if err != nil {
-						return err
-					}
-					return tlsreload.VerifyServer(cs, pool, u.Hostname())
+	c.newHTTP = func() *http.Client {
+		return &http.Client{
+			Timeout: 30 * time.Second,
+			Transport: &http.Transport{
+				TLSClientConfig: &tls.Config{
+					MinVersion:           tls.VersionTLS13,
+					GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return c.certificate() },
+					// Verified in VerifyConnection against the current roots: a static RootCAs could
+					// not follow an issuer rotation.
+					InsecureSkipVerify: true, //nolint:gosec // verified in VerifyConnection
+					VerifyConnection: func(cs tls.ConnectionState) error {
+						pool, err := currentRoots()
+						if err != nil {
+							return err
+						}
+						return tlsreload.VerifyServer(cs, pool, u.Hostname())
+					},
 				},
+				ForceAttemptHTTP2:   true,
+				MaxIdleConnsPerHost: 4,
+				IdleConnTimeout:     90 * time.Second,
 			},
-			ForceAttemptHTTP2:   true,
-			MaxIdleConnsPerHost: 4,
-			IdleConnTimeout:     90 * time.Second,
-		},
+		}
 	}
+	c.http = c.newHTTP()
 	return c, nil
+}
+
+// renewalTime is when a certificate of the operator's is replaced: when a third of its own
+// lifetime is left. (A certificate signed near the issuer's end is cut short at it: judged by
+// CertLifetime, it would be due as soon as signed, and every request would make a new
+// connection with a new one.)
+func renewalTime(cert *tls.Certificate) time.Time {
+	return cert.Leaf.NotAfter.Add(-cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore) / 3)
+}
+
+// httpClient returns the HTTP client for the next request. A connection presents the
+// certificate of its handshake for as long as it lives, and a busy one lives on: once that
+// certificate is due for renewal, or its issuer was rotated, the client and its transport are
+// replaced, so the next request makes a new connection with a new certificate (the receiver
+// refuses an expired one on every request). The old connections close once their requests
+// are done and they are idle.
+func (c *Client) httpClient() *http.Client {
+	c.mu.Lock()
+	hc := c.http
+	due := c.cert != nil && (c.certIssuer != c.issuers.Current() || !c.Now().Before(renewalTime(c.cert)))
+	c.mu.Unlock()
+	if due {
+		return c.replaceHTTP(hc)
+	}
+	return hc
+}
+
+// replaceHTTP replaces old, if it is still the client in use, and forgets the certificate, so
+// the next handshake signs a new one. It returns the client in use.
+func (c *Client) replaceHTTP(old *http.Client) *http.Client {
+	c.mu.Lock()
+	if c.http != old {
+		hc := c.http
+		c.mu.Unlock()
+		return hc
+	}
+	c.http, c.cert, c.certIssuer = c.newHTTP(), nil, nil
+	hc := c.http
+	c.mu.Unlock()
+	old.CloseIdleConnections() // outside the lock: closing a TLS connection can wait on the peer
+	return hc
 }
 
 // Cluster is the cluster name the client identifies as.
@@ -138,7 +186,7 @@ func (c *Client) certificate() (*tls.Certificate, error) {
 	defer c.mu.Unlock()
 	now := c.Now()
 	iss := c.issuers.Current()
-	if c.cert != nil && c.certIssuer == iss && now.Before(c.cert.Leaf.NotAfter.Add(-CertLifetime/3)) {
+	if c.cert != nil && c.certIssuer == iss && now.Before(renewalTime(c.cert)) {
 		return c.cert, nil
 	}
 	issued, err := iss.IssueOperator(c.cluster, CertLifetime, now, nil)
@@ -184,14 +232,10 @@ func (c *Client) Erase(ctx context.Context, req consentv1.ErasureRequest) (conse
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	c.mu.Lock()
-	rotated := c.cert != nil && c.certIssuer != c.issuers.Current()
-	c.mu.Unlock()
-	if rotated {
-		// Connections made with a certificate from the previous issuer, verified against its
-		// bundle, are not reused: the next request proves the new issuer works end to end.
-		c.http.CloseIdleConnections()
-	}
+	// Connections made with a certificate from the previous issuer, verified against its
+	// bundle, are not reused after a rotation (the next request proves the new issuer works end
+	// to end), nor ones whose certificate is due for renewal.
+	hc := c.httpClient()
 	var body io.Reader
 	if in != nil {
 		data, err := json.Marshal(in)
@@ -207,7 +251,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
@@ -237,6 +281,13 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return ErrStale
 	case resp.StatusCode == http.StatusNotFound && er.Reason == consentv1.ReasonUnknownInstance:
 		return ErrUnknownInstance
+	case resp.StatusCode == http.StatusUnauthorized && er.Reason == batchv1.ReasonUnauthorized:
+		// The certificate was refused after the handshake (expired by the receiver's clock,
+		// which may run ahead of this one): the next request makes a new connection with a new
+		// certificate. Retried as unavailability: a withdrawal stays enforced here meanwhile,
+		// an erasure pending.
+		c.replaceHTTP(hc)
+		return fmt.Errorf("%w: %s", ErrUnavailable, msg)
 	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
 		return fmt.Errorf("%w: %s", ErrUnavailable, msg)
 	default:

@@ -38,6 +38,9 @@ func (s *Server) operator(w http.ResponseWriter, r *http.Request) (string, bool)
 		s.reject(w, http.StatusUnauthorized, batchv1.ReasonUnauthorized, "a client certificate from the fleet issuer is required", -1)
 		return "", false
 	}
+	if !s.unexpired(w, r.TLS.VerifiedChains[0][0]) {
+		return "", false
+	}
 	cluster, err := pki.OperatorCluster(r.TLS.VerifiedChains[0][0])
 	if err != nil {
 		s.reject(w, http.StatusForbidden, consentv1.ReasonNotOperator, "only an operator's client certificate may use the consent ledger API", -1)

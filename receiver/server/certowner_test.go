@@ -298,9 +298,19 @@ func TestAnExpiredCertificateIsRefusedOnAConnectionOpenedBefore(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := r.HTTPClient(&pair)
+	opCert, err := r.OperatorCert(receivertest.TestCluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := r.HTTPClient(&opCert)
 	var reused []bool
 	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = append(reused, i.Reused) }}
+	var sendWith func(c *http.Client, method, path string, body []byte) string
 	send := func(method, path string, body []byte) string {
+		t.Helper()
+		return sendWith(c, method, path, body)
+	}
+	sendWith = func(c *http.Client, method, path string, body []byte) string {
 		t.Helper()
 		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), method, r.URL+path, bytes.NewReader(body))
 		if err != nil {
@@ -326,6 +336,10 @@ func TestAnExpiredCertificateIsRefusedOnAConnectionOpenedBefore(t *testing.T) {
 			t.Fatalf("%s %s with a valid certificate answered %s", req.method, req.path, got)
 		}
 	}
+	ledger := consentv1.PathConsent + "?instance=" + instance
+	if got := sendWith(op, http.MethodGet, ledger, nil); got != "OK" {
+		t.Fatalf("the consent ledger read with a valid operator certificate answered %s", got)
+	}
 	if stored := counted(t, r, instance); stored != 2 {
 		t.Fatalf("%d events stored, want 2", stored)
 	}
@@ -341,6 +355,21 @@ func TestAnExpiredCertificateIsRefusedOnAConnectionOpenedBefore(t *testing.T) {
 	}
 	if stored := counted(t, r, instance); stored != 2 {
 		t.Errorf("%d events stored after the certificate expired, want the 2 from before", stored)
+	}
+
+	// The operator's certificate (24 hours), on its kept-alive connection: valid until its end,
+	// refused after it.
+	certClock.SetTime(opCert.Leaf.NotAfter.Add(-time.Second))
+	if got := sendWith(op, http.MethodGet, ledger, nil); got != "OK" {
+		t.Errorf("the consent ledger read with an operator certificate in its last second answered %s", got)
+	}
+	certClock.SetTime(opCert.Leaf.NotAfter.Add(time.Second))
+	reused = nil
+	if got, want := sendWith(op, http.MethodGet, ledger, nil), "Unauthorized/"+batchv1.ReasonUnauthorized; got != want {
+		t.Errorf("the consent ledger read after the operator's certificate expired answered %s, want %s", got, want)
+	}
+	if len(reused) != 1 || !reused[0] {
+		t.Errorf("the ledger read after the operator's certificate expired did not reuse its connection (%v)", reused)
 	}
 }
 

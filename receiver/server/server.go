@@ -293,12 +293,13 @@ func (s *Server) callerOf(w http.ResponseWriter, r *http.Request) (caller, conte
 	return c, ctx, true
 }
 
-// unexpired refuses a request whose collector certificate has expired. The handshake checked
-// its dates, but a kept-alive connection outlives them: a collector whose renewal failed would
-// go on sending (and, idle, confirming that the receiver answers) over a connection opened
-// while the certificate was valid. A renewed certificate is used at once: the collector closes
-// its connection when its key pair changes. (The operator's ledger client keeps a busy
-// connection, and its certificate, for as long as it is busy: not checked here.)
+// unexpired refuses a request whose client certificate has expired. The handshake checked its
+// dates, but a kept-alive connection outlives them: a collector whose renewal failed would go
+// on sending (and, idle, confirming that the receiver answers), and an operator's certificate
+// taken with its key would go on recording consent, over a connection opened while the
+// certificate was valid. Renewed certificates are used at once: a collector closes its
+// connection when its key pair changes, the operator's ledger client replaces its connections
+// when its certificate is due for renewal (internal/ledger).
 func (s *Server) unexpired(w http.ResponseWriter, cert *x509.Certificate) bool {
 	if s.certClock.Now().After(cert.NotAfter) {
 		s.reject(w, http.StatusUnauthorized, batchv1.ReasonUnauthorized,
