@@ -69,15 +69,24 @@ func start(t *testing.T, o receivertest.Options) *receivertest.Receiver {
 	return r
 }
 
+// withCertificateClock starts a receiver judging certificates' expiry by a clock of the test's,
+// and a ledger client for it: the wall-clock time it started at, that clock, the receiver, the
+// client and the setter of the client's clock.
+func withCertificateClock(t *testing.T) (time.Time, *clocktesting.FakePassiveClock, *receivertest.Receiver, *ledger.Client, func(time.Time)) {
+	t.Helper()
+	real := time.Now()
+	certClock := clocktesting.NewFakePassiveClock(real)
+	r := start(t, receivertest.Options{CertificateClock: certClock})
+	l, at := ledgerAt(t, r, r.Issuer)
+	return real, certClock, r, l, at
+}
+
 // A certificate due for renewal is replaced on the connection that was busy when it fell due,
 // not only on idle ones: a request in flight across the renewal time does not hand its
 // connection, and the old certificate, back to later requests.
 func TestTheLedgerClientMovesOffABusyConnectionWhenItsCertificateIsDue(t *testing.T) {
 	ctx := context.Background()
-	real := time.Now()
-	certClock := clocktesting.NewFakePassiveClock(real)
-	r := start(t, receivertest.Options{CertificateClock: certClock})
-	l, at := ledgerAt(t, r, r.Issuer)
+	real, certClock, r, l, at := withCertificateClock(t)
 	// The first certificate is signed 20 hours back: valid for four more hours by the wall
 	// clock (the handshake's), due for renewal once the operator's clock reads now.
 	at(real.Add(-20 * time.Hour))
@@ -121,10 +130,7 @@ func TestTheLedgerClientMovesOffABusyConnectionWhenItsCertificateIsDue(t *testin
 // clock ahead) costs one request, retried as unavailability, never a refusal.
 func TestTheLedgerClientRecoversFromACertificateTheReceiverCallsExpired(t *testing.T) {
 	ctx := context.Background()
-	real := time.Now()
-	certClock := clocktesting.NewFakePassiveClock(real)
-	r := start(t, receivertest.Options{CertificateClock: certClock})
-	l, at := ledgerAt(t, r, r.Issuer)
+	real, certClock, _, l, at := withCertificateClock(t)
 	at(real.Add(-20 * time.Hour)) // valid until real+4h, due at real-4h
 	read(ctx, t, l, "first certificate")
 	at(real.Add(-10 * time.Hour)) // not due by the operator's clock
