@@ -208,19 +208,31 @@ func (in *instance) pipeline() *collector.Pipeline {
 	if err != nil {
 		in.t.Fatal(err)
 	}
-	tc, err := tlsreload.NewClient(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.CAFile)
-	if err != nil {
-		in.t.Fatal(err)
-	}
 	log := slog.New(slog.NewJSONHandler(&in.logs, nil))
-	client := deliver.New(cfg.Endpoint, newTransport(tc), log)
-	client.BaseBackoff, client.MaxBackoff = 5*time.Millisecond, 50*time.Millisecond
+	client := in.client(cfg.Endpoint, in.config)
 	p := &collector.Pipeline{ConfigPath: in.config, Reader: reader, Scrubber: s, Client: client,
 		State: state.File{Path: in.stateFile}, Clock: clock.RealClock{}, Log: log, Metrics: collector.NewMetrics(in.newRegistry())}
 	if err := p.Init(ctx); err != nil {
 		in.t.Fatal(err)
 	}
 	return p
+}
+
+// client builds a delivery client for endpoint with the TLS files of the configuration at
+// config (fast retries), logging where the instance's pipelines log.
+func (in *instance) client(endpoint, config string) *deliver.Client {
+	in.t.Helper()
+	cfg, err := collector.LoadConfig(config)
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	tc, err := tlsreload.NewClient(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.CAFile)
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	c := deliver.New(endpoint, newTransport(tc), slog.New(slog.NewJSONHandler(&in.logs, nil)))
+	c.BaseBackoff, c.MaxBackoff = 5*time.Millisecond, 50*time.Millisecond
+	return c
 }
 
 // newRegistry gives each pipeline of the instance a fresh metrics registry (kept for leak checks).

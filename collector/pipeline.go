@@ -730,8 +730,8 @@ func (p *Pipeline) recordSuccess(exported, dropped int64, round *source.Round, s
 // instance's record. Counted a success without asking, an idle instance (and a CriticalOnly one
 // between two days' publications) reported success through a receiver outage, or with
 // credentials the receiver refuses: Exporting=True and a fresh last-success gauge, which is
-// what the export-stopped alert reads. The instance's cursor is the cheapest such answer (one
-// indexed row); the request is retried like a batch, its errors shown as lastError.
+// what the export-stopped alert reads. The instance's cursor is the cheapest such answer (two
+// reads by primary key); the request is retried like a batch, its errors shown as lastError.
 func (p *Pipeline) confirmReceiver(ctx context.Context) error {
 	if _, _, err := p.Client.Cursor(ctx, p.cfg.InstanceID); err != nil {
 		return fmt.Errorf("confirming that the receiver answers for this instance: %w", err)

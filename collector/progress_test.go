@@ -10,7 +10,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -25,7 +24,6 @@ import (
 	"github.com/sourcegraph/telemetry-operator/collector/deliver"
 	"github.com/sourcegraph/telemetry-operator/collector/state"
 	"github.com/sourcegraph/telemetry-operator/internal/collectorconfig"
-	"github.com/sourcegraph/telemetry-operator/internal/tlsreload"
 )
 
 // countingStore counts progress writes: each is an API write by the collector and a status
@@ -335,7 +333,7 @@ func TestARoundThatSendsNothingIsASuccessOnlyWhenTheReceiverAnswers(t *testing.T
 			through := p.Progress().AggregatesThrough
 
 			// Nothing listens on port 1 of the loopback address: the receiver is down.
-			down := in.client(t, "https://localhost:1", in.config)
+			down := in.client("https://localhost:1", in.config)
 			down.OnRetry = healthy.OnRetry
 			if err := round(down); err == nil {
 				t.Error("an idle round succeeded with the receiver down")
@@ -343,7 +341,7 @@ func TestARoundThatSendsNothingIsASuccessOnlyWhenTheReceiverAnswers(t *testing.T
 			succeeded("an idle round, receiver down", false)
 
 			// The certificate of another instance: the receiver answers, but for that one.
-			stolen := in.client(t, rcv.URL, other.config)
+			stolen := in.client(rcv.URL, other.config)
 			err := round(stolen)
 			if err == nil || !strings.Contains(err.Error(), "another instance") {
 				t.Errorf("an idle round with another instance's certificate: err = %v, want it named", err)
@@ -360,21 +358,4 @@ func TestARoundThatSendsNothingIsASuccessOnlyWhenTheReceiverAnswers(t *testing.T
 			}
 		})
 	}
-}
-
-// client builds a delivery client for endpoint with the TLS files of the configuration at
-// config (fast retries).
-func (in *instance) client(t *testing.T, endpoint, config string) *deliver.Client {
-	t.Helper()
-	cfg, err := collector.LoadConfig(config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := tlsreload.NewClient(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := deliver.New(endpoint, newTransport(tc), slog.New(slog.NewJSONHandler(&in.logs, nil)))
-	c.BaseBackoff, c.MaxBackoff = 5*time.Millisecond, 50*time.Millisecond
-	return c
 }

@@ -32,8 +32,8 @@ import (
 	"github.com/sourcegraph/telemetry-operator/internal/tlsreload"
 )
 
-// CertLifetime is how long the operator's own certificate is valid; it is renewed once a third
-// of that is left.
+// CertLifetime is how long the operator's own certificate is valid (less when the issuer ends
+// sooner); it is renewed once a third of its own lifetime is left (renewalTime).
 const CertLifetime = 24 * time.Hour
 
 // maxResponse bounds what is read of an answer.
@@ -148,7 +148,7 @@ func renewalTime(cert *tls.Certificate) time.Time {
 // certificate is due for renewal, or its issuer was rotated, the client and its transport are
 // replaced, so the next request makes a new connection with a new certificate (the receiver
 // refuses an expired one on every request). The old connections close once their requests
-// are done and they are idle.
+// are done and they have been idle for the transport's idle timeout (90 s).
 func (c *Client) httpClient() *http.Client {
 	c.mu.Lock()
 	hc := c.http
@@ -179,8 +179,8 @@ func (c *Client) replaceHTTP(old *http.Client) *http.Client {
 // Cluster is the cluster name the client identifies as.
 func (c *Client) Cluster() string { return c.cluster }
 
-// certificate returns the operator's certificate, signing a new one when none is held or a
-// third of its lifetime is left.
+// certificate returns the operator's certificate, signing a new one when none is held, its
+// issuer was rotated, or a third of its lifetime is left.
 func (c *Client) certificate() (*tls.Certificate, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -40,7 +40,7 @@ func ledgerAt(t *testing.T, r *receivertest.Receiver, issuer *pki.Issuer) (*ledg
 		t.Fatal(err)
 	}
 	var now atomic.Pointer[time.Time]
-	at := func(t time.Time) { now.Store(&t) }
+	at := func(when time.Time) { now.Store(&when) }
 	at(time.Now())
 	l.Now = func() time.Time { return *now.Load() }
 	return l, at
@@ -69,27 +69,40 @@ func start(t *testing.T, o receivertest.Options) *receivertest.Receiver {
 	return r
 }
 
-// withCertificateClock starts a receiver judging certificates' expiry by a clock of the test's,
-// and a ledger client for it: the wall-clock time it started at, that clock, the receiver, the
-// client and the setter of the client's clock.
-func withCertificateClock(t *testing.T) (time.Time, *clocktesting.FakePassiveClock, *receivertest.Receiver, *ledger.Client, func(time.Time)) {
+// withCertificateClock starts a receiver judging certificates' expiry by a clock of the test's
+// (HTTP/2 offered or not), and a ledger client for it: the wall-clock time it started at, that
+// clock, the receiver, the client and the setter of the client's clock.
+func withCertificateClock(t *testing.T, http2 bool) (time.Time, *clocktesting.FakePassiveClock, *receivertest.Receiver, *ledger.Client, func(time.Time)) {
 	t.Helper()
-	real := time.Now()
-	certClock := clocktesting.NewFakePassiveClock(real)
-	r := start(t, receivertest.Options{CertificateClock: certClock})
+	began := time.Now()
+	certClock := clocktesting.NewFakePassiveClock(began)
+	r := start(t, receivertest.Options{CertificateClock: certClock, HTTP2: http2})
 	l, at := ledgerAt(t, r, r.Issuer)
-	return real, certClock, r, l, at
+	return began, certClock, r, l, at
 }
 
 // A certificate due for renewal is replaced on the connection that was busy when it fell due,
-// not only on idle ones: a request in flight across the renewal time does not hand its
-// connection, and the old certificate, back to later requests.
+// not only on idle ones. Over HTTP/2 (the receiver binary's) a busy connection takes new
+// requests; over HTTP/1.1 it goes back to the pool when its request ends. Either way a request
+// in flight across the renewal time must not keep the old certificate in use: neither for
+// requests made while it is in flight and the old certificate expires, nor for requests made
+// after it ended.
 func TestTheLedgerClientMovesOffABusyConnectionWhenItsCertificateIsDue(t *testing.T) {
+	for _, http2 := range []bool{true, false} {
+		for _, expiresWhileBusy := range []bool{true, false} {
+			t.Run(fmt.Sprintf("http2=%v,expiresWhileBusy=%v", http2, expiresWhileBusy), func(t *testing.T) {
+				busyAcrossRenewal(t, http2, expiresWhileBusy)
+			})
+		}
+	}
+}
+
+func busyAcrossRenewal(t *testing.T, http2, expiresWhileBusy bool) {
 	ctx := context.Background()
-	real, certClock, r, l, at := withCertificateClock(t)
+	began, certClock, r, l, at := withCertificateClock(t, http2)
 	// The first certificate is signed 20 hours back: valid for four more hours by the wall
 	// clock (the handshake's), due for renewal once the operator's clock reads now.
-	at(real.Add(-20 * time.Hour))
+	at(began.Add(-20 * time.Hour))
 	read(ctx, t, l, "first certificate")
 	if !read(ctx, t, l, "first certificate, again") {
 		t.Fatal("the second request did not reuse the first one's connection: the test would show nothing")
@@ -97,8 +110,10 @@ func TestTheLedgerClientMovesOffABusyConnectionWhenItsCertificateIsDue(t *testin
 
 	// A request held in flight on that connection.
 	release, held := make(chan struct{}), make(chan struct{})
+	var proto atomic.Int32
 	r.SetIntercept(func(_ http.ResponseWriter, req *http.Request, _ []byte) bool {
 		if strings.Contains(req.URL.RawQuery, "held") {
+			proto.Store(int32(req.ProtoMajor))
 			close(held)
 			<-release
 		}
@@ -110,17 +125,26 @@ func TestTheLedgerClientMovesOffABusyConnectionWhenItsCertificateIsDue(t *testin
 		done <- err
 	}()
 	<-held
+	if want := map[bool]int32{true: 2, false: 1}[http2]; proto.Load() != want {
+		t.Fatalf("the request in flight was HTTP/%d, want HTTP/%d", proto.Load(), want)
+	}
 
-	// Meanwhile the first certificate falls due; the request in flight ends well, and its
-	// connection is free again; then the first certificate expires by the receiver's clock.
-	at(real)
+	// Meanwhile the first certificate falls due (and, in one case, expires by the receiver's
+	// clock); then the request in flight ends and its connection is free again.
+	at(began)
+	if expiresWhileBusy {
+		certClock.SetTime(began.Add(5 * time.Hour))
+	}
 	read(ctx, t, l, "while a request is in flight on the old connection")
 	close(release)
-	if err := <-done; !errors.Is(err, ledger.ErrUnknownInstance) {
-		t.Fatalf("the request in flight: %v, want the receiver's answer", err)
+	err := <-done
+	// The receiver's answer; or, its certificate expired while it was held, a refusal the
+	// client retries.
+	if ok := errors.Is(err, ledger.ErrUnknownInstance) || expiresWhileBusy && errors.Is(err, ledger.ErrUnavailable); !ok {
+		t.Fatalf("the request in flight: %v", err)
 	}
 	r.SetIntercept(nil)
-	certClock.SetTime(real.Add(5 * time.Hour))
+	certClock.SetTime(began.Add(5 * time.Hour))
 	for i := range 3 {
 		read(ctx, t, l, fmt.Sprintf("after the request in flight ended, read %d", i+1))
 	}
@@ -130,11 +154,11 @@ func TestTheLedgerClientMovesOffABusyConnectionWhenItsCertificateIsDue(t *testin
 // clock ahead) costs one request, retried as unavailability, never a refusal.
 func TestTheLedgerClientRecoversFromACertificateTheReceiverCallsExpired(t *testing.T) {
 	ctx := context.Background()
-	real, certClock, _, l, at := withCertificateClock(t)
-	at(real.Add(-20 * time.Hour)) // valid until real+4h, due at real-4h
+	began, certClock, _, l, at := withCertificateClock(t, true)
+	at(began.Add(-20 * time.Hour)) // valid until began+4h, due at began-4h
 	read(ctx, t, l, "first certificate")
-	at(real.Add(-10 * time.Hour)) // not due by the operator's clock
-	certClock.SetTime(real.Add(4*time.Hour + time.Second))
+	at(began.Add(-10 * time.Hour)) // not due by the operator's clock
+	certClock.SetTime(began.Add(4*time.Hour + time.Second))
 	_, err := l.State(ctx, "nobody-here", "ns")
 	if !errors.Is(err, ledger.ErrUnavailable) || errors.Is(err, ledger.ErrRejected) {
 		t.Fatalf("the request the receiver refused for an expired certificate: %v, want it retried as unavailability", err)

@@ -39,7 +39,7 @@ var adviceByReason = map[string]Advice{
 	"IssueFailed":              {"issuing or storing the collector's certificate failed", "the manager's logs; telemetry_credentials_rotation_failures_total"},
 	"InvalidSpec":              {"the policy lacks source or endpoint for its tier", "fix the spec"},
 	"PseudonymKeyInvalid":      {"the pseudonym key Secret was altered", "delete it to get a new key (pseudonyms change)"},
-	"NoProgressYet":            {"the receiver has not acknowledged a batch yet", "status.export.lastError; the receiver's reachability and /readyz; the collector's /metrics"},
+	"NoProgressYet":            {"the receiver has not acknowledged a batch, or answered an idle collector, yet", "status.export.lastError; the receiver's reachability and /readyz; the collector's /metrics"},
 	"NoRecentSuccess":          {"the receiver has not acknowledged a batch, or answered an idle collector, recently", "status.export.lastError; the receiver's reachability and /readyz; the collector's /metrics"},
 	"Suspended":                {"spec.suspend is set: no new configuration, no rotation (downgrades are still enforced)", "kubectl telemetry resume NAME"},
 	"ReceiverUnavailable":      {"the operator cannot reach the receiver's consent ledger; a downgrade is already enforced on the collector, an upgrade waits, a new policy runs nothing", "kubectl telemetry check; the manager's --receiver-url, the receiver's /readyz, network policy; the operator retries every --ledger-retry"},

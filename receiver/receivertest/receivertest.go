@@ -119,6 +119,9 @@ type Options struct {
 	// CertificateClock judges client certificates' expiry on each request (nil: the real
 	// clock; the TLS handshake always uses the real one).
 	CertificateClock clock.PassiveClock
+	// HTTP2 offers HTTP/2 as the receiver binary does (default: HTTP/1.1 only, whose
+	// connections tests can count).
+	HTTP2 bool
 	// Unrecorded serves the API as it is, without keeping every request body for Bodies and
 	// Intercept (which decompress and hold each body): benchmarks measure the receiver, not
 	// the test double around it.
@@ -198,6 +201,9 @@ func StartWith(ctx context.Context, o Options) (*Receiver, error) {
 	r := &Receiver{PG: pg, Store: st, Admin: admin, DB: db, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir, Clock: o.Clock, certClock: o.CertificateClock, limits: o.Limits, unrecorded: o.Unrecorded,
 		tlsConfig: server.TLSConfig(pair, pool)}
 	r.clientCAs.Store(pool)
+	if o.HTTP2 {
+		r.tlsConfig.NextProtos = []string{"h2", "http/1.1"}
+	}
 	base := r.tlsConfig
 	r.tlsConfig = base.Clone()
 	r.tlsConfig.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
