@@ -141,7 +141,14 @@ func legacyCert(t *testing.T, instance string) *http.Client {
 // answer sends a request with c and returns its status and, when refused, its reason.
 func answer(t *testing.T, c *http.Client, method, url string, body []byte) string {
 	t.Helper()
-	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	return answerCtx(context.Background(), t, c, method, url, body)
+}
+
+// answerCtx is answer with a request context (a trace of the connection used); an answer it
+// reads whole, so the connection can be reused.
+func answerCtx(ctx context.Context, t *testing.T, c *http.Client, method, url string, body []byte) string {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,6 +162,7 @@ func answer(t *testing.T, c *http.Client, method, url string, body []byte) strin
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode == http.StatusOK {
+		_, _ = io.Copy(io.Discard, resp.Body)
 		return "OK"
 	}
 	var e batchv1.ErrorResponse
@@ -305,30 +313,14 @@ func TestAnExpiredCertificateIsRefusedOnAConnectionOpenedBefore(t *testing.T) {
 	op := r.HTTPClient(&opCert)
 	var reused []bool
 	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = append(reused, i.Reused) }}
-	var sendWith func(c *http.Client, method, path string, body []byte) string
+	traced := httptrace.WithClientTrace(ctx, trace)
+	sendWith := func(c *http.Client, method, path string, body []byte) string {
+		t.Helper()
+		return answerCtx(traced, t, c, method, r.URL+path, body)
+	}
 	send := func(method, path string, body []byte) string {
 		t.Helper()
 		return sendWith(c, method, path, body)
-	}
-	sendWith = func(c *http.Client, method, path string, body []byte) string {
-		t.Helper()
-		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), method, r.URL+path, bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", batchv1.ContentType)
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = resp.Body.Close() }()
-		if resp.StatusCode == http.StatusOK {
-			_, _ = io.Copy(io.Discard, resp.Body) // the connection is reused once the body is read
-			return "OK"
-		}
-		var e batchv1.ErrorResponse
-		_ = json.NewDecoder(resp.Body).Decode(&e)
-		return http.StatusText(resp.StatusCode) + "/" + e.Reason
 	}
 	requests := []struct{ method, path string }{{http.MethodPost, batchv1.PathBatches}, {http.MethodGet, batchv1.PathCursor}, {http.MethodGet, batchv1.PathExported}}
 	for i, req := range requests {
