@@ -337,3 +337,30 @@ func TestLostWithdrawals(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// A success dated ahead of the manager's clock is believed within the clocks' skew (the
+// collector runs on another node) and not beyond it (written by hand into the tenant's state).
+func TestASuccessDatedAheadIsBelievedOnlyWithinTheClockSkew(t *testing.T) {
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		ahead    time.Duration
+		believed bool
+	}{
+		{-time.Hour, true},
+		{maxCollectorClockAhead - time.Second, true},
+		{maxCollectorClockAhead, true},
+		{maxCollectorClockAhead + time.Second, false},
+		{24 * time.Hour, false},
+	} {
+		at := metav1.NewTime(now.Add(tc.ahead))
+		progress := &v1.ExportStatus{LastSuccessTime: &at}
+		dropSuccessDatedAhead(progress, now)
+		if believed := progress.LastSuccessTime != nil; believed != tc.believed {
+			t.Errorf("a success dated %v ahead: believed = %v, want %v", tc.ahead, believed, tc.believed)
+		}
+		if !tc.believed && !strings.Contains(progress.LastError, "not believed") {
+			t.Errorf("a success dated %v ahead: lastError %q does not say it is not believed", tc.ahead, progress.LastError)
+		}
+	}
+	dropSuccessDatedAhead(nil, now) // no progress reported: nothing to do
+}

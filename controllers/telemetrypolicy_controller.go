@@ -586,13 +586,7 @@ func (r *TelemetryPolicyReconciler) observe(ctx context.Context, st *reconcileSt
 	if raw := cm.Data[resources.StateKey]; raw != "" && raw != "{}" {
 		progress = parseCollectorState(raw)
 	}
-	if progress != nil && progress.LastSuccessTime != nil && progress.LastSuccessTime.After(now.Add(maxCollectorClockAhead)) {
-		// Written by hand (see maxCollectorClockAhead): not shown as a success.
-		progress.LastSuccessTime = nil
-		if progress.LastError == "" {
-			progress.LastError = "the collector's state reports a success dated ahead of now; not believed"
-		}
-	}
+	dropSuccessDatedAhead(progress, now)
 	p.Status.Export = progress
 	interval := p.Spec.Export.IntervalOrDefault()
 	st.requeue(setExportingCondition(p, exportObservation{tier: st.tier, progress: progress, interval: interval, now: now}))
@@ -965,4 +959,17 @@ func latestKnownChange(p *v1.TelemetryPolicy, timeline consentv1.Timeline) time.
 		latest = p.Status.ConsentHistory[n-1].Time.Time
 	}
 	return latest
+}
+
+// dropSuccessDatedAhead removes from a collector's reported progress a last success dated more
+// than maxCollectorClockAhead after now: written by hand (the state lives in the tenant's
+// namespace), it is not shown as a success.
+func dropSuccessDatedAhead(progress *v1.ExportStatus, now time.Time) {
+	if progress == nil || progress.LastSuccessTime == nil || !progress.LastSuccessTime.After(now.Add(maxCollectorClockAhead)) {
+		return
+	}
+	progress.LastSuccessTime = nil
+	if progress.LastError == "" {
+		progress.LastError = "the collector's state reports a success dated ahead of now; not believed"
+	}
 }

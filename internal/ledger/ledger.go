@@ -135,6 +135,12 @@ func New(base, cluster string, issuers *pki.Holder, roots *x509.CertPool) (*Clie
 	return c, nil
 }
 
+// certCurrent says whether the held certificate (not nil) is signed by iss and not yet due for
+// renewal at now (c.mu held).
+func (c *Client) certCurrent(iss *pki.Issuer, now time.Time) bool {
+	return c.certIssuer == iss && now.Before(renewalTime(c.cert))
+}
+
 // renewalTime is when a certificate of the operator's is replaced: when a third of its own
 // lifetime is left. (A certificate signed near the issuer's end is cut short at it: judged by
 // CertLifetime, it would be due as soon as signed, and every request would make a new
@@ -152,7 +158,7 @@ func renewalTime(cert *tls.Certificate) time.Time {
 func (c *Client) httpClient() *http.Client {
 	c.mu.Lock()
 	hc := c.http
-	due := c.cert != nil && (c.certIssuer != c.issuers.Current() || !c.Now().Before(renewalTime(c.cert)))
+	due := c.cert != nil && !c.certCurrent(c.issuers.Current(), c.Now())
 	c.mu.Unlock()
 	if due {
 		return c.replaceHTTP(hc)
@@ -186,7 +192,7 @@ func (c *Client) certificate() (*tls.Certificate, error) {
 	defer c.mu.Unlock()
 	now := c.Now()
 	iss := c.issuers.Current()
-	if c.cert != nil && c.certIssuer == iss && now.Before(renewalTime(c.cert)) {
+	if c.cert != nil && c.certCurrent(iss, now) {
 		return c.cert, nil
 	}
 	issued, err := iss.IssueOperator(c.cluster, CertLifetime, now, nil)
