@@ -359,3 +359,100 @@ func TestARoundThatSendsNothingIsASuccessOnlyWhenTheReceiverAnswers(t *testing.T
 		})
 	}
 }
+
+// A full round of rows the allow-list passes over, its cursor held back by a transaction in
+// flight, sends nothing and is followed at once by the next: it asks the receiver nothing (one
+// request per such round would be a request per batch of rows never sent), and it is no success
+// either, so an error standing from the rounds before it stays in status until the receiver
+// answers again.
+func TestAFullRoundOfPassedOverRowsNeitherAsksTheReceiverNorClearsItsError(t *testing.T) {
+	const batchSize = 10
+	in := newInstance(t, v1.TierEventLevel, batchSize)
+	in.insert("SearchSubmitted", 3, 2, `{}`)
+	p := in.pipeline()
+	drain(t, p)
+	fc := clocktesting.NewFakeClock(time.Now())
+	p.Clock = fc
+	healthy := p.Client
+	// Nothing listens on port 1 of the loopback address: the receiver is down, and every
+	// request to it fails (after its retries, within the round's deadline).
+	down := in.client("https://localhost:1", in.config)
+	down.OnRetry = healthy.OnRetry
+	round := func(client *deliver.Client) (bool, error) {
+		t.Helper()
+		p.Client = client
+		fc.Step(time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return p.RunOnce(ctx)
+	}
+
+	if _, err := round(down); err == nil {
+		t.Fatal("an idle round succeeded with the receiver down")
+	}
+	failedAt := p.Progress().LastSuccessTime
+	standing := p.Progress().LastError
+	if standing == "" || in.progress().LastError == "" {
+		t.Fatalf("an idle round with the receiver down left no lastError (in memory %q, saved %q)", standing, in.progress().LastError)
+	}
+
+	ctx := context.Background()
+	tx, err := in.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, "SELECT txid_current()"); err != nil { // holds a transaction id
+		t.Fatal(err)
+	}
+	cursor := p.Cursor()
+	in.insert("UserSignedUp", batchSize, 2, `{}`) // not listed: passed over
+	storedBefore := in.stored()
+
+	more, err := round(down)
+	if err != nil {
+		t.Fatalf("a full round of passed-over rows failed with the receiver down (it asked the receiver): %v", err)
+	}
+	if !more {
+		t.Fatal("the round was not full: the test did not reach that path")
+	}
+	if p.Cursor() != cursor {
+		t.Fatalf("the cursor moved from %d to %d with a transaction in flight: the test did not reach that path", cursor, p.Cursor())
+	}
+	if got := p.Progress().LastSuccessTime; (got == nil) != (failedAt == nil) || (got != nil && !got.Equal(*failedAt)) {
+		t.Errorf("a round that heard nothing from the receiver counted as a success: last success %v, was %v", got, failedAt)
+	}
+	if got := p.Progress().LastError; got != standing {
+		t.Errorf("a round that heard nothing from the receiver changed lastError from %q to %q", standing, got)
+	}
+	if got := in.progress().LastError; got == "" {
+		t.Error("a round that heard nothing from the receiver cleared the saved lastError")
+	}
+
+	// The next round finds nothing new: it is idle, and asks the receiver, which is down.
+	if _, err := round(down); err == nil {
+		t.Error("an idle round after the full one succeeded with the receiver down")
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	drainWith := func() {
+		t.Helper()
+		for {
+			more, err := round(healthy)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !more {
+				return
+			}
+		}
+	}
+	drainWith()
+	if p.Progress().LastError != "" || in.progress().LastError != "" {
+		t.Errorf("lastError %q (saved %q) once the receiver answers again", p.Progress().LastError, in.progress().LastError)
+	}
+	if in.stored() != storedBefore {
+		t.Errorf("stored %d events, want %d: passed-over rows left the instance", in.stored(), storedBefore)
+	}
+}
