@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptrace"
@@ -285,10 +286,18 @@ func TestARefusedCertificateTakesNoneOfTheOwnersSlots(t *testing.T) {
 // A collector's certificate is refused once it has expired, also over a connection opened while
 // it was valid (a kept-alive connection outlives the handshake that checked it): a collector
 // whose renewal failed neither sends nor confirms that the receiver answers.
+// Over HTTP/1.1 and over HTTP/2 (the receiver binary's protocol, where one connection carries
+// every request).
 func TestAnExpiredCertificateIsRefusedOnAConnectionOpenedBefore(t *testing.T) {
+	for _, http2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("http2=%v", http2), func(t *testing.T) { expiredOnAKeptAliveConnection(t, http2) })
+	}
+}
+
+func expiredOnAKeptAliveConnection(t *testing.T, http2 bool) {
 	ctx := context.Background()
 	certClock := clocktesting.NewFakePassiveClock(time.Now())
-	r, err := receivertest.StartWith(ctx, receivertest.Options{Limits: server.DefaultLimits(), CertificateClock: certClock})
+	r, err := receivertest.StartWith(ctx, receivertest.Options{Limits: server.DefaultLimits(), CertificateClock: certClock, HTTP2: http2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,14 +314,27 @@ func TestAnExpiredCertificateIsRefusedOnAConnectionOpenedBefore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := r.HTTPClient(&pair)
+	client := func(cert *tls.Certificate) *http.Client {
+		c := r.HTTPClient(cert)
+		c.Transport.(*http.Transport).ForceAttemptHTTP2 = http2
+		return c
+	}
+	c := client(&pair)
 	opCert, err := r.OperatorCert(receivertest.TestCluster)
 	if err != nil {
 		t.Fatal(err)
 	}
-	op := r.HTTPClient(&opCert)
+	op := client(&opCert)
 	var reused []bool
-	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = append(reused, i.Reused) }}
+	wantProto := map[bool]string{false: "", true: "h2"}[http2]
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+		reused = append(reused, i.Reused)
+		if tc, ok := i.Conn.(*tls.Conn); !ok {
+			t.Errorf("a connection of type %T, want TLS", i.Conn)
+		} else if got := tc.ConnectionState().NegotiatedProtocol; got != wantProto {
+			t.Errorf("negotiated protocol %q, want %q: the test is not over the protocol it names", got, wantProto)
+		}
+	}}
 	traced := httptrace.WithClientTrace(ctx, trace)
 	sendWith := func(c *http.Client, method, path string, body []byte) string {
 		t.Helper()
