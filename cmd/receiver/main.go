@@ -149,7 +149,8 @@ func serve(ctx context.Context, args []string) error {
 
 	// The server certificate and the client CA bundle are re-read for every handshake: a renewed
 	// certificate, or an issuer rotated into the bundle (old and new roots side by side while
-	// old client certificates live), takes effect without a restart.
+	// old client certificates live), takes effect without a restart; a root dropped from the
+	// bundle is refused on each request, also over connections opened before.
 	serverTLS, err := tlsreload.NewServer(*certFile, *keyFile, *caFile)
 	if err != nil {
 		return fmt.Errorf("loading --tls-cert, --tls-key and --client-ca: %w", err)
@@ -180,7 +181,7 @@ func serve(ctx context.Context, args []string) error {
 	limits := server.DefaultLimits()
 	limits.MaxBodyBytes, limits.MaxDecompressedBytes, limits.MaxInFlightBytes = *maxBody, *maxDecompressed, *maxInFlight
 	limits.InstanceRate, limits.InstanceBurst = *instanceRate, *instanceBurst
-	srv := server.New(st, limits, log, reg)
+	srv := server.New(st, limits, log, reg, server.WithTrustedRoots(serverTLS.Trusts))
 	go retention.New(st, log, reg, nil, retention.DefaultEvery).
 		RefreshRollups(func(ctx context.Context) (int64, error) { return report.RefreshRollups(ctx, st.Pool()) }).Run(ctx)
 	// Slow clients are cut off: headers within 10 s, a whole body within 2 minutes.

@@ -4,15 +4,18 @@ Copyright 2026 The telemetry-operator Authors.
 Licensed under the Apache License, Version 2.0.
 */
 
-// Package tlsreload builds mutual-TLS client configurations whose key pair and trusted CA bundle
-// are re-read from files on every handshake, so a certificate rotated into a mounted Secret is
-// used by the next connection without restarting the process.
+// Package tlsreload builds mutual-TLS client and server configurations whose key pair and trusted
+// CA bundle are re-read from files on every handshake, so a certificate rotated into a mounted
+// Secret is used by the next connection without restarting the process; a server can also ask,
+// per request, whether a client's root is still in its bundle (Server.Trusts).
 package tlsreload
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -220,6 +223,12 @@ func readBounded(path string) ([]byte, error) {
 // while old client certificates live), is used by the next handshake without a restart.
 type Server struct {
 	files *Client
+
+	mu sync.Mutex
+	// bundle is the client CA file as last read and parsed, roots the digests of its
+	// certificates: what Trusts answers from while the file is unchanged or unreadable.
+	bundle []byte
+	roots  map[[32]byte]bool
 }
 
 // NewServer returns a reloader for the server's key pair and the bundle of CAs whose client
@@ -229,7 +238,64 @@ func NewServer(certFile, keyFile, clientCAFile string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{files: c}, nil
+	s := &Server{files: c}
+	if !s.readRoots() {
+		return nil, fmt.Errorf("%s holds no PEM certificate", clientCAFile)
+	}
+	return s, nil
+}
+
+// Trusts reports whether root, the certificate a client's chain was verified to at its
+// handshake, is still in the client CA bundle. The handshake reads the bundle, but a kept-alive
+// connection outlives it: without asking again, a root dropped from the bundle (the emergency
+// path for a compromised issuer) would go on being served over every connection opened before.
+// The file is read on each call (a small bounded read; parsed only when it changed); one that
+// cannot be read, or holds no certificate, keeps the last good bundle, as the handshake does.
+func (s *Server) Trusts(root *x509.Certificate) bool {
+	if root == nil {
+		return false
+	}
+	s.readRoots()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.roots[sha256.Sum256(root.Raw)]
+}
+
+// readRoots reads the client CA bundle and, when it changed and holds at least one
+// certificate, makes it the bundle Trusts answers from. It reports whether it did or the bundle
+// was unchanged.
+func (s *Server) readRoots() bool {
+	data, err := readBounded(s.files.caFile)
+	if err != nil {
+		return false
+	}
+	s.mu.Lock()
+	same := s.roots != nil && bytes.Equal(data, s.bundle)
+	s.mu.Unlock()
+	if same {
+		return true
+	}
+	roots := map[[32]byte]bool{}
+	for rest := data; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" || len(block.Headers) != 0 {
+			continue // as x509.CertPool.AppendCertsFromPEM skips them
+		}
+		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+			continue
+		}
+		roots[sha256.Sum256(block.Bytes)] = true
+	}
+	if len(roots) == 0 {
+		return false
+	}
+	s.mu.Lock()
+	s.bundle, s.roots = data, roots
+	s.mu.Unlock()
+	return true
 }
 
 // OnReload, if set, is called with the server certificate's serial whenever a different one is

@@ -371,3 +371,111 @@ func TestNeedsHandshakeUntilOneLoadsTheNewFiles(t *testing.T) {
 
 // acmePolicy is the policy the test certificates name.
 var acmePolicy = pki.PolicyRef{Cluster: "test", Namespace: "acme", Name: "acme", UID: "acme-uid"}
+
+// TestTrustsFollowsTheBundleOnAKeptAliveConnection: a root dropped from the client CA bundle is
+// no longer trusted over a connection its certificate opened before (the handshake cannot see
+// the change); a bundle that breaks keeps the last good one, as the handshake does.
+func TestTrustsFollowsTheBundleOnAKeptAliveConnection(t *testing.T) {
+	oldCA, err := pkitest.NewCA("fleet 2026", pkitest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newCA, err := pkitest.NewCA("fleet 2027", pkitest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := pkitest.NewCA("not the fleet", pkitest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := oldCA.ServerCert("receiver", []string{"127.0.0.1", "localhost"}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := append(append([]byte{}, oldCA.CertPEM...), newCA.CertPEM...)
+	vol := newSecretVolume(t)
+	files := func(bundle []byte) map[string][]byte {
+		return map[string][]byte{"tls.crt": server.CertPEM, "tls.key": server.KeyPEM, "ca.crt": bundle}
+	}
+	vol.write(files(both))
+	rs, err := NewServer(vol.path("tls.crt"), vol.path("tls.key"), vol.path("ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ca := range []*pkitest.CA{oldCA, newCA} {
+		if !rs.Trusts(ca.Cert) {
+			t.Errorf("%s, in the bundle, is not trusted", ca.Cert.Subject.CommonName)
+		}
+	}
+	if rs.Trusts(stranger.Cert) || rs.Trusts(nil) {
+		t.Error("a CA that was never in the bundle, or none, is trusted")
+	}
+
+	// A stand-in for the receiver's per-request check.
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chain := r.TLS.VerifiedChains[0]
+		if !rs.Trusts(chain[len(chain)-1]) {
+			http.Error(w, "untrusted", http.StatusUnauthorized)
+			return
+		}
+		_, _ = fmt.Fprint(w, r.Proto)
+	}))
+	srv.TLS = rs.TLSConfig()
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	url := strings.Replace(srv.URL, "127.0.0.1", "localhost", 1)
+	oldIssuer, _ := pki.LoadIssuer(oldCA.Secret(), time.Now())
+	cc, err := oldIssuer.IssueClient("acme", acmePolicy, time.Hour, time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, _ := tls.X509KeyPair(cc.CertPEM, cc.KeyPEM)
+	roots := x509.NewCertPool()
+	roots.AddCert(oldCA.Cert)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	handshakes := 0
+	tr.TLSClientConfig.VerifyConnection = func(tls.ConnectionState) error { handshakes++; return nil }
+	get := func() (int, string) {
+		t.Helper()
+		resp, err := client.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(body))
+	}
+	if code, body := get(); code != http.StatusOK || body != "HTTP/2.0" {
+		t.Fatalf("during the overlap: %d %s", code, body)
+	}
+
+	// The old root dropped (a compromised issuer): the open connection is refused too.
+	vol.write(files(newCA.CertPEM))
+	if code, _ := get(); code != http.StatusUnauthorized {
+		t.Errorf("with the old root dropped, a request over the connection opened before answered %d, want 401", code)
+	}
+	if handshakes != 1 {
+		t.Fatalf("%d handshakes: the second request did not reuse the first one's connection, the test shows nothing", handshakes)
+	}
+	if !rs.Trusts(newCA.Cert) || rs.Trusts(oldCA.Cert) {
+		t.Error("after the old root was dropped: want the new one trusted, the old one not")
+	}
+
+	// A bundle that breaks, or goes, keeps the last good one.
+	for what, bundle := range map[string][]byte{"not PEM": []byte("not PEM"), "a key, no certificate": []byte("-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n"),
+		"oversized": make([]byte, maxFileSize+1)} {
+		vol.write(files(bundle))
+		if !rs.Trusts(newCA.Cert) || rs.Trusts(oldCA.Cert) {
+			t.Errorf("with a bundle that is %s: the last good bundle is not kept", what)
+		}
+	}
+	if err := os.Remove(vol.path("ca.crt")); err != nil {
+		t.Fatal(err)
+	}
+	if !rs.Trusts(newCA.Cert) || rs.Trusts(oldCA.Cert) {
+		t.Error("with the bundle gone: the last good bundle is not kept")
+	}
+}

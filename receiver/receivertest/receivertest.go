@@ -84,6 +84,8 @@ type Receiver struct {
 	addr       string
 	tlsConfig  *tls.Config
 	clientCAs  atomic.Pointer[x509.CertPool]
+	// clientRoots are the certificates in clientCAs, which the server asks about per request.
+	clientRoots atomic.Pointer[[]*x509.Certificate]
 }
 
 // LogBuffer is a log sink safe for concurrent use.
@@ -200,7 +202,7 @@ func StartWith(ctx context.Context, o Options) (*Receiver, error) {
 	}
 	r := &Receiver{PG: pg, Store: st, Admin: admin, DB: db, CA: ca, Issuer: issuer, CAFile: caFile, Dir: dir, Clock: o.Clock, certClock: o.CertificateClock, limits: o.Limits, unrecorded: o.Unrecorded,
 		tlsConfig: server.TLSConfig(pair, pool)}
-	r.clientCAs.Store(pool)
+	r.TrustClientCAs(ca.Cert)
 	if o.HTTP2 {
 		r.tlsConfig.NextProtos = []string{"h2", "http/1.1"}
 	}
@@ -220,7 +222,8 @@ func StartWith(ctx context.Context, o Options) (*Receiver, error) {
 
 func (r *Receiver) newServer() {
 	r.Registry = prometheus.NewRegistry()
-	r.Server = server.New(r.Store, r.limits, slog.New(slog.NewJSONHandler(&r.Logs, nil)), r.Registry, server.WithClock(r.Clock), server.WithCertificateClock(r.certClock))
+	r.Server = server.New(r.Store, r.limits, slog.New(slog.NewJSONHandler(&r.Logs, nil)), r.Registry, server.WithClock(r.Clock), server.WithCertificateClock(r.certClock),
+		server.WithTrustedRoots(r.trusts))
 	r.Server.RetryAfter = time.Second
 }
 
@@ -251,6 +254,22 @@ func (r *Receiver) TrustClientCAs(cas ...*x509.Certificate) {
 		pool.AddCert(c)
 	}
 	r.clientCAs.Store(pool)
+	r.clientRoots.Store(&cas)
+}
+
+// trusts reports whether root is one of the CAs the receiver accepts now, as the real
+// receiver asks its --client-ca bundle on each request. A replica follows its original's.
+func (r *Receiver) trusts(root *x509.Certificate) bool {
+	from := r
+	for from.replicaOf != nil {
+		from = from.replicaOf
+	}
+	for _, ca := range *from.clientRoots.Load() {
+		if ca.Equal(root) {
+			return true
+		}
+	}
+	return false
 }
 
 const TestCluster = "test"

@@ -34,14 +34,11 @@ const MaxAdminBodyBytes = 64 << 10
 // handler should it ever be served otherwise. A collector's certificate is refused: it names an
 // instance, and an instance must never write its own consent.
 func (s *Server) operator(w http.ResponseWriter, r *http.Request) (string, bool) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-		s.reject(w, http.StatusUnauthorized, batchv1.ReasonUnauthorized, "a client certificate from the fleet issuer is required", -1)
+	cert, ok := s.clientCertificate(w, r)
+	if !ok {
 		return "", false
 	}
-	if !s.unexpired(w, r.TLS.VerifiedChains[0][0]) {
-		return "", false
-	}
-	cluster, err := pki.OperatorCluster(r.TLS.VerifiedChains[0][0])
+	cluster, err := pki.OperatorCluster(cert)
 	if err != nil {
 		s.reject(w, http.StatusForbidden, consentv1.ReasonNotOperator, "only an operator's client certificate may use the consent ledger API", -1)
 		return "", false

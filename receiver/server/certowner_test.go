@@ -10,11 +10,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptrace"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +26,7 @@ import (
 	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	consentv1 "github.com/sourcegraph/telemetry-operator/api/consent/v1"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
+	"github.com/sourcegraph/telemetry-operator/internal/pki/pkitest"
 	"github.com/sourcegraph/telemetry-operator/receiver/receivertest"
 	"github.com/sourcegraph/telemetry-operator/receiver/server"
 )
@@ -294,15 +297,29 @@ func TestAnExpiredCertificateIsRefusedOnAConnectionOpenedBefore(t *testing.T) {
 	}
 }
 
-func expiredOnAKeptAliveConnection(t *testing.T, http2 bool) {
+// keptAlive is a receiver with a collector of instance and an operator, each holding one
+// connection it reuses, over HTTP/2 or HTTP/1.1 as asked (checked at each connection).
+type keptAlive struct {
+	r        *receivertest.Receiver
+	instance string
+	// collector and operator present their certificates (cert, opCert).
+	collector, operator *http.Client
+	cert                *x509.Certificate
+	opCert              *x509.Certificate
+	// reused records, for each request since it was last cleared, whether it reused a connection.
+	reused []bool
+	traced context.Context
+}
+
+func startKeptAlive(t *testing.T, o receivertest.Options, http2 bool, instance string) *keptAlive {
+	t.Helper()
 	ctx := context.Background()
-	certClock := clocktesting.NewFakePassiveClock(time.Now())
-	r, err := receivertest.StartWith(ctx, receivertest.Options{Limits: server.DefaultLimits(), CertificateClock: certClock, HTTP2: http2})
+	o.Limits, o.HTTP2 = server.DefaultLimits(), http2
+	r, err := receivertest.StartWith(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
-	const instance = "expiring"
+	t.Cleanup(r.Close)
 	if err := r.Grant(ctx, instance, consentv1.TierEventLevel, consentSince); err != nil {
 		t.Fatal(err)
 	}
@@ -319,71 +336,125 @@ func expiredOnAKeptAliveConnection(t *testing.T, http2 bool) {
 		c.Transport.(*http.Transport).ForceAttemptHTTP2 = http2
 		return c
 	}
-	c := client(&pair)
 	opCert, err := r.OperatorCert(receivertest.TestCluster)
 	if err != nil {
 		t.Fatal(err)
 	}
-	op := client(&opCert)
-	var reused []bool
+	k := &keptAlive{r: r, instance: instance, collector: client(&pair), operator: client(&opCert), cert: cc.Cert, opCert: opCert.Leaf}
 	wantProto := map[bool]string{false: "", true: "h2"}[http2]
-	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
-		reused = append(reused, i.Reused)
+	k.traced = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+		k.reused = append(k.reused, i.Reused)
 		if tc, ok := i.Conn.(*tls.Conn); !ok {
 			t.Errorf("a connection of type %T, want TLS", i.Conn)
 		} else if got := tc.ConnectionState().NegotiatedProtocol; got != wantProto {
 			t.Errorf("negotiated protocol %q, want %q: the test is not over the protocol it names", got, wantProto)
 		}
-	}}
-	traced := httptrace.WithClientTrace(ctx, trace)
-	sendWith := func(c *http.Client, method, path string, body []byte) string {
-		t.Helper()
-		return answerCtx(traced, t, c, method, r.URL+path, body)
-	}
-	send := func(method, path string, body []byte) string {
-		t.Helper()
-		return sendWith(c, method, path, body)
-	}
-	requests := []struct{ method, path string }{{http.MethodPost, batchv1.PathBatches}, {http.MethodGet, batchv1.PathCursor}, {http.MethodGet, batchv1.PathExported}}
-	for i, req := range requests {
-		if got := send(req.method, req.path, mustEncode(t, events(instance, 10*i, 2))); got != "OK" {
+	}})
+	return k
+}
+
+// send makes a request with c and answers as answerCtx does.
+func (k *keptAlive) send(t *testing.T, c *http.Client, method, path string, body []byte) string {
+	t.Helper()
+	return answerCtx(k.traced, t, c, method, k.r.URL+path, body)
+}
+
+// ledgerPath reads the instance's consent record.
+func (k *keptAlive) ledgerPath() string { return consentv1.PathConsent + "?instance=" + k.instance }
+
+// collectorRequests are the requests a collector makes.
+var collectorRequests = []struct{ method, path string }{{http.MethodPost, batchv1.PathBatches}, {http.MethodGet, batchv1.PathCursor}, {http.MethodGet, batchv1.PathExported}}
+
+func expiredOnAKeptAliveConnection(t *testing.T, http2 bool) {
+	certClock := clocktesting.NewFakePassiveClock(time.Now())
+	k := startKeptAlive(t, receivertest.Options{CertificateClock: certClock}, http2, "expiring")
+	for i, req := range collectorRequests {
+		if got := k.send(t, k.collector, req.method, req.path, mustEncode(t, events(k.instance, 10*i, 2))); got != "OK" {
 			t.Fatalf("%s %s with a valid certificate answered %s", req.method, req.path, got)
 		}
 	}
-	ledger := consentv1.PathConsent + "?instance=" + instance
-	if got := sendWith(op, http.MethodGet, ledger, nil); got != "OK" {
+	if got := k.send(t, k.operator, http.MethodGet, k.ledgerPath(), nil); got != "OK" {
 		t.Fatalf("the consent ledger read with a valid operator certificate answered %s", got)
 	}
-	if stored := counted(t, r, instance); stored != 2 {
+	if stored := counted(t, k.r, k.instance); stored != 2 {
 		t.Fatalf("%d events stored, want 2", stored)
 	}
-	certClock.SetTime(cc.Cert.NotAfter.Add(time.Second))
-	reused = nil
-	for i, req := range requests {
-		if got, want := send(req.method, req.path, mustEncode(t, events(instance, 100+10*i, 2))), "Unauthorized/"+batchv1.ReasonUnauthorized; got != want {
+	certClock.SetTime(k.cert.NotAfter.Add(time.Second))
+	k.reused = nil
+	for i, req := range collectorRequests {
+		if got, want := k.send(t, k.collector, req.method, req.path, mustEncode(t, events(k.instance, 100+10*i, 2))), "Unauthorized/"+batchv1.ReasonUnauthorized; got != want {
 			t.Errorf("%s %s after the certificate expired answered %s, want %s", req.method, req.path, got, want)
 		}
 	}
-	if len(reused) == 0 || !reused[0] {
-		t.Errorf("the first request after the certificate expired did not reuse the connection opened before (%v): the test shows nothing about kept-alive connections", reused)
+	if len(k.reused) == 0 || !k.reused[0] {
+		t.Errorf("the first request after the certificate expired did not reuse the connection opened before (%v): the test shows nothing about kept-alive connections", k.reused)
 	}
-	if stored := counted(t, r, instance); stored != 2 {
+	if stored := counted(t, k.r, k.instance); stored != 2 {
 		t.Errorf("%d events stored after the certificate expired, want the 2 from before", stored)
 	}
 
 	// The operator's certificate (24 hours), on its kept-alive connection: valid until its end,
 	// refused after it.
-	certClock.SetTime(opCert.Leaf.NotAfter.Add(-time.Second))
-	if got := sendWith(op, http.MethodGet, ledger, nil); got != "OK" {
+	certClock.SetTime(k.opCert.NotAfter.Add(-time.Second))
+	if got := k.send(t, k.operator, http.MethodGet, k.ledgerPath(), nil); got != "OK" {
 		t.Errorf("the consent ledger read with an operator certificate in its last second answered %s", got)
 	}
-	certClock.SetTime(opCert.Leaf.NotAfter.Add(time.Second))
-	reused = nil
-	if got, want := sendWith(op, http.MethodGet, ledger, nil), "Unauthorized/"+batchv1.ReasonUnauthorized; got != want {
+	certClock.SetTime(k.opCert.NotAfter.Add(time.Second))
+	k.reused = nil
+	if got, want := k.send(t, k.operator, http.MethodGet, k.ledgerPath(), nil), "Unauthorized/"+batchv1.ReasonUnauthorized; got != want {
 		t.Errorf("the consent ledger read after the operator's certificate expired answered %s, want %s", got, want)
 	}
-	if len(reused) != 1 || !reused[0] {
-		t.Errorf("the ledger read after the operator's certificate expired did not reuse its connection (%v)", reused)
+	if len(k.reused) != 1 || !k.reused[0] {
+		t.Errorf("the ledger read after the operator's certificate expired did not reuse its connection (%v)", k.reused)
+	}
+}
+
+// A certificate whose issuer has been dropped from the receiver's client CA bundle (the
+// emergency path for a compromised issuer) is refused at once, also over a connection opened
+// while the issuer was trusted: the handshake cannot see the bundle change, and a busy
+// collector's or operator's connection may never close.
+func TestACertificateOfADroppedIssuerIsRefusedOnAConnectionOpenedBefore(t *testing.T) {
+	for _, http2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("http2=%v", http2), func(t *testing.T) { droppedIssuerOnAKeptAliveConnection(t, http2) })
+	}
+}
+
+func droppedIssuerOnAKeptAliveConnection(t *testing.T, http2 bool) {
+	k := startKeptAlive(t, receivertest.Options{}, http2, "compromised")
+	for i, req := range collectorRequests {
+		if got := k.send(t, k.collector, req.method, req.path, mustEncode(t, events(k.instance, 10*i, 2))); got != "OK" {
+			t.Fatalf("%s %s with a trusted issuer answered %s", req.method, req.path, got)
+		}
+	}
+	if got := k.send(t, k.operator, http.MethodGet, k.ledgerPath(), nil); got != "OK" {
+		t.Fatalf("the consent ledger read with a trusted issuer answered %s", got)
+	}
+	next, err := pkitest.NewCA("the next fleet issuer", pkitest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.r.TrustClientCAs(next.Cert)
+	k.reused = nil
+	for i, req := range collectorRequests {
+		if got, want := k.send(t, k.collector, req.method, req.path, mustEncode(t, events(k.instance, 100+10*i, 2))), "Unauthorized/"+batchv1.ReasonUnauthorized; got != want {
+			t.Errorf("%s %s after its issuer was dropped answered %s, want %s", req.method, req.path, got, want)
+		}
+	}
+	if got, want := k.send(t, k.operator, http.MethodGet, k.ledgerPath(), nil), "Unauthorized/"+batchv1.ReasonUnauthorized; got != want {
+		t.Errorf("the consent ledger read after the operator's issuer was dropped answered %s, want %s", got, want)
+	}
+	if len(k.reused) != len(collectorRequests)+1 || slices.Contains(k.reused, false) {
+		t.Errorf("requests after the issuer was dropped did not all reuse the connections opened before (%v): the test shows nothing about kept-alive connections", k.reused)
+	}
+	if stored := counted(t, k.r, k.instance); stored != 2 {
+		t.Errorf("%d events stored after the issuer was dropped, want the 2 from before", stored)
+	}
+
+	// Trusted again (a dropped issuer put back): the same connections are served again; the
+	// check follows the bundle, it does not condemn the connection.
+	k.r.TrustClientCAs(k.r.CA.Cert, next.Cert)
+	if got := k.send(t, k.collector, http.MethodGet, batchv1.PathCursor, nil); got != "OK" {
+		t.Errorf("the cursor with the issuer trusted again answered %s", got)
 	}
 }
 

@@ -99,6 +99,9 @@ type Server struct {
 	// certClock judges certificates' expiry: the real clock, as the TLS handshake does; the
 	// injected clock dates the ledger and may run elsewhere in tests.
 	certClock clock.PassiveClock
+	// trusted reports whether a verified chain's root is still one the receiver accepts (nil:
+	// every root the handshake accepted).
+	trusted func(root *x509.Certificate) bool
 	// RetryAfter is sent with 503 answers.
 	RetryAfter time.Duration
 
@@ -139,6 +142,15 @@ func WithCertificateClock(c clock.PassiveClock) Option {
 			s.certClock = c
 		}
 	}
+}
+
+// WithTrustedRoots makes the server ask, on each request, whether the root its client
+// certificate's chain was verified to at the handshake is still trusted (tlsreload.Server's
+// Trusts, which reads the --client-ca bundle). A root dropped from the bundle is then refused
+// over connections opened before, not only at the next handshake. Without it, the handshake's
+// judgement stands for the connection's life.
+func WithTrustedRoots(trusted func(root *x509.Certificate) bool) Option {
+	return func(s *Server) { s.trusted = trusted }
 }
 
 // WithClock makes the server read time from c (default: the real clock). The ledger's own
@@ -265,12 +277,8 @@ type caller struct {
 // context carrying the policy the certificate was issued for (store.WithSender): the store
 // serves the instance only while that policy owns its consent record.
 func (s *Server) callerOf(w http.ResponseWriter, r *http.Request) (caller, context.Context, bool) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-		s.reject(w, http.StatusUnauthorized, batchv1.ReasonUnauthorized, "a client certificate from the fleet issuer is required", -1)
-		return caller{}, nil, false
-	}
-	cert := r.TLS.VerifiedChains[0][0]
-	if !s.unexpired(w, cert) {
+	cert, ok := s.clientCertificate(w, r)
+	if !ok {
 		return caller{}, nil, false
 	}
 	id, err := pki.InstanceID(cert)
@@ -293,20 +301,46 @@ func (s *Server) callerOf(w http.ResponseWriter, r *http.Request) (caller, conte
 	return c, ctx, true
 }
 
-// unexpired refuses a request whose client certificate has expired. The handshake checked its
-// dates, but a kept-alive connection outlives them: a collector whose renewal failed would go
-// on sending (and, idle, confirming that the receiver answers), and an operator's certificate
-// taken with its key would go on recording consent, over a connection opened while the
-// certificate was valid. Renewed certificates are used at once: a collector closes its
-// connection when its key pair changes, the operator's ledger client replaces its connections
-// when its certificate is due for renewal (internal/ledger).
-func (s *Server) unexpired(w http.ResponseWriter, cert *x509.Certificate) bool {
+// clientCertificate returns the request's verified client certificate, or answers 401 when
+// there is none, when its chain's root has left the trusted bundle, or when it has expired. The
+// handshake checked all three, but a kept-alive connection outlives it: a collector whose
+// renewal failed would go on sending (and, idle, confirming that the receiver answers), an
+// operator's certificate taken with its key would go on recording consent, and a certificate
+// from an issuer dropped from --client-ca (a compromised one) would go on being served, over a
+// connection opened while they were good. Renewed certificates are used at once: a collector
+// closes its connection when its key pair changes, the operator's ledger client replaces its
+// connections when its certificate is due for renewal or its issuer changed (internal/ledger).
+func (s *Server) clientCertificate(w http.ResponseWriter, r *http.Request) (*x509.Certificate, bool) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		s.reject(w, http.StatusUnauthorized, batchv1.ReasonUnauthorized, "a client certificate from the fleet issuer is required", -1)
+		return nil, false
+	}
+	cert := r.TLS.VerifiedChains[0][0]
+	if !s.rootTrusted(r.TLS.VerifiedChains) {
+		s.reject(w, http.StatusUnauthorized, batchv1.ReasonUnauthorized,
+			"the client certificate's issuer is no longer trusted by the receiver; a certificate from the current fleet issuer is required", -1)
+		return nil, false
+	}
 	if s.certClock.Now().After(cert.NotAfter) {
 		s.reject(w, http.StatusUnauthorized, batchv1.ReasonUnauthorized,
 			fmt.Sprintf("the client certificate expired at %s; a new one must be issued", cert.NotAfter.UTC().Format(time.RFC3339)), -1)
-		return false
+		return nil, false
 	}
-	return true
+	return cert, true
+}
+
+// rootTrusted reports whether one of the chains verified at the handshake still ends at a
+// trusted root.
+func (s *Server) rootTrusted(chains [][]*x509.Certificate) bool {
+	if s.trusted == nil {
+		return true
+	}
+	for _, chain := range chains {
+		if len(chain) > 0 && s.trusted(chain[len(chain)-1]) {
+			return true
+		}
+	}
+	return false
 }
 
 // forgetsSeenKey holds, in a request's context, the refused senders' forget count when the

@@ -9,8 +9,12 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	batchv1 "github.com/sourcegraph/telemetry-operator/api/batch/v1"
 	v1 "github.com/sourcegraph/telemetry-operator/api/v1alpha1"
 	"github.com/sourcegraph/telemetry-operator/internal/localstack"
 	"github.com/sourcegraph/telemetry-operator/internal/pki"
@@ -98,6 +103,9 @@ func TestIssuerRotationWhileEventsFlow(t *testing.T) {
 	for _, n := range names {
 		before[n] = credentials(t, n).Data[pki.KeyCert]
 	}
+	// A copy of the first collector's credentials from the old issuer, kept (as a stale or stolen
+	// copy would be) to hold a connection open across the end of the overlap.
+	stalePair, staleRoots := instanceCert(t, names[0])
 
 	if err := stack.BeginIssuerRotation(ctx, next); err != nil {
 		t.Fatal(err)
@@ -125,8 +133,18 @@ func TestIssuerRotationWhileEventsFlow(t *testing.T) {
 		})
 	}
 
+	stale := keptAliveCursor(t, stalePair, staleRoots, names[0])
+	if code, body, _ := stale(); code != http.StatusOK {
+		t.Fatalf("the old issuer's certificate during the overlap: %d %s", code, body)
+	}
 	if err := stack.FinishIssuerRotation(ctx, next); err != nil {
 		t.Fatal(err)
+	}
+	// The old root has left the receiver's client CA file: a certificate from it is refused
+	// also over the connection it opened while it was trusted.
+	if code, body, reused := stale(); code != http.StatusUnauthorized || !strings.Contains(body, batchv1.ReasonUnauthorized) || !reused {
+		t.Errorf("the old issuer's certificate over its connection from the overlap, once the old root was dropped: %d %s (connection reused: %v), want 401 %s over the same connection",
+			code, body, reused, batchv1.ReasonUnauthorized)
 	}
 	for _, n := range names {
 		eventually(t, 30*time.Second, n+"'s bundle to lose the old root", func() bool {
@@ -164,4 +182,33 @@ func TestIssuerRotationWhileEventsFlow(t *testing.T) {
 	// root trusted by the receiver.
 	patch(t, names[0], `{"spec":{"consent":{"tier":"CriticalOnly"}}}`)
 	waitEnforced(t, names[0], v1.TierCriticalOnly)
+}
+
+// keptAliveCursor returns a function asking the receiver for instance's cursor with pair, over one
+// HTTP/2 connection it keeps open between calls: the status, the body, and whether the request
+// reused the connection.
+func keptAliveCursor(t *testing.T, pair tls.Certificate, roots *x509.CertPool, instance string) func() (int, string, bool) {
+	t.Helper()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{pair}}, ForceAttemptHTTP2: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	return func() (int, string, bool) {
+		t.Helper()
+		var reused bool
+		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }})
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, stack.ReceiverURL+batchv1.PathCursor, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("asking for %s's cursor: %v", instance, err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.ProtoMajor != 2 {
+			t.Errorf("the receiver answered over %s: the receiver binary serves HTTP/2", resp.Proto)
+		}
+		return resp.StatusCode, string(body), reused
+	}
 }
