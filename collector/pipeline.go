@@ -671,19 +671,26 @@ func (p *Pipeline) aggregateBatches(cells []batchv1.Aggregate) []*batchv1.Batch 
 // day published (when through is set).
 func (p *Pipeline) aggregatesSent(acked, withheld int64, through string) {
 	p.mu.Lock()
-	t := p.Clock.Now().UTC()
 	if through != "" && through > p.progress.AggregatesThrough {
 		p.progress.AggregatesThrough = through
 	}
-	p.progress.LastSuccessTime = &t
+	p.succeededLocked()
 	p.progress.EventsExported += acked
 	p.progress.EventsDropped += withheld
-	p.progress.LastError = ""
 	p.progress.LagSeconds = 0
 	p.backlog, p.backlogEnd = false, 0
 	p.mu.Unlock()
 	p.Metrics.EventsExported.Add(float64(acked))
-	p.Metrics.LastSuccess.Set(float64(t.Unix()))
+}
+
+// succeededLocked stamps a success: the receiver acknowledged a batch, or answered for this
+// instance (confirmReceiver). Only these clear lastError: a round that has not heard from the
+// receiver leaves its last error standing. p.mu must be held.
+func (p *Pipeline) succeededLocked() {
+	now := p.Clock.Now().UTC()
+	p.progress.LastSuccessTime = &now
+	p.progress.LastError = ""
+	p.Metrics.LastSuccess.Set(float64(now.Unix()))
 }
 
 func (p *Pipeline) recordSuccess(exported, dropped int64, round *source.Round, sent bool) {
@@ -691,11 +698,8 @@ func (p *Pipeline) recordSuccess(exported, dropped int64, round *source.Round, s
 	defer p.mu.Unlock()
 	now := p.Clock.Now().UTC()
 	if sent {
-		// A round that sends nothing is a success once the receiver answers (confirmReceiver);
-		// one that has not heard from the receiver leaves its last error standing.
-		p.progress.LastSuccessTime = &now
-		p.progress.LastError = ""
-		p.Metrics.LastSuccess.Set(float64(now.Unix()))
+		// A round that sends nothing is a success once the receiver answers (confirmReceiver).
+		p.succeededLocked()
 	}
 	p.progress.Cursor = p.tracker.Cursor()
 	p.progress.EventsExported += exported
@@ -737,11 +741,8 @@ func (p *Pipeline) confirmReceiver(ctx context.Context) error {
 		return fmt.Errorf("confirming that the receiver answers for this instance: %w", err)
 	}
 	p.mu.Lock()
-	now := p.Clock.Now().UTC()
-	p.progress.LastSuccessTime = &now
-	p.progress.LastError = ""
+	p.succeededLocked()
 	p.mu.Unlock()
-	p.Metrics.LastSuccess.Set(float64(now.Unix()))
 	return nil
 }
 
