@@ -304,5 +304,27 @@ func (f freshTLS) RoundTrip(r *http.Request) (*http.Response, error) {
 		r = r.Clone(r.Context())
 		r.Close = true
 	}
-	return f.next.RoundTrip(r)
+	resp, err := f.next.RoundTrip(r)
+	if err == nil && resp.StatusCode == http.StatusUnauthorized {
+		// The receiver judged the credentials this connection was opened with (expired, or an
+		// issuer it no longer trusts): a new handshake may fare better (a CA re-issued with the
+		// same key), the same connection never will. It is closed once this answer is read.
+		if idle, ok := f.next.(interface{ CloseIdleConnections() }); ok {
+			resp.Body = closeIdleOnClose{ReadCloser: resp.Body, closeIdle: idle.CloseIdleConnections}
+		}
+	}
+	return resp, err
+}
+
+// closeIdleOnClose closes the transport's idle connections, the one that carried this answer
+// among them, once the answer's body is closed.
+type closeIdleOnClose struct {
+	io.ReadCloser
+	closeIdle func()
+}
+
+func (c closeIdleOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.closeIdle()
+	return err
 }

@@ -225,10 +225,18 @@ type Server struct {
 	files *Client
 
 	mu sync.Mutex
-	// bundle is the client CA file as last read and parsed, roots the digests of its
-	// certificates: what Trusts answers from while the file is unchanged or unreadable.
-	bundle []byte
-	roots  map[[32]byte]bool
+	// last is the last client CA bundle read that held a certificate: what the handshake and
+	// Trusts both fall back on while the file cannot be read or holds none, so the two never
+	// disagree about which bundle is the last good one.
+	last *clientBundle
+}
+
+// clientBundle is one reading of the client CA file: the pool the handshake verifies against,
+// and the digests of the same certificates, which Trusts looks roots up in.
+type clientBundle struct {
+	data  []byte
+	pool  *x509.CertPool
+	roots map[[32]byte]bool
 }
 
 // NewServer returns a reloader for the server's key pair and the bundle of CAs whose client
@@ -239,8 +247,8 @@ func NewServer(certFile, keyFile, clientCAFile string) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{files: c}
-	if !s.readRoots() {
-		return nil, fmt.Errorf("%s holds no PEM certificate", clientCAFile)
+	if _, err := s.clientCAs(); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -249,53 +257,70 @@ func NewServer(certFile, keyFile, clientCAFile string) (*Server, error) {
 // handshake, is still in the client CA bundle. The handshake reads the bundle, but a kept-alive
 // connection outlives it: without asking again, a root dropped from the bundle (the emergency
 // path for a compromised issuer) would go on being served over every connection opened before.
-// The file is read on each call (a small bounded read; parsed only when it changed); one that
-// cannot be read, or holds no certificate, keeps the last good bundle, as the handshake does.
+// The file is read on each call (a small bounded read; parsed only when it changed) and the
+// answer comes from what this call read; a file that cannot be read, or holds no certificate,
+// keeps the last good bundle, the same one the handshake keeps.
 func (s *Server) Trusts(root *x509.Certificate) bool {
 	if root == nil {
 		return false
 	}
-	s.readRoots()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.roots[sha256.Sum256(root.Raw)]
-}
-
-// readRoots reads the client CA bundle and, when it changed and holds at least one
-// certificate, makes it the bundle Trusts answers from. It reports whether it did or the bundle
-// was unchanged.
-func (s *Server) readRoots() bool {
-	data, err := readBounded(s.files.caFile)
+	b, err := s.clientCAs()
 	if err != nil {
 		return false
 	}
-	s.mu.Lock()
-	same := s.roots != nil && bytes.Equal(data, s.bundle)
-	s.mu.Unlock()
-	if same {
-		return true
+	return b.roots[sha256.Sum256(root.Raw)]
+}
+
+// clientCAs reads the client CA file and returns it parsed (the last good bundle when it cannot
+// be read or holds no certificate). Parsing is skipped when the file is unchanged.
+func (s *Server) clientCAs() (*clientBundle, error) {
+	data, err := readBounded(s.files.caFile)
+	if err == nil {
+		s.mu.Lock()
+		last := s.last
+		s.mu.Unlock()
+		if last != nil && bytes.Equal(data, last.data) {
+			return last, nil
+		}
+		if b := parseClientCAs(data); b != nil {
+			s.mu.Lock()
+			s.last = b
+			s.mu.Unlock()
+			return b, nil
+		}
+		err = fmt.Errorf("%s holds no PEM certificate", s.files.caFile)
 	}
-	roots := map[[32]byte]bool{}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last != nil {
+		return s.last, nil
+	}
+	return nil, fmt.Errorf("loading the client CA bundle: %w", err)
+}
+
+// parseClientCAs parses a PEM bundle as x509.CertPool.AppendCertsFromPEM does (blocks that are
+// not certificates, carry headers or do not parse are skipped); nil when none is left.
+func parseClientCAs(data []byte) *clientBundle {
+	b := &clientBundle{data: data, pool: x509.NewCertPool(), roots: map[[32]byte]bool{}}
 	for rest := data; ; {
 		var block *pem.Block
 		if block, rest = pem.Decode(rest); block == nil {
 			break
 		}
 		if block.Type != "CERTIFICATE" || len(block.Headers) != 0 {
-			continue // as x509.CertPool.AppendCertsFromPEM skips them
-		}
-		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
 			continue
 		}
-		roots[sha256.Sum256(block.Bytes)] = true
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			continue
+		}
+		b.pool.AddCert(cert)
+		b.roots[sha256.Sum256(cert.Raw)] = true
 	}
-	if len(roots) == 0 {
-		return false
+	if len(b.roots) == 0 {
+		return nil
 	}
-	s.mu.Lock()
-	s.bundle, s.roots = data, roots
-	s.mu.Unlock()
-	return true
+	return b
 }
 
 // OnReload, if set, is called with the server certificate's serial whenever a different one is
@@ -318,7 +343,7 @@ func (s *Server) TLSConfig() *tls.Config {
 			if err != nil {
 				return nil, err
 			}
-			pool, err := s.files.pool()
+			bundle, err := s.clientCAs()
 			if err != nil {
 				return nil, err
 			}
@@ -326,7 +351,7 @@ func (s *Server) TLSConfig() *tls.Config {
 				MinVersion:   tls.VersionTLS13,
 				Certificates: []tls.Certificate{*pair},
 				ClientAuth:   tls.RequireAndVerifyClientCert,
-				ClientCAs:    pool,
+				ClientCAs:    bundle.pool,
 				// The configuration returned here replaces the server's own, ALPN included.
 				NextProtos: []string{"h2", "http/1.1"},
 			}, nil

@@ -9,6 +9,7 @@ package tlsreload
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -452,8 +453,28 @@ func TestTrustsFollowsTheBundleOnAKeptAliveConnection(t *testing.T) {
 		t.Fatalf("during the overlap: %d %s", code, body)
 	}
 
-	// The old root dropped (a compromised issuer): the open connection is refused too.
+	// The old root dropped (a compromised issuer), then the file broken before any request came:
+	// a handshake in between read the new bundle, and the per-request check falls back on that
+	// one too (one last good bundle, not one for handshakes and another for requests). The open
+	// connection is refused.
 	vol.write(files(newCA.CertPEM))
+	newIssuer, _ := pki.LoadIssuer(newCA.Secret(), time.Now())
+	ncc, err := newIssuer.IssueClient("acme", acmePolicy, time.Hour, time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	npair, _ := tls.X509KeyPair(ncc.CertPEM, ncc.KeyPEM)
+	conn, err := tls.Dial("tcp", srv.Listener.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{npair}, MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// TLS 1.3 reports a refused client certificate after the handshake: a read shows it.
+	_ = conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := conn.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a handshake with the new issuer's certificate: %v", err)
+	}
+	_ = conn.Close()
+	vol.write(files([]byte("not PEM")))
 	if code, _ := get(); code != http.StatusUnauthorized {
 		t.Errorf("with the old root dropped, a request over the connection opened before answered %d, want 401", code)
 	}

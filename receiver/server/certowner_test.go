@@ -467,3 +467,110 @@ func counted(t *testing.T, r *receivertest.Receiver, instance string) int {
 	}
 	return n
 }
+
+// The root a chain was verified to is its last certificate, whatever the chain's length, and a
+// connection verified along several chains is served while any of them still ends at a trusted
+// root. Here the collector's certificate comes from an intermediate of the fleet's root and the
+// collector presents both; with the root alone in the bundle, crypto/tls verifies one chain
+// (leaf, intermediate, root); with the intermediate there too, two.
+func TestADroppedIssuerIsJudgedByTheRootEachVerifiedChainEndsAt(t *testing.T) {
+	ctx := context.Background()
+	root, err := pkitest.NewCA("fleet root", pkitest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, err := pkitest.NewCA("fleet intermediate", pkitest.Options{Parent: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pkitest.NewCA("another fleet", pkitest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := receivertest.StartWith(ctx, receivertest.Options{Limits: server.DefaultLimits(), CA: root, HTTP2: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	const instance = "chained"
+	if err := r.Grant(ctx, instance, consentv1.TierEventLevel, consentSince); err != nil {
+		t.Fatal(err)
+	}
+	secret := inter.Secret()
+	secret[pki.KeyCA] = append(append([]byte{}, inter.CertPEM...), root.CertPEM...)
+	issuer, err := pki.LoadIssuer(secret, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := issuer.IssueClient(instance, receivertest.TestPolicy(instance), time.Hour, time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(cc.CertPEM, cc.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair.Certificate = append(pair.Certificate[:1], inter.Cert.Raw)
+	var chains [][]*x509.Certificate
+	connect := func() func() string {
+		c := r.HTTPClient(&pair)
+		c.Transport.(*http.Transport).ForceAttemptHTTP2 = true
+		first := true
+		traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+			if !first && !i.Reused {
+				t.Error("a request after the first made a new connection: the test shows nothing about connections opened before")
+			}
+			first = false
+		}})
+		r.SetIntercept(func(_ http.ResponseWriter, req *http.Request, _ []byte) bool {
+			chains = req.TLS.VerifiedChains
+			return false
+		})
+		return func() string {
+			t.Helper()
+			return answerCtx(traced, t, c, http.MethodGet, r.URL+batchv1.PathCursor, nil)
+		}
+	}
+	lengths := func() []int {
+		var n []int
+		for _, c := range chains {
+			n = append(n, len(c))
+		}
+		slices.Sort(n)
+		return n
+	}
+	unauthorized := "Unauthorized/" + batchv1.ReasonUnauthorized
+
+	// The root alone: one chain of three.
+	cursor := connect()
+	if got := cursor(); got != "OK" {
+		t.Fatalf("with the root in the bundle, a certificate of its intermediate answered %s", got)
+	}
+	if got := lengths(); !slices.Equal(got, []int{3}) {
+		t.Fatalf("verified chains of lengths %v, want one of 3: the test is not about what it names", got)
+	}
+	r.TrustClientCAs(other.Cert)
+	if got := cursor(); got != unauthorized {
+		t.Errorf("with the root dropped, a certificate of its intermediate over its connection answered %s, want %s", got, unauthorized)
+	}
+
+	// The root and the intermediate: two chains, served while either one's end is trusted.
+	r.TrustClientCAs(root.Cert, inter.Cert)
+	cursor = connect()
+	if got := cursor(); got != "OK" {
+		t.Fatalf("with the root and the intermediate in the bundle: %s", got)
+	}
+	if got := lengths(); !slices.Equal(got, []int{2, 3}) {
+		t.Fatalf("verified chains of lengths %v, want two, of 2 and 3", got)
+	}
+	for _, kept := range []*pkitest.CA{root, inter} {
+		r.TrustClientCAs(kept.Cert, other.Cert)
+		if got := cursor(); got != "OK" {
+			t.Errorf("with %q still in the bundle, the connection verified to it answered %s", kept.Cert.Subject.CommonName, got)
+		}
+	}
+	r.TrustClientCAs(other.Cert)
+	if got := cursor(); got != unauthorized {
+		t.Errorf("with both dropped, the connection answered %s, want %s", got, unauthorized)
+	}
+}

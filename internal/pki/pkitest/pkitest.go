@@ -33,9 +33,11 @@ type Options struct {
 	NotBefore, NotAfter time.Time
 	// NotCA makes a leaf certificate instead of a CA (for "issuer is not a CA" tests).
 	NotCA bool
+	// Parent signs the CA (an intermediate) instead of its own key (self-signed).
+	Parent *CA
 }
 
-// NewCA returns a self-signed ECDSA P-256 CA named cn.
+// NewCA returns an ECDSA P-256 CA named cn, self-signed unless o.Parent is set.
 func NewCA(cn string, o Options) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -59,7 +61,11 @@ func NewCA(cn string, o Options) (*CA, error) {
 	if o.NotCA {
 		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	parent, signer := tmpl, any(key)
+	if o.Parent != nil {
+		parent, signer = o.Parent.Cert, o.Parent.Key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
 	if err != nil {
 		return nil, err
 	}
